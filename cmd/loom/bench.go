@@ -1,0 +1,33 @@
+package main
+
+import (
+	"context"
+	"fmt"
+)
+
+// benchCommands lists the `loom bench` subcommands.
+func benchCommands() map[string]command {
+	return map[string]command{
+		"gemm":           {summary: "float32 GEMM GFLOP/s", run: cmdBenchGemm},
+		"step":           {summary: "training step tokens/s, TFLOP/s and MFU", run: cmdBenchStep},
+		"allreduce":      {summary: "all-reduce time and bandwidth over gRPC", run: cmdBenchAllReduce},
+		"reduce-scatter": {summary: "reduce-scatter time and bandwidth over gRPC", run: cmdBenchReduceScatter},
+		"all-gather":     {summary: "all-gather time and bandwidth over gRPC", run: cmdBenchAllGather},
+	}
+}
+
+func cmdBench(ctx context.Context, env *cmdEnv, args []string) error {
+	cmds := benchCommands()
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprintln(env.stdout, "Usage: loom bench WHAT [flags]\n\nWhat:")
+		for _, n := range []string{"gemm", "step", "allreduce", "reduce-scatter", "all-gather"} {
+			fmt.Fprintf(env.stdout, "  %-15s %s\n", n, cmds[n].summary)
+		}
+		return nil
+	}
+	c, ok := cmds[args[0]]
+	if !ok {
+		return fmt.Errorf("bench: unknown benchmark %q (want gemm, step, allreduce, reduce-scatter or all-gather)", args[0])
+	}
+	return c.run(ctx, env, args[1:])
+}
