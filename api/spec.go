@@ -1,0 +1,277 @@
+// Package api owns Loom's public contract: the job spec that describes a
+// training run, its defaults and validation, and (later) the client of the
+// coordinator's gRPC service.
+package api
+
+import (
+	"fmt"
+	"math"
+	"strings"
+)
+
+// JobSpec describes one training job. It is what `loom run` reads from YAML
+// and what `loom submit` sends to the coordinator. The YAML keys are the
+// snake_case names in the struct tags; docs/jobspec.md documents each.
+type JobSpec struct {
+	// Name identifies the job (checkpoint directories, metrics labels).
+	Name       string         `yaml:"name"`
+	Model      ModelSpec      `yaml:"model"`
+	Data       DataSpec       `yaml:"data"`
+	Parallel   ParallelSpec   `yaml:"parallel"`
+	Train      TrainSpec      `yaml:"train"`
+	Checkpoint CheckpointSpec `yaml:"checkpoint"`
+}
+
+// ModelSpec is the architecture of a LLaMA-style decoder.
+type ModelSpec struct {
+	Arch          string  `yaml:"arch"`
+	VocabSize     int     `yaml:"vocab_size"`
+	Dim           int     `yaml:"dim"`
+	NLayers       int     `yaml:"n_layers"`
+	NHeads        int     `yaml:"n_heads"`
+	NKVHeads      int     `yaml:"n_kv_heads"`
+	FFNHidden     int     `yaml:"ffn_hidden"`
+	SeqLen        int     `yaml:"seq_len"`
+	RopeTheta     float64 `yaml:"rope_theta"`
+	NormEps       float64 `yaml:"norm_eps"`
+	TieEmbeddings bool    `yaml:"tie_embeddings"`
+}
+
+// DataSpec names the token file a job trains on and how it is visited.
+type DataSpec struct {
+	// Path is a token file written by `loom prep` (relative paths are
+	// resolved against the working directory).
+	Path    string `yaml:"path"`
+	Shuffle bool   `yaml:"shuffle"`
+	Seed    uint64 `yaml:"seed"`
+}
+
+// ParallelSpec is the job's parallel layout. World size is DP·TP·PP.
+type ParallelSpec struct {
+	DP           int `yaml:"dp"`
+	TP           int `yaml:"tp"`
+	PP           int `yaml:"pp"`
+	Zero         int `yaml:"zero"`
+	MicroBatches int `yaml:"micro_batches"`
+}
+
+// TrainSpec holds the optimisation settings.
+type TrainSpec struct {
+	// GlobalBatch is the number of windows (sequences) per optimizer step
+	// across all data-parallel ranks.
+	GlobalBatch int `yaml:"global_batch"`
+	// MicroBatch is the number of windows one rank processes per forward
+	// and backward pass; GlobalBatch = MicroBatch × accumulation × DP.
+	MicroBatch  int     `yaml:"micro_batch"`
+	Steps       int     `yaml:"steps"`
+	LR          float64 `yaml:"lr"`
+	MinLR       float64 `yaml:"min_lr"`
+	WarmupSteps int     `yaml:"warmup_steps"`
+	// Schedule is "cosine" (linear warm-up then cosine decay to MinLR),
+	// "linear" (warm-up then linear decay to MinLR) or "constant".
+	Schedule    string  `yaml:"schedule"`
+	WeightDecay float64 `yaml:"weight_decay"`
+	Beta1       float64 `yaml:"beta1"`
+	Beta2       float64 `yaml:"beta2"`
+	Eps         float64 `yaml:"eps"`
+	// GradClip is the global gradient-norm limit; 0 disables clipping.
+	GradClip float64 `yaml:"grad_clip"`
+	Seed     uint64  `yaml:"seed"`
+}
+
+// CheckpointSpec says where and how often checkpoints are written.
+type CheckpointSpec struct {
+	Dir string `yaml:"dir"`
+	// Every is the step interval between checkpoints; 0 saves only the
+	// final model.
+	Every int `yaml:"every"`
+	Keep  int `yaml:"keep"`
+}
+
+// DefaultSpec returns a spec with every default filled in: the `tiny`
+// model of shared/bench on the byte vocabulary.
+func DefaultSpec() JobSpec {
+	return JobSpec{
+		Name: "loom",
+		Model: ModelSpec{
+			Arch: "llama", VocabSize: 258, Dim: 128, NLayers: 4, NHeads: 4, NKVHeads: 4,
+			FFNHidden: 352, SeqLen: 128, RopeTheta: 10000, NormEps: 1e-5,
+		},
+		Data:     DataSpec{Shuffle: true, Seed: 1},
+		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, MicroBatches: 1},
+		Train: TrainSpec{
+			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
+			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
+			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1.0, Seed: 1337,
+		},
+		Checkpoint: CheckpointSpec{Dir: "checkpoints", Every: 0, Keep: 3},
+	}
+}
+
+// WorldSize is the number of ranks the layout needs.
+func (p ParallelSpec) WorldSize() int { return p.DP * p.TP * p.PP }
+
+// AccumulationSteps is the number of micro-batches each data-parallel rank
+// accumulates per optimizer step.
+func (s *JobSpec) AccumulationSteps() int {
+	d := s.Train.MicroBatch * s.Parallel.DP
+	if d <= 0 {
+		return 0
+	}
+	return s.Train.GlobalBatch / d
+}
+
+// FieldError is one invalid field of a spec.
+type FieldError struct {
+	Field   string // dotted YAML path, e.g. "model.n_kv_heads"
+	Value   any
+	Allowed string // what would be accepted
+	Line    int    // source line when known, else 0
+}
+
+func (e *FieldError) Error() string {
+	loc := ""
+	if e.Line > 0 {
+		loc = fmt.Sprintf(" (line %d)", e.Line)
+	}
+	return fmt.Sprintf("%s%s: got %v; %s", e.Field, loc, e.Value, e.Allowed)
+}
+
+// SpecError gathers every problem found in a spec, so a user fixes them
+// all at once.
+type SpecError struct {
+	Source string // file name, or "" for a spec not read from a file
+	Errs   []error
+}
+
+func (e *SpecError) Error() string {
+	var b strings.Builder
+	src := e.Source
+	if src == "" {
+		src = "job spec"
+	}
+	if len(e.Errs) == 1 {
+		fmt.Fprintf(&b, "%s: %v", src, e.Errs[0])
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%s: %d problems:", src, len(e.Errs))
+	for _, err := range e.Errs {
+		fmt.Fprintf(&b, "\n  - %v", err)
+	}
+	return b.String()
+}
+
+// Unwrap returns the individual field errors.
+func (e *SpecError) Unwrap() []error { return e.Errs }
+
+// Validate checks every field and returns a *SpecError listing all problems,
+// or nil.
+func (s *JobSpec) Validate() error {
+	var errs []error
+	bad := func(field string, v any, allowed string) {
+		errs = append(errs, &FieldError{Field: field, Value: v, Allowed: allowed})
+	}
+	positive := func(field string, v int) {
+		if v <= 0 {
+			bad(field, v, "must be a positive integer")
+		}
+	}
+	if s.Name == "" || strings.ContainsAny(s.Name, "/\\ \t\n") {
+		bad("name", fmt.Sprintf("%q", s.Name), "must be non-empty without slashes or spaces")
+	}
+	m := s.Model
+	if m.Arch != "llama" {
+		bad("model.arch", fmt.Sprintf("%q", m.Arch), `allowed: "llama"`)
+	}
+	positive("model.vocab_size", m.VocabSize)
+	positive("model.dim", m.Dim)
+	positive("model.n_layers", m.NLayers)
+	positive("model.n_heads", m.NHeads)
+	positive("model.n_kv_heads", m.NKVHeads)
+	positive("model.ffn_hidden", m.FFNHidden)
+	positive("model.seq_len", m.SeqLen)
+	if m.NHeads > 0 && m.Dim > 0 {
+		if m.Dim%m.NHeads != 0 {
+			bad("model.dim", m.Dim, fmt.Sprintf("must be divisible by model.n_heads (%d)", m.NHeads))
+		} else if (m.Dim/m.NHeads)%2 != 0 {
+			bad("model.dim", m.Dim, fmt.Sprintf("dim/n_heads (head size %d) must be even for RoPE", m.Dim/m.NHeads))
+		}
+	}
+	if m.NKVHeads > 0 && m.NHeads > 0 && m.NHeads%m.NKVHeads != 0 {
+		bad("model.n_kv_heads", m.NKVHeads, fmt.Sprintf("must divide model.n_heads (%d)", m.NHeads))
+	}
+	if !(m.RopeTheta > 0) || math.IsInf(m.RopeTheta, 0) {
+		bad("model.rope_theta", m.RopeTheta, "must be a positive number")
+	}
+	if !(m.NormEps > 0) || m.NormEps >= 1 {
+		bad("model.norm_eps", m.NormEps, "must be in (0, 1)")
+	}
+	if s.Data.Path == "" {
+		bad("data.path", `""`, "must name a token file written by `loom prep`")
+	}
+	p := s.Parallel
+	positive("parallel.dp", p.DP)
+	positive("parallel.tp", p.TP)
+	positive("parallel.pp", p.PP)
+	positive("parallel.micro_batches", p.MicroBatches)
+	if p.Zero < 0 || p.Zero > 3 {
+		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
+	}
+	if p.TP > 1 && m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 {
+		bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d)", m.NKVHeads))
+	}
+	if p.PP > 1 && m.NLayers > 0 && p.PP > m.NLayers {
+		bad("parallel.pp", p.PP, fmt.Sprintf("must not exceed model.n_layers (%d)", m.NLayers))
+	}
+	t := s.Train
+	positive("train.global_batch", t.GlobalBatch)
+	positive("train.micro_batch", t.MicroBatch)
+	positive("train.steps", t.Steps)
+	if t.GlobalBatch > 0 && t.MicroBatch > 0 && p.DP > 0 && t.GlobalBatch%(t.MicroBatch*p.DP) != 0 {
+		bad("train.global_batch", t.GlobalBatch, fmt.Sprintf(
+			"must be a multiple of train.micro_batch × parallel.dp (%d × %d = %d)", t.MicroBatch, p.DP, t.MicroBatch*p.DP))
+	}
+	if !(t.LR > 0) || math.IsInf(t.LR, 0) {
+		bad("train.lr", t.LR, "must be a positive number")
+	}
+	if t.MinLR < 0 || t.MinLR > t.LR {
+		bad("train.min_lr", t.MinLR, fmt.Sprintf("must be in [0, train.lr = %g]", t.LR))
+	}
+	if t.WarmupSteps < 0 {
+		bad("train.warmup_steps", t.WarmupSteps, "must be ≥ 0")
+	}
+	switch t.Schedule {
+	case "cosine", "linear", "constant":
+	default:
+		bad("train.schedule", fmt.Sprintf("%q", t.Schedule), `allowed: "cosine", "linear", "constant"`)
+	}
+	if t.WeightDecay < 0 {
+		bad("train.weight_decay", t.WeightDecay, "must be ≥ 0")
+	}
+	if t.Beta1 < 0 || t.Beta1 >= 1 {
+		bad("train.beta1", t.Beta1, "must be in [0, 1)")
+	}
+	if t.Beta2 < 0 || t.Beta2 >= 1 {
+		bad("train.beta2", t.Beta2, "must be in [0, 1)")
+	}
+	if !(t.Eps > 0) {
+		bad("train.eps", t.Eps, "must be > 0")
+	}
+	if t.GradClip < 0 {
+		bad("train.grad_clip", t.GradClip, "must be ≥ 0 (0 disables clipping)")
+	}
+	c := s.Checkpoint
+	if c.Dir == "" {
+		bad("checkpoint.dir", `""`, "must name a directory")
+	}
+	if c.Every < 0 {
+		bad("checkpoint.every", c.Every, "must be ≥ 0 (0 saves only the final model)")
+	}
+	if c.Keep < 1 {
+		bad("checkpoint.keep", c.Keep, "must be ≥ 1")
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return &SpecError{Errs: errs}
+}

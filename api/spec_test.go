@@ -1,0 +1,97 @@
+package api
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseSpecDefaults(t *testing.T) {
+	spec, err := ParseSpec([]byte("data:\n  path: x.bin\n"), "job.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultSpec()
+	want.Data.Path = "x.bin"
+	if spec != want {
+		t.Fatalf("defaults not filled:\n got %+v\nwant %+v", spec, want)
+	}
+	if spec.AccumulationSteps() != 1 || spec.Parallel.WorldSize() != 1 {
+		t.Fatalf("accumulation %d world %d", spec.AccumulationSteps(), spec.Parallel.WorldSize())
+	}
+}
+
+func TestParseSpecOverrides(t *testing.T) {
+	src := `
+name: run1
+model: {dim: 64, n_heads: 4, n_kv_heads: 2, tie_embeddings: true}
+data: {path: a.bin, shuffle: false}
+train: {global_batch: 8, micro_batch: 2, lr: 0.01}
+`
+	spec, err := ParseSpec([]byte(src), "job.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Model.Dim != 64 || spec.Model.NKVHeads != 2 || !spec.Model.TieEmbeddings || spec.Data.Shuffle {
+		t.Fatalf("overrides lost: %+v", spec)
+	}
+	if spec.Model.NLayers != 4 {
+		t.Fatalf("default n_layers lost: %d", spec.Model.NLayers)
+	}
+	if got := spec.AccumulationSteps(); got != 4 {
+		t.Fatalf("accumulation = %d, want 4", got)
+	}
+}
+
+func TestParseSpecErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		src  string
+		want []string
+	}{
+		{"malformed", "model: [1, 2\n", []string{"job.yaml", "malformed YAML"}},
+		{"not mapping", "- a\n- b\n", []string{"must be a YAML mapping"}},
+		{"empty", "", []string{"empty spec"}},
+		{"unknown top", "data: {path: a}\nmodle: {}\n", []string{"modle", "line 2", "unknown key", "allowed keys here: checkpoint, data, model, name, parallel, train"}},
+		{"unknown nested", "data: {path: a}\nmodel:\n  dimm: 3\n", []string{"model.dimm", "line 3", "dim, ffn_hidden"}},
+		{"section scalar", "data: {path: a}\nmodel: 3\n", []string{"model", "must be a mapping"}},
+		{"wrong type", "data: {path: a}\nmodel: {dim: abc}\n", []string{"line 2", "abc"}},
+		{"bad heads", "data: {path: a}\nmodel: {n_heads: 4, n_kv_heads: 3}\n", []string{"model.n_kv_heads", "line 2", "must divide model.n_heads (4)"}},
+		{"zero stage", "data: {path: a}\nparallel: {zero: 5}\n", []string{"parallel.zero", "got 5", "allowed: 0, 1, 2, 3"}},
+		{"batch", "data: {path: a}\ntrain: {global_batch: 10, micro_batch: 4}\n", []string{"train.global_batch", "multiple of train.micro_batch"}},
+		{"schedule", "data: {path: a}\ntrain: {schedule: step}\n", []string{"train.schedule", `"step"`, "cosine"}},
+		{"no data", "name: x\n", []string{"data.path", "loom prep"}},
+		{"several", "model: {dim: -1}\ntrain: {lr: 0}\n", []string{"4 problems", "model.dim", "train.lr", "data.path"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := ParseSpec([]byte(c.src), "job.yaml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			var se *SpecError
+			if !errors.As(err, &se) {
+				t.Fatalf("error %T is not a *SpecError: %v", err, err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func FuzzParseSpec(f *testing.F) {
+	f.Add([]byte("data: {path: a}\nmodel: {dim: 64}\n"))
+	f.Add([]byte("model:\n  dim: [1]\n"))
+	f.Add([]byte("{"))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		spec, err := ParseSpec(src, "fuzz.yaml")
+		if err == nil {
+			if verr := spec.Validate(); verr != nil {
+				t.Fatalf("accepted an invalid spec: %v", verr)
+			}
+		}
+	})
+}
