@@ -37,6 +37,11 @@ func commands() map[string]command {
 		"export":      {summary: "write a model as a Hugging Face LLaMA directory", run: cmdExport},
 		"bench":       {summary: "measure kernels, training steps and collectives", run: cmdBench},
 		"version":     {summary: "print the Loom version", run: cmdVersion},
+		"coordinator": {summary: "serve the coordinator (control plane) for multi-node jobs", run: cmdCoordinator},
+		"worker":      {summary: "join a coordinator as a worker", run: cmdWorker},
+		"submit":      {summary: "submit a job to a coordinator and follow it", run: cmdSubmit},
+		"status":      {summary: "show jobs, their generation, ranks, step and throughput", run: cmdStatus},
+		"stop":        {summary: "stop a job", run: cmdStop},
 		"comm-worker": {summary: "internal: one rank of a collective benchmark", run: cmdCommWorker, hidden: true},
 	}
 }
