@@ -1,0 +1,49 @@
+# Loom's build. `make run` trains the default job; `make test` runs the suite.
+GO      ?= go
+BIN     := bin/loom
+CORPUS  := out/gosrc.bin
+JOB     ?= examples/tiny.yaml
+GOROOT_SRC := $(shell $(GO) env GOROOT)/src
+
+.PHONY: all build run test test-short bench proto lint setup fixtures clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/loom
+
+setup:
+	scripts/setup.sh test
+
+$(CORPUS): | build
+	@mkdir -p out
+	$(BIN) prep $(GOROOT_SRC) --include '*.go' --out $(CORPUS)
+
+# Train the default job on the Go standard library's sources.
+run: build $(CORPUS)
+	$(BIN) run $(JOB)
+
+# The whole suite: lint, then every package's tests under the race detector.
+test: setup lint
+	$(GO) test -race -timeout 20m ./...
+
+test-short: lint
+	$(GO) test -short ./...
+
+bench: build
+	scripts/bench.sh
+
+proto:
+	proto/gen.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Regenerate the PyTorch golden fixtures (needs Debian's python3-torch).
+fixtures:
+	/usr/bin/python3 scripts/golden/make_fixtures.py
+
+clean:
+	rm -rf bin out

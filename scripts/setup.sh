@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what Loom's build and tests need beyond Go, idempotently: Debian
+# packages are installed only when missing. Usage: scripts/setup.sh [test]
+set -euo pipefail
+pkgs=(protobuf-compiler)
+if [ "${1:-}" = test ]; then
+  pkgs+=(etcd-server)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+go mod download
