@@ -165,7 +165,7 @@ func encodeHeader(dst string, tensors []TensorHeader, metadata map[string]string
 func writeJSONString(b *bytes.Buffer, s string) {
 	enc := json.NewEncoder(b)
 	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s) // cannot fail for a string
+	_ = enc.Encode(s)       // cannot fail for a string
 	b.Truncate(b.Len() - 1) // drop Encode's newline
 }
 
