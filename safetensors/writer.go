@@ -278,6 +278,7 @@ func Create(path string, tensors []TensorHeader, metadata map[string]string) (*F
 }
 
 // Commit finishes the file: checks every tensor was written, flushes, fsyncs,
+// sets mode 0644,
 // renames it to the destination path and fsyncs the directory. On error the
 // temporary file is removed and the destination is untouched.
 func (fw *FileWriter) Commit() error {
@@ -285,6 +286,9 @@ func (fw *FileWriter) Commit() error {
 		return &Error{File: fw.path, Msg: "Commit after Commit or Abort", Err: ErrWriter}
 	}
 	err := fw.Writer.Close()
+	if err == nil {
+		err = fw.tmp.Chmod(0o644) // CreateTemp makes 0600; checkpoints are meant to be shared
+	}
 	if err == nil {
 		err = fw.tmp.Sync()
 	}
