@@ -169,7 +169,7 @@ func (f *File) Verify(ctx context.Context) error {
 		return fmt.Errorf("data: verifying %s after Close", f.path)
 	}
 	const chunk = 1 << 20 // tokens
-	buf := make([]int32, chunk)
+	buf := make([]int32, min(int64(chunk), f.n))
 	for off := int64(0); off < f.n; off += chunk {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("data: verifying %s: %w", f.path, err)

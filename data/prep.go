@@ -280,6 +280,9 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 			os.Remove(tmp.Name())
 		}
 	}()
+	if err := tmp.Chmod(0o644); err != nil {
+		return Meta{}, stats, fmt.Errorf("data: prep: %w", err)
+	}
 	h := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(tmp, h), 1<<20)
 
@@ -616,7 +619,10 @@ func writeFileAtomic(path string, b []byte) error {
 	if err != nil {
 		return fmt.Errorf("data: writing %s: %w", path, err)
 	}
-	_, werr := tmp.Write(b)
+	werr := tmp.Chmod(0o644)
+	if werr == nil {
+		_, werr = tmp.Write(b)
+	}
 	if werr == nil {
 		werr = tmp.Sync()
 	}
