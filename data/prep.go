@@ -176,8 +176,12 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 	sel := selector{include: cfg.Include, skip: map[string]bool{outAbs: true, SidecarPath(outAbs): true}}
 	var total atomic.Int64
 	total.Store(-1)
+	var sizing sync.WaitGroup
+	defer func() { cancel(); sizing.Wait() }()
 	if cfg.Progress != nil {
+		sizing.Add(1)
 		go func() {
+			defer sizing.Done()
 			var n int64
 			err := sel.walk(ctx, cfg.Inputs, func(path string, size int64, walked bool) error {
 				n += size
@@ -543,7 +547,7 @@ func (s *selector) walk(ctx context.Context, inputs []string, fn func(path strin
 	for _, in := range inputs {
 		st, err := os.Stat(in)
 		if err != nil {
-			return fmt.Errorf("data: prep: input %w", err)
+			return fmt.Errorf("data: prep: cannot read input %s: %w", in, err)
 		}
 		if st.Mode().IsRegular() {
 			if err := fn(in, st.Size(), false); err != nil {

@@ -82,7 +82,7 @@ func cmdPrep(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	meta, st, err := data.Prep(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("prep: %w", err)
+		return err // already says "data: prep: …" and names the file
 	}
 	secs := st.Elapsed.Seconds()
 	fmt.Fprintf(env.stdout, "prep: %d documents, %d tokens (%d-byte), %d bytes from %d files (%d binary skipped) in %.2fs, %.1f MB/s -> %s\n",
