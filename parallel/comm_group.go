@@ -1,0 +1,750 @@
+package parallel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// Group defaults, chosen by measurement (see the package doc).
+const (
+	DefaultTimeout    = 60 * time.Second
+	DefaultChunkBytes = 1 << 20
+	DefaultSmallBytes = 64 << 10
+)
+
+// Algorithm selects the all-reduce algorithm.
+type Algorithm int
+
+const (
+	// Auto uses RecursiveDoubling up to GroupSpec.SmallBytes, Ring above.
+	Auto Algorithm = iota
+	// Ring is reduce-scatter then all-gather around the ring, pipelined in
+	// chunks: bandwidth-optimal, 2(n−1) steps.
+	Ring
+	// RecursiveDoubling exchanges whole buffers in ⌈log2 n⌉ rounds:
+	// latency-optimal, n−1 times the traffic of Ring per rank at n=2^k.
+	RecursiveDoubling
+)
+
+// String returns "auto", "ring" or "rd".
+func (a Algorithm) String() string {
+	switch a {
+	case Auto:
+		return "auto"
+	case Ring:
+		return "ring"
+	case RecursiveDoubling:
+		return "rd"
+	}
+	return fmt.Sprintf("Algorithm(%d)", int(a))
+}
+
+// ParseAlgorithm parses "auto", "ring" or "rd".
+func ParseAlgorithm(s string) (Algorithm, error) {
+	for _, a := range []Algorithm{Auto, Ring, RecursiveDoubling} {
+		if a.String() == s {
+			return a, nil
+		}
+	}
+	return 0, fmt.Errorf("algorithm %q: want auto, ring or rd", s)
+}
+
+// GroupSpec describes a process group as every member sees it.
+type GroupSpec struct {
+	Job        string // job name
+	Generation uint64 // job generation; frames of older generations are rejected
+	Name       string // group name, unique within the job, e.g. "dp0", "tp1"
+	// Ranks lists the members' global ranks; its order is the ring order
+	// and the shard order of ReduceScatter and AllGather.
+	Ranks  []int
+	MyRank int            // this worker's global rank, one of Ranks
+	Addrs  map[int]string // every other member's advertised address
+	// Timeout is how long an operation waits for the next frame from (or
+	// send to) a peer before it declares the peer dead; default
+	// DefaultTimeout. It bounds progress, not the whole call, so large
+	// buffers need no larger value — but a peer that enters a collective
+	// later than this (a straggler) is also declared dead.
+	Timeout time.Duration
+	// ChunkBytes is the pipelining unit of ring algorithms and the largest
+	// frame; default DefaultChunkBytes. Must be a multiple of 4.
+	ChunkBytes int
+	// SmallBytes is the largest buffer all-reduced and broadcast with the
+	// latency-optimal algorithms; default DefaultSmallBytes.
+	SmallBytes int
+	// AllReduce forces an all-reduce algorithm; default Auto.
+	AllReduce Algorithm
+}
+
+// Validate reports every invalid field at once.
+func (s GroupSpec) Validate() error {
+	var errs []error
+	if s.Job == "" {
+		errs = append(errs, errors.New("Job: empty"))
+	}
+	if s.Name == "" {
+		errs = append(errs, errors.New("Name: empty"))
+	}
+	if len(s.Ranks) == 0 {
+		errs = append(errs, errors.New("Ranks: empty (want the members' global ranks)"))
+	}
+	seen := map[int]bool{}
+	for _, r := range s.Ranks {
+		if r < 0 || r > 1<<30 {
+			errs = append(errs, fmt.Errorf("Ranks: rank %d out of range [0, 2^30]", r))
+		}
+		if seen[r] {
+			errs = append(errs, fmt.Errorf("Ranks: rank %d listed twice", r))
+		}
+		seen[r] = true
+	}
+	if !seen[s.MyRank] {
+		errs = append(errs, fmt.Errorf("MyRank: %d is not in Ranks %v", s.MyRank, s.Ranks))
+	}
+	for _, r := range s.Ranks {
+		if r != s.MyRank && s.Addrs[r] == "" {
+			errs = append(errs, fmt.Errorf("Addrs: no address for rank %d", r))
+		}
+	}
+	if s.Timeout < 0 {
+		errs = append(errs, fmt.Errorf("Timeout: %v (want > 0, or 0 for %v)", s.Timeout, DefaultTimeout))
+	}
+	if s.ChunkBytes < 0 || s.ChunkBytes%4 != 0 {
+		errs = append(errs, fmt.Errorf("ChunkBytes: %d (want a positive multiple of 4, or 0 for %d)", s.ChunkBytes, DefaultChunkBytes))
+	}
+	if s.SmallBytes < 0 {
+		errs = append(errs, fmt.Errorf("SmallBytes: %d (want ≥ 0, or 0 for %d)", s.SmallBytes, DefaultSmallBytes))
+	}
+	if s.AllReduce < Auto || s.AllReduce > RecursiveDoubling {
+		errs = append(errs, fmt.Errorf("AllReduce: %d (want Auto, Ring or RecursiveDoubling)", int(s.AllReduce)))
+	}
+	return errors.Join(errs...)
+}
+
+// ShardRange returns the offset and length of part i when length elements
+// are split into parts contiguous parts: the first length%parts parts have
+// one element more. ReduceScatter and AllGather use it.
+func ShardRange(length, parts, i int) (off, n int) {
+	q, r := length/parts, length%parts
+	off = i*q + min(i, r)
+	n = q
+	if i < r {
+		n++
+	}
+	return off, n
+}
+
+// Group is a process group: the members of GroupSpec.Ranks, talking over
+// one Transport each. Collective operations (AllReduce, ReduceScatter,
+// AllGather, Broadcast, Barrier) must be called by every member in the same
+// order; calls on one Group are serialized, calls on different Groups run
+// concurrently. Send and Recv may run concurrently with anything.
+//
+// Any error leaves the group failed: every pending and later call returns
+// an error naming the peer that caused it. Recover by creating a new group
+// (normally for the next generation).
+type Group struct {
+	t       *Transport
+	spec    GroupSpec
+	key     groupKey
+	me      int      // my index in ranks
+	ranks   []int    // by index
+	addrs   []string // by index; addrs[me] is the transport's
+	index   map[int]int
+	boxes   []*mailbox // incoming frames by sender index
+	timeout time.Duration
+	chunk   int // elements per frame
+	small   int // bytes
+
+	opMu sync.Mutex // serializes collectives
+	seq  uint64     // collective calls so far; guarded by opMu
+
+	p2pMu   sync.Mutex
+	p2pSent []uint64 // messages sent, by index
+	p2pRcvd []uint64 // messages received, by index
+
+	failMu  sync.Mutex
+	failErr error
+	failCh  chan struct{} // closed on failure
+}
+
+// NewGroup creates this worker's member of a process group. It does not
+// block: connections are opened by the first operation. Creating a group of
+// a newer generation fails the job's older groups with ErrStaleGeneration.
+func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, fmt.Errorf("parallel: group spec: %w", err)
+	}
+	g := &Group{
+		t:       t,
+		spec:    spec,
+		key:     groupKey{spec.Job, spec.Generation, spec.Name},
+		ranks:   slices.Clone(spec.Ranks),
+		index:   map[int]int{},
+		timeout: spec.Timeout,
+		chunk:   spec.ChunkBytes / 4,
+		small:   spec.SmallBytes,
+		failCh:  make(chan struct{}),
+	}
+	if g.timeout == 0 {
+		g.timeout = DefaultTimeout
+	}
+	if g.chunk == 0 {
+		g.chunk = DefaultChunkBytes / 4
+	}
+	if g.small == 0 {
+		g.small = DefaultSmallBytes
+	}
+	if 4*g.chunk > t.opts.MaxFrameBytes {
+		return nil, fmt.Errorf("parallel: group spec: ChunkBytes %d exceeds the transport's MaxFrameBytes %d", 4*g.chunk, t.opts.MaxFrameBytes)
+	}
+	n := len(g.ranks)
+	g.addrs = make([]string, n)
+	g.boxes = make([]*mailbox, n)
+	g.p2pSent = make([]uint64, n)
+	g.p2pRcvd = make([]uint64, n)
+	for i, r := range g.ranks {
+		g.index[r] = i
+		g.boxes[i] = &mailbox{}
+		g.addrs[i] = spec.Addrs[r]
+		if r == spec.MyRank {
+			g.me = i
+			g.addrs[i] = t.addr
+		}
+	}
+
+	t.mu.Lock()
+	if t.closing {
+		t.mu.Unlock()
+		return nil, fmt.Errorf("parallel: new group: transport %w", ErrClosed)
+	}
+	if cur := t.jobGen[spec.Job]; spec.Generation < cur {
+		t.mu.Unlock()
+		return nil, fmt.Errorf("parallel: new group %q: job %q generation %d: %w (current %d)", spec.Name, spec.Job, spec.Generation, ErrStaleGeneration, cur)
+	}
+	if _, dup := t.groups[g.key]; dup || t.retired[g.key] {
+		t.mu.Unlock()
+		return nil, fmt.Errorf("parallel: new group: group %q of job %q generation %d already exists", spec.Name, spec.Job, spec.Generation)
+	}
+	var stale []*Group
+	if spec.Generation > t.jobGen[spec.Job] {
+		t.jobGen[spec.Job] = spec.Generation
+		for k, og := range t.groups {
+			if k.job == spec.Job && k.generation < spec.Generation {
+				stale = append(stale, og)
+			}
+		}
+		for k, fs := range t.pending {
+			if k.job == spec.Job && k.generation < spec.Generation {
+				releaseAll(fs)
+				delete(t.pending, k)
+			}
+		}
+	}
+	t.groups[g.key] = g
+	early := t.pending[g.key]
+	delete(t.pending, g.key)
+	t.mu.Unlock()
+
+	for _, og := range stale {
+		og.fail(fmt.Errorf("group %q generation %d superseded by generation %d: %w", og.spec.Name, og.spec.Generation, spec.Generation, ErrStaleGeneration))
+	}
+	for _, f := range early {
+		if reason := g.deliver(f); reason != "" {
+			t.log.Warn("dropped early frame", "group", spec.Name, "reason", reason)
+		}
+	}
+	return g, nil
+}
+
+// Close removes the group from its transport; pending and later calls fail
+// with ErrClosed. Later frames for it are rejected.
+func (g *Group) Close() error {
+	g.t.mu.Lock()
+	if g.t.groups[g.key] == g {
+		delete(g.t.groups, g.key)
+		g.t.retired[g.key] = true
+	}
+	g.t.mu.Unlock()
+	g.fail(fmt.Errorf("group %q: %w", g.spec.Name, ErrClosed))
+	for _, b := range g.boxes {
+		b.mu.Lock()
+		releaseAll(b.q)
+		b.q = nil
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+// Size returns the number of members.
+func (g *Group) Size() int { return len(g.ranks) }
+
+// Index returns this worker's position in GroupSpec.Ranks.
+func (g *Group) Index() int { return g.me }
+
+// Rank returns this worker's global rank.
+func (g *Group) Rank() int { return g.ranks[g.me] }
+
+// Spec returns the spec the group was created with.
+func (g *Group) Spec() GroupSpec { return g.spec }
+
+// Shard returns the offset and length of this worker's part of a buffer
+// of length elements, as ReduceScatter and AllGather split it.
+func (g *Group) Shard(length int) (off, n int) { return ShardRange(length, len(g.ranks), g.me) }
+
+// Err returns the error that failed the group, or nil.
+func (g *Group) Err() error {
+	g.failMu.Lock()
+	defer g.failMu.Unlock()
+	return g.failErr
+}
+
+func (g *Group) hasPeer(addr string) bool {
+	for i, a := range g.addrs {
+		if i != g.me && a == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// fail records the group's first failure and wakes every waiter.
+func (g *Group) fail(err error) {
+	g.failMu.Lock()
+	defer g.failMu.Unlock()
+	if g.failErr != nil {
+		return
+	}
+	g.failErr = err
+	close(g.failCh)
+}
+
+// failPeer fails the group because of the peer at addr.
+func (g *Group) failPeer(addr string, err error) {
+	for i, a := range g.addrs {
+		if i != g.me && a == addr {
+			g.fail(&PeerError{Rank: g.ranks[i], Addr: addr, Op: "connection", Err: err})
+			return
+		}
+	}
+}
+
+// failure returns nil, or the group's failure as seen by a call of op.
+func (g *Group) failure(op string) error {
+	g.failMu.Lock()
+	cause := g.failErr
+	g.failMu.Unlock()
+	if cause == nil {
+		return nil
+	}
+	var pe *PeerError
+	if errors.As(cause, &pe) {
+		if pe.Op == op {
+			return pe
+		}
+		return &PeerError{Rank: pe.Rank, Addr: pe.Addr, Op: op, Err: pe.Err}
+	}
+	return fmt.Errorf("%s on group %q: %w", op, g.spec.Name, cause)
+}
+
+// deliver queues an incoming frame for its sender's mailbox.
+func (g *Group) deliver(f *wireFrame) string {
+	i, ok := g.index[int(f.srcRank)]
+	if !ok || i == g.me {
+		return fmt.Sprintf("rank %d is not a peer in group %q", f.srcRank, g.spec.Name)
+	}
+	g.boxes[i].push(f)
+	return ""
+}
+
+// peerIndex maps a global rank to a peer's index.
+func (g *Group) peerIndex(rank int, op string) (int, error) {
+	i, ok := g.index[rank]
+	if !ok {
+		return 0, fmt.Errorf("parallel: %s: rank %d is not in group %q (ranks %v)", op, rank, g.spec.Name, g.ranks)
+	}
+	if i == g.me {
+		return 0, fmt.Errorf("parallel: %s: rank %d is this worker", op, rank)
+	}
+	return i, nil
+}
+
+// mailbox holds the frames received from one peer for one group, in
+// arrival order. Safe for concurrent use.
+type mailbox struct {
+	mu   sync.Mutex
+	q    []*wireFrame
+	wake chan struct{} // non-nil while someone waits; closed by push
+}
+
+func (b *mailbox) push(f *wireFrame) {
+	b.mu.Lock()
+	b.q = append(b.q, f)
+	if b.wake != nil {
+		close(b.wake)
+		b.wake = nil
+	}
+	b.mu.Unlock()
+}
+
+// take removes the frame (kind, seq, tag), or returns a channel closed by
+// the next push.
+func (b *mailbox) take(kind loomv1.FrameKind, seq uint64, tag uint32) (*wireFrame, <-chan struct{}) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, f := range b.q {
+		if f.kind == kind && f.seq == seq && f.tag == tag {
+			copy(b.q[i:], b.q[i+1:])
+			b.q[len(b.q)-1] = nil
+			b.q = b.q[:len(b.q)-1]
+			return f, nil
+		}
+	}
+	if b.wake == nil {
+		b.wake = make(chan struct{})
+	}
+	return nil, b.wake
+}
+
+// call is one operation in progress.
+type call struct {
+	g       *Group
+	ctx     context.Context
+	name    string
+	kind    loomv1.FrameKind
+	op      loomv1.CollectiveOp
+	seq     uint64
+	length  uint64
+	sendTag []uint32 // next tag, by peer index
+	recvTag []uint32
+}
+
+// begin starts a collective: it takes the group's turn and sequence number.
+// end must follow.
+func (g *Group) begin(ctx context.Context, name string, op loomv1.CollectiveOp, length int) (*call, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := g.failure(name); err != nil {
+		return nil, err
+	}
+	g.opMu.Lock()
+	g.seq++
+	return &call{
+		g: g, ctx: ctx, name: name,
+		kind: loomv1.FrameKind_FRAME_KIND_COLLECTIVE, op: op, seq: g.seq, length: uint64(length),
+		sendTag: make([]uint32, len(g.ranks)), recvTag: make([]uint32, len(g.ranks)),
+	}, nil
+}
+
+// end releases the group's turn; an error fails the group.
+func (c *call) end(err error) error {
+	c.g.opMu.Unlock()
+	return c.g.settle(c.name, err)
+}
+
+// settle fails the group on err and returns the error to report.
+func (g *Group) settle(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	g.fail(err)
+	var pe *PeerError
+	if errors.As(err, &pe) {
+		return err
+	}
+	if ferr := g.failure(op); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// peerErr names peer i in err.
+func (c *call) peerErr(i int, err error) error {
+	var pe *PeerError
+	if errors.As(err, &pe) {
+		return err
+	}
+	return &PeerError{Rank: c.g.ranks[i], Addr: c.g.addrs[i], Op: c.name, Err: err}
+}
+
+// send sends data to peer i as one frame. done completes when the
+// transport no longer reads data; nil means the caller does not need to know.
+func (c *call) send(i int, data []float32, done *sendDone) error {
+	g := c.g
+	f := &wireFrame{
+		kind: c.kind, job: g.spec.Job, generation: g.spec.Generation, group: g.spec.Name,
+		seq: c.seq, tag: c.sendTag[i], srcRank: int32(g.ranks[g.me]), op: c.op, length: c.length,
+		out: data, sent: done,
+	}
+	c.sendTag[i]++
+	oc, err := g.t.conn(g.addrs[i])
+	if err == nil {
+		err = oc.send(c.ctx, f, g.timeout)
+	}
+	if done != nil && (err != nil || !f.zeroCopy) {
+		done.complete()
+	}
+	if err != nil {
+		return c.peerErr(i, err)
+	}
+	return nil
+}
+
+// waitSent waits until the transport no longer reads the data of a send to
+// peer i.
+func (c *call) waitSent(i int, d *sendDone) error {
+	select {
+	case <-d.done:
+		return nil
+	default:
+	}
+	timer := time.NewTimer(c.g.timeout)
+	defer timer.Stop()
+	select {
+	case <-d.done:
+		return nil
+	case <-c.g.failCh:
+		return c.g.failure(c.name)
+	case <-c.ctx.Done():
+		return c.peerErr(i, c.ctx.Err())
+	case <-timer.C:
+		return c.peerErr(i, fmt.Errorf("%w: send not written for %v", ErrPeerTimeout, c.g.timeout))
+	}
+}
+
+// recv waits for the next frame from peer i and checks that it belongs to
+// the same operation on a buffer of the same length.
+func (c *call) recv(i int) (*wireFrame, error) {
+	g := c.g
+	tag := c.recvTag[i]
+	c.recvTag[i]++
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		f, wake := g.boxes[i].take(c.kind, c.seq, tag)
+		if f != nil {
+			if f.op != c.op || f.length != c.length {
+				f.release()
+				return nil, c.peerErr(i, fmt.Errorf("%w: call %d: peer runs %v on %d elements, this rank %v on %d",
+					ErrMismatch, c.seq, f.op, f.length, c.op, c.length))
+			}
+			return f, nil
+		}
+		if err := g.failure(c.name); err != nil {
+			return nil, err
+		}
+		if timer == nil {
+			timer = time.NewTimer(g.timeout)
+		}
+		select {
+		case <-wake:
+		case <-g.failCh:
+		case <-c.ctx.Done():
+			return nil, c.peerErr(i, c.ctx.Err())
+		case <-timer.C:
+			return nil, c.peerErr(i, fmt.Errorf("%w: nothing received for %v", ErrPeerTimeout, g.timeout))
+		}
+	}
+}
+
+// recvInto receives the next frame from peer i and applies it to dst.
+func (c *call) recvInto(i int, dst []float32, a apply) error {
+	f, err := c.recv(i)
+	if err != nil {
+		return err
+	}
+	defer f.release()
+	if f.inLen != 4*len(dst) {
+		return c.peerErr(i, fmt.Errorf("%w: frame of %d bytes, want %d", ErrMismatch, f.inLen, 4*len(dst)))
+	}
+	if len(dst) > 0 {
+		applyBytes(a, dst, f.in, f.inSkip)
+	}
+	return nil
+}
+
+// chunks returns how many frames carry n elements (at least one when
+// atLeastOne).
+func (c *call) chunks(n int, atLeastOne bool) int {
+	k := (n + c.g.chunk - 1) / c.g.chunk
+	if k == 0 && atLeastOne {
+		k = 1
+	}
+	return k
+}
+
+// chunkRange returns chunk j of a range [off, off+n).
+func (c *call) chunkRange(off, n, j int) (int, int) {
+	lo := j * c.g.chunk
+	return off + lo, min(c.g.chunk, n-lo)
+}
+
+// sendAll sends buf to peer i in chunks and waits until the transport no
+// longer reads it, so the caller may overwrite buf.
+func (c *call) sendAll(i int, buf []float32) error {
+	k := c.chunks(len(buf), true)
+	dones := make([]*sendDone, k)
+	for j := range k {
+		off, n := c.chunkRange(0, len(buf), j)
+		dones[j] = newSendDone()
+		if err := c.send(i, buf[off:off+n], dones[j]); err != nil {
+			return err
+		}
+	}
+	for _, d := range dones {
+		if err := c.waitSent(i, d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recvAll receives len(buf) elements from peer i in chunks, applying them.
+func (c *call) recvAll(i int, buf []float32, a apply) error {
+	k := c.chunks(len(buf), true)
+	for j := range k {
+		off, n := c.chunkRange(0, len(buf), j)
+		if err := c.recvInto(i, buf[off:off+n], a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Send sends buf to the member with global rank dst, which must call Recv
+// with a buffer of the same length. It returns once buf may be reused; it
+// does not wait for the receiver. Messages between a pair of ranks are
+// matched in order.
+func (g *Group) Send(ctx context.Context, dst int, buf []float32) error {
+	const name = "send"
+	i, err := g.peerIndex(dst, name)
+	if err != nil {
+		return err
+	}
+	if err := g.failure(name); err != nil {
+		return err
+	}
+	g.p2pMu.Lock()
+	seq := g.p2pSent[i]
+	g.p2pSent[i]++
+	g.p2pMu.Unlock()
+	c := &call{g: g, ctx: ctx, name: name, kind: loomv1.FrameKind_FRAME_KIND_P2P, seq: seq, length: uint64(len(buf)),
+		sendTag: make([]uint32, len(g.ranks)), recvTag: make([]uint32, len(g.ranks))}
+	return g.settle(name, c.sendAll(i, buf))
+}
+
+// Recv receives into buf the next message that the member with global
+// rank src sends to this worker; its length must be len(buf).
+func (g *Group) Recv(ctx context.Context, src int, buf []float32) error {
+	const name = "recv"
+	i, err := g.peerIndex(src, name)
+	if err != nil {
+		return err
+	}
+	g.p2pMu.Lock()
+	seq := g.p2pRcvd[i]
+	g.p2pRcvd[i]++
+	g.p2pMu.Unlock()
+	c := &call{g: g, ctx: ctx, name: name, kind: loomv1.FrameKind_FRAME_KIND_P2P, seq: seq, length: uint64(len(buf)),
+		sendTag: make([]uint32, len(g.ranks)), recvTag: make([]uint32, len(g.ranks))}
+	err = c.recvAll(i, buf, applyCopy)
+	return g.settle(name, err)
+}
+
+// AllReduce reduces buf element-wise over the group, in place: afterwards
+// every member holds the same result, bit for bit.
+func (g *Group) AllReduce(ctx context.Context, buf []float32, op ReduceOp) error {
+	c, err := g.begin(ctx, "all-reduce", loomv1.CollectiveOp_COLLECTIVE_OP_ALL_REDUCE, len(buf))
+	if err != nil {
+		return err
+	}
+	return c.end(c.allReduce(buf, op))
+}
+
+func (c *call) allReduce(buf []float32, op ReduceOp) error {
+	n := c.g.Size()
+	if n == 1 || len(buf) == 0 {
+		return nil
+	}
+	algo := c.g.spec.AllReduce
+	if algo == Auto {
+		algo = Ring
+		if 4*len(buf) <= c.g.small {
+			algo = RecursiveDoubling
+		}
+	}
+	if algo == RecursiveDoubling {
+		return c.recursiveDoubling(buf, op)
+	}
+	return c.ring(buf, 0, 2*n-2, op)
+}
+
+// ReduceScatter reduces buf element-wise over the group; afterwards this
+// member's shard of buf (Shard(len(buf)), returned) holds the result. The
+// rest of buf is left undefined.
+func (g *Group) ReduceScatter(ctx context.Context, buf []float32, op ReduceOp) ([]float32, error) {
+	c, err := g.begin(ctx, "reduce-scatter", loomv1.CollectiveOp_COLLECTIVE_OP_REDUCE_SCATTER, len(buf))
+	if err != nil {
+		return nil, err
+	}
+	off, n := g.Shard(len(buf))
+	shard := buf[off : off+n]
+	if g.Size() == 1 || len(buf) == 0 {
+		return shard, c.end(nil)
+	}
+	if err := c.end(c.ring(buf, 0, g.Size()-1, op)); err != nil {
+		return nil, err
+	}
+	return shard, nil
+}
+
+// AllGather fills buf from every member's shard: on entry this member's
+// shard of buf (Shard(len(buf))) holds its contribution; on return all of
+// buf holds everyone's.
+func (g *Group) AllGather(ctx context.Context, buf []float32) error {
+	c, err := g.begin(ctx, "all-gather", loomv1.CollectiveOp_COLLECTIVE_OP_ALL_GATHER, len(buf))
+	if err != nil {
+		return err
+	}
+	n := g.Size()
+	if n == 1 || len(buf) == 0 {
+		return c.end(nil)
+	}
+	return c.end(c.ring(buf, n-1, 2*n-2, Sum))
+}
+
+// Broadcast copies buf of the member with global rank root into buf of
+// every member.
+func (g *Group) Broadcast(ctx context.Context, buf []float32, root int) error {
+	ri, ok := g.index[root]
+	if !ok {
+		return fmt.Errorf("parallel: broadcast: root %d is not in group %q (ranks %v)", root, g.spec.Name, g.ranks)
+	}
+	c, err := g.begin(ctx, "broadcast", loomv1.CollectiveOp_COLLECTIVE_OP_BROADCAST, len(buf))
+	if err != nil {
+		return err
+	}
+	if g.Size() == 1 || len(buf) == 0 {
+		return c.end(nil)
+	}
+	return c.end(c.broadcast(buf, ri))
+}
+
+// Barrier returns once every member has called it.
+func (g *Group) Barrier(ctx context.Context) error {
+	c, err := g.begin(ctx, "barrier", loomv1.CollectiveOp_COLLECTIVE_OP_BARRIER, 0)
+	if err != nil {
+		return err
+	}
+	return c.end(c.barrier())
+}

@@ -1,0 +1,568 @@
+package parallel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+	"unsafe"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// Transport defaults, chosen by measurement (see the package doc).
+const (
+	DefaultStreamWindowBytes = 32 << 20
+	DefaultConnWindowBytes   = 64 << 20
+	DefaultWriteBufferBytes  = 1 << 20
+	DefaultReadBufferBytes   = 1 << 20
+	DefaultMaxFrameBytes     = 64 << 20
+	DefaultKeepaliveTime     = 10 * time.Second
+)
+
+// TransportOptions configures a Transport. Zero fields take the defaults.
+type TransportOptions struct {
+	// ListenAddr is where the Peer service listens, e.g. ":7071" or
+	// "127.0.0.1:0" (any free port). Ignored when Listener is set.
+	ListenAddr string
+	// Listener, if set, is used instead of listening on ListenAddr.
+	Listener net.Listener
+	// AdvertiseAddr is the address peers dial and the address that
+	// GroupSpec.Addrs must use for this worker; default: the listener's.
+	AdvertiseAddr string
+	// Codec is the frame encoding; every worker of a job must use the same.
+	Codec Codec
+	// StreamWindowBytes and ConnWindowBytes are the HTTP/2 flow-control
+	// windows (static; BDP estimation is off).
+	StreamWindowBytes int32
+	ConnWindowBytes   int32
+	// WriteBufferBytes and ReadBufferBytes size gRPC's socket buffers.
+	WriteBufferBytes int
+	ReadBufferBytes  int
+	// MaxFrameBytes is the largest frame accepted or sent; a group's
+	// ChunkBytes must be smaller.
+	MaxFrameBytes int
+	// KeepaliveTime is the HTTP/2 ping interval on idle connections; a peer
+	// that does not answer a ping within it loses its connections, which
+	// fails its groups even when no operation is waiting on it. gRPC
+	// enforces at least 10s.
+	KeepaliveTime time.Duration
+	// Logger receives rejected frames and lost peers; default: discard.
+	Logger *slog.Logger
+}
+
+func (o TransportOptions) withDefaults() TransportOptions {
+	if o.StreamWindowBytes == 0 {
+		o.StreamWindowBytes = DefaultStreamWindowBytes
+	}
+	if o.ConnWindowBytes == 0 {
+		o.ConnWindowBytes = DefaultConnWindowBytes
+	}
+	if o.WriteBufferBytes == 0 {
+		o.WriteBufferBytes = DefaultWriteBufferBytes
+	}
+	if o.ReadBufferBytes == 0 {
+		o.ReadBufferBytes = DefaultReadBufferBytes
+	}
+	if o.MaxFrameBytes == 0 {
+		o.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if o.KeepaliveTime == 0 {
+		o.KeepaliveTime = DefaultKeepaliveTime
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Validate reports every invalid field at once.
+func (o TransportOptions) Validate() error {
+	var errs []error
+	if o.Listener == nil && o.ListenAddr == "" {
+		errs = append(errs, errors.New("ListenAddr: empty (want host:port, e.g. 127.0.0.1:0) and no Listener"))
+	}
+	if o.Codec != CodecRaw && o.Codec != CodecProto {
+		errs = append(errs, fmt.Errorf("Codec: %d (want CodecRaw or CodecProto)", int(o.Codec)))
+	}
+	if o.StreamWindowBytes != 0 && o.StreamWindowBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("StreamWindowBytes: %d (want ≥ 65536, or 0 for the default)", o.StreamWindowBytes))
+	}
+	if o.ConnWindowBytes != 0 && o.ConnWindowBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("ConnWindowBytes: %d (want ≥ 65536, or 0 for the default)", o.ConnWindowBytes))
+	}
+	if o.WriteBufferBytes < 0 || o.ReadBufferBytes < 0 {
+		errs = append(errs, fmt.Errorf("WriteBufferBytes/ReadBufferBytes: %d/%d (want ≥ 0)", o.WriteBufferBytes, o.ReadBufferBytes))
+	}
+	if o.MaxFrameBytes != 0 && o.MaxFrameBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("MaxFrameBytes: %d (want ≥ 65536, or 0 for the default)", o.MaxFrameBytes))
+	}
+	if o.KeepaliveTime < 0 {
+		errs = append(errs, fmt.Errorf("KeepaliveTime: %v (want ≥ 0)", o.KeepaliveTime))
+	}
+	return errors.Join(errs...)
+}
+
+// groupKey names a process group on the wire.
+type groupKey struct {
+	job        string
+	generation uint64
+	name       string
+}
+
+// Transport is one worker's end of the data plane: it serves the Peer
+// service, holds one outbound Exchange stream per peer address, and routes
+// incoming frames to the process groups created on it. Safe for concurrent
+// use.
+type Transport struct {
+	opts     TransportOptions
+	log      *slog.Logger
+	codec    encoding.CodecV2
+	lis      net.Listener
+	srv      *grpc.Server
+	addr     string
+	ctx      context.Context // cancelled by Close; parent of outbound streams
+	cancel   context.CancelFunc
+	dialOpts []grpc.DialOption
+	served   chan struct{}
+
+	mu      sync.RWMutex
+	closing bool
+	conns   map[string]*outConn
+	groups  map[groupKey]*Group
+	pending map[groupKey][]*wireFrame // frames for groups not created yet
+	jobGen  map[string]uint64         // newest generation created, per job
+	retired map[groupKey]bool         // closed groups: their frames are rejected
+}
+
+// NewTransport listens and starts serving the Peer service. ctx bounds
+// only the setup; the transport lives until Close.
+func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, fmt.Errorf("parallel: transport options: %w", err)
+	}
+	var one uint16 = 1
+	if *(*byte)(unsafe.Pointer(&one)) != 1 {
+		return nil, errors.New("parallel: the wire format is little-endian float32; big-endian hosts are not supported")
+	}
+	o := opts.withDefaults()
+	lis := o.Listener
+	if lis == nil {
+		var lc net.ListenConfig
+		var err error
+		if lis, err = lc.Listen(ctx, "tcp", o.ListenAddr); err != nil {
+			return nil, fmt.Errorf("parallel: listen: %w", err)
+		}
+	}
+	t := &Transport{
+		opts:    o,
+		log:     o.Logger,
+		lis:     lis,
+		addr:    o.AdvertiseAddr,
+		served:  make(chan struct{}),
+		conns:   map[string]*outConn{},
+		groups:  map[groupKey]*Group{},
+		pending: map[groupKey][]*wireFrame{},
+		jobGen:  map[string]uint64{},
+		retired: map[groupKey]bool{},
+	}
+	if t.addr == "" {
+		t.addr = lis.Addr().String()
+	}
+	if o.Codec == CodecProto {
+		t.codec = protoCodec{}
+	} else {
+		t.codec = rawCodec{}
+	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.srv = grpc.NewServer(
+		grpc.ForceServerCodecV2(t.codec),
+		grpc.InitialWindowSize(o.StreamWindowBytes),
+		grpc.InitialConnWindowSize(o.ConnWindowBytes),
+		grpc.WriteBufferSize(o.WriteBufferBytes),
+		grpc.ReadBufferSize(o.ReadBufferBytes),
+		grpc.MaxRecvMsgSize(o.MaxFrameBytes+4096),
+		grpc.MaxSendMsgSize(o.MaxFrameBytes+4096),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: o.KeepaliveTime / 2, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTime}),
+	)
+	loomv1.RegisterPeerServer(t.srv, &peerServer{t: t})
+	t.dialOpts = []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(o.StreamWindowBytes),
+		grpc.WithInitialConnWindowSize(o.ConnWindowBytes),
+		grpc.WithWriteBufferSize(o.WriteBufferBytes),
+		grpc.WithReadBufferSize(o.ReadBufferBytes),
+		grpc.WithDisableRetry(),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: o.KeepaliveTime, Timeout: o.KeepaliveTime, PermitWithoutStream: true}),
+		grpc.WithDefaultCallOptions(
+			grpc.ForceCodecV2(t.codec),
+			grpc.MaxCallRecvMsgSize(o.MaxFrameBytes+4096),
+			grpc.MaxCallSendMsgSize(o.MaxFrameBytes+4096),
+			// Commit the stream on its first message so gRPC never keeps
+			// payloads around for a replay.
+			grpc.MaxRetryRPCBufferSize(0),
+		),
+	}
+	go func() {
+		defer close(t.served)
+		if err := t.srv.Serve(lis); err != nil {
+			t.log.Error("peer server stopped", "addr", t.addr, "err", err)
+		}
+	}()
+	return t, nil
+}
+
+// Addr returns the address peers must use for this transport.
+func (t *Transport) Addr() string { return t.addr }
+
+// Close stops serving, closes every connection and fails every group with
+// ErrClosed. Pending operations return promptly.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closing {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closing = true
+	conns := make([]*outConn, 0, len(t.conns))
+	for _, oc := range t.conns {
+		conns = append(conns, oc)
+	}
+	groups := make([]*Group, 0, len(t.groups))
+	for _, g := range t.groups {
+		groups = append(groups, g)
+	}
+	for k, fs := range t.pending {
+		releaseAll(fs)
+		delete(t.pending, k)
+	}
+	t.mu.Unlock()
+	for _, g := range groups {
+		g.fail(fmt.Errorf("transport %s: %w", t.addr, ErrClosed))
+	}
+	for _, oc := range conns {
+		oc.fail(ErrClosed)
+	}
+	t.cancel()
+	t.srv.Stop()
+	<-t.served
+	return nil
+}
+
+func releaseAll(fs []*wireFrame) {
+	for _, f := range fs {
+		f.release()
+	}
+}
+
+// conn returns the outbound connection to addr, dialling it if needed.
+func (t *Transport) conn(addr string) (*outConn, error) {
+	t.mu.RLock()
+	oc := t.conns[addr]
+	closing := t.closing
+	t.mu.RUnlock()
+	if oc != nil {
+		return oc, nil
+	}
+	if closing {
+		return nil, ErrClosed
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return nil, ErrClosed
+	}
+	if oc = t.conns[addr]; oc != nil {
+		return oc, nil
+	}
+	oc = &outConn{
+		t:     t,
+		addr:  addr,
+		ready: make(chan struct{}),
+		done:  make(chan struct{}),
+		sem:   make(chan struct{}, 1),
+	}
+	oc.ctx, oc.cancel = context.WithCancel(t.ctx)
+	t.conns[addr] = oc
+	go oc.connect()
+	return oc, nil
+}
+
+// dropConn forgets oc so that the next send to its address redials.
+func (t *Transport) dropConn(oc *outConn) {
+	t.mu.Lock()
+	if t.conns[oc.addr] == oc {
+		delete(t.conns, oc.addr)
+	}
+	t.mu.Unlock()
+}
+
+// peerLost fails every group that has a member at addr.
+func (t *Transport) peerLost(addr string, err error) {
+	t.mu.RLock()
+	if t.closing {
+		t.mu.RUnlock()
+		return
+	}
+	var gs []*Group
+	for _, g := range t.groups {
+		if g.hasPeer(addr) {
+			gs = append(gs, g)
+		}
+	}
+	t.mu.RUnlock()
+	if len(gs) > 0 {
+		t.log.Warn("peer lost", "addr", addr, "err", err)
+	}
+	for _, g := range gs {
+		g.failPeer(addr, err)
+	}
+}
+
+// deliver routes an incoming data frame. It returns a reason when the frame
+// is rejected.
+func (t *Transport) deliver(f *wireFrame) string {
+	key := groupKey{f.job, f.generation, f.group}
+	t.mu.RLock()
+	g := t.groups[key]
+	t.mu.RUnlock()
+	if g != nil {
+		return g.deliver(f)
+	}
+	t.mu.Lock()
+	if g = t.groups[key]; g != nil {
+		t.mu.Unlock()
+		return g.deliver(f)
+	}
+	defer t.mu.Unlock()
+	if cur := t.jobGen[f.job]; f.generation < cur {
+		return fmt.Sprintf("job %q generation %d is older than the receiver's %d", f.job, f.generation, cur)
+	}
+	if t.retired[key] {
+		return fmt.Sprintf("group %q of job %q generation %d is closed", f.group, f.job, f.generation)
+	}
+	if t.closing {
+		return "transport closing"
+	}
+	t.pending[key] = append(t.pending[key], f)
+	return ""
+}
+
+// rejected handles a REJECT that a peer sent back for one of our frames.
+func (t *Transport) rejected(addr string, f *wireFrame) {
+	t.log.Warn("peer rejected a frame", "peer", addr, "job", f.job, "generation", f.generation, "group", f.group, "detail", f.detail)
+	t.mu.RLock()
+	g := t.groups[groupKey{f.job, f.generation, f.group}]
+	t.mu.RUnlock()
+	if g != nil {
+		g.failPeer(addr, fmt.Errorf("%w: peer rejected our frame: %s", ErrStaleGeneration, f.detail))
+	}
+}
+
+// outConn is the outbound Exchange stream to one peer address.
+type outConn struct {
+	t      *Transport
+	addr   string
+	ctx    context.Context
+	cancel context.CancelFunc
+	ready  chan struct{} // closed once the stream is open
+	done   chan struct{} // closed on failure
+	sem    chan struct{} // serializes SendMsg
+
+	mu     sync.Mutex
+	cc     *grpc.ClientConn
+	stream grpc.ClientStream
+	err    error
+}
+
+// connect dials, opens the stream and says HELLO; the peer's header
+// confirms it accepted us. It waits for the peer to come up.
+func (oc *outConn) connect() {
+	cc, err := grpc.NewClient("passthrough:///"+oc.addr, oc.t.dialOpts...)
+	if err != nil {
+		oc.fail(fmt.Errorf("%w: dial: %v", ErrPeerGone, err))
+		return
+	}
+	oc.mu.Lock()
+	oc.cc = cc
+	failed := oc.err != nil
+	oc.mu.Unlock()
+	if failed {
+		cc.Close()
+		return
+	}
+	stream, err := cc.NewStream(oc.ctx, &loomv1.Peer_ServiceDesc.Streams[0], loomv1.Peer_Exchange_FullMethodName, grpc.WaitForReady(true))
+	if err == nil {
+		err = stream.SendMsg(&wireFrame{kind: loomv1.FrameKind_FRAME_KIND_HELLO, srcAddr: oc.t.addr})
+	}
+	if err == nil {
+		_, err = stream.Header()
+	}
+	if err != nil {
+		oc.fail(fmt.Errorf("%w: open stream: %v", ErrPeerGone, err))
+		return
+	}
+	oc.mu.Lock()
+	oc.stream = stream
+	oc.mu.Unlock()
+	close(oc.ready)
+	for {
+		var f wireFrame
+		if err := stream.RecvMsg(&f); err != nil {
+			oc.fail(fmt.Errorf("%w: stream ended: %v", ErrPeerGone, err))
+			return
+		}
+		if f.kind == loomv1.FrameKind_FRAME_KIND_REJECT {
+			oc.t.rejected(oc.addr, &f)
+		}
+		f.release()
+	}
+}
+
+// fail closes the connection for good and fails the groups using it.
+func (oc *outConn) fail(err error) {
+	oc.mu.Lock()
+	if oc.err != nil {
+		oc.mu.Unlock()
+		return
+	}
+	oc.err = err
+	cc := oc.cc
+	oc.mu.Unlock()
+	close(oc.done)
+	oc.cancel()
+	if cc != nil {
+		cc.Close()
+	}
+	oc.t.dropConn(oc)
+	if !errors.Is(err, ErrClosed) {
+		oc.t.peerLost(oc.addr, err)
+	}
+}
+
+func (oc *outConn) failure() error {
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	return oc.err
+}
+
+// send writes one frame. It waits at most timeout for the stream to open
+// and for earlier frames to leave; a SendMsg blocked longer than timeout
+// (a peer that stopped reading) breaks the connection.
+func (oc *outConn) send(ctx context.Context, f *wireFrame, timeout time.Duration) error {
+	var timer *time.Timer
+	wait := func(ch <-chan struct{}, what string) error {
+		select {
+		case <-ch:
+			return nil
+		default:
+		}
+		if timer == nil {
+			timer = time.NewTimer(timeout)
+		}
+		select {
+		case <-ch:
+			return nil
+		case <-oc.done:
+			return oc.failure()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			return fmt.Errorf("%w: %s for %v", ErrPeerTimeout, what, timeout)
+		}
+	}
+	err := wait(oc.ready, "connecting")
+	if err == nil {
+		select {
+		case oc.sem <- struct{}{}:
+		default:
+			if timer == nil {
+				timer = time.NewTimer(timeout)
+			}
+			select {
+			case oc.sem <- struct{}{}:
+			case <-oc.done:
+				err = oc.failure()
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-timer.C:
+				err = fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
+			}
+		}
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	if err != nil {
+		return err
+	}
+	defer func() { <-oc.sem }()
+	if err := oc.failure(); err != nil {
+		return err
+	}
+	guard := time.AfterFunc(timeout, func() {
+		oc.fail(fmt.Errorf("%w: send blocked for %v", ErrPeerTimeout, timeout))
+	})
+	err = oc.stream.SendMsg(f)
+	guard.Stop()
+	if err != nil {
+		oc.fail(fmt.Errorf("%w: send: %v", ErrPeerGone, err))
+		return oc.failure()
+	}
+	return nil
+}
+
+// peerServer serves inbound Exchange streams.
+type peerServer struct {
+	loomv1.UnimplementedPeerServer
+	t *Transport
+}
+
+// Exchange reads frames until the stream ends and routes them to groups.
+func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
+	var hello wireFrame
+	if err := stream.RecvMsg(&hello); err != nil {
+		return err
+	}
+	hello.release()
+	if hello.kind != loomv1.FrameKind_FRAME_KIND_HELLO || hello.srcAddr == "" {
+		return fmt.Errorf("parallel: first frame must be HELLO with src_addr, got kind %v", hello.kind)
+	}
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
+	from := hello.srcAddr
+	for {
+		f := new(wireFrame)
+		if err := stream.RecvMsg(f); err != nil {
+			s.t.peerLost(from, fmt.Errorf("%w: inbound stream ended: %v", ErrPeerGone, err))
+			return nil
+		}
+		var reason string
+		switch f.kind {
+		case loomv1.FrameKind_FRAME_KIND_COLLECTIVE, loomv1.FrameKind_FRAME_KIND_P2P:
+			reason = s.t.deliver(f)
+		default:
+			reason = fmt.Sprintf("unexpected frame kind %v", f.kind)
+		}
+		if reason == "" {
+			continue
+		}
+		s.t.log.Warn("rejected frame", "from", from, "job", f.job, "generation", f.generation, "group", f.group, "reason", reason)
+		rej := &wireFrame{kind: loomv1.FrameKind_FRAME_KIND_REJECT, job: f.job, generation: f.generation, group: f.group, seq: f.seq, tag: f.tag, detail: reason}
+		f.release()
+		if err := stream.SendMsg(rej); err != nil {
+			return nil
+		}
+	}
+}
