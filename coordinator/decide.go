@@ -1,0 +1,299 @@
+package coordinator
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/loomtrain/loom/api"
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// Observed is the control-plane state the leader read from etcd, decoded.
+// Decide reads it and does not change it.
+type Observed struct {
+	// Version is the Loom version of the deciding coordinator; only workers
+	// of the same version are assigned.
+	Version string
+	// Jobs in submission order.
+	Jobs []JobObserved
+	// Workers with a live lease.
+	Workers []*loomv1.WorkerInfo
+}
+
+// JobObserved is one job's keys.
+type JobObserved struct {
+	Desired *loomv1.JobDesired
+	// Parallel is the layout parsed from Desired.SpecYAML; SpecErr is set
+	// when the stored spec no longer parses.
+	Parallel api.ParallelSpec
+	SpecErr  error
+	// Status is nil before the leader first writes it.
+	Status *loomv1.JobStatus
+	// Assignment is nil when no generation runs.
+	Assignment *loomv1.Assignment
+	// Results of Assignment's generation, by rank.
+	Results map[int]*loomv1.RankResult
+}
+
+// ActionKind says what an Action writes.
+type ActionKind int
+
+// The actions Decide can ask for.
+const (
+	PutStatus ActionKind = iota + 1
+	PutAssignment
+	DeleteAssignment
+)
+
+func (k ActionKind) String() string {
+	switch k {
+	case PutStatus:
+		return "put-status"
+	case PutAssignment:
+		return "put-assignment"
+	case DeleteAssignment:
+		return "delete-assignment"
+	}
+	return fmt.Sprintf("ActionKind(%d)", int(k))
+}
+
+// Action is one write the leader must make.
+type Action struct {
+	Kind       ActionKind
+	Job        string
+	Status     *loomv1.JobStatus  // PutStatus
+	Assignment *loomv1.Assignment // PutAssignment
+}
+
+func (a Action) String() string {
+	switch a.Kind {
+	case PutStatus:
+		return fmt.Sprintf("%s %s %s gen=%d %q", a.Kind, a.Job, a.Status.State, a.Status.Generation, a.Status.Message)
+	case PutAssignment:
+		return fmt.Sprintf("%s %s gen=%d ranks=%d", a.Kind, a.Job, a.Assignment.Generation, len(a.Assignment.Ranks))
+	}
+	return fmt.Sprintf("%s %s", a.Kind, a.Job)
+}
+
+// maxFailures bounds JobStatus.Failures.
+const maxFailures = 16
+
+// Terminal reports whether a job in state s will not run again.
+func Terminal(s loomv1.JobState) bool {
+	return s == loomv1.JobState_JOB_STATE_SUCCEEDED || s == loomv1.JobState_JOB_STATE_FAILED ||
+		s == loomv1.JobState_JOB_STATE_STOPPED
+}
+
+// Decide is the coordinator's whole policy: from observed state it returns
+// the writes that move every job toward its desired state. It is pure and
+// deterministic; calling it again on the state its actions produce returns
+// no actions.
+func Decide(o Observed) []Action {
+	live := map[string]*loomv1.WorkerInfo{}
+	for _, w := range o.Workers {
+		live[w.Id] = w
+	}
+	busy := map[string]bool{}
+	for _, j := range o.Jobs {
+		if j.Assignment != nil {
+			for _, r := range j.Assignment.Ranks {
+				busy[r.WorkerId] = true
+			}
+		}
+	}
+	// Idle workers of our version, grouped by host so that consecutive
+	// ranks (a tensor-parallel group) share a host when they can.
+	var idle, otherVersion []*loomv1.WorkerInfo
+	for _, w := range o.Workers {
+		switch {
+		case busy[w.Id]:
+		case w.Version != o.Version:
+			otherVersion = append(otherVersion, w)
+		default:
+			idle = append(idle, w)
+		}
+	}
+	sort.SliceStable(idle, func(i, j int) bool {
+		a, b := idle[i], idle[j]
+		if a.Host != b.Host {
+			return a.Host < b.Host
+		}
+		if a.Addr != b.Addr {
+			return a.Addr < b.Addr
+		}
+		return a.Id < b.Id
+	})
+
+	var acts []Action
+	for _, j := range o.Jobs {
+		d := j.Desired
+		cur := j.Status
+		if cur == nil {
+			cur = &loomv1.JobStatus{Name: d.Name, State: loomv1.JobState_JOB_STATE_PENDING, WorldSize: d.WorldSize}
+		}
+		next := proto.Clone(cur).(*loomv1.JobStatus)
+		next.UpdatedUnixMs = 0
+		deleteAssignment := func() {
+			if j.Assignment != nil {
+				acts = append(acts, Action{Kind: DeleteAssignment, Job: d.Name})
+			}
+		}
+		emit := func() {
+			old := proto.Clone(cur).(*loomv1.JobStatus)
+			old.UpdatedUnixMs = 0
+			if j.Status == nil || !proto.Equal(old, next) {
+				acts = append(acts, Action{Kind: PutStatus, Job: d.Name, Status: next})
+			}
+		}
+		switch {
+		case Terminal(cur.State):
+			deleteAssignment()
+			continue
+		case d.Stop:
+			deleteAssignment()
+			next.State = loomv1.JobState_JOB_STATE_STOPPED
+			next.WaitingFor = 0
+			next.Message = "stopped"
+			if d.StopReason != "" {
+				next.Message += ": " + d.StopReason
+			}
+			emit()
+			continue
+		case j.SpecErr != nil:
+			deleteAssignment()
+			next.State = loomv1.JobState_JOB_STATE_FAILED
+			next.Message = fmt.Sprintf("stored job spec does not parse: %v; resubmit it", j.SpecErr)
+			emit()
+			continue
+		}
+
+		if a := j.Assignment; a != nil {
+			decideRunning(j, a, live, next)
+			if next.State != loomv1.JobState_JOB_STATE_RUNNING {
+				deleteAssignment()
+			}
+			emit()
+			continue
+		}
+
+		// No generation runs: rendezvous.
+		need := int(d.WorldSize)
+		if len(idle) >= need {
+			a := &loomv1.Assignment{
+				Job:                d.Name,
+				Generation:         cur.Generation + 1,
+				CoordinatorVersion: o.Version,
+				SpecYaml:           d.SpecYaml,
+				WorldSize:          d.WorldSize,
+			}
+			for rank, w := range idle[:need] {
+				dp, pp, tp := RankCoords(rank, j.Parallel)
+				a.Ranks = append(a.Ranks, &loomv1.RankInfo{
+					Rank: int32(rank), WorkerId: w.Id, Addr: w.Addr, Host: w.Host, Threads: w.Threads,
+					Dp: int32(dp), Pp: int32(pp), Tp: int32(tp),
+				})
+			}
+			idle = idle[need:]
+			acts = append(acts, Action{Kind: PutAssignment, Job: d.Name, Assignment: a})
+			next.State = loomv1.JobState_JOB_STATE_RUNNING
+			next.Generation = a.Generation
+			next.Ranks = a.Ranks
+			next.WaitingFor = 0
+			next.Message = fmt.Sprintf("generation %d: %d ranks training", a.Generation, need)
+			emit()
+			continue
+		}
+		if next.State != loomv1.JobState_JOB_STATE_WAITING {
+			next.State = loomv1.JobState_JOB_STATE_PENDING
+		}
+		next.WaitingFor = int32(need - len(idle))
+		msg := fmt.Sprintf("waiting for %d more worker%s (%d of %d idle workers registered)",
+			next.WaitingFor, plural(int(next.WaitingFor)), len(idle), need)
+		if len(otherVersion) > 0 {
+			var ws []string
+			for _, w := range otherVersion {
+				ws = append(ws, fmt.Sprintf("%s at %s runs Loom %s", w.Id, w.Addr, w.Version))
+			}
+			msg += fmt.Sprintf("; ignoring %d worker%s of another Loom version (coordinator runs %s): %s",
+				len(otherVersion), plural(len(otherVersion)), o.Version, strings.Join(ws, ", "))
+		}
+		if n := len(next.Failures); n > 0 && next.State == loomv1.JobState_JOB_STATE_WAITING {
+			msg = describeFailure(next.Failures[n-1]) + "; " + msg
+		}
+		next.Message = msg
+		emit()
+	}
+	return acts
+}
+
+// decideRunning sets next for a job whose generation a is assigned: still
+// running, succeeded, or ended early by a lost or failed rank.
+func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.WorkerInfo, next *loomv1.JobStatus) {
+	var failures []*loomv1.Failure
+	done := 0
+	for _, r := range a.Ranks {
+		res := j.Results[int(r.Rank)]
+		switch {
+		case res != nil && res.Ok:
+			done++
+		case res != nil:
+			failures = append(failures, &loomv1.Failure{Generation: a.Generation, Rank: r.Rank, Addr: r.Addr,
+				WorkerId: r.WorkerId, Reason: res.Error})
+		case live[r.WorkerId] == nil:
+			failures = append(failures, &loomv1.Failure{Generation: a.Generation, Rank: r.Rank, Addr: r.Addr,
+				WorkerId: r.WorkerId, Lost: true,
+				Reason: "its lease expired: the worker process exited or lost contact with etcd"})
+		}
+	}
+	next.Generation = a.Generation
+	next.Ranks = a.Ranks
+	next.WaitingFor = 0
+	switch {
+	case len(failures) > 0:
+		next.Failures = append(next.Failures, failures...)
+		if n := len(next.Failures); n > maxFailures {
+			next.Failures = next.Failures[n-maxFailures:]
+		}
+		what := describeFailure(failures[0])
+		if len(failures) > 1 {
+			what += fmt.Sprintf(" (and %d more rank%s)", len(failures)-1, plural(len(failures)-1))
+		}
+		if next.Restarts < j.Desired.MaxRestarts {
+			next.Restarts++
+			next.State = loomv1.JobState_JOB_STATE_WAITING
+			next.WaitingFor = j.Desired.WorldSize
+			next.Message = fmt.Sprintf("%s; restart %d of %d: waiting for workers", what, next.Restarts, j.Desired.MaxRestarts)
+		} else {
+			next.State = loomv1.JobState_JOB_STATE_FAILED
+			next.Message = what
+			if j.Desired.MaxRestarts > 0 {
+				next.Message += fmt.Sprintf("; no restarts left (max %d)", j.Desired.MaxRestarts)
+			}
+		}
+	case done == len(a.Ranks):
+		next.State = loomv1.JobState_JOB_STATE_SUCCEEDED
+		next.Message = fmt.Sprintf("generation %d: all %d ranks finished", a.Generation, done)
+	default:
+		next.State = loomv1.JobState_JOB_STATE_RUNNING
+		next.Message = fmt.Sprintf("generation %d: %d ranks training", a.Generation, len(a.Ranks))
+	}
+}
+
+// describeFailure names the rank, its address and worker, and the reason.
+func describeFailure(f *loomv1.Failure) string {
+	verb := "failed"
+	if f.Lost {
+		verb = "lost"
+	}
+	return fmt.Sprintf("generation %d: %s rank %d (%s, worker %s): %s", f.Generation, verb, f.Rank, f.Addr, f.WorkerId, f.Reason)
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
