@@ -273,7 +273,7 @@ func (c *Coordinator) reconcile(ctx context.Context, leaderKey string, leaderRev
 		return err
 	}
 	for _, a := range acts {
-		c.log.Info("coordinator: "+a.String())
+		c.log.Info("coordinator: " + a.String())
 	}
 	c.control.observe(snap.Observed, acts)
 	return nil
