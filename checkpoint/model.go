@@ -95,6 +95,9 @@ func SaveModel(dir string, m *model.Model, spec *api.JobSpec) error {
 		}
 		tensors[i] = safetensors.Tensor{Name: v.Name, DType: safetensors.F32, Shape: s, Data: m.Params[v.Offset:v.End()]}
 	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("save model: %w", err)
+	}
 	if err := hf.SaveDir(dir, HFConfig(m.Config), tensors); err != nil {
 		return fmt.Errorf("save model: %w", err)
 	}

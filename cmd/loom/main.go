@@ -104,3 +104,26 @@ func newFlagSet(env *cmdEnv, name, synopsis string) *flag.FlagSet {
 	}
 	return fs
 }
+
+// parseArgs parses fs from args, where flags may come before, between or
+// after the positional arguments (and "--" ends the flags); it returns the
+// positional arguments.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		consumed := len(args) - len(fs.Args())
+		dashdash := consumed > 0 && args[consumed-1] == "--"
+		args = fs.Args()
+		if dashdash {
+			return append(pos, args...), nil
+		}
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}

@@ -32,24 +32,9 @@ func cmdPrep(ctx context.Context, env *cmdEnv, args []string) error {
 	goSrc := fs.Bool("go-src", false, "add the Go standard library sources, $(go env GOROOT)/src, with --include '*.go'")
 	quiet := fs.Bool("quiet", false, "show no progress on stderr")
 
-	// Flags may come before, between or after the inputs.
-	var inputs []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return err
-		}
-		consumed := len(args) - len(fs.Args())
-		dashdash := consumed > 0 && args[consumed-1] == "--"
-		args = fs.Args()
-		if dashdash {
-			inputs = append(inputs, args...)
-			break
-		}
-		if len(args) == 0 {
-			break
-		}
-		inputs = append(inputs, args[0])
-		args = args[1:]
+	inputs, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
 	if *goSrc {
 		in, inc, err := data.GoSourceInputs(ctx)

@@ -3,8 +3,107 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/train"
 )
 
 func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("run: not implemented yet")
+	fs := newFlagSet(env, "run", "JOB.yaml [flags]\n\n"+
+		"Trains the job the spec describes. World size 1 (dp·tp·pp = 1) runs in this\n"+
+		"process. Prints live progress, saves the final model under\n"+
+		"checkpoint.dir/NAME/final (a Hugging Face LLaMA directory) and a sample.")
+	logFormat := fs.String("log-format", "text", "progress format: text, or json (one object per step)")
+	threads := fs.Int("threads", 0, "kernel threads (0: all cores)")
+	initDir := fs.String("init", "", "start from the weights of a Hugging Face LLaMA `DIR` (config.json + model.safetensors)")
+	sampleTokens := fs.Int("sample-tokens", 200, "tokens of text to generate after training (0: none)")
+	prompt := fs.String("prompt", "func ", "prompt of the final sample")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errors.New("run: need exactly one JOB.yaml")
+	}
+	spec, err := api.LoadSpec(pos[0])
+	if err != nil {
+		return err
+	}
+	if w := spec.Parallel.WorldSize(); w != 1 {
+		return fmt.Errorf("run: %s: parallel layout dp=%d tp=%d pp=%d (world size %d) is not supported yet: only world size 1 runs",
+			pos[0], spec.Parallel.DP, spec.Parallel.TP, spec.Parallel.PP, w)
+	}
+	k, closeK := newKernels(*threads)
+	defer closeK()
+
+	f, err := data.Open(spec.Data.Path)
+	if err != nil {
+		return fmt.Errorf("run: data.path: %w", err)
+	}
+	defer f.Close()
+	loader, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: loader})
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	if *initDir != "" {
+		src, err := checkpoint.LoadModel(*initDir, k, spec.Model.SeqLen)
+		if err != nil {
+			return fmt.Errorf("run: --init: %w", err)
+		}
+		if err := tr.LoadWeights(src); err != nil {
+			return fmt.Errorf("run: --init %s: %w", *initDir, err)
+		}
+	}
+	cfg := tr.Model.Config
+	fmt.Fprintf(env.stderr, "loom: job %q: %s parameters (d %d, %d layers, %d/%d heads, ffn %d, vocab %d), %d tokens per step, %d steps, %d windows of %d tokens in %s\n",
+		spec.Name, humanCount(int64(cfg.NumParams())), cfg.Dim, cfg.NLayers, cfg.NHeads, cfg.NKVHeads, cfg.FFNHidden, cfg.VocabSize,
+		spec.Train.GlobalBatch*spec.Model.SeqLen, spec.Train.Steps, loader.NumWindows(), spec.Model.SeqLen, spec.Data.Path)
+	prog, err := train.NewProgress(env.stdout, *logFormat, spec.Train.Steps, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
+	runErr := tr.Run(ctx, prog.Report)
+	if tr.StepsDone() == 0 {
+		return fmt.Errorf("run: %w", runErr)
+	}
+	dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
+	if err := checkpoint.SaveModel(dir, tr.Model, &spec); err != nil {
+		return fmt.Errorf("run: %w", errors.Join(runErr, err))
+	}
+	fmt.Fprintf(env.stderr, "loom: saved the model after step %d to %s\n", tr.StepsDone(), dir)
+	if runErr != nil {
+		return fmt.Errorf("run: %w", runErr)
+	}
+	if *sampleTokens > 0 && *logFormat == "text" {
+		text, err := sampleText(tr.Model, *prompt, *sampleTokens, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
+		if err != nil {
+			return fmt.Errorf("run: sample: %w", err)
+		}
+		fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
+	}
+	return nil
+}
+
+// humanCount renders n with a k/M/G suffix.
+func humanCount(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fG", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.2fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fk", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
 }

@@ -3,8 +3,63 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/model"
 )
 
 func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("sample: not implemented yet")
+	fs := newFlagSet(env, "sample", "--model DIR --prompt TEXT [flags]\n\n"+
+		"Generates text from a model: a Loom-saved model or a Hugging Face LLaMA\n"+
+		"directory (byte vocabulary).")
+	modelDir := fs.String("model", "", "model `DIR` (Loom's checkpoint.dir/NAME/final, or a Hugging Face directory)")
+	prompt := fs.String("prompt", "", "text to continue")
+	temp := fs.Float64("temperature", 0.8, "sampling temperature (0: greedy)")
+	topK := fs.Int("top-k", 40, "sample among the K most likely tokens (0: all)")
+	maxTokens := fs.Int("max-tokens", 200, "tokens to generate")
+	seed := fs.Uint64("seed", 1, "sampling seed")
+	threads := fs.Int("threads", 0, "kernel threads (0: all cores)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if *modelDir == "" || len(pos) != 0 {
+		fs.Usage()
+		return errors.New("sample: need --model DIR (and no positional arguments)")
+	}
+	if *maxTokens < 0 || *temp < 0 || *topK < 0 {
+		return errors.New("sample: --max-tokens, --temperature and --top-k must be ≥ 0")
+	}
+	k, closeK := newKernels(*threads)
+	defer closeK()
+	m, err := checkpoint.LoadModel(*modelDir, k, 0)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	text, err := sampleText(m, *prompt, *maxTokens, model.SampleOptions{Temperature: *temp, TopK: *topK, Seed: *seed})
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	fmt.Fprintln(env.stdout, text)
+	return nil
+}
+
+// sampleText continues prompt (byte-tokenized, after BOS) by up to n tokens
+// and returns prompt and continuation as text; generation stops at EOS.
+func sampleText(m *model.Model, prompt string, n int, opt model.SampleOptions) (string, error) {
+	var tok data.ByteTokenizer
+	ids := append([]int32{tok.BOS()}, tok.Encode(nil, []byte(prompt))...)
+	out, err := m.Generate(ids, n, opt, tok.EOS())
+	if err != nil {
+		return "", err
+	}
+	text := []byte(prompt)
+	for _, id := range out {
+		if id < 256 { // ids past the byte vocabulary carry no text
+			text = append(text, byte(id))
+		}
+	}
+	return string(text), nil
 }

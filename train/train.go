@@ -1,0 +1,231 @@
+// Package train owns the training loop of one rank: it turns a job spec, a
+// model, a data loader and an optimizer into optimizer steps, and reports
+// each step's statistics.
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/optim"
+	"github.com/loomtrain/loom/tensor"
+)
+
+// GradSync combines gradients and statistics across the data-parallel
+// group. A single rank uses nil.
+type GradSync interface {
+	// AllReduceMean replaces x on every rank with the element-wise mean of
+	// x over the data-parallel ranks.
+	AllReduceMean(ctx context.Context, x []float32) error
+}
+
+// Config is what a Trainer needs. Kernels, Loader and Spec are required.
+type Config struct {
+	Spec    api.JobSpec
+	Kernels tensor.Kernels
+	Loader  *data.Loader
+	// DPRank and DPSize place this rank in the data-parallel group; the
+	// zero value means a single rank.
+	DPRank, DPSize int
+	// Sync is the data-parallel gradient exchange; nil when DPSize ≤ 1.
+	Sync GradSync
+}
+
+// Stats describes one optimizer step.
+type Stats struct {
+	Step         int     `json:"step"` // 1-based number of the step just taken
+	Loss         float64 `json:"loss"` // mean cross-entropy over the global batch
+	LR           float64 `json:"lr"`
+	GradNorm     float64 `json:"grad_norm"` // global norm before clipping
+	Tokens       int     `json:"tokens"`    // tokens in the global batch
+	TokensPerSec float64 `json:"tokens_per_sec"`
+	StepSeconds  float64 `json:"step_s"`
+	CommSeconds  float64 `json:"comm_s"` // time in gradient exchange
+}
+
+// Trainer runs optimizer steps for one rank. It is not safe for concurrent
+// use.
+type Trainer struct {
+	spec    api.JobSpec
+	k       tensor.Kernels
+	Model   *model.Model
+	opt     *optim.AdamW
+	sched   lrSchedule
+	loader  *data.Loader
+	acts    *model.Acts
+	inputs  []int32
+	targets []int32
+	scalar  []float32
+	rank    int
+	dpSize  int
+	sync    GradSync
+	step    int // optimizer steps taken
+	accum   int
+	perRank int // windows per rank per step
+	micro   int
+	seqLen  int
+}
+
+// New builds a trainer with freshly initialised weights (seeded by
+// train.seed).
+func New(cfg Config) (*Trainer, error) {
+	if cfg.Kernels == nil || cfg.Loader == nil {
+		return nil, errors.New("train: Config needs Kernels and Loader")
+	}
+	s := cfg.Spec
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	dp := max(cfg.DPSize, 1)
+	if dp != s.Parallel.DP {
+		return nil, fmt.Errorf("train: data-parallel size %d does not match parallel.dp = %d", dp, s.Parallel.DP)
+	}
+	if dp > 1 && cfg.Sync == nil {
+		return nil, errors.New("train: data parallelism needs a GradSync")
+	}
+	if fv := cfg.Loader.File().Meta().VocabSize; fv > s.Model.VocabSize {
+		return nil, fmt.Errorf("model.vocab_size = %d is smaller than the vocabulary of %s (%d): set model.vocab_size ≥ %d",
+			s.Model.VocabSize, cfg.Loader.File().Path(), fv, fv)
+	}
+	if lc := cfg.Loader.Config(); lc.SeqLen != s.Model.SeqLen {
+		return nil, fmt.Errorf("train: loader windows of %d tokens, model.seq_len = %d", lc.SeqLen, s.Model.SeqLen)
+	}
+	m, err := model.New(checkpoint.ModelConfig(s.Model), cfg.Kernels)
+	if err != nil {
+		return nil, err
+	}
+	m.Init(s.Train.Seed)
+	segs := make([]optim.Segment, len(m.Layout.Views))
+	for i, v := range m.Layout.Views {
+		segs[i] = optim.Segment{Offset: v.Offset, Len: v.Len(), Decay: v.Decay}
+	}
+	opt, err := optim.NewAdamW(cfg.Kernels, optim.AdamWConfig{
+		Beta1: s.Train.Beta1, Beta2: s.Train.Beta2, Eps: s.Train.Eps, WeightDecay: s.Train.WeightDecay,
+	}, segs, 0, m.Layout.Size)
+	if err != nil {
+		return nil, err
+	}
+	acts, err := m.NewActs(s.Train.MicroBatch, s.Model.SeqLen)
+	if err != nil {
+		return nil, err
+	}
+	n := s.Train.MicroBatch * s.Model.SeqLen
+	t := &Trainer{
+		spec: s, k: cfg.Kernels, Model: m, opt: opt, sched: schedule(s.Train), loader: cfg.Loader,
+		acts: acts, inputs: make([]int32, n), targets: make([]int32, n), scalar: make([]float32, 1),
+		rank: cfg.DPRank, dpSize: dp, sync: cfg.Sync,
+		accum: s.AccumulationSteps(), perRank: s.Train.GlobalBatch / dp, micro: s.Train.MicroBatch,
+		seqLen: s.Model.SeqLen,
+	}
+	return t, nil
+}
+
+// lrSchedule gives the learning rate of a 0-based optimizer step.
+type lrSchedule interface{ LR(step int) float64 }
+
+// linearSchedule is linear warm-up then linear decay to MinLR.
+type linearSchedule struct{ optim.Schedule }
+
+func (s linearSchedule) LR(step int) float64 {
+	if step < s.WarmupSteps || step >= s.TotalSteps {
+		return s.Schedule.LR(step)
+	}
+	p := float64(step-s.WarmupSteps) / float64(s.TotalSteps-s.WarmupSteps)
+	return s.MaxLR - (s.MaxLR-s.MinLR)*p
+}
+
+// schedule turns the spec's schedule into a learning-rate function.
+func schedule(t api.TrainSpec) lrSchedule {
+	s := optim.Schedule{MaxLR: t.LR, MinLR: t.MinLR, WarmupSteps: min(t.WarmupSteps, t.Steps), TotalSteps: t.Steps}
+	switch t.Schedule {
+	case "constant":
+		s.MinLR = s.MaxLR
+	case "linear":
+		return linearSchedule{s}
+	}
+	return s
+}
+
+// StepsDone is the number of optimizer steps taken.
+func (t *Trainer) StepsDone() int { return t.step }
+
+// LoadWeights copies weights from another model of the same configuration
+// (continued pretraining from --init).
+func (t *Trainer) LoadWeights(src *model.Model) error {
+	if err := checkpoint.CompareConfigs(t.Model.Config, src.Config); err != nil {
+		return err
+	}
+	copy(t.Model.Params, src.Params)
+	return nil
+}
+
+// Step runs one optimizer step: the rank's share of the step's windows in
+// micro-batches, gradient exchange, clipping and the AdamW update.
+func (t *Trainer) Step(ctx context.Context) (Stats, error) {
+	start := time.Now()
+	t.Model.ZeroGrads()
+	var loss float64
+	scale := float32(1) / float32(t.accum)
+	for a := 0; a < t.accum; a++ {
+		lo := t.rank*t.perRank + a*t.micro
+		if err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, t.inputs, t.targets); err != nil {
+			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
+		}
+		l, err := t.Model.ForwardBackward(t.acts, t.inputs, t.targets, scale)
+		if err != nil {
+			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
+		}
+		loss += l / float64(t.accum)
+	}
+	var comm time.Duration
+	if t.dpSize > 1 {
+		c := time.Now()
+		if err := t.sync.AllReduceMean(ctx, t.Model.Grads); err != nil {
+			return Stats{}, fmt.Errorf("step %d: gradient all-reduce: %w", t.step+1, err)
+		}
+		t.scalar[0] = float32(loss)
+		if err := t.sync.AllReduceMean(ctx, t.scalar); err != nil {
+			return Stats{}, fmt.Errorf("step %d: loss all-reduce: %w", t.step+1, err)
+		}
+		loss = float64(t.scalar[0])
+		comm = time.Since(c)
+	}
+	norm := optim.ClipGradNorm(t.k, t.Model.Grads, t.spec.Train.GradClip)
+	lr := t.sched.LR(t.step)
+	if err := t.opt.Step(t.Model.Params, t.Model.Grads, lr); err != nil {
+		return Stats{}, err
+	}
+	t.step++
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return Stats{}, fmt.Errorf("step %d: loss is %v: lower train.lr (%g) or check the data", t.step, loss, t.spec.Train.LR)
+	}
+	d := time.Since(start)
+	tokens := t.spec.Train.GlobalBatch * t.seqLen
+	return Stats{
+		Step: t.step, Loss: loss, LR: lr, GradNorm: norm, Tokens: tokens,
+		TokensPerSec: float64(tokens) / d.Seconds(), StepSeconds: d.Seconds(), CommSeconds: comm.Seconds(),
+	}, nil
+}
+
+// Run takes steps until train.steps, calling report after each; it stops
+// early when ctx is done.
+func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
+	for t.step < t.spec.Train.Steps {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("stopped after step %d: %w", t.step, err)
+		}
+		st, err := t.Step(ctx)
+		if err != nil {
+			return err
+		}
+		report(st)
+	}
+	return nil
+}
