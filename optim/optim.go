@@ -137,17 +137,31 @@ func (o *AdamW) SetState(m, v []float32, step int) error {
 	return nil
 }
 
-// Schedule is linear warm-up then cosine decay. With s the 0-based index of
+// Decay is the shape of a schedule after warm-up.
+type Decay int
+
+// Decay shapes.
+const (
+	Cosine   Decay = iota // half a cosine from MaxLR to MinLR
+	Linear                // a straight line from MaxLR to MinLR
+	Constant              // MaxLR throughout (MinLR is ignored)
+)
+
+// Schedule is linear warm-up then a decay (cosine by default). With s the 0-based index of
 // the optimizer step (the PyTorch LambdaLR convention: the lr used by the
 // s-th call to optimizer.step()):
 //
 //	s < WarmupSteps:               MaxLR·(s+1)/WarmupSteps
 //	WarmupSteps <= s < TotalSteps: MinLR + ½(MaxLR−MinLR)(1+cos(π·(s−WarmupSteps)/(TotalSteps−WarmupSteps)))
 //	s >= TotalSteps:               MinLR
+//
+// Linear replaces the cosine by MaxLR − (MaxLR−MinLR)·progress; Constant
+// keeps MaxLR after warm-up.
 type Schedule struct {
 	MaxLR, MinLR float64
 	WarmupSteps  int
 	TotalSteps   int
+	Decay        Decay
 }
 
 // Validate reports every inconsistent field at once.
@@ -173,10 +187,15 @@ func (s Schedule) LR(step int) float64 {
 	switch {
 	case step < s.WarmupSteps:
 		return s.MaxLR * float64(step+1) / float64(s.WarmupSteps)
+	case s.Decay == Constant:
+		return s.MaxLR
 	case step >= s.TotalSteps:
 		return s.MinLR
 	}
 	progress := float64(step-s.WarmupSteps) / float64(s.TotalSteps-s.WarmupSteps)
+	if s.Decay == Linear {
+		return s.MaxLR - (s.MaxLR-s.MinLR)*progress
+	}
 	return s.MinLR + 0.5*(s.MaxLR-s.MinLR)*(1+math.Cos(math.Pi*progress))
 }
 

@@ -127,28 +127,14 @@ func New(cfg Config) (*Trainer, error) {
 	return t, nil
 }
 
-// lrSchedule gives the learning rate of a 0-based optimizer step.
-type lrSchedule interface{ LR(step int) float64 }
-
-// linearSchedule is linear warm-up then linear decay to MinLR.
-type linearSchedule struct{ optim.Schedule }
-
-func (s linearSchedule) LR(step int) float64 {
-	if step < s.WarmupSteps || step >= s.TotalSteps {
-		return s.Schedule.LR(step)
-	}
-	p := float64(step-s.WarmupSteps) / float64(s.TotalSteps-s.WarmupSteps)
-	return s.MaxLR - (s.MaxLR-s.MinLR)*p
-}
-
-// schedule turns the spec's schedule into a learning-rate function.
-func schedule(t api.TrainSpec) lrSchedule {
+// schedule turns the spec's schedule into an optim.Schedule.
+func schedule(t api.TrainSpec) optim.Schedule {
 	s := optim.Schedule{MaxLR: t.LR, MinLR: t.MinLR, WarmupSteps: min(t.WarmupSteps, t.Steps), TotalSteps: t.Steps}
 	switch t.Schedule {
 	case "constant":
-		s.MinLR = s.MaxLR
+		s.Decay = optim.Constant
 	case "linear":
-		return linearSchedule{s}
+		s.Decay = optim.Linear
 	}
 	return s
 }
