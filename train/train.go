@@ -57,7 +57,7 @@ type Trainer struct {
 	k       tensor.Kernels
 	Model   *model.Model
 	opt     *optim.AdamW
-	sched   lrSchedule
+	sched   optim.Schedule
 	loader  *data.Loader
 	acts    *model.Acts
 	inputs  []int32
