@@ -25,6 +25,8 @@ type Tensors struct {
 // LoadDir reads and validates DIR/config.json and opens the weights:
 // model.safetensors if present, otherwise the shards named by
 // model.safetensors.index.json. The caller must Close the returned Tensors.
+// LoadDir does not check tensor names or shapes; call
+// ts.Check(LlamaTensorShapes(cfg)) (and ts.Unexpected) before reading.
 func LoadDir(dir string) (Config, *Tensors, error) {
 	cfg, err := ReadConfig(dir)
 	if err != nil {
