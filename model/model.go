@@ -366,17 +366,38 @@ func (m *Model) forward(a *Acts, tokens []int32) {
 // (a.B, a.T) row-major. It returns the mean loss and accumulates
 // gradScale·d(loss)/d(params) into Grads.
 func (m *Model) ForwardBackward(a *Acts, tokens, targets []int32, gradScale float32) (float64, error) {
+	return m.ForwardBackwardNotify(a, tokens, targets, gradScale, nil)
+}
+
+// ForwardBackwardNotify is ForwardBackward that calls ready(lo, hi) as soon
+// as the backward pass is done with the flat gradient range [lo, hi): the
+// final norm and LM head first, then each block from the last to the first,
+// then the embedding. The ranges are disjoint, contiguous and descending,
+// and together cover Grads, so a data-parallel caller can start reducing a
+// range while the backward pass computes the ones below it. With tied
+// embeddings the head's gradient also flows into the embedding, which is
+// reported last. ready may be nil.
+func (m *Model) ForwardBackwardNotify(a *Acts, tokens, targets []int32, gradScale float32, ready func(lo, hi int)) (float64, error) {
 	if err := m.CheckTokens(a.B, a.T, tokens, targets); err != nil {
 		return 0, fmt.Errorf("model.ForwardBackward: %w", err)
+	}
+	if ready == nil {
+		ready = func(int, int) {}
 	}
 	L := m.Config.NLayers
 	m.forward(a, tokens)
 	loss := m.HeadLossGrad(a.Head, targets, gradScale)
 	m.HeadBackward(a.Head, a.DResid, a.Resid[L])
+	_, headStart := m.Layout.BlockRange(0, L)
+	ready(headStart, m.Layout.Size)
 	for i := L - 1; i >= 0; i-- {
 		m.BlockBackward(i, a.DResid, a.Resid[i], a.Blocks[i], a.Scratch)
+		lo, hi := m.Layout.BlockRange(i, i+1)
+		ready(lo, hi)
 	}
 	m.EmbedBackward(a.DResid[:a.B*a.T*m.Config.Dim], tokens)
+	embedEnd, _ := m.Layout.BlockRange(0, 0)
+	ready(0, embedEnd)
 	return loss, nil
 }
 

@@ -372,3 +372,45 @@ func TestSamplerTopK(t *testing.T) {
 		t.Fatalf("top-2 sampling drew %v", seen)
 	}
 }
+
+// The ranges ForwardBackwardNotify reports are descending, contiguous and
+// cover the gradient buffer, and each is final when reported.
+func TestForwardBackwardNotifyRanges(t *testing.T) {
+	for _, tied := range []bool{false, true} {
+		cfg := model.Config{VocabSize: 50, Dim: 16, NLayers: 3, NHeads: 4, NKVHeads: 2, FFNHidden: 24, SeqLen: 8, RopeTheta: 10000, NormEps: 1e-5, TieEmbeddings: tied}
+		m, err := model.New(cfg, tensor.Reference{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Init(3)
+		a, _ := m.NewActs(2, 8)
+		tokens := make([]int32, 16)
+		for i := range tokens {
+			tokens[i] = int32(i * 7 % 50)
+		}
+		snap := make([]float32, len(m.Grads))
+		type rng struct{ lo, hi int }
+		var got []rng
+		if _, err := m.ForwardBackwardNotify(a, tokens, tokens, 1, func(lo, hi int) {
+			got = append(got, rng{lo, hi})
+			copy(snap[lo:hi], m.Grads[lo:hi])
+		}); err != nil {
+			t.Fatal(err)
+		}
+		end := m.Layout.Size
+		for _, r := range got {
+			if r.hi != end || r.lo >= r.hi {
+				t.Fatalf("tied=%v: ranges %v not descending and contiguous", tied, got)
+			}
+			end = r.lo
+		}
+		if end != 0 || len(got) != cfg.NLayers+2 {
+			t.Fatalf("tied=%v: ranges %v do not cover the buffer", tied, got)
+		}
+		for i := range snap {
+			if snap[i] != m.Grads[i] {
+				t.Fatalf("tied=%v: gradient %d changed after its range was reported", tied, i)
+			}
+		}
+	}
+}
