@@ -252,7 +252,14 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 	t.mu.Unlock()
 
 	for _, og := range stale {
-		og.fail(fmt.Errorf("group %q generation %d superseded by generation %d: %w", og.spec.Name, og.spec.Generation, spec.Generation, ErrStaleGeneration))
+		og.fail(fmt.Errorf("group %q generation %d superseded by generation %d: %w", og.spec.Name, og.spec.Generation, spec.Generation, ErrStaleGeneration), false)
+	}
+	// Dial every member now: a member's death is then seen by all, on the
+	// broken stream, not only by those that were sending to it.
+	for i, a := range g.addrs {
+		if i != g.me {
+			t.conn(a)
+		}
 	}
 	for _, f := range early {
 		if reason := g.deliver(f); reason != "" {
@@ -271,7 +278,7 @@ func (g *Group) Close() error {
 		g.t.retired[g.key] = true
 	}
 	g.t.mu.Unlock()
-	g.fail(fmt.Errorf("group %q: %w", g.spec.Name, ErrClosed))
+	g.fail(fmt.Errorf("group %q: %w", g.spec.Name, ErrClosed), false)
 	for _, b := range g.boxes {
 		b.mu.Lock()
 		releaseAll(b.q)
@@ -313,22 +320,89 @@ func (g *Group) hasPeer(addr string) bool {
 	return false
 }
 
-// fail records the group's first failure and wakes every waiter.
-func (g *Group) fail(err error) {
+// fail records the group's first failure and wakes every waiter. With
+// tell, the other members are sent an ABORT naming the culprit, so that
+// they fail now rather than time out waiting on someone else.
+func (g *Group) fail(err error, tell bool) {
 	g.failMu.Lock()
-	defer g.failMu.Unlock()
 	if g.failErr != nil {
+		g.failMu.Unlock()
 		return
 	}
 	g.failErr = err
 	close(g.failCh)
+	g.failMu.Unlock()
+	if tell && len(g.ranks) > 1 {
+		go g.tellAbort(err)
+	}
+}
+
+// tellAbort sends ABORT to every other member, best effort.
+func (g *Group) tellAbort(err error) {
+	f := wireFrame{
+		kind: loomv1.FrameKind_FRAME_KIND_ABORT, job: g.spec.Job, generation: g.spec.Generation,
+		group: g.spec.Name, srcRank: int32(g.ranks[g.me]), detail: err.Error(),
+		failedRank: int32(g.ranks[g.me]), failedAddr: g.addrs[g.me],
+	}
+	f.cause = causeOf(err)
+	var pe *PeerError
+	if errors.As(err, &pe) && f.cause != loomv1.FailureCause_FAILURE_CAUSE_CANCELED {
+		f.failedRank, f.failedAddr = int32(pe.Rank), pe.Addr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), min(g.timeout, 5*time.Second))
+	defer cancel()
+	for i, a := range g.addrs {
+		if i == g.me || a == f.failedAddr {
+			continue
+		}
+		oc, err := g.t.conn(a)
+		if err != nil {
+			return
+		}
+		ff := f
+		_ = oc.send(ctx, &ff, min(g.timeout, 5*time.Second))
+	}
+}
+
+// causeOf classifies err for an ABORT frame.
+func causeOf(err error) loomv1.FailureCause {
+	switch {
+	case errors.Is(err, ErrPeerTimeout):
+		return loomv1.FailureCause_FAILURE_CAUSE_TIMEOUT
+	case errors.Is(err, ErrPeerGone), errors.Is(err, ErrClosed):
+		return loomv1.FailureCause_FAILURE_CAUSE_PEER_GONE
+	case errors.Is(err, ErrStaleGeneration):
+		return loomv1.FailureCause_FAILURE_CAUSE_STALE_GENERATION
+	case errors.Is(err, ErrMismatch):
+		return loomv1.FailureCause_FAILURE_CAUSE_MISMATCH
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return loomv1.FailureCause_FAILURE_CAUSE_CANCELED
+	}
+	return loomv1.FailureCause_FAILURE_CAUSE_UNSPECIFIED
+}
+
+// causeError maps an ABORT's cause back to the error class.
+func causeError(c loomv1.FailureCause) error {
+	switch c {
+	case loomv1.FailureCause_FAILURE_CAUSE_TIMEOUT:
+		return ErrPeerTimeout
+	case loomv1.FailureCause_FAILURE_CAUSE_PEER_GONE:
+		return ErrPeerGone
+	case loomv1.FailureCause_FAILURE_CAUSE_STALE_GENERATION:
+		return ErrStaleGeneration
+	case loomv1.FailureCause_FAILURE_CAUSE_MISMATCH:
+		return ErrMismatch
+	case loomv1.FailureCause_FAILURE_CAUSE_CANCELED:
+		return context.Canceled
+	}
+	return errors.New("peer failed")
 }
 
 // failPeer fails the group because of the peer at addr.
 func (g *Group) failPeer(addr string, err error) {
 	for i, a := range g.addrs {
 		if i != g.me && a == addr {
-			g.fail(&PeerError{Rank: g.ranks[i], Addr: addr, Op: "connection", Err: err})
+			g.fail(&PeerError{Rank: g.ranks[i], Addr: addr, Op: "connection", Err: err}, true)
 			return
 		}
 	}
@@ -453,7 +527,7 @@ func (g *Group) settle(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	g.fail(err)
+	g.fail(err, true)
 	var pe *PeerError
 	if errors.As(err, &pe) {
 		return err

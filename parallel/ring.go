@@ -54,7 +54,7 @@ func (c *call) ring(buf []float32, first, last int, op ReduceOp) error {
 			so, sl := seg(job.t)
 			off, ln := c.chunkRange(so, sl, job.c)
 			if err = c.send(next, buf[off:off+ln], job.done); err != nil {
-				c.g.fail(err) // wakes the receiver
+				c.g.fail(err, true) // wakes the receiver
 			}
 		}
 		senderErr <- err

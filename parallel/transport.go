@@ -248,7 +248,7 @@ func (t *Transport) Close() error {
 	}
 	t.mu.Unlock()
 	for _, g := range groups {
-		g.fail(fmt.Errorf("transport %s: %w", t.addr, ErrClosed))
+		g.fail(fmt.Errorf("transport %s: %w", t.addr, ErrClosed), false)
 	}
 	for _, oc := range conns {
 		oc.fail(ErrClosed)
@@ -367,6 +367,18 @@ func (t *Transport) rejected(addr string, f *wireFrame) {
 	if g != nil {
 		g.failPeer(addr, fmt.Errorf("%w: peer rejected our frame: %s", ErrStaleGeneration, f.detail))
 	}
+}
+
+// aborted handles a peer's report that a group failed.
+func (t *Transport) aborted(f *wireFrame) {
+	t.mu.RLock()
+	g := t.groups[groupKey{f.job, f.generation, f.group}]
+	t.mu.RUnlock()
+	if g == nil {
+		return
+	}
+	g.fail(&PeerError{Rank: int(f.failedRank), Addr: f.failedAddr, Op: "connection",
+		Err: fmt.Errorf("%w (reported by rank %d: %s)", causeError(f.cause), f.srcRank, f.detail)}, false)
 }
 
 // outConn is the outbound Exchange stream to one peer address.
@@ -552,6 +564,8 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 		switch f.kind {
 		case loomv1.FrameKind_FRAME_KIND_COLLECTIVE, loomv1.FrameKind_FRAME_KIND_P2P:
 			reason = s.t.deliver(f)
+		case loomv1.FrameKind_FRAME_KIND_ABORT:
+			s.t.aborted(f)
 		default:
 			reason = fmt.Sprintf("unexpected frame kind %v", f.kind)
 		}

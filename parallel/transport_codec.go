@@ -70,6 +70,9 @@ const (
 	fieldLength     = 9
 	fieldSrcAddr    = 10
 	fieldDetail     = 11
+	fieldFailedRank = 12
+	fieldFailedAddr = 13
+	fieldCause      = 16
 	fieldPad        = 14
 	fieldPayload    = 15
 )
@@ -94,8 +97,11 @@ type wireFrame struct {
 	length     uint64
 	srcAddr    string
 	detail     string
+	failedRank int32
+	failedAddr string
+	cause      loomv1.FailureCause
 
-	out  []float32 // payload to send
+	out      []float32 // payload to send
 	sent     *sendDone // completed when gRPC no longer references out
 	zeroCopy bool      // set by Marshal when gRPC references out after SendMsg
 
@@ -185,6 +191,18 @@ func appendHeader(b []byte, f *wireFrame) []byte {
 		b = protowire.AppendTag(b, fieldDetail, protowire.BytesType)
 		b = protowire.AppendString(b, f.detail)
 	}
+	if f.failedRank != 0 {
+		b = protowire.AppendTag(b, fieldFailedRank, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(int64(f.failedRank)))
+	}
+	if f.failedAddr != "" {
+		b = protowire.AppendTag(b, fieldFailedAddr, protowire.BytesType)
+		b = protowire.AppendString(b, f.failedAddr)
+	}
+	if f.cause != 0 {
+		b = protowire.AppendTag(b, fieldCause, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(f.cause))
+	}
 	return b
 }
 
@@ -203,7 +221,7 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 		return nil, fmt.Errorf("parallel: raw codec cannot marshal %T", v)
 	}
 	pay := floatBytes(f.out)
-	hdrCap := 96 + len(f.job) + len(f.group) + len(f.srcAddr) + len(f.detail)
+	hdrCap := 96 + len(f.job) + len(f.group) + len(f.srcAddr) + len(f.detail) + len(f.failedAddr)
 	if len(pay) <= inlineBytes {
 		hdrCap += len(pay)
 	}
@@ -341,6 +359,12 @@ func decodeFrame(b []byte, total int, f *wireFrame) (payOff, payLen int, complet
 			f.op = loomv1.CollectiveOp(int32(x))
 		case typ == protowire.VarintType && num == fieldLength:
 			f.length = x
+		case typ == protowire.VarintType && num == fieldFailedRank:
+			f.failedRank = int32(x)
+		case typ == protowire.VarintType && num == fieldCause:
+			f.cause = loomv1.FailureCause(int32(x))
+		case typ == protowire.BytesType && num == fieldFailedAddr:
+			f.failedAddr = string(val)
 		case typ == protowire.BytesType && num == fieldJob:
 			f.job = string(val)
 		case typ == protowire.BytesType && num == fieldGroup:
@@ -373,7 +397,8 @@ func (protoCodec) Marshal(v any) (mem.BufferSlice, error) {
 	m := &loomv1.Frame{
 		Kind: f.kind, Job: f.job, Generation: f.generation, Group: f.group,
 		Seq: f.seq, Tag: f.tag, SrcRank: f.srcRank, Op: f.op, Length: f.length,
-		SrcAddr: f.srcAddr, Detail: f.detail, Payload: floatBytes(f.out),
+		SrcAddr: f.srcAddr, Detail: f.detail, FailedRank: f.failedRank, FailedAddr: f.failedAddr,
+		Cause: f.cause, Payload: floatBytes(f.out),
 	}
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -395,7 +420,8 @@ func (protoCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	*f = wireFrame{
 		kind: m.Kind, job: m.Job, generation: m.Generation, group: m.Group,
 		seq: m.Seq, tag: m.Tag, srcRank: m.SrcRank, op: m.Op, length: m.Length,
-		srcAddr: m.SrcAddr, detail: m.Detail,
+		srcAddr: m.SrcAddr, detail: m.Detail, failedRank: m.FailedRank, failedAddr: m.FailedAddr,
+		cause: m.Cause,
 	}
 	if len(m.Payload) > 0 {
 		f.in, f.inLen = mem.BufferSlice{mem.SliceBuffer(m.Payload)}, len(m.Payload)

@@ -37,6 +37,9 @@ const (
 	FrameKind_FRAME_KIND_P2P FrameKind = 3
 	// REJECT tells the sender that a frame was refused; detail says why.
 	FrameKind_FRAME_KIND_REJECT FrameKind = 4
+	// ABORT tells the members of a group that the sender's member failed
+	// because of failed_rank, so that they fail now instead of timing out.
+	FrameKind_FRAME_KIND_ABORT FrameKind = 5
 )
 
 // Enum value maps for FrameKind.
@@ -47,6 +50,7 @@ var (
 		2: "FRAME_KIND_COLLECTIVE",
 		3: "FRAME_KIND_P2P",
 		4: "FRAME_KIND_REJECT",
+		5: "FRAME_KIND_ABORT",
 	}
 	FrameKind_value = map[string]int32{
 		"FRAME_KIND_UNSPECIFIED": 0,
@@ -54,6 +58,7 @@ var (
 		"FRAME_KIND_COLLECTIVE":  2,
 		"FRAME_KIND_P2P":         3,
 		"FRAME_KIND_REJECT":      4,
+		"FRAME_KIND_ABORT":       5,
 	}
 )
 
@@ -82,6 +87,65 @@ func (x FrameKind) Number() protoreflect.EnumNumber {
 // Deprecated: Use FrameKind.Descriptor instead.
 func (FrameKind) EnumDescriptor() ([]byte, []int) {
 	return file_loom_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+// FailureCause classifies why a group failed (ABORT).
+type FailureCause int32
+
+const (
+	FailureCause_FAILURE_CAUSE_UNSPECIFIED      FailureCause = 0
+	FailureCause_FAILURE_CAUSE_TIMEOUT          FailureCause = 1
+	FailureCause_FAILURE_CAUSE_PEER_GONE        FailureCause = 2
+	FailureCause_FAILURE_CAUSE_STALE_GENERATION FailureCause = 3
+	FailureCause_FAILURE_CAUSE_MISMATCH         FailureCause = 4
+	FailureCause_FAILURE_CAUSE_CANCELED         FailureCause = 5
+)
+
+// Enum value maps for FailureCause.
+var (
+	FailureCause_name = map[int32]string{
+		0: "FAILURE_CAUSE_UNSPECIFIED",
+		1: "FAILURE_CAUSE_TIMEOUT",
+		2: "FAILURE_CAUSE_PEER_GONE",
+		3: "FAILURE_CAUSE_STALE_GENERATION",
+		4: "FAILURE_CAUSE_MISMATCH",
+		5: "FAILURE_CAUSE_CANCELED",
+	}
+	FailureCause_value = map[string]int32{
+		"FAILURE_CAUSE_UNSPECIFIED":      0,
+		"FAILURE_CAUSE_TIMEOUT":          1,
+		"FAILURE_CAUSE_PEER_GONE":        2,
+		"FAILURE_CAUSE_STALE_GENERATION": 3,
+		"FAILURE_CAUSE_MISMATCH":         4,
+		"FAILURE_CAUSE_CANCELED":         5,
+	}
+)
+
+func (x FailureCause) Enum() *FailureCause {
+	p := new(FailureCause)
+	*p = x
+	return p
+}
+
+func (x FailureCause) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FailureCause) Descriptor() protoreflect.EnumDescriptor {
+	return file_loom_v1_peer_proto_enumTypes[1].Descriptor()
+}
+
+func (FailureCause) Type() protoreflect.EnumType {
+	return &file_loom_v1_peer_proto_enumTypes[1]
+}
+
+func (x FailureCause) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FailureCause.Descriptor instead.
+func (FailureCause) EnumDescriptor() ([]byte, []int) {
+	return file_loom_v1_peer_proto_rawDescGZIP(), []int{1}
 }
 
 // CollectiveOp names the operation a COLLECTIVE frame belongs to, so that
@@ -128,11 +192,11 @@ func (x CollectiveOp) String() string {
 }
 
 func (CollectiveOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_v1_peer_proto_enumTypes[1].Descriptor()
+	return file_loom_v1_peer_proto_enumTypes[2].Descriptor()
 }
 
 func (CollectiveOp) Type() protoreflect.EnumType {
-	return &file_loom_v1_peer_proto_enumTypes[1]
+	return &file_loom_v1_peer_proto_enumTypes[2]
 }
 
 func (x CollectiveOp) Number() protoreflect.EnumNumber {
@@ -141,7 +205,7 @@ func (x CollectiveOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CollectiveOp.Descriptor instead.
 func (CollectiveOp) EnumDescriptor() ([]byte, []int) {
-	return file_loom_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_loom_v1_peer_proto_rawDescGZIP(), []int{2}
 }
 
 // Frame is one message on an Exchange stream. Tensor data travels as
@@ -168,8 +232,13 @@ type Frame struct {
 	Length uint64 `protobuf:"varint,9,opt,name=length,proto3" json:"length,omitempty"`
 	// src_addr is the sender's advertised address (HELLO).
 	SrcAddr string `protobuf:"bytes,10,opt,name=src_addr,json=srcAddr,proto3" json:"src_addr,omitempty"`
-	// detail explains a REJECT.
+	// detail explains a REJECT or ABORT.
 	Detail string `protobuf:"bytes,11,opt,name=detail,proto3" json:"detail,omitempty"`
+	// failed_rank and failed_addr name the peer an ABORT blames; cause says
+	// what happened to it.
+	FailedRank int32        `protobuf:"varint,12,opt,name=failed_rank,json=failedRank,proto3" json:"failed_rank,omitempty"`
+	FailedAddr string       `protobuf:"bytes,13,opt,name=failed_addr,json=failedAddr,proto3" json:"failed_addr,omitempty"`
+	Cause      FailureCause `protobuf:"varint,16,opt,name=cause,proto3,enum=loom.v1.FailureCause" json:"cause,omitempty"`
 	// pad aligns payload to 4 bytes within the gRPC message; ignored.
 	Pad []byte `protobuf:"bytes,14,opt,name=pad,proto3" json:"pad,omitempty"`
 	// payload is little-endian float32 data.
@@ -285,6 +354,27 @@ func (x *Frame) GetDetail() string {
 	return ""
 }
 
+func (x *Frame) GetFailedRank() int32 {
+	if x != nil {
+		return x.FailedRank
+	}
+	return 0
+}
+
+func (x *Frame) GetFailedAddr() string {
+	if x != nil {
+		return x.FailedAddr
+	}
+	return ""
+}
+
+func (x *Frame) GetCause() FailureCause {
+	if x != nil {
+		return x.Cause
+	}
+	return FailureCause_FAILURE_CAUSE_UNSPECIFIED
+}
+
 func (x *Frame) GetPad() []byte {
 	if x != nil {
 		return x.Pad
@@ -303,7 +393,7 @@ var File_loom_v1_peer_proto protoreflect.FileDescriptor
 
 const file_loom_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12loom/v1/peer.proto\x12\aloom.v1\"\xd4\x02\n" +
+	"\x12loom/v1/peer.proto\x12\aloom.v1\"\xc3\x03\n" +
 	"\x05Frame\x12&\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x12.loom.v1.FrameKindR\x04kind\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x1e\n" +
@@ -318,15 +408,28 @@ const file_loom_v1_peer_proto_rawDesc = "" +
 	"\x06length\x18\t \x01(\x04R\x06length\x12\x19\n" +
 	"\bsrc_addr\x18\n" +
 	" \x01(\tR\asrcAddr\x12\x16\n" +
-	"\x06detail\x18\v \x01(\tR\x06detail\x12\x10\n" +
+	"\x06detail\x18\v \x01(\tR\x06detail\x12\x1f\n" +
+	"\vfailed_rank\x18\f \x01(\x05R\n" +
+	"failedRank\x12\x1f\n" +
+	"\vfailed_addr\x18\r \x01(\tR\n" +
+	"failedAddr\x12+\n" +
+	"\x05cause\x18\x10 \x01(\x0e2\x15.loom.v1.FailureCauseR\x05cause\x12\x10\n" +
 	"\x03pad\x18\x0e \x01(\fR\x03pad\x12\x18\n" +
-	"\apayload\x18\x0f \x01(\fR\apayload*\x83\x01\n" +
+	"\apayload\x18\x0f \x01(\fR\apayload*\x99\x01\n" +
 	"\tFrameKind\x12\x1a\n" +
 	"\x16FRAME_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAME_KIND_HELLO\x10\x01\x12\x19\n" +
 	"\x15FRAME_KIND_COLLECTIVE\x10\x02\x12\x12\n" +
 	"\x0eFRAME_KIND_P2P\x10\x03\x12\x15\n" +
-	"\x11FRAME_KIND_REJECT\x10\x04*\xc3\x01\n" +
+	"\x11FRAME_KIND_REJECT\x10\x04\x12\x14\n" +
+	"\x10FRAME_KIND_ABORT\x10\x05*\xc1\x01\n" +
+	"\fFailureCause\x12\x1d\n" +
+	"\x19FAILURE_CAUSE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15FAILURE_CAUSE_TIMEOUT\x10\x01\x12\x1b\n" +
+	"\x17FAILURE_CAUSE_PEER_GONE\x10\x02\x12\"\n" +
+	"\x1eFAILURE_CAUSE_STALE_GENERATION\x10\x03\x12\x1a\n" +
+	"\x16FAILURE_CAUSE_MISMATCH\x10\x04\x12\x1a\n" +
+	"\x16FAILURE_CAUSE_CANCELED\x10\x05*\xc3\x01\n" +
 	"\fCollectiveOp\x12\x1d\n" +
 	"\x19COLLECTIVE_OP_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18COLLECTIVE_OP_ALL_REDUCE\x10\x01\x12 \n" +
@@ -349,23 +452,25 @@ func file_loom_v1_peer_proto_rawDescGZIP() []byte {
 	return file_loom_v1_peer_proto_rawDescData
 }
 
-var file_loom_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_loom_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_loom_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_loom_v1_peer_proto_goTypes = []any{
 	(FrameKind)(0),    // 0: loom.v1.FrameKind
-	(CollectiveOp)(0), // 1: loom.v1.CollectiveOp
-	(*Frame)(nil),     // 2: loom.v1.Frame
+	(FailureCause)(0), // 1: loom.v1.FailureCause
+	(CollectiveOp)(0), // 2: loom.v1.CollectiveOp
+	(*Frame)(nil),     // 3: loom.v1.Frame
 }
 var file_loom_v1_peer_proto_depIdxs = []int32{
 	0, // 0: loom.v1.Frame.kind:type_name -> loom.v1.FrameKind
-	1, // 1: loom.v1.Frame.op:type_name -> loom.v1.CollectiveOp
-	2, // 2: loom.v1.Peer.Exchange:input_type -> loom.v1.Frame
-	2, // 3: loom.v1.Peer.Exchange:output_type -> loom.v1.Frame
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	2, // 1: loom.v1.Frame.op:type_name -> loom.v1.CollectiveOp
+	1, // 2: loom.v1.Frame.cause:type_name -> loom.v1.FailureCause
+	3, // 3: loom.v1.Peer.Exchange:input_type -> loom.v1.Frame
+	3, // 4: loom.v1.Peer.Exchange:output_type -> loom.v1.Frame
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_peer_proto_init() }
@@ -378,7 +483,7 @@ func file_loom_v1_peer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_peer_proto_rawDesc), len(file_loom_v1_peer_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   1,
 			NumExtensions: 0,
 			NumServices:   1,
