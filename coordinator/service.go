@@ -52,7 +52,10 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 			clientv3.Compare(clientv3.ModRevision(c.keys.Desired(name)), "=", drev),
 			clientv3.Compare(clientv3.ModRevision(c.keys.Status(name)), "=", srev),
 		).Then(
-			clientv3.OpDelete(c.keys.Job(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(c.keys.Status(name)),
+			clientv3.OpDelete(c.keys.Assignment(name)),
+			clientv3.OpDelete(c.keys.Job(name)+"results/", clientv3.WithPrefix()),
+			clientv3.OpDelete(c.keys.Job(name)+"progress/", clientv3.WithPrefix()),
 			clientv3.OpPut(c.keys.Desired(name), Encode(d)),
 		).Commit()
 		if err != nil {

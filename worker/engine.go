@@ -1,0 +1,90 @@
+package worker
+
+import (
+	"context"
+	"net"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+)
+
+// Engine trains one rank of one generation of a job. Run returns nil when
+// the rank has finished every step, an error when training failed, and
+// promptly (with ctx's error) when ctx is cancelled — which happens when the
+// generation is invalidated: a peer was lost, the job was stopped, or this
+// worker lost its own registration. report may be called from any
+// goroutine, once per finished optimizer step.
+type Engine interface {
+	Run(ctx context.Context, a Assignment, report func(StepStats)) error
+}
+
+// EngineFunc adapts a function to Engine.
+type EngineFunc func(ctx context.Context, a Assignment, report func(StepStats)) error
+
+// Run calls f.
+func (f EngineFunc) Run(ctx context.Context, a Assignment, report func(StepStats)) error {
+	return f(ctx, a, report)
+}
+
+// Assignment is one rank of one generation, as the coordinator assigned it.
+type Assignment struct {
+	Job        string
+	Generation uint64
+	// Spec is the job spec, parsed and validated.
+	Spec api.JobSpec
+	Rank int
+	// WorldSize is Spec.Parallel.WorldSize(), the number of ranks.
+	WorldSize int
+	// DP, PP and TP are this rank's coordinates: rank = (PP·dp_size + DP)·tp_size + TP
+	// (coordinator.RankCoords).
+	DP, PP, TP int
+	// Peers holds every rank's data-plane address, indexed by rank;
+	// Peers[Rank] is this worker's own.
+	Peers []string
+	// Threads is how many compute threads this worker may use.
+	Threads int
+	// Listener accepts the connections peers make to Peers[Rank] during
+	// this generation. The engine may close it; the worker keeps the port.
+	Listener net.Listener
+	// Metrics records communication as it happens (see Metrics.AddComm).
+	Metrics Metrics
+}
+
+// StepStats is one finished optimizer step of one rank.
+type StepStats struct {
+	Step     int     // 1-based optimizer step
+	Loss     float64 // training loss of the step
+	LR       float64 // learning rate used
+	GradNorm float64 // global gradient norm before clipping
+	// TokensPerSec is the job's throughput at this step: tokens of the
+	// global batch divided by the step time.
+	TokensPerSec float64
+	StepTime     time.Duration // wall time of the step
+	ComputeTime  time.Duration // part of StepTime spent computing
+	CommTime     time.Duration // part of StepTime spent communicating
+	// Comm lists the step's communication by operation; leave it empty if
+	// the engine records communication with Metrics.AddComm instead.
+	Comm []CommStat
+}
+
+// CommStat is the volume and time of one kind of communication operation
+// (e.g. "all-reduce", "send") within a step.
+type CommStat struct {
+	Op    string
+	Bytes int64
+	Time  time.Duration
+}
+
+// Metrics lets an engine record communication volume and time as
+// operations finish. The zero value discards; it is safe for concurrent use.
+type Metrics struct {
+	steps *coordinator.StepMetrics
+	job   string
+	rank  int
+}
+
+// AddComm records one communication operation of this rank.
+func (m Metrics) AddComm(op string, bytes int64, d time.Duration) {
+	m.steps.AddComm(m.job, m.rank, op, bytes, d.Seconds())
+}

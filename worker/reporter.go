@@ -1,0 +1,156 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/loomtrain/loom/coordinator"
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// maxBufferedSteps bounds the steps kept while no coordinator answers.
+const maxBufferedSteps = 1024
+
+// reporter batches a rank's step stats and sends them to the coordinator
+// every ReportInterval. When the coordinator does not answer it keeps the
+// steps (up to maxBufferedSteps) and looks up the elected leader, so a
+// restarted coordinator or a standby that took over gets them. Training
+// never waits for it.
+type reporter struct {
+	w *Worker
+
+	mu      sync.Mutex
+	pending *loomv1.RankProgress
+
+	flushMu sync.Mutex // one send at a time; guards addr and conn
+	addr    string
+	conn    *grpc.ClientConn
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newReporter(w *Worker) *reporter {
+	r := &reporter{w: w, addr: w.cfg.Coordinator, stop: make(chan struct{})}
+	r.wg.Go(func() {
+		t := time.NewTicker(w.cfg.ReportInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.stop:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DialTimeout)
+				r.flush(ctx)
+				cancel()
+			}
+		}
+	})
+	return r
+}
+
+func (r *reporter) close() {
+	close(r.stop)
+	r.wg.Wait()
+	if r.conn != nil {
+		r.conn.Close()
+	}
+}
+
+// forRank starts reporting for one rank of one generation and returns the
+// engine's report callback.
+func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
+	r.mu.Lock()
+	r.pending = &loomv1.RankProgress{Job: job, Generation: gen, Rank: int32(rank), Addr: r.w.Addr(), WorkerId: r.w.ID()}
+	r.mu.Unlock()
+	return func(s StepStats) {
+		ps := &loomv1.StepStats{
+			Step: int64(s.Step), Loss: s.Loss, Lr: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
+			StepSeconds: s.StepTime.Seconds(), ComputeSeconds: s.ComputeTime.Seconds(), CommSeconds: s.CommTime.Seconds(),
+		}
+		for _, c := range s.Comm {
+			ps.Comm = append(ps.Comm, &loomv1.CommStat{Op: c.Op, Bytes: c.Bytes, Seconds: c.Time.Seconds()})
+		}
+		r.w.metrics.ObserveStep(job, rank, ps)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		p := r.pending
+		if p == nil || p.Job != job || p.Generation != gen {
+			return // a report after the generation ended
+		}
+		p.Steps = append(p.Steps, ps)
+		if n := len(p.Steps); n > maxBufferedSteps {
+			p.Steps = append(p.Steps[:0], p.Steps[n-maxBufferedSteps:]...)
+		}
+	}
+}
+
+// flush sends the buffered steps, if any.
+func (r *reporter) flush(ctx context.Context) {
+	r.flushMu.Lock()
+	defer r.flushMu.Unlock()
+	r.mu.Lock()
+	p := r.pending
+	if p == nil || len(p.Steps) == 0 {
+		r.mu.Unlock()
+		return
+	}
+	batch := &loomv1.RankProgress{Job: p.Job, Generation: p.Generation, Rank: p.Rank, Addr: p.Addr,
+		WorkerId: p.WorkerId, Steps: p.Steps}
+	p.Steps = nil
+	r.mu.Unlock()
+
+	err := r.send(ctx, batch)
+	if err == nil {
+		return
+	}
+	if status.Code(err) == codes.FailedPrecondition {
+		return // the generation ended; its steps no longer matter
+	}
+	r.w.log.Warn("worker: step report failed; will retry", "coordinator", r.addr, "err", err)
+	// Put the steps back in front of any that arrived meanwhile.
+	r.mu.Lock()
+	if q := r.pending; q != nil && q.Job == batch.Job && q.Generation == batch.Generation {
+		q.Steps = append(batch.Steps, q.Steps...)
+		if n := len(q.Steps); n > maxBufferedSteps {
+			q.Steps = q.Steps[n-maxBufferedSteps:]
+		}
+	}
+	r.mu.Unlock()
+	// Next time, try whoever leads now.
+	if addr, lerr := coordinator.LeaderAddr(ctx, r.w.etcd, r.w.keys); lerr == nil && addr != "" && addr != r.addr {
+		r.addr = addr
+		if r.conn != nil {
+			r.conn.Close()
+			r.conn = nil
+		}
+	}
+}
+
+func (r *reporter) send(ctx context.Context, p *loomv1.RankProgress) error {
+	if r.addr == "" {
+		addr, err := coordinator.LeaderAddr(ctx, r.w.etcd, r.w.keys)
+		if err != nil {
+			return err
+		}
+		if addr == "" {
+			return status.Error(codes.Unavailable, "no coordinator is leader")
+		}
+		r.addr = addr
+	}
+	if r.conn == nil {
+		conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		r.conn = conn
+	}
+	_, err := loomv1.NewCoordinatorClient(r.conn).ReportSteps(ctx, &loomv1.ReportStepsRequest{Progress: p})
+	return err
+}

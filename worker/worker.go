@@ -1,0 +1,488 @@
+// Package worker owns a Loom worker process: it registers with the
+// control plane under a lease, waits for the coordinator to assign it a
+// rank of a job's generation, runs the training Engine for that rank,
+// reports per-step stats, and cancels the engine when the generation is
+// invalidated.
+package worker
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/internal/version"
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// Config configures a worker. Zero fields take the defaults named.
+type Config struct {
+	// Coordinator is a coordinator's gRPC address. The worker asks it for
+	// etcd's endpoints, the key prefix and the lease TTL, checks that it
+	// runs the same Loom version, and sends it step reports.
+	Coordinator string
+	// Etcd lists etcd client URLs; when set, Coordinator may be empty and
+	// reports go to the elected leader.
+	Etcd []string
+	// Prefix is the etcd key prefix (default: the coordinator's, else
+	// coordinator.DefaultPrefix).
+	Prefix string
+	// Listen is the data-plane listen address (default "127.0.0.1:0").
+	Listen string
+	// Advertise is the data-plane address peers dial (default: the
+	// listener's address; required when Listen has an unspecified host).
+	Advertise string
+	// Threads is how many compute threads the engine may use (default
+	// runtime.NumCPU()).
+	Threads int
+	// LeaseTTL is the registration lease TTL (default: the coordinator's,
+	// else coordinator.DefaultLeaseTTL).
+	LeaseTTL time.Duration
+	// DialTimeout bounds reaching the coordinator and etcd (default 10 s).
+	DialTimeout time.Duration
+	// ReportInterval is how often step stats are sent (default 250 ms).
+	ReportInterval time.Duration
+	// Version is this worker's Loom version (default version.Version).
+	Version string
+	// Host names this machine (default os.Hostname()); the rendezvous
+	// gives consecutive ranks to workers of one host.
+	Host string
+	// Engine trains (required).
+	Engine Engine
+	// Registry receives the worker's step metrics (nil: not exported).
+	Registry *prometheus.Registry
+	// Logger (nil: discard).
+	Logger *slog.Logger
+}
+
+// RegisterFlags binds the worker's command-line flags to c.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Coordinator, "coordinator", c.Coordinator, "coordinator gRPC `ADDR` (host:port); finds etcd through it")
+	fs.Func("etcd", "comma-separated etcd client `URLS` (instead of, or besides, --coordinator)", func(s string) error {
+		c.Etcd = splitList(s)
+		return nil
+	})
+	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "etcd key `PREFIX` (default: the coordinator's)")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "data-plane listen `ADDR` (default 127.0.0.1:0, a free port)")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data-plane `ADDR` peers dial (default: the listen address)")
+	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads (default: all cores)")
+	fs.DurationVar(&c.LeaseTTL, "ttl", c.LeaseTTL, "registration lease TTL (default: the coordinator's)")
+	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to try reaching the coordinator and etcd (default 10s)")
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// VersionError is a coordinator and a worker built from different Loom
+// versions.
+type VersionError struct {
+	Worker, Coordinator string // versions
+	CoordinatorAddr     string // "" when not known
+	Generation          uint64 // the refused assignment's, or 0
+}
+
+func (e *VersionError) Error() string {
+	who := "the coordinator"
+	if e.CoordinatorAddr != "" {
+		who += " at " + e.CoordinatorAddr
+	}
+	what := ""
+	if e.Generation > 0 {
+		what = fmt.Sprintf(" (refusing generation %d)", e.Generation)
+	}
+	return fmt.Sprintf("this worker runs Loom %s but %s runs Loom %s%s; run the same Loom build on every node",
+		e.Worker, who, e.Coordinator, what)
+}
+
+// Worker is one registered worker process. Create it with New; Run it once.
+type Worker struct {
+	cfg     Config
+	log     *slog.Logger
+	metrics *coordinator.StepMetrics
+
+	keys     coordinator.Keys
+	etcd     *clientv3.Client
+	mux      *connMux
+	addr     string
+	reporter *reporter
+
+	mu sync.Mutex
+	id string
+}
+
+// New checks cfg and returns a worker.
+func New(cfg Config) (*Worker, error) {
+	if cfg.Engine == nil {
+		return nil, errors.New("worker: Config.Engine is nil; pass the training engine")
+	}
+	if cfg.Coordinator == "" && len(cfg.Etcd) == 0 {
+		return nil, errors.New("worker: neither --coordinator nor --etcd is set; give the coordinator's address")
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.Threads < 0 {
+		return nil, fmt.Errorf("worker: threads %d: must be ≥ 1 (0: all cores)", cfg.Threads)
+	}
+	if cfg.Threads == 0 {
+		cfg.Threads = runtime.NumCPU()
+	}
+	if cfg.LeaseTTL != 0 && cfg.LeaseTTL < time.Second {
+		return nil, fmt.Errorf("worker: lease TTL %v is below etcd's 1 s granularity; use ≥ 1s", cfg.LeaseTTL)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.ReportInterval <= 0 {
+		cfg.ReportInterval = 250 * time.Millisecond
+	}
+	if cfg.Version == "" {
+		cfg.Version = version.Version
+	}
+	if cfg.Host == "" {
+		cfg.Host, _ = os.Hostname()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	var reg prometheus.Registerer
+	if cfg.Registry != nil {
+		reg = cfg.Registry
+	}
+	return &Worker{cfg: cfg, log: cfg.Logger, metrics: coordinator.NewStepMetrics(reg)}, nil
+}
+
+// ID is the worker's current registration ID ("" before it registers).
+func (w *Worker) ID() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.id
+}
+
+// Addr is the worker's advertised data-plane address ("" before Run
+// listens).
+func (w *Worker) Addr() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.addr
+}
+
+// Run connects, registers and serves assignments until ctx is done. It
+// returns an error, without retrying, when the coordinator or etcd cannot
+// be reached within the dial timeout or runs another Loom version.
+func (w *Worker) Run(ctx context.Context) error {
+	if err := w.connect(ctx); err != nil {
+		return err
+	}
+	defer w.etcd.Close()
+	lis, err := net.Listen("tcp", w.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("worker: data-plane listen on %s: %w; choose another --listen", w.cfg.Listen, err)
+	}
+	w.mux = newConnMux(lis)
+	defer w.mux.close()
+	addr := w.cfg.Advertise
+	if addr == "" {
+		addr = lis.Addr().String()
+		if ta, ok := lis.Addr().(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
+			return fmt.Errorf("worker: --listen %s has no host peers can dial; set --advertise HOST:%d", w.cfg.Listen, ta.Port)
+		}
+	}
+	w.mu.Lock()
+	w.addr = addr
+	w.mu.Unlock()
+	w.reporter = newReporter(w)
+	defer w.reporter.close()
+
+	for ctx.Err() == nil {
+		err := w.serveSession(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		w.log.Warn("worker: registration lost; registering again", "addr", addr, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// connect finds etcd (through the coordinator when needed), checks the
+// coordinator's version and that etcd answers, within the dial timeout.
+func (w *Worker) connect(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
+	defer cancel()
+	endpoints := w.cfg.Etcd
+	prefix := w.cfg.Prefix
+	if w.cfg.Coordinator != "" {
+		c, err := api.Dial(dctx, w.cfg.Coordinator)
+		if err != nil {
+			return fmt.Errorf("worker: cannot reach the coordinator at %s within %v: %w; check --coordinator (the address `loom coordinator --listen` serves)",
+				w.cfg.Coordinator, w.cfg.DialTimeout, err)
+		}
+		info, err := c.Info(dctx)
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		if info.Version != w.cfg.Version {
+			return &VersionError{Worker: w.cfg.Version, Coordinator: info.Version, CoordinatorAddr: w.cfg.Coordinator}
+		}
+		if len(endpoints) == 0 {
+			endpoints = info.EtcdEndpoints
+		}
+		if prefix == "" {
+			prefix = info.KeyPrefix
+		}
+		if w.cfg.LeaseTTL == 0 && info.LeaseTtlSeconds > 0 {
+			w.cfg.LeaseTTL = time.Duration(info.LeaseTtlSeconds) * time.Second
+		}
+	}
+	if w.cfg.LeaseTTL == 0 {
+		w.cfg.LeaseTTL = coordinator.DefaultLeaseTTL
+	}
+	w.keys = coordinator.NewKeys(prefix)
+	if len(endpoints) == 0 {
+		return fmt.Errorf("worker: the coordinator at %s named no etcd endpoints; pass --etcd", w.cfg.Coordinator)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: w.cfg.DialTimeout, Logger: zap.NewNop()})
+	if err != nil {
+		return fmt.Errorf("worker: etcd client for %v: %w; check --etcd", endpoints, err)
+	}
+	if _, err := cli.Get(dctx, w.keys.Workers(), clientv3.WithCountOnly(), clientv3.WithPrefix()); err != nil {
+		cli.Close()
+		return fmt.Errorf("worker: etcd at %s did not answer within %v: %w; check --etcd (or the coordinator's --etcd)",
+			strings.Join(endpoints, ","), w.cfg.DialTimeout, err)
+	}
+	w.etcd = cli
+	return nil
+}
+
+// run is one engine run: one rank of one generation.
+type run struct {
+	job    string
+	gen    uint64
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// serveSession registers under a fresh lease and serves assignments until
+// the lease is lost or ctx is done.
+func (w *Worker) serveSession(ctx context.Context) error {
+	sess, err := concurrency.NewSession(w.etcd, concurrency.WithTTL(ttlSeconds(w.cfg.LeaseTTL)),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
+	if err != nil {
+		return fmt.Errorf("open etcd session: %w", err)
+	}
+	// Closing revokes the lease, so a worker that exits cleanly is gone at
+	// once rather than after the TTL.
+	defer sess.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	id := fmt.Sprintf("w-%x", int64(sess.Lease()))
+	info := &loomv1.WorkerInfo{Id: id, Addr: w.Addr(), Version: w.cfg.Version, Host: w.cfg.Host,
+		Threads: int32(w.cfg.Threads), Pid: int32(os.Getpid()), RegisteredUnixMs: time.Now().UnixMilli()}
+	pctx, pcancel := context.WithTimeout(sctx, w.cfg.DialTimeout)
+	_, err = w.etcd.Put(pctx, w.keys.Worker(id), coordinator.Encode(info), clientv3.WithLease(sess.Lease()))
+	pcancel()
+	if err != nil {
+		return fmt.Errorf("register %s: %w", id, err)
+	}
+	w.mu.Lock()
+	w.id = id
+	w.mu.Unlock()
+	w.log.Info("worker: registered", "id", id, "addr", info.Addr, "version", info.Version, "threads", info.Threads)
+
+	var cur *run
+	stop := func() {
+		if cur != nil {
+			cur.cancel()
+			<-cur.done
+			cur = nil
+		}
+	}
+	defer stop()
+
+	gctx, gcancel := context.WithTimeout(sctx, w.cfg.DialTimeout)
+	resp, err := w.etcd.Get(gctx, w.keys.Jobs(), clientv3.WithPrefix())
+	gcancel()
+	if err != nil {
+		return fmt.Errorf("read assignments: %w", err)
+	}
+	handle := func(key string, value []byte, modRev int64, deleted bool) {
+		if !strings.HasSuffix(key, "/assignment") {
+			return
+		}
+		if deleted {
+			if cur != nil && key == w.keys.Assignment(cur.job) {
+				w.log.Info("worker: generation ended; cancelling", "job", cur.job, "generation", cur.gen)
+				stop()
+			}
+			return
+		}
+		a := &loomv1.Assignment{}
+		if err := coordinator.Decode(key, value, a); err != nil {
+			w.log.Warn("worker: skipping assignment", "err", err)
+			return
+		}
+		rank := -1
+		for _, r := range a.Ranks {
+			if r.WorkerId == id {
+				rank = int(r.Rank)
+			}
+		}
+		if cur != nil && cur.job == a.Job && (rank < 0 || cur.gen != a.Generation) {
+			w.log.Info("worker: generation replaced; cancelling", "job", cur.job, "generation", cur.gen)
+			stop()
+		}
+		if rank < 0 || (cur != nil && cur.job == a.Job && cur.gen == a.Generation) {
+			return
+		}
+		stop() // one run at a time
+		cur = w.start(sctx, a, rank, modRev)
+	}
+	for _, kv := range resp.Kvs {
+		handle(string(kv.Key), kv.Value, kv.ModRevision, false)
+	}
+	wch := w.etcd.Watch(clientv3.WithRequireLeader(sctx), w.keys.Jobs(), clientv3.WithPrefix(),
+		clientv3.WithRev(resp.Header.Revision+1))
+	for {
+		select {
+		case <-sctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("lease %s expired", id)
+		case wr, ok := <-wch:
+			if !ok {
+				return errors.New("etcd watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("etcd watch: %w", err)
+			}
+			for _, ev := range wr.Events {
+				handle(string(ev.Kv.Key), ev.Kv.Value, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
+			}
+		}
+	}
+}
+
+// start runs the engine for one rank of a in a goroutine.
+func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assignRev int64) *run {
+	rctx, cancel := context.WithCancel(ctx)
+	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		err := w.runEngine(rctx, a, rank)
+		if rctx.Err() != nil {
+			w.log.Info("worker: rank cancelled", "job", a.Job, "generation", a.Generation, "rank", rank)
+			return
+		}
+		res := &loomv1.RankResult{Job: a.Job, Generation: a.Generation, Rank: int32(rank), WorkerId: w.ID(),
+			Addr: w.Addr(), Ok: err == nil}
+		if err != nil {
+			res.Error = err.Error()
+			w.log.Error("worker: rank failed", "job", a.Job, "generation", a.Generation, "rank", rank, "err", err)
+		} else {
+			w.log.Info("worker: rank finished", "job", a.Job, "generation", a.Generation, "rank", rank)
+		}
+		w.writeResult(rctx, res, assignRev)
+	}()
+	return r
+}
+
+// runEngine checks the assignment and calls the engine.
+func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int) (err error) {
+	if a.CoordinatorVersion != w.cfg.Version {
+		return &VersionError{Worker: w.cfg.Version, Coordinator: a.CoordinatorVersion, Generation: a.Generation}
+	}
+	spec, err := api.ParseSpec(a.SpecYaml, "job "+a.Job)
+	if err != nil {
+		return err
+	}
+	r := a.Ranks[rank]
+	peers := make([]string, len(a.Ranks))
+	for _, p := range a.Ranks {
+		if int(p.Rank) < len(peers) {
+			peers[p.Rank] = p.Addr
+		}
+	}
+	lis := w.mux.listener()
+	defer lis.Close()
+	asg := Assignment{
+		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
+		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
+		Metrics: Metrics{steps: w.metrics, job: a.Job, rank: rank},
+	}
+	if asg.Threads <= 0 {
+		asg.Threads = w.cfg.Threads
+	}
+	w.log.Info("worker: training", "job", a.Job, "generation", a.Generation, "rank", rank,
+		"dp", asg.DP, "pp", asg.PP, "tp", asg.TP, "world", asg.WorldSize)
+	rep := w.reporter.forRank(a.Job, a.Generation, rank)
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("engine panicked on rank %d: %v", rank, p)
+		}
+		// Steps must reach the coordinator before the result does.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.DialTimeout)
+		w.reporter.flush(fctx)
+		cancel()
+	}()
+	return w.cfg.Engine.Run(ctx, asg, rep)
+}
+
+// writeResult records how a rank ended, only while its assignment is the
+// one it ran (a late result of an ended generation is dropped).
+func (w *Worker) writeResult(ctx context.Context, res *loomv1.RankResult, assignRev int64) {
+	wctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
+	defer cancel()
+	akey := w.keys.Assignment(res.Job)
+	txn, err := w.etcd.Txn(wctx).
+		If(clientv3.Compare(clientv3.ModRevision(akey), "=", assignRev)).
+		Then(clientv3.OpPut(w.keys.Result(res.Job, res.Generation, int(res.Rank)), coordinator.Encode(res))).Commit()
+	switch {
+	case err != nil:
+		w.log.Error("worker: could not record the rank's result", "job", res.Job, "rank", res.Rank, "err", err)
+	case !txn.Succeeded:
+		w.log.Info("worker: generation ended before the result was recorded", "job", res.Job, "generation", res.Generation)
+	}
+}
+
+func ttlSeconds(d time.Duration) int {
+	s := int((d + time.Second - 1) / time.Second)
+	if s < 1 {
+		s = 1
+	}
+	return s
+}
