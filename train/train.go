@@ -15,27 +15,21 @@ import (
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/optim"
+	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/tensor"
 )
-
-// GradSync combines gradients and statistics across the data-parallel
-// group. A single rank uses nil.
-type GradSync interface {
-	// AllReduceMean replaces x on every rank with the element-wise mean of
-	// x over the data-parallel ranks.
-	AllReduceMean(ctx context.Context, x []float32) error
-}
 
 // Config is what a Trainer needs. Kernels, Loader and Spec are required.
 type Config struct {
 	Spec    api.JobSpec
 	Kernels tensor.Kernels
 	Loader  *data.Loader
-	// DPRank and DPSize place this rank in the data-parallel group; the
-	// zero value means a single rank.
-	DPRank, DPSize int
-	// Sync is the data-parallel gradient exchange; nil when DPSize ≤ 1.
-	Sync GradSync
+	// DP is the data-parallel group (its size must be parallel.dp); nil
+	// for a single rank. Gradients are averaged over it in buckets that
+	// overlap the backward pass.
+	DP *parallel.Group
+	// BucketBytes is the gradient bucket size (0: parallel.DefaultBucketBytes).
+	BucketBytes int
 }
 
 // Stats describes one optimizer step.
@@ -47,7 +41,11 @@ type Stats struct {
 	Tokens       int     `json:"tokens"`    // tokens in the global batch
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	StepSeconds  float64 `json:"step_s"`
-	CommSeconds  float64 `json:"comm_s"` // time in gradient exchange
+	// CommSeconds is the time spent in data-parallel all-reduces, of which
+	// OverlapSeconds ran hidden behind the backward pass.
+	CommSeconds    float64 `json:"comm_s"`
+	OverlapSeconds float64 `json:"comm_overlap_s"`
+	CommBytes      int64   `json:"comm_bytes"`
 }
 
 // Trainer runs optimizer steps for one rank. It is not safe for concurrent
@@ -65,7 +63,8 @@ type Trainer struct {
 	scalar  []float32
 	rank    int
 	dpSize  int
-	sync    GradSync
+	dp      *parallel.Group
+	reducer *parallel.BucketReducer
 	step    int // optimizer steps taken
 	accum   int
 	perRank int // windows per rank per step
@@ -83,12 +82,12 @@ func New(cfg Config) (*Trainer, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
 	}
-	dp := max(cfg.DPSize, 1)
-	if dp != s.Parallel.DP {
-		return nil, fmt.Errorf("train: data-parallel size %d does not match parallel.dp = %d", dp, s.Parallel.DP)
+	dp, rank := 1, 0
+	if cfg.DP != nil {
+		dp, rank = cfg.DP.Size(), cfg.DP.Index()
 	}
-	if dp > 1 && cfg.Sync == nil {
-		return nil, errors.New("train: data parallelism needs a GradSync")
+	if dp != s.Parallel.DP {
+		return nil, fmt.Errorf("train: data-parallel group of %d ranks, but parallel.dp = %d", dp, s.Parallel.DP)
 	}
 	if fv := cfg.Loader.File().Meta().VocabSize; fv > s.Model.VocabSize {
 		return nil, fmt.Errorf("model.vocab_size = %d is smaller than the vocabulary of %s (%d): set model.vocab_size ≥ %d",
@@ -120,9 +119,12 @@ func New(cfg Config) (*Trainer, error) {
 	t := &Trainer{
 		spec: s, k: cfg.Kernels, Model: m, opt: opt, sched: schedule(s.Train), loader: cfg.Loader,
 		acts: acts, inputs: make([]int32, n), targets: make([]int32, n), scalar: make([]float32, 1),
-		rank: cfg.DPRank, dpSize: dp, sync: cfg.Sync,
+		rank: rank, dpSize: dp, dp: cfg.DP,
 		accum: s.AccumulationSteps(), perRank: s.Train.GlobalBatch / dp, micro: s.Train.MicroBatch,
 		seqLen: s.Model.SeqLen,
+	}
+	if cfg.DP != nil {
+		t.reducer = parallel.NewBucketReducer(cfg.DP, m.Grads, cfg.BucketBytes)
 	}
 	return t, nil
 }
@@ -159,29 +161,40 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	t.Model.ZeroGrads()
 	var loss float64
 	scale := float32(1) / float32(t.accum)
+	var ready func(lo, hi int)
 	for a := 0; a < t.accum; a++ {
 		lo := t.rank*t.perRank + a*t.micro
 		if err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, t.inputs, t.targets); err != nil {
 			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 		}
-		l, err := t.Model.ForwardBackward(t.acts, t.inputs, t.targets, scale)
+		if t.reducer != nil && a == t.accum-1 {
+			// Only the last micro-batch's backward finishes the gradients.
+			t.reducer.Start(ctx)
+			ready = t.reducer.Ready
+		}
+		l, err := t.Model.ForwardBackwardNotify(t.acts, t.inputs, t.targets, scale, ready)
 		if err != nil {
+			if t.reducer != nil && ready != nil {
+				t.reducer.Wait()
+			}
 			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 		}
 		loss += l / float64(t.accum)
 	}
-	var comm time.Duration
-	if t.dpSize > 1 {
-		c := time.Now()
-		if err := t.sync.AllReduceMean(ctx, t.Model.Grads); err != nil {
+	var rs parallel.ReduceStats
+	if t.reducer != nil {
+		var err error
+		if rs, err = t.reducer.Wait(); err != nil {
 			return Stats{}, fmt.Errorf("step %d: gradient all-reduce: %w", t.step+1, err)
 		}
 		t.scalar[0] = float32(loss)
-		if err := t.sync.AllReduceMean(ctx, t.scalar); err != nil {
+		c := time.Now()
+		if err := t.dp.AllReduce(ctx, t.scalar, parallel.Mean); err != nil {
 			return Stats{}, fmt.Errorf("step %d: loss all-reduce: %w", t.step+1, err)
 		}
+		rs.Comm += time.Since(c)
+		rs.Bytes += 4
 		loss = float64(t.scalar[0])
-		comm = time.Since(c)
 	}
 	norm := optim.ClipGradNorm(t.k, t.Model.Grads, t.spec.Train.GradClip)
 	lr := t.sched.LR(t.step)
@@ -196,7 +209,8 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	tokens := t.spec.Train.GlobalBatch * t.seqLen
 	return Stats{
 		Step: t.step, Loss: loss, LR: lr, GradNorm: norm, Tokens: tokens,
-		TokensPerSec: float64(tokens) / d.Seconds(), StepSeconds: d.Seconds(), CommSeconds: comm.Seconds(),
+		TokensPerSec: float64(tokens) / d.Seconds(), StepSeconds: d.Seconds(),
+		CommSeconds: rs.Comm.Seconds(), OverlapSeconds: rs.Overlapped.Seconds(), CommBytes: rs.Bytes,
 	}, nil
 }
 

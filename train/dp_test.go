@@ -1,0 +1,101 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/tensor"
+)
+
+// dpLosses trains spec on dp ranks, each with its own loopback gRPC
+// transport, and returns rank 0's loss per step (every rank must agree).
+func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
+	t.Helper()
+	spec.Parallel.DP = dp
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	addrs := map[int]string{}
+	var ts []*parallel.Transport
+	for r := 0; r < dp; r++ {
+		tr, err := parallel.NewTransport(ctx, parallel.TransportOptions{ListenAddr: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tr.Close() })
+		ts = append(ts, tr)
+		addrs[r] = tr.Addr()
+	}
+	ranks := make([]int, dp)
+	for i := range ranks {
+		ranks[i] = i
+	}
+	out := make([][]float64, dp)
+	errs := make([]error, dp)
+	var wg sync.WaitGroup
+	for r := 0; r < dp; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g, err := ts[r].NewGroup(parallel.GroupSpec{Job: "dp-test", Generation: 1, Name: "dp", Ranks: ranks, MyRank: r, Addrs: addrs, Timeout: 30 * time.Second})
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			defer g.Close()
+			f, err := data.Open(spec.Data.Path)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			defer f.Close()
+			l, _ := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
+			tr, err := New(Config{Spec: spec, Kernels: tensor.Reference{}, Loader: l, DP: g, BucketBytes: 16 << 10})
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			errs[r] = tr.Run(ctx, func(s Stats) { out[r] = append(out[r], s.Loss) })
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	for r := 1; r < dp; r++ {
+		for i := range out[0] {
+			if out[r][i] != out[0][i] {
+				t.Fatalf("rank %d step %d loss %v, rank 0 %v", r, i+1, out[r][i], out[0][i])
+			}
+		}
+	}
+	return out[0]
+}
+
+// Every data-parallel size reproduces the single-rank loss trajectory for
+// the same global batch, with gradient accumulation and clipping active.
+func TestDataParallelMatchesSingleRank(t *testing.T) {
+	spec := tinySpec(corpus(t))
+	spec.Train.Steps = 10
+	spec.Train.GlobalBatch, spec.Train.MicroBatch = 8, 1
+	spec.Train.GradClip = 0.5
+	want := dpLosses(t, spec, 1)
+	for _, dp := range []int{2, 4} {
+		t.Run(fmt.Sprintf("dp=%d", dp), func(t *testing.T) {
+			got := dpLosses(t, spec, dp)
+			for i := range want {
+				if rel := math.Abs(got[i]-want[i]) / want[i]; rel > 1e-5 {
+					t.Fatalf("step %d: dp=%d loss %.7f, dp=1 %.7f (rel %.2g)", i+1, dp, got[i], want[i], rel)
+				}
+			}
+		})
+	}
+}
