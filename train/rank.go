@@ -1,0 +1,93 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/tensor"
+)
+
+// RankConfig is one rank of a multi-worker job, as a worker receives it.
+type RankConfig struct {
+	Spec       api.JobSpec
+	Job        string
+	Generation uint64
+	Rank       int
+	// Peers holds every rank's data-plane address, indexed by rank.
+	Peers []string
+	// Listener accepts peers' connections at Peers[Rank].
+	Listener net.Listener
+	Kernels  tensor.Kernels
+	// Timeout is how long a collective waits on a silent peer before it
+	// fails naming that peer (0: parallel.DefaultTimeout).
+	Timeout time.Duration
+	// OnComm, if set, is told the bytes and seconds of each step's
+	// gradient exchange (for metrics).
+	OnComm func(op string, bytes int64, d time.Duration)
+}
+
+// RunRank trains one data-parallel rank: it serves the data plane on the
+// listener, joins the data-parallel group, trains every step, and on rank 0
+// saves the final model. Tensor and pipeline parallelism are not supported
+// yet.
+func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
+	s := rc.Spec
+	if s.Parallel.TP != 1 || s.Parallel.PP != 1 {
+		return fmt.Errorf("parallel.tp = %d, parallel.pp = %d: tensor and pipeline parallelism are not supported yet (use dp)", s.Parallel.TP, s.Parallel.PP)
+	}
+	if len(rc.Peers) != s.Parallel.WorldSize() || rc.Rank < 0 || rc.Rank >= len(rc.Peers) {
+		return fmt.Errorf("rank %d with %d peer addresses for world size %d", rc.Rank, len(rc.Peers), s.Parallel.WorldSize())
+	}
+	tr, err := parallel.NewTransport(ctx, parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank]})
+	if err != nil {
+		return fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
+	}
+	defer tr.Close()
+	ranks := make([]int, len(rc.Peers))
+	addrs := map[int]string{}
+	for i, a := range rc.Peers {
+		ranks[i] = i
+		addrs[i] = a
+	}
+	g, err := tr.NewGroup(parallel.GroupSpec{Job: rc.Job, Generation: rc.Generation, Name: "dp", Ranks: ranks, MyRank: rc.Rank, Addrs: addrs, Timeout: rc.Timeout})
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	defer g.Close()
+	f, err := data.Open(s.Data.Path)
+	if err != nil {
+		return fmt.Errorf("rank %d: data.path: %w", rc.Rank, err)
+	}
+	defer f.Close()
+	l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: s.Model.SeqLen, Shuffle: s.Data.Shuffle, Seed: s.Data.Seed})
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, DP: g})
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	err = t.Run(ctx, func(st Stats) {
+		if rc.OnComm != nil && st.CommBytes > 0 {
+			rc.OnComm("all-reduce", st.CommBytes, time.Duration(st.CommSeconds*float64(time.Second)))
+		}
+		report(st)
+	})
+	if err != nil {
+		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	if rc.Rank == 0 {
+		dir := filepath.Join(s.Checkpoint.Dir, s.Name, "final")
+		if err := checkpoint.SaveModel(dir, t.Model, &s); err != nil {
+			return fmt.Errorf("rank 0: %w", err)
+		}
+	}
+	return nil
+}
