@@ -2,9 +2,144 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/tensor/gemm"
+	"github.com/loomtrain/loom/train"
 )
 
+// cmdBenchStep measures full training steps (forward, backward, clipping,
+// AdamW) of a job's model and batch on this machine.
+//
+// FLOPs per token follow PaLM's appendix B: 6·N + 12·L·d·T, with N the
+// matmul weights (LM head included, input embedding excluded), L layers,
+// d = n_heads·head_dim and T = seq_len (model.Config.TrainFLOPsPerToken).
+// MFU divides the achieved FLOP/s by the peak measured here and now with an
+// FMA loop on the same number of threads (gemm.MeasurePeak), not a
+// datasheet figure.
 func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("bench: not implemented yet")
+	fs := newFlagSet(env, "bench step", "JOB.yaml [flags]\n\n"+
+		"Times training steps of the job's model and batch (world size 1) and prints\n"+
+		"tokens/s, achieved TFLOP/s and MFU against the FMA peak measured on this machine.\n"+
+		"FLOPs per token: 6·N + 12·n_layers·dim·seq_len (N: matmul weights incl. LM head).\n"+
+		"Uses the spec's data.path when it exists, else random tokens.")
+	threads := fs.Int("threads", 0, "kernel threads (0: all cores)")
+	steps := fs.Int("steps", 10, "timed steps")
+	warmup := fs.Int("warmup", 2, "untimed steps first")
+	logFormat := fs.String("log-format", "text", "text, or json (one object per measurement)")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *steps < 1 || *warmup < 0 {
+		fs.Usage()
+		return errors.New("bench step: need one JOB.yaml, --steps ≥ 1, --warmup ≥ 0")
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		return fmt.Errorf("bench step: --log-format %q: allowed: text, json", *logFormat)
+	}
+	spec, err := api.LoadSpec(pos[0])
+	if err != nil {
+		return err
+	}
+	spec.Parallel = api.DefaultSpec().Parallel
+	spec.Train.Steps = *steps + *warmup
+	spec.Train.MicroBatch = spec.Train.GlobalBatch
+	nthreads := *threads
+	if nthreads <= 0 {
+		nthreads = runtime.NumCPU()
+	}
+	k, closeK := newKernels(nthreads)
+	defer closeK()
+
+	path := spec.Data.Path
+	if _, err := os.Stat(path); err != nil {
+		path, err = randomTokens(env, spec)
+		if err != nil {
+			return fmt.Errorf("bench step: %w", err)
+		}
+		defer os.RemoveAll(filepath.Dir(path))
+		spec.Data.Path = path
+	}
+	f, err := data.Open(path)
+	if err != nil {
+		return fmt.Errorf("bench step: %w", err)
+	}
+	defer f.Close()
+	loader, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: true, Seed: 1})
+	if err != nil {
+		return fmt.Errorf("bench step: %w", err)
+	}
+	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: loader})
+	if err != nil {
+		return fmt.Errorf("bench step: %w", err)
+	}
+	var times []float64
+	for i := 0; i < *steps+*warmup; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		st, err := tr.Step(ctx)
+		if err != nil {
+			return fmt.Errorf("bench step: %w", err)
+		}
+		if i >= *warmup {
+			times = append(times, st.StepSeconds)
+		}
+	}
+	sort.Float64s(times)
+	med := times[len(times)/2]
+	tokens := float64(spec.Train.GlobalBatch * spec.Model.SeqLen)
+	tps := tokens / med
+	cfg := checkpoint.ModelConfig(spec.Model)
+	flops := cfg.TrainFLOPsPerToken(spec.Model.SeqLen) * tps
+	peak := gemm.MeasurePeak(nthreads, 500*time.Millisecond) * 1e9
+	if *logFormat == "json" {
+		b, _ := json.Marshal(map[string]any{
+			"job": spec.Name, "threads": nthreads, "tokens_per_sec": tps, "tflops": flops / 1e12,
+			"mfu": flops / peak, "peak_tflops": peak / 1e12, "step_s_p50": med,
+			"flops_per_token": cfg.TrainFLOPsPerToken(spec.Model.SeqLen),
+		})
+		fmt.Fprintf(env.stdout, "%s\n", b)
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "%s: %d threads, %d tokens/step, median step %.1f ms: %.0f tokens/s, %.3f TFLOP/s, MFU %.1f%% of the measured FMA peak %.0f GFLOP/s (%.2f MFLOP/token)\n",
+		spec.Name, nthreads, int(tokens), med*1e3, tps, flops/1e12, 100*flops/peak, peak/1e9, cfg.TrainFLOPsPerToken(spec.Model.SeqLen)/1e6)
+	return nil
+}
+
+// randomTokens writes a token file of uniformly random byte tokens in a
+// temporary directory, for benchmarking without a prepared corpus.
+func randomTokens(env *cmdEnv, spec api.JobSpec) (string, error) {
+	dir, err := os.MkdirTemp("", "loom-bench-")
+	if err != nil {
+		return "", err
+	}
+	n := (spec.Train.GlobalBatch*(spec.Train.Steps+1) + 1) * (spec.Model.SeqLen + 1)
+	src := filepath.Join(dir, "random.txt")
+	b := make([]byte, n)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range b {
+		b[i] = byte(32 + r.IntN(95))
+	}
+	if err := os.WriteFile(src, b, 0o644); err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "random.bin")
+	if _, _, err := data.Prep(context.Background(), data.PrepConfig{Inputs: []string{src}, Out: out, Workers: 1}); err != nil {
+		return "", err
+	}
+	fmt.Fprintf(env.stderr, "bench step: %s not found; using %d random tokens\n", spec.Data.Path, n)
+	return out, nil
 }
