@@ -1,0 +1,82 @@
+// Package fast owns Loom's fast CPU implementation of tensor.Kernels: SGEMM
+// through tensor/gemm, and fused, multi-threaded elementwise, normalization,
+// attention and loss kernels on one shared worker pool.
+//
+// Every op partitions its work into tasks of a fixed size that depends only
+// on the shapes, never on the thread count or on timing, and reduces partial
+// results in task order, so outputs are bit-identical run to run and across
+// thread counts.
+package fast
+
+import (
+	"runtime"
+
+	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/tensor/gemm"
+)
+
+// Kernels is the fast tensor.Kernels. It is NOT safe for concurrent use:
+// calls must come from one goroutine at a time (the model's step is
+// sequential), because ops share the worker pool and per-worker scratch.
+type Kernels struct {
+	eng  *gemm.Engine
+	pool *pool
+
+	// Per-op task descriptors, reused so that dispatching allocates nothing.
+	rmsF  rmsFwdTask
+	rmsB  rmsBwdTask
+	ropeT ropeTask
+	swiF  swigluFwdTask
+	swiB  swigluBwdTask
+	adam  adamTask
+	ssq   sumSqTask
+	scal  scaleTask
+	ce    ceTask
+	attF  attnFwdTask
+	attB  attnBwdTask
+	parts []float64 // per-task float64 partials (CE losses, sum of squares)
+	pbuf  []float32 // per-chunk float32 partials (RMSNorm dw)
+}
+
+var _ tensor.Kernels = (*Kernels)(nil)
+
+// New returns kernels that use threads threads (≤ 0: runtime.NumCPU()).
+// Close releases the worker goroutines.
+func New(threads int) *Kernels {
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	return &Kernels{eng: gemm.New(threads), pool: newPool(threads)}
+}
+
+// Threads reports the number of threads the kernels use.
+func (k *Kernels) Threads() int { return k.pool.n }
+
+// Close stops the worker goroutines; k must not be used afterwards.
+func (k *Kernels) Close() {
+	k.eng.Close()
+	k.pool.close()
+}
+
+// Sgemm implements tensor.Kernels.Sgemm with the packed, multi-threaded
+// engine of tensor/gemm.
+func (k *Kernels) Sgemm(transA, transB bool, m, n, kk int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	k.eng.Sgemm(transA, transB, m, n, kk, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// float64s returns k.parts resized to n (grown on demand, never shrunk).
+func (k *Kernels) float64s(n int) []float64 {
+	if cap(k.parts) < n {
+		k.parts = make([]float64, n)
+	}
+	return k.parts[:n]
+}
+
+func (k *Kernels) float32s(n int) []float32 {
+	if cap(k.pbuf) < n {
+		k.pbuf = make([]float32, n)
+	}
+	return k.pbuf[:n]
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
