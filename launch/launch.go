@@ -1,0 +1,343 @@
+// Package launch owns zero-set-up, one-machine runs of multi-worker jobs:
+// it starts an embedded etcd, a coordinator and one local worker process
+// per rank, all on loopback, submits the job, streams its progress and
+// stops everything — on completion, on error and on cancellation.
+package launch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"gopkg.in/yaml.v3"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// Options configures Local. Zero fields take the defaults named.
+type Options struct {
+	// SpecYAML is the spec as the user wrote it, sent to the coordinator
+	// (default: spec marshalled to YAML).
+	SpecYAML []byte
+	// Source names the spec in errors (a file name).
+	Source string
+	// ThreadsPerWorker is each worker's compute threads (default: this
+	// machine's cores ÷ world size, at least 1).
+	ThreadsPerWorker int
+	// EtcdDir holds etcd's data (default: a temporary directory, removed).
+	EtcdDir string
+	// Executable is the loom binary workers run as `EXE worker ...`
+	// (default os.Executable()).
+	Executable string
+	// WorkerArgs are appended to each worker's command line.
+	WorkerArgs []string
+	// Env is appended to each worker's environment.
+	Env []string
+	// LeaseTTL is the workers' and coordinator's lease TTL (default
+	// coordinator.DefaultLeaseTTL).
+	LeaseTTL time.Duration
+	// MaxRestarts is how many generations may end early before the job fails.
+	MaxRestarts int
+	// Progress receives a line per status change and per step (nil: discard).
+	Progress io.Writer
+	// WorkerOutput receives the workers' output, each line prefixed with
+	// its worker number (default os.Stderr).
+	WorkerOutput io.Writer
+	// StopTimeout is how long workers get to exit after SIGTERM before
+	// SIGKILL (default 5 s).
+	StopTimeout time.Duration
+	// Logger receives the coordinator's log (nil: discard).
+	Logger *slog.Logger
+}
+
+// JobError is a local job that did not succeed.
+type JobError struct {
+	Job    string
+	Status *loomv1.JobStatus
+}
+
+func (e *JobError) Error() string {
+	return fmt.Sprintf("job %s %s: %s", e.Job, StateName(e.Status.State), e.Status.Message)
+}
+
+// Local runs spec on this machine with one worker process per rank and
+// returns when the job has finished (nil only if it succeeded), failed to
+// start, or ctx was cancelled. Every process and port it started is gone
+// when it returns.
+func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
+	if verr := spec.Validate(); verr != nil {
+		return verr
+	}
+	world := spec.Parallel.WorldSize()
+	specYAML := opts.SpecYAML
+	if specYAML == nil {
+		if specYAML, err = yaml.Marshal(spec); err != nil {
+			return fmt.Errorf("launch: marshal job spec: %w", err)
+		}
+	}
+	if opts.ThreadsPerWorker <= 0 {
+		opts.ThreadsPerWorker = max(1, runtime.NumCPU()/world)
+	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = coordinator.DefaultLeaseTTL
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = 5 * time.Second
+	}
+	if opts.Progress == nil {
+		opts.Progress = io.Discard
+	}
+	if opts.WorkerOutput == nil {
+		opts.WorkerOutput = os.Stderr
+	}
+	if opts.Executable == "" {
+		if opts.Executable, err = os.Executable(); err != nil {
+			return fmt.Errorf("launch: find the loom executable to start workers: %w", err)
+		}
+	}
+
+	// Control plane: embedded etcd and a coordinator, on loopback.
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	etcd, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: opts.EtcdDir, LogOutput: "discard"})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+	defer etcd.Close()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return fmt.Errorf("launch: etcd client: %w", err)
+	}
+	defer cli.Close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("launch: coordinator listener: %w", err)
+	}
+	coord, err := coordinator.New(coordinator.Config{Etcd: cli, Addr: lis.Addr().String(), LeaseTTL: opts.LeaseTTL,
+		Resync: time.Second, Logger: opts.Logger})
+	if err != nil {
+		lis.Close()
+		return fmt.Errorf("launch: %w", err)
+	}
+	cctx, stopCoord := context.WithCancel(context.WithoutCancel(ctx))
+	coordDone := make(chan error, 1)
+	go func() { coordDone <- coord.Serve(cctx, lis, nil) }()
+	defer func() {
+		stopCoord()
+		if cerr := <-coordDone; cerr != nil && err == nil {
+			err = fmt.Errorf("launch: coordinator: %w", cerr)
+		}
+	}()
+
+	// Workers: one process per rank.
+	args := []string{"worker", "--coordinator", lis.Addr().String(), "--listen", "127.0.0.1:0",
+		"--threads", strconv.Itoa(opts.ThreadsPerWorker), "--ttl", opts.LeaseTTL.String()}
+	args = append(args, opts.WorkerArgs...)
+	procs := newProcs(opts)
+	defer procs.stop(opts.StopTimeout)
+	if err := procs.start(world, opts.Executable, args); err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	client, err := api.Dial(dctx, lis.Addr().String())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("launch: %w", err)
+	}
+	defer client.Close()
+	subctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = client.Submit(subctx, specYAML, opts.Source, opts.MaxRestarts)
+	cancel()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(opts.Progress, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
+		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])
+
+	// Follow the job until it ends, a worker process exits early, or ctx
+	// is cancelled.
+	fctx, stopFollow := context.WithCancel(ctx)
+	defer stopFollow()
+	type outcome struct {
+		st  *loomv1.JobStatus
+		err error
+	}
+	followed := make(chan outcome, 1)
+	go func() {
+		st, err := Follow(fctx, client, spec.Name, spec.Train.Steps, opts.Progress)
+		followed <- outcome{st, err}
+	}()
+	select {
+	case o := <-followed:
+		if o.err != nil {
+			return fmt.Errorf("launch: follow job %s: %w", spec.Name, o.err)
+		}
+		if o.st.State != loomv1.JobState_JOB_STATE_SUCCEEDED {
+			return &JobError{Job: spec.Name, Status: o.st}
+		}
+		return nil
+	case ex := <-procs.exited:
+		stopFollow()
+		<-followed
+		return fmt.Errorf("launch: worker %d (pid %d) exited before job %s finished: %v; its output is above",
+			ex.n, ex.pid, spec.Name, ex.err)
+	case <-ctx.Done():
+		stopFollow()
+		<-followed
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_, _ = client.Stop(sctx, spec.Name, "interrupted")
+		cancel()
+		return fmt.Errorf("launch: job %s interrupted: %w", spec.Name, ctx.Err())
+	}
+}
+
+// procs are the local worker processes.
+type procs struct {
+	opts   Options
+	out    *syncWriter
+	exited chan exit // first early exits; buffered
+
+	mu    sync.Mutex
+	cmds  []*exec.Cmd
+	waits []chan struct{}
+
+	// Pdeathsig fires when the *thread* that forked the child exits, so
+	// every child is forked from one goroutine locked to its thread, which
+	// stays alive (and locked) until stop.
+	spawn chan func()
+	quit  chan struct{}
+}
+
+type exit struct {
+	n, pid int
+	err    error
+}
+
+func newProcs(opts Options) *procs {
+	p := &procs{opts: opts, out: &syncWriter{w: opts.WorkerOutput}, exited: make(chan exit, 64),
+		spawn: make(chan func()), quit: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: the thread exits with the goroutine, after the
+		// children are gone.
+		for {
+			select {
+			case f := <-p.spawn:
+				f()
+			case <-p.quit:
+				return
+			}
+		}
+	}()
+	return p
+}
+
+func (p *procs) start(n int, exe string, args []string) error {
+	for i := range n {
+		cmd := exec.Command(exe, args...)
+		cmd.Env = append(os.Environ(), p.opts.Env...)
+		cmd.Stdout = &prefixWriter{out: p.out, prefix: fmt.Sprintf("[worker %d] ", i)}
+		cmd.Stderr = cmd.Stdout
+		cmd.SysProcAttr = workerProcAttr()
+		errc := make(chan error, 1)
+		p.spawn <- func() { errc <- cmd.Start() }
+		if err := <-errc; err != nil {
+			return fmt.Errorf("start worker %d (%s): %w", i, exe, err)
+		}
+		done := make(chan struct{})
+		p.mu.Lock()
+		p.cmds = append(p.cmds, cmd)
+		p.waits = append(p.waits, done)
+		p.mu.Unlock()
+		go func() {
+			err := cmd.Wait()
+			close(done)
+			select {
+			case p.exited <- exit{n: i, pid: cmd.Process.Pid, err: exitErr(err)}:
+			default:
+			}
+		}()
+	}
+	return nil
+}
+
+func exitErr(err error) error {
+	if err == nil {
+		return errors.New("exit status 0")
+	}
+	return err
+}
+
+// stop sends SIGTERM to every worker's process group, waits up to timeout,
+// then SIGKILLs what is left, and waits for all.
+func (p *procs) stop(timeout time.Duration) {
+	p.mu.Lock()
+	cmds, waits := p.cmds, p.waits
+	p.mu.Unlock()
+	for _, c := range cmds {
+		_ = syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	}
+	deadline := time.After(timeout)
+	for i, w := range waits {
+		select {
+		case <-w:
+		case <-deadline:
+			for j := i; j < len(cmds); j++ {
+				_ = syscall.Kill(-cmds[j].Process.Pid, syscall.SIGKILL)
+			}
+			for _, w := range waits[i:] {
+				<-w
+			}
+			close(p.quit)
+			return
+		}
+	}
+	close(p.quit)
+}
+
+// syncWriter serialises writes of whole lines from several processes.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+// prefixWriter prefixes every line.
+type prefixWriter struct {
+	out    *syncWriter
+	prefix string
+	buf    []byte
+}
+
+func (w *prefixWriter) Write(b []byte) (int, error) {
+	w.buf = append(w.buf, b...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.out.mu.Lock()
+		_, err := fmt.Fprintf(w.out.w, "%s%s\n", w.prefix, w.buf[:i])
+		w.out.mu.Unlock()
+		w.buf = w.buf[i+1:]
+		if err != nil {
+			return len(b), err
+		}
+	}
+	return len(b), nil
+}
