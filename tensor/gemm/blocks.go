@@ -1,0 +1,88 @@
+package gemm
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// cacheSizes are per-core data cache sizes in bytes (L3 is the whole shared
+// cache).
+type cacheSizes struct{ l1, l2, l3 int }
+
+// Defaults when sysfs is unavailable: a common x86 server core.
+var defaultCaches = cacheSizes{l1: 32 << 10, l2: 512 << 10, l3: 8 << 20}
+
+// readCacheSizes reads cpu0's data/unified cache sizes from sysfs
+// (golang.org/x/sys/cpu does not report them), falling back to defaults.
+func readCacheSizes() cacheSizes {
+	cs := defaultCaches
+	dirs, _ := filepath.Glob("/sys/devices/system/cpu/cpu0/cache/index*")
+	for _, d := range dirs {
+		typ := readTrim(filepath.Join(d, "type"))
+		if typ != "Data" && typ != "Unified" {
+			continue
+		}
+		level, err1 := strconv.Atoi(readTrim(filepath.Join(d, "level")))
+		size, err2 := parseSize(readTrim(filepath.Join(d, "size")))
+		if err1 != nil || err2 != nil || size <= 0 {
+			continue
+		}
+		switch level {
+		case 1:
+			cs.l1 = size
+		case 2:
+			cs.l2 = size
+		case 3:
+			cs.l3 = size
+		}
+	}
+	return cs
+}
+
+func readTrim(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// parseSize parses sysfs sizes such as "32K", "1024K" or "32M".
+func parseSize(s string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, s[:len(s)-1]
+	}
+	v, err := strconv.Atoi(s)
+	return v * mult, err
+}
+
+// blockSizes are the BLIS cache blocks: a KC×NR micro-panel of B lives in
+// L1, an MC×KC block of A in L2 and a KC×NC block of B in L3.
+type blockSizes struct{ mc, kc, nc int }
+
+// chooseBlocks derives the blocking from the cache sizes:
+//   - KC: the B micro-panel (KC·NR floats) takes half of L1, leaving room
+//     for the A micro-panel and C tile. 32 KiB L1, NR=16 → 256;
+//     48 KiB, NR=32 → 192.
+//   - MC: the A block (MC·KC floats) takes half of L2, rounded down to MR.
+//     512 KiB, KC=256, MR=6 → 126; 1 MiB, KC=192, MR=14 → 336.
+//   - NC: each worker's B block (KC·NC floats) takes at most a quarter of
+//     its share of L3, capped at 4096 columns, rounded down to NR.
+func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
+	const f = 4 // bytes per float32
+	kc := cs.l1 / 2 / (k.nr * f)
+	kc = clampInt(kc&^7, 64, 512)
+	mc := cs.l2 / 2 / (kc * f)
+	mc = max(mc/k.mr*k.mr, k.mr)
+	nc := cs.l3 / max(threads, 1) / 4 / (kc * f)
+	nc = clampInt(nc/k.nr*k.nr, 4*k.nr, 4096/k.nr*k.nr)
+	return blockSizes{mc: mc, kc: kc, nc: nc}
+}
+
+func clampInt(v, lo, hi int) int { return max(lo, min(v, hi)) }

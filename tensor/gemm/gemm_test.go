@@ -1,0 +1,307 @@
+package gemm
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+type shape struct{ m, n, k int }
+
+// edgeShapes exercise partial tiles (1, 7, 17 … around MR/NR multiples),
+// K slices past KC, M past MC and N past NC.
+var edgeShapes = []shape{
+	{1, 1, 1}, {1, 7, 3}, {7, 1, 5}, {7, 7, 7}, {17, 17, 17}, {14, 32, 8}, {6, 16, 4},
+	{63, 65, 127}, {65, 63, 129}, {127, 129, 65}, {129, 127, 63}, {28, 64, 1},
+	{15, 33, 300}, {400, 20, 70}, {13, 4200, 9}, {129, 129, 600},
+}
+
+// transformerShapes are small-token versions of Loom's matmuls: QKV/out
+// projections (d×d), FFN up/down (d×ffn), with M = tokens.
+var transformerShapes = []shape{
+	{64, 512, 512}, {64, 1376, 512}, {64, 512, 1376}, {48, 768, 768}, {32, 3072, 768}, {32, 768, 3072},
+}
+
+type variant struct{ alpha, beta float32 }
+
+var variants = []variant{{1, 0}, {1, 1}, {0.5, -2}, {-1.5, 0}}
+
+// stored returns the stored (rows, cols) of an operand of logical shape
+// r×c, transposed if trans.
+func stored(r, c int, trans bool) (int, int) {
+	if trans {
+		return c, r
+	}
+	return r, c
+}
+
+func randMatrix(rng *rand.Rand, rows, cols, ld int) []float32 {
+	x := make([]float32, max(rows*ld, 1))
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	return x
+}
+
+// testCase is one multiplication with its inputs, the Reference result and
+// a per-element magnitude bound Σ|alpha·a·b| + |beta·c| for the tolerance.
+type testCase struct {
+	s              shape
+	transA, transB bool
+	v              variant
+	pad            int
+	lda, ldb, ldc  int
+	a, b, c        []float32
+	want, bound    []float32
+}
+
+func newCase(rng *rand.Rand, s shape, transA, transB bool, v variant, pad int) *testCase {
+	ar, ac := stored(s.m, s.k, transA)
+	br, bc := stored(s.k, s.n, transB)
+	tc := &testCase{s: s, transA: transA, transB: transB, v: v, pad: pad, lda: ac + pad, ldb: bc + pad, ldc: s.n + pad}
+	tc.a = randMatrix(rng, ar, ac, tc.lda)
+	tc.b = randMatrix(rng, br, bc, tc.ldb)
+	tc.c = randMatrix(rng, s.m, s.n, tc.ldc)
+	if v.beta == 0 {
+		for i := range tc.c {
+			tc.c[i] = float32(math.NaN()) // must be overwritten, never read
+		}
+	}
+	tc.want = append([]float32(nil), tc.c...)
+	Reference(transA, transB, s.m, s.n, s.k, v.alpha, tc.a, tc.lda, tc.b, tc.ldb, v.beta, tc.want, tc.ldc)
+	absA, absB := make([]float32, len(tc.a)), make([]float32, len(tc.b))
+	for i := range tc.a {
+		absA[i] = float32(math.Abs(float64(tc.a[i])))
+	}
+	for i := range tc.b {
+		absB[i] = float32(math.Abs(float64(tc.b[i])))
+	}
+	tc.bound = make([]float32, len(tc.c))
+	Reference(transA, transB, s.m, s.n, s.k, float32(math.Abs(float64(v.alpha))), absA, tc.lda, absB, tc.ldb, 0, tc.bound, tc.ldc)
+	return tc
+}
+
+// check runs the case on e and reports the worst element error relative to
+// the magnitude bound, and any write into the padding between rows.
+func (tc *testCase) check(t *testing.T, e *Engine) {
+	t.Helper()
+	s, v := tc.s, tc.v
+	got := append([]float32(nil), tc.c...)
+	e.Sgemm(tc.transA, tc.transB, s.m, s.n, s.k, v.alpha, tc.a, tc.lda, tc.b, tc.ldb, v.beta, got, tc.ldc)
+	tol := 2e-6 * (1 + float64(s.k)/64)
+	worst, wi, wj := 0.0, -1, -1
+	for i := 0; i < s.m; i++ {
+		for j := 0; j < s.n; j++ {
+			x := i*tc.ldc + j
+			scale := float64(tc.bound[x]) + 1e-30
+			if v.beta != 0 {
+				scale += math.Abs(float64(v.beta) * float64(tc.c[x]))
+			}
+			d := math.Abs(float64(got[x])-float64(tc.want[x])) / scale
+			if math.IsNaN(float64(got[x])) {
+				d = math.Inf(1)
+			}
+			if d > worst {
+				worst, wi, wj = d, i, j
+			}
+		}
+	}
+	if worst > tol {
+		t.Fatalf("%s threads=%d m=%d n=%d k=%d transA=%v transB=%v alpha=%g beta=%g pad=%d: worst relative error %.3g at C[%d][%d] (got %g want %g), tolerance %.3g",
+			e.Kernel(), e.Threads(), s.m, s.n, s.k, tc.transA, tc.transB, v.alpha, v.beta, tc.pad, worst, wi, wj, got[wi*tc.ldc+wj], tc.want[wi*tc.ldc+wj], tol)
+	}
+	for i := 0; i < s.m; i++ {
+		for j := s.n; j < tc.ldc && i*tc.ldc+j < len(tc.c); j++ {
+			x := i*tc.ldc + j
+			if math.Float32bits(got[x]) != math.Float32bits(tc.c[x]) {
+				t.Fatalf("%s m=%d n=%d k=%d: wrote into padding C[%d][%d]", e.Kernel(), s.m, s.n, s.k, i, j)
+			}
+		}
+	}
+}
+
+var transCases = []struct {
+	name           string
+	transA, transB bool
+}{{"nn", false, false}, {"tn", true, false}, {"nt", false, true}, {"tt", true, true}}
+
+func TestSgemmMatchesReference(t *testing.T) {
+	shapes := append(append([]shape(nil), edgeShapes...), transformerShapes...)
+	threadCounts := []int{1, 2, 3}
+	if raceEnabled || testing.Short() {
+		shapes = []shape{{1, 1, 1}, {7, 17, 5}, {17, 33, 29}, {15, 40, 300}}
+		threadCounts = []int{1, 2}
+	}
+	// Every kernel this CPU runs, at several thread counts, on the same
+	// cases: the Reference result is computed once per case.
+	var engines []*Engine
+	for _, kern := range availableKernels() {
+		for _, threads := range threadCounts {
+			engines = append(engines, newEngine(threads, kern))
+		}
+	}
+	defer func() {
+		for _, e := range engines {
+			e.Close()
+		}
+	}()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, s := range shapes {
+		t.Run(fmt.Sprintf("%dx%dx%d", s.m, s.n, s.k), func(t *testing.T) {
+			for _, tr := range transCases {
+				for vi, v := range variants {
+					pad := 0
+					if vi%2 == 1 {
+						pad = 3 // leading dimensions wider than the rows
+					}
+					tc := newCase(rng, s, tr.transA, tr.transB, v, pad)
+					for _, e := range engines {
+						tc.check(t, e)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestKernelsAvailable reports which micro-kernels were covered on this CPU,
+// so a run on a machine without AVX-512 cannot pass silently for it.
+func TestKernelsAvailable(t *testing.T) {
+	var names []string
+	for _, k := range availableKernels() {
+		names = append(names, k.name)
+	}
+	t.Logf("kernels tested on this CPU: %v (best: %s)", names, New(1).Kernel())
+	if names[len(names)-1] != "generic" {
+		t.Fatalf("generic kernel missing from %v", names)
+	}
+}
+
+func TestMicroKernelDirect(t *testing.T) {
+	// Each kernel against a plain loop on one tile, for several depths
+	// around the ×4 unroll, with a C stride wider than NR.
+	for _, kern := range availableKernels() {
+		for _, k := range []int{1, 2, 3, 4, 5, 8, 13} {
+			for _, beta := range []float32{0, 1, 0.5} {
+				rng := rand.New(rand.NewPCG(uint64(k), 7))
+				mr, nr, ldc := kern.mr, kern.nr, kern.nr+5
+				a := randMatrix(rng, k, mr, mr)
+				b := randMatrix(rng, k, nr, nr)
+				c := randMatrix(rng, mr, nr, ldc)
+				want := append([]float32(nil), c...)
+				for i := 0; i < mr; i++ {
+					for j := 0; j < nr; j++ {
+						var s float64
+						for p := 0; p < k; p++ {
+							s += float64(a[p*mr+i]) * float64(b[p*nr+j])
+						}
+						v := 1.5 * s
+						if beta != 0 {
+							v += float64(beta) * float64(c[i*ldc+j])
+						}
+						want[i*ldc+j] = float32(v)
+					}
+				}
+				kern.full(k, &a[0], &b[0], &c[0], ldc, 1.5, beta)
+				for x := range c {
+					if d := math.Abs(float64(c[x] - want[x])); d > 1e-4*(1+math.Abs(float64(want[x]))) {
+						t.Fatalf("%s k=%d beta=%g: c[%d]=%g want %g", kern.name, k, beta, x, c[x], want[x])
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestZeroSizes(t *testing.T) {
+	e := New(2)
+	defer e.Close()
+	c := []float32{float32(math.NaN()), 2, 3, 4}
+	e.Sgemm(false, false, 2, 2, 0, 1, nil, 1, nil, 2, 0, c, 2) // k = 0, beta = 0: C = 0
+	for i, v := range c {
+		if v != 0 {
+			t.Fatalf("k=0 beta=0: c[%d]=%g, want 0", i, v)
+		}
+	}
+	c = []float32{1, 2, 3, 4}
+	e.Sgemm(false, false, 2, 2, 0, 1, nil, 1, nil, 2, 2, c, 2)
+	if c[3] != 8 {
+		t.Fatalf("k=0 beta=2: c[3]=%g, want 8", c[3])
+	}
+	e.Sgemm(false, false, 0, 5, 5, 1, nil, 5, make([]float32, 25), 5, 0, nil, 5) // m = 0: no-op
+}
+
+func TestPanicsOnShortSlice(t *testing.T) {
+	e := New(1)
+	defer e.Close()
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic for a short C")
+		}
+	}()
+	e.Sgemm(false, false, 4, 4, 4, 1, make([]float32, 16), 4, make([]float32, 16), 4, 0, make([]float32, 15), 4)
+}
+
+// TestConcurrentUse runs Sgemm from several goroutines on one Engine; run
+// under -race it checks that calls are serialized.
+func TestConcurrentUse(t *testing.T) {
+	e := New(2)
+	defer e.Close()
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 3))
+			for i := 0; i < 3; i++ {
+				newCase(rng, shape{37, 45, 70}, g%2 == 1, i%2 == 1, variant{1, 0}, 0).check(t, e)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestNoAllocsSteadyState(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	e := New(2)
+	defer e.Close()
+	m, n, k := 200, 300, 100
+	a, b, c := make([]float32, m*k), make([]float32, k*n), make([]float32, m*n)
+	allocs := testing.AllocsPerRun(5, func() {
+		e.Sgemm(false, true, m, n, k, 1, a, k, b, k, 0, c, n)
+	})
+	if allocs != 0 {
+		t.Fatalf("Sgemm allocated %.1f times per call, want 0", allocs)
+	}
+}
+
+func TestMeasurePeak(t *testing.T) {
+	if testing.Short() || raceEnabled {
+		t.Skip("timing test")
+	}
+	for _, kern := range availableKernels() {
+		g := measurePeak(kern, 1, 20*time.Millisecond)
+		t.Logf("%s FMA peak, 1 thread: %.1f GFLOP/s", kern.name, g)
+		if kern.peak != nil && g <= 0 {
+			t.Fatalf("%s: peak %g GFLOP/s", kern.name, g)
+		}
+	}
+}
+
+func TestChooseBlocks(t *testing.T) {
+	zen3 := cacheSizes{l1: 32 << 10, l2: 512 << 10, l3: 32 << 20}
+	b := chooseBlocks(zen3, kernel{mr: 6, nr: 16}, 2)
+	if b != (blockSizes{mc: 252, kc: 256, nc: 4096}) {
+		t.Fatalf("Zen 3 AVX2 blocks = %+v", b)
+	}
+	zen5 := cacheSizes{l1: 48 << 10, l2: 1 << 20, l3: 32 << 20}
+	b = chooseBlocks(zen5, kernel{mr: 14, nr: 32}, 2)
+	if b != (blockSizes{mc: 672, kc: 192, nc: 4096}) {
+		t.Fatalf("Zen 5 AVX-512 blocks = %+v", b)
+	}
+}

@@ -1,0 +1,46 @@
+//go:build !purego
+
+package gemm
+
+import "golang.org/x/sys/cpu"
+
+// Assembly micro-kernels (kernel_amd64.s).
+
+//go:noescape
+func kernelAVX512(k int, a, b, c *float32, ldc int, alpha, beta float32)
+
+//go:noescape
+func kernelAVX2(k int, a, b, c *float32, ldc int, alpha, beta float32)
+
+// fmaLoopAVX512 runs n iterations of 24 independent zmm FMAs.
+func fmaLoopAVX512(n int)
+
+// fmaLoopAVX2 runs n iterations of 12 independent ymm FMAs.
+func fmaLoopAVX2(n int)
+
+// avx512Kernel is 14×32: 28 zmm accumulators, two zmm B rows and two
+// broadcast registers use all 32 zmm registers. The 14:32 shape gives the
+// most FMAs per load of any tile that fits.
+var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512,
+	peak: func(n int) float64 { fmaLoopAVX512(n); return float64(n) * 24 * 16 * 2 }}
+
+// avx2Kernel is 6×16 (BLIS Haswell/Zen): 12 ymm accumulators, two ymm B rows
+// and two broadcast registers use all 16 ymm registers.
+var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2,
+	peak: func(n int) float64 { fmaLoopAVX2(n); return float64(n) * 12 * 8 * 2 }}
+
+func hasAVX512() bool { return cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL }
+func hasAVX2() bool   { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
+
+func bestKernel() kernel { return availableKernels()[0] }
+
+func availableKernels() []kernel {
+	var ks []kernel
+	if hasAVX512() {
+		ks = append(ks, avx512Kernel)
+	}
+	if hasAVX2() {
+		ks = append(ks, avx2Kernel)
+	}
+	return append(ks, genericKernel)
+}
