@@ -240,8 +240,13 @@ func (w *Worker) connect(ctx context.Context) error {
 	if w.cfg.Coordinator != "" {
 		c, err := api.Dial(dctx, w.cfg.Coordinator)
 		if err != nil {
-			return fmt.Errorf("worker: cannot reach the coordinator at %s within %v: %w; check --coordinator (the address `loom coordinator --listen` serves)",
-				w.cfg.Coordinator, w.cfg.DialTimeout, err)
+			cause := err
+			var re *api.RPCError
+			if errors.As(err, &re) {
+				cause = re.Err
+			}
+			return fmt.Errorf("worker: cannot reach the coordinator at %s within %v (%w); check --coordinator: it must be the address `loom coordinator --listen` serves",
+				w.cfg.Coordinator, w.cfg.DialTimeout, cause)
 		}
 		info, err := c.Info(dctx)
 		c.Close()

@@ -3,24 +3,359 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/launch"
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+	"github.com/loomtrain/loom/worker"
 )
 
+// defaultCoordinator is where `loom coordinator` listens and where the
+// other commands look for it unless told otherwise.
+const defaultCoordinator = "127.0.0.1:7070"
+
+func coordinatorFlag(fs interface {
+	StringVar(*string, string, string, string)
+}, p *string) {
+	def := defaultCoordinator
+	if env := os.Getenv("LOOM_COORDINATOR"); env != "" {
+		def = env
+	}
+	fs.StringVar(p, "coordinator", def, "coordinator gRPC `ADDR` (default $LOOM_COORDINATOR, else "+defaultCoordinator+")")
+}
+
+func splitComma(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// serveMetrics serves reg on addr's /metrics until ctx is done.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", "addr", addr, "err", err)
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	return lis, nil
+}
+
 func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("coordinator: not implemented yet")
+	fs := newFlagSet(env, "coordinator", "[flags]\n\n"+
+		"Serves the control plane: jobs submitted with `loom submit` are scheduled onto\n"+
+		"workers started with `loom worker --coordinator ADDR`. State lives in etcd; with\n"+
+		"no --etcd an embedded single-member etcd is started. Several coordinators on one\n"+
+		"etcd elect a leader; the others stand by.")
+	etcdURLs := fs.String("etcd", "", "comma-separated etcd client `URLS` (empty: run an embedded etcd)")
+	etcdDir := fs.String("etcd-dir", "", "embedded etcd's data `DIR` (default: a temporary directory, removed on exit)")
+	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT`, which workers are told; use an address other machines can reach")
+	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR`")
+	advertise := fs.String("advertise", "", "gRPC `ADDR` workers and standbys reach this coordinator at (default: --listen)")
+	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	prefix := fs.String("prefix", coordinator.DefaultPrefix, "etcd key `PREFIX`")
+	ttl := fs.Duration("ttl", coordinator.DefaultLeaseTTL, "lease TTL of coordinators and workers: a process silent this long is gone")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(env.stderr, nil))
+
+	endpoints := splitComma(*etcdURLs)
+	if len(endpoints) == 0 {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, LogOutput: "discard"})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		defer e.Close()
+		endpoints = e.Endpoints
+		log.Info("embedded etcd serving", "endpoints", strings.Join(endpoints, ","))
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return fmt.Errorf("coordinator: etcd client for %v: %w", endpoints, err)
+	}
+	defer cli.Close()
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = cli.Get(pctx, *prefix, clientv3.WithCountOnly())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("coordinator: etcd at %s did not answer within 10s: %w; check --etcd", strings.Join(endpoints, ","), err)
+	}
+
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("coordinator: --listen %s: %w", *listen, err)
+	}
+	addr := *advertise
+	if addr == "" {
+		addr = lis.Addr().String()
+	}
+	reg := prometheus.NewRegistry()
+	c, err := coordinator.New(coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
+		LeaseTTL: *ttl, Registry: reg, Logger: log})
+	if err != nil {
+		lis.Close()
+		return err
+	}
+	var httpLis net.Listener
+	if *httpAddr != "" {
+		if httpLis, err = net.Listen("tcp", *httpAddr); err != nil {
+			lis.Close()
+			return fmt.Errorf("coordinator: --http %s: %w", *httpAddr, err)
+		}
+		log.Info("metrics on /metrics", "addr", httpLis.Addr().String())
+	}
+	log.Info("coordinator serving", "addr", addr, "etcd", strings.Join(endpoints, ","))
+	return c.Serve(ctx, lis, httpLis)
 }
 
 func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("worker: not implemented yet")
+	fs := newFlagSet(env, "worker", "--coordinator ADDR | --etcd URLS [flags]\n\n"+
+		"Joins the control plane as a worker: registers under a lease, trains the ranks\n"+
+		"the coordinator assigns it, and reports each step.")
+	var cfg worker.Config
+	cfg.RegisterFlags(fs)
+	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	if _, err := parseArgs(fs, args); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(env.stderr, nil))
+	cfg.Logger = log
+	cfg.Engine = newTrainingEngine()
+	cfg.Registry = prometheus.NewRegistry()
+	if *httpAddr != "" {
+		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, log)
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		log.Info("metrics on /metrics", "addr", lis.Addr().String())
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
+}
+
+func dialCoordinator(ctx context.Context, addr string) (*api.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return api.Dial(dctx, addr)
 }
 
 func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("submit: not implemented yet")
+	fs := newFlagSet(env, "submit", "JOB.yaml [--coordinator ADDR] [flags]\n\n"+
+		"Submits a job and follows it with a progress line per step until it finishes.")
+	var addr string
+	coordinatorFlag(fs, &addr)
+	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
+	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errors.New("submit: need exactly one JOB.yaml")
+	}
+	src, err := os.ReadFile(pos[0])
+	if err != nil {
+		return fmt.Errorf("submit: %w", err)
+	}
+	// Validate here too, so an invalid spec fails without a coordinator.
+	spec, err := api.ParseSpec(src, pos[0])
+	if err != nil {
+		return err
+	}
+	c, err := dialCoordinator(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("submit: %w", err)
+	}
+	defer c.Close()
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = c.Submit(sctx, src, pos[0], *maxRestarts)
+	cancel()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
+	if *detach {
+		return nil
+	}
+	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout)
+	if err != nil {
+		if ctx.Err() != nil {
+			fmt.Fprintf(env.stderr, "stopped following %s; it keeps running (`loom stop %s` stops it)\n", spec.Name, spec.Name)
+		}
+		return err
+	}
+	if st.State != loomv1.JobState_JOB_STATE_SUCCEEDED {
+		return &launch.JobError{Job: spec.Name, Status: st}
+	}
+	return nil
 }
 
 func cmdStatus(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("status: not implemented yet")
+	fs := newFlagSet(env, "status", "[JOB] [--coordinator ADDR]\n\n"+
+		"Without JOB lists every job; with JOB shows its state, generation, and each\n"+
+		"rank's address, step and throughput.")
+	var addr string
+	coordinatorFlag(fs, &addr)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		fs.Usage()
+		return errors.New("status: at most one JOB")
+	}
+	c, err := dialCoordinator(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("status: %w", err)
+	}
+	defer c.Close()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if len(pos) == 0 {
+		jobs, err := c.List(rctx)
+		if err != nil {
+			return err
+		}
+		printJobs(env.stdout, jobs)
+		return nil
+	}
+	j, err := c.Get(rctx, pos[0])
+	if err != nil {
+		return err
+	}
+	printJob(env.stdout, j)
+	return nil
+}
+
+func latestStep(j *loomv1.Job) (step int64, tokPerSec float64) {
+	for _, p := range j.Latest {
+		if p.Rank == 0 && len(p.Steps) > 0 {
+			return p.Steps[0].Step, p.Steps[0].TokensPerSec
+		}
+	}
+	return 0, 0
+}
+
+func printJobs(w io.Writer, jobs []*loomv1.Job) {
+	if len(jobs) == 0 {
+		fmt.Fprintln(w, "no jobs")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tSTATE\tGEN\tWORLD\tSTEP\tTOK/S\tMESSAGE")
+	for _, j := range jobs {
+		s := j.Status
+		step, tps := latestStep(j)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%s\n", s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, step, tps, s.Message)
+	}
+	tw.Flush()
+}
+
+func printJob(w io.Writer, j *loomv1.Job) {
+	s := j.Status
+	fmt.Fprintf(w, "job:        %s\nstate:      %s\ngeneration: %d\nworld size: %d\nmessage:    %s\n",
+		s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, s.Message)
+	if s.Restarts > 0 {
+		fmt.Fprintf(w, "restarts:   %d\n", s.Restarts)
+	}
+	if len(s.Ranks) > 0 {
+		latest := map[int32]*loomv1.StepStats{}
+		for _, p := range j.Latest {
+			if len(p.Steps) > 0 {
+				latest[p.Rank] = p.Steps[len(p.Steps)-1]
+			}
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "RANK\t(DP,PP,TP)\tADDRESS\tWORKER\tSTEP\tLOSS\tTOK/S\tSTEP TIME")
+		for _, r := range s.Ranks {
+			step, loss, tps, st := "-", "-", "-", "-"
+			if l := latest[r.Rank]; l != nil {
+				step, loss, tps = fmt.Sprint(l.Step), fmt.Sprintf("%.4f", l.Loss), fmt.Sprintf("%.0f", l.TokensPerSec)
+				st = time.Duration(l.StepSeconds * float64(time.Second)).Round(time.Microsecond).String()
+			}
+			fmt.Fprintf(tw, "%d\t(%d,%d,%d)\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Rank, r.Dp, r.Pp, r.Tp, r.Addr, r.WorkerId, step, loss, tps, st)
+		}
+		tw.Flush()
+	}
+	if len(s.Failures) > 0 {
+		fmt.Fprintln(w, "\nfailures:")
+		for _, f := range s.Failures {
+			what := "failed"
+			if f.Lost {
+				what = "lost"
+			}
+			fmt.Fprintf(w, "  generation %d: %s rank %d (%s, worker %s): %s\n", f.Generation, what, f.Rank, f.Addr, f.WorkerId, f.Reason)
+		}
+	}
 }
 
 func cmdStop(ctx context.Context, env *cmdEnv, args []string) error {
-	return errors.New("stop: not implemented yet")
+	fs := newFlagSet(env, "stop", "JOB [--coordinator ADDR]\n\nStops a job: its workers' engines are cancelled.")
+	var addr string
+	coordinatorFlag(fs, &addr)
+	reason := fs.String("reason", "stopped by `loom stop`", "why, shown in the job's status")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		fs.Usage()
+		return errors.New("stop: need exactly one JOB")
+	}
+	c, err := dialCoordinator(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	defer c.Close()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	j, err := c.Stop(rctx, pos[0], *reason)
+	if err != nil {
+		return err
+	}
+	if coordinator.Terminal(j.Status.State) {
+		fmt.Fprintf(env.stdout, "%s already %s\n", pos[0], launch.StateName(j.Status.State))
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "stopping %s\n", pos[0])
+	return nil
 }
