@@ -49,6 +49,10 @@ type trainer struct {
 }
 
 func newTrainer(t *testing.T, cfg model.Config, k tensor.Kernels, B int) *trainer {
+	return newTrainerB(t, cfg, k, B)
+}
+
+func newTrainerB(t testing.TB, cfg model.Config, k tensor.Kernels, B int) *trainer {
 	m, err := model.New(cfg, k)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +73,7 @@ func newTrainer(t *testing.T, cfg model.Config, k tensor.Kernels, B int) *traine
 	return &trainer{m: m, a: a, opt: opt}
 }
 
-func (tr *trainer) step(t *testing.T, tokens, targets []int32) float64 {
+func (tr *trainer) step(t testing.TB, tokens, targets []int32) float64 {
 	tr.m.ZeroGrads()
 	loss, err := tr.m.ForwardBackward(tr.a, tokens, targets, 1)
 	if err != nil {
@@ -111,7 +115,9 @@ func TestTrainingMatchesReference(t *testing.T) {
 		}
 	}
 	for _, v := range ref.m.Layout.Views {
-		compare(t, v.Name+" after training", fst.m.Params[v.Offset:v.End()], ref.m.Params[v.Offset:v.End()], 1e-5)
+		// AdamW normalizes each gradient element, so float32 noise in tiny
+		// gradients moves parameters more than it moves the loss (as in model/).
+		compare(t, v.Name+" after training", fst.m.Params[v.Offset:v.End()], ref.m.Params[v.Offset:v.End()], 1e-4)
 	}
 }
 
