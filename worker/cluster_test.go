@@ -57,10 +57,10 @@ train: {steps: %d, global_batch: %d, micro_batch: 1}
 // cluster is an embedded etcd with coordinators and workers, all in this
 // process, on loopback.
 type cluster struct {
-	t    *testing.T
-	etcd *coordinator.EmbeddedEtcd
-	cli  *clientv3.Client
-	wg   sync.WaitGroup
+	t         *testing.T
+	endpoints []string
+	cli       *clientv3.Client
+	wg        sync.WaitGroup
 }
 
 func newCluster(t *testing.T) *cluster {
@@ -71,15 +71,21 @@ func newCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: e.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	t.Cleanup(func() { e.Close() })
+	return clusterOn(t, e.Endpoints)
+}
+
+// clusterOn is a cluster on a running etcd.
+func clusterOn(t *testing.T, endpoints []string) *cluster {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &cluster{t: t, etcd: e, cli: cli}
+	cl := &cluster{t: t, endpoints: endpoints, cli: cli}
 	t.Cleanup(func() {
 		cl.wg.Wait()
 		cli.Close()
-		e.Close()
 	})
 	return cl
 }
@@ -395,7 +401,7 @@ func TestVersionMismatch(t *testing.T) {
 	}
 
 	// Through --etcd: registered, but the job says why it is not used.
-	other := cl.startWorker(worker.Config{Etcd: cl.etcd.Endpoints, Version: "2.0.0", Engine: stepEngine(0)})
+	other := cl.startWorker(worker.Config{Etcd: cl.endpoints, Version: "2.0.0", Engine: stepEngine(0)})
 	c := dial(t, co.addr)
 	submit(t, c, specYAML("v", 1, 1), 0)
 	j := waitFor(t, c, "v", 10*time.Second, "naming the other version", func(s *loomv1.JobStatus) bool {
