@@ -125,19 +125,33 @@ type BlockWeights struct {
 }
 
 // Block returns block i's views into flat.
-func (l *Layout) Block(flat []float32, i int) BlockWeights {
+func (l *Layout) Block(flat []float32, i int) BlockWeights { return l.blockAt(flat, 0, i) }
+
+// blockAt returns block i's views into buf, which holds the flat elements
+// starting at base.
+func (l *Layout) blockAt(buf []float32, base, i int) BlockWeights {
 	p := fmt.Sprintf("model.layers.%d.", i)
+	at := func(name string) []float32 { return l.sliceAt(buf, base, name) }
 	return BlockWeights{
-		Q:        l.Slice(flat, p+"self_attn.q_proj.weight"),
-		K:        l.Slice(flat, p+"self_attn.k_proj.weight"),
-		V:        l.Slice(flat, p+"self_attn.v_proj.weight"),
-		O:        l.Slice(flat, p+"self_attn.o_proj.weight"),
-		Gate:     l.Slice(flat, p+"mlp.gate_proj.weight"),
-		Up:       l.Slice(flat, p+"mlp.up_proj.weight"),
-		Down:     l.Slice(flat, p+"mlp.down_proj.weight"),
-		AttnNorm: l.Slice(flat, p+"input_layernorm.weight"),
-		MLPNorm:  l.Slice(flat, p+"post_attention_layernorm.weight"),
+		Q:        at(p + "self_attn.q_proj.weight"),
+		K:        at(p + "self_attn.k_proj.weight"),
+		V:        at(p + "self_attn.v_proj.weight"),
+		O:        at(p + "self_attn.o_proj.weight"),
+		Gate:     at(p + "mlp.gate_proj.weight"),
+		Up:       at(p + "mlp.up_proj.weight"),
+		Down:     at(p + "mlp.down_proj.weight"),
+		AttnNorm: at(p + "input_layernorm.weight"),
+		MLPNorm:  at(p + "post_attention_layernorm.weight"),
 	}
+}
+
+// sliceAt is Slice for a buffer holding the flat elements from base on.
+func (l *Layout) sliceAt(buf []float32, base int, name string) []float32 {
+	v, ok := l.Lookup(name)
+	if !ok {
+		panic("model: no parameter " + name)
+	}
+	return buf[v.Offset-base : v.End()-base]
 }
 
 // HeadWeights groups the final norm and the output projection.
@@ -158,6 +172,31 @@ func (l *Layout) Head(flat []float32) HeadWeights {
 // Embedding returns the model.embed_tokens.weight view [V,d] into flat.
 func (l *Layout) Embedding(flat []float32) []float32 {
 	return l.Slice(flat, "model.embed_tokens.weight")
+}
+
+// Unit is a contiguous range of the layout that one pass reads and whose
+// gradient one backward pass finishes: the embedding, one decoder block, or
+// the head (the final norm and, untied, lm_head). Units tile the layout in
+// order; ZeRO gathers parameters and reduces gradients unit by unit.
+type Unit struct {
+	Name   string // "embed", "block.N" or "head"
+	Offset int    // first flat element
+	Len    int    // elements
+	Block  int    // block index, or -1
+}
+
+// End is Offset+Len.
+func (u Unit) End() int { return u.Offset + u.Len }
+
+// Units returns the units in layout order: index 0 is the embedding, 1+i
+// block i, NLayers+1 the head.
+func (l *Layout) Units() []Unit {
+	L := l.cfg.NLayers
+	us := []Unit{{Name: "embed", Offset: 0, Len: l.blockStart[0], Block: -1}}
+	for i := range L {
+		us = append(us, Unit{Name: fmt.Sprintf("block.%d", i), Offset: l.blockStart[i], Len: l.blockStart[i+1] - l.blockStart[i], Block: i})
+	}
+	return append(us, Unit{Name: "head", Offset: l.blockStart[L], Len: l.Size - l.blockStart[L], Block: -1})
 }
 
 // String lists the views, one per line, for debugging and golden diffs.

@@ -34,24 +34,70 @@ type Model struct {
 	ghead    HeadWeights
 	embed    []float32
 	gembed   []float32
+	units    []Unit
 }
 
 // New allocates a model for cfg with zero parameters; call Init or load
 // weights into Params.
 func New(cfg Config, k tensor.Kernels) (*Model, error) {
-	l, err := NewLayout(cfg)
+	m, err := NewUnbound(cfg, k)
 	if err != nil {
 		return nil, fmt.Errorf("model.New: %w", err)
 	}
-	m := &Model{Config: cfg, Layout: l, k: k, Params: make([]float32, l.Size), Grads: make([]float32, l.Size)}
-	m.cos, m.sin = tensor.RoPETables(cfg.SeqLen, cfg.HeadDim(), cfg.RopeTheta)
-	for i := 0; i < cfg.NLayers; i++ {
-		m.blocks = append(m.blocks, l.Block(m.Params, i))
-		m.gblocks = append(m.gblocks, l.Block(m.Grads, i))
+	m.Params, m.Grads = make([]float32, m.Layout.Size), make([]float32, m.Layout.Size)
+	for u, un := range m.Layout.Units() {
+		m.BindParams(u, m.Params[un.Offset:un.End()])
+		m.BindGrads(u, m.Grads[un.Offset:un.End()])
 	}
-	m.head, m.ghead = l.Head(m.Params), l.Head(m.Grads)
-	m.embed, m.gembed = l.Embedding(m.Params), l.Embedding(m.Grads)
 	return m, nil
+}
+
+// NewUnbound returns a model for cfg without parameter or gradient storage:
+// Params and Grads are nil and every unit (Layout.Units) must be bound with
+// BindParams and BindGrads before a pass reads it. ZeRO uses it to point a
+// unit's views at a working buffer that holds just that unit, gathered or
+// about to be reduced, instead of one full-size buffer.
+func NewUnbound(cfg Config, k tensor.Kernels) (*Model, error) {
+	l, err := NewLayout(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("model.NewUnbound: %w", err)
+	}
+	m := &Model{Config: cfg, Layout: l, k: k, units: l.Units()}
+	m.cos, m.sin = tensor.RoPETables(cfg.SeqLen, cfg.HeadDim(), cfg.RopeTheta)
+	m.blocks = make([]BlockWeights, cfg.NLayers)
+	m.gblocks = make([]BlockWeights, cfg.NLayers)
+	return m, nil
+}
+
+// BindParams points the parameter views of unit u (an index into
+// Layout.Units) at buf: buf[i] is flat element Units()[u].Offset+i, and
+// len(buf) must be at least the unit's Len. With tied embeddings, binding
+// the embedding also rebinds the head's output projection.
+func (m *Model) BindParams(u int, buf []float32) { m.bind(u, buf, m.blocks, &m.head, &m.embed) }
+
+// BindGrads points the gradient views of unit u at buf, as BindParams does
+// for parameters. Backward passes accumulate into the bound buffer.
+func (m *Model) BindGrads(u int, buf []float32) { m.bind(u, buf, m.gblocks, &m.ghead, &m.gembed) }
+
+func (m *Model) bind(u int, buf []float32, blocks []BlockWeights, head *HeadWeights, embed *[]float32) {
+	un, l := m.units[u], m.Layout
+	if len(buf) < un.Len {
+		panic(fmt.Sprintf("model: binding unit %s of %d elements to a buffer of %d", un.Name, un.Len, len(buf)))
+	}
+	switch {
+	case u == 0:
+		*embed = l.sliceAt(buf, un.Offset, "model.embed_tokens.weight")
+		if m.Config.TieEmbeddings {
+			head.Out = *embed
+		}
+	case u == len(m.units)-1:
+		head.Norm = l.sliceAt(buf, un.Offset, "model.norm.weight")
+		if !m.Config.TieEmbeddings {
+			head.Out = l.sliceAt(buf, un.Offset, "lm_head.weight")
+		}
+	default:
+		blocks[un.Block] = l.blockAt(buf, un.Offset, un.Block)
+	}
 }
 
 // Kernels returns the kernels the model runs on.
@@ -67,10 +113,18 @@ const InitStd = 0.02
 // (residual projections scaled, see InitStd), norm weights = 1. Each view
 // draws from its own PCG stream keyed by (seed, name), so any worker can
 // initialize any view identically without generating the others.
-func (m *Model) Init(seed uint64) {
-	resid := 1 / math.Sqrt(2*float64(m.Config.NLayers))
-	for _, v := range m.Layout.Views {
-		p := m.Params[v.Offset:v.End()]
+func (m *Model) Init(seed uint64) { InitParams(m.Layout, seed, m.Params, 0) }
+
+// InitParams initializes, as Model.Init does, every view of l that lies
+// inside buf, which holds the flat elements [base, base+len(buf)). A view
+// that only partly overlaps buf panics; units (Layout.Units) are always safe.
+func InitParams(l *Layout, seed uint64, buf []float32, base int) {
+	resid := 1 / math.Sqrt(2*float64(l.cfg.NLayers))
+	for _, v := range l.Views {
+		if v.End() <= base || v.Offset >= base+len(buf) {
+			continue
+		}
+		p := buf[v.Offset-base : v.End()-base]
 		if len(v.Shape) == 1 {
 			for i := range p {
 				p[i] = 1
@@ -378,26 +432,64 @@ func (m *Model) ForwardBackward(a *Acts, tokens, targets []int32, gradScale floa
 // embeddings the head's gradient also flows into the embedding, which is
 // reported last. ready may be nil.
 func (m *Model) ForwardBackwardNotify(a *Acts, tokens, targets []int32, gradScale float32, ready func(lo, hi int)) (float64, error) {
+	var h Hooks
+	if ready != nil {
+		h.AfterBackward = func(u int) { ready(m.units[u].Offset, m.units[u].End()) }
+	}
+	return m.ForwardBackwardHooks(a, tokens, targets, gradScale, h)
+}
+
+// Hooks are called around each unit's passes by ForwardBackwardHooks, with
+// the unit's index in Layout.Units. The order is: the embedding, each block
+// and the head forward; the loss; then the head, each block from the last
+// to the first and the embedding backward. AfterBackward(u) means unit u's
+// gradient is final for this micro-batch. ZeRO stage 3 gathers a unit's
+// parameters in BeforeForward and BeforeBackward and releases them after;
+// stages 2 and 3 bind a gradient buffer in BeforeBackward and reduce it in
+// AfterBackward. With tied embeddings the head's passes also read the
+// embedding's parameters and accumulate into its gradient, so the embedding
+// must stay bound from its forward to its backward. Nil hooks are skipped.
+type Hooks struct {
+	BeforeForward, AfterForward, BeforeBackward, AfterBackward func(unit int)
+}
+
+func call(f func(int), u int) {
+	if f != nil {
+		f(u)
+	}
+}
+
+// ForwardBackwardHooks is ForwardBackward with hooks around every unit's
+// forward and backward pass (see Hooks).
+func (m *Model) ForwardBackwardHooks(a *Acts, tokens, targets []int32, gradScale float32, h Hooks) (float64, error) {
 	if err := m.CheckTokens(a.B, a.T, tokens, targets); err != nil {
 		return 0, fmt.Errorf("model.ForwardBackward: %w", err)
 	}
-	if ready == nil {
-		ready = func(int, int) {}
-	}
 	L := m.Config.NLayers
-	m.forward(a, tokens)
-	loss := m.HeadLossGrad(a.Head, targets, gradScale)
-	m.HeadBackward(a.Head, a.DResid, a.Resid[L])
-	_, headStart := m.Layout.BlockRange(0, L)
-	ready(headStart, m.Layout.Size)
-	for i := L - 1; i >= 0; i-- {
-		m.BlockBackward(i, a.DResid, a.Resid[i], a.Blocks[i], a.Scratch)
-		lo, hi := m.Layout.BlockRange(i, i+1)
-		ready(lo, hi)
+	head := L + 1
+	call(h.BeforeForward, 0)
+	m.EmbedForward(a.Resid[0], tokens)
+	call(h.AfterForward, 0)
+	for i := range L {
+		call(h.BeforeForward, 1+i)
+		m.BlockForward(i, a.Resid[i+1], a.Resid[i], a.Blocks[i])
+		call(h.AfterForward, 1+i)
 	}
+	call(h.BeforeForward, head)
+	m.HeadForward(a.Head, a.Resid[L])
+	call(h.AfterForward, head)
+	loss := m.HeadLossGrad(a.Head, targets, gradScale)
+	call(h.BeforeBackward, head)
+	m.HeadBackward(a.Head, a.DResid, a.Resid[L])
+	call(h.AfterBackward, head)
+	for i := L - 1; i >= 0; i-- {
+		call(h.BeforeBackward, 1+i)
+		m.BlockBackward(i, a.DResid, a.Resid[i], a.Blocks[i], a.Scratch)
+		call(h.AfterBackward, 1+i)
+	}
+	call(h.BeforeBackward, 0)
 	m.EmbedBackward(a.DResid[:a.B*a.T*m.Config.Dim], tokens)
-	embedEnd, _ := m.Layout.BlockRange(0, 0)
-	ready(0, embedEnd)
+	call(h.AfterBackward, 0)
 	return loss, nil
 }
 
