@@ -65,8 +65,12 @@ func newEngine(threads int, kern kernel) *Engine {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	e := &Engine{kern: kern, threads: threads}
-	e.blocks = chooseBlocks(readCacheSizes(), kern, threads)
+	return newEngineBlocks(threads, kern, chooseBlocks(readCacheSizes(), kern, threads))
+}
+
+// newEngineBlocks is newEngine with explicit cache blocks, for tuning.
+func newEngineBlocks(threads int, kern kernel, blocks blockSizes) *Engine {
+	e := &Engine{kern: kern, threads: threads, blocks: blocks}
 	e.workers = make([]*worker, threads)
 	for i := range e.workers {
 		e.workers[i] = newWorker(kern, e.blocks)

@@ -296,12 +296,12 @@ func TestMeasurePeak(t *testing.T) {
 func TestChooseBlocks(t *testing.T) {
 	zen3 := cacheSizes{l1: 32 << 10, l2: 512 << 10, l3: 32 << 20}
 	b := chooseBlocks(zen3, kernel{mr: 6, nr: 16}, 2)
-	if b != (blockSizes{mc: 252, kc: 256, nc: 4096}) {
+	if b != (blockSizes{mc: 126, kc: 256, nc: 4096}) {
 		t.Fatalf("Zen 3 AVX2 blocks = %+v", b)
 	}
 	zen5 := cacheSizes{l1: 48 << 10, l2: 1 << 20, l3: 32 << 20}
 	b = chooseBlocks(zen5, kernel{mr: 14, nr: 32}, 2)
-	if b != (blockSizes{mc: 672, kc: 192, nc: 4096}) {
+	if b != (blockSizes{mc: 336, kc: 192, nc: 4096}) {
 		t.Fatalf("Zen 5 AVX-512 blocks = %+v", b)
 	}
 }

@@ -20,15 +20,7 @@ func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, kc, mr int) 
 			}
 			continue
 		}
-		for i := 0; i < rows; i++ {
-			src := a[(ic+ir+i)*lda+pc : (ic+ir+i)*lda+pc+kc]
-			gather(panel[i:], src, mr)
-		}
-		for i := rows; i < mr; i++ {
-			for p := 0; p < kc; p++ {
-				panel[p*mr+i] = 0
-			}
-		}
+		packRows(panel, a, (ic+ir)*lda+pc, lda, rows, kc, mr)
 	}
 }
 
@@ -47,25 +39,34 @@ func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) 
 			}
 			continue
 		}
-		for j := 0; j < cols; j++ {
-			src := b[(jc+jr+j)*ldb+pc : (jc+jr+j)*ldb+pc+kc]
-			gather(panel[j:], src, nr)
-		}
-		for j := cols; j < nr; j++ {
-			for p := 0; p < kc; p++ {
-				panel[p*nr+j] = 0
-			}
-		}
+		packRows(panel, b, (jc+jr)*ldb+pc, ldb, cols, kc, nr)
 	}
 }
 
-// gather writes src[p] to dst[p*stride] for every p.
-func gather(dst, src []float32, stride int) {
-	if len(src) == 0 {
+// packRows interleaves n ≤ width rows of length kc, starting at src[off]
+// with stride ld, into dst[p*width+i] = row_i[p], zero-filling rows n..width.
+// Reading all rows in the same pass keeps several sequential streams going
+// (one strided row at a time defeats the prefetcher) and writes dst
+// sequentially.
+func packRows(dst, src []float32, off, ld, n, kc, width int) {
+	var rows [32][]float32
+	for i := 0; i < n; i++ {
+		rows[i] = src[off+i*ld : off+i*ld+kc]
+	}
+	dst = dst[:kc*width]
+	if n == width && width == 6 {
+		r0, r1, r2, r3, r4, r5 := rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
+		for p := 0; p < kc; p++ {
+			d := dst[p*6 : p*6+6 : p*6+6]
+			d[0], d[1], d[2], d[3], d[4], d[5] = r0[p], r1[p], r2[p], r3[p], r4[p], r5[p]
+		}
 		return
 	}
-	_ = dst[(len(src)-1)*stride]
-	for p, v := range src {
-		dst[p*stride] = v
+	for p := 0; p < kc; p++ {
+		d := dst[p*width : p*width+width]
+		for i := 0; i < n; i++ {
+			d[i] = rows[i][p]
+		}
+		clear(d[n:])
 	}
 }

@@ -1,0 +1,104 @@
+package gemm
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// benchShapes are Loom's transformer matmuls at M = tokens: projections
+// (d×d), FFN up (d→ffn) and down (ffn→d) for d=512/ffn=1376 and
+// d=768/ffn=3072, plus a square reference point.
+var benchShapes = []shape{
+	{2048, 512, 512}, {2048, 1376, 512}, {2048, 512, 1376},
+	{4096, 768, 768}, {4096, 3072, 768}, {4096, 768, 3072},
+	{2048, 2048, 2048},
+}
+
+// BenchmarkSgemm reports GFLOP/s for every shape, transpose case (nn:
+// forward, nt: input gradient against a stored weight, tn: weight
+// gradient) and thread count 1 and 2. The tn case multiplies Xᵀ·dY, so its
+// M and K are swapped: M = d, K = tokens.
+func BenchmarkSgemm(b *testing.B) {
+	for _, threads := range []int{1, 2} {
+		e := New(threads)
+		for _, s := range benchShapes {
+			for _, tr := range []struct {
+				name           string
+				transA, transB bool
+			}{{"nn", false, false}, {"nt", false, true}, {"tn", true, false}} {
+				m, n, k := s.m, s.n, s.k
+				if tr.transA {
+					m, k = s.k, s.m
+				}
+				name := fmt.Sprintf("%s/%dx%dx%d/%s/threads=%d", e.Kernel(), m, n, k, tr.name, threads)
+				b.Run(name, func(b *testing.B) { benchOne(b, e, tr.transA, tr.transB, m, n, k) })
+			}
+		}
+		e.Close()
+	}
+}
+
+func benchOne(b *testing.B, e *Engine, transA, transB bool, m, n, k int) {
+	ar, ac := stored(m, k, transA)
+	br, bc := stored(k, n, transB)
+	a, bm, c := make([]float32, ar*ac), make([]float32, br*bc), make([]float32, m*n)
+	for i := range a {
+		a[i] = float32(i%13)/13 - 0.5
+	}
+	for i := range bm {
+		bm[i] = float32(i%11)/11 - 0.5
+	}
+	e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
+	b.ResetTimer()
+	for b.Loop() {
+		e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
+	}
+	flops := 2 * float64(m) * float64(n) * float64(k) * float64(b.N)
+	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+func BenchmarkPeak(b *testing.B) {
+	k := bestKernel()
+	if k.peak == nil {
+		b.Skip("no assembly FMA loop")
+	}
+	var flops float64
+	for b.Loop() {
+		flops += k.peak(1 << 16)
+	}
+	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkMicroKernel runs the best micro-kernel on L1-resident panels of
+// depth 256: the ceiling for the packed loops.
+func BenchmarkMicroKernel(b *testing.B) {
+	for _, kern := range availableKernels() {
+		b.Run(kern.name, func(b *testing.B) {
+			const k = 256
+			a := make([]float32, k*kern.mr)
+			bp := make([]float32, k*kern.nr)
+			c := make([]float32, kern.mr*kern.nr)
+			for b.Loop() {
+				kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1)
+			}
+			b.ReportMetric(2*float64(k*kern.mr*kern.nr)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}
+
+// BenchmarkBlocks measures one shape under the blocking in GEMM_BLOCKS
+// ("mc,kc,nc"), for tuning chooseBlocks; it is skipped without it.
+func BenchmarkBlocks(b *testing.B) {
+	var bs blockSizes
+	if _, err := fmt.Sscanf(os.Getenv("GEMM_BLOCKS"), "%d,%d,%d", &bs.mc, &bs.kc, &bs.nc); err != nil {
+		b.Skip("set GEMM_BLOCKS=mc,kc,nc")
+	}
+	var s shape
+	if _, err := fmt.Sscanf(os.Getenv("GEMM_SHAPE"), "%d,%d,%d", &s.m, &s.n, &s.k); err != nil {
+		s = shape{4096, 768, 3072}
+	}
+	e := newEngineBlocks(1, bestKernel(), bs)
+	defer e.Close()
+	benchOne(b, e, false, false, s.m, s.n, s.k)
+}
