@@ -166,14 +166,24 @@ func apply(ctx context.Context, cli *clientv3.Client, keys Keys, leaderKey strin
 			ops = append(ops, clientv3.OpDelete(keys.Assignment(a.Job)))
 		}
 	}
-	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(leaderKey), "=", leaderRev)).
-		Then(ops...).Commit()
-	if err != nil {
-		return fmt.Errorf("apply %d actions to etcd: %w", len(acts), err)
-	}
-	if !resp.Succeeded {
-		return ErrNotLeader
+	// etcd caps a transaction at 128 operations; each chunk is fenced, and
+	// a partly applied round is finished by the next (Decide is level-
+	// triggered).
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		resp, err := cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(leaderKey), "=", leaderRev)).
+			Then(ops[:n]...).Commit()
+		if err != nil {
+			return fmt.Errorf("apply %d actions to etcd: %w", len(acts), err)
+		}
+		if !resp.Succeeded {
+			return ErrNotLeader
+		}
+		ops = ops[n:]
 	}
 	return nil
 }
+
+// maxTxnOps stays under etcd's default --max-txn-ops (128).
+const maxTxnOps = 100
