@@ -2,18 +2,32 @@ package main
 
 import (
 	"context"
-	"errors"
+	"time"
 
+	"github.com/loomtrain/loom/train"
 	"github.com/loomtrain/loom/worker"
 )
 
-// newTrainingEngine returns the engine `loom worker` trains with.
-//
-// Placeholder until the training engine (model, optimizer and the parallel
-// communicator groups) is wired in: every assignment fails with a clear
-// error, which the coordinator reports as the job's failure.
+// newTrainingEngine returns the engine `loom worker` trains with: one
+// data-parallel rank of the assigned generation (train.RunRank), on the
+// worker's thread budget, reporting every step to the coordinator.
 func newTrainingEngine() worker.Engine {
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
-		return errors.New("training engine not wired yet: this loom build can coordinate multi-worker jobs but not train them")
+		k, closeK := newKernels(a.Threads)
+		defer closeK()
+		return train.RunRank(ctx, train.RankConfig{
+			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,
+			Peers: a.Peers, Listener: a.Listener, Kernels: k,
+			OnComm: a.Metrics.AddComm,
+		}, func(s train.Stats) {
+			step := seconds(s.StepSeconds)
+			comm := seconds(s.CommSeconds - s.OverlapSeconds) // exposed communication
+			report(worker.StepStats{
+				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
+				StepTime: step, CommTime: comm, ComputeTime: step - comm,
+			})
+		})
 	})
 }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

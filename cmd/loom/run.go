@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/launch"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/train"
 )
@@ -17,7 +19,9 @@ import (
 func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "run", "JOB.yaml [flags]\n\n"+
 		"Trains the job the spec describes. World size 1 (dp·tp·pp = 1) runs in this\n"+
-		"process. Prints live progress, saves the final model under\n"+
+		"process; a larger world size starts an embedded etcd, a coordinator and one\n"+
+		"local worker process per rank (threads per worker: cores ÷ workers unless\n"+
+		"--threads is set). Prints live progress, saves the final model under\n"+
 		"checkpoint.dir/NAME/final (a Hugging Face LLaMA directory) and a sample.")
 	logFormat := fs.String("log-format", "text", "progress format: text, or json (one object per step)")
 	threads := fs.Int("threads", 0, "kernel threads (0: all cores)")
@@ -37,8 +41,24 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		return err
 	}
 	if w := spec.Parallel.WorldSize(); w != 1 {
-		return fmt.Errorf("run: %s: parallel layout dp=%d tp=%d pp=%d (world size %d) is not supported yet: only world size 1 runs",
-			pos[0], spec.Parallel.DP, spec.Parallel.TP, spec.Parallel.PP, w)
+		if spec.Parallel.TP != 1 || spec.Parallel.PP != 1 {
+			return fmt.Errorf("run: %s: parallel layout dp=%d tp=%d pp=%d: tensor and pipeline parallelism are not supported yet: set tp: 1 and pp: 1 (data parallelism runs)",
+				pos[0], spec.Parallel.DP, spec.Parallel.TP, spec.Parallel.PP)
+		}
+		if *initDir != "" {
+			return errors.New("run: --init is supported only for world size 1 so far")
+		}
+		src, err := os.ReadFile(pos[0])
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
+		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
+			Progress: env.stdout, WorkerOutput: env.stderr}); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		fmt.Fprintf(env.stderr, "loom: saved the final model to %s\n", filepath.Join(spec.Checkpoint.Dir, spec.Name, "final"))
+		return nil
 	}
 	k, closeK := newKernels(*threads)
 	defer closeK()
