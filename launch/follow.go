@@ -2,6 +2,7 @@ package launch
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -13,12 +14,21 @@ import (
 
 // Follow streams a job's progress to w — a line per status change and a
 // line per step of rank 0 — until the job finishes, and returns its final
-// status. totalSteps (0: unknown) is shown as "step 12/100".
-func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io.Writer) (*loomv1.JobStatus, error) {
+// status. totalSteps (0: unknown) is shown as "step 12/100". With jsonLines
+// every line is one JSON object instead: {"job","state","message"} for a
+// status change, and for a step the keys `loom run --log-format json`
+// prints for a single worker (step, loss, lr, grad_norm, tokens_per_sec,
+// step_s, comm_s, elapsed_s).
+func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io.Writer, jsonLines bool) (*loomv1.JobStatus, error) {
 	var lastMsg string
+	start := time.Now()
 	return c.Watch(ctx, job, func(ev *loomv1.JobEvent) error {
 		if s := ev.GetStatus(); s != nil {
 			line := fmt.Sprintf("%s: %s — %s", s.Name, StateName(s.State), s.Message)
+			if jsonLines {
+				b, _ := json.Marshal(map[string]any{"job": s.Name, "state": StateName(s.State), "message": s.Message})
+				line = string(b)
+			}
 			if line != lastMsg {
 				fmt.Fprintln(w, line)
 				lastMsg = line
@@ -30,6 +40,13 @@ func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io
 			return nil
 		}
 		for _, s := range p.Steps {
+			if jsonLines {
+				b, _ := json.Marshal(map[string]any{"step": s.Step, "loss": s.Loss, "lr": s.Lr, "grad_norm": s.GradNorm,
+					"tokens_per_sec": s.TokensPerSec, "step_s": s.StepSeconds, "comm_s": s.CommSeconds,
+					"elapsed_s": time.Since(start).Seconds()})
+				fmt.Fprintf(w, "%s\n", b)
+				continue
+			}
 			fmt.Fprintln(w, FormatStep(s, totalSteps))
 		}
 		return nil

@@ -55,6 +55,8 @@ type Options struct {
 	MaxRestarts int
 	// Progress receives a line per status change and per step (nil: discard).
 	Progress io.Writer
+	// JSON makes every Progress line a JSON object (see Follow).
+	JSON bool
 	// WorkerOutput receives the workers' output, each line prefixed with
 	// its worker number (default os.Stderr).
 	WorkerOutput io.Writer
@@ -180,7 +182,7 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	followed := make(chan outcome, 1)
 	go func() {
-		st, err := Follow(fctx, client, spec.Name, spec.Train.Steps, opts.Progress)
+		st, err := Follow(fctx, client, spec.Name, spec.Train.Steps, opts.Progress, opts.JSON)
 		followed <- outcome{st, err}
 	}()
 	select {

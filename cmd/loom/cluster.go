@@ -215,7 +215,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if *detach {
 		return nil
 	}
-	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout)
+	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout, false)
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintf(env.stderr, "stopped following %s; it keeps running (`loom stop %s` stops it)\n", spec.Name, spec.Name)

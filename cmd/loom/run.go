@@ -36,6 +36,9 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		fs.Usage()
 		return errors.New("run: need exactly one JOB.yaml")
 	}
+	if *logFormat != "text" && *logFormat != "json" {
+		return fmt.Errorf("run: --log-format %q: allowed: text, json", *logFormat)
+	}
 	spec, err := api.LoadSpec(pos[0])
 	if err != nil {
 		return err
@@ -54,7 +57,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
 		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
-			Progress: env.stdout, WorkerOutput: env.stderr}); err != nil {
+			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		fmt.Fprintf(env.stderr, "loom: saved the final model to %s\n", filepath.Join(spec.Checkpoint.Dir, spec.Name, "final"))
