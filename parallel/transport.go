@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 
@@ -45,7 +46,8 @@ type TransportOptions struct {
 	// windows (static; BDP estimation is off).
 	StreamWindowBytes int32
 	ConnWindowBytes   int32
-	// WriteBufferBytes and ReadBufferBytes size gRPC's socket buffers.
+	// WriteBufferBytes and ReadBufferBytes size gRPC's socket buffers; -1
+	// turns a buffer off (every frame is its own system call).
 	WriteBufferBytes int
 	ReadBufferBytes  int
 	// MaxFrameBytes is the largest frame accepted or sent; a group's
@@ -100,8 +102,8 @@ func (o TransportOptions) Validate() error {
 	if o.ConnWindowBytes != 0 && o.ConnWindowBytes < 64<<10 {
 		errs = append(errs, fmt.Errorf("ConnWindowBytes: %d (want ≥ 65536, or 0 for the default)", o.ConnWindowBytes))
 	}
-	if o.WriteBufferBytes < 0 || o.ReadBufferBytes < 0 {
-		errs = append(errs, fmt.Errorf("WriteBufferBytes/ReadBufferBytes: %d/%d (want ≥ 0)", o.WriteBufferBytes, o.ReadBufferBytes))
+	if o.WriteBufferBytes < -1 || o.ReadBufferBytes < -1 {
+		errs = append(errs, fmt.Errorf("WriteBufferBytes/ReadBufferBytes: %d/%d (want ≥ 0, or -1 for none)", o.WriteBufferBytes, o.ReadBufferBytes))
 	}
 	if o.MaxFrameBytes != 0 && o.MaxFrameBytes < 64<<10 {
 		errs = append(errs, fmt.Errorf("MaxFrameBytes: %d (want ≥ 65536, or 0 for the default)", o.MaxFrameBytes))
@@ -110,6 +112,46 @@ func (o TransportOptions) Validate() error {
 		errs = append(errs, fmt.Errorf("KeepaliveTime: %v (want ≥ 0)", o.KeepaliveTime))
 	}
 	return errors.Join(errs...)
+}
+
+// framePool recycles gRPC's receive buffers (one per HTTP/2 DATA frame,
+// at most 16 KiB). Unlike gRPC's default pool it does not zero a buffer on
+// reuse — gRPC overwrites every byte it hands out — and it is not emptied
+// by each GC. Measured: zeroing cost as much CPU as the data copy itself.
+// Safe for concurrent use.
+type framePool struct {
+	free chan *[]byte
+}
+
+const framePoolBufBytes = 16 << 10
+
+func newFramePool() *framePool { return &framePool{free: make(chan *[]byte, 2048)} }
+
+// Get returns a buffer of length n; its contents are arbitrary.
+func (p *framePool) Get(n int) *[]byte {
+	if n <= framePoolBufBytes {
+		select {
+		case b := <-p.free:
+			*b = (*b)[:n]
+			return b
+		default:
+		}
+		b := make([]byte, n, framePoolBufBytes)
+		return &b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// Put recycles a buffer from Get.
+func (p *framePool) Put(b *[]byte) {
+	if cap(*b) != framePoolBufBytes {
+		return
+	}
+	select {
+	case p.free <- b:
+	default:
+	}
 }
 
 // groupKey names a process group on the wire.
@@ -184,7 +226,9 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		t.codec = rawCodec{}
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	pool := newFramePool()
 	t.srv = grpc.NewServer(
+		experimental.BufferPool(pool),
 		grpc.ForceServerCodecV2(t.codec),
 		grpc.InitialWindowSize(o.StreamWindowBytes),
 		grpc.InitialConnWindowSize(o.ConnWindowBytes),
@@ -197,6 +241,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	)
 	loomv1.RegisterPeerServer(t.srv, &peerServer{t: t})
 	t.dialOpts = []grpc.DialOption{
+		experimental.WithBufferPool(pool),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithInitialWindowSize(o.StreamWindowBytes),
 		grpc.WithInitialConnWindowSize(o.ConnWindowBytes),
