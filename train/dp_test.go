@@ -12,11 +12,25 @@ import (
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/zero"
 )
 
 // dpLosses trains spec on dp ranks, each with its own loopback gRPC
 // transport, and returns rank 0's loss per step (every rank must agree).
 func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
+	t.Helper()
+	stats, _ := dpRun(t, spec, dp)
+	out := make([]float64, len(stats[0]))
+	for i, s := range stats[0] {
+		out[i] = s.Loss
+	}
+	return out
+}
+
+// dpRun trains spec on dp ranks, each with its own loopback gRPC
+// transport, and returns every rank's step statistics and counted memory;
+// it fails the test unless every rank reports the same losses.
+func dpRun(t *testing.T, spec api.JobSpec, dp int) ([][]Stats, []zero.Memory) {
 	t.Helper()
 	spec.Parallel.DP = dp
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -36,7 +50,8 @@ func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
 	for i := range ranks {
 		ranks[i] = i
 	}
-	out := make([][]float64, dp)
+	out := make([][]Stats, dp)
+	mem := make([]zero.Memory, dp)
 	errs := make([]error, dp)
 	var wg sync.WaitGroup
 	for r := 0; r < dp; r++ {
@@ -61,7 +76,8 @@ func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
 				errs[r] = err
 				return
 			}
-			errs[r] = tr.Run(ctx, func(s Stats) { out[r] = append(out[r], s.Loss) })
+			mem[r] = tr.Memory()
+			errs[r] = tr.Run(ctx, func(s Stats) { out[r] = append(out[r], s) })
 		}()
 	}
 	wg.Wait()
@@ -72,12 +88,12 @@ func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
 	}
 	for r := 1; r < dp; r++ {
 		for i := range out[0] {
-			if out[r][i] != out[0][i] {
-				t.Fatalf("rank %d step %d loss %v, rank 0 %v", r, i+1, out[r][i], out[0][i])
+			if out[r][i].Loss != out[0][i].Loss {
+				t.Fatalf("rank %d step %d loss %v, rank 0 %v", r, i+1, out[r][i].Loss, out[0][i].Loss)
 			}
 		}
 	}
-	return out[0]
+	return out, mem
 }
 
 // Every data-parallel size reproduces the single-rank loss trajectory for

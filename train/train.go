@@ -17,6 +17,7 @@ import (
 	"github.com/loomtrain/loom/optim"
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/zero"
 )
 
 // Config is what a Trainer needs. Kernels, Loader and Spec are required.
@@ -25,10 +26,12 @@ type Config struct {
 	Kernels tensor.Kernels
 	Loader  *data.Loader
 	// DP is the data-parallel group (its size must be parallel.dp); nil
-	// for a single rank. Gradients are averaged over it in buckets that
-	// overlap the backward pass.
+	// for a single rank. Gradients are averaged over it during the
+	// backward pass; parallel.zero picks what its ranks shard (see
+	// zero.Engine).
 	DP *parallel.Group
-	// BucketBytes is the gradient bucket size (0: parallel.DefaultBucketBytes).
+	// BucketBytes is the stage-0 gradient bucket size (0:
+	// parallel.DefaultBucketBytes).
 	BucketBytes int
 }
 
@@ -41,20 +44,24 @@ type Stats struct {
 	Tokens       int     `json:"tokens"`    // tokens in the global batch
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	StepSeconds  float64 `json:"step_s"`
-	// CommSeconds is the time spent in data-parallel all-reduces, of which
+	// CommSeconds is the time spent in data-parallel collectives, of which
 	// OverlapSeconds ran hidden behind the backward pass.
 	CommSeconds    float64 `json:"comm_s"`
 	OverlapSeconds float64 `json:"comm_overlap_s"`
-	CommBytes      int64   `json:"comm_bytes"`
+	// CommBytes is what this rank sent in the step's collectives (see
+	// zero.StepStats).
+	CommBytes int64 `json:"comm_bytes"`
 }
 
 // Trainer runs optimizer steps for one rank. It is not safe for concurrent
 // use.
 type Trainer struct {
-	spec    api.JobSpec
-	k       tensor.Kernels
+	spec api.JobSpec
+	k    tensor.Kernels
+	// Model runs the passes. Under ZeRO stage 3 (with dp > 1) its Params
+	// and Grads are nil: use Params for the full weights.
 	Model   *model.Model
-	opt     *optim.AdamW
+	engine  *zero.Engine
 	sched   optim.Schedule
 	loader  *data.Loader
 	acts    *model.Acts
@@ -64,7 +71,6 @@ type Trainer struct {
 	rank    int
 	dpSize  int
 	dp      *parallel.Group
-	reducer *parallel.BucketReducer
 	step    int // optimizer steps taken
 	accum   int
 	perRank int // windows per rank per step
@@ -96,37 +102,64 @@ func New(cfg Config) (*Trainer, error) {
 	if lc := cfg.Loader.Config(); lc.SeqLen != s.Model.SeqLen {
 		return nil, fmt.Errorf("train: loader windows of %d tokens, model.seq_len = %d", lc.SeqLen, s.Model.SeqLen)
 	}
-	m, err := model.New(checkpoint.ModelConfig(s.Model), cfg.Kernels)
+	mc := checkpoint.ModelConfig(s.Model)
+	layout, err := model.NewLayout(mc)
 	if err != nil {
 		return nil, err
 	}
-	m.Init(s.Train.Seed)
-	segs := make([]optim.Segment, len(m.Layout.Views))
-	for i, v := range m.Layout.Views {
-		segs[i] = optim.Segment{Offset: v.Offset, Len: v.Len(), Decay: v.Decay}
-	}
-	opt, err := optim.NewAdamW(cfg.Kernels, optim.AdamWConfig{
-		Beta1: s.Train.Beta1, Beta2: s.Train.Beta2, Eps: s.Train.Eps, WeightDecay: s.Train.WeightDecay,
-	}, segs, 0, m.Layout.Size)
+	plan, err := zero.NewPlan(layout, dp, zero.Stage(s.Parallel.Zero), 0)
 	if err != nil {
 		return nil, err
 	}
+	var g *parallel.Group
+	if dp > 1 {
+		g = cfg.DP
+	}
+	eng, err := zero.New(zero.Config{
+		Plan: plan, Rank: rank, Group: g, Kernels: cfg.Kernels, Model: mc, Seed: s.Train.Seed, BucketBytes: cfg.BucketBytes,
+		AdamW: optim.AdamWConfig{Beta1: s.Train.Beta1, Beta2: s.Train.Beta2, Eps: s.Train.Eps, WeightDecay: s.Train.WeightDecay},
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := eng.Model
 	acts, err := m.NewActs(s.Train.MicroBatch, s.Model.SeqLen)
 	if err != nil {
 		return nil, err
 	}
 	n := s.Train.MicroBatch * s.Model.SeqLen
 	t := &Trainer{
-		spec: s, k: cfg.Kernels, Model: m, opt: opt, sched: schedule(s.Train), loader: cfg.Loader,
+		spec: s, k: cfg.Kernels, Model: m, engine: eng, sched: schedule(s.Train), loader: cfg.Loader,
 		acts: acts, inputs: make([]int32, n), targets: make([]int32, n), scalar: make([]float32, 1),
 		rank: rank, dpSize: dp, dp: cfg.DP,
 		accum: s.AccumulationSteps(), perRank: s.Train.GlobalBatch / dp, micro: s.Train.MicroBatch,
 		seqLen: s.Model.SeqLen,
 	}
-	if cfg.DP != nil {
-		t.reducer = parallel.NewBucketReducer(cfg.DP, m.Grads, cfg.BucketBytes)
-	}
 	return t, nil
+}
+
+// Memory is this rank's counted memory (zero.Memory): the engine's
+// parameter, gradient, optimizer, working and staging buffers plus the
+// activations of one micro-batch. A worker exports each kind as the gauge
+// loom_worker_memory_bytes{kind} (zero.Memory.Kinds).
+func (t *Trainer) Memory() zero.Memory {
+	m := t.engine.Memory()
+	m.Activations = zero.ActivationBytes(t.Model.Config, t.micro, t.seqLen)
+	return m
+}
+
+// Plan is the ZeRO plan the trainer runs.
+func (t *Trainer) Plan() zero.Plan { return t.engine.Plan() }
+
+// Params returns the full parameters: the model's own buffer, or under
+// ZeRO stage 3 a new buffer gathered from every rank (a collective: every
+// rank must call it).
+func (t *Trainer) Params(ctx context.Context) ([]float32, error) {
+	if t.Model.Params != nil {
+		return t.Model.Params, nil
+	}
+	p := make([]float32, t.Model.Layout.Size)
+	return p, t.engine.GatherParams(ctx, p)
 }
 
 // schedule turns the spec's schedule into an optim.Schedule.
@@ -150,57 +183,45 @@ func (t *Trainer) LoadWeights(src *model.Model) error {
 	if err := checkpoint.CompareConfigs(t.Model.Config, src.Config); err != nil {
 		return err
 	}
-	copy(t.Model.Params, src.Params)
-	return nil
+	return t.engine.LoadParams(src.Params)
 }
 
 // Step runs one optimizer step: the rank's share of the step's windows in
 // micro-batches, gradient exchange, clipping and the AdamW update.
 func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	start := time.Now()
-	t.Model.ZeroGrads()
+	t.engine.BeginStep(ctx)
 	var loss float64
 	scale := float32(1) / float32(t.accum)
-	var ready func(lo, hi int)
 	for a := 0; a < t.accum; a++ {
 		lo := t.rank*t.perRank + a*t.micro
 		if err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, t.inputs, t.targets); err != nil {
+			t.engine.Abort()
 			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 		}
-		if t.reducer != nil && a == t.accum-1 {
-			// Only the last micro-batch's backward finishes the gradients.
-			t.reducer.Start(ctx)
-			ready = t.reducer.Ready
-		}
-		l, err := t.Model.ForwardBackwardNotify(t.acts, t.inputs, t.targets, scale, ready)
+		l, err := t.engine.ForwardBackward(ctx, t.acts, t.inputs, t.targets, scale, a == t.accum-1)
 		if err != nil {
-			if t.reducer != nil && ready != nil {
-				t.reducer.Wait()
-			}
+			t.engine.Abort()
 			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 		}
 		loss += l / float64(t.accum)
 	}
-	var rs parallel.ReduceStats
-	if t.reducer != nil {
-		var err error
-		if rs, err = t.reducer.Wait(); err != nil {
-			return Stats{}, fmt.Errorf("step %d: gradient all-reduce: %w", t.step+1, err)
-		}
+	lr := t.sched.LR(t.step)
+	es, err := t.engine.FinishStep(ctx, lr, t.spec.Train.GradClip)
+	if err != nil {
+		return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
+	}
+	if t.dp != nil && t.dpSize > 1 {
 		t.scalar[0] = float32(loss)
 		c := time.Now()
 		if err := t.dp.AllReduce(ctx, t.scalar, parallel.Mean); err != nil {
 			return Stats{}, fmt.Errorf("step %d: loss all-reduce: %w", t.step+1, err)
 		}
-		rs.Comm += time.Since(c)
-		rs.Bytes += 4
+		es.CommSeconds += time.Since(c).Seconds()
+		es.CommBytes += 4
 		loss = float64(t.scalar[0])
 	}
-	norm := optim.ClipGradNorm(t.k, t.Model.Grads, t.spec.Train.GradClip)
-	lr := t.sched.LR(t.step)
-	if err := t.opt.Step(t.Model.Params, t.Model.Grads, lr); err != nil {
-		return Stats{}, err
-	}
+	norm := es.GradNorm
 	t.step++
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return Stats{}, fmt.Errorf("step %d: loss is %v: lower train.lr (%g) or check the data", t.step, loss, t.spec.Train.LR)
@@ -210,7 +231,7 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	return Stats{
 		Step: t.step, Loss: loss, LR: lr, GradNorm: norm, Tokens: tokens,
 		TokensPerSec: float64(tokens) / d.Seconds(), StepSeconds: d.Seconds(),
-		CommSeconds: rs.Comm.Seconds(), OverlapSeconds: rs.Overlapped.Seconds(), CommBytes: rs.Bytes,
+		CommSeconds: es.CommSeconds, OverlapSeconds: es.OverlapSeconds, CommBytes: es.CommBytes,
 	}, nil
 }
 
