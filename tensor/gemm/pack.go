@@ -12,12 +12,7 @@ func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, kc, mr int) 
 		rows := min(mr, mc-ir)
 		panel := dst[ir*kc : ir*kc+kc*mr]
 		if trans {
-			for p := 0; p < kc; p++ {
-				src := a[(pc+p)*lda+ic+ir:]
-				d := panel[p*mr : p*mr+mr]
-				copy(d, src[:rows])
-				clear(d[rows:])
-			}
+			packCols(panel, a, pc*lda+ic+ir, lda, rows, kc, mr)
 			continue
 		}
 		packRows(panel, a, (ic+ir)*lda+pc, lda, rows, kc, mr)
@@ -31,15 +26,47 @@ func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) 
 		cols := min(nr, nc-jr)
 		panel := dst[jr*kc : jr*kc+kc*nr]
 		if !trans {
-			for p := 0; p < kc; p++ {
-				src := b[(pc+p)*ldb+jc+jr:]
-				d := panel[p*nr : p*nr+nr]
-				copy(d, src[:cols])
-				clear(d[cols:])
-			}
+			packCols(panel, b, pc*ldb+jc+jr, ldb, cols, kc, nr)
 			continue
 		}
 		packRows(panel, b, (jc+jr)*ldb+pc, ldb, cols, kc, nr)
+	}
+}
+
+// packCols copies kc runs of n ≤ width contiguous elements, starting at
+// src[off] with stride ld, to dst[p*width:], zero-filling each run to width.
+// Full runs of the kernel widths copy as fixed-size arrays: a few vector
+// moves instead of a memmove call per run.
+func packCols(dst, src []float32, off, ld, n, kc, width int) {
+	dst = dst[:kc*width]
+	if n == width {
+		switch width {
+		case 6:
+			for p := 0; p < kc; p++ {
+				*(*[6]float32)(dst[p*6:]) = [6]float32(src[off+p*ld:])
+			}
+			return
+		case 14:
+			for p := 0; p < kc; p++ {
+				*(*[14]float32)(dst[p*14:]) = [14]float32(src[off+p*ld:])
+			}
+			return
+		case 16:
+			for p := 0; p < kc; p++ {
+				*(*[16]float32)(dst[p*16:]) = [16]float32(src[off+p*ld:])
+			}
+			return
+		case 32:
+			for p := 0; p < kc; p++ {
+				*(*[32]float32)(dst[p*32:]) = [32]float32(src[off+p*ld:])
+			}
+			return
+		}
+	}
+	for p := 0; p < kc; p++ {
+		d := dst[p*width : p*width+width]
+		copy(d, src[off+p*ld:off+p*ld+n])
+		clear(d[n:])
 	}
 }
 
