@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(protobuf-compiler)
 if [ "${1:-}" = test ]; then
-  pkgs+=(etcd-server)
+  pkgs+=(etcd-server prometheus)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
