@@ -30,7 +30,7 @@ func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
 // dpRun trains spec on dp ranks, each with its own loopback gRPC
 // transport, and returns every rank's step statistics and counted memory;
 // it fails the test unless every rank reports the same losses.
-func dpRun(t *testing.T, spec api.JobSpec, dp int) ([][]Stats, []zero.Memory) {
+func dpRun(t *testing.T, spec api.JobSpec, dp int, opts ...func(*parallel.GroupSpec)) ([][]Stats, []zero.Memory) {
 	t.Helper()
 	spec.Parallel.DP = dp
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -58,7 +58,11 @@ func dpRun(t *testing.T, spec api.JobSpec, dp int) ([][]Stats, []zero.Memory) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			g, err := ts[r].NewGroup(parallel.GroupSpec{Job: "dp-test", Generation: 1, Name: "dp", Ranks: ranks, MyRank: r, Addrs: addrs, Timeout: 30 * time.Second})
+			gs := parallel.GroupSpec{Job: "dp-test", Generation: 1, Name: "dp", Ranks: ranks, MyRank: r, Addrs: addrs, Timeout: 30 * time.Second}
+			for _, o := range opts {
+				o(&gs)
+			}
+			g, err := ts[r].NewGroup(gs)
 			if err != nil {
 				errs[r] = err
 				return

@@ -218,7 +218,7 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 			return Stats{}, fmt.Errorf("step %d: loss all-reduce: %w", t.step+1, err)
 		}
 		es.CommSeconds += time.Since(c).Seconds()
-		es.CommBytes += 4
+		es.CommBytes += zero.AllReduceSent(t.dp, 1)
 		loss = float64(t.scalar[0])
 	}
 	norm := es.GradNorm

@@ -8,6 +8,8 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/zero"
 )
 
 // zeroSpec is a tiny model whose parameter count, 31950, is not divisible
@@ -17,7 +19,7 @@ import (
 // clipping active.
 func zeroSpec(path string) api.JobSpec {
 	s := tinySpec(path)
-	s.Model.Dim, s.Model.NHeads, s.Model.NKVHeads = 30, 3, 1
+	s.Model.Dim, s.Model.NHeads, s.Model.NKVHeads, s.Model.SeqLen = 30, 3, 1, 8
 	s.Train.Steps = 10
 	s.Train.GlobalBatch, s.Train.MicroBatch = 8, 1
 	s.Train.GradClip = 0.5
@@ -75,4 +77,60 @@ func TestZeroTiedEmbeddings(t *testing.T) {
 	}
 }
 
-var _ = model.InitStd
+// Counted model-state bytes per rank match the ZeRO formulas within 5%,
+// equal the plan's estimate exactly, and the bytes sent per step match
+// ring theory: 2Ψ·(n−1)/n elements at stages 0–2 and, at stage 3, 3Ψ less
+// the head (gathered once for forward and backward).
+func TestZeroMemoryAndComm(t *testing.T) {
+	spec := zeroSpec(corpus(t))
+	spec.Train.Steps = 2
+	mc := checkpoint.ModelConfig(spec.Model)
+	l, err := model.NewLayout(mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	units := l.Units()
+	head := float64(units[len(units)-1].Len)
+	psi := float64(mc.NumParams())
+	ring := func(o *parallel.GroupSpec) { o.AllReduce = parallel.Ring }
+	t.Logf("Ψ = %d; bytes per rank (rank 0); comm per step sent by rank 0", mc.NumParams())
+	t.Logf("%-5s %-3s %12s %12s %9s %12s %12s", "stage", "dp", "states", "formula", "working", "comm B/step", "theory")
+	for _, dp := range []int{2, 4} {
+		N := float64(dp)
+		for stage := 0; stage <= 3; stage++ {
+			s := spec
+			s.Parallel.Zero = stage
+			s.Train.GlobalBatch, s.Train.MicroBatch = dp, 1
+			formula := [4]float64{16 * psi, 8*psi + 8*psi/N, 4*psi + 12*psi/N, 16 * psi / N}[stage]
+			elems := 2 * psi
+			if stage == 3 {
+				elems = 3*psi - head
+			}
+			theory := 4 * elems * (N - 1) / N
+			stats, mem := dpRun(t, s, dp, ring)
+			plan, err := zero.NewPlan(l, dp, zero.Stage(stage), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r, m := range mem {
+				got := float64(m.ModelStates())
+				if rel := math.Abs(got-formula) / formula; rel > 0.05 {
+					t.Errorf("stage %d dp %d rank %d: model states %d bytes, formula %.0f (rel %.3f)", stage, dp, r, m.ModelStates(), formula, rel)
+				}
+				want := plan.Memory(r, mc.TieEmbeddings)
+				m.Activations = 0
+				if m != want {
+					t.Errorf("stage %d dp %d rank %d: counted %+v, plan %+v", stage, dp, r, m, want)
+				}
+			}
+			for r := range stats {
+				for _, st := range stats[r] {
+					if rel := math.Abs(float64(st.CommBytes)-theory) / theory; rel > 0.05 {
+						t.Errorf("stage %d dp %d rank %d step %d: sent %d bytes, theory %.0f (rel %.3f)", stage, dp, r, st.Step, st.CommBytes, theory, rel)
+					}
+				}
+			}
+			t.Logf("%-5d %-3d %12d %12.0f %9d %12d %12.0f", stage, dp, mem[0].ModelStates(), formula, mem[0].Working+mem[0].Comm, stats[0][0].CommBytes, theory)
+		}
+	}
+}

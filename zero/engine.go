@@ -80,12 +80,12 @@ type Engine struct {
 	q        *queue
 	last     bool
 	reducing bool // stage 0: the reducer was started
-	err    error
-	pos    int             // stage 3: index of the next hook in uses
-	uses   []int           // stage 3: units in the order the passes read them
-	held   map[int]*gather // stage 3: units gathered or being gathered
-	ubufs  map[int][]float32
-	scalar []float32
+	err      error
+	pos      int             // stage 3: index of the next hook in uses
+	uses     []int           // stage 3: units in the order the passes read them
+	held     map[int]*gather // stage 3: units gathered or being gathered
+	ubufs    map[int][]float32
+	scalar   []float32
 }
 
 // gather is a unit's parameters being all-gathered into buf.
@@ -329,10 +329,14 @@ func (e *Engine) Abort() {
 // StepStats describes a step's gradient exchange and update.
 type StepStats struct {
 	GradNorm float64 // global L2 norm before clipping
-	// CommBytes is what this rank sent in the step's collectives: for a ring
-	// of n over a buffer of m elements split in segments, every segment but
-	// one is sent once by reduce-scatter and by all-gather (so 4·m·(n−1)/n
-	// bytes each) and twice by all-reduce.
+	// CommBytes is the payload this rank sent in the step's collectives,
+	// counted per operation from its buffer length and algorithm: a ring
+	// reduce-scatter or all-gather of m elements over n ranks sends every
+	// segment but one, 4·m·(n−1)/n bytes; a ring all-reduce twice that
+	// (see AllReduceSent for small buffers). Stage 0 counts its bucketed
+	// gradient all-reduce as ring traffic over the whole buffer: buckets at
+	// or below the group's SmallBytes actually go by recursive doubling,
+	// which sends more at n > 2.
 	CommBytes      int64
 	CommSeconds    float64 // time inside collectives
 	OverlapSeconds float64 // part of CommSeconds before the last backward ended
@@ -372,7 +376,7 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 	e.scalar[1] = float32(ss - float64(e.scalar[0]))
 	if err := e.q.do(func(ctx context.Context, g *parallel.Group) error {
 		return g.AllReduce(ctx, e.scalar, parallel.Sum)
-	}, 0, nil); err != nil {
+	}, AllReduceSent(e.g, len(e.scalar)), nil); err != nil {
 		return st, fmt.Errorf("grad-norm all-reduce: %w", err)
 	}
 	st.GradNorm = math.Sqrt(float64(e.scalar[0]) + float64(e.scalar[1]))
@@ -430,6 +434,35 @@ func (e *Engine) localOf(i int) int {
 		}
 	}
 	panic("zero: optimizer range is not a slice of the plan")
+}
+
+// AllReduceSent is the bytes this member of g sends in an all-reduce of n
+// float32 elements, following the group's choice of algorithm (ring above
+// SmallBytes under Auto, else recursive doubling).
+func AllReduceSent(g *parallel.Group, n int) int64 {
+	size, me := g.Size(), g.Index()
+	if size <= 1 || n == 0 {
+		return 0
+	}
+	spec := g.Spec()
+	small := spec.SmallBytes
+	if small == 0 {
+		small = parallel.DefaultSmallBytes
+	}
+	if spec.AllReduce == parallel.Ring || (spec.AllReduce == parallel.Auto && 4*n > small) {
+		return 2 * ringSent(n, size)
+	}
+	p, rounds := 1, 0
+	for p*2 <= size {
+		p, rounds = p*2, rounds+1
+	}
+	switch {
+	case me >= p:
+		return 4 * int64(n)
+	case me < size-p:
+		return 4 * int64(n) * int64(rounds+1)
+	}
+	return 4 * int64(n) * int64(rounds)
 }
 
 // ringSent is the bytes one rank sends in a ring reduce-scatter or
