@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     := bin/loom
 CORPUS  := out/gosrc.bin
-JOB     ?= examples/tiny.yaml
+JOB     ?= examples/default.yaml
 GOROOT_SRC := $(shell $(GO) env GOROOT)/src
 
 .PHONY: all build run test test-short bench proto lint setup fixtures clean
@@ -17,7 +17,7 @@ setup:
 
 $(CORPUS): | build
 	@mkdir -p out
-	$(BIN) prep $(GOROOT_SRC) --include '*.go' --out $(CORPUS)
+	$(BIN) prep --go-src --out $(CORPUS)
 
 # Train the default job on the Go standard library's sources.
 run: build $(CORPUS)

@@ -60,7 +60,17 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
-		fmt.Fprintf(env.stderr, "loom: saved the final model to %s\n", filepath.Join(spec.Checkpoint.Dir, spec.Name, "final"))
+		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
+		fmt.Fprintf(env.stderr, "loom: saved the final model to %s\n", dir)
+		if *sampleTokens > 0 && *logFormat == "text" {
+			k, closeK := newKernels(*threads)
+			defer closeK()
+			m, err := checkpoint.LoadModel(dir, k, 0)
+			if err != nil {
+				return fmt.Errorf("run: sample: %w", err)
+			}
+			return printSample(env, m, *prompt, *sampleTokens)
+		}
 		return nil
 	}
 	k, closeK := newKernels(*threads)
@@ -109,12 +119,18 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("run: %w", runErr)
 	}
 	if *sampleTokens > 0 && *logFormat == "text" {
-		text, err := sampleText(tr.Model, *prompt, *sampleTokens, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
-		if err != nil {
-			return fmt.Errorf("run: sample: %w", err)
-		}
-		fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
+		return printSample(env, tr.Model, *prompt, *sampleTokens)
 	}
+	return nil
+}
+
+// printSample prints a continuation of prompt by the trained model.
+func printSample(env *cmdEnv, m *model.Model, prompt string, n int) error {
+	text, err := sampleText(m, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
+	if err != nil {
+		return fmt.Errorf("run: sample: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
 	return nil
 }
 
