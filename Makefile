@@ -3,7 +3,6 @@ GO      ?= go
 BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
-GOROOT_SRC := $(shell $(GO) env GOROOT)/src
 
 .PHONY: all build run test test-short bench proto lint setup fixtures clean
 
