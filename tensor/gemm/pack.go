@@ -35,30 +35,53 @@ func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) 
 
 // packCols copies kc runs of n ≤ width contiguous elements, starting at
 // src[off] with stride ld, to dst[p*width:], zero-filling each run to width.
-// Full runs of the kernel widths copy as fixed-size arrays: a few vector
-// moves instead of a memmove call per run.
+// Full runs of the kernel widths move as constant-offset 16-byte array
+// copies (one vector load and store each): copy() would call memmove for
+// every run, and whole-array copies of 64 bytes compile to memmove too.
 func packCols(dst, src []float32, off, ld, n, kc, width int) {
 	dst = dst[:kc*width]
 	if n == width {
 		switch width {
 		case 6:
 			for p := 0; p < kc; p++ {
-				*(*[6]float32)(dst[p*6:]) = [6]float32(src[off+p*ld:])
+				s := (*[6]float32)(src[off+p*ld:])
+				d := (*[6]float32)(dst[p*6:])
+				*(*[4]float32)(d[0:]) = *(*[4]float32)(s[0:])
+				*(*[2]float32)(d[4:]) = *(*[2]float32)(s[4:])
 			}
 			return
 		case 14:
 			for p := 0; p < kc; p++ {
-				*(*[14]float32)(dst[p*14:]) = [14]float32(src[off+p*ld:])
+				s := (*[14]float32)(src[off+p*ld:])
+				d := (*[14]float32)(dst[p*14:])
+				*(*[4]float32)(d[0:]) = *(*[4]float32)(s[0:])
+				*(*[4]float32)(d[4:]) = *(*[4]float32)(s[4:])
+				*(*[4]float32)(d[8:]) = *(*[4]float32)(s[8:])
+				*(*[2]float32)(d[12:]) = *(*[2]float32)(s[12:])
 			}
 			return
 		case 16:
 			for p := 0; p < kc; p++ {
-				*(*[16]float32)(dst[p*16:]) = [16]float32(src[off+p*ld:])
+				s := (*[16]float32)(src[off+p*ld:])
+				d := (*[16]float32)(dst[p*16:])
+				*(*[4]float32)(d[0:]) = *(*[4]float32)(s[0:])
+				*(*[4]float32)(d[4:]) = *(*[4]float32)(s[4:])
+				*(*[4]float32)(d[8:]) = *(*[4]float32)(s[8:])
+				*(*[4]float32)(d[12:]) = *(*[4]float32)(s[12:])
 			}
 			return
 		case 32:
 			for p := 0; p < kc; p++ {
-				*(*[32]float32)(dst[p*32:]) = [32]float32(src[off+p*ld:])
+				s := (*[32]float32)(src[off+p*ld:])
+				d := (*[32]float32)(dst[p*32:])
+				*(*[4]float32)(d[0:]) = *(*[4]float32)(s[0:])
+				*(*[4]float32)(d[4:]) = *(*[4]float32)(s[4:])
+				*(*[4]float32)(d[8:]) = *(*[4]float32)(s[8:])
+				*(*[4]float32)(d[12:]) = *(*[4]float32)(s[12:])
+				*(*[4]float32)(d[16:]) = *(*[4]float32)(s[16:])
+				*(*[4]float32)(d[20:]) = *(*[4]float32)(s[20:])
+				*(*[4]float32)(d[24:]) = *(*[4]float32)(s[24:])
+				*(*[4]float32)(d[28:]) = *(*[4]float32)(s[28:])
 			}
 			return
 		}
