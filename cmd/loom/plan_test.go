@@ -1,0 +1,33 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestPlan(t *testing.T) {
+	spec, _ := fixture(t, "parallel: {dp: 2, zero: 2}\n")
+	out, _, err := loom(t, "plan", spec, "--memory-per-worker", "40MiB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"dp 2", "*2", "fits in 40.00 MiB per worker: stage 0, 1, 2, 3"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, err = loom(t, "plan", spec, "--workers", "1", "--memory-per-worker", "1KiB", "--shards")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"dp 1", "no stage fits", "rank 0:", "model.layers.0.mlp.up_proj.weight"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, bad := range [][]string{{"plan"}, {"plan", spec, "--memory-per-worker", "lots"}, {"plan", spec, "--workers", "-1"}} {
+		if _, _, err := loom(t, bad...); err == nil {
+			t.Errorf("loom %v: no error", bad)
+		}
+	}
+}
