@@ -7,28 +7,58 @@ import (
 	"time"
 )
 
-// BenchmarkAllReduce measures in-process ranks over loopback gRPC, per
-// codec; `loom bench allreduce` measures separate processes, which is the
-// figure to quote.
+// benchAllReduce runs all-reduces of size bytes on n in-process ranks and
+// reports, besides wall time, the CPU time per operation (all ranks
+// together), which the shared machine's load disturbs less.
+func benchAllReduce(b *testing.B, n, size int, opts TransportOptions, spec GroupSpec) {
+	c := newCluster(b, n, opts)
+	spec.Name, spec.Ranks, spec.Timeout = "g", seq(n), time.Minute
+	gs := c.groups(b, spec)
+	bufs := make([][]float32, n)
+	for i := range bufs {
+		bufs[i] = make([]float32, size/4)
+	}
+	ctx := context.Background()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	cpu0 := cpuNanos()
+	for range b.N {
+		noErrors(b, "all-reduce", each(n, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+	}
+	b.ReportMetric(float64(cpuNanos()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// BenchmarkAllReduce compares the codecs. `loom bench allreduce` measures
+// separate processes, which is the figure to quote.
 func BenchmarkAllReduce(b *testing.B) {
 	for _, codec := range []Codec{CodecRaw, CodecProto} {
-		for _, n := range []int{2} {
-			for _, size := range []int{4 << 10, 1 << 20, 16 << 20} {
-				b.Run(fmt.Sprintf("codec=%v/ranks=%d/bytes=%d", codec, n, size), func(b *testing.B) {
-					c := newCluster(b, n, TransportOptions{Codec: codec})
-					gs := c.groups(b, GroupSpec{Name: "g", Ranks: seq(n), Timeout: time.Minute})
-					bufs := make([][]float32, n)
-					for i := range bufs {
-						bufs[i] = make([]float32, size/4)
-					}
-					ctx := context.Background()
-					b.SetBytes(int64(size))
-					b.ResetTimer()
-					for range b.N {
-						noErrors(b, "all-reduce", each(n, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
-					}
-				})
-			}
+		for _, size := range []int{4 << 10, 1 << 20, 16 << 20} {
+			b.Run(fmt.Sprintf("codec=%v/bytes=%d", codec, size), func(b *testing.B) {
+				benchAllReduce(b, 2, size, TransportOptions{Codec: codec}, GroupSpec{})
+			})
 		}
+	}
+}
+
+// BenchmarkTransportTuning compares gRPC buffer and window settings.
+func BenchmarkTransportTuning(b *testing.B) {
+	type cfg struct {
+		name string
+		o    TransportOptions
+		s    GroupSpec
+	}
+	cfgs := []cfg{
+		{"default", TransportOptions{}, GroupSpec{}},
+		{"rbuf=none", TransportOptions{ReadBufferBytes: -1}, GroupSpec{}},
+		{"rbuf=32K", TransportOptions{ReadBufferBytes: 32 << 10}, GroupSpec{}},
+		{"wbuf=none", TransportOptions{WriteBufferBytes: -1}, GroupSpec{}},
+		{"wbuf=64K", TransportOptions{WriteBufferBytes: 64 << 10}, GroupSpec{}},
+		{"window=2M", TransportOptions{StreamWindowBytes: 2 << 20, ConnWindowBytes: 4 << 20}, GroupSpec{}},
+		{"window=8M", TransportOptions{StreamWindowBytes: 8 << 20, ConnWindowBytes: 16 << 20}, GroupSpec{}},
+		{"chunk=256K", TransportOptions{}, GroupSpec{ChunkBytes: 256 << 10}},
+		{"chunk=4M", TransportOptions{}, GroupSpec{ChunkBytes: 4 << 20}},
+	}
+	for _, c := range cfgs {
+		b.Run(c.name, func(b *testing.B) { benchAllReduce(b, 2, 16<<20, c.o, c.s) })
 	}
 }

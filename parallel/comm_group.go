@@ -349,7 +349,7 @@ func (g *Group) tellAbort(err error) {
 	if errors.As(err, &pe) && f.cause != loomv1.FailureCause_FAILURE_CAUSE_CANCELED {
 		f.failedRank, f.failedAddr = int32(pe.Rank), pe.Addr
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(g.timeout, 5*time.Second))
+	ctx, cancel := context.WithTimeout(context.Background(), min(g.timeout, 2*time.Second))
 	defer cancel()
 	for i, a := range g.addrs {
 		if i == g.me || a == f.failedAddr {
@@ -360,7 +360,7 @@ func (g *Group) tellAbort(err error) {
 			return
 		}
 		ff := f
-		_ = oc.send(ctx, &ff, min(g.timeout, 5*time.Second))
+		_ = oc.send(ctx, &ff, min(g.timeout, time.Second), nil)
 	}
 }
 
@@ -404,6 +404,17 @@ func (g *Group) failPeer(addr string, err error) {
 		if i != g.me && a == addr {
 			g.fail(&PeerError{Rank: g.ranks[i], Addr: addr, Op: "connection", Err: err}, true)
 			return
+		}
+	}
+}
+
+// peerDeparted marks the member at addr as gone after a normal shutdown:
+// waits on it fail once its mailbox is empty; the group stays usable for
+// whatever does not need it.
+func (g *Group) peerDeparted(addr string) {
+	for i, a := range g.addrs {
+		if i != g.me && a == addr {
+			g.boxes[i].depart(&PeerError{Rank: g.ranks[i], Addr: addr, Op: "connection", Err: errDeparted})
 		}
 	}
 }
@@ -454,6 +465,27 @@ type mailbox struct {
 	mu   sync.Mutex
 	q    []*wireFrame
 	wake chan struct{} // non-nil while someone waits; closed by push
+	gone error         // the sender departed; nothing more will come
+}
+
+// departed reports whether the sender has left.
+func (b *mailbox) departed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.gone != nil
+}
+
+// depart records that nothing more will arrive and wakes the waiter.
+func (b *mailbox) depart(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.gone == nil {
+		b.gone = err
+	}
+	if b.wake != nil {
+		close(b.wake)
+		b.wake = nil
+	}
 }
 
 func (b *mailbox) push(f *wireFrame) {
@@ -467,8 +499,8 @@ func (b *mailbox) push(f *wireFrame) {
 }
 
 // take removes the frame (kind, seq, tag), or returns a channel closed by
-// the next push.
-func (b *mailbox) take(kind loomv1.FrameKind, seq uint64, tag uint32) (*wireFrame, <-chan struct{}) {
+// the next push, or the sender's departure.
+func (b *mailbox) take(kind loomv1.FrameKind, seq uint64, tag uint32) (*wireFrame, <-chan struct{}, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for i, f := range b.q {
@@ -476,13 +508,16 @@ func (b *mailbox) take(kind loomv1.FrameKind, seq uint64, tag uint32) (*wireFram
 			copy(b.q[i:], b.q[i+1:])
 			b.q[len(b.q)-1] = nil
 			b.q = b.q[:len(b.q)-1]
-			return f, nil
+			return f, nil, nil
 		}
+	}
+	if b.gone != nil {
+		return nil, nil, b.gone
 	}
 	if b.wake == nil {
 		b.wake = make(chan struct{})
 	}
-	return nil, b.wake
+	return nil, b.wake, nil
 }
 
 // call is one operation in progress.
@@ -557,9 +592,15 @@ func (c *call) send(i int, data []float32, done *sendDone) error {
 		out: data, sent: done,
 	}
 	c.sendTag[i]++
+	if g.boxes[i].departed() {
+		return c.peerErr(i, errDeparted)
+	}
 	oc, err := g.t.conn(g.addrs[i])
 	if err == nil {
-		err = oc.send(c.ctx, f, g.timeout)
+		err = oc.send(c.ctx, f, g.timeout, g.failCh)
+	}
+	if errors.Is(err, errAborted) {
+		return g.failure(c.name)
 	}
 	if done != nil && (err != nil || !f.zeroCopy) {
 		done.complete()
@@ -605,7 +646,10 @@ func (c *call) recv(i int) (*wireFrame, error) {
 		}
 	}()
 	for {
-		f, wake := g.boxes[i].take(c.kind, c.seq, tag)
+		f, wake, gone := g.boxes[i].take(c.kind, c.seq, tag)
+		if gone != nil {
+			return nil, c.peerErr(i, errDeparted)
+		}
 		if f != nil {
 			if f.op != c.op || f.length != c.length {
 				f.release()

@@ -154,7 +154,7 @@ func applyBytes(a apply, dst []float32, bufs mem.BufferSlice, skip int) {
 	var carry [4]byte
 	nc := 0 // bytes in carry
 	di := 0 // next element of dst
-	var scratch [1024]float32
+	var scratch []float32 // for misaligned runs only: rare
 	for _, buf := range bufs {
 		b := buf.ReadOnlyData()
 		if skip >= len(b) {
@@ -181,6 +181,9 @@ func applyBytes(a apply, dst []float32, bufs mem.BufferSlice, skip int) {
 				src := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b))), n)
 				applyFloats(a, dst[di:di+n], src)
 			} else {
+				if scratch == nil {
+					scratch = make([]float32, 1024)
+				}
 				for j := 0; j < n; j += len(scratch) {
 					m := min(len(scratch), n-j)
 					for k := range m {

@@ -396,3 +396,20 @@ func TestGroupSpecValidate(t *testing.T) {
 }
 
 func containsStr(s, sub string) bool { return strings.Contains(s, sub) }
+
+// TestShutdownAfterBarrier: members that leave right after a barrier, with
+// Shutdown, never make a slower member's barrier fail.
+func TestShutdownAfterBarrier(t *testing.T) {
+	for round := range 5 {
+		n := 3 + round%3
+		c := newCluster(t, n, TransportOptions{})
+		gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(n), Timeout: 10 * time.Second})
+		ctx := testCtx(t, 20*time.Second)
+		noErrors(t, fmt.Sprintf("round %d", round), each(n, func(i int) error {
+			if err := gs[i].Barrier(ctx); err != nil {
+				return err
+			}
+			return c.ts[i].Shutdown(ctx)
+		}))
+	}
+}

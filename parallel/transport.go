@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -184,6 +186,19 @@ type Transport struct {
 	pending map[groupKey][]*wireFrame // frames for groups not created yet
 	jobGen  map[string]uint64         // newest generation created, per job
 	retired map[groupKey]bool         // closed groups: their frames are rejected
+	inbound map[*inStream]bool        // open inbound streams
+}
+
+// inStream is an inbound Exchange stream; mu serializes its SendMsg.
+type inStream struct {
+	mu     sync.Mutex
+	stream loomv1.Peer_ExchangeServer
+}
+
+func (s *inStream) send(f *wireFrame) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stream.SendMsg(f)
 }
 
 // NewTransport listens and starts serving the Peer service. ctx bounds
@@ -216,6 +231,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		pending: map[groupKey][]*wireFrame{},
 		jobGen:  map[string]uint64{},
 		retired: map[groupKey]bool{},
+		inbound: map[*inStream]bool{},
 	}
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
@@ -269,6 +285,37 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 
 // Addr returns the address peers must use for this transport.
 func (t *Transport) Addr() string { return t.addr }
+
+// Shutdown closes the transport gracefully: every outbound stream is ended
+// after the frames already sent and Shutdown waits, until ctx ends, for
+// each peer to confirm it read them; then it calls Close. Use it when a
+// worker leaves normally, so that peers still finishing an operation get
+// every frame they need.
+func (t *Transport) Shutdown(ctx context.Context) error {
+	t.mu.RLock()
+	conns := make([]*outConn, 0, len(t.conns))
+	for _, oc := range t.conns {
+		conns = append(conns, oc)
+	}
+	ins := make([]*inStream, 0, len(t.inbound))
+	for in := range t.inbound {
+		ins = append(ins, in)
+	}
+	t.mu.RUnlock()
+	for _, in := range ins {
+		in.send(&wireFrame{kind: loomv1.FrameKind_FRAME_KIND_GOODBYE, srcAddr: t.addr})
+	}
+	var wg sync.WaitGroup
+	for _, oc := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			oc.closeSend(ctx)
+		}()
+	}
+	wg.Wait()
+	return t.Close()
+}
 
 // Close stops serving, closes every connection and fails every group with
 // ErrClosed. Pending operations return promptly.
@@ -374,6 +421,25 @@ func (t *Transport) peerLost(addr string, err error) {
 	}
 }
 
+// errDeparted marks a connection that ended after the peer's GOODBYE.
+var errDeparted = fmt.Errorf("%w: peer shut down", ErrPeerGone)
+
+// peerDeparted tells every group with a member at addr that the member
+// left normally: operations still waiting on it fail, the others go on.
+func (t *Transport) peerDeparted(addr string) {
+	t.mu.RLock()
+	var gs []*Group
+	for _, g := range t.groups {
+		if g.hasPeer(addr) {
+			gs = append(gs, g)
+		}
+	}
+	t.mu.RUnlock()
+	for _, g := range gs {
+		g.peerDeparted(addr)
+	}
+}
+
 // deliver routes an incoming data frame. It returns a reason when the frame
 // is rejected.
 func (t *Transport) deliver(f *wireFrame) string {
@@ -436,6 +502,9 @@ type outConn struct {
 	done   chan struct{} // closed on failure
 	sem    chan struct{} // serializes SendMsg
 
+	closing   atomic.Bool // CloseSend called: the stream's end is expected
+	departing atomic.Bool // the peer said GOODBYE
+
 	mu     sync.Mutex
 	cc     *grpc.ClientConn
 	stream grpc.ClientStream
@@ -476,11 +545,21 @@ func (oc *outConn) connect() {
 	for {
 		var f wireFrame
 		if err := stream.RecvMsg(&f); err != nil {
-			oc.fail(fmt.Errorf("%w: stream ended: %v", ErrPeerGone, err))
+			if oc.closing.Load() {
+				err = ErrClosed
+			} else if oc.departing.Load() {
+				err = errDeparted
+			} else {
+				err = fmt.Errorf("%w: stream ended: %v", ErrPeerGone, err)
+			}
+			oc.fail(err)
 			return
 		}
-		if f.kind == loomv1.FrameKind_FRAME_KIND_REJECT {
+		switch f.kind {
+		case loomv1.FrameKind_FRAME_KIND_REJECT:
 			oc.t.rejected(oc.addr, &f)
+		case loomv1.FrameKind_FRAME_KIND_GOODBYE:
+			oc.departing.Store(true)
 		}
 		f.release()
 	}
@@ -502,7 +581,10 @@ func (oc *outConn) fail(err error) {
 		cc.Close()
 	}
 	oc.t.dropConn(oc)
-	if !errors.Is(err, ErrClosed) {
+	switch {
+	case errors.Is(err, errDeparted):
+		oc.t.peerDeparted(oc.addr)
+	case !errors.Is(err, ErrClosed):
 		oc.t.peerLost(oc.addr, err)
 	}
 }
@@ -514,13 +596,22 @@ func (oc *outConn) failure() error {
 }
 
 // send writes one frame. It waits at most timeout for the stream to open
-// and for earlier frames to leave; a SendMsg blocked longer than timeout
-// (a peer that stopped reading) breaks the connection.
-func (oc *outConn) send(ctx context.Context, f *wireFrame, timeout time.Duration) error {
+// and for earlier frames to leave, and stops waiting when abort closes; a
+// SendMsg blocked longer than timeout (a peer that stopped reading) breaks
+// the connection.
+func (oc *outConn) send(ctx context.Context, f *wireFrame, timeout time.Duration, abort <-chan struct{}) error {
 	var timer *time.Timer
-	wait := func(ch <-chan struct{}, what string) error {
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	// acquire waits for ready (a channel that closes) or for a token of sem.
+	acquire := func(ready <-chan struct{}, sem chan struct{}, what string) error {
 		select {
-		case <-ch:
+		case <-ready:
+			return nil
+		case sem <- struct{}{}:
 			return nil
 		default:
 		}
@@ -528,39 +619,24 @@ func (oc *outConn) send(ctx context.Context, f *wireFrame, timeout time.Duration
 			timer = time.NewTimer(timeout)
 		}
 		select {
-		case <-ch:
+		case <-ready:
+			return nil
+		case sem <- struct{}{}:
 			return nil
 		case <-oc.done:
 			return oc.failure()
+		case <-abort:
+			return errAborted
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
 			return fmt.Errorf("%w: %s for %v", ErrPeerTimeout, what, timeout)
 		}
 	}
-	err := wait(oc.ready, "connecting")
-	if err == nil {
-		select {
-		case oc.sem <- struct{}{}:
-		default:
-			if timer == nil {
-				timer = time.NewTimer(timeout)
-			}
-			select {
-			case oc.sem <- struct{}{}:
-			case <-oc.done:
-				err = oc.failure()
-			case <-ctx.Done():
-				err = ctx.Err()
-			case <-timer.C:
-				err = fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
-			}
-		}
+	if err := acquire(oc.ready, nil, "connecting"); err != nil {
+		return err
 	}
-	if timer != nil {
-		timer.Stop()
-	}
-	if err != nil {
+	if err := acquire(nil, oc.sem, "waiting to send"); err != nil {
 		return err
 	}
 	defer func() { <-oc.sem }()
@@ -570,13 +646,44 @@ func (oc *outConn) send(ctx context.Context, f *wireFrame, timeout time.Duration
 	guard := time.AfterFunc(timeout, func() {
 		oc.fail(fmt.Errorf("%w: send blocked for %v", ErrPeerTimeout, timeout))
 	})
-	err = oc.stream.SendMsg(f)
+	err := oc.stream.SendMsg(f)
 	guard.Stop()
 	if err != nil {
 		oc.fail(fmt.Errorf("%w: send: %v", ErrPeerGone, err))
 		return oc.failure()
 	}
 	return nil
+}
+
+// errAborted: a wait ended because the group failed; the group's error is
+// the one to report.
+var errAborted = errors.New("group failed")
+
+// closeSend ends the stream after every frame already sent and waits, until
+// ctx ends, for the peer to confirm it read them all.
+func (oc *outConn) closeSend(ctx context.Context) {
+	select {
+	case <-oc.ready:
+	default:
+		oc.fail(ErrClosed)
+		return
+	}
+	select {
+	case oc.sem <- struct{}{}:
+	case <-oc.done:
+		return
+	case <-ctx.Done():
+		oc.fail(ErrClosed)
+		return
+	}
+	oc.closing.Store(true)
+	oc.stream.CloseSend()
+	<-oc.sem
+	select {
+	case <-oc.done: // the peer ended the stream: it has read everything
+	case <-ctx.Done():
+	}
+	oc.fail(ErrClosed)
 }
 
 // peerServer serves inbound Exchange streams.
@@ -599,9 +706,24 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 		return err
 	}
 	from := hello.srcAddr
+	in := &inStream{stream: stream}
+	s.t.mu.Lock()
+	s.t.inbound[in] = true
+	s.t.mu.Unlock()
+	defer func() {
+		s.t.mu.Lock()
+		delete(s.t.inbound, in)
+		s.t.mu.Unlock()
+	}()
 	for {
 		f := new(wireFrame)
 		if err := stream.RecvMsg(f); err != nil {
+			if errors.Is(err, io.EOF) {
+				// The peer shut down after sending everything, all of
+				// which is in the mailboxes.
+				s.t.peerDeparted(from)
+				return nil
+			}
 			s.t.peerLost(from, fmt.Errorf("%w: inbound stream ended: %v", ErrPeerGone, err))
 			return nil
 		}
@@ -620,7 +742,7 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 		s.t.log.Warn("rejected frame", "from", from, "job", f.job, "generation", f.generation, "group", f.group, "reason", reason)
 		rej := &wireFrame{kind: loomv1.FrameKind_FRAME_KIND_REJECT, job: f.job, generation: f.generation, group: f.group, seq: f.seq, tag: f.tag, detail: reason}
 		f.release()
-		if err := stream.SendMsg(rej); err != nil {
+		if err := in.send(rej); err != nil {
 			return nil
 		}
 	}

@@ -421,7 +421,12 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("comm-worker rank %d: %w", rank, err)
 	}
-	defer tr.Close()
+	defer func() {
+		// Graceful: peers still in the last barrier get our frames.
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		tr.Shutdown(sctx)
+	}()
 	fmt.Fprintf(env.stdout, "addr %s\n", tr.Addr())
 
 	in := bufio.NewScanner(os.Stdin)

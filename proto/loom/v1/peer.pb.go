@@ -40,6 +40,10 @@ const (
 	// ABORT tells the members of a group that the sender's member failed
 	// because of failed_rank, so that they fail now instead of timing out.
 	FrameKind_FRAME_KIND_ABORT FrameKind = 5
+	// GOODBYE, sent by a server on its inbound streams, says that it is
+	// shutting down normally: the end of the stream that follows is a
+	// departure, not a failure.
+	FrameKind_FRAME_KIND_GOODBYE FrameKind = 6
 )
 
 // Enum value maps for FrameKind.
@@ -51,6 +55,7 @@ var (
 		3: "FRAME_KIND_P2P",
 		4: "FRAME_KIND_REJECT",
 		5: "FRAME_KIND_ABORT",
+		6: "FRAME_KIND_GOODBYE",
 	}
 	FrameKind_value = map[string]int32{
 		"FRAME_KIND_UNSPECIFIED": 0,
@@ -59,6 +64,7 @@ var (
 		"FRAME_KIND_P2P":         3,
 		"FRAME_KIND_REJECT":      4,
 		"FRAME_KIND_ABORT":       5,
+		"FRAME_KIND_GOODBYE":     6,
 	}
 )
 
@@ -415,14 +421,15 @@ const file_loom_v1_peer_proto_rawDesc = "" +
 	"failedAddr\x12+\n" +
 	"\x05cause\x18\x10 \x01(\x0e2\x15.loom.v1.FailureCauseR\x05cause\x12\x10\n" +
 	"\x03pad\x18\x0e \x01(\fR\x03pad\x12\x18\n" +
-	"\apayload\x18\x0f \x01(\fR\apayload*\x99\x01\n" +
+	"\apayload\x18\x0f \x01(\fR\apayload*\xb1\x01\n" +
 	"\tFrameKind\x12\x1a\n" +
 	"\x16FRAME_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAME_KIND_HELLO\x10\x01\x12\x19\n" +
 	"\x15FRAME_KIND_COLLECTIVE\x10\x02\x12\x12\n" +
 	"\x0eFRAME_KIND_P2P\x10\x03\x12\x15\n" +
 	"\x11FRAME_KIND_REJECT\x10\x04\x12\x14\n" +
-	"\x10FRAME_KIND_ABORT\x10\x05*\xc1\x01\n" +
+	"\x10FRAME_KIND_ABORT\x10\x05\x12\x16\n" +
+	"\x12FRAME_KIND_GOODBYE\x10\x06*\xc1\x01\n" +
 	"\fFailureCause\x12\x1d\n" +
 	"\x19FAILURE_CAUSE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15FAILURE_CAUSE_TIMEOUT\x10\x01\x12\x1b\n" +

@@ -36,8 +36,9 @@ const (
 type PeerClient interface {
 	// Exchange carries frames from the dialing worker to the serving worker.
 	// The first frame must be a HELLO naming the sender's advertised address.
-	// The server answers only with REJECT frames (a frame it refused) and ends
-	// the stream when either side shuts down.
+	// The server answers only with REJECT (a frame it refused) and GOODBYE
+	// (it is shutting down) frames, and ends the stream when either side
+	// shuts down.
 	Exchange(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Frame, Frame], error)
 }
 
@@ -73,8 +74,9 @@ type Peer_ExchangeClient = grpc.BidiStreamingClient[Frame, Frame]
 type PeerServer interface {
 	// Exchange carries frames from the dialing worker to the serving worker.
 	// The first frame must be a HELLO naming the sender's advertised address.
-	// The server answers only with REJECT frames (a frame it refused) and ends
-	// the stream when either side shuts down.
+	// The server answers only with REJECT (a frame it refused) and GOODBYE
+	// (it is shutting down) frames, and ends the stream when either side
+	// shuts down.
 	Exchange(grpc.BidiStreamingServer[Frame, Frame]) error
 	mustEmbedUnimplementedPeerServer()
 }
