@@ -3,6 +3,7 @@ package train
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"path/filepath"
 	"time"
@@ -10,8 +11,10 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/zero"
 )
 
 // RankConfig is one rank of a multi-worker job, as a worker receives it.
@@ -28,9 +31,16 @@ type RankConfig struct {
 	// Timeout is how long a collective waits on a silent peer before it
 	// fails naming that peer (0: parallel.DefaultTimeout).
 	Timeout time.Duration
-	// OnComm, if set, is told the bytes and seconds of each step's
+	// OnComm, if set, is told the bytes sent and seconds of each step's
 	// gradient exchange (for metrics).
 	OnComm func(op string, bytes int64, d time.Duration)
+	// OnMemory, if set, is told the rank's counted memory once, before the
+	// first step: a worker sets the gauge loom_worker_memory_bytes{kind}
+	// from zero.Memory.Kinds.
+	OnMemory func(zero.Memory)
+	// Log, if set, receives one line at start naming the ZeRO stage and
+	// the counted memory by kind.
+	Log io.Writer
 }
 
 // RunRank trains one data-parallel rank: it serves the data plane on the
@@ -74,18 +84,41 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
+	mem := t.Memory()
+	if rc.Log != nil {
+		fmt.Fprintf(rc.Log, "rank %d: zero stage %d, dp %d: memory %s\n", rc.Rank, s.Parallel.Zero, s.Parallel.DP, mem)
+	}
+	if rc.OnMemory != nil {
+		rc.OnMemory(mem)
+	}
+	op := "all-reduce"
+	if s.Parallel.Zero > 0 {
+		op = fmt.Sprintf("zero-%d", s.Parallel.Zero)
+	}
 	err = t.Run(ctx, func(st Stats) {
 		if rc.OnComm != nil && st.CommBytes > 0 {
-			rc.OnComm("all-reduce", st.CommBytes, time.Duration(st.CommSeconds*float64(time.Second)))
+			rc.OnComm(op, st.CommBytes, time.Duration(st.CommSeconds*float64(time.Second)))
 		}
 		report(st)
 	})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
+	// Under ZeRO stage 3 the full weights are gathered from every rank.
+	params, err := t.Params(ctx)
+	if err != nil {
+		return fmt.Errorf("rank %d: gathering the final weights: %w", rc.Rank, err)
+	}
 	if rc.Rank == 0 {
+		m := t.Model
+		if m.Params == nil {
+			if m, err = model.New(m.Config, rc.Kernels); err != nil {
+				return fmt.Errorf("rank 0: %w", err)
+			}
+			copy(m.Params, params)
+		}
 		dir := filepath.Join(s.Checkpoint.Dir, s.Name, "final")
-		if err := checkpoint.SaveModel(dir, t.Model, &s); err != nil {
+		if err := checkpoint.SaveModel(dir, m, &s); err != nil {
 			return fmt.Errorf("rank 0: %w", err)
 		}
 	}

@@ -139,7 +139,7 @@ func New(c Config) (*Engine, error) {
 		}
 		return ch
 	}
-	if e.stage == Stage3 {
+	if e.stage >= Stage2 {
 		e.Model, err = model.NewUnbound(c.Model, c.Kernels)
 	} else {
 		e.Model, err = model.New(c.Model, c.Kernels)
@@ -161,9 +161,13 @@ func New(c Config) (*Engine, error) {
 		if e.stage == Stage1 {
 			e.staging = make([]float32, work)
 		} else {
-			// Drop the model's full gradient buffer: units are bound to
-			// working buffers for their backward.
-			e.Model.Grads, e.grads = nil, make([]float32, e.me.LocalLen)
+			// Full parameters, but no full gradient buffer: units are bound
+			// to working buffers for their backward.
+			e.params, e.grads = make([]float32, p.Size), make([]float32, e.me.LocalLen)
+			e.Model.Params = e.params
+			for u, up := range p.Units {
+				e.Model.BindParams(u, e.params[up.Offset:up.End()])
+			}
 			e.gbufs = newPool()
 		}
 		for _, s := range e.me.Slices {

@@ -98,7 +98,6 @@ func TestPlanErrors(t *testing.T) {
 	}
 }
 
-
 // The plan's memory follows the ZeRO formulas within 5% for every rank.
 func TestPlanMemoryFormulas(t *testing.T) {
 	c := tinyConfig(32, 4, 2, false)
