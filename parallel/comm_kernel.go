@@ -152,8 +152,8 @@ func applyFloats(a apply, dst, src []float32) {
 // through a small scratch array.
 func applyBytes(a apply, dst []float32, bufs mem.BufferSlice, skip int) {
 	var carry [4]byte
-	nc := 0 // bytes in carry
-	di := 0 // next element of dst
+	nc := 0               // bytes in carry
+	di := 0               // next element of dst
 	var scratch []float32 // for misaligned runs only: rare
 	for _, buf := range bufs {
 		b := buf.ReadOnlyData()
