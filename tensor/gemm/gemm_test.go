@@ -309,3 +309,32 @@ func TestChooseBlocks(t *testing.T) {
 		t.Fatalf("Zen 5 AVX-512 blocks = %+v", b)
 	}
 }
+
+// TestPartition checks the thread grid: M is split for forward shapes (tall
+// C), N for weight gradients (short, wide C with a long K), and small
+// problems stay on one thread.
+func TestPartition(t *testing.T) {
+	e := newEngineBlocks(2, kernel{name: "test", mr: 6, nr: 16, full: kernelGeneric}, blockSizes{mc: 126, kc: 256, nc: 4096})
+	defer e.Close()
+	for _, tc := range []struct {
+		m, n, k        int
+		wantM, wantN   int
+		wantParts      int
+		transA, transB bool
+	}{
+		{4096, 768, 3072, 2052, 768, 2, false, false}, // 342 tiles of MR=6
+		{768, 3072, 4096, 768, 1536, 2, true, false},
+		{16, 16, 16, 16, 16, 1, false, false},
+		{5, 4096, 512, 5, 2048, 2, false, true},
+	} {
+		ar, ac := stored(tc.m, tc.k, tc.transA)
+		br, bc := stored(tc.k, tc.n, tc.transB)
+		j := job{transA: tc.transA, transB: tc.transB, m: tc.m, n: tc.n, k: tc.k, alpha: 1,
+			a: make([]float32, ar*ac), lda: ac, b: make([]float32, br*bc), ldb: bc, c: make([]float32, tc.m*tc.n), ldc: tc.n}
+		p := e.partition(&j)
+		if p != tc.wantParts || e.parts[0].m != tc.wantM || e.parts[0].n != tc.wantN {
+			t.Errorf("%dx%dx%d: %d parts, first %dx%d; want %d parts, first %dx%d",
+				tc.m, tc.n, tc.k, p, e.parts[0].m, e.parts[0].n, tc.wantParts, tc.wantM, tc.wantN)
+		}
+	}
+}
