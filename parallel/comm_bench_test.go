@@ -12,6 +12,9 @@ import (
 // together), which the shared machine's load disturbs less.
 func benchAllReduce(b *testing.B, n, size int, opts TransportOptions, spec GroupSpec) {
 	c := newCluster(b, n, opts)
+	if opts.ListenAddr == "unix" {
+		c = newUnixCluster(b, n, opts)
+	}
 	spec.Name, spec.Ranks, spec.Timeout = "g", seq(n), time.Minute
 	gs := c.groups(b, spec)
 	bufs := make([][]float32, n)
@@ -56,6 +59,7 @@ func BenchmarkTransportTuning(b *testing.B) {
 		{"window=2M", TransportOptions{StreamWindowBytes: 2 << 20, ConnWindowBytes: 4 << 20}, GroupSpec{}},
 		{"window=8M", TransportOptions{StreamWindowBytes: 8 << 20, ConnWindowBytes: 16 << 20}, GroupSpec{}},
 		{"chunk=256K", TransportOptions{}, GroupSpec{ChunkBytes: 256 << 10}},
+		{"unix-socket", TransportOptions{ListenAddr: "unix"}, GroupSpec{}},
 		{"chunk=4M", TransportOptions{}, GroupSpec{ChunkBytes: 4 << 20}},
 	}
 	for _, c := range cfgs {

@@ -16,11 +16,21 @@ type cluster struct {
 }
 
 func newCluster(t testing.TB, n int, opts TransportOptions) *cluster {
+	return newClusterAt(t, n, opts, func(int) string { return "127.0.0.1:0" })
+}
+
+// newUnixCluster is newCluster over Unix sockets.
+func newUnixCluster(t testing.TB, n int, opts TransportOptions) *cluster {
+	dir := t.TempDir()
+	return newClusterAt(t, n, opts, func(r int) string { return fmt.Sprintf("unix://%s/r%d.sock", dir, r) })
+}
+
+func newClusterAt(t testing.TB, n int, opts TransportOptions, listen func(rank int) string) *cluster {
 	t.Helper()
 	c := &cluster{addrs: map[int]string{}}
 	for r := range n {
 		o := opts
-		o.ListenAddr = "127.0.0.1:0"
+		o.ListenAddr = listen(r)
 		tr, err := NewTransport(context.Background(), o)
 		if err != nil {
 			t.Fatal(err)

@@ -413,3 +413,20 @@ func TestShutdownAfterBarrier(t *testing.T) {
 		}))
 	}
 }
+
+// TestUnixSockets runs collectives over Unix-socket transports.
+func TestUnixSockets(t *testing.T) {
+	const n = 3
+	c := newUnixCluster(t, n, TransportOptions{})
+	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(n), Timeout: 10 * time.Second, ChunkBytes: 4096})
+	rng := rand.New(rand.NewPCG(4, 4))
+	in := [][]float32{randBuf(rng, 10007), randBuf(rng, 10007), randBuf(rng, 10007)}
+	bufs := [][]float32{slices.Clone(in[0]), slices.Clone(in[1]), slices.Clone(in[2])}
+	ctx := testCtx(t, 20*time.Second)
+	noErrors(t, "all-reduce", each(n, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+	for i := range bufs {
+		if err := closeTo(bufs[i], refReduce(in, Sum), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

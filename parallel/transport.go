@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +36,9 @@ const (
 // TransportOptions configures a Transport. Zero fields take the defaults.
 type TransportOptions struct {
 	// ListenAddr is where the Peer service listens, e.g. ":7071" or
-	// "127.0.0.1:0" (any free port). Ignored when Listener is set.
+	// "127.0.0.1:0" (any free port), or "unix:///path/to.sock" for a Unix
+	// socket (peers on the same host only; cheaper than TCP loopback).
+	// Ignored when Listener is set.
 	ListenAddr string
 	// Listener, if set, is used instead of listening on ListenAddr.
 	Listener net.Listener
@@ -215,8 +218,15 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	lis := o.Listener
 	if lis == nil {
 		var lc net.ListenConfig
+		network, address := "tcp", o.ListenAddr
+		if path, ok := strings.CutPrefix(o.ListenAddr, "unix://"); ok {
+			network, address = "unix", path
+			if o.AdvertiseAddr == "" {
+				o.AdvertiseAddr = o.ListenAddr
+			}
+		}
 		var err error
-		if lis, err = lc.Listen(ctx, "tcp", o.ListenAddr); err != nil {
+		if lis, err = lc.Listen(ctx, network, address); err != nil {
 			return nil, fmt.Errorf("parallel: listen: %w", err)
 		}
 	}

@@ -45,6 +45,8 @@ type commBenchFlags struct {
 	writeBuf   string
 	timeout    time.Duration
 	logFormat  string
+	network    string
+	socketDir  string // set by the parent for --network unix
 }
 
 func (f *commBenchFlags) register(fs *flag.FlagSet) {
@@ -64,6 +66,8 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.writeBuf, "write-buffer", "", "gRPC write buffer size, or -1 for none (default: the library's)")
 	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "per-peer progress timeout")
 	fs.StringVar(&f.logFormat, "log-format", "text", "output: text (a table) or json (one object per size)")
+	fs.StringVar(&f.network, "network", "tcp", "tcp (loopback) or unix (Unix sockets)")
+	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 }
 
 // args renders the flags for a worker.
@@ -74,6 +78,7 @@ func (f *commBenchFlags) args() []string {
 		"--algo", f.algo, "--codec", f.codec, "--chunk", f.chunk, "--small", f.small,
 		"--window", f.window, "--conn-window", f.connWindow, "--read-buffer", f.readBuf, "--write-buffer", f.writeBuf,
 		"--timeout", f.timeout.String(), "--log-format", f.logFormat,
+		"--network", f.network, "--socket-dir", f.socketDir,
 	}
 }
 
@@ -107,6 +112,9 @@ func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 	c.op = op
 	if f.iters < 0 || f.warmup < 0 {
 		errs = append(errs, fmt.Errorf("--iters %d / --warmup %d: want ≥ 0", f.iters, f.warmup))
+	}
+	if f.network != "tcp" && f.network != "unix" {
+		errs = append(errs, fmt.Errorf("--network %q: want tcp or unix", f.network))
 	}
 	if f.logFormat != "text" && f.logFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", f.logFormat))
@@ -243,6 +251,14 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 	if err != nil {
 		return fmt.Errorf("bench %s: %w", kind, err)
 	}
+	if f.network == "unix" {
+		dir, err := os.MkdirTemp("", "loom-bench-")
+		if err != nil {
+			return fmt.Errorf("bench %s: %w", kind, err)
+		}
+		defer os.RemoveAll(dir)
+		f.socketDir = dir
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("bench %s: finding the loom binary: %w", kind, err)
@@ -314,8 +330,8 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		}()
 	}
 	if !cfg.jsonOut {
-		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks on loopback, codec %s, algo %s, GB/s = 1e9 B/s\n",
-			kind, cfg.op, cfg.ranks, cfg.topts.Codec, cfg.spec.AllReduce)
+		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, %s, codec %s, algo %s, GB/s = 1e9 B/s\n",
+			kind, cfg.op, cfg.ranks, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce)
 		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)")
 	}
 	for range cfg.sizes {
@@ -417,6 +433,12 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cfg.topts.ListenAddr = "127.0.0.1:0"
+	if f.network == "unix" {
+		if f.socketDir == "" {
+			return fmt.Errorf("comm-worker: --network unix needs --socket-dir")
+		}
+		cfg.topts.ListenAddr = fmt.Sprintf("unix://%s/rank%d.sock", f.socketDir, rank)
+	}
 	tr, err := parallel.NewTransport(ctx, cfg.topts)
 	if err != nil {
 		return fmt.Errorf("comm-worker rank %d: %w", rank, err)
