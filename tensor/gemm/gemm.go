@@ -54,7 +54,8 @@ type worker struct {
 }
 
 // New returns an Engine with the given number of threads (≤ 0 means
-// runtime.NumCPU()) and the fastest micro-kernel this CPU supports.
+// runtime.NumCPU()) and the fastest micro-kernel this CPU supports. It
+// panics if that kernel fails a one-tile self-check (see selfCheck).
 func New(threads int) *Engine {
 	return newEngine(threads, bestKernel())
 }
@@ -64,6 +65,9 @@ func New(threads int) *Engine {
 func newEngine(threads int, kern kernel) *Engine {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
+	}
+	if err := selfCheck(kern); err != nil {
+		panic(err)
 	}
 	return newEngineBlocks(threads, kern, chooseBlocks(readCacheSizes(), kern, threads))
 }

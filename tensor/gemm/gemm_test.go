@@ -338,3 +338,15 @@ func TestPartition(t *testing.T) {
 		}
 	}
 }
+
+func TestSelfCheck(t *testing.T) {
+	for _, kern := range availableKernels() {
+		if err := selfCheck(kern); err != nil {
+			t.Error(err)
+		}
+	}
+	wrong := kernel{name: "wrong", mr: 6, nr: 16, full: kernelGeneric} // a 4×4 kernel posing as 6×16
+	if selfCheck(wrong) == nil {
+		t.Error("self-check passed a wrong kernel")
+	}
+}
