@@ -6,6 +6,30 @@
 // where op(X) = Xᵀ when the matching trans flag is set; A is m×k and B is
 // k×n after op. Transposes are never materialized: packing reads the stored
 // layout directly.
+//
+// Design (BLIS): for each NC-wide column block of B and KC-deep slice, B is
+// packed into NR-column micro-panels; for each MC-row block of A, A is
+// packed into MR-row micro-panels; a register-tiled micro-kernel then
+// computes every MR×NR tile of C with its accumulators in registers,
+// applying alpha and beta on the way out (later K slices accumulate with
+// beta = 1). Edge tiles are zero-padded when packed and computed into a
+// scratch tile whose valid part is merged into C.
+//
+//	kernel   tile    registers                      selected when
+//	avx512   14×32   28 zmm acc + 2 B + 2 broadcast  AVX512F (+VL)
+//	avx2     6×16    12 ymm acc + 2 B + 2 broadcast  AVX2 and FMA
+//	generic  4×4     pure Go                         otherwise, or -tags purego
+//
+// Cache blocks come from cpu0's sysfs cache sizes (chooseBlocks): on a Zen 3
+// core (32 KiB L1d, 512 KiB L2) the AVX2 kernel runs MC=126, KC=256,
+// NC=4096; on Zen 5 (48 KiB, 1 MiB) the AVX-512 kernel runs MC=336, KC=192.
+//
+// Threads: New starts threads-1 worker goroutines; each call splits C into
+// a grid of at most `threads` blocks (rows in multiples of MR, columns in
+// multiples of NR) chosen to minimize packing per worker, and each worker
+// runs the loop nest above on its block with its own pack buffers, so
+// workers never synchronize inside a call. Problems under ~4 MFLOP per
+// thread use fewer threads. Steady-state calls do not allocate.
 package gemm
 
 import (
