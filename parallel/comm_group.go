@@ -217,6 +217,11 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 			g.addrs[i] = t.addr
 		}
 	}
+	for i, a := range g.addrs {
+		if i != g.me && a == t.addr {
+			return nil, fmt.Errorf("parallel: group spec: Addrs: rank %d has this transport's own address %s (one transport per rank)", g.ranks[i], a)
+		}
+	}
 
 	t.mu.Lock()
 	if t.closing {

@@ -182,14 +182,15 @@ type Transport struct {
 	dialOpts []grpc.DialOption
 	served   chan struct{}
 
-	mu      sync.RWMutex
-	closing bool
-	conns   map[string]*outConn
-	groups  map[groupKey]*Group
-	pending map[groupKey][]*wireFrame // frames for groups not created yet
-	jobGen  map[string]uint64         // newest generation created, per job
-	retired map[groupKey]bool         // closed groups: their frames are rejected
-	inbound map[*inStream]bool        // open inbound streams
+	mu       sync.RWMutex
+	closing  bool
+	conns    map[string]*outConn
+	groups   map[groupKey]*Group
+	pending  map[groupKey][]*wireFrame // frames for groups not created yet
+	jobGen   map[string]uint64         // newest generation created, per job
+	retired  map[groupKey]bool         // closed groups: their frames are rejected
+	inbound  map[*inStream]bool        // open inbound streams
+	departed map[string]bool           // peers whose inbound stream ended cleanly
 }
 
 // inStream is an inbound Exchange stream; mu serializes its SendMsg.
@@ -231,17 +232,18 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		}
 	}
 	t := &Transport{
-		opts:    o,
-		log:     o.Logger,
-		lis:     lis,
-		addr:    o.AdvertiseAddr,
-		served:  make(chan struct{}),
-		conns:   map[string]*outConn{},
-		groups:  map[groupKey]*Group{},
-		pending: map[groupKey][]*wireFrame{},
-		jobGen:  map[string]uint64{},
-		retired: map[groupKey]bool{},
-		inbound: map[*inStream]bool{},
+		opts:     o,
+		log:      o.Logger,
+		lis:      lis,
+		addr:     o.AdvertiseAddr,
+		served:   make(chan struct{}),
+		conns:    map[string]*outConn{},
+		groups:   map[groupKey]*Group{},
+		pending:  map[groupKey][]*wireFrame{},
+		jobGen:   map[string]uint64{},
+		retired:  map[groupKey]bool{},
+		inbound:  map[*inStream]bool{},
+		departed: map[string]bool{},
 	}
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
@@ -431,6 +433,28 @@ func (t *Transport) peerLost(addr string, err error) {
 	}
 }
 
+// departureGrace is how long a broken outbound stream waits for the
+// peer's clean goodbye on the inbound one before failing its groups.
+const departureGrace = 250 * time.Millisecond
+
+// hasDeparted reports whether the peer at addr ended its stream to us
+// cleanly (and has not reconnected since).
+func (t *Transport) hasDeparted(addr string) bool {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.departed[addr]
+}
+
+func (t *Transport) setDeparted(addr string, v bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if v {
+		t.departed[addr] = true
+	} else {
+		delete(t.departed, addr)
+	}
+}
+
 // errDeparted marks a connection that ended after the peer's GOODBYE.
 var errDeparted = fmt.Errorf("%w: peer shut down", ErrPeerGone)
 
@@ -594,7 +618,20 @@ func (oc *outConn) fail(err error) {
 	switch {
 	case errors.Is(err, errDeparted):
 		oc.t.peerDeparted(oc.addr)
-	case !errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrClosed):
+	case errors.Is(err, ErrPeerGone):
+		// The stream broke. A peer shutting down normally ends our
+		// inbound stream from it cleanly, but that may be seen a moment
+		// after this; wait for it before calling the peer lost.
+		go func() {
+			time.Sleep(departureGrace)
+			if oc.t.hasDeparted(oc.addr) {
+				oc.t.peerDeparted(oc.addr)
+				return
+			}
+			oc.t.peerLost(oc.addr, err)
+		}()
+	default:
 		oc.t.peerLost(oc.addr, err)
 	}
 }
@@ -716,6 +753,7 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 		return err
 	}
 	from := hello.srcAddr
+	s.t.setDeparted(from, false)
 	in := &inStream{stream: stream}
 	s.t.mu.Lock()
 	s.t.inbound[in] = true
@@ -731,6 +769,7 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 			if errors.Is(err, io.EOF) {
 				// The peer shut down after sending everything, all of
 				// which is in the mailboxes.
+				s.t.setDeparted(from, true)
 				s.t.peerDeparted(from)
 				return nil
 			}
