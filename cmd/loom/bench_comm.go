@@ -18,6 +18,8 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +49,7 @@ type commBenchFlags struct {
 	logFormat  string
 	network    string
 	socketDir  string // set by the parent for --network unix
+	profileDir string
 }
 
 func (f *commBenchFlags) register(fs *flag.FlagSet) {
@@ -68,6 +71,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "output: text (a table) or json (one object per size)")
 	fs.StringVar(&f.network, "network", "tcp", "tcp (loopback) or unix (Unix sockets)")
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
+	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
 }
 
 // args renders the flags for a worker.
@@ -78,7 +82,7 @@ func (f *commBenchFlags) args() []string {
 		"--algo", f.algo, "--codec", f.codec, "--chunk", f.chunk, "--small", f.small,
 		"--window", f.window, "--conn-window", f.connWindow, "--read-buffer", f.readBuf, "--write-buffer", f.writeBuf,
 		"--timeout", f.timeout.String(), "--log-format", f.logFormat,
-		"--network", f.network, "--socket-dir", f.socketDir,
+		"--network", f.network, "--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir,
 	}
 }
 
@@ -432,6 +436,17 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if f.profileDir != "" {
+		pf, err := os.Create(filepath.Join(f.profileDir, fmt.Sprintf("rank%d.pprof", rank)))
+		if err != nil {
+			return fmt.Errorf("comm-worker: %w", err)
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return fmt.Errorf("comm-worker: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cfg.topts.ListenAddr = "127.0.0.1:0"
 	if f.network == "unix" {
 		if f.socketDir == "" {
@@ -499,8 +514,9 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 	elems := int(size / 4)
 	buf := make([]float32, elems)
 	fill := func() {
+		v := float32(g.Rank() + 1)
 		for i := range buf {
-			buf[i] = float32(g.Rank() + 1)
+			buf[i] = v
 		}
 	}
 	fill()
