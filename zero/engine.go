@@ -78,7 +78,6 @@ type Engine struct {
 
 	// per step
 	q        *queue
-	last     bool
 	reducing bool // stage 0: the reducer was started
 	err      error
 	pos      int             // stage 3: index of the next hook in uses
@@ -284,7 +283,7 @@ func (e *Engine) BeginStep(ctx context.Context) {
 // ForwardBackward runs one micro-batch (see model.ForwardBackward); last
 // marks the step's final micro-batch, whose backward finishes the gradients.
 func (e *Engine) ForwardBackward(ctx context.Context, a *model.Acts, tokens, targets []int32, scale float32, last bool) (float64, error) {
-	e.last = last
+
 	var h model.Hooks
 	switch e.stage {
 	case Stage0:
