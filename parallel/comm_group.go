@@ -14,8 +14,8 @@ import (
 // Group defaults, chosen by measurement (see the package doc).
 const (
 	DefaultTimeout    = 60 * time.Second
-	DefaultChunkBytes = 1 << 20
-	DefaultSmallBytes = 64 << 10
+	DefaultChunkBytes = 256 << 10
+	DefaultSmallBytes = 128 << 10
 )
 
 // Algorithm selects the all-reduce algorithm.

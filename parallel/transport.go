@@ -25,8 +25,8 @@ import (
 
 // Transport defaults, chosen by measurement (see the package doc).
 const (
-	DefaultStreamWindowBytes = 32 << 20
-	DefaultConnWindowBytes   = 64 << 20
+	DefaultStreamWindowBytes = 1 << 20
+	DefaultConnWindowBytes   = 2 << 20
 	DefaultWriteBufferBytes  = 1 << 20
 	DefaultReadBufferBytes   = 1 << 20
 	DefaultMaxFrameBytes     = 64 << 20
@@ -122,25 +122,34 @@ func (o TransportOptions) Validate() error {
 // framePool recycles gRPC's receive buffers (one per HTTP/2 DATA frame,
 // at most 16 KiB). Unlike gRPC's default pool it does not zero a buffer on
 // reuse — gRPC overwrites every byte it hands out — and it is not emptied
-// by each GC. Measured: zeroing cost as much CPU as the data copy itself.
-// Safe for concurrent use.
+// by each GC; it hands out the most recently returned buffer first, which
+// is likely still in cache. Measured: zeroing cost as much CPU as the data
+// copy itself. Safe for concurrent use.
 type framePool struct {
-	free chan *[]byte
+	mu   sync.Mutex
+	free []*[]byte // a stack
 }
 
-const framePoolBufBytes = 16 << 10
+const (
+	framePoolBufBytes = 16 << 10
+	framePoolMaxBufs  = 1024
+)
 
-func newFramePool() *framePool { return &framePool{free: make(chan *[]byte, 2048)} }
+func newFramePool() *framePool { return &framePool{} }
 
 // Get returns a buffer of length n; its contents are arbitrary.
 func (p *framePool) Get(n int) *[]byte {
 	if n <= framePoolBufBytes {
-		select {
-		case b := <-p.free:
+		p.mu.Lock()
+		if k := len(p.free); k > 0 {
+			b := p.free[k-1]
+			p.free[k-1] = nil
+			p.free = p.free[:k-1]
+			p.mu.Unlock()
 			*b = (*b)[:n]
 			return b
-		default:
 		}
+		p.mu.Unlock()
 		b := make([]byte, n, framePoolBufBytes)
 		return &b
 	}
@@ -153,10 +162,11 @@ func (p *framePool) Put(b *[]byte) {
 	if cap(*b) != framePoolBufBytes {
 		return
 	}
-	select {
-	case p.free <- b:
-	default:
+	p.mu.Lock()
+	if len(p.free) < framePoolMaxBufs {
+		p.free = append(p.free, b)
 	}
+	p.mu.Unlock()
 }
 
 // groupKey names a process group on the wire.
