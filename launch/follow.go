@@ -22,6 +22,7 @@ import (
 func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io.Writer, jsonLines bool) (*loomv1.JobStatus, error) {
 	var lastMsg string
 	start := time.Now()
+	var lastStep time.Time
 	return c.Watch(ctx, job, func(ev *loomv1.JobEvent) error {
 		if s := ev.GetStatus(); s != nil {
 			line := fmt.Sprintf("%s: %s — %s", s.Name, StateName(s.State), s.Message)
@@ -47,7 +48,18 @@ func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io
 				fmt.Fprintf(w, "%s\n", b)
 				continue
 			}
-			fmt.Fprintln(w, FormatStep(s, totalSteps))
+			// Text lines: the first and last step and at most one a second.
+			if s.Step != 1 && int(s.Step) != totalSteps && time.Since(lastStep) < time.Second {
+				continue
+			}
+			lastStep = time.Now()
+			line := FormatStep(s, totalSteps)
+			if totalSteps > 0 && s.Step > 0 {
+				el := time.Since(start)
+				eta := time.Duration(float64(el) / float64(s.Step) * float64(totalSteps-int(s.Step)))
+				line += fmt.Sprintf(" | elapsed %s | eta %s", el.Round(time.Second), eta.Round(time.Second))
+			}
+			fmt.Fprintln(w, line)
 		}
 		return nil
 	})
