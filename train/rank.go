@@ -59,7 +59,13 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 	if err != nil {
 		return fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
 	}
-	defer tr.Close()
+	// Leave gracefully: peers still finishing the last collective get every
+	// frame this rank sent before its connections close.
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		tr.Shutdown(sctx)
+	}()
 	ranks := make([]int, len(rc.Peers))
 	addrs := map[int]string{}
 	for i, a := range rc.Peers {
