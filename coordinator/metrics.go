@@ -22,6 +22,7 @@ type StepMetrics struct {
 	computeSecs  *prometheus.CounterVec
 	commBytes    *prometheus.CounterVec
 	commSeconds  *prometheus.CounterVec
+	memory       *prometheus.GaugeVec
 }
 
 // NewStepMetrics registers the step metrics with reg (nil: a fresh,
@@ -60,9 +61,12 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 		commSeconds: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "loom_comm_seconds_total", Help: "Seconds spent in communication operations, by operation.",
 		}, []string{"job", "rank", "op"}),
+		memory: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_worker_memory_bytes", Help: "Bytes a rank holds, by kind (params, grads, optimizer, working, comm, activations, runtime).",
+		}, []string{"job", "rank", "kind"}),
 	}
 	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.lr, m.gradNorm,
-		m.computeSecs, m.commBytes, m.commSeconds)
+		m.computeSecs, m.commBytes, m.commSeconds, m.memory)
 	return m
 }
 
@@ -93,6 +97,14 @@ func (m *StepMetrics) AddComm(job string, rank int, op string, bytes int64, seco
 	r := strconv.Itoa(rank)
 	m.commBytes.WithLabelValues(job, r, op).Add(nonNeg(float64(bytes)))
 	m.commSeconds.WithLabelValues(job, r, op).Add(nonNeg(seconds))
+}
+
+// SetMemory records how many bytes of one kind a rank holds.
+func (m *StepMetrics) SetMemory(job string, rank int, kind string, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.memory.WithLabelValues(job, strconv.Itoa(rank), kind).Set(float64(bytes))
 }
 
 func nonNeg(v float64) float64 {

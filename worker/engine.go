@@ -84,6 +84,12 @@ type Metrics struct {
 	rank  int
 }
 
+// SetMemory records the bytes of one kind (params, grads, optimizer, …)
+// this rank holds.
+func (m Metrics) SetMemory(kind string, bytes int64) {
+	m.steps.SetMemory(m.job, m.rank, kind, bytes)
+}
+
 // AddComm records one communication operation of this rank.
 func (m Metrics) AddComm(op string, bytes int64, d time.Duration) {
 	m.steps.AddComm(m.job, m.rank, op, bytes, d.Seconds())

@@ -6,6 +6,7 @@ import (
 
 	"github.com/loomtrain/loom/train"
 	"github.com/loomtrain/loom/worker"
+	"github.com/loomtrain/loom/zero"
 )
 
 // newTrainingEngine returns the engine `loom worker` trains with: one
@@ -19,6 +20,11 @@ func newTrainingEngine() worker.Engine {
 			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,
 			Peers: a.Peers, Listener: a.Listener, Kernels: k,
 			OnComm: a.Metrics.AddComm,
+			OnMemory: func(m zero.Memory) {
+				for _, kb := range m.Kinds() {
+					a.Metrics.SetMemory(kb.Kind, kb.Bytes)
+				}
+			},
 		}, func(s train.Stats) {
 			step := seconds(s.StepSeconds)
 			comm := seconds(s.CommSeconds - s.OverlapSeconds) // exposed communication

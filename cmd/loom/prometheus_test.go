@@ -143,9 +143,18 @@ func TestPrometheusScrapesJob(t *testing.T) {
 			time.Sleep(250 * time.Millisecond)
 		}
 	}
-	for _, q := range []string{`loom_loss`, `loom_learning_rate`, `loom_grad_norm`, `loom_tokens_per_second`, `loom_comm_bytes_total{op="all-reduce"}`} {
-		if v, ok := promQuery(promAddr, "max("+q+")"); !ok || !(v > 0) {
-			t.Errorf("prometheus has no positive %s (got %v, %v)", q, v, ok)
+	// Every target is scraped within an interval or two; wait for the workers' series.
+	for _, q := range []string{`loom_loss`, `loom_learning_rate`, `loom_grad_norm`, `loom_tokens_per_second`,
+		`loom_comm_bytes_total{op="all-reduce"}`, `loom_worker_memory_bytes{kind="params"}`, `loom_worker_memory_bytes{kind="optimizer"}`} {
+		for {
+			v, ok := promQuery(promAddr, "max("+q+")")
+			if ok && v > 0 {
+				break
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("prometheus has no positive %s (got %v, %v)", q, v, ok)
+			}
+			time.Sleep(250 * time.Millisecond)
 		}
 	}
 }
