@@ -32,6 +32,13 @@ func dpLosses(t *testing.T, spec api.JobSpec, dp int) []float64 {
 // it fails the test unless every rank reports the same losses.
 func dpRun(t *testing.T, spec api.JobSpec, dp int, opts ...func(*parallel.GroupSpec)) ([][]Stats, []zero.Memory) {
 	t.Helper()
+	return dpRunSetup(t, spec, dp, nil, opts...)
+}
+
+// dpRunSetup is dpRun with setup called on each rank's trainer before it
+// trains (to enable checkpoints or restore one).
+func dpRunSetup(t *testing.T, spec api.JobSpec, dp int, setup func(rank int, tr *Trainer) error, opts ...func(*parallel.GroupSpec)) ([][]Stats, []zero.Memory) {
+	t.Helper()
 	spec.Parallel.DP = dp
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -81,6 +88,11 @@ func dpRun(t *testing.T, spec api.JobSpec, dp int, opts ...func(*parallel.GroupS
 				return
 			}
 			mem[r] = tr.Memory()
+			if setup != nil {
+				if errs[r] = setup(r, tr); errs[r] != nil {
+					return
+				}
+			}
 			errs[r] = tr.Run(ctx, func(s Stats) { out[r] = append(out[r], s) })
 		}()
 	}

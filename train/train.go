@@ -51,6 +51,9 @@ type Stats struct {
 	// CommBytes is what this rank sent in the step's collectives (see
 	// zero.StepStats).
 	CommBytes int64 `json:"comm_bytes"`
+	// CheckpointSeconds is how long the step loop was blocked after this
+	// step to snapshot a checkpoint (0: none was due).
+	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
 }
 
 // Trainer runs optimizer steps for one rank. It is not safe for concurrent
@@ -76,6 +79,8 @@ type Trainer struct {
 	perRank int // windows per rank per step
 	micro   int
 	seqLen  int
+	ck      *saver         // nil: no periodic checkpoints
+	views   map[string]int // parameter view by name, for checkpoints
 }
 
 // New builds a trainer with freshly initialised weights (seeded by
@@ -236,17 +241,25 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 }
 
 // Run takes steps until train.steps, calling report after each; it stops
-// early when ctx is done.
+// early when ctx is done. With checkpoints enabled it saves after every
+// checkpoint.every steps and, before returning, waits for the last save.
 func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
 	for t.step < t.spec.Train.Steps {
 		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("stopped after step %d: %w", t.step, err)
+			return errors.Join(fmt.Errorf("stopped after step %d: %w", t.step, err), t.ck.wait())
 		}
 		st, err := t.Step(ctx)
 		if err != nil {
-			return err
+			return errors.Join(err, t.ck.wait())
+		}
+		if t.ck != nil && t.step%t.ck.cfg.Every == 0 {
+			d, err := t.ck.save(ctx, t)
+			if err != nil {
+				return err
+			}
+			st.CheckpointSeconds = d.Seconds()
 		}
 		report(st)
 	}
-	return nil
+	return t.ck.wait()
 }
