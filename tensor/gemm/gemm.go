@@ -257,7 +257,13 @@ func (e *Engine) partition(j *job) int {
 // run computes one job serially with the BLIS loop nest: NC columns of B,
 // KC-deep slices, MC rows of A, then NR×MR micro-tiles.
 func (w *worker) run(j *job) {
-	kc0, mc0, nc0 := w.blocks.kc, w.blocks.mc, w.blocks.nc
+	// Equal blocks no larger than the cache blocks: 768 rows as 7×110
+	// rather than 6×126 + 12 keeps the last block from paying a whole
+	// B-panel sweep for two tiles, and K = 1376 as 6×232 avoids a short
+	// final slice. KC stays a multiple of the kernels' ×4 unroll.
+	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, w.blocks.kc)), 4)
+	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, w.blocks.mc)), w.kern.mr)
+	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, w.blocks.nc)), w.kern.nr)
 	for jc := 0; jc < j.n; jc += nc0 {
 		nc := min(nc0, j.n-jc)
 		for pc := 0; pc < j.k; pc += kc0 {
