@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/safetensors"
 	"github.com/loomtrain/loom/tensor"
@@ -131,14 +132,16 @@ type Skipped struct {
 	Err error
 }
 
-// Resolve picks the checkpoint to resume from. which is "latest" (the
+// Resolve picks the checkpoint to resume from. which is "auto" (like
+// latest, but a job directory with no complete checkpoint returns a nil
+// Checkpoint and no error: start fresh), "latest" (the
 // newest complete and verified checkpoint under jobDir; newer incomplete or
 // corrupt ones are returned in skipped, each naming its file and reason)
 // or a step directory. The chosen checkpoint's files are verified against
 // its manifest's SHA-256. Every rank resolving the same files chooses the
 // same checkpoint. A "latest" with nothing usable is ErrNone.
 func Resolve(jobDir, which string) (ck *Checkpoint, skipped []Skipped, err error) {
-	if which != "latest" {
+	if which != "latest" && which != "auto" {
 		ck, err := Open(which)
 		return ck, nil, err
 	}
@@ -158,6 +161,9 @@ func Resolve(jobDir, which string) (ck *Checkpoint, skipped []Skipped, err error
 			continue
 		}
 		return ck, skipped, nil
+	}
+	if which == "auto" {
+		return nil, skipped, nil
 	}
 	return nil, skipped, fmt.Errorf("checkpoint: %s: %w", jobDir, ErrNone)
 }
@@ -320,4 +326,20 @@ func (ck *Checkpoint) Model(k tensor.Kernels) (*model.Model, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// CompareState names what in spec makes a run resumed from st differ from
+// the run that saved it (the data stream or the batch), for warnings; the
+// resume itself goes ahead.
+func CompareState(spec api.JobSpec, st RankState) []string {
+	var notes []string
+	if spec.Data.Seed != st.DataSeed || spec.Data.Shuffle != st.DataShuffle {
+		notes = append(notes, fmt.Sprintf("data.seed/shuffle are %d/%v, the checkpoint's %d/%v: the resumed run sees other windows",
+			spec.Data.Seed, spec.Data.Shuffle, st.DataSeed, st.DataShuffle))
+	}
+	if spec.Train.GlobalBatch != st.GlobalBatch {
+		notes = append(notes, fmt.Sprintf("train.global_batch is %d, the checkpoint's %d: the data position is kept in steps, so the resumed run sees other windows",
+			spec.Train.GlobalBatch, st.GlobalBatch))
+	}
+	return notes
 }

@@ -33,11 +33,11 @@ func SliceKey(kind, name string, start int64) string {
 
 // WriteOptions are hooks for WriteRank.
 type WriteOptions struct {
-	// Fault, when set, is called at named points of the write: "shard-half"
-	// (half the shard's tensors written, nothing renamed into place) and
-	// "written" (both files durable, before returning). Tests use it to
-	// crash a rank at an exact point.
-	Fault func(point string)
+	// Fault, when set, is called at named points of the write of step's
+	// checkpoint: "shard-half" (half the shard's tensors written, nothing
+	// renamed into place) and "written" (both files durable, before
+	// returning). Tests use it to crash a rank at an exact point.
+	Fault func(point string, step int)
 }
 
 // WriteRank writes s as the rank's shard and state files into the partial
@@ -57,7 +57,7 @@ func WriteRank(ctx context.Context, jobDir string, s *Snapshot, opt WriteOptions
 	}
 	fault := func(p string) {
 		if opt.Fault != nil {
-			opt.Fault(p)
+			opt.Fault(p, part.Step)
 		}
 	}
 	hdrs := make([]safetensors.TensorHeader, len(s.Slices))

@@ -54,6 +54,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Now returns the current time (default time.Now); tests may fix it.
 	Now func() time.Time
+	// BeforeCheckpointManifest, when set, runs after a checkpoint's parts
+	// are checked and before its manifest is written; an error abandons
+	// that commit. Tests use it to stop a leader at exactly that point.
+	BeforeCheckpointManifest func(job string, step int64) error
 }
 
 // Coordinator serves the Coordinator gRPC service and, while it is the
@@ -268,7 +272,10 @@ func (c *Coordinator) reconcile(ctx context.Context, leaderKey string, leaderRev
 	for _, p := range snap.Problems {
 		c.log.Warn("coordinator: skipping undecodable key", "err", p)
 	}
-	acts := Decide(snap.Observed)
+	acts, err := c.commitCheckpoints(rctx, Decide(snap.Observed))
+	if err != nil {
+		return err
+	}
 	if err := apply(rctx, c.cfg.Etcd, c.keys, leaderKey, leaderRev, acts, c.cfg.Now().UnixMilli()); err != nil {
 		return err
 	}

@@ -36,6 +36,10 @@ type JobObserved struct {
 	Assignment *loomv1.Assignment
 	// Results of Assignment's generation, by rank.
 	Results map[int]*loomv1.RankResult
+	// Reports are the ranks' checkpoint reports, by step then rank;
+	// Checkpoint is the latest complete checkpoint (nil: none yet).
+	Reports    map[int64]map[int]*loomv1.CheckpointReport
+	Checkpoint *loomv1.CheckpointRecord
 }
 
 // ActionKind says what an Action writes.
@@ -46,6 +50,14 @@ const (
 	PutStatus ActionKind = iota + 1
 	PutAssignment
 	DeleteAssignment
+	// CommitCheckpoint: every rank reported its files of a step; write the
+	// manifest (file I/O before the etcd transaction), then record the
+	// checkpoint and delete the reports.
+	CommitCheckpoint
+	// DropCheckpointReports: the reports of a step that can no longer
+	// complete (its generation ended) or that is not newer than the
+	// latest checkpoint.
+	DropCheckpointReports
 )
 
 func (k ActionKind) String() string {
@@ -56,6 +68,10 @@ func (k ActionKind) String() string {
 		return "put-assignment"
 	case DeleteAssignment:
 		return "delete-assignment"
+	case CommitCheckpoint:
+		return "commit-checkpoint"
+	case DropCheckpointReports:
+		return "drop-checkpoint-reports"
 	}
 	return fmt.Sprintf("ActionKind(%d)", int(k))
 }
@@ -66,6 +82,11 @@ type Action struct {
 	Job        string
 	Status     *loomv1.JobStatus  // PutStatus
 	Assignment *loomv1.Assignment // PutAssignment
+	// Step and Reports (by rank) for the checkpoint actions; Record is
+	// filled in by the leader once CommitCheckpoint's manifest is written.
+	Step    int64
+	Reports []*loomv1.CheckpointReport
+	Record  *loomv1.CheckpointRecord
 }
 
 func (a Action) String() string {
@@ -74,6 +95,8 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s %s %s gen=%d %q", a.Kind, a.Job, a.Status.State, a.Status.Generation, a.Status.Message)
 	case PutAssignment:
 		return fmt.Sprintf("%s %s gen=%d ranks=%d", a.Kind, a.Job, a.Assignment.Generation, len(a.Assignment.Ranks))
+	case CommitCheckpoint, DropCheckpointReports:
+		return fmt.Sprintf("%s %s step=%d ranks=%d", a.Kind, a.Job, a.Step, len(a.Reports))
 	}
 	return fmt.Sprintf("%s %s", a.Kind, a.Job)
 }
@@ -148,6 +171,10 @@ func Decide(o Observed) []Action {
 				acts = append(acts, Action{Kind: PutStatus, Job: d.Name, Status: next})
 			}
 		}
+		// Checkpoints first: a job that just finished has every rank's
+		// report of its last save, and its manifest is written before its
+		// final status.
+		acts = append(acts, decideCheckpoints(j)...)
 		switch {
 		case Terminal(cur.State):
 			deleteAssignment()
@@ -188,6 +215,11 @@ func Decide(o Observed) []Action {
 				CoordinatorVersion: o.Version,
 				SpecYaml:           d.SpecYaml,
 				WorldSize:          d.WorldSize,
+				Resume:             d.Resume,
+			}
+			if a.Generation > 1 {
+				// A restart continues from the newest complete checkpoint.
+				a.Resume = "auto"
 			}
 			for rank, w := range idle[:need] {
 				dp, pp, tp := RankCoords(rank, j.Parallel)

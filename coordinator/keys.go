@@ -61,6 +61,20 @@ func (k Keys) Progress(name string, rank int) string {
 	return fmt.Sprintf("%sprogress/%d", k.Job(name), rank)
 }
 
+// CheckpointReports is the prefix of the ranks' reports of one checkpoint
+// step.
+func (k Keys) CheckpointReports(name string, step int64) string {
+	return fmt.Sprintf("%scheckpoints/%010d/", k.Job(name), step)
+}
+
+// CheckpointReport is the key of one rank's report of a checkpoint step.
+func (k Keys) CheckpointReport(name string, step int64, rank int) string {
+	return fmt.Sprintf("%s%d", k.CheckpointReports(name, step), rank)
+}
+
+// Checkpoint is the key of a job's latest complete checkpoint.
+func (k Keys) Checkpoint(name string) string { return k.Job(name) + "checkpoint" }
+
 // Workers is the prefix of worker registrations.
 func (k Keys) Workers() string { return k.Prefix + "workers/" }
 

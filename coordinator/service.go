@@ -35,7 +35,7 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 	name := spec.Name
 	d := &loomv1.JobDesired{
 		Name: name, SpecYaml: req.SpecYaml, WorldSize: int32(spec.Parallel.WorldSize()),
-		MaxRestarts: req.MaxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(),
+		MaxRestarts: req.MaxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(), Resume: req.Resume,
 	}
 	for attempt := 0; ; attempt++ {
 		job, drev, srev, err := c.readJob(ctx, name)
@@ -56,6 +56,8 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 			clientv3.OpDelete(c.keys.Assignment(name)),
 			clientv3.OpDelete(c.keys.Job(name)+"results/", clientv3.WithPrefix()),
 			clientv3.OpDelete(c.keys.Job(name)+"progress/", clientv3.WithPrefix()),
+			// The previous run's checkpoint reports and record; its files stay.
+			clientv3.OpDelete(c.keys.Checkpoint(name), clientv3.WithPrefix()),
 			clientv3.OpPut(c.keys.Desired(name), Encode(d)),
 		).Commit()
 		if err != nil {

@@ -101,6 +101,26 @@ func readSnapshot(ctx context.Context, cli *clientv3.Client, keys Keys, version 
 				}
 				j.results[gen][rank] = r
 			}
+		case "checkpoints":
+			step, rank, ok := parseGenRank(rest)
+			if !ok {
+				continue
+			}
+			r := &loomv1.CheckpointReport{}
+			if err = Decode(key, kv.Value, r); err == nil {
+				j := acc(name)
+				if j.Reports == nil {
+					j.Reports = map[int64]map[int]*loomv1.CheckpointReport{}
+				}
+				if j.Reports[int64(step)] == nil {
+					j.Reports[int64(step)] = map[int]*loomv1.CheckpointReport{}
+				}
+				j.Reports[int64(step)][rank] = r
+			}
+		case "checkpoint":
+			j := acc(name)
+			j.Checkpoint = &loomv1.CheckpointRecord{}
+			err = Decode(key, kv.Value, j.Checkpoint)
 		case "progress":
 			p := &loomv1.RankProgress{}
 			if err = Decode(key, kv.Value, p); err == nil {
@@ -151,9 +171,6 @@ var ErrNotLeader = errors.New("coordinator: not the leader (election key changed
 // apply writes actions in one transaction fenced on the leader's election
 // key: the writes happen only while that key still has createRev.
 func apply(ctx context.Context, cli *clientv3.Client, keys Keys, leaderKey string, leaderRev int64, acts []Action, nowMs int64) error {
-	if len(acts) == 0 {
-		return nil
-	}
 	var ops []clientv3.Op
 	for _, a := range acts {
 		switch a.Kind {
@@ -164,7 +181,18 @@ func apply(ctx context.Context, cli *clientv3.Client, keys Keys, leaderKey strin
 			ops = append(ops, clientv3.OpPut(keys.Assignment(a.Job), Encode(a.Assignment)))
 		case DeleteAssignment:
 			ops = append(ops, clientv3.OpDelete(keys.Assignment(a.Job)))
+		case CommitCheckpoint:
+			if a.Record == nil {
+				continue // the manifest was not written; nothing to record
+			}
+			ops = append(ops, clientv3.OpPut(keys.Checkpoint(a.Job), Encode(a.Record)),
+				clientv3.OpDelete(keys.CheckpointReports(a.Job, a.Step), clientv3.WithPrefix()))
+		case DropCheckpointReports:
+			ops = append(ops, clientv3.OpDelete(keys.CheckpointReports(a.Job, a.Step), clientv3.WithPrefix()))
 		}
+	}
+	if len(ops) == 0 {
+		return nil
 	}
 	// etcd caps a transaction at 128 operations; each chunk is fenced, and
 	// a partly applied round is finished by the next (Decide is level-

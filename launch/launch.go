@@ -53,6 +53,9 @@ type Options struct {
 	LeaseTTL time.Duration
 	// MaxRestarts is how many generations may end early before the job fails.
 	MaxRestarts int
+	// Resume is where the job starts: "" (fresh), "latest" or a checkpoint
+	// step directory (loomv1.JobDesired.resume).
+	Resume string
 	// Progress receives a line per status change and per step (nil: discard).
 	Progress io.Writer
 	// JSON makes every Progress line a JSON object (see Follow).
@@ -164,10 +167,11 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	defer client.Close()
 	subctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = client.Submit(subctx, specYAML, opts.Source, opts.MaxRestarts)
+	_, err = client.RPC().Submit(subctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: opts.Source,
+		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume})
 	cancel()
 	if err != nil {
-		return err
+		return &api.RPCError{Addr: client.Addr(), Op: "submit", Err: err}
 	}
 	fmt.Fprintf(opts.Progress, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
 		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])

@@ -39,8 +39,19 @@ type RankConfig struct {
 	// from zero.Memory.Kinds.
 	OnMemory func(zero.Memory)
 	// Log, if set, receives one line at start naming the ZeRO stage and
-	// the counted memory by kind.
+	// the counted memory by kind, and the checkpoint lines.
 	Log io.Writer
+	// Resume is what to restore before training: "" (nothing), "latest",
+	// "auto" (the latest complete checkpoint if any) or a step directory
+	// (checkpoint.Resolve).
+	Resume string
+	// ReportCheckpoint, with checkpoint.every > 0, receives the rank's
+	// part of each checkpoint once its files are durable; the coordinator
+	// writes the manifest when every rank has reported. Nil: no
+	// checkpoints are saved.
+	ReportCheckpoint func(ctx context.Context, p checkpoint.RankPart) error
+	// CheckpointWrite holds the checkpoint writer's test hooks.
+	CheckpointWrite checkpoint.WriteOptions
 }
 
 // RunRank trains one data-parallel rank: it serves the data plane on the
@@ -89,6 +100,37 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, DP: g})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	log := rc.Log
+	if log == nil {
+		log = io.Discard
+	}
+	jobDir := checkpoint.JobDir(s)
+	if rc.Resume != "" {
+		start := time.Now()
+		ck, skipped, err := checkpoint.Resolve(jobDir, rc.Resume)
+		for _, sk := range skipped {
+			fmt.Fprintf(log, "rank %d: warning: skipping checkpoint %v\n", rc.Rank, sk.Err)
+		}
+		if err != nil {
+			return fmt.Errorf("rank %d: resume %s: %w", rc.Rank, rc.Resume, err)
+		}
+		if ck != nil {
+			if err := t.Restore(ck); err != nil {
+				return fmt.Errorf("rank %d: resume: %w", rc.Rank, err)
+			}
+			for _, n := range checkpoint.CompareState(s, ck.State) {
+				fmt.Fprintf(log, "rank %d: warning: %s\n", rc.Rank, n)
+			}
+			fmt.Fprintf(log, "rank %d: resumed from %s (step %d, saved with %s) in %v\n",
+				rc.Rank, ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, time.Since(start).Round(time.Millisecond))
+		}
+	}
+	if s.Checkpoint.Every > 0 && rc.ReportCheckpoint != nil {
+		if err := t.EnableCheckpoints(CheckpointConfig{JobDir: jobDir, Every: s.Checkpoint.Every,
+			Report: rc.ReportCheckpoint, Write: rc.CheckpointWrite, Log: log}); err != nil {
+			return fmt.Errorf("rank %d: %w", rc.Rank, err)
+		}
 	}
 	mem := t.Memory()
 	if rc.Log != nil {

@@ -49,6 +49,15 @@ type Assignment struct {
 	Listener net.Listener
 	// Metrics records communication as it happens (see Metrics.AddComm).
 	Metrics Metrics
+	// Resume says what to restore before training: "" (nothing),
+	// "latest", "auto" (the latest complete checkpoint if any) or a
+	// checkpoint step directory.
+	Resume string
+	// ReportCheckpoint tells the coordinator that this rank's files of the
+	// checkpoint of step are durable; part is the rank's part of the
+	// manifest (checkpoint.RankPart as JSON). It fails once the generation
+	// has ended. Nil when the worker has no coordinator (tests).
+	ReportCheckpoint func(ctx context.Context, step int, part []byte) error
 }
 
 // StepStats is one finished optimizer step of one rank.

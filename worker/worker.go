@@ -408,7 +408,7 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
-		err := w.runEngine(rctx, a, rank)
+		err := w.runEngine(rctx, a, rank, assignRev)
 		if rctx.Err() != nil {
 			w.log.Info("worker: rank cancelled", "job", a.Job, "generation", a.Generation, "rank", rank)
 			return
@@ -427,7 +427,7 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 }
 
 // runEngine checks the assignment and calls the engine.
-func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int) (err error) {
+func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, assignRev int64) (err error) {
 	if a.CoordinatorVersion != w.cfg.Version {
 		return &VersionError{Worker: w.cfg.Version, Coordinator: a.CoordinatorVersion, Generation: a.Generation}
 	}
@@ -448,6 +448,10 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int) 
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
 		Metrics: Metrics{steps: w.metrics, job: a.Job, rank: rank},
+		Resume:  a.Resume,
+		ReportCheckpoint: func(ctx context.Context, step int, part []byte) error {
+			return w.reportCheckpoint(ctx, a, rank, assignRev, step, part)
+		},
 	}
 	if asg.Threads <= 0 {
 		asg.Threads = w.cfg.Threads

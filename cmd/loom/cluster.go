@@ -182,7 +182,8 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	var addr string
 	coordinatorFlag(fs, &addr)
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
-	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails")
+	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
+	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -205,11 +206,18 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("submit: %w", err)
 	}
 	defer c.Close()
+	if *resume != "" {
+		// Checked here too, so a missing checkpoint fails before the job
+		// is scheduled (the workers see the same filesystem).
+		if err := checkResumable(env, spec, *resume); err != nil {
+			return fmt.Errorf("submit: --resume %s: %w", *resume, err)
+		}
+	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = c.Submit(sctx, src, pos[0], *maxRestarts)
+	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts), Resume: *resume})
 	cancel()
 	if err != nil {
-		return err
+		return &api.RPCError{Addr: c.Addr(), Op: "submit", Err: err}
 	}
 	fmt.Fprintf(env.stdout, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
 	if *detach {

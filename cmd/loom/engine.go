@@ -2,8 +2,15 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/train"
 	"github.com/loomtrain/loom/worker"
 	"github.com/loomtrain/loom/zero"
@@ -16,7 +23,7 @@ func newTrainingEngine() worker.Engine {
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		k, closeK := newKernels(a.Threads)
 		defer closeK()
-		return train.RunRank(ctx, train.RankConfig{
+		rc := train.RankConfig{
 			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,
 			Peers: a.Peers, Listener: a.Listener, Kernels: k,
 			OnComm: a.Metrics.AddComm,
@@ -25,7 +32,20 @@ func newTrainingEngine() worker.Engine {
 					a.Metrics.SetMemory(kb.Kind, kb.Bytes)
 				}
 			},
-		}, func(s train.Stats) {
+			Log:             os.Stderr,
+			Resume:          a.Resume,
+			CheckpointWrite: checkpoint.WriteOptions{Fault: testCheckpointFault(a.Rank, a.Generation)},
+		}
+		if a.ReportCheckpoint != nil {
+			rc.ReportCheckpoint = func(ctx context.Context, p checkpoint.RankPart) error {
+				b, err := json.Marshal(p)
+				if err != nil {
+					return err
+				}
+				return a.ReportCheckpoint(ctx, p.Step, b)
+			}
+		}
+		return train.RunRank(ctx, rc, func(s train.Stats) {
 			step := seconds(s.StepSeconds)
 			comm := seconds(s.CommSeconds - s.OverlapSeconds) // exposed communication
 			report(worker.StepStats{
@@ -34,6 +54,26 @@ func newTrainingEngine() worker.Engine {
 			})
 		})
 	})
+}
+
+// testCheckpointFault reads LOOM_TEST_CHECKPOINT_KILL=POINT:STEP:RANK
+// (fault tests only): the worker running RANK of generation 1 kills itself
+// with SIGKILL when its writer of the checkpoint of STEP reaches POINT
+// ("shard-half": half its shard written, nothing renamed into place;
+// "written": files durable, not yet reported).
+func testCheckpointFault(rank int, gen uint64) func(string, int) {
+	f := strings.Split(os.Getenv("LOOM_TEST_CHECKPOINT_KILL"), ":")
+	if len(f) != 3 || gen != 1 || f[2] != strconv.Itoa(rank) {
+		return nil
+	}
+	point, step := f[0], f[1]
+	return func(p string, s int) {
+		if p == point && strconv.Itoa(s) == step {
+			fmt.Fprintf(os.Stderr, "LOOM_TEST_CHECKPOINT_KILL: rank %d kills itself at %s\n", rank, p)
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

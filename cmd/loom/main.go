@@ -36,6 +36,7 @@ func commands() map[string]command {
 		"sample":      {summary: "generate text from a model", run: cmdSample},
 		"export":      {summary: "write a model as a Hugging Face LLaMA directory", run: cmdExport},
 		"bench":       {summary: "measure kernels, training steps and collectives", run: cmdBench},
+		"checkpoints": {summary: "list sharded checkpoints: step, time, layout, size, complete and verified", run: cmdCheckpoints},
 		"plan":        {summary: "estimate per-worker memory under each ZeRO stage and say which fit", run: cmdPlan},
 		"version":     {summary: "print the Loom version", run: cmdVersion},
 		"coordinator": {summary: "serve the coordinator (control plane) for multi-node jobs", run: cmdCoordinator},

@@ -28,6 +28,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	initDir := fs.String("init", "", "start from the weights of a Hugging Face LLaMA `DIR` (config.json + model.safetensors)")
 	sampleTokens := fs.Int("sample-tokens", 200, "tokens of text to generate after training (0: none)")
 	prompt := fs.String("prompt", "func ", "prompt of the final sample")
+	resume := fs.String("resume", "", "continue from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME; newer broken ones are skipped with a warning) or a step directory")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -51,13 +52,18 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		if *initDir != "" {
 			return errors.New("run: --init is supported only for world size 1 so far")
 		}
+		if *resume != "" {
+			if err := checkResumable(env, spec, *resume); err != nil {
+				return fmt.Errorf("run: --resume %s: %w", *resume, err)
+			}
+		}
 		src, err := os.ReadFile(pos[0])
 		if err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
 		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
-			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr}); err != nil {
+			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr, Resume: *resume}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
@@ -89,6 +95,26 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
+	if *initDir != "" && *resume != "" {
+		return errors.New("run: --init and --resume exclude each other: --resume restores the weights and the optimizer")
+	}
+	if *resume != "" {
+		if err := resumeTrainer(env, tr, spec, *resume); err != nil {
+			return fmt.Errorf("run: --resume %s: %w", *resume, err)
+		}
+	}
+	var ck ckTotals
+	if spec.Checkpoint.Every > 0 {
+		src, err := os.ReadFile(pos[0])
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+		jobDir := checkpoint.JobDir(spec)
+		if err := tr.EnableCheckpoints(train.CheckpointConfig{JobDir: jobDir, Every: spec.Checkpoint.Every, SpecYAML: src,
+			Report: train.CommitLocal(jobDir, spec.Checkpoint.Keep, env.stderr)}); err != nil {
+			return fmt.Errorf("run: %w", err)
+		}
+	}
 	if *initDir != "" {
 		src, err := checkpoint.LoadModel(*initDir, k, spec.Model.SeqLen)
 		if err != nil {
@@ -106,7 +132,14 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
-	runErr := tr.Run(ctx, prog.Report)
+	runErr := tr.Run(ctx, func(s train.Stats) {
+		ck.add(s)
+		prog.Report(s)
+	})
+	if spec.Checkpoint.Every > 0 {
+		b, secs := tr.SaveStats()
+		ck.print(env, b, secs)
+	}
 	if tr.StepsDone() == 0 {
 		return fmt.Errorf("run: %w", runErr)
 	}
@@ -122,6 +155,87 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		return printSample(env, tr.Model, *prompt, *sampleTokens)
 	}
 	return nil
+}
+
+// checkResumable resolves a --resume argument for a multi-worker run
+// before starting it, so a missing checkpoint fails at once; the workers
+// resolve it again (the same files give the same choice).
+func checkResumable(env *cmdEnv, spec api.JobSpec, which string) error {
+	ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), which)
+	warnSkipped(env, skipped)
+	if err != nil {
+		return err
+	}
+	if err := checkpoint.CompareConfigs(checkpoint.ModelConfig(spec.Model), ck.Manifest.Model.Config()); err != nil {
+		return fmt.Errorf("%s: %w", ck.Dir, err)
+	}
+	fmt.Fprintf(env.stderr, "loom: resuming from %s (step %d, saved with %s)\n", ck.Dir, ck.Manifest.Step, ck.Manifest.Layout)
+	return nil
+}
+
+// resumeTrainer resolves which ("latest" or a step directory) under the
+// job's checkpoint directory and restores tr from it.
+func resumeTrainer(env *cmdEnv, tr *train.Trainer, spec api.JobSpec, which string) error {
+	start := time.Now()
+	ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), which)
+	warnSkipped(env, skipped)
+	if err != nil {
+		return err
+	}
+	if err := tr.Restore(ck); err != nil {
+		return err
+	}
+	for _, n := range checkpoint.CompareState(spec, ck.State) {
+		fmt.Fprintf(env.stderr, "loom: warning: %s\n", n)
+	}
+	fmt.Fprintf(env.stderr, "loom: resumed from %s (step %d, saved with %s, %s) in %v\n",
+		ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, humanBytes(ck.Manifest.Bytes), time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func warnSkipped(env *cmdEnv, skipped []checkpoint.Skipped) {
+	for _, s := range skipped {
+		fmt.Fprintf(env.stderr, "loom: warning: skipping checkpoint %v\n", s.Err)
+	}
+}
+
+// ckTotals adds up the step loop's checkpoint stalls.
+type ckTotals struct {
+	saves          int
+	blocked, steps float64
+}
+
+func (c *ckTotals) add(s train.Stats) {
+	c.steps += s.StepSeconds
+	if s.CheckpointSeconds > 0 {
+		c.saves++
+		c.blocked += s.CheckpointSeconds
+	}
+}
+
+func (c *ckTotals) print(env *cmdEnv, bytes int64, writeSecs float64) {
+	if c.saves == 0 {
+		return
+	}
+	rate := 0.0
+	if writeSecs > 0 {
+		rate = float64(bytes) / 1e6 / writeSecs
+	}
+	fmt.Fprintf(env.stderr, "loom: checkpoints: %d saved, %s written in the background at %.0f MB/s; the step loop was blocked %.1f ms per save (%.2f%% of step time)\n",
+		c.saves, humanBytes(bytes), rate, 1e3*c.blocked/float64(c.saves), 100*c.blocked/max(c.steps, 1e-9))
+}
+
+// humanBytes renders n bytes with a binary suffix.
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 // printSample prints a continuation of prompt by the trained model.

@@ -107,8 +107,12 @@ type JobDesired struct {
 	Stop            bool   `protobuf:"varint,5,opt,name=stop,proto3" json:"stop,omitempty"`
 	StopReason      string `protobuf:"bytes,6,opt,name=stop_reason,json=stopReason,proto3" json:"stop_reason,omitempty"`
 	SubmittedUnixMs int64  `protobuf:"varint,7,opt,name=submitted_unix_ms,json=submittedUnixMs,proto3" json:"submitted_unix_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// resume is where the first generation starts: "" (fresh), "latest" (the
+	// newest complete checkpoint under checkpoint.dir/NAME) or a step
+	// directory. Later generations (restarts) resume from the latest.
+	Resume        string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobDesired) Reset() {
@@ -188,6 +192,13 @@ func (x *JobDesired) GetSubmittedUnixMs() int64 {
 		return x.SubmittedUnixMs
 	}
 	return 0
+}
+
+func (x *JobDesired) GetResume() string {
+	if x != nil {
+		return x.Resume
+	}
+	return ""
 }
 
 // RankInfo is one rank of a generation.
@@ -305,7 +316,10 @@ type Assignment struct {
 	SpecYaml           []byte `protobuf:"bytes,4,opt,name=spec_yaml,json=specYaml,proto3" json:"spec_yaml,omitempty"`
 	WorldSize          int32  `protobuf:"varint,5,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
 	// ranks is ordered by rank.
-	Ranks         []*RankInfo `protobuf:"bytes,6,rep,name=ranks,proto3" json:"ranks,omitempty"`
+	Ranks []*RankInfo `protobuf:"bytes,6,rep,name=ranks,proto3" json:"ranks,omitempty"`
+	// resume tells the ranks what to restore: "" (nothing), "latest", "auto"
+	// (the latest complete checkpoint if there is one) or a step directory.
+	Resume        string `protobuf:"bytes,7,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -382,6 +396,182 @@ func (x *Assignment) GetRanks() []*RankInfo {
 	return nil
 }
 
+func (x *Assignment) GetResume() string {
+	if x != nil {
+		return x.Resume
+	}
+	return ""
+}
+
+// CheckpointReport is one rank's report that its files of a checkpoint
+// are durable (etcd: jobs/NAME/checkpoints/STEP/RANK, written by the
+// rank's worker while its generation's assignment holds). When every rank
+// of a generation has reported a step, the leader writes the manifest.
+type CheckpointReport struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Step       int64                  `protobuf:"varint,3,opt,name=step,proto3" json:"step,omitempty"`
+	Rank       int32                  `protobuf:"varint,4,opt,name=rank,proto3" json:"rank,omitempty"`
+	WorldSize  int32                  `protobuf:"varint,5,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
+	// part_json is the rank's part of the manifest: checkpoint.RankPart as
+	// JSON (its files with sizes, SHA-256 and the tensor slices they hold).
+	PartJson      []byte `protobuf:"bytes,6,opt,name=part_json,json=partJson,proto3" json:"part_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointReport) Reset() {
+	*x = CheckpointReport{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointReport) ProtoMessage() {}
+
+func (x *CheckpointReport) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointReport.ProtoReflect.Descriptor instead.
+func (*CheckpointReport) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CheckpointReport) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *CheckpointReport) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *CheckpointReport) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *CheckpointReport) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *CheckpointReport) GetWorldSize() int32 {
+	if x != nil {
+		return x.WorldSize
+	}
+	return 0
+}
+
+func (x *CheckpointReport) GetPartJson() []byte {
+	if x != nil {
+		return x.PartJson
+	}
+	return nil
+}
+
+// CheckpointRecord is a job's latest complete checkpoint (etcd:
+// jobs/NAME/checkpoint, written by the leader after the manifest).
+type CheckpointRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Step  int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	// dir is the checkpoint's step directory.
+	Dir             string `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Generation      uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	CommittedUnixMs int64  `protobuf:"varint,5,opt,name=committed_unix_ms,json=committedUnixMs,proto3" json:"committed_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *CheckpointRecord) Reset() {
+	*x = CheckpointRecord{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointRecord) ProtoMessage() {}
+
+func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointRecord.ProtoReflect.Descriptor instead.
+func (*CheckpointRecord) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CheckpointRecord) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *CheckpointRecord) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *CheckpointRecord) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *CheckpointRecord) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *CheckpointRecord) GetCommittedUnixMs() int64 {
+	if x != nil {
+		return x.CommittedUnixMs
+	}
+	return 0
+}
+
 // Failure records why a generation ended early.
 type Failure struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -399,7 +589,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +601,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +614,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{3}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Failure) GetGeneration() uint64 {
@@ -494,7 +684,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -506,7 +696,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -519,7 +709,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobStatus) GetName() string {
@@ -610,7 +800,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -622,7 +812,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -635,7 +825,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -704,7 +894,7 @@ type RankResult struct {
 
 func (x *RankResult) Reset() {
 	*x = RankResult{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +906,7 @@ func (x *RankResult) String() string {
 func (*RankResult) ProtoMessage() {}
 
 func (x *RankResult) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +919,7 @@ func (x *RankResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankResult.ProtoReflect.Descriptor instead.
 func (*RankResult) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RankResult) GetJob() string {
@@ -793,7 +983,7 @@ type CommStat struct {
 
 func (x *CommStat) Reset() {
 	*x = CommStat{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +995,7 @@ func (x *CommStat) String() string {
 func (*CommStat) ProtoMessage() {}
 
 func (x *CommStat) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +1008,7 @@ func (x *CommStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommStat.ProtoReflect.Descriptor instead.
 func (*CommStat) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CommStat) GetOp() string {
@@ -860,7 +1050,7 @@ type StepStats struct {
 
 func (x *StepStats) Reset() {
 	*x = StepStats{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1062,7 @@ func (x *StepStats) String() string {
 func (*StepStats) ProtoMessage() {}
 
 func (x *StepStats) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1075,7 @@ func (x *StepStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStats.ProtoReflect.Descriptor instead.
 func (*StepStats) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StepStats) GetStep() int64 {
@@ -967,7 +1157,7 @@ type RankProgress struct {
 
 func (x *RankProgress) Reset() {
 	*x = RankProgress{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1169,7 @@ func (x *RankProgress) String() string {
 func (*RankProgress) ProtoMessage() {}
 
 func (x *RankProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1182,7 @@ func (x *RankProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankProgress.ProtoReflect.Descriptor instead.
 func (*RankProgress) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RankProgress) GetJob() string {
@@ -1050,7 +1240,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1252,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1265,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Job) GetStatus() *JobStatus {
@@ -1103,15 +1293,17 @@ type SubmitRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpecYaml []byte                 `protobuf:"bytes,1,opt,name=spec_yaml,json=specYaml,proto3" json:"spec_yaml,omitempty"`
 	// source names the spec in errors (a file name).
-	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
-	MaxRestarts   int32  `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
+	Source      string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	MaxRestarts int32  `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
+	// resume: see JobDesired.resume.
+	Resume        string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1315,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1328,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SubmitRequest) GetSpecYaml() []byte {
@@ -1160,6 +1352,13 @@ func (x *SubmitRequest) GetMaxRestarts() int32 {
 	return 0
 }
 
+func (x *SubmitRequest) GetResume() string {
+	if x != nil {
+		return x.Resume
+	}
+	return ""
+}
+
 type SubmitResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1169,7 +1368,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1380,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1393,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubmitResponse) GetJob() *Job {
@@ -1213,7 +1412,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1225,7 +1424,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1238,7 +1437,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetRequest) GetName() string {
@@ -1256,7 +1455,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1467,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1480,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 type ListResponse struct {
@@ -1293,7 +1492,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1504,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1517,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListResponse) GetJobs() []*Job {
@@ -1338,7 +1537,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1549,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1562,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StopRequest) GetName() string {
@@ -1389,7 +1588,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +1600,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +1613,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StopResponse) GetJob() *Job {
@@ -1433,7 +1632,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1644,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1657,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1482,7 +1681,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1693,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1706,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -1559,7 +1758,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1770,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1783,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 type InfoResponse struct {
@@ -1603,7 +1802,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1814,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1827,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -1682,7 +1881,7 @@ type ReportStepsRequest struct {
 
 func (x *ReportStepsRequest) Reset() {
 	*x = ReportStepsRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1893,7 @@ func (x *ReportStepsRequest) String() string {
 func (*ReportStepsRequest) ProtoMessage() {}
 
 func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1906,7 @@ func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsRequest.ProtoReflect.Descriptor instead.
 func (*ReportStepsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ReportStepsRequest) GetProgress() *RankProgress {
@@ -1725,7 +1924,7 @@ type ReportStepsResponse struct {
 
 func (x *ReportStepsResponse) Reset() {
 	*x = ReportStepsResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1936,7 @@ func (x *ReportStepsResponse) String() string {
 func (*ReportStepsResponse) ProtoMessage() {}
 
 func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,14 +1949,14 @@ func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsResponse.ProtoReflect.Descriptor instead.
 func (*ReportStepsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\xe0\x01\n" +
+	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\xf8\x01\n" +
 	"\n" +
 	"JobDesired\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1768,7 +1967,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04stop\x18\x05 \x01(\bR\x04stop\x12\x1f\n" +
 	"\vstop_reason\x18\x06 \x01(\tR\n" +
 	"stopReason\x12*\n" +
-	"\x11submitted_unix_ms\x18\a \x01(\x03R\x0fsubmittedUnixMs\"\xad\x01\n" +
+	"\x11submitted_unix_ms\x18\a \x01(\x03R\x0fsubmittedUnixMs\x12\x16\n" +
+	"\x06resume\x18\b \x01(\tR\x06resume\"\xad\x01\n" +
 	"\bRankInfo\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -1777,7 +1977,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x02pp\x18\x05 \x01(\x05R\x02pp\x12\x0e\n" +
 	"\x02tp\x18\x06 \x01(\x05R\x02tp\x12\x18\n" +
 	"\athreads\x18\a \x01(\x05R\athreads\x12\x12\n" +
-	"\x04host\x18\b \x01(\tR\x04host\"\xd4\x01\n" +
+	"\x04host\x18\b \x01(\tR\x04host\"\xec\x01\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -1788,7 +1988,26 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\tspec_yaml\x18\x04 \x01(\fR\bspecYaml\x12\x1d\n" +
 	"\n" +
 	"world_size\x18\x05 \x01(\x05R\tworldSize\x12'\n" +
-	"\x05ranks\x18\x06 \x03(\v2\x11.loom.v1.RankInfoR\x05ranks\"\x9a\x01\n" +
+	"\x05ranks\x18\x06 \x03(\v2\x11.loom.v1.RankInfoR\x05ranks\x12\x16\n" +
+	"\x06resume\x18\a \x01(\tR\x06resume\"\xa8\x01\n" +
+	"\x10CheckpointReport\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\x03R\x04step\x12\x12\n" +
+	"\x04rank\x18\x04 \x01(\x05R\x04rank\x12\x1d\n" +
+	"\n" +
+	"world_size\x18\x05 \x01(\x05R\tworldSize\x12\x1b\n" +
+	"\tpart_json\x18\x06 \x01(\fR\bpartJson\"\x96\x01\n" +
+	"\x10CheckpointRecord\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\x12*\n" +
+	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\x9a\x01\n" +
 	"\aFailure\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -1860,11 +2079,12 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x03Job\x12*\n" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusR\x06status\x12-\n" +
 	"\x06latest\x18\x02 \x03(\v2\x15.loom.v1.RankProgressR\x06latest\x12\x1b\n" +
-	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"g\n" +
+	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x7f\n" +
 	"\rSubmitRequest\x12\x1b\n" +
 	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12!\n" +
-	"\fmax_restarts\x18\x03 \x01(\x05R\vmaxRestarts\"0\n" +
+	"\fmax_restarts\x18\x03 \x01(\x05R\vmaxRestarts\x12\x16\n" +
+	"\x06resume\x18\x04 \x01(\tR\x06resume\"0\n" +
 	"\x0eSubmitResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\" \n" +
 	"\n" +
@@ -1927,63 +2147,65 @@ func file_loom_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_loom_v1_coordinator_proto_goTypes = []any{
 	(JobState)(0),               // 0: loom.v1.JobState
 	(*JobDesired)(nil),          // 1: loom.v1.JobDesired
 	(*RankInfo)(nil),            // 2: loom.v1.RankInfo
 	(*Assignment)(nil),          // 3: loom.v1.Assignment
-	(*Failure)(nil),             // 4: loom.v1.Failure
-	(*JobStatus)(nil),           // 5: loom.v1.JobStatus
-	(*WorkerInfo)(nil),          // 6: loom.v1.WorkerInfo
-	(*RankResult)(nil),          // 7: loom.v1.RankResult
-	(*CommStat)(nil),            // 8: loom.v1.CommStat
-	(*StepStats)(nil),           // 9: loom.v1.StepStats
-	(*RankProgress)(nil),        // 10: loom.v1.RankProgress
-	(*Job)(nil),                 // 11: loom.v1.Job
-	(*SubmitRequest)(nil),       // 12: loom.v1.SubmitRequest
-	(*SubmitResponse)(nil),      // 13: loom.v1.SubmitResponse
-	(*GetRequest)(nil),          // 14: loom.v1.GetRequest
-	(*ListRequest)(nil),         // 15: loom.v1.ListRequest
-	(*ListResponse)(nil),        // 16: loom.v1.ListResponse
-	(*StopRequest)(nil),         // 17: loom.v1.StopRequest
-	(*StopResponse)(nil),        // 18: loom.v1.StopResponse
-	(*WatchRequest)(nil),        // 19: loom.v1.WatchRequest
-	(*JobEvent)(nil),            // 20: loom.v1.JobEvent
-	(*InfoRequest)(nil),         // 21: loom.v1.InfoRequest
-	(*InfoResponse)(nil),        // 22: loom.v1.InfoResponse
-	(*ReportStepsRequest)(nil),  // 23: loom.v1.ReportStepsRequest
-	(*ReportStepsResponse)(nil), // 24: loom.v1.ReportStepsResponse
+	(*CheckpointReport)(nil),    // 4: loom.v1.CheckpointReport
+	(*CheckpointRecord)(nil),    // 5: loom.v1.CheckpointRecord
+	(*Failure)(nil),             // 6: loom.v1.Failure
+	(*JobStatus)(nil),           // 7: loom.v1.JobStatus
+	(*WorkerInfo)(nil),          // 8: loom.v1.WorkerInfo
+	(*RankResult)(nil),          // 9: loom.v1.RankResult
+	(*CommStat)(nil),            // 10: loom.v1.CommStat
+	(*StepStats)(nil),           // 11: loom.v1.StepStats
+	(*RankProgress)(nil),        // 12: loom.v1.RankProgress
+	(*Job)(nil),                 // 13: loom.v1.Job
+	(*SubmitRequest)(nil),       // 14: loom.v1.SubmitRequest
+	(*SubmitResponse)(nil),      // 15: loom.v1.SubmitResponse
+	(*GetRequest)(nil),          // 16: loom.v1.GetRequest
+	(*ListRequest)(nil),         // 17: loom.v1.ListRequest
+	(*ListResponse)(nil),        // 18: loom.v1.ListResponse
+	(*StopRequest)(nil),         // 19: loom.v1.StopRequest
+	(*StopResponse)(nil),        // 20: loom.v1.StopResponse
+	(*WatchRequest)(nil),        // 21: loom.v1.WatchRequest
+	(*JobEvent)(nil),            // 22: loom.v1.JobEvent
+	(*InfoRequest)(nil),         // 23: loom.v1.InfoRequest
+	(*InfoResponse)(nil),        // 24: loom.v1.InfoResponse
+	(*ReportStepsRequest)(nil),  // 25: loom.v1.ReportStepsRequest
+	(*ReportStepsResponse)(nil), // 26: loom.v1.ReportStepsResponse
 }
 var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	2,  // 0: loom.v1.Assignment.ranks:type_name -> loom.v1.RankInfo
 	0,  // 1: loom.v1.JobStatus.state:type_name -> loom.v1.JobState
 	2,  // 2: loom.v1.JobStatus.ranks:type_name -> loom.v1.RankInfo
-	4,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
-	8,  // 4: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
-	9,  // 5: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
-	5,  // 6: loom.v1.Job.status:type_name -> loom.v1.JobStatus
-	10, // 7: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
-	11, // 8: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
-	11, // 9: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
-	11, // 10: loom.v1.StopResponse.job:type_name -> loom.v1.Job
-	5,  // 11: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
-	10, // 12: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
-	10, // 13: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
-	12, // 14: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
-	14, // 15: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
-	15, // 16: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
-	17, // 17: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
-	19, // 18: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
-	21, // 19: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
-	23, // 20: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
-	13, // 21: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
-	11, // 22: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
-	16, // 23: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
-	18, // 24: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
-	20, // 25: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
-	22, // 26: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
-	24, // 27: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
+	6,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
+	10, // 4: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
+	11, // 5: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
+	7,  // 6: loom.v1.Job.status:type_name -> loom.v1.JobStatus
+	12, // 7: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
+	13, // 8: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
+	13, // 9: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
+	13, // 10: loom.v1.StopResponse.job:type_name -> loom.v1.Job
+	7,  // 11: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
+	12, // 12: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
+	12, // 13: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
+	14, // 14: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
+	16, // 15: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
+	17, // 16: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
+	19, // 17: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
+	21, // 18: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
+	23, // 19: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
+	25, // 20: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
+	15, // 21: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
+	13, // 22: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
+	18, // 23: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
+	20, // 24: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
+	22, // 25: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
+	24, // 26: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
+	26, // 27: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
 	21, // [21:28] is the sub-list for method output_type
 	14, // [14:21] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
@@ -1996,7 +2218,7 @@ func file_loom_v1_coordinator_proto_init() {
 	if File_loom_v1_coordinator_proto != nil {
 		return
 	}
-	file_loom_v1_coordinator_proto_msgTypes[19].OneofWrappers = []any{
+	file_loom_v1_coordinator_proto_msgTypes[21].OneofWrappers = []any{
 		(*JobEvent_Status)(nil),
 		(*JobEvent_Progress)(nil),
 	}
@@ -2006,7 +2228,7 @@ func file_loom_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_coordinator_proto_rawDesc), len(file_loom_v1_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
