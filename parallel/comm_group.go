@@ -15,7 +15,7 @@ import (
 const (
 	DefaultTimeout    = 60 * time.Second
 	DefaultChunkBytes = 256 << 10
-	DefaultSmallBytes = 128 << 10
+	DefaultSmallBytes = 256 << 10
 )
 
 // Algorithm selects the all-reduce algorithm.
@@ -548,6 +548,10 @@ func (g *Group) begin(ctx context.Context, name string, op loomv1.CollectiveOp, 
 		return nil, err
 	}
 	g.opMu.Lock()
+	if err := g.failure(name); err != nil { // failed while we waited our turn
+		g.opMu.Unlock()
+		return nil, err
+	}
 	g.seq++
 	return &call{
 		g: g, ctx: ctx, name: name,

@@ -67,7 +67,11 @@
 //
 // AllReduce uses recursive doubling (⌈log2 n⌉ rounds; non-powers of two
 // fold the extra ranks in first) up to GroupSpec.SmallBytes and a ring
-// above: reduce-scatter then all-gather, 2(n−1) steps, each chunk
+// above. The switch point, 256 KiB, is measured (`loom bench allreduce
+// --algo rd|ring`, best of two): with 2 ranks recursive doubling took 455
+// µs at 256 KiB against the ring's 568, and 1315 µs at 512 KiB against 860;
+// with 4 ranks 2308 against 2825 at 256 KiB and 4265 against 3022 at 512
+// KiB. The ring is reduce-scatter then all-gather, 2(n−1) steps, each chunk
 // (GroupSpec.ChunkBytes) forwarded as soon as it is reduced, with a sender
 // goroutine so that writing one chunk overlaps reducing the next.
 // ReduceScatter and AllGather are the two halves of the ring. Broadcast
