@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -281,9 +282,18 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		cancel() // kills any worker still running
 		wg.Wait()
 	}()
+	// More ranks than cores: one scheduler thread per worker, as one-rank-
+	// per-core MPI runs do; measured ~20% faster at 4 ranks on 2 cores.
+	procs := ""
+	if os.Getenv("GOMAXPROCS") == "" && cfg.ranks > runtime.NumCPU() {
+		procs = "GOMAXPROCS=1"
+	}
 	for r := range cfg.ranks {
 		cmd := exec.CommandContext(ctx, exe, append([]string{"comm-worker", "--kind", kind, "--rank", strconv.Itoa(r)}, f.args()...)...)
 		cmd.Stderr = env.stderr
+		if procs != "" {
+			cmd.Env = append(os.Environ(), procs)
+		}
 		cmd.WaitDelay = 2 * time.Second
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
@@ -334,8 +344,8 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		}()
 	}
 	if !cfg.jsonOut {
-		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, %s, codec %s, algo %s, GB/s = 1e9 B/s\n",
-			kind, cfg.op, cfg.ranks, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce)
+		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, %s, codec %s, algo %s, GB/s = 1e9 B/s %s\n",
+			kind, cfg.op, cfg.ranks, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce, procs)
 		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)")
 	}
 	for range cfg.sizes {
