@@ -16,6 +16,8 @@
 //	jobs/NAME/assignment                Assignment     leader only (fenced)       while a generation runs
 //	jobs/NAME/results/GEN/RANK          RankResult     the rank's worker          until resubmitted
 //	jobs/NAME/progress/RANK             RankProgress   coordinator (ReportSteps)  until resubmitted
+//	jobs/NAME/checkpoints/STEP/RANK     CheckpointReport the rank's worker        until committed or dropped
+//	jobs/NAME/checkpoint                CheckpointRecord leader only (fenced)     until resubmitted
 //	workers/ID                          WorkerInfo     the worker                 its session lease
 //	election/...                        leader's addr  concurrency.Election       the leader's lease
 //
@@ -37,5 +39,13 @@
 // result (SUCCEEDED), when a rank's worker lease expires or its engine
 // fails (WAITING for a restart while max_restarts allows, else FAILED), or
 // when the job is stopped (STOPPED). Ending a generation deletes its
-// assignment, which cancels the engines of the remaining ranks.
+// assignment, which cancels the engines of the remaining ranks. A restart
+// (generation > 1) resumes from the newest complete checkpoint.
+//
+// # Checkpoints
+//
+// Ranks save at deterministic step boundaries and report their durable
+// files under checkpoints/STEP/RANK; when every rank of a generation has
+// reported a step, the leader writes the manifest, then records checkpoint
+// and deletes the reports (coordinator/checkpoint.go, docs/checkpoints.md).
 package coordinator
