@@ -22,9 +22,11 @@ $(CORPUS): | build
 run: build $(CORPUS)
 	$(BIN) run $(JOB)
 
-# The whole suite: lint, then every package's tests under the race detector.
+# The whole suite: lint, every package's tests under the race detector, and
+# the kernels again on their pure-Go path (the fallback for CPUs without AVX2).
 test: setup lint
 	$(GO) test -race -timeout 20m ./...
+	$(GO) test -tags purego ./tensor/...
 
 test-short: lint
 	$(GO) test -short ./...

@@ -1,0 +1,92 @@
+#!/usr/bin/python3
+"""`make bench`: Loom against the anchors of ../shared/bench, side by side.
+
+Runs, back to back in this one script, each Loom benchmark and the matching
+reference, and prints their ratio:
+  - SGEMM GFLOP/s: `loom bench gemm` vs OpenBLAS (sgemm_openblas.c, with
+    OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset so OpenBLAS picks its best kernel);
+  - training tokens/s: `loom bench step` vs the same LLaMA in PyTorch
+    (llama_torch.py, OMP_WAIT_POLICY=PASSIVE, its best setting on 2 cores);
+  - all-reduce bus bandwidth: `loom bench allreduce` vs Gloo (gloo_allreduce.py).
+The hardware limit is the FMA peak `loom bench gemm --peak` measures.
+Needs Debian's python3-torch and libopenblas-dev (../shared/bench/install.sh);
+a missing anchor is reported and skipped. Usage: scripts/bench.py [gemm] [step] [comm]
+"""
+import json, os, re, shutil, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOOM = os.path.join(ROOT, "bin", "loom")
+ANCHORS = os.path.normpath(os.path.join(ROOT, "..", "shared", "bench"))
+CLEAN = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+
+
+def run(cmd, env=None):
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def jsonl(out):
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+
+
+def gemm():
+    print("## SGEMM GFLOP/s (median): Loom vs OpenBLAS, same shapes, back to back")
+    peak = [r for r in jsonl(run([LOOM, "bench", "gemm", "--m", "64", "--n", "64", "--k", "64", "--threads", "1,2", "--peak", "--log-format", "json"])) if "peak_gflops" in r]
+    for r in peak:
+        print(f"FMA peak, {r.get('threads')} thread(s): {r['peak_gflops']:.0f} GFLOP/s")
+    src = os.path.join(ANCHORS, "sgemm_openblas.c")
+    if not os.path.exists("/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h"):
+        print("OpenBLAS anchor skipped: install libopenblas-dev (../shared/bench/install.sh)")
+        return
+    exe = "/tmp/loom-sgemm-openblas"
+    run(["gcc", "-O2", src, "-o", exe, "-I/usr/include/x86_64-linux-gnu/openblas-pthread", "-lopenblas"])
+    shapes = [(4096, 768, 768), (4096, 3072, 768), (4096, 768, 3072), (2048, 1376, 512), (2048, 512, 1376)]
+    print(f"{'M×N×K':>16} {'thr':>3} {'trans':>5} {'Loom':>7} {'OpenBLAS':>8} {'ratio':>6}")
+    for m, n, k in shapes:
+        for th in (1, 2):
+            env = dict(CLEAN, SHAPES=f"{m}x{k}x{n}")
+            ob = run([exe, str(th)], env=env)
+            row = [l for l in ob.splitlines() if l.startswith(f"{m}x{k}x{n}")]
+            ref = float(row[0].split()[2]) if row else float("nan")
+            for r in jsonl(run([LOOM, "bench", "gemm", "--m", str(m), "--n", str(n), "--k", str(k), "--threads", str(th),
+                                "--trans", "nn,tn,nt", "--log-format", "json"])):
+                print(f"{m:>5}×{n}×{k:<5} {th:>3} {r['trans']:>5} {r['gflops']:7.1f} {ref:8.1f} {r['gflops']/ref:6.2f}")
+
+
+def step():
+    print("## Training tokens/s (median step): Loom vs PyTorch 1.13, same config and threads, back to back")
+    torch_ok = subprocess.run(["/usr/bin/python3", "-c", "import torch"], capture_output=True).returncode == 0
+    print(f"{'config':>6} {'thr':>3} {'Loom':>8} {'PyTorch':>8} {'ratio':>6} {'Loom MFU':>8}")
+    for cfg, steps in (("tiny", 20), ("small", 4)):
+        for th in (1, 2):
+            r = jsonl(run([LOOM, "bench", "step", os.path.join(ROOT, "examples", cfg + ".yaml"), "--threads", str(th),
+                           "--steps", str(steps), "--log-format", "json"]))[0]
+            ref = float("nan")
+            if torch_ok:
+                env = dict(CLEAN, OMP_WAIT_POLICY="PASSIVE")
+                t = jsonl(run(["/usr/bin/python3", os.path.join(ANCHORS, "llama_torch.py"), "--config", cfg, "--threads", str(th),
+                               "--steps", str(steps)], env=env))[-1]
+                ref = t["tok_s_median"]
+            print(f"{cfg:>6} {th:>3} {r['tokens_per_sec']:8.0f} {ref:8.0f} {r['tokens_per_sec']/ref:6.2f} {100*r['mfu']:7.1f}%")
+
+
+def comm():
+    print("## All-reduce bus bandwidth GB/s (p50), 2 ranks on loopback: Loom vs Gloo, back to back")
+    loom = {r["bytes"]: r for r in jsonl(run([LOOM, "bench", "allreduce", "--ranks", "2", "--log-format", "json"]))}
+    gloo = {}
+    if subprocess.run(["/usr/bin/python3", "-c", "import torch"], capture_output=True).returncode == 0:
+        out = run(["/usr/bin/python3", os.path.join(ANCHORS, "gloo_allreduce.py")], env=CLEAN)
+        for l in out.splitlines():
+            f = l.split()
+            if len(f) == 8 and f[0].isdigit():
+                gloo[int(f[0])] = (float(f[3]), float(f[6]))
+    print(f"{'bytes':>10} {'Loom p50 µs':>11} {'Loom busbw':>10} {'Gloo p50 µs':>11} {'Gloo busbw':>10} {'ratio':>6}")
+    for b, r in sorted(loom.items()):
+        g = gloo.get(b, (float("nan"), float("nan")))
+        print(f"{b:>10} {r['time_us_p50']:11.1f} {r['busbw_gbps']:10.3f} {g[0]:11.1f} {g[1]:10.3f} {r['busbw_gbps']/g[1]:6.2f}")
+
+
+if __name__ == "__main__":
+    want = sys.argv[1:] or ["gemm", "step", "comm"]
+    for name in want:
+        {"gemm": gemm, "step": step, "comm": comm}[name]()
+        print()
