@@ -88,7 +88,14 @@ func (t *Trainer) EnableCheckpoints(cfg CheckpointConfig) error {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	t.ck = &saver{cfg: cfg}
+	// The snapshot buffer is allocated and its pages touched here, not at
+	// the first save: the step loop never waits for the allocation or the
+	// page faults.
+	snap := t.newSnapshot(string(cfg.SpecYAML))
+	for i := 0; i < len(snap.Data); i += 1024 {
+		snap.Data[i] = 1
+	}
+	t.ck = &saver{cfg: cfg, snap: snap}
 	return nil
 }
 
@@ -108,9 +115,6 @@ func (s *saver) save(ctx context.Context, t *Trainer) (time.Duration, error) {
 	start := time.Now()
 	if err := s.wait(); err != nil {
 		return 0, err
-	}
-	if s.snap == nil {
-		s.snap = t.newSnapshot(string(s.cfg.SpecYAML))
 	}
 	if err := t.fillSnapshot(ctx, s.snap); err != nil {
 		return 0, fmt.Errorf("checkpoint step %d: %w", t.step, err)
