@@ -75,7 +75,9 @@ func TestRunResumeLatestSkipsBrokenCheckpoints(t *testing.T) {
 		t.Fatalf("exported step-6 weights (%d bytes) differ from the final model (%d bytes)", len(a), len(b))
 	}
 
-	shard := func(step int) string { return filepath.Join(checkpoint.StepDir(jobDir, step), "rank-00000.safetensors") }
+	shard := func(step int) string {
+		return filepath.Join(checkpoint.StepDir(jobDir, step), "rank-00000.safetensors")
+	}
 	if err := os.Truncate(shard(6), 1000); err != nil {
 		t.Fatal(err)
 	}
