@@ -60,6 +60,9 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	if nthreads <= 0 {
 		nthreads = runtime.NumCPU()
 	}
+	// Measure the peak before the kernels' worker pool exists, so nothing
+	// else competes for the cores while the FMA loop runs.
+	peak := gemm.MeasurePeak(nthreads, 500*time.Millisecond) * 1e9
 	k, closeK := newKernels(nthreads)
 	defer closeK()
 
@@ -104,7 +107,6 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	tps := tokens / med
 	cfg := checkpoint.ModelConfig(spec.Model)
 	flops := cfg.TrainFLOPsPerToken(spec.Model.SeqLen) * tps
-	peak := gemm.MeasurePeak(nthreads, 500*time.Millisecond) * 1e9
 	if *logFormat == "json" {
 		b, _ := json.Marshal(map[string]any{
 			"job": spec.Name, "threads": nthreads, "tokens_per_sec": tps, "tflops": flops / 1e12,
