@@ -143,14 +143,28 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 	if s.Parallel.Zero > 0 {
 		op = fmt.Sprintf("zero-%d", s.Parallel.Zero)
 	}
+	var sum struct{ steps, stepS, commS, overlapS, tps float64 }
 	err = t.Run(ctx, func(st Stats) {
 		if rc.OnComm != nil && st.CommBytes > 0 {
 			rc.OnComm(op, st.CommBytes, time.Duration(st.CommSeconds*float64(time.Second)))
 		}
+		sum.steps++
+		sum.stepS += st.StepSeconds
+		sum.commS += st.CommSeconds
+		sum.overlapS += st.OverlapSeconds
+		sum.tps += st.TokensPerSec
 		report(st)
 	})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	if rc.Log != nil && sum.steps > 0 && sum.stepS > 0 {
+		overlap := 0.0
+		if sum.commS > 0 {
+			overlap = 100 * sum.overlapS / sum.commS
+		}
+		fmt.Fprintf(rc.Log, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; communication %.1f%% of step time, %.0f%% of it overlapped with backward (exposed %.1f%%)\n",
+			rc.Rank, sum.steps, 1e3*sum.stepS/sum.steps, sum.tps/sum.steps, 100*sum.commS/sum.stepS, overlap, 100*(sum.commS-sum.overlapS)/sum.stepS)
 	}
 	// Under ZeRO stage 3 the full weights are gathered from every rank.
 	params, err := t.Params(ctx)
