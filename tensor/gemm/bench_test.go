@@ -88,19 +88,24 @@ func BenchmarkMicroKernel(b *testing.B) {
 }
 
 // BenchmarkBlocks measures one shape under the blocking in GEMM_BLOCKS
-// ("mc,kc,nc"), for tuning chooseBlocks; it is skipped without it.
+// ("mc,kc,nc" or "mc,kc,nc,cmax"), for tuning chooseBlocks; it is skipped without it.
+// GEMM_SHAPE ("m,n,k"), GEMM_TRANS (nn, nt or tn) and GEMM_THREADS pick
+// the call.
 func BenchmarkBlocks(b *testing.B) {
 	var bs blockSizes
-	if _, err := fmt.Sscanf(os.Getenv("GEMM_BLOCKS"), "%d,%d,%d", &bs.mc, &bs.kc, &bs.nc); err != nil {
+	if n, _ := fmt.Sscanf(os.Getenv("GEMM_BLOCKS"), "%d,%d,%d,%d", &bs.mc, &bs.kc, &bs.nc, &bs.cmax); n < 3 {
 		b.Skip("set GEMM_BLOCKS=mc,kc,nc")
 	}
 	var s shape
 	if _, err := fmt.Sscanf(os.Getenv("GEMM_SHAPE"), "%d,%d,%d", &s.m, &s.n, &s.k); err != nil {
 		s = shape{4096, 768, 3072}
 	}
-	e := newEngineBlocks(1, bestKernel(), bs)
+	threads := 1
+	fmt.Sscanf(os.Getenv("GEMM_THREADS"), "%d", &threads)
+	tr := os.Getenv("GEMM_TRANS") // nn (default), nt or tn
+	e := newEngineBlocks(threads, bestKernel(), bs)
 	defer e.Close()
-	benchOne(b, e, false, false, s.m, s.n, s.k)
+	benchOne(b, e, tr == "tn", tr == "nt", s.m, s.n, s.k)
 }
 
 // BenchmarkPack measures packing a KC=256-deep block of 126 rows or 4096

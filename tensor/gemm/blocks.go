@@ -64,7 +64,12 @@ func parseSize(s string) (int, error) {
 
 // blockSizes are the BLIS cache blocks: a KC×NR micro-panel of B lives in
 // L1, an MC×KC block of A in L2 and a KC×NC block of B in L3.
-type blockSizes struct{ mc, kc, nc int }
+//
+// cmax caps the C block one NC pass updates (M×NC floats, 0 = no cap) at
+// half of a worker's share of L3: with K > KC every K slice re-reads and
+// re-writes that block, and when it stays in L3 those passes do not go to
+// DRAM (run lowers NC to fit).
+type blockSizes struct{ mc, kc, nc, cmax int }
 
 // chooseBlocks derives the blocking from the cache sizes:
 //   - KC: the B micro-panel (KC·NR floats) takes half of L1, leaving room
@@ -76,6 +81,7 @@ type blockSizes struct{ mc, kc, nc int }
 //     (Measured on Zen 3, 4096×768×3072: MC 126 ≈ 78 GFLOP/s, 252 ≈ 74.)
 //   - NC: each worker's B block (KC·NC floats) takes at most a quarter of
 //     its share of L3, capped at 4096 columns, rounded down to NR.
+//   - cmax: half of each worker's share of L3, in floats (see blockSizes).
 func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
 	const f = 4 // bytes per float32
 	kc := cs.l1 / 2 / (k.nr * f)
@@ -84,7 +90,8 @@ func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
 	mc = max(mc/k.mr*k.mr, k.mr)
 	nc := cs.l3 / max(threads, 1) / 4 / (kc * f)
 	nc = clampInt(nc/k.nr*k.nr, 4*k.nr, 4096/k.nr*k.nr)
-	return blockSizes{mc: mc, kc: kc, nc: nc}
+	cmax := cs.l3 / max(threads, 1) / 2 / f
+	return blockSizes{mc: mc, kc: kc, nc: nc, cmax: cmax}
 }
 
 func clampInt(v, lo, hi int) int { return max(lo, min(v, hi)) }

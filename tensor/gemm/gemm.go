@@ -263,7 +263,7 @@ func (w *worker) run(j *job) {
 	// final slice. KC stays a multiple of the kernels' ×4 unroll.
 	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, w.blocks.kc)), 4)
 	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, w.blocks.mc)), w.kern.mr)
-	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, w.blocks.nc)), w.kern.nr)
+	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, w.ncFor(j.m, j.k, kc0))), w.kern.nr)
 	for jc := 0; jc < j.n; jc += nc0 {
 		nc := min(nc0, j.n-jc)
 		for pc := 0; pc < j.k; pc += kc0 {
@@ -280,6 +280,20 @@ func (w *worker) run(j *job) {
 			}
 		}
 	}
+}
+
+// ncFor is the NC block for an m×·×k job: the cache block, lowered when K
+// takes several KC slices and the m×NC block of C would not stay in the
+// worker's share of L3 between them (4096×3072×768 on Zen 3, one thread:
+// NC 1024 rather than 3072 keeps the three K passes over C out of DRAM, at
+// the cost of packing A three times). NC stays ≥ min(512, NC/4) so A's
+// repacking stays small next to the multiply.
+func (w *worker) ncFor(m, k, kc int) int {
+	nc := w.blocks.nc
+	if k <= kc || w.blocks.cmax <= 0 || m*nc <= w.blocks.cmax {
+		return nc
+	}
+	return max(w.blocks.cmax/m/w.kern.nr*w.kern.nr, min(512, nc/4/w.kern.nr*w.kern.nr), w.kern.nr)
 }
 
 // macro multiplies the packed MC×KC block of A by the packed KC×NC block of

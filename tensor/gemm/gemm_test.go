@@ -300,12 +300,12 @@ func TestMeasurePeak(t *testing.T) {
 func TestChooseBlocks(t *testing.T) {
 	zen3 := cacheSizes{l1: 32 << 10, l2: 512 << 10, l3: 32 << 20}
 	b := chooseBlocks(zen3, kernel{mr: 6, nr: 16}, 2)
-	if b != (blockSizes{mc: 126, kc: 256, nc: 4096}) {
+	if b != (blockSizes{mc: 126, kc: 256, nc: 4096, cmax: 2 << 20}) {
 		t.Fatalf("Zen 3 AVX2 blocks = %+v", b)
 	}
 	zen5 := cacheSizes{l1: 48 << 10, l2: 1 << 20, l3: 32 << 20}
 	b = chooseBlocks(zen5, kernel{mr: 14, nr: 32}, 2)
-	if b != (blockSizes{mc: 336, kc: 192, nc: 4096}) {
+	if b != (blockSizes{mc: 336, kc: 192, nc: 4096, cmax: 2 << 20}) {
 		t.Fatalf("Zen 5 AVX-512 blocks = %+v", b)
 	}
 }
@@ -348,5 +348,26 @@ func TestSelfCheck(t *testing.T) {
 	wrong := kernel{name: "wrong", mr: 6, nr: 16, full: kernelGeneric} // a 4×4 kernel posing as 6×16
 	if selfCheck(wrong) == nil {
 		t.Error("self-check passed a wrong kernel")
+	}
+}
+
+// TestSmallBlocks runs every kernel with tiny cache blocks so a small case
+// crosses several NC, KC and MC blocks, with cmax low enough that run lowers
+// NC to keep C's block small (ncFor) and the K slices accumulate onto it.
+func TestSmallBlocks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, kern := range availableKernels() {
+		for _, cmax := range []int{0, 40 * 64} {
+			e := newEngineBlocks(2, kern, blockSizes{mc: 2 * kern.mr, kc: 16, nc: 8 * kern.nr, cmax: cmax})
+			if nc := e.workers[0].ncFor(100, 70, 16); (cmax != 0) != (nc < 8*kern.nr) {
+				t.Fatalf("%s cmax=%d: ncFor = %d", kern.name, cmax, nc)
+			}
+			for _, tr := range transCases {
+				for _, v := range variants[:3] {
+					newCase(rng, shape{100, 9*kern.nr + 5, 70}, tr.transA, tr.transB, v, 1).check(t, e)
+				}
+			}
+			e.Close()
+		}
 	}
 }
