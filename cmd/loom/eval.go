@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 )
 
@@ -14,7 +13,7 @@ func cmdEval(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "eval", "--model DIR --data FILE [flags]\n\n"+
 		"Prints the mean cross-entropy loss of a model over a token file's windows,\n"+
 		"in file order (window i holds tokens [i·T, i·T+T+1)).")
-	modelDir := fs.String("model", "", "model `DIR` (Loom's checkpoint.dir/NAME/final, or a Hugging Face directory)")
+	modelDir := fs.String("model", "", "model `DIR`: Loom's checkpoint.dir/NAME/final or any Hugging Face LLaMA directory, or a sharded checkpoint (NAME/step-N, or NAME for the newest complete one)")
 	dataPath := fs.String("data", "", "token `FILE` written by `loom prep`")
 	seqLen := fs.Int("seq-len", 0, "window length T (0: the model's context length)")
 	batch := fs.Int("batch", 8, "windows per forward pass")
@@ -37,7 +36,7 @@ func cmdEval(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	k, closeK := newKernels(*threads)
 	defer closeK()
-	m, err := checkpoint.LoadModel(*modelDir, k, *seqLen)
+	m, err := loadAnyModel(env, *modelDir, k, *seqLen)
 	if err != nil {
 		return fmt.Errorf("eval: %w", err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/tensor"
 )
 
 func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
@@ -30,22 +31,8 @@ func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	k, closeK := newKernels(1)
 	defer closeK()
-	var m *model.Model
-	if sharded(*modelDir) {
-		which, jobDir := *modelDir, *modelDir
-		if _, err := os.Stat(filepath.Join(*modelDir, checkpoint.ManifestFile)); err != nil {
-			which = "latest"
-		}
-		ck, skipped, err := checkpoint.Resolve(jobDir, which)
-		warnSkipped(env, skipped)
-		if err != nil {
-			return fmt.Errorf("export: %w", err)
-		}
-		if m, err = ck.Model(k); err != nil {
-			return fmt.Errorf("export: %w", err)
-		}
-		fmt.Fprintf(env.stderr, "loom: exporting %s (step %d, saved with %s)\n", ck.Dir, ck.Manifest.Step, ck.Manifest.Layout)
-	} else if m, err = checkpoint.LoadModel(*modelDir, k, 0); err != nil {
+	m, err := loadAnyModel(env, *modelDir, k, 0)
+	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	if err := checkpoint.SaveModel(*out, m, nil); err != nil {
@@ -53,6 +40,41 @@ func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "exported %s parameters to %s\n", humanCount(int64(m.Config.NumParams())), *out)
 	return nil
+}
+
+// loadAnyModel loads a Hugging Face directory (what `loom run` saves as
+// NAME/final) or a sharded training checkpoint (a step directory, or a job's
+// checkpoint directory whose newest complete checkpoint is used). seqLen
+// overrides the context length when positive.
+func loadAnyModel(env *cmdEnv, dir string, k tensor.Kernels, seqLen int) (*model.Model, error) {
+	if !sharded(dir) {
+		return checkpoint.LoadModel(dir, k, seqLen)
+	}
+	which := dir
+	if _, err := os.Stat(filepath.Join(dir, checkpoint.ManifestFile)); err != nil {
+		which = "latest"
+	}
+	ck, skipped, err := checkpoint.Resolve(dir, which)
+	warnSkipped(env, skipped)
+	if err != nil {
+		return nil, err
+	}
+	m, err := ck.Model(k)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(env.stderr, "loom: loaded %s (step %d, saved with %s)\n", ck.Dir, ck.Manifest.Step, ck.Manifest.Layout)
+	if seqLen > 0 && seqLen != m.Config.SeqLen {
+		cfg := m.Config
+		cfg.SeqLen = seqLen
+		m2, err := model.New(cfg, k)
+		if err != nil {
+			return nil, err
+		}
+		copy(m2.Params, m.Params)
+		m = m2
+	}
+	return m, nil
 }
 
 // sharded reports whether dir is a sharded checkpoint (a step directory

@@ -158,3 +158,27 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("--help: %v %q", err, out)
 	}
 }
+
+// eval and sample read sharded training checkpoints as well as Hugging Face
+// directories: a step directory, or a job's directory for its newest one.
+func TestEvalSampleShardedCheckpoint(t *testing.T) {
+	spec, tokens := fixture(t, "")
+	src, _ := os.ReadFile(spec)
+	s := strings.Replace(string(src), "checkpoint: {dir: ", "checkpoint: {every: 2, dir: ", 1)
+	if err := os.WriteFile(spec, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := loom(t, "run", spec, "--log-format", "json"); err != nil {
+		t.Fatal(err)
+	}
+	jobDir := filepath.Join(filepath.Dir(spec), "ck", "t")
+	for _, dir := range []string{jobDir, filepath.Join(jobDir, "step-4")} {
+		out, stderr, err := loom(t, "eval", "--model", dir, "--data", tokens, "--max-windows", "4", "--log-format", "json")
+		if err != nil || !strings.Contains(out, `"loss"`) || !strings.Contains(stderr, "step-") {
+			t.Fatalf("eval --model %s: %v\n%s\n%s", dir, err, out, stderr)
+		}
+		if out, _, err := loom(t, "sample", "--model", dir, "--prompt", "for", "--max-tokens", "5"); err != nil || !strings.HasPrefix(out, "for") {
+			t.Fatalf("sample --model %s: %v %q", dir, err, out)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/model"
 )
@@ -14,7 +13,7 @@ func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "sample", "--model DIR --prompt TEXT [flags]\n\n"+
 		"Generates text from a model: a Loom-saved model or a Hugging Face LLaMA\n"+
 		"directory (byte vocabulary).")
-	modelDir := fs.String("model", "", "model `DIR` (Loom's checkpoint.dir/NAME/final, or a Hugging Face directory)")
+	modelDir := fs.String("model", "", "model `DIR`: Loom's checkpoint.dir/NAME/final or any Hugging Face LLaMA directory, or a sharded checkpoint (NAME/step-N, or NAME for the newest complete one)")
 	prompt := fs.String("prompt", "", "text to continue")
 	temp := fs.Float64("temperature", 0.8, "sampling temperature (0: greedy)")
 	topK := fs.Int("top-k", 40, "sample among the K most likely tokens (0: all)")
@@ -34,7 +33,7 @@ func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	k, closeK := newKernels(*threads)
 	defer closeK()
-	m, err := checkpoint.LoadModel(*modelDir, k, 0)
+	m, err := loadAnyModel(env, *modelDir, k, 0)
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
