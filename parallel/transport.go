@@ -719,9 +719,14 @@ var errAborted = errors.New("group failed")
 // closeSend ends the stream after every frame already sent and waits, until
 // ctx ends, for the peer to confirm it read them all.
 func (oc *outConn) closeSend(ctx context.Context) {
+	// A stream still opening (eager dialing) must open and end cleanly too:
+	// cancelling it would show the peer a broken stream, and the peer would
+	// declare this rank lost while it may still be finishing an operation.
 	select {
 	case <-oc.ready:
-	default:
+	case <-oc.done:
+		return
+	case <-ctx.Done():
 		oc.fail(ErrClosed)
 		return
 	}
