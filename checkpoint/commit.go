@@ -10,6 +10,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/loomtrain/loom/internal/atomicfile"
 	"github.com/loomtrain/loom/safetensors"
 )
 
@@ -101,7 +102,7 @@ func Commit(parts []RankPart, opt CommitOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("checkpoint: encode manifest: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(partial, ManifestFile), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(partial, ManifestFile), append(b, '\n')); err != nil {
 		return "", fmt.Errorf("checkpoint: commit step %d: %w", m.Step, err)
 	}
 	// A step-N already there is from an abandoned timeline (a run resumed

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/loomtrain/loom/internal/atomicfile"
 	"github.com/loomtrain/loom/safetensors"
 )
 
@@ -126,38 +127,13 @@ func (hw *hashWriter) Write(b []byte) (int, error) {
 // rename, fsync the directory. It returns the file's entry (path relative
 // to its directory, size, SHA-256).
 func writeAtomic(path string, fill func(io.Writer) error) (FileEntry, error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	var hw *hashWriter
+	err := atomicfile.Write(path, func(w io.Writer) error {
+		hw = &hashWriter{w: w, h: sha256.New()}
+		return fill(hw)
+	})
 	if err != nil {
-		return FileEntry{}, fmt.Errorf("checkpoint: create %s: %w", path, err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	hw := &hashWriter{w: f, h: sha256.New()}
-	if err := fill(hw); err != nil {
-		return FileEntry{}, fmt.Errorf("checkpoint: write %s: %w", path, err)
-	}
-	if err := f.Chmod(0o644); err != nil {
 		return FileEntry{}, fmt.Errorf("checkpoint: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return FileEntry{}, fmt.Errorf("checkpoint: fsync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return FileEntry{}, fmt.Errorf("checkpoint: close %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return FileEntry{}, fmt.Errorf("checkpoint: %w", err)
-	}
-	ok = true
-	if err := safetensors.SyncDir(dir); err != nil {
-		return FileEntry{}, fmt.Errorf("checkpoint: fsync %s: %w", dir, err)
 	}
 	return FileEntry{Path: filepath.Base(path), Size: hw.n, SHA256: hex.EncodeToString(hw.h.Sum(nil))}, nil
 }

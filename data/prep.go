@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/loomtrain/loom/internal/atomicfile"
 )
 
 // PrepConfig says what [Prep] tokenizes and where it writes.
@@ -376,10 +378,10 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 	if err != nil {
 		return Meta{}, stats, err
 	}
-	if err := writeFileAtomic(side, sb); err != nil {
-		return Meta{}, stats, err
+	// Also makes the token file's rename above durable: one directory fsync.
+	if err := atomicfile.WriteFile(side, sb); err != nil {
+		return Meta{}, stats, fmt.Errorf("data: %w", err)
 	}
-	syncDir(dir)
 	report(true)
 	stats.Elapsed = time.Since(start)
 	stats.TotalBytes = stats.Bytes
@@ -614,40 +616,4 @@ func (s *selector) included(base, rel string) bool {
 		}
 	}
 	return false
-}
-
-// writeFileAtomic writes b to path through a synced temporary file in the
-// same directory and a rename.
-func writeFileAtomic(path string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("data: writing %s: %w", path, err)
-	}
-	werr := tmp.Chmod(0o644)
-	if werr == nil {
-		_, werr = tmp.Write(b)
-	}
-	if werr == nil {
-		werr = tmp.Sync()
-	}
-	if cerr := tmp.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp.Name(), path)
-	}
-	if werr != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("data: writing %s: %w", path, werr)
-	}
-	return nil
-}
-
-// syncDir makes renames in dir durable; failure is harmless on file
-// systems that do not support it.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
 }

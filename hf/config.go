@@ -16,6 +16,8 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+
+	"github.com/loomtrain/loom/internal/atomicfile"
 )
 
 // File names inside a Hugging Face model directory.
@@ -483,5 +485,5 @@ func WriteConfig(dir string, cfg Config) error {
 		return fmt.Errorf("hf: encode config: %w", err)
 	}
 	out.WriteByte('\n')
-	return writeFileAtomic(filepath.Join(dir, ConfigFile), out.Bytes())
+	return atomicfile.WriteFile(filepath.Join(dir, ConfigFile), out.Bytes())
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/loomtrain/loom/internal/atomicfile"
 	"github.com/loomtrain/loom/safetensors"
 )
 
@@ -240,7 +241,7 @@ func writeDirContents(dir string, cfg Config, tensors []safetensors.Tensor) erro
 		if err != nil {
 			return err
 		}
-		if err := writeFileAtomic(filepath.Join(dir, GenerationConfigFile), append(b, '\n')); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, GenerationConfigFile), append(b, '\n')); err != nil {
 			return err
 		}
 	}
@@ -295,34 +296,4 @@ func torchDtypeOf(tensors []safetensors.Tensor) (string, error) {
 		dt = "float32"
 	}
 	return dt, nil
-}
-
-// writeFileAtomic writes b to a temporary file beside path, fsyncs it,
-// renames it over path and fsyncs the directory.
-func writeFileAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err == nil {
-		err = safetensors.SyncDir(filepath.Dir(path))
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

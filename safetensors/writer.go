@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/loomtrain/loom/internal/atomicfile"
 )
 
 // Tensor is a named float32 tensor to write: a view, not a copy. DType is the
@@ -348,14 +350,4 @@ func Write(path string, tensors []Tensor, metadata map[string]string) error {
 }
 
 // SyncDir fsyncs a directory so that a rename into it survives a crash.
-func SyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func SyncDir(dir string) error { return atomicfile.SyncDir(dir) }
