@@ -9,6 +9,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/hf"
+	"github.com/loomtrain/loom/internal/atomicfile"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/safetensors"
 	"github.com/loomtrain/loom/tensor"
@@ -88,12 +89,9 @@ func shapes(l *model.Layout) []hf.TensorShape {
 // renamed into place); an existing dir is replaced.
 func SaveModel(dir string, m *model.Model, spec *api.JobSpec) error {
 	tensors := make([]safetensors.Tensor, len(m.Layout.Views))
-	for i, v := range m.Layout.Views {
-		s := make([]int64, len(v.Shape))
-		for j, d := range v.Shape {
-			s[j] = int64(d)
-		}
-		tensors[i] = safetensors.Tensor{Name: v.Name, DType: safetensors.F32, Shape: s, Data: m.Params[v.Offset:v.End()]}
+	for i, ts := range shapes(m.Layout) {
+		v := m.Layout.Views[i]
+		tensors[i] = safetensors.Tensor{Name: v.Name, DType: safetensors.F32, Shape: ts.Shape, Data: m.Params[v.Offset:v.End()]}
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
 		return fmt.Errorf("save model: %w", err)
@@ -106,7 +104,7 @@ func SaveModel(dir string, m *model.Model, spec *api.JobSpec) error {
 		if err != nil {
 			return fmt.Errorf("save model: encode job spec: %w", err)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, JobFile), b); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(dir, JobFile), b); err != nil {
 			return fmt.Errorf("save model: %w", err)
 		}
 	}
@@ -172,34 +170,4 @@ func CompareConfigs(job, disk model.Config) error {
 		return nil
 	}
 	return errors.New("model config differs from the job spec:\n  " + strings.Join(diffs, "\n  "))
-}
-
-// writeFileAtomic writes b to path through a temporary file in the same
-// directory: write, fsync, rename, fsync the directory.
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, 0o644); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return safetensors.SyncDir(dir)
 }

@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/loomtrain/loom/tensor/gemm"
 )
 
 var oddSizes = []int{1, 7, 17, 63, 65}
@@ -109,30 +111,7 @@ func testSgemmCase(t *testing.T, rng *rand.Rand, k Reference, name string, trans
 	}
 	want := make([]float32, len(c))
 	copy(want, c)
-	for i := 0; i < m; i++ {
-		for j := 0; j < n; j++ {
-			var s float64
-			for p := 0; p < kk; p++ {
-				var av, bv float32
-				if transA {
-					av = a[p*lda+i]
-				} else {
-					av = a[i*lda+p]
-				}
-				if transB {
-					bv = b[j*ldb+p]
-				} else {
-					bv = b[p*ldb+j]
-				}
-				s += float64(av) * float64(bv)
-			}
-			old := 0.0
-			if beta != 0 {
-				old = float64(beta) * float64(c[i*ldc+j])
-			}
-			want[i*ldc+j] = float32(float64(alpha)*s + old)
-		}
-	}
+	gemm.Reference(transA, transB, m, n, kk, alpha, a, lda, b, ldb, beta, want, ldc)
 	k.Sgemm(transA, transB, m, n, kk, alpha, a, lda, b, ldb, beta, c, ldc)
 	worst, at := maxAbsDiff(c, want)
 	if worst > 1e-4*math.Sqrt(float64(kk)) {
