@@ -119,13 +119,16 @@ func (o TransportOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// framePool recycles gRPC's receive buffers (one per HTTP/2 DATA frame,
-// at most 16 KiB). Unlike gRPC's default pool it does not zero a buffer on
-// reuse — gRPC overwrites every byte it hands out — and it is not emptied
-// by each GC; it hands out the most recently returned buffer first, which
-// is likely still in cache. Measured: zeroing cost as much CPU as the data
-// copy itself. Safe for concurrent use.
+// framePool recycles buffers of one size class: gRPC's receive buffers
+// (one per HTTP/2 DATA frame, at most 16 KiB) and the raw codec's small
+// outgoing messages. Unlike gRPC's default pool it does not zero a buffer
+// on reuse — every user overwrites the bytes it hands out — and it is not
+// emptied by each GC; it hands out the most recently returned buffer
+// first, which is likely still in cache. Measured: zeroing cost as much
+// CPU as the data copy itself. Safe for concurrent use.
 type framePool struct {
+	size int // capacity of pooled buffers; larger requests are not pooled
+
 	mu   sync.Mutex
 	free []*[]byte // a stack
 }
@@ -135,11 +138,12 @@ const (
 	framePoolMaxBufs  = 1024
 )
 
-func newFramePool() *framePool { return &framePool{} }
+// newFramePool returns a pool of buffers of capacity size.
+func newFramePool(size int) *framePool { return &framePool{size: size} }
 
 // Get returns a buffer of length n; its contents are arbitrary.
 func (p *framePool) Get(n int) *[]byte {
-	if n <= framePoolBufBytes {
+	if n <= p.size {
 		p.mu.Lock()
 		if k := len(p.free); k > 0 {
 			b := p.free[k-1]
@@ -150,7 +154,7 @@ func (p *framePool) Get(n int) *[]byte {
 			return b
 		}
 		p.mu.Unlock()
-		b := make([]byte, n, framePoolBufBytes)
+		b := make([]byte, n, p.size)
 		return &b
 	}
 	b := make([]byte, n)
@@ -159,7 +163,7 @@ func (p *framePool) Get(n int) *[]byte {
 
 // Put recycles a buffer from Get.
 func (p *framePool) Put(b *[]byte) {
-	if cap(*b) != framePoolBufBytes {
+	if cap(*b) != p.size {
 		return
 	}
 	p.mu.Lock()
@@ -261,10 +265,10 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	if o.Codec == CodecProto {
 		t.codec = protoCodec{}
 	} else {
-		t.codec = rawCodec{}
+		t.codec = rawCodec{small: newFramePool(inlineBufBytes)}
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
-	pool := newFramePool()
+	pool := newFramePool(framePoolBufBytes)
 	t.srv = grpc.NewServer(
 		experimental.BufferPool(pool),
 		grpc.ForceServerCodecV2(t.codec),

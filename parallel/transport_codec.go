@@ -57,6 +57,11 @@ func ParseCodec(s string) (Codec, error) {
 // when gRPC has finished with the caller's memory.
 const inlineBytes = 32 << 10
 
+// inlineBufBytes is the size of the pooled buffers that carry a header and
+// an inline payload: inlineBytes plus room for a header with names of a
+// few hundred bytes (longer ones get a buffer of their own).
+const inlineBufBytes = inlineBytes + 1024
+
 // Frame field numbers, from peer.proto.
 const (
 	fieldKind       = 1
@@ -206,8 +211,12 @@ func appendHeader(b []byte, f *wireFrame) []byte {
 	return b
 }
 
-// rawCodec is the zero-copy encoding.CodecV2 for wireFrame.
-type rawCodec struct{}
+// rawCodec is the zero-copy encoding.CodecV2 for wireFrame. Messages with
+// inline payloads are built in buffers from small, which gRPC returns once
+// it has written them (nil: a fresh buffer each time).
+type rawCodec struct {
+	small *framePool
+}
 
 // Name is the content-subtype; it is forced on both ends, never negotiated.
 func (rawCodec) Name() string { return "loom-raw" }
@@ -215,7 +224,7 @@ func (rawCodec) Name() string { return "loom-raw" }
 // Marshal encodes f as header + pad + payload, the payload last and 4-byte
 // aligned. Payloads above inlineBytes are not copied: gRPC frees the
 // buffer wrapping them once written to the socket, which completes f.sent.
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	f, ok := v.(*wireFrame)
 	if !ok {
 		return nil, fmt.Errorf("parallel: raw codec cannot marshal %T", v)
@@ -225,9 +234,26 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if len(pay) <= inlineBytes {
 		hdrCap += len(pay)
 	}
-	hdr := appendHeader(make([]byte, 0, hdrCap), f)
+	var hdr []byte
+	var hdrBuf *[]byte // pooled backing array of hdr, or nil
+	if c.small != nil && hdrCap <= c.small.size {
+		hdrBuf = c.small.Get(0)
+		hdr = (*hdrBuf)[:0]
+	} else {
+		hdr = make([]byte, 0, hdrCap)
+	}
+	// wrap hands the finished message to gRPC, which returns a pooled
+	// buffer once written.
+	wrap := func(b []byte) mem.Buffer {
+		if hdrBuf == nil {
+			return mem.SliceBuffer(b)
+		}
+		*hdrBuf = b
+		return mem.NewBuffer(hdrBuf, c.small)
+	}
+	hdr = appendHeader(hdr, f)
 	if len(pay) == 0 {
-		return mem.BufferSlice{mem.SliceBuffer(hdr)}, nil
+		return mem.BufferSlice{wrap(hdr)}, nil
 	}
 	// pad field: tag (1 byte) + length (1 byte) + pad bytes, then the
 	// payload tag (1 byte) and length varint.
@@ -239,13 +265,13 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	hdr = protowire.AppendTag(hdr, fieldPayload, protowire.BytesType)
 	hdr = protowire.AppendVarint(hdr, uint64(len(pay)))
 	if len(pay) <= inlineBytes {
-		return mem.BufferSlice{mem.SliceBuffer(append(hdr, pay...))}, nil
+		return mem.BufferSlice{wrap(append(hdr, pay...))}, nil
 	}
 	if f.sent == nil {
 		f.sent = newSendDone()
 	}
 	f.zeroCopy = true
-	return mem.BufferSlice{mem.SliceBuffer(hdr), mem.NewBuffer(&pay, f.sent)}, nil
+	return mem.BufferSlice{wrap(hdr), mem.NewBuffer(&pay, f.sent)}, nil
 }
 
 // Unmarshal decodes a frame. When the header lies within the first receive

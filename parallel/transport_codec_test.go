@@ -1,9 +1,11 @@
 package parallel
 
 import (
+	"bytes"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/mem"
@@ -210,4 +212,50 @@ func FuzzRawDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRawCodecPoolsSmallMessages checks that a message with an inline
+// payload is built in a pooled buffer that gRPC's Free returns, and that
+// the next message reuses it, with the same bytes as an unpooled encoding.
+func TestRawCodecPoolsSmallMessages(t *testing.T) {
+	pool := newFramePool(inlineBufBytes)
+	c := rawCodec{small: pool}
+	rng := rand.New(rand.NewPCG(7, 7))
+	for _, n := range []int{0, 5, inlineBytes / 4} {
+		in := sampleFrame(randBuf(rng, n))
+		enc, err := c.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := rawCodec{}.Marshal(sampleFrame(in.out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(enc.Materialize(), plain.Materialize()) {
+			t.Fatalf("n=%d: pooled encoding differs from the plain one", n)
+		}
+		enc.Free()
+		if got := len(pool.free); got != 1 {
+			t.Fatalf("n=%d: %d buffers in the pool after Free, want 1", n, got)
+		}
+		again, err := c.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := len(pool.free); got != 0 {
+			t.Fatalf("n=%d: the next message left %d buffers in the pool, want it to take the one there", n, got)
+		}
+		again.Free()
+	}
+	// Names too long for a pooled buffer get one of their own.
+	in := sampleFrame(randBuf(rng, 10))
+	in.detail = strings.Repeat("x", inlineBufBytes)
+	enc, err := c.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc.Free()
+	if got := len(pool.free); got != 1 {
+		t.Fatalf("%d buffers in the pool after an oversized message, want the 1 from before", got)
+	}
 }

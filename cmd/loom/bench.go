@@ -13,6 +13,7 @@ func benchCommands() map[string]command {
 		"allreduce":      {summary: "all-reduce time and bandwidth over gRPC", run: cmdBenchAllReduce},
 		"reduce-scatter": {summary: "reduce-scatter time and bandwidth over gRPC", run: cmdBenchReduceScatter},
 		"all-gather":     {summary: "all-gather time and bandwidth over gRPC", run: cmdBenchAllGather},
+		"wire":           {summary: "raw socket between two processes, both ways at once: the wire's limit", run: cmdBenchWire},
 	}
 }
 
@@ -20,14 +21,14 @@ func cmdBench(ctx context.Context, env *cmdEnv, args []string) error {
 	cmds := benchCommands()
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprintln(env.stdout, "Usage: loom bench WHAT [flags]\n\nWhat:")
-		for _, n := range []string{"gemm", "step", "allreduce", "reduce-scatter", "all-gather"} {
+		for _, n := range []string{"gemm", "step", "allreduce", "reduce-scatter", "all-gather", "wire"} {
 			fmt.Fprintf(env.stdout, "  %-15s %s\n", n, cmds[n].summary)
 		}
 		return nil
 	}
 	c, ok := cmds[args[0]]
 	if !ok {
-		return fmt.Errorf("bench: unknown benchmark %q (want gemm, step, allreduce, reduce-scatter or all-gather)", args[0])
+		return fmt.Errorf("bench: unknown benchmark %q (want gemm, step, allreduce, reduce-scatter, all-gather or wire)", args[0])
 	}
 	return c.run(ctx, env, args[1:])
 }

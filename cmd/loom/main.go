@@ -45,6 +45,7 @@ func commands() map[string]command {
 		"status":      {summary: "show jobs, their generation, ranks, step and throughput", run: cmdStatus},
 		"stop":        {summary: "stop a job", run: cmdStop},
 		"comm-worker": {summary: "internal: one rank of a collective benchmark", run: cmdCommWorker, hidden: true},
+		"wire-peer":   {summary: "internal: the other end of `loom bench wire`", run: cmdWirePeer, hidden: true},
 	}
 }
 

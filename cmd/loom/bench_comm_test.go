@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// benchJSON parses one JSON object per line into maps.
+func benchJSON(t *testing.T, out string) []map[string]any {
+	t.Helper()
+	var recs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not a JSON line: %q: %v", line, err)
+		}
+		recs = append(recs, m)
+	}
+	return recs
+}
+
+// TestBenchAllReduceAndWire runs the collective and wire benchmarks on
+// worker processes (this test binary, see TestMain) with tiny sizes and
+// checks the documented JSON fields. Timing is not asserted.
+func TestBenchAllReduceAndWire(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		fields []string
+	}{
+		{[]string{"bench", "allreduce", "--ranks", "3", "--sizes", "4KiB,100KiB", "--iters", "3", "--log-format", "json"},
+			[]string{"op", "ranks", "bytes", "time_us_p50", "algbw_gbps", "busbw_gbps"}},
+		{[]string{"bench", "reduce-scatter", "--ranks", "2", "--sizes", "1KiB", "--iters", "3", "--log-format", "json"},
+			[]string{"op", "ranks", "bytes", "time_us_p50", "algbw_gbps", "busbw_gbps"}},
+		{[]string{"bench", "wire", "--sizes", "4KiB,1MiB", "--iters", "3", "--log-format", "json"},
+			[]string{"op", "network", "bytes", "time_us_p50", "gbps"}},
+		{[]string{"bench", "wire", "--network", "unix", "--sizes", "64KiB", "--iters", "3", "--log-format", "json"},
+			[]string{"op", "network", "bytes", "time_us_p50", "gbps"}},
+	} {
+		t.Run(tc.args[1], func(t *testing.T) {
+			out, stderr, err := loom(t, tc.args...)
+			if err != nil {
+				t.Fatalf("loom %v: %v\n%s", tc.args, err, stderr)
+			}
+			recs := benchJSON(t, out)
+			if len(recs) == 0 {
+				t.Fatalf("no results:\n%s", out)
+			}
+			for _, r := range recs {
+				for _, f := range tc.fields {
+					if _, ok := r[f]; !ok {
+						t.Errorf("result %v lacks %q", r, f)
+					}
+				}
+				if v, _ := r["time_us_p50"].(float64); !(v > 0) {
+					t.Errorf("result %v: time_us_p50 not positive", r)
+				}
+			}
+		})
+	}
+}
+
+func TestBenchWireBadFlags(t *testing.T) {
+	_, _, err := loom(t, "bench", "wire", "--network", "udp", "--sizes", "4KiB")
+	if err == nil || !strings.Contains(err.Error(), "--network") {
+		t.Fatalf("got %v, want an error naming --network", err)
+	}
+}

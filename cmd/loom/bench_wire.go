@@ -1,0 +1,249 @@
+package main
+
+// `loom bench wire` and the hidden `loom wire-peer`: the wire's own limit
+// for a two-rank collective. Two processes joined by one plain socket (no
+// gRPC, no framing) each write a buffer and read the other's at the same
+// time, as the two ranks of an all-reduce do; a round ends when both
+// directions have arrived. At 4 KiB this is the floor of a 2-rank
+// all-reduce's latency; at 16 MiB and up, bytes ÷ time per direction is the
+// ceiling of its bus bandwidth (busbw = algbw for 2 ranks, and each rank
+// sends and receives the whole buffer once).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// wireResult is one size's measurement.
+type wireResult struct {
+	Op        string  `json:"op"`
+	Network   string  `json:"network"`
+	Bytes     int64   `json:"bytes"`
+	Iters     int     `json:"iters"`
+	TimeUsP50 float64 `json:"time_us_p50"`
+	TimeUsP90 float64 `json:"time_us_p90"`
+	GBps      float64 `json:"gbps"` // per direction, at p50
+}
+
+// wireFlags are the options shared by the benchmark and its peer.
+type wireFlags struct {
+	sizes     string
+	factor    int
+	iters     int
+	network   string
+	logFormat string
+}
+
+func (f *wireFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.sizes, "sizes", "4KiB,1MiB,16MiB,64MiB,256MiB", "buffer sizes: a comma list of sizes and ranges A..B (stepping ×--factor)")
+	fs.IntVar(&f.factor, "factor", 4, "step factor of size ranges")
+	fs.IntVar(&f.iters, "iters", 0, "timed rounds per size (0: about 512 MiB each way, 5 to 2000)")
+	fs.StringVar(&f.network, "network", "tcp", "tcp (loopback) or unix (a Unix socket)")
+	fs.StringVar(&f.logFormat, "log-format", "text", "output: text (a table) or json (one object per size)")
+}
+
+func (f *wireFlags) validate() ([]int64, error) {
+	var errs []error
+	sizes, err := commParseSizes(f.sizes, f.factor)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if f.iters < 0 {
+		errs = append(errs, fmt.Errorf("--iters %d: want ≥ 0", f.iters))
+	}
+	if f.network != "tcp" && f.network != "unix" {
+		errs = append(errs, fmt.Errorf("--network %q: want tcp or unix", f.network))
+	}
+	if f.logFormat != "text" && f.logFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format %q: want text or json", f.logFormat))
+	}
+	return sizes, errors.Join(errs...)
+}
+
+// wireIters is the number of timed rounds for size bytes.
+func wireIters(iters int, size int64) int {
+	if iters > 0 {
+		return iters
+	}
+	return int(min(2000, max(5, (512<<20)/max(size, 1))))
+}
+
+// wireDeadline bounds every round: a peer that stops is an error, not a hang.
+const wireDeadline = 60 * time.Second
+
+func cmdBenchWire(ctx context.Context, env *cmdEnv, args []string) error {
+	var f wireFlags
+	fs := newFlagSet(env, "bench wire", "[--sizes 4KiB..256MiB] [--network tcp|unix] [--log-format json]")
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sizes, err := f.validate()
+	if err != nil {
+		return fmt.Errorf("bench wire: %w", err)
+	}
+	var lis net.Listener
+	var lc net.ListenConfig
+	if f.network == "unix" {
+		dir, err := os.MkdirTemp("", "loom-wire-")
+		if err != nil {
+			return fmt.Errorf("bench wire: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		lis, err = lc.Listen(ctx, "unix", filepath.Join(dir, "wire.sock"))
+		if err != nil {
+			return fmt.Errorf("bench wire: %w", err)
+		}
+	} else if lis, err = lc.Listen(ctx, "tcp", "127.0.0.1:0"); err != nil {
+		return fmt.Errorf("bench wire: %w", err)
+	}
+	defer lis.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("bench wire: finding the loom binary: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe, "wire-peer", "--addr", lis.Addr().String(), "--network", f.network,
+		"--sizes", f.sizes, "--factor", strconv.Itoa(f.factor), "--iters", strconv.Itoa(f.iters))
+	cmd.Stderr = env.stderr
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("bench wire: starting the peer: %w", err)
+	}
+	defer cmd.Wait()
+	defer cancel()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	var conn net.Conn
+	select {
+	case c, ok := <-accepted:
+		if !ok {
+			return errors.New("bench wire: accepting the peer's connection failed")
+		}
+		conn = c
+	case <-time.After(30 * time.Second):
+		return errors.New("bench wire: the peer did not connect within 30s")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	if f.logFormat == "text" {
+		fmt.Fprintf(env.stdout, "# raw %s between two processes, both directions at once; GB/s per direction = 1e9 B/s\n", map[string]string{"tcp": "TCP loopback", "unix": "Unix socket"}[f.network])
+		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "GB/s each way")
+	}
+	for _, size := range sizes {
+		times, err := wireRounds(conn, size, wireIters(f.iters, size))
+		if err != nil {
+			return fmt.Errorf("bench wire: %d bytes: %w", size, err)
+		}
+		slices.Sort(times)
+		p50 := times[len(times)/2]
+		r := wireResult{Op: "wire", Network: f.network, Bytes: size, Iters: len(times), TimeUsP50: p50,
+			TimeUsP90: times[min(len(times)-1, len(times)*9/10)], GBps: float64(size) / (p50 * 1e-6) / 1e9}
+		if f.logFormat == "json" {
+			b, _ := json.Marshal(r)
+			fmt.Fprintln(env.stdout, string(b))
+		} else {
+			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f\n", commFormatSize(r.Bytes), r.Iters, r.TimeUsP50, r.TimeUsP90, r.GBps)
+		}
+	}
+	return nil
+}
+
+// cmdWirePeer is the other end of `loom bench wire`.
+func cmdWirePeer(ctx context.Context, env *cmdEnv, args []string) error {
+	var f wireFlags
+	var addr string
+	fs := newFlagSet(env, "wire-peer", "--addr A [bench wire flags]")
+	f.register(fs)
+	fs.StringVar(&addr, "addr", "", "the benchmark's address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sizes, err := f.validate()
+	if err != nil {
+		return fmt.Errorf("wire-peer: %w", err)
+	}
+	d := net.Dialer{Timeout: 30 * time.Second}
+	conn, err := d.DialContext(ctx, f.network, addr)
+	if err != nil {
+		return fmt.Errorf("wire-peer: %w", err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	for _, size := range sizes {
+		if _, err := wireRounds(conn, size, wireIters(f.iters, size)); err != nil {
+			return fmt.Errorf("wire-peer: %d bytes: %w", size, err)
+		}
+	}
+	return nil
+}
+
+// wireRounds runs two untimed and then iters timed rounds of size bytes
+// each way on conn and returns each timed round's duration in µs.
+func wireRounds(conn net.Conn, size int64, iters int) ([]float64, error) {
+	out := make([]byte, size)
+	in := make([]byte, size)
+	for i := range out {
+		out[i] = byte(i)
+	}
+	const writeBytes = 1 << 20 // the anchors' write size
+	round := func() error {
+		if err := conn.SetDeadline(time.Now().Add(wireDeadline)); err != nil {
+			return err
+		}
+		var wg sync.WaitGroup
+		var werr error
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for off := int64(0); off < size; off += writeBytes {
+				if _, err := conn.Write(out[off:min(size, off+writeBytes)]); err != nil {
+					werr = err
+					return
+				}
+			}
+		}()
+		_, rerr := io.ReadFull(conn, in)
+		wg.Wait()
+		return errors.Join(werr, rerr)
+	}
+	for range 2 {
+		if err := round(); err != nil {
+			return nil, err
+		}
+	}
+	times := make([]float64, iters)
+	for i := range times {
+		t0 := time.Now()
+		if err := round(); err != nil {
+			return nil, err
+		}
+		times[i] = float64(time.Since(t0).Nanoseconds()) / 1e3
+	}
+	return times, nil
+}
