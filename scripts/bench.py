@@ -86,9 +86,14 @@ def comm(rounds=3):
               f"median of {rounds} alternating runs of each (p50 per run)")
         loom, gloo, wire = {}, {}, {}
         for _ in range(rounds):
-            if ranks == 2:
-                for r in jsonl(run([LOOM, "bench", "wire", "--sizes", sizes, "--log-format", "json"])):
-                    wire.setdefault(r["bytes"], []).append(r)
+            if ranks == 2:  # the wire's best of 1 and 2 scheduler threads per process, per size
+                best = {}
+                for procs in ("1", "2"):
+                    for r in jsonl(run([LOOM, "bench", "wire", "--sizes", sizes, "--procs", procs, "--log-format", "json"])):
+                        if r["bytes"] not in best or r["time_us_p50"] < best[r["bytes"]]["time_us_p50"]:
+                            best[r["bytes"]] = r
+                for b, r in best.items():
+                    wire.setdefault(b, []).append(r)
             for r in jsonl(run([LOOM, "bench", "allreduce", "--ranks", str(ranks), "--sizes", sizes, "--log-format", "json"])):
                 loom.setdefault(r["bytes"], []).append(r)
             if torch_ok:
@@ -112,9 +117,10 @@ def comm(rounds=3):
                 line += f" {wp:11.1f} {wb:9.3f} {lb / wb if wb == wb and wb else float('nan'):9.2f}"
             print(line)
         print()
-    print("busbw = bytes x 2(n-1)/n / p50 (nccl-tests). 'wire' is `loom bench wire`: one plain socket between two")
-    print("processes, both directions at once, no gRPC: each 2-rank all-reduce rank sends and receives the whole")
-    print("buffer once, so its GB/s per direction bounds a 2-rank busbw and its 4 KiB p50 a 4 KiB all-reduce.")
+    print("busbw = bytes x 2(n-1)/n / p50 (nccl-tests). 'wire' is `loom bench wire`, the faster of --procs 1 and 2:")
+    print("one plain socket between two processes, both directions at once, no gRPC. Each rank of a 2-rank")
+    print("all-reduce sends and receives the whole buffer once, so the wire's GB/s per direction bounds a 2-rank")
+    print("busbw and its 4 KiB p50 bounds a 4 KiB all-reduce's.")
 
 
 if __name__ == "__main__":
