@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"time"
 
@@ -38,6 +39,7 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	steps := fs.Int("steps", 10, "timed steps")
 	warmup := fs.Int("warmup", 2, "untimed steps first")
 	logFormat := fs.String("log-format", "text", "text, or json (one object per measurement)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed steps to FILE (go tool pprof)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -92,6 +94,17 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	for i := 0; i < *steps+*warmup; i++ {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if i == *warmup && *cpuProfile != "" { // profile the timed steps only
+			pf, err := os.Create(*cpuProfile)
+			if err != nil {
+				return fmt.Errorf("bench step: %w", err)
+			}
+			defer pf.Close()
+			if err := pprof.StartCPUProfile(pf); err != nil {
+				return fmt.Errorf("bench step: %w", err)
+			}
+			defer pprof.StopCPUProfile()
 		}
 		st, err := tr.Step(ctx)
 		if err != nil {

@@ -8,6 +8,10 @@ package gemm
 // packA packs op(A)[ic:ic+mc, pc:pc+kc] into dst. With trans, A is stored
 // k×m, so each k step of a panel is a contiguous run of MR elements.
 func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, kc, mr int) {
+	if trans {
+		packColPanels(dst, a, pc*lda+ic, lda, mc, kc, mr)
+		return
+	}
 	for ir := 0; ir < mc; ir += mr {
 		rows := min(mr, mc-ir)
 		panel := dst[ir*kc : ir*kc+kc*mr]
@@ -22,6 +26,10 @@ func packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, kc, mr int) 
 // packB packs op(B)[pc:pc+kc, jc:jc+nc] into dst. Without trans, B is stored
 // k×n, so each k step of a panel is a contiguous run of NR elements.
 func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) {
+	if !trans {
+		packColPanels(dst, b, pc*ldb+jc, ldb, nc, kc, nr)
+		return
+	}
 	for jr := 0; jr < nc; jr += nr {
 		cols := min(nr, nc-jr)
 		panel := dst[jr*kc : jr*kc+kc*nr]
@@ -30,6 +38,49 @@ func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) 
 			continue
 		}
 		packRows(panel, b, (jc+jr)*ldb+pc, ldb, cols, kc, nr)
+	}
+}
+
+// packColPanels packs the n columns of kc rows (row p at src[off+p*ld:])
+// into ceil(n/width) panels of packCols' layout, panel q at
+// dst[q*width*kc:]. Full panels are filled a row at a time across all of
+// them, so each source row is read once, sequentially — a stream the
+// prefetcher follows; packing panel by panel instead reads one short run
+// per row at a stride of ld, a cache line and often a page per run.
+func packColPanels(dst, src []float32, off, ld, n, kc, width int) {
+	full := n / width
+	if full > 0 {
+		switch width {
+		case 6:
+			for p := 0; p < kc; p++ {
+				row := src[off+p*ld : off+p*ld+full*6]
+				for q := range full {
+					s := (*[6]float32)(row[q*6:])
+					d := (*[6]float32)(dst[q*6*kc+p*6:])
+					*(*[4]float32)(d[0:]) = *(*[4]float32)(s[0:])
+					*(*[2]float32)(d[4:]) = *(*[2]float32)(s[4:])
+				}
+			}
+		case 16:
+			for p := 0; p < kc; p++ {
+				row := src[off+p*ld : off+p*ld+full*16]
+				for q := range full {
+					s := (*[16]float32)(row[q*16:])
+					d := (*[16]float32)(dst[q*16*kc+p*16:])
+					*(*[4]float32)(d[0:]) = *(*[4]float32)(s[0:])
+					*(*[4]float32)(d[4:]) = *(*[4]float32)(s[4:])
+					*(*[4]float32)(d[8:]) = *(*[4]float32)(s[8:])
+					*(*[4]float32)(d[12:]) = *(*[4]float32)(s[12:])
+				}
+			}
+		default:
+			for q := range full {
+				packCols(dst[q*width*kc:], src, off+q*width, ld, width, kc, width)
+			}
+		}
+	}
+	if rem := n - full*width; rem > 0 {
+		packCols(dst[full*width*kc:], src, off+full*width, ld, rem, kc, width)
 	}
 }
 
