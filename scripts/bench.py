@@ -7,7 +7,7 @@ reference, and prints their ratio:
     OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset so OpenBLAS picks its best kernel);
   - training tokens/s: `loom bench step` vs the same LLaMA in PyTorch
     (llama_torch.py, OMP_WAIT_POLICY=PASSIVE, its best setting on 2 cores);
-  - all-reduce bus bandwidth, 2 and 4 ranks: `loom bench allreduce` vs Gloo
+  - all-reduce bus bandwidth, 2 and 4 ranks: `loom bench allreduce` vs Gloo and OpenMPI-TCP
     (scripts/gloo_allreduce.py, the anchor generalized to N ranks), beside the
     wire's own limit (`loom bench wire`: a plain socket, both ways at once).
 The hardware limit is the FMA peak `loom bench gemm --peak` measures.
@@ -101,11 +101,23 @@ def comm(rounds=3):
     if not torch_ok:
         print("# python3-torch missing: Gloo skipped")
     med = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")
+    mpi = shutil.which("mpicc") and shutil.which("mpirun")
+    if mpi:
+        run(["mpicc", "-O2", os.path.join(ANCHORS, "mpi_allreduce.c"), "-o", "/tmp/loom-mpi-allreduce"])
+    else:
+        print("# OpenMPI missing (../shared/bench/install.sh): skipped")
     for ranks in (2, 4):
         print(f"## All-reduce (fp32 sum), {ranks} ranks on TCP loopback: Loom vs Gloo, "
               f"median of {rounds} alternating runs of each (p50 per run)")
-        loom, gloo, wire = {}, {}, {}
+        loom, gloo, wire, ompi = {}, {}, {}, {}
         for _ in range(rounds):
+            if mpi:  # OpenMPI over TCP loopback (the anchor times each op after a barrier)
+                out = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(ranks), "--mca", "pml", "ob1",
+                           "--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", "lo", "/tmp/loom-mpi-allreduce"])
+                for l in out.splitlines():
+                    f = l.split()
+                    if len(f) == 8 and f[0].isdigit():
+                        ompi.setdefault(int(f[0]), []).append((float(f[3]), float(f[6])))
             if ranks == 2:  # the wire's best of 1 and 2 scheduler threads per process, per size
                 best = {}
                 for procs in ("1", "2"):
@@ -121,7 +133,7 @@ def comm(rounds=3):
                            "--ranks", str(ranks), "--sizes", sizes], env=CLEAN)
                 for r in jsonl(out):
                     gloo.setdefault(r["bytes"], []).append(r)
-        hdr = f"{'bytes':>10} {'Loom p50 µs':>11} {'Loom busbw':>10} {'Gloo p50 µs':>11} {'Gloo busbw':>10} {'ratio':>6}"
+        hdr = f"{'bytes':>10} {'Loom p50 µs':>11} {'Loom busbw':>10} {'Gloo p50 µs':>11} {'Gloo busbw':>10} {'ratio':>6} {'MPI p50 µs':>10} {'MPI busbw':>9}"
         if ranks == 2:
             hdr += f" {'wire p50 µs':>11} {'wire GB/s':>9} {'Loom/wire':>9}"
         print(hdr)
@@ -130,13 +142,16 @@ def comm(rounds=3):
             lb = med([r["busbw_gbps"] for r in loom[b]])
             gp = med([r["time_us_p50"] for r in gloo.get(b, [])])
             gb = med([r["busbw_gbps"] for r in gloo.get(b, [])])
-            line = f"{b:>10} {lp:11.1f} {lb:10.3f} {gp:11.1f} {gb:10.3f} {lb / gb if gb == gb and gb else float('nan'):6.2f}"
+            mp = med([x[0] for x in ompi.get(b, [])])
+            mb = med([x[1] for x in ompi.get(b, [])])
+            line = f"{b:>10} {lp:11.1f} {lb:10.3f} {gp:11.1f} {gb:10.3f} {lb / gb if gb == gb and gb else float('nan'):6.2f} {mp:10.1f} {mb:9.3f}"
             if ranks == 2:
                 wp = med([r["time_us_p50"] for r in wire.get(b, [])])
                 wb = med([r["gbps"] for r in wire.get(b, [])])
                 line += f" {wp:11.1f} {wb:9.3f} {lb / wb if wb == wb and wb else float('nan'):9.2f}"
             print(line)
         print()
+    print("MPI: OpenMPI over TCP loopback (pml ob1, btl tcp,self), ../shared/bench/mpi_allreduce.c.")
     print("busbw = bytes x 2(n-1)/n / p50 (nccl-tests). 'wire' is `loom bench wire`, the faster of --procs 1 and 2:")
     print("one plain socket between two processes, both directions at once, no gRPC. Each rank of a 2-rank")
     print("all-reduce sends and receives the whole buffer once, so the wire's GB/s per direction bounds a 2-rank")
