@@ -295,9 +295,12 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 			procs = "GOMAXPROCS=" + strconv.Itoa(p)
 		}
 	}
+	// The workers' stderr goes to one writer; exec copies each from its own
+	// goroutine unless the writer is a file.
+	stderr := &lockedWriter{w: env.stderr}
 	for r := range cfg.ranks {
 		cmd := exec.CommandContext(ctx, exe, append([]string{"comm-worker", "--kind", kind, "--rank", strconv.Itoa(r)}, f.args()...)...)
-		cmd.Stderr = env.stderr
+		cmd.Stderr = stderr
 		if procs != "" {
 			cmd.Env = append(os.Environ(), procs)
 		}
@@ -599,4 +602,16 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 		res.Algo = cfg.spec.AllReduce.String()
 	}
 	return res, nil
+}
+
+// lockedWriter serializes writes to w. Safe for concurrent use.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
