@@ -81,7 +81,7 @@
 //     and the all-gather copies into the caller's buffer — 7% in the
 //     reduction and the rest in framing and scheduling; about 20% of the
 //     wall time both workers wait on each other between ring steps. Loom
-//     reaches 0.6–0.75 of the plain socket's bandwidth from 16 MiB up.
+//     reaches 0.55–0.75 of the plain socket's bandwidth from 16 MiB up.
 //   - Small buffers are bound by per-message cost: a 4 KiB exchange over a
 //     plain socket takes 24–48 µs, a plain gRPC-go stream's one-way trip
 //     about 60 µs (123 µs round trip), and Loom's 4 KiB all-reduce 95–135 µs.
