@@ -17,15 +17,16 @@ func packRows8AVX(dst, src *float32, ld, kc, width int)
 //go:noescape
 func packRows6AVX(dst, src *float32, ld, kc, width int)
 
-// useAVXPack: the routines need AVX only (VINSERTF128, VUNPCK*PS, VSHUFPS
-// on ymm); cpu.X86.HasAVX also checks that the OS saves the ymm state.
-var useAVXPack = cpu.X86.HasAVX
+// useAVXPack reports whether the routines may run: they need AVX only
+// (VINSERTF128, VUNPCK*PS, VSHUFPS on ymm); cpu.X86.HasAVX also checks that
+// the OS saves the ymm state.
+func useAVXPack() bool { return cpu.X86.HasAVX }
 
 // packRowsGroup8 is packRows8 with the full blocks of 8 k-steps in assembly
 // and the kc%8 tail in Go.
 func packRowsGroup8(dst, src []float32, ld, kc, width int) {
 	k8 := kc &^ 7
-	if !useAVXPack || k8 == 0 || width < 8 {
+	if !useAVXPack() || k8 == 0 || width < 8 {
 		packRows8(dst, src, ld, kc, width)
 		return
 	}
@@ -41,7 +42,7 @@ func packRowsGroup8(dst, src []float32, ld, kc, width int) {
 // packRowsGroup6 is packRowsGroup8 for 6 rows (packRows6).
 func packRowsGroup6(dst, src []float32, ld, kc, width int) {
 	k8 := kc &^ 7
-	if !useAVXPack || k8 == 0 || width < 6 {
+	if !useAVXPack() || k8 == 0 || width < 6 {
 		packRows6(dst, src, ld, kc, width)
 		return
 	}
