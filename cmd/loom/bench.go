@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime/pprof"
 )
 
 // benchCommands lists the `loom bench` subcommands.
@@ -31,4 +33,21 @@ func cmdBench(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("bench: unknown benchmark %q (want gemm, step, allreduce, reduce-scatter, all-gather or wire)", args[0])
 	}
 	return c.run(ctx, env, args[1:])
+}
+
+// startCPUProfile writes a CPU profile to path until the returned function
+// is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -457,15 +456,11 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if f.profileDir != "" {
-		pf, err := os.Create(filepath.Join(f.profileDir, fmt.Sprintf("rank%d.pprof", rank)))
+		stop, err := startCPUProfile(filepath.Join(f.profileDir, fmt.Sprintf("rank%d.pprof", rank)))
 		if err != nil {
 			return fmt.Errorf("comm-worker: %w", err)
 		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return fmt.Errorf("comm-worker: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	cfg.topts.ListenAddr = "127.0.0.1:0"
 	if f.network == "unix" {

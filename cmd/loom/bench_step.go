@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"sort"
 	"time"
 
@@ -96,15 +95,11 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 			return err
 		}
 		if i == *warmup && *cpuProfile != "" { // profile the timed steps only
-			pf, err := os.Create(*cpuProfile)
+			stop, err := startCPUProfile(*cpuProfile)
 			if err != nil {
 				return fmt.Errorf("bench step: %w", err)
 			}
-			defer pf.Close()
-			if err := pprof.StartCPUProfile(pf); err != nil {
-				return fmt.Errorf("bench step: %w", err)
-			}
-			defer pprof.StopCPUProfile()
+			defer stop()
 		}
 		st, err := tr.Step(ctx)
 		if err != nil {
