@@ -1,8 +1,6 @@
 package model_test
 
 import (
-	"bytes"
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"math"
@@ -11,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/loomtrain/loom/internal/golden"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/optim"
 	"github.com/loomtrain/loom/tensor"
@@ -18,103 +17,7 @@ import (
 
 var update = flag.Bool("update", false, "regenerate model/testdata/*.bin with scripts/golden/make_fixtures.py (needs /usr/bin/python3 with torch)")
 
-// Fixture format: see scripts/golden/make_fixtures.py.
-const (
-	fixtureMagic   = "LOOMGLD\x00"
-	fixtureVersion = 1
-	dtF32          = 1
-	dtI32          = 2
-	dtF64          = 3
-)
-
 var goldenCases = []string{"gqa_untied", "mqa_tied", "mha_untied"}
-
-type record struct {
-	shape []int
-	f32   []float32
-	i32   []int32
-	f64   []float64
-}
-
-type fixture map[string]*record
-
-func readFixture(path string) (fixture, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	r := bytes.NewReader(data)
-	magic := make([]byte, 8)
-	if _, err := r.Read(magic); err != nil || string(magic) != fixtureMagic {
-		return nil, fmt.Errorf("%s: bad magic %q", path, magic)
-	}
-	var hdr struct{ Version, Count uint32 }
-	if err := binary.Read(r, binary.LittleEndian, &hdr); err != nil {
-		return nil, fmt.Errorf("%s: header: %w", path, err)
-	}
-	if hdr.Version != fixtureVersion {
-		return nil, fmt.Errorf("%s: version %d, want %d", path, hdr.Version, fixtureVersion)
-	}
-	f := fixture{}
-	for i := 0; i < int(hdr.Count); i++ {
-		var nameLen uint32
-		if err := binary.Read(r, binary.LittleEndian, &nameLen); err != nil || nameLen > 1024 {
-			return nil, fmt.Errorf("%s: record %d: name length %d: %v", path, i, nameLen, err)
-		}
-		name := make([]byte, nameLen)
-		if _, err := r.Read(name); err != nil {
-			return nil, fmt.Errorf("%s: record %d name: %w", path, i, err)
-		}
-		var dt, ndim uint32
-		binary.Read(r, binary.LittleEndian, &dt)
-		if err := binary.Read(r, binary.LittleEndian, &ndim); err != nil || ndim > 8 {
-			return nil, fmt.Errorf("%s: record %q: ndim %d: %v", path, name, ndim, err)
-		}
-		dims := make([]uint32, ndim)
-		if err := binary.Read(r, binary.LittleEndian, dims); err != nil {
-			return nil, fmt.Errorf("%s: record %q dims: %w", path, name, err)
-		}
-		rec := &record{}
-		n := 1
-		for _, d := range dims {
-			rec.shape = append(rec.shape, int(d))
-			n *= int(d)
-		}
-		if n > r.Len() {
-			return nil, fmt.Errorf("%s: record %q: %d elements but %d bytes left", path, name, n, r.Len())
-		}
-		switch dt {
-		case dtF32:
-			rec.f32 = make([]float32, n)
-			err = binary.Read(r, binary.LittleEndian, rec.f32)
-		case dtI32:
-			rec.i32 = make([]int32, n)
-			err = binary.Read(r, binary.LittleEndian, rec.i32)
-		case dtF64:
-			rec.f64 = make([]float64, n)
-			err = binary.Read(r, binary.LittleEndian, rec.f64)
-		default:
-			err = fmt.Errorf("unknown dtype %d", dt)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: record %q data: %w", path, name, err)
-		}
-		f[string(name)] = rec
-	}
-	if r.Len() != 0 {
-		return nil, fmt.Errorf("%s: %d trailing bytes", path, r.Len())
-	}
-	return f, nil
-}
-
-func (f fixture) get(t *testing.T, name string) *record {
-	t.Helper()
-	r, ok := f[name]
-	if !ok {
-		t.Fatalf("fixture has no record %q", name)
-	}
-	return r
-}
 
 // compareRel fails if the relative L2 error of got against want exceeds tol,
 // naming the tensor and the largest element difference.
@@ -145,16 +48,13 @@ func compareRel(t *testing.T, name string, got, want []float32, tol float64) flo
 	return rel
 }
 
-func loadGolden(t *testing.T, name string) (fixture, *model.Model) {
+func loadGolden(t *testing.T, name string) (golden.Fixture, *model.Model) {
 	t.Helper()
-	f, err := readFixture(filepath.Join("testdata", name+".bin"))
+	f, err := golden.Read(filepath.Join("testdata", name+".bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, cf := f.get(t, "config").i32, f.get(t, "config_f64").f64
-	cfg := model.Config{VocabSize: int(c[0]), Dim: int(c[1]), NLayers: int(c[2]), NHeads: int(c[3]), NKVHeads: int(c[4]),
-		FFNHidden: int(c[5]), SeqLen: int(c[6]), TieEmbeddings: c[7] != 0, RopeTheta: cf[0], NormEps: cf[1]}
-	m, err := model.New(cfg, tensor.Reference{})
+	m, err := model.New(f.Config(t), tensor.Reference{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,15 +62,15 @@ func loadGolden(t *testing.T, name string) (fixture, *model.Model) {
 	return f, m
 }
 
-func loadParams(t *testing.T, f fixture, m *model.Model) {
+func loadParams(t *testing.T, f golden.Fixture, m *model.Model) {
 	t.Helper()
 	n := 0
 	for _, v := range m.Layout.Views {
-		r := f.get(t, "param/"+v.Name)
-		if fmt.Sprint(r.shape) != fmt.Sprint(v.Shape) {
-			t.Fatalf("%s: fixture shape %v, layout shape %v", v.Name, r.shape, v.Shape)
+		r := f.Get(t, "param/"+v.Name)
+		if fmt.Sprint(r.Shape) != fmt.Sprint(v.Shape) {
+			t.Fatalf("%s: fixture shape %v, layout shape %v", v.Name, r.Shape, v.Shape)
 		}
-		copy(m.Params[v.Offset:v.End()], r.f32)
+		copy(m.Params[v.Offset:v.End()], r.F32)
 		n++
 	}
 	for k := range f {
@@ -198,32 +98,32 @@ func TestGoldenForwardBackward(t *testing.T) {
 	for _, name := range goldenCases {
 		t.Run(name, func(t *testing.T) {
 			f, m := loadGolden(t, name)
-			tok, tgt := f.get(t, "tokens"), f.get(t, "targets")
-			B, T := tok.shape[0], tok.shape[1]
+			tok, tgt := f.Get(t, "tokens"), f.Get(t, "targets")
+			B, T := tok.Shape[0], tok.Shape[1]
 			a, err := m.NewActs(B, T)
 			if err != nil {
 				t.Fatal(err)
 			}
-			logits, err := m.Logits(a, tok.i32)
+			logits, err := m.Logits(a, tok.I32)
 			if err != nil {
 				t.Fatal(err)
 			}
-			rel := compareRel(t, "logits", logits, f.get(t, "logits").f32, 1e-5)
+			rel := compareRel(t, "logits", logits, f.Get(t, "logits").F32, 1e-5)
 			t.Logf("logits rel L2 err %.3g", rel)
 
 			m.ZeroGrads()
-			loss, err := m.ForwardBackward(a, tok.i32, tgt.i32, 1)
+			loss, err := m.ForwardBackward(a, tok.I32, tgt.I32, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := f.get(t, "loss").f64[0]
+			want := f.Get(t, "loss").F64[0]
 			lossErr := math.Abs(loss-want) / math.Abs(want)
 			if lossErr > 1e-5 {
 				t.Errorf("loss %.8f, want %.8f (rel err %.3g)", loss, want, lossErr)
 			}
 			worst, worstName := 0.0, ""
 			for _, v := range m.Layout.Views {
-				rel := compareRel(t, "grad "+v.Name, m.Grads[v.Offset:v.End()], f.get(t, "grad/"+v.Name).f32, 1e-4)
+				rel := compareRel(t, "grad "+v.Name, m.Grads[v.Offset:v.End()], f.Get(t, "grad/"+v.Name).F32, 1e-4)
 				if rel > worst {
 					worst, worstName = rel, v.Name
 				}
@@ -237,7 +137,7 @@ func TestGoldenAdamWSteps(t *testing.T) {
 	for _, name := range goldenCases {
 		t.Run(name, func(t *testing.T) {
 			f, m := loadGolden(t, name)
-			of, oi := f.get(t, "optim_f64").f64, f.get(t, "optim_i32").i32
+			of, oi := f.Get(t, "optim_f64").F64, f.Get(t, "optim_i32").I32
 			sched := optim.Schedule{MaxLR: of[0], MinLR: of[1], WarmupSteps: int(oi[0]), TotalSteps: int(oi[1])}
 			if err := sched.Validate(); err != nil {
 				t.Fatal(err)
@@ -252,20 +152,20 @@ func TestGoldenAdamWSteps(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			tok, tgt := f.get(t, "tokens"), f.get(t, "targets")
-			B, T := tok.shape[0], tok.shape[1]
+			tok, tgt := f.Get(t, "tokens"), f.Get(t, "targets")
+			B, T := tok.Shape[0], tok.Shape[1]
 			rows := B / micro
 			a, err := m.NewActs(rows, T)
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantLoss, wantNorm, wantLR := f.get(t, "step_loss").f64, f.get(t, "step_norm").f64, f.get(t, "step_lr").f64
+			wantLoss, wantNorm, wantLR := f.Get(t, "step_loss").F64, f.Get(t, "step_norm").F64, f.Get(t, "step_lr").F64
 			for s := 0; s < steps; s++ {
 				m.ZeroGrads()
 				var loss float64
 				for i := 0; i < micro; i++ {
-					sl := tok.i32[i*rows*T : (i+1)*rows*T]
-					tl := tgt.i32[i*rows*T : (i+1)*rows*T]
+					sl := tok.I32[i*rows*T : (i+1)*rows*T]
+					tl := tgt.I32[i*rows*T : (i+1)*rows*T]
 					l, err := m.ForwardBackward(a, sl, tl, 1/float32(micro))
 					if err != nil {
 						t.Fatal(err)
@@ -292,7 +192,7 @@ func TestGoldenAdamWSteps(t *testing.T) {
 			}
 			worst, worstName := 0.0, ""
 			for _, v := range m.Layout.Views {
-				rel := compareRel(t, fmt.Sprintf("%s after %d steps", v.Name, steps), m.Params[v.Offset:v.End()], f.get(t, "after/"+v.Name).f32, 1e-4)
+				rel := compareRel(t, fmt.Sprintf("%s after %d steps", v.Name, steps), m.Params[v.Offset:v.End()], f.Get(t, "after/"+v.Name).F32, 1e-4)
 				if rel > worst {
 					worst, worstName = rel, v.Name
 				}
@@ -303,11 +203,11 @@ func TestGoldenAdamWSteps(t *testing.T) {
 }
 
 func TestGoldenSchedule(t *testing.T) {
-	f, err := readFixture(filepath.Join("testdata", goldenCases[0]+".bin"))
+	f, err := golden.Read(filepath.Join("testdata", goldenCases[0]+".bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sf, si, want := f.get(t, "sched_f64").f64, f.get(t, "sched_i32").i32, f.get(t, "sched_lr").f64
+	sf, si, want := f.Get(t, "sched_f64").F64, f.Get(t, "sched_i32").I32, f.Get(t, "sched_lr").F64
 	s := optim.Schedule{MaxLR: sf[0], MinLR: sf[1], WarmupSteps: int(si[0]), TotalSteps: int(si[1])}
 	for step, w := range want {
 		if got := s.LR(step); math.Abs(got-w) > 1e-12*w {

@@ -1,14 +1,11 @@
 package fast_test
 
 import (
-	"bytes"
-	"encoding/binary"
-	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/loomtrain/loom/internal/golden"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/optim"
 	"github.com/loomtrain/loom/tensor"
@@ -128,121 +125,38 @@ func TestGoldenFixtures(t *testing.T) {
 	defer k.Close()
 	for _, name := range []string{"gqa_untied", "mqa_tied", "mha_untied"} {
 		t.Run(name, func(t *testing.T) {
-			f, err := readFixture(filepath.Join("..", "..", "model", "testdata", name+".bin"))
+			f, err := golden.Read(filepath.Join("..", "..", "model", "testdata", name+".bin"))
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, cf := f.get(t, "config").i32, f.get(t, "config_f64").f64
-			cfg := model.Config{VocabSize: int(c[0]), Dim: int(c[1]), NLayers: int(c[2]), NHeads: int(c[3]), NKVHeads: int(c[4]),
-				FFNHidden: int(c[5]), SeqLen: int(c[6]), TieEmbeddings: c[7] != 0, RopeTheta: cf[0], NormEps: cf[1]}
-			m, err := model.New(cfg, k)
+			m, err := model.New(f.Config(t), k)
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, v := range m.Layout.Views {
-				copy(m.Params[v.Offset:v.End()], f.get(t, "param/"+v.Name).f32)
+				copy(m.Params[v.Offset:v.End()], f.Get(t, "param/"+v.Name).F32)
 			}
-			tok, tgt := f.get(t, "tokens"), f.get(t, "targets")
-			a, err := m.NewActs(tok.shape[0], tok.shape[1])
+			tok, tgt := f.Get(t, "tokens"), f.Get(t, "targets")
+			a, err := m.NewActs(tok.Shape[0], tok.Shape[1])
 			if err != nil {
 				t.Fatal(err)
 			}
-			logits, err := m.Logits(a, tok.i32)
+			logits, err := m.Logits(a, tok.I32)
 			if err != nil {
 				t.Fatal(err)
 			}
-			compare(t, "logits", logits, f.get(t, "logits").f32, 1e-5)
+			compare(t, "logits", logits, f.Get(t, "logits").F32, 1e-5)
 			m.ZeroGrads()
-			loss, err := m.ForwardBackward(a, tok.i32, tgt.i32, 1)
+			loss, err := m.ForwardBackward(a, tok.I32, tgt.I32, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := f.get(t, "loss").f64[0]; math.Abs(loss-want)/math.Abs(want) > 1e-5 {
+			if want := f.Get(t, "loss").F64[0]; math.Abs(loss-want)/math.Abs(want) > 1e-5 {
 				t.Errorf("loss %.8f, want %.8f", loss, want)
 			}
 			for _, v := range m.Layout.Views {
-				compare(t, "grad "+v.Name, m.Grads[v.Offset:v.End()], f.get(t, "grad/"+v.Name).f32, 1e-4)
+				compare(t, "grad "+v.Name, m.Grads[v.Offset:v.End()], f.Get(t, "grad/"+v.Name).F32, 1e-4)
 			}
 		})
 	}
-}
-
-// Fixture format: scripts/golden/make_fixtures.py (reader as in model/golden_test.go).
-type record struct {
-	shape []int
-	f32   []float32
-	i32   []int32
-	f64   []float64
-}
-
-type fixture map[string]*record
-
-func (f fixture) get(t *testing.T, name string) *record {
-	t.Helper()
-	r, ok := f[name]
-	if !ok {
-		t.Fatalf("fixture has no record %q", name)
-	}
-	return r
-}
-
-func readFixture(path string) (fixture, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	r := bytes.NewReader(data)
-	magic := make([]byte, 8)
-	if _, err := r.Read(magic); err != nil || string(magic) != "LOOMGLD\x00" {
-		return nil, fmt.Errorf("%s: bad magic %q", path, magic)
-	}
-	var hdr struct{ Version, Count uint32 }
-	if err := binary.Read(r, binary.LittleEndian, &hdr); err != nil || hdr.Version != 1 {
-		return nil, fmt.Errorf("%s: header %+v: %v", path, hdr, err)
-	}
-	f := fixture{}
-	for i := 0; i < int(hdr.Count); i++ {
-		var nameLen uint32
-		if err := binary.Read(r, binary.LittleEndian, &nameLen); err != nil || nameLen > 1024 {
-			return nil, fmt.Errorf("%s: record %d: name length %d: %v", path, i, nameLen, err)
-		}
-		name := make([]byte, nameLen)
-		r.Read(name)
-		var dt, ndim uint32
-		binary.Read(r, binary.LittleEndian, &dt)
-		if err := binary.Read(r, binary.LittleEndian, &ndim); err != nil || ndim > 8 {
-			return nil, fmt.Errorf("%s: record %q: ndim %d: %v", path, name, ndim, err)
-		}
-		dims := make([]uint32, ndim)
-		if err := binary.Read(r, binary.LittleEndian, dims); err != nil {
-			return nil, err
-		}
-		rec := &record{}
-		n := 1
-		for _, d := range dims {
-			rec.shape = append(rec.shape, int(d))
-			n *= int(d)
-		}
-		if n > r.Len() {
-			return nil, fmt.Errorf("%s: record %q truncated", path, name)
-		}
-		switch dt {
-		case 1:
-			rec.f32 = make([]float32, n)
-			err = binary.Read(r, binary.LittleEndian, rec.f32)
-		case 2:
-			rec.i32 = make([]int32, n)
-			err = binary.Read(r, binary.LittleEndian, rec.i32)
-		case 3:
-			rec.f64 = make([]float64, n)
-			err = binary.Read(r, binary.LittleEndian, rec.f64)
-		default:
-			err = fmt.Errorf("unknown dtype %d", dt)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("%s: record %q: %w", path, name, err)
-		}
-		f[string(name)] = rec
-	}
-	return f, nil
 }
