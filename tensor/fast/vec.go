@@ -194,3 +194,18 @@ func adamwGo(p, g, m, v []float32, c *adamConsts) {
 		m[i], v[i] = mi, vi
 	}
 }
+
+// Kernels with no assembly yet run their Go versions on every platform.
+
+func vmax(x []float32) float32                        { return maxGo(x) }
+func sumSq(x []float32) float64                       { return sumSqGo(x) }
+func dot(x, y []float32) float32                      { return dotGo(x, y) }
+func dot3(a, b, c []float32) float64                  { return dot3Go(a, b, c) }
+func rmsScale(out, x, w []float32, rs float32)        { rmsScaleGo(out, x, w, rs) }
+func addTo(dst, src []float32)                        { addToGo(dst, src) }
+func scale(x []float32, alpha float32)                { scaleGo(x, alpha) }
+func ropeRotate(x1, x2, c, s []float32, sign float32) { ropeRotateGo(x1, x2, c, s, sign) }
+func adamw(p, g, m, v []float32, c *adamConsts)       { adamwGo(p, g, m, v, c) }
+func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
+	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
+}
