@@ -46,7 +46,10 @@ func packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) 
 // dst[q*width*kc:]. Full panels are filled a row at a time across all of
 // them, so each source row is read once, sequentially — a stream the
 // prefetcher follows; packing panel by panel instead reads one short run
-// per row at a stride of ld, a cache line and often a page per run.
+// per row at a stride of ld, a cache line and often a page per run
+// (measured: A/mr=6/trans 2.5 → 4.1 GB/s, B/nr=16 6.2 → 7.5). Only the AVX2
+// kernel's widths, 6 and 16, have the row sweep; the AVX-512 widths go
+// panel by panel until they can be measured on AVX-512 hardware.
 func packColPanels(dst, src []float32, off, ld, n, kc, width int) {
 	full := n / width
 	if full > 0 {
