@@ -56,6 +56,9 @@ type Options struct {
 	// Resume is where the job starts: "" (fresh), "latest" or a checkpoint
 	// step directory (loomv1.JobDesired.resume).
 	Resume string
+	// RunID is the run's id in its checkpoints ("": the coordinator makes
+	// a new one; a resumed run passes its checkpoint's).
+	RunID string
 	// Progress receives a line per status change and per step (nil: discard).
 	Progress io.Writer
 	// JSON makes every Progress line a JSON object (see Follow).
@@ -168,7 +171,7 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	defer client.Close()
 	subctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err = client.RPC().Submit(subctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: opts.Source,
-		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume})
+		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume, RunId: opts.RunID})
 	cancel()
 	if err != nil {
 		return &api.RPCError{Addr: client.Addr(), Op: "submit", Err: err}
