@@ -60,7 +60,11 @@ type Options struct {
 	// a new one; a resumed run passes its checkpoint's).
 	RunID string
 	// Progress receives a line per status change and per step (nil: discard).
+	// With JSON it receives nothing else, so every line parses.
 	Progress io.Writer
+	// Info receives Local's own lines: where the coordinator and etcd
+	// serve (default os.Stderr).
+	Info io.Writer
 	// JSON makes every Progress line a JSON object (see Follow).
 	JSON bool
 	// WorkerOutput receives the workers' output, each line prefixed with
@@ -112,6 +116,9 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	if opts.WorkerOutput == nil {
 		opts.WorkerOutput = os.Stderr
+	}
+	if opts.Info == nil {
+		opts.Info = os.Stderr
 	}
 	if opts.Executable == "" {
 		if opts.Executable, err = os.Executable(); err != nil {
@@ -176,7 +183,7 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if err != nil {
 		return &api.RPCError{Addr: client.Addr(), Op: "submit", Err: err}
 	}
-	fmt.Fprintf(opts.Progress, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
+	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
 		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])
 
 	// Follow the job until it ends, a worker process exits early, or ctx

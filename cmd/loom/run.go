@@ -69,7 +69,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
 		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
-			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr, Resume: *resume, RunID: runID}); err != nil {
+			Progress: env.stdout, JSON: *logFormat == "json", Info: env.stderr, WorkerOutput: env.stderr, Resume: *resume, RunID: runID}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
