@@ -25,6 +25,9 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 		source = "submitted spec"
 	}
 	spec, err := api.ParseSpec(req.SpecYaml, source)
+	if err == nil {
+		err = api.Supported(spec, source)
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -95,6 +95,9 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if verr := spec.Validate(); verr != nil {
 		return verr
 	}
+	if serr := api.Supported(spec, opts.Source); serr != nil {
+		return serr
+	}
 	world := spec.Parallel.WorldSize()
 	specYAML := opts.SpecYAML
 	if specYAML == nil {

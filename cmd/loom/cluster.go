@@ -198,10 +198,14 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
-	// Validate here too, so an invalid spec fails without a coordinator.
+	// Validate here too, so an invalid spec fails without a coordinator,
+	// and with the same checks as `loom run`.
 	spec, err := api.ParseSpec(src, pos[0])
 	if err != nil {
 		return err
+	}
+	if err := api.Supported(spec, pos[0]); err != nil {
+		return fmt.Errorf("submit: %w", err)
 	}
 	c, err := dialCoordinator(ctx, addr)
 	if err != nil {

@@ -45,11 +45,10 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := api.Supported(spec, pos[0]); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	if w := spec.Parallel.WorldSize(); w != 1 {
-		if spec.Parallel.TP != 1 || spec.Parallel.PP != 1 {
-			return fmt.Errorf("run: %s: parallel layout dp=%d tp=%d pp=%d: tensor and pipeline parallelism are not supported yet: set tp: 1 and pp: 1 (data parallelism runs)",
-				pos[0], spec.Parallel.DP, spec.Parallel.TP, spec.Parallel.PP)
-		}
 		if *initDir != "" {
 			return errors.New("run: --init is supported only for world size 1 so far")
 		}
