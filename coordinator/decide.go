@@ -50,14 +50,13 @@ const (
 	PutStatus ActionKind = iota + 1
 	PutAssignment
 	DeleteAssignment
-	// CommitCheckpoint: every rank reported its files of a step; write the
-	// manifest (file I/O before the etcd transaction), then record the
-	// checkpoint and delete the reports.
-	CommitCheckpoint
-	// DropCheckpointReports: the reports of a step that can no longer
-	// complete (its generation ended) or that is not newer than the
-	// latest checkpoint.
-	DropCheckpointReports
+	// Checkpoints is a job's checkpoint work of one round, however many
+	// steps it covers: Commits are the steps every rank reported (write
+	// their manifests, file I/O before the etcd transaction, then record
+	// the newest); every step in DeleteReports has its reports deleted —
+	// the committed ones and Drops, those that can no longer complete (their
+	// generation ended) or are not newer than the latest checkpoint.
+	Checkpoints
 )
 
 func (k ActionKind) String() string {
@@ -68,27 +67,29 @@ func (k ActionKind) String() string {
 		return "put-assignment"
 	case DeleteAssignment:
 		return "delete-assignment"
-	case CommitCheckpoint:
-		return "commit-checkpoint"
-	case DropCheckpointReports:
-		return "drop-checkpoint-reports"
+	case Checkpoints:
+		return "checkpoints"
 	}
 	return fmt.Sprintf("ActionKind(%d)", int(k))
 }
 
-// Action is one write the leader must make.
+// Action is one change the leader must make. Decide returns at most one
+// action of each kind per job, and the kinds write disjoint keys, so a
+// round's writes hold each key once (see writeSet).
 type Action struct {
 	Kind       ActionKind
 	Job        string
 	Status     *loomv1.JobStatus  // PutStatus
 	Assignment *loomv1.Assignment // PutAssignment
-	// Step and Reports (by rank) for the checkpoint actions; Record is
-	// filled in by the leader once CommitCheckpoint's manifest is written.
-	Step    int64
-	Reports []*loomv1.CheckpointReport
-	Record  *loomv1.CheckpointRecord
-	// Run is the job's run id (JobDesired.run_id), which CommitCheckpoint
-	// records in the manifest and scopes retention to.
+	// Checkpoints: the steps to commit (oldest first), the steps dropped,
+	// and the report ranges to delete; Record is filled in by the leader
+	// with the newest step whose manifest it wrote (nil: none).
+	Commits       []StepReports
+	Drops         []int64
+	DeleteReports []StepRange
+	Record        *loomv1.CheckpointRecord
+	// Run is the job's run id (JobDesired.run_id), which the commits
+	// record in the manifests and scope retention to.
 	Run string
 }
 
@@ -98,8 +99,12 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s %s %s gen=%d %q", a.Kind, a.Job, a.Status.State, a.Status.Generation, a.Status.Message)
 	case PutAssignment:
 		return fmt.Sprintf("%s %s gen=%d ranks=%d", a.Kind, a.Job, a.Assignment.Generation, len(a.Assignment.Ranks))
-	case CommitCheckpoint, DropCheckpointReports:
-		return fmt.Sprintf("%s %s step=%d ranks=%d", a.Kind, a.Job, a.Step, len(a.Reports))
+	case Checkpoints:
+		var commits []string
+		for _, c := range a.Commits {
+			commits = append(commits, fmt.Sprintf("%d(%d ranks)", c.Step, len(c.Reports)))
+		}
+		return fmt.Sprintf("%s %s commit=%v drop=%v", a.Kind, a.Job, commits, a.Drops)
 	}
 	return fmt.Sprintf("%s %s", a.Kind, a.Job)
 }
@@ -177,7 +182,9 @@ func Decide(o Observed) []Action {
 		// Checkpoints first: a job that just finished has every rank's
 		// report of its last save, and its manifest is written before its
 		// final status.
-		acts = append(acts, decideCheckpoints(j)...)
+		if ck, ok := decideCheckpoints(j); ok {
+			acts = append(acts, ck)
+		}
 		switch {
 		case Terminal(cur.State):
 			deleteAssignment()

@@ -28,9 +28,15 @@
 //
 // The leader re-reads the whole prefix whenever anything under it changes
 // (and every resync interval), computes Decide(observed) — a pure function —
-// and applies the resulting actions in one etcd transaction that compares
-// the create revision of its election key, so a deposed leader cannot
-// write. A restarted coordinator needs no memory: it reads the same state.
+// and applies the resulting actions in etcd transactions that compare the
+// create revision of its election key, so a deposed leader cannot write. A
+// round's writes hold each key once by construction (writeSet: one action
+// of each kind per job, however many checkpoints completed since the last
+// round; a job's writes in one transaction) and are checked against etcd's
+// transaction rule before they are sent, so a round etcd would refuse is
+// never retried forever. A restarted coordinator needs no memory: it reads
+// the same state. The randomized transcript test (transcript_test.go) plays
+// the outside world against Decide and checks every round and fixed point.
 //
 // Rendezvous follows TorchElastic: once world-size idle workers of the
 // coordinator's Loom version are registered, the leader writes an
