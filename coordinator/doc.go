@@ -19,6 +19,7 @@
 //	jobs/NAME/checkpoints/STEP/RANK     CheckpointReport the rank's worker        until committed or dropped
 //	jobs/NAME/checkpoint                CheckpointRecord leader only (fenced)     until resubmitted
 //	workers/ID                          WorkerInfo     the worker                 its session lease
+//	quarantine/ID                       Quarantine     leader only (fenced)       until ID re-registers, goes or is assigned
 //	election/...                        leader's addr  concurrency.Election       the leader's lease
 //
 // Desired state (desired) is the user's; observed state (status) is the
@@ -47,6 +48,15 @@
 // when the job is stopped (STOPPED). Ending a generation deletes its
 // assignment, which cancels the engines of the remaining ranks. A restart
 // (generation > 1) resumes from the newest complete checkpoint.
+//
+// A rank whose engine lost its connection to a peer (RankResult.lost_peer)
+// while that peer reported nothing names the peer: the failure says the
+// peer was lost and which ranks saw it (a killed worker keeps its lease
+// for up to the TTL, so its rank is found lost by its peers first). The
+// live workers of a failed generation are held out of the next rendezvous
+// (quarantine/ID) until each rewrites its registration, which a worker
+// does when its generation's assignment is deleted and which a dead or
+// frozen one cannot; spares are preferred over released workers.
 //
 // # Checkpoints
 //

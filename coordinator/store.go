@@ -41,7 +41,7 @@ func readSnapshot(ctx context.Context, cli *clientv3.Client, keys Keys, version 
 func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string) *snapshot {
 	s := &snapshot{
 		Rev:        rev,
-		Observed:   Observed{Version: version},
+		Observed:   Observed{Version: version, WorkerRev: map[string]int64{}, Quarantine: map[string]*loomv1.Quarantine{}},
 		Progress:   map[string]map[int]*loomv1.RankProgress{},
 		DesiredRev: map[string]int64{},
 		StatusRev:  map[string]int64{},
@@ -72,6 +72,16 @@ func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string
 				w.Id = id
 			}
 			s.Observed.Workers = append(s.Observed.Workers, w)
+			s.Observed.WorkerRev[w.Id] = kv.ModRevision
+			continue
+		}
+		if id, ok := cutPrefix(key, keys.Quarantines()); ok {
+			q := &loomv1.Quarantine{}
+			if err := Decode(key, kv.Value, q); err != nil {
+				s.Problems = append(s.Problems, err)
+				continue
+			}
+			s.Observed.Quarantine[id] = q
 			continue
 		}
 		name, kind, rest, ok := keys.parseJobKey(key)
@@ -298,6 +308,10 @@ func buildTxns(keys Keys, acts []Action, nowMs int64) ([][]clientv3.Op, error) {
 			w.put(keys.Assignment(a.Job), Encode(a.Assignment))
 		case DeleteAssignment:
 			w.del(keys.Assignment(a.Job))
+		case PutQuarantine:
+			w.put(keys.Quarantine(a.Quarantine.WorkerId), Encode(a.Quarantine))
+		case DeleteQuarantine:
+			w.del(keys.Quarantine(a.Worker))
 		case Checkpoints:
 			if a.Record != nil {
 				w.putRecord(keys.Checkpoint(a.Job), a.Record)

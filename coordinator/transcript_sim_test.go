@@ -77,6 +77,11 @@ func (s *memStore) delPrefix(prefix string) {
 
 func (s *memStore) register(id, value string) { s.put(s.k.Worker(id), value) }
 func (s *memStore) expire(id string)          { s.del(s.k.Worker(id)) }
+func (s *memStore) reannounce(id string) {
+	if kv := s.kv[s.k.Worker(id)]; kv != nil {
+		s.put(s.k.Worker(id), string(kv.Value))
+	}
+}
 
 func (s *memStore) snapshot() *snapshot {
 	kvs := make([]*mvccpb.KeyValue, 0, len(s.kv))

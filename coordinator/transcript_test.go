@@ -50,6 +50,7 @@ type transcriptStore interface {
 	del(key string)
 	delPrefix(prefix string)
 	register(id, value string) // under a lease of its own
+	reannounce(id string)      // the worker rewrites its registration
 	expire(id string)          // the worker's lease ends
 	snapshot() *snapshot
 	// round is one observe–decide–act round of the leader; it reports
@@ -77,8 +78,18 @@ type world struct {
 	lastReport map[string]int
 	// record is the newest checkpoint step each submission has recorded.
 	record map[string]int64
-	// expired are the workers whose lease the world ended.
-	expired map[string]bool
+	// expired are the workers whose lease the world ended; frozen ones
+	// (kill -STOP, or a crash before the lease runs out) keep their lease
+	// but never act again.
+	expired, frozen map[string]bool
+	// ran is the generations each worker was assigned ("job/gen");
+	// announced the ones after whose end it rewrote its registration.
+	ran, announced map[string]map[string]bool
+	// frozenGens counts the generations a frozen worker was given after
+	// it froze.
+	frozenGens map[string]map[string]bool
+	// failedGens are the generations that failed ("job@desiredrev/gen").
+	failedGens map[string]bool
 	// jobSteps and every of each job, from its spec.
 	jobs map[string]jobParams
 }
@@ -90,7 +101,8 @@ type jobParams struct {
 
 func newWorld(t *testing.T, seed int64, store transcriptStore) *world {
 	w := &world{t: t, seed: seed, r: rand.New(rand.NewSource(seed)), keys: store.keys(), store: store, dir: t.TempDir(),
-		lastReport: map[string]int{}, record: map[string]int64{}, jobs: map[string]jobParams{}, expired: map[string]bool{}}
+		lastReport: map[string]int{}, record: map[string]int64{}, jobs: map[string]jobParams{}, expired: map[string]bool{},
+		frozen: map[string]bool{}, ran: map[string]map[string]bool{}, announced: map[string]map[string]bool{}, frozenGens: map[string]map[string]bool{}, failedGens: map[string]bool{}}
 	store.setLog(func(line string) { w.log = append(w.log, "  leader: "+line) })
 	return w
 }
@@ -226,17 +238,29 @@ func (w *world) event(s *snapshot) {
 			Steps: []*loomv1.StepStats{{Step: int64(1 + w.r.Intn(10)), Loss: 1}}}
 		w.store.put(w.keys.Progress(j.Desired.Name, rank), Encode(p))
 		w.logf("event: %s gen %d rank %d reports a step", j.Desired.Name, j.Assignment.Generation, rank)
-	case n < 95: // a rank ends: done once it saved every checkpoint, or failed
+	case n < 88: // a rank ends: done once it saved every checkpoint, or failed
 		if len(running) == 0 {
 			return
 		}
 		j := running[w.r.Intn(len(running))]
 		rank := w.r.Intn(len(j.Assignment.Ranks))
-		if j.Results[rank] != nil {
+		if j.Results[rank] != nil || w.frozen[j.Assignment.Ranks[rank].WorkerId] {
 			return
 		}
+		// A rank with a frozen peer loses it; any rank may fail by itself
+		// or lose a peer (which may then report its own failure).
+		for _, r := range j.Assignment.Ranks {
+			if w.frozen[r.WorkerId] && j.Results[int(r.Rank)] == nil && int(r.Rank) != rank {
+				w.peerLost(j, rank, int(r.Rank))
+				return
+			}
+		}
 		if w.r.Intn(6) == 0 {
-			w.result(j, rank, false)
+			if peer := w.r.Intn(len(j.Assignment.Ranks)); peer != rank && w.r.Intn(2) == 0 {
+				w.peerLost(j, rank, peer)
+			} else {
+				w.result(j, rank, false)
+			}
 			return
 		}
 		p := w.jobs[j.Desired.Name]
@@ -245,12 +269,65 @@ func (w *world) event(s *snapshot) {
 			return
 		}
 		w.result(j, rank, true)
+	case n < 91: // a worker freezes: it keeps its lease until the world expires it
+		if len(o.Workers) == 0 {
+			return
+		}
+		id := o.Workers[w.r.Intn(len(o.Workers))].Id
+		if w.frozen[id] || w.expired[id] {
+			return
+		}
+		w.frozen[id] = true
+		w.frozenGens[id] = map[string]bool{}
+		w.logf("event: %s freezes (its lease lives on)", id)
+	case n < 96: // workers see their generation end and rewrite their registration
+		w.announce(s, 0.6)
 	default: // the leader changes
 		if err := w.store.leaderChange(w.r); err != nil {
 			w.fail("leader change: %v", err)
 		}
 		w.logf("event: leader change")
 	}
+}
+
+// announce has each live, unfrozen worker whose generation has ended
+// rewrite its registration (each with probability p; 0: all), as workers
+// do when their assignment is deleted.
+func (w *world) announce(s *snapshot, p float64) {
+	current := map[string]bool{}
+	for _, j := range s.Observed.Jobs {
+		if j.Assignment != nil {
+			current[fmt.Sprintf("%s/%d", j.Desired.Name, j.Assignment.Generation)] = true
+		}
+	}
+	for _, wk := range s.Observed.Workers {
+		id := wk.Id
+		if w.frozen[id] || w.expired[id] {
+			continue
+		}
+		for gen := range w.ran[id] {
+			if current[gen] || w.announced[id][gen] || p > 0 && w.r.Float64() > p {
+				continue
+			}
+			if w.announced[id] == nil {
+				w.announced[id] = map[string]bool{}
+			}
+			w.announced[id][gen] = true
+			w.store.reannounce(id)
+			w.logf("event: %s saw generation %s end and re-registers", id, gen)
+		}
+	}
+}
+
+// peerLost is rank's engine failing because it lost peer.
+func (w *world) peerLost(j JobObserved, rank, peer int) {
+	a := j.Assignment
+	p := a.Ranks[peer]
+	res := &loomv1.RankResult{Job: j.Desired.Name, Generation: a.Generation, Rank: int32(rank), WorkerId: a.Ranks[rank].WorkerId,
+		Error:    fmt.Sprintf("all-reduce: peer rank %d (%s): connection to peer lost", peer, p.Addr),
+		LostPeer: &loomv1.PeerLoss{Rank: int32(peer), Addr: p.Addr, Op: "all-reduce"}}
+	w.store.put(w.keys.Result(j.Desired.Name, a.Generation, rank), Encode(res))
+	w.logf("event: %s gen %d rank %d lost peer rank %d", j.Desired.Name, a.Generation, rank, peer)
 }
 
 func (w *world) result(j JobObserved, rank int, ok bool) {
@@ -330,8 +407,20 @@ func (w *world) check() {
 	for _, wk := range o.Workers {
 		live[wk.Id] = true
 	}
+	for _, j := range o.Jobs {
+		if j.Status != nil {
+			for _, f := range j.Status.Failures {
+				w.failedGens[fmt.Sprintf("%s@%d/%d", j.Desired.Name, s.DesiredRev[j.Desired.Name], f.Generation)] = true
+			}
+		}
+	}
 	owner := map[string]string{}
-	idle := len(o.Workers)
+	idle := 0
+	for _, wk := range o.Workers {
+		if q := o.Quarantine[wk.Id]; q == nil || o.WorkerRev[wk.Id] > q.RegistrationRevision {
+			idle++
+		}
+	}
 	for _, j := range o.Jobs {
 		name := j.Desired.Name
 		st := j.Status
@@ -351,8 +440,23 @@ func (w *world) check() {
 					w.fail("worker %s is assigned to %s and %s", r.WorkerId, other, name)
 				}
 				owner[r.WorkerId] = name
-				if live[r.WorkerId] {
+				if q := o.Quarantine[r.WorkerId]; live[r.WorkerId] && (q == nil || o.WorkerRev[r.WorkerId] > q.RegistrationRevision) {
 					idle--
+				}
+				gen := fmt.Sprintf("%s/%d", name, a.Generation)
+				if w.ran[r.WorkerId] == nil {
+					w.ran[r.WorkerId] = map[string]bool{}
+				}
+				w.ran[r.WorkerId][gen] = true
+				if w.frozen[r.WorkerId] {
+					sub := fmt.Sprintf("%s@%d/%d", name, s.DesiredRev[name], a.Generation)
+					for prev := range w.frozenGens[r.WorkerId] {
+						if prev != sub && w.failedGens[prev] {
+							w.fail("frozen worker %s is given %s after generation %s failed with it: a worker of a failed generation must prove itself alive first",
+								r.WorkerId, sub, prev)
+						}
+					}
+					w.frozenGens[r.WorkerId][sub] = true
 				}
 			}
 		} else if st.State == running {
@@ -416,6 +520,14 @@ func (w *world) drain() {
 			w.logf("drain: every job finished after %d rounds", i)
 			return
 		}
+		for _, wk := range o.Workers {
+			if w.frozen[wk.Id] && !w.expired[wk.Id] {
+				w.expired[wk.Id] = true
+				w.store.expire(wk.Id)
+				w.logf("drain: the lease of frozen %s runs out", wk.Id)
+			}
+		}
+		w.announce(s, 0)
 		if len(o.Workers) < 4 {
 			w.nextWorker++
 			id := fmt.Sprintf("w%02d", w.nextWorker)
@@ -427,7 +539,10 @@ func (w *world) drain() {
 				continue
 			}
 			p := w.jobs[j.Desired.Name]
-			for rank := range j.Assignment.Ranks {
+			for rank, r := range j.Assignment.Ranks {
+				if w.frozen[r.WorkerId] {
+					continue
+				}
 				key := fmt.Sprintf("%s/%d/%d", j.Desired.Name, j.Assignment.Generation, rank)
 				for p.every > 0 && w.lastReport[key]+p.every <= p.steps {
 					w.lastReport[key] += p.every
@@ -537,6 +652,15 @@ func (s *etcdStore) register(id, value string) {
 	s.leases[id] = l.ID
 	_, err = s.cli.Put(s.ctx, s.k.Worker(id), value, clientv3.WithLease(l.ID))
 	s.must(err)
+}
+
+func (s *etcdStore) reannounce(id string) {
+	resp, err := s.cli.Get(s.ctx, s.k.Worker(id))
+	s.must(err)
+	if len(resp.Kvs) == 1 {
+		_, err = s.cli.Put(s.ctx, s.k.Worker(id), string(resp.Kvs[0].Value), clientv3.WithLease(s.leases[id]))
+		s.must(err)
+	}
 }
 
 func (s *etcdStore) expire(id string) {
