@@ -16,10 +16,10 @@ type jobCollector struct {
 	h     *historian
 	grace time.Duration
 
-	step, target, eta, tps, mfu, peak, loss, lastStep, restarts *prometheus.Desc
+	step, target, eta, tps, mfu, peak, loss, lastStep, restarts    *prometheus.Desc
 	rankSteps, rankStep, rankCompute, rankComm, rankWait, rankData *prometheus.Desc
-	slowdown, straggler, memory                                  *prometheus.Desc
-	ckptSaves, ckptBytes, ckptLastS, ckptLastBytes, ckptStall    *prometheus.Desc
+	slowdown, straggler, memory                                    *prometheus.Desc
+	ckptSaves, ckptBytes, ckptLastS, ckptLastBytes, ckptStall      *prometheus.Desc
 }
 
 func newJobCollector(h *historian, grace time.Duration) *jobCollector {

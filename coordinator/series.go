@@ -9,7 +9,7 @@ package coordinator
 // mean of two consecutive points (the receiver older), covering both.
 type point[P any] interface {
 	merged(newer P) P
-	steps() int     // steps the point covers
+	steps() int      // steps the point covers
 	lastStep() int64 // the last step it covers
 }
 
