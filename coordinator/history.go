@@ -146,6 +146,7 @@ type jobHistory struct {
 	seenFailures map[uint64]bool // generations whose early end is an event
 	ckptBytes    map[int64]int64 // reported bytes by checkpoint step, until committed
 	ckptStep     int64
+	ckptWaiting  map[int64]bool // committed checkpoints whose step is not reported yet
 	ckptSaves    int64
 	ckptTotal    int64 // bytes of every committed checkpoint
 	ckptLastS    float64
@@ -161,7 +162,7 @@ func newJobHistory(d *loomv1.JobDesired) *jobHistory {
 		points:  newSeries[JobPoint](jobOverviewPoints, jobRecentPoints),
 		ranks:   map[int]*rankHistory{},
 		pending: map[int64]map[int]*loomv1.StepStats{}, seenFailures: map[uint64]bool{},
-		ckptBytes: map[int64]int64{}, restarts: map[string]int64{}, dirty: true,
+		ckptBytes: map[int64]int64{}, ckptWaiting: map[int64]bool{}, restarts: map[string]int64{}, dirty: true,
 	}
 	if spec, err := api.ParseSpec(d.SpecYaml, "job "+d.Name); err == nil {
 		j.total = int64(spec.Train.Steps)
@@ -348,6 +349,17 @@ func (j *jobHistory) finish(step int64, byRank map[int]*loomv1.StepStats) {
 	j.points.add(jp)
 	j.lastStep, j.lastMs = step, jp.TimeMs
 	j.dirty = true
+	// A checkpoint's commit can reach etcd before its step's reports.
+	if j.ckptWaiting[step] {
+		delete(j.ckptWaiting, step)
+		for i := len(j.events) - 1; i >= 0; i-- {
+			if e := &j.events[i]; e.Kind == "checkpoint" && e.Step == step && e.TimeMs >= jp.TimeMs {
+				e.Seconds = float64(e.TimeMs-jp.TimeMs) / 1e3
+				j.ckptLastS = e.Seconds
+				break
+			}
+		}
+	}
 }
 
 // setStatus records the job's status: restarts become events, and a final
@@ -432,9 +444,10 @@ func (j *jobHistory) setCheckpoint(rec *loomv1.CheckpointRecord) {
 	j.ckptStep = rec.Step
 	ev := Event{Kind: "checkpoint", Step: rec.Step, TimeMs: rec.CommittedUnixMs, Generation: rec.Generation,
 		Bytes: j.ckptBytes[rec.Step], Text: "checkpoint " + rec.Dir}
+	found := false
 	for _, p := range j.points.since(rec.Step - 1) {
 		if p.Step == rec.Step && p.N == 1 && rec.CommittedUnixMs >= p.TimeMs {
-			ev.Seconds = float64(rec.CommittedUnixMs-p.TimeMs) / 1e3
+			ev.Seconds, found = float64(rec.CommittedUnixMs-p.TimeMs)/1e3, true
 		}
 	}
 	delete(j.ckptBytes, rec.Step)
@@ -442,6 +455,12 @@ func (j *jobHistory) setCheckpoint(rec *loomv1.CheckpointRecord) {
 	j.ckptTotal += ev.Bytes
 	j.ckptLastS, j.ckptLastB = ev.Seconds, ev.Bytes
 	j.addEvent(ev)
+	if !found && rec.Step > j.lastStep {
+		if len(j.ckptWaiting) > 16 {
+			clear(j.ckptWaiting)
+		}
+		j.ckptWaiting[rec.Step] = true
+	}
 }
 
 func (j *jobHistory) addEvent(e Event) {

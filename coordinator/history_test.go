@@ -266,3 +266,18 @@ func BenchmarkHistory100kSteps(b *testing.B) {
 	b.ReportMetric(held, "bytes/job")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*steps), "ns/step")
 }
+
+// A checkpoint's commit may reach the history before its step's reports;
+// its save time is filled in once the step arrives.
+func TestCheckpointSaveTimeWhenCommitComesFirst(t *testing.T) {
+	j := newJobHistory(testDesired())
+	feed(j, 1, 1, 9, 1)
+	end := stepOf(10, 0, 1).EndUnixMs
+	j.addCheckpointReport(&loomv1.CheckpointReport{Job: "h", Step: 10, Rank: 0, PartJson: []byte(`{"files":[{"size":100}]}`)})
+	j.addCheckpointReport(&loomv1.CheckpointReport{Job: "h", Step: 10, Rank: 1, PartJson: []byte(`{"files":[{"size":50}]}`)})
+	j.setCheckpoint(&loomv1.CheckpointRecord{Job: "h", Step: 10, Generation: 1, CommittedUnixMs: end + 400})
+	feed(j, 1, 10, 10, 1)
+	if len(j.events) != 1 || j.events[0].Seconds != 0.4 || j.events[0].Bytes != 150 || j.ckptLastS != 0.4 {
+		t.Fatalf("events %+v, last save %v s", j.events, j.ckptLastS)
+	}
+}

@@ -20,7 +20,7 @@ const el = (tag, attrs = {}, ...kids) => {
 // ---- formatting ----
 const fmtNum = (v, d = 0) => (v == null || !isFinite(v) ? "–" : v.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d }));
 const fmtMs = (s) => (s == null || !isFinite(s) ? "–" : s < 1 ? `${fmtNum(s * 1e3, 1)} ms` : `${fmtNum(s, 2)} s`);
-const fmtPct = (v) => (v == null || !isFinite(v) || v === 0 ? "–" : `${fmtNum(v * 100, 1)}%`);
+const fmtPct = (v) => (v == null || !isFinite(v) || v === 0 ? "–" : v < 0.01 ? `${(v * 100).toPrecision(2)}%` : `${fmtNum(v * 100, 1)}%`);
 const fmtBytes = (b) => {
   if (!b) return "–";
   const u = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -34,6 +34,8 @@ const fmtETA = (s) => {
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), sec = s % 60;
   return h ? `${h}h${String(m).padStart(2, "0")}m` : m ? `${m}m${String(sec).padStart(2, "0")}s` : `${sec}s`;
 };
+const fmtSci = (v) => (v == null ? "" : v === 0 ? "0" : v.toExponential(2));
+const fmtPctAxis = (v) => (v == null ? "" : `${(v * 100).toPrecision(2)}%`);
 const fmtFlops = (f) => (f ? `${fmtNum(f / 1e9, 1)} GFLOP/s` : "not measured");
 
 // ---- state ----
@@ -109,11 +111,11 @@ function buildCharts(ranks) {
   makeChart("chart-loss",
     [{ label: "loss", stroke: palette[0], scale: "loss", value: (u, v) => fmtNum(v, 4) },
      { label: "lr", stroke: palette[3], scale: "lr", value: (u, v) => (v == null ? "–" : v.toExponential(2)) }],
-    [{ scale: "loss" }, { scale: "lr", side: 1, grid: { show: false }, values: (u, vs) => vs.map((v) => v.toExponential(1)) }]);
+    [{ scale: "loss" }, { scale: "lr", side: 1, size: 70, grid: { show: false }, values: (u, vs) => vs.map((v) => fmtSci(v)) }]);
   makeChart("chart-throughput",
     [{ label: "tokens/s", stroke: palette[0], scale: "tps", value: (u, v) => fmtNum(v) },
      { label: "MFU", stroke: palette[2], scale: "mfu", value: (u, v) => fmtPct(v) }],
-    [{ scale: "tps" }, { scale: "mfu", side: 1, grid: { show: false }, values: (u, vs) => vs.map((v) => `${fmtNum(v * 100, 1)}%`) }]);
+    [{ scale: "tps", size: 60 }, { scale: "mfu", side: 1, size: 70, grid: { show: false }, values: (u, vs) => vs.map((v) => fmtPctAxis(v)) }]);
   makeChart("chart-ranks",
     ranks.map((r, i) => ({ label: `rank ${r}`, stroke: palette[i % palette.length], value: (u, v) => fmtNum(v, 2) })),
     [{}]);
