@@ -304,6 +304,7 @@ func (c *Coordinator) Info(ctx context.Context, _ *loomv1.InfoRequest) (*loomv1.
 	resp := &loomv1.InfoResponse{
 		Version: c.cfg.Version, EtcdEndpoints: c.cfg.EtcdEndpoints, KeyPrefix: c.keys.Prefix,
 		Leader: c.IsLeader(), LeaseTtlSeconds: int32(ttlSeconds(c.cfg.LeaseTTL)),
+		HttpAddr: c.httpAddr.Load().(string),
 	}
 	if addr, err := LeaderAddr(ctx, c.cfg.Etcd, c.keys); err == nil {
 		resp.LeaderAddr = addr

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -50,6 +51,14 @@ func splitComma(s string) []string {
 	return out
 }
 
+// newRegistry returns a metrics registry with the Go runtime and process
+// collectors (go_*, process_*) registered.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
 // serveMetrics serves reg on addr's /metrics until ctx is done.
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
 	lis, err := net.Listen("tcp", addr)
@@ -84,7 +93,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT`, which workers are told; use an address other machines can reach")
 	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR`")
 	advertise := fs.String("advertise", "", "gRPC `ADDR` workers and standbys reach this coordinator at (default: --listen)")
-	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	httpAddr := fs.String("http", "", "serve the dashboard (/), its JSON API (/api/) and Prometheus /metrics on `ADDR` (default: off)")
 	prefix := fs.String("prefix", coordinator.DefaultPrefix, "etcd key `PREFIX`")
 	ttl := fs.Duration("ttl", coordinator.DefaultLeaseTTL, "lease TTL of coordinators and workers: a process silent this long is gone")
 	if _, err := parseArgs(fs, args); err != nil {
@@ -124,7 +133,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	if addr == "" {
 		addr = lis.Addr().String()
 	}
-	reg := prometheus.NewRegistry()
+	reg := newRegistry()
 	c, err := coordinator.New(coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
 		LeaseTTL: *ttl, Registry: reg, Logger: log})
 	if err != nil {
@@ -137,7 +146,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 			lis.Close()
 			return fmt.Errorf("coordinator: --http %s: %w", *httpAddr, err)
 		}
-		log.Info("metrics on /metrics", "addr", httpLis.Addr().String())
+		log.Info("dashboard on http://"+httpLis.Addr().String()+"/ (metrics on /metrics)", "addr", httpLis.Addr().String())
 	}
 	log.Info("coordinator serving", "addr", addr, "etcd", strings.Join(endpoints, ","))
 	return c.Serve(ctx, lis, httpLis)
@@ -156,7 +165,7 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
 	cfg.Logger = log
 	cfg.Engine = newTrainingEngine()
-	cfg.Registry = prometheus.NewRegistry()
+	cfg.Registry = newRegistry()
 	if *httpAddr != "" {
 		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, log)
 		if err != nil {
