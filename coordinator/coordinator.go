@@ -320,6 +320,26 @@ func LeaderAddr(ctx context.Context, cli *clientv3.Client, keys Keys) (string, e
 	return string(resp.Kvs[0].Value), nil
 }
 
+// Coordinators returns the addresses of every coordinator campaigning
+// under keys (the leader and its standbys: each holds a key of the
+// election while it runs), the leader first.
+func Coordinators(ctx context.Context, cli *clientv3.Client, keys Keys) ([]string, error) {
+	resp, err := cli.Get(ctx, keys.Election()+"/", clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("list the coordinators in etcd: %w", err)
+	}
+	var addrs []string
+	seen := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if a := string(kv.Value); a != "" && !seen[a] {
+			seen[a] = true
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs, nil
+}
+
 func ttlSeconds(d time.Duration) int {
 	s := int((d + time.Second - 1) / time.Second)
 	if s < 1 {

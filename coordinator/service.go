@@ -299,7 +299,9 @@ func (c *Coordinator) Watch(req *loomv1.WatchRequest, stream loomv1.Coordinator_
 
 // Info describes this coordinator.
 func (c *Coordinator) Info(ctx context.Context, _ *loomv1.InfoRequest) (*loomv1.InfoResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	// Info answers even while etcd does not; the leader and the other
+	// coordinators are then left out.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	resp := &loomv1.InfoResponse{
 		Version: c.cfg.Version, EtcdEndpoints: c.cfg.EtcdEndpoints, KeyPrefix: c.keys.Prefix,
@@ -308,6 +310,9 @@ func (c *Coordinator) Info(ctx context.Context, _ *loomv1.InfoRequest) (*loomv1.
 	}
 	if addr, err := LeaderAddr(ctx, c.cfg.Etcd, c.keys); err == nil {
 		resp.LeaderAddr = addr
+	}
+	if addrs, err := Coordinators(ctx, c.cfg.Etcd, c.keys); err == nil {
+		resp.Coordinators = addrs
 	}
 	return resp, nil
 }

@@ -40,7 +40,7 @@ type reporter struct {
 
 func newReporter(w *Worker) *reporter {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &reporter{w: w, addr: w.cfg.Coordinator, ctx: ctx, cancel: cancel}
+	r := &reporter{w: w, addr: w.coordAddr, ctx: ctx, cancel: cancel}
 	r.wg.Go(func() {
 		t := time.NewTicker(w.cfg.ReportInterval)
 		defer t.Stop()

@@ -33,7 +33,8 @@ import (
 
 // Config configures a worker. Zero fields take the defaults named.
 type Config struct {
-	// Coordinator is a coordinator's gRPC address. The worker asks it for
+	// Coordinator is a coordinator's gRPC address (or several, separated
+	// by commas: the first that answers is used). The worker asks it for
 	// etcd's endpoints, the key prefix and the lease TTL, checks that it
 	// runs the same Loom version, and sends it step reports.
 	Coordinator string
@@ -77,7 +78,7 @@ type Config struct {
 
 // RegisterFlags binds the worker's command-line flags to c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Coordinator, "coordinator", c.Coordinator, "coordinator gRPC `ADDR` (host:port); finds etcd through it")
+	fs.StringVar(&c.Coordinator, "coordinator", c.Coordinator, "coordinator gRPC `ADDR` (host:port; several separated by commas); finds etcd through it")
 	fs.Func("etcd", "comma-separated etcd client `URLS` (instead of, or besides, --coordinator)", func(s string) error {
 		c.Etcd = splitList(s)
 		return nil
@@ -136,6 +137,9 @@ type Worker struct {
 	// quit ends StopTimeout after Run's context is done: the bound of
 	// every wait of a stopping worker.
 	quit context.Context
+	// coordAddr is the coordinator that answered at connect ("": none
+	// given); step reports go there first.
+	coordAddr string
 
 	mu sync.Mutex
 	id string
@@ -279,6 +283,7 @@ func (w *Worker) connect(ctx context.Context) error {
 				w.cfg.Coordinator, w.cfg.DialTimeout, cause)
 		}
 		info, err := c.Info(dctx)
+		w.coordAddr = c.Addr() // of those given, the one that answered
 		c.Close()
 		if err != nil {
 			return fmt.Errorf("worker: %w", err)

@@ -40,7 +40,7 @@ func coordinatorFlag(fs interface {
 	if env := os.Getenv("LOOM_COORDINATOR"); env != "" {
 		def = env
 	}
-	fs.StringVar(p, "coordinator", def, "coordinator gRPC `ADDR` (default $LOOM_COORDINATOR, else "+defaultCoordinator+")")
+	fs.StringVar(p, "coordinator", def, "coordinator gRPC `ADDR`, or several separated by commas (default $LOOM_COORDINATOR, else "+defaultCoordinator+"); calls fail over to the coordinator's standbys")
 }
 
 func splitComma(s string) []string {
@@ -212,8 +212,11 @@ func exitIfStuck(ctx context.Context, done <-chan struct{}, stopTimeout time.Dur
 	}
 }
 
+// dialCoordinator connects to the first of addr (comma-separated) that
+// answers. A coordinator that refuses connections gets a few seconds (it
+// may be starting); the error says why each address was not reached.
 func dialCoordinator(ctx context.Context, addr string) (*api.Client, error) {
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	return api.Dial(dctx, addr)
 }
@@ -278,11 +281,11 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("submit: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
+	_, err = c.SubmitJob(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
 		Resume: *resume, RunId: runID})
 	cancel()
 	if err != nil {
-		return &api.RPCError{Addr: c.Addr(), Op: "submit", Err: err}
+		return err
 	}
 	fmt.Fprintf(env.stdout, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
 	if *detach {

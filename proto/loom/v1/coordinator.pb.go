@@ -2045,7 +2045,10 @@ type InfoResponse struct {
 	LeaseTtlSeconds int32 `protobuf:"varint,6,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
 	// http_addr is where this coordinator serves its dashboard, JSON API and
 	// /metrics ("" when it serves none); `loom top` reads it.
-	HttpAddr      string `protobuf:"bytes,7,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	HttpAddr string `protobuf:"bytes,7,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	// coordinators are the addresses of every coordinator campaigning on
+	// this etcd (the leader first): clients fail over to them.
+	Coordinators  []string `protobuf:"bytes,8,rep,name=coordinators,proto3" json:"coordinators,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2127,6 +2130,13 @@ func (x *InfoResponse) GetHttpAddr() string {
 		return x.HttpAddr
 	}
 	return ""
+}
+
+func (x *InfoResponse) GetCoordinators() []string {
+	if x != nil {
+		return x.Coordinators
+	}
+	return nil
 }
 
 type ReportStepsRequest struct {
@@ -2389,7 +2399,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusH\x00R\x06status\x123\n" +
 	"\bprogress\x18\x02 \x01(\v2\x15.loom.v1.RankProgressH\x00R\bprogressB\a\n" +
 	"\x05event\"\r\n" +
-	"\vInfoRequest\"\xf0\x01\n" +
+	"\vInfoRequest\"\x94\x02\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0eetcd_endpoints\x18\x02 \x03(\tR\retcdEndpoints\x12\x1d\n" +
@@ -2399,7 +2409,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\vleader_addr\x18\x05 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11lease_ttl_seconds\x18\x06 \x01(\x05R\x0fleaseTtlSeconds\x12\x1b\n" +
-	"\thttp_addr\x18\a \x01(\tR\bhttpAddr\"G\n" +
+	"\thttp_addr\x18\a \x01(\tR\bhttpAddr\x12\"\n" +
+	"\fcoordinators\x18\b \x03(\tR\fcoordinators\"G\n" +
 	"\x12ReportStepsRequest\x121\n" +
 	"\bprogress\x18\x01 \x01(\v2\x15.loom.v1.RankProgressR\bprogress\"\x15\n" +
 	"\x13ReportStepsResponse*\xb0\x01\n" +
