@@ -17,6 +17,8 @@ type Progress struct {
 	lastPrint time.Time
 	every     time.Duration
 	tokens    int64
+	// first is the first step reported: 1, or the one after a resume.
+	first int
 }
 
 // NewProgress returns a printer for a run of total steps. format is "text"
@@ -44,16 +46,21 @@ func (p *Progress) Report(s Stats) {
 	now := time.Now()
 	elapsed := now.Sub(p.start)
 	p.tokens += int64(s.Tokens)
+	if p.first == 0 {
+		p.first = s.Step
+	}
 	eta := time.Duration(0)
-	if s.Step > 0 {
-		eta = time.Duration(float64(elapsed) / float64(s.Step) * float64(p.total-s.Step))
+	// The elapsed time covers the steps since the first one reported (a
+	// resumed run starts after its checkpoint's step), not s.Step steps.
+	if done := s.Step - p.first + 1; done > 0 {
+		eta = time.Duration(float64(elapsed) / float64(done) * float64(p.total-s.Step))
 	}
 	if p.json {
 		b, _ := json.Marshal(record{Stats: s, ElapsedS: elapsed.Seconds(), ETAS: eta.Seconds()})
 		fmt.Fprintf(p.w, "%s\n", b)
 		return
 	}
-	if s.Step != 1 && s.Step != p.total && now.Sub(p.lastPrint) < p.every {
+	if s.Step != p.first && s.Step != p.total && now.Sub(p.lastPrint) < p.every {
 		return
 	}
 	p.lastPrint = now
