@@ -46,8 +46,10 @@ type Config struct {
 	Prefix string
 	// Listen is the data-plane listen address (default "127.0.0.1:0").
 	Listen string
-	// Advertise is the data-plane address peers dial (default: the
-	// listener's address; required when Listen has an unspecified host).
+	// Advertise is the data-plane address peers dial: HOST:PORT, or HOST
+	// alone for the listener's port (default: the listener's address; with
+	// an unspecified listen host, the local address that reaches the
+	// coordinator or etcd).
 	Advertise string
 	// Threads is how many compute threads the engine may use (default
 	// runtime.NumCPU()).
@@ -85,7 +87,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "etcd key `PREFIX` (default: the coordinator's)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "data-plane listen `ADDR` (default 127.0.0.1:0, a free port)")
-	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data-plane `ADDR` peers dial (default: the listen address)")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data-plane `HOST` (or HOST:PORT) peers dial; a host alone takes the bound port (default: the listen address, or with a 0.0.0.0 listen address the one this machine reaches the coordinator from)")
 	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads (default: all cores)")
 	fs.DurationVar(&c.LeaseTTL, "ttl", c.LeaseTTL, "registration lease TTL (default: the coordinator's)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to try reaching the coordinator and etcd (default 10s)")
@@ -138,8 +140,9 @@ type Worker struct {
 	// every wait of a stopping worker.
 	quit context.Context
 	// coordAddr is the coordinator that answered at connect ("": none
-	// given); step reports go there first.
-	coordAddr string
+	// given); step reports go there first. etcdEndpoints are etcd's.
+	coordAddr     string
+	etcdEndpoints []string
 
 	mu sync.Mutex
 	id string
@@ -237,12 +240,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.mux = newConnMux(lis)
 	defer w.mux.close()
-	addr := w.cfg.Advertise
-	if addr == "" {
-		addr = lis.Addr().String()
-		if ta, ok := lis.Addr().(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
-			return fmt.Errorf("worker: --listen %s has no host peers can dial; set --advertise HOST:%d", w.cfg.Listen, ta.Port)
+	addr, unspecified, err := coordinator.AdvertiseAddr(w.cfg.Advertise, lis.Addr())
+	if err != nil {
+		return fmt.Errorf("worker: --%w", err)
+	}
+	if unspecified {
+		// Listening on every interface: advertise the one that reaches the
+		// control plane, which is where the peers are.
+		target := w.coordAddr
+		if target == "" && len(w.etcdEndpoints) > 0 {
+			target = w.etcdEndpoints[0]
 		}
+		host, err := coordinator.RouteHost(target)
+		if err != nil {
+			return fmt.Errorf("worker: --listen %s has no host peers can dial and %v; set --advertise HOST", w.cfg.Listen, err)
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort(host, port)
+		w.log.Info("worker: advertising the address that reaches the control plane; set --advertise to choose another", "addr", addr)
 	}
 	w.mu.Lock()
 	w.addr = addr
@@ -305,6 +320,7 @@ func (w *Worker) connect(ctx context.Context) error {
 		w.cfg.LeaseTTL = coordinator.DefaultLeaseTTL
 	}
 	w.keys = coordinator.NewKeys(prefix)
+	w.etcdEndpoints = endpoints
 	if len(endpoints) == 0 {
 		return fmt.Errorf("worker: the coordinator at %s named no etcd endpoints; pass --etcd", w.cfg.Coordinator)
 	}

@@ -92,9 +92,10 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 		"etcd elect a leader; the others stand by.")
 	etcdURLs := fs.String("etcd", "", "comma-separated etcd client `URLS` (empty: run an embedded etcd)")
 	etcdDir := fs.String("etcd-dir", "", "embedded etcd's data `DIR` (default: a temporary directory, removed on exit)")
-	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT`, which workers are told; use an address other machines can reach")
-	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR`")
-	advertise := fs.String("advertise", "", "gRPC `ADDR` workers and standbys reach this coordinator at (default: --listen)")
+	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT` (0.0.0.0:PORT: every interface)")
+	etcdAdvertise := fs.String("etcd-advertise", "", "embedded etcd's client URL workers and standbys are told: `HOST`, HOST:PORT or http://HOST:PORT; a host alone takes --etcd-listen's port (default: --etcd-listen, or with a 0.0.0.0 listen address this coordinator's --advertise host)")
+	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR` (0.0.0.0:PORT: every interface)")
+	advertise := fs.String("advertise", "", "`HOST` (or HOST:PORT) workers, standbys and clients reach this coordinator at; a host alone takes --listen's port (default: --listen, or with a 0.0.0.0 listen address this machine's hostname)")
 	httpAddr := fs.String("http", "", "serve the dashboard (/), its JSON API (/api/) and Prometheus /metrics on `ADDR` (default: off)")
 	prefix := fs.String("prefix", coordinator.DefaultPrefix, "etcd key `PREFIX`")
 	ttl := fs.Duration("ttl", coordinator.DefaultLeaseTTL, "lease TTL of coordinators and workers: a process silent this long is gone")
@@ -103,17 +104,43 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
 
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("coordinator: --listen %s: %w", *listen, err)
+	}
+	defer lis.Close()
+	addr, unspecified, err := coordinator.AdvertiseAddr(*advertise, lis.Addr())
+	if err != nil {
+		return fmt.Errorf("coordinator: --%w", err)
+	}
+	if unspecified {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return fmt.Errorf("coordinator: --listen %s has no host others can dial and the hostname is unknown (%v); set --advertise HOST", *listen, err)
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort(host, port)
+		log.Info("coordinator: advertising this machine's hostname; set --advertise HOST to choose the address others dial", "addr", addr)
+	}
+	advHost, _, _ := net.SplitHostPort(addr)
+
 	endpoints := splitComma(*etcdURLs)
 	if len(endpoints) == 0 {
+		etcdAdv := *etcdAdvertise
+		if h, _, err := net.SplitHostPort(*etcdListen); etcdAdv == "" && err == nil && (h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified()) {
+			etcdAdv = advHost
+		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, LogOutput: "discard"})
+		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, Advertise: etcdAdv, LogOutput: "discard"})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}
 		defer e.Close()
 		endpoints = e.Endpoints
-		log.Info("embedded etcd serving", "endpoints", strings.Join(endpoints, ","))
+		log.Info("embedded etcd serving", "endpoints", strings.Join(endpoints, ","), "listen", *etcdListen)
+	} else if *etcdAdvertise != "" {
+		return errors.New("coordinator: --etcd-advertise is for the embedded etcd; with --etcd the URLs given are the ones workers are told")
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -127,25 +154,15 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("coordinator: etcd at %s did not answer within 10s: %w; check --etcd", strings.Join(endpoints, ","), err)
 	}
 
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("coordinator: --listen %s: %w", *listen, err)
-	}
-	addr := *advertise
-	if addr == "" {
-		addr = lis.Addr().String()
-	}
 	reg := newRegistry()
 	c, err := coordinator.New(coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
 		LeaseTTL: *ttl, Registry: reg, Logger: log})
 	if err != nil {
-		lis.Close()
 		return err
 	}
 	var httpLis net.Listener
 	if *httpAddr != "" {
 		if httpLis, err = net.Listen("tcp", *httpAddr); err != nil {
-			lis.Close()
 			return fmt.Errorf("coordinator: --http %s: %w", *httpAddr, err)
 		}
 		log.Info("dashboard on http://"+httpLis.Addr().String()+"/ (metrics on /metrics)", "addr", httpLis.Addr().String())
