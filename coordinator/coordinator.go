@@ -293,6 +293,7 @@ func (c *Coordinator) reconcile(ctx context.Context, leaderKey string, leaderRev
 	for _, p := range snap.Problems {
 		c.log.Warn("coordinator: skipping undecodable key", "err", p)
 	}
+	snap.Observed.NowUnixMs = c.cfg.Now().UnixMilli()
 	acts, err := c.commitCheckpoints(rctx, Decide(snap.Observed))
 	if err != nil {
 		return err

@@ -40,7 +40,10 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 	d := &loomv1.JobDesired{
 		Name: name, SpecYaml: req.SpecYaml, WorldSize: int32(spec.Parallel.WorldSize()),
 		MaxRestarts: req.MaxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(), Resume: req.Resume,
-		RunId: req.RunId,
+		RunId: req.RunId, PendingTimeoutMs: req.PendingTimeoutMs,
+	}
+	if req.PendingTimeoutMs < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "pending_timeout_ms: got %d; must be ≥ 0 (0: wait for ever)", req.PendingTimeoutMs)
 	}
 	if d.RunId == "" {
 		d.RunId = checkpoint.NewRunID(c.cfg.Now())

@@ -244,6 +244,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	var addr string
 	coordinatorFlag(fs, &addr)
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
+	pendingTimeout := fs.Duration("pending-timeout", 10*time.Minute, "fail the job when it waits this long for enough workers (before it starts, or for a restart); 0: wait for ever")
 	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
@@ -254,6 +255,9 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		fs.Usage()
 		return errors.New("submit: need exactly one JOB.yaml")
+	}
+	if *pendingTimeout < 0 {
+		return fmt.Errorf("submit: --pending-timeout %v: must be ≥ 0 (0: wait for ever)", *pendingTimeout)
 	}
 	src, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -299,7 +303,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err = c.SubmitJob(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
-		Resume: *resume, RunId: runID})
+		Resume: *resume, RunId: runID, PendingTimeoutMs: pendingTimeout.Milliseconds()})
 	cancel()
 	if err != nil {
 		return err
@@ -388,6 +392,13 @@ func printJob(w io.Writer, j *loomv1.Job) {
 		s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, s.Message)
 	if s.Restarts > 0 {
 		fmt.Fprintf(w, "restarts:   %d\n", s.Restarts)
+	}
+	if s.WaitingFor > 0 && !coordinator.Terminal(s.State) {
+		since := ""
+		if s.WaitingSinceUnixMs > 0 {
+			since = fmt.Sprintf(", for %v", time.Since(time.UnixMilli(s.WaitingSinceUnixMs)).Round(time.Second))
+		}
+		fmt.Fprintf(w, "waiting:    %d more worker%s of %d%s\n", s.WaitingFor, map[bool]string{true: "", false: "s"}[s.WaitingFor == 1], s.WorldSize, since)
 	}
 	if len(s.Ranks) > 0 {
 		latest := map[int32]*loomv1.StepStats{}
