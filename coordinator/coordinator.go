@@ -169,6 +169,7 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 		})
 	}
 	wg.Go(func() { c.history.run(runCtx) })
+	wg.Go(func() { c.sweepSeries(runCtx) })
 	wg.Go(func() { c.Run(runCtx) })
 
 	var err error
@@ -304,7 +305,11 @@ func (c *Coordinator) reconcile(ctx context.Context, leaderKey string, leaderRev
 	for _, a := range acts {
 		c.log.Info("coordinator: " + a.String())
 	}
-	c.control.observe(snap.Observed, acts)
+	grace := c.cfg.SeriesGrace
+	if grace <= 0 {
+		grace = DefaultSeriesGrace
+	}
+	c.control.observe(snap.Observed, acts, c.cfg.Now(), grace)
 	return nil
 }
 

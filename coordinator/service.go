@@ -355,8 +355,10 @@ func (c *Coordinator) ReportSteps(ctx context.Context, req *loomv1.ReportStepsRe
 	if !txn.Succeeded {
 		return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d ended meanwhile", p.Job, p.Rank, p.Generation)
 	}
+	// The assignment's create revision is the generation's epoch: a new
+	// generation or submission starts the job's counters afresh.
 	for _, s := range p.Steps {
-		c.steps.ObserveStep(p.Job, int(p.Rank), s)
+		c.steps.ObserveStep(p.Job, resp.Kvs[0].CreateRevision, int(p.Rank), s)
 	}
 	return &loomv1.ReportStepsResponse{}, nil
 }

@@ -97,6 +97,7 @@ type Metrics struct {
 	rep   *reporter
 	job   string
 	gen   uint64
+	epoch int64 // the assignment's revision: see coordinator.StepMetrics
 	rank  int
 }
 
@@ -104,7 +105,7 @@ type Metrics struct {
 // this rank holds; the coordinator's dashboard gets them with the next
 // step report.
 func (m Metrics) SetMemory(kind string, bytes int64) {
-	m.steps.SetMemory(m.job, m.rank, kind, bytes)
+	m.steps.SetMemory(m.job, m.epoch, m.rank, kind, bytes)
 	if m.rep != nil {
 		m.rep.setRankInfo(m.job, m.gen, kind, bytes, 0)
 	}
@@ -120,5 +121,5 @@ func (m Metrics) SetPeakFLOPS(flops float64) {
 
 // AddComm records one communication operation of this rank.
 func (m Metrics) AddComm(op string, bytes int64, d time.Duration) {
-	m.steps.AddComm(m.job, m.rank, op, bytes, d.Seconds())
+	m.steps.AddComm(m.job, m.epoch, m.rank, op, bytes, d.Seconds())
 }

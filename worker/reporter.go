@@ -68,7 +68,7 @@ func (r *reporter) close() {
 
 // forRank starts reporting for one rank of one generation and returns the
 // engine's report callback.
-func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
+func (r *reporter) forRank(job string, gen uint64, epoch int64, rank int) func(StepStats) {
 	r.mu.Lock()
 	r.pending = &loomv1.RankProgress{Job: job, Generation: gen, Rank: int32(rank), Addr: r.w.Addr(), WorkerId: r.w.ID()}
 	r.mu.Unlock()
@@ -82,7 +82,7 @@ func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
 		for _, c := range s.Comm {
 			ps.Comm = append(ps.Comm, &loomv1.CommStat{Op: c.Op, Bytes: c.Bytes, Seconds: c.Time.Seconds()})
 		}
-		r.w.metrics.ObserveStep(job, rank, ps)
+		r.w.metrics.ObserveStep(job, epoch, rank, ps)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		p := r.pending

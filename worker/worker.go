@@ -61,6 +61,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// ReportInterval is how often step stats are sent (default 250 ms).
 	ReportInterval time.Duration
+	// SeriesGrace is how long a finished rank's metrics stay exported
+	// (default coordinator.DefaultSeriesGrace).
+	SeriesGrace time.Duration
 	// StopTimeout bounds what a stopping worker (Run's context done) waits
 	// for: its engine to return, the last step report, leaving etcd. An
 	// unreachable coordinator or etcd costs at most this (default 3 s).
@@ -146,6 +149,8 @@ type Worker struct {
 
 	mu sync.Mutex
 	id string
+	// forget are the timers that remove finished runs' metrics.
+	forget []*time.Timer
 }
 
 // New checks cfg and returns a worker.
@@ -176,6 +181,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 3 * time.Second
+	}
+	if cfg.SeriesGrace <= 0 {
+		cfg.SeriesGrace = coordinator.DefaultSeriesGrace
 	}
 	if cfg.Version == "" {
 		cfg.Version = version.Version
@@ -230,6 +238,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		graceMu.Unlock()
 	}()
 	w.quit = quit
+	defer func() {
+		w.mu.Lock()
+		for _, t := range w.forget {
+			t.Stop()
+		}
+		w.forget = nil
+		w.mu.Unlock()
+	}()
 	if err := w.connect(ctx); err != nil {
 		return err
 	}
@@ -499,6 +515,13 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
+		// The run's series go SeriesGrace after it ends (unless a newer
+		// generation of the job has taken them over).
+		defer func() {
+			w.mu.Lock()
+			w.forget = append(w.forget, time.AfterFunc(w.cfg.SeriesGrace, func() { w.metrics.ForgetEpoch(a.Job, assignRev) }))
+			w.mu.Unlock()
+		}()
 		err := w.runEngine(rctx, a, rank, assignRev)
 		if rctx.Err() != nil {
 			w.log.Info("worker: rank cancelled", "job", a.Job, "generation", a.Generation, "rank", rank)
@@ -543,7 +566,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
-		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, rank: rank},
+		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, epoch: assignRev, rank: rank},
 		Resume:  a.Resume,
 		ReportCheckpoint: func(cctx context.Context, step int, part []byte) error {
 			// The writer's context outlives the step loop's on purpose (files
@@ -559,7 +582,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	}
 	w.log.Info("worker: training", "job", a.Job, "generation", a.Generation, "rank", rank,
 		"dp", asg.DP, "pp", asg.PP, "tp", asg.TP, "world", asg.WorldSize)
-	rep := w.reporter.forRank(a.Job, a.Generation, rank)
+	rep := w.reporter.forRank(a.Job, a.Generation, assignRev, rank)
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("engine panicked on rank %d: %v", rank, p)
