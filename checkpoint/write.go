@@ -27,9 +27,22 @@ type Snapshot struct {
 	Data   []float32
 }
 
-// SliceKey names a slice inside a shard file: KIND/NAME/START.
+// SliceKey names a version-1 flat slice inside a shard file: KIND/NAME/START.
 func SliceKey(kind, name string, start int64) string {
 	return kind + "/" + name + "/" + strconv.FormatInt(start, 10)
+}
+
+// ChunkKey names a chunk inside a shard file: KIND/NAME/O0,O1,… (its
+// offsets in the global tensor).
+func ChunkKey(kind, name string, offsets []int) string {
+	b := []byte(kind + "/" + name + "/")
+	for i, o := range offsets {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(o), 10)
+	}
+	return string(b)
 }
 
 // WriteOptions are hooks for WriteRank.

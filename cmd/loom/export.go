@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/tensor"
 )
@@ -38,7 +39,7 @@ func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := checkpoint.SaveModel(*out, m, nil); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	fmt.Fprintf(env.stdout, "exported %s parameters to %s\n", humanCount(int64(m.Config.NumParams())), *out)
+	fmt.Fprintf(env.stdout, "exported %s parameters to %s\n", human.Count(int64(m.Config.NumParams())), *out)
 	return nil
 }
 

@@ -11,16 +11,16 @@ func TestPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"dp 2", "*2", "fits in 40.00 MiB per worker: stage 0, 1, 2, 3"} {
+	for _, want := range []string{"2 workers", "recommended (*): dp 2, tp 1, zero 0", "=  "} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
 	}
-	out, _, err = loom(t, "plan", spec, "--workers", "1", "--memory-per-worker", "1KiB", "--shards")
+	out, _, err = loom(t, "plan", spec, "--workers", "1", "--memory-per-worker", "1KiB", "--show-ranks")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"dp 1", "no stage fits", "rank 0:", "model.layers.0.mlp.up_proj.weight"} {
+	for _, want := range []string{"1 workers", "no layout fits", "rank 1 (dp 1, tp 0, pp 0)", "model.layers.0.mlp.up_proj.weight", "dp 1:"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
