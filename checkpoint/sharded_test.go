@@ -235,3 +235,20 @@ func TestRetain(t *testing.T) {
 		t.Fatalf("latest in an empty directory: %v", err)
 	}
 }
+
+// The part WriteRank returns does not share the snapshot's slices: the
+// next save refills them (AdamW steps included) while a committer may
+// still have to encode this part.
+func TestWriteRankPartOwnsItsSlices(t *testing.T) {
+	s := &Snapshot{Part: RankPart{Job: "j", Step: 1, Layout: Layout{DP: 1, TP: 1, PP: 1, WorldSize: 1}},
+		Slices: []Slice{{Key: "exp_avg/w/0", Kind: KindExpAvg, Name: "w", Shape: []int{2}, Offsets: []int{0}, Sizes: []int{2}, Len: 2, Step: 1}},
+		Data:   []float32{1, 2}}
+	p, err := WriteRank(context.Background(), filepath.Join(t.TempDir(), "j"), s, WriteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Slices[0].Step = 2
+	if got := p.Files[0].Slices[0].Step; got != 1 {
+		t.Fatalf("the reported part's slice records step %d after the snapshot was refilled", got)
+	}
+}

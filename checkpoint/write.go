@@ -102,7 +102,9 @@ func WriteRank(ctx context.Context, jobDir string, s *Snapshot, opt WriteOptions
 	if err != nil {
 		return part, err
 	}
-	shard.Rank, shard.Slices = part.Rank, s.Slices
+	// A copy: the snapshot (and its slices' AdamW steps) is refilled by the
+	// next save, possibly before a committer encodes this part.
+	shard.Rank, shard.Slices = part.Rank, append([]Slice(nil), s.Slices...)
 	st := s.State
 	st.Format, st.Version, st.Rank, st.Step = FormatName, FormatVersion, part.Rank, part.Step
 	b, err := json.MarshalIndent(st, "", "  ")

@@ -26,6 +26,9 @@ type runOpts struct {
 	setup func(rank int, tr *Trainer) error
 	// group adjusts each gRPC group's spec.
 	group func(*parallel.GroupSpec)
+	// after, if set, is called on each rank's trainer after it trained
+	// (on every rank concurrently, so it may run collectives).
+	after func(rank int, tr *Trainer) error
 	// kernels, if set, makes each rank's kernels instead of tensor.Reference.
 	kernels func() (tensor.Kernels, func())
 }
@@ -124,6 +127,9 @@ func layoutRun(t *testing.T, spec api.JobSpec, o runOpts) ([][]Stats, []plan.Mem
 				}
 			}
 			errs[r] = tr.Run(ctx, func(s Stats) { out[r] = append(out[r], s) })
+			if errs[r] == nil && o.after != nil {
+				errs[r] = o.after(r, tr)
+			}
 		}()
 	}
 	wg.Wait()
