@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/launch"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -193,6 +194,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
 	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
+	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -205,25 +207,47 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
-	// Validate here too, so an invalid spec fails without a coordinator.
+	// Validate here too, so an invalid spec fails without a coordinator,
+	// and with the same checks as `loom run`.
 	spec, err := api.ParseSpec(src, pos[0])
 	if err != nil {
 		return err
+	}
+	if err := api.Supported(spec, pos[0]); err != nil {
+		return fmt.Errorf("submit: %w", err)
 	}
 	c, err := dialCoordinator(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
 	defer c.Close()
+	// A job of this name still running keeps its checkpoint directory:
+	// refuse before looking at (or moving) it.
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cur, err := c.Get(gctx, spec.Name)
+	cancel()
+	switch {
+	case err == nil && !coordinator.Terminal(cur.Status.State):
+		return fmt.Errorf("submit: job %q is already %s (generation %d); stop it with `loom stop %s` or change the spec's name",
+			spec.Name, launch.StateName(cur.Status.State), cur.Status.Generation, spec.Name)
+	case err != nil && !errors.Is(err, api.ErrNotFound):
+		return fmt.Errorf("submit: %w", err)
+	}
+	var from *checkpoint.Checkpoint
 	if *resume != "" {
 		// Checked here too, so a missing checkpoint fails before the job
 		// is scheduled (the workers see the same filesystem).
-		if err := checkResumable(env, spec, *resume); err != nil {
+		if from, err = checkResumable(env, spec, *resume); err != nil {
 			return fmt.Errorf("submit: --resume %s: %w", *resume, err)
 		}
 	}
+	runID, err := claimCheckpoints(env, "submit", pos[0], spec, from, *overwrite)
+	if err != nil {
+		return fmt.Errorf("submit: %w", err)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts), Resume: *resume})
+	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
+		Resume: *resume, RunId: runID})
 	cancel()
 	if err != nil {
 		return &api.RPCError{Addr: c.Addr(), Op: "submit", Err: err}

@@ -110,7 +110,11 @@ type JobDesired struct {
 	// resume is where the first generation starts: "" (fresh), "latest" (the
 	// newest complete checkpoint under checkpoint.dir/NAME) or a step
 	// directory. Later generations (restarts) resume from the latest.
-	Resume        string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	// run_id identifies the run in its checkpoints' manifests: new for a
+	// fresh run, the resumed checkpoint's for a resumed one. Retention
+	// removes only this run's checkpoints.
+	RunId         string `protobuf:"bytes,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,6 +201,13 @@ func (x *JobDesired) GetSubmittedUnixMs() int64 {
 func (x *JobDesired) GetResume() string {
 	if x != nil {
 		return x.Resume
+	}
+	return ""
+}
+
+func (x *JobDesired) GetRunId() string {
+	if x != nil {
+		return x.RunId
 	}
 	return ""
 }
@@ -1356,7 +1367,9 @@ type SubmitRequest struct {
 	Source      string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
 	MaxRestarts int32  `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
 	// resume: see JobDesired.resume.
-	Resume        string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
+	// run_id: see JobDesired.run_id ("": the coordinator makes a new one).
+	RunId         string `protobuf:"bytes,5,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1415,6 +1428,13 @@ func (x *SubmitRequest) GetMaxRestarts() int32 {
 func (x *SubmitRequest) GetResume() string {
 	if x != nil {
 		return x.Resume
+	}
+	return ""
+}
+
+func (x *SubmitRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
 	}
 	return ""
 }
@@ -2026,7 +2046,7 @@ var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\xf8\x01\n" +
+	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\x8f\x02\n" +
 	"\n" +
 	"JobDesired\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -2038,7 +2058,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\vstop_reason\x18\x06 \x01(\tR\n" +
 	"stopReason\x12*\n" +
 	"\x11submitted_unix_ms\x18\a \x01(\x03R\x0fsubmittedUnixMs\x12\x16\n" +
-	"\x06resume\x18\b \x01(\tR\x06resume\"\xad\x01\n" +
+	"\x06resume\x18\b \x01(\tR\x06resume\x12\x15\n" +
+	"\x06run_id\x18\t \x01(\tR\x05runId\"\xad\x01\n" +
 	"\bRankInfo\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -2160,12 +2181,13 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x03Job\x12*\n" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusR\x06status\x12-\n" +
 	"\x06latest\x18\x02 \x03(\v2\x15.loom.v1.RankProgressR\x06latest\x12\x1b\n" +
-	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x7f\n" +
+	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x96\x01\n" +
 	"\rSubmitRequest\x12\x1b\n" +
 	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12!\n" +
 	"\fmax_restarts\x18\x03 \x01(\x05R\vmaxRestarts\x12\x16\n" +
-	"\x06resume\x18\x04 \x01(\tR\x06resume\"0\n" +
+	"\x06resume\x18\x04 \x01(\tR\x06resume\x12\x15\n" +
+	"\x06run_id\x18\x05 \x01(\tR\x05runId\"0\n" +
 	"\x0eSubmitResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\" \n" +
 	"\n" +
