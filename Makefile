@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench proto lint setup fixtures clean web grafana
+.PHONY: all build run test test-short bench bench-monitoring proto lint setup fixtures clean web grafana
 
 all: build
 
@@ -33,6 +33,11 @@ test-short: lint
 
 bench: build
 	scripts/bench.sh
+
+# The cost of monitoring: tokens/s of $(JOB) with the dashboard open and
+# Prometheus scraping every second vs neither, alternating rounds.
+bench-monitoring: build $(CORPUS)
+	scripts/bench-monitoring.sh $(JOB)
 
 proto:
 	proto/gen.sh

@@ -260,6 +260,22 @@ func TestDashboardsLive(t *testing.T) {
 		t.Errorf("the slowest rank (1) is not listed first")
 	}
 	screenshot("dashboard-live.png")
+	// `loom top` shows the same view in a terminal.
+	var top strings.Builder
+	if err := dispatch(ctx, &cmdEnv{stdout: &top, stderr: &top}, []string{"top", job, "--coordinator", coord, "--once"}); err != nil {
+		t.Fatalf("loom top: %v\n%s", err, top.String())
+	}
+	lines := strings.Split(top.String(), "\n")
+	var rankLines []string
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 2 && strings.HasPrefix(f[1], "(") && f[0] != "RANK" {
+			rankLines = append(rankLines, l)
+		}
+	}
+	if len(rankLines) != 2 || !strings.HasPrefix(strings.TrimSpace(rankLines[0]), "1 ") || !strings.Contains(rankLines[0], "STRAGGLER") ||
+		strings.Contains(rankLines[1], "STRAGGLER") {
+		t.Errorf("loom top: want rank 1 first and flagged, rank 0 unflagged:\n%s", top.String())
+	}
 	if b, err := chromedp.Run(bctx, chromedp.Screenshot(chromedp.CSS("#ranks"))); err == nil {
 		os.WriteFile(filepath.Join(artifactDir(t), "dashboard-straggler.png"), b, 0o644)
 	}
