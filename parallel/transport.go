@@ -198,7 +198,7 @@ type Transport struct {
 
 	mu       sync.RWMutex
 	closing  bool
-	conns    map[string]*outConn
+	conns    map[connKey]*outConn
 	groups   map[groupKey]*Group
 	pending  map[groupKey][]*wireFrame // frames for groups not created yet
 	jobGen   map[string]uint64         // newest generation created, per job
@@ -251,7 +251,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		lis:      lis,
 		addr:     o.AdvertiseAddr,
 		served:   make(chan struct{}),
-		conns:    map[string]*outConn{},
+		conns:    map[connKey]*outConn{},
 		groups:   map[groupKey]*Group{},
 		pending:  map[groupKey][]*wireFrame{},
 		jobGen:   map[string]uint64{},
@@ -383,10 +383,19 @@ func releaseAll(fs []*wireFrame) {
 	}
 }
 
-// conn returns the outbound connection to addr, dialling it if needed.
-func (t *Transport) conn(addr string) (*outConn, error) {
+// connKey names an outbound connection: one per peer address and job
+// generation, so that everything a connection negotiates (the bulk link
+// and its secret) belongs to one generation.
+type connKey struct {
+	addr       string
+	job        string
+	generation uint64
+}
+
+// conn returns the outbound connection for k, dialling it if needed.
+func (t *Transport) conn(k connKey) (*outConn, error) {
 	t.mu.RLock()
-	oc := t.conns[addr]
+	oc := t.conns[k]
 	closing := t.closing
 	t.mu.RUnlock()
 	if oc != nil {
@@ -400,18 +409,19 @@ func (t *Transport) conn(addr string) (*outConn, error) {
 	if t.closing {
 		return nil, ErrClosed
 	}
-	if oc = t.conns[addr]; oc != nil {
+	if oc = t.conns[k]; oc != nil {
 		return oc, nil
 	}
 	oc = &outConn{
 		t:     t,
-		addr:  addr,
+		key:   k,
+		addr:  k.addr,
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
 		sem:   make(chan struct{}, 1),
 	}
 	oc.ctx, oc.cancel = context.WithCancel(t.ctx)
-	t.conns[addr] = oc
+	t.conns[k] = oc
 	go oc.connect()
 	return oc, nil
 }
@@ -419,8 +429,8 @@ func (t *Transport) conn(addr string) (*outConn, error) {
 // dropConn forgets oc so that the next send to its address redials.
 func (t *Transport) dropConn(oc *outConn) {
 	t.mu.Lock()
-	if t.conns[oc.addr] == oc {
-		delete(t.conns, oc.addr)
+	if t.conns[oc.key] == oc {
+		delete(t.conns, oc.key)
 	}
 	t.mu.Unlock()
 }
@@ -543,6 +553,7 @@ func (t *Transport) aborted(f *wireFrame) {
 // outConn is the outbound Exchange stream to one peer address.
 type outConn struct {
 	t      *Transport
+	key    connKey
 	addr   string
 	ctx    context.Context
 	cancel context.CancelFunc
