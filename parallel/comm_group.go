@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -171,6 +172,8 @@ type Group struct {
 	p2pSent []uint64 // messages sent, by index
 	p2pRcvd []uint64 // messages received, by index
 
+	closed atomic.Bool // Close was called
+
 	failMu  sync.Mutex
 	failErr error
 	failCh  chan struct{} // closed on failure
@@ -281,6 +284,7 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 // Close removes the group from its transport; pending and later calls fail
 // with ErrClosed. Later frames for it are rejected.
 func (g *Group) Close() error {
+	g.closed.Store(true)
 	g.t.mu.Lock()
 	if g.t.groups[g.key] == g {
 		delete(g.t.groups, g.key)

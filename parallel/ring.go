@@ -8,12 +8,15 @@ package parallel
 // at step t+1, so each chunk is forwarded as soon as it is reduced: the
 // pipeline is one chunk deep per hop, not one segment.
 //
-// Every receive of the call is posted before the first send, so each
-// frame lands in its final place the moment it arrives, whichever step it
-// belongs to. That is safe: a reduce-scatter step reduces into a segment
-// this member has not sent yet, and an all-gather step overwrites a
-// segment whose earlier send the incoming frame causally follows (its
-// value went around the ring through this member's send).
+// Receives are posted early, so that each frame lands in its final place
+// the moment it arrives: every reduce-scatter receive before the first
+// send (it reduces into a segment this member has not sent yet), and an
+// all-gather receive as soon as the send of the chunk it overwrites has
+// returned (a bulk link has then copied the chunk out; gRPC may still
+// read it, but the incoming frame causally follows that send's delivery).
+// Posting after the send, from the same goroutine, also makes the order
+// visible to the race detector, which cannot see causality that runs
+// through another process's shared memory.
 
 // ring runs steps [first, last) of the ring schedule over buf with op.
 // ReduceScatter is [0, n−1), AllGather [n−1, 2n−2), AllReduce both. Mean
@@ -24,24 +27,45 @@ func (c *call) ring(buf []float32, first, last int, op ReduceOp) error {
 	seg := func(t int) (off, ln int) { // segment sent at step t
 		return ShardRange(len(buf), n, ((me-t-1)%n+n)%n)
 	}
-	for t := first; t < last; t++ {
+	// postRecvs posts the receives of step t: into the segment sent at t+1.
+	postRecvs := func(t int, only int) {
 		a := applyCopy
 		if t < n-1 {
 			a = reduceApply(op)
 		}
-		ro, rl := seg(t + 1) // received at t = sent at t+1
+		ro, rl := seg(t + 1)
 		for j := range c.chunks(rl, false) {
-			off, ln := c.chunkRange(ro, rl, j)
-			c.post(prev, buf[off:off+ln], a)
+			if only < 0 || j == only {
+				off, ln := c.chunkRange(ro, rl, j)
+				c.post(prev, buf[off:off+ln], a)
+			}
 		}
 	}
-	so, sl := seg(first)
-	for j := range c.chunks(sl, false) {
+	// send sends chunk j of step t and posts the all-gather receive that
+	// overwrites it, at step t+n−1.
+	send := func(t, j int) error {
+		so, sl := seg(t)
 		off, ln := c.chunkRange(so, sl, j)
 		if err := c.send(next, buf[off:off+ln]); err != nil {
 			return err
 		}
+		if u := t + n - 1; u >= n-1 && u < last {
+			postRecvs(u, j)
+		}
+		return nil
 	}
+	for t := first; t < last; t++ {
+		if t < n-1 || t+1-n < first { // never sent by this call
+			postRecvs(t, -1)
+		}
+	}
+	_, sl := seg(first)
+	for j := range c.chunks(sl, false) {
+		if err := send(first, j); err != nil {
+			return err
+		}
+	}
+	// Receives complete in post order, which is the order of (step, chunk).
 	k := 0
 	for t := first; t < last; t++ {
 		ro, rl := seg(t + 1)
@@ -50,12 +74,12 @@ func (c *call) ring(buf []float32, first, last int, op ReduceOp) error {
 				return err
 			}
 			k++
-			off, ln := c.chunkRange(ro, rl, j)
 			if op == Mean && t == n-2 {
+				off, ln := c.chunkRange(ro, rl, j)
 				scale(buf[off:off+ln], n)
 			}
 			if t+1 < last {
-				if err := c.send(next, buf[off:off+ln]); err != nil {
+				if err := send(t+1, j); err != nil {
 					return err
 				}
 			}
