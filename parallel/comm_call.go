@@ -91,7 +91,8 @@ func (r *recvReq) applyFrame(f *wireFrame) error {
 type mailbox struct {
 	mu     sync.Mutex
 	q      []*wireFrame
-	posted []*recvReq
+	posted []*recvReq // posted[ph:] wait, in post order
+	ph     int
 	gone   error // the sender departed; nothing more will come
 }
 
@@ -132,7 +133,7 @@ func (b *mailbox) post(r *recvReq) {
 func (b *mailbox) claim(kind loomv1.FrameKind, seq uint64, tag uint32, ab linkAborter) *recvReq {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for i, r := range b.posted {
+	for i, r := range b.posted[b.ph:] {
 		if r.matches(kind, seq, tag) {
 			b.removePosted(i)
 			r.state, r.aborter = reqClaimed, ab
@@ -142,20 +143,22 @@ func (b *mailbox) claim(kind loomv1.FrameKind, seq uint64, tag uint32, ab linkAb
 	return nil
 }
 
-// removePosted drops posted[i], keeping the order; receives are matched
-// in post order, so i is almost always 0.
+// removePosted drops the i-th waiting receive, keeping the order;
+// receives are matched in post order, so i is almost always 0. The queue's
+// array is reused once it drains.
 func (b *mailbox) removePosted(i int) {
+	live := b.posted[b.ph:]
 	if i == 0 {
-		b.posted[0] = nil
-		b.posted = b.posted[1:]
-		if len(b.posted) == 0 {
-			b.posted = b.posted[:0:0] // let the backing array be reused from its start
-		}
-		return
+		live[0] = nil
+		b.ph++
+	} else {
+		copy(live[i:], live[i+1:])
+		live[len(live)-1] = nil
+		b.posted = b.posted[:len(b.posted)-1]
 	}
-	copy(b.posted[i:], b.posted[i+1:])
-	b.posted[len(b.posted)-1] = nil
-	b.posted = b.posted[:len(b.posted)-1]
+	if b.ph == len(b.posted) {
+		b.posted, b.ph = b.posted[:0], 0
+	}
 }
 
 // finish completes a claimed receive and wakes its call.
@@ -182,7 +185,7 @@ func (b *mailbox) push(f *wireFrame) {
 	b.mu.Lock()
 	// A receive posted between claim and here saw an empty queue: look
 	// again under the lock before queueing.
-	for i, r := range b.posted {
+	for i, r := range b.posted[b.ph:] {
 		if r.matches(f.kind, f.seq, f.tag) {
 			b.removePosted(i)
 			r.state = reqClaimed
@@ -211,8 +214,8 @@ func (b *mailbox) depart(err error) {
 	if b.gone == nil {
 		b.gone = err
 	}
-	posted := b.posted
-	b.posted = nil
+	posted := b.posted[b.ph:]
+	b.posted, b.ph = nil, 0
 	for _, r := range posted {
 		r.state, r.err = reqDone, err
 	}
@@ -240,7 +243,7 @@ func (b *mailbox) withdraw(r *recvReq) (ab linkAborter, busy bool) {
 	defer b.mu.Unlock()
 	switch r.state {
 	case reqPosted:
-		for i, p := range b.posted {
+		for i, p := range b.posted[b.ph:] {
 			if p == r {
 				b.removePosted(i)
 				break
