@@ -257,7 +257,7 @@ func newRegexpSplitter(pattern, field string) (splitter, error) {
 	if strings.Contains(body, "(?=") || strings.Contains(body, "(?!") || strings.Contains(body, "(?<") {
 		return nil, fmt.Errorf("%s: pattern %q uses look-around that Loom cannot run (only a trailing `\\s+(?!\\S)|\\s+` is emulated)", field, pattern)
 	}
-	if strings.Contains(body, "++") || strings.Contains(body, "*+") || strings.Contains(body, "?+") || strings.Contains(body, "}+") {
+	if hasPossessive(body) {
 		return nil, fmt.Errorf("%s: pattern %q uses possessive quantifiers, which Go's regexp lacks", field, pattern)
 	}
 	re, err := regexp.Compile(`^(?:` + unicodeSpaces(body) + `)`)
@@ -266,6 +266,35 @@ func newRegexpSplitter(pattern, field string) (splitter, error) {
 	}
 	s.re = re
 	return s, nil
+}
+
+// hasPossessive reports a possessive quantifier (x?+, x*+, x++, x{n}+)
+// outside character classes.
+func hasPossessive(p string) bool {
+	inClass := false
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c == '\\':
+			if i+2 < len(p) && (p[i+1] == 'p' || p[i+1] == 'P') && p[i+2] == '{' {
+				if j := strings.IndexByte(p[i:], '}'); j > 0 {
+					i += j
+					continue
+				}
+			}
+			i++
+		case c == '[':
+			inClass = true
+		case c == ']':
+			inClass = false
+		case inClass:
+		case (c == '?' || c == '*' || c == '+' || c == '}') && i+1 < len(p) && p[i+1] == '+':
+			if c == '+' && i > 0 && p[i-1] == '+' {
+				continue
+			}
+			return true
+		}
+	}
+	return false
 }
 
 // whiteSpace lists Unicode White_Space for a regexp character class.
