@@ -125,7 +125,14 @@ func Load(path string) (*Tokenizer, error) {
 			}
 			return nil, fmt.Errorf("tokenizer: %s holds no tokenizer.json (a Hugging Face model directory has one; or pass a tiktoken file)", path)
 		}
-		path = p
+		t, err := Load(p)
+		if err != nil {
+			return nil, err
+		}
+		if err := t.applyConfig(filepath.Join(path, "tokenizer_config.json")); err != nil {
+			return nil, err
+		}
+		return t, nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -539,6 +546,48 @@ func (t *Tokenizer) setSpecialIDs(added []hfAdded) {
 		return -1
 	}
 	t.bos, t.eos, t.pad = pick(bosNames), pick(eosNames), pick(padNames)
+}
+
+// applyConfig takes bos_token, eos_token and pad_token from a Hugging Face
+// tokenizer_config.json when the file exists.
+func (t *Tokenizer) applyConfig(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var cfg map[string]json.RawMessage
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return &FileError{Path: path, Problem: "not JSON: " + err.Error()}
+	}
+	ids := [3]int32{-1, -1, -1}
+	for i, key := range []string{"bos_token", "eos_token", "pad_token"} {
+		raw, ok := cfg[key]
+		if !ok || isNull(raw) {
+			continue
+		}
+		var name string
+		if json.Unmarshal(raw, &name) != nil {
+			var obj struct {
+				Content string `json:"content"`
+			}
+			if json.Unmarshal(raw, &obj) != nil {
+				return &FileError{Path: path, Field: key, Problem: "want a string or {\"content\": …}"}
+			}
+			name = obj.Content
+		}
+		id := int32(-1)
+		for j, tok := range t.tokens {
+			if tok == name {
+				id = int32(j)
+				break
+			}
+		}
+		if id < 0 {
+			return &FileError{Path: path, Field: key, Problem: fmt.Sprintf("%q is not a token of %s", name, t.name)}
+		}
+		ids[i] = id
+	}
+	return t.SetSpecial(ids[0], ids[1], ids[2])
 }
 
 // SetSpecial overrides the BOS, EOS and pad ids (e.g. from a model's

@@ -506,3 +506,71 @@ func (d metaspaceDecoder) decode(toks [][]byte) [][]byte {
 	}
 	return toks
 }
+
+// SafeCut returns the last position p in text, or −1 if there is none,
+// such that encoding text[:p] and the rest of the input separately gives
+// the same ids as encoding them together, whatever follows text. Prep cuts
+// large documents there to stream them.
+//
+// Only tokenizers with no normalizer, one split step of a hand-scanned
+// pattern and no added token containing a newline can be cut. Under
+// LLaMA-3's pattern (and cl100k's) every whitespace run that holds a
+// newline ends a piece at its last newline, so a cut there is safe when
+// the rest of the run (inside text) holds no newline; under GPT-2's, a
+// lone "\n" between two non-space characters is a piece of its own.
+func (t *Tokenizer) SafeCut(text []byte) int {
+	if !t.cuttable() {
+		return -1
+	}
+	_, gpt2 := t.pre[0].(splitStep).s.(gpt2Splitter)
+	for p := len(text) - 1; p >= 2; p-- {
+		if text[p-1] != '\n' {
+			continue
+		}
+		if gpt2 {
+			after, _ := class(text, p)
+			r, _ := utf8.DecodeLastRune(text[:p-1])
+			if after != clsSpace && !unicode.IsSpace(r) {
+				return p
+			}
+			continue
+		}
+		q := p
+		for q < len(text) {
+			cls, w := class(text, q)
+			if cls != clsSpace || text[q] == '\n' || text[q] == '\r' {
+				break
+			}
+			q += w
+		}
+		if q < len(text) && text[q] != '\n' && text[q] != '\r' {
+			return p
+		}
+	}
+	return -1
+}
+
+func (t *Tokenizer) cuttable() bool {
+	if len(t.normalizers) > 0 || len(t.pre) != 1 {
+		return false
+	}
+	s, ok := t.pre[0].(splitStep)
+	if !ok || !s.keep {
+		return false
+	}
+	switch s.s.(type) {
+	case gpt2Splitter, llama3Splitter:
+	default:
+		return false
+	}
+	for _, set := range []*addedSet{&t.rawAdded, &t.normAdded} {
+		for _, l := range set.byFirst {
+			for _, a := range l {
+				if bytes.IndexByte(a.content, '\n') >= 0 {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}

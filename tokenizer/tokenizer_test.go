@@ -235,3 +235,50 @@ func FuzzParseJSON(f *testing.F) {
 		}
 	})
 }
+
+// Encoding the two sides of a SafeCut separately gives the ids of the
+// whole, for GPT-2's and LLaMA-3's patterns, on every cut of the corpus.
+func TestSafeCut(t *testing.T) {
+	gpt2 := trainSmall(t, 700)
+	l3js, err := hfWriter{pattern: PatternLlama3, vocab: rawVocab(gpt2), merges: nil}.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l3, err := ParseJSON(l3js, "l3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range []*Tokenizer{gpt2, l3} {
+		cuts := 0
+		for _, d := range mixedCorpus(60 << 10) {
+			text := []byte(d)
+			whole := tok.Encode(nil, text)
+			for end := len(text); end > 0; {
+				p := tok.SafeCut(text[:end])
+				if p <= 0 {
+					break
+				}
+				cuts++
+				got := append(tok.Encode(nil, text[:p]), tok.Encode(nil, text[p:])...)
+				if !equalIDs(got, whole) {
+					t.Fatalf("%s: cut at %d of %q… changes the ids", tok.Name(), p, clip(string(text[max(0, p-20):]), 40))
+				}
+				end = p - 97 // a sample of the cuts keeps the test quick
+			}
+		}
+		if cuts < 50 {
+			t.Fatalf("%s: only %d safe cuts found in the corpus", tok.Name(), cuts)
+		}
+		t.Logf("%s: %d cuts checked", tok.Name(), cuts)
+	}
+}
+
+func rawVocab(t *Tokenizer) [][]byte {
+	v := make([][]byte, t.VocabSize())
+	for id := range v {
+		if !t.special[int32(id)] {
+			v[id] = t.raw[id]
+		}
+	}
+	return v
+}
