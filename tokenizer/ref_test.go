@@ -220,6 +220,7 @@ func writeFile(t *testing.T, path string, b []byte) string {
 // and converted to a tokenizer.json (ByteLevel, merges in rank order, as
 // GPT-2's own) against Hugging Face.
 func TestGPT2MatchesReference(t *testing.T) {
+	t.Parallel()
 	dir := exportedVocabs(t)
 	docs := refCorpus()
 	rankFile := filepath.Join(dir, "gpt2.tiktoken")
@@ -275,6 +276,7 @@ func gpt2JSON(t *testing.T, tt *Tokenizer, ranks []byte) []byte {
 // (Split with LLaMA-3's regex, ByteLevel without regex, ignore_merges)
 // against Hugging Face, and as a tiktoken file against tiktoken.
 func TestLlama3MatchesReference(t *testing.T) {
+	t.Parallel()
 	dir := exportedVocabs(t)
 	docs := refCorpus()
 	raw, err := os.ReadFile(filepath.Join(dir, "llama3.json"))
@@ -371,6 +373,7 @@ func llama3JSON(t *testing.T, vocab []string, merges [][2]string, specials map[s
 
 // TestCL100KMatchesTiktoken: cl100k_base's ranks against tiktoken.
 func TestCL100KMatchesTiktoken(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("short")
 	}

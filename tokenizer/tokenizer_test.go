@@ -24,7 +24,7 @@ func TestSplittersMatchRegexp(t *testing.T) {
 	texts := mixedCorpus(50 << 10)
 	rng := rand.New(rand.NewPCG(1, 2))
 	alphabet := []rune(" \t\n\r\u00a0\u3000a Zé1٣'sSLlſ.,!中😀\u0301-\x0b")
-	for range 2000 {
+	for range 1000 {
 		var b strings.Builder
 		for range rng.IntN(30) {
 			b.WriteRune(alphabet[rng.IntN(len(alphabet))])
@@ -250,7 +250,7 @@ func TestSafeCut(t *testing.T) {
 	}
 	for _, tok := range []*Tokenizer{gpt2, l3} {
 		cuts := 0
-		for _, d := range mixedCorpus(60 << 10) {
+		for _, d := range mixedCorpus(30 << 10) {
 			text := []byte(d)
 			whole := tok.Encode(nil, text)
 			for end := len(text); end > 0; {
@@ -263,10 +263,10 @@ func TestSafeCut(t *testing.T) {
 				if !equalIDs(got, whole) {
 					t.Fatalf("%s: cut at %d of %q… changes the ids", tok.Name(), p, clip(string(text[max(0, p-20):]), 40))
 				}
-				end = p - 97 // a sample of the cuts keeps the test quick
+				end = p - 601 // a sample of the cuts keeps the test quick
 			}
 		}
-		if cuts < 50 {
+		if cuts < 40 {
 			t.Fatalf("%s: only %d safe cuts found in the corpus", tok.Name(), cuts)
 		}
 		t.Logf("%s: %d cuts checked", tok.Name(), cuts)
