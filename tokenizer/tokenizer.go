@@ -522,7 +522,16 @@ func (t *Tokenizer) SafeCut(text []byte) int {
 	if !t.cuttable() {
 		return -1
 	}
-	_, gpt2 := t.pre[0].(splitStep).s.(gpt2Splitter)
+	return safeCut(t.pre[0].(splitStep).s, text)
+}
+
+// safeCut is SafeCut for one split pattern (−1 for those not scanned by
+// hand).
+func safeCut(s splitter, text []byte) int {
+	_, gpt2 := s.(gpt2Splitter)
+	if _, l3 := s.(llama3Splitter); !gpt2 && !l3 {
+		return -1
+	}
 	for p := len(text) - 1; p >= 2; p-- {
 		if text[p-1] != '\n' {
 			continue

@@ -94,6 +94,10 @@ func (c *Counter) Add(text []byte) {
 	}
 }
 
+// SafeCut is [Tokenizer.SafeCut] for the counter's pattern: training text
+// cut there counts the same pieces.
+func (c *Counter) SafeCut(text []byte) int { return safeCut(c.s, text) }
+
 // Merge adds o's counts to c.
 func (c *Counter) Merge(o *Counter) {
 	for w, n := range o.counts {
