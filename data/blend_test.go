@@ -159,7 +159,7 @@ func TestBlendRefusesTinyWeight(t *testing.T) {
 // refused naming the field.
 func TestOpenDatasetValidation(t *testing.T) {
 	dir := t.TempDir()
-	pa := tokenFileIn(t, dir, "a", 1601, 0, nil)   // 100 windows of 16
+	pa := tokenFileIn(t, dir, "a", 1601, 0, nil)    // 100 windows of 16
 	pb := tokenFileIn(t, dir, "b", 3201, 1000, nil) // 200
 	spec := api.DataSpec{Sources: []api.DataSource{{Path: pa, Weight: 1}, {Path: pb, Weight: 1}},
 		Validation: api.ValidationSpec{Fraction: 0.1}, Shuffle: true, Seed: 3}

@@ -410,6 +410,7 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 		Documents:  stats.Documents,
 		Tokenizer:  tok.Name(),
 		SHA256:     hex.EncodeToString(h.Sum(nil)),
+		Bytes:      stats.Bytes,
 	}
 	if hs, ok := tok.(Hashed); ok {
 		meta.TokenizerSHA256 = hs.SHA256()

@@ -256,3 +256,21 @@ func (t *Tokenizer) Tiktoken() ([]byte, error) {
 	}
 	return b.Bytes(), nil
 }
+
+// Bytes returns Loom's byte tokenizer (byte b is id b, BOS 256, EOS 257)
+// as a byte-level BPE without merges, so that it has a tokenizer.json
+// Hugging Face reads with the same ids.
+func Bytes() (*Tokenizer, error) {
+	vocab := make([][]byte, 256)
+	for b := range vocab {
+		vocab[b] = []byte{byte(b)}
+	}
+	js, err := hfWriter{vocab: vocab, added: []hfAdded{
+		{ID: 256, Content: "<|begin_of_text|>", Special: true},
+		{ID: 257, Content: "<|end_of_text|>", Special: true},
+	}}.encode()
+	if err != nil {
+		return nil, err
+	}
+	return ParseJSON(js, "byte")
+}

@@ -119,6 +119,30 @@ func TestTrainedTokenizerMatchesReference(t *testing.T) {
 	compareWithRef(t, tok, docs, hfEncode(t, p, docs), "loom-trained tokenizer.json")
 }
 
+// TestBytesMatchesReference: the byte tokenizer's tokenizer.json (what
+// `loom export` writes for byte models) gives byte b id b under Hugging Face.
+func TestBytesMatchesReference(t *testing.T) {
+	refDir(t)
+	tok, err := Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.VocabSize() != 258 || tok.BOS() != 256 || tok.EOS() != 257 {
+		t.Fatalf("bytes: vocab %d bos %d eos %d", tok.VocabSize(), tok.BOS(), tok.EOS())
+	}
+	docs := refCorpus()
+	for _, d := range docs {
+		ids := tok.EncodeOrdinary(nil, []byte(d))
+		for i, id := range ids {
+			if id != int32(d[i]) {
+				t.Fatalf("byte %d of %q: id %d", i, clip(d, 40), id)
+			}
+		}
+	}
+	p := writeFile(t, filepath.Join(t.TempDir(), "tokenizer.json"), tok.JSON())
+	compareWithRef(t, tok, docs, hfEncode(t, p, docs), "byte tokenizer.json")
+}
+
 func trainSmall(t testing.TB, vocab int) *Tokenizer {
 	t.Helper()
 	c, err := NewCounter("")

@@ -8,12 +8,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/internal/atomicfile"
 	"github.com/loomtrain/loom/tokenizer"
@@ -425,4 +428,96 @@ func cmdTokenizerBench(ctx context.Context, env *cmdEnv, args []string) error {
 		"seconds": best.Seconds(), "mb_per_s": float64(len(text)) / 1e6 / best.Seconds(), "threads": *threads})
 	fmt.Fprintf(env.stdout, "%s\n", b)
 	return nil
+}
+
+// modelTokenizer finds the tokenizer of a model: --tokenizer when given;
+// else the model directory's tokenizer.json (a Hugging Face directory, or
+// one `loom export` wrote); else the tokenizer recorded in the sidecar of
+// the first token file of the job spec saved with the model (its hash
+// checked); else the byte tokenizer for a 258-token model.
+func modelTokenizer(env *cmdEnv, modelDir, flagValue string, vocab int) (data.Tokenizer, error) {
+	check := func(t data.Tokenizer, from string) (data.Tokenizer, error) {
+		if t.VocabSize() > vocab {
+			return nil, fmt.Errorf("tokenizer %s (from %s) has %d tokens, more than the model's vocabulary of %d: pass the model's own with --tokenizer", t.Name(), from, t.VocabSize(), vocab)
+		}
+		return t, nil
+	}
+	if flagValue != "" {
+		t, err := data.LoadTokenizer(flagValue)
+		if err != nil {
+			return nil, err
+		}
+		return check(t, "--tokenizer")
+	}
+	if _, err := os.Stat(filepath.Join(modelDir, "tokenizer.json")); err == nil {
+		t, err := data.LoadTokenizer(modelDir)
+		if err != nil {
+			return nil, err
+		}
+		return check(t, modelDir)
+	}
+	if spec, ok := savedSpec(modelDir); ok {
+		src := spec.Data.SourceList()[0].Path
+		if f, err := os.Open(data.SidecarPath(src)); err == nil {
+			meta, err := data.DecodeMeta(f, data.SidecarPath(src))
+			f.Close()
+			if err != nil {
+				return nil, err
+			}
+			t, err := data.TokenizerOf(meta)
+			if err != nil {
+				return nil, fmt.Errorf("the tokenizer of %s, which trained %s: %w", src, modelDir, err)
+			}
+			fmt.Fprintf(env.stderr, "loom: tokenizer %s (recorded for %s)\n", t.Name(), src)
+			return check(t, src)
+		}
+	}
+	if vocab == data.ByteVocab {
+		return data.ByteTokenizer{}, nil
+	}
+	return nil, fmt.Errorf("no tokenizer found for %s (vocabulary %d): no tokenizer.json beside it and no token file of its job spec to read one from; pass --tokenizer", modelDir, vocab)
+}
+
+// savedSpec returns the job spec saved with a model: the final model's
+// loom-job.yaml, or a sharded checkpoint's manifest.
+func savedSpec(dir string) (api.JobSpec, bool) {
+	if spec, err := api.LoadSpec(filepath.Join(dir, checkpoint.JobFile)); err == nil {
+		return spec, true
+	}
+	if m, err := checkpoint.ReadManifest(dir); err == nil && m.Spec != "" {
+		if spec, err := api.ParseSpec([]byte(m.Spec), dir); err == nil {
+			return spec, true
+		}
+	}
+	return api.JobSpec{}, false
+}
+
+// writeTokenizerFiles writes tok into a model directory as Hugging Face
+// expects it: tokenizer.json, and tokenizer_config.json naming the special
+// tokens. The byte tokenizer is written as the equivalent byte-level BPE.
+func writeTokenizerFiles(dir string, tok data.Tokenizer) error {
+	bt, ok := tok.(*tokenizer.Tokenizer)
+	if !ok {
+		if _, isByte := tok.(data.ByteTokenizer); !isByte {
+			return fmt.Errorf("tokenizer %s has no tokenizer.json form", tok.Name())
+		}
+		var err error
+		if bt, err = tokenizer.Bytes(); err != nil {
+			return err
+		}
+	}
+	if err := atomicfile.WriteFile(filepath.Join(dir, "tokenizer.json"), bt.JSON()); err != nil {
+		return err
+	}
+	cfg := map[string]any{"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": false}
+	for key, id := range map[string]int32{"bos_token": bt.BOS(), "eos_token": bt.EOS(), "pad_token": bt.Pad()} {
+		if id >= 0 {
+			cfg[key] = bt.IDToken(id)
+		}
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, "tokenizer_config.json"), append(b, '\n'))
 }
