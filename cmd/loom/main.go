@@ -32,6 +32,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"run":         {summary: "train a job from a YAML spec (in-process for world size 1)", run: cmdRun},
 		"prep":        {summary: "tokenize text files, directories and JSONL into a token file", run: cmdPrep},
+		"tokenizer":   {summary: "train, inspect and run BPE tokenizers (train, encode, decode, info, convert, bench)", run: cmdTokenizer},
 		"eval":        {summary: "mean loss of a model over a token file", run: cmdEval},
 		"sample":      {summary: "generate text from a model", run: cmdSample},
 		"export":      {summary: "write a model as a Hugging Face LLaMA directory", run: cmdExport},
