@@ -1269,11 +1269,11 @@ func fma32(x, y, z float32) float32 {
 
 // interpCase is one micro-kernel call.
 type interpCase struct {
-	k           int
+	k     int
 	alpha float32
 	load  bool // the tile starts from C (else C is never read)
 	ldc   int
-	ints        bool // small integers (every result exact) or random floats
+	ints  bool // small integers (every result exact) or random floats
 }
 
 func (c interpCase) String() string {

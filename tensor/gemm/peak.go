@@ -14,6 +14,17 @@ func MeasurePeak(threads int, d time.Duration) float64 {
 	return measurePeak(bestKernel(), threads, d)
 }
 
+// MeasurePeakPrecision is MeasurePeak for the best kernel of precision p:
+// for BF16 the VDPBF16PS loop (each a 16-lane pair of multiply-adds), the
+// peak the bf16 MFU is measured against. Without such a loop it returns 0.
+func MeasurePeakPrecision(p Precision, threads int, d time.Duration) float64 {
+	ks := kernelsFor(p)
+	if len(ks) == 0 {
+		return 0
+	}
+	return measurePeak(ks[0], threads, d)
+}
+
 func measurePeak(k kernel, threads int, d time.Duration) float64 {
 	if k.peak == nil {
 		return 0
