@@ -60,8 +60,9 @@ func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
 		"blocks each shape ran with. Without --m/--n/--k it runs Loom's transformer shapes. tn\n"+
 		"multiplies Aᵀ·B with A stored k×m (weight gradients), nt A·Bᵀ with B stored n×k (input\n"+
 		"gradients). --precision bf16 rounds A and B to bfloat16 while packing (float32 accumulation).\n"+
-		"--tune searches kernel, blocks and thread grid for each shape first (replacing cached plans);\n"+
-		"without it, plans cached by earlier tuning (loom run, bench step) are used if present.")
+		"--tune searches kernel, blocks and thread grid for each shape first, replacing cached plans;\n"+
+		"without it, cached plans are used and a shape without one is tuned on its first call, as in\n"+
+		"training (LOOM_GEMM_TUNE=off: derived blocks only).")
 	m := fs.Int("m", 0, "rows of op(A) and C (with --n and --k; default: transformer shapes)")
 	n := fs.Int("n", 0, "columns of op(B) and C")
 	k := fs.Int("k", 0, "inner dimension")
@@ -134,7 +135,7 @@ func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	header := false
 	for _, t := range threads {
-		e, err := gemm.NewWith(gemm.Options{Threads: t, Precision: prec, Tune: &gemm.TuneOptions{Retune: *tune}})
+		e, err := gemm.NewWith(gemm.Options{Threads: t, Precision: prec, Tune: benchTuning(*tune)})
 		if err != nil {
 			return fmt.Errorf("bench gemm: %w", err)
 		}
@@ -221,14 +222,17 @@ func timeSgemm(e *gemm.Engine, s gemmShape, trans string, iters int) gemmResult 
 	}
 	sort.Float64s(g)
 	p := e.PlanFor(gemm.Shape{TransA: transA, TransB: transB, M: s.m, N: s.n, K: s.k})
-	grid := "auto"
-	if p.GridM > 0 {
-		grid = fmt.Sprintf("%dx%d", p.GridM, p.GridN)
-	}
-	if p.MaxThreads > 0 {
-		grid += fmt.Sprintf("≤%d", p.MaxThreads)
-	}
 	return gemmResult{M: s.m, N: s.n, K: s.k, Threads: e.Threads(), Trans: trans,
 		GFLOPS: g[len(g)/2], GFLOPSMax: g[len(g)-1], Iters: iters, Kernel: p.Kernel, Precision: e.Precision().String(),
-		MC: p.MC, KC: p.KC, NC: p.NC, Grid: grid, Tuned: p.Tuned}
+		MC: p.MC, KC: p.KC, NC: p.NC, Grid: p.Grid(), Tuned: p.Tuned}
+}
+
+// benchTuning is the commands' tuning, with Retune for --tune (which
+// tunes even when LOOM_GEMM_TUNE=off).
+func benchTuning(retune bool) *gemm.TuneOptions {
+	t := gemmTuning()
+	if retune {
+		t = &gemm.TuneOptions{Retune: true}
+	}
+	return t
 }

@@ -40,6 +40,14 @@ func FromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 // RoundBF16 is FromBF16(ToBF16(f)): f as the bf16 kernels see it.
 func RoundBF16(f float32) float32 { return FromBF16(ToBF16(f)) }
 
+// roundBF16 rounds x to bf16 values in place (the bf16-fma kernels'
+// packing).
+func roundBF16(x []float32) {
+	for i, v := range x {
+		x[i] = RoundBF16(v)
+	}
+}
+
 // bf16Pair packs two float32s into one word, x0 in the low half.
 func bf16Pair(x0, x1 float32) uint32 { return uint32(ToBF16(x0)) | uint32(ToBF16(x1))<<16 }
 

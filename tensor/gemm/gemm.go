@@ -124,6 +124,9 @@ func New(threads int) *Engine {
 // fails its self-check or o is invalid.
 func NewWith(o Options) (*Engine, error) {
 	ks := kernelsFor(o.Precision)
+	if o.Precision == BF16 {
+		ks = bf16Kernels()
+	}
 	if len(ks) == 0 {
 		return nil, fmt.Errorf("gemm: precision %v: no kernel", o.Precision)
 	}
@@ -223,8 +226,9 @@ func (e *Engine) Threads() int { return e.threads }
 // Precision reports the precision the engine multiplies in.
 func (e *Engine) Precision() Precision { return e.precision }
 
-// Kernel names the default micro-kernel: "avx512", "avx2", "generic",
-// "avx512bf16" or "generic-bf16".
+// Kernel names the default micro-kernel: "avx512", "avx2", "generic"
+// (fp32); "avx512bf16" (VDPBF16PS), "generic-bf16", "avx512-bf16fma" or
+// "avx2-bf16fma" (bf16).
 func (e *Engine) Kernel() string { return e.def.kern.name }
 
 // Blocks reports the default cache blocking (for logs and benchmarks).

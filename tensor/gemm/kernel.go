@@ -1,6 +1,9 @@
 package gemm
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Precision is what an Engine rounds the multiply's inputs to.
 type Precision int
@@ -48,8 +51,12 @@ func ParsePrecision(s string) (Precision, error) {
 type kernel struct {
 	name      string
 	precision Precision
-	mr, nr    int
-	full      func(k int, a, b, c *float32, ldc int, load int, alpha float32)
+	// round marks a float32 kernel run on inputs rounded to bf16 while
+	// packing (precision BF16, k-steps single values): where VDPBF16PS is
+	// no faster than FMA, the same bf16 products at the FMA rate.
+	round  bool
+	mr, nr int
+	full   func(k int, a, b, c *float32, ldc int, load int, alpha float32)
 	// peak runs n iterations of an independent-FMA (or dot-product) loop
 	// and returns the FLOPs done, for MeasurePeak; nil when there is none.
 	peak func(n int) float64
@@ -57,7 +64,21 @@ type kernel struct {
 
 // pairs reports whether a k-step of the packed panels holds two k values
 // (a bf16 pair in one 32-bit word).
-func (k *kernel) pairs() bool { return k.precision == BF16 }
+func (k *kernel) pairs() bool { return k.precision == BF16 && !k.round }
+
+// family names the arithmetic a kernel does per element: kernels of one
+// family give the same bits, so the tuner may choose among them.
+func (k *kernel) family() string {
+	switch {
+	case k.name == "generic":
+		return "fp32-mul-add" // Go's a*b + c: fused or not as the compiler likes
+	case k.precision == FP32:
+		return "fp32-fma"
+	case k.round:
+		return "bf16-fma" // a float32 FMA chain over bf16 values
+	}
+	return "bf16-dp" // VDPBF16PS pairs: hi then lo, subnormals flushed
+}
 
 // depth is the kernel's k argument for a KC slice of kc.
 func (k *kernel) depth(kc int) int {
@@ -73,6 +94,9 @@ func (k *kernel) packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, 
 		return
 	}
 	packA(dst, trans, a, lda, ic, pc, mc, kc, mr)
+	if k.round {
+		roundBF16(dst[:roundUp(mc, mr)*kc])
+	}
 }
 
 func (k *kernel) packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) {
@@ -81,6 +105,9 @@ func (k *kernel) packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, 
 		return
 	}
 	packB(dst, trans, b, ldb, pc, jc, kc, nc, nr)
+	if k.round {
+		roundBF16(dst[:roundUp(nc, nr)*kc])
+	}
 }
 
 // genericKernel is the pure-Go 4×4 micro-kernel for CPUs without a
@@ -101,6 +128,36 @@ func kernelsFor(p Precision) []kernel {
 		}
 	}
 	return ks
+}
+
+// familyOf returns the kernels of ks in family f, best first.
+func familyOf(ks []kernel, f string) []kernel {
+	var out []kernel
+	for _, k := range ks {
+		if k.family() == f {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// bf16Kernels picks the bf16 family for this CPU: the VDPBF16PS kernels
+// when their dot-product loop beats the FMA loop by 25% (Zen 5: ≈ 1.8×),
+// else float32 FMA kernels on bf16-rounded panels (a Sapphire-Rapids-class
+// Xeon VM ran VDPBF16PS at half its FMA rate), else the pure-Go kernel.
+// Results depend on the family, never on timing noise: the margin is wide
+// and the choice is per machine.
+func bf16Kernels() []kernel {
+	ks := kernelsFor(BF16)
+	dp, fma := familyOf(ks, "bf16-dp"), familyOf(ks, "bf16-fma")
+	if len(fma) == 0 || dp[0].peak == nil {
+		return dp
+	}
+	const d = 30 * time.Millisecond
+	if measurePeak(dp[0], 1, d) >= 1.25*measurePeak(fma[0], 1, d) {
+		return dp
+	}
+	return fma
 }
 
 // bestKernelFor is the fastest kernel for p.

@@ -42,6 +42,13 @@ var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2,
 var avx512BF16Kernel = kernel{name: "avx512bf16", precision: BF16, mr: 14, nr: 32, full: kernelAVX512BF16,
 	peak: func(n int) float64 { dpLoopAVX512BF16(n); return float64(n) * 24 * 16 * 4 }}
 
+// avx512RoundKernel and avx2RoundKernel are the float32 kernels over
+// bf16-rounded panels (the bf16-fma family).
+var (
+	avx512RoundKernel = kernel{name: "avx512-bf16fma", precision: BF16, round: true, mr: 14, nr: 32, full: kernelAVX512, peak: avx512Kernel.peak}
+	avx2RoundKernel   = kernel{name: "avx2-bf16fma", precision: BF16, round: true, mr: 6, nr: 16, full: kernelAVX2, peak: avx2Kernel.peak}
+)
+
 func hasAVX512() bool     { return cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL }
 func hasAVX2() bool       { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
 func hasAVX512BF16() bool { return hasAVX512() && cpu.X86.HasAVX512BF16 }
@@ -59,6 +66,12 @@ func availableKernels() []kernel {
 	ks = append(ks, genericKernel)
 	if hasAVX512BF16() {
 		ks = append(ks, avx512BF16Kernel)
+	}
+	if hasAVX512() {
+		ks = append(ks, avx512RoundKernel)
+	}
+	if hasAVX2() {
+		ks = append(ks, avx2RoundKernel)
 	}
 	return append(ks, genericBF16Kernel)
 }

@@ -14,15 +14,21 @@ func MeasurePeak(threads int, d time.Duration) float64 {
 	return measurePeak(bestKernel(), threads, d)
 }
 
-// MeasurePeakPrecision is MeasurePeak for the best kernel of precision p:
-// for BF16 the VDPBF16PS loop (each a 16-lane pair of multiply-adds), the
-// peak the bf16 MFU is measured against. Without such a loop it returns 0.
+// MeasurePeakPrecision is MeasurePeak for precision p: for BF16 the
+// faster of the VDPBF16PS loop (each a 16-lane pair of multiply-adds) and
+// the FMA loop (the bf16-fma kernels), the peak the bf16 MFU is measured
+// against. Without an assembly loop it returns 0.
 func MeasurePeakPrecision(p Precision, threads int, d time.Duration) float64 {
-	ks := kernelsFor(p)
-	if len(ks) == 0 {
-		return 0
+	if p == FP32 {
+		return MeasurePeak(threads, d)
 	}
-	return measurePeak(ks[0], threads, d)
+	best := 0.0
+	for _, f := range []string{"bf16-dp", "bf16-fma"} {
+		if ks := familyOf(kernelsFor(p), f); len(ks) > 0 && ks[0].peak != nil {
+			best = max(best, measurePeak(ks[0], threads, d))
+		}
+	}
+	return best
 }
 
 func measurePeak(k kernel, threads int, d time.Duration) float64 {

@@ -182,7 +182,9 @@ func (t *tuner) tune(s Shape) {
 	t.cached[t.cacheName(s)] = best.public(true)
 	if err := t.save(); err != nil {
 		t.disable(fmt.Sprintf("writing %s failed (%v): tuning off for the rest of this run", t.path, err))
+		return
 	}
+	t.status = fmt.Sprintf("tuning on, cache %s (%d plans, %.1f s spent searching)", t.path, len(t.cached), t.spent.Seconds())
 }
 
 // save writes the cache file atomically (temp file, fsync, rename).
@@ -280,8 +282,8 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		}
 	}
 	for _, k := range e.kernels[1:] {
-		if k.name == "generic" && len(e.kernels) > 1 || k.name == "generic-bf16" && len(e.kernels) > 1 {
-			continue // the portable kernels are never faster than assembly
+		if k.family() != e.def.kern.family() || k.name == "generic" || k.name == "generic-bf16" {
+			continue // other arithmetic; the portable kernels are never faster than assembly
 		}
 		try(plan{kern: k, blocks: chooseBlocks(e.caches, k, e.threads)})
 	}
@@ -390,4 +392,35 @@ func (e *Engine) Tune(shapes []Shape) ([]Plan, error) {
 		out[i] = p.public(ok)
 	}
 	return out, nil
+}
+
+// ShapePlan is one tuned shape and its plan.
+type ShapePlan struct {
+	Shape string `json:"shape"`
+	Plan
+}
+
+// Grid is the thread grid as "2x1", "auto" when chosen per call, with
+// "≤N" when the plan caps the threads.
+func (p Plan) Grid() string {
+	g := "auto"
+	if p.GridM > 0 {
+		g = fmt.Sprintf("%dx%d", p.GridM, p.GridN)
+	}
+	if p.MaxThreads > 0 {
+		g += fmt.Sprintf("≤%d", p.MaxThreads)
+	}
+	return g
+}
+
+// Plans lists the shapes with a tuned plan in this engine, sorted.
+func (e *Engine) Plans() []ShapePlan {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []ShapePlan
+	for s, p := range e.plans {
+		out = append(out, ShapePlan{Shape: s.String(), Plan: p.public(true)})
+	}
+	slices.SortFunc(out, func(a, b ShapePlan) int { return strings.Compare(a.Shape, b.Shape) })
+	return out
 }
