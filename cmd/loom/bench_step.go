@@ -133,7 +133,7 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 			"job": spec.Name, "threads": nthreads, "tokens_per_sec": tps, "tflops": flops / 1e12,
 			"mfu": flops / peak, "peak_tflops": peak / 1e12, "step_s_p50": med,
 			"flops_per_token": cfg.TrainFLOPsPerToken(spec.Model.SeqLen),
-			"precision": prec.String(), "kernel": eng.Kernel(), "mc": mc, "kc": kc, "nc": nc,
+			"precision":       prec.String(), "kernel": eng.Kernel(), "mc": mc, "kc": kc, "nc": nc,
 			"tuning": eng.TuneStatus(), "plans": eng.Plans(),
 		})
 		fmt.Fprintf(env.stdout, "%s\n", b)
