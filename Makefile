@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bf16-parity proto lint setup fixtures clean
+.PHONY: all build run test test-short bench bf16-parity proto lint setup fixtures clean web grafana
 
 all: build
 
@@ -40,6 +40,16 @@ bf16-parity:
 
 proto:
 	proto/gen.sh
+
+# The dashboard page: install the pinned npm packages and rebuild web/dist
+# (committed, embedded in the binary; web's test checks it is current).
+web:
+	cd web && npm ci --no-audit --no-fund && npm run build
+
+# The Grafana dashboard, scrape config and rules under deploy/ (committed;
+# deploy/grafana's test checks they are current).
+grafana:
+	$(GO) run ./deploy/grafana/gen
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \

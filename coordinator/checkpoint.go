@@ -52,7 +52,7 @@ func decideCheckpoints(j JobObserved) []Action {
 			reports = append(reports, r)
 		}
 		sort.Slice(reports, func(a, b int) bool { return reports[a].Rank < reports[b].Rank })
-		act := Action{Job: j.Desired.Name, Step: step, Reports: reports}
+		act := Action{Job: j.Desired.Name, Step: step, Reports: reports, Run: j.Desired.RunId}
 		if step <= latest {
 			act.Kind = DropCheckpointReports
 			acts = append(acts, act)
@@ -101,7 +101,7 @@ func (c *Coordinator) commitCheckpoints(ctx context.Context, acts []Action) ([]A
 		}
 		a.Record = &loomv1.CheckpointRecord{Job: a.Job, Step: a.Step, Dir: dir, Generation: a.Reports[0].Generation,
 			CommittedUnixMs: c.cfg.Now().UnixMilli()}
-		removed, err := checkpoint.Retain(filepath.Dir(dir), keep)
+		removed, err := checkpoint.Retain(filepath.Dir(dir), keep, a.Run)
 		for _, r := range removed {
 			c.log.Info("coordinator: checkpoint retention removed", "job", a.Job, "dir", r, "keep", keep)
 		}
@@ -126,7 +126,7 @@ func (c *Coordinator) commitOne(a *Action) (string, int, error) {
 	if spec, err := api.ParseSpec([]byte(parts[0].Spec), "checkpoint spec"); err == nil {
 		keep = spec.Checkpoint.Keep
 	}
-	opt := checkpoint.CommitOptions{Now: c.cfg.Now}
+	opt := checkpoint.CommitOptions{Now: c.cfg.Now, Run: a.Run}
 	if h := c.cfg.BeforeCheckpointManifest; h != nil {
 		opt.BeforeManifest = func() error { return h(a.Job, a.Step) }
 	}

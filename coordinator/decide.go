@@ -87,6 +87,9 @@ type Action struct {
 	Step    int64
 	Reports []*loomv1.CheckpointReport
 	Record  *loomv1.CheckpointRecord
+	// Run is the job's run id (JobDesired.run_id), which CommitCheckpoint
+	// records in the manifest and scopes retention to.
+	Run string
 }
 
 func (a Action) String() string {

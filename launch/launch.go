@@ -56,8 +56,15 @@ type Options struct {
 	// Resume is where the job starts: "" (fresh), "latest" or a checkpoint
 	// step directory (loomv1.JobDesired.resume).
 	Resume string
+	// RunID is the run's id in its checkpoints ("": the coordinator makes
+	// a new one; a resumed run passes its checkpoint's).
+	RunID string
 	// Progress receives a line per status change and per step (nil: discard).
+	// With JSON it receives nothing else, so every line parses.
 	Progress io.Writer
+	// Info receives Local's own lines: where the coordinator and etcd
+	// serve (default os.Stderr).
+	Info io.Writer
 	// JSON makes every Progress line a JSON object (see Follow).
 	JSON bool
 	// WorkerOutput receives the workers' output, each line prefixed with
@@ -88,6 +95,9 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if verr := spec.Validate(); verr != nil {
 		return verr
 	}
+	if serr := api.Supported(spec, opts.Source); serr != nil {
+		return serr
+	}
 	world := spec.Parallel.WorldSize()
 	specYAML := opts.SpecYAML
 	if specYAML == nil {
@@ -109,6 +119,9 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	if opts.WorkerOutput == nil {
 		opts.WorkerOutput = os.Stderr
+	}
+	if opts.Info == nil {
+		opts.Info = os.Stderr
 	}
 	if opts.Executable == "" {
 		if opts.Executable, err = os.Executable(); err != nil {
@@ -168,12 +181,12 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	defer client.Close()
 	subctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err = client.RPC().Submit(subctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: opts.Source,
-		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume})
+		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume, RunId: opts.RunID})
 	cancel()
 	if err != nil {
 		return &api.RPCError{Addr: client.Addr(), Op: "submit", Err: err}
 	}
-	fmt.Fprintf(opts.Progress, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
+	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
 		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])
 
 	// Follow the job until it ends, a worker process exits early, or ctx

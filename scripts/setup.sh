@@ -4,7 +4,9 @@
 set -euo pipefail
 pkgs=(protobuf-compiler)
 if [ "${1:-}" = test ]; then
-  pkgs+=(etcd-server prometheus)
+  # chromium: the dashboard's browser test; npm: the web bundle's check.
+  pkgs+=(etcd-server prometheus chromium)
+  command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 fi
 missing=()
 for p in "${pkgs[@]}"; do
@@ -17,3 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 go mod download
+# The dashboard's pinned npm packages (web/package-lock.json), for the test
+# that the committed bundle is current.
+web="$(cd "$(dirname "$0")/../web" && pwd)"
+if [ "${1:-}" = test ] && [ ! -x "$web/node_modules/.bin/esbuild" ]; then
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
+fi

@@ -52,6 +52,8 @@ type RankConfig struct {
 	ReportCheckpoint func(ctx context.Context, p checkpoint.RankPart) error
 	// CheckpointWrite holds the checkpoint writer's test hooks.
 	CheckpointWrite checkpoint.WriteOptions
+	// TestStepDelay is Config.TestStepDelay (a test hook: a slow rank).
+	TestStepDelay time.Duration
 }
 
 // RunRank trains one data-parallel rank: it serves the data plane on the
@@ -97,7 +99,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
-	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, DP: g})
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, DP: g, TestStepDelay: rc.TestStepDelay})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}

@@ -33,6 +33,10 @@ type Config struct {
 	// BucketBytes is the stage-0 gradient bucket size (0:
 	// parallel.DefaultBucketBytes).
 	BucketBytes int
+	// TestStepDelay is a test hook: every step sleeps this long, counted
+	// as compute, to make a deliberately slow rank (the dashboard's
+	// straggler test sets it through LOOM_TEST_SLOW_RANK). Zero otherwise.
+	TestStepDelay time.Duration
 }
 
 // Stats describes one optimizer step.
@@ -51,6 +55,9 @@ type Stats struct {
 	// CommBytes is what this rank sent in the step's collectives (see
 	// zero.StepStats).
 	CommBytes int64 `json:"comm_bytes"`
+	// DataSeconds is the part of StepSeconds spent filling batches from
+	// the data loader.
+	DataSeconds float64 `json:"data_s"`
 	// CheckpointSeconds is how long the step loop was blocked after this
 	// step to snapshot a checkpoint (0: none was due).
 	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
@@ -81,6 +88,7 @@ type Trainer struct {
 	seqLen  int
 	ck      *saver         // nil: no periodic checkpoints
 	views   map[string]int // parameter view by name, for checkpoints
+	delay   time.Duration  // Config.TestStepDelay
 }
 
 // New builds a trainer with freshly initialised weights (seeded by
@@ -138,7 +146,7 @@ func New(cfg Config) (*Trainer, error) {
 		acts: acts, inputs: make([]int32, n), targets: make([]int32, n), scalar: make([]float32, 1),
 		rank: rank, dpSize: dp, dp: cfg.DP,
 		accum: s.AccumulationSteps(), perRank: s.Train.GlobalBatch / dp, micro: s.Train.MicroBatch,
-		seqLen: s.Model.SeqLen,
+		seqLen: s.Model.SeqLen, delay: cfg.TestStepDelay,
 	}
 	return t, nil
 }
@@ -197,13 +205,22 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	start := time.Now()
 	t.engine.BeginStep(ctx)
 	var loss float64
+	var dataTime time.Duration
 	scale := float32(1) / float32(t.accum)
+	if t.delay > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(t.delay):
+		}
+	}
 	for a := 0; a < t.accum; a++ {
 		lo := t.rank*t.perRank + a*t.micro
+		fill := time.Now()
 		if err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, t.inputs, t.targets); err != nil {
 			t.engine.Abort()
 			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 		}
+		dataTime += time.Since(fill)
 		l, err := t.engine.ForwardBackward(ctx, t.acts, t.inputs, t.targets, scale, a == t.accum-1)
 		if err != nil {
 			t.engine.Abort()
@@ -237,6 +254,7 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 		Step: t.step, Loss: loss, LR: lr, GradNorm: norm, Tokens: tokens,
 		TokensPerSec: float64(tokens) / d.Seconds(), StepSeconds: d.Seconds(),
 		CommSeconds: es.CommSeconds, OverlapSeconds: es.OverlapSeconds, CommBytes: es.CommBytes,
+		DataSeconds: dataTime.Seconds(),
 	}, nil
 }
 

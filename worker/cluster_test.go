@@ -285,6 +285,29 @@ func TestInvalidSpecRefused(t *testing.T) {
 	}
 }
 
+// TestUnsupportedLayoutRefused: the coordinator refuses a layout this
+// build cannot run (api.Supported, the check `loom run` makes) instead of
+// recording a job that waits for workers it could never use.
+func TestUnsupportedLayoutRefused(t *testing.T) {
+	cl := newCluster(t)
+	co := cl.startCoordinator("")
+	c := dial(t, co.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.Submit(ctx, []byte("name: tp\ndata: {path: t.bin}\nmodel: {n_kv_heads: 2, n_heads: 4}\nparallel: {tp: 2, pp: 2}\n"), "tp.yaml", 0)
+	if !errors.Is(err, api.ErrInvalidSpec) {
+		t.Fatalf("submit tp: 2, pp: 2: %v, want ErrInvalidSpec", err)
+	}
+	for _, want := range []string{"tp.yaml", "parallel.tp", "tensor parallelism is not supported yet", "parallel.pp", "pipeline parallelism"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	if _, err := c.Get(ctx, "tp"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("Get of the refused job: %v, want ErrNotFound", err)
+	}
+}
+
 // TestWaitingForWorkers: a world size the registered workers cannot fill
 // is a clear status, not a hang; a second job of the same name is refused.
 func TestWaitingForWorkers(t *testing.T) {

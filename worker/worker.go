@@ -447,7 +447,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
-		Metrics: Metrics{steps: w.metrics, job: a.Job, rank: rank},
+		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, rank: rank},
 		Resume:  a.Resume,
 		ReportCheckpoint: func(ctx context.Context, step int, part []byte) error {
 			return w.reportCheckpoint(ctx, a, rank, assignRev, step, part)

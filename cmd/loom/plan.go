@@ -48,6 +48,14 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		dp = *workers / (p.TP * p.PP)
 	}
+	if dp != p.DP {
+		// The batch must still split over the new data-parallel size.
+		s := spec
+		s.Parallel.DP = dp
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("plan: %s with --workers %d (parallel.dp = %d): %w", pos[0], *workers, dp, err)
+		}
+	}
 	var budget int64
 	if *memFlag != "" {
 		if budget, err = parseBytes(*memFlag); err != nil {
@@ -98,7 +106,7 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	case budget <= 0:
 		fmt.Fprintln(out, "memory per worker unknown: pass --memory-per-worker")
 	case len(fit) == 0:
-		fmt.Fprintf(out, "no stage fits in %s per worker: add workers, shorten the micro-batch or shrink the model\n", zero.MiB(budget))
+		// Said last, as the error: a script must not take this for a plan.
 	default:
 		fmt.Fprintf(out, "fits in %s per worker: stage %s\n", zero.MiB(budget), strings.Join(fit, ", "))
 	}
@@ -108,6 +116,9 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 			return fmt.Errorf("plan: %w", err)
 		}
 		fmt.Fprint(out, plan.String())
+	}
+	if budget > 0 && len(fit) == 0 {
+		return fmt.Errorf("plan: no stage fits in %s per worker: add workers, shorten the micro-batch or shrink the model", zero.MiB(budget))
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	sampleTokens := fs.Int("sample-tokens", 200, "tokens of text to generate after training (0: none)")
 	prompt := fs.String("prompt", "func ", "prompt of the final sample")
 	resume := fs.String("resume", "", "continue from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME; newer broken ones are skipped with a warning) or a step directory")
+	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -44,18 +45,22 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := api.Supported(spec, pos[0]); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	if w := spec.Parallel.WorldSize(); w != 1 {
-		if spec.Parallel.TP != 1 || spec.Parallel.PP != 1 {
-			return fmt.Errorf("run: %s: parallel layout dp=%d tp=%d pp=%d: tensor and pipeline parallelism are not supported yet: set tp: 1 and pp: 1 (data parallelism runs)",
-				pos[0], spec.Parallel.DP, spec.Parallel.TP, spec.Parallel.PP)
-		}
 		if *initDir != "" {
 			return errors.New("run: --init is supported only for world size 1 so far")
 		}
+		var from *checkpoint.Checkpoint
 		if *resume != "" {
-			if err := checkResumable(env, spec, *resume); err != nil {
+			if from, err = checkResumable(env, spec, *resume); err != nil {
 				return fmt.Errorf("run: --resume %s: %w", *resume, err)
 			}
+		}
+		runID, err := claimCheckpoints(env, "run", pos[0], spec, from, *overwrite)
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
 		}
 		src, err := os.ReadFile(pos[0])
 		if err != nil {
@@ -63,7 +68,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
 		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
-			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr, Resume: *resume}); err != nil {
+			Progress: env.stdout, JSON: *logFormat == "json", Info: env.stderr, WorkerOutput: env.stderr, Resume: *resume, RunID: runID}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
@@ -98,10 +103,15 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if *initDir != "" && *resume != "" {
 		return errors.New("run: --init and --resume exclude each other: --resume restores the weights and the optimizer")
 	}
+	var from *checkpoint.Checkpoint
 	if *resume != "" {
-		if err := resumeTrainer(env, tr, spec, *resume); err != nil {
+		if from, err = resumeTrainer(env, tr, spec, *resume); err != nil {
 			return fmt.Errorf("run: --resume %s: %w", *resume, err)
 		}
+	}
+	runID, err := claimCheckpoints(env, "run", pos[0], spec, from, *overwrite)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
 	var ck ckTotals
 	if spec.Checkpoint.Every > 0 {
@@ -111,7 +121,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		jobDir := checkpoint.JobDir(spec)
 		if err := tr.EnableCheckpoints(train.CheckpointConfig{JobDir: jobDir, Every: spec.Checkpoint.Every, SpecYAML: src,
-			Report: train.CommitLocal(jobDir, spec.Checkpoint.Keep, env.stderr)}); err != nil {
+			Report: train.CommitLocal(jobDir, spec.Checkpoint.Keep, runID, env.stderr)}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 	}
@@ -160,37 +170,71 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 // checkResumable resolves a --resume argument for a multi-worker run
 // before starting it, so a missing checkpoint fails at once; the workers
 // resolve it again (the same files give the same choice).
-func checkResumable(env *cmdEnv, spec api.JobSpec, which string) error {
+func checkResumable(env *cmdEnv, spec api.JobSpec, which string) (*checkpoint.Checkpoint, error) {
 	ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), which)
 	warnSkipped(env, skipped)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := checkpoint.CompareConfigs(checkpoint.ModelConfig(spec.Model), ck.Manifest.Model.Config()); err != nil {
-		return fmt.Errorf("%s: %w", ck.Dir, err)
+		return nil, fmt.Errorf("%s: %w", ck.Dir, err)
 	}
 	fmt.Fprintf(env.stderr, "loom: resuming from %s (step %d, saved with %s)\n", ck.Dir, ck.Manifest.Step, ck.Manifest.Layout)
-	return nil
+	return ck, nil
 }
 
 // resumeTrainer resolves which ("latest" or a step directory) under the
 // job's checkpoint directory and restores tr from it.
-func resumeTrainer(env *cmdEnv, tr *train.Trainer, spec api.JobSpec, which string) error {
+func resumeTrainer(env *cmdEnv, tr *train.Trainer, spec api.JobSpec, which string) (*checkpoint.Checkpoint, error) {
 	start := time.Now()
 	ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), which)
 	warnSkipped(env, skipped)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := tr.Restore(ck); err != nil {
-		return err
+		return nil, err
 	}
 	for _, n := range checkpoint.CompareState(spec, ck.State) {
 		fmt.Fprintf(env.stderr, "loom: warning: %s\n", n)
 	}
 	fmt.Fprintf(env.stderr, "loom: resumed from %s (step %d, saved with %s, %s) in %v\n",
 		ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, humanBytes(ck.Manifest.Bytes), time.Since(start).Round(time.Millisecond))
-	return nil
+	return ck, nil
+}
+
+// claimCheckpoints returns the run id a job starts under and keeps a fresh
+// run from writing where another run's checkpoints are. Resumed from ck,
+// the run continues ck's run. Fresh, it gets a new id, and the job's
+// checkpoint directory must hold no step directories — unless overwrite,
+// which moves that directory aside first (nothing is deleted).
+func claimCheckpoints(env *cmdEnv, cmd, specPath string, spec api.JobSpec, ck *checkpoint.Checkpoint, overwrite bool) (string, error) {
+	if ck != nil {
+		if overwrite {
+			return "", errors.New("--overwrite and --resume exclude each other: --resume continues the run whose checkpoints are there, --overwrite moves them aside to start afresh")
+		}
+		return ck.Manifest.Run, nil
+	}
+	jobDir := checkpoint.JobDir(spec)
+	err := checkpoint.CheckFresh(jobDir)
+	if errors.Is(err, checkpoint.ErrOtherRun) && overwrite {
+		moved, merr := checkpoint.MoveAside(jobDir, time.Now())
+		if merr != nil {
+			return "", merr
+		}
+		fmt.Fprintf(env.stderr, "loom: --overwrite: moved the other run's %s aside to %s\n", jobDir, moved)
+		err = nil
+	}
+	if errors.Is(err, checkpoint.ErrOtherRun) {
+		return "", fmt.Errorf("%w: a fresh run of job %q would write its checkpoints among them; either\n"+
+			"  continue that run:         loom %s %s --resume latest\n"+
+			"  or start afresh beside it: loom %s %s --overwrite   (moves %s aside to %s.replaced-TIME)\n"+
+			"  or change the spec's name or checkpoint.dir", err, spec.Name, cmd, specPath, cmd, specPath, jobDir, filepath.Base(jobDir))
+	}
+	if err != nil {
+		return "", err
+	}
+	return checkpoint.NewRunID(time.Now()), nil
 }
 
 func warnSkipped(env *cmdEnv, skipped []checkpoint.Skipped) {

@@ -110,7 +110,11 @@ type JobDesired struct {
 	// resume is where the first generation starts: "" (fresh), "latest" (the
 	// newest complete checkpoint under checkpoint.dir/NAME) or a step
 	// directory. Later generations (restarts) resume from the latest.
-	Resume        string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	// run_id identifies the run in its checkpoints' manifests: new for a
+	// fresh run, the resumed checkpoint's for a resumed one. Retention
+	// removes only this run's checkpoints.
+	RunId         string `protobuf:"bytes,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,6 +201,13 @@ func (x *JobDesired) GetSubmittedUnixMs() int64 {
 func (x *JobDesired) GetResume() string {
 	if x != nil {
 		return x.Resume
+	}
+	return ""
+}
+
+func (x *JobDesired) GetRunId() string {
+	if x != nil {
+		return x.RunId
 	}
 	return ""
 }
@@ -1042,10 +1053,22 @@ type StepStats struct {
 	TokensPerSec   float64                `protobuf:"fixed64,5,opt,name=tokens_per_sec,json=tokensPerSec,proto3" json:"tokens_per_sec,omitempty"`
 	StepSeconds    float64                `protobuf:"fixed64,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
 	ComputeSeconds float64                `protobuf:"fixed64,7,opt,name=compute_seconds,json=computeSeconds,proto3" json:"compute_seconds,omitempty"`
-	CommSeconds    float64                `protobuf:"fixed64,8,opt,name=comm_seconds,json=commSeconds,proto3" json:"comm_seconds,omitempty"`
-	Comm           []*CommStat            `protobuf:"bytes,9,rep,name=comm,proto3" json:"comm,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// comm_seconds is communication the step waited for (exposed: not
+	// hidden behind compute).
+	CommSeconds float64     `protobuf:"fixed64,8,opt,name=comm_seconds,json=commSeconds,proto3" json:"comm_seconds,omitempty"`
+	Comm        []*CommStat `protobuf:"bytes,9,rep,name=comm,proto3" json:"comm,omitempty"`
+	// data_seconds is the part of step_seconds spent filling batches from the
+	// data loader.
+	DataSeconds float64 `protobuf:"fixed64,10,opt,name=data_seconds,json=dataSeconds,proto3" json:"data_seconds,omitempty"`
+	// checkpoint_seconds is how long the step loop was blocked after the step
+	// to snapshot a checkpoint (0: none was due).
+	CheckpointSeconds float64 `protobuf:"fixed64,11,opt,name=checkpoint_seconds,json=checkpointSeconds,proto3" json:"checkpoint_seconds,omitempty"`
+	// tokens is the number of tokens in the step's global batch.
+	Tokens int64 `protobuf:"varint,12,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// end_unix_ms is when the rank finished the step (its clock).
+	EndUnixMs     int64 `protobuf:"varint,13,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepStats) Reset() {
@@ -1141,16 +1164,50 @@ func (x *StepStats) GetComm() []*CommStat {
 	return nil
 }
 
+func (x *StepStats) GetDataSeconds() float64 {
+	if x != nil {
+		return x.DataSeconds
+	}
+	return 0
+}
+
+func (x *StepStats) GetCheckpointSeconds() float64 {
+	if x != nil {
+		return x.CheckpointSeconds
+	}
+	return 0
+}
+
+func (x *StepStats) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *StepStats) GetEndUnixMs() int64 {
+	if x != nil {
+		return x.EndUnixMs
+	}
+	return 0
+}
+
 // RankProgress is a batch of steps from one rank (etcd:
 // jobs/NAME/progress/RANK holds the latest batch).
 type RankProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
-	Addr          string                 `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,5,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Steps         []*StepStats           `protobuf:"bytes,6,rep,name=steps,proto3" json:"steps,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank       int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	Addr       string                 `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,5,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Steps      []*StepStats           `protobuf:"bytes,6,rep,name=steps,proto3" json:"steps,omitempty"`
+	// memory_bytes is what the rank holds, by kind (params, grads, optimizer,
+	// working, comm, activations, runtime), as last measured.
+	MemoryBytes map[string]int64 `protobuf:"bytes,7,rep,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// peak_flops is the rank's measured float32 FMA peak on its threads
+	// (FLOP/s; 0: not measured); the coordinator's MFU divides by the sum.
+	PeakFlops     float64 `protobuf:"fixed64,8,opt,name=peak_flops,json=peakFlops,proto3" json:"peak_flops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1227,6 +1284,20 @@ func (x *RankProgress) GetSteps() []*StepStats {
 	return nil
 }
 
+func (x *RankProgress) GetMemoryBytes() map[string]int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return nil
+}
+
+func (x *RankProgress) GetPeakFlops() float64 {
+	if x != nil {
+		return x.PeakFlops
+	}
+	return 0
+}
+
 // Job is a job's status with each rank's latest step.
 type Job struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -1296,7 +1367,9 @@ type SubmitRequest struct {
 	Source      string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
 	MaxRestarts int32  `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
 	// resume: see JobDesired.resume.
-	Resume        string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
+	// run_id: see JobDesired.run_id ("": the coordinator makes a new one).
+	RunId         string `protobuf:"bytes,5,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1355,6 +1428,13 @@ func (x *SubmitRequest) GetMaxRestarts() int32 {
 func (x *SubmitRequest) GetResume() string {
 	if x != nil {
 		return x.Resume
+	}
+	return ""
+}
+
+func (x *SubmitRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
 	}
 	return ""
 }
@@ -1796,8 +1876,11 @@ type InfoResponse struct {
 	LeaderAddr string `protobuf:"bytes,5,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
 	// lease_ttl_seconds is the TTL workers should register with.
 	LeaseTtlSeconds int32 `protobuf:"varint,6,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// http_addr is where this coordinator serves its dashboard, JSON API and
+	// /metrics ("" when it serves none); `loom top` reads it.
+	HttpAddr      string `protobuf:"bytes,7,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -1870,6 +1953,13 @@ func (x *InfoResponse) GetLeaseTtlSeconds() int32 {
 		return x.LeaseTtlSeconds
 	}
 	return 0
+}
+
+func (x *InfoResponse) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
 }
 
 type ReportStepsRequest struct {
@@ -1956,7 +2046,7 @@ var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\xf8\x01\n" +
+	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\x8f\x02\n" +
 	"\n" +
 	"JobDesired\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1968,7 +2058,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\vstop_reason\x18\x06 \x01(\tR\n" +
 	"stopReason\x12*\n" +
 	"\x11submitted_unix_ms\x18\a \x01(\x03R\x0fsubmittedUnixMs\x12\x16\n" +
-	"\x06resume\x18\b \x01(\tR\x06resume\"\xad\x01\n" +
+	"\x06resume\x18\b \x01(\tR\x06resume\x12\x15\n" +
+	"\x06run_id\x18\t \x01(\tR\x05runId\"\xad\x01\n" +
 	"\bRankInfo\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -2056,7 +2147,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\bCommStat\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x18\n" +
-	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\x9c\x02\n" +
+	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\xa6\x03\n" +
 	"\tStepStats\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x0e\n" +
@@ -2066,7 +2157,12 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\fstep_seconds\x18\x06 \x01(\x01R\vstepSeconds\x12'\n" +
 	"\x0fcompute_seconds\x18\a \x01(\x01R\x0ecomputeSeconds\x12!\n" +
 	"\fcomm_seconds\x18\b \x01(\x01R\vcommSeconds\x12%\n" +
-	"\x04comm\x18\t \x03(\v2\x11.loom.v1.CommStatR\x04comm\"\xaf\x01\n" +
+	"\x04comm\x18\t \x03(\v2\x11.loom.v1.CommStatR\x04comm\x12!\n" +
+	"\fdata_seconds\x18\n" +
+	" \x01(\x01R\vdataSeconds\x12-\n" +
+	"\x12checkpoint_seconds\x18\v \x01(\x01R\x11checkpointSeconds\x12\x16\n" +
+	"\x06tokens\x18\f \x01(\x03R\x06tokens\x12\x1e\n" +
+	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\"\xd9\x02\n" +
 	"\fRankProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -2075,16 +2171,23 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x12\n" +
 	"\x04addr\x18\x04 \x01(\tR\x04addr\x12\x1b\n" +
 	"\tworker_id\x18\x05 \x01(\tR\bworkerId\x12(\n" +
-	"\x05steps\x18\x06 \x03(\v2\x12.loom.v1.StepStatsR\x05steps\"}\n" +
+	"\x05steps\x18\x06 \x03(\v2\x12.loom.v1.StepStatsR\x05steps\x12I\n" +
+	"\fmemory_bytes\x18\a \x03(\v2&.loom.v1.RankProgress.MemoryBytesEntryR\vmemoryBytes\x12\x1d\n" +
+	"\n" +
+	"peak_flops\x18\b \x01(\x01R\tpeakFlops\x1a>\n" +
+	"\x10MemoryBytesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"}\n" +
 	"\x03Job\x12*\n" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusR\x06status\x12-\n" +
 	"\x06latest\x18\x02 \x03(\v2\x15.loom.v1.RankProgressR\x06latest\x12\x1b\n" +
-	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x7f\n" +
+	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x96\x01\n" +
 	"\rSubmitRequest\x12\x1b\n" +
 	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12!\n" +
 	"\fmax_restarts\x18\x03 \x01(\x05R\vmaxRestarts\x12\x16\n" +
-	"\x06resume\x18\x04 \x01(\tR\x06resume\"0\n" +
+	"\x06resume\x18\x04 \x01(\tR\x06resume\x12\x15\n" +
+	"\x06run_id\x18\x05 \x01(\tR\x05runId\"0\n" +
 	"\x0eSubmitResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\" \n" +
 	"\n" +
@@ -2104,7 +2207,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusH\x00R\x06status\x123\n" +
 	"\bprogress\x18\x02 \x01(\v2\x15.loom.v1.RankProgressH\x00R\bprogressB\a\n" +
 	"\x05event\"\r\n" +
-	"\vInfoRequest\"\xd3\x01\n" +
+	"\vInfoRequest\"\xf0\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0eetcd_endpoints\x18\x02 \x03(\tR\retcdEndpoints\x12\x1d\n" +
@@ -2113,7 +2216,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x1f\n" +
 	"\vleader_addr\x18\x05 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
-	"\x11lease_ttl_seconds\x18\x06 \x01(\x05R\x0fleaseTtlSeconds\"G\n" +
+	"\x11lease_ttl_seconds\x18\x06 \x01(\x05R\x0fleaseTtlSeconds\x12\x1b\n" +
+	"\thttp_addr\x18\a \x01(\tR\bhttpAddr\"G\n" +
 	"\x12ReportStepsRequest\x121\n" +
 	"\bprogress\x18\x01 \x01(\v2\x15.loom.v1.RankProgressR\bprogress\"\x15\n" +
 	"\x13ReportStepsResponse*\xb0\x01\n" +
@@ -2147,7 +2251,7 @@ func file_loom_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_loom_v1_coordinator_proto_goTypes = []any{
 	(JobState)(0),               // 0: loom.v1.JobState
 	(*JobDesired)(nil),          // 1: loom.v1.JobDesired
@@ -2176,6 +2280,7 @@ var file_loom_v1_coordinator_proto_goTypes = []any{
 	(*InfoResponse)(nil),        // 24: loom.v1.InfoResponse
 	(*ReportStepsRequest)(nil),  // 25: loom.v1.ReportStepsRequest
 	(*ReportStepsResponse)(nil), // 26: loom.v1.ReportStepsResponse
+	nil,                         // 27: loom.v1.RankProgress.MemoryBytesEntry
 }
 var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	2,  // 0: loom.v1.Assignment.ranks:type_name -> loom.v1.RankInfo
@@ -2184,33 +2289,34 @@ var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	6,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
 	10, // 4: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
 	11, // 5: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
-	7,  // 6: loom.v1.Job.status:type_name -> loom.v1.JobStatus
-	12, // 7: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
-	13, // 8: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
-	13, // 9: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
-	13, // 10: loom.v1.StopResponse.job:type_name -> loom.v1.Job
-	7,  // 11: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
-	12, // 12: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
-	12, // 13: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
-	14, // 14: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
-	16, // 15: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
-	17, // 16: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
-	19, // 17: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
-	21, // 18: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
-	23, // 19: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
-	25, // 20: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
-	15, // 21: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
-	13, // 22: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
-	18, // 23: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
-	20, // 24: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
-	22, // 25: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
-	24, // 26: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
-	26, // 27: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	27, // 6: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
+	7,  // 7: loom.v1.Job.status:type_name -> loom.v1.JobStatus
+	12, // 8: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
+	13, // 9: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
+	13, // 10: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
+	13, // 11: loom.v1.StopResponse.job:type_name -> loom.v1.Job
+	7,  // 12: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
+	12, // 13: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
+	12, // 14: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
+	14, // 15: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
+	16, // 16: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
+	17, // 17: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
+	19, // 18: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
+	21, // 19: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
+	23, // 20: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
+	25, // 21: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
+	15, // 22: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
+	13, // 23: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
+	18, // 24: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
+	20, // 25: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
+	22, // 26: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
+	24, // 27: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
+	26, // 28: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_coordinator_proto_init() }
@@ -2228,7 +2334,7 @@ func file_loom_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_coordinator_proto_rawDesc), len(file_loom_v1_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
