@@ -77,6 +77,10 @@ type TrainSpec struct {
 	// GradClip is the global gradient-norm limit; 0 disables clipping.
 	GradClip float64 `yaml:"grad_clip"`
 	Seed     uint64  `yaml:"seed"`
+	// Precision of the model's matrix multiplies: "fp32", or "bf16" (inputs
+	// rounded to bfloat16, float32 accumulation; master weights, optimizer
+	// state, loss and norms stay float32). See docs/kernels.md.
+	Precision string `yaml:"precision"`
 }
 
 // CheckpointSpec says where and how often checkpoints are written.
@@ -102,7 +106,7 @@ func DefaultSpec() JobSpec {
 		Train: TrainSpec{
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
-			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1.0, Seed: 1337,
+			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1.0, Seed: 1337, Precision: "fp32",
 		},
 		Checkpoint: CheckpointSpec{Dir: "checkpoints", Every: 0, Keep: 3},
 	}
@@ -256,6 +260,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if !(t.Eps > 0) {
 		bad("train.eps", t.Eps, "must be > 0")
+	}
+	if t.Precision != "fp32" && t.Precision != "bf16" {
+		bad("train.precision", t.Precision, "must be fp32 or bf16")
 	}
 	if t.GradClip < 0 {
 		bad("train.grad_clip", t.GradClip, "must be ≥ 0 (0 disables clipping)")

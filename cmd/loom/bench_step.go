@@ -41,7 +41,7 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	warmup := fs.Int("warmup", 2, "untimed steps first")
 	logFormat := fs.String("log-format", "text", "text, or json (one object per measurement)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed steps to FILE (go tool pprof)")
-	precFlag := fs.String("precision", "fp32", "GEMM precision: fp32 or bf16")
+	precFlag := fs.String("precision", "", "GEMM precision: fp32 or bf16 (default: the spec's train.precision)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -63,6 +63,9 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	nthreads := *threads
 	if nthreads <= 0 {
 		nthreads = runtime.NumCPU()
+	}
+	if *precFlag == "" {
+		*precFlag = spec.Train.Precision
 	}
 	prec, err := gemm.ParsePrecision(*precFlag)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/tensor"
 	"github.com/loomtrain/loom/tensor/fast"
 	"github.com/loomtrain/loom/tensor/gemm"
@@ -44,4 +45,14 @@ func newKernelsPrecision(threads int, precision string) (*fast.Kernels, error) {
 		return nil, fmt.Errorf("train.precision: %w", err)
 	}
 	return fast.NewWith(fast.Options{Threads: threads, Precision: p, Tune: gemmTuning()})
+}
+
+// newTrainKernels returns the kernels a training rank computes with: the
+// spec's train.precision for the GEMMs.
+func newTrainKernels(threads int, spec api.JobSpec) (tensor.Kernels, func(), error) {
+	k, err := newKernelsPrecision(threads, spec.Train.Precision)
+	if err != nil {
+		return nil, nil, err
+	}
+	return k, k.Close, nil
 }
