@@ -153,11 +153,14 @@ func (e *Engine) TuneStatus() string {
 
 func (t *tuner) cacheName(s Shape) string { return t.e.precision.String() + " " + s.String() }
 
-// wants reports whether s should be looked up or tuned now.
+// wants reports whether s should be looked up or tuned now. It answers
+// true at most once per shape and engine, so a shape left untuned costs
+// one map lookup per call and never allocates after its first call.
 func (t *tuner) wants(s Shape) bool {
 	if t.off || t.tried[s] {
 		return false
 	}
+	t.tried[s] = true
 	if _, ok := t.cached[t.cacheName(s)]; ok {
 		return true
 	}

@@ -220,3 +220,23 @@ func TestBF16EnginesAgree(t *testing.T) {
 	}
 	t.Logf("bf16 on this CPU: %s family %v (%d kernels agree)", e.Kernel(), fam, len(ks))
 }
+
+// TestTunedNoAllocs: with tuning on, calls after a shape's first (tuned or
+// not) allocate nothing.
+func TestTunedNoAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are not meaningful under -race")
+	}
+	e, err := NewWith(Options{Threads: 2, Tune: &TuneOptions{CacheDir: t.TempDir(), PerShape: 50 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	for _, s := range []Shape{{false, true, 40, 50, 60}, {false, true, 256, 256, 256}} { // below and above MinFLOPs
+		a, b, c := make([]float32, s.M*s.K), make([]float32, s.N*s.K), make([]float32, s.M*s.N)
+		e.Sgemm(false, true, s.M, s.N, s.K, 1, a, s.K, b, s.K, 0, c, s.N)
+		if n := testing.AllocsPerRun(5, func() { e.Sgemm(false, true, s.M, s.N, s.K, 1, a, s.K, b, s.K, 0, c, s.N) }); n != 0 {
+			t.Errorf("%v: %.1f allocations per call after the first", s, n)
+		}
+	}
+}
