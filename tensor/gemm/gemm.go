@@ -1,6 +1,7 @@
-// Package gemm owns Loom's float32 matrix multiply: a BLIS-style packed
-// SGEMM with hand-written AVX-512 and AVX2+FMA micro-kernels, a pure-Go
-// fallback, and the float64 reference it is tested against.
+// Package gemm owns Loom's matrix multiply: a BLIS-style packed SGEMM with
+// hand-written AVX-512, AVX2+FMA and AVX512-BF16 micro-kernels, pure-Go
+// fallbacks, a bounded autotuner with an on-disk plan cache, bf16
+// precision, and the float64 reference it is tested against.
 //
 // All matrices are row-major. Sgemm computes C = alpha·op(A)·op(B) + beta·C
 // where op(X) = Xᵀ when the matching trans flag is set; A is m×k and B is
@@ -10,26 +11,34 @@
 // Design (BLIS): for each NC-wide column block of B and KC-deep slice, B is
 // packed into NR-column micro-panels; for each MC-row block of A, A is
 // packed into MR-row micro-panels; a register-tiled micro-kernel then
-// computes every MR×NR tile of C with its accumulators in registers,
-// applying alpha and beta on the way out (later K slices accumulate with
-// beta = 1). Edge tiles are zero-padded when packed and computed into a
-// scratch tile whose valid part is merged into C.
+// computes every MR×NR tile of C with its accumulators in registers. The
+// accumulators start from zero or from C, so a later K slice continues the
+// FMA chain of the one before, and alpha is applied by the last slice:
+// every element is one chain over k in order, whatever the blocking (see
+// Engine.Sgemm and docs/kernels.md). Edge tiles are zero-padded when packed
+// and computed on a scratch tile whose valid part is copied to C.
 //
-//	kernel   tile    registers                      selected when
-//	avx512   14×32   28 zmm acc + 2 B + 2 broadcast  AVX512F (+VL)
-//	avx2     6×16    12 ymm acc + 2 B + 2 broadcast  AVX2 and FMA
-//	generic  4×4     pure Go                         otherwise, or -tags purego
+//	kernel          tile   arithmetic                       selected when
+//	avx512          14×32  fp32 FMA                         AVX512F (+VL)
+//	avx2            6×16   fp32 FMA                         AVX2 and FMA
+//	generic         4×4    fp32, pure Go                    otherwise, or -tags purego
+//	avx512bf16      14×32  VDPBF16PS on bf16 pairs          bf16, AVX512-BF16 at ≥1.25× the FMA rate
+//	avx512-bf16fma  14×32  fp32 FMA on bf16-rounded panels  bf16 otherwise, AVX-512
+//	avx2-bf16fma    6×16   fp32 FMA on bf16-rounded panels  bf16 otherwise, AVX2
+//	generic-bf16    4×4    VDPBF16PS's arithmetic, pure Go  bf16 without assembly
 //
 // Cache blocks come from cpu0's sysfs cache sizes (chooseBlocks): on a Zen 3
 // core (32 KiB L1d, 512 KiB L2) the AVX2 kernel runs MC=126, KC=256,
 // NC=4096; on Zen 5 (48 KiB, 1 MiB) the AVX-512 kernel runs MC=336, KC=192.
+// With Options.Tune each large shape gets its own plan (tune.go).
 //
 // Threads: New starts threads-1 worker goroutines; each call splits C into
 // a grid of at most `threads` blocks (rows in multiples of MR, columns in
-// multiples of NR) chosen to minimize packing per worker, and each worker
-// runs the loop nest above on its block with its own pack buffers, so
-// workers never synchronize inside a call. Problems under ~4 MFLOP per
-// thread use fewer threads. Steady-state calls do not allocate.
+// multiples of NR) chosen to minimize packing per worker (or the plan's
+// grid), and each worker runs the loop nest above on its block with its own
+// pack buffers, so workers never synchronize inside a call. Problems under
+// ~4 MFLOP per thread use fewer threads. Steady-state calls do not
+// allocate.
 package gemm
 
 import (
