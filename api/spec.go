@@ -117,6 +117,10 @@ type TrainSpec struct {
 	// per pass: a pass covers the first eval_batches × global_batch
 	// windows of the validation set, the same in every layout.
 	EvalBatches int `yaml:"eval_batches"`
+	// Precision of the model's matrix multiplies: "fp32", or "bf16" (inputs
+	// rounded to bfloat16, float32 accumulation; master weights, optimizer
+	// state, loss and norms stay float32). See docs/kernels.md.
+	Precision string `yaml:"precision"`
 }
 
 // CheckpointSpec says where and how often checkpoints are written.
@@ -143,7 +147,7 @@ func DefaultSpec() JobSpec {
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
 			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1.0, Seed: 1337,
-			EvalBatches: 4,
+			EvalBatches: 4, Precision: "fp32",
 		},
 		Checkpoint: CheckpointSpec{Dir: "checkpoints", Every: 0, Keep: 3},
 	}
@@ -314,6 +318,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if !(t.Eps > 0) {
 		bad("train.eps", t.Eps, "must be > 0")
+	}
+	if t.Precision != "fp32" && t.Precision != "bf16" {
+		bad("train.precision", t.Precision, "must be fp32 or bf16")
 	}
 	if t.GradClip < 0 {
 		bad("train.grad_clip", t.GradClip, "must be ≥ 0 (0 disables clipping)")

@@ -25,7 +25,10 @@ func newTrainingEngine() worker.Engine {
 	var peaks peakCache
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		a.Metrics.SetPeakFLOPS(peaks.get(a.Threads))
-		k, closeK := newKernels(a.Threads)
+		k, closeK, err := newTrainKernels(a.Threads, a.Spec)
+		if err != nil {
+			return err
+		}
 		defer closeK()
 		rc := train.RankConfig{
 			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,

@@ -86,7 +86,10 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		return nil
 	}
-	k, closeK := newKernels(*threads)
+	k, closeK, err := newTrainKernels(*threads, spec)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	defer closeK()
 
 	f, err := data.Open(spec.Data.Path)
