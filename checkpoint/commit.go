@@ -1,6 +1,8 @@
 package checkpoint
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/loomtrain/loom/internal/atomicfile"
@@ -22,6 +25,9 @@ type CommitOptions struct {
 	// the manifest is written; an error aborts the commit there (tests use
 	// it to stand for a committer that dies at that point).
 	BeforeManifest func() error
+	// Run is the committing run's id, recorded in the manifest. A step
+	// directory already there of another run is never replaced.
+	Run string
 }
 
 // Commit makes a checkpoint complete once every rank has reported its part:
@@ -32,9 +38,10 @@ type CommitOptions struct {
 // the job directory. It returns the step directory.
 //
 // Commit is idempotent: when the partial directory is gone and step-N holds
-// a manifest listing exactly these files, the checkpoint was committed
-// already (by a committer that died before recording it) and Commit
-// returns step-N.
+// a manifest of the same run listing exactly these files, the checkpoint
+// was committed already (by a committer that died before recording it) and
+// Commit returns step-N. A step-N of another run (or one whose manifest
+// does not say) is never replaced: that is an *OtherRunError.
 func Commit(parts []RankPart, opt CommitOptions) (string, error) {
 	if len(parts) == 0 {
 		return "", errors.New("checkpoint: commit of no parts")
@@ -51,7 +58,7 @@ func Commit(parts []RankPart, opt CommitOptions) (string, error) {
 		return "", fmt.Errorf("checkpoint: commit: %s is not a step-N%s directory", partial, partialSuffix)
 	}
 	m := &Manifest{Format: FormatName, Version: FormatVersion, Job: p0.Job, Step: p0.Step, Time: opt.Now().UTC(),
-		Layout: p0.Layout, Model: p0.Model, Spec: p0.Spec}
+		Layout: p0.Layout, Model: p0.Model, Spec: p0.Spec, Run: opt.Run}
 	if len(parts) != p0.Layout.WorldSize {
 		return "", fmt.Errorf("checkpoint: commit step %d: %d of %d ranks reported", p0.Step, len(parts), p0.Layout.WorldSize)
 	}
@@ -68,9 +75,12 @@ func Commit(parts []RankPart, opt CommitOptions) (string, error) {
 		m.Bytes += f.Size
 	}
 	if _, err := os.Stat(partial); errors.Is(err, os.ErrNotExist) {
-		if have, err := ReadManifest(final); err == nil && sameFiles(have.Files, m.Files) {
+		if have, err := ReadManifest(final); err == nil && have.Run == m.Run && sameFiles(have.Files, m.Files) {
 			return final, nil
 		}
+	}
+	if err := checkReplaceable(final, m.Run); err != nil {
+		return "", err
 	}
 	for _, f := range m.Files {
 		fi, err := os.Stat(filepath.Join(partial, f.Path))
@@ -105,8 +115,8 @@ func Commit(parts []RankPart, opt CommitOptions) (string, error) {
 	if err := atomicfile.WriteFile(filepath.Join(partial, ManifestFile), append(b, '\n')); err != nil {
 		return "", fmt.Errorf("checkpoint: commit step %d: %w", m.Step, err)
 	}
-	// A step-N already there is from an abandoned timeline (a run resumed
-	// from an earlier step) or an older failed attempt.
+	// A step-N already there is this run's, from an abandoned timeline (a
+	// run resumed from an earlier step): checkReplaceable said so.
 	if err := os.RemoveAll(final); err != nil {
 		return "", fmt.Errorf("checkpoint: commit: replace %s: %w", final, err)
 	}
@@ -139,12 +149,15 @@ func sameFiles(a, b []FileEntry) bool {
 	return true
 }
 
-// Retain deletes all but the newest keep complete checkpoints under jobDir
-// (by step; complete means the manifest parses and every file it lists has
-// its size) and the partial directories older than the newest complete
-// one. The newest complete checkpoint is never deleted. It returns the
+// Retain deletes all but the newest keep complete checkpoints of run
+// under jobDir (by step; complete means the manifest parses and every file
+// it lists has its size), and the partial or broken directories of run
+// older than its newest complete one (a partial directory names no run; a
+// fresh run never starts where another's are, see CheckFresh). Other runs'
+// checkpoints are never touched, and run's newest complete checkpoint is
+// never deleted. It returns the
 // directories removed.
-func Retain(jobDir string, keep int) ([]string, error) {
+func Retain(jobDir string, keep int, run string) ([]string, error) {
 	keep = max(keep, 1)
 	infos, err := List(jobDir, false)
 	if err != nil {
@@ -152,7 +165,7 @@ func Retain(jobDir string, keep int) ([]string, error) {
 	}
 	var complete []Info
 	for _, in := range infos {
-		if in.Err == nil {
+		if in.Err == nil && in.Manifest.Run == run {
 			complete = append(complete, in)
 		}
 	}
@@ -175,9 +188,101 @@ func Retain(jobDir string, keep int) ([]string, error) {
 		}
 	}
 	for _, in := range infos {
-		if in.Err != nil && in.Step < newest {
+		ours := in.Partial || in.Manifest != nil && in.Manifest.Run == run
+		if in.Err != nil && ours && in.Step < newest {
 			drop(in.Dir)
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// ErrOtherRun is the class of errors for checkpoints of another run where a
+// run would write its own.
+var ErrOtherRun = errors.New("checkpoints of another run")
+
+// OtherRunError says which job directory holds which other run's
+// checkpoints. It unwraps to ErrOtherRun.
+type OtherRunError struct {
+	JobDir string
+	// Dirs are the step directories in the way, oldest step first.
+	Dirs []string
+	// Run is the other run's id where a manifest names one.
+	Run string
+}
+
+func (e *OtherRunError) Error() string {
+	names := make([]string, 0, len(e.Dirs))
+	for _, d := range e.Dirs {
+		names = append(names, filepath.Base(d))
+	}
+	run := ""
+	if e.Run != "" {
+		run = " (run " + e.Run + ")"
+	}
+	return fmt.Sprintf("%s holds checkpoints of another run%s: %s", e.JobDir, run, strings.Join(names, ", "))
+}
+
+func (e *OtherRunError) Unwrap() error { return ErrOtherRun }
+
+// checkReplaceable refuses to replace the step directory final unless it is
+// absent or its manifest names run.
+func checkReplaceable(final, run string) error {
+	if _, err := os.Stat(final); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	m, err := ReadManifest(final)
+	if err == nil && m.Run == run {
+		return nil
+	}
+	e := &OtherRunError{JobDir: filepath.Dir(final), Dirs: []string{final}}
+	if m != nil {
+		e.Run = m.Run
+	}
+	return fmt.Errorf("checkpoint: commit: %w; not replacing it", e)
+}
+
+// CheckFresh returns nil when a fresh run may write checkpoints into jobDir:
+// it holds no step directory (complete or partial) yet. Otherwise it
+// returns an *OtherRunError listing them.
+func CheckFresh(jobDir string) error {
+	infos, err := List(jobDir, false)
+	if err != nil {
+		return err
+	}
+	if len(infos) == 0 {
+		return nil
+	}
+	e := &OtherRunError{JobDir: jobDir}
+	for _, in := range infos {
+		e.Dirs = append(e.Dirs, in.Dir)
+		if in.Manifest != nil && in.Manifest.Run != "" {
+			e.Run = in.Manifest.Run
+		}
+	}
+	return e
+}
+
+// MoveAside renames jobDir to a sibling named after it and now
+// (NAME.replaced-20060102T150405Z), so a fresh run starts in an empty
+// directory and nothing is deleted. It returns the new path.
+func MoveAside(jobDir string, now time.Time) (string, error) {
+	clean := filepath.Clean(jobDir)
+	to := clean + ".replaced-" + now.UTC().Format("20060102T150405Z")
+	if _, err := os.Stat(to); err == nil {
+		return "", fmt.Errorf("checkpoint: move %s aside: %s exists already; try again in a second", jobDir, to)
+	}
+	if err := os.Rename(clean, to); err != nil {
+		return "", fmt.Errorf("checkpoint: move %s aside: %w", jobDir, err)
+	}
+	if err := safetensors.SyncDir(filepath.Dir(clean)); err != nil {
+		return "", fmt.Errorf("checkpoint: move %s aside: fsync %s: %w", jobDir, filepath.Dir(clean), err)
+	}
+	return to, nil
+}
+
+// NewRunID returns a fresh run id: the UTC time and 32 random bits.
+func NewRunID(now time.Time) string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
 }

@@ -194,6 +194,10 @@ type Manifest struct {
 	Spec  string      `json:"spec"`
 	Bytes int64       `json:"bytes"` // sum of the files' sizes
 	Files []FileEntry `json:"files"`
+	// Run identifies the run that saved the checkpoint: a fresh run gets a
+	// new id, a resumed one keeps its checkpoint's; retention removes only
+	// the run's own checkpoints. "" in checkpoints of Loom before run ids.
+	Run string `json:"run,omitempty"`
 }
 
 // RankPart is what one rank reports after its files are durable: the

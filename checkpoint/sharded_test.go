@@ -217,7 +217,7 @@ func TestRetain(t *testing.T) {
 	}
 	saveSharded(t, jobDir, m, 0, 1, false) // an abandoned save
 	saveSharded(t, jobDir, m, 9, 1, false) // in progress
-	if _, err := Retain(jobDir, 2); err != nil {
+	if _, err := Retain(jobDir, 2, ""); err != nil {
 		t.Fatal(err)
 	}
 	var left []string

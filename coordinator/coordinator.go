@@ -54,6 +54,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Now returns the current time (default time.Now); tests may fix it.
 	Now func() time.Time
+	// HistoryPersist is how often the leader writes the jobs' step
+	// histories to etcd (default DefaultHistoryPersist).
+	HistoryPersist time.Duration
+	// SeriesGrace is how long a finished job's series stay in /metrics
+	// (default DefaultSeriesGrace).
+	SeriesGrace time.Duration
 	// BeforeCheckpointManifest, when set, runs after a checkpoint's parts
 	// are checked and before its manifest is written; an error abandons
 	// that commit. Tests use it to stop a leader at exactly that point.
@@ -71,6 +77,9 @@ type Coordinator struct {
 	steps   *StepMetrics
 	control *controlMetrics
 	leader  atomic.Bool
+	history *historian
+	// httpAddr is where Serve serves the dashboard ("" when it does not).
+	httpAddr atomic.Value
 }
 
 // New checks cfg and returns a Coordinator; call Run or Serve to start it.
@@ -103,13 +112,19 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Registry != nil {
 		reg = cfg.Registry
 	}
-	return &Coordinator{
+	c := &Coordinator{
 		cfg:     cfg,
 		keys:    NewKeys(cfg.Prefix),
 		log:     cfg.Logger,
 		steps:   NewStepMetrics(reg),
 		control: newControlMetrics(reg),
-	}, nil
+	}
+	c.httpAddr.Store("")
+	c.history = newHistorian(cfg.Etcd, c.keys, cfg.Logger, cfg.Now, c.IsLeader, cfg.HistoryPersist)
+	if reg != nil {
+		reg.MustRegister(newJobCollector(c.history, cfg.SeriesGrace))
+	}
+	return c, nil
 }
 
 // Keys returns the coordinator's key layout.
@@ -118,9 +133,10 @@ func (c *Coordinator) Keys() Keys { return c.keys }
 // IsLeader reports whether this coordinator currently leads.
 func (c *Coordinator) IsLeader() bool { return c.leader.Load() }
 
-// Serve runs the gRPC service on grpcLis, /metrics on httpLis (may be
-// nil) and the leader loop, until ctx is done; then it stops them all,
-// resigning leadership so that a standby takes over at once.
+// Serve runs the gRPC service on grpcLis; on httpLis (may be nil) the
+// dashboard, its JSON API and /metrics (WebHandler); the step history and
+// the leader loop, until ctx is done; then it stops them all, resigning
+// leadership so that a standby takes over at once.
 func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) error {
 	if c.cfg.Addr == "" {
 		c.cfg.Addr = grpcLis.Addr().String()
@@ -134,20 +150,25 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 			errc <- fmt.Errorf("coordinator gRPC on %s: %w", grpcLis.Addr(), err)
 		}
 	})
+	runCtx, cancelRun := context.WithCancel(ctx)
 	var hs *http.Server
 	if httpLis != nil {
 		mux := http.NewServeMux()
 		if c.cfg.Registry != nil {
 			mux.Handle("/metrics", promhttp.HandlerFor(c.cfg.Registry, promhttp.HandlerOpts{}))
 		}
-		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		mux.Handle("/", c.WebHandler())
+		c.httpAddr.Store(httpLis.Addr().String())
+		// Requests end with runCtx, so live streams do not hold up Shutdown.
+		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+			BaseContext: func(net.Listener) context.Context { return runCtx }}
 		wg.Go(func() {
 			if err := hs.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("coordinator metrics on %s: %w", httpLis.Addr(), err)
 			}
 		})
 	}
-	runCtx, cancelRun := context.WithCancel(ctx)
+	wg.Go(func() { c.history.run(runCtx) })
 	wg.Go(func() { c.Run(runCtx) })
 
 	var err error

@@ -82,6 +82,12 @@ func (k Keys) Workers() string { return k.Prefix + "workers/" }
 // Worker is the key of one worker's registration.
 func (k Keys) Worker(id string) string { return k.Workers() + id }
 
+// Quarantines is the prefix of the workers held out of rendezvous.
+func (k Keys) Quarantines() string { return k.Prefix + "quarantine/" }
+
+// Quarantine is the key of one worker's quarantine record.
+func (k Keys) Quarantine(id string) string { return k.Quarantines() + id }
+
 // Election is the prefix of the coordinators' leader election.
 func (k Keys) Election() string { return k.Prefix + "election" }
 

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -24,6 +25,9 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 		source = "submitted spec"
 	}
 	spec, err := api.ParseSpec(req.SpecYaml, source)
+	if err == nil {
+		err = api.Supported(spec, source)
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -36,6 +40,10 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 	d := &loomv1.JobDesired{
 		Name: name, SpecYaml: req.SpecYaml, WorldSize: int32(spec.Parallel.WorldSize()),
 		MaxRestarts: req.MaxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(), Resume: req.Resume,
+		RunId: req.RunId,
+	}
+	if d.RunId == "" {
+		d.RunId = checkpoint.NewRunID(c.cfg.Now())
 	}
 	for attempt := 0; ; attempt++ {
 		job, drev, srev, err := c.readJob(ctx, name)
@@ -296,6 +304,7 @@ func (c *Coordinator) Info(ctx context.Context, _ *loomv1.InfoRequest) (*loomv1.
 	resp := &loomv1.InfoResponse{
 		Version: c.cfg.Version, EtcdEndpoints: c.cfg.EtcdEndpoints, KeyPrefix: c.keys.Prefix,
 		Leader: c.IsLeader(), LeaseTtlSeconds: int32(ttlSeconds(c.cfg.LeaseTTL)),
+		HttpAddr: c.httpAddr.Load().(string),
 	}
 	if addr, err := LeaderAddr(ctx, c.cfg.Etcd, c.keys); err == nil {
 		resp.LeaderAddr = addr

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
@@ -56,8 +58,15 @@ type Options struct {
 	// Resume is where the job starts: "" (fresh), "latest" or a checkpoint
 	// step directory (loomv1.JobDesired.resume).
 	Resume string
+	// RunID is the run's id in its checkpoints ("": the coordinator makes
+	// a new one; a resumed run passes its checkpoint's).
+	RunID string
 	// Progress receives a line per status change and per step (nil: discard).
+	// With JSON it receives nothing else, so every line parses.
 	Progress io.Writer
+	// Info receives Local's own lines: where the coordinator and etcd
+	// serve (default os.Stderr).
+	Info io.Writer
 	// JSON makes every Progress line a JSON object (see Follow).
 	JSON bool
 	// WorkerOutput receives the workers' output, each line prefixed with
@@ -68,6 +77,9 @@ type Options struct {
 	StopTimeout time.Duration
 	// Logger receives the coordinator's log (nil: discard).
 	Logger *slog.Logger
+	// HTTPAddr is where the coordinator serves its dashboard, JSON API and
+	// /metrics ("": nowhere); Local prints the page's URL to Info.
+	HTTPAddr string
 }
 
 // JobError is a local job that did not succeed.
@@ -87,6 +99,9 @@ func (e *JobError) Error() string {
 func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if verr := spec.Validate(); verr != nil {
 		return verr
+	}
+	if serr := api.Supported(spec, opts.Source); serr != nil {
+		return serr
 	}
 	world := spec.Parallel.WorldSize()
 	specYAML := opts.SpecYAML
@@ -109,6 +124,9 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	if opts.WorkerOutput == nil {
 		opts.WorkerOutput = os.Stderr
+	}
+	if opts.Info == nil {
+		opts.Info = os.Stderr
 	}
 	if opts.Executable == "" {
 		if opts.Executable, err = os.Executable(); err != nil {
@@ -133,15 +151,28 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if err != nil {
 		return fmt.Errorf("launch: coordinator listener: %w", err)
 	}
+	var httpLis net.Listener
+	var reg *prometheus.Registry
+	if opts.HTTPAddr != "" {
+		if httpLis, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+			lis.Close()
+			return fmt.Errorf("launch: --http %s: %w", opts.HTTPAddr, err)
+		}
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
 	coord, err := coordinator.New(coordinator.Config{Etcd: cli, Addr: lis.Addr().String(), LeaseTTL: opts.LeaseTTL,
-		Resync: time.Second, Logger: opts.Logger})
+		Resync: time.Second, Logger: opts.Logger, Registry: reg})
 	if err != nil {
 		lis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
 		return fmt.Errorf("launch: %w", err)
 	}
 	cctx, stopCoord := context.WithCancel(context.WithoutCancel(ctx))
 	coordDone := make(chan error, 1)
-	go func() { coordDone <- coord.Serve(cctx, lis, nil) }()
+	go func() { coordDone <- coord.Serve(cctx, lis, httpLis) }()
 	defer func() {
 		stopCoord()
 		if cerr := <-coordDone; cerr != nil && err == nil {
@@ -168,13 +199,16 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	defer client.Close()
 	subctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	_, err = client.RPC().Submit(subctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: opts.Source,
-		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume})
+		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume, RunId: opts.RunID})
 	cancel()
 	if err != nil {
 		return &api.RPCError{Addr: client.Addr(), Op: "submit", Err: err}
 	}
-	fmt.Fprintf(opts.Progress, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
+	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
 		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])
+	if httpLis != nil {
+		fmt.Fprintf(opts.Info, "%s: dashboard http://%s/ (metrics on /metrics)\n", spec.Name, httpLis.Addr())
+	}
 
 	// Follow the job until it ends, a worker process exits early, or ctx
 	// is cancelled.

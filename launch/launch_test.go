@@ -120,6 +120,7 @@ func opts(t *testing.T, pidDir string, progress, workerOut *syncBuffer, extra ..
 		WorkerArgs:   extra,
 		LeaseTTL:     time.Second,
 		Progress:     progress,
+		Info:         workerOut,
 		WorkerOutput: workerOut,
 		StopTimeout:  5 * time.Second,
 	}
@@ -153,10 +154,14 @@ func TestLocalRunsToCompletion(t *testing.T) {
 		t.Fatalf("Local: %v\nprogress:\n%s\nworkers:\n%s", err, progress.String(), out.String())
 	}
 	t.Logf("3 local workers, 10 steps: %v", time.Since(start).Round(time.Millisecond))
-	for _, want := range []string{"3 local workers", "step 10/10 | loss 1.0000", "local: SUCCEEDED"} {
+	for _, want := range []string{"step 10/10 | loss 1.0000", "local: SUCCEEDED"} {
 		if !strings.Contains(progress.String(), want) {
 			t.Errorf("progress lacks %q:\n%s", want, progress.String())
 		}
+	}
+	// Local's own line is not progress (JSON progress must hold only JSON).
+	if !strings.Contains(out.String(), "3 local workers") || strings.Contains(progress.String(), "local workers") {
+		t.Errorf("the banner belongs on Info, not Progress:\nprogress:\n%s\ninfo:\n%s", progress.String(), out.String())
 	}
 	noOrphans(t, pids, 3)
 }

@@ -30,17 +30,18 @@ type CheckpointConfig struct {
 }
 
 // CommitLocal returns a Report for world size 1: the trainer acts as its
-// own coordinator, committing the checkpoint and applying retention.
-func CommitLocal(jobDir string, keep int, log io.Writer) func(context.Context, checkpoint.RankPart) error {
+// own coordinator, committing the checkpoint as run's and applying
+// retention to run's checkpoints only.
+func CommitLocal(jobDir string, keep int, run string, log io.Writer) func(context.Context, checkpoint.RankPart) error {
 	if log == nil {
 		log = io.Discard
 	}
 	return func(_ context.Context, p checkpoint.RankPart) error {
-		dir, err := checkpoint.Commit([]checkpoint.RankPart{p}, checkpoint.CommitOptions{})
+		dir, err := checkpoint.Commit([]checkpoint.RankPart{p}, checkpoint.CommitOptions{Run: run})
 		if err != nil {
 			return err
 		}
-		removed, err := checkpoint.Retain(jobDir, keep)
+		removed, err := checkpoint.Retain(jobDir, keep, run)
 		for _, r := range removed {
 			fmt.Fprintf(log, "loom: checkpoint retention (keep %d): removed %s\n", keep, r)
 		}

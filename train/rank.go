@@ -71,6 +71,8 @@ type RankConfig struct {
 	// OnPlan, if set, may inspect or alter the plan before the rank is
 	// built (tests inject broken layouts with it).
 	OnPlan func(*plan.Plan) error
+	// TestStepDelay is Config.TestStepDelay (a test hook: a slow rank).
+	TestStepDelay time.Duration
 }
 
 // Result is what a finished rank leaves.
@@ -165,7 +167,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
-	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes})
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes, TestStepDelay: rc.TestStepDelay})
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}

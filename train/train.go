@@ -45,6 +45,10 @@ type Config struct {
 	// BucketBytes is the stage-0 gradient bucket size (0:
 	// parallel.DefaultBucketBytes).
 	BucketBytes int
+	// TestStepDelay is a test hook: every step sleeps this long, counted
+	// as compute, to make a deliberately slow rank (the dashboard's
+	// straggler test sets it through LOOM_TEST_SLOW_RANK). Zero otherwise.
+	TestStepDelay time.Duration
 }
 
 // Stats describes one optimizer step.
@@ -72,6 +76,9 @@ type Stats struct {
 	// by kind (calls and elements), for tests against plan.TPComm.
 	TP map[parallel.Op]parallel.OpCount `json:"-"`
 	KV map[parallel.Op]parallel.OpCount `json:"-"`
+	// DataSeconds is the part of StepSeconds spent filling batches from
+	// the data loader.
+	DataSeconds float64 `json:"data_s"`
 	// CheckpointSeconds is how long the step loop was blocked after this
 	// step to snapshot a checkpoint (0: none was due).
 	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
@@ -102,7 +109,8 @@ type Trainer struct {
 	perRank int // windows per dp rank per step
 	micro   int
 	seqLen  int
-	ck      *saver // nil: no periodic checkpoints
+	ck      *saver        // nil: no periodic checkpoints
+	delay   time.Duration // Config.TestStepDelay
 }
 
 // New builds a trainer with freshly initialised weights (seeded by
@@ -143,7 +151,7 @@ func New(cfg Config) (*Trainer, error) {
 	}
 	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: schedule(s.Train), loader: cfg.Loader,
 		scalar: make([]float32, 1), dp: c.DP, tpRaw: c.TP,
-		accum: p.Accum, perRank: s.Train.GlobalBatch / p.Mesh.DP, micro: p.MicroBatch, seqLen: p.SeqLen}
+		accum: p.Accum, perRank: s.Train.GlobalBatch / p.Mesh.DP, micro: p.MicroBatch, seqLen: p.SeqLen, delay: cfg.TestStepDelay}
 	mc := model.Comms{SequenceParallel: p.SequenceParallel}
 	if c.TP != nil {
 		t.tp = parallel.NewCounter(c.TP)
@@ -272,13 +280,22 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	start := time.Now()
 	t.engine.BeginStep(ctx)
 	var loss float64
+	var dataTime time.Duration
 	scale := float32(1) / float32(t.accum)
+	if t.delay > 0 {
+		select {
+		case <-ctx.Done():
+		case <-time.After(t.delay):
+		}
+	}
 	for a := 0; a < t.accum; a++ {
 		lo := t.rp.DPIndex*t.perRank + a*t.micro
+		fill := time.Now()
 		if err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, t.inputs, t.targets); err != nil {
 			t.engine.Abort()
 			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 		}
+		dataTime += time.Since(fill)
 		l, err := t.engine.ForwardBackward(ctx, t.acts, t.inputs, t.targets, scale, a == t.accum-1)
 		if err != nil {
 			t.engine.Abort()
@@ -324,7 +341,7 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	d := time.Since(start)
 	tokens := t.spec.Train.GlobalBatch * t.seqLen
 	st.Step, st.Loss, st.LR, st.GradNorm, st.Tokens = t.step, loss, lr, es.GradNorm, tokens
-	st.TokensPerSec, st.StepSeconds = float64(tokens)/d.Seconds(), d.Seconds()
+	st.TokensPerSec, st.StepSeconds, st.DataSeconds = float64(tokens)/d.Seconds(), d.Seconds(), dataTime.Seconds()
 	return st, nil
 }
 

@@ -285,6 +285,29 @@ func TestInvalidSpecRefused(t *testing.T) {
 	}
 }
 
+// TestUnsupportedLayoutRefused: the coordinator refuses a layout this
+// build cannot run (api.Supported, the check `loom run` makes) instead of
+// recording a job that waits for workers it could never use.
+func TestUnsupportedLayoutRefused(t *testing.T) {
+	cl := newCluster(t)
+	co := cl.startCoordinator("")
+	c := dial(t, co.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := c.Submit(ctx, []byte("name: tp\ndata: {path: t.bin}\nmodel: {n_kv_heads: 2, n_heads: 4}\nparallel: {tp: 2, pp: 2}\n"), "tp.yaml", 0)
+	if !errors.Is(err, api.ErrInvalidSpec) {
+		t.Fatalf("submit tp: 2, pp: 2: %v, want ErrInvalidSpec", err)
+	}
+	for _, want := range []string{"tp.yaml", "parallel.pp", "pipeline parallelism is not supported yet"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	if _, err := c.Get(ctx, "tp"); !errors.Is(err, api.ErrNotFound) {
+		t.Errorf("Get of the refused job: %v, want ErrNotFound", err)
+	}
+}
+
 // TestWaitingForWorkers: a world size the registered workers cannot fill
 // is a clear status, not a hang; a second job of the same name is refused.
 func TestWaitingForWorkers(t *testing.T) {
@@ -490,11 +513,12 @@ func TestWorkerKilledMidRun(t *testing.T) {
 }
 
 // startWorkerProcess runs a worker in a child process (this test binary,
-// see TestMain) so that it can be killed without saying goodbye.
-func startWorkerProcess(t *testing.T, coord string) *exec.Cmd {
+// see TestMain) so that it can be killed without saying goodbye; env adds
+// LOOM_TEST_WORKER_* settings.
+func startWorkerProcess(t *testing.T, coord string, env ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "LOOM_TEST_WORKER="+coord)
+	cmd.Env = append(append(os.Environ(), "LOOM_TEST_WORKER="+coord), env...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -508,8 +532,12 @@ func startWorkerProcess(t *testing.T, coord string) *exec.Cmd {
 
 func TestMain(m *testing.M) {
 	if coord := os.Getenv("LOOM_TEST_WORKER"); coord != "" {
+		engine := stepEngine(10 * time.Millisecond)
+		if os.Getenv("LOOM_TEST_WORKER_ENGINE") == "peer" {
+			engine = peerEngine(10 * time.Millisecond)
+		}
 		w, err := worker.New(worker.Config{Coordinator: coord, LeaseTTL: testTTL, ReportInterval: 50 * time.Millisecond,
-			Threads: 1, Engine: stepEngine(10 * time.Millisecond)})
+			Threads: 1, Engine: engine, Host: os.Getenv("LOOM_TEST_WORKER_HOST")})
 		if err == nil {
 			err = w.Run(context.Background())
 		}

@@ -71,7 +71,12 @@ type StepStats struct {
 	TokensPerSec float64
 	StepTime     time.Duration // wall time of the step
 	ComputeTime  time.Duration // part of StepTime spent computing
-	CommTime     time.Duration // part of StepTime spent communicating
+	CommTime     time.Duration // part of StepTime spent waiting for communication (exposed)
+	DataTime     time.Duration // part of StepTime spent filling batches from the data loader
+	// CheckpointTime is how long the loop was blocked after the step to
+	// snapshot a checkpoint (0: none was due).
+	CheckpointTime time.Duration
+	Tokens         int64 // tokens in the step's global batch
 	// Comm lists the step's communication by operation; leave it empty if
 	// the engine records communication with Metrics.AddComm instead.
 	Comm []CommStat
@@ -89,14 +94,28 @@ type CommStat struct {
 // operations finish. The zero value discards; it is safe for concurrent use.
 type Metrics struct {
 	steps *coordinator.StepMetrics
+	rep   *reporter
 	job   string
+	gen   uint64
 	rank  int
 }
 
 // SetMemory records the bytes of one kind (params, grads, optimizer, …)
-// this rank holds.
+// this rank holds; the coordinator's dashboard gets them with the next
+// step report.
 func (m Metrics) SetMemory(kind string, bytes int64) {
 	m.steps.SetMemory(m.job, m.rank, kind, bytes)
+	if m.rep != nil {
+		m.rep.setRankInfo(m.job, m.gen, kind, bytes, 0)
+	}
+}
+
+// SetPeakFLOPS records the rank's measured float32 peak (FLOP/s on its
+// threads), which the coordinator's MFU divides by.
+func (m Metrics) SetPeakFLOPS(flops float64) {
+	if m.rep != nil {
+		m.rep.setRankInfo(m.job, m.gen, "", 0, flops)
+	}
 }
 
 // AddComm records one communication operation of this rank.

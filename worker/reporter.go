@@ -73,6 +73,8 @@ func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
 		ps := &loomv1.StepStats{
 			Step: int64(s.Step), Loss: s.Loss, Lr: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
 			StepSeconds: s.StepTime.Seconds(), ComputeSeconds: s.ComputeTime.Seconds(), CommSeconds: s.CommTime.Seconds(),
+			DataSeconds: s.DataTime.Seconds(), CheckpointSeconds: s.CheckpointTime.Seconds(), Tokens: s.Tokens,
+			EndUnixMs: time.Now().UnixMilli(),
 		}
 		for _, c := range s.Comm {
 			ps.Comm = append(ps.Comm, &loomv1.CommStat{Op: c.Op, Bytes: c.Bytes, Seconds: c.Time.Seconds()})
@@ -91,6 +93,26 @@ func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
 	}
 }
 
+// setRankInfo records the memory (kind ≠ "") or the measured peak
+// (kind == "", bytes ignored) of a rank of a generation; they go with
+// every later batch.
+func (r *reporter) setRankInfo(job string, gen uint64, kind string, bytes int64, peak float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.pending
+	if p == nil || p.Job != job || p.Generation != gen {
+		return
+	}
+	if kind == "" {
+		p.PeakFlops = peak
+		return
+	}
+	if p.MemoryBytes == nil {
+		p.MemoryBytes = map[string]int64{}
+	}
+	p.MemoryBytes[kind] = bytes
+}
+
 // flush sends the buffered steps, if any.
 func (r *reporter) flush(ctx context.Context) {
 	r.flushMu.Lock()
@@ -102,7 +124,13 @@ func (r *reporter) flush(ctx context.Context) {
 		return
 	}
 	batch := &loomv1.RankProgress{Job: p.Job, Generation: p.Generation, Rank: p.Rank, Addr: p.Addr,
-		WorkerId: p.WorkerId, Steps: p.Steps}
+		WorkerId: p.WorkerId, Steps: p.Steps, PeakFlops: p.PeakFlops}
+	if len(p.MemoryBytes) > 0 {
+		batch.MemoryBytes = make(map[string]int64, len(p.MemoryBytes))
+		for k, v := range p.MemoryBytes {
+			batch.MemoryBytes[k] = v
+		}
+	}
 	p.Steps = nil
 	r.mu.Unlock()
 

@@ -27,6 +27,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/internal/version"
+	"github.com/loomtrain/loom/parallel"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -344,14 +345,27 @@ func (w *Worker) serveSession(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read assignments: %w", err)
 	}
+	// announce rewrites the registration once a generation this worker ran
+	// has ended: the leader holds the workers of a failed generation out
+	// of the next rendezvous until they do, which a worker that died (but
+	// whose lease has not expired yet) cannot.
+	announce := func(job string, gen uint64) {
+		actx, acancel := context.WithTimeout(sctx, w.cfg.DialTimeout)
+		defer acancel()
+		if _, err := w.etcd.Put(actx, w.keys.Worker(id), coordinator.Encode(info), clientv3.WithLease(sess.Lease())); err != nil {
+			w.log.Warn("worker: could not re-register after the generation ended", "job", job, "generation", gen, "err", err)
+		}
+	}
 	handle := func(key string, value []byte, modRev int64, deleted bool) {
 		if !strings.HasSuffix(key, "/assignment") {
 			return
 		}
 		if deleted {
 			if cur != nil && key == w.keys.Assignment(cur.job) {
-				w.log.Info("worker: generation ended; cancelling", "job", cur.job, "generation", cur.gen)
+				job, gen := cur.job, cur.gen
+				w.log.Info("worker: generation ended; cancelling", "job", job, "generation", gen)
 				stop()
+				announce(job, gen)
 			}
 			return
 		}
@@ -367,8 +381,10 @@ func (w *Worker) serveSession(ctx context.Context) error {
 			}
 		}
 		if cur != nil && cur.job == a.Job && (rank < 0 || cur.gen != a.Generation) {
-			w.log.Info("worker: generation replaced; cancelling", "job", cur.job, "generation", cur.gen)
+			job, gen := cur.job, cur.gen
+			w.log.Info("worker: generation replaced; cancelling", "job", job, "generation", gen)
 			stop()
+			announce(job, gen)
 		}
 		if rank < 0 || (cur != nil && cur.job == a.Job && cur.gen == a.Generation) {
 			return
@@ -417,6 +433,11 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 			Addr: w.Addr(), Ok: err == nil}
 		if err != nil {
 			res.Error = err.Error()
+			var pe *parallel.PeerError
+			if errors.As(err, &pe) {
+				// The coordinator names the peer as the rank lost.
+				res.LostPeer = &loomv1.PeerLoss{Rank: int32(pe.Rank), Addr: pe.Addr, Op: pe.Op}
+			}
 			w.log.Error("worker: rank failed", "job", a.Job, "generation", a.Generation, "rank", rank, "err", err)
 		} else {
 			w.log.Info("worker: rank finished", "job", a.Job, "generation", a.Generation, "rank", rank)
@@ -447,7 +468,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
-		Metrics: Metrics{steps: w.metrics, job: a.Job, rank: rank},
+		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, rank: rank},
 		Resume:  a.Resume,
 		ReportCheckpoint: func(ctx context.Context, step int, part []byte) error {
 			return w.reportCheckpoint(ctx, a, rank, assignRev, step, part)

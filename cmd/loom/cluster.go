@@ -14,11 +14,13 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/launch"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -47,6 +49,14 @@ func splitComma(s string) []string {
 		}
 	}
 	return out
+}
+
+// newRegistry returns a metrics registry with the Go runtime and process
+// collectors (go_*, process_*) registered.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
 // serveMetrics serves reg on addr's /metrics until ctx is done.
@@ -83,7 +93,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT`, which workers are told; use an address other machines can reach")
 	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR`")
 	advertise := fs.String("advertise", "", "gRPC `ADDR` workers and standbys reach this coordinator at (default: --listen)")
-	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	httpAddr := fs.String("http", "", "serve the dashboard (/), its JSON API (/api/) and Prometheus /metrics on `ADDR` (default: off)")
 	prefix := fs.String("prefix", coordinator.DefaultPrefix, "etcd key `PREFIX`")
 	ttl := fs.Duration("ttl", coordinator.DefaultLeaseTTL, "lease TTL of coordinators and workers: a process silent this long is gone")
 	if _, err := parseArgs(fs, args); err != nil {
@@ -123,7 +133,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	if addr == "" {
 		addr = lis.Addr().String()
 	}
-	reg := prometheus.NewRegistry()
+	reg := newRegistry()
 	c, err := coordinator.New(coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
 		LeaseTTL: *ttl, Registry: reg, Logger: log})
 	if err != nil {
@@ -136,7 +146,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 			lis.Close()
 			return fmt.Errorf("coordinator: --http %s: %w", *httpAddr, err)
 		}
-		log.Info("metrics on /metrics", "addr", httpLis.Addr().String())
+		log.Info("dashboard on http://"+httpLis.Addr().String()+"/ (metrics on /metrics)", "addr", httpLis.Addr().String())
 	}
 	log.Info("coordinator serving", "addr", addr, "etcd", strings.Join(endpoints, ","))
 	return c.Serve(ctx, lis, httpLis)
@@ -155,7 +165,7 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
 	cfg.Logger = log
 	cfg.Engine = newTrainingEngine()
-	cfg.Registry = prometheus.NewRegistry()
+	cfg.Registry = newRegistry()
 	if *httpAddr != "" {
 		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, log)
 		if err != nil {
@@ -184,6 +194,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
 	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
+	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -196,25 +207,47 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
-	// Validate here too, so an invalid spec fails without a coordinator.
+	// Validate here too, so an invalid spec fails without a coordinator,
+	// and with the same checks as `loom run`.
 	spec, err := api.ParseSpec(src, pos[0])
 	if err != nil {
 		return err
+	}
+	if err := api.Supported(spec, pos[0]); err != nil {
+		return fmt.Errorf("submit: %w", err)
 	}
 	c, err := dialCoordinator(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
 	defer c.Close()
+	// A job of this name still running keeps its checkpoint directory:
+	// refuse before looking at (or moving) it.
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cur, err := c.Get(gctx, spec.Name)
+	cancel()
+	switch {
+	case err == nil && !coordinator.Terminal(cur.Status.State):
+		return fmt.Errorf("submit: job %q is already %s (generation %d); stop it with `loom stop %s` or change the spec's name",
+			spec.Name, launch.StateName(cur.Status.State), cur.Status.Generation, spec.Name)
+	case err != nil && !errors.Is(err, api.ErrNotFound):
+		return fmt.Errorf("submit: %w", err)
+	}
+	var from *checkpoint.Checkpoint
 	if *resume != "" {
 		// Checked here too, so a missing checkpoint fails before the job
 		// is scheduled (the workers see the same filesystem).
-		if err := checkResumable(env, spec, *resume); err != nil {
+		if from, err = checkResumable(env, spec, *resume); err != nil {
 			return fmt.Errorf("submit: --resume %s: %w", *resume, err)
 		}
 	}
+	runID, err := claimCheckpoints(env, "submit", pos[0], spec, from, *overwrite)
+	if err != nil {
+		return fmt.Errorf("submit: %w", err)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts), Resume: *resume})
+	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
+		Resume: *resume, RunId: runID})
 	cancel()
 	if err != nil {
 		return &api.RPCError{Addr: c.Addr(), Op: "submit", Err: err}

@@ -7,12 +7,14 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/plan"
+	"github.com/loomtrain/loom/tensor/gemm"
 	"github.com/loomtrain/loom/train"
 	"github.com/loomtrain/loom/worker"
 )
@@ -22,8 +24,13 @@ import (
 // (the coordinator's coordinates are checked against it), on the worker's
 // thread budget, reporting every step to the coordinator.
 func newTrainingEngine() worker.Engine {
+	var peaks peakCache
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
-		k, closeK := newKernels(a.Threads)
+		a.Metrics.SetPeakFLOPS(peaks.get(a.Threads))
+		k, closeK, err := newTrainKernels(a.Threads, a.Spec)
+		if err != nil {
+			return err
+		}
 		defer closeK()
 		rc := train.RankConfig{
 			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,
@@ -39,6 +46,7 @@ func newTrainingEngine() worker.Engine {
 			Log:             os.Stderr,
 			Resume:          a.Resume,
 			CheckpointWrite: checkpoint.WriteOptions{Fault: testCheckpointFault(a.Rank, a.Generation)},
+			TestStepDelay:   testSlowRank(a.Rank),
 		}
 		if a.ReportCheckpoint != nil {
 			rc.ReportCheckpoint = func(ctx context.Context, p checkpoint.RankPart) error {
@@ -49,12 +57,14 @@ func newTrainingEngine() worker.Engine {
 				return a.ReportCheckpoint(ctx, p.Step, b)
 			}
 		}
-		_, err := train.RunRank(ctx, rc, func(s train.Stats) {
+		_, err = train.RunRank(ctx, rc, func(s train.Stats) {
 			step := seconds(s.StepSeconds)
-			comm := seconds(s.CommSeconds - s.OverlapSeconds) // exposed communication
+			comm := max(0, seconds(s.CommSeconds-s.OverlapSeconds)) // exposed communication
+			data := seconds(s.DataSeconds)
 			report(worker.StepStats{
 				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
-				StepTime: step, CommTime: comm, ComputeTime: step - comm,
+				StepTime: step, CommTime: comm, DataTime: data, ComputeTime: max(0, step-comm-data),
+				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens),
 			})
 		})
 		return err
@@ -114,6 +124,45 @@ func testCheckpointFault(rank int, gen uint64) func(string, int) {
 			select {}
 		}
 	}
+}
+
+// peakCache measures the FMA peak (FLOP/s) once per thread count, so a
+// worker pays the 100 ms probe once, not per generation. It is safe for
+// concurrent use.
+type peakCache struct {
+	mu    sync.Mutex
+	peaks map[int]float64
+}
+
+func (c *peakCache) get(threads int) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p, ok := c.peaks[threads]; ok {
+		return p
+	}
+	if c.peaks == nil {
+		c.peaks = map[int]float64{}
+	}
+	p := gemm.MeasurePeak(threads, 100*time.Millisecond) * 1e9
+	c.peaks[threads] = p
+	return p
+}
+
+// testSlowRank reads LOOM_TEST_SLOW_RANK=RANK:DELAY (the dashboard's
+// straggler test only): the worker running RANK sleeps DELAY in every
+// step, counted as compute, so the page must flag it as the straggler.
+func testSlowRank(rank int) time.Duration {
+	r, d, ok := strings.Cut(os.Getenv("LOOM_TEST_SLOW_RANK"), ":")
+	if !ok || r != strconv.Itoa(rank) {
+		return 0
+	}
+	delay, err := time.ParseDuration(d)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "LOOM_TEST_SLOW_RANK=%s:%s: %v; ignored\n", r, d, err)
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "LOOM_TEST_SLOW_RANK: rank %d sleeps %v per step\n", rank, delay)
+	return delay
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

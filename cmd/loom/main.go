@@ -32,6 +32,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"run":         {summary: "train a job from a YAML spec (in-process for world size 1)", run: cmdRun},
 		"prep":        {summary: "tokenize text files, directories and JSONL into a token file", run: cmdPrep},
+		"tokenizer":   {summary: "train, inspect and run BPE tokenizers (train, encode, decode, info, convert, bench)", run: cmdTokenizer},
 		"eval":        {summary: "mean loss of a model over a token file", run: cmdEval},
 		"sample":      {summary: "generate text from a model", run: cmdSample},
 		"export":      {summary: "write a model as a Hugging Face LLaMA directory", run: cmdExport},
@@ -44,6 +45,7 @@ func commands() map[string]command {
 		"submit":      {summary: "submit a job to a coordinator and follow it", run: cmdSubmit},
 		"status":      {summary: "show jobs, their generation, ranks, step and throughput", run: cmdStatus},
 		"stop":        {summary: "stop a job", run: cmdStop},
+		"top":         {summary: "a job's ranks live in the terminal: where step time goes, stragglers flagged", run: cmdTop},
 		"comm-worker": {summary: "internal: one rank of a collective benchmark", run: cmdCommWorker, hidden: true},
 		"wire-peer":   {summary: "internal: the other end of `loom bench wire`", run: cmdWirePeer, hidden: true},
 	}

@@ -79,6 +79,13 @@ func TestMultiWorkerMatchesSingleWorker(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v\nstdout:\n%s\nstderr:\n%s", err, out, stderr)
 			}
+			// Everything but the JSON objects belongs on stderr.
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				var obj map[string]any
+				if err := json.Unmarshal([]byte(line), &obj); err != nil {
+					t.Errorf("--log-format json: stdout line is not a JSON object: %q", line)
+				}
+			}
 			got := stepLosses(t, out)
 			if len(got) != steps {
 				t.Fatalf("%d steps reported:\n%s", len(got), out)

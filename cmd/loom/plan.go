@@ -57,7 +57,7 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	cands, err := plan.Candidates(spec, n, budget)
 	if err != nil {
-		return fmt.Errorf("plan: %w", err)
+		return fmt.Errorf("plan: %s with --workers %d: %w", pos[0], n, err)
 	}
 	best := plan.Recommend(cands)
 	out := env.stdout
@@ -109,8 +109,8 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 			}
 		}
 		p := small.Spec.Parallel
-		fmt.Fprintf(out, "no layout fits in %s per worker; the smallest needs %s (dp %d, tp %d, zero %d, micro_batch %d): add workers, shorten the micro-batch or shrink the model\n",
-			plan.MiB(budget), plan.MiB(small.Memory.Total()), p.DP, p.TP, p.Zero, small.Spec.Train.MicroBatch)
+		fmt.Fprintf(out, "no layout fits; the smallest needs %s (dp %d, tp %d, zero %d, micro_batch %d)\n",
+			plan.MiB(small.Memory.Total()), p.DP, p.TP, p.Zero, small.Spec.Train.MicroBatch)
 	}
 	if shown == 0 && best < 0 {
 		fmt.Fprintln(out, "(pass --all to list the layouts that do not fit)")
@@ -121,6 +121,10 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 			return fmt.Errorf("plan: %w", err)
 		}
 		fmt.Fprint(out, "\n"+pl.String())
+	}
+	if best < 0 {
+		// Said last, as the error: a script must not take the table for a plan.
+		return fmt.Errorf("plan: no layout of %d workers fits in %s per worker: add workers, shorten the micro-batch or shrink the model", n, plan.MiB(budget))
 	}
 	return nil
 }

@@ -30,6 +30,8 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	sampleTokens := fs.Int("sample-tokens", 200, "tokens of text to generate after training (0: none)")
 	prompt := fs.String("prompt", "func ", "prompt of the final sample")
 	resume := fs.String("resume", "", "continue from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME; newer broken ones are skipped with a warning) or a step directory")
+	httpAddr := fs.String("http", "127.0.0.1:0", "with world size > 1: serve the coordinator's dashboard and /metrics on `ADDR` (the URL is printed; \"\": off)")
+	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -45,20 +47,25 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := api.Supported(spec, pos[0]); err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	if _, err := plan.New(spec, spec.Parallel.WorldSize()); err != nil {
 		return fmt.Errorf("run: %s: %w", pos[0], err)
-	}
-	if *initDir != "" && *resume != "" {
-		return errors.New("run: --init and --resume exclude each other: --resume restores the weights and the optimizer")
 	}
 	if w := spec.Parallel.WorldSize(); w != 1 {
 		if *initDir != "" {
 			return errors.New("run: --init is supported only for world size 1 so far")
 		}
+		var from *checkpoint.Checkpoint
 		if *resume != "" {
-			if err := checkResumable(env, spec, *resume); err != nil {
+			if from, err = checkResumable(env, spec, *resume); err != nil {
 				return fmt.Errorf("run: --resume %s: %w", *resume, err)
 			}
+		}
+		runID, err := claimCheckpoints(env, "run", pos[0], spec, from, *overwrite)
+		if err != nil {
+			return fmt.Errorf("run: %w", err)
 		}
 		src, err := os.ReadFile(pos[0])
 		if err != nil {
@@ -66,7 +73,8 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
 		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
-			Progress: env.stdout, JSON: *logFormat == "json", WorkerOutput: env.stderr, Resume: *resume}); err != nil {
+			Progress: env.stdout, JSON: *logFormat == "json", Info: env.stderr, WorkerOutput: env.stderr, Resume: *resume, RunID: runID,
+			HTTPAddr: *httpAddr}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
@@ -82,8 +90,30 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		return nil
 	}
-	k, closeK := newKernels(*threads)
+	k, closeK, err := newTrainKernels(*threads, spec)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	defer closeK()
+	if *initDir != "" && *resume != "" {
+		return errors.New("run: --init and --resume exclude each other: --resume restores the weights and the optimizer")
+	}
+	// The checkpoint to resume is resolved here, before the run claims the
+	// job's checkpoint directory, and handed to the rank by its directory.
+	var from *checkpoint.Checkpoint
+	resumeDir := ""
+	if *resume != "" {
+		ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), *resume)
+		warnSkipped(env, skipped)
+		if err != nil {
+			return fmt.Errorf("run: --resume %s: %w", *resume, err)
+		}
+		from, resumeDir = ck, ck.Dir
+	}
+	runID, err := claimCheckpoints(env, "run", pos[0], spec, from, *overwrite)
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
+	}
 	src, err := os.ReadFile(pos[0])
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
@@ -95,8 +125,8 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	jobDir := checkpoint.JobDir(spec)
 	res, runErr := train.RunRank(ctx, train.RankConfig{
 		Spec: spec, Job: spec.Name, Generation: 1, Kernels: k, Log: env.stderr,
-		Init: *initDir, Resume: *resume, SpecYAML: src,
-		ReportCheckpoint: train.CommitLocal(jobDir, spec.Checkpoint.Keep, env.stderr),
+		Init: *initDir, Resume: resumeDir, SpecYAML: src,
+		ReportCheckpoint: train.CommitLocal(jobDir, spec.Checkpoint.Keep, runID, env.stderr),
 	}, prog.Report)
 	if runErr != nil {
 		return fmt.Errorf("run: %w", runErr)
@@ -110,27 +140,51 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 // checkResumable resolves a --resume argument for a multi-worker run
 // before starting it, so a missing checkpoint fails at once; the workers
 // resolve it again (the same files give the same choice).
-func checkResumable(env *cmdEnv, spec api.JobSpec, which string) error {
+func checkResumable(env *cmdEnv, spec api.JobSpec, which string) (*checkpoint.Checkpoint, error) {
 	ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), which)
 	warnSkipped(env, skipped)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := checkpoint.CompareConfigs(checkpoint.ModelConfig(spec.Model), ck.Manifest.Model.Config()); err != nil {
-		return fmt.Errorf("%s: %w", ck.Dir, err)
+		return nil, fmt.Errorf("%s: %w", ck.Dir, err)
 	}
 	fmt.Fprintf(env.stderr, "loom: resuming from %s (step %d, saved with %s)\n", ck.Dir, ck.Manifest.Step, ck.Manifest.Layout)
-	return nil
+	return ck, nil
 }
 
-// printSample prints a continuation of prompt by the trained model.
-func printSample(env *cmdEnv, m *model.Model, prompt string, n int) error {
-	text, err := sampleText(m, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
-	if err != nil {
-		return fmt.Errorf("run: sample: %w", err)
+// claimCheckpoints returns the run id a job starts under and keeps a fresh
+// run from writing where another run's checkpoints are. Resumed from ck,
+// the run continues ck's run. Fresh, it gets a new id, and the job's
+// checkpoint directory must hold no step directories — unless overwrite,
+// which moves that directory aside first (nothing is deleted).
+func claimCheckpoints(env *cmdEnv, cmd, specPath string, spec api.JobSpec, ck *checkpoint.Checkpoint, overwrite bool) (string, error) {
+	if ck != nil {
+		if overwrite {
+			return "", errors.New("--overwrite and --resume exclude each other: --resume continues the run whose checkpoints are there, --overwrite moves them aside to start afresh")
+		}
+		return ck.Manifest.Run, nil
 	}
-	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
-	return nil
+	jobDir := checkpoint.JobDir(spec)
+	err := checkpoint.CheckFresh(jobDir)
+	if errors.Is(err, checkpoint.ErrOtherRun) && overwrite {
+		moved, merr := checkpoint.MoveAside(jobDir, time.Now())
+		if merr != nil {
+			return "", merr
+		}
+		fmt.Fprintf(env.stderr, "loom: --overwrite: moved the other run's %s aside to %s\n", jobDir, moved)
+		err = nil
+	}
+	if errors.Is(err, checkpoint.ErrOtherRun) {
+		return "", fmt.Errorf("%w: a fresh run of job %q would write its checkpoints among them; either\n"+
+			"  continue that run:         loom %s %s --resume latest\n"+
+			"  or start afresh beside it: loom %s %s --overwrite   (moves %s aside to %s.replaced-TIME)\n"+
+			"  or change the spec's name or checkpoint.dir", err, spec.Name, cmd, specPath, cmd, specPath, jobDir, filepath.Base(jobDir))
+	}
+	if err != nil {
+		return "", err
+	}
+	return checkpoint.NewRunID(time.Now()), nil
 }
 
 func warnSkipped(env *cmdEnv, skipped []checkpoint.Skipped) {
@@ -141,3 +195,13 @@ func warnSkipped(env *cmdEnv, skipped []checkpoint.Skipped) {
 
 // humanBytes renders n bytes with a binary suffix (human.Bytes).
 func humanBytes(n int64) string { return human.Bytes(n) }
+
+// printSample prints a continuation of prompt by the trained model.
+func printSample(env *cmdEnv, m *model.Model, prompt string, n int) error {
+	text, err := sampleText(m, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
+	if err != nil {
+		return fmt.Errorf("run: sample: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
+	return nil
+}

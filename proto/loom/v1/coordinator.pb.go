@@ -110,7 +110,11 @@ type JobDesired struct {
 	// resume is where the first generation starts: "" (fresh), "latest" (the
 	// newest complete checkpoint under checkpoint.dir/NAME) or a step
 	// directory. Later generations (restarts) resume from the latest.
-	Resume        string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume string `protobuf:"bytes,8,opt,name=resume,proto3" json:"resume,omitempty"`
+	// run_id identifies the run in its checkpoints' manifests: new for a
+	// fresh run, the resumed checkpoint's for a resumed one. Retention
+	// removes only this run's checkpoints.
+	RunId         string `protobuf:"bytes,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -197,6 +201,13 @@ func (x *JobDesired) GetSubmittedUnixMs() int64 {
 func (x *JobDesired) GetResume() string {
 	if x != nil {
 		return x.Resume
+	}
+	return ""
+}
+
+func (x *JobDesired) GetRunId() string {
+	if x != nil {
+		return x.RunId
 	}
 	return ""
 }
@@ -580,9 +591,13 @@ type Failure struct {
 	Addr       string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
 	WorkerId   string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// lost is true when the worker's lease expired (the process died or was
-	// cut off) and false when its engine returned an error.
-	Lost          bool   `protobuf:"varint,5,opt,name=lost,proto3" json:"lost,omitempty"`
-	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// cut off), or when another rank lost its connection to this one and
+	// this one reported nothing (seen_by names those ranks); false when its
+	// engine returned an error.
+	Lost   bool   `protobuf:"varint,5,opt,name=lost,proto3" json:"lost,omitempty"`
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// seen_by are the ranks whose engines reported losing this rank.
+	SeenBy        []int32 `protobuf:"varint,7,rep,packed,name=seen_by,json=seenBy,proto3" json:"seen_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -657,6 +672,13 @@ func (x *Failure) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Failure) GetSeenBy() []int32 {
+	if x != nil {
+		return x.SeenBy
+	}
+	return nil
 }
 
 // JobStatus is the observed state of a job, written only by the leader
@@ -880,14 +902,18 @@ func (x *WorkerInfo) GetRegisteredUnixMs() int64 {
 // RankResult is how a rank's engine ended (etcd:
 // jobs/NAME/results/GENERATION/RANK).
 type RankResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Addr          string                 `protobuf:"bytes,5,opt,name=addr,proto3" json:"addr,omitempty"`
-	Ok            bool                   `protobuf:"varint,6,opt,name=ok,proto3" json:"ok,omitempty"`
-	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank       int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Addr       string                 `protobuf:"bytes,5,opt,name=addr,proto3" json:"addr,omitempty"`
+	Ok         bool                   `protobuf:"varint,6,opt,name=ok,proto3" json:"ok,omitempty"`
+	Error      string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// lost_peer is set when the engine failed because it lost its connection
+	// to another rank (a parallel.PeerError): the coordinator then names that
+	// rank as the one lost.
+	LostPeer      *PeerLoss `protobuf:"bytes,8,opt,name=lost_peer,json=lostPeer,proto3" json:"lost_peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -971,6 +997,158 @@ func (x *RankResult) GetError() string {
 	return ""
 }
 
+func (x *RankResult) GetLostPeer() *PeerLoss {
+	if x != nil {
+		return x.LostPeer
+	}
+	return nil
+}
+
+// PeerLoss is the peer a rank's engine lost.
+type PeerLoss struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rank  int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	Addr  string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	// op is the operation that failed ("all-reduce", "connection", ...).
+	Op            string `protobuf:"bytes,3,opt,name=op,proto3" json:"op,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerLoss) Reset() {
+	*x = PeerLoss{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerLoss) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerLoss) ProtoMessage() {}
+
+func (x *PeerLoss) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerLoss.ProtoReflect.Descriptor instead.
+func (*PeerLoss) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PeerLoss) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *PeerLoss) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *PeerLoss) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+// Quarantine keeps a worker of a generation that failed out of the next
+// rendezvous until it proves itself alive (etcd: quarantine/WORKER_ID,
+// written by the leader). A worker proves it by rewriting its
+// registration once its generation has ended, which a dead or frozen
+// process whose lease has not yet expired cannot do.
+type Quarantine struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId   string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Job        string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	// registration_revision is the mod revision of the worker's registration
+	// when the generation failed; a newer one clears the worker.
+	RegistrationRevision int64  `protobuf:"varint,4,opt,name=registration_revision,json=registrationRevision,proto3" json:"registration_revision,omitempty"`
+	Reason               string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *Quarantine) Reset() {
+	*x = Quarantine{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Quarantine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Quarantine) ProtoMessage() {}
+
+func (x *Quarantine) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Quarantine.ProtoReflect.Descriptor instead.
+func (*Quarantine) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Quarantine) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *Quarantine) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *Quarantine) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Quarantine) GetRegistrationRevision() int64 {
+	if x != nil {
+		return x.RegistrationRevision
+	}
+	return 0
+}
+
+func (x *Quarantine) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // CommStat is communication time and volume of one operation kind.
 type CommStat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -983,7 +1161,7 @@ type CommStat struct {
 
 func (x *CommStat) Reset() {
 	*x = CommStat{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1173,7 @@ func (x *CommStat) String() string {
 func (*CommStat) ProtoMessage() {}
 
 func (x *CommStat) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1186,7 @@ func (x *CommStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommStat.ProtoReflect.Descriptor instead.
 func (*CommStat) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CommStat) GetOp() string {
@@ -1042,15 +1220,27 @@ type StepStats struct {
 	TokensPerSec   float64                `protobuf:"fixed64,5,opt,name=tokens_per_sec,json=tokensPerSec,proto3" json:"tokens_per_sec,omitempty"`
 	StepSeconds    float64                `protobuf:"fixed64,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
 	ComputeSeconds float64                `protobuf:"fixed64,7,opt,name=compute_seconds,json=computeSeconds,proto3" json:"compute_seconds,omitempty"`
-	CommSeconds    float64                `protobuf:"fixed64,8,opt,name=comm_seconds,json=commSeconds,proto3" json:"comm_seconds,omitempty"`
-	Comm           []*CommStat            `protobuf:"bytes,9,rep,name=comm,proto3" json:"comm,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// comm_seconds is communication the step waited for (exposed: not
+	// hidden behind compute).
+	CommSeconds float64     `protobuf:"fixed64,8,opt,name=comm_seconds,json=commSeconds,proto3" json:"comm_seconds,omitempty"`
+	Comm        []*CommStat `protobuf:"bytes,9,rep,name=comm,proto3" json:"comm,omitempty"`
+	// data_seconds is the part of step_seconds spent filling batches from the
+	// data loader.
+	DataSeconds float64 `protobuf:"fixed64,10,opt,name=data_seconds,json=dataSeconds,proto3" json:"data_seconds,omitempty"`
+	// checkpoint_seconds is how long the step loop was blocked after the step
+	// to snapshot a checkpoint (0: none was due).
+	CheckpointSeconds float64 `protobuf:"fixed64,11,opt,name=checkpoint_seconds,json=checkpointSeconds,proto3" json:"checkpoint_seconds,omitempty"`
+	// tokens is the number of tokens in the step's global batch.
+	Tokens int64 `protobuf:"varint,12,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// end_unix_ms is when the rank finished the step (its clock).
+	EndUnixMs     int64 `protobuf:"varint,13,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StepStats) Reset() {
 	*x = StepStats{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1252,7 @@ func (x *StepStats) String() string {
 func (*StepStats) ProtoMessage() {}
 
 func (x *StepStats) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1265,7 @@ func (x *StepStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStats.ProtoReflect.Descriptor instead.
 func (*StepStats) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StepStats) GetStep() int64 {
@@ -1141,23 +1331,57 @@ func (x *StepStats) GetComm() []*CommStat {
 	return nil
 }
 
+func (x *StepStats) GetDataSeconds() float64 {
+	if x != nil {
+		return x.DataSeconds
+	}
+	return 0
+}
+
+func (x *StepStats) GetCheckpointSeconds() float64 {
+	if x != nil {
+		return x.CheckpointSeconds
+	}
+	return 0
+}
+
+func (x *StepStats) GetTokens() int64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *StepStats) GetEndUnixMs() int64 {
+	if x != nil {
+		return x.EndUnixMs
+	}
+	return 0
+}
+
 // RankProgress is a batch of steps from one rank (etcd:
 // jobs/NAME/progress/RANK holds the latest batch).
 type RankProgress struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
-	Addr          string                 `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,5,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Steps         []*StepStats           `protobuf:"bytes,6,rep,name=steps,proto3" json:"steps,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank       int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	Addr       string                 `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,5,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Steps      []*StepStats           `protobuf:"bytes,6,rep,name=steps,proto3" json:"steps,omitempty"`
+	// memory_bytes is what the rank holds, by kind (params, grads, optimizer,
+	// working, comm, activations, runtime), as last measured.
+	MemoryBytes map[string]int64 `protobuf:"bytes,7,rep,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// peak_flops is the rank's measured float32 FMA peak on its threads
+	// (FLOP/s; 0: not measured); the coordinator's MFU divides by the sum.
+	PeakFlops     float64 `protobuf:"fixed64,8,opt,name=peak_flops,json=peakFlops,proto3" json:"peak_flops,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RankProgress) Reset() {
 	*x = RankProgress{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1393,7 @@ func (x *RankProgress) String() string {
 func (*RankProgress) ProtoMessage() {}
 
 func (x *RankProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1406,7 @@ func (x *RankProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankProgress.ProtoReflect.Descriptor instead.
 func (*RankProgress) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RankProgress) GetJob() string {
@@ -1227,6 +1451,20 @@ func (x *RankProgress) GetSteps() []*StepStats {
 	return nil
 }
 
+func (x *RankProgress) GetMemoryBytes() map[string]int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return nil
+}
+
+func (x *RankProgress) GetPeakFlops() float64 {
+	if x != nil {
+		return x.PeakFlops
+	}
+	return 0
+}
+
 // Job is a job's status with each rank's latest step.
 type Job struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -1240,7 +1478,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1490,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1503,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Job) GetStatus() *JobStatus {
@@ -1296,14 +1534,16 @@ type SubmitRequest struct {
 	Source      string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
 	MaxRestarts int32  `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
 	// resume: see JobDesired.resume.
-	Resume        string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
+	Resume string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
+	// run_id: see JobDesired.run_id ("": the coordinator makes a new one).
+	RunId         string `protobuf:"bytes,5,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1555,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1568,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SubmitRequest) GetSpecYaml() []byte {
@@ -1359,6 +1599,13 @@ func (x *SubmitRequest) GetResume() string {
 	return ""
 }
 
+func (x *SubmitRequest) GetRunId() string {
+	if x != nil {
+		return x.RunId
+	}
+	return ""
+}
+
 type SubmitResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1368,7 +1615,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1627,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1640,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SubmitResponse) GetJob() *Job {
@@ -1412,7 +1659,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1671,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1684,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRequest) GetName() string {
@@ -1455,7 +1702,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1714,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1727,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 type ListResponse struct {
@@ -1492,7 +1739,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1751,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1764,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListResponse) GetJobs() []*Job {
@@ -1537,7 +1784,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1796,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1809,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StopRequest) GetName() string {
@@ -1588,7 +1835,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1847,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1860,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StopResponse) GetJob() *Job {
@@ -1632,7 +1879,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1891,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1904,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1681,7 +1928,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1693,7 +1940,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1706,7 +1953,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -1758,7 +2005,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +2017,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +2030,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 type InfoResponse struct {
@@ -1796,13 +2043,16 @@ type InfoResponse struct {
 	LeaderAddr string `protobuf:"bytes,5,opt,name=leader_addr,json=leaderAddr,proto3" json:"leader_addr,omitempty"`
 	// lease_ttl_seconds is the TTL workers should register with.
 	LeaseTtlSeconds int32 `protobuf:"varint,6,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// http_addr is where this coordinator serves its dashboard, JSON API and
+	// /metrics ("" when it serves none); `loom top` reads it.
+	HttpAddr      string `protobuf:"bytes,7,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +2064,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +2077,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -1872,6 +2122,13 @@ func (x *InfoResponse) GetLeaseTtlSeconds() int32 {
 	return 0
 }
 
+func (x *InfoResponse) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
 type ReportStepsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Progress      *RankProgress          `protobuf:"bytes,1,opt,name=progress,proto3" json:"progress,omitempty"`
@@ -1881,7 +2138,7 @@ type ReportStepsRequest struct {
 
 func (x *ReportStepsRequest) Reset() {
 	*x = ReportStepsRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +2150,7 @@ func (x *ReportStepsRequest) String() string {
 func (*ReportStepsRequest) ProtoMessage() {}
 
 func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +2163,7 @@ func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsRequest.ProtoReflect.Descriptor instead.
 func (*ReportStepsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReportStepsRequest) GetProgress() *RankProgress {
@@ -1924,7 +2181,7 @@ type ReportStepsResponse struct {
 
 func (x *ReportStepsResponse) Reset() {
 	*x = ReportStepsResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1936,7 +2193,7 @@ func (x *ReportStepsResponse) String() string {
 func (*ReportStepsResponse) ProtoMessage() {}
 
 func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1949,14 +2206,14 @@ func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsResponse.ProtoReflect.Descriptor instead.
 func (*ReportStepsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\xf8\x01\n" +
+	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\x8f\x02\n" +
 	"\n" +
 	"JobDesired\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -1968,7 +2225,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\vstop_reason\x18\x06 \x01(\tR\n" +
 	"stopReason\x12*\n" +
 	"\x11submitted_unix_ms\x18\a \x01(\x03R\x0fsubmittedUnixMs\x12\x16\n" +
-	"\x06resume\x18\b \x01(\tR\x06resume\"\xad\x01\n" +
+	"\x06resume\x18\b \x01(\tR\x06resume\x12\x15\n" +
+	"\x06run_id\x18\t \x01(\tR\x05runId\"\xad\x01\n" +
 	"\bRankInfo\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -2007,7 +2265,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x12*\n" +
-	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\x9a\x01\n" +
+	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\xb3\x01\n" +
 	"\aFailure\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -2016,7 +2274,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1b\n" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04lost\x18\x05 \x01(\bR\x04lost\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"\xdd\x02\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x17\n" +
+	"\aseen_by\x18\a \x03(\x05R\x06seenBy\"\xdd\x02\n" +
 	"\tJobStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x11.loom.v1.JobStateR\x05state\x12\x1e\n" +
@@ -2041,7 +2300,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04host\x18\x04 \x01(\tR\x04host\x12\x18\n" +
 	"\athreads\x18\x05 \x01(\x05R\athreads\x12\x10\n" +
 	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12,\n" +
-	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xa9\x01\n" +
+	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xd9\x01\n" +
 	"\n" +
 	"RankResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -2052,11 +2311,25 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04addr\x18\x05 \x01(\tR\x04addr\x12\x0e\n" +
 	"\x02ok\x18\x06 \x01(\bR\x02ok\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"J\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12.\n" +
+	"\tlost_peer\x18\b \x01(\v2\x11.loom.v1.PeerLossR\blostPeer\"B\n" +
+	"\bPeerLoss\x12\x12\n" +
+	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x0e\n" +
+	"\x02op\x18\x03 \x01(\tR\x02op\"\xa8\x01\n" +
+	"\n" +
+	"Quarantine\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x123\n" +
+	"\x15registration_revision\x18\x04 \x01(\x03R\x14registrationRevision\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"J\n" +
 	"\bCommStat\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x18\n" +
-	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\x9c\x02\n" +
+	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\xa6\x03\n" +
 	"\tStepStats\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x0e\n" +
@@ -2066,7 +2339,12 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\fstep_seconds\x18\x06 \x01(\x01R\vstepSeconds\x12'\n" +
 	"\x0fcompute_seconds\x18\a \x01(\x01R\x0ecomputeSeconds\x12!\n" +
 	"\fcomm_seconds\x18\b \x01(\x01R\vcommSeconds\x12%\n" +
-	"\x04comm\x18\t \x03(\v2\x11.loom.v1.CommStatR\x04comm\"\xaf\x01\n" +
+	"\x04comm\x18\t \x03(\v2\x11.loom.v1.CommStatR\x04comm\x12!\n" +
+	"\fdata_seconds\x18\n" +
+	" \x01(\x01R\vdataSeconds\x12-\n" +
+	"\x12checkpoint_seconds\x18\v \x01(\x01R\x11checkpointSeconds\x12\x16\n" +
+	"\x06tokens\x18\f \x01(\x03R\x06tokens\x12\x1e\n" +
+	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\"\xd9\x02\n" +
 	"\fRankProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -2075,16 +2353,23 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x12\n" +
 	"\x04addr\x18\x04 \x01(\tR\x04addr\x12\x1b\n" +
 	"\tworker_id\x18\x05 \x01(\tR\bworkerId\x12(\n" +
-	"\x05steps\x18\x06 \x03(\v2\x12.loom.v1.StepStatsR\x05steps\"}\n" +
+	"\x05steps\x18\x06 \x03(\v2\x12.loom.v1.StepStatsR\x05steps\x12I\n" +
+	"\fmemory_bytes\x18\a \x03(\v2&.loom.v1.RankProgress.MemoryBytesEntryR\vmemoryBytes\x12\x1d\n" +
+	"\n" +
+	"peak_flops\x18\b \x01(\x01R\tpeakFlops\x1a>\n" +
+	"\x10MemoryBytesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"}\n" +
 	"\x03Job\x12*\n" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusR\x06status\x12-\n" +
 	"\x06latest\x18\x02 \x03(\v2\x15.loom.v1.RankProgressR\x06latest\x12\x1b\n" +
-	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x7f\n" +
+	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x96\x01\n" +
 	"\rSubmitRequest\x12\x1b\n" +
 	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12!\n" +
 	"\fmax_restarts\x18\x03 \x01(\x05R\vmaxRestarts\x12\x16\n" +
-	"\x06resume\x18\x04 \x01(\tR\x06resume\"0\n" +
+	"\x06resume\x18\x04 \x01(\tR\x06resume\x12\x15\n" +
+	"\x06run_id\x18\x05 \x01(\tR\x05runId\"0\n" +
 	"\x0eSubmitResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\" \n" +
 	"\n" +
@@ -2104,7 +2389,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusH\x00R\x06status\x123\n" +
 	"\bprogress\x18\x02 \x01(\v2\x15.loom.v1.RankProgressH\x00R\bprogressB\a\n" +
 	"\x05event\"\r\n" +
-	"\vInfoRequest\"\xd3\x01\n" +
+	"\vInfoRequest\"\xf0\x01\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0eetcd_endpoints\x18\x02 \x03(\tR\retcdEndpoints\x12\x1d\n" +
@@ -2113,7 +2398,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x1f\n" +
 	"\vleader_addr\x18\x05 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
-	"\x11lease_ttl_seconds\x18\x06 \x01(\x05R\x0fleaseTtlSeconds\"G\n" +
+	"\x11lease_ttl_seconds\x18\x06 \x01(\x05R\x0fleaseTtlSeconds\x12\x1b\n" +
+	"\thttp_addr\x18\a \x01(\tR\bhttpAddr\"G\n" +
 	"\x12ReportStepsRequest\x121\n" +
 	"\bprogress\x18\x01 \x01(\v2\x15.loom.v1.RankProgressR\bprogress\"\x15\n" +
 	"\x13ReportStepsResponse*\xb0\x01\n" +
@@ -2147,7 +2433,7 @@ func file_loom_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_loom_v1_coordinator_proto_goTypes = []any{
 	(JobState)(0),               // 0: loom.v1.JobState
 	(*JobDesired)(nil),          // 1: loom.v1.JobDesired
@@ -2159,58 +2445,63 @@ var file_loom_v1_coordinator_proto_goTypes = []any{
 	(*JobStatus)(nil),           // 7: loom.v1.JobStatus
 	(*WorkerInfo)(nil),          // 8: loom.v1.WorkerInfo
 	(*RankResult)(nil),          // 9: loom.v1.RankResult
-	(*CommStat)(nil),            // 10: loom.v1.CommStat
-	(*StepStats)(nil),           // 11: loom.v1.StepStats
-	(*RankProgress)(nil),        // 12: loom.v1.RankProgress
-	(*Job)(nil),                 // 13: loom.v1.Job
-	(*SubmitRequest)(nil),       // 14: loom.v1.SubmitRequest
-	(*SubmitResponse)(nil),      // 15: loom.v1.SubmitResponse
-	(*GetRequest)(nil),          // 16: loom.v1.GetRequest
-	(*ListRequest)(nil),         // 17: loom.v1.ListRequest
-	(*ListResponse)(nil),        // 18: loom.v1.ListResponse
-	(*StopRequest)(nil),         // 19: loom.v1.StopRequest
-	(*StopResponse)(nil),        // 20: loom.v1.StopResponse
-	(*WatchRequest)(nil),        // 21: loom.v1.WatchRequest
-	(*JobEvent)(nil),            // 22: loom.v1.JobEvent
-	(*InfoRequest)(nil),         // 23: loom.v1.InfoRequest
-	(*InfoResponse)(nil),        // 24: loom.v1.InfoResponse
-	(*ReportStepsRequest)(nil),  // 25: loom.v1.ReportStepsRequest
-	(*ReportStepsResponse)(nil), // 26: loom.v1.ReportStepsResponse
+	(*PeerLoss)(nil),            // 10: loom.v1.PeerLoss
+	(*Quarantine)(nil),          // 11: loom.v1.Quarantine
+	(*CommStat)(nil),            // 12: loom.v1.CommStat
+	(*StepStats)(nil),           // 13: loom.v1.StepStats
+	(*RankProgress)(nil),        // 14: loom.v1.RankProgress
+	(*Job)(nil),                 // 15: loom.v1.Job
+	(*SubmitRequest)(nil),       // 16: loom.v1.SubmitRequest
+	(*SubmitResponse)(nil),      // 17: loom.v1.SubmitResponse
+	(*GetRequest)(nil),          // 18: loom.v1.GetRequest
+	(*ListRequest)(nil),         // 19: loom.v1.ListRequest
+	(*ListResponse)(nil),        // 20: loom.v1.ListResponse
+	(*StopRequest)(nil),         // 21: loom.v1.StopRequest
+	(*StopResponse)(nil),        // 22: loom.v1.StopResponse
+	(*WatchRequest)(nil),        // 23: loom.v1.WatchRequest
+	(*JobEvent)(nil),            // 24: loom.v1.JobEvent
+	(*InfoRequest)(nil),         // 25: loom.v1.InfoRequest
+	(*InfoResponse)(nil),        // 26: loom.v1.InfoResponse
+	(*ReportStepsRequest)(nil),  // 27: loom.v1.ReportStepsRequest
+	(*ReportStepsResponse)(nil), // 28: loom.v1.ReportStepsResponse
+	nil,                         // 29: loom.v1.RankProgress.MemoryBytesEntry
 }
 var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	2,  // 0: loom.v1.Assignment.ranks:type_name -> loom.v1.RankInfo
 	0,  // 1: loom.v1.JobStatus.state:type_name -> loom.v1.JobState
 	2,  // 2: loom.v1.JobStatus.ranks:type_name -> loom.v1.RankInfo
 	6,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
-	10, // 4: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
-	11, // 5: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
-	7,  // 6: loom.v1.Job.status:type_name -> loom.v1.JobStatus
-	12, // 7: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
-	13, // 8: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
-	13, // 9: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
-	13, // 10: loom.v1.StopResponse.job:type_name -> loom.v1.Job
-	7,  // 11: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
-	12, // 12: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
-	12, // 13: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
-	14, // 14: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
-	16, // 15: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
-	17, // 16: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
-	19, // 17: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
-	21, // 18: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
-	23, // 19: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
-	25, // 20: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
-	15, // 21: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
-	13, // 22: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
-	18, // 23: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
-	20, // 24: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
-	22, // 25: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
-	24, // 26: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
-	26, // 27: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 4: loom.v1.RankResult.lost_peer:type_name -> loom.v1.PeerLoss
+	12, // 5: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
+	13, // 6: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
+	29, // 7: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
+	7,  // 8: loom.v1.Job.status:type_name -> loom.v1.JobStatus
+	14, // 9: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
+	15, // 10: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
+	15, // 11: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
+	15, // 12: loom.v1.StopResponse.job:type_name -> loom.v1.Job
+	7,  // 13: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
+	14, // 14: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
+	14, // 15: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
+	16, // 16: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
+	18, // 17: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
+	19, // 18: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
+	21, // 19: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
+	23, // 20: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
+	25, // 21: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
+	27, // 22: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
+	17, // 23: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
+	15, // 24: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
+	20, // 25: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
+	22, // 26: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
+	24, // 27: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
+	26, // 28: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
+	28, // 29: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_coordinator_proto_init() }
@@ -2218,7 +2509,7 @@ func file_loom_v1_coordinator_proto_init() {
 	if File_loom_v1_coordinator_proto != nil {
 		return
 	}
-	file_loom_v1_coordinator_proto_msgTypes[21].OneofWrappers = []any{
+	file_loom_v1_coordinator_proto_msgTypes[23].OneofWrappers = []any{
 		(*JobEvent_Status)(nil),
 		(*JobEvent_Progress)(nil),
 	}
@@ -2228,7 +2519,7 @@ func file_loom_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_coordinator_proto_rawDesc), len(file_loom_v1_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
