@@ -17,8 +17,8 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
-	"github.com/loomtrain/loom/zero"
 )
 
 // rssSpec is the configuration whose peak RSS TestZeroPeakRSS measures:
@@ -39,7 +39,7 @@ func rssSpec(path string, dim, stage, dp int) api.JobSpec {
 type rssResult struct {
 	Rank      int
 	PeakBytes int64 // VmHWM after the last step
-	Counted   zero.Memory
+	Counted   plan.Memory
 	Last      Stats // the last step's statistics
 }
 
@@ -68,9 +68,9 @@ func TestZeroPeakRSSHelper(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res := rssResult{Rank: a.Rank}
-	err = RunRank(ctx, RankConfig{
+	_, err = RunRank(ctx, RankConfig{
 		Spec: spec, Job: "rss", Generation: 1, Rank: a.Rank, Peers: a.Peers, Listener: ln, Kernels: tensor.Reference{},
-		OnMemory: func(m zero.Memory) { res.Counted = m },
+		OnMemory: func(m plan.Memory) { res.Counted = m },
 	}, func(st Stats) {
 		if st.Step == spec.Train.Steps {
 			res.PeakBytes = vmHWM(t)
@@ -161,19 +161,20 @@ func TestZeroPeakRSS(t *testing.T) {
 	for stage := 0; stage <= 3; stage++ {
 		spec := rssSpec(path, dim, stage, dp)
 		mc := checkpoint.ModelConfig(spec.Model)
-		est, err := zero.Estimate(mc, dp, zero.Stage(stage), spec.Train.MicroBatch, spec.Model.SeqLen)
+		p, err := plan.New(spec, dp)
 		if err != nil {
 			t.Fatal(err)
 		}
+		est := p.Memory(0)
 		start := time.Now()
 		res := runRSS(t, path, dim, stage, dp)
 		for _, r := range res {
 			rel := float64(r.PeakBytes-est.Total()) / float64(est.Total())
 			t.Logf("stage %d rank %d: Ψ %d, peak RSS %s, estimate %s (%+.1f%%), counted states %s (%s), last step: %.0f tokens/s, %d bytes sent; %.1fs",
-				stage, r.Rank, mc.NumParams(), zero.MiB(r.PeakBytes), zero.MiB(est.Total()), 100*rel,
-				zero.MiB(r.Counted.ModelStates()), r.Counted, r.Last.TokensPerSec, r.Last.CommBytes, time.Since(start).Seconds())
+				stage, r.Rank, mc.NumParams(), plan.MiB(r.PeakBytes), plan.MiB(est.Total()), 100*rel,
+				plan.MiB(r.Counted.ModelStates()), r.Counted, r.Last.TokensPerSec, r.Last.CommBytes, time.Since(start).Seconds())
 			if math.Abs(rel) > 0.10 {
-				t.Errorf("stage %d rank %d: peak RSS %s vs estimate %s: off by %.1f%%", stage, r.Rank, zero.MiB(r.PeakBytes), zero.MiB(est.Total()), 100*rel)
+				t.Errorf("stage %d rank %d: peak RSS %s vs estimate %s: off by %.1f%%", stage, r.Rank, plan.MiB(r.PeakBytes), plan.MiB(est.Total()), 100*rel)
 			}
 		}
 	}
