@@ -302,6 +302,9 @@ func TestDashboardsLive(t *testing.T) {
 		})
 	}
 
+	// The coordinator exports every metric docs/metrics.md documents for it.
+	checkDocumentedMetrics(t, ctx, page+"metrics")
+
 	// Stage a stall: stop both workers, see LoomJobStalled fire, go on.
 	for _, w := range []*exec.Cmd{w1, w2} {
 		w.Process.Signal(syscall.SIGSTOP)
@@ -345,6 +348,46 @@ func TestDashboardsLive(t *testing.T) {
 	defer consoleMu.Unlock()
 	if len(problems) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(problems, "\n"))
+	}
+}
+
+// checkDocumentedMetrics fails for each metric of docs/metrics.md's
+// tables (workers-only ones aside) that the coordinator at u does not
+// export, and for missing Go runtime and process collectors.
+func checkDocumentedMetrics(t *testing.T, ctx context.Context, u string) {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(l, "| `loom_") || strings.Contains(l, "Workers only") {
+			continue
+		}
+		want = append(want, strings.Trim(strings.Fields(l)[1], "`"))
+	}
+	if len(want) < 30 {
+		t.Fatalf("found %d metrics in docs/metrics.md's tables", len(want))
+	}
+	want = append(want, "go_goroutines", "process_resident_memory_bytes")
+	req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	have := map[string]bool{}
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "# TYPE ") {
+			have[strings.Fields(l)[2]] = true
+		}
+	}
+	for _, m := range want {
+		if !have[m] {
+			t.Errorf("docs/metrics.md documents %s but the coordinator does not export it", m)
+		}
 	}
 }
 

@@ -32,11 +32,17 @@ func newTrainingEngine() worker.Engine {
 			return err
 		}
 		defer closeK()
+		// The step's communication, told by OnComm (once per kind: data- and
+		// tensor-parallel) just before the step's report (same goroutine); it goes in the report, so the worker
+		// and the coordinator both count it.
+		var comm []worker.CommStat
 		rc := train.RankConfig{
 			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,
 			Coord: &plan.Coord{DP: a.DP, TP: a.TP, PP: a.PP},
 			Peers: a.Peers, Listener: a.Listener, Kernels: k,
-			OnComm: a.Metrics.AddComm,
+			OnComm: func(op string, bytes int64, d time.Duration) {
+				comm = append(comm, worker.CommStat{Op: op, Bytes: bytes, Time: d})
+			},
 			OnPlan: testBrokenLayout(a.Rank),
 			OnMemory: func(m plan.Memory) {
 				for _, kb := range m.Kinds() {
@@ -59,13 +65,14 @@ func newTrainingEngine() worker.Engine {
 		}
 		_, err = train.RunRank(ctx, rc, func(s train.Stats) {
 			step := seconds(s.StepSeconds)
-			comm := max(0, seconds(s.CommSeconds-s.OverlapSeconds)) // exposed communication
+			exposed := max(0, seconds(s.CommSeconds-s.OverlapSeconds)) // exposed communication
 			data := seconds(s.DataSeconds)
 			report(worker.StepStats{
 				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
-				StepTime: step, CommTime: comm, DataTime: data, ComputeTime: max(0, step-comm-data),
-				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens),
+				StepTime: step, CommTime: exposed, DataTime: data, ComputeTime: max(0, step-exposed-data),
+				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), Comm: comm,
 			})
+			comm = nil
 		})
 		return err
 	})
