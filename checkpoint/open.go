@@ -277,33 +277,13 @@ func prod(s []int) int {
 }
 
 // flatBoxes turns a version-1 flat slice [Start, Start+Len) of a tensor of
-// shape into the (at most three) boxes it covers: a partial first row,
-// whole rows, a partial last row.
+// shape into the (at most three) boxes it covers (plan.Boxes over the whole
+// tensor): a partial first row, whole rows, a partial last row.
 func flatBoxes(file string, s Slice, shape []int) []chunkRef {
-	cols := shape[len(shape)-1]
-	a, b := int(s.Start), int(s.Start+s.Len)
-	ref := func(a, rows, col, n int) chunkRef {
-		st, sz := []int{a / cols, col}, []int{rows, n}
-		if len(shape) == 1 {
-			st, sz = []int{col}, []int{n}
-		}
-		return chunkRef{file: file, key: s.Key, off: int64(a) - s.Start, start: st, size: sz, step: s.Step}
-	}
-	if len(shape) == 1 {
-		return []chunkRef{ref(a, 1, a, b-a)}
-	}
+	whole := model.View{Name: s.Name, Shape: shape, Global: shape, Start: make([]int, len(shape)), Size: shape}
 	var out []chunkRef
-	if a < b && a%cols != 0 {
-		n := min(cols-a%cols, b-a)
-		out = append(out, ref(a, 1, a%cols, n))
-		a += n
-	}
-	if rows := (b - a) / cols; a < b && rows > 0 {
-		out = append(out, ref(a, rows, 0, cols))
-		a += rows * cols
-	}
-	if a < b {
-		out = append(out, ref(a, 1, 0, b-a))
+	for _, c := range plan.Boxes(whole, int(s.Start), int(s.Start+s.Len)) {
+		out = append(out, chunkRef{file: file, key: s.Key, off: int64(c.Flat) - s.Start, start: c.Start, size: c.Size, step: s.Step})
 	}
 	return out
 }
