@@ -25,6 +25,13 @@
 // Desired state (desired) is the user's; observed state (status) is the
 // leader's. GEN is a zero-padded decimal so keys sort by generation.
 //
+// Step histories live beside the prefix, not under it (e.g.
+// "/loom/v1-history/"), so that reconciling never reads them; their values
+// are plain JSON (history.go, docs/metrics.md):
+//
+//	PREFIX-history/NAME/job             jobState       the leader, every 5 s      overwritten by the next run
+//	PREFIX-history/NAME/ranks/RANK      rankState      the leader, every 5 s      overwritten by the next run
+//
 // # Reconciliation
 //
 // The leader re-reads the whole prefix whenever anything under it changes
