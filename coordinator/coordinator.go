@@ -158,7 +158,15 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 			mux.Handle("/metrics", promhttp.HandlerFor(c.cfg.Registry, promhttp.HandlerOpts{}))
 		}
 		mux.Handle("/", c.WebHandler())
-		c.httpAddr.Store(httpLis.Addr().String())
+		// Others reach a listener on every interface at our advertised host.
+		haddr := httpLis.Addr().String()
+		if a, unspecified, err := AdvertiseAddr("", httpLis.Addr()); err == nil && unspecified {
+			if host, _, err := net.SplitHostPort(c.cfg.Addr); err == nil && !isUnspecified(host) {
+				_, port, _ := net.SplitHostPort(a)
+				haddr = net.JoinHostPort(host, port)
+			}
+		}
+		c.httpAddr.Store(haddr)
 		// Requests end with runCtx, so live streams do not hold up Shutdown.
 		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 			BaseContext: func(net.Listener) context.Context { return runCtx }}

@@ -164,7 +164,8 @@ func TestREADMEMultiNode(t *testing.T) {
 		f := strings.Fields(l)
 		byCmd[f[1]] = append(byCmd[f[1]], l)
 	}
-	if len(byCmd["coordinator"]) != 2 || len(byCmd["worker"]) != 1 || len(byCmd["submit"]) != 1 || len(byCmd["status"]) != 1 || len(byCmd["stop"]) != 1 {
+	if len(byCmd["coordinator"]) != 2 || len(byCmd["worker"]) != 1 || len(byCmd["submit"]) != 1 || len(byCmd["status"]) != 1 ||
+		len(byCmd["top"]) != 1 || len(byCmd["stop"]) != 1 || len(byCmd) != 6 {
 		t.Fatalf("README multi-node block changed shape (update this test): %q", lines)
 	}
 	spec, _ := fixture(t, "parallel: {dp: 2}\n")
@@ -205,6 +206,16 @@ func TestREADMEMultiNode(t *testing.T) {
 		!strings.Contains(out, "127.0.0.2:") || !strings.Contains(out, "127.0.0.3:") {
 		t.Errorf("status readme: want ranks on 127.0.0.2 and 127.0.0.3: %v\n%s", err, out)
 	}
+	// top refreshes until interrupted: it must show the job's ranks.
+	top := w.start(strings.Replace(byCmd["top"][0], "[JOB]", "readme", 1), "")
+	for deadline := time.Now().Add(15 * time.Second); !strings.Contains(top.out.String(), "readme"); {
+		if time.Now().After(deadline) {
+			t.Errorf("top shows no job after 15s:\n%s", top.out.String())
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = top.cmd.Process.Signal(syscall.SIGINT)
 	if out, err = w.run(byCmd["stop"][0], "", 30*time.Second); err != nil || !strings.Contains(out, "readme already SUCCEEDED") {
 		t.Errorf("stop: %v\n%s", err, out)
 	}
