@@ -263,10 +263,10 @@ func Decide(o Observed) []Action {
 			}
 			if failed {
 				// Its workers sit out the next rendezvous until each proves
-				// itself alive: one that died may keep its lease a while.
+				// itself alive: one that died may keep its lease a while
+				// (also one whose rank had finished).
 				for _, r := range a.Ranks {
-					res := j.Results[int(r.Rank)]
-					if live[r.WorkerId] == nil || res != nil && res.Ok {
+					if live[r.WorkerId] == nil {
 						continue
 					}
 					acts = append(acts, Action{Kind: PutQuarantine, Job: d.Name, Quarantine: &loomv1.Quarantine{

@@ -36,8 +36,9 @@ import (
 //
 //	go test ./coordinator -run Transcript -soak=10m
 var (
-	soak           = flag.Duration("soak", 0, "run the randomized control-plane transcript for this long (new seeds) instead of the fixed seeds")
-	transcriptSeed = flag.Int64("transcript.seed", 0, "replay the control-plane transcript of this seed")
+	soak            = flag.Duration("soak", 0, "run the randomized control-plane transcript for this long (new seeds) instead of the fixed seeds")
+	transcriptSeed  = flag.Int64("transcript.seed", 0, "replay the control-plane transcript of this seed")
+	transcriptSteps = flag.Int("transcript.steps", 0, "with -transcript.seed: the number of bursts the transcript played (as its failure says)")
 )
 
 // transcriptStore is the control-plane state the world and the leader
@@ -68,6 +69,7 @@ type transcriptStore interface {
 type world struct {
 	t     *testing.T
 	seed  int64
+	steps int       // bursts the transcript plays
 	now   time.Time // the leader's clock
 	r     *rand.Rand
 	keys  Keys
@@ -147,8 +149,8 @@ func (w *world) fail(format string, args ...any) {
 	if len(tail) > 80 {
 		tail = tail[len(tail)-80:]
 	}
-	w.t.Fatalf("seed %d: %s\nlast %d transcript lines (replay: -run '%s' -transcript.seed %d):\n%s",
-		seed, fmt.Sprintf(format, args...), len(tail), w.t.Name(), seed, strings.Join(tail, "\n"))
+	w.t.Fatalf("seed %d: %s\nlast %d transcript lines (replay: -run '%s' -transcript.seed %d -transcript.steps %d):\n%s",
+		seed, fmt.Sprintf(format, args...), len(tail), strings.Split(w.t.Name(), "/")[0], seed, w.steps, strings.Join(tail, "\n"))
 }
 
 func (w *world) specYAML(name string, p jobParams) []byte {
@@ -587,7 +589,11 @@ func (w *world) drain() {
 
 // runTranscript plays steps bursts of events on store.
 func runTranscript(t *testing.T, seed int64, steps int, store transcriptStore) {
+	if *transcriptSteps > 0 {
+		steps = *transcriptSteps
+	}
 	w := newWorld(t, seed, store)
+	w.steps = steps
 	defer store.close()
 	w.logf("seed %d", seed)
 	for i := 0; i < steps; i++ {
