@@ -96,8 +96,9 @@ const failoverWait = 30 * time.Second
 // Dial connects to the first coordinator of addrs (host:port, several
 // separated by commas) that answers within ctx's deadline. An address that
 // refuses connections is retried until then (a coordinator may be
-// starting); one whose host does not resolve fails at once. The error
-// names each address and why it was not reached.
+// starting; without a deadline each is tried once); one whose host does
+// not resolve fails at once. The error names each address and why it was
+// not reached.
 func Dial(ctx context.Context, addrs string) (*Client, error) {
 	list := splitAddrs(addrs)
 	if len(list) == 0 {
@@ -114,8 +115,8 @@ func Dial(ctx context.Context, addrs string) (*Client, error) {
 			}
 			errs = append(errs, err)
 		}
-		if ctx.Err() != nil || !anyRetryable(errs) {
-			break
+		if _, ok := ctx.Deadline(); !ok || ctx.Err() != nil || !anyRetryable(errs) {
+			break // without a deadline each address is tried once
 		}
 		select {
 		case <-ctx.Done():
@@ -365,7 +366,10 @@ func (c *Client) Submit(ctx context.Context, specYAML []byte, source string, max
 	return c.SubmitJob(ctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: source, MaxRestarts: int32(maxRestarts)})
 }
 
-// SubmitJob sends a submit request with every option.
+// SubmitJob sends a submit request with every option. If the coordinator
+// goes away before it answers, the request is sent again to another; a
+// submission the first one had recorded is then refused as already
+// existing.
 func (c *Client) SubmitJob(ctx context.Context, req *loomv1.SubmitRequest) (*loomv1.Job, error) {
 	var job *loomv1.Job
 	err := c.do(ctx, "submit", func(rpc loomv1.CoordinatorClient) error {
