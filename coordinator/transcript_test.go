@@ -765,7 +765,7 @@ func TestDecideTranscriptEtcd(t *testing.T) {
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
-			runTranscript(t, seed, 40, newEtcdStore(t, ctx, e.Endpoints, fmt.Sprintf("/transcript/%d/", seed)))
+			runTranscript(t, seed, 30, newEtcdStore(t, ctx, e.Endpoints, fmt.Sprintf("/transcript/%d/", seed)))
 		})
 	}
 }
