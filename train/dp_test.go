@@ -75,14 +75,13 @@ func dpRunSetup(t *testing.T, spec api.JobSpec, dp int, setup func(rank int, tr 
 				return
 			}
 			defer g.Close()
-			f, err := data.Open(spec.Data.Path)
+			ds, err := data.OpenDataset(spec.Data, spec.Model.SeqLen)
 			if err != nil {
 				errs[r] = err
 				return
 			}
-			defer f.Close()
-			l, _ := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
-			tr, err := New(Config{Spec: spec, Kernels: tensor.Reference{}, Loader: l, DP: g, BucketBytes: 16 << 10})
+			defer ds.Close()
+			tr, err := New(Config{Spec: spec, Kernels: tensor.Reference{}, Loader: ds.Train, Validation: ds.Validation, DP: g, BucketBytes: 16 << 10})
 			if err != nil {
 				errs[r] = err
 				return

@@ -90,16 +90,12 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
 	defer g.Close()
-	f, err := data.Open(s.Data.Path)
-	if err != nil {
-		return fmt.Errorf("rank %d: data.path: %w", rc.Rank, err)
-	}
-	defer f.Close()
-	l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: s.Model.SeqLen, Shuffle: s.Data.Shuffle, Seed: s.Data.Seed})
+	ds, err := data.OpenDataset(s.Data, s.Model.SeqLen)
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
-	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, DP: g, TestStepDelay: rc.TestStepDelay})
+	defer ds.Close()
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: ds.Train, Validation: ds.Validation, DP: g, TestStepDelay: rc.TestStepDelay})
 	if err != nil {
 		return fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/launch"
-	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -80,23 +79,24 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 			if err != nil {
 				return fmt.Errorf("run: sample: %w", err)
 			}
-			return printSample(env, m, *prompt, *sampleTokens)
+			tok, err := modelTokenizer(env, dir, "", m.Config.VocabSize)
+			if err != nil {
+				return fmt.Errorf("run: sample: %w", err)
+			}
+			return printSampleWith(env, m, tok, *prompt, *sampleTokens)
 		}
 		return nil
 	}
 	k, closeK := newKernels(*threads)
 	defer closeK()
 
-	f, err := data.Open(spec.Data.Path)
-	if err != nil {
-		return fmt.Errorf("run: data.path: %w", err)
-	}
-	defer f.Close()
-	loader, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
+	ds, err := data.OpenDataset(spec.Data, spec.Model.SeqLen)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
-	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: loader})
+	defer ds.Close()
+	loader := ds.Train
+	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: loader, Validation: ds.Validation})
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
@@ -137,7 +137,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	cfg := tr.Model.Config
 	fmt.Fprintf(env.stderr, "loom: job %q: %s parameters (d %d, %d layers, %d/%d heads, ffn %d, vocab %d), %d tokens per step, %d steps, %d windows of %d tokens in %s\n",
 		spec.Name, humanCount(int64(cfg.NumParams())), cfg.Dim, cfg.NLayers, cfg.NHeads, cfg.NKVHeads, cfg.FFNHidden, cfg.VocabSize,
-		spec.Train.GlobalBatch*spec.Model.SeqLen, spec.Train.Steps, loader.NumWindows(), spec.Model.SeqLen, spec.Data.Path)
+		spec.Train.GlobalBatch*spec.Model.SeqLen, spec.Train.Steps, loader.NumWindows(), spec.Model.SeqLen, dataDesc(spec.Data))
 	prog, err := train.NewProgress(env.stdout, *logFormat, spec.Train.Steps, 2*time.Second)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
@@ -162,7 +162,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("run: %w", runErr)
 	}
 	if *sampleTokens > 0 && *logFormat == "text" {
-		return printSample(env, tr.Model, *prompt, *sampleTokens)
+		return printSampleWith(env, tr.Model, dataTokenizer(ds.Train), *prompt, *sampleTokens)
 	}
 	return nil
 }
@@ -280,16 +280,6 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
-}
-
-// printSample prints a continuation of prompt by the trained model.
-func printSample(env *cmdEnv, m *model.Model, prompt string, n int) error {
-	text, err := sampleText(m, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
-	if err != nil {
-		return fmt.Errorf("run: sample: %w", err)
-	}
-	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
-	return nil
 }
 
 // humanCount renders n with a k/M/G suffix.

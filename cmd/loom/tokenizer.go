@@ -19,6 +19,7 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/internal/atomicfile"
+	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/tokenizer"
 )
 
@@ -520,4 +521,43 @@ func writeTokenizerFiles(dir string, tok data.Tokenizer) error {
 		return err
 	}
 	return atomicfile.WriteFile(filepath.Join(dir, "tokenizer_config.json"), append(b, '\n'))
+}
+
+// dataTokenizer is the tokenizer the loader's first token file was
+// prepared with, or the byte tokenizer when it cannot be loaded.
+func dataTokenizer(l *data.Loader) data.Tokenizer {
+	if t, err := data.TokenizerOf(l.File().Meta()); err == nil {
+		return t
+	}
+	return data.ByteTokenizer{}
+}
+
+// dataDesc names a job's data for a log line.
+func dataDesc(d api.DataSpec) string {
+	var parts []string
+	for _, s := range d.SourceList() {
+		if len(d.Sources) > 1 {
+			parts = append(parts, fmt.Sprintf("%s (weight %g)", s.Path, s.Weight))
+		} else {
+			parts = append(parts, s.Path)
+		}
+	}
+	desc := strings.Join(parts, ", ")
+	switch v := d.Validation; {
+	case v.Path != "":
+		desc += "; validation " + v.Path
+	case v.Fraction > 0:
+		desc += fmt.Sprintf("; validation: the last %g of each source", v.Fraction)
+	}
+	return desc
+}
+
+// printSampleWith prints a continuation of prompt by the trained model.
+func printSampleWith(env *cmdEnv, m *model.Model, tok data.Tokenizer, prompt string, n int) error {
+	text, err := sampleWith(m, tok, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
+	if err != nil {
+		return fmt.Errorf("run: sample: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
+	return nil
 }
