@@ -42,14 +42,18 @@ func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io
 		}
 		for _, s := range p.Steps {
 			if jsonLines {
-				b, _ := json.Marshal(map[string]any{"step": s.Step, "loss": s.Loss, "lr": s.Lr, "grad_norm": s.GradNorm,
+				rec := map[string]any{"step": s.Step, "loss": s.Loss, "lr": s.Lr, "grad_norm": s.GradNorm,
 					"tokens_per_sec": s.TokensPerSec, "step_s": s.StepSeconds, "comm_s": s.CommSeconds,
-					"elapsed_s": time.Since(start).Seconds()})
+					"elapsed_s": time.Since(start).Seconds()}
+				if s.ValLoss > 0 {
+					rec["val_loss"] = s.ValLoss
+				}
+				b, _ := json.Marshal(rec)
 				fmt.Fprintf(w, "%s\n", b)
 				continue
 			}
 			// Text lines: the first and last step and at most one a second.
-			if s.Step != 1 && int(s.Step) != totalSteps && time.Since(lastStep) < time.Second {
+			if s.Step != 1 && int(s.Step) != totalSteps && s.ValLoss == 0 && time.Since(lastStep) < time.Second {
 				continue
 			}
 			lastStep = time.Now()
@@ -73,8 +77,12 @@ func FormatStep(s *loomv1.StepStats, totalSteps int) string {
 	} else {
 		fmt.Fprintf(&b, "step %d", s.Step)
 	}
-	fmt.Fprintf(&b, " | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | %s/step",
-		s.Loss, s.Lr, s.GradNorm, s.TokensPerSec, time.Duration(s.StepSeconds*float64(time.Second)).Round(time.Microsecond))
+	fmt.Fprintf(&b, " | loss %.4f", s.Loss)
+	if s.ValLoss > 0 {
+		fmt.Fprintf(&b, " | val loss %.4f", s.ValLoss)
+	}
+	fmt.Fprintf(&b, " | lr %.2e | gnorm %.3f | %.0f tok/s | %s/step",
+		s.Lr, s.GradNorm, s.TokensPerSec, time.Duration(s.StepSeconds*float64(time.Second)).Round(time.Microsecond))
 	if s.StepSeconds > 0 && s.CommSeconds > 0 {
 		fmt.Fprintf(&b, " (comm %.0f%%)", 100*s.CommSeconds/s.StepSeconds)
 	}

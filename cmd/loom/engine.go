@@ -57,7 +57,7 @@ func newTrainingEngine() worker.Engine {
 			report(worker.StepStats{
 				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
 				StepTime: step, CommTime: comm, DataTime: data, ComputeTime: max(0, step-comm-data),
-				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens),
+				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), ValLoss: s.ValLoss,
 			})
 		})
 	})
