@@ -61,8 +61,8 @@ type DataSource struct {
 }
 
 // ValidationSpec is the held-out data train.eval_every evaluates on: a
-// separate token file, or a fraction of every source's windows (its last
-// windows, which training then never visits).
+// separate token file, or about a fraction of every source's windows, in
+// chunks spread over it, which training then never visits.
 type ValidationSpec struct {
 	Path     string  `yaml:"path"`
 	Fraction float64 `yaml:"fraction"`
