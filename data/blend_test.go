@@ -160,7 +160,7 @@ func TestBlendRefusesTinyWeight(t *testing.T) {
 // the field.
 func TestOpenDatasetValidation(t *testing.T) {
 	dir := t.TempDir()
-	pa := tokenFileIn(t, dir, "a", 16001, 0, nil)   // 1,000 windows of 16
+	pa := tokenFileIn(t, dir, "a", 16001, 0, nil)    // 1,000 windows of 16
 	pb := tokenFileIn(t, dir, "b", 32001, 1000, nil) // 2,000
 	spec := api.DataSpec{Sources: []api.DataSource{{Path: pa, Weight: 1}, {Path: pb, Weight: 1}},
 		Validation: api.ValidationSpec{Fraction: 0.1}, Shuffle: true, Seed: 3}
