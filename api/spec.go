@@ -79,13 +79,21 @@ func (d DataSpec) SourceList() []DataSource {
 	return []DataSource{{Path: d.Path, Weight: 1}}
 }
 
-// ParallelSpec is the job's parallel layout. World size is DP·TP·PP.
+// ParallelSpec is the job's parallel layout. World size is DP·TP·PP;
+// ranks are laid out tensor-parallel fastest (plan.Mesh).
 type ParallelSpec struct {
-	DP           int `yaml:"dp"`
-	TP           int `yaml:"tp"`
-	PP           int `yaml:"pp"`
-	Zero         int `yaml:"zero"`
-	MicroBatches int `yaml:"micro_batches"`
+	DP int `yaml:"dp"`
+	// TP splits every layer over TP ranks (Megatron-LM): it must divide
+	// model.n_heads and model.ffn_hidden, and model.n_kv_heads must be a
+	// multiple or a divisor of it.
+	TP   int `yaml:"tp"`
+	PP   int `yaml:"pp"`
+	Zero int `yaml:"zero"`
+	// SequenceParallel shards the norms and the residual stream over the
+	// TP ranks by rows (Korthikanti et al. 2022); train.micro_batch ×
+	// model.seq_len must then be divisible by TP. No effect at tp 1.
+	SequenceParallel bool `yaml:"sequence_parallel"`
+	MicroBatches     int  `yaml:"micro_batches"`
 }
 
 // TrainSpec holds the optimisation settings.
@@ -117,6 +125,10 @@ type TrainSpec struct {
 	// per pass: a pass covers the first eval_batches × global_batch
 	// windows of the validation set, the same in every layout.
 	EvalBatches int `yaml:"eval_batches"`
+	// Precision of the model's matrix multiplies: "fp32", or "bf16" (inputs
+	// rounded to bfloat16, float32 accumulation; master weights, optimizer
+	// state, loss and norms stay float32). See docs/kernels.md.
+	Precision string `yaml:"precision"`
 }
 
 // CheckpointSpec says where and how often checkpoints are written.
@@ -143,7 +155,7 @@ func DefaultSpec() JobSpec {
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
 			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1.0, Seed: 1337,
-			EvalBatches: 4,
+			EvalBatches: 4, Precision: "fp32",
 		},
 		Checkpoint: CheckpointSpec{Dir: "checkpoints", Every: 0, Keep: 3},
 	}
@@ -275,8 +287,20 @@ func (s *JobSpec) Validate() error {
 	if p.Zero < 0 || p.Zero > 3 {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
 	}
-	if p.TP > 1 && m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 {
-		bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d)", m.NKVHeads))
+	if p.TP > 1 {
+		if m.NHeads > 0 && m.NHeads%p.TP != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_heads (%d): each rank holds n_heads/tp query heads", m.NHeads))
+		}
+		if m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 && p.TP%m.NKVHeads != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d) or be a multiple of it (kv heads are then replicated)", m.NKVHeads))
+		}
+		if m.FFNHidden > 0 && m.FFNHidden%p.TP != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.ffn_hidden (%d): each rank holds ffn_hidden/tp MLP features", m.FFNHidden))
+		}
+		if p.SequenceParallel && s.Train.MicroBatch > 0 && m.SeqLen > 0 && (s.Train.MicroBatch*m.SeqLen)%p.TP != 0 {
+			bad("parallel.sequence_parallel", true, fmt.Sprintf("needs train.micro_batch × model.seq_len (%d × %d) divisible by parallel.tp (%d): the rows are split evenly over the ranks",
+				s.Train.MicroBatch, m.SeqLen, p.TP))
+		}
 	}
 	if p.PP > 1 && m.NLayers > 0 && p.PP > m.NLayers {
 		bad("parallel.pp", p.PP, fmt.Sprintf("must not exceed model.n_layers (%d)", m.NLayers))
@@ -314,6 +338,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if !(t.Eps > 0) {
 		bad("train.eps", t.Eps, "must be > 0")
+	}
+	if t.Precision != "fp32" && t.Precision != "bf16" {
+		bad("train.precision", t.Precision, "must be fp32 or bf16")
 	}
 	if t.GradClip < 0 {
 		bad("train.grad_clip", t.GradClip, "must be ≥ 0 (0 disables clipping)")

@@ -10,7 +10,7 @@ import (
 )
 
 // Validation every eval_every steps (and after the last) reports the same
-// loss for every data-parallel size and ZeRO stage, and it is the mean
+// loss for every data- and tensor-parallel size and ZeRO stage, and it is the mean
 // loss of the model over the first eval_batches global batches of the
 // held-out windows.
 func TestValidationLoss(t *testing.T) {
@@ -23,15 +23,15 @@ func TestValidationLoss(t *testing.T) {
 	}
 	want := map[int]bool{3: true, 6: true, 7: true}
 	var ref []float64
-	for _, c := range []struct{ dp, zero int }{{1, 0}, {2, 0}, {2, 3}} {
+	for _, c := range []struct{ dp, tp, zero int }{{1, 1, 0}, {2, 1, 0}, {2, 1, 3}, {1, 2, 0}, {2, 2, 3}} {
 		s := spec
-		s.Parallel.Zero = c.zero
+		s.Parallel.DP, s.Parallel.TP, s.Parallel.Zero = c.dp, c.tp, c.zero
 		s.Train.MicroBatch = 2
-		out, _ := dpRun(t, s, c.dp)
+		out, _ := layoutRun(t, s, runOpts{})
 		var got []float64
 		for _, st := range out[0] {
 			if want[st.Step] != (st.ValLoss > 0) {
-				t.Fatalf("dp %d zero %d: step %d val loss %v", c.dp, c.zero, st.Step, st.ValLoss)
+				t.Fatalf("%+v: step %d val loss %v", c, st.Step, st.ValLoss)
 			}
 			if st.ValLoss > 0 {
 				got = append(got, st.ValLoss)
@@ -43,7 +43,7 @@ func TestValidationLoss(t *testing.T) {
 		}
 		for i := range ref {
 			if math.Abs(got[i]-ref[i]) > 1e-5*ref[i] {
-				t.Fatalf("dp %d zero %d: validation %d loss %v, dp 1 %v", c.dp, c.zero, i, got[i], ref[i])
+				t.Fatalf("%+v: validation %d loss %v, one rank %v", c, i, got[i], ref[i])
 			}
 		}
 	}

@@ -523,12 +523,23 @@ func writeTokenizerFiles(dir string, tok data.Tokenizer) error {
 	return atomicfile.WriteFile(filepath.Join(dir, "tokenizer_config.json"), append(b, '\n'))
 }
 
-// dataTokenizer is the tokenizer the loader's first token file was
-// prepared with, or the byte tokenizer when it cannot be loaded.
-func dataTokenizer(l *data.Loader) data.Tokenizer {
-	if t, err := data.TokenizerOf(l.File().Meta()); err == nil {
-		return t
+// specTokenizer is the tokenizer a job's first token file was prepared
+// with, or the byte tokenizer when it cannot be loaded (said on stderr).
+func specTokenizer(env *cmdEnv, spec api.JobSpec) data.Tokenizer {
+	src := spec.Data.SourceList()[0].Path
+	f, err := os.Open(data.SidecarPath(src))
+	if err == nil {
+		var meta data.Meta
+		meta, err = data.DecodeMeta(f, data.SidecarPath(src))
+		f.Close()
+		if err == nil {
+			var t data.Tokenizer
+			if t, err = data.TokenizerOf(meta); err == nil {
+				return t
+			}
+		}
 	}
+	fmt.Fprintf(env.stderr, "loom: sampling with the byte tokenizer: %v\n", err)
 	return data.ByteTokenizer{}
 }
 
