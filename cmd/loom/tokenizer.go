@@ -543,25 +543,6 @@ func specTokenizer(env *cmdEnv, spec api.JobSpec) data.Tokenizer {
 	return data.ByteTokenizer{}
 }
 
-// dataDesc names a job's data for a log line.
-func dataDesc(d api.DataSpec) string {
-	var parts []string
-	for _, s := range d.SourceList() {
-		if len(d.Sources) > 1 {
-			parts = append(parts, fmt.Sprintf("%s (weight %g)", s.Path, s.Weight))
-		} else {
-			parts = append(parts, s.Path)
-		}
-	}
-	desc := strings.Join(parts, ", ")
-	switch v := d.Validation; {
-	case v.Path != "":
-		desc += "; validation " + v.Path
-	case v.Fraction > 0:
-		desc += fmt.Sprintf("; validation: the last %g of each source", v.Fraction)
-	}
-	return desc
-}
 
 // printSampleWith prints a continuation of prompt by the trained model.
 func printSampleWith(env *cmdEnv, m *model.Model, tok data.Tokenizer, prompt string, n int) error {
