@@ -543,7 +543,6 @@ func specTokenizer(env *cmdEnv, spec api.JobSpec) data.Tokenizer {
 	return data.ByteTokenizer{}
 }
 
-
 // printSampleWith prints a continuation of prompt by the trained model.
 func printSampleWith(env *cmdEnv, m *model.Model, tok data.Tokenizer, prompt string, n int) error {
 	text, err := sampleWith(m, tok, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
