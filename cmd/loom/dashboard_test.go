@@ -117,7 +117,8 @@ func TestDashboardsLive(t *testing.T) {
 	base, _ := fixture(t, "")
 	src, _ := os.ReadFile(base)
 	spec := strings.Replace(string(src), "name: t\n", "name: "+job+"\nparallel: {dp: 2}\n", 1)
-	spec = strings.Replace(spec, "steps: 6,", "steps: "+strconv.Itoa(steps)+",", 1)
+	spec = strings.Replace(spec, "steps: 6,", "steps: "+strconv.Itoa(steps)+", eval_every: 100,", 1)
+	spec = strings.Replace(spec, ".bin}\n", ".bin, validation: {fraction: 0.05}}\n", 1) // loom_val_loss
 	spec = strings.Replace(spec, "checkpoint: {dir: ", "checkpoint: {every: 150, dir: ", 1)
 	specPath := filepath.Join(filepath.Dir(base), "dash.yaml")
 	os.WriteFile(specPath, []byte(spec), 0o644)
