@@ -459,13 +459,8 @@ func modelTokenizer(env *cmdEnv, modelDir, flagValue string, vocab int) (data.To
 	}
 	if spec, ok := savedSpec(modelDir); ok {
 		src := spec.Data.SourceList()[0].Path
-		if f, err := os.Open(data.SidecarPath(src)); err == nil {
-			meta, err := data.DecodeMeta(f, data.SidecarPath(src))
-			f.Close()
-			if err != nil {
-				return nil, err
-			}
-			t, err := data.TokenizerOf(meta)
+		if _, err := os.Stat(data.SidecarPath(src)); err == nil {
+			t, err := sidecarTokenizer(src)
 			if err != nil {
 				return nil, fmt.Errorf("the tokenizer of %s, which trained %s: %w", src, modelDir, err)
 			}
@@ -526,21 +521,27 @@ func writeTokenizerFiles(dir string, tok data.Tokenizer) error {
 // specTokenizer is the tokenizer a job's first token file was prepared
 // with, or the byte tokenizer when it cannot be loaded (said on stderr).
 func specTokenizer(env *cmdEnv, spec api.JobSpec) data.Tokenizer {
-	src := spec.Data.SourceList()[0].Path
-	f, err := os.Open(data.SidecarPath(src))
-	if err == nil {
-		var meta data.Meta
-		meta, err = data.DecodeMeta(f, data.SidecarPath(src))
-		f.Close()
-		if err == nil {
-			var t data.Tokenizer
-			if t, err = data.TokenizerOf(meta); err == nil {
-				return t
-			}
-		}
+	t, err := sidecarTokenizer(spec.Data.SourceList()[0].Path)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "loom: sampling with the byte tokenizer: %v\n", err)
+		return data.ByteTokenizer{}
 	}
-	fmt.Fprintf(env.stderr, "loom: sampling with the byte tokenizer: %v\n", err)
-	return data.ByteTokenizer{}
+	return t
+}
+
+// sidecarTokenizer loads the tokenizer the token file at path was
+// prepared with, as its sidecar records it (hash checked).
+func sidecarTokenizer(path string) (data.Tokenizer, error) {
+	f, err := os.Open(data.SidecarPath(path))
+	if err != nil {
+		return nil, fmt.Errorf("the sidecar of %s: %w", path, err)
+	}
+	meta, err := data.DecodeMeta(f, data.SidecarPath(path))
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return data.TokenizerOf(meta)
 }
 
 // printSampleWith prints a continuation of prompt by the trained model.
