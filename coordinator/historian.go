@@ -89,13 +89,14 @@ func (h *historian) run(ctx context.Context) {
 }
 
 func (h *historian) follow(ctx context.Context, tick <-chan time.Time) error {
-	rev, err := h.load(ctx)
+	savedRev, rev, err := h.load(ctx)
 	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wch := h.etcd.Watch(clientv3.WithRequireLeader(wctx), h.keys.Jobs(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	hch := h.etcd.Watch(clientv3.WithRequireLeader(wctx), h.keys.HistoryPrefix(), clientv3.WithPrefix(), clientv3.WithRev(savedRev+1))
 	for {
 		select {
 		case <-ctx.Done():
@@ -106,6 +107,26 @@ func (h *historian) follow(ctx context.Context, tick <-chan time.Time) error {
 				h.save(sctx)
 				scancel()
 			}
+		case wr, ok := <-hch:
+			if !ok {
+				return errors.New("etcd watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("etcd watch of %s: %w", h.keys.HistoryPrefix(), err)
+			}
+			if h.leader() {
+				continue // its own writes
+			}
+			var kvs []*mvccpb.KeyValue
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypePut {
+					kvs = append(kvs, ev.Kv)
+				}
+			}
+			h.mu.Lock()
+			h.restore(kvs, nil, true)
+			h.notifyLocked()
+			h.mu.Unlock()
 		case wr, ok := <-wch:
 			if !ok {
 				return errors.New("etcd watch closed")
@@ -127,17 +148,17 @@ func (h *historian) follow(ctx context.Context, tick <-chan time.Time) error {
 }
 
 // load reads the persisted histories and the jobs' current keys and
-// returns the revision read at.
-func (h *historian) load(ctx context.Context) (int64, error) {
+// returns the revisions each was read at.
+func (h *historian) load(ctx context.Context) (savedRev, jobsRev int64, err error) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	saved, err := h.etcd.Get(lctx, h.keys.HistoryPrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", h.keys.HistoryPrefix(), err)
+		return 0, 0, fmt.Errorf("read %s: %w", h.keys.HistoryPrefix(), err)
 	}
 	resp, err := h.etcd.Get(lctx, h.keys.Jobs(), clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", h.keys.Jobs(), err)
+		return 0, 0, fmt.Errorf("read %s: %w", h.keys.Jobs(), err)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -157,7 +178,7 @@ func (h *historian) load(ctx context.Context) (int64, error) {
 			fresh[name] = true
 		}
 	}
-	h.restore(saved.Kvs, fresh)
+	h.restore(saved.Kvs, fresh, false)
 	for _, kv := range resp.Kvs {
 		if _, kind, _, ok := h.keys.parseJobKey(string(kv.Key)); ok && kind != "desired" {
 			h.apply(string(kv.Key), kv.Value, false)
@@ -165,7 +186,7 @@ func (h *historian) load(ctx context.Context) (int64, error) {
 	}
 	h.ready = true
 	h.notifyLocked()
-	return resp.Header.Revision, nil
+	return saved.Header.Revision, resp.Header.Revision, nil
 }
 
 // apply folds one key's new value in. h.mu is held.
@@ -316,7 +337,12 @@ func (h *historian) save(ctx context.Context) {
 
 // restore loads persisted histories into the fresh jobs of the same run.
 // h.mu is held.
-func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool) {
+//
+// With newer set (a persisted history the leader wrote while this
+// coordinator follows etcd) it replaces a job's or rank's history that is
+// not ahead of the persisted one: a standby that loaded an older snapshot
+// and then missed steps fills the gap once the leader writes again.
+func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool, newer bool) {
 	for _, kv := range kvs {
 		rest, ok := strings.CutPrefix(string(kv.Key), h.keys.HistoryPrefix())
 		if !ok {
@@ -324,13 +350,16 @@ func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool) {
 		}
 		name, what, _ := strings.Cut(rest, "/")
 		j := h.jobs[name]
-		if j == nil || !fresh[name] {
+		if j == nil || !fresh[name] && !newer {
 			continue // no such job, or this coordinator's own history is newer
 		}
 		switch {
 		case what == "job":
 			var st jobState
 			if json.Unmarshal(kv.Value, &st) != nil || st.Run != j.run {
+				continue
+			}
+			if newer && (st.LastStep < j.lastStep || st.Generation < j.gen) {
 				continue
 			}
 			j.gen, j.lastStep, j.lastMs, j.finishedMs = st.Generation, st.LastStep, st.LastMs, st.FinishedMs
@@ -349,6 +378,9 @@ func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool) {
 			r, err := strconv.Atoi(strings.TrimPrefix(what, "ranks/"))
 			var st rankState
 			if err != nil || json.Unmarshal(kv.Value, &st) != nil || st.Run != j.run {
+				continue
+			}
+			if rh := j.ranks[r]; newer && rh != nil && (st.LastStep < rh.lastStep || st.Gen < rh.gen) {
 				continue
 			}
 			rh := j.rank(r)

@@ -219,7 +219,7 @@ func TestHistoryPersistsForStandby(t *testing.T) {
 	<-done // the last save happens on the way out
 
 	standby := newHistorian(cli, keys, log, time.Now, func() bool { return false }, time.Hour)
-	if _, err := standby.load(ctx); err != nil {
+	if _, _, err := standby.load(ctx); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := leader.history("h", -1)
@@ -234,6 +234,34 @@ func TestHistoryPersistsForStandby(t *testing.T) {
 	if !det.Ranks[1].Straggler || det.Ranks[0].Memory["params"] != 1000 {
 		t.Fatalf("standby's rank view %+v", det.Ranks)
 	}
+
+	// A standby that missed steps (here 31–40: only the latest batch of each
+	// rank is in etcd) fills the gap when the leader next persists.
+	sctx, scancel := context.WithCancel(ctx)
+	sdone := make(chan struct{})
+	go func() { standby.run(sctx); close(sdone) }()
+	defer func() { scancel(); <-sdone }()
+	full := newJobHistory(d)
+	full.setStatus(&loomv1.JobStatus{Name: "h", State: loomv1.JobState_JOB_STATE_RUNNING, Generation: 1}, time.Now())
+	feed(full, 1, 1, 50, 2)
+	for r := 0; r < 2; r++ {
+		p := &loomv1.RankProgress{Job: "h", Generation: 1, Rank: int32(r)}
+		for k := int64(41); k <= 50; k++ {
+			p.Steps = append(p.Steps, stepOf(k, r, 2))
+		}
+		put(keys.Progress("h", r), Encode(p))
+	}
+	waitFor(t, ctx, "the standby to follow steps 41–50", func() bool { return standby.lastStep("h") == 50 })
+	if v, _ := standby.history("h", -1); len(v.Points.Step) != 40 {
+		t.Fatalf("standby has %d points before the leader persists, want 40 (a gap of 10)", len(v.Points.Step))
+	}
+	writer := newHistorian(cli, keys, log, time.Now, func() bool { return true }, time.Hour)
+	writer.jobs["h"] = full
+	writer.save(ctx)
+	waitFor(t, ctx, "the standby to fill the gap", func() bool {
+		v, _ := standby.history("h", -1)
+		return len(v.Points.Step) == 50 && len(v.Ranks) == 2 && len(v.Ranks[1].Step) == 50
+	})
 }
 
 func waitFor(t *testing.T, ctx context.Context, what string, ok func() bool) {
