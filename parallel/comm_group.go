@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -163,10 +164,15 @@ type Group struct {
 
 	opMu sync.Mutex // serializes collectives
 	seq  uint64     // collective calls so far; guarded by opMu
+	coll *call      // the collective in progress; guarded by opMu
+
+	p2pCalls sync.Pool // of *call, for Send and Recv
 
 	p2pMu   sync.Mutex
 	p2pSent []uint64 // messages sent, by index
 	p2pRcvd []uint64 // messages received, by index
+
+	closed atomic.Bool // Close was called
 
 	failMu  sync.Mutex
 	failErr error
@@ -208,6 +214,7 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 	g.boxes = make([]*mailbox, n)
 	g.p2pSent = make([]uint64, n)
 	g.p2pRcvd = make([]uint64, n)
+	g.coll = newCall(g)
 	for i, r := range g.ranks {
 		g.index[r] = i
 		g.boxes[i] = &mailbox{}
@@ -261,9 +268,9 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 	}
 	// Dial every member now: a member's death is then seen by all, on the
 	// broken stream, not only by those that were sending to it.
-	for i, a := range g.addrs {
+	for i := range g.addrs {
 		if i != g.me {
-			t.conn(a)
+			t.conn(g.connKey(i))
 		}
 	}
 	for _, f := range early {
@@ -277,6 +284,7 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 // Close removes the group from its transport; pending and later calls fail
 // with ErrClosed. Later frames for it are rejected.
 func (g *Group) Close() error {
+	g.closed.Store(true)
 	g.t.mu.Lock()
 	if g.t.groups[g.key] == g {
 		delete(g.t.groups, g.key)
@@ -285,10 +293,7 @@ func (g *Group) Close() error {
 	g.t.mu.Unlock()
 	g.fail(fmt.Errorf("group %q: %w", g.spec.Name, ErrClosed), false)
 	for _, b := range g.boxes {
-		b.mu.Lock()
-		releaseAll(b.q)
-		b.q = nil
-		b.mu.Unlock()
+		b.drop()
 	}
 	return nil
 }
@@ -314,6 +319,11 @@ func (g *Group) Err() error {
 	g.failMu.Lock()
 	defer g.failMu.Unlock()
 	return g.failErr
+}
+
+// connKey names the connection to peer i.
+func (g *Group) connKey(i int) connKey {
+	return connKey{addr: g.addrs[i], job: g.spec.Job, generation: g.spec.Generation}
 }
 
 func (g *Group) hasPeer(addr string) bool {
@@ -360,7 +370,7 @@ func (g *Group) tellAbort(err error) {
 		if i == g.me || a == f.failedAddr {
 			continue
 		}
-		oc, err := g.t.conn(a)
+		oc, err := g.t.conn(g.connKey(i))
 		if err != nil {
 			return
 		}
@@ -464,290 +474,6 @@ func (g *Group) peerIndex(rank int, op string) (int, error) {
 	return i, nil
 }
 
-// mailbox holds the frames received from one peer for one group, in
-// arrival order. Safe for concurrent use.
-type mailbox struct {
-	mu   sync.Mutex
-	q    []*wireFrame
-	wake chan struct{} // non-nil while someone waits; closed by push
-	gone error         // the sender departed; nothing more will come
-}
-
-// departed reports whether the sender has left.
-func (b *mailbox) departed() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.gone != nil
-}
-
-// depart records that nothing more will arrive and wakes the waiter.
-func (b *mailbox) depart(err error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.gone == nil {
-		b.gone = err
-	}
-	if b.wake != nil {
-		close(b.wake)
-		b.wake = nil
-	}
-}
-
-func (b *mailbox) push(f *wireFrame) {
-	b.mu.Lock()
-	b.q = append(b.q, f)
-	if b.wake != nil {
-		close(b.wake)
-		b.wake = nil
-	}
-	b.mu.Unlock()
-}
-
-// take removes the frame (kind, seq, tag), or returns a channel closed by
-// the next push, or the sender's departure.
-func (b *mailbox) take(kind loomv1.FrameKind, seq uint64, tag uint32) (*wireFrame, <-chan struct{}, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for i, f := range b.q {
-		if f.kind == kind && f.seq == seq && f.tag == tag {
-			copy(b.q[i:], b.q[i+1:])
-			b.q[len(b.q)-1] = nil
-			b.q = b.q[:len(b.q)-1]
-			return f, nil, nil
-		}
-	}
-	if b.gone != nil {
-		return nil, nil, b.gone
-	}
-	if b.wake == nil {
-		b.wake = make(chan struct{})
-	}
-	return nil, b.wake, nil
-}
-
-// call is one operation in progress.
-type call struct {
-	g       *Group
-	ctx     context.Context
-	name    string
-	kind    loomv1.FrameKind
-	op      loomv1.CollectiveOp
-	seq     uint64
-	length  uint64
-	sendTag []uint32 // next tag, by peer index
-	recvTag []uint32
-}
-
-// begin starts a collective: it takes the group's turn and sequence number.
-// end must follow.
-func (g *Group) begin(ctx context.Context, name string, op loomv1.CollectiveOp, length int) (*call, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if err := g.failure(name); err != nil {
-		return nil, err
-	}
-	g.opMu.Lock()
-	if err := g.failure(name); err != nil { // failed while we waited our turn
-		g.opMu.Unlock()
-		return nil, err
-	}
-	g.seq++
-	return &call{
-		g: g, ctx: ctx, name: name,
-		kind: loomv1.FrameKind_FRAME_KIND_COLLECTIVE, op: op, seq: g.seq, length: uint64(length),
-		sendTag: make([]uint32, len(g.ranks)), recvTag: make([]uint32, len(g.ranks)),
-	}, nil
-}
-
-// end releases the group's turn; an error fails the group.
-func (c *call) end(err error) error {
-	c.g.opMu.Unlock()
-	return c.g.settle(c.name, err)
-}
-
-// settle fails the group on err and returns the error to report.
-func (g *Group) settle(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	g.fail(err, true)
-	var pe *PeerError
-	if errors.As(err, &pe) {
-		return err
-	}
-	if ferr := g.failure(op); ferr != nil {
-		return ferr
-	}
-	return err
-}
-
-// peerErr names peer i in err.
-func (c *call) peerErr(i int, err error) error {
-	var pe *PeerError
-	if errors.As(err, &pe) {
-		return err
-	}
-	return &PeerError{Rank: c.g.ranks[i], Addr: c.g.addrs[i], Op: c.name, Err: err}
-}
-
-// send sends data to peer i as one frame. done completes when the
-// transport no longer reads data; nil means the caller does not need to know.
-func (c *call) send(i int, data []float32, done *sendDone) error {
-	g := c.g
-	f := &wireFrame{
-		kind: c.kind, job: g.spec.Job, generation: g.spec.Generation, group: g.spec.Name,
-		seq: c.seq, tag: c.sendTag[i], srcRank: int32(g.ranks[g.me]), op: c.op, length: c.length,
-		out: data, sent: done,
-	}
-	c.sendTag[i]++
-	if g.boxes[i].departed() {
-		return c.peerErr(i, errDeparted)
-	}
-	oc, err := g.t.conn(g.addrs[i])
-	if err == nil {
-		err = oc.send(c.ctx, f, g.timeout, g.failCh)
-	}
-	if errors.Is(err, errAborted) {
-		return g.failure(c.name)
-	}
-	if done != nil && (err != nil || !f.zeroCopy) {
-		done.complete()
-	}
-	if err != nil {
-		return c.peerErr(i, err)
-	}
-	return nil
-}
-
-// waitSent waits until the transport no longer reads the data of a send to
-// peer i.
-func (c *call) waitSent(i int, d *sendDone) error {
-	select {
-	case <-d.done:
-		return nil
-	default:
-	}
-	timer := time.NewTimer(c.g.timeout)
-	defer timer.Stop()
-	select {
-	case <-d.done:
-		return nil
-	case <-c.g.failCh:
-		return c.g.failure(c.name)
-	case <-c.ctx.Done():
-		return c.peerErr(i, c.ctx.Err())
-	case <-timer.C:
-		return c.peerErr(i, fmt.Errorf("%w: send not written for %v", ErrPeerTimeout, c.g.timeout))
-	}
-}
-
-// recv waits for the next frame from peer i and checks that it belongs to
-// the same operation on a buffer of the same length.
-func (c *call) recv(i int) (*wireFrame, error) {
-	g := c.g
-	tag := c.recvTag[i]
-	c.recvTag[i]++
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		f, wake, gone := g.boxes[i].take(c.kind, c.seq, tag)
-		if gone != nil {
-			return nil, c.peerErr(i, errDeparted)
-		}
-		if f != nil {
-			if f.op != c.op || f.length != c.length {
-				f.release()
-				return nil, c.peerErr(i, fmt.Errorf("%w: call %d: peer runs %v on %d elements, this rank %v on %d",
-					ErrMismatch, c.seq, f.op, f.length, c.op, c.length))
-			}
-			return f, nil
-		}
-		if err := g.failure(c.name); err != nil {
-			return nil, err
-		}
-		if timer == nil {
-			timer = time.NewTimer(g.timeout)
-		}
-		select {
-		case <-wake:
-		case <-g.failCh:
-		case <-c.ctx.Done():
-			return nil, c.peerErr(i, c.ctx.Err())
-		case <-timer.C:
-			return nil, c.peerErr(i, fmt.Errorf("%w: nothing received for %v", ErrPeerTimeout, g.timeout))
-		}
-	}
-}
-
-// recvInto receives the next frame from peer i and applies it to dst.
-func (c *call) recvInto(i int, dst []float32, a apply) error {
-	f, err := c.recv(i)
-	if err != nil {
-		return err
-	}
-	defer f.release()
-	if f.inLen != 4*len(dst) {
-		return c.peerErr(i, fmt.Errorf("%w: frame of %d bytes, want %d", ErrMismatch, f.inLen, 4*len(dst)))
-	}
-	if len(dst) > 0 {
-		applyBytes(a, dst, f.in, f.inSkip)
-	}
-	return nil
-}
-
-// chunks returns how many frames carry n elements (at least one when
-// atLeastOne).
-func (c *call) chunks(n int, atLeastOne bool) int {
-	k := (n + c.g.chunk - 1) / c.g.chunk
-	if k == 0 && atLeastOne {
-		k = 1
-	}
-	return k
-}
-
-// chunkRange returns chunk j of a range [off, off+n).
-func (c *call) chunkRange(off, n, j int) (int, int) {
-	lo := j * c.g.chunk
-	return off + lo, min(c.g.chunk, n-lo)
-}
-
-// sendAll sends buf to peer i in chunks and waits until the transport no
-// longer reads it, so the caller may overwrite buf.
-func (c *call) sendAll(i int, buf []float32) error {
-	k := c.chunks(len(buf), true)
-	dones := make([]*sendDone, k)
-	for j := range k {
-		off, n := c.chunkRange(0, len(buf), j)
-		dones[j] = newSendDone()
-		if err := c.send(i, buf[off:off+n], dones[j]); err != nil {
-			return err
-		}
-	}
-	for _, d := range dones {
-		if err := c.waitSent(i, d); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// recvAll receives len(buf) elements from peer i in chunks, applying them.
-func (c *call) recvAll(i int, buf []float32, a apply) error {
-	k := c.chunks(len(buf), true)
-	for j := range k {
-		off, n := c.chunkRange(0, len(buf), j)
-		if err := c.recvInto(i, buf[off:off+n], a); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Send sends buf to the member with global rank dst, which must call Recv
 // with a buffer of the same length. It returns once buf may be reused; it
 // does not wait for the receiver. Messages between a pair of ranks are
@@ -765,9 +491,8 @@ func (g *Group) Send(ctx context.Context, dst int, buf []float32) error {
 	seq := g.p2pSent[i]
 	g.p2pSent[i]++
 	g.p2pMu.Unlock()
-	c := &call{g: g, ctx: ctx, name: name, kind: loomv1.FrameKind_FRAME_KIND_P2P, seq: seq, length: uint64(len(buf)),
-		sendTag: make([]uint32, len(g.ranks)), recvTag: make([]uint32, len(g.ranks))}
-	return g.settle(name, c.sendAll(i, buf))
+	c := g.p2pCall(ctx, name, seq, len(buf))
+	return c.endP2P(c.sendAll(i, buf))
 }
 
 // Recv receives into buf the next message that the member with global
@@ -782,10 +507,8 @@ func (g *Group) Recv(ctx context.Context, src int, buf []float32) error {
 	seq := g.p2pRcvd[i]
 	g.p2pRcvd[i]++
 	g.p2pMu.Unlock()
-	c := &call{g: g, ctx: ctx, name: name, kind: loomv1.FrameKind_FRAME_KIND_P2P, seq: seq, length: uint64(len(buf)),
-		sendTag: make([]uint32, len(g.ranks)), recvTag: make([]uint32, len(g.ranks))}
-	err = c.recvAll(i, buf, applyCopy)
-	return g.settle(name, err)
+	c := g.p2pCall(ctx, name, seq, len(buf))
+	return c.endP2P(c.recvAll(i, buf, applyCopy))
 }
 
 // AllReduce reduces buf element-wise over the group, in place: afterwards

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -39,11 +40,34 @@ func newClusterAt(t testing.TB, n int, opts TransportOptions, listen func(rank i
 		c.addrs[r] = tr.Addr()
 	}
 	t.Cleanup(func() {
-		for _, tr := range c.ts {
+		// Every link the test opened used the transport it asked for (auto
+		// may choose either bulk link).
+		want := opts.Mode.String()
+		for r, tr := range c.ts {
+			for _, li := range tr.Links() {
+				if li.Transport != want && opts.Mode != ModeAuto {
+					t.Errorf("rank %d's link to %s is %s (%s), want %s", r, li.Peer, li.Transport, li.Reason, want)
+				}
+			}
 			tr.Close()
 		}
 	})
 	return c
+}
+
+// testModes are the transports the behavioural tests run on.
+func testModes() []TransportMode {
+	if runtime.GOOS != "linux" {
+		return []TransportMode{ModeGRPC, ModeTCP}
+	}
+	return []TransportMode{ModeGRPC, ModeTCP, ModeShm}
+}
+
+// forModes runs f once per transport, as a subtest named after it.
+func forModes(t *testing.T, f func(t *testing.T, opts TransportOptions)) {
+	for _, m := range testModes() {
+		t.Run(m.String(), func(t *testing.T) { f(t, TransportOptions{Mode: m}) })
+	}
 }
 
 // groups creates the group of the given ranks on each of them that has a

@@ -62,9 +62,9 @@ func reduceApply(op ReduceOp) apply {
 	return applySum
 }
 
-// addTo sets dst[i] += src[i]. Unrolled by 8 with the bounds checks hoisted
-// so the compiler emits straight-line loads and adds.
-func addTo(dst, src []float32) {
+// addToGo sets dst[i] += src[i]: the pure-Go addTo. Unrolled by 8 with the
+// bounds checks hoisted so the compiler emits straight-line loads and adds.
+func addToGo(dst, src []float32) {
 	n := min(len(dst), len(src))
 	dst, src = dst[:n], src[:n]
 	i := 0
@@ -100,8 +100,8 @@ func max32(d, s float32) float32 {
 	return d
 }
 
-// maxTo sets dst[i] = max(dst[i], src[i]).
-func maxTo(dst, src []float32) {
+// maxToGo sets dst[i] = max32(dst[i], src[i]): the pure-Go maxTo.
+func maxToGo(dst, src []float32) {
 	n := min(len(dst), len(src))
 	dst, src = dst[:n], src[:n]
 	i := 0
@@ -127,9 +127,8 @@ func maxToRef(dst, src []float32) {
 	}
 }
 
-// scale sets x[i] /= n.
-func scale(x []float32, n int) {
-	d := float32(n)
+// scaleGo sets x[i] /= d: the pure-Go scale.
+func scaleGo(x []float32, d float32) {
 	for i := range x {
 		x[i] /= d
 	}

@@ -11,7 +11,10 @@ import (
 	"time"
 )
 
-const workerEnv = "LOOM_PARALLEL_TEST_WORKER"
+const (
+	workerEnv = "LOOM_PARALLEL_TEST_WORKER"
+	modeEnv   = "LOOM_PARALLEL_TEST_MODE"
+)
 
 func TestMain(m *testing.M) {
 	if os.Getenv(workerEnv) != "" {
@@ -23,7 +26,12 @@ func TestMain(m *testing.M) {
 // killWorker is rank 2 of TestPeerKilledMidCollective, in its own process:
 // it prints its address, reads everyone's, and all-reduces until killed.
 func killWorker() int {
-	tr, err := NewTransport(context.Background(), TransportOptions{ListenAddr: "127.0.0.1:0"})
+	mode, err := ParseTransportMode(os.Getenv(modeEnv))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	tr, err := NewTransport(context.Background(), TransportOptions{ListenAddr: "127.0.0.1:0", Mode: mode})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -54,9 +62,13 @@ func killWorker() int {
 // Timeout is 30s — with an error naming the killed rank and its address,
 // and later calls fail at once.
 func TestPeerKilledMidCollective(t *testing.T) {
+	forModes(t, testPeerKilledMidCollective)
+}
+
+func testPeerKilledMidCollective(t *testing.T, opts TransportOptions) {
 	ctx := testCtx(t, 60*time.Second)
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), workerEnv+"=1")
+	cmd.Env = append(os.Environ(), workerEnv+"=1", modeEnv+"="+opts.Mode.String())
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -69,7 +81,7 @@ func TestPeerKilledMidCollective(t *testing.T) {
 		t.Fatal("worker printed no address")
 	}
 	childAddr := strings.TrimPrefix(sc.Text(), "addr ")
-	c := newCluster(t, 2, TransportOptions{})
+	c := newCluster(t, 2, opts)
 	c.addrs[2] = childAddr
 	fmt.Fprintf(stdin, "%s %s\n", c.addrs[0], c.addrs[1])
 	gs := c.groups(t, GroupSpec{Job: "kill", Name: "g", Ranks: []int{0, 1, 2}, Timeout: 30 * time.Second, ChunkBytes: 64 << 10})[:2]

@@ -69,26 +69,26 @@ func (c *call) broadcast(buf []float32, root int) error {
 		}
 		return nil
 	}
+	// The chain: every receive is posted up front (a non-root's buffer
+	// holds nothing yet), and each chunk is forwarded once it is in.
 	k := c.chunks(len(buf), true)
-	var dones []*sendDone
+	if v > 0 {
+		for j := range k {
+			off, ln := c.chunkRange(0, len(buf), j)
+			c.post(abs(v-1), buf[off:off+ln], applyCopy)
+		}
+	}
 	for j := range k {
 		off, ln := c.chunkRange(0, len(buf), j)
 		if v > 0 {
-			if err := c.recvInto(abs(v-1), buf[off:off+ln], applyCopy); err != nil {
+			if err := c.wait(abs(v-1), c.req(j)); err != nil {
 				return err
 			}
 		}
 		if v+1 < n {
-			d := newSendDone()
-			dones = append(dones, d)
-			if err := c.send(abs(v+1), buf[off:off+ln], d); err != nil {
+			if err := c.send(abs(v+1), buf[off:off+ln]); err != nil {
 				return err
 			}
-		}
-	}
-	for _, d := range dones {
-		if err := c.waitSent(abs(v+1), d); err != nil {
-			return err
 		}
 	}
 	return nil
@@ -100,10 +100,10 @@ func (c *call) broadcast(buf []float32, root int) error {
 func (c *call) barrier() error {
 	n, me := c.g.Size(), c.g.me
 	for k := 1; k < n; k <<= 1 {
-		if err := c.send((me+k)%n, nil, nil); err != nil {
+		if err := c.send((me+k)%n, nil); err != nil {
 			return err
 		}
-		if err := c.recvInto((me-k+n)%n, nil, applyCopy); err != nil {
+		if err := c.recvAll((me-k+n)%n, nil, applyCopy); err != nil {
 			return err
 		}
 	}

@@ -7,12 +7,16 @@ package parallel
 // steps copy it (all-gather). The segment received at step t is the one sent
 // at step t+1, so each chunk is forwarded as soon as it is reduced: the
 // pipeline is one chunk deep per hop, not one segment.
-
-// ringJob is one chunk to send: chunk c of the segment sent at step t.
-type ringJob struct {
-	t, c int
-	done *sendDone
-}
+//
+// Receives are posted early, so that each frame lands in its final place
+// the moment it arrives: every reduce-scatter receive before the first
+// send (it reduces into a segment this member has not sent yet), and an
+// all-gather receive as soon as the send of the chunk it overwrites has
+// returned (a bulk link has then copied the chunk out; gRPC may still
+// read it, but the incoming frame causally follows that send's delivery).
+// Posting after the send, from the same goroutine, also makes the order
+// visible to the race detector, which cannot see causality that runs
+// through another process's shared memory.
 
 // ring runs steps [first, last) of the ring schedule over buf with op.
 // ReduceScatter is [0, n−1), AllGather [n−1, 2n−2), AllReduce both. Mean
@@ -23,84 +27,61 @@ func (c *call) ring(buf []float32, first, last int, op ReduceOp) error {
 	seg := func(t int) (off, ln int) { // segment sent at step t
 		return ShardRange(len(buf), n, ((me-t-1)%n+n)%n)
 	}
-	steps := last - first
-	sent := make([][]*sendDone, steps)
-	total := 0
-	for t := first; t < last; t++ {
-		_, ln := seg(t)
-		sent[t-first] = make([]*sendDone, c.chunks(ln, false))
-		total += len(sent[t-first])
-	}
-	queue := make(chan ringJob, total)
-	enqueue := func(t, j int) {
-		d := newSendDone()
-		sent[t-first][j] = d
-		queue <- ringJob{t, j, d}
-	}
-	for j := range sent[0] {
-		enqueue(first, j)
-	}
-
-	// The sender runs beside the receiver so that writing chunk k overlaps
-	// reducing chunk k+1.
-	senderErr := make(chan error, 1)
-	go func() {
-		var err error
-		for job := range queue {
-			if err != nil {
-				job.done.complete()
-				continue
-			}
-			so, sl := seg(job.t)
-			off, ln := c.chunkRange(so, sl, job.c)
-			if err = c.send(next, buf[off:off+ln], job.done); err != nil {
-				c.g.fail(err, true) // wakes the receiver
+	// postRecvs posts the receives of step t: into the segment sent at t+1.
+	postRecvs := func(t int, only int) {
+		a := applyCopy
+		if t < n-1 {
+			a = reduceApply(op)
+		}
+		ro, rl := seg(t + 1)
+		for j := range c.chunks(rl, false) {
+			if only < 0 || j == only {
+				off, ln := c.chunkRange(ro, rl, j)
+				c.post(prev, buf[off:off+ln], a)
 			}
 		}
-		senderErr <- err
-	}()
-
-	err := func() error {
-		for t := first; t < last; t++ {
-			a := applyCopy
-			if t < n-1 {
-				a = reduceApply(op)
-			}
-			ro, rl := seg(t + 1) // received at t = sent at t+1
-			for j := range c.chunks(rl, false) {
-				off, ln := c.chunkRange(ro, rl, j)
-				if a == applyCopy && t-(n-1) >= first {
-					// This chunk left at step t−(n−1); the transport may
-					// still be reading it.
-					if err := c.waitSent(next, sent[t-(n-1)-first][j]); err != nil {
-						return err
-					}
-				}
-				if err := c.recvInto(prev, buf[off:off+ln], a); err != nil {
-					return err
-				}
-				if op == Mean && t == n-2 {
-					scale(buf[off:off+ln], n)
-				}
-				if t+1 < last {
-					enqueue(t+1, j)
-				}
-			}
+	}
+	// send sends chunk j of step t and posts the all-gather receive that
+	// overwrites it, at step t+n−1.
+	send := func(t, j int) error {
+		so, sl := seg(t)
+		off, ln := c.chunkRange(so, sl, j)
+		if err := c.send(next, buf[off:off+ln]); err != nil {
+			return err
+		}
+		if u := t + n - 1; u >= n-1 && u < last {
+			postRecvs(u, j)
 		}
 		return nil
-	}()
-	close(queue)
-	if serr := <-senderErr; err == nil {
-		err = serr
 	}
-	if err != nil {
-		return err
+	for t := first; t < last; t++ {
+		if t < n-1 || t+1-n < first { // never sent by this call
+			postRecvs(t, -1)
+		}
 	}
-	// The caller may reuse buf on return.
-	for _, ds := range sent {
-		for _, d := range ds {
-			if err := c.waitSent(next, d); err != nil {
+	_, sl := seg(first)
+	for j := range c.chunks(sl, false) {
+		if err := send(first, j); err != nil {
+			return err
+		}
+	}
+	// Receives complete in post order, which is the order of (step, chunk).
+	k := 0
+	for t := first; t < last; t++ {
+		ro, rl := seg(t + 1)
+		for j := range c.chunks(rl, false) {
+			if err := c.wait(prev, c.req(k)); err != nil {
 				return err
+			}
+			k++
+			if op == Mean && t == n-2 {
+				off, ln := c.chunkRange(ro, rl, j)
+				scale(buf[off:off+ln], n)
+			}
+			if t+1 < last {
+				if err := send(t+1, j); err != nil {
+					return err
+				}
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,6 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
@@ -63,8 +63,28 @@ type TransportOptions struct {
 	// fails its groups even when no operation is waiting on it. gRPC
 	// enforces at least 10s.
 	KeepaliveTime time.Duration
-	// Logger receives rejected frames and lost peers; default: discard.
+	// Logger receives rejected frames, lost peers and the transport chosen
+	// for each peer; default: discard.
 	Logger *slog.Logger
+
+	// Mode chooses how payloads travel to peers (default ModeAuto: shared
+	// memory on this host, raw TCP across hosts; see TransportMode). It
+	// governs both what this worker asks of peers and what it accepts.
+	Mode TransportMode
+	// HostID tells peers on the same host apart from the others for
+	// ModeAuto and ModeShm; default: the kernel's boot id. Tests set it to
+	// pretend to be on different hosts.
+	HostID string
+	// ShmRingBytes is the size of each shared-memory ring (one per peer
+	// and direction); default DefaultShmRingBytes.
+	ShmRingBytes int
+	// ShmSpin is how long a shared-memory reader keeps polling its ring
+	// after the last frame before it sleeps on its doorbell socket, which
+	// costs no CPU but a wake-up; default DefaultShmSpin, negative: never.
+	ShmSpin time.Duration
+	// OnLink, if set, is told the transport chosen for each peer, once per
+	// outbound connection (for a metric label).
+	OnLink func(LinkInfo)
 }
 
 func (o TransportOptions) withDefaults() TransportOptions {
@@ -88,6 +108,15 @@ func (o TransportOptions) withDefaults() TransportOptions {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.HostID == "" {
+		o.HostID = hostID()
+	}
+	if o.ShmRingBytes == 0 {
+		o.ShmRingBytes = DefaultShmRingBytes
+	}
+	if o.ShmSpin == 0 {
+		o.ShmSpin = DefaultShmSpin
 	}
 	return o
 }
@@ -115,6 +144,12 @@ func (o TransportOptions) Validate() error {
 	}
 	if o.KeepaliveTime < 0 {
 		errs = append(errs, fmt.Errorf("KeepaliveTime: %v (want ≥ 0)", o.KeepaliveTime))
+	}
+	if o.Mode < ModeAuto || o.Mode > ModeShm {
+		errs = append(errs, fmt.Errorf("Mode: %d (want ModeAuto, ModeGRPC, ModeTCP or ModeShm)", int(o.Mode)))
+	}
+	if o.ShmRingBytes != 0 && (o.ShmRingBytes < 64<<10 || o.ShmRingBytes > 1<<30 || o.ShmRingBytes&(o.ShmRingBytes-1) != 0) {
+		errs = append(errs, fmt.Errorf("ShmRingBytes: %d (want a power of two from 65536 to 2^30, or 0 for %d)", o.ShmRingBytes, DefaultShmRingBytes))
 	}
 	return errors.Join(errs...)
 }
@@ -196,9 +231,17 @@ type Transport struct {
 	dialOpts []grpc.DialOption
 	served   chan struct{}
 
+	mux    *muxListener
+	shm    *shmListener // nil: shared memory unavailable
+	eager  *eagerPool
+	frames sync.Pool // of *wireFrame, for bulk frames
+
 	mu       sync.RWMutex
 	closing  bool
-	conns    map[string]*outConn
+	offers   map[secret]*bulkOffer
+	inLinks  map[io.Closer]bool // open inbound bulk links
+	links    []LinkInfo
+	conns    map[connKey]*outConn
 	groups   map[groupKey]*Group
 	pending  map[groupKey][]*wireFrame // frames for groups not created yet
 	jobGen   map[string]uint64         // newest generation created, per job
@@ -211,6 +254,9 @@ type Transport struct {
 type inStream struct {
 	mu     sync.Mutex
 	stream loomv1.Peer_ExchangeServer
+
+	bulkMu sync.Mutex
+	bulk   *inLink // the bulk link negotiated on this stream, once open
 }
 
 func (s *inStream) send(f *wireFrame) error {
@@ -251,16 +297,31 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		lis:      lis,
 		addr:     o.AdvertiseAddr,
 		served:   make(chan struct{}),
-		conns:    map[string]*outConn{},
+		conns:    map[connKey]*outConn{},
 		groups:   map[groupKey]*Group{},
 		pending:  map[groupKey][]*wireFrame{},
 		jobGen:   map[string]uint64{},
 		retired:  map[groupKey]bool{},
 		inbound:  map[*inStream]bool{},
 		departed: map[string]bool{},
+		offers:   map[secret]*bulkOffer{},
+		inLinks:  map[io.Closer]bool{},
+		eager:    newEagerPool(),
 	}
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
+	}
+	t.mux = newMuxListener(lis, t.acceptTCPLink)
+	if o.Mode == ModeAuto || o.Mode == ModeShm {
+		shm, err := newShmListener(t)
+		if err != nil && o.Mode == ModeShm {
+			t.mux.Close()
+			return nil, fmt.Errorf("parallel: --transport shm: %w", err)
+		}
+		if err != nil {
+			t.log.Info("shared-memory links unavailable; peers on this host use tcp", "err", err)
+		}
+		t.shm = shm
 	}
 	if o.Codec == CodecProto {
 		t.codec = protoCodec{}
@@ -302,7 +363,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	}
 	go func() {
 		defer close(t.served)
-		if err := t.srv.Serve(lis); err != nil {
+		if err := t.srv.Serve(t.mux); err != nil {
 			t.log.Error("peer server stopped", "addr", t.addr, "err", err)
 		}
 	}()
@@ -373,8 +434,54 @@ func (t *Transport) Close() error {
 	}
 	t.cancel()
 	t.srv.Stop()
+	t.mux.Close()
+	if t.shm != nil {
+		t.shm.close()
+	}
+	t.mu.Lock()
+	for c := range t.inLinks {
+		c.Close()
+	}
+	t.mu.Unlock()
 	<-t.served
 	return nil
+}
+
+// trackLink registers an inbound bulk link so that Close closes it; it
+// reports false when the transport is closing.
+func (t *Transport) trackLink(c io.Closer) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closing {
+		return false
+	}
+	t.inLinks[c] = true
+	return true
+}
+
+func (t *Transport) untrackLink(c io.Closer) {
+	t.mu.Lock()
+	delete(t.inLinks, c)
+	t.mu.Unlock()
+}
+
+// Links returns how payloads travel to each peer this transport has an
+// outbound connection to.
+func (t *Transport) Links() []LinkInfo {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return slices.Clone(t.links)
+}
+
+// recordLink logs and reports the transport chosen for a connection.
+func (t *Transport) recordLink(li LinkInfo) {
+	t.log.Info("data-plane link", "peer", li.Peer, "job", li.Job, "generation", li.Generation, "transport", li.Transport, "reason", li.Reason)
+	t.mu.Lock()
+	t.links = append(t.links, li)
+	t.mu.Unlock()
+	if t.opts.OnLink != nil {
+		t.opts.OnLink(li)
+	}
 }
 
 func releaseAll(fs []*wireFrame) {
@@ -383,10 +490,19 @@ func releaseAll(fs []*wireFrame) {
 	}
 }
 
-// conn returns the outbound connection to addr, dialling it if needed.
-func (t *Transport) conn(addr string) (*outConn, error) {
+// connKey names an outbound connection: one per peer address and job
+// generation, so that everything a connection negotiates (the bulk link
+// and its secret) belongs to one generation.
+type connKey struct {
+	addr       string
+	job        string
+	generation uint64
+}
+
+// conn returns the outbound connection for k, dialling it if needed.
+func (t *Transport) conn(k connKey) (*outConn, error) {
 	t.mu.RLock()
-	oc := t.conns[addr]
+	oc := t.conns[k]
 	closing := t.closing
 	t.mu.RUnlock()
 	if oc != nil {
@@ -400,18 +516,19 @@ func (t *Transport) conn(addr string) (*outConn, error) {
 	if t.closing {
 		return nil, ErrClosed
 	}
-	if oc = t.conns[addr]; oc != nil {
+	if oc = t.conns[k]; oc != nil {
 		return oc, nil
 	}
 	oc = &outConn{
 		t:     t,
-		addr:  addr,
+		key:   k,
+		addr:  k.addr,
 		ready: make(chan struct{}),
 		done:  make(chan struct{}),
 		sem:   make(chan struct{}, 1),
 	}
 	oc.ctx, oc.cancel = context.WithCancel(t.ctx)
-	t.conns[addr] = oc
+	t.conns[k] = oc
 	go oc.connect()
 	return oc, nil
 }
@@ -419,8 +536,8 @@ func (t *Transport) conn(addr string) (*outConn, error) {
 // dropConn forgets oc so that the next send to its address redials.
 func (t *Transport) dropConn(oc *outConn) {
 	t.mu.Lock()
-	if t.conns[oc.addr] == oc {
-		delete(t.conns, oc.addr)
+	if t.conns[oc.key] == oc {
+		delete(t.conns, oc.key)
 	}
 	t.mu.Unlock()
 }
@@ -543,6 +660,7 @@ func (t *Transport) aborted(f *wireFrame) {
 // outConn is the outbound Exchange stream to one peer address.
 type outConn struct {
 	t      *Transport
+	key    connKey
 	addr   string
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -552,11 +670,40 @@ type outConn struct {
 
 	closing   atomic.Bool // CloseSend called: the stream's end is expected
 	departing atomic.Bool // the peer said GOODBYE
+	opened    atomic.Bool // the stream exists (NewStream returned)
+
+	// bulk carries COLLECTIVE and P2P frames when the WELCOME chose tcp or
+	// shm; nil: they go on the stream. Set before ready closes.
+	bulk bulkSender
 
 	mu     sync.Mutex
 	cc     *grpc.ClientConn
 	stream grpc.ClientStream
 	err    error
+}
+
+// bulkSender is the sending end of a bulk link (tcp or shm).
+type bulkSender interface {
+	// send writes one frame; the payload has been copied out when it
+	// returns.
+	send(ctx context.Context, f *wireFrame, timeout time.Duration, abort <-chan struct{}) error
+	// closeSend writes GOODBYE after every frame already sent.
+	closeSend(ctx context.Context)
+	// close breaks the link without failing the connection, which failed
+	// with err: sends in progress return err.
+	close(err error)
+}
+
+// broke classifies the end of the stream or of its bulk link: expected
+// after our CloseSend, a departure after the peer's GOODBYE, else a loss.
+func (oc *outConn) broke(what string, err error) error {
+	switch {
+	case oc.closing.Load():
+		return ErrClosed
+	case oc.departing.Load():
+		return errDeparted
+	}
+	return fmt.Errorf("%w: %s ended: %v", ErrPeerGone, what, err)
 }
 
 // connect dials, opens the stream and says HELLO; the peer's header
@@ -575,12 +722,16 @@ func (oc *outConn) connect() {
 		cc.Close()
 		return
 	}
+	t := oc.t
 	stream, err := cc.NewStream(oc.ctx, &loomv1.Peer_ServiceDesc.Streams[0], loomv1.Peer_Exchange_FullMethodName, grpc.WaitForReady(true))
+	oc.opened.Store(err == nil)
 	if err == nil {
-		err = stream.SendMsg(&wireFrame{kind: loomv1.FrameKind_FRAME_KIND_HELLO, srcAddr: oc.t.addr})
+		err = stream.SendMsg(&wireFrame{kind: loomv1.FrameKind_FRAME_KIND_HELLO, srcAddr: t.addr,
+			job: oc.key.job, generation: oc.key.generation, transport: t.askMode().proto(), bootID: t.opts.HostID})
 	}
+	var welcome wireFrame
 	if err == nil {
-		_, err = stream.Header()
+		err = stream.RecvMsg(&welcome)
 	}
 	if err != nil {
 		oc.fail(fmt.Errorf("%w: open stream: %v", ErrPeerGone, err))
@@ -589,18 +740,26 @@ func (oc *outConn) connect() {
 	oc.mu.Lock()
 	oc.stream = stream
 	oc.mu.Unlock()
+	if welcome.kind != loomv1.FrameKind_FRAME_KIND_WELCOME {
+		welcome.release()
+		oc.fail(fmt.Errorf("%w: the peer answered HELLO with %v, not WELCOME (an older Loom?)", ErrPeerGone, welcome.kind))
+		return
+	}
+	if welcome.transport == 0 { // the peer refused: it says why
+		oc.fail(fmt.Errorf("%w: data transport: %s", ErrMismatch, welcome.detail))
+		return
+	}
+	li, err := oc.openBulk(&welcome)
+	if err != nil {
+		oc.fail(err)
+		return
+	}
+	t.recordLink(li)
 	close(oc.ready)
 	for {
 		var f wireFrame
 		if err := stream.RecvMsg(&f); err != nil {
-			if oc.closing.Load() {
-				err = ErrClosed
-			} else if oc.departing.Load() {
-				err = errDeparted
-			} else {
-				err = fmt.Errorf("%w: stream ended: %v", ErrPeerGone, err)
-			}
-			oc.fail(err)
+			oc.fail(oc.broke("stream", err))
 			return
 		}
 		switch f.kind {
@@ -625,6 +784,12 @@ func (oc *outConn) fail(err error) {
 	oc.mu.Unlock()
 	close(oc.done)
 	oc.cancel()
+	oc.mu.Lock()
+	bulk := oc.bulk
+	oc.mu.Unlock()
+	if bulk != nil {
+		bulk.close(err)
+	}
 	if cc != nil {
 		cc.Close()
 	}
@@ -697,6 +862,9 @@ func (oc *outConn) send(ctx context.Context, f *wireFrame, timeout time.Duration
 	if err := acquire(oc.ready, nil, "connecting"); err != nil {
 		return err
 	}
+	if oc.bulk != nil && (f.kind == loomv1.FrameKind_FRAME_KIND_COLLECTIVE || f.kind == loomv1.FrameKind_FRAME_KIND_P2P) {
+		return oc.bulk.send(ctx, f, timeout, abort)
+	}
 	if err := acquire(nil, oc.sem, "waiting to send"); err != nil {
 		return err
 	}
@@ -726,6 +894,16 @@ func (oc *outConn) closeSend(ctx context.Context) {
 	// A stream still opening (eager dialing) must open and end cleanly too:
 	// cancelling it would show the peer a broken stream, and the peer would
 	// declare this rank lost while it may still be finishing an operation.
+	// A stream not created yet (still dialling: the peer may be gone
+	// already, or not up yet) is nothing the peer sees, and is dropped.
+	if !oc.opened.Load() {
+		select {
+		case <-oc.ready:
+		default:
+			oc.fail(ErrClosed)
+			return
+		}
+	}
 	select {
 	case <-oc.ready:
 	case <-oc.done:
@@ -743,6 +921,9 @@ func (oc *outConn) closeSend(ctx context.Context) {
 		return
 	}
 	oc.closing.Store(true)
+	if oc.bulk != nil {
+		oc.bulk.closeSend(ctx)
+	}
 	oc.stream.CloseSend()
 	<-oc.sem
 	select {
@@ -768,12 +949,20 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 	if hello.kind != loomv1.FrameKind_FRAME_KIND_HELLO || hello.srcAddr == "" {
 		return fmt.Errorf("parallel: first frame must be HELLO with src_addr, got kind %v", hello.kind)
 	}
-	if err := stream.SendHeader(metadata.MD{}); err != nil {
+	from := hello.srcAddr
+	in := &inStream{stream: stream}
+	welcome, err := s.t.welcome(&hello, in)
+	if err != nil {
 		return err
 	}
-	from := hello.srcAddr
+	if err := in.send(welcome); err != nil {
+		return err
+	}
+	if welcome.transport == 0 {
+		return nil // refused; the dialer fails with the reason
+	}
+	defer s.t.forget(in)
 	s.t.setDeparted(from, false)
-	in := &inStream{stream: stream}
 	s.t.mu.Lock()
 	s.t.inbound[in] = true
 	s.t.mu.Unlock()
@@ -786,8 +975,18 @@ func (s *peerServer) Exchange(stream loomv1.Peer_ExchangeServer) error {
 		f := new(wireFrame)
 		if err := stream.RecvMsg(f); err != nil {
 			if errors.Is(err, io.EOF) {
-				// The peer shut down after sending everything, all of
-				// which is in the mailboxes.
+				// The peer shut down after sending everything: wait for
+				// its bulk link to end too (it wrote GOODBYE there before
+				// ending this stream), and everything is in the mailboxes.
+				if l := in.boundLink(); l != nil {
+					select {
+					case <-l.done:
+					case <-stream.Context().Done():
+					}
+					if !l.ended.Load() {
+						return nil // the link failed and said so
+					}
+				}
 				s.t.setDeparted(from, true)
 				s.t.peerDeparted(from)
 				return nil

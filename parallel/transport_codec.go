@@ -78,6 +78,10 @@ const (
 	fieldFailedRank = 12
 	fieldFailedAddr = 13
 	fieldCause      = 16
+	fieldTransport  = 17
+	fieldBootID     = 18
+	fieldSecret     = 19
+	fieldShmAddr    = 20
 	fieldPad        = 14
 	fieldPayload    = 15
 )
@@ -105,6 +109,10 @@ type wireFrame struct {
 	failedRank int32
 	failedAddr string
 	cause      loomv1.FailureCause
+	transport  loomv1.DataTransport // HELLO, WELCOME
+	bootID     string               // HELLO
+	secret     []byte               // WELCOME
+	shmAddr    string               // WELCOME
 
 	out      []float32 // payload to send
 	sent     *sendDone // completed when gRPC no longer references out
@@ -113,13 +121,20 @@ type wireFrame struct {
 	in     mem.BufferSlice // received message (or payload) bytes
 	inSkip int             // offset of the payload within in
 	inLen  int             // payload length in bytes
+	inArr  [1]mem.Buffer   // backing array of in for bulk frames
+	pool   *sync.Pool      // where the frame goes when released; nil: nowhere
 }
 
-// release drops the frame's references to gRPC's receive buffers.
+// release drops the frame's references to its receive buffers; a pooled
+// frame is recycled and must not be used again.
 func (f *wireFrame) release() {
 	if f.in != nil {
 		f.in.Free()
 		f.in = nil
+	}
+	if p := f.pool; p != nil {
+		*f = wireFrame{}
+		p.Put(f)
 	}
 }
 
@@ -150,7 +165,8 @@ func floatBytes(f []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))
 }
 
-// appendHeader appends fields 1–11 of f in protobuf encoding.
+// appendHeader appends every field of f but pad and payload in protobuf
+// encoding.
 func appendHeader(b []byte, f *wireFrame) []byte {
 	if f.kind != 0 {
 		b = protowire.AppendTag(b, fieldKind, protowire.VarintType)
@@ -208,6 +224,22 @@ func appendHeader(b []byte, f *wireFrame) []byte {
 		b = protowire.AppendTag(b, fieldCause, protowire.VarintType)
 		b = protowire.AppendVarint(b, uint64(f.cause))
 	}
+	if f.transport != 0 {
+		b = protowire.AppendTag(b, fieldTransport, protowire.VarintType)
+		b = protowire.AppendVarint(b, uint64(f.transport))
+	}
+	if f.bootID != "" {
+		b = protowire.AppendTag(b, fieldBootID, protowire.BytesType)
+		b = protowire.AppendString(b, f.bootID)
+	}
+	if len(f.secret) != 0 {
+		b = protowire.AppendTag(b, fieldSecret, protowire.BytesType)
+		b = protowire.AppendBytes(b, f.secret)
+	}
+	if f.shmAddr != "" {
+		b = protowire.AppendTag(b, fieldShmAddr, protowire.BytesType)
+		b = protowire.AppendString(b, f.shmAddr)
+	}
 	return b
 }
 
@@ -230,7 +262,7 @@ func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 		return nil, fmt.Errorf("parallel: raw codec cannot marshal %T", v)
 	}
 	pay := floatBytes(f.out)
-	hdrCap := 96 + len(f.job) + len(f.group) + len(f.srcAddr) + len(f.detail) + len(f.failedAddr)
+	hdrCap := 128 + len(f.job) + len(f.group) + len(f.srcAddr) + len(f.detail) + len(f.failedAddr) + len(f.bootID) + len(f.secret) + len(f.shmAddr)
 	if len(pay) <= inlineBytes {
 		hdrCap += len(pay)
 	}
@@ -399,6 +431,14 @@ func decodeFrame(b []byte, total int, f *wireFrame) (payOff, payLen int, complet
 			f.srcAddr = string(val)
 		case typ == protowire.BytesType && num == fieldDetail:
 			f.detail = string(val)
+		case typ == protowire.VarintType && num == fieldTransport:
+			f.transport = loomv1.DataTransport(int32(x))
+		case typ == protowire.BytesType && num == fieldBootID:
+			f.bootID = string(val)
+		case typ == protowire.BytesType && num == fieldSecret:
+			f.secret = append([]byte(nil), val...)
+		case typ == protowire.BytesType && num == fieldShmAddr:
+			f.shmAddr = string(val)
 		}
 	}
 	if !whole {
@@ -424,7 +464,8 @@ func (protoCodec) Marshal(v any) (mem.BufferSlice, error) {
 		Kind: f.kind, Job: f.job, Generation: f.generation, Group: f.group,
 		Seq: f.seq, Tag: f.tag, SrcRank: f.srcRank, Op: f.op, Length: f.length,
 		SrcAddr: f.srcAddr, Detail: f.detail, FailedRank: f.failedRank, FailedAddr: f.failedAddr,
-		Cause: f.cause, Payload: floatBytes(f.out),
+		Cause: f.cause, Transport: f.transport, BootId: f.bootID, Secret: f.secret, ShmAddr: f.shmAddr,
+		Payload: floatBytes(f.out),
 	}
 	b, err := proto.Marshal(m)
 	if err != nil {
@@ -447,7 +488,7 @@ func (protoCodec) Unmarshal(data mem.BufferSlice, v any) error {
 		kind: m.Kind, job: m.Job, generation: m.Generation, group: m.Group,
 		seq: m.Seq, tag: m.Tag, srcRank: m.SrcRank, op: m.Op, length: m.Length,
 		srcAddr: m.SrcAddr, detail: m.Detail, failedRank: m.FailedRank, failedAddr: m.FailedAddr,
-		cause: m.Cause,
+		cause: m.Cause, transport: m.Transport, bootID: m.BootId, secret: m.Secret, shmAddr: m.ShmAddr,
 	}
 	if len(m.Payload) > 0 {
 		f.in, f.inLen = mem.BufferSlice{mem.SliceBuffer(m.Payload)}, len(m.Payload)

@@ -34,6 +34,8 @@ func sampleFrame(payload []float32) *wireFrame {
 		kind: loomv1.FrameKind_FRAME_KIND_COLLECTIVE, job: "job-ü", generation: 7, group: "dp0",
 		seq: 123456789, tag: 42, srcRank: 3, op: loomv1.CollectiveOp_COLLECTIVE_OP_ALL_REDUCE,
 		length: 99, failedRank: -1, cause: loomv1.FailureCause_FAILURE_CAUSE_TIMEOUT, out: payload,
+		transport: loomv1.DataTransport_DATA_TRANSPORT_SHM, bootID: "c7916346-ef18", secret: []byte{0, 1, 2, 255},
+		shmAddr: "@loom-shm-1",
 	}
 }
 
@@ -41,7 +43,8 @@ func sameHeader(a, b *wireFrame) bool {
 	return a.kind == b.kind && a.job == b.job && a.generation == b.generation && a.group == b.group &&
 		a.seq == b.seq && a.tag == b.tag && a.srcRank == b.srcRank && a.op == b.op && a.length == b.length &&
 		a.srcAddr == b.srcAddr && a.detail == b.detail && a.failedRank == b.failedRank &&
-		a.failedAddr == b.failedAddr && a.cause == b.cause
+		a.failedAddr == b.failedAddr && a.cause == b.cause && a.transport == b.transport && a.bootID == b.bootID &&
+		bytes.Equal(a.secret, b.secret) && a.shmAddr == b.shmAddr
 }
 
 // TestRawCodecRoundTrip encodes with the raw codec and decodes with both
@@ -68,7 +71,8 @@ func TestRawCodecRoundTrip(t *testing.T) {
 		if err := proto.Unmarshal(wire, &pm); err != nil {
 			t.Fatalf("n=%d: proto.Unmarshal of raw encoding: %v", n, err)
 		}
-		if pm.Seq != in.seq || pm.Job != in.job || pm.FailedRank != -1 || len(pm.Payload) != 4*n {
+		if pm.Seq != in.seq || pm.Job != in.job || pm.FailedRank != -1 || len(pm.Payload) != 4*n ||
+			pm.Transport != in.transport || pm.ShmAddr != in.shmAddr || !bytes.Equal(pm.Secret, in.secret) {
 			t.Fatalf("n=%d: proto decode differs: %v", n, &pm)
 		}
 		for _, first := range []int{1, 7, 16379, 1 << 30} {

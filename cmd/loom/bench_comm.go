@@ -48,6 +48,9 @@ type commBenchFlags struct {
 	timeout    time.Duration
 	logFormat  string
 	network    string
+	transport  string
+	shmRing    string
+	shmSpin    time.Duration
 	socketDir  string // set by the parent for --network unix
 	profileDir string
 }
@@ -69,7 +72,10 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.writeBuf, "write-buffer", "", "gRPC write buffer size, or -1 for none (default: the library's)")
 	fs.DurationVar(&f.timeout, "timeout", 60*time.Second, "per-peer progress timeout")
 	fs.StringVar(&f.logFormat, "log-format", "text", "output: text (a table) or json (one object per size)")
-	fs.StringVar(&f.network, "network", "tcp", "tcp (loopback) or unix (Unix sockets)")
+	fs.StringVar(&f.network, "network", "tcp", "where the Peer service listens: tcp (loopback) or unix (Unix sockets)")
+	fs.StringVar(&f.transport, "transport", "auto", "how payloads travel: auto (shm on one host), tcp (raw sockets), shm (shared memory) or grpc")
+	fs.StringVar(&f.shmRing, "shm-ring", "", "shared-memory ring size per peer and direction (default: the library's)")
+	fs.DurationVar(&f.shmSpin, "shm-spin", 0, "how long a shared-memory reader polls before sleeping (default: the library's; negative: never)")
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
 }
@@ -82,7 +88,8 @@ func (f *commBenchFlags) args() []string {
 		"--algo", f.algo, "--codec", f.codec, "--chunk", f.chunk, "--small", f.small,
 		"--window", f.window, "--conn-window", f.connWindow, "--read-buffer", f.readBuf, "--write-buffer", f.writeBuf,
 		"--timeout", f.timeout.String(), "--log-format", f.logFormat,
-		"--network", f.network, "--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir,
+		"--network", f.network, "--transport", f.transport, "--shm-ring", f.shmRing, "--shm-spin", f.shmSpin.String(),
+		"--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir,
 	}
 }
 
@@ -129,6 +136,10 @@ func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 	if c.topts.Codec, err = parallel.ParseCodec(f.codec); err != nil {
 		errs = append(errs, fmt.Errorf("--codec: %w", err))
 	}
+	if c.topts.Mode, err = parallel.ParseTransportMode(f.transport); err != nil {
+		errs = append(errs, fmt.Errorf("--transport: %w", err))
+	}
+	c.topts.ShmSpin = f.shmSpin
 	optSize := func(name, s string) int64 {
 		if s == "" {
 			return 0
@@ -148,6 +159,7 @@ func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 	c.topts.ConnWindowBytes = int32(optSize("conn-window", f.connWindow))
 	c.topts.ReadBufferBytes = int(optSize("read-buffer", f.readBuf))
 	c.topts.WriteBufferBytes = int(optSize("write-buffer", f.writeBuf))
+	c.topts.ShmRingBytes = int(optSize("shm-ring", f.shmRing))
 	if c.spec.ChunkBytes > 0 && c.spec.ChunkBytes+4096 > parallel.DefaultMaxFrameBytes {
 		c.topts.MaxFrameBytes = c.spec.ChunkBytes + 4096
 	}
@@ -228,6 +240,7 @@ type commResult struct {
 	Iters     int     `json:"iters"`
 	Algo      string  `json:"algo,omitempty"`
 	Codec     string  `json:"codec"`
+	Transport string  `json:"transport"` // what the links chose, e.g. "shm"
 }
 
 func cmdBenchAllReduce(ctx context.Context, env *cmdEnv, args []string) error {
@@ -353,9 +366,9 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		}()
 	}
 	if !cfg.jsonOut {
-		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, %s, codec %s, algo %s, GB/s = 1e9 B/s %s\n",
-			kind, cfg.op, cfg.ranks, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce, procs)
-		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)")
+		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, --transport %s, Peer service on %s, codec %s, algo %s, GB/s = 1e9 B/s %s\n",
+			kind, cfg.op, cfg.ranks, cfg.topts.Mode, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce, procs)
+		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s %9s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)", "links")
 	}
 	for range cfg.sizes {
 		line, err := commReadLine(ctx, workers[0].lines, 0)
@@ -370,7 +383,7 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 			b, _ := json.Marshal(res)
 			fmt.Fprintln(env.stdout, string(b))
 		} else {
-			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f %12.3f\n", commFormatSize(res.Bytes), res.Iters, res.TimeUsP50, res.TimeUsP90, res.AlgBW, res.BusBW)
+			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f %12.3f %9s\n", commFormatSize(res.Bytes), res.Iters, res.TimeUsP50, res.TimeUsP90, res.AlgBW, res.BusBW, res.Transport)
 		}
 	}
 	// Workers exit on their own once done.
@@ -513,6 +526,7 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 		if err != nil {
 			return fmt.Errorf("comm-worker rank %d: %d bytes: %w", rank, size, err)
 		}
+		res.Transport = linkTransports(tr.Links())
 		if rank == 0 {
 			b, _ := json.Marshal(res)
 			fmt.Fprintf(env.stdout, "result %s\n", b)
@@ -609,4 +623,17 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
+}
+
+// linkTransports summarizes the transports a worker's links chose: one
+// name, or several joined by "+" when they differ.
+func linkTransports(ls []parallel.LinkInfo) string {
+	var names []string
+	for _, l := range ls {
+		if !slices.Contains(names, l.Transport) {
+			names = append(names, l.Transport)
+		}
+	}
+	slices.Sort(names)
+	return strings.Join(names, "+")
 }

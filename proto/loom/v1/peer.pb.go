@@ -24,6 +24,68 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// DataTransport is how tensor payloads travel between two workers.
+type DataTransport int32
+
+const (
+	// UNSPECIFIED is what a worker that predates the choice sends: gRPC.
+	DataTransport_DATA_TRANSPORT_UNSPECIFIED DataTransport = 0
+	// AUTO: shared memory with a peer on the same host (same boot id), a raw
+	// TCP connection otherwise.
+	DataTransport_DATA_TRANSPORT_AUTO DataTransport = 1
+	// GRPC: the frames stay on this stream.
+	DataTransport_DATA_TRANSPORT_GRPC DataTransport = 2
+	// TCP: a raw connection to the server's address.
+	DataTransport_DATA_TRANSPORT_TCP DataTransport = 3
+	// SHM: a shared-memory ring per direction; same host only.
+	DataTransport_DATA_TRANSPORT_SHM DataTransport = 4
+)
+
+// Enum value maps for DataTransport.
+var (
+	DataTransport_name = map[int32]string{
+		0: "DATA_TRANSPORT_UNSPECIFIED",
+		1: "DATA_TRANSPORT_AUTO",
+		2: "DATA_TRANSPORT_GRPC",
+		3: "DATA_TRANSPORT_TCP",
+		4: "DATA_TRANSPORT_SHM",
+	}
+	DataTransport_value = map[string]int32{
+		"DATA_TRANSPORT_UNSPECIFIED": 0,
+		"DATA_TRANSPORT_AUTO":        1,
+		"DATA_TRANSPORT_GRPC":        2,
+		"DATA_TRANSPORT_TCP":         3,
+		"DATA_TRANSPORT_SHM":         4,
+	}
+)
+
+func (x DataTransport) Enum() *DataTransport {
+	p := new(DataTransport)
+	*p = x
+	return p
+}
+
+func (x DataTransport) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DataTransport) Descriptor() protoreflect.EnumDescriptor {
+	return file_loom_v1_peer_proto_enumTypes[0].Descriptor()
+}
+
+func (DataTransport) Type() protoreflect.EnumType {
+	return &file_loom_v1_peer_proto_enumTypes[0]
+}
+
+func (x DataTransport) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DataTransport.Descriptor instead.
+func (DataTransport) EnumDescriptor() ([]byte, []int) {
+	return file_loom_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
 // FrameKind says what a frame is for.
 type FrameKind int32
 
@@ -42,8 +104,13 @@ const (
 	FrameKind_FRAME_KIND_ABORT FrameKind = 5
 	// GOODBYE, sent by a server on its inbound streams, says that it is
 	// shutting down normally: the end of the stream that follows is a
-	// departure, not a failure.
+	// departure, not a failure. On a bulk connection it is the sender's
+	// last frame.
 	FrameKind_FRAME_KIND_GOODBYE FrameKind = 6
+	// WELCOME answers a HELLO: transport is the one chosen (detail says why
+	// when it is not the one asked for), secret authenticates the bulk
+	// connection, shm_addr is where to open a shared-memory link.
+	FrameKind_FRAME_KIND_WELCOME FrameKind = 7
 )
 
 // Enum value maps for FrameKind.
@@ -56,6 +123,7 @@ var (
 		4: "FRAME_KIND_REJECT",
 		5: "FRAME_KIND_ABORT",
 		6: "FRAME_KIND_GOODBYE",
+		7: "FRAME_KIND_WELCOME",
 	}
 	FrameKind_value = map[string]int32{
 		"FRAME_KIND_UNSPECIFIED": 0,
@@ -65,6 +133,7 @@ var (
 		"FRAME_KIND_REJECT":      4,
 		"FRAME_KIND_ABORT":       5,
 		"FRAME_KIND_GOODBYE":     6,
+		"FRAME_KIND_WELCOME":     7,
 	}
 )
 
@@ -79,11 +148,11 @@ func (x FrameKind) String() string {
 }
 
 func (FrameKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_v1_peer_proto_enumTypes[0].Descriptor()
+	return file_loom_v1_peer_proto_enumTypes[1].Descriptor()
 }
 
 func (FrameKind) Type() protoreflect.EnumType {
-	return &file_loom_v1_peer_proto_enumTypes[0]
+	return &file_loom_v1_peer_proto_enumTypes[1]
 }
 
 func (x FrameKind) Number() protoreflect.EnumNumber {
@@ -92,7 +161,7 @@ func (x FrameKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FrameKind.Descriptor instead.
 func (FrameKind) EnumDescriptor() ([]byte, []int) {
-	return file_loom_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_loom_v1_peer_proto_rawDescGZIP(), []int{1}
 }
 
 // FailureCause classifies why a group failed (ABORT).
@@ -138,11 +207,11 @@ func (x FailureCause) String() string {
 }
 
 func (FailureCause) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_v1_peer_proto_enumTypes[1].Descriptor()
+	return file_loom_v1_peer_proto_enumTypes[2].Descriptor()
 }
 
 func (FailureCause) Type() protoreflect.EnumType {
-	return &file_loom_v1_peer_proto_enumTypes[1]
+	return &file_loom_v1_peer_proto_enumTypes[2]
 }
 
 func (x FailureCause) Number() protoreflect.EnumNumber {
@@ -151,7 +220,7 @@ func (x FailureCause) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use FailureCause.Descriptor instead.
 func (FailureCause) EnumDescriptor() ([]byte, []int) {
-	return file_loom_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_loom_v1_peer_proto_rawDescGZIP(), []int{2}
 }
 
 // CollectiveOp names the operation a COLLECTIVE frame belongs to, so that
@@ -198,11 +267,11 @@ func (x CollectiveOp) String() string {
 }
 
 func (CollectiveOp) Descriptor() protoreflect.EnumDescriptor {
-	return file_loom_v1_peer_proto_enumTypes[2].Descriptor()
+	return file_loom_v1_peer_proto_enumTypes[3].Descriptor()
 }
 
 func (CollectiveOp) Type() protoreflect.EnumType {
-	return &file_loom_v1_peer_proto_enumTypes[2]
+	return &file_loom_v1_peer_proto_enumTypes[3]
 }
 
 func (x CollectiveOp) Number() protoreflect.EnumNumber {
@@ -211,7 +280,7 @@ func (x CollectiveOp) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CollectiveOp.Descriptor instead.
 func (CollectiveOp) EnumDescriptor() ([]byte, []int) {
-	return file_loom_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_loom_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
 // Frame is one message on an Exchange stream. Tensor data travels as
@@ -245,6 +314,15 @@ type Frame struct {
 	FailedRank int32        `protobuf:"varint,12,opt,name=failed_rank,json=failedRank,proto3" json:"failed_rank,omitempty"`
 	FailedAddr string       `protobuf:"bytes,13,opt,name=failed_addr,json=failedAddr,proto3" json:"failed_addr,omitempty"`
 	Cause      FailureCause `protobuf:"varint,16,opt,name=cause,proto3,enum=loom.v1.FailureCause" json:"cause,omitempty"`
+	// transport is the data transport asked for (HELLO) or chosen
+	// (WELCOME); boot_id is the HELLO sender's host boot id.
+	Transport DataTransport `protobuf:"varint,17,opt,name=transport,proto3,enum=loom.v1.DataTransport" json:"transport,omitempty"`
+	BootId    string        `protobuf:"bytes,18,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// secret (WELCOME) is what the dialer presents on the bulk connection:
+	// random, minted for this stream, valid for one connection.
+	Secret []byte `protobuf:"bytes,19,opt,name=secret,proto3" json:"secret,omitempty"`
+	// shm_addr (WELCOME) is the server's Unix socket for shared-memory links.
+	ShmAddr string `protobuf:"bytes,20,opt,name=shm_addr,json=shmAddr,proto3" json:"shm_addr,omitempty"`
 	// pad aligns payload to 4 bytes within the gRPC message; ignored.
 	Pad []byte `protobuf:"bytes,14,opt,name=pad,proto3" json:"pad,omitempty"`
 	// payload is little-endian float32 data.
@@ -381,6 +459,34 @@ func (x *Frame) GetCause() FailureCause {
 	return FailureCause_FAILURE_CAUSE_UNSPECIFIED
 }
 
+func (x *Frame) GetTransport() DataTransport {
+	if x != nil {
+		return x.Transport
+	}
+	return DataTransport_DATA_TRANSPORT_UNSPECIFIED
+}
+
+func (x *Frame) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
+func (x *Frame) GetSecret() []byte {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+func (x *Frame) GetShmAddr() string {
+	if x != nil {
+		return x.ShmAddr
+	}
+	return ""
+}
+
 func (x *Frame) GetPad() []byte {
 	if x != nil {
 		return x.Pad
@@ -399,7 +505,7 @@ var File_loom_v1_peer_proto protoreflect.FileDescriptor
 
 const file_loom_v1_peer_proto_rawDesc = "" +
 	"\n" +
-	"\x12loom/v1/peer.proto\x12\aloom.v1\"\xc3\x03\n" +
+	"\x12loom/v1/peer.proto\x12\aloom.v1\"\xc5\x04\n" +
 	"\x05Frame\x12&\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x12.loom.v1.FrameKindR\x04kind\x12\x10\n" +
 	"\x03job\x18\x02 \x01(\tR\x03job\x12\x1e\n" +
@@ -419,9 +525,19 @@ const file_loom_v1_peer_proto_rawDesc = "" +
 	"failedRank\x12\x1f\n" +
 	"\vfailed_addr\x18\r \x01(\tR\n" +
 	"failedAddr\x12+\n" +
-	"\x05cause\x18\x10 \x01(\x0e2\x15.loom.v1.FailureCauseR\x05cause\x12\x10\n" +
+	"\x05cause\x18\x10 \x01(\x0e2\x15.loom.v1.FailureCauseR\x05cause\x124\n" +
+	"\ttransport\x18\x11 \x01(\x0e2\x16.loom.v1.DataTransportR\ttransport\x12\x17\n" +
+	"\aboot_id\x18\x12 \x01(\tR\x06bootId\x12\x16\n" +
+	"\x06secret\x18\x13 \x01(\fR\x06secret\x12\x19\n" +
+	"\bshm_addr\x18\x14 \x01(\tR\ashmAddr\x12\x10\n" +
 	"\x03pad\x18\x0e \x01(\fR\x03pad\x12\x18\n" +
-	"\apayload\x18\x0f \x01(\fR\apayload*\xb1\x01\n" +
+	"\apayload\x18\x0f \x01(\fR\apayload*\x91\x01\n" +
+	"\rDataTransport\x12\x1e\n" +
+	"\x1aDATA_TRANSPORT_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13DATA_TRANSPORT_AUTO\x10\x01\x12\x17\n" +
+	"\x13DATA_TRANSPORT_GRPC\x10\x02\x12\x16\n" +
+	"\x12DATA_TRANSPORT_TCP\x10\x03\x12\x16\n" +
+	"\x12DATA_TRANSPORT_SHM\x10\x04*\xc9\x01\n" +
 	"\tFrameKind\x12\x1a\n" +
 	"\x16FRAME_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FRAME_KIND_HELLO\x10\x01\x12\x19\n" +
@@ -429,7 +545,8 @@ const file_loom_v1_peer_proto_rawDesc = "" +
 	"\x0eFRAME_KIND_P2P\x10\x03\x12\x15\n" +
 	"\x11FRAME_KIND_REJECT\x10\x04\x12\x14\n" +
 	"\x10FRAME_KIND_ABORT\x10\x05\x12\x16\n" +
-	"\x12FRAME_KIND_GOODBYE\x10\x06*\xc1\x01\n" +
+	"\x12FRAME_KIND_GOODBYE\x10\x06\x12\x16\n" +
+	"\x12FRAME_KIND_WELCOME\x10\a*\xc1\x01\n" +
 	"\fFailureCause\x12\x1d\n" +
 	"\x19FAILURE_CAUSE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15FAILURE_CAUSE_TIMEOUT\x10\x01\x12\x1b\n" +
@@ -459,25 +576,27 @@ func file_loom_v1_peer_proto_rawDescGZIP() []byte {
 	return file_loom_v1_peer_proto_rawDescData
 }
 
-var file_loom_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_loom_v1_peer_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_loom_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_loom_v1_peer_proto_goTypes = []any{
-	(FrameKind)(0),    // 0: loom.v1.FrameKind
-	(FailureCause)(0), // 1: loom.v1.FailureCause
-	(CollectiveOp)(0), // 2: loom.v1.CollectiveOp
-	(*Frame)(nil),     // 3: loom.v1.Frame
+	(DataTransport)(0), // 0: loom.v1.DataTransport
+	(FrameKind)(0),     // 1: loom.v1.FrameKind
+	(FailureCause)(0),  // 2: loom.v1.FailureCause
+	(CollectiveOp)(0),  // 3: loom.v1.CollectiveOp
+	(*Frame)(nil),      // 4: loom.v1.Frame
 }
 var file_loom_v1_peer_proto_depIdxs = []int32{
-	0, // 0: loom.v1.Frame.kind:type_name -> loom.v1.FrameKind
-	2, // 1: loom.v1.Frame.op:type_name -> loom.v1.CollectiveOp
-	1, // 2: loom.v1.Frame.cause:type_name -> loom.v1.FailureCause
-	3, // 3: loom.v1.Peer.Exchange:input_type -> loom.v1.Frame
-	3, // 4: loom.v1.Peer.Exchange:output_type -> loom.v1.Frame
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	1, // 0: loom.v1.Frame.kind:type_name -> loom.v1.FrameKind
+	3, // 1: loom.v1.Frame.op:type_name -> loom.v1.CollectiveOp
+	2, // 2: loom.v1.Frame.cause:type_name -> loom.v1.FailureCause
+	0, // 3: loom.v1.Frame.transport:type_name -> loom.v1.DataTransport
+	4, // 4: loom.v1.Peer.Exchange:input_type -> loom.v1.Frame
+	4, // 5: loom.v1.Peer.Exchange:output_type -> loom.v1.Frame
+	5, // [5:6] is the sub-list for method output_type
+	4, // [4:5] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_peer_proto_init() }
@@ -490,7 +609,7 @@ func file_loom_v1_peer_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_peer_proto_rawDesc), len(file_loom_v1_peer_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   1,
 			NumExtensions: 0,
 			NumServices:   1,

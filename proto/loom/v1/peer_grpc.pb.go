@@ -35,10 +35,19 @@ const (
 // each Frame.
 type PeerClient interface {
 	// Exchange carries frames from the dialing worker to the serving worker.
-	// The first frame must be a HELLO naming the sender's advertised address.
-	// The server answers only with REJECT (a frame it refused) and GOODBYE
-	// (it is shutting down) frames, and ends the stream when either side
-	// shuts down.
+	// The first frame must be a HELLO naming the sender's advertised address,
+	// the job and generation the stream serves, the data transport the
+	// sender wants and its host's boot id. The server answers first with a
+	// WELCOME that settles the transport; after that only with REJECT (a
+	// frame it refused) and GOODBYE (it is shutting down) frames, and ends
+	// the stream when either side shuts down.
+	//
+	// When the WELCOME chooses tcp or shm, the dialer opens a bulk
+	// connection (a raw socket to the same address, or a Unix socket to
+	// shm_addr with a shared-memory ring) and presents the WELCOME's secret
+	// on it; COLLECTIVE and P2P frames then travel there, in the fixed
+	// binary layout of parallel/transport_bulk.go, carrying the same fields
+	// (job and generation are the stream's). Everything else stays here.
 	Exchange(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[Frame, Frame], error)
 }
 
@@ -73,10 +82,19 @@ type Peer_ExchangeClient = grpc.BidiStreamingClient[Frame, Frame]
 // each Frame.
 type PeerServer interface {
 	// Exchange carries frames from the dialing worker to the serving worker.
-	// The first frame must be a HELLO naming the sender's advertised address.
-	// The server answers only with REJECT (a frame it refused) and GOODBYE
-	// (it is shutting down) frames, and ends the stream when either side
-	// shuts down.
+	// The first frame must be a HELLO naming the sender's advertised address,
+	// the job and generation the stream serves, the data transport the
+	// sender wants and its host's boot id. The server answers first with a
+	// WELCOME that settles the transport; after that only with REJECT (a
+	// frame it refused) and GOODBYE (it is shutting down) frames, and ends
+	// the stream when either side shuts down.
+	//
+	// When the WELCOME chooses tcp or shm, the dialer opens a bulk
+	// connection (a raw socket to the same address, or a Unix socket to
+	// shm_addr with a shared-memory ring) and presents the WELCOME's secret
+	// on it; COLLECTIVE and P2P frames then travel there, in the fixed
+	// binary layout of parallel/transport_bulk.go, carrying the same fields
+	// (job and generation are the stream's). Everything else stays here.
 	Exchange(grpc.BidiStreamingServer[Frame, Frame]) error
 	mustEmbedUnimplementedPeerServer()
 }

@@ -1,0 +1,615 @@
+//go:build linux
+
+package parallel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// The shm transport: a ring in shared memory per peer and direction, for
+// peers on one host. The sender creates the ring (a memfd), connects to
+// the receiver's Unix socket and passes the memfd there with the secret
+// (SCM_RIGHTS), so nothing is left in /dev/shm when either dies. Frames
+// are written into the ring in the bulk layout, one copy from the
+// caller's buffer; the receiver reduces or copies straight out of the
+// ring into the destination.
+//
+// Waiting costs no CPU once idle: a reader that finds its ring empty polls
+// it for ShmSpin (yielding the core between polls), then sets a flag in
+// the shared header and sleeps reading the Unix socket, and the sender
+// writes one byte there when it sees the flag after publishing (a full
+// ring works the same way the other way round). The socket is also how
+// death is seen: when either process exits, the kernel closes its end and
+// the other's read returns at once.
+
+// Shared header layout: each field on its own cache line.
+const (
+	shmCtlBytes        = 4096
+	shmOffMagic        = 0   // u64
+	shmOffRing         = 8   // u64 ring bytes
+	shmOffHead         = 64  // u64 bytes written, ever (the sender's)
+	shmOffTail         = 128 // u64 bytes consumed, ever (the receiver's)
+	shmOffReaderAsleep = 192 // u32 1: the receiver sleeps on the socket
+	shmOffWriterAsleep = 256 // u32 1: the sender waits for room
+	shmMagic           = 0x314d48534d4f4f4c
+	shmPiece           = 64 << 10 // a long payload is published in pieces of this size
+)
+
+// shmRing is one mapped ring: data is written at head and read at tail,
+// both counting bytes since the start (positions are taken mod len(data)).
+// Every position and length is a multiple of 4, so float32 payloads stay
+// aligned and never split across the wrap.
+type shmRing struct {
+	mem          []byte
+	data         []byte
+	mask         uint64
+	head, tail   *atomic.Uint64
+	readerAsleep *atomic.Uint32
+	writerAsleep *atomic.Uint32
+}
+
+func mapRing(mem []byte) shmRing {
+	at := func(off int) unsafe.Pointer { return unsafe.Pointer(&mem[off]) }
+	data := mem[shmCtlBytes:]
+	return shmRing{
+		mem: mem, data: data, mask: uint64(len(data) - 1),
+		head: (*atomic.Uint64)(at(shmOffHead)), tail: (*atomic.Uint64)(at(shmOffTail)),
+		readerAsleep: (*atomic.Uint32)(at(shmOffReaderAsleep)), writerAsleep: (*atomic.Uint32)(at(shmOffWriterAsleep)),
+	}
+}
+
+// put copies b into the ring at position pos (wrapping).
+func (r *shmRing) put(pos uint64, b []byte) {
+	i := int(pos & r.mask)
+	k := copy(r.data[i:], b)
+	copy(r.data, b[k:])
+}
+
+// get copies len(b) bytes from position pos (wrapping) into b.
+func (r *shmRing) get(pos uint64, b []byte) {
+	i := int(pos & r.mask)
+	k := copy(b, r.data[i:])
+	copy(b[k:], r.data)
+}
+
+// span returns the contiguous bytes from position pos, at most n.
+func (r *shmRing) span(pos uint64, n int) []byte {
+	i := int(pos & r.mask)
+	return r.data[i : i+min(n, len(r.data)-i)]
+}
+
+// spinWait polls ready for up to spin, yielding the processor between
+// polls (to this process's goroutines and to other processes, which on a
+// small machine are the peer we are waiting for).
+func spinWait(spin time.Duration, ready func() bool) bool {
+	if spin <= 0 {
+		return ready()
+	}
+	start := time.Now()
+	for i := 0; ; i++ {
+		if ready() {
+			return true
+		}
+		runtime.Gosched()
+		if i&1 == 1 {
+			unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+		}
+		if i&7 == 7 && time.Since(start) > spin {
+			return ready()
+		}
+	}
+}
+
+// shmListener accepts shared-memory links on an abstract Unix socket
+// (nothing on the file system to clean up).
+type shmListener struct {
+	t    *Transport
+	ln   *net.UnixListener
+	addr string
+}
+
+func newShmListener(t *Transport) (*shmListener, error) {
+	var name [8]byte
+	if _, err := rand.Read(name[:]); err != nil {
+		return nil, err
+	}
+	addr := "@loom-shm-" + hex.EncodeToString(name[:])
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: addr, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", addr, err)
+	}
+	// A memfd must work too, or every link would fail later.
+	fd, err := unix.MemfdCreate("loom-shm-probe", unix.MFD_CLOEXEC)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	unix.Close(fd)
+	l := &shmListener{t: t, ln: ln, addr: addr}
+	go l.loop()
+	return l, nil
+}
+
+func (l *shmListener) loop() {
+	for {
+		c, err := l.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		go l.t.acceptShmLink(c)
+	}
+}
+
+func (l *shmListener) close() { l.ln.Close() }
+
+// shmLink is the sending end of a shm link. Safe for concurrent use.
+type shmLink struct {
+	oc    *outConn
+	ring  shmRing
+	conn  *net.UnixConn
+	spin  time.Duration
+	sem   chan struct{} // serializes frames; held while the mapping is in use
+	room  chan struct{} // the receiver made room (its doorbell)
+	done  chan struct{} // closed when the link fails
+	timer *time.Timer   // guarded by sem
+
+	head uint64           // guarded by sem
+	hdr  [maxBulkHdr]byte // guarded by sem
+	bell [1]byte
+
+	mu  sync.Mutex
+	err error
+}
+
+// dialShmLink creates a ring, passes it to the peer's shm listener at
+// addr with the secret, and waits for the acknowledgement.
+func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bulkSender, error) {
+	if addr == "" {
+		return nil, errors.New("the peer offered no shared-memory address")
+	}
+	ringBytes := oc.t.opts.ShmRingBytes
+	fd, err := unix.MemfdCreate("loom-shm", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, int64(shmCtlBytes+ringBytes)); err != nil {
+		return nil, fmt.Errorf("sizing the ring: %w", err)
+	}
+	mem, err := unix.Mmap(fd, 0, shmCtlBytes+ringBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mapping the ring: %w", err)
+	}
+	*(*uint64)(unsafe.Pointer(&mem[shmOffMagic])) = shmMagic
+	*(*uint64)(unsafe.Pointer(&mem[shmOffRing])) = uint64(ringBytes)
+	d := net.Dialer{Timeout: bulkHandshake}
+	c, err := d.DialContext(ctx, "unix", addr)
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, fmt.Errorf("dial %s: %w (the peer may be in another network namespace)", addr, err)
+	}
+	conn := c.(*net.UnixConn)
+	hello := append(append(make([]byte, 0, len(shmPreamble)+secretBytes), shmPreamble[:]...), sec...)
+	conn.SetDeadline(time.Now().Add(bulkHandshake))
+	var ack [1]byte
+	_, _, err = conn.WriteMsgUnix(hello, unix.UnixRights(fd), nil)
+	if err == nil {
+		_, err = io.ReadFull(conn, ack[:])
+	}
+	if err == nil && ack[0] != bulkAck {
+		err = fmt.Errorf("unexpected answer %q", ack[0])
+	}
+	if err != nil {
+		conn.Close()
+		unix.Munmap(mem)
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	conn.SetDeadline(time.Time{})
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: oc.t.opts.ShmSpin, sem: make(chan struct{}, 1),
+		room: make(chan struct{}, 1), done: make(chan struct{}), timer: timer}
+	go l.doorbells()
+	return l, nil
+}
+
+// doorbells reads the receiver's "room" doorbells; the socket ending is
+// the receiver exiting (or closing the link).
+func (l *shmLink) doorbells() {
+	var b [64]byte
+	for {
+		if _, err := l.conn.Read(b[:]); err != nil {
+			l.fail(l.oc.broke("shm link", err))
+			return
+		}
+		select {
+		case l.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// fail breaks the link and fails its connection, unless that is closing
+// anyway (see tcpLink.fail).
+func (l *shmLink) fail(err error) {
+	if l.stop(err) && !errors.Is(err, ErrClosed) {
+		l.oc.fail(err)
+	}
+}
+
+// stop marks the link failed, closes its socket and unmaps the ring once
+// no send uses it. It reports whether this call stopped it.
+func (l *shmLink) stop(err error) bool {
+	l.mu.Lock()
+	if l.err != nil {
+		l.mu.Unlock()
+		return false
+	}
+	l.err = err
+	close(l.done)
+	l.mu.Unlock()
+	l.conn.Close()
+	go func() {
+		l.sem <- struct{}{} // a send in progress sees done and returns
+		unix.Munmap(l.ring.mem)
+	}()
+	return true
+}
+
+func (l *shmLink) close(err error) { l.stop(err) }
+
+func (l *shmLink) failure() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// wait blocks until ready, the link fails, or the call gives up.
+func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan struct{}, ready func() bool) error {
+	if spinWait(l.spin, ready) {
+		return nil
+	}
+	l.ring.writerAsleep.Store(1)
+	defer l.ring.writerAsleep.Store(0)
+	l.timer.Reset(timeout)
+	defer l.timer.Stop()
+	for !ready() {
+		select {
+		case <-l.room:
+		case <-l.done:
+			return l.failure()
+		case <-abort:
+			return errAborted
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.timer.C:
+			return fmt.Errorf("%w: shm send found no room for %v", ErrPeerTimeout, timeout)
+		}
+		l.ring.writerAsleep.Store(1)
+	}
+	return nil
+}
+
+// publish makes the bytes up to head visible and wakes a sleeping reader.
+func (l *shmLink) publish() {
+	l.ring.head.Store(l.head)
+	if l.ring.readerAsleep.Load() == 1 && l.ring.readerAsleep.CompareAndSwap(1, 0) {
+		l.bell[0] = 'D'
+		l.conn.Write(l.bell[:])
+	}
+}
+
+// send copies f into the ring: header, then the payload as room allows.
+func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration, abort <-chan struct{}) error {
+	select {
+	case l.sem <- struct{}{}:
+	default:
+		t := time.NewTimer(timeout)
+		select {
+		case l.sem <- struct{}{}:
+			t.Stop()
+		case <-l.done:
+			t.Stop()
+			return l.failure()
+		case <-abort:
+			t.Stop()
+			return errAborted
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+			return fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
+		}
+	}
+	defer func() { <-l.sem }()
+	if err := l.failure(); err != nil {
+		return err
+	}
+	pay := floatBytes(f.out)
+	n := putBulkHeader(l.hdr[:], f, len(pay), 4)
+	size := uint64(len(l.ring.data))
+	free := func() uint64 { return size - (l.head - l.ring.tail.Load()) }
+	if free() < uint64(n) {
+		if err := l.wait(ctx, timeout, abort, func() bool { return free() >= uint64(n) }); err != nil {
+			return err
+		}
+	}
+	l.ring.put(l.head, l.hdr[:n])
+	l.head += uint64(n)
+	for len(pay) > 0 {
+		room := free()
+		if room == 0 {
+			l.publish()
+			if err := l.wait(ctx, timeout, abort, func() bool { return free() > 0 }); err != nil {
+				return err
+			}
+			room = free()
+		}
+		k := int(min(room, uint64(len(pay)), shmPiece))
+		l.ring.put(l.head, pay[:k])
+		l.head += uint64(k)
+		pay = pay[k:]
+		if len(pay) > 0 {
+			l.publish() // the reader starts on a long payload early
+		}
+	}
+	l.publish()
+	return nil
+}
+
+// closeSend writes GOODBYE after every frame already sent.
+func (l *shmLink) closeSend(ctx context.Context) {
+	f := wireFrame{kind: loomv1.FrameKind_FRAME_KIND_GOODBYE}
+	l.send(ctx, &f, bulkHandshake, nil)
+}
+
+// acceptShmLink serves a shared-memory link: it takes the ring passed with
+// the secret, acknowledges, and reads frames until the link ends.
+func (t *Transport) acceptShmLink(conn *net.UnixConn) {
+	mem, o, err := t.takeRing(conn)
+	if err != nil {
+		t.log.Warn("refused a shared-memory link", "err", err)
+		conn.Close()
+		return
+	}
+	if !t.trackLink(conn) {
+		conn.Close()
+		unix.Munmap(mem)
+		return
+	}
+	defer t.untrackLink(conn)
+	l := newInLink(t, o, "shm", conn) // bound before the acknowledgement, as for tcp
+	o.in.bind(l)
+	if _, err := conn.Write([]byte{bulkAck}); err != nil {
+		conn.Close()
+		unix.Munmap(mem)
+		l.finish(err)
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: t.opts.ShmSpin, maxPay: t.opts.MaxFrameBytes}
+	err = r.run()
+	conn.Close()
+	unix.Munmap(mem)
+	l.finish(err)
+}
+
+// takeRing reads the preamble, the secret and the ring's memfd, redeems
+// the secret and maps the ring.
+func (t *Transport) takeRing(conn *net.UnixConn) ([]byte, *bulkOffer, error) {
+	conn.SetDeadline(time.Now().Add(bulkHandshake))
+	var msg [len(shmPreamble) + secretBytes]byte
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(msg[:], oob)
+	var fds []int
+	if err == nil {
+		if msgs, perr := unix.ParseSocketControlMessage(oob[:oobn]); perr == nil {
+			for i := range msgs {
+				if f, rerr := unix.ParseUnixRights(&msgs[i]); rerr == nil {
+					fds = append(fds, f...)
+				}
+			}
+		}
+	}
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	if err == nil && n < len(msg) {
+		_, err = io.ReadFull(conn, msg[n:])
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading the link hello: %w", err)
+	}
+	if [8]byte(msg[:8]) != shmPreamble {
+		return nil, nil, errors.New("not a shared-memory link hello")
+	}
+	if len(fds) != 1 {
+		return nil, nil, fmt.Errorf("the hello carried %d file descriptors, want 1", len(fds))
+	}
+	o, err := t.redeemFrom(bytes.NewReader(msg[8:]), loomv1.DataTransport_DATA_TRANSPORT_SHM)
+	if err != nil {
+		return nil, nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fds[0], &st); err != nil {
+		return nil, nil, fmt.Errorf("fstat of the ring: %w", err)
+	}
+	size := int(st.Size) - shmCtlBytes
+	if size < 64<<10 || size > 1<<30 || size&(size-1) != 0 {
+		return nil, nil, fmt.Errorf("ring of %d bytes (want a power of two from 64 KiB to 1 GiB)", size)
+	}
+	mem, err := unix.Mmap(fds[0], 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, nil, fmt.Errorf("mapping the ring: %w", err)
+	}
+	if *(*uint64)(unsafe.Pointer(&mem[shmOffMagic])) != shmMagic || *(*uint64)(unsafe.Pointer(&mem[shmOffRing])) != uint64(size) {
+		unix.Munmap(mem)
+		return nil, nil, errors.New("the ring's header is not Loom's")
+	}
+	return mem, o, nil
+}
+
+// shmReader is the receiving end of a shm link; only its goroutine uses it.
+type shmReader struct {
+	*inLink
+	ring   shmRing
+	conn   *net.UnixConn
+	spin   time.Duration
+	maxPay int
+	tail   uint64 // bytes consumed
+	head   uint64 // bytes known written
+	hdr    [maxBulkHdr]byte
+	bell   [64]byte
+}
+
+// waitFor waits until at least k bytes past tail are written and returns
+// how many are. The writer's exit ends the wait with an error, once what
+// it wrote before is consumed.
+func (r *shmReader) waitFor(k int) (int, error) {
+	have := func() bool {
+		r.head = r.ring.head.Load()
+		return int(r.head-r.tail) >= k
+	}
+	for {
+		if int(r.head-r.tail) >= k || spinWait(r.spin, have) {
+			return int(r.head - r.tail), nil
+		}
+		r.ring.readerAsleep.Store(1)
+		if have() {
+			r.ring.readerAsleep.CompareAndSwap(1, 0)
+			continue
+		}
+		if _, err := r.conn.Read(r.bell[:]); err != nil && !have() {
+			return 0, err
+		}
+	}
+}
+
+// release gives n consumed bytes back to the writer and wakes it if it
+// waits for room.
+func (r *shmReader) release(n int) {
+	r.tail += uint64(n)
+	r.ring.tail.Store(r.tail)
+	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
+		r.bell[0] = 'S'
+		r.conn.Write(r.bell[:1])
+	}
+}
+
+// consume hands the next n bytes to fn in contiguous pieces (multiples
+// of 4 bytes), releasing each.
+func (r *shmReader) consume(n int, fn func([]byte)) error {
+	for n > 0 {
+		a, err := r.waitFor(1)
+		if err != nil {
+			return err
+		}
+		b := r.ring.span(r.tail, min(a, n))
+		fn(b)
+		n -= len(b)
+		r.release(len(b))
+	}
+	return nil
+}
+
+// readHeader copies the next header out of the ring and consumes it.
+func (r *shmReader) readHeader() (bulkHeader, error) {
+	need := bulkHdrFixed
+	for {
+		if _, err := r.waitFor(need); err != nil {
+			return bulkHeader{}, err
+		}
+		r.ring.get(r.tail, r.hdr[:need])
+		h, n, err := parseBulkHeader(r.hdr[:need], r.maxPay)
+		if err != nil {
+			return h, err
+		}
+		if n <= need {
+			r.release(h.hdrLen)
+			return h, nil
+		}
+		need = n
+	}
+}
+
+func (r *shmReader) run() error {
+	for {
+		h, err := r.readHeader()
+		if err != nil {
+			return err
+		}
+		switch h.kind {
+		case loomv1.FrameKind_FRAME_KIND_GOODBYE:
+			r.ended.Store(true)
+			return nil
+		case loomv1.FrameKind_FRAME_KIND_COLLECTIVE, loomv1.FrameKind_FRAME_KIND_P2P:
+		default:
+			return fmt.Errorf("%w: frame kind %v", errBulkProtocol, h.kind)
+		}
+		// h.group aliases r.hdr, which only the next header overwrites.
+		box, reason := r.route(h.group, h.srcRank)
+		if reason != "" {
+			r.reject(&h, string(h.group), reason)
+			if err := r.consume(h.payLen, func([]byte) {}); err != nil {
+				return err
+			}
+			continue
+		}
+		if box != nil {
+			if q := box.claim(h.kind, h.seq, h.tag, r); q != nil {
+				cerr := q.check(h.op, h.length, h.payLen)
+				if cerr != nil {
+					err = r.consume(h.payLen, func([]byte) {})
+				} else {
+					err = r.apply(q.dst, q.a)
+				}
+				if err != nil {
+					box.finish(q, fmt.Errorf("%w: shm link: %v", ErrPeerGone, err))
+					return err
+				}
+				box.finish(q, cerr)
+				continue
+			}
+		}
+		f, b := r.t.eagerFrame(&h)
+		k := 0
+		if err := r.consume(h.payLen, func(p []byte) { k += copy(b[k:], p) }); err != nil {
+			f.release()
+			return err
+		}
+		if box != nil {
+			box.push(f)
+		} else {
+			r.unrouted(&h, string(h.group), f)
+		}
+	}
+}
+
+// apply moves the payload from the ring into dst, reducing or copying.
+func (r *shmReader) apply(dst []float32, a apply) error {
+	di := 0
+	return r.consume(4*len(dst), func(p []byte) {
+		n := len(p) / 4
+		src := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(p))), n)
+		applyFloats(a, dst[di:di+n], src)
+		di += n
+	})
+}
