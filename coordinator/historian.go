@@ -291,40 +291,64 @@ type rankState struct {
 	Totals   RankTotals             `json:"totals"`
 }
 
-// save writes the changed histories (each job's and each rank's key).
-func (h *historian) save(ctx context.Context) {
-	type put struct {
-		key   string
-		value []byte
-		mark  func()
+// persistedBytes is the size of every history's keys, as save writes them
+// (for the memory benchmark).
+func (h *historian) persistedBytes() int {
+	n := 0
+	for _, p := range h.changes(true) {
+		n += len(p.value)
 	}
+	return n
+}
+
+type historyPut struct {
+	key   string
+	value []byte
+	mark  func()
+}
+
+// changes encodes the histories that changed (all: every one).
+func (h *historian) changes(all bool) []historyPut {
+	type put = historyPut
 	var puts []put
 	h.mu.Lock()
 	for name, j := range h.jobs {
-		if j.dirty {
+		if j.dirty || all {
 			st := jobState{Run: j.run, Generation: j.gen, LastStep: j.lastStep, LastMs: j.lastMs, Points: j.points.state(),
 				Events: j.events, Restarts: j.restarts, FinishedMs: j.finishedMs,
 				Checkpoint: checkpointTotals{Step: j.ckptStep, Saves: j.ckptSaves, Bytes: j.ckptTotal, LastS: j.ckptLastS, LastBytes: j.ckptLastB}}
 			for g := range j.seenFailures {
 				st.SeenFailures = append(st.SeenFailures, g)
 			}
-			b, _ := json.Marshal(st)
 			jj := j
-			puts = append(puts, put{h.keys.HistoryJob(name), b, func() { jj.dirty = false }})
+			if b, err := json.Marshal(st); err != nil {
+				h.log.Warn("coordinator: step history: cannot encode; not persisted", "job", name, "err", err)
+			} else {
+				puts = append(puts, put{h.keys.HistoryJob(name), b, func() { jj.dirty = false }})
+			}
 		}
 		for _, rh := range j.ranks {
-			if !rh.dirty {
+			if !rh.dirty && !all {
 				continue
 			}
-			b, _ := json.Marshal(rankState{Run: j.run, Gen: rh.gen, Addr: rh.addr, WorkerID: rh.workerID, Memory: rh.memory,
+			b, err := json.Marshal(rankState{Run: j.run, Gen: rh.gen, Addr: rh.addr, WorkerID: rh.workerID, Memory: rh.memory,
 				Peak: rh.peak, LastStep: rh.lastStep, Window: rh.window, Points: rh.points.state(), Totals: rh.totals})
+			if err != nil {
+				h.log.Warn("coordinator: step history: cannot encode; not persisted", "job", name, "rank", rh.rank, "err", err)
+				continue
+			}
 			r := rh
 			puts = append(puts, put{h.keys.HistoryRank(name, r.rank), b, func() { r.dirty = false }})
 		}
 	}
 	h.mu.Unlock()
 	sort.Slice(puts, func(a, b int) bool { return puts[a].key < puts[b].key })
-	for _, p := range puts {
+	return puts
+}
+
+// save writes the changed histories (each job's and each rank's key).
+func (h *historian) save(ctx context.Context) {
+	for _, p := range h.changes(false) {
 		if _, err := h.etcd.Put(ctx, p.key, string(p.value)); err != nil {
 			h.log.Warn("coordinator: step history: persist failed; will retry", "key", p.key, "err", err)
 			return

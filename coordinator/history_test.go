@@ -293,6 +293,12 @@ func BenchmarkHistory100kSteps(b *testing.B) {
 	}
 	b.ReportMetric(held, "bytes/job")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*steps), "ns/step")
+	// What the leader persists for the job in etcd (every key's value).
+	h := newHistorian(nil, NewKeys(""), slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now, func() bool { return true }, 0)
+	j := newJobHistory(testDesired())
+	feed(j, 1, 1, steps, 1)
+	h.jobs["h"] = j
+	b.ReportMetric(float64(h.persistedBytes()), "etcd-bytes/job")
 }
 
 // A checkpoint's commit may reach the history before its step's reports;
