@@ -214,7 +214,10 @@ func TestHistoryPersistsForStandby(t *testing.T) {
 	}
 	put(keys.Checkpoint("h"), Encode(&loomv1.CheckpointRecord{Job: "h", Step: 30, Dir: "/ck/h/step-30", Generation: 1,
 		CommittedUnixMs: 1700000000000 + 30*12 + 250}))
-	waitFor(t, ctx, "the leader's history to reach step 30", func() bool { return leader.lastStep("h") == 30 })
+	waitFor(t, ctx, "the leader's history to reach step 30 and the checkpoint", func() bool {
+		v, _ := leader.history("h", -1)
+		return leader.lastStep("h") == 30 && len(v.Events) == 1
+	})
 	lcancel()
 	<-done // the last save happens on the way out
 
