@@ -27,6 +27,7 @@ type StepMetrics struct {
 	steps        *prometheus.CounterVec
 	tokensPerSec *prometheus.GaugeVec
 	loss         *prometheus.GaugeVec
+	valLoss      *prometheus.GaugeVec
 	lr           *prometheus.GaugeVec
 	gradNorm     *prometheus.GaugeVec
 	computeSecs  *prometheus.CounterVec
@@ -59,6 +60,9 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 		loss: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_loss", Help: "Training loss at the last step.",
 		}, jr),
+		valLoss: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_val_loss", Help: "Validation loss at the last validation pass (train.eval_every).",
+		}, jr),
 		lr: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_learning_rate", Help: "Learning rate at the last step.",
 		}, jr),
@@ -79,7 +83,7 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 		}, []string{"job", "rank", "kind"}),
 		epochs: map[string]int64{},
 	}
-	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.lr, m.gradNorm,
+	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.valLoss, m.lr, m.gradNorm,
 		m.computeSecs, m.commBytes, m.commSeconds, m.memory)
 	return m
 }
@@ -158,6 +162,9 @@ func (m *StepMetrics) ObserveStep(job string, epoch int64, rank int, s *loomv1.S
 	m.steps.WithLabelValues(job, r).Inc()
 	m.tokensPerSec.WithLabelValues(job, r).Set(s.TokensPerSec)
 	m.loss.WithLabelValues(job, r).Set(s.Loss)
+	if s.ValLoss > 0 {
+		m.valLoss.WithLabelValues(job, r).Set(s.ValLoss)
+	}
 	m.lr.WithLabelValues(job, r).Set(s.Lr)
 	m.gradNorm.WithLabelValues(job, r).Set(s.GradNorm)
 	m.computeSecs.WithLabelValues(job, r).Add(nonNeg(s.ComputeSeconds))

@@ -45,15 +45,19 @@ func Follow(ctx context.Context, c *api.Client, job string, totalSteps int, w io
 			first := pace.steps == 0
 			eta := pace.observe(s, totalSteps, time.Now())
 			if jsonLines {
-				b, _ := json.Marshal(map[string]any{"step": s.Step, "loss": s.Loss, "lr": s.Lr, "grad_norm": s.GradNorm,
+				rec := map[string]any{"step": s.Step, "loss": s.Loss, "lr": s.Lr, "grad_norm": s.GradNorm,
 					"tokens_per_sec": s.TokensPerSec, "step_s": s.StepSeconds, "comm_s": s.CommSeconds,
-					"elapsed_s": time.Since(start).Seconds(), "eta_s": eta.Seconds()})
+					"elapsed_s": time.Since(start).Seconds(), "eta_s": eta.Seconds()}
+				if s.ValLoss > 0 {
+					rec["val_loss"] = s.ValLoss
+				}
+				b, _ := json.Marshal(rec)
 				fmt.Fprintf(w, "%s\n", b)
 				continue
 			}
 			// Text lines: the first step seen (1, or the one after a
-			// resume), the last, and at most one a second.
-			if !first && int(s.Step) != totalSteps && time.Since(lastStep) < time.Second {
+			// resume), the last, validations, and at most one a second.
+			if !first && int(s.Step) != totalSteps && s.ValLoss == 0 && time.Since(lastStep) < time.Second {
 				continue
 			}
 			lastStep = time.Now()
@@ -104,8 +108,12 @@ func FormatStep(s *loomv1.StepStats, totalSteps int) string {
 	} else {
 		fmt.Fprintf(&b, "step %d", s.Step)
 	}
-	fmt.Fprintf(&b, " | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | %s/step",
-		s.Loss, s.Lr, s.GradNorm, s.TokensPerSec, time.Duration(s.StepSeconds*float64(time.Second)).Round(time.Microsecond))
+	fmt.Fprintf(&b, " | loss %.4f", s.Loss)
+	if s.ValLoss > 0 {
+		fmt.Fprintf(&b, " | val loss %.4f", s.ValLoss)
+	}
+	fmt.Fprintf(&b, " | lr %.2e | gnorm %.3f | %.0f tok/s | %s/step",
+		s.Lr, s.GradNorm, s.TokensPerSec, time.Duration(s.StepSeconds*float64(time.Second)).Round(time.Microsecond))
 	if s.StepSeconds > 0 && s.CommSeconds > 0 {
 		fmt.Fprintf(&b, " (comm %.0f%%)", 100*s.CommSeconds/s.StepSeconds)
 	}

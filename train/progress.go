@@ -60,12 +60,16 @@ func (p *Progress) Report(s Stats) {
 		fmt.Fprintf(p.w, "%s\n", b)
 		return
 	}
-	if s.Step != p.first && s.Step != p.total && now.Sub(p.lastPrint) < p.every {
+	if s.Step != p.first && s.Step != p.total && s.ValLoss == 0 && now.Sub(p.lastPrint) < p.every {
 		return
 	}
 	p.lastPrint = now
 	avg := float64(p.tokens) / elapsed.Seconds()
-	fmt.Fprintf(p.w, "step %*d/%d | loss %.4f | lr %.2e | grad norm %6.3f | %8.0f tok/s | elapsed %s | eta %s\n",
-		len(fmt.Sprint(p.total)), s.Step, p.total, s.Loss, s.LR, s.GradNorm, avg,
+	val := ""
+	if s.ValLoss > 0 {
+		val = fmt.Sprintf(" | val loss %.4f", s.ValLoss)
+	}
+	fmt.Fprintf(p.w, "step %*d/%d | loss %.4f%s | lr %.2e | grad norm %6.3f | %8.0f tok/s | elapsed %s | eta %s\n",
+		len(fmt.Sprint(p.total)), s.Step, p.total, s.Loss, val, s.LR, s.GradNorm, avg,
 		elapsed.Round(time.Second), eta.Round(time.Second))
 }

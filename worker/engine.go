@@ -77,6 +77,8 @@ type StepStats struct {
 	// snapshot a checkpoint (0: none was due).
 	CheckpointTime time.Duration
 	Tokens         int64 // tokens in the step's global batch
+	// ValLoss is the validation loss after the step when one was due, else 0.
+	ValLoss float64
 	// Comm lists the step's communication by operation; leave it empty if
 	// the engine records communication with Metrics.AddComm instead.
 	Comm []CommStat

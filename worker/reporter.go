@@ -76,7 +76,7 @@ func (r *reporter) forRank(job string, gen uint64, epoch int64, rank int) func(S
 		ps := &loomv1.StepStats{
 			Step: int64(s.Step), Loss: s.Loss, Lr: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
 			StepSeconds: s.StepTime.Seconds(), ComputeSeconds: s.ComputeTime.Seconds(), CommSeconds: s.CommTime.Seconds(),
-			DataSeconds: s.DataTime.Seconds(), CheckpointSeconds: s.CheckpointTime.Seconds(), Tokens: s.Tokens,
+			DataSeconds: s.DataTime.Seconds(), CheckpointSeconds: s.CheckpointTime.Seconds(), Tokens: s.Tokens, ValLoss: s.ValLoss,
 			EndUnixMs: time.Now().UnixMilli(),
 		}
 		for _, c := range s.Comm {

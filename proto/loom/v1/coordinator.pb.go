@@ -1254,7 +1254,10 @@ type StepStats struct {
 	// tokens is the number of tokens in the step's global batch.
 	Tokens int64 `protobuf:"varint,12,opt,name=tokens,proto3" json:"tokens,omitempty"`
 	// end_unix_ms is when the rank finished the step (its clock).
-	EndUnixMs     int64 `protobuf:"varint,13,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
+	EndUnixMs int64 `protobuf:"varint,13,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
+	// val_loss is the mean validation loss after the step when a validation
+	// pass was due (train.eval_every), else 0.
+	ValLoss       float64 `protobuf:"fixed64,14,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1376,6 +1379,13 @@ func (x *StepStats) GetTokens() int64 {
 func (x *StepStats) GetEndUnixMs() int64 {
 	if x != nil {
 		return x.EndUnixMs
+	}
+	return 0
+}
+
+func (x *StepStats) GetValLoss() float64 {
+	if x != nil {
+		return x.ValLoss
 	}
 	return 0
 }
@@ -2372,7 +2382,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\bCommStat\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x18\n" +
-	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\xa6\x03\n" +
+	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\xc1\x03\n" +
 	"\tStepStats\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x0e\n" +
@@ -2387,7 +2397,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	" \x01(\x01R\vdataSeconds\x12-\n" +
 	"\x12checkpoint_seconds\x18\v \x01(\x01R\x11checkpointSeconds\x12\x16\n" +
 	"\x06tokens\x18\f \x01(\x03R\x06tokens\x12\x1e\n" +
-	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\"\xd9\x02\n" +
+	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\x12\x19\n" +
+	"\bval_loss\x18\x0e \x01(\x01R\avalLoss\"\xd9\x02\n" +
 	"\fRankProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
