@@ -13,11 +13,35 @@ import (
 )
 
 // Group defaults, chosen by measurement (see the package doc).
+// DefaultSmallBytes is the latency-optimal algorithms' limit over gRPC;
+// over tcp links it is 128 KiB and over shm links 16 KiB (where a ring
+// step costs less), unless GroupSpec.SmallBytes says otherwise.
 const (
 	DefaultTimeout    = 60 * time.Second
 	DefaultChunkBytes = 256 << 10
 	DefaultSmallBytes = 256 << 10
+	tcpSmallBytes     = 128 << 10
+	shmSmallBytes     = 16 << 10
 )
+
+// smallBytes returns the largest buffer all-reduced and broadcast with
+// the latency-optimal algorithms: GroupSpec.SmallBytes, or by the
+// transport mode, which every member must share (the choice must be the
+// same everywhere; a member that chose otherwise fails with ErrMismatch on
+// the first frame). Auto counts as tcp: across hosts that is what it
+// uses, and on one host tcp's switch point costs shm links little.
+func (g *Group) smallBytes() int {
+	if g.small != 0 {
+		return g.small
+	}
+	switch g.t.opts.Mode {
+	case ModeShm:
+		return shmSmallBytes
+	case ModeGRPC:
+		return DefaultSmallBytes
+	}
+	return tcpSmallBytes
+}
 
 // Algorithm selects the all-reduce algorithm.
 type Algorithm int
@@ -76,7 +100,8 @@ type GroupSpec struct {
 	// frame; default DefaultChunkBytes. Must be a multiple of 4.
 	ChunkBytes int
 	// SmallBytes is the largest buffer all-reduced and broadcast with the
-	// latency-optimal algorithms; default DefaultSmallBytes.
+	// latency-optimal algorithms; default by the transport's mode:
+	// DefaultSmallBytes for grpc, 128 KiB for tcp and auto, 16 KiB for shm.
 	SmallBytes int
 	// AllReduce forces an all-reduce algorithm; default Auto.
 	AllReduce Algorithm
@@ -160,7 +185,7 @@ type Group struct {
 	boxes   []*mailbox // incoming frames by sender index
 	timeout time.Duration
 	chunk   int // elements per frame
-	small   int // bytes
+	small   int // bytes; 0: by transport (smallBytes)
 
 	opMu sync.Mutex // serializes collectives
 	seq  uint64     // collective calls so far; guarded by opMu
@@ -203,9 +228,7 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 	if g.chunk == 0 {
 		g.chunk = DefaultChunkBytes / 4
 	}
-	if g.small == 0 {
-		g.small = DefaultSmallBytes
-	}
+
 	if 4*g.chunk > t.opts.MaxFrameBytes {
 		return nil, fmt.Errorf("parallel: group spec: ChunkBytes %d exceeds the transport's MaxFrameBytes %d", 4*g.chunk, t.opts.MaxFrameBytes)
 	}
@@ -529,7 +552,7 @@ func (c *call) allReduce(buf []float32, op ReduceOp) error {
 	algo := c.g.spec.AllReduce
 	if algo == Auto {
 		algo = Ring
-		if 4*len(buf) <= c.g.small {
+		if 4*len(buf) <= c.g.smallBytes() {
 			algo = RecursiveDoubling
 		}
 	}

@@ -95,8 +95,13 @@ func (r *shmRing) span(pos uint64, n int) []byte {
 }
 
 // spinWait polls ready for up to spin, yielding the processor between
-// polls (to this process's goroutines and to other processes, which on a
-// small machine are the peer we are waiting for).
+// polls: to this process's goroutines every time, and every second poll
+// to other processes too (sched_yield), which on a small machine are the
+// peer we are waiting for. Measured on 2 vCPUs, 2 ranks, 4 KiB: without
+// sched_yield the p50 swung between 3 and 120 µs from run to run (a
+// spinning rank kept its vCPU from whatever else had to run there); with
+// it on every poll 7.8–8.0 µs, every second 8.1–8.4 and 1 MiB 3–13%
+// faster than every poll, every 16th 12.6 µs.
 func spinWait(spin time.Duration, ready func() bool) bool {
 	if spin <= 0 {
 		return ready()
@@ -566,6 +571,9 @@ func (r *shmReader) run() error {
 		}
 		// h.group aliases r.hdr, which only the next header overwrites.
 		box, reason := r.route(h.group, h.srcRank)
+		if box != nil && !box.polled.Load() {
+			box.polled.Store(true)
+		}
 		if reason != "" {
 			r.reject(&h, string(h.group), reason)
 			if err := r.consume(h.payLen, func([]byte) {}); err != nil {
