@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -648,4 +649,31 @@ func (oc *outConn) setBulk(b bulkSender) error {
 	}
 	oc.bulk = b
 	return nil
+}
+
+// A large frame that arrives just before its receive is posted (the
+// sender ran a little ahead) would be copied aside and copied again. Its
+// reader waits up to latePostWait for the receive first, yielding to the
+// goroutines that would post it.
+const (
+	latePostBytes = 32 << 10
+	latePostWait  = 20 * time.Microsecond
+)
+
+// awaitPost waits briefly for the receive of a large frame to be posted
+// and claims it; nil: copy the frame aside.
+func awaitPost(box *mailbox, h *bulkHeader, ab linkAborter) *recvReq {
+	if h.payLen < latePostBytes {
+		return nil
+	}
+	start := time.Now()
+	for i := 0; ; i++ {
+		runtime.Gosched()
+		if r := box.claim(h.kind, h.seq, h.tag, ab); r != nil {
+			return r
+		}
+		if i&7 == 7 && time.Since(start) > latePostWait {
+			return nil
+		}
+	}
 }

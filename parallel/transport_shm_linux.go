@@ -582,7 +582,11 @@ func (r *shmReader) run() error {
 			continue
 		}
 		if box != nil {
-			if q := box.claim(h.kind, h.seq, h.tag, r); q != nil {
+			q := box.claim(h.kind, h.seq, h.tag, r)
+			if q == nil {
+				q = awaitPost(box, &h, r)
+			}
+			if q != nil {
 				cerr := q.check(h.op, h.length, h.payLen)
 				if cerr != nil {
 					err = r.consume(h.payLen, func([]byte) {})

@@ -318,7 +318,11 @@ func (c *tcpReader) run() error {
 			continue
 		}
 		if box != nil {
-			if r := box.claim(h.kind, h.seq, h.tag, c); r != nil {
+			r := box.claim(h.kind, h.seq, h.tag, c)
+			if r == nil {
+				r = awaitPost(box, &h, c)
+			}
+			if r != nil {
 				c.take(h.hdrLen)
 				cerr := r.check(h.op, h.length, h.payLen)
 				if cerr != nil {
