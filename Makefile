@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench proto lint setup fixtures clean web grafana
+.PHONY: all build run test test-short bench bench-monitoring bf16-parity proto lint setup fixtures clean web grafana
 
 all: build
 
@@ -33,6 +33,15 @@ test-short: lint
 
 bench: build
 	scripts/bench.sh
+
+# The cost of monitoring: tokens/s of $(JOB) with the dashboard open and
+# Prometheus scraping every second vs neither, alternating rounds.
+bench-monitoring: build $(CORPUS)
+	scripts/bench-monitoring.sh $(JOB)
+
+# bf16 GEMMs train `tiny` 200 steps within 1% of fp32 (10-step means; ~2 min).
+bf16-parity:
+	LOOM_BF16_PARITY=1 $(GO) test -count=1 -run TestBF16TracksFP32 -v ./cmd/loom
 
 proto:
 	proto/gen.sh

@@ -111,6 +111,11 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string, errs *[]error) {
 			}
 			checkKeys(v, ft, path, errs)
 		}
+		if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct && v.Kind == yaml.SequenceNode {
+			for j, item := range v.Content {
+				checkKeys(item, ft.Elem(), fmt.Sprintf("%s[%d]", path, j), errs)
+			}
+		}
 	}
 }
 

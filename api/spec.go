@@ -37,22 +37,63 @@ type ModelSpec struct {
 	TieEmbeddings bool    `yaml:"tie_embeddings"`
 }
 
-// DataSpec names the token file a job trains on and how it is visited.
+// DataSpec names the token files a job trains on, how they are mixed and
+// visited, and what it validates on.
 type DataSpec struct {
 	// Path is a token file written by `loom prep` (relative paths are
-	// resolved against the working directory).
-	Path    string `yaml:"path"`
-	Shuffle bool   `yaml:"shuffle"`
-	Seed    uint64 `yaml:"seed"`
+	// resolved against the working directory): the one source of a job
+	// that names no Sources.
+	Path string `yaml:"path"`
+	// Sources are several token files mixed by weight (Megatron's blended
+	// dataset): each global sample comes from source i with probability
+	// weight_i / Σ weight, in a fixed interleave, so a step's windows are
+	// still a pure function of (seed, step). Exclusive with Path.
+	Sources    []DataSource   `yaml:"sources"`
+	Validation ValidationSpec `yaml:"validation"`
+	Shuffle    bool           `yaml:"shuffle"`
+	Seed       uint64         `yaml:"seed"`
 }
 
-// ParallelSpec is the job's parallel layout. World size is DP·TP·PP.
+// DataSource is one token file of a blend.
+type DataSource struct {
+	Path   string  `yaml:"path"`
+	Weight float64 `yaml:"weight"`
+}
+
+// ValidationSpec is the held-out data train.eval_every evaluates on: a
+// separate token file, or a fraction of every source's windows (its last
+// windows, which training then never visits).
+type ValidationSpec struct {
+	Path     string  `yaml:"path"`
+	Fraction float64 `yaml:"fraction"`
+}
+
+// Enabled reports whether a validation set is configured.
+func (v ValidationSpec) Enabled() bool { return v.Path != "" || v.Fraction > 0 }
+
+// SourceList returns the job's sources: Sources, or Path with weight 1.
+func (d DataSpec) SourceList() []DataSource {
+	if len(d.Sources) > 0 {
+		return d.Sources
+	}
+	return []DataSource{{Path: d.Path, Weight: 1}}
+}
+
+// ParallelSpec is the job's parallel layout. World size is DP·TP·PP;
+// ranks are laid out tensor-parallel fastest (plan.Mesh).
 type ParallelSpec struct {
-	DP           int `yaml:"dp"`
-	TP           int `yaml:"tp"`
-	PP           int `yaml:"pp"`
-	Zero         int `yaml:"zero"`
-	MicroBatches int `yaml:"micro_batches"`
+	DP int `yaml:"dp"`
+	// TP splits every layer over TP ranks (Megatron-LM): it must divide
+	// model.n_heads and model.ffn_hidden, and model.n_kv_heads must be a
+	// multiple or a divisor of it.
+	TP   int `yaml:"tp"`
+	PP   int `yaml:"pp"`
+	Zero int `yaml:"zero"`
+	// SequenceParallel shards the norms and the residual stream over the
+	// TP ranks by rows (Korthikanti et al. 2022); train.micro_batch ×
+	// model.seq_len must then be divisible by TP. No effect at tp 1.
+	SequenceParallel bool `yaml:"sequence_parallel"`
+	MicroBatches     int  `yaml:"micro_batches"`
 }
 
 // TrainSpec holds the optimisation settings.
@@ -77,6 +118,17 @@ type TrainSpec struct {
 	// GradClip is the global gradient-norm limit; 0 disables clipping.
 	GradClip float64 `yaml:"grad_clip"`
 	Seed     uint64  `yaml:"seed"`
+	// EvalEvery is the step interval between validation passes (and one
+	// after the last step); 0 never validates.
+	EvalEvery int `yaml:"eval_every"`
+	// EvalBatches is the number of global batches of validation windows
+	// per pass: a pass covers the first eval_batches × global_batch
+	// windows of the validation set, the same in every layout.
+	EvalBatches int `yaml:"eval_batches"`
+	// Precision of the model's matrix multiplies: "fp32", or "bf16" (inputs
+	// rounded to bfloat16, float32 accumulation; master weights, optimizer
+	// state, loss and norms stay float32). See docs/kernels.md.
+	Precision string `yaml:"precision"`
 }
 
 // CheckpointSpec says where and how often checkpoints are written.
@@ -103,6 +155,7 @@ func DefaultSpec() JobSpec {
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
 			Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1.0, Seed: 1337,
+			EvalBatches: 4, Precision: "fp32",
 		},
 		Checkpoint: CheckpointSpec{Dir: "checkpoints", Every: 0, Keep: 3},
 	}
@@ -206,8 +259,25 @@ func (s *JobSpec) Validate() error {
 	if !(m.NormEps > 0) || m.NormEps >= 1 {
 		bad("model.norm_eps", m.NormEps, "must be in (0, 1)")
 	}
-	if s.Data.Path == "" {
-		bad("data.path", `""`, "must name a token file written by `loom prep`")
+	d := s.Data
+	switch {
+	case d.Path == "" && len(d.Sources) == 0:
+		bad("data.path", `""`, "must name a token file written by `loom prep` (or list data.sources)")
+	case d.Path != "" && len(d.Sources) > 0:
+		bad("data.path", fmt.Sprintf("%q", d.Path), "give either data.path or data.sources, not both")
+	}
+	for i, src := range d.Sources {
+		if src.Path == "" {
+			bad(fmt.Sprintf("data.sources[%d].path", i), `""`, "must name a token file written by `loom prep`")
+		}
+		if !(src.Weight > 0) || math.IsInf(src.Weight, 0) {
+			bad(fmt.Sprintf("data.sources[%d].weight", i), src.Weight, "must be a positive number (weights are relative)")
+		}
+	}
+	if v := d.Validation; v.Path != "" && v.Fraction != 0 {
+		bad("data.validation.fraction", v.Fraction, "give either data.validation.path or data.validation.fraction, not both")
+	} else if v.Fraction < 0 || v.Fraction > 0.5 || math.IsNaN(v.Fraction) {
+		bad("data.validation.fraction", v.Fraction, "must be in (0, 0.5]: the share of each source's windows held out")
 	}
 	p := s.Parallel
 	positive("parallel.dp", p.DP)
@@ -217,8 +287,20 @@ func (s *JobSpec) Validate() error {
 	if p.Zero < 0 || p.Zero > 3 {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
 	}
-	if p.TP > 1 && m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 {
-		bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d)", m.NKVHeads))
+	if p.TP > 1 {
+		if m.NHeads > 0 && m.NHeads%p.TP != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_heads (%d): each rank holds n_heads/tp query heads", m.NHeads))
+		}
+		if m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 && p.TP%m.NKVHeads != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d) or be a multiple of it (kv heads are then replicated)", m.NKVHeads))
+		}
+		if m.FFNHidden > 0 && m.FFNHidden%p.TP != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.ffn_hidden (%d): each rank holds ffn_hidden/tp MLP features", m.FFNHidden))
+		}
+		if p.SequenceParallel && s.Train.MicroBatch > 0 && m.SeqLen > 0 && (s.Train.MicroBatch*m.SeqLen)%p.TP != 0 {
+			bad("parallel.sequence_parallel", true, fmt.Sprintf("needs train.micro_batch × model.seq_len (%d × %d) divisible by parallel.tp (%d): the rows are split evenly over the ranks",
+				s.Train.MicroBatch, m.SeqLen, p.TP))
+		}
 	}
 	if p.PP > 1 && m.NLayers > 0 && p.PP > m.NLayers {
 		bad("parallel.pp", p.PP, fmt.Sprintf("must not exceed model.n_layers (%d)", m.NLayers))
@@ -257,8 +339,19 @@ func (s *JobSpec) Validate() error {
 	if !(t.Eps > 0) {
 		bad("train.eps", t.Eps, "must be > 0")
 	}
+	if t.Precision != "fp32" && t.Precision != "bf16" {
+		bad("train.precision", t.Precision, "must be fp32 or bf16")
+	}
 	if t.GradClip < 0 {
 		bad("train.grad_clip", t.GradClip, "must be ≥ 0 (0 disables clipping)")
+	}
+	if t.EvalEvery < 0 {
+		bad("train.eval_every", t.EvalEvery, "must be ≥ 0 (0 never validates)")
+	} else if t.EvalEvery > 0 && !d.Validation.Enabled() {
+		bad("train.eval_every", t.EvalEvery, "needs a validation set: set data.validation.path or data.validation.fraction")
+	}
+	if t.EvalBatches < 1 {
+		bad("train.eval_batches", t.EvalBatches, "must be ≥ 1")
 	}
 	c := s.Checkpoint
 	if c.Dir == "" {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -13,7 +14,7 @@ func TestParseSpecDefaults(t *testing.T) {
 	}
 	want := DefaultSpec()
 	want.Data.Path = "x.bin"
-	if spec != want {
+	if !reflect.DeepEqual(spec, want) {
 		t.Fatalf("defaults not filled:\n got %+v\nwant %+v", spec, want)
 	}
 	if spec.AccumulationSteps() != 1 || spec.Parallel.WorldSize() != 1 {
@@ -94,4 +95,48 @@ func FuzzParseSpec(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestParseSpecDataSources(t *testing.T) {
+	src := `
+data:
+  sources:
+    - {path: a.bin, weight: 3}
+    - {path: b.bin, weight: 1}
+  validation: {fraction: 0.01}
+train: {eval_every: 50, eval_batches: 2}
+`
+	spec, err := ParseSpec([]byte(src), "job.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Data.SourceList()) != 2 || spec.Data.Sources[0].Weight != 3 || spec.Data.Validation.Fraction != 0.01 || spec.Train.EvalEvery != 50 {
+		t.Fatalf("parsed %+v", spec.Data)
+	}
+	bad := `
+data:
+  path: x.bin
+  sources:
+    - {path: "", weight: 0, colour: red}
+  validation: {path: v.bin, fraction: 0.7}
+train: {eval_every: -1, eval_batches: 0}
+`
+	_, err = ParseSpec([]byte(bad), "job.yaml")
+	if err == nil {
+		t.Fatal("bad data section accepted")
+	}
+	if !strings.Contains(err.Error(), "data.sources[0].colour") {
+		t.Fatalf("unknown key inside a source not reported: %v", err)
+	}
+	bad = strings.Replace(bad, ", colour: red", "", 1)
+	_, err = ParseSpec([]byte(bad), "job.yaml")
+	for _, f := range []string{"data.path", "data.sources[0].path", "data.sources[0].weight", "data.validation.fraction", "train.eval_every", "train.eval_batches"} {
+		if err == nil || !strings.Contains(err.Error(), f) {
+			t.Errorf("no error naming %s in %v", f, err)
+		}
+	}
+	_, err = ParseSpec([]byte("data: {path: x.bin}\ntrain: {eval_every: 10}\n"), "job.yaml")
+	if err == nil || !strings.Contains(err.Error(), "needs a validation set") {
+		t.Errorf("eval_every without validation: %v", err)
+	}
 }

@@ -21,6 +21,13 @@ type Observed struct {
 	Jobs []JobObserved
 	// Workers with a live lease.
 	Workers []*loomv1.WorkerInfo
+	// WorkerRev is each worker's registration mod revision: a worker
+	// rewrites its registration when a generation it ran has ended.
+	WorkerRev map[string]int64
+	// Quarantine holds the workers of failed generations, by worker ID,
+	// kept from rendezvous until their registration is newer than the
+	// record's (see loomv1.Quarantine).
+	Quarantine map[string]*loomv1.Quarantine
 }
 
 // JobObserved is one job's keys.
@@ -50,14 +57,18 @@ const (
 	PutStatus ActionKind = iota + 1
 	PutAssignment
 	DeleteAssignment
-	// CommitCheckpoint: every rank reported its files of a step; write the
-	// manifest (file I/O before the etcd transaction), then record the
-	// checkpoint and delete the reports.
-	CommitCheckpoint
-	// DropCheckpointReports: the reports of a step that can no longer
-	// complete (its generation ended) or that is not newer than the
-	// latest checkpoint.
-	DropCheckpointReports
+	// Checkpoints is a job's checkpoint work of one round, however many
+	// steps it covers: Commits are the steps every rank reported (write
+	// their manifests, file I/O before the etcd transaction, then record
+	// the newest); every step in DeleteReports has its reports deleted —
+	// the committed ones and Drops, those that can no longer complete (their
+	// generation ended) or are not newer than the latest checkpoint.
+	Checkpoints
+	// PutQuarantine keeps Quarantine.WorkerId out of rendezvous until it
+	// proves itself alive; DeleteQuarantine (Worker) ends that: the worker
+	// is gone, or is assigned again.
+	PutQuarantine
+	DeleteQuarantine
 )
 
 func (k ActionKind) String() string {
@@ -68,28 +79,37 @@ func (k ActionKind) String() string {
 		return "put-assignment"
 	case DeleteAssignment:
 		return "delete-assignment"
-	case CommitCheckpoint:
-		return "commit-checkpoint"
-	case DropCheckpointReports:
-		return "drop-checkpoint-reports"
+	case Checkpoints:
+		return "checkpoints"
+	case PutQuarantine:
+		return "put-quarantine"
+	case DeleteQuarantine:
+		return "delete-quarantine"
 	}
 	return fmt.Sprintf("ActionKind(%d)", int(k))
 }
 
-// Action is one write the leader must make.
+// Action is one change the leader must make. Decide returns at most one
+// action of each kind per job, and the kinds write disjoint keys, so a
+// round's writes hold each key once (see writeSet).
 type Action struct {
 	Kind       ActionKind
 	Job        string
 	Status     *loomv1.JobStatus  // PutStatus
 	Assignment *loomv1.Assignment // PutAssignment
-	// Step and Reports (by rank) for the checkpoint actions; Record is
-	// filled in by the leader once CommitCheckpoint's manifest is written.
-	Step    int64
-	Reports []*loomv1.CheckpointReport
-	Record  *loomv1.CheckpointRecord
-	// Run is the job's run id (JobDesired.run_id), which CommitCheckpoint
-	// records in the manifest and scopes retention to.
+	// Checkpoints: the steps to commit (oldest first), the steps dropped,
+	// and the report ranges to delete; Record is filled in by the leader
+	// with the newest step whose manifest it wrote (nil: none).
+	Commits       []StepReports
+	Drops         []int64
+	DeleteReports []StepRange
+	Record        *loomv1.CheckpointRecord
+	// Run is the job's run id (JobDesired.run_id), which the commits
+	// record in the manifests and scope retention to.
 	Run string
+	// Quarantine (PutQuarantine) and Worker (DeleteQuarantine).
+	Quarantine *loomv1.Quarantine
+	Worker     string
 }
 
 func (a Action) String() string {
@@ -98,8 +118,16 @@ func (a Action) String() string {
 		return fmt.Sprintf("%s %s %s gen=%d %q", a.Kind, a.Job, a.Status.State, a.Status.Generation, a.Status.Message)
 	case PutAssignment:
 		return fmt.Sprintf("%s %s gen=%d ranks=%d", a.Kind, a.Job, a.Assignment.Generation, len(a.Assignment.Ranks))
-	case CommitCheckpoint, DropCheckpointReports:
-		return fmt.Sprintf("%s %s step=%d ranks=%d", a.Kind, a.Job, a.Step, len(a.Reports))
+	case PutQuarantine:
+		return fmt.Sprintf("%s %s (job %s gen=%d)", a.Kind, a.Quarantine.WorkerId, a.Job, a.Quarantine.Generation)
+	case DeleteQuarantine:
+		return fmt.Sprintf("%s %s", a.Kind, a.Worker)
+	case Checkpoints:
+		var commits []string
+		for _, c := range a.Commits {
+			commits = append(commits, fmt.Sprintf("%d(%d ranks)", c.Step, len(c.Reports)))
+		}
+		return fmt.Sprintf("%s %s commit=%v drop=%v", a.Kind, a.Job, commits, a.Drops)
 	}
 	return fmt.Sprintf("%s %s", a.Kind, a.Job)
 }
@@ -130,20 +158,43 @@ func Decide(o Observed) []Action {
 			}
 		}
 	}
-	// Idle workers of our version, grouped by host so that consecutive
-	// ranks (a tensor-parallel group) share a host when they can.
+	var acts []Action
+	// Quarantine: a worker of a failed generation is held until its
+	// registration is newer than the failure (it rewrote it after the
+	// generation ended, which a dead process cannot). A cleared worker's
+	// record stays until it is assigned again, so spares come first.
+	held, recorded := map[string]bool{}, map[string]bool{}
+	for _, id := range sortedKeys(o.Quarantine) {
+		switch {
+		case live[id] == nil:
+			acts = append(acts, Action{Kind: DeleteQuarantine, Worker: id})
+		case o.WorkerRev[id] > o.Quarantine[id].RegistrationRevision:
+			recorded[id] = true
+		default:
+			held[id], recorded[id] = true, true
+		}
+	}
+	// Idle workers of our version, spares before workers of a failed
+	// generation, grouped by host so that consecutive ranks (a
+	// tensor-parallel group) share a host when they can.
 	var idle, otherVersion []*loomv1.WorkerInfo
+	heldIdle := 0
 	for _, w := range o.Workers {
 		switch {
 		case busy[w.Id]:
 		case w.Version != o.Version:
 			otherVersion = append(otherVersion, w)
+		case held[w.Id]:
+			heldIdle++
 		default:
 			idle = append(idle, w)
 		}
 	}
 	sort.SliceStable(idle, func(i, j int) bool {
 		a, b := idle[i], idle[j]
+		if recorded[a.Id] != recorded[b.Id] {
+			return !recorded[a.Id]
+		}
 		if a.Host != b.Host {
 			return a.Host < b.Host
 		}
@@ -153,7 +204,6 @@ func Decide(o Observed) []Action {
 		return a.Id < b.Id
 	})
 
-	var acts []Action
 	for _, j := range o.Jobs {
 		d := j.Desired
 		cur := j.Status
@@ -177,7 +227,9 @@ func Decide(o Observed) []Action {
 		// Checkpoints first: a job that just finished has every rank's
 		// report of its last save, and its manifest is written before its
 		// final status.
-		acts = append(acts, decideCheckpoints(j)...)
+		if ck, ok := decideCheckpoints(j); ok {
+			acts = append(acts, ck)
+		}
 		switch {
 		case Terminal(cur.State):
 			deleteAssignment()
@@ -201,9 +253,24 @@ func Decide(o Observed) []Action {
 		}
 
 		if a := j.Assignment; a != nil {
-			decideRunning(j, a, live, next)
+			failed := decideRunning(j, a, live, next)
 			if next.State != loomv1.JobState_JOB_STATE_RUNNING {
 				deleteAssignment()
+			}
+			if failed {
+				// Its workers sit out the next rendezvous until each proves
+				// itself alive: one that died may keep its lease a while.
+				for _, r := range a.Ranks {
+					res := j.Results[int(r.Rank)]
+					if live[r.WorkerId] == nil || res != nil && res.Ok {
+						continue
+					}
+					acts = append(acts, Action{Kind: PutQuarantine, Job: d.Name, Quarantine: &loomv1.Quarantine{
+						WorkerId: r.WorkerId, Job: d.Name, Generation: a.Generation,
+						RegistrationRevision: o.WorkerRev[r.WorkerId],
+						Reason:               fmt.Sprintf("generation %d of job %s failed with this worker as rank %d", a.Generation, d.Name, r.Rank),
+					}})
+				}
 			}
 			emit()
 			continue
@@ -225,6 +292,9 @@ func Decide(o Observed) []Action {
 				a.Resume = "auto"
 			}
 			for rank, w := range idle[:need] {
+				if recorded[w.Id] {
+					acts = append(acts, Action{Kind: DeleteQuarantine, Job: d.Name, Worker: w.Id})
+				}
 				dp, pp, tp := RankCoords(rank, j.Parallel)
 				a.Ranks = append(a.Ranks, &loomv1.RankInfo{
 					Rank: int32(rank), WorkerId: w.Id, Addr: w.Addr, Host: w.Host, Threads: w.Threads,
@@ -247,6 +317,12 @@ func Decide(o Observed) []Action {
 		next.WaitingFor = int32(need - len(idle))
 		msg := fmt.Sprintf("waiting for %d more worker%s (%d of %d idle workers registered)",
 			next.WaitingFor, plural(int(next.WaitingFor)), len(idle), need)
+		switch {
+		case heldIdle == 1:
+			msg += "; 1 worker of a failed generation waits to prove itself alive before it is used again"
+		case heldIdle > 1:
+			msg += fmt.Sprintf("; %d workers of a failed generation wait to prove themselves alive before they are used again", heldIdle)
+		}
 		if len(otherVersion) > 0 {
 			var ws []string
 			for _, w := range otherVersion {
@@ -265,23 +341,68 @@ func Decide(o Observed) []Action {
 }
 
 // decideRunning sets next for a job whose generation a is assigned: still
-// running, succeeded, or ended early by a lost or failed rank.
-func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.WorkerInfo, next *loomv1.JobStatus) {
-	var failures []*loomv1.Failure
+// running, succeeded, or ended early by a lost or failed rank; it reports
+// whether the generation failed. A rank whose engine lost its connection
+// to a peer that reported nothing of its own blames that peer: the failure
+// names the lost rank first and says which ranks saw it.
+func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.WorkerInfo, next *loomv1.JobStatus) (failed bool) {
+	var lost, failedRanks, peerLosses []*loomv1.Failure
+	byRank := map[int32]*loomv1.RankInfo{}
+	for _, r := range a.Ranks {
+		byRank[r.Rank] = r
+	}
+	blamed := map[int32]*loomv1.Failure{}
 	done := 0
 	for _, r := range a.Ranks {
 		res := j.Results[int(r.Rank)]
+		f := &loomv1.Failure{Generation: a.Generation, Rank: r.Rank, Addr: r.Addr, WorkerId: r.WorkerId}
 		switch {
 		case res != nil && res.Ok:
 			done++
+		case res != nil && res.LostPeer != nil:
+			f.Reason = res.Error
+			peerLosses = append(peerLosses, f)
+			p := byRank[res.LostPeer.Rank]
+			if p == nil || j.Results[int(p.Rank)] != nil {
+				continue // the peer reported for itself
+			}
+			b := blamed[p.Rank]
+			if b == nil {
+				b = &loomv1.Failure{Generation: a.Generation, Rank: p.Rank, Addr: p.Addr, WorkerId: p.WorkerId, Lost: true}
+				blamed[p.Rank] = b
+			}
+			b.SeenBy = append(b.SeenBy, r.Rank)
+			if b.Reason == "" {
+				b.Reason = fmt.Sprintf("rank %d (%s) lost its connection to it: %s", r.Rank, r.Addr, res.Error)
+			}
 		case res != nil:
-			failures = append(failures, &loomv1.Failure{Generation: a.Generation, Rank: r.Rank, Addr: r.Addr,
-				WorkerId: r.WorkerId, Reason: res.Error})
+			f.Reason = res.Error
+			failedRanks = append(failedRanks, f)
 		case live[r.WorkerId] == nil:
-			failures = append(failures, &loomv1.Failure{Generation: a.Generation, Rank: r.Rank, Addr: r.Addr,
-				WorkerId: r.WorkerId, Lost: true,
-				Reason: "its lease expired: the worker process exited or lost contact with etcd"})
+			f.Lost = true
+			f.Reason = "its lease expired: the worker process exited or lost contact with etcd"
+			lost = append(lost, f)
 		}
+	}
+	for _, f := range lost {
+		if b := blamed[f.Rank]; b != nil {
+			f.SeenBy = b.SeenBy
+			delete(blamed, f.Rank)
+		}
+	}
+	for _, r := range a.Ranks {
+		if b := blamed[r.Rank]; b != nil {
+			if n := len(b.SeenBy); n > 1 {
+				b.Reason += fmt.Sprintf(" (ranks %s saw it too)", joinRanks(b.SeenBy[1:]))
+			}
+			lost = append(lost, b)
+		}
+	}
+	failures := append(lost, failedRanks...)
+	if len(failures) == 0 {
+		// Every failed rank lost a peer that reported for itself (or all
+		// lost each other): list them as they said.
+		failures = peerLosses
 	}
 	next.Generation = a.Generation
 	next.Ranks = a.Ranks
@@ -308,6 +429,7 @@ func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.
 				next.Message += fmt.Sprintf("; no restarts left (max %d)", j.Desired.MaxRestarts)
 			}
 		}
+		return true
 	case done == len(a.Ranks):
 		next.State = loomv1.JobState_JOB_STATE_SUCCEEDED
 		next.Message = fmt.Sprintf("generation %d: all %d ranks finished", a.Generation, done)
@@ -315,6 +437,15 @@ func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.
 		next.State = loomv1.JobState_JOB_STATE_RUNNING
 		next.Message = fmt.Sprintf("generation %d: %d ranks training", a.Generation, len(a.Ranks))
 	}
+	return false
+}
+
+func joinRanks(rs []int32) string {
+	parts := make([]string, len(rs))
+	for i, r := range rs {
+		parts[i] = fmt.Sprint(r)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // describeFailure names the rank, its address and worker, and the reason.

@@ -63,9 +63,70 @@ func summary(acts []Action) string {
 			parts = append(parts, fmt.Sprintf("assign %s gen=%d [%s]", a.Job, a.Assignment.Generation, strings.Join(ws, " ")))
 		case DeleteAssignment:
 			parts = append(parts, "unassign "+a.Job)
+		case PutQuarantine:
+			parts = append(parts, "hold "+a.Quarantine.WorkerId)
+		case DeleteQuarantine:
+			parts = append(parts, "release "+a.Worker)
 		}
 	}
 	return strings.Join(parts, "; ")
+}
+
+// TestDecideLostPeer: a rank's engine lost its connection to a peer that
+// reported nothing (kill -9: its lease has not expired yet). The headline
+// names the lost rank and the survivor that saw it; every live worker of
+// the generation is held out of the next rendezvous until it re-registers;
+// the restart prefers a spare and never takes the held worker.
+func TestDecideLostPeer(t *testing.T) {
+	w1, w2, w3 := worker("w1", "hostA", "v1"), worker("w2", "hostA", "v1"), worker("w3", "hostZ", "v1")
+	j := job("a", 2, 1, 1)
+	j.Desired.MaxRestarts = 1
+	j = assigned(j, 1, w1, w2)
+	j.Results[1] = &loomv1.RankResult{Job: "a", Generation: 1, Rank: 1, Error: "rank 1: all-reduce: peer rank 0 (hostA:71): connection to peer lost",
+		LostPeer: &loomv1.PeerLoss{Rank: 0, Addr: "hostA:71", Op: "all-reduce"}}
+	revs := map[string]int64{"w1": 5, "w2": 6, "w3": 7}
+	o := Observed{Version: "v1", Jobs: []JobObserved{j}, Workers: []*loomv1.WorkerInfo{w1, w2, w3}, WorkerRev: revs}
+	acts := Decide(o)
+	if got, want := summary(acts), "unassign a; hold w1; hold w2; status a WAITING gen=1"; got != want {
+		t.Fatalf("actions:\n got  %s\n want %s", got, want)
+	}
+	st := acts[len(acts)-1].Status
+	want := "generation 1: lost rank 0 (hostA:71, worker w1): rank 1 (hostA:72) lost its connection to it: rank 1: all-reduce: peer rank 0 (hostA:71): connection to peer lost; restart 1 of 1"
+	if !strings.HasPrefix(st.Message, want) {
+		t.Errorf("message\n %q\nwant prefix\n %q", st.Message, want)
+	}
+	if f := st.Failures; len(f) != 1 || f[0].Rank != 0 || !f[0].Lost || fmt.Sprint(f[0].SeenBy) != "[1]" {
+		t.Errorf("failures %v, want rank 0 lost, seen by rank 1", f)
+	}
+
+	// Next round: w1 (dead, lease alive) and w2 (alive, not yet
+	// re-registered) are held; the spare alone is not enough.
+	j.Assignment, j.Results, j.Status = nil, nil, st
+	q := map[string]*loomv1.Quarantine{}
+	for _, a := range acts {
+		if a.Kind == PutQuarantine {
+			q[a.Quarantine.WorkerId] = a.Quarantine
+		}
+	}
+	o = Observed{Version: "v1", Jobs: []JobObserved{j}, Workers: []*loomv1.WorkerInfo{w1, w2, w3}, WorkerRev: revs, Quarantine: q}
+	acts = Decide(o)
+	if got := summary(acts); got != "status a WAITING gen=1" {
+		t.Fatalf("with w1 and w2 held: %s", got)
+	}
+	if m := acts[0].Status.Message; !strings.Contains(m, "waiting for 1 more worker (1 of 2") || !strings.Contains(m, "2 workers of a failed generation wait to prove themselves alive") {
+		t.Errorf("message %q", m)
+	}
+	// w2 saw the generation end and re-registered: the spare w3 comes
+	// first, w2 second; w1, which never did, is not used.
+	o.WorkerRev = map[string]int64{"w1": 5, "w2": 11, "w3": 7}
+	if got, want := summary(Decide(o)), "release w2; assign a gen=2 [0=w3(0,0,0) 1=w2(1,0,0)]; status a RUNNING gen=2"; got != want {
+		t.Errorf("after w2 re-registered:\n got  %s\n want %s", got, want)
+	}
+	// w1's lease expires at last: its record goes with it.
+	o.Workers = []*loomv1.WorkerInfo{w2, w3}
+	if got := summary(Decide(o)); !strings.HasPrefix(got, "release w1; release w2; assign a gen=2") {
+		t.Errorf("after w1 left: %s", got)
+	}
 }
 
 func TestDecide(t *testing.T) {
@@ -107,11 +168,11 @@ func TestDecide(t *testing.T) {
 		{"done ranks may exit", []JobObserved{result(result(assigned(job("a", 2, 1, 1), 1, w1, w2), 0, ""), 1, "")},
 			nil, "unassign a; status a SUCCEEDED gen=1", ""},
 		{"lost worker: failed, names rank and address", []JobObserved{assigned(job("a", 2, 1, 1), 1, w1, w2)},
-			[]*loomv1.WorkerInfo{w1}, "unassign a; status a FAILED gen=1", "generation 1: lost rank 1 (hostA:72, worker w2): its lease expired"},
+			[]*loomv1.WorkerInfo{w1}, "unassign a; hold w1; status a FAILED gen=1", "generation 1: lost rank 1 (hostA:72, worker w2): its lease expired"},
 		{"engine error: failed with the error", []JobObserved{result(assigned(job("a", 2, 1, 1), 1, w1, w2), 0, "data: no such file")},
-			[]*loomv1.WorkerInfo{w1, w2}, "unassign a; status a FAILED gen=1", "failed rank 0 (hostA:71, worker w1): data: no such file"},
+			[]*loomv1.WorkerInfo{w1, w2}, "unassign a; hold w1; hold w2; status a FAILED gen=1", "failed rank 0 (hostA:71, worker w1): data: no such file"},
 		{"lost worker with restarts left: waiting", []JobObserved{assigned(restartable, 1, w1, w2)},
-			[]*loomv1.WorkerInfo{w1}, "unassign a; status a WAITING gen=1", "restart 1 of 1: waiting for workers"},
+			[]*loomv1.WorkerInfo{w1}, "unassign a; hold w1; status a WAITING gen=1", "restart 1 of 1: waiting for workers"},
 		{"waiting job gets generation 2", []JobObserved{waitingJob}, []*loomv1.WorkerInfo{w1, w3},
 			"assign a gen=2 [0=w1(0,0,0) 1=w3(1,0,0)]; status a RUNNING gen=2", ""},
 		{"waiting job short of workers stays waiting", []JobObserved{waitingJob}, []*loomv1.WorkerInfo{w1},

@@ -19,18 +19,32 @@
 //	jobs/NAME/checkpoints/STEP/RANK     CheckpointReport the rank's worker        until committed or dropped
 //	jobs/NAME/checkpoint                CheckpointRecord leader only (fenced)     until resubmitted
 //	workers/ID                          WorkerInfo     the worker                 its session lease
+//	quarantine/ID                       Quarantine     leader only (fenced)       until ID re-registers, goes or is assigned
 //	election/...                        leader's addr  concurrency.Election       the leader's lease
 //
 // Desired state (desired) is the user's; observed state (status) is the
 // leader's. GEN is a zero-padded decimal so keys sort by generation.
 //
+// Step histories live beside the prefix, not under it (e.g.
+// "/loom/v1-history/"), so that reconciling never reads them; their values
+// are plain JSON (history.go, docs/metrics.md):
+//
+//	PREFIX-history/NAME/job             jobState       the leader, every 5 s      overwritten by the next run
+//	PREFIX-history/NAME/ranks/RANK      rankState      the leader, every 5 s      overwritten by the next run
+//
 // # Reconciliation
 //
 // The leader re-reads the whole prefix whenever anything under it changes
 // (and every resync interval), computes Decide(observed) — a pure function —
-// and applies the resulting actions in one etcd transaction that compares
-// the create revision of its election key, so a deposed leader cannot
-// write. A restarted coordinator needs no memory: it reads the same state.
+// and applies the resulting actions in etcd transactions that compare the
+// create revision of its election key, so a deposed leader cannot write. A
+// round's writes hold each key once by construction (writeSet: one action
+// of each kind per job, however many checkpoints completed since the last
+// round; a job's writes in one transaction) and are checked against etcd's
+// transaction rule before they are sent, so a round etcd would refuse is
+// never retried forever. A restarted coordinator needs no memory: it reads
+// the same state. The randomized transcript test (transcript_test.go) plays
+// the outside world against Decide and checks every round and fixed point.
 //
 // Rendezvous follows TorchElastic: once world-size idle workers of the
 // coordinator's Loom version are registered, the leader writes an
@@ -41,6 +55,15 @@
 // when the job is stopped (STOPPED). Ending a generation deletes its
 // assignment, which cancels the engines of the remaining ranks. A restart
 // (generation > 1) resumes from the newest complete checkpoint.
+//
+// A rank whose engine lost its connection to a peer (RankResult.lost_peer)
+// while that peer reported nothing names the peer: the failure says the
+// peer was lost and which ranks saw it (a killed worker keeps its lease
+// for up to the TTL, so its rank is found lost by its peers first). The
+// live workers of a failed generation are held out of the next rendezvous
+// (quarantine/ID) until each rewrites its registration, which a worker
+// does when its generation's assignment is deleted and which a dead or
+// frozen one cannot; spares are preferred over released workers.
 //
 // # Checkpoints
 //

@@ -128,7 +128,8 @@ type rankHistory struct {
 // jobHistory is one run of a job. Its owner (the historian) locks.
 type jobHistory struct {
 	name     string
-	run      string // the desired state's submission time: a resubmission is a new run
+	run      string // the submission (its time): a resubmission starts a new history
+	runLabel string // the run id metrics are labelled with (JobDesired.run_id)
 	desired  *loomv1.JobDesired
 	status   *loomv1.JobStatus
 	total    int64   // train.steps
@@ -158,7 +159,7 @@ type jobHistory struct {
 
 func newJobHistory(d *loomv1.JobDesired) *jobHistory {
 	j := &jobHistory{
-		name: d.Name, run: runID(d), desired: d, world: int(d.WorldSize),
+		name: d.Name, run: runID(d), runLabel: runLabel(d), desired: d, world: int(d.WorldSize),
 		points:  newSeries[JobPoint](jobOverviewPoints, jobRecentPoints),
 		ranks:   map[int]*rankHistory{},
 		pending: map[int64]map[int]*loomv1.StepStats{}, seenFailures: map[uint64]bool{},
@@ -172,9 +173,20 @@ func newJobHistory(d *loomv1.JobDesired) *jobHistory {
 	return j
 }
 
-// runID names one submission of a job: metrics carry it as the label run,
-// so a resubmitted job's counters start from zero.
+// runID names one submission of a job: each has its own history, so a
+// resubmitted job's counters start from zero.
 func runID(d *loomv1.JobDesired) string { return strconv.FormatInt(d.SubmittedUnixMs, 10) }
+
+// runLabel is the value of the metrics' run label: the run id of the
+// job's checkpoints (a resumed run keeps its id; its counters restart from
+// zero, which rate() and increase() read as a counter reset), or the
+// submission time when the desired state has none.
+func runLabel(d *loomv1.JobDesired) string {
+	if d.RunId != "" {
+		return d.RunId
+	}
+	return runID(d)
+}
 
 func (j *jobHistory) rank(r int) *rankHistory {
 	rh := j.ranks[r]
@@ -588,7 +600,7 @@ type JobSummary struct {
 }
 
 func (j *jobHistory) summary(now time.Time) JobSummary {
-	s := JobSummary{Name: j.name, Run: j.run, State: "PENDING", Generation: j.gen, WorldSize: j.world,
+	s := JobSummary{Name: j.name, Run: j.runLabel, State: "PENDING", Generation: j.gen, WorldSize: j.world,
 		Step: j.lastStep, TotalSteps: j.total, SubmittedMs: j.desired.SubmittedUnixMs, LastStepMs: j.lastMs,
 		FinishedMs: j.finishedMs}
 	if st := j.status; st != nil {

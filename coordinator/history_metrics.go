@@ -91,7 +91,7 @@ func (c *jobCollector) Collect(ch chan<- prometheus.Metric) {
 			continue // not scheduled yet
 		}
 		s := j.summary(now)
-		run := j.run
+		run := j.runLabel
 		gauge(c.step, float64(j.lastStep), name, run)
 		gauge(c.target, float64(j.total), name, run)
 		gauge(c.eta, s.ETASeconds, name, run)

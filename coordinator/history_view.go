@@ -147,7 +147,7 @@ func (h *historian) history(name string, since int64) (*HistoryView, bool) {
 	if j == nil {
 		return nil, false
 	}
-	v := &HistoryView{Job: name, Run: j.run, Since: since, Events: append([]Event{}, j.events...), Ranks: []RankColumns{}}
+	v := &HistoryView{Job: name, Run: j.runLabel, Since: since, Events: append([]Event{}, j.events...), Ranks: []RankColumns{}}
 	if since < 0 {
 		v.Points = jobColumns(j.points.points())
 	} else {

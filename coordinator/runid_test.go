@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -43,18 +44,15 @@ func TestCommitKeepsOtherRunsCheckpoints(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range done {
-			if a.Step == int64(step) {
-				return a
-			}
+		if len(done) == 0 || done[0].Kind != Checkpoints {
+			t.Fatalf("step %d: actions %v, want a checkpoints action first", step, done)
 		}
-		t.Fatalf("no checkpoint action for step %d in %v", step, done)
-		return Action{}
+		return done[0]
 	}
 	// keep is 1 (the reports' spec does not parse): only the new run's
 	// newest is kept of its own, and the old run's three stay.
 	for _, step := range []int{5, 10} {
-		if a := commit(step); a.Kind != CommitCheckpoint || a.Record == nil {
+		if a := commit(step); len(a.Commits) != 1 || a.Record == nil || a.Record.Step != int64(step) {
 			t.Fatalf("step %d: %v", step, a)
 		}
 	}
@@ -80,7 +78,7 @@ func TestCommitKeepsOtherRunsCheckpoints(t *testing.T) {
 		}
 	}
 	// The new run reaching step 20 does not replace the old run's step-20.
-	if a := commit(20); a.Kind != DropCheckpointReports {
+	if a := commit(20); len(a.Commits) != 0 || a.Record != nil || fmt.Sprint(a.Drops) != "[20]" {
 		t.Fatalf("commit over another run's step-20: %v, want it dropped", a)
 	}
 	m, err := checkpoint.ReadManifest(checkpoint.StepDir(jobDir, 20))

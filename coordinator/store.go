@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"sort"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/loomtrain/loom/api"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -32,9 +34,14 @@ func readSnapshot(ctx context.Context, cli *clientv3.Client, keys Keys, version 
 	if err != nil {
 		return nil, fmt.Errorf("read %s from etcd: %w", keys.Prefix, err)
 	}
+	return decodeSnapshot(resp.Header.Revision, resp.Kvs, keys, version), nil
+}
+
+// decodeSnapshot decodes the keys under the prefix read at revision rev.
+func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string) *snapshot {
 	s := &snapshot{
-		Rev:        resp.Header.Revision,
-		Observed:   Observed{Version: version},
+		Rev:        rev,
+		Observed:   Observed{Version: version, WorkerRev: map[string]int64{}, Quarantine: map[string]*loomv1.Quarantine{}},
 		Progress:   map[string]map[int]*loomv1.RankProgress{},
 		DesiredRev: map[string]int64{},
 		StatusRev:  map[string]int64{},
@@ -53,7 +60,7 @@ func readSnapshot(ctx context.Context, cli *clientv3.Client, keys Keys, version 
 		}
 		return j
 	}
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		key := string(kv.Key)
 		if id, ok := cutPrefix(key, keys.Workers()); ok {
 			w := &loomv1.WorkerInfo{}
@@ -65,6 +72,16 @@ func readSnapshot(ctx context.Context, cli *clientv3.Client, keys Keys, version 
 				w.Id = id
 			}
 			s.Observed.Workers = append(s.Observed.Workers, w)
+			s.Observed.WorkerRev[w.Id] = kv.ModRevision
+			continue
+		}
+		if id, ok := cutPrefix(key, keys.Quarantines()); ok {
+			q := &loomv1.Quarantine{}
+			if err := Decode(key, kv.Value, q); err != nil {
+				s.Problems = append(s.Problems, err)
+				continue
+			}
+			s.Observed.Quarantine[id] = q
 			continue
 		}
 		name, kind, rest, ok := keys.parseJobKey(key)
@@ -154,7 +171,7 @@ func readSnapshot(ctx context.Context, cli *clientv3.Client, keys Keys, version 
 	for _, j := range list {
 		s.Observed.Jobs = append(s.Observed.Jobs, j.JobObserved)
 	}
-	return s, nil
+	return s
 }
 
 func cutPrefix(s, prefix string) (string, bool) {
@@ -168,50 +185,200 @@ func cutPrefix(s, prefix string) (string, bool) {
 // no longer holds the election.
 var ErrNotLeader = errors.New("coordinator: not the leader (election key changed)")
 
-// apply writes actions in one transaction fenced on the leader's election
-// key: the writes happen only while that key still has createRev.
+// apply writes a round's actions to etcd, each transaction fenced on the
+// leader's election key: the writes happen only while that key still has
+// createRev. The writes hold each key once (writeSet); a job's writes go
+// in one transaction, and transactions hold whole jobs up to maxTxnOps.
+// A round cut short (a later transaction fenced off, a lost connection)
+// is finished by the next one: Decide is level-triggered.
 func apply(ctx context.Context, cli *clientv3.Client, keys Keys, leaderKey string, leaderRev int64, acts []Action, nowMs int64) error {
-	var ops []clientv3.Op
-	for _, a := range acts {
-		switch a.Kind {
-		case PutStatus:
-			a.Status.UpdatedUnixMs = nowMs
-			ops = append(ops, clientv3.OpPut(keys.Status(a.Job), Encode(a.Status)))
-		case PutAssignment:
-			ops = append(ops, clientv3.OpPut(keys.Assignment(a.Job), Encode(a.Assignment)))
-		case DeleteAssignment:
-			ops = append(ops, clientv3.OpDelete(keys.Assignment(a.Job)))
-		case CommitCheckpoint:
-			if a.Record == nil {
-				continue // the manifest was not written; nothing to record
-			}
-			ops = append(ops, clientv3.OpPut(keys.Checkpoint(a.Job), Encode(a.Record)),
-				clientv3.OpDelete(keys.CheckpointReports(a.Job, a.Step), clientv3.WithPrefix()))
-		case DropCheckpointReports:
-			ops = append(ops, clientv3.OpDelete(keys.CheckpointReports(a.Job, a.Step), clientv3.WithPrefix()))
-		}
+	txns, err := buildTxns(keys, acts, nowMs)
+	if err != nil {
+		return err
 	}
-	if len(ops) == 0 {
-		return nil
-	}
-	// etcd caps a transaction at 128 operations; each chunk is fenced, and
-	// a partly applied round is finished by the next (Decide is level-
-	// triggered).
-	for len(ops) > 0 {
-		n := min(len(ops), maxTxnOps)
+	for _, ops := range txns {
 		resp, err := cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(leaderKey), "=", leaderRev)).
-			Then(ops[:n]...).Commit()
+			Then(ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("apply %d actions to etcd: %w", len(acts), err)
 		}
 		if !resp.Succeeded {
 			return ErrNotLeader
 		}
-		ops = ops[n:]
 	}
 	return nil
 }
 
 // maxTxnOps stays under etcd's default --max-txn-ops (128).
 const maxTxnOps = 100
+
+// writeSet is the writes of one job (or of the workers) in one round. It
+// holds each key at most once by construction: a put or delete of a key
+// replaces the earlier one, the checkpoint record keeps the newest step,
+// and report ranges, which lie under jobs/NAME/checkpoints/ where no key
+// of the other kinds is, only ever grow. Ops renders it puts first, then
+// deletes, each sorted by key, so a round is deterministic.
+type writeSet struct {
+	puts   map[string]string
+	dels   map[string]bool
+	ranges map[string]string // from → to (exclusive)
+	record *loomv1.CheckpointRecord
+	recKey string
+}
+
+func newWriteSet() *writeSet {
+	return &writeSet{puts: map[string]string{}, dels: map[string]bool{}, ranges: map[string]string{}}
+}
+
+func (w *writeSet) put(key, value string) {
+	delete(w.dels, key)
+	w.puts[key] = value
+}
+
+func (w *writeSet) del(key string) {
+	delete(w.puts, key)
+	w.dels[key] = true
+}
+
+func (w *writeSet) deleteRange(from, to string) {
+	if cur, ok := w.ranges[from]; !ok || to > cur {
+		w.ranges[from] = to
+	}
+}
+
+func (w *writeSet) putRecord(key string, r *loomv1.CheckpointRecord) {
+	if w.record == nil || r.Step > w.record.Step {
+		w.record, w.recKey = r, key
+	}
+}
+
+func (w *writeSet) ops() []clientv3.Op {
+	if w.record != nil {
+		w.put(w.recKey, Encode(w.record))
+		w.record = nil
+	}
+	var ops []clientv3.Op
+	for _, k := range sortedKeys(w.puts) {
+		ops = append(ops, clientv3.OpPut(k, w.puts[k]))
+	}
+	for _, k := range sortedKeys(w.dels) {
+		ops = append(ops, clientv3.OpDelete(k))
+	}
+	for _, from := range sortedKeys(w.ranges) {
+		ops = append(ops, clientv3.OpDelete(from, clientv3.WithRange(w.ranges[from])))
+	}
+	return ops
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// buildTxns turns a round's actions into etcd transactions: one writeSet
+// per job, packed whole into transactions of at most maxTxnOps operations
+// (a job with more is split, in key order). Every transaction is checked
+// with checkTxn, the rule etcd applies, so a round is never sent that etcd
+// would refuse and retry forever.
+func buildTxns(keys Keys, acts []Action, nowMs int64) ([][]clientv3.Op, error) {
+	sets := map[string]*writeSet{}
+	var order []string
+	set := func(job string) *writeSet {
+		w := sets[job]
+		if w == nil {
+			w = newWriteSet()
+			sets[job] = w
+			order = append(order, job)
+		}
+		return w
+	}
+	for _, a := range acts {
+		w := set(a.Job)
+		switch a.Kind {
+		case PutStatus:
+			st := proto.Clone(a.Status).(*loomv1.JobStatus)
+			st.UpdatedUnixMs = nowMs
+			w.put(keys.Status(a.Job), Encode(st))
+		case PutAssignment:
+			w.put(keys.Assignment(a.Job), Encode(a.Assignment))
+		case DeleteAssignment:
+			w.del(keys.Assignment(a.Job))
+		case PutQuarantine:
+			w.put(keys.Quarantine(a.Quarantine.WorkerId), Encode(a.Quarantine))
+		case DeleteQuarantine:
+			w.del(keys.Quarantine(a.Worker))
+		case Checkpoints:
+			if a.Record != nil {
+				w.putRecord(keys.Checkpoint(a.Job), a.Record)
+			}
+			for _, r := range a.DeleteReports {
+				w.deleteRange(keys.CheckpointReports(a.Job, r.From), keys.CheckpointReports(a.Job, r.To+1))
+			}
+		}
+	}
+	var txns [][]clientv3.Op
+	var cur []clientv3.Op
+	for _, job := range order {
+		ops := sets[job].ops()
+		if len(cur)+len(ops) > maxTxnOps && len(cur) > 0 {
+			txns = append(txns, cur)
+			cur = nil
+		}
+		for len(ops) > maxTxnOps {
+			txns = append(txns, ops[:maxTxnOps])
+			ops = ops[maxTxnOps:]
+		}
+		cur = append(cur, ops...)
+	}
+	if len(cur) > 0 {
+		txns = append(txns, cur)
+	}
+	for _, ops := range txns {
+		if err := checkTxn(ops); err != nil {
+			return nil, fmt.Errorf("coordinator: a round's writes would be refused by etcd (%w); not sending them", err)
+		}
+	}
+	return txns, nil
+}
+
+// ErrDuplicateKey is a transaction that writes a key twice (two puts, or a
+// put inside a deleted range): etcd refuses it whole.
+var ErrDuplicateKey = errors.New("duplicate key in one transaction")
+
+// checkTxn applies etcd's rule for the operations of one transaction
+// (etcd server, v3rpc checkIntervals): no key is put twice and no put
+// lies in a deleted key or range; at most maxTxnOps operations.
+func checkTxn(ops []clientv3.Op) error {
+	if len(ops) > maxTxnOps {
+		return fmt.Errorf("%d operations, more than %d", len(ops), maxTxnOps)
+	}
+	type span struct{ from, to string } // to "" : the single key from
+	var dels []span
+	for _, op := range ops {
+		if op.IsDelete() {
+			dels = append(dels, span{string(op.KeyBytes()), string(op.RangeBytes())})
+		}
+	}
+	puts := map[string]bool{}
+	for _, op := range ops {
+		if !op.IsPut() {
+			continue
+		}
+		k := string(op.KeyBytes())
+		if puts[k] {
+			return fmt.Errorf("%w: %s put twice", ErrDuplicateKey, k)
+		}
+		for _, d := range dels {
+			if k == d.from || d.to != "" && k >= d.from && k < d.to {
+				return fmt.Errorf("%w: %s put and deleted", ErrDuplicateKey, k)
+			}
+		}
+		puts[k] = true
+	}
+	return nil
+}

@@ -64,8 +64,14 @@ type Meta struct {
 	TokenBytes int    `json:"token_bytes"` // 2 (uint16) or 4 (uint32), little-endian
 	Tokens     int64  `json:"tokens"`      // number of tokens in the array
 	Documents  int64  `json:"documents"`   // number of documents (each ends in EOS)
-	Tokenizer  string `json:"tokenizer"`   // e.g. "byte"; see TokenizerByName
+	Tokenizer  string `json:"tokenizer"`   // "byte", or the tokenizer file's absolute path; see LoadTokenizer
 	SHA256     string `json:"sha256"`      // lowercase hex SHA-256 of the array
+	// TokenizerSHA256 is the SHA-256 of the tokenizer file (empty for a
+	// built-in tokenizer).
+	TokenizerSHA256 string `json:"tokenizer_sha256,omitempty"`
+	// Bytes is the UTF-8 input the tokens were encoded from (0: unknown),
+	// for bits per byte.
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Validate reports every inconsistency in m at once; path names the
@@ -94,6 +100,14 @@ func (m *Meta) Validate(path string) error {
 	}
 	if b, err := hex.DecodeString(m.SHA256); err != nil || len(b) != 32 || strings.ToLower(m.SHA256) != m.SHA256 {
 		probs = append(probs, fmt.Sprintf("sha256 is %q, want 64 lowercase hex digits", m.SHA256))
+	}
+	if m.Bytes < 0 {
+		probs = append(probs, fmt.Sprintf("bytes is %d, want ≥ 0", m.Bytes))
+	}
+	if m.TokenizerSHA256 != "" {
+		if b, err := hex.DecodeString(m.TokenizerSHA256); err != nil || len(b) != 32 || strings.ToLower(m.TokenizerSHA256) != m.TokenizerSHA256 {
+			probs = append(probs, fmt.Sprintf("tokenizer_sha256 is %q, want 64 lowercase hex digits", m.TokenizerSHA256))
+		}
 	}
 	if len(probs) > 0 {
 		return &FormatError{Path: path, Problem: "bad sidecar: " + strings.Join(probs, "; "), Fix: fixReprep}

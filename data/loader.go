@@ -37,62 +37,239 @@ func NumWindows(ntokens int64, seqLen int) int64 {
 	return (ntokens - 1) / int64(seqLen)
 }
 
-// Loader turns a token file into the windows of each training step. Which
+// Source is one corpus a loader draws windows from: a token file, its
+// weight in a blend, and the range of its windows in use.
+type Source struct {
+	File   *File
+	Weight float64 // relative; any positive number for a single source
+	// First and Count select the windows [First, First+Count) of the file
+	// (a validation split holds some out); Count 0 means all from First.
+	First, Count int
+}
+
+// BlendBlock is the number of consecutive global samples over which a
+// blend meets its weights exactly: each block holds round(weight·4096)
+// samples of each source (largest remainders), interleaved as evenly as
+// Megatron's BlendedDataset does.
+const BlendBlock = 4096
+
+// Loader turns token files into the windows of each training step. Which
 // windows make up step s is a pure function of (seed, shuffle, s, global
-// batch) and the file's length. A Loader caches permutations and is not
-// safe for concurrent use; give each goroutine its own (they may share the
-// File).
+// batch) and the sources' lengths and weights, never of the data-parallel
+// size: ranks take disjoint slices of the same global batch. A Loader
+// caches permutations and is not safe for concurrent use; give each
+// goroutine its own (they may share the Files).
 type Loader struct {
-	f    *File
+	srcs []sourceState
 	cfg  LoaderConfig
-	nwin int
-	// Two cached epoch permutations, so that a step that straddles an epoch
-	// boundary does not recompute either.
+	// For a blend: per position in a block, the source and the index
+	// among that source's positions in the block; and each source's
+	// samples per block.
+	blendSrc, blendRank []int32
+	quota               []int
+}
+
+type sourceState struct {
+	f           *File
+	first, nwin int
+	seed        uint64
+	// Two cached epoch permutations, so that a step that straddles an
+	// epoch boundary does not recompute either.
 	perm  [2][]int32
 	epoch [2]int // -1: slot empty
 	evict int
 }
 
-// NewLoader returns a loader over f. The file must hold at least
-// SeqLen+1 tokens.
+// NewLoader returns a loader over all windows of f. The file must hold at
+// least SeqLen+1 tokens.
 func NewLoader(f *File, cfg LoaderConfig) (*Loader, error) {
+	return NewBlendLoader([]Source{{File: f, Weight: 1}}, cfg)
+}
+
+// NewBlendLoader returns a loader mixing sources by weight. Global sample
+// j is sample k of source d, where block j / BlendBlock holds a fixed
+// number of each source's samples in a fixed interleave; within a source,
+// samples walk its windows epoch by epoch, each epoch in its own
+// permutation. One source behaves exactly as NewLoader always has.
+func NewBlendLoader(srcs []Source, cfg LoaderConfig) (*Loader, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	nwin := NumWindows(f.Len(), cfg.SeqLen)
-	if nwin < 1 {
-		return nil, fmt.Errorf("data: %s holds %d tokens, too few for one window of seq_len %d (needs %d): use a larger corpus or a shorter seq_len", f.Path(), f.Len(), cfg.SeqLen, cfg.SeqLen+1)
+	if len(srcs) == 0 {
+		return nil, fmt.Errorf("data: a loader needs at least one source")
 	}
-	if nwin > math.MaxInt32 {
-		return nil, fmt.Errorf("data: %s holds %d windows of seq_len %d, more than the %d a loader indexes: use a longer seq_len or split the file", f.Path(), nwin, cfg.SeqLen, math.MaxInt32)
+	l := &Loader{cfg: cfg}
+	var weights []float64
+	for i, s := range srcs {
+		if s.File == nil {
+			return nil, fmt.Errorf("data: source %d has no file", i)
+		}
+		f := s.File
+		nwin := NumWindows(f.Len(), cfg.SeqLen)
+		if nwin < 1 {
+			return nil, fmt.Errorf("data: %s holds %d tokens, too few for one window of seq_len %d (needs %d): use a larger corpus or a shorter seq_len", f.Path(), f.Len(), cfg.SeqLen, cfg.SeqLen+1)
+		}
+		if nwin > math.MaxInt32 {
+			return nil, fmt.Errorf("data: %s holds %d windows of seq_len %d, more than the %d a loader indexes: use a longer seq_len or split the file", f.Path(), nwin, cfg.SeqLen, math.MaxInt32)
+		}
+		count := s.Count
+		if count == 0 {
+			count = int(nwin) - s.First
+		}
+		if s.First < 0 || count < 1 || int64(s.First+count) > nwin {
+			return nil, fmt.Errorf("data: %s: windows [%d, %d) are not within its %d windows of seq_len %d", f.Path(), s.First, s.First+count, nwin, cfg.SeqLen)
+		}
+		if !(s.Weight > 0) || math.IsInf(s.Weight, 0) {
+			return nil, fmt.Errorf("data: %s: weight %v must be a positive number", f.Path(), s.Weight)
+		}
+		seed := cfg.Seed
+		if len(srcs) > 1 {
+			seed = mix64(cfg.Seed ^ mix64(uint64(i)+0x7f4a7c159e3779b9))
+		}
+		l.srcs = append(l.srcs, sourceState{f: f, first: s.First, nwin: count, seed: seed, epoch: [2]int{-1, -1}})
+		weights = append(weights, s.Weight)
 	}
-	return &Loader{f: f, cfg: cfg, nwin: int(nwin), epoch: [2]int{-1, -1}}, nil
+	if len(srcs) > 1 {
+		q, err := blendQuotas(weights, BlendBlock)
+		if err != nil {
+			return nil, err
+		}
+		l.quota = q
+		l.blendSrc, l.blendRank = blendOrder(q)
+	}
+	return l, nil
 }
 
-// File returns the token file the loader reads.
-func (l *Loader) File() *File { return l.f }
+// blendQuotas splits a block of n samples among the weights by largest
+// remainder (ties to the earlier source).
+func blendQuotas(w []float64, n int) ([]int, error) {
+	var total float64
+	for _, x := range w {
+		total += x
+	}
+	q := make([]int, len(w))
+	rem := make([]float64, len(w))
+	left := n
+	for i, x := range w {
+		exact := x / total * float64(n)
+		q[i] = int(exact)
+		rem[i] = exact - float64(q[i])
+		left -= q[i]
+	}
+	for ; left > 0; left-- {
+		best := 0
+		for i := range rem {
+			if rem[i] > rem[best] {
+				best = i
+			}
+		}
+		q[best]++
+		rem[best] = -1
+	}
+	for i, x := range q {
+		if x == 0 {
+			return nil, fmt.Errorf("data: source %d's weight %g is below 1/%d of the total %g: it would never be sampled", i, w[i], n, total)
+		}
+	}
+	return q, nil
+}
+
+// blendOrder interleaves a block: position o goes to the source furthest
+// behind its share, q_d·(o+1)/n − taken_d (Megatron's greedy rule), the
+// earlier source on a tie, so every prefix of a block is close to the
+// weights and each source gets exactly its quota.
+func blendOrder(q []int) (src, rank []int32) {
+	n := 0
+	for _, x := range q {
+		n += x
+	}
+	taken := make([]int, len(q))
+	src, rank = make([]int32, n), make([]int32, n)
+	for o := range n {
+		best, bestErr := -1, 0
+		for d, x := range q {
+			if taken[d] >= x {
+				continue
+			}
+			if e := x*(o+1) - taken[d]*n; best < 0 || e > bestErr {
+				best, bestErr = d, e
+			}
+		}
+		src[o], rank[o] = int32(best), int32(taken[best])
+		taken[best]++
+	}
+	return src, rank
+}
+
+// File returns the first source's token file.
+func (l *Loader) File() *File { return l.srcs[0].f }
+
+// Sources returns the number of sources.
+func (l *Loader) Sources() int { return len(l.srcs) }
+
+// SourceFile returns source d's token file.
+func (l *Loader) SourceFile(d int) *File { return l.srcs[d].f }
+
+// VocabSize is the largest vocabulary among the sources.
+func (l *Loader) VocabSize() int {
+	v := 0
+	for _, s := range l.srcs {
+		v = max(v, s.f.VocabSize())
+	}
+	return v
+}
 
 // Config returns the loader's configuration.
 func (l *Loader) Config() LoaderConfig { return l.cfg }
 
-// NumWindows returns the number of windows in one epoch.
-func (l *Loader) NumWindows() int { return l.nwin }
-
-// Window returns the window that global sample index j trains on: position
-// j mod NumWindows of epoch j / NumWindows. It panics if j < 0.
-func (l *Loader) Window(j int) int {
-	if j < 0 {
-		panic(fmt.Sprintf("data: Loader.Window: negative sample index %d", j))
+// NumWindows returns the number of windows in use, all sources together
+// (one epoch of a single source).
+func (l *Loader) NumWindows() int {
+	n := 0
+	for _, s := range l.srcs {
+		n += s.nwin
 	}
-	epoch, pos := j/l.nwin, j%l.nwin
-	if !l.cfg.Shuffle {
-		return pos
-	}
-	return int(l.permutation(epoch)[pos])
+	return n
 }
 
-// Epoch returns the epoch that global sample index j belongs to.
-func (l *Loader) Epoch(j int) int { return j / l.nwin }
+// Sample returns the source and the window of that source's file that
+// global sample index j trains on. It panics if j < 0.
+func (l *Loader) Sample(j int) (src, window int) {
+	if j < 0 {
+		panic(fmt.Sprintf("data: Loader.Sample: negative sample index %d", j))
+	}
+	k := j
+	if l.quota != nil {
+		b, o := j/BlendBlock, j%BlendBlock
+		src = int(l.blendSrc[o])
+		k = b*l.quota[src] + int(l.blendRank[o])
+	}
+	s := &l.srcs[src]
+	epoch, pos := k/s.nwin, k%s.nwin
+	if !l.cfg.Shuffle {
+		return src, s.first + pos
+	}
+	return src, s.first + int(s.permutation(epoch)[pos])
+}
+
+// Window returns the window (of its source's file) that global sample
+// index j trains on; see Sample. For a single source, j is position
+// j mod NumWindows of epoch j / NumWindows. It panics if j < 0.
+func (l *Loader) Window(j int) int {
+	_, w := l.Sample(j)
+	return w
+}
+
+// Epoch returns the epoch that global sample index j belongs to in its
+// source.
+func (l *Loader) Epoch(j int) int {
+	if l.quota == nil {
+		return j / l.srcs[0].nwin
+	}
+	b, o := j/BlendBlock, j%BlendBlock
+	d := int(l.blendSrc[o])
+	return (b*l.quota[d] + int(l.blendRank[o])) / l.srcs[d].nwin
+}
 
 // AppendStepWindows appends the globalBatch windows of step (global
 // samples step·globalBatch … step·globalBatch+globalBatch−1) to dst. It
@@ -129,50 +306,65 @@ func (l *Loader) FillStep(step, globalBatch, lo, hi int, inputs, targets []int32
 	if lo < 0 || lo > hi || hi > globalBatch {
 		return fmt.Errorf("data: FillStep: window range [%d, %d) is not within the global batch [0, %d)", lo, hi, globalBatch)
 	}
+	return l.FillSamples(step*globalBatch+lo, hi-lo, inputs, targets)
+}
+
+// FillSamples writes global samples [first, first+n) into inputs and
+// targets, each exactly n·SeqLen long.
+func (l *Loader) FillSamples(first, n int, inputs, targets []int32) error {
 	T := l.cfg.SeqLen
-	if n := (hi - lo) * T; len(inputs) != n || len(targets) != n {
-		return fmt.Errorf("data: FillStep: inputs and targets have lengths %d and %d, want (hi−lo)·seq_len = %d", len(inputs), len(targets), n)
+	if first < 0 || n < 0 || first > math.MaxInt-n {
+		return fmt.Errorf("data: FillSamples: samples [%d, %d+%d) out of range", first, first, n)
 	}
-	first := step * globalBatch
-	for k := lo; k < hi; k++ {
-		o := (k - lo) * T
-		if err := l.FillWindow(l.Window(first+k), inputs[o:o+T], targets[o:o+T]); err != nil {
+	if len(inputs) != n*T || len(targets) != n*T {
+		return fmt.Errorf("data: FillStep: inputs and targets have lengths %d and %d, want (hi−lo)·seq_len = %d", len(inputs), len(targets), n*T)
+	}
+	for k := range n {
+		o := k * T
+		src, w := l.Sample(first + k)
+		if err := l.srcs[src].fill(w, T, inputs[o:o+T], targets[o:o+T]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// FillWindow writes window w's inputs and targets, each exactly SeqLen
-// long. Evaluation can walk windows 0 … NumWindows−1 with it directly.
+// FillWindow writes window w (of the first source's file) into inputs and
+// targets, each exactly SeqLen long. Evaluation can walk windows 0 …
+// NumWindows−1 of a single source with it directly.
 func (l *Loader) FillWindow(w int, inputs, targets []int32) error {
 	T := l.cfg.SeqLen
-	if w < 0 || w >= l.nwin {
-		return fmt.Errorf("data: window %d is outside [0, %d) of %s", w, l.nwin, l.f.Path())
+	s := &l.srcs[0]
+	if w < s.first || w >= s.first+s.nwin {
+		return fmt.Errorf("data: window %d is outside [%d, %d) of %s", w, s.first, s.first+s.nwin, s.f.Path())
 	}
 	if len(inputs) != T || len(targets) != T {
 		return fmt.Errorf("data: FillWindow: inputs and targets have lengths %d and %d, want seq_len %d", len(inputs), len(targets), T)
 	}
+	return s.fill(w, T, inputs, targets)
+}
+
+func (s *sourceState) fill(w, T int, inputs, targets []int32) error {
 	base := int64(w) * int64(T)
-	if err := l.f.ReadTokens(inputs, base); err != nil {
+	if err := s.f.ReadTokens(inputs, base); err != nil {
 		return err
 	}
 	copy(targets, inputs[1:])
-	return l.f.ReadTokens(targets[T-1:], base+int64(T))
+	return s.f.ReadTokens(targets[T-1:], base+int64(T))
 }
 
 // permutation returns epoch's cached permutation, computing it if needed.
-func (l *Loader) permutation(epoch int) []int32 {
-	for i := range l.epoch {
-		if l.epoch[i] == epoch {
-			return l.perm[i]
+func (s *sourceState) permutation(epoch int) []int32 {
+	for i := range s.epoch {
+		if s.epoch[i] == epoch {
+			return s.perm[i]
 		}
 	}
-	i := l.evict
-	l.evict = 1 - l.evict
-	l.perm[i] = EpochPermutation(l.perm[i][:0], l.cfg.Seed, epoch, l.nwin)
-	l.epoch[i] = epoch
-	return l.perm[i]
+	i := s.evict
+	s.evict = 1 - s.evict
+	s.perm[i] = EpochPermutation(s.perm[i][:0], s.seed, epoch, s.nwin)
+	s.epoch[i] = epoch
+	return s.perm[i]
 }
 
 // EpochPermutation appends to dst a permutation of 0 … n−1 that depends

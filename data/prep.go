@@ -49,6 +49,11 @@ type PrepConfig struct {
 	Progress func(PrepStats)
 	// ProgressInterval is the least time between Progress calls; 0 means 200ms.
 	ProgressInterval time.Duration
+	// ChunkBytes is the size above which a plain file is read and encoded
+	// in chunks of about this many bytes, cut where the tokenizer says the
+	// ids do not change (a [Cutter]); 0 means 1 MiB. Memory then stays
+	// bounded by the window of chunks in flight, whatever the file sizes.
+	ChunkBytes int
 }
 
 // Validate reports every problem in c at once.
@@ -67,6 +72,9 @@ func (c *PrepConfig) Validate() error {
 	}
 	if c.Workers < 0 {
 		probs = append(probs, fmt.Sprintf("workers is %d, want ≥ 0 (0 means all cores)", c.Workers))
+	}
+	if c.ChunkBytes < 0 {
+		probs = append(probs, fmt.Sprintf("chunk bytes is %d, want ≥ 0 (0 means 1 MiB)", c.ChunkBytes))
 	}
 	if c.ProgressInterval < 0 {
 		probs = append(probs, fmt.Sprintf("progress interval is %v, want ≥ 0", c.ProgressInterval))
@@ -92,6 +100,9 @@ type PrepStats struct {
 	TotalBytes int64         // input bytes to read, or -1 while still being counted
 	Elapsed    time.Duration // since Prep started
 	Done       bool          // the final report
+	// PeakBufferedBytes is the most input text held in memory at once
+	// (read but not yet written out as tokens).
+	PeakBufferedBytes int64
 }
 
 // InputError reports a bad input file or JSONL line.
@@ -120,8 +131,10 @@ type prepJob struct {
 	walked bool   // found under a directory: skip if binary
 	jsonl  bool   // text holds JSONL lines
 	line   int    // first line number of text
-	text   []byte // JSONL chunk; nil for a whole file
+	text   []byte // JSONL lines or a chunk of a plain file; nil for a whole file
 	first  bool   // first chunk of its file (counts the file)
+	last   bool   // a plain file's last chunk (ends the document)
+	chunk  bool   // text is a chunk of a plain file
 	err    error  // an enumeration error, passed through in order
 }
 
@@ -133,7 +146,17 @@ type prepResult struct {
 	bytes   int64
 	files   int64
 	skipped int64
+	held    int64 // input bytes this job held in memory
 	err     error
+}
+
+// bufferGauge tracks the input bytes held in memory and their peak.
+type bufferGauge struct{ cur, peak atomic.Int64 }
+
+func (g *bufferGauge) add(n int64) {
+	c := g.cur.Add(n)
+	for p := g.peak.Load(); c > p && !g.peak.CompareAndSwap(p, c); p = g.peak.Load() {
+	}
 }
 
 // jsonlChunk is the size at which JSONL lines are grouped into one job.
@@ -171,6 +194,15 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 		return Meta{}, PrepStats{}, fmt.Errorf("data: prep: output path %s: %w", cfg.Out, err)
 	}
 	width := TokenWidth(tok.VocabSize())
+	if tok.EOS() < 0 || int(tok.EOS()) >= tok.VocabSize() {
+		return Meta{}, PrepStats{}, fmt.Errorf("data: prep: tokenizer %s has no end-of-sequence id (EOS %d): prep ends every document with one", tok.Name(), tok.EOS())
+	}
+	chunkBytes := cfg.ChunkBytes
+	if chunkBytes == 0 {
+		chunkBytes = 1 << 20
+	}
+	cutter, _ := tok.(Cutter)
+	var gauge bufferGauge
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -221,6 +253,16 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 			}
 		}
 		err := sel.walk(ctx, cfg.Inputs, func(path string, size int64, walked bool) error {
+			if !isJSONL(path) && cutter != nil && size > int64(chunkBytes) {
+				return readPlainChunks(ctx, path, chunkBytes, cutter, func(chunk []byte, first, last bool) bool {
+					if first && walked && bytes.IndexByte(chunk, 0) >= 0 {
+						emit(prepJob{path: path, walked: true, chunk: true, first: true, last: true, text: []byte{0}})
+						return false
+					}
+					gauge.add(int64(len(chunk)))
+					return emit(prepJob{path: path, walked: walked, chunk: true, text: chunk, first: first, last: last})
+				})
+			}
 			if !isJSONL(path) {
 				if !emit(prepJob{path: path, walked: walked}) {
 					return ctx.Err()
@@ -228,6 +270,7 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 				return nil
 			}
 			return readJSONLChunks(ctx, path, func(line int, chunk []byte, first bool) bool {
+				gauge.add(int64(len(chunk)))
 				return emit(prepJob{path: path, jsonl: true, line: line, text: chunk, first: first})
 			})
 		})
@@ -250,7 +293,7 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 				default:
 				}
 				var r prepResult
-				r, scratch = encodeJob(j, tok, width, scratch, buf[:0])
+				r, scratch = encodeJob(j, tok, width, scratch, buf[:0], &gauge)
 				r.seq = j.seq
 				results <- r
 			}
@@ -258,7 +301,7 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 	}
 	go func() { wg.Wait(); close(results) }()
 
-	meta, stats, err := writeOrdered(ctx, cancel, cfg, outAbs, tok, width, start, interval, &total, sem, results, free)
+	meta, stats, err := writeOrdered(ctx, cancel, cfg, outAbs, tok, width, start, interval, &total, sem, results, free, &gauge)
 	if err != nil {
 		cancel()
 		for range results { // let the workers and producer exit
@@ -272,7 +315,7 @@ func Prep(ctx context.Context, cfg PrepConfig) (Meta, PrepStats, error) {
 // temporary file, and on success publishes the file and its sidecar.
 func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig, out string, tok Tokenizer, width int,
 	start time.Time, interval time.Duration, total *atomic.Int64,
-	sem chan struct{}, results <-chan prepResult, free chan []byte) (Meta, PrepStats, error) {
+	sem chan struct{}, results <-chan prepResult, free chan []byte, gauge *bufferGauge) (Meta, PrepStats, error) {
 	var stats PrepStats
 	dir := filepath.Dir(out)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(out)+".tmp*")
@@ -302,6 +345,7 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 		}
 		stats.Elapsed = time.Since(start)
 		stats.Done = done
+		stats.PeakBufferedBytes = gauge.peak.Load()
 		cfg.Progress(stats)
 	}
 	lastReport := time.Now()
@@ -317,6 +361,7 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 			delete(pending, next)
 			next++
 			<-sem
+			gauge.add(-r.held)
 			if r.err != nil {
 				return Meta{}, stats, r.err
 			}
@@ -365,6 +410,10 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 		Documents:  stats.Documents,
 		Tokenizer:  tok.Name(),
 		SHA256:     hex.EncodeToString(h.Sum(nil)),
+		Bytes:      stats.Bytes,
+	}
+	if hs, ok := tok.(Hashed); ok {
+		meta.TokenizerSHA256 = hs.SHA256()
 	}
 	side := SidecarPath(out)
 	if err := os.Remove(side); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -386,23 +435,42 @@ func writeOrdered(ctx context.Context, cancel context.CancelFunc, cfg PrepConfig
 	stats.Elapsed = time.Since(start)
 	stats.TotalBytes = stats.Bytes
 	stats.Done = true
+	stats.PeakBufferedBytes = gauge.peak.Load()
 	return meta, stats, nil
 }
 
 // encodeJob reads or parses one job and packs its tokens into buf.
-func encodeJob(j prepJob, tok Tokenizer, width int, scratch []int32, buf []byte) (prepResult, []int32) {
+func encodeJob(j prepJob, tok Tokenizer, width int, scratch []int32, buf []byte, gauge *bufferGauge) (prepResult, []int32) {
 	var r prepResult
 	if j.err != nil {
 		r.err = j.err
 		return r, scratch
 	}
 	scratch = scratch[:0]
-	if !j.jsonl {
+	switch {
+	case j.chunk:
+		r.held = int64(len(j.text))
+		if j.first {
+			r.files = 1
+		}
+		if j.first && j.last && len(j.text) == 1 && j.text[0] == 0 && j.walked {
+			r.skipped, r.held = 1, 0 // binary: the producer stopped reading it
+			return r, scratch
+		}
+		r.bytes = int64(len(j.text))
+		scratch = tok.Encode(scratch, j.text)
+		if j.last {
+			scratch = append(scratch, tok.EOS())
+			r.docs = 1
+		}
+	case !j.jsonl:
 		text, err := os.ReadFile(j.path)
 		if err != nil {
 			r.err = fmt.Errorf("data: prep: reading %s: %w", j.path, err)
 			return r, scratch
 		}
+		r.held = int64(len(text))
+		gauge.add(r.held)
 		r.files = 1
 		r.bytes = int64(len(text))
 		if j.walked && bytes.IndexByte(text, 0) >= 0 {
@@ -412,7 +480,8 @@ func encodeJob(j prepJob, tok Tokenizer, width int, scratch []int32, buf []byte)
 		scratch = tok.Encode(scratch, text)
 		scratch = append(scratch, tok.EOS())
 		r.docs = 1
-	} else {
+	default:
+		r.held = int64(len(j.text))
 		if j.first {
 			r.files = 1
 		}
@@ -484,6 +553,51 @@ func packTokens(buf []byte, ids []int32, width, vocab int) ([]byte, error) {
 		}
 	}
 	return buf, nil
+}
+
+// readPlainChunks reads the plain file path in chunks of about size bytes,
+// each cut where cutter allows (growing a chunk until it finds such a
+// place), and calls emit with each; emit returns false to stop.
+func readPlainChunks(ctx context.Context, path string, size int, cutter Cutter, emit func(chunk []byte, first, last bool) bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("data: prep: %w", err)
+	}
+	defer f.Close()
+	var carry []byte
+	first, eof := true, false
+	for !eof {
+		want := size
+		for {
+			buf := make([]byte, len(carry), len(carry)+want)
+			copy(buf, carry)
+			n, err := io.ReadFull(f, buf[len(carry):cap(buf)])
+			buf = buf[:len(carry)+n]
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				eof = true
+			} else if err != nil {
+				return &InputError{Path: path, Err: err}
+			}
+			carry = buf
+			if eof {
+				break
+			}
+			if cut := cutter.SafeCut(carry); cut > 0 {
+				chunk := carry[:cut:cut]
+				carry = append([]byte(nil), carry[cut:]...)
+				if !emit(chunk, first, false) {
+					return ctx.Err()
+				}
+				first = false
+				break
+			}
+			want *= 2 // no safe cut yet: read on
+		}
+	}
+	if !emit(carry, first, true) {
+		return ctx.Err()
+	}
+	return nil
 }
 
 func isJSONL(path string) bool { return strings.EqualFold(filepath.Ext(path), ".jsonl") }

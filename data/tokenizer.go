@@ -1,9 +1,14 @@
 package data
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/loomtrain/loom/tokenizer"
 )
 
 // Tokenizer turns text into token ids and back. Implementations must be
@@ -83,18 +88,85 @@ func grow(dst []int32, n int) []int32 {
 	return dst
 }
 
-// TokenizerNames lists the names [TokenizerByName] accepts.
+// TokenizerNames lists the built-in tokenizers [LoadTokenizer] accepts by
+// name; anything else is a path.
 func TokenizerNames() []string {
 	names := []string{ByteTokenizer{}.Name()}
 	sort.Strings(names)
 	return names
 }
 
-// TokenizerByName returns the tokenizer a sidecar or a flag names.
+// TokenizerByName returns a built-in tokenizer.
 func TokenizerByName(name string) (Tokenizer, error) {
 	switch name {
 	case "byte":
 		return ByteTokenizer{}, nil
 	}
-	return nil, fmt.Errorf("data: unknown tokenizer %q (known: %s)", name, strings.Join(TokenizerNames(), ", "))
+	return nil, fmt.Errorf("data: unknown tokenizer %q (known: %s, or the path of a tokenizer.json, a Hugging Face model directory or a tiktoken file)", name, strings.Join(TokenizerNames(), ", "))
+}
+
+// Hashed is a tokenizer whose definition has a content hash (a file's),
+// which prep records in the sidecar.
+type Hashed interface {
+	SHA256() string
+}
+
+// Cutter is a tokenizer that can say where a long document may be cut so
+// that encoding the parts gives the ids of the whole (see
+// tokenizer.Tokenizer.SafeCut); prep streams such documents in chunks.
+type Cutter interface {
+	SafeCut(text []byte) int
+}
+
+// SafeCut returns len(text)−1 or −1: the byte tokenizer encodes each byte
+// alone, so any cut is safe.
+func (ByteTokenizer) SafeCut(text []byte) int {
+	if len(text) < 2 {
+		return -1
+	}
+	return len(text) - 1
+}
+
+// LoadTokenizer returns the tokenizer spec names: a built-in name
+// ("byte"), or the path of a Hugging Face tokenizer.json, a model
+// directory holding one (with tokenizer_config.json's special tokens), or
+// a tiktoken rank file. A file's tokenizer is named by its absolute path.
+func LoadTokenizer(spec string) (Tokenizer, error) {
+	if spec == "" {
+		return nil, errors.New("data: empty tokenizer name: use \"byte\" or a tokenizer file")
+	}
+	if t, err := TokenizerByName(spec); err == nil {
+		return t, nil
+	}
+	if _, err := os.Stat(spec); err != nil {
+		return nil, fmt.Errorf("data: tokenizer %q is neither built in (%s) nor a readable file: %w", spec, strings.Join(TokenizerNames(), ", "), err)
+	}
+	abs, err := filepath.Abs(spec)
+	if err != nil {
+		return nil, fmt.Errorf("data: tokenizer %s: %w", spec, err)
+	}
+	t, err := tokenizer.Load(abs)
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	if t.EOS() < 0 {
+		return nil, fmt.Errorf("data: tokenizer %s has no end-of-sequence token (none of <|end_of_text|>, </s>, <|endoftext|>, <eos> is an added token): add one, or set eos_token in tokenizer_config.json beside it", abs)
+	}
+	return t, nil
+}
+
+// TokenizerOf returns the tokenizer a token file was prepared with, as its
+// sidecar records it, and checks the recorded hash.
+func TokenizerOf(m Meta) (Tokenizer, error) {
+	t, err := LoadTokenizer(m.Tokenizer)
+	if err != nil {
+		return nil, err
+	}
+	if h, ok := t.(Hashed); ok && m.TokenizerSHA256 != "" && h.SHA256() != m.TokenizerSHA256 {
+		return nil, fmt.Errorf("data: tokenizer %s has SHA-256 %s, but the token file was prepared with %s: the tokenizer changed since `loom prep` (restore it or re-run prep)", m.Tokenizer, h.SHA256(), m.TokenizerSHA256)
+	}
+	if t.VocabSize() != m.VocabSize {
+		return nil, fmt.Errorf("data: tokenizer %s has %d tokens, the token file's sidecar says %d: re-run `loom prep`", m.Tokenizer, t.VocabSize(), m.VocabSize)
+	}
+	return t, nil
 }

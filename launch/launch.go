@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"gopkg.in/yaml.v3"
@@ -75,6 +77,9 @@ type Options struct {
 	StopTimeout time.Duration
 	// Logger receives the coordinator's log (nil: discard).
 	Logger *slog.Logger
+	// HTTPAddr is where the coordinator serves its dashboard, JSON API and
+	// /metrics ("": nowhere); Local prints the page's URL to Info.
+	HTTPAddr string
 }
 
 // JobError is a local job that did not succeed.
@@ -146,15 +151,28 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if err != nil {
 		return fmt.Errorf("launch: coordinator listener: %w", err)
 	}
+	var httpLis net.Listener
+	var reg *prometheus.Registry
+	if opts.HTTPAddr != "" {
+		if httpLis, err = net.Listen("tcp", opts.HTTPAddr); err != nil {
+			lis.Close()
+			return fmt.Errorf("launch: --http %s: %w", opts.HTTPAddr, err)
+		}
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
 	coord, err := coordinator.New(coordinator.Config{Etcd: cli, Addr: lis.Addr().String(), LeaseTTL: opts.LeaseTTL,
-		Resync: time.Second, Logger: opts.Logger})
+		Resync: time.Second, Logger: opts.Logger, Registry: reg})
 	if err != nil {
 		lis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
 		return fmt.Errorf("launch: %w", err)
 	}
 	cctx, stopCoord := context.WithCancel(context.WithoutCancel(ctx))
 	coordDone := make(chan error, 1)
-	go func() { coordDone <- coord.Serve(cctx, lis, nil) }()
+	go func() { coordDone <- coord.Serve(cctx, lis, httpLis) }()
 	defer func() {
 		stopCoord()
 		if cerr := <-coordDone; cerr != nil && err == nil {
@@ -188,6 +206,9 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
 		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])
+	if httpLis != nil {
+		fmt.Fprintf(opts.Info, "%s: dashboard http://%s/ (metrics on /metrics)\n", spec.Name, httpLis.Addr())
+	}
 
 	// Follow the job until it ends, a worker process exits early, or ctx
 	// is cancelled.

@@ -25,3 +25,11 @@ web="$(cd "$(dirname "$0")/../web" && pwd)"
 if [ "${1:-}" = test ] && [ ! -x "$web/node_modules/.bin/esbuild" ]; then
   (cd "$web" && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# The reference tokenizers (scripts/tokref/package-lock.json: Hugging Face
+# tokenizers' Node binding, tiktoken, and the LLaMA-3 and GPT-2 vocabularies
+# npm packages ship), for the tokenizer package's tests; reinstalled only
+# when the lock file changes.
+tokref="$(cd "$(dirname "$0")/tokref" && pwd)"
+if [ "${1:-}" = test ] && ! cmp -s "$tokref/package-lock.json" "$tokref/node_modules/.loom-lock.json" 2>/dev/null; then
+  (cd "$tokref" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.loom-lock.json)
+fi

@@ -32,22 +32,25 @@ type reporter struct {
 	addr    string
 	conn    *grpc.ClientConn
 
-	stop chan struct{}
-	wg   sync.WaitGroup
+	// ctx ends when the reporter closes: a send in flight gives up.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 func newReporter(w *Worker) *reporter {
-	r := &reporter{w: w, addr: w.cfg.Coordinator, stop: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &reporter{w: w, addr: w.cfg.Coordinator, ctx: ctx, cancel: cancel}
 	r.wg.Go(func() {
 		t := time.NewTicker(w.cfg.ReportInterval)
 		defer t.Stop()
 		for {
 			select {
-			case <-r.stop:
+			case <-ctx.Done():
 				return
 			case <-t.C:
-				ctx, cancel := context.WithTimeout(context.Background(), w.cfg.DialTimeout)
-				r.flush(ctx)
+				fctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
+				r.flush(fctx)
 				cancel()
 			}
 		}
@@ -56,7 +59,7 @@ func newReporter(w *Worker) *reporter {
 }
 
 func (r *reporter) close() {
-	close(r.stop)
+	r.cancel()
 	r.wg.Wait()
 	if r.conn != nil {
 		r.conn.Close()

@@ -27,6 +27,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/internal/version"
+	"github.com/loomtrain/loom/parallel"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -57,6 +58,10 @@ type Config struct {
 	DialTimeout time.Duration
 	// ReportInterval is how often step stats are sent (default 250 ms).
 	ReportInterval time.Duration
+	// StopTimeout bounds what a stopping worker (Run's context done) waits
+	// for: its engine to return, the last step report, leaving etcd. An
+	// unreachable coordinator or etcd costs at most this (default 3 s).
+	StopTimeout time.Duration
 	// Version is this worker's Loom version (default version.Version).
 	Version string
 	// Host names this machine (default os.Hostname()); the rendezvous
@@ -83,6 +88,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads (default: all cores)")
 	fs.DurationVar(&c.LeaseTTL, "ttl", c.LeaseTTL, "registration lease TTL (default: the coordinator's)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to try reaching the coordinator and etcd (default 10s)")
+	fs.DurationVar(&c.StopTimeout, "stop-timeout", c.StopTimeout, "on SIGTERM or SIGINT, how long to spend ending the rank and leaving etcd (default 3s); a second signal exits at once")
 }
 
 func splitList(s string) []string {
@@ -127,6 +133,9 @@ type Worker struct {
 	mux      *connMux
 	addr     string
 	reporter *reporter
+	// quit ends StopTimeout after Run's context is done: the bound of
+	// every wait of a stopping worker.
+	quit context.Context
 
 	mu sync.Mutex
 	id string
@@ -157,6 +166,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.ReportInterval <= 0 {
 		cfg.ReportInterval = 250 * time.Millisecond
+	}
+	if cfg.StopTimeout <= 0 {
+		cfg.StopTimeout = 3 * time.Second
 	}
 	if cfg.Version == "" {
 		cfg.Version = version.Version
@@ -193,6 +205,24 @@ func (w *Worker) Addr() string {
 // returns an error, without retrying, when the coordinator or etcd cannot
 // be reached within the dial timeout or runs another Loom version.
 func (w *Worker) Run(ctx context.Context) error {
+	quit, cancelQuit := context.WithCancel(context.Background())
+	defer cancelQuit()
+	var graceMu sync.Mutex
+	var grace *time.Timer
+	stopGrace := context.AfterFunc(ctx, func() {
+		graceMu.Lock()
+		grace = time.AfterFunc(w.cfg.StopTimeout, cancelQuit)
+		graceMu.Unlock()
+	})
+	defer func() {
+		stopGrace()
+		graceMu.Lock()
+		if grace != nil {
+			grace.Stop()
+		}
+		graceMu.Unlock()
+	}()
+	w.quit = quit
 	if err := w.connect(ctx); err != nil {
 		return err
 	}
@@ -297,14 +327,33 @@ type run struct {
 // serveSession registers under a fresh lease and serves assignments until
 // the lease is lost or ctx is done.
 func (w *Worker) serveSession(ctx context.Context) error {
-	sess, err := concurrency.NewSession(w.etcd, concurrency.WithTTL(ttlSeconds(w.cfg.LeaseTTL)),
-		concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The lease is granted under ctx (a session's own grant would not
+	// return to a signal while etcd is down); its keep-alive runs until
+	// the session ends.
+	gctx, gcancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
+	lease, err := w.etcd.Grant(gctx, int64(ttlSeconds(w.cfg.LeaseTTL)))
+	gcancel()
 	if err != nil {
+		return fmt.Errorf("open etcd session: grant a lease: %w", err)
+	}
+	kctx, kcancel := context.WithCancel(context.WithoutCancel(ctx))
+	sess, err := concurrency.NewSession(w.etcd, concurrency.WithLease(lease.ID), concurrency.WithContext(kctx))
+	if err != nil {
+		kcancel()
 		return fmt.Errorf("open etcd session: %w", err)
 	}
-	// Closing revokes the lease, so a worker that exits cleanly is gone at
-	// once rather than after the TTL.
-	defer sess.Close()
+	// Revoking the lease makes a worker that leaves gone at once rather
+	// than after the TTL — but a stopping worker does not wait long for an
+	// etcd that does not answer.
+	defer func() {
+		sess.Orphan()
+		kcancel()
+		rctx, cancel := context.WithTimeout(w.quit, 2*time.Second)
+		defer cancel()
+		if _, err := w.etcd.Revoke(rctx, lease.ID); err != nil {
+			w.log.Warn("worker: could not revoke the registration lease; it expires by itself", "ttl", w.cfg.LeaseTTL, "err", err)
+		}
+	}()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -330,19 +379,36 @@ func (w *Worker) serveSession(ctx context.Context) error {
 
 	var cur *run
 	stop := func() {
-		if cur != nil {
-			cur.cancel()
-			<-cur.done
-			cur = nil
+		if cur == nil {
+			return
 		}
+		cur.cancel()
+		select {
+		case <-cur.done:
+		case <-w.quit.Done():
+			w.log.Error("worker: the engine did not return within the stop timeout; leaving it", "job", cur.job,
+				"generation", cur.gen, "stop_timeout", w.cfg.StopTimeout)
+		}
+		cur = nil
 	}
 	defer stop()
 
-	gctx, gcancel := context.WithTimeout(sctx, w.cfg.DialTimeout)
+	gctx, gcancel = context.WithTimeout(sctx, w.cfg.DialTimeout)
 	resp, err := w.etcd.Get(gctx, w.keys.Jobs(), clientv3.WithPrefix())
 	gcancel()
 	if err != nil {
 		return fmt.Errorf("read assignments: %w", err)
+	}
+	// announce rewrites the registration once a generation this worker ran
+	// has ended: the leader holds the workers of a failed generation out
+	// of the next rendezvous until they do, which a worker that died (but
+	// whose lease has not expired yet) cannot.
+	announce := func(job string, gen uint64) {
+		actx, acancel := context.WithTimeout(sctx, w.cfg.DialTimeout)
+		defer acancel()
+		if _, err := w.etcd.Put(actx, w.keys.Worker(id), coordinator.Encode(info), clientv3.WithLease(sess.Lease())); err != nil {
+			w.log.Warn("worker: could not re-register after the generation ended", "job", job, "generation", gen, "err", err)
+		}
 	}
 	handle := func(key string, value []byte, modRev int64, deleted bool) {
 		if !strings.HasSuffix(key, "/assignment") {
@@ -350,8 +416,10 @@ func (w *Worker) serveSession(ctx context.Context) error {
 		}
 		if deleted {
 			if cur != nil && key == w.keys.Assignment(cur.job) {
-				w.log.Info("worker: generation ended; cancelling", "job", cur.job, "generation", cur.gen)
+				job, gen := cur.job, cur.gen
+				w.log.Info("worker: generation ended; cancelling", "job", job, "generation", gen)
 				stop()
+				announce(job, gen)
 			}
 			return
 		}
@@ -367,8 +435,10 @@ func (w *Worker) serveSession(ctx context.Context) error {
 			}
 		}
 		if cur != nil && cur.job == a.Job && (rank < 0 || cur.gen != a.Generation) {
-			w.log.Info("worker: generation replaced; cancelling", "job", cur.job, "generation", cur.gen)
+			job, gen := cur.job, cur.gen
+			w.log.Info("worker: generation replaced; cancelling", "job", job, "generation", gen)
 			stop()
+			announce(job, gen)
 		}
 		if rank < 0 || (cur != nil && cur.job == a.Job && cur.gen == a.Generation) {
 			return
@@ -417,6 +487,11 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 			Addr: w.Addr(), Ok: err == nil}
 		if err != nil {
 			res.Error = err.Error()
+			var pe *parallel.PeerError
+			if errors.As(err, &pe) {
+				// The coordinator names the peer as the rank lost.
+				res.LostPeer = &loomv1.PeerLoss{Rank: int32(pe.Rank), Addr: pe.Addr, Op: pe.Op}
+			}
 			w.log.Error("worker: rank failed", "job", a.Job, "generation", a.Generation, "rank", rank, "err", err)
 		} else {
 			w.log.Info("worker: rank finished", "job", a.Job, "generation", a.Generation, "rank", rank)
@@ -449,8 +524,13 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
 		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, rank: rank},
 		Resume:  a.Resume,
-		ReportCheckpoint: func(ctx context.Context, step int, part []byte) error {
-			return w.reportCheckpoint(ctx, a, rank, assignRev, step, part)
+		ReportCheckpoint: func(cctx context.Context, step int, part []byte) error {
+			// The writer's context outlives the step loop's on purpose (files
+			// stay whole); the report to etcd ends with the rank.
+			rctx, cancel := context.WithCancel(cctx)
+			defer cancel()
+			defer context.AfterFunc(ctx, cancel)()
+			return w.reportCheckpoint(rctx, a, rank, assignRev, step, part)
 		},
 	}
 	if asg.Threads <= 0 {
@@ -463,8 +543,9 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 		if p := recover(); p != nil {
 			err = fmt.Errorf("engine panicked on rank %d: %v", rank, p)
 		}
-		// Steps must reach the coordinator before the result does.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.DialTimeout)
+		// Steps must reach the coordinator before the result does; a
+		// stopping worker gives up on a coordinator that does not answer.
+		fctx, cancel := context.WithTimeout(w.quit, w.cfg.DialTimeout)
 		w.reporter.flush(fctx)
 		cancel()
 	}()

@@ -35,30 +35,43 @@ type gemmResult struct {
 	GFLOPSMax float64 `json:"gflops_best"` // best iteration
 	Iters     int     `json:"iters"`
 	Kernel    string  `json:"kernel"`
+	Precision string  `json:"precision"`
+	MC        int     `json:"mc"`
+	KC        int     `json:"kc"`
+	NC        int     `json:"nc"`
+	Grid      string  `json:"grid"` // thread grid over C, "auto" when chosen per call
+	Tuned     bool    `json:"tuned"`
 }
 
 // peakResult is the FMA-loop peak, printed with --peak.
 type peakResult struct {
-	Threads int     `json:"threads"`
-	Peak    float64 `json:"peak_gflops"`
-	Kernel  string  `json:"kernel"`
+	Threads   int     `json:"threads"`
+	Peak      float64 `json:"peak_gflops"`
+	Kernel    string  `json:"kernel"`
+	Precision string  `json:"precision"`
 }
 
 // cmdBenchGemm times tensor/gemm's Sgemm at transformer shapes (or one given
 // shape) for each transpose case and thread count, and prints GFLOP/s.
 func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
-	fs := newFlagSet(env, "bench gemm", "[--m M --n N --k K] [--threads 1,2] [--trans nn,nt,tn] [--iters N] [--peak] [--log-format text|json]\n\n"+
+	fs := newFlagSet(env, "bench gemm", "[--m M --n N --k K] [--threads 1,2] [--trans nn,nt,tn] [--iters N] [--precision fp32|bf16] [--tune] [--peak] [--log-format text|json]\n\n"+
 		"Times C = op(A)·op(B) (row-major float32, beta = 0) and prints GFLOP/s = 2·m·n·k / time,\n"+
-		"median and best over --iters calls after one warm-up call. Without --m/--n/--k it runs\n"+
-		"Loom's transformer shapes. tn multiplies Aᵀ·B with A stored k×m (weight gradients),\n"+
-		"nt A·Bᵀ with B stored n×k (input gradients).")
+		"median and best over --iters calls after one warm-up call, with the micro-kernel and cache\n"+
+		"blocks each shape ran with. Without --m/--n/--k it runs Loom's transformer shapes. tn\n"+
+		"multiplies Aᵀ·B with A stored k×m (weight gradients), nt A·Bᵀ with B stored n×k (input\n"+
+		"gradients). --precision bf16 rounds A and B to bfloat16 while packing (float32 accumulation).\n"+
+		"--tune searches kernel, blocks and thread grid for each shape first, replacing cached plans;\n"+
+		"without it, cached plans are used and a shape without one is tuned on its first call, as in\n"+
+		"training (LOOM_GEMM_TUNE=off: derived blocks only).")
 	m := fs.Int("m", 0, "rows of op(A) and C (with --n and --k; default: transformer shapes)")
 	n := fs.Int("n", 0, "columns of op(B) and C")
 	k := fs.Int("k", 0, "inner dimension")
 	threadsFlag := fs.String("threads", "", "comma-separated thread counts (default: 1 and all cores)")
 	transFlag := fs.String("trans", "nn,nt,tn", "comma-separated transpose cases from nn, nt, tn, tt")
 	iters := fs.Int("iters", 5, "timed calls per measurement")
-	peak := fs.Bool("peak", false, "also print the FMA-loop peak GFLOP/s for each thread count")
+	peak := fs.Bool("peak", false, "also print the FMA-loop (bf16: VDPBF16PS-loop) peak GFLOP/s for each thread count")
+	precFlag := fs.String("precision", "fp32", "fp32, or bf16 (inputs rounded to bfloat16 when packed)")
+	tune := fs.Bool("tune", false, "tune each shape before timing it and cache the plans (see docs/kernels.md)")
 	logFormat := fs.String("log-format", "text", "text (a table) or json (one object per measurement)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -107,6 +120,10 @@ func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
 	if *logFormat != "text" && *logFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format %q: allowed: text, json", *logFormat))
 	}
+	prec, err := gemm.ParsePrecision(*precFlag)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--precision: %w", err))
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bench gemm: %w", errors.Join(errs...))
 	}
@@ -118,13 +135,32 @@ func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	header := false
 	for _, t := range threads {
-		e := gemm.New(t)
+		e, err := gemm.NewWith(gemm.Options{Threads: t, Precision: prec, Tune: benchTuning(*tune)})
+		if err != nil {
+			return fmt.Errorf("bench gemm: %w", err)
+		}
 		if *peak {
-			p := peakResult{Threads: t, Peak: gemm.MeasurePeak(t, 500*time.Millisecond), Kernel: e.Kernel()}
+			p := peakResult{Threads: t, Peak: gemm.MeasurePeakPrecision(prec, t, 500*time.Millisecond), Kernel: e.Kernel(), Precision: prec.String()}
 			if jsonOut {
 				emit(p)
 			} else {
-				fmt.Fprintf(env.stdout, "FMA peak (%s loop), %d threads: %.1f GFLOP/s\n", p.Kernel, t, p.Peak)
+				fmt.Fprintf(env.stdout, "%s peak (%s loop), %d threads: %.1f GFLOP/s\n", prec, p.Kernel, t, p.Peak)
+			}
+		}
+		if *tune {
+			var ss []gemm.Shape
+			for _, s := range shapes {
+				for _, tr := range trans {
+					ss = append(ss, gemm.Shape{TransA: tr[0] == 't', TransB: tr[1] == 't', M: s.m, N: s.n, K: s.k})
+				}
+			}
+			t0 := time.Now()
+			if _, err := e.Tune(ss); err != nil {
+				e.Close()
+				return fmt.Errorf("bench gemm: %w", err)
+			}
+			if !jsonOut {
+				fmt.Fprintf(env.stdout, "tuned %d shapes in %.1f s (%s)\n", len(ss), time.Since(t0).Seconds(), e.TuneStatus())
 			}
 		}
 		for _, s := range shapes {
@@ -140,11 +176,16 @@ func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
 				}
 				if !header {
 					mr, nr, mc, kc, nc := e.Blocks()
-					fmt.Fprintf(env.stdout, "kernel %s, tile %d×%d, blocks MC=%d KC=%d NC=%d\n", e.Kernel(), mr, nr, mc, kc, nc)
-					fmt.Fprintf(env.stdout, "%-18s %-5s %7s %9s %9s\n", "MxNxK", "trans", "threads", "GFLOP/s", "best")
+					fmt.Fprintf(env.stdout, "%s; default kernel %s, tile %d×%d, blocks MC=%d KC=%d NC=%d\n", e.TuneStatus(), e.Kernel(), mr, nr, mc, kc, nc)
+					fmt.Fprintf(env.stdout, "%-18s %-5s %7s %9s %9s  %-12s %5s %5s %5s %5s %s\n", "MxNxK", "trans", "threads", "GFLOP/s", "best", "kernel", "MC", "KC", "NC", "grid", "plan")
 					header = true
 				}
-				fmt.Fprintf(env.stdout, "%-18s %-5s %7d %9.1f %9.1f\n", fmt.Sprintf("%dx%dx%d", r.M, r.N, r.K), r.Trans, r.Threads, r.GFLOPS, r.GFLOPSMax)
+				src := "derived"
+				if r.Tuned {
+					src = "tuned"
+				}
+				fmt.Fprintf(env.stdout, "%-18s %-5s %7d %9.1f %9.1f  %-12s %5d %5d %5d %5s %s\n", fmt.Sprintf("%dx%dx%d", r.M, r.N, r.K), r.Trans, r.Threads, r.GFLOPS, r.GFLOPSMax,
+					r.Kernel, r.MC, r.KC, r.NC, r.Grid, src)
 			}
 		}
 		e.Close()
@@ -180,6 +221,18 @@ func timeSgemm(e *gemm.Engine, s gemmShape, trans string, iters int) gemmResult 
 		g[i] = flops / time.Since(t0).Seconds() / 1e9
 	}
 	sort.Float64s(g)
+	p := e.PlanFor(gemm.Shape{TransA: transA, TransB: transB, M: s.m, N: s.n, K: s.k})
 	return gemmResult{M: s.m, N: s.n, K: s.k, Threads: e.Threads(), Trans: trans,
-		GFLOPS: g[len(g)/2], GFLOPSMax: g[len(g)-1], Iters: iters, Kernel: e.Kernel()}
+		GFLOPS: g[len(g)/2], GFLOPSMax: g[len(g)-1], Iters: iters, Kernel: p.Kernel, Precision: e.Precision().String(),
+		MC: p.MC, KC: p.KC, NC: p.NC, Grid: p.Grid(), Tuned: p.Tuned}
+}
+
+// benchTuning is the commands' tuning, with Retune for --tune (which
+// tunes even when LOOM_GEMM_TUNE=off).
+func benchTuning(retune bool) *gemm.TuneOptions {
+	t := gemmTuning()
+	if retune {
+		t = &gemm.TuneOptions{Retune: true}
+	}
+	return t
 }

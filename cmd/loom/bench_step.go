@@ -33,12 +33,15 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 		"Times training steps of the job's model and batch (world size 1) and prints\n"+
 		"tokens/s, achieved TFLOP/s and MFU against the FMA peak measured on this machine.\n"+
 		"FLOPs per token: 6·N + 12·n_layers·dim·seq_len (N: matmul weights incl. LM head).\n"+
+		"--precision bf16 runs the GEMMs on bf16-rounded inputs (float32 accumulation and\n"+
+		"master weights); its MFU is against the bf16 peak measured in the same run.\n"+
 		"Uses the spec's data.path when it exists, else random tokens.")
 	threads := fs.Int("threads", 0, "kernel threads (0: all cores)")
 	steps := fs.Int("steps", 10, "timed steps")
 	warmup := fs.Int("warmup", 2, "untimed steps first")
 	logFormat := fs.String("log-format", "text", "text, or json (one object per measurement)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed steps to FILE (go tool pprof)")
+	precFlag := fs.String("precision", "", "GEMM precision: fp32 or bf16 (default: the spec's train.precision)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -61,11 +64,22 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	if nthreads <= 0 {
 		nthreads = runtime.NumCPU()
 	}
+	if *precFlag == "" {
+		*precFlag = spec.Train.Precision
+	}
+	prec, err := gemm.ParsePrecision(*precFlag)
+	if err != nil {
+		return fmt.Errorf("bench step: --precision: %w", err)
+	}
 	// Measure the peak before the kernels' worker pool exists, so nothing
 	// else competes for the cores while the FMA loop runs.
-	peak := gemm.MeasurePeak(nthreads, 500*time.Millisecond) * 1e9
-	k, closeK := newKernels(nthreads)
-	defer closeK()
+	peak := gemm.MeasurePeakPrecision(prec, nthreads, 500*time.Millisecond) * 1e9
+	fk, err := newKernelsPrecision(nthreads, prec.String())
+	if err != nil {
+		return fmt.Errorf("bench step: %w", err)
+	}
+	defer fk.Close()
+	k := fk
 
 	path := spec.Data.Path
 	if _, err := os.Stat(path); err != nil {
@@ -109,6 +123,8 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 			times = append(times, st.StepSeconds)
 		}
 	}
+	eng := fk.GEMM()
+	_, _, mc, kc, nc := eng.Blocks()
 	sort.Float64s(times)
 	med := times[len(times)/2]
 	tokens := float64(spec.Train.GlobalBatch * spec.Model.SeqLen)
@@ -120,12 +136,18 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 			"job": spec.Name, "threads": nthreads, "tokens_per_sec": tps, "tflops": flops / 1e12,
 			"mfu": flops / peak, "peak_tflops": peak / 1e12, "step_s_p50": med,
 			"flops_per_token": cfg.TrainFLOPsPerToken(spec.Model.SeqLen),
+			"precision":       prec.String(), "kernel": eng.Kernel(), "mc": mc, "kc": kc, "nc": nc,
+			"tuning": eng.TuneStatus(), "plans": eng.Plans(),
 		})
 		fmt.Fprintf(env.stdout, "%s\n", b)
 		return nil
 	}
-	fmt.Fprintf(env.stdout, "%s: %d threads, %d tokens/step, median step %.1f ms: %.0f tokens/s, %.3f TFLOP/s, MFU %.1f%% of the measured FMA peak %.0f GFLOP/s (%.2f MFLOP/token)\n",
-		spec.Name, nthreads, int(tokens), med*1e3, tps, flops/1e12, 100*flops/peak, peak/1e9, cfg.TrainFLOPsPerToken(spec.Model.SeqLen)/1e6)
+	fmt.Fprintf(env.stdout, "%s: %d threads, %s GEMMs, %d tokens/step, median step %.1f ms: %.0f tokens/s, %.3f TFLOP/s, MFU %.1f%% of the measured %s peak %.0f GFLOP/s (%.2f MFLOP/token)\n",
+		spec.Name, nthreads, prec, int(tokens), med*1e3, tps, flops/1e12, 100*flops/peak, prec, peak/1e9, cfg.TrainFLOPsPerToken(spec.Model.SeqLen)/1e6)
+	fmt.Fprintf(env.stdout, "kernel %s, default blocks MC=%d KC=%d NC=%d; %s\n", eng.Kernel(), mc, kc, nc, eng.TuneStatus())
+	for _, sp := range eng.Plans() {
+		fmt.Fprintf(env.stdout, "  %-22s %-15s MC=%-5d KC=%-4d NC=%-5d grid %s\n", sp.Shape, sp.Kernel, sp.MC, sp.KC, sp.NC, sp.Grid())
+	}
 	return nil
 }
 

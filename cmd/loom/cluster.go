@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -177,7 +179,37 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
+	done := make(chan struct{})
+	defer close(done)
+	go exitIfStuck(ctx, done, cfg.StopTimeout, log)
 	return w.Run(ctx)
+}
+
+// exitIfStuck backs up a worker's bounded shutdown: once ctx is done (the
+// first SIGTERM or SIGINT), a second signal, or the worker still running
+// stopTimeout plus a margin later, ends the process.
+func exitIfStuck(ctx context.Context, done <-chan struct{}, stopTimeout time.Duration, log *slog.Logger) {
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	if stopTimeout <= 0 {
+		stopTimeout = 3 * time.Second
+	}
+	log.Info("worker: stopping; a second signal exits at once")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	select {
+	case <-done:
+	case s := <-sig:
+		log.Error("worker: second signal; exiting now", "signal", s)
+		os.Exit(1)
+	case <-time.After(stopTimeout + 5*time.Second):
+		log.Error("worker: still not stopped; exiting", "after", stopTimeout+5*time.Second)
+		os.Exit(1)
+	}
 }
 
 func dialCoordinator(ctx context.Context, addr string) (*api.Client, error) {

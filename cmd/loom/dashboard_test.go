@@ -260,6 +260,22 @@ func TestDashboardsLive(t *testing.T) {
 		t.Errorf("the slowest rank (1) is not listed first")
 	}
 	screenshot("dashboard-live.png")
+	// `loom top` shows the same view in a terminal.
+	var top strings.Builder
+	if err := dispatch(ctx, &cmdEnv{stdout: &top, stderr: &top}, []string{"top", job, "--coordinator", coord, "--once"}); err != nil {
+		t.Fatalf("loom top: %v\n%s", err, top.String())
+	}
+	lines := strings.Split(top.String(), "\n")
+	var rankLines []string
+	for _, l := range lines {
+		if f := strings.Fields(l); len(f) > 2 && strings.HasPrefix(f[1], "(") && f[0] != "RANK" {
+			rankLines = append(rankLines, l)
+		}
+	}
+	if len(rankLines) != 2 || !strings.HasPrefix(strings.TrimSpace(rankLines[0]), "1 ") || !strings.Contains(rankLines[0], "STRAGGLER") ||
+		strings.Contains(rankLines[1], "STRAGGLER") {
+		t.Errorf("loom top: want rank 1 first and flagged, rank 0 unflagged:\n%s", top.String())
+	}
 	if b, err := chromedp.Run(bctx, chromedp.Screenshot(chromedp.CSS("#ranks"))); err == nil {
 		os.WriteFile(filepath.Join(artifactDir(t), "dashboard-straggler.png"), b, 0o644)
 	}
@@ -285,6 +301,9 @@ func TestDashboardsLive(t *testing.T) {
 			return n > 0 || !mustHaveData, fmt.Sprintf("%d series", n)
 		})
 	}
+
+	// The coordinator exports every metric docs/metrics.md documents for it.
+	checkDocumentedMetrics(t, ctx, page+"metrics")
 
 	// Stage a stall: stop both workers, see LoomJobStalled fire, go on.
 	for _, w := range []*exec.Cmd{w1, w2} {
@@ -329,6 +348,46 @@ func TestDashboardsLive(t *testing.T) {
 	defer consoleMu.Unlock()
 	if len(problems) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(problems, "\n"))
+	}
+}
+
+// checkDocumentedMetrics fails for each metric of docs/metrics.md's
+// tables (workers-only ones aside) that the coordinator at u does not
+// export, and for missing Go runtime and process collectors.
+func checkDocumentedMetrics(t *testing.T, ctx context.Context, u string) {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(l, "| `loom_") || strings.Contains(l, "Workers only") {
+			continue
+		}
+		want = append(want, strings.Trim(strings.Fields(l)[1], "`"))
+	}
+	if len(want) < 30 {
+		t.Fatalf("found %d metrics in docs/metrics.md's tables", len(want))
+	}
+	want = append(want, "go_goroutines", "process_resident_memory_bytes")
+	req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	have := map[string]bool{}
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "# TYPE ") {
+			have[strings.Fields(l)[2]] = true
+		}
+	}
+	for _, m := range want {
+		if !have[m] {
+			t.Errorf("docs/metrics.md documents %s but the coordinator does not export it", m)
+		}
 	}
 }
 

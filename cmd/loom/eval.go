@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"os"
+	"path/filepath"
 
 	"github.com/loomtrain/loom/data"
 )
@@ -12,9 +15,12 @@ import (
 func cmdEval(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "eval", "--model DIR --data FILE [flags]\n\n"+
 		"Prints the mean cross-entropy loss of a model over a token file's windows,\n"+
-		"in file order (window i holds tokens [i·T, i·T+T+1)).")
+		"in file order (window i holds tokens [i·T, i·T+T+1)), and bits per byte of the\n"+
+		"text they encode. --text FILE|DIR encodes text with the model's tokenizer instead.")
 	modelDir := fs.String("model", "", "model `DIR`: Loom's checkpoint.dir/NAME/final or any Hugging Face LLaMA directory, or a sharded checkpoint (NAME/step-N, or NAME for the newest complete one)")
 	dataPath := fs.String("data", "", "token `FILE` written by `loom prep`")
+	textPath := fs.String("text", "", "text `FILE` or directory to encode with the model's tokenizer and evaluate (instead of --data)")
+	tokName := fs.String("tokenizer", "", "tokenizer for --text (default: the model's; see loom sample --help)")
 	seqLen := fs.Int("seq-len", 0, "window length T (0: the model's context length)")
 	batch := fs.Int("batch", 8, "windows per forward pass")
 	maxWindows := fs.Int("max-windows", 0, "evaluate only the first N windows (0: all)")
@@ -24,9 +30,9 @@ func cmdEval(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *modelDir == "" || *dataPath == "" || len(pos) != 0 {
+	if *modelDir == "" || (*dataPath == "") == (*textPath == "") || len(pos) != 0 {
 		fs.Usage()
-		return errors.New("eval: need --model DIR and --data FILE")
+		return errors.New("eval: need --model DIR and one of --data FILE or --text FILE")
 	}
 	if *logFormat != "text" && *logFormat != "json" {
 		return fmt.Errorf("eval: --log-format %q: allowed: text, json", *logFormat)
@@ -41,6 +47,21 @@ func cmdEval(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("eval: %w", err)
 	}
 	T := m.Config.SeqLen
+	if *textPath != "" {
+		tok, err := modelTokenizer(env, *modelDir, *tokName, m.Config.VocabSize)
+		if err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		tmp, err := os.MkdirTemp("", "loom-eval-*")
+		if err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		defer os.RemoveAll(tmp)
+		*dataPath = filepath.Join(tmp, "text.bin")
+		if _, _, err := data.Prep(ctx, data.PrepConfig{Inputs: []string{*textPath}, Out: *dataPath, Tokenizer: tok}); err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+	}
 	f, err := data.Open(*dataPath)
 	if err != nil {
 		return fmt.Errorf("eval: %w", err)
@@ -84,11 +105,25 @@ func cmdEval(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	mean := sum / float64(nwin)
 	tokens := nwin * T
+	// Bits per byte: the nats of the evaluated tokens over the bytes they
+	// stand for, at the file's average bytes per token.
+	bpb := 0.0
+	if meta := f.Meta(); meta.Bytes > 0 && meta.Tokens > 0 {
+		bpb = mean / math.Ln2 * float64(meta.Tokens) / float64(meta.Bytes)
+	}
 	if *logFormat == "json" {
-		b, _ := json.Marshal(map[string]any{"loss": mean, "tokens": tokens, "windows": nwin, "seq_len": T})
+		out := map[string]any{"loss": mean, "tokens": tokens, "windows": nwin, "seq_len": T, "tokenizer": f.Meta().Tokenizer}
+		if bpb > 0 {
+			out["bits_per_byte"] = bpb
+		}
+		b, _ := json.Marshal(out)
 		fmt.Fprintf(env.stdout, "%s\n", b)
 		return nil
 	}
-	fmt.Fprintf(env.stdout, "loss %.4f over %d tokens (%d windows of %d)\n", mean, tokens, nwin, T)
+	fmt.Fprintf(env.stdout, "loss %.4f over %d tokens (%d windows of %d)", mean, tokens, nwin, T)
+	if bpb > 0 {
+		fmt.Fprintf(env.stdout, ", %.4f bits per byte", bpb)
+	}
+	fmt.Fprintln(env.stdout)
 	return nil
 }

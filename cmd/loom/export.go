@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/tensor"
 )
@@ -15,12 +16,14 @@ import (
 func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "export", "--model DIR --out DIR\n\n"+
 		"Writes a model as a Hugging Face LlamaForCausalLM directory (config.json,\n"+
-		"model.safetensors, generation_config.json) that transformers loads as is.\n"+
+		"model.safetensors, generation_config.json) that transformers loads as is, with\n"+
+		"its tokenizer as tokenizer.json and tokenizer_config.json.\n"+
 		"--model is a Hugging Face directory (Loom's checkpoint.dir/NAME/final) or a\n"+
 		"sharded training checkpoint: a step directory (checkpoint.dir/NAME/step-N),\n"+
 		"or a job's checkpoint directory, whose newest complete checkpoint is used.")
 	modelDir := fs.String("model", "", "model `DIR` to export: a Hugging Face directory or a sharded checkpoint")
 	out := fs.String("out", "", "output `DIR` (replaced atomically)")
+	tokName := fs.String("tokenizer", "", "tokenizer to write beside the model (default: the model's; see loom sample --help)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -35,10 +38,17 @@ func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
+	tok, err := modelTokenizer(env, *modelDir, *tokName, m.Config.VocabSize)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
 	if err := checkpoint.SaveModel(*out, m, nil); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	fmt.Fprintf(env.stdout, "exported %s parameters to %s\n", humanCount(int64(m.Config.NumParams())), *out)
+	if err := writeTokenizerFiles(*out, tok); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "exported %s parameters and tokenizer %s to %s\n", human.Count(int64(m.Config.NumParams())), tok.Name(), *out)
 	return nil
 }
 

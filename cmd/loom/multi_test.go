@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -15,7 +17,10 @@ import (
 func TestMain(m *testing.M) {
 	if os.Getenv("LOOM_TEST_MAIN") == "1" {
 		var env = &cmdEnv{stdout: os.Stdout, stderr: os.Stderr}
-		if err := dispatch(context.Background(), env, os.Args[1:]); err != nil {
+		// Signals end the command as they do in main.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := dispatch(ctx, env, os.Args[1:]); err != nil {
 			fmt.Fprintf(os.Stderr, "loom: %v\n", err)
 			os.Exit(1)
 		}

@@ -23,12 +23,14 @@ func cmdPrep(ctx context.Context, env *cmdEnv, args []string) error {
 		"Tokenizes text files, directories (recursively, sorted) and JSONL files (.jsonl,\n"+
 		"one document per line from its \"text\" field) into FILE, a little-endian array of\n"+
 		"uint16 tokens (uint32 for vocabularies over 65,536) as nanoGPT's train.bin, with\n"+
-		"the sidecar FILE.json. Each file or JSONL line is one document, ended by EOS.")
+		"the sidecar FILE.json (which records the tokenizer and its SHA-256). Each file or\n"+
+		"JSONL line is one document, ended by EOS. Output is the same for any --workers.")
 	out := fs.String("out", "", "token file to write (required); the sidecar is `FILE`.json")
 	var include stringList
 	fs.Var(&include, "include", "take only files under directories whose name or relative path matches `GLOB`, e.g. '*.go' (repeatable; default: every non-hidden file without NUL bytes)")
 	workers := fs.Int("workers", runtime.GOMAXPROCS(0), "encoding goroutines")
-	tokName := fs.String("tokenizer", "byte", "tokenizer: "+strings.Join(data.TokenizerNames(), ", "))
+	tokName := fs.String("tokenizer", "byte", "tokenizer: "+strings.Join(data.TokenizerNames(), ", ")+", or the path of a tokenizer.json, a Hugging Face model directory or a tiktoken file")
+	chunk := fs.Int("chunk-bytes", 0, "stream plain files larger than this in chunks cut where the ids cannot change (0: 1 MiB)")
 	goSrc := fs.Bool("go-src", false, "add the Go standard library sources, $(go env GOROOT)/src, with --include '*.go'")
 	quiet := fs.Bool("quiet", false, "show no progress on stderr")
 
@@ -48,16 +50,17 @@ func cmdPrep(ctx context.Context, env *cmdEnv, args []string) error {
 		fs.Usage()
 		return fmt.Errorf("prep: need at least one INPUT and --out FILE")
 	}
-	tok, err := data.TokenizerByName(*tokName)
+	tok, err := data.LoadTokenizer(*tokName)
 	if err != nil {
 		return fmt.Errorf("prep: --tokenizer: %w", err)
 	}
 	cfg := data.PrepConfig{
-		Inputs:    inputs,
-		Include:   include,
-		Out:       *out,
-		Tokenizer: tok,
-		Workers:   *workers,
+		Inputs:     inputs,
+		Include:    include,
+		Out:        *out,
+		Tokenizer:  tok,
+		Workers:    *workers,
+		ChunkBytes: *chunk,
 	}
 	var bar *progressBar
 	if !*quiet {
@@ -70,8 +73,8 @@ func cmdPrep(ctx context.Context, env *cmdEnv, args []string) error {
 		return err // already says "data: prep: …" and names the file
 	}
 	secs := st.Elapsed.Seconds()
-	fmt.Fprintf(env.stdout, "prep: %d documents, %d tokens (%d-byte), %d bytes from %d files (%d binary skipped) in %.2fs, %.1f MB/s -> %s\n",
-		meta.Documents, meta.Tokens, meta.TokenBytes, st.Bytes, st.Files, st.Skipped, secs, float64(st.Bytes)/1e6/max(secs, 1e-9), *out)
+	fmt.Fprintf(env.stdout, "prep: %d documents, %d tokens (%d-byte, vocabulary %d, %.2f bytes/token), %d bytes from %d files (%d binary skipped) in %.2fs, %.1f MB/s -> %s\n",
+		meta.Documents, meta.Tokens, meta.TokenBytes, meta.VocabSize, float64(st.Bytes)/float64(max(meta.Tokens, 1)), st.Bytes, st.Files, st.Skipped, secs, float64(st.Bytes)/1e6/max(secs, 1e-9), *out)
 	return nil
 }
 

@@ -12,7 +12,7 @@ import (
 func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "sample", "--model DIR --prompt TEXT [flags]\n\n"+
 		"Generates text from a model: a Loom-saved model or a Hugging Face LLaMA\n"+
-		"directory (byte vocabulary).")
+		"directory, encoding and decoding with its tokenizer (see --tokenizer).")
 	modelDir := fs.String("model", "", "model `DIR`: Loom's checkpoint.dir/NAME/final or any Hugging Face LLaMA directory, or a sharded checkpoint (NAME/step-N, or NAME for the newest complete one)")
 	prompt := fs.String("prompt", "", "text to continue")
 	temp := fs.Float64("temperature", 0.8, "sampling temperature (0: greedy)")
@@ -20,6 +20,7 @@ func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	maxTokens := fs.Int("max-tokens", 200, "tokens to generate")
 	seed := fs.Uint64("seed", 1, "sampling seed")
 	threads := fs.Int("threads", 0, "kernel threads (0: all cores)")
+	tokName := fs.String("tokenizer", "", "tokenizer (default: the model directory's tokenizer.json, else the one its training data was prepared with, else byte)")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -37,7 +38,11 @@ func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
-	text, err := sampleText(m, *prompt, *maxTokens, model.SampleOptions{Temperature: *temp, TopK: *topK, Seed: *seed})
+	tok, err := modelTokenizer(env, *modelDir, *tokName, m.Config.VocabSize)
+	if err != nil {
+		return fmt.Errorf("sample: %w", err)
+	}
+	text, err := sampleWith(m, tok, *prompt, *maxTokens, model.SampleOptions{Temperature: *temp, TopK: *topK, Seed: *seed})
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
@@ -45,19 +50,31 @@ func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	return nil
 }
 
-// sampleText continues prompt (byte-tokenized, after BOS) by up to n tokens
-// and returns prompt and continuation as text; generation stops at EOS.
+// sampleText continues prompt with the byte tokenizer; see sampleWith.
 func sampleText(m *model.Model, prompt string, n int, opt model.SampleOptions) (string, error) {
-	var tok data.ByteTokenizer
-	ids := append([]int32{tok.BOS()}, tok.Encode(nil, []byte(prompt))...)
+	return sampleWith(m, data.ByteTokenizer{}, prompt, n, opt)
+}
+
+// sampleWith continues prompt (encoded by tok, after BOS when tok has one)
+// by up to n tokens and returns prompt and continuation as text;
+// generation stops at EOS, and special tokens produce no text.
+func sampleWith(m *model.Model, tok data.Tokenizer, prompt string, n int, opt model.SampleOptions) (string, error) {
+	var ids []int32
+	if tok.BOS() >= 0 {
+		ids = append(ids, tok.BOS())
+	}
+	ids = tok.Encode(ids, []byte(prompt))
 	out, err := m.Generate(ids, n, opt, tok.EOS())
 	if err != nil {
 		return "", err
 	}
 	text := []byte(prompt)
 	for _, id := range out {
-		if id < 256 { // ids past the byte vocabulary carry no text
-			text = append(text, byte(id))
+		if int(id) >= tok.VocabSize() {
+			continue // ids past the tokenizer's vocabulary (model padding) carry no text
+		}
+		if text, err = tok.Decode(text, []int32{id}); err != nil {
+			return "", err
 		}
 	}
 	return string(text), nil

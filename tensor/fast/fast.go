@@ -40,14 +40,49 @@ type Kernels struct {
 
 var _ tensor.Kernels = (*Kernels)(nil)
 
-// New returns kernels that use threads threads (≤ 0: runtime.NumCPU()).
-// Close releases the worker goroutines.
+// New returns kernels that use threads threads (≤ 0: runtime.NumCPU()),
+// float32 GEMMs and the derived cache blocking. Close releases the worker
+// goroutines.
 func New(threads int) *Kernels {
+	k, err := NewWith(Options{Threads: threads})
+	if err != nil {
+		panic(err)
+	}
+	return k
+}
+
+// Options configure Kernels.
+type Options struct {
+	// Threads is the number of threads (≤ 0: runtime.NumCPU()).
+	Threads int
+	// Precision of the model's matrix multiplies (Sgemm): gemm.FP32, or
+	// gemm.BF16 for bf16 mixed precision — A and B rounded to bfloat16
+	// as they are packed, products accumulated in float32, outputs float32
+	// (PyTorch's autocast(bfloat16) for matmuls, without rounding the
+	// outputs). Attention's tile products, normalization, softmax, the
+	// loss and the optimizer stay float32 either way.
+	Precision gemm.Precision
+	// Tune enables GEMM autotuning with an on-disk cache (gemm.TuneOptions);
+	// nil uses the derived blocking.
+	Tune *gemm.TuneOptions
+}
+
+// NewWith returns kernels configured by o.
+func NewWith(o Options) (*Kernels, error) {
+	threads := o.Threads
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	return &Kernels{eng: gemm.New(threads), pool: newPool(threads)}
+	eng, err := gemm.NewWith(gemm.Options{Threads: threads, Precision: o.Precision, Tune: o.Tune})
+	if err != nil {
+		return nil, err
+	}
+	return &Kernels{eng: eng, pool: newPool(threads)}, nil
 }
+
+// GEMM returns the engine behind Sgemm (for its kernel, plans and tuning
+// status in logs and benchmarks).
+func (k *Kernels) GEMM() *gemm.Engine { return k.eng }
 
 // Threads reports the number of threads the kernels use.
 func (k *Kernels) Threads() int { return k.pool.n }

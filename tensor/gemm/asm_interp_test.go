@@ -14,6 +14,11 @@ package gemm
 // with a native call of the same kernel; then kernelAVX512 is run on the
 // same cases against plain Go references.
 //
+// The bf16 kernel's VDPBF16PS has no Go mnemonic and is written as BYTE
+// directives; the decoder evaluates them and decodes the EVEX encoding
+// (register form), and the interpreter's VDPBF16PS is checked against the
+// native instruction where the CPU has AVX512-BF16.
+//
 // Only what the file uses is implemented. Anything else (an unknown
 // mnemonic, operand form, register, directive or frame slot) is an error at
 // decode time, for every TEXT body, executed or not.
@@ -278,7 +283,7 @@ func substituteParams(body string, params, args []string) (string, error) {
 // (ao+4 with ao = 24 is "24+4").
 func evalAsmExpr(s string) (int64, error) {
 	p := asmExprParser{s: strings.Join(strings.Fields(s), "")}
-	v, err := p.sum()
+	v, err := p.or()
 	if err == nil && p.i != len(p.s) {
 		err = fmt.Errorf("trailing %q", p.s[p.i:])
 	}
@@ -300,6 +305,22 @@ func (p *asmExprParser) peek() byte {
 	return 0
 }
 
+// or is the lowest precedence level: | and ^ (Go's assembler, like Go).
+func (p *asmExprParser) or() (int64, error) {
+	v, err := p.sum()
+	for err == nil && (p.peek() == '|' || p.peek() == '^') {
+		op := p.s[p.i]
+		p.i++
+		var w int64
+		if w, err = p.sum(); op == '|' {
+			v |= w
+		} else {
+			v ^= w
+		}
+	}
+	return v, err
+}
+
 func (p *asmExprParser) sum() (int64, error) {
 	v, err := p.product()
 	for err == nil && (p.peek() == '+' || p.peek() == '-') {
@@ -317,11 +338,29 @@ func (p *asmExprParser) sum() (int64, error) {
 
 func (p *asmExprParser) product() (int64, error) {
 	v, err := p.unary()
-	for err == nil && p.peek() == '*' {
-		p.i++
+	for err == nil {
+		op := p.peek()
+		n := 1
+		switch {
+		case op == '*' || op == '&':
+		case (op == '<' || op == '>') && p.i+1 < len(p.s) && p.s[p.i+1] == op:
+			n = 2
+		default:
+			return v, err
+		}
+		p.i += n
 		var w int64
 		w, err = p.unary()
-		v *= w
+		switch op {
+		case '*':
+			v *= w
+		case '&':
+			v &= w
+		case '<':
+			v <<= w
+		case '>':
+			v >>= w
+		}
 	}
 	return v, err
 }
@@ -337,7 +376,7 @@ func (p *asmExprParser) unary() (int64, error) {
 		return v, err
 	case c == '(':
 		p.i++
-		v, err := p.sum()
+		v, err := p.or()
 		if err == nil && p.peek() != ')' {
 			err = fmt.Errorf("missing ')'")
 		}
@@ -400,6 +439,8 @@ var asmSpecs = map[string][]asmKind{
 	"JZ":           {kLabel},
 	"JNZ":          {kLabel},
 	"JLE":          {kLabel},
+	"JMP":          {kLabel},
+	"VDPBF16PS":    {kVec, kVec, kVec}, // decoded from BYTEs (decodeEVEX)
 	"RET":          {},
 	"VZEROUPPER":   {},
 	"PREFETCHT0":   {kMem},
@@ -509,13 +550,15 @@ func goTypeString(e ast.Expr) string {
 	return fmt.Sprintf("%T", e)
 }
 
-// frameSize is the argument size ABI0 reserves (rounded to 8 bytes).
+// frameSize is the argument size the TEXT line must declare: the end of
+// the last argument (what go vet's asmdecl checks; a trailing float32
+// ends the frame at 4 mod 8).
 func frameSize(slots []asmFrameSlot) int {
 	end := 0
 	for _, s := range slots {
 		end = max(end, s.off+s.size)
 	}
-	return (end + 7) / 8 * 8
+	return end
 }
 
 // decodeAsm preprocesses src and decodes each TEXT body up to the next TEXT.
@@ -527,13 +570,50 @@ func decodeAsm(src string, frames map[string][]asmFrameSlot) (map[string]*asmFun
 	funcs := map[string]*asmFunc{}
 	var cur *asmFunc
 	var labels map[string]int
+	var raw []byte // consecutive BYTE directives: one encoded instruction
+	rawLine := 0
+	flush := func() error {
+		if len(raw) == 0 {
+			return nil
+		}
+		in, err := decodeEVEX(raw)
+		if err != nil {
+			return fmt.Errorf("%s:%d: bytes % x: %v", asmSourceFile, rawLine, raw, err)
+		}
+		in.line = rawLine
+		cur.code = append(cur.code, in)
+		raw = raw[:0]
+		return nil
+	}
 	finish := func() error {
 		if cur == nil {
 			return nil
 		}
+		if err := flush(); err != nil {
+			return err
+		}
 		return resolveJumps(cur, labels)
 	}
 	for _, st := range stmts {
+		if b, ok := strings.CutPrefix(st.text, "BYTE "); ok && cur != nil {
+			v, err := evalAsmExpr(strings.TrimPrefix(strings.TrimSpace(b), "$"))
+			if err != nil || v < 0 || v > 255 {
+				return nil, fmt.Errorf("%s:%d: %q: not a byte (%v)", asmSourceFile, st.line, st.text, err)
+			}
+			if len(raw) == 0 {
+				rawLine = st.line
+			}
+			raw = append(raw, byte(v))
+			if len(raw) == 6 { // every encoding this file writes is 6 bytes
+				if err := flush(); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if len(raw) > 0 {
+			return nil, fmt.Errorf("%s:%d: %d BYTEs do not make a whole instruction", asmSourceFile, rawLine, len(raw))
+		}
 		if m := asmTextRE.FindStringSubmatch(st.text); m != nil {
 			if err := finish(); err != nil {
 				return nil, err
@@ -628,6 +708,37 @@ func decodeInstr(text string, frame []asmFrameSlot) (asmInstr, error) {
 		in.args = append(in.args, a)
 	}
 	return in, checkWidths(in)
+}
+
+// decodeEVEX decodes the one BYTE-encoded instruction kernel_amd64.s
+// uses, VDPBF16PS zmm, zmm, zmm (EVEX.512.F3.0F38.W0 52 /r, register form,
+// no masking, no broadcast), into Go operand order: src2, src1, dst.
+func decodeEVEX(b []byte) (asmInstr, error) {
+	in := asmInstr{op: "VDPBF16PS", text: fmt.Sprintf("BYTE % x", b)}
+	if len(b) != 6 || b[0] != 0x62 {
+		return in, fmt.Errorf("not a 6-byte EVEX instruction")
+	}
+	p0, p1, p2, op, modrm := b[1], b[2], b[3], b[4], b[5]
+	inv := func(x byte, bit uint) int { return int(^x>>bit) & 1 }
+	switch {
+	case p0&0x0f != 0x02:
+		return in, fmt.Errorf("P0 %#02x: want map 0F38 and reserved bits 0", p0)
+	case p1&0x87 != 0x06:
+		return in, fmt.Errorf("P1 %#02x: want W0, pp F3 and the fixed 1 bit", p1)
+	case p2&0xf7 != 0x40:
+		return in, fmt.Errorf("P2 %#02x: want z=0, 512-bit, no broadcast, no mask", p2)
+	case op != 0x52:
+		return in, fmt.Errorf("opcode %#02x: only VDPBF16PS (52) is implemented", op)
+	case modrm>>6 != 3:
+		return in, fmt.Errorf("ModRM %#02x: only the register form is implemented", modrm)
+	}
+	dst := inv(p0, 4)<<4 | inv(p0, 7)<<3 | int(modrm>>3&7)
+	src1 := inv(p2, 3)<<4 | int(^p1>>3&15)
+	src2 := inv(p0, 6)<<4 | inv(p0, 5)<<3 | int(modrm&7)
+	z := func(r int) asmOperand { return asmOperand{kind: kVec, reg: r, lanes: 16, name: fmt.Sprintf("Z%d", r)} }
+	in.args = []asmOperand{z(src2), z(src1), z(dst)}
+	in.text = fmt.Sprintf("VDPBF16PS Z%d, Z%d, Z%d (BYTE % x)", src2, src1, dst, b)
+	return in, nil
 }
 
 // splitOperands splits at commas outside parentheses.
@@ -739,6 +850,9 @@ func (in *asmInstr) isa() string {
 	}
 	if in.op == "VZEROUPPER" {
 		return "AVX"
+	}
+	if in.op == "VDPBF16PS" {
+		return "AVX512BF16"
 	}
 	evex := in.op == "VPXORD"
 	for _, a := range in.args {
@@ -924,6 +1038,8 @@ func (m *asmMachine) step(in *asmInstr) (next int, ret bool, err error) {
 		m.setFlags(x-1, 64, x == 1<<63) // CF is unchanged (and unused)
 	case "SHLQ", "SHRQ", "SHLL":
 		m.shift(in.op, a[1].reg, uint64(a[0].off))
+	case "JMP":
+		return in.target, false, nil
 	case "JZ", "JNZ", "JLE":
 		taken, err := m.condition(in.op)
 		if taken {
@@ -976,6 +1092,14 @@ func (m *asmMachine) vector(in *asmInstr) error {
 			r[i] = math.Float32bits(fma32(f32(src1[i]), f32(src2[i]), f32(dst[i])))
 		}
 		m.fmaLanes += n
+		m.writeVec(a[2], r)
+	case "VDPBF16PS": // dst += src1·src2 over bf16 pairs (dpbf16 per lane)
+		src2, src1, dst := m.vec[a[0].reg], m.vec[a[1].reg], m.vec[a[2].reg]
+		var r [16]uint32
+		for i := range n {
+			r[i] = math.Float32bits(dpbf16(f32(dst[i]), src1[i], src2[i]))
+		}
+		m.fmaLanes += 2 * n
 		m.writeVec(a[2], r)
 	case "VBROADCASTSS":
 		v, err := m.readScalar(a[0], 4)
@@ -1145,10 +1269,11 @@ func fma32(x, y, z float32) float32 {
 
 // interpCase is one micro-kernel call.
 type interpCase struct {
-	k           int
-	alpha, beta float32
-	ldc         int
-	ints        bool // small integers (every result exact) or random floats
+	k     int
+	alpha float32
+	load  bool // the tile starts from C (else C is never read)
+	ldc   int
+	ints  bool // small integers (every result exact) or random floats
 }
 
 func (c interpCase) String() string {
@@ -1156,23 +1281,20 @@ func (c interpCase) String() string {
 	if c.ints {
 		data = "ints"
 	}
-	return fmt.Sprintf("k=%d alpha=%g beta=%g ldc=%d %s", c.k, c.alpha, c.beta, c.ldc, data)
+	return fmt.Sprintf("k=%d alpha=%g load=%v ldc=%d %s", c.k, c.alpha, c.load, c.ldc, data)
 }
 
-// betaIsZero is the kernels' test: all bits but the sign clear.
-func (c interpCase) betaIsZero() bool { return math.Float32bits(c.beta)<<1 == 0 }
-
 // interpCases: depths around the ×4 unroll (k = 0 is outside the documented
-// k ≥ 1 but the code handles it: both loops are skipped), beta 0 and −0
-// (C must not be read), 1, 0.5 and −1.5, two alphas, C stride NR and NR+3.
+// k ≥ 1 but the code handles it: both loops are skipped), starting from 0
+// (C must not be read) or from C, four alphas, C stride NR and NR+3.
 func interpCases(nr int) []interpCase {
 	var cs []interpCase
 	for _, ints := range []bool{true, false} {
 		for _, k := range []int{0, 1, 2, 3, 4, 5, 7, 8, 13, 64} {
-			for _, alpha := range []float32{1, 2} {
-				for _, beta := range []float32{0, float32(math.Copysign(0, -1)), 1, 0.5, -1.5} {
+			for _, alpha := range []float32{1, 2, 0.5, -1.5} {
+				for _, load := range []bool{false, true} {
 					for _, ldc := range []int{nr, nr + 3} {
-						cs = append(cs, interpCase{k: k, alpha: alpha, beta: beta, ldc: ldc, ints: ints})
+						cs = append(cs, interpCase{k: k, alpha: alpha, load: load, ldc: ldc, ints: ints})
 					}
 				}
 			}
@@ -1184,7 +1306,8 @@ func interpCases(nr int) []interpCase {
 // tileData is one call's packed panels and C (with padding past NR).
 type tileData struct{ a, b, c []float32 }
 
-// cNaN marks C when beta is zero: the kernel must overwrite it unread.
+// cNaN marks C when the tile does not load it: the kernel must overwrite
+// it unread.
 const cNaN = 0x7fc0_1234
 
 func newTileData(seed uint64, mr, nr int, tc interpCase) tileData {
@@ -1207,7 +1330,7 @@ func newTileData(seed uint64, mr, nr int, tc interpCase) tileData {
 		}
 	}
 	for i := range d.c {
-		if tc.betaIsZero() {
+		if !tc.load {
 			d.c[i] = math.Float32frombits(cNaN)
 		} else {
 			d.c[i] = val()
@@ -1226,7 +1349,7 @@ const (
 
 // interpretKernel runs micro-kernel f on d in simulated memory and returns
 // C afterwards. It fails on any access outside the panels and C, on any
-// write to the panels or any read of C when beta is zero, and it checks
+// write to the panels or any read of C when the tile does not load it, and it checks
 // that every byte of A and B is read exactly once, that exactly the MR×NR
 // tile of C is written (once), that prefetches target the tile and that
 // the upper vector state is clean at RET.
@@ -1234,7 +1357,7 @@ func interpretKernel(f *asmFunc, mr, nr int, tc interpCase, d tileData, cov []in
 	frame := make([]byte, f.argSize)
 	args := map[string]uint64{
 		"k": uint64(tc.k), "a": asmABase, "b": asmBBase, "c": asmCBase, "ldc": uint64(tc.ldc),
-		"alpha": uint64(math.Float32bits(tc.alpha)), "beta": uint64(math.Float32bits(tc.beta)),
+		"alpha": uint64(math.Float32bits(tc.alpha)), "load": loadArg(tc.load),
 	}
 	for _, s := range f.frame {
 		v, ok := args[s.name]
@@ -1251,7 +1374,7 @@ func interpretKernel(f *asmFunc, mr, nr int, tc interpCase, d tileData, cov []in
 	mem.add("args", asmFrameBase, frame, true, false)
 	ra := mem.add("A", asmABase, floatsToBytes(d.a), true, false)
 	rb := mem.add("B", asmBBase, floatsToBytes(d.b), true, false)
-	rc := mem.add("C", asmCBase, floatsToBytes(d.c), !tc.betaIsZero(), true)
+	rc := mem.add("C", asmCBase, floatsToBytes(d.c), tc.load, true)
 	m := newAsmMachine(mem, asmFrameBase)
 	if err := m.run(f, cov); err != nil {
 		return nil, err
@@ -1264,7 +1387,7 @@ func interpretKernel(f *asmFunc, mr, nr int, tc interpCase, d tileData, cov []in
 	if err := checkTileAccess(rc, mr, nr, tc); err != nil {
 		return nil, err
 	}
-	if err := checkPrefetches(m.prefetches, mr, nr, tc.ldc); err != nil {
+	if err := checkPrefetches(m.prefetches, mr, nr, tc.ldc, !tc.load); err != nil {
 		return nil, err
 	}
 	for r := 0; r < 16; r++ {
@@ -1276,14 +1399,14 @@ func interpretKernel(f *asmFunc, mr, nr int, tc interpCase, d tileData, cov []in
 }
 
 // checkTileAccess: each byte of the MR×NR tile is written once (and read
-// once when beta ≠ 0); the padding past NR is never touched.
+// once when the tile loads it); the padding past NR is never touched.
 func checkTileAccess(rc *asmRegion, mr, nr int, tc interpCase) error {
 	for x := range rc.data {
 		i, j := x/4/tc.ldc, x/4%tc.ldc
 		wantW, wantR := 0, 0
 		if i < mr && j < nr {
 			wantW = 1
-			if !tc.betaIsZero() {
+			if tc.load {
 				wantR = 1
 			}
 		}
@@ -1294,8 +1417,9 @@ func checkTileAccess(rc *asmRegion, mr, nr int, tc interpCase) error {
 	return nil
 }
 
-// checkPrefetches: at least one prefetch per C row, all inside the tile.
-func checkPrefetches(addrs []uint64, mr, nr, ldc int) error {
+// checkPrefetches: every prefetch is inside the tile, and when the tile
+// is not loaded (the stores are the first touch) every C row is prefetched.
+func checkPrefetches(addrs []uint64, mr, nr, ldc int, wantRows bool) error {
 	rows := make([]bool, mr)
 	for _, p := range addrs {
 		off := int64(p - asmCBase)
@@ -1305,28 +1429,35 @@ func checkPrefetches(addrs []uint64, mr, nr, ldc int) error {
 		}
 		rows[i] = true
 	}
-	if i := slices.Index(rows, false); i >= 0 {
+	if i := slices.Index(rows, false); i >= 0 && wantRows {
 		return fmt.Errorf("C row %d is never prefetched", i)
 	}
 	return nil
 }
 
-// modelTile is the kernels' arithmetic written out in Go: per element, FMA
-// accumulation over p in order from +0, one multiply by alpha, then one FMA
-// with beta·C unless beta is ±0. The padding is C's.
+// loadArg is the kernels' load argument.
+func loadArg(load bool) uint64 {
+	if load {
+		return 1
+	}
+	return 0
+}
+
+// modelTile is the float32 kernels' arithmetic written out in Go: per
+// element, FMA accumulation over p in order from C (load) or +0, then one
+// multiply by alpha. The padding is C's.
 func modelTile(mr, nr int, tc interpCase, d tileData) []float32 {
 	out := slices.Clone(d.c)
 	for i := range mr {
 		for j := range nr {
 			var acc float32
+			if tc.load {
+				acc = d.c[i*tc.ldc+j]
+			}
 			for p := range tc.k {
 				acc = fma32(d.a[p*mr+i], d.b[p*nr+j], acc)
 			}
-			acc *= tc.alpha
-			if !tc.betaIsZero() {
-				acc = fma32(tc.beta, d.c[i*tc.ldc+j], acc)
-			}
-			out[i*tc.ldc+j] = acc
+			out[i*tc.ldc+j] = acc * tc.alpha
 		}
 	}
 	return out
@@ -1343,8 +1474,8 @@ func compareBits(got, want []float32, ldc int) error {
 }
 
 // compareReference checks got against the float64 triple loop: exactly for
-// integer data, within the float32 error bound (k+4)·2⁻²⁴·(|alpha|Σ|ab| +
-// |beta·c|) for random floats. Padding must equal C's.
+// integer data, within the float32 error bound (k+4)·2⁻²⁴·|alpha|·(Σ|ab| +
+// |c|) for random floats. Padding must equal C's.
 func compareReference(got []float32, mr, nr int, tc interpCase, d tileData) error {
 	for i := range mr {
 		for j := range nr {
@@ -1354,11 +1485,10 @@ func compareReference(got []float32, mr, nr int, tc interpCase, d tileData) erro
 				ab := float64(d.a[p*mr+i]) * float64(d.b[p*nr+j])
 				s, mag = s+ab, mag+math.Abs(ab)
 			}
-			want, mag := float64(tc.alpha)*s, math.Abs(float64(tc.alpha))*mag
-			if !tc.betaIsZero() {
-				bc := float64(tc.beta) * float64(d.c[x])
-				want, mag = want+bc, mag+math.Abs(bc)
+			if tc.load {
+				s, mag = s+float64(d.c[x]), mag+math.Abs(float64(d.c[x]))
 			}
+			want, mag := float64(tc.alpha)*s, math.Abs(float64(tc.alpha))*mag
 			tol := float64(tc.k+4) * 0x1p-24 * mag
 			if tc.ints {
 				tol = 0
@@ -1512,6 +1642,9 @@ func TestInterpDecodesFile(t *testing.T) {
 		"fmaLoopAVX2":   {"AVX", "FMA"},
 		"kernelAVX512":  {"AVX", "AVX512F", "AVX512VL"}, // what hasAVX512 checks
 		"fmaLoopAVX512": {"AVX", "AVX512F", "AVX512VL"},
+		// what hasAVX512BF16 checks
+		"kernelAVX512BF16": {"AVX", "AVX512F", "AVX512VL", "AVX512BF16"},
+		"dpLoopAVX512BF16": {"AVX", "AVX512F", "AVX512VL", "AVX512BF16"},
 	}
 	var names []string
 	for name := range funcs {
@@ -1570,7 +1703,7 @@ func TestInterpAVX2MatchesNative(t *testing.T) {
 		}
 		native := slices.Clone(d.c)
 		a, b := append(slices.Clone(d.a), 0), append(slices.Clone(d.b), 0) // k = 0 still needs a pointer
-		kernelAVX2(tc.k, &a[0], &b[0], &native[0], tc.ldc, tc.alpha, tc.beta)
+		kernelAVX2(tc.k, &a[0], &b[0], &native[0], tc.ldc, int(loadArg(tc.load)), tc.alpha)
 		if err := compareBits(got, native, tc.ldc); err != nil {
 			t.Fatalf("%v: interpreted vs native: %v", tc, err)
 		}
@@ -1625,14 +1758,17 @@ func TestInterpCatchesMutations(t *testing.T) {
 		{"last row not stored", "Z_STORE(Z30, Z31)\n\tVZEROUPPER", "VZEROUPPER"},
 		{"row 13's right half accumulates into its left", "Z_ROW(ao+52, Z3, Z30, Z31)", "Z_ROW(ao+52, Z3, Z30, Z30)"},
 		{"right half uses the left B columns", "VFMADD231PS  Z1, t, acc1", "VFMADD231PS  Z0, t, acc1"},
-		{"alpha instead of beta", "VFMADD231PS 64(DX), Z1, acc1", "VFMADD231PS 64(DX), Z0, acc1"},
-		{"beta = -0 reads C", "SHLL $1, AX\n\tJNZ  z_accum", "SHLQ $1, AX\n\tJNZ  z_accum"},
-		{"no VZEROUPPER", "Z_ACCUM(Z30, Z31)\n\tVZEROUPPER", "Z_ACCUM(Z30, Z31)"},
+		{"loaded right half from the left columns", "VMOVUPS 64(R9), acc1", "VMOVUPS (R9), acc1"},
+		{"load flag inverted", "JNZ  z_load", "JZ   z_load"},
+		{"no VZEROUPPER", "Z_STORE(Z30, Z31)\n\tVZEROUPPER", "Z_STORE(Z30, Z31)"},
 		{"accumulator not zeroed", "\tVPXORD Z5, Z5, Z5\n", ""},
 	}
+	// Each mutation applies to the first occurrence, which must lie in
+	// kernelAVX512's body (macros come before every body).
+	bodyEnd := strings.Index(string(src), "TEXT ·kernelAVX512BF16(SB)")
 	for _, mu := range mutations {
-		if n := strings.Count(string(src), mu.old); n != 1 {
-			t.Fatalf("mutation %q: %q occurs %d times in %s", mu.what, mu.old, n, asmSourceFile)
+		if i := strings.Index(string(src), mu.old); i < 0 || i > bodyEnd {
+			t.Fatalf("mutation %q: %q not found before kernelAVX512BF16 in %s", mu.what, mu.old, asmSourceFile)
 		}
 		funcs, err := decodeAsm(strings.Replace(string(src), mu.old, mu.new, 1), frames)
 		if err != nil {
@@ -1654,13 +1790,14 @@ func TestInterpCatchesMutations(t *testing.T) {
 
 // TestInterpFMALoops: the peak loops terminate, touch no memory but their
 // argument, and do the FMA count MeasurePeak's FLOP formulas assume
-// (avx512Kernel.peak: 24·16 per iteration; avx2Kernel.peak: 12·8).
+// (avx512Kernel.peak: 24·16 per iteration; avx2Kernel.peak: 12·8;
+// avx512BF16Kernel.peak: 24 VDPBF16PS of 16 lanes × 2 products).
 func TestInterpFMALoops(t *testing.T) {
 	funcs := loadAsm(t)
 	for _, fl := range []struct {
 		name        string
 		fmasPerIter int
-	}{{"fmaLoopAVX512", 24 * 16}, {"fmaLoopAVX2", 12 * 8}} {
+	}{{"fmaLoopAVX512", 24 * 16}, {"fmaLoopAVX2", 12 * 8}, {"dpLoopAVX512BF16", 24 * 16 * 2}} {
 		f := funcs[fl.name]
 		for _, n := range []int{-1, 0, 1, 3} {
 			frame := make([]byte, f.argSize)
@@ -1680,4 +1817,142 @@ func TestInterpFMALoops(t *testing.T) {
 			t.Logf("%s(%d): %d instructions", fl.name, n, m.steps)
 		}
 	}
+}
+
+// bf16TileData is newTileData for the bf16 kernel: A and B are packed
+// words of bf16 pairs (stored as float32 bit patterns), C float32. tiny
+// data has magnitudes near 2⁻⁶⁵, so products and sums fall below the
+// float32 normal range and the flush-to-zero behaviour is exercised, and
+// loaded C values are subnormal.
+func bf16TileData(seed uint64, mr, nr int, tc interpCase, tiny bool) tileData {
+	rng := rand.New(rand.NewPCG(seed, uint64(tc.k)+99))
+	val := func() float32 {
+		if tc.ints {
+			return float32(rng.IntN(17) - 8)
+		}
+		e := rng.IntN(13) - 6
+		if tiny {
+			e = -60 - rng.IntN(8)
+		}
+		v := (1 + rng.Float32()) * float32(math.Ldexp(1, e))
+		if rng.IntN(2) == 0 {
+			v = -v
+		}
+		return v
+	}
+	d := tileData{a: make([]float32, tc.k*mr), b: make([]float32, tc.k*nr), c: make([]float32, mr*tc.ldc)}
+	for _, x := range [][]float32{d.a, d.b} {
+		for i := range x {
+			x[i] = math.Float32frombits(bf16Pair(val(), val()))
+		}
+	}
+	for i := range d.c {
+		switch {
+		case !tc.load:
+			d.c[i] = math.Float32frombits(cNaN)
+		case tiny:
+			d.c[i] = math.Float32frombits(uint32(rng.IntN(1<<23)) | uint32(rng.IntN(2))<<31) // subnormal
+		default:
+			d.c[i] = val()
+		}
+	}
+	return d
+}
+
+// modelTileBF16 is the bf16 kernel's arithmetic in Go: dpbf16 per pair in
+// order, from C or +0, then one multiply by alpha.
+func modelTileBF16(mr, nr int, tc interpCase, d tileData) []float32 {
+	out := slices.Clone(d.c)
+	for i := range mr {
+		for j := range nr {
+			var acc float32
+			if tc.load {
+				acc = d.c[i*tc.ldc+j]
+			}
+			for p := range tc.k {
+				acc = dpbf16(acc, math.Float32bits(d.a[p*mr+i]), math.Float32bits(d.b[p*nr+j]))
+			}
+			out[i*tc.ldc+j] = acc * tc.alpha
+		}
+	}
+	return out
+}
+
+// compareReferenceBF16 checks got against float64 sums of the bf16
+// products: exact for integers, within (2k+4)·2⁻²⁴·|alpha|·(Σ|ab| + |c|)
+// otherwise (2k roundings; subnormals flushed add at most 2k·2⁻¹²⁶).
+func compareReferenceBF16(got []float32, mr, nr int, tc interpCase, d tileData) error {
+	for i := range mr {
+		for j := range nr {
+			x := i*tc.ldc + j
+			var s, mag float64
+			if tc.load {
+				s, mag = float64(d.c[x]), math.Abs(float64(d.c[x]))
+			}
+			for p := range tc.k {
+				aw, bw := math.Float32bits(d.a[p*mr+i]), math.Float32bits(d.b[p*nr+j])
+				for _, sh := range []uint{16, 0} {
+					ab := float64(math.Float32frombits(aw>>sh<<16)) * float64(math.Float32frombits(bw>>sh<<16))
+					s, mag = s+ab, mag+math.Abs(ab)
+				}
+			}
+			want := float64(tc.alpha) * s
+			tol := float64(2*tc.k+4)*0x1p-24*math.Abs(float64(tc.alpha))*mag + float64(2*tc.k+1)*0x1p-126
+			if tc.ints {
+				tol = 0
+			}
+			if diff := math.Abs(float64(got[x]) - want); !(diff <= tol) {
+				return fmt.Errorf("C[%d][%d] = %g, reference %g (|diff| %g > %g)", i, j, got[x], want, diff, tol)
+			}
+		}
+	}
+	return nil
+}
+
+// TestInterpAVX512BF16 runs the bf16 kernel's source in the interpreter
+// against the Go model of VDPBF16PS (bit for bit) and the float64
+// reference, and — where this CPU has AVX512-BF16 — against the native
+// kernel, which also validates the interpreter's VDPBF16PS (including
+// flush-to-zero on the tiny cases).
+func TestInterpAVX512BF16(t *testing.T) {
+	f := loadAsm(t)["kernelAVX512BF16"]
+	mr, nr := avx512BF16Kernel.mr, avx512BF16Kernel.nr
+	if mr != 14 || nr != 32 {
+		t.Fatalf("avx512BF16Kernel is %d×%d; the source is written for 14×32", mr, nr)
+	}
+	native := hasAVX512BF16()
+	cov := make([]int, len(f.code))
+	cases := interpCases(nr)
+	n := 0
+	for idx, tc := range cases {
+		for _, tiny := range []bool{false, true} {
+			if tiny && tc.ints {
+				continue
+			}
+			d := bf16TileData(uint64(idx), mr, nr, tc, tiny)
+			got, err := interpretKernel(f, mr, nr, tc, d, cov)
+			if err != nil {
+				t.Fatalf("%v tiny=%v: %v", tc, tiny, err)
+			}
+			if err := compareBits(got, modelTileBF16(mr, nr, tc, d), tc.ldc); err != nil {
+				t.Fatalf("%v tiny=%v: interpreted vs Go model: %v", tc, tiny, err)
+			}
+			if !tiny {
+				if err := compareReferenceBF16(got, mr, nr, tc, d); err != nil {
+					t.Fatalf("%v: %v", tc, err)
+				}
+			}
+			if native {
+				c := slices.Clone(d.c)
+				a, b := append(slices.Clone(d.a), 0), append(slices.Clone(d.b), 0)
+				kernelAVX512BF16(tc.k, &a[0], &b[0], &c[0], tc.ldc, int(loadArg(tc.load)), tc.alpha)
+				if err := compareBits(got, c, tc.ldc); err != nil {
+					t.Fatalf("%v tiny=%v: interpreted vs native: %v", tc, tiny, err)
+				}
+			}
+			n++
+		}
+	}
+	requireCoverage(t, f, cov)
+	t.Logf("%d cases checked (native comparison: %v)", n, native)
 }

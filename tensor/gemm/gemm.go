@@ -1,6 +1,7 @@
-// Package gemm owns Loom's float32 matrix multiply: a BLIS-style packed
-// SGEMM with hand-written AVX-512 and AVX2+FMA micro-kernels, a pure-Go
-// fallback, and the float64 reference it is tested against.
+// Package gemm owns Loom's matrix multiply: a BLIS-style packed SGEMM with
+// hand-written AVX-512, AVX2+FMA and AVX512-BF16 micro-kernels, pure-Go
+// fallbacks, a bounded autotuner with an on-disk plan cache, bf16
+// precision, and the float64 reference it is tested against.
 //
 // All matrices are row-major. Sgemm computes C = alpha·op(A)·op(B) + beta·C
 // where op(X) = Xᵀ when the matching trans flag is set; A is m×k and B is
@@ -10,26 +11,34 @@
 // Design (BLIS): for each NC-wide column block of B and KC-deep slice, B is
 // packed into NR-column micro-panels; for each MC-row block of A, A is
 // packed into MR-row micro-panels; a register-tiled micro-kernel then
-// computes every MR×NR tile of C with its accumulators in registers,
-// applying alpha and beta on the way out (later K slices accumulate with
-// beta = 1). Edge tiles are zero-padded when packed and computed into a
-// scratch tile whose valid part is merged into C.
+// computes every MR×NR tile of C with its accumulators in registers. The
+// accumulators start from zero or from C, so a later K slice continues the
+// FMA chain of the one before, and alpha is applied by the last slice:
+// every element is one chain over k in order, whatever the blocking (see
+// Engine.Sgemm and docs/kernels.md). Edge tiles are zero-padded when packed
+// and computed on a scratch tile whose valid part is copied to C.
 //
-//	kernel   tile    registers                      selected when
-//	avx512   14×32   28 zmm acc + 2 B + 2 broadcast  AVX512F (+VL)
-//	avx2     6×16    12 ymm acc + 2 B + 2 broadcast  AVX2 and FMA
-//	generic  4×4     pure Go                         otherwise, or -tags purego
+//	kernel          tile   arithmetic                       selected when
+//	avx512          14×32  fp32 FMA                         AVX512F (+VL)
+//	avx2            6×16   fp32 FMA                         AVX2 and FMA
+//	generic         4×4    fp32, pure Go                    otherwise, or -tags purego
+//	avx512bf16      14×32  VDPBF16PS on bf16 pairs          bf16, AVX512-BF16 at ≥1.25× the FMA rate
+//	avx512-bf16fma  14×32  fp32 FMA on bf16-rounded panels  bf16 otherwise, AVX-512
+//	avx2-bf16fma    6×16   fp32 FMA on bf16-rounded panels  bf16 otherwise, AVX2
+//	generic-bf16    4×4    VDPBF16PS's arithmetic, pure Go  bf16 without assembly
 //
 // Cache blocks come from cpu0's sysfs cache sizes (chooseBlocks): on a Zen 3
 // core (32 KiB L1d, 512 KiB L2) the AVX2 kernel runs MC=126, KC=256,
 // NC=4096; on Zen 5 (48 KiB, 1 MiB) the AVX-512 kernel runs MC=336, KC=192.
+// With Options.Tune each large shape gets its own plan (tune.go).
 //
 // Threads: New starts threads-1 worker goroutines; each call splits C into
 // a grid of at most `threads` blocks (rows in multiples of MR, columns in
-// multiples of NR) chosen to minimize packing per worker, and each worker
-// runs the loop nest above on its block with its own pack buffers, so
-// workers never synchronize inside a call. Problems under ~4 MFLOP per
-// thread use fewer threads. Steady-state calls do not allocate.
+// multiples of NR) chosen to minimize packing per worker (or the plan's
+// grid), and each worker runs the loop nest above on its block with its own
+// pack buffers, so workers never synchronize inside a call. Problems under
+// ~4 MFLOP per thread use fewer threads. Steady-state calls do not
+// allocate.
 package gemm
 
 import (
@@ -43,11 +52,16 @@ import (
 // serialized (each worker owns its pack buffers); use one Engine per
 // goroutine to run multiplications in parallel.
 type Engine struct {
-	kern    kernel
-	blocks  blockSizes
-	threads int
+	threads   int
+	precision Precision
+	kernels   []kernel // what this CPU and build run for the precision, best first
+	def       plan     // the derived plan: best kernel, blocks from the cache sizes
+	caches    cacheSizes
 
 	mu      sync.Mutex // serializes Sgemm: the workers' buffers are shared state
+	cur     plan       // the current call's plan (the jobs point at it)
+	plans   map[Shape]plan
+	tuner   *tuner // nil when tuning is off
 	workers []*worker
 	jobs    []chan *job // one channel per worker but the first, which runs on the caller
 	wg      sync.WaitGroup
@@ -55,33 +69,94 @@ type Engine struct {
 	closed  bool
 }
 
+// plan is how one call is computed: the micro-kernel, the cache blocks and
+// the thread grid (tm×tn blocks of C; 0 picks the grid by packing cost).
+// No choice here changes a result: every kernel of a precision does the
+// same arithmetic per element and K slices continue each other's sums.
+type plan struct {
+	kern     kernel
+	blocks   blockSizes
+	tm, tn   int
+	maxParts int // ≤ 0: the engine's threads
+}
+
 // job is one worker's share of a call: a rectangular block of C.
 type job struct {
 	transA, transB bool
 	m, n, k        int
-	alpha, beta    float32
+	alpha          float32 // applied by the last K slice
+	pre            float32 // C is first scaled by pre (1: untouched)
+	load           bool    // the first K slice continues from C
 	a              []float32
 	lda            int
 	b              []float32
 	ldb            int
 	c              []float32
 	ldc            int
+	plan           *plan
 }
 
 // worker owns the packing buffers for one thread.
 type worker struct {
-	kern   kernel
-	blocks blockSizes
-	apack  []float32 // MC×KC, rows rounded up to MR
-	bpack  []float32 // KC×NC, columns rounded up to NR
-	edge   []float32 // one MR×NR tile for partial tiles
+	apack []float32 // MC×KC, rows rounded up to MR (bf16 pairs use half)
+	bpack []float32 // KC×NC, columns rounded up to NR
+	edge  []float32 // one MR×NR tile for partial tiles
+}
+
+// Options configure an Engine.
+type Options struct {
+	// Threads is the number of threads (≤ 0: runtime.NumCPU()).
+	Threads int
+	// Precision is what the multiply's inputs are rounded to: FP32 (none)
+	// or BF16 (A and B rounded to bfloat16 while packed, products
+	// accumulated in float32).
+	Precision Precision
+	// Tune, when non-nil, tunes the blocking of each large shape on its
+	// first call, bounded in time, and caches the result on disk (see
+	// TuneOptions). nil uses the blocking derived from the cache sizes.
+	Tune *TuneOptions
 }
 
 // New returns an Engine with the given number of threads (≤ 0 means
-// runtime.NumCPU()) and the fastest micro-kernel this CPU supports. It
-// panics if that kernel fails a one-tile self-check (see selfCheck).
+// runtime.NumCPU()), the fastest float32 micro-kernel this CPU supports
+// and cache blocks derived from its cache sizes. It panics if that kernel
+// fails a one-tile self-check (see selfCheck).
 func New(threads int) *Engine {
-	return newEngine(threads, bestKernel())
+	e, err := NewWith(Options{Threads: threads})
+	if err != nil {
+		panic(err)
+	}
+	return e
+}
+
+// NewWith returns an Engine configured by o. It fails if a micro-kernel
+// fails its self-check or o is invalid.
+func NewWith(o Options) (*Engine, error) {
+	ks := kernelsFor(o.Precision)
+	if o.Precision == BF16 {
+		ks = bf16Kernels()
+	}
+	if len(ks) == 0 {
+		return nil, fmt.Errorf("gemm: precision %v: no kernel", o.Precision)
+	}
+	if err := selfCheck(ks[0]); err != nil {
+		return nil, err
+	}
+	threads := o.Threads
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	cs := readCacheSizes()
+	e := newEngineKernels(threads, o.Precision, ks, cs, chooseBlocks(cs, ks[0], threads))
+	if o.Tune != nil {
+		t, err := newTuner(e, *o.Tune)
+		if err != nil {
+			e.Close()
+			return nil, err
+		}
+		e.tuner = t
+	}
+	return e, nil
 }
 
 // newEngine is New with an explicit micro-kernel; tests use it to cover every
@@ -93,15 +168,22 @@ func newEngine(threads int, kern kernel) *Engine {
 	if err := selfCheck(kern); err != nil {
 		panic(err)
 	}
-	return newEngineBlocks(threads, kern, chooseBlocks(readCacheSizes(), kern, threads))
+	cs := readCacheSizes()
+	return newEngineKernels(threads, kern.precision, []kernel{kern}, cs, chooseBlocks(cs, kern, threads))
 }
 
 // newEngineBlocks is newEngine with explicit cache blocks, for tuning.
 func newEngineBlocks(threads int, kern kernel, blocks blockSizes) *Engine {
-	e := &Engine{kern: kern, threads: threads, blocks: blocks}
+	return newEngineKernels(threads, kern.precision, []kernel{kern}, readCacheSizes(), blocks)
+}
+
+func newEngineKernels(threads int, prec Precision, ks []kernel, cs cacheSizes, blocks blockSizes) *Engine {
+	e := &Engine{threads: threads, precision: prec, kernels: ks, caches: cs,
+		def: plan{kern: ks[0], blocks: blocks}, plans: map[Shape]plan{}}
 	e.workers = make([]*worker, threads)
 	for i := range e.workers {
-		e.workers[i] = newWorker(kern, e.blocks)
+		e.workers[i] = &worker{}
+		e.workers[i].grow(&e.def)
 	}
 	e.parts = make([]job, threads)
 	e.jobs = make([]chan *job, threads)
@@ -113,15 +195,17 @@ func newEngineBlocks(threads int, kern kernel, blocks blockSizes) *Engine {
 	return e
 }
 
-func newWorker(kern kernel, b blockSizes) *worker {
-	mcRound := roundUp(b.mc, kern.mr)
-	ncRound := roundUp(b.nc, kern.nr)
-	return &worker{
-		kern:   kern,
-		blocks: b,
-		apack:  make([]float32, mcRound*b.kc),
-		bpack:  make([]float32, b.kc*ncRound),
-		edge:   make([]float32, kern.mr*kern.nr),
+// grow makes the worker's buffers large enough for p.
+func (w *worker) grow(p *plan) {
+	k, b := p.kern, p.blocks
+	if n := roundUp(b.mc, k.mr) * roundUp(b.kc, 2); len(w.apack) < n {
+		w.apack = make([]float32, n)
+	}
+	if n := roundUp(b.kc, 2) * roundUp(b.nc, k.nr); len(w.bpack) < n {
+		w.bpack = make([]float32, n)
+	}
+	if n := k.mr * k.nr; len(w.edge) < n {
+		w.edge = make([]float32, n)
 	}
 }
 
@@ -148,12 +232,73 @@ func (e *Engine) Close() {
 // Threads reports the number of threads Sgemm uses for large problems.
 func (e *Engine) Threads() int { return e.threads }
 
-// Kernel names the micro-kernel in use: "avx512", "avx2" or "generic".
-func (e *Engine) Kernel() string { return e.kern.name }
+// Precision reports the precision the engine multiplies in.
+func (e *Engine) Precision() Precision { return e.precision }
 
-// Blocks reports the cache blocking in use (for logs and benchmarks).
+// Kernel names the default micro-kernel: "avx512", "avx2", "generic"
+// (fp32); "avx512bf16" (VDPBF16PS), "generic-bf16", "avx512-bf16fma" or
+// "avx2-bf16fma" (bf16).
+func (e *Engine) Kernel() string { return e.def.kern.name }
+
+// Blocks reports the default cache blocking (for logs and benchmarks).
 func (e *Engine) Blocks() (mr, nr, mc, kc, nc int) {
-	return e.kern.mr, e.kern.nr, e.blocks.mc, e.blocks.kc, e.blocks.nc
+	return e.def.kern.mr, e.def.kern.nr, e.def.blocks.mc, e.def.blocks.kc, e.def.blocks.nc
+}
+
+// Shape is one multiplication's transposes and sizes (after op).
+type Shape struct {
+	TransA, TransB bool
+	M, N, K        int
+}
+
+// String is "nt 4096x768x3072" (trans flags, then M×N×K).
+func (s Shape) String() string {
+	tr := []byte("nn")
+	if s.TransA {
+		tr[0] = 't'
+	}
+	if s.TransB {
+		tr[1] = 't'
+	}
+	return fmt.Sprintf("%s %dx%dx%d", tr, s.M, s.N, s.K)
+}
+
+// Plan describes how an Engine computes one shape, for logs and benchmarks.
+type Plan struct {
+	Kernel     string `json:"kernel"`
+	MR         int    `json:"mr"`
+	NR         int    `json:"nr"`
+	MC         int    `json:"mc"`
+	KC         int    `json:"kc"`
+	NC         int    `json:"nc"`
+	GridM      int    `json:"grid_m"` // thread grid over C (0: chosen per call)
+	GridN      int    `json:"grid_n"`
+	MaxThreads int    `json:"max_threads"` // 0: all of the engine's
+	Tuned      bool   `json:"tuned"`       // from the tuner (or its cache), not derived
+}
+
+// PlanFor reports how the engine computes s now.
+func (e *Engine) PlanFor(s Shape) Plan {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	p, tuned := e.plans[s]
+	if !tuned {
+		p = e.def
+	}
+	return p.public(tuned)
+}
+
+func (p *plan) public(tuned bool) Plan {
+	return Plan{Kernel: p.kern.name, MR: p.kern.mr, NR: p.kern.nr, MC: p.blocks.mc, KC: p.blocks.kc, NC: p.blocks.nc,
+		GridM: p.tm, GridN: p.tn, MaxThreads: max(p.maxParts, 0), Tuned: tuned}
+}
+
+// setPlan installs p for s (tuning and tests), growing the buffers.
+func (e *Engine) setPlan(s Shape, p plan) {
+	for _, w := range e.workers {
+		w.grow(&p)
+	}
+	e.plans[s] = p
 }
 
 // Sgemm computes C = alpha·op(A)·op(B) + beta·C for row-major matrices,
@@ -161,6 +306,12 @@ func (e *Engine) Blocks() (mr, nr, mc, kc, nc int) {
 // row strides of A, B and C as stored (A is stored k×m when transA is set).
 // With beta == 0, C is overwritten and its old contents (even NaN) are never
 // read. It panics if a slice is too short for its shape and stride.
+//
+// Each element is one float32 FMA chain over k in order, starting from
+// beta·C (from C itself when beta is 1, from 0 when beta is 0) and scaled
+// by alpha at the end; when alpha ≠ 1 and beta ∉ {0}, the chain starts from
+// (beta/alpha)·C. So the result depends only on the inputs and the
+// precision, never on the blocking, the kernel or the thread count.
 func (e *Engine) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	checkArgs(transA, transB, m, n, k, a, lda, b, ldb, c, ldc)
 	if m == 0 || n == 0 {
@@ -175,8 +326,31 @@ func (e *Engine) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []floa
 	if e.closed {
 		panic("gemm: Sgemm on a closed Engine")
 	}
-	whole := job{transA, transB, m, n, k, alpha, beta, a, lda, b, ldb, c, ldc}
-	parts := e.partition(&whole)
+	s := Shape{transA, transB, m, n, k}
+	p, ok := e.plans[s]
+	if !ok && e.tuner != nil && e.tuner.wants(s) {
+		e.tuner.tune(s) // installs a plan (or remembers that it could not)
+		p, ok = e.plans[s]
+	}
+	if !ok {
+		p = e.def
+	}
+	e.cur = p
+	whole := job{transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, pre: 1,
+		a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc, plan: &e.cur}
+	switch {
+	case beta == 0:
+	case alpha == 1:
+		whole.load, whole.pre = true, beta
+	default:
+		whole.load, whole.pre = true, float32(float64(beta)/float64(alpha))
+	}
+	e.runJob(&whole)
+}
+
+// runJob splits j over the workers and waits for them.
+func (e *Engine) runJob(j *job) {
+	parts := e.partition(j)
 	if parts == 1 {
 		e.workers[0].run(&e.parts[0])
 		return
@@ -194,19 +368,27 @@ func (e *Engine) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []floa
 const minFlopsPerThread = 4 << 20
 
 // partition splits the call into e.parts[:p] over a tm×tn grid of C blocks
-// (tm·tn = p ≤ threads) chosen to minimize each worker's packing traffic,
-// and returns p. Row splits are multiples of MR and column splits of NR so
-// only the true matrix edge has partial tiles.
+// (tm·tn = p ≤ threads): the plan's grid when it has one that fits, else
+// the one that minimizes each worker's packing traffic. Row splits are
+// multiples of MR and column splits of NR so only the true matrix edge has
+// partial tiles.
 func (e *Engine) partition(j *job) int {
+	pl := j.plan
 	flops := 2 * float64(j.m) * float64(j.n) * float64(j.k)
 	p := e.threads
+	if pl.maxParts > 0 {
+		p = min(p, pl.maxParts)
+	}
 	if lim := int(flops / minFlopsPerThread); lim < p {
 		p = max(lim, 1)
 	}
-	mr, nr := e.kern.mr, e.kern.nr
+	mr, nr := pl.kern.mr, pl.kern.nr
 	mTiles, nTiles := ceilDiv(j.m, mr), ceilDiv(j.n, nr)
 	bestTm, bestTn, bestCost := 1, 1, -1.0
-	for tm := 1; tm <= p; tm++ {
+	if pl.tm > 0 && pl.tn > 0 && pl.tm*pl.tn <= p && pl.tm <= mTiles && pl.tn <= nTiles {
+		bestTm, bestTn, bestCost = pl.tm, pl.tn, 0
+	}
+	for tm := 1; tm <= p && bestCost != 0; tm++ {
 		if p%tm != 0 {
 			continue
 		}
@@ -217,7 +399,7 @@ func (e *Engine) partition(j *job) int {
 		mt := float64(ceilDiv(mTiles, tm) * mr)
 		nt := float64(ceilDiv(nTiles, tn) * nr)
 		// Per worker: B packed once per KC block, A once per NC block.
-		ncBlocks := float64(ceilDiv(int(nt), e.blocks.nc))
+		ncBlocks := float64(ceilDiv(int(nt), pl.blocks.nc))
 		cost := mt*float64(j.k)*ncBlocks + float64(j.k)*nt
 		// Imbalance: the slowest worker gets the rounded-up share.
 		cost += 2 * mt * nt * float64(j.k) / 64 // ≈ 64 FLOPs per packed element
@@ -255,28 +437,40 @@ func (e *Engine) partition(j *job) int {
 }
 
 // run computes one job serially with the BLIS loop nest: NC columns of B,
-// KC-deep slices, MC rows of A, then NR×MR micro-tiles.
+// KC-deep slices, MC rows of A, then NR×MR micro-tiles. The first K slice
+// starts from C when the job loads it, every later one continues from the
+// sums the previous slice stored, and only the last applies alpha.
 func (w *worker) run(j *job) {
+	kern, blocks := j.plan.kern, j.plan.blocks
+	if j.pre != 1 {
+		for i := 0; i < j.m; i++ {
+			row := j.c[i*j.ldc : i*j.ldc+j.n]
+			for x := range row {
+				row[x] *= j.pre
+			}
+		}
+	}
 	// Equal blocks no larger than the cache blocks: 768 rows as 7×110
 	// rather than 6×126 + 12 keeps the last block from paying a whole
 	// B-panel sweep for two tiles, and K = 1376 as 6×232 avoids a short
 	// final slice. KC stays a multiple of the kernels' ×4 unroll.
-	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, w.blocks.kc)), 4)
-	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, w.blocks.mc)), w.kern.mr)
-	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, w.ncFor(j.m, j.k, kc0))), w.kern.nr)
+	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, blocks.kc)), 4)
+	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, blocks.mc)), kern.mr)
+	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, ncFor(blocks, kern, j.m, j.k, kc0))), kern.nr)
 	for jc := 0; jc < j.n; jc += nc0 {
 		nc := min(nc0, j.n-jc)
 		for pc := 0; pc < j.k; pc += kc0 {
 			kc := min(kc0, j.k-pc)
-			beta := j.beta
-			if pc > 0 {
-				beta = 1 // later K slices accumulate onto the first
+			load := j.load || pc > 0
+			alpha := float32(1)
+			if pc+kc >= j.k {
+				alpha = j.alpha
 			}
-			packB(w.bpack, j.transB, j.b, j.ldb, pc, jc, kc, nc, w.kern.nr)
+			kern.packB(w.bpack, j.transB, j.b, j.ldb, pc, jc, kc, nc, kern.nr)
 			for ic := 0; ic < j.m; ic += mc0 {
 				mc := min(mc0, j.m-ic)
-				packA(w.apack, j.transA, j.a, j.lda, ic, pc, mc, kc, w.kern.mr)
-				w.macro(mc, nc, kc, j.alpha, beta, j.c[ic*j.ldc+jc:], j.ldc)
+				kern.packA(w.apack, j.transA, j.a, j.lda, ic, pc, mc, kc, kern.mr)
+				w.macro(&kern, mc, nc, kern.depth(kc), alpha, load, j.c[ic*j.ldc+jc:], j.ldc)
 			}
 		}
 	}
@@ -288,43 +482,48 @@ func (w *worker) run(j *job) {
 // NC 1024 rather than 3072 keeps the three K passes over C out of DRAM, at
 // the cost of packing A three times). NC stays ≥ min(512, NC/4) so A's
 // repacking stays small next to the multiply.
-func (w *worker) ncFor(m, k, kc int) int {
-	nc := w.blocks.nc
-	if k <= kc || w.blocks.cmax <= 0 || m*nc <= w.blocks.cmax {
+func ncFor(b blockSizes, kern kernel, m, k, kc int) int {
+	nc := b.nc
+	if k <= kc || b.cmax <= 0 || m*nc <= b.cmax {
 		return nc
 	}
-	return max(w.blocks.cmax/m/w.kern.nr*w.kern.nr, min(512, nc/4/w.kern.nr*w.kern.nr), w.kern.nr)
+	return max(b.cmax/m/kern.nr*kern.nr, min(512, nc/4/kern.nr*kern.nr), kern.nr)
 }
 
 // macro multiplies the packed MC×KC block of A by the packed KC×NC block of
-// B into C. The B micro-panel stays in L1 while A micro-panels stream from L2.
-func (w *worker) macro(mc, nc, kc int, alpha, beta float32, c []float32, ldc int) {
-	mr, nr := w.kern.mr, w.kern.nr
-	full := w.kern.full
+// B into C; depth is the kernel's k argument for the slice. The B
+// micro-panel stays in L1 while A micro-panels stream from L2.
+func (w *worker) macro(kern *kernel, mc, nc, depth int, alpha float32, load bool, c []float32, ldc int) {
+	mr, nr := kern.mr, kern.nr
+	full := kern.full
+	ld := 0
+	if load {
+		ld = 1
+	}
+	// A panel of depth d is MR·d words (float32s, or bf16 pairs), so the
+	// panel holding row ir starts at ir·d; likewise B's at jr·d.
 	for jr := 0; jr < nc; jr += nr {
 		nrr := min(nr, nc-jr)
-		bp := &w.bpack[jr*kc]
+		bp := &w.bpack[jr*depth]
 		for ir := 0; ir < mc; ir += mr {
 			mrr := min(mr, mc-ir)
-			ap := &w.apack[ir*kc]
+			ap := &w.apack[ir*depth]
 			if mrr == mr && nrr == nr {
 				cp := c[ir*ldc+jr : ir*ldc+jr+(mr-1)*ldc+nr] // bounds check for the kernel
-				full(kc, ap, bp, &cp[0], ldc, alpha, beta)
+				full(depth, ap, bp, &cp[0], ldc, ld, alpha)
 				continue
 			}
-			// Partial tile: compute the whole padded tile into a scratch
-			// tile, then merge only the valid part.
-			full(kc, ap, bp, &w.edge[0], nr, alpha, 0)
-			for i := 0; i < mrr; i++ {
-				row := c[(ir+i)*ldc+jr : (ir+i)*ldc+jr+nrr]
-				src := w.edge[i*nr : i*nr+nrr]
-				if beta == 0 {
-					copy(row, src)
-				} else {
-					for x := range row {
-						row[x] = beta*row[x] + src[x]
-					}
+			// Partial tile: run the whole padded tile on a scratch tile
+			// holding C's valid part, then copy only that part back.
+			edge := w.edge[:mr*nr]
+			if load {
+				for i := 0; i < mrr; i++ {
+					copy(edge[i*nr:i*nr+nrr], c[(ir+i)*ldc+jr:])
 				}
+			}
+			full(depth, ap, bp, &edge[0], nr, ld, alpha)
+			for i := 0; i < mrr; i++ {
+				copy(c[(ir+i)*ldc+jr:(ir+i)*ldc+jr+nrr], edge[i*nr:i*nr+nrr])
 			}
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,6 +58,25 @@ type testCase struct {
 	lda, ldb, ldc  int
 	a, b, c        []float32
 	want, bound    []float32
+	wantBF16       []float32 // Reference on bf16-rounded A and B (lazily)
+}
+
+// bf16Want is the Reference result for A and B rounded to bf16, as the bf16
+// kernels see them.
+func (tc *testCase) bf16Want() []float32 {
+	if tc.wantBF16 == nil {
+		ra, rb := slices.Clone(tc.a), slices.Clone(tc.b)
+		for i := range ra {
+			ra[i] = RoundBF16(ra[i])
+		}
+		for i := range rb {
+			rb[i] = RoundBF16(rb[i])
+		}
+		tc.wantBF16 = slices.Clone(tc.c)
+		s := tc.s
+		Reference(tc.transA, tc.transB, s.m, s.n, s.k, tc.v.alpha, ra, tc.lda, rb, tc.ldb, tc.v.beta, tc.wantBF16, tc.ldc)
+	}
+	return tc.wantBF16
 }
 
 func newCase(rng *rand.Rand, s shape, transA, transB bool, v variant, pad int) *testCase {
@@ -92,6 +113,23 @@ func (tc *testCase) check(t *testing.T, e *Engine) {
 	got := append([]float32(nil), tc.c...)
 	e.Sgemm(tc.transA, tc.transB, s.m, s.n, s.k, v.alpha, tc.a, tc.lda, tc.b, tc.ldb, v.beta, got, tc.ldc)
 	tol := 2e-6 * (1 + float64(s.k)/64)
+	want := tc.want
+	if e.Precision() == BF16 {
+		// Against the float64 reference on the original inputs, within
+		// bf16's bound: each rounded input is off by ≤ 2⁻⁸ relative (8
+		// significant bits), so each product by ≤ 2⁻⁷(1+2⁻⁹), plus
+		// float32 accumulation.
+		tc.compare(t, e, got, tc.want, 0x1p-7*(1+0x1p-9)+tol, "float64 reference, bf16 bound")
+		want = tc.bf16Want() // and tightly against the rounded inputs
+	}
+	tc.compare(t, e, got, want, tol, "float64 reference")
+}
+
+// compare reports the worst element error of got relative to the magnitude
+// bound, and any write into the padding between rows.
+func (tc *testCase) compare(t *testing.T, e *Engine, got, want []float32, tol float64, what string) {
+	t.Helper()
+	s, v := tc.s, tc.v
 	worst, wi, wj := 0.0, -1, -1
 	for i := 0; i < s.m; i++ {
 		for j := 0; j < s.n; j++ {
@@ -100,7 +138,7 @@ func (tc *testCase) check(t *testing.T, e *Engine) {
 			if v.beta != 0 {
 				scale += math.Abs(float64(v.beta) * float64(tc.c[x]))
 			}
-			d := math.Abs(float64(got[x])-float64(tc.want[x])) / scale
+			d := math.Abs(float64(got[x])-float64(want[x])) / scale
 			if math.IsNaN(float64(got[x])) {
 				d = math.Inf(1)
 			}
@@ -110,8 +148,8 @@ func (tc *testCase) check(t *testing.T, e *Engine) {
 		}
 	}
 	if worst > tol {
-		t.Fatalf("%s threads=%d m=%d n=%d k=%d transA=%v transB=%v alpha=%g beta=%g pad=%d: worst relative error %.3g at C[%d][%d] (got %g want %g), tolerance %.3g",
-			e.Kernel(), e.Threads(), s.m, s.n, s.k, tc.transA, tc.transB, v.alpha, v.beta, tc.pad, worst, wi, wj, got[wi*tc.ldc+wj], tc.want[wi*tc.ldc+wj], tol)
+		t.Fatalf("%s threads=%d m=%d n=%d k=%d transA=%v transB=%v alpha=%g beta=%g pad=%d: vs %s: worst relative error %.3g at C[%d][%d] (got %g want %g), tolerance %.3g",
+			e.Kernel(), e.Threads(), s.m, s.n, s.k, tc.transA, tc.transB, v.alpha, v.beta, tc.pad, what, worst, wi, wj, got[wi*tc.ldc+wj], want[wi*tc.ldc+wj], tol)
 	}
 	for i := 0; i < s.m; i++ {
 		for j := s.n; j < tc.ldc && i*tc.ldc+j < len(tc.c); j++ {
@@ -137,10 +175,14 @@ func TestSgemmMatchesReference(t *testing.T) {
 	}
 	// Every kernel this CPU runs, at several thread counts, on the same
 	// cases: the Reference result is computed once per case.
-	var engines []*Engine
+	var engines, portable []*Engine
 	for _, kern := range availableKernels() {
 		for _, threads := range threadCounts {
-			engines = append(engines, newEngine(threads, kern))
+			e := newEngine(threads, kern)
+			engines = append(engines, e)
+			if kern.name == "generic-bf16" || len(kernelsFor(kern.precision)) > 1 && strings.HasPrefix(kern.name, "generic") {
+				portable = append(portable, e) // slow: the big shapes are left to assembly
+			}
 		}
 	}
 	defer func() {
@@ -163,7 +205,9 @@ func TestSgemmMatchesReference(t *testing.T) {
 					}
 					tc := newCase(rng, s, tr.transA, tr.transB, v, pad)
 					for _, e := range engines {
-						tc.check(t, e)
+						if s.m*s.n*s.k <= 1<<20 || !slices.Contains(portable, e) {
+							tc.check(t, e)
+						}
 					}
 				}
 			}
@@ -179,17 +223,20 @@ func TestKernelsAvailable(t *testing.T) {
 		names = append(names, k.name)
 	}
 	t.Logf("kernels tested on this CPU: %v (best: %s)", names, New(1).Kernel())
-	if names[len(names)-1] != "generic" {
-		t.Fatalf("generic kernel missing from %v", names)
+	for _, want := range []string{"generic", "generic-bf16"} {
+		if !slices.Contains(names, want) {
+			t.Fatalf("%s kernel missing from %v", want, names)
+		}
 	}
 }
 
 func TestMicroKernelDirect(t *testing.T) {
-	// Each kernel against a plain loop on one tile, for several depths
-	// around the ×4 unroll, with a C stride wider than NR.
-	for _, kern := range availableKernels() {
+	// Each float32 kernel against a plain loop on one tile, for several
+	// depths around the ×4 unroll, with a C stride wider than NR, starting
+	// from 0 and from C.
+	for _, kern := range kernelsFor(FP32) {
 		for _, k := range []int{1, 2, 3, 4, 5, 8, 13} {
-			for _, beta := range []float32{0, 1, 0.5} {
+			for _, load := range []int{0, 1} {
 				rng := rand.New(rand.NewPCG(uint64(k), 7))
 				mr, nr, ldc := kern.mr, kern.nr, kern.nr+5
 				a := randMatrix(rng, k, mr, mr)
@@ -199,20 +246,19 @@ func TestMicroKernelDirect(t *testing.T) {
 				for i := 0; i < mr; i++ {
 					for j := 0; j < nr; j++ {
 						var s float64
+						if load != 0 {
+							s = float64(c[i*ldc+j])
+						}
 						for p := 0; p < k; p++ {
 							s += float64(a[p*mr+i]) * float64(b[p*nr+j])
 						}
-						v := 1.5 * s
-						if beta != 0 {
-							v += float64(beta) * float64(c[i*ldc+j])
-						}
-						want[i*ldc+j] = float32(v)
+						want[i*ldc+j] = float32(1.5 * s)
 					}
 				}
-				kern.full(k, &a[0], &b[0], &c[0], ldc, 1.5, beta)
+				kern.full(k, &a[0], &b[0], &c[0], ldc, load, 1.5)
 				for x := range c {
 					if d := math.Abs(float64(c[x] - want[x])); d > 1e-4*(1+math.Abs(float64(want[x]))) {
-						t.Fatalf("%s k=%d beta=%g: c[%d]=%g want %g", kern.name, k, beta, x, c[x], want[x])
+						t.Fatalf("%s k=%d load=%d: c[%d]=%g want %g", kern.name, k, load, x, c[x], want[x])
 					}
 				}
 			}
@@ -329,7 +375,7 @@ func TestPartition(t *testing.T) {
 	} {
 		ar, ac := stored(tc.m, tc.k, tc.transA)
 		br, bc := stored(tc.k, tc.n, tc.transB)
-		j := job{transA: tc.transA, transB: tc.transB, m: tc.m, n: tc.n, k: tc.k, alpha: 1,
+		j := job{transA: tc.transA, transB: tc.transB, m: tc.m, n: tc.n, k: tc.k, alpha: 1, pre: 1, plan: &e.def,
 			a: make([]float32, ar*ac), lda: ac, b: make([]float32, br*bc), ldb: bc, c: make([]float32, tc.m*tc.n), ldc: tc.n}
 		p := e.partition(&j)
 		if p != tc.wantParts || e.parts[0].m != tc.wantM || e.parts[0].n != tc.wantN {
@@ -359,7 +405,7 @@ func TestSmallBlocks(t *testing.T) {
 	for _, kern := range availableKernels() {
 		for _, cmax := range []int{0, 40 * 64} {
 			e := newEngineBlocks(2, kern, blockSizes{mc: 2 * kern.mr, kc: 16, nc: 8 * kern.nr, cmax: cmax})
-			if nc := e.workers[0].ncFor(100, 70, 16); (cmax != 0) != (nc < 8*kern.nr) {
+			if nc := ncFor(e.def.blocks, kern, 100, 70, 16); (cmax != 0) != (nc < 8*kern.nr) {
 				t.Fatalf("%s cmax=%d: ncFor = %d", kern.name, cmax, nc)
 			}
 			for _, tr := range transCases {

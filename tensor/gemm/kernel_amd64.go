@@ -7,16 +7,24 @@ import "golang.org/x/sys/cpu"
 // Assembly micro-kernels (kernel_amd64.s).
 
 //go:noescape
-func kernelAVX512(k int, a, b, c *float32, ldc int, alpha, beta float32)
+func kernelAVX512(k int, a, b, c *float32, ldc int, load int, alpha float32)
 
 //go:noescape
-func kernelAVX2(k int, a, b, c *float32, ldc int, alpha, beta float32)
+func kernelAVX2(k int, a, b, c *float32, ldc int, load int, alpha float32)
+
+// kernelAVX512BF16 is kernelAVX512 over bf16 pairs (k counts pairs).
+//
+//go:noescape
+func kernelAVX512BF16(k int, a, b, c *float32, ldc int, load int, alpha float32)
 
 // fmaLoopAVX512 runs n iterations of 24 independent zmm FMAs.
 func fmaLoopAVX512(n int)
 
 // fmaLoopAVX2 runs n iterations of 12 independent ymm FMAs.
 func fmaLoopAVX2(n int)
+
+// dpLoopAVX512BF16 runs n iterations of 24 independent zmm VDPBF16PS.
+func dpLoopAVX512BF16(n int)
 
 // avx512Kernel is 14×32: 28 zmm accumulators, two zmm B rows and two
 // broadcast registers use all 32 zmm registers. The 14:32 shape gives the
@@ -29,10 +37,23 @@ var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512,
 var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2,
 	peak: func(n int) float64 { fmaLoopAVX2(n); return float64(n) * 12 * 8 * 2 }}
 
-func hasAVX512() bool { return cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL }
-func hasAVX2() bool   { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
+// avx512BF16Kernel is avx512Kernel's 14×32 tile over bf16 pairs: each
+// VDPBF16PS does 16 lanes × 2 multiply-adds, twice an FMA's work.
+var avx512BF16Kernel = kernel{name: "avx512bf16", precision: BF16, mr: 14, nr: 32, full: kernelAVX512BF16,
+	peak: func(n int) float64 { dpLoopAVX512BF16(n); return float64(n) * 24 * 16 * 4 }}
 
-func bestKernel() kernel { return availableKernels()[0] }
+// avx512RoundKernel and avx2RoundKernel are the float32 kernels over
+// bf16-rounded panels (the bf16-fma family).
+var (
+	avx512RoundKernel = kernel{name: "avx512-bf16fma", precision: BF16, round: true, mr: 14, nr: 32, full: kernelAVX512, peak: avx512Kernel.peak}
+	avx2RoundKernel   = kernel{name: "avx2-bf16fma", precision: BF16, round: true, mr: 6, nr: 16, full: kernelAVX2, peak: avx2Kernel.peak}
+)
+
+func hasAVX512() bool     { return cpu.X86.HasAVX512F && cpu.X86.HasAVX512VL }
+func hasAVX2() bool       { return cpu.X86.HasAVX2 && cpu.X86.HasFMA }
+func hasAVX512BF16() bool { return hasAVX512() && cpu.X86.HasAVX512BF16 }
+
+func bestKernel() kernel { return bestKernelFor(FP32) }
 
 func availableKernels() []kernel {
 	var ks []kernel
@@ -42,5 +63,15 @@ func availableKernels() []kernel {
 	if hasAVX2() {
 		ks = append(ks, avx2Kernel)
 	}
-	return append(ks, genericKernel)
+	ks = append(ks, genericKernel)
+	if hasAVX512BF16() {
+		ks = append(ks, avx512BF16Kernel)
+	}
+	if hasAVX512() {
+		ks = append(ks, avx512RoundKernel)
+	}
+	if hasAVX2() {
+		ks = append(ks, avx2RoundKernel)
+	}
+	return append(ks, genericBF16Kernel)
 }

@@ -2,7 +2,11 @@
 
 #include "textflag.h"
 
-// Micro-kernels: C(MR×NR) = alpha·A·B + beta·C over packed panels.
+// Micro-kernels: C(MR×NR) = alpha·(C0 + A·B) over packed panels, where C0
+// is C itself when load ≠ 0 and zero otherwise (C is then never read). The
+// accumulators start from C0 and take one FMA per k in order, so a product
+// split into K slices (each continuing from the last one's stored sums)
+// rounds exactly as one unsplit pass: the blocking never changes results.
 // Go operand order is reversed from Intel: VFMADD231PS src2, src1, dst
 // computes dst += src1·src2.
 //
@@ -30,26 +34,30 @@
 	AVX2_ROW(ao+16, Y2, Y12, Y13); \
 	AVX2_ROW(ao+20, Y3, Y14, Y15)
 
-// C row = acc (beta == 0: C is not read).
+// C row = acc.
 #define AVX2_STORE(acc0, acc1) \
 	VMOVUPS acc0, (DX); \
 	VMOVUPS acc1, 32(DX); \
 	ADDQ    R8, DX
 
-// C row = acc + beta·C, beta in Y1.
-#define AVX2_ACCUM(acc0, acc1) \
-	VFMADD231PS (DX), Y1, acc0; \
-	VFMADD231PS 32(DX), Y1, acc1; \
-	AVX2_STORE(acc0, acc1)
+// acc = C row (R9 walks the rows).
+#define AVX2_LOAD(acc0, acc1) \
+	VMOVUPS (R9), acc0; \
+	VMOVUPS 32(R9), acc1; \
+	ADDQ    R8, R9
 
-// func kernelAVX2(k int, a, b, c *float32, ldc int, alpha, beta float32)
-TEXT ·kernelAVX2(SB), NOSPLIT, $0-48
+// func kernelAVX2(k int, a, b, c *float32, ldc int, load int, alpha float32)
+TEXT ·kernelAVX2(SB), NOSPLIT, $0-52
 	MOVQ k+0(FP), CX
 	MOVQ a+8(FP), SI
 	MOVQ b+16(FP), DI
 	MOVQ c+24(FP), DX
 	MOVQ ldc+32(FP), R8
 	SHLQ $2, R8
+
+	MOVQ load+40(FP), AX
+	TESTQ AX, AX
+	JNZ  avx2_load
 
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
@@ -64,7 +72,8 @@ TEXT ·kernelAVX2(SB), NOSPLIT, $0-48
 	VXORPS Y14, Y14, Y14
 	VXORPS Y15, Y15, Y15
 
-	// Warm the C tile while the k loop runs (a 64-byte row spans ≤ 2 lines).
+	// Warm the C tile for the stores while the k loop runs (a 64-byte row
+	// spans ≤ 2 lines).
 	MOVQ DX, R9
 	PREFETCHT0 (R9)
 	PREFETCHT0 63(R9)
@@ -83,7 +92,18 @@ TEXT ·kernelAVX2(SB), NOSPLIT, $0-48
 	ADDQ R8, R9
 	PREFETCHT0 (R9)
 	PREFETCHT0 63(R9)
+	JMP  avx2_k
 
+avx2_load:
+	MOVQ DX, R9
+	AVX2_LOAD(Y4, Y5)
+	AVX2_LOAD(Y6, Y7)
+	AVX2_LOAD(Y8, Y9)
+	AVX2_LOAD(Y10, Y11)
+	AVX2_LOAD(Y12, Y13)
+	AVX2_LOAD(Y14, Y15)
+
+avx2_k:
 	MOVQ CX, BX
 	SHRQ $2, BX
 	ANDQ $3, CX
@@ -112,7 +132,7 @@ avx2_loop1:
 	JNZ  avx2_loop1
 
 avx2_done:
-	VBROADCASTSS alpha+40(FP), Y0
+	VBROADCASTSS alpha+48(FP), Y0
 	VMULPS Y0, Y4, Y4
 	VMULPS Y0, Y5, Y5
 	VMULPS Y0, Y6, Y6
@@ -126,28 +146,12 @@ avx2_done:
 	VMULPS Y0, Y14, Y14
 	VMULPS Y0, Y15, Y15
 
-	// beta == ±0 (all bits but the sign clear): overwrite without reading C.
-	MOVL beta+44(FP), AX
-	SHLL $1, AX
-	JNZ  avx2_accum
-
 	AVX2_STORE(Y4, Y5)
 	AVX2_STORE(Y6, Y7)
 	AVX2_STORE(Y8, Y9)
 	AVX2_STORE(Y10, Y11)
 	AVX2_STORE(Y12, Y13)
 	AVX2_STORE(Y14, Y15)
-	VZEROUPPER
-	RET
-
-avx2_accum:
-	VBROADCASTSS beta+44(FP), Y1
-	AVX2_ACCUM(Y4, Y5)
-	AVX2_ACCUM(Y6, Y7)
-	AVX2_ACCUM(Y8, Y9)
-	AVX2_ACCUM(Y10, Y11)
-	AVX2_ACCUM(Y12, Y13)
-	AVX2_ACCUM(Y14, Y15)
 	VZEROUPPER
 	RET
 
@@ -182,11 +186,11 @@ avx2_accum:
 	VMOVUPS acc1, 64(DX); \
 	ADDQ    R8, DX
 
-// beta in Z1.
-#define Z_ACCUM(acc0, acc1) \
-	VFMADD231PS (DX), Z1, acc0; \
-	VFMADD231PS 64(DX), Z1, acc1; \
-	Z_STORE(acc0, acc1)
+// acc = C row (R9 walks the rows).
+#define Z_LOAD(acc0, acc1) \
+	VMOVUPS (R9), acc0; \
+	VMOVUPS 64(R9), acc1; \
+	ADDQ    R8, R9
 
 #define Z_SCALE(acc0, acc1) \
 	VMULPS Z0, acc0, acc0; \
@@ -199,14 +203,18 @@ avx2_accum:
 	PREFETCHT0 127(R9); \
 	ADDQ R8, R9
 
-// func kernelAVX512(k int, a, b, c *float32, ldc int, alpha, beta float32)
-TEXT ·kernelAVX512(SB), NOSPLIT, $0-48
+// func kernelAVX512(k int, a, b, c *float32, ldc int, load int, alpha float32)
+TEXT ·kernelAVX512(SB), NOSPLIT, $0-52
 	MOVQ k+0(FP), CX
 	MOVQ a+8(FP), SI
 	MOVQ b+16(FP), DI
 	MOVQ c+24(FP), DX
 	MOVQ ldc+32(FP), R8
 	SHLQ $2, R8
+
+	MOVQ load+40(FP), AX
+	TESTQ AX, AX
+	JNZ  z_load
 
 	// VPXORD, not VXORPS: the zmm form of VXORPS needs AVX512DQ.
 	VPXORD Z4, Z4, Z4
@@ -253,7 +261,26 @@ TEXT ·kernelAVX512(SB), NOSPLIT, $0-48
 	Z_PREFETCH_ROW
 	Z_PREFETCH_ROW
 	Z_PREFETCH_ROW
+	JMP  z_k
 
+z_load:
+	MOVQ DX, R9
+	Z_LOAD(Z4, Z5)
+	Z_LOAD(Z6, Z7)
+	Z_LOAD(Z8, Z9)
+	Z_LOAD(Z10, Z11)
+	Z_LOAD(Z12, Z13)
+	Z_LOAD(Z14, Z15)
+	Z_LOAD(Z16, Z17)
+	Z_LOAD(Z18, Z19)
+	Z_LOAD(Z20, Z21)
+	Z_LOAD(Z22, Z23)
+	Z_LOAD(Z24, Z25)
+	Z_LOAD(Z26, Z27)
+	Z_LOAD(Z28, Z29)
+	Z_LOAD(Z30, Z31)
+
+z_k:
 	MOVQ CX, BX
 	SHRQ $2, BX
 	ANDQ $3, CX
@@ -282,7 +309,7 @@ z_loop1:
 	JNZ  z_loop1
 
 z_done:
-	VBROADCASTSS alpha+40(FP), Z0
+	VBROADCASTSS alpha+48(FP), Z0
 	Z_SCALE(Z4, Z5)
 	Z_SCALE(Z6, Z7)
 	Z_SCALE(Z8, Z9)
@@ -297,10 +324,6 @@ z_done:
 	Z_SCALE(Z26, Z27)
 	Z_SCALE(Z28, Z29)
 	Z_SCALE(Z30, Z31)
-
-	MOVL beta+44(FP), AX
-	SHLL $1, AX
-	JNZ  z_accum
 
 	Z_STORE(Z4, Z5)
 	Z_STORE(Z6, Z7)
@@ -319,22 +342,188 @@ z_done:
 	VZEROUPPER
 	RET
 
-z_accum:
-	VBROADCASTSS beta+44(FP), Z1
-	Z_ACCUM(Z4, Z5)
-	Z_ACCUM(Z6, Z7)
-	Z_ACCUM(Z8, Z9)
-	Z_ACCUM(Z10, Z11)
-	Z_ACCUM(Z12, Z13)
-	Z_ACCUM(Z14, Z15)
-	Z_ACCUM(Z16, Z17)
-	Z_ACCUM(Z18, Z19)
-	Z_ACCUM(Z20, Z21)
-	Z_ACCUM(Z22, Z23)
-	Z_ACCUM(Z24, Z25)
-	Z_ACCUM(Z26, Z27)
-	Z_ACCUM(Z28, Z29)
-	Z_ACCUM(Z30, Z31)
+// ------------------------------------------------------- AVX512-BF16 14×32
+
+// VDPBF16PS zmm(d), zmm(s1), zmm(s2) (Intel operand order; arguments are
+// register numbers): for each float32 lane i,
+//   d[i] += s1.bf16[2i+1]·s2.bf16[2i+1]; d[i] += s1.bf16[2i]·s2.bf16[2i]
+// EVEX.512.F3.0F38.W0 52 /r, register form. The Go assembler has no
+// mnemonic for it, so the six bytes are computed here: P0 holds the
+// inverted R, X, B, R' bits and map 0F38; P1 W=0, the inverted vvvv (s1)
+// and pp=F3; P2 L'L=512 and the inverted V'; then the opcode and ModRM
+// (mod 11, reg d, rm s2). objdump decodes them as vdpbf16ps.
+#define DPBF(d, s1, s2) \
+	BYTE $0x62; \
+	BYTE $((((((d)^31)>>3)&1)<<7) | (((((s2)^31)>>4)&1)<<6) | (((((s2)^31)>>3)&1)<<5) | (((((d)^31)>>4)&1)<<4) | 2); \
+	BYTE $(((((s1)^31)&15)<<3) | 6); \
+	BYTE $(0x40 | (((((s1)^31)>>4)&1)<<3)); \
+	BYTE $0x52; \
+	BYTE $(0xC0 | (((d)&7)<<3) | ((s2)&7))
+
+// One row: broadcast the row's bf16 pair (one 32-bit word) into register
+// t (number tn) and accumulate both halves of the B row pair.
+#define BF_ROW(ao, t, tn, acc0, acc1) \
+	VBROADCASTSS ao(SI), t; \
+	DPBF(acc0, 0, tn); \
+	DPBF(acc1, 1, tn)
+
+// One k-pair step: B (32 columns × a pair = 128 bytes) from bo(DI), 14 A
+// pairs (56 bytes) from ao(SI): the strides of the float32 kernel.
+#define BF_STEP(ao, bo) \
+	VMOVUPS bo(DI), Z0; \
+	VMOVUPS bo+64(DI), Z1; \
+	BF_ROW(ao, Z2, 2, 4, 5); \
+	BF_ROW(ao+4, Z3, 3, 6, 7); \
+	BF_ROW(ao+8, Z2, 2, 8, 9); \
+	BF_ROW(ao+12, Z3, 3, 10, 11); \
+	BF_ROW(ao+16, Z2, 2, 12, 13); \
+	BF_ROW(ao+20, Z3, 3, 14, 15); \
+	BF_ROW(ao+24, Z2, 2, 16, 17); \
+	BF_ROW(ao+28, Z3, 3, 18, 19); \
+	BF_ROW(ao+32, Z2, 2, 20, 21); \
+	BF_ROW(ao+36, Z3, 3, 22, 23); \
+	BF_ROW(ao+40, Z2, 2, 24, 25); \
+	BF_ROW(ao+44, Z3, 3, 26, 27); \
+	BF_ROW(ao+48, Z2, 2, 28, 29); \
+	BF_ROW(ao+52, Z3, 3, 30, 31)
+
+// func kernelAVX512BF16(k int, a, b, c *float32, ldc int, load int, alpha float32)
+// k counts bf16 pairs; the loop is kernelAVX512's with VDPBF16PS for VFMADD231PS.
+TEXT ·kernelAVX512BF16(SB), NOSPLIT, $0-52
+	MOVQ k+0(FP), CX
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DI
+	MOVQ c+24(FP), DX
+	MOVQ ldc+32(FP), R8
+	SHLQ $2, R8
+
+	MOVQ load+40(FP), AX
+	TESTQ AX, AX
+	JNZ  bf_load
+
+	// VPXORD, not VXORPS: the zmm form of VXORPS needs AVX512DQ.
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+	VPXORD Z24, Z24, Z24
+	VPXORD Z25, Z25, Z25
+	VPXORD Z26, Z26, Z26
+	VPXORD Z27, Z27, Z27
+	VPXORD Z28, Z28, Z28
+	VPXORD Z29, Z29, Z29
+	VPXORD Z30, Z30, Z30
+	VPXORD Z31, Z31, Z31
+
+	MOVQ DX, R9
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	JMP  bf_k
+
+bf_load:
+	MOVQ DX, R9
+	Z_LOAD(Z4, Z5)
+	Z_LOAD(Z6, Z7)
+	Z_LOAD(Z8, Z9)
+	Z_LOAD(Z10, Z11)
+	Z_LOAD(Z12, Z13)
+	Z_LOAD(Z14, Z15)
+	Z_LOAD(Z16, Z17)
+	Z_LOAD(Z18, Z19)
+	Z_LOAD(Z20, Z21)
+	Z_LOAD(Z22, Z23)
+	Z_LOAD(Z24, Z25)
+	Z_LOAD(Z26, Z27)
+	Z_LOAD(Z28, Z29)
+	Z_LOAD(Z30, Z31)
+
+bf_k:
+	MOVQ CX, BX
+	SHRQ $2, BX
+	ANDQ $3, CX
+	TESTQ BX, BX
+	JZ   bf_tail
+
+bf_loop4:
+	BF_STEP(0, 0)
+	BF_STEP(56, 128)
+	BF_STEP(112, 256)
+	BF_STEP(168, 384)
+	ADDQ $224, SI
+	ADDQ $512, DI
+	DECQ BX
+	JNZ  bf_loop4
+
+bf_tail:
+	TESTQ CX, CX
+	JZ    bf_done
+
+bf_loop1:
+	BF_STEP(0, 0)
+	ADDQ $56, SI
+	ADDQ $128, DI
+	DECQ CX
+	JNZ  bf_loop1
+
+bf_done:
+	VBROADCASTSS alpha+48(FP), Z0
+	Z_SCALE(Z4, Z5)
+	Z_SCALE(Z6, Z7)
+	Z_SCALE(Z8, Z9)
+	Z_SCALE(Z10, Z11)
+	Z_SCALE(Z12, Z13)
+	Z_SCALE(Z14, Z15)
+	Z_SCALE(Z16, Z17)
+	Z_SCALE(Z18, Z19)
+	Z_SCALE(Z20, Z21)
+	Z_SCALE(Z22, Z23)
+	Z_SCALE(Z24, Z25)
+	Z_SCALE(Z26, Z27)
+	Z_SCALE(Z28, Z29)
+	Z_SCALE(Z30, Z31)
+
+	Z_STORE(Z4, Z5)
+	Z_STORE(Z6, Z7)
+	Z_STORE(Z8, Z9)
+	Z_STORE(Z10, Z11)
+	Z_STORE(Z12, Z13)
+	Z_STORE(Z14, Z15)
+	Z_STORE(Z16, Z17)
+	Z_STORE(Z18, Z19)
+	Z_STORE(Z20, Z21)
+	Z_STORE(Z22, Z23)
+	Z_STORE(Z24, Z25)
+	Z_STORE(Z26, Z27)
+	Z_STORE(Z28, Z29)
+	Z_STORE(Z30, Z31)
 	VZEROUPPER
 	RET
 
@@ -432,5 +621,59 @@ fma512_loop:
 	JNZ  fma512_loop
 
 fma512_done:
+	VZEROUPPER
+	RET
+
+#define BF_DP8(a, b, c, d, e, f, g, h) \
+	DPBF(a, 0, 1); \
+	DPBF(b, 0, 1); \
+	DPBF(c, 0, 1); \
+	DPBF(d, 0, 1); \
+	DPBF(e, 0, 1); \
+	DPBF(f, 0, 1); \
+	DPBF(g, 0, 1); \
+	DPBF(h, 0, 1)
+
+// func dpLoopAVX512BF16(n int)
+// 24 independent zmm accumulators, one VDPBF16PS (32 multiply-adds) each.
+TEXT ·dpLoopAVX512BF16(SB), NOSPLIT, $0-8
+	MOVQ n+0(FP), CX
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+	VPXORD Z24, Z24, Z24
+	VPXORD Z25, Z25, Z25
+	VPXORD Z26, Z26, Z26
+	VPXORD Z27, Z27, Z27
+	VPXORD Z28, Z28, Z28
+	VPXORD Z29, Z29, Z29
+	VPXORD Z30, Z30, Z30
+	VPXORD Z31, Z31, Z31
+	TESTQ CX, CX
+	JLE   bfdp_done
+
+bfdp_loop:
+	BF_DP8(8, 9, 10, 11, 12, 13, 14, 15)
+	BF_DP8(16, 17, 18, 19, 20, 21, 22, 23)
+	BF_DP8(24, 25, 26, 27, 28, 29, 30, 31)
+	DECQ CX
+	JNZ  bfdp_loop
+
+bfdp_done:
 	VZEROUPPER
 	RET

@@ -2,10 +2,20 @@ package gemm
 
 import "unsafe"
 
-func kernelGeneric(k int, a, b, c *float32, ldc int, alpha, beta float32) {
+func kernelGeneric(k int, a, b, c *float32, ldc int, load int, alpha float32) {
 	ap := unsafe.Slice(a, 4*k)
 	bp := unsafe.Slice(b, 4*k)
-	var c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 float32
+	cs := unsafe.Slice(c, 3*ldc+4)
+	var acc [4][4]float32
+	if load != 0 {
+		for i := range 4 {
+			acc[i] = *(*[4]float32)(cs[i*ldc:])
+		}
+	}
+	c00, c01, c02, c03 := acc[0][0], acc[0][1], acc[0][2], acc[0][3]
+	c10, c11, c12, c13 := acc[1][0], acc[1][1], acc[1][2], acc[1][3]
+	c20, c21, c22, c23 := acc[2][0], acc[2][1], acc[2][2], acc[2][3]
+	c30, c31, c32, c33 := acc[3][0], acc[3][1], acc[3][2], acc[3][3]
 	for p := 0; p < k; p++ {
 		av := ap[4*p : 4*p+4 : 4*p+4]
 		bv := bp[4*p : 4*p+4 : 4*p+4]
@@ -28,8 +38,7 @@ func kernelGeneric(k int, a, b, c *float32, ldc int, alpha, beta float32) {
 		c32 += a3 * b2
 		c33 += a3 * b3
 	}
-	cs := unsafe.Slice(c, 3*ldc+4)
-	acc := [4][4]float32{
+	acc = [4][4]float32{
 		{c00, c01, c02, c03},
 		{c10, c11, c12, c13},
 		{c20, c21, c22, c23},
@@ -38,11 +47,7 @@ func kernelGeneric(k int, a, b, c *float32, ldc int, alpha, beta float32) {
 	for i := 0; i < 4; i++ {
 		row := cs[i*ldc : i*ldc+4 : i*ldc+4]
 		for j := 0; j < 4; j++ {
-			if beta == 0 {
-				row[j] = alpha * acc[i][j]
-			} else {
-				row[j] = alpha*acc[i][j] + beta*row[j]
-			}
+			row[j] = alpha * acc[i][j]
 		}
 	}
 }

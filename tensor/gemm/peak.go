@@ -14,6 +14,23 @@ func MeasurePeak(threads int, d time.Duration) float64 {
 	return measurePeak(bestKernel(), threads, d)
 }
 
+// MeasurePeakPrecision is MeasurePeak for precision p: for BF16 the
+// faster of the VDPBF16PS loop (each a 16-lane pair of multiply-adds) and
+// the FMA loop (the bf16-fma kernels), the peak the bf16 MFU is measured
+// against. Without an assembly loop it returns 0.
+func MeasurePeakPrecision(p Precision, threads int, d time.Duration) float64 {
+	if p == FP32 {
+		return MeasurePeak(threads, d)
+	}
+	best := 0.0
+	for _, f := range []string{"bf16-dp", "bf16-fma"} {
+		if ks := familyOf(kernelsFor(p), f); len(ks) > 0 && ks[0].peak != nil {
+			best = max(best, measurePeak(ks[0], threads, d))
+		}
+	}
+	return best
+}
+
 func measurePeak(k kernel, threads int, d time.Duration) float64 {
 	if k.peak == nil {
 		return 0

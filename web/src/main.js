@@ -3,7 +3,7 @@
 // follows the server-sent events of /api/events; charts are uPlot.
 import uPlot from "uplot";
 
-const MAX_POINTS = 5000; // per series kept in the browser
+const MAX_POINTS = 2000; // per series kept in the browser
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...kids) => {
@@ -173,7 +173,12 @@ function mergeHistory(h) {
 }
 
 // ---- tables ----
+let lastJobs = "";
+
 function renderJobs(jobs) {
+  const key = JSON.stringify(jobs) + state.selected;
+  if (key === lastJobs) return;
+  lastJobs = key;
   const tb = $("#jobs tbody");
   tb.textContent = "";
   $("#no-jobs").hidden = jobs.length > 0;
@@ -200,8 +205,13 @@ function card(label, value) {
   return el("div", { class: "card" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }));
 }
 
+let lastDetail = "";
+
 function renderDetail(d) {
   if (!d) return;
+  const key = JSON.stringify(d);
+  if (key === lastDetail) return; // nothing changed: keep the DOM
+  lastDetail = key;
   $("#job").hidden = false;
   $("#job-name").textContent = d.name;
   const st = $("#job-state");
@@ -294,19 +304,35 @@ function follow(name) {
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "badge down"; };
   es.addEventListener("update", (msg) => {
     const u = JSON.parse(msg.data);
-    renderJobs(u.jobs);
     if (!state.selected && u.jobs.length) {
       const running = u.jobs.find((j) => j.state === "RUNNING");
       const newest = [...u.jobs].sort((a, b) => b.submitted_ms - a.submitted_ms)[0];
+      renderJobs(u.jobs);
       select((running || newest).name);
       return;
     }
-    if (u.job && u.job.name === state.selected) renderDetail(u.job);
+    // Points are merged at once (each update carries only new ones); the
+    // drawing waits for the next frame, which a hidden tab never runs, so
+    // a page in the background costs nothing until it is shown again.
     if (u.history && u.history.job === state.selected) {
       mergeHistory(u.history);
-      renderCharts();
+      state.chartsDirty = true;
     }
+    state.pending = u;
+    if (!state.frame) state.frame = requestAnimationFrame(draw);
   });
+}
+
+function draw() {
+  state.frame = 0;
+  const u = state.pending;
+  if (!u) return;
+  renderJobs(u.jobs);
+  if (u.job && u.job.name === state.selected) renderDetail(u.job);
+  if (state.chartsDirty) {
+    state.chartsDirty = false;
+    renderCharts();
+  }
 }
 
 async function select(name) {

@@ -591,9 +591,13 @@ type Failure struct {
 	Addr       string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
 	WorkerId   string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// lost is true when the worker's lease expired (the process died or was
-	// cut off) and false when its engine returned an error.
-	Lost          bool   `protobuf:"varint,5,opt,name=lost,proto3" json:"lost,omitempty"`
-	Reason        string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// cut off), or when another rank lost its connection to this one and
+	// this one reported nothing (seen_by names those ranks); false when its
+	// engine returned an error.
+	Lost   bool   `protobuf:"varint,5,opt,name=lost,proto3" json:"lost,omitempty"`
+	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// seen_by are the ranks whose engines reported losing this rank.
+	SeenBy        []int32 `protobuf:"varint,7,rep,packed,name=seen_by,json=seenBy,proto3" json:"seen_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -668,6 +672,13 @@ func (x *Failure) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *Failure) GetSeenBy() []int32 {
+	if x != nil {
+		return x.SeenBy
+	}
+	return nil
 }
 
 // JobStatus is the observed state of a job, written only by the leader
@@ -891,14 +902,18 @@ func (x *WorkerInfo) GetRegisteredUnixMs() int64 {
 // RankResult is how a rank's engine ended (etcd:
 // jobs/NAME/results/GENERATION/RANK).
 type RankResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Addr          string                 `protobuf:"bytes,5,opt,name=addr,proto3" json:"addr,omitempty"`
-	Ok            bool                   `protobuf:"varint,6,opt,name=ok,proto3" json:"ok,omitempty"`
-	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank       int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Addr       string                 `protobuf:"bytes,5,opt,name=addr,proto3" json:"addr,omitempty"`
+	Ok         bool                   `protobuf:"varint,6,opt,name=ok,proto3" json:"ok,omitempty"`
+	Error      string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	// lost_peer is set when the engine failed because it lost its connection
+	// to another rank (a parallel.PeerError): the coordinator then names that
+	// rank as the one lost.
+	LostPeer      *PeerLoss `protobuf:"bytes,8,opt,name=lost_peer,json=lostPeer,proto3" json:"lost_peer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -982,6 +997,158 @@ func (x *RankResult) GetError() string {
 	return ""
 }
 
+func (x *RankResult) GetLostPeer() *PeerLoss {
+	if x != nil {
+		return x.LostPeer
+	}
+	return nil
+}
+
+// PeerLoss is the peer a rank's engine lost.
+type PeerLoss struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Rank  int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	Addr  string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
+	// op is the operation that failed ("all-reduce", "connection", ...).
+	Op            string `protobuf:"bytes,3,opt,name=op,proto3" json:"op,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerLoss) Reset() {
+	*x = PeerLoss{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerLoss) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerLoss) ProtoMessage() {}
+
+func (x *PeerLoss) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerLoss.ProtoReflect.Descriptor instead.
+func (*PeerLoss) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PeerLoss) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *PeerLoss) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *PeerLoss) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+// Quarantine keeps a worker of a generation that failed out of the next
+// rendezvous until it proves itself alive (etcd: quarantine/WORKER_ID,
+// written by the leader). A worker proves it by rewriting its
+// registration once its generation has ended, which a dead or frozen
+// process whose lease has not yet expired cannot do.
+type Quarantine struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId   string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Job        string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	// registration_revision is the mod revision of the worker's registration
+	// when the generation failed; a newer one clears the worker.
+	RegistrationRevision int64  `protobuf:"varint,4,opt,name=registration_revision,json=registrationRevision,proto3" json:"registration_revision,omitempty"`
+	Reason               string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *Quarantine) Reset() {
+	*x = Quarantine{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Quarantine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Quarantine) ProtoMessage() {}
+
+func (x *Quarantine) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Quarantine.ProtoReflect.Descriptor instead.
+func (*Quarantine) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Quarantine) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *Quarantine) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *Quarantine) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Quarantine) GetRegistrationRevision() int64 {
+	if x != nil {
+		return x.RegistrationRevision
+	}
+	return 0
+}
+
+func (x *Quarantine) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // CommStat is communication time and volume of one operation kind.
 type CommStat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -994,7 +1161,7 @@ type CommStat struct {
 
 func (x *CommStat) Reset() {
 	*x = CommStat{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1173,7 @@ func (x *CommStat) String() string {
 func (*CommStat) ProtoMessage() {}
 
 func (x *CommStat) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1186,7 @@ func (x *CommStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommStat.ProtoReflect.Descriptor instead.
 func (*CommStat) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CommStat) GetOp() string {
@@ -1073,7 +1240,7 @@ type StepStats struct {
 
 func (x *StepStats) Reset() {
 	*x = StepStats{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1252,7 @@ func (x *StepStats) String() string {
 func (*StepStats) ProtoMessage() {}
 
 func (x *StepStats) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1265,7 @@ func (x *StepStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStats.ProtoReflect.Descriptor instead.
 func (*StepStats) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StepStats) GetStep() int64 {
@@ -1214,7 +1381,7 @@ type RankProgress struct {
 
 func (x *RankProgress) Reset() {
 	*x = RankProgress{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1393,7 @@ func (x *RankProgress) String() string {
 func (*RankProgress) ProtoMessage() {}
 
 func (x *RankProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1406,7 @@ func (x *RankProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankProgress.ProtoReflect.Descriptor instead.
 func (*RankProgress) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RankProgress) GetJob() string {
@@ -1311,7 +1478,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1490,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1503,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Job) GetStatus() *JobStatus {
@@ -1376,7 +1543,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1388,7 +1555,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1401,7 +1568,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SubmitRequest) GetSpecYaml() []byte {
@@ -1448,7 +1615,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1460,7 +1627,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1473,7 +1640,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SubmitResponse) GetJob() *Job {
@@ -1492,7 +1659,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1671,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1684,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetRequest) GetName() string {
@@ -1535,7 +1702,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1714,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1727,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 type ListResponse struct {
@@ -1572,7 +1739,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1751,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1764,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListResponse) GetJobs() []*Job {
@@ -1617,7 +1784,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1796,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1809,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StopRequest) GetName() string {
@@ -1668,7 +1835,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1847,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1860,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StopResponse) GetJob() *Job {
@@ -1712,7 +1879,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1891,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1904,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1761,7 +1928,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1940,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +1953,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -1838,7 +2005,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +2017,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +2030,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 type InfoResponse struct {
@@ -1885,7 +2052,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2064,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2077,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -1971,7 +2138,7 @@ type ReportStepsRequest struct {
 
 func (x *ReportStepsRequest) Reset() {
 	*x = ReportStepsRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1983,7 +2150,7 @@ func (x *ReportStepsRequest) String() string {
 func (*ReportStepsRequest) ProtoMessage() {}
 
 func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1996,7 +2163,7 @@ func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsRequest.ProtoReflect.Descriptor instead.
 func (*ReportStepsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReportStepsRequest) GetProgress() *RankProgress {
@@ -2014,7 +2181,7 @@ type ReportStepsResponse struct {
 
 func (x *ReportStepsResponse) Reset() {
 	*x = ReportStepsResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2193,7 @@ func (x *ReportStepsResponse) String() string {
 func (*ReportStepsResponse) ProtoMessage() {}
 
 func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2206,7 @@ func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsResponse.ProtoReflect.Descriptor instead.
 func (*ReportStepsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
@@ -2098,7 +2265,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x12*\n" +
-	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\x9a\x01\n" +
+	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\xb3\x01\n" +
 	"\aFailure\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -2107,7 +2274,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1b\n" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04lost\x18\x05 \x01(\bR\x04lost\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reason\"\xdd\x02\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x17\n" +
+	"\aseen_by\x18\a \x03(\x05R\x06seenBy\"\xdd\x02\n" +
 	"\tJobStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x11.loom.v1.JobStateR\x05state\x12\x1e\n" +
@@ -2132,7 +2300,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04host\x18\x04 \x01(\tR\x04host\x12\x18\n" +
 	"\athreads\x18\x05 \x01(\x05R\athreads\x12\x10\n" +
 	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12,\n" +
-	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xa9\x01\n" +
+	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xd9\x01\n" +
 	"\n" +
 	"RankResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -2143,7 +2311,21 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04addr\x18\x05 \x01(\tR\x04addr\x12\x0e\n" +
 	"\x02ok\x18\x06 \x01(\bR\x02ok\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"J\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12.\n" +
+	"\tlost_peer\x18\b \x01(\v2\x11.loom.v1.PeerLossR\blostPeer\"B\n" +
+	"\bPeerLoss\x12\x12\n" +
+	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x12\n" +
+	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x0e\n" +
+	"\x02op\x18\x03 \x01(\tR\x02op\"\xa8\x01\n" +
+	"\n" +
+	"Quarantine\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
+	"\x03job\x18\x02 \x01(\tR\x03job\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x03 \x01(\x04R\n" +
+	"generation\x123\n" +
+	"\x15registration_revision\x18\x04 \x01(\x03R\x14registrationRevision\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"J\n" +
 	"\bCommStat\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x18\n" +
@@ -2251,7 +2433,7 @@ func file_loom_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_loom_v1_coordinator_proto_goTypes = []any{
 	(JobState)(0),               // 0: loom.v1.JobState
 	(*JobDesired)(nil),          // 1: loom.v1.JobDesired
@@ -2263,60 +2445,63 @@ var file_loom_v1_coordinator_proto_goTypes = []any{
 	(*JobStatus)(nil),           // 7: loom.v1.JobStatus
 	(*WorkerInfo)(nil),          // 8: loom.v1.WorkerInfo
 	(*RankResult)(nil),          // 9: loom.v1.RankResult
-	(*CommStat)(nil),            // 10: loom.v1.CommStat
-	(*StepStats)(nil),           // 11: loom.v1.StepStats
-	(*RankProgress)(nil),        // 12: loom.v1.RankProgress
-	(*Job)(nil),                 // 13: loom.v1.Job
-	(*SubmitRequest)(nil),       // 14: loom.v1.SubmitRequest
-	(*SubmitResponse)(nil),      // 15: loom.v1.SubmitResponse
-	(*GetRequest)(nil),          // 16: loom.v1.GetRequest
-	(*ListRequest)(nil),         // 17: loom.v1.ListRequest
-	(*ListResponse)(nil),        // 18: loom.v1.ListResponse
-	(*StopRequest)(nil),         // 19: loom.v1.StopRequest
-	(*StopResponse)(nil),        // 20: loom.v1.StopResponse
-	(*WatchRequest)(nil),        // 21: loom.v1.WatchRequest
-	(*JobEvent)(nil),            // 22: loom.v1.JobEvent
-	(*InfoRequest)(nil),         // 23: loom.v1.InfoRequest
-	(*InfoResponse)(nil),        // 24: loom.v1.InfoResponse
-	(*ReportStepsRequest)(nil),  // 25: loom.v1.ReportStepsRequest
-	(*ReportStepsResponse)(nil), // 26: loom.v1.ReportStepsResponse
-	nil,                         // 27: loom.v1.RankProgress.MemoryBytesEntry
+	(*PeerLoss)(nil),            // 10: loom.v1.PeerLoss
+	(*Quarantine)(nil),          // 11: loom.v1.Quarantine
+	(*CommStat)(nil),            // 12: loom.v1.CommStat
+	(*StepStats)(nil),           // 13: loom.v1.StepStats
+	(*RankProgress)(nil),        // 14: loom.v1.RankProgress
+	(*Job)(nil),                 // 15: loom.v1.Job
+	(*SubmitRequest)(nil),       // 16: loom.v1.SubmitRequest
+	(*SubmitResponse)(nil),      // 17: loom.v1.SubmitResponse
+	(*GetRequest)(nil),          // 18: loom.v1.GetRequest
+	(*ListRequest)(nil),         // 19: loom.v1.ListRequest
+	(*ListResponse)(nil),        // 20: loom.v1.ListResponse
+	(*StopRequest)(nil),         // 21: loom.v1.StopRequest
+	(*StopResponse)(nil),        // 22: loom.v1.StopResponse
+	(*WatchRequest)(nil),        // 23: loom.v1.WatchRequest
+	(*JobEvent)(nil),            // 24: loom.v1.JobEvent
+	(*InfoRequest)(nil),         // 25: loom.v1.InfoRequest
+	(*InfoResponse)(nil),        // 26: loom.v1.InfoResponse
+	(*ReportStepsRequest)(nil),  // 27: loom.v1.ReportStepsRequest
+	(*ReportStepsResponse)(nil), // 28: loom.v1.ReportStepsResponse
+	nil,                         // 29: loom.v1.RankProgress.MemoryBytesEntry
 }
 var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	2,  // 0: loom.v1.Assignment.ranks:type_name -> loom.v1.RankInfo
 	0,  // 1: loom.v1.JobStatus.state:type_name -> loom.v1.JobState
 	2,  // 2: loom.v1.JobStatus.ranks:type_name -> loom.v1.RankInfo
 	6,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
-	10, // 4: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
-	11, // 5: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
-	27, // 6: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
-	7,  // 7: loom.v1.Job.status:type_name -> loom.v1.JobStatus
-	12, // 8: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
-	13, // 9: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
-	13, // 10: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
-	13, // 11: loom.v1.StopResponse.job:type_name -> loom.v1.Job
-	7,  // 12: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
-	12, // 13: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
-	12, // 14: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
-	14, // 15: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
-	16, // 16: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
-	17, // 17: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
-	19, // 18: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
-	21, // 19: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
-	23, // 20: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
-	25, // 21: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
-	15, // 22: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
-	13, // 23: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
-	18, // 24: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
-	20, // 25: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
-	22, // 26: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
-	24, // 27: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
-	26, // 28: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	10, // 4: loom.v1.RankResult.lost_peer:type_name -> loom.v1.PeerLoss
+	12, // 5: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
+	13, // 6: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
+	29, // 7: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
+	7,  // 8: loom.v1.Job.status:type_name -> loom.v1.JobStatus
+	14, // 9: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
+	15, // 10: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
+	15, // 11: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
+	15, // 12: loom.v1.StopResponse.job:type_name -> loom.v1.Job
+	7,  // 13: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
+	14, // 14: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
+	14, // 15: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
+	16, // 16: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
+	18, // 17: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
+	19, // 18: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
+	21, // 19: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
+	23, // 20: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
+	25, // 21: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
+	27, // 22: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
+	17, // 23: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
+	15, // 24: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
+	20, // 25: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
+	22, // 26: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
+	24, // 27: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
+	26, // 28: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
+	28, // 29: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_coordinator_proto_init() }
@@ -2324,7 +2509,7 @@ func file_loom_v1_coordinator_proto_init() {
 	if File_loom_v1_coordinator_proto != nil {
 		return
 	}
-	file_loom_v1_coordinator_proto_msgTypes[21].OneofWrappers = []any{
+	file_loom_v1_coordinator_proto_msgTypes[23].OneofWrappers = []any{
 		(*JobEvent_Status)(nil),
 		(*JobEvent_Progress)(nil),
 	}
@@ -2334,7 +2519,7 @@ func file_loom_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_coordinator_proto_rawDesc), len(file_loom_v1_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
