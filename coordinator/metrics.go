@@ -23,6 +23,7 @@ type StepMetrics struct {
 	commBytes    *prometheus.CounterVec
 	commSeconds  *prometheus.CounterVec
 	memory       *prometheus.GaugeVec
+	links        *prometheus.GaugeVec
 }
 
 // NewStepMetrics registers the step metrics with reg (nil: a fresh,
@@ -64,9 +65,12 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 		memory: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_worker_memory_bytes", Help: "Bytes a rank holds, by kind (params, grads, optimizer, working, comm, activations, runtime).",
 		}, []string{"job", "rank", "kind"}),
+		links: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_worker_link", Help: "1 for each peer a rank sends tensors to, labelled with the transport its link chose (shm, tcp or grpc).",
+		}, []string{"job", "rank", "peer", "transport"}),
 	}
 	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.lr, m.gradNorm,
-		m.computeSecs, m.commBytes, m.commSeconds, m.memory)
+		m.computeSecs, m.commBytes, m.commSeconds, m.memory, m.links)
 	return m
 }
 
@@ -105,6 +109,14 @@ func (m *StepMetrics) SetMemory(job string, rank int, kind string, bytes int64) 
 		return
 	}
 	m.memory.WithLabelValues(job, strconv.Itoa(rank), kind).Set(float64(bytes))
+}
+
+// SetLink records the transport a rank's link to peer chose.
+func (m *StepMetrics) SetLink(job string, rank int, peer, transport string) {
+	if m == nil {
+		return
+	}
+	m.links.WithLabelValues(job, strconv.Itoa(rank), peer, transport).Set(1)
 }
 
 func nonNeg(v float64) float64 {
