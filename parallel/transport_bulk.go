@@ -243,7 +243,7 @@ func (t *Transport) forget(in *inStream) {
 
 // bulkHeader is a frame header on a bulk link. Layout, little-endian:
 //
-//	0  u8  kind         1 u8 op        2 u8 len(group)   3 u8 0
+//	0  u8  kind         1 u8 op        2 u8 len(group)   3 u8 flags
 //	4  u32 tag          8 i32 src_rank 12 u32 header length (padded)
 //	16 u64 seq          24 u64 length (elements of the call's buffer)
 //	32 u64 payload bytes
@@ -254,6 +254,7 @@ func (t *Transport) forget(in *inStream) {
 type bulkHeader struct {
 	kind    loomv1.FrameKind
 	op      loomv1.CollectiveOp
+	flags   byte // transport-specific (shm: the payload is by reference)
 	tag     uint32
 	srcRank int32
 	hdrLen  int
@@ -297,6 +298,7 @@ func parseBulkHeader(b []byte, maxPayload int) (h bulkHeader, need int, err erro
 	}
 	h.kind = loomv1.FrameKind(b[0])
 	h.op = loomv1.CollectiveOp(b[1])
+	h.flags = b[3]
 	h.tag = binary.LittleEndian.Uint32(b[4:])
 	h.srcRank = int32(binary.LittleEndian.Uint32(b[8:]))
 	h.seq = binary.LittleEndian.Uint64(b[16:])
