@@ -22,6 +22,12 @@ const (
 	DefaultSmallBytes = 256 << 10
 	tcpSmallBytes     = 128 << 10
 	shmSmallBytes     = 16 << 10
+	// bulkChunkBytes is the ring's chunk on tcp and shm links: fewer,
+	// larger frames (and, by reference over shm, fewer acknowledgements)
+	// than gRPC's 256 KiB. 2 ranks, 1 MiB chunks against 256 KiB: shm
+	// 1 MiB 218 µs vs 238, 4 MiB 970–1020 vs 1060–1107; tcp 1 MiB 427–460
+	// vs 702–753; shm at 4 ranks 16 MiB 16 ms vs 39.
+	bulkChunkBytes = 1 << 20
 )
 
 // smallBytes returns the largest buffer all-reduced and broadcast with
@@ -97,7 +103,8 @@ type GroupSpec struct {
 	// later than this (a straggler) is also declared dead.
 	Timeout time.Duration
 	// ChunkBytes is the pipelining unit of ring algorithms and the largest
-	// frame; default DefaultChunkBytes. Must be a multiple of 4.
+	// frame; default DefaultChunkBytes for the grpc transport and 1 MiB for
+	// the others (every member must use the same). Must be a multiple of 4.
 	ChunkBytes int
 	// SmallBytes is the largest buffer all-reduced and broadcast with the
 	// latency-optimal algorithms; default by the transport's mode:
@@ -227,6 +234,9 @@ func (t *Transport) NewGroup(spec GroupSpec) (*Group, error) {
 	}
 	if g.chunk == 0 {
 		g.chunk = DefaultChunkBytes / 4
+		if t.opts.Mode != ModeGRPC {
+			g.chunk = bulkChunkBytes / 4
+		}
 	}
 
 	if 4*g.chunk > t.opts.MaxFrameBytes {
