@@ -39,9 +39,14 @@
 //   - shm (peers on one host, the same boot id): the sender creates a ring
 //     in a memfd, connects to the receiver's abstract Unix socket and
 //     passes the memfd there with the secret (SCM_RIGHTS; nothing is left
-//     in /dev/shm). A frame is copied once, from the caller's buffer into
-//     the ring; the receiver reduces or copies straight out of the ring
-//     into the destination. An empty ring is polled for ShmSpin (yielding
+//     in /dev/shm). A small frame is copied once, from the caller's buffer
+//     into the ring, and the receiver reduces or copies straight out of
+//     the ring into the destination. A payload of 64 KiB or more goes by
+//     reference where the system allows it (probed at the handshake;
+//     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
+//     address, the receiver reads the sender's buffer straight into the
+//     destination (process_vm_readv, as OpenMPI's vader does with CMA),
+//     and the send returns on its acknowledgement. An empty ring is polled for ShmSpin (yielding
 //     the core between polls), then its reader sleeps reading the Unix
 //     socket, and the sender writes a byte there when it sees the reader's
 //     flag in the shared header: idle links cost no CPU. The socket also
@@ -135,14 +140,15 @@
 //     waiting call — one goroutine hand-off the plain socket's benchmark
 //     does not have — and on an idle 2-vCPU VM every wake-up of the other
 //     vCPU costs several µs.
-//   - shm: 4 KiB in 7 µs (OpenMPI's busy-polling vader: 2.7); 16 MiB and
-//     up faster than OpenMPI-shm (which has CMA single-copy but drops to
-//     0.6–0.9 GB/s once buffers leave the cache here), 256 KiB–4 MiB about
-//     1.5× slower: a frame is copied into the ring and out of it, two
-//     passes where OpenMPI's single-copy makes one, and with one scheduler
-//     thread per rank the copy in and the reduce out run one after the
-//     other. Polling is what makes small messages fast: sleeping on the
-//     doorbell at once (ShmSpin < 0) made 4 KiB 25 µs.
+//   - shm: 4 KiB in 7 µs (OpenMPI's busy-polling vader: 2.7), 16–64 KiB
+//     within 20% of OpenMPI-shm, 256 KiB level with it, 1–4 MiB at
+//     0.9–1.1×, 16 MiB and up 2–6× faster (OpenMPI drops to 0.6–0.9 GB/s
+//     once buffers leave the cache here). Before single copy a frame went
+//     into the ring and out of it, two passes where OpenMPI makes one, and
+//     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
+//     reader's poll loop, the hand-off to the waiting call, the mailbox
+//     locks. Polling is what makes them fast: sleeping on the doorbell at
+//     once (ShmSpin < 0) made 4 KiB 25 µs.
 //
 // # Algorithms
 //
@@ -156,9 +162,9 @@
 // 16 KiB (32 KiB: 13 µs against 15–19; 256 KiB 56 against 88–91). Auto
 // uses tcp's, since members must agree and cannot know each other's
 // links. The ring is reduce-scatter then all-gather, 2(n−1) steps, each
-// chunk (GroupSpec.ChunkBytes) forwarded as soon as it is reduced; its
-// receives are posted before the frames can arrive (every reduce-scatter
-// receive up front, each all-gather receive once the chunk it overwrites
+// chunk (GroupSpec.ChunkBytes: 256 KiB over gRPC, 1 MiB on bulk links)
+// forwarded as soon as it is reduced; its receives are posted before the
+// frames can arrive (every reduce-scatter receive up front, each all-gather receive once the chunk it overwrites
 // has been sent), so a bulk link reduces or copies each frame into place as
 // it lands, beside the caller's sends. ReduceScatter and AllGather are the
 // two halves of the ring. Broadcast uses a binomial tree for small buffers
