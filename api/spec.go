@@ -115,6 +115,11 @@ type ParallelSpec struct {
 	// model.seq_len must then be divisible by TP. No effect at tp 1.
 	SequenceParallel bool `yaml:"sequence_parallel"`
 	MicroBatches     int  `yaml:"micro_batches"`
+	// Transport is how tensor payloads travel between workers: "auto"
+	// (shared memory between workers on one host, raw TCP across hosts),
+	// "tcp", "shm" (one host only) or "grpc" (on the gRPC Peer stream).
+	// `loom worker --transport` overrides it for one worker.
+	Transport string `yaml:"transport"`
 }
 
 // TrainSpec holds the optimisation settings.
@@ -171,7 +176,7 @@ func DefaultSpec() JobSpec {
 			FFNHidden: 352, SeqLen: 128, RopeTheta: 10000, NormEps: 1e-5,
 		},
 		Data:     DataSpec{Shuffle: true, Seed: 1},
-		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, MicroBatches: 1},
+		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, MicroBatches: 1, Transport: "auto"},
 		Train: TrainSpec{
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
@@ -307,6 +312,11 @@ func (s *JobSpec) Validate() error {
 	positive("parallel.micro_batches", p.MicroBatches)
 	if p.Zero < 0 || p.Zero > 3 {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
+	}
+	switch p.Transport {
+	case "auto", "tcp", "shm", "grpc":
+	default:
+		bad("parallel.transport", p.Transport, "allowed: auto, tcp, shm, grpc")
 	}
 	if p.TP > 1 {
 		if m.NHeads > 0 && m.NHeads%p.TP != 0 {

@@ -34,6 +34,7 @@ type StepMetrics struct {
 	commBytes    *prometheus.CounterVec
 	commSeconds  *prometheus.CounterVec
 	memory       *prometheus.GaugeVec
+	links        *prometheus.GaugeVec
 
 	mu     sync.Mutex
 	epochs map[string]int64 // job → the epoch its series count
@@ -81,10 +82,13 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 		memory: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_worker_memory_bytes", Help: "Bytes a rank holds, by kind (params, grads, optimizer, working, comm, activations, runtime).",
 		}, []string{"job", "rank", "kind"}),
+		links: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_worker_link", Help: "1 for each peer a rank sends tensors to, labelled with the transport its link chose (shm, tcp or grpc).",
+		}, []string{"job", "rank", "peer", "transport"}),
 		epochs: map[string]int64{},
 	}
 	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.valLoss, m.lr, m.gradNorm,
-		m.computeSecs, m.commBytes, m.commSeconds, m.memory)
+		m.computeSecs, m.commBytes, m.commSeconds, m.memory, m.links)
 	return m
 }
 
@@ -108,7 +112,7 @@ func (m *StepMetrics) deleteLocked(job string) {
 	for _, v := range []*prometheus.CounterVec{m.steps, m.computeSecs, m.commBytes, m.commSeconds} {
 		v.DeletePartialMatch(l)
 	}
-	for _, v := range []*prometheus.GaugeVec{m.tokensPerSec, m.loss, m.lr, m.gradNorm, m.memory} {
+	for _, v := range []*prometheus.GaugeVec{m.tokensPerSec, m.loss, m.valLoss, m.lr, m.gradNorm, m.memory, m.links} {
 		v.DeletePartialMatch(l)
 	}
 	delete(m.epochs, job)
@@ -201,6 +205,14 @@ func (m *StepMetrics) SetMemory(job string, epoch int64, rank int, kind string, 
 		return
 	}
 	m.memory.WithLabelValues(job, strconv.Itoa(rank), kind).Set(float64(bytes))
+}
+
+// SetLink records the transport a rank's link to peer chose.
+func (m *StepMetrics) SetLink(job string, rank int, peer, transport string) {
+	if m == nil {
+		return
+	}
+	m.links.WithLabelValues(job, strconv.Itoa(rank), peer, transport).Set(1)
 }
 
 func nonNeg(v float64) float64 {

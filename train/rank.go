@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"time"
@@ -40,6 +41,12 @@ type RankConfig struct {
 	Timeout time.Duration
 	// BucketBytes is the stage-0 gradient bucket size (0: default).
 	BucketBytes int
+	// Transport overrides the spec's parallel.transport for this rank
+	// ("": the spec's); `loom worker --transport` sets it.
+	Transport string
+	// OnLink, if set, is told how payloads travel to each peer (for the
+	// loom_worker_link metric); each is also logged to Log.
+	OnLink func(parallel.LinkInfo)
 	// OnComm, if set, is told the bytes sent and seconds of each step's
 	// communication (for metrics).
 	OnComm func(op string, bytes int64, d time.Duration)
@@ -119,7 +126,20 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	rp := p.Rank(rc.Rank)
 	var comms Comms
 	if world > 1 {
-		tr, err := parallel.NewTransport(ctx, parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank]})
+		mode := s.Parallel.Transport
+		if rc.Transport != "" {
+			mode = rc.Transport
+		}
+		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink}
+		if mode != "" {
+			if topts.Mode, err = parallel.ParseTransportMode(mode); err != nil {
+				return nil, fmt.Errorf("rank %d: parallel.transport: %w", rc.Rank, err)
+			}
+		}
+		if rc.Log != nil {
+			topts.Logger = slog.New(slog.NewTextHandler(rc.Log, nil)).With("rank", rc.Rank)
+		}
+		tr, err := parallel.NewTransport(ctx, topts)
 		if err != nil {
 			return nil, fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
 		}

@@ -103,6 +103,12 @@ type Metrics struct {
 	rank  int
 }
 
+// SetLink records the transport (shm, tcp or grpc) this rank's link to
+// the peer at addr chose: the metric loom_worker_link.
+func (m Metrics) SetLink(peer, transport string) {
+	m.steps.SetLink(m.job, m.rank, peer, transport)
+}
+
 // SetMemory records the bytes of one kind (params, grads, optimizer, …)
 // this rank holds; the coordinator's dashboard gets them with the next
 // step report.

@@ -25,6 +25,7 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/launch"
+	"github.com/loomtrain/loom/parallel"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 	"github.com/loomtrain/loom/worker"
 )
@@ -178,12 +179,18 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	var cfg worker.Config
 	cfg.RegisterFlags(fs)
 	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	transport := fs.String("transport", "", "how tensors travel to peers: `auto` (shared memory on this host, tcp across hosts), tcp, shm or grpc (default: the job spec's parallel.transport)")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
+	if *transport != "" {
+		if _, err := parallel.ParseTransportMode(*transport); err != nil {
+			return fmt.Errorf("worker: --transport: %w", err)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
 	cfg.Logger = log
-	cfg.Engine = newTrainingEngine()
+	cfg.Engine = newTrainingEngine(*transport)
 	cfg.Registry = newRegistry()
 	if *httpAddr != "" {
 		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, log)
