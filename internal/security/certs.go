@@ -28,6 +28,8 @@ type Component struct {
 	Name   string // directory and common name, e.g. "worker"
 	Role   string // OU; "" for none (etcd)
 	Server bool   // serverAuth as well as clientAuth, with the host names
+	// Dir is where WriteComponent writes, under its dir (default Name).
+	Dir string
 }
 
 // DefaultComponents are what `loom certs init` issues.
@@ -167,7 +169,7 @@ func (ca *CA) Issue(c Component, o CertOptions) (certPEM, keyPEM []byte, err err
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), nil
 }
 
-// WriteComponent issues c's certificate into dir/c.Name as tls.crt,
+// WriteComponent issues c's certificate into dir/c.Name (or c.Dir) as tls.crt,
 // tls.key (mode 0600) and ca.crt: a --tls-dir.
 func (ca *CA) WriteComponent(dir string, c Component, o CertOptions) (string, error) {
 	certPEM, keyPEM, err := ca.Issue(c, o)
@@ -175,6 +177,9 @@ func (ca *CA) WriteComponent(dir string, c Component, o CertOptions) (string, er
 		return "", fmt.Errorf("issue %s: %w", c.Name, err)
 	}
 	out := filepath.Join(dir, c.Name)
+	if c.Dir != "" {
+		out = filepath.Join(dir, c.Dir)
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return "", err
 	}
