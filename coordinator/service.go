@@ -24,9 +24,15 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 	if source == "" {
 		source = "submitted spec"
 	}
+	if limit := c.cfg.MaxSpecBytes; len(req.SpecYaml) > limit {
+		return nil, status.Errorf(codes.InvalidArgument, "%s: the spec is %d bytes; a job spec may be at most %d (it is stored as one etcd value)", source, len(req.SpecYaml), limit)
+	}
 	spec, err := api.ParseSpec(req.SpecYaml, source)
 	if err == nil {
 		err = api.Supported(spec, source)
+	}
+	if err == nil && c.cfg.CheckJob != nil {
+		err = c.cfg.CheckJob(spec, req.Resume)
 	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -46,8 +47,9 @@ type tcpLink struct {
 	err error
 }
 
-// dialTCPLink opens the bulk connection to addr and presents sec.
-func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keepalive time.Duration) (*tcpLink, error) {
+// dialTCPLink opens the bulk connection to addr and presents sec; with
+// tlsConf, inside a TLS session that must verify addr's host.
+func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keepalive time.Duration, tlsConf *tls.Config) (*tcpLink, error) {
 	network, address := "tcp", addr
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
 		network, address = "unix", path
@@ -60,9 +62,22 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	conn.SetDeadline(time.Now().Add(bulkHandshake))
 	var ack [1]byte
 	// The preamble stays in the clear so that the peer's listener can route
-	// the connection; mutual TLS (issue 17) wraps conn right after it, and
-	// the secret and every frame then travel inside.
-	if _, err = conn.Write(tcpPreamble[:]); err == nil {
+	// the connection; TLS wraps conn right after it, and the secret and
+	// every frame then travel inside.
+	_, err = conn.Write(tcpPreamble[:])
+	if err == nil && tlsConf != nil {
+		c := tlsConf.Clone()
+		if host, _, herr := net.SplitHostPort(addr); herr == nil {
+			c.ServerName = host
+		}
+		tc := tls.Client(conn, c)
+		if err = tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("tls handshake: %w", err)
+		}
+		conn = tc
+	}
+	if err == nil {
 		_, err = conn.Write(sec)
 	}
 	if err == nil {
@@ -207,7 +222,20 @@ func (l *tcpLink) close(err error) {
 // checks the secret, acknowledges, and reads frames until the link ends.
 func (t *Transport) acceptTCPLink(conn net.Conn) {
 	conn.SetDeadline(time.Now().Add(bulkHandshake))
-	// The listener has read the preamble; a TLS server wraps conn here.
+	// The listener has read the preamble; the rest is inside TLS when the
+	// transport has it.
+	if t.opts.TLS != nil {
+		tc := tls.Server(conn, t.opts.TLS)
+		ctx, cancel := context.WithTimeout(context.Background(), bulkHandshake)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			t.log.Warn("refused a bulk connection", "remote", conn.RemoteAddr().String(), "err", fmt.Errorf("tls handshake: %w", err))
+			conn.Close()
+			return
+		}
+		conn = tc
+	}
 	o, err := t.redeemFrom(conn, loomv1.DataTransport_DATA_TRANSPORT_TCP)
 	if err != nil {
 		t.log.Warn("refused a bulk connection", "remote", conn.RemoteAddr().String(), "err", err)

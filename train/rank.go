@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +48,9 @@ type RankConfig struct {
 	// OnLink, if set, is told how payloads travel to each peer (for the
 	// loom_worker_link metric); each is also logged to Log.
 	OnLink func(parallel.LinkInfo)
+	// TransportTLS, if set, secures the data plane (the gRPC Peer streams
+	// and tcp bulk links): parallel.TransportOptions.TLS.
+	TransportTLS *tls.Config
 	// OnComm, if set, is told the bytes sent and seconds of each step's
 	// communication (for metrics).
 	OnComm func(op string, bytes int64, d time.Duration)
@@ -130,7 +134,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 		if rc.Transport != "" {
 			mode = rc.Transport
 		}
-		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink}
+		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink, TLS: rc.TransportTLS}
 		if mode != "" {
 			if topts.Mode, err = parallel.ParseTransportMode(mode); err != nil {
 				return nil, fmt.Errorf("rank %d: parallel.transport: %w", rc.Rank, err)

@@ -176,7 +176,8 @@ func (r *reporter) send(ctx context.Context, p *loomv1.RankProgress) error {
 		r.addr = addr
 	}
 	if r.conn == nil {
-		conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, r.w.cfg.CoordinatorDial...)
+		conn, err := grpc.NewClient(r.addr, opts...)
 		if err != nil {
 			return err
 		}

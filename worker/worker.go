@@ -7,6 +7,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
@@ -79,6 +81,16 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Logger (nil: discard).
 	Logger *slog.Logger
+	// CoordinatorDial are added to the options of every connection to a
+	// coordinator (credentials: security.Setup.DialOptions).
+	CoordinatorDial []grpc.DialOption
+	// EtcdTLS, if set, secures the etcd client (https endpoints, this
+	// worker's certificate for etcd's client-certificate auth).
+	EtcdTLS *tls.Config
+	// CheckJob, if set, vets an assignment's spec and resume directory
+	// before the engine runs (the allowed directories:
+	// security.Roots.CheckJob); its error fails the rank.
+	CheckJob func(spec api.JobSpec, resume string) error
 }
 
 // RegisterFlags binds the worker's command-line flags to c.
@@ -303,7 +315,7 @@ func (w *Worker) connect(ctx context.Context) error {
 	endpoints := w.cfg.Etcd
 	prefix := w.cfg.Prefix
 	if w.cfg.Coordinator != "" {
-		c, err := api.Dial(dctx, w.cfg.Coordinator)
+		c, err := api.Dial(dctx, w.cfg.Coordinator, w.cfg.CoordinatorDial...)
 		if err != nil {
 			cause := err
 			var re *api.RPCError
@@ -340,7 +352,7 @@ func (w *Worker) connect(ctx context.Context) error {
 	if len(endpoints) == 0 {
 		return fmt.Errorf("worker: the coordinator at %s named no etcd endpoints; pass --etcd", w.cfg.Coordinator)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: w.cfg.DialTimeout, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: w.cfg.DialTimeout, Logger: zap.NewNop(), TLS: w.cfg.EtcdTLS})
 	if err != nil {
 		return fmt.Errorf("worker: etcd client for %v: %w; check --etcd", endpoints, err)
 	}
@@ -553,6 +565,11 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	spec, err := api.ParseSpec(a.SpecYaml, "job "+a.Job)
 	if err != nil {
 		return err
+	}
+	if w.cfg.CheckJob != nil {
+		if err := w.cfg.CheckJob(spec, a.Resume); err != nil {
+			return fmt.Errorf("job %s refused by this worker: %w", a.Job, err)
+		}
 	}
 	r := a.Ranks[rank]
 	peers := make([]string, len(a.Ranks))

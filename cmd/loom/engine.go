@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -23,8 +24,9 @@ import (
 // newTrainingEngine returns the engine `loom worker` trains with: one rank
 // of the assigned generation, built by train.RunRank from the job's plan
 // (the coordinator's coordinates are checked against it), on the worker's
-// thread budget, reporting every step to the coordinator.
-func newTrainingEngine(transport string) worker.Engine {
+// thread budget, reporting every step to the coordinator; peerTLS (nil:
+// plaintext) secures its data plane.
+func newTrainingEngine(transport string, peerTLS *tls.Config) worker.Engine {
 	var peaks peakCache
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		a.Metrics.SetPeakFLOPS(peaks.get(a.Threads))
@@ -44,9 +46,10 @@ func newTrainingEngine(transport string) worker.Engine {
 			OnComm: func(op string, bytes int64, d time.Duration) {
 				comm = append(comm, worker.CommStat{Op: op, Bytes: bytes, Time: d})
 			},
-			OnPlan:    testBrokenLayout(a.Rank),
-			Transport: transport,
-			OnLink:    func(li parallel.LinkInfo) { a.Metrics.SetLink(li.Peer, li.Transport) },
+			OnPlan:       testBrokenLayout(a.Rank),
+			Transport:    transport,
+			TransportTLS: peerTLS,
+			OnLink:       func(li parallel.LinkInfo) { a.Metrics.SetLink(li.Peer, li.Transport) },
 			OnMemory: func(m plan.Memory) {
 				for _, kb := range m.Kinds() {
 					a.Metrics.SetMemory(kb.Kind, kb.Bytes)

@@ -179,21 +179,33 @@ const (
 	ReadyzPath  = "/readyz"
 )
 
-// HTTP secures an HTTP server: with TLS, lis serves HTTPS (client
-// certificates verified when presented, not required, so probes get in);
-// with any credentials configured, every path but /healthz and /readyz
-// needs a bearer token or a client certificate of role admin or viewer.
-func (s *Setup) HTTP(lis net.Listener, h http.Handler) (net.Listener, http.Handler) {
-	if s == nil {
-		return lis, h
+// HTTPListener secures an HTTP server's listener: with TLS it serves
+// HTTPS, client certificates verified when presented but not required (a
+// prober presents none; HTTPGuard decides per path).
+func (s *Setup) HTTPListener(lis net.Listener) net.Listener {
+	if !s.Secure() {
+		return lis
 	}
-	if s.tls != nil {
-		lis = tls.NewListener(lis, s.tls.ServerTLS(true))
+	return tls.NewListener(lis, s.tls.ServerTLS(true))
+}
+
+// HTTPGuard wraps h, when any credentials are configured, so that every
+// path but /healthz and /readyz needs a bearer token or a client
+// certificate of role admin, viewer or coordinator.
+func (s *Setup) HTTPGuard(h http.Handler) http.Handler {
+	if s == nil || s.auth == nil {
+		return h
 	}
-	if s.auth != nil {
-		h = s.auth.HTTPGuard(h, HealthzPath, ReadyzPath)
+	return s.auth.HTTPGuard(h, HealthzPath, ReadyzPath)
+}
+
+// Files returns the certificate, key and CA files in use ("" each when
+// plaintext): the embedded etcd serves with them.
+func (s *Setup) Files() (cert, key, ca string) {
+	if !s.Secure() {
+		return "", "", ""
 	}
-	return lis, h
+	return s.tls.certFile, s.tls.keyFile, s.tls.caFile
 }
 
 // HTTPClient is a client of a Loom HTTP server (the coordinator's JSON
