@@ -669,7 +669,7 @@ type collector struct{ msgs []string }
 
 type stop struct{}
 
-func (c *collector) Helper() {}
+func (c *collector) Helper()                   {}
 func (c *collector) Errorf(f string, a ...any) { c.msgs = append(c.msgs, fmt.Sprintf(f, a...)) }
 func (c *collector) Fatalf(f string, a ...any) {
 	c.Errorf(f, a...)
