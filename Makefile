@@ -4,7 +4,8 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bench-monitoring bf16-parity proto lint setup fixtures clean web grafana
+.PHONY: all build run test test-short bench bench-monitoring bench-tls bf16-parity proto lint setup fixtures clean web grafana \
+	static image test-image test-multihost k8s
 
 all: build
 
@@ -57,6 +58,11 @@ bench-monitoring: build $(CORPUS)
 	scripts/bench-monitoring.sh $(JOB)
 
 # bf16 GEMMs train `tiny` 200 steps within 1% of fp32 (10-step means; ~2 min).
+# The cost of mutual TLS: tokens/s of $(JOB) on a coordinator and two
+# workers over tcp, plaintext vs mutual TLS, alternating rounds.
+bench-tls: build out/gosrc-bpe.bin out/pydoc-bpe.bin
+	scripts/bench-tls.sh $(JOB)
+
 bf16-parity:
 	LOOM_BF16_PARITY=1 $(GO) test -count=1 -run TestBF16TracksFP32 -v ./cmd/loom
 
@@ -72,6 +78,39 @@ web:
 # deploy/grafana's test checks they are current).
 grafana:
 	$(GO) run ./deploy/grafana/gen
+
+# Deployment (docs/deploy.md). The static binary the image and the
+# multi-host test use; VERSION is the source's unless given.
+VERSION  ?= $(shell sed -n 's/^var Version = "\(.*\)"/\1/p' internal/version/version.go)
+REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+STATIC   := out/image/loom
+static:
+	@mkdir -p out/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X github.com/loomtrain/loom/internal/version.Version=$(VERSION)" -o $(STATIC) ./cmd/loom
+
+# The OCI image, built in Go (deploy/image; no container engine): an OCI
+# layout in out/image/oci and a `podman load`/`docker load` tarball.
+image: static
+	$(GO) run ./deploy/image/build -binary $(STATIC) -version $(VERSION) -revision "$(REVISION)" \
+		-layout out/image/oci -tarball out/image/loom.tar
+
+# The image run in podman (skipped, with the reason, where podman cannot run
+# containers).
+test-image: image
+	scripts/setup.sh deploy
+	LOOM_IMAGE_TAR=$(CURDIR)/out/image/loom.tar LOOM_IMAGE_VERSION=$(VERSION) \
+		$(GO) test -count=1 -v -run TestPodmanRunsImage ./deploy/image
+
+# Three hosts in network namespaces, mutual TLS, a link cut and a degraded
+# link (deploy/multihost; needs root).
+test-multihost: static
+	scripts/setup.sh deploy
+	LOOM_MULTIHOST_BINARY=$(CURDIR)/$(STATIC) $(GO) test -count=1 -v -timeout 5m ./deploy/multihost
+
+# The Kubernetes monitoring component's copies of deploy/grafana's
+# dashboard and rules (committed; deploy/k8s's test checks they are current).
+k8s:
+	$(GO) run ./deploy/k8s/gen
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \

@@ -321,6 +321,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	pendingTimeout := fs.Duration("pending-timeout", 10*time.Minute, "fail the job when it waits this long for enough workers (before it starts, or for a restart); 0: wait for ever")
 	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
+	logFormat := fs.String("log-format", "text", "progress format: text, or json (one object per step and per status change)")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -332,6 +333,9 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if *pendingTimeout < 0 {
 		return fmt.Errorf("submit: --pending-timeout %v: must be ≥ 0 (0: wait for ever)", *pendingTimeout)
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		return fmt.Errorf("submit: --log-format %q: allowed: text, json", *logFormat)
 	}
 	src, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -386,11 +390,15 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
+	said := env.stdout
+	if *logFormat == "json" {
+		said = env.stderr // stdout holds only JSON objects
+	}
+	fmt.Fprintf(said, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
 	if *detach {
 		return nil
 	}
-	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout, false)
+	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout, *logFormat == "json")
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintf(env.stderr, "stopped following %s; it keeps running (`loom stop %s` stops it)\n", spec.Name, spec.Name)

@@ -265,6 +265,9 @@ func (m *Material) PeerTLS() *tls.Config {
 	c := m.ClientTLS(RoleWorker)
 	s.RootCAs = c.RootCAs
 	s.GetClientCertificate = c.GetClientCertificate
+	// Bulk streams: full-size records from the first byte (no slow start
+	// of small records after an idle spell).
+	s.DynamicRecordSizingDisabled = true
 	// As a client (ServerName set by the dialler) the server's role is
 	// checked here; as a server, the configuration GetConfigForClient
 	// returns checks the client's instead.
