@@ -61,8 +61,8 @@ type DataSource struct {
 }
 
 // ValidationSpec is the held-out data train.eval_every evaluates on: a
-// separate token file, or a fraction of every source's windows (its last
-// windows, which training then never visits).
+// separate token file, or about a fraction of every source's windows, in
+// chunks spread over it, which training then never visits.
 type ValidationSpec struct {
 	Path     string  `yaml:"path"`
 	Fraction float64 `yaml:"fraction"`
@@ -70,6 +70,27 @@ type ValidationSpec struct {
 
 // Enabled reports whether a validation set is configured.
 func (v ValidationSpec) Enabled() bool { return v.Path != "" || v.Fraction > 0 }
+
+// Describe names the job's data for a log line: its sources (with weights
+// when blended) and validation set.
+func (d DataSpec) Describe() string {
+	var parts []string
+	for _, s := range d.SourceList() {
+		if len(d.Sources) > 1 {
+			parts = append(parts, fmt.Sprintf("%s (weight %g)", s.Path, s.Weight))
+		} else {
+			parts = append(parts, s.Path)
+		}
+	}
+	desc := strings.Join(parts, ", ")
+	switch v := d.Validation; {
+	case v.Path != "":
+		desc += "; validation " + v.Path
+	case v.Fraction > 0:
+		desc += fmt.Sprintf("; validation: about %g of each source", v.Fraction)
+	}
+	return desc
+}
 
 // SourceList returns the job's sources: Sources, or Path with weight 1.
 func (d DataSpec) SourceList() []DataSource {

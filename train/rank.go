@@ -178,16 +178,13 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 			}
 		}
 	}
-	f, err := data.Open(s.Data.Path)
-	if err != nil {
-		return nil, fmt.Errorf("rank %d: data.path: %w", rc.Rank, err)
-	}
-	defer f.Close()
-	l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: s.Model.SeqLen, Shuffle: s.Data.Shuffle, Seed: s.Data.Seed})
+	ds, err := data.OpenDataset(s.Data, s.Model.SeqLen)
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
-	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes, TestStepDelay: rc.TestStepDelay})
+	defer ds.Close()
+	l := ds.Train
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Validation: ds.Validation, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes, TestStepDelay: rc.TestStepDelay})
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
@@ -220,7 +217,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	if rc.Rank == 0 {
 		fmt.Fprintf(log, "loom: job %q: %s parameters (d %d, %d layers, %d/%d heads, ffn %d, vocab %d), %s, zero %d%s, %d tokens per step, %d steps, %d windows of %d tokens in %s\n",
 			s.Name, human.Count(int64(cfg.NumParams())), cfg.Dim, cfg.NLayers, cfg.NHeads, cfg.NKVHeads, cfg.FFNHidden, cfg.VocabSize,
-			p.Mesh, p.ZeroStage, spSuffix(p.SequenceParallel), s.Train.GlobalBatch*s.Model.SeqLen, s.Train.Steps, l.NumWindows(), s.Model.SeqLen, s.Data.Path)
+			p.Mesh, p.ZeroStage, spSuffix(p.SequenceParallel), s.Train.GlobalBatch*s.Model.SeqLen, s.Train.Steps, l.NumWindows(), s.Model.SeqLen, s.Data.Describe())
 	}
 	est := p.Memory(rc.Rank)
 	fmt.Fprintf(log, "rank %d %v: counted memory %s (the plan predicts %s, plus a %s runtime allowance)\n",

@@ -45,6 +45,9 @@ type Config struct {
 	// BucketBytes is the stage-0 gradient bucket size (0:
 	// parallel.DefaultBucketBytes).
 	BucketBytes int
+	// Validation is the held-out data train.eval_every evaluates on
+	// (data.Dataset.Validation); nil: no validation.
+	Validation *data.Loader
 	// TestStepDelay is a test hook: every step sleeps this long, counted
 	// as compute, to make a deliberately slow rank (the dashboard's
 	// straggler test sets it through LOOM_TEST_SLOW_RANK). Zero otherwise.
@@ -82,6 +85,9 @@ type Stats struct {
 	// CheckpointSeconds is how long the step loop was blocked after this
 	// step to snapshot a checkpoint (0: none was due).
 	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
+	// ValLoss is the mean validation loss after this step when a
+	// validation pass was due (train.eval_every), else 0.
+	ValLoss float64 `json:"val_loss,omitempty"`
 }
 
 // Trainer runs optimizer steps for one rank. It is not safe for concurrent
@@ -111,6 +117,7 @@ type Trainer struct {
 	seqLen  int
 	ck      *saver        // nil: no periodic checkpoints
 	delay   time.Duration // Config.TestStepDelay
+	val     *data.Loader  // nil: no validation
 }
 
 // New builds a trainer with freshly initialised weights (seeded by
@@ -149,7 +156,7 @@ func New(cfg Config) (*Trainer, error) {
 	if lc := cfg.Loader.Config(); lc.SeqLen != s.Model.SeqLen {
 		return nil, fmt.Errorf("train: loader windows of %d tokens, model.seq_len = %d", lc.SeqLen, s.Model.SeqLen)
 	}
-	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: schedule(s.Train), loader: cfg.Loader,
+	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: schedule(s.Train), loader: cfg.Loader, val: cfg.Validation,
 		scalar: make([]float32, 1), dp: c.DP, tpRaw: c.TP,
 		accum: p.Accum, perRank: s.Train.GlobalBatch / p.Mesh.DP, micro: p.MicroBatch, seqLen: p.SeqLen, delay: cfg.TestStepDelay}
 	mc := model.Comms{SequenceParallel: p.SequenceParallel}
@@ -357,6 +364,11 @@ func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
 		if err != nil {
 			return errors.Join(err, t.ck.wait())
 		}
+		if e := t.spec.Train.EvalEvery; t.val != nil && e > 0 && (t.step%e == 0 || t.step == t.spec.Train.Steps) {
+			if st.ValLoss, err = t.Validate(ctx); err != nil {
+				return errors.Join(err, t.ck.wait())
+			}
+		}
 		if t.ck != nil && t.step%t.ck.cfg.Every == 0 {
 			d, err := t.ck.save(ctx, t)
 			if err != nil {
@@ -367,4 +379,61 @@ func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
 		report(st)
 	}
 	return t.ck.wait()
+}
+
+// Validate returns the mean loss over one validation pass: the first
+// train.eval_batches × train.global_batch windows of the validation set,
+// each data-parallel rank evaluating its share (data.EvalSamples) in
+// micro-batches, the mean taken over the data-parallel group, so every
+// layout reports the same number. Every rank must call it. Under ZeRO
+// stage 3 it evaluates the gathered whole model (WholeModel).
+func (t *Trainer) Validate(ctx context.Context) (float64, error) {
+	if t.val == nil {
+		return 0, errors.New("train: no validation set (data.validation)")
+	}
+	m := t.Model
+	if m.Params == nil {
+		var err error
+		if m, err = t.WholeModel(ctx); err != nil {
+			return 0, fmt.Errorf("validation: %w", err)
+		}
+	}
+	defer t.acts.SetShape(t.micro, t.seqLen)
+	G, T := t.spec.Train.GlobalBatch, t.seqLen
+	var sum float64
+	n := 0
+	for b := range t.spec.Train.EvalBatches {
+		first, count := data.EvalSamples(b, t.rp.DPIndex, t.plan.Mesh.DP, G)
+		for off := 0; off < count; off += t.micro {
+			k := min(t.micro, count-off)
+			in, tg := t.inputs[:k*T], t.targets[:k*T]
+			if err := t.val.FillSamples(first+off, k, in, tg); err != nil {
+				return 0, fmt.Errorf("validation: %w", err)
+			}
+			acts := t.acts
+			if m != t.Model {
+				var err error
+				if acts, err = m.NewActs(k, T); err != nil {
+					return 0, fmt.Errorf("validation: %w", err)
+				}
+			} else if err := acts.SetShape(k, T); err != nil {
+				return 0, fmt.Errorf("validation: %w", err)
+			}
+			l, err := m.LossContext(ctx, acts, in, tg)
+			if err != nil {
+				return 0, fmt.Errorf("validation: %w", err)
+			}
+			sum += l * float64(k)
+			n += k
+		}
+	}
+	loss := sum / float64(n)
+	if t.dp != nil {
+		t.scalar[0] = float32(loss)
+		if err := t.dp.AllReduce(ctx, t.scalar, parallel.Mean); err != nil {
+			return 0, fmt.Errorf("validation loss all-reduce: %w", err)
+		}
+		loss = float64(t.scalar[0])
+	}
+	return loss, nil
 }

@@ -73,7 +73,7 @@ func newTrainingEngine(transport string) worker.Engine {
 			report(worker.StepStats{
 				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
 				StepTime: step, CommTime: exposed, DataTime: data, ComputeTime: max(0, step-exposed-data),
-				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), Comm: comm,
+				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), Comm: comm, ValLoss: s.ValLoss,
 			})
 			comm = nil
 		})
