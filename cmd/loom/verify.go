@@ -63,7 +63,7 @@ func cmdVerify(ctx context.Context, env *cmdEnv, args []string) error {
 	spec.Checkpoint.Dir, spec.Checkpoint.Every = tmp, 0
 	one := spec
 	one.Name = spec.Name + "-one"
-	one.Parallel = api.ParallelSpec{DP: 1, TP: 1, PP: 1, MicroBatches: spec.Parallel.MicroBatches}
+	one.Parallel = api.ParallelSpec{DP: 1, TP: 1, PP: 1, MicroBatches: spec.Parallel.MicroBatches, Transport: spec.Parallel.Transport}
 	layout := spec
 	layout.Name = spec.Name + "-layout"
 	p, err := plan.New(layout, layout.Parallel.WorldSize())
