@@ -139,6 +139,14 @@ func TestTLSCluster(t *testing.T) {
 		t.Errorf("checkpoint dir outside the root: %v\n%s", err, out)
 	}
 
+	// A spec larger than one etcd value may be is refused, naming the bound.
+	big := filepath.Join(t.TempDir(), "big.yaml")
+	os.WriteFile(big, append(append([]byte{}, src...), []byte(strings.Repeat("# padding padding padding padding\n", 40_000))...), 0o644)
+	out, err = submit(big, tlsDir("admin"))
+	if err == nil || !strings.Contains(out, "a job spec may be at most 1048576") {
+		t.Errorf("oversized spec: %v\n%s", err, out)
+	}
+
 	// The job trains across both workers over mutual TLS.
 	out, err = submit(spec, tlsDir("admin"))
 	if err != nil || !strings.Contains(out, "SUCCEEDED") {
