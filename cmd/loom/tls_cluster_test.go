@@ -78,9 +78,13 @@ func TestTLSCluster(t *testing.T) {
 	coord := startTLSLoom(t, "coordinator", "--listen", grpcAddr, "--http", httpAddr, tlsDir("coordinator"),
 		"--checkpoint-root", root, "--ttl", "3s")
 	var ws []*tlsProc
-	for range 2 {
-		ws = append(ws, startTLSLoom(t, "worker", "--coordinator", grpcAddr, tlsDir("worker"), "--data-root", root,
-			"--threads", "1", "--dial-timeout", "20s"))
+	workerHTTP := closedAddr(t)
+	for i := range 2 {
+		args := []string{"worker", "--coordinator", grpcAddr, tlsDir("worker"), "--data-root", root, "--threads", "1", "--dial-timeout", "20s"}
+		if i == 0 {
+			args = append(args, "--http", workerHTTP)
+		}
+		ws = append(ws, startTLSLoom(t, args...))
 	}
 	dump := func() string {
 		var b strings.Builder
@@ -98,7 +102,11 @@ func TestTLSCluster(t *testing.T) {
 	ca.AppendCertsFromPEM(pem)
 	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca, ServerName: "127.0.0.1"}}}
 	get := func(path string, c *http.Client) (int, string) {
-		resp, err := c.Get("https://" + httpAddr + path)
+		addr := httpAddr
+		if p, ok := strings.CutPrefix(path, "worker:"); ok {
+			addr, path = workerHTTP, p
+		}
+		resp, err := c.Get("https://" + addr + path)
 		if err != nil {
 			return 0, err.Error()
 		}
@@ -182,6 +190,16 @@ func TestTLSCluster(t *testing.T) {
 	}
 	if code, _ := get(security.HealthzPath, hc); code != http.StatusOK {
 		t.Errorf("/healthz: %d", code)
+	}
+	// A worker's probes: ready once registered; its metrics need a role.
+	if code, body := get("worker:"+security.ReadyzPath, hc); code != http.StatusOK || !strings.Contains(body, "ready") {
+		t.Errorf("worker /readyz: %d %q", code, body)
+	}
+	if code, _ := get("worker:/metrics", hc); code != http.StatusUnauthorized {
+		t.Errorf("worker /metrics without a certificate: %d; want 401", code)
+	}
+	if code, body := get("worker:/metrics", vc); code != http.StatusOK || !strings.Contains(body, "go_goroutines") {
+		t.Errorf("worker /metrics as viewer: %d", code)
 	}
 	if !strings.Contains(coord.out.String(), "mutual TLS") {
 		t.Errorf("the coordinator did not log its TLS set-up:\n%s", coord.out.String())
