@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -160,6 +161,14 @@ func TestTLSCluster(t *testing.T) {
 	if err != nil || !strings.Contains(out, "SUCCEEDED") {
 		t.Fatalf("submit as admin: %v\n%s\n%s", err, out, dump())
 	}
+	// loom top reads the dashboard API over HTTPS with the admin's
+	// certificate.
+	if out, err := startTLSLoom(t, "top", "--coordinator", grpcAddr, "--once", tlsDir("admin")).wait(t, 30*time.Second); err != nil || !regexp.MustCompile(`(?m)^\S*\bt\b`).MatchString(out) {
+		t.Errorf("loom top over TLS: %v\n%s", err, out)
+	} else {
+		t.Logf("loom top --once over TLS:\n%s", out)
+	}
+
 	for i, w := range ws {
 		if o := w.out.String(); !strings.Contains(o, "transport=tcp") || !strings.Contains(o, "mutual TLS") {
 			t.Errorf("worker %d did not log a tcp link under mutual TLS:\n%s", i, o)
