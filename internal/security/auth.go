@@ -31,26 +31,29 @@ type Identity struct {
 	Via   string // "token" or "certificate"
 }
 
+// String names the identity for an error: how it was presented, its name
+// and roles.
 func (id Identity) String() string {
 	return fmt.Sprintf("%s %q (role %s)", id.Via, id.Name, strings.Join(id.Roles, ","))
 }
 
-// token is one accepted bearer token, kept as its hash.
-type token struct {
+// Token is one accepted bearer token, kept as its hash, with the role it
+// grants and a name for messages.
+type Token struct {
 	hash [32]byte
-	role string
-	name string
+	Role string
+	Name string
 }
 
 // ParseTokens reads a tokens file: one "TOKEN ROLE [NAME]" a line, blank
 // lines and #-comments skipped. Every bad line is reported at once.
-func ParseTokens(path string) ([]token, error) {
+func ParseTokens(path string) ([]Token, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("--auth-tokens: %w", err)
 	}
 	defer f.Close()
-	var out []token
+	var out []Token
 	var errs []string
 	sc := bufio.NewScanner(f)
 	for n := 1; sc.Scan(); n++ {
@@ -70,9 +73,9 @@ func ParseTokens(path string) ([]token, error) {
 			errs = append(errs, fmt.Sprintf("line %d: role %q; want admin, viewer or worker", n, fields[1]))
 			continue
 		}
-		t := token{hash: sha256.Sum256([]byte(fields[0])), role: fields[1], name: fields[1]}
+		t := Token{hash: sha256.Sum256([]byte(fields[0])), Role: fields[1], Name: fields[1]}
 		if len(fields) == 3 {
-			t.name = fields[2]
+			t.Name = fields[2]
 		}
 		out = append(out, t)
 	}
@@ -93,13 +96,13 @@ func ParseTokens(path string) ([]token, error) {
 // certificate's roles, and authorises it by the method's roles
 // (MethodRoles). Safe for concurrent use.
 type Authorizer struct {
-	tokens []token
+	tokens []Token
 	certs  bool // client certificates (verified by the TLS layer) carry roles
 }
 
 // NewAuthorizer accepts tokens and, when certs is set, the roles of
 // verified client certificates.
-func NewAuthorizer(tokens []token, certs bool) *Authorizer {
+func NewAuthorizer(tokens []Token, certs bool) *Authorizer {
 	return &Authorizer{tokens: tokens, certs: certs}
 }
 
@@ -121,7 +124,7 @@ func MethodRoles(fullMethod string) []string {
 // byToken finds the identity of a bearer token.
 func (a *Authorizer) byToken(tok string) (Identity, bool) {
 	h := sha256.Sum256([]byte(tok))
-	var found *token
+	var found *Token
 	for i := range a.tokens {
 		// Compare every entry so the time taken says nothing of which matched.
 		if subtle.ConstantTimeCompare(h[:], a.tokens[i].hash[:]) == 1 {
@@ -131,7 +134,7 @@ func (a *Authorizer) byToken(tok string) (Identity, bool) {
 	if found == nil {
 		return Identity{}, false
 	}
-	return Identity{Name: found.name, Roles: []string{found.role}, Via: "token"}, true
+	return Identity{Name: found.Name, Roles: []string{found.Role}, Via: "token"}, true
 }
 
 // authenticate returns who presented authorization (the header's value,
@@ -251,6 +254,7 @@ type tokenCreds struct {
 	secure bool
 }
 
+// GetRequestMetadata is the authorization header.
 func (t tokenCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
 	return map[string]string{"authorization": "Bearer " + t.token}, nil
 }

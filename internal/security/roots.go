@@ -37,6 +37,7 @@ type PathError struct {
 	Flag  string // "--data-root" or "--checkpoint-root"
 }
 
+// Error names the field, the path, where it resolves, and the root.
 func (e *PathError) Error() string {
 	real := ""
 	if e.Real != e.Path {

@@ -57,7 +57,7 @@ func New(c Config, log *slog.Logger, server bool) (*Setup, error) {
 		return nil, err
 	}
 	s := &Setup{cfg: c, tls: m, token: tok}
-	var tokens []token
+	var tokens []Token
 	if server && c.AuthTokens != "" {
 		if tokens, err = ParseTokens(c.AuthTokens); err != nil {
 			return nil, err
@@ -235,6 +235,7 @@ type bearerRoundTripper struct {
 	token string
 }
 
+// RoundTrip sends r with the bearer token.
 func (b bearerRoundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+b.token)
