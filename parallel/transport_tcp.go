@@ -32,6 +32,10 @@ const (
 	tcpReadAhead    = 16 << 10
 )
 
+// tlsJoinBytes is the largest payload a TLS link copies next to its
+// header, to send both as one record: a TLS record's most.
+const tlsJoinBytes = 16<<10 - maxBulkHdr
+
 // tcpLink is the sending end of a tcp link. Safe for concurrent use.
 type tcpLink struct {
 	oc   *outConn
@@ -42,6 +46,10 @@ type tcpLink struct {
 	hdr  [maxBulkHdr]byte // guarded by sem
 	vec  [2][]byte        // guarded by sem
 	bufs net.Buffers      // guarded by sem
+	// joined, inside TLS, holds a small frame's header and payload so
+	// that they go as one record and one system call (a TLS session has no
+	// vectored write); guarded by sem.
+	joined []byte
 
 	mu  sync.Mutex
 	err error
@@ -92,6 +100,9 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	}
 	conn.SetDeadline(time.Time{})
 	l := &tcpLink{oc: oc, conn: conn, sem: make(chan struct{}, 1), done: make(chan struct{})}
+	if tlsConf != nil {
+		l.joined = make([]byte, 0, maxBulkHdr+tlsJoinBytes)
+	}
 	// The server never writes again; a read ending is the connection
 	// breaking, which fails the link at once even when nothing is sent.
 	go func() {
@@ -167,9 +178,13 @@ func (l *tcpLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	n := putBulkHeader(l.hdr[:], f, len(pay), 4)
 	l.conn.SetWriteDeadline(time.Now().Add(timeout))
 	var err error
-	if len(pay) == 0 {
+	switch {
+	case len(pay) == 0:
 		_, err = l.conn.Write(l.hdr[:n])
-	} else {
+	case l.joined != nil && len(pay) <= tlsJoinBytes:
+		l.joined = append(append(l.joined[:0], l.hdr[:n]...), pay...)
+		_, err = l.conn.Write(l.joined)
+	default:
 		l.vec[0], l.vec[1] = l.hdr[:n], pay
 		l.bufs = l.vec[:]
 		_, err = l.bufs.WriteTo(l.conn)

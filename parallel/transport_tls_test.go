@@ -3,6 +3,7 @@ package parallel
 import (
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -44,6 +45,23 @@ func TestTLSCollectives(t *testing.T) {
 		for r := range bufs {
 			if bufs[r][0] != 3 || bufs[r][len(bufs[r])-1] != 3 {
 				t.Errorf("%v: rank %d: sum %v…%v, want 3", m, r, bufs[r][0], bufs[r][len(bufs[r])-1])
+			}
+		}
+		// Small frames: header and payload joined in one TLS record.
+		for _, n := range []int{1, 1000, tlsJoinBytes / 4, tlsJoinBytes/4 + 1} {
+			small := [][]float32{make([]float32, n), make([]float32, n)}
+			for r := range small {
+				for i := range small[r] {
+					small[r][i] = float32(r+1) * float32(i%5)
+				}
+			}
+			noErrors(t, fmt.Sprintf("%v all-reduce of %d", m, n), each(2, func(i int) error { return gs[i].AllReduce(ctx, small[i], Sum) }))
+			for r := range small {
+				for i, v := range small[r] {
+					if v != 3*float32(i%5) {
+						t.Fatalf("%v: %d floats: rank %d [%d] = %v, want %v", m, n, r, i, v, 3*float32(i%5))
+					}
+				}
 			}
 		}
 	}
