@@ -15,6 +15,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/tensor"
 	"github.com/loomtrain/loom/tensor/gemm"
 	"github.com/loomtrain/loom/train"
 )
@@ -42,6 +43,7 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	logFormat := fs.String("log-format", "text", "text, or json (one object per measurement)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed steps to FILE (go tool pprof)")
 	precFlag := fs.String("precision", "", "GEMM precision: fp32 or bf16 (default: the spec's train.precision)")
+	breakdown := fs.Bool("breakdown", false, "also print the time per kernel op (GEMMs per shape) in the timed steps")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -79,7 +81,12 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("bench step: %w", err)
 	}
 	defer fk.Close()
-	k := fk
+	var k tensor.Kernels = fk
+	var timed *timedKernels
+	if *breakdown {
+		timed = newTimedKernels(fk)
+		k = timed
+	}
 
 	path := spec.Data.Path
 	if _, err := os.Stat(path); err != nil {
@@ -107,6 +114,9 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	for i := 0; i < *steps+*warmup; i++ {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if i == *warmup && timed != nil {
+			timed.reset()
 		}
 		if i == *warmup && *cpuProfile != "" { // profile the timed steps only
 			stop, err := startCPUProfile(*cpuProfile)
@@ -147,6 +157,13 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "kernel %s, default blocks MC=%d KC=%d NC=%d; %s\n", eng.Kernel(), mc, kc, nc, eng.TuneStatus())
 	for _, sp := range eng.Plans() {
 		fmt.Fprintf(env.stdout, "  %-22s %-15s MC=%-5d KC=%-4d NC=%-5d grid %s\n", sp.Shape, sp.Kernel, sp.MC, sp.KC, sp.NC, sp.Grid())
+	}
+	if timed != nil {
+		var sum float64
+		for _, t := range times {
+			sum += t
+		}
+		timed.print(env.stdout, len(times), sum/float64(len(times)))
 	}
 	return nil
 }

@@ -122,6 +122,24 @@ func TestExp32(t *testing.T) {
 	}
 }
 
+// TestLog32 checks log32 against math.Log within 2 ulp of the result (or
+// 1e-7 absolute near ln 1 = 0) over [1, 2^20], where attention uses it,
+// and over small normals.
+func TestLog32(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	xs := []float32{1, 1.0000001, 0.70710677, 0.7071068, 2, 3, 1e-30, 512, 1 << 20}
+	for range 200000 {
+		xs = append(xs, float32(math.Exp(rng.Float64()*14)), float32(math.Exp(-rng.Float64()*80)))
+	}
+	for _, x := range xs {
+		got, want := log32(x), math.Log(float64(x))
+		ulp := math.Abs(float64(math.Nextafter32(float32(want), float32(math.Inf(1)))) - want)
+		if d := math.Abs(float64(got) - want); d > 2*ulp && d > 1e-7 {
+			t.Fatalf("log32(%g) = %g, math.Log %g (|diff| %g, %.1f ulp)", x, got, want, d, d/ulp)
+		}
+	}
+}
+
 func TestRMSNorm(t *testing.T) {
 	forThreads(t, func(t *testing.T, k *Kernels) {
 		rng := rand.New(rand.NewPCG(1, 2))
@@ -281,6 +299,9 @@ func attnShapes() []attnShape {
 		s = append(s, attnShape{2, T, 4, 2, 16})
 	}
 	s = append(s, attnShape{1, 65, 3, 1, 7}, attnShape{3, 17, 2, 2, 64}, attnShape{1, 129, 4, 4, 33}, attnShape{1, 1, 1, 1, 1})
+	// Past attnMaxCols keys: the forward's running rescale across key
+	// blocks, the backward's several key blocks per query block.
+	s = append(s, attnShape{1, 2*attnMaxCols + 77, 2, 1, 8})
 	return s
 }
 

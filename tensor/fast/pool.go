@@ -15,10 +15,11 @@ type task interface {
 }
 
 // worker is one thread's scratch: float32 buffers grown on demand and a
-// single-threaded SGEMM engine for small tile products (attention).
+// single-threaded tile multiplier for the products inside fused kernels
+// (attention).
 type worker struct {
-	eng *gemm.Engine
-	buf []float32
+	tiles *gemm.Tiles
+	buf   []float32
 }
 
 // scratch returns the worker's buffer resized to n, growing it if needed.
@@ -47,7 +48,7 @@ type pool struct {
 func newPool(n int) *pool {
 	p := &pool{n: n, workers: make([]*worker, n), wake: make([]chan struct{}, n)}
 	for i := range p.workers {
-		p.workers[i] = &worker{eng: gemm.New(1)}
+		p.workers[i] = &worker{tiles: gemm.NewTiles()}
 	}
 	for i := 1; i < n; i++ {
 		p.wake[i] = make(chan struct{})
@@ -101,8 +102,5 @@ func (p *pool) run(t task, n int) {
 func (p *pool) close() {
 	for _, ch := range p.wake[1:] {
 		close(ch)
-	}
-	for _, w := range p.workers {
-		w.eng.Close()
 	}
 }

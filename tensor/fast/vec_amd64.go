@@ -8,6 +8,90 @@ import "golang.org/x/sys/cpu"
 // primitive falls back to its pure-Go version.
 var useAVX2 = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 
+// useAVX512 selects the AVX-512 row primitives (vec512_amd64.s), which
+// take any length (a masked vector for the tail).
+var useAVX512 = cpu.X86.HasAVX512F
+
+//go:noescape
+func expSubAVX512(dst, src *float32, n int, shift float32) float32
+
+//go:noescape
+func maxAVX512(x *float32, n int) float32
+
+//go:noescape
+func scaleAVX512(x *float32, n int, alpha float32)
+
+//go:noescape
+func dotAVX512(x, y *float32, n int) float32
+
+//go:noescape
+func dsRowAVX512(ds, p *float32, n int, d, scale float32)
+
+//go:noescape
+func expRowAVX512(row *float32, valid, n int, floor float32) (mx, sum float32)
+
+// expRow is one softmax row: mx = max(floor, row[:valid]), row[:valid] =
+// e^(row − mx) with sum Σ, row[valid:] = 0. valid ≥ 1.
+func expRow(row []float32, valid int, floor float32) (mx, sum float32) {
+	if useAVX512 {
+		_ = row[valid-1]
+		return expRowAVX512(&row[0], valid, len(row), floor)
+	}
+	return expRowGo(row, valid, floor)
+}
+
+//go:noescape
+func expRowsAVX512(s *float32, ld, rows, n, v0 int, mx, sum *float32)
+
+// expRows is expRow for rows rows of s (row r at s[r·ld:], n wide) with
+// valid = clamp(v0+r, 0, n) entries each, the running maxima mx (updated)
+// as floors and the sums out in sum. A row with no valid entry is zeroed
+// with sum 0 and its mx unchanged.
+func expRows(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
+	if rows == 0 || n == 0 {
+		return
+	}
+	_ = s[(rows-1)*ld+n-1]
+	_, _ = mx[rows-1], sum[rows-1]
+	if useAVX512 {
+		expRowsAVX512(&s[0], ld, rows, n, v0, &mx[0], &sum[0])
+		return
+	}
+	expRowsGo(s, ld, rows, n, v0, mx, sum)
+}
+
+func vmax(x []float32) float32 {
+	if useAVX512 && len(x) > 0 {
+		return maxAVX512(&x[0], len(x))
+	}
+	return maxGo(x)
+}
+
+func dot(x, y []float32) float32 {
+	if useAVX512 && len(x) > 0 {
+		y = y[:len(x)]
+		return dotAVX512(&x[0], &y[0], len(x))
+	}
+	return dotGo(x, y)
+}
+
+func scale(x []float32, alpha float32) {
+	if useAVX512 && len(x) > 0 {
+		scaleAVX512(&x[0], len(x), alpha)
+		return
+	}
+	scaleGo(x, alpha)
+}
+
+func dsRow(ds, p []float32, d, scale float32) {
+	if useAVX512 && len(ds) > 0 {
+		p = p[:len(ds)]
+		dsRowAVX512(&ds[0], &p[0], len(ds), d, scale)
+		return
+	}
+	dsRowGo(ds, p, d, scale)
+}
+
 //go:noescape
 func expSubAVX2(dst, src *float32, n int, shift float32) float32
 
@@ -20,6 +104,9 @@ func swigluBwdAVX2(dgate, dup, dout, gate, up *float32, n int)
 func expSub(dst, src []float32, shift float32) float32 {
 	n := len(dst)
 	src = src[:n]
+	if useAVX512 && n > 0 {
+		return expSubAVX512(&dst[0], &src[0], n, shift)
+	}
 	v := n &^ 7
 	if !useAVX2 || v == 0 {
 		return expSubGo(dst, src, shift)

@@ -7,3 +7,15 @@ func swigluFwd(out, gate, up []float32)                { swigluFwdGo(out, gate, 
 func swigluBwd(dgate, dup, dout, gate, up []float32) {
 	swigluBwdGo(dgate, dup, dout, gate, up)
 }
+func vmax(x []float32) float32                { return maxGo(x) }
+func dot(x, y []float32) float32              { return dotGo(x, y) }
+func scale(x []float32, alpha float32)        { scaleGo(x, alpha) }
+func dsRow(ds, p []float32, d, scale float32) { dsRowGo(ds, p, d, scale) }
+
+func expRow(row []float32, valid int, floor float32) (mx, sum float32) {
+	return expRowGo(row, valid, floor)
+}
+
+func expRows(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
+	expRowsGo(s, ld, rows, n, v0, mx, sum)
+}

@@ -415,6 +415,8 @@ type asmOperand struct {
 	lanes int    // kVec: float32 lanes (X 4, Y 8, Z 16)
 	off   int64  // kImm: value; kMem: displacement; kFrame: offset
 	name  string // register name, frame argument name or label
+	index int    // kMem: index register, scaled by scale (scale 0: none)
+	scale int
 }
 
 // asmGPRs numbers the general registers as the hardware does. SP and BP
@@ -483,6 +485,7 @@ var (
 	asmVecRE   = regexp.MustCompile(`^([XYZ])([0-9]|[12][0-9]|3[01])$`)
 	asmFrameRE = regexp.MustCompile(`^([A-Za-z_]\w*)([+-].+)\(FP\)$`)
 	asmMemRE   = regexp.MustCompile(`^(.*)\(([^()]*)\)$`)
+	asmIndexRE = regexp.MustCompile(`^(.*\([^()]*\))\(([A-Z0-9]+)\*([1248])\)$`)
 )
 
 // loadAsm reads kernel_amd64.s and the Go declarations and decodes every
@@ -778,10 +781,23 @@ func parseOperand(s string, labelOK bool) (asmOperand, error) {
 		v, err := evalAsmExpr(m[2])
 		return asmOperand{kind: kFrame, off: v, name: m[1]}, err
 	}
+	if m := asmIndexRE.FindStringSubmatch(s); m != nil { // disp(BASE)(INDEX*scale)
+		base, err := parseOperand(m[1], false)
+		if err != nil || base.kind != kMem {
+			return asmOperand{}, fmt.Errorf("memory operand %q: base %q not understood", s, m[1])
+		}
+		idx, ok := asmGPRs[m[2]]
+		if !ok {
+			return asmOperand{}, fmt.Errorf("memory operand %q: index %q is not a general register", s, m[2])
+		}
+		base.index, base.name = idx, s
+		fmt.Sscan(m[3], &base.scale)
+		return base, nil
+	}
 	if m := asmMemRE.FindStringSubmatch(s); m != nil {
 		r, ok := asmGPRs[m[2]]
 		if !ok || strings.HasSuffix(m[1], ")") {
-			return asmOperand{}, fmt.Errorf("memory operand %q not supported (base must be a general register, no index)", s)
+			return asmOperand{}, fmt.Errorf("memory operand %q not supported (base must be a general register, index as (BASE)(INDEX*scale))", s)
 		}
 		var disp int64
 		if strings.TrimSpace(m[1]) != "" {
@@ -1160,7 +1176,7 @@ func (m *asmMachine) address(op asmOperand) uint64 {
 	if op.kind == kFrame {
 		return m.frame + uint64(op.off)
 	}
-	return m.gpr[op.reg] + uint64(op.off)
+	return m.gpr[op.reg] + m.gpr[op.index]*uint64(op.scale) + uint64(op.off)
 }
 
 // scalarValue is an immediate or general register operand.
@@ -1576,6 +1592,10 @@ top:
 	if d0, d1 := code[1].args[0].off, code[3].args[0].off; d0 != 24 || d1 != 28 {
 		t.Errorf("displacements %d, %d; want 24, 28", d0, d1)
 	}
+	idx, err := parseOperand("-8(R10)(R12*4)", false)
+	if err != nil || idx.kind != kMem || idx.reg != 10 || idx.index != 12 || idx.scale != 4 || idx.off != -8 {
+		t.Errorf("-8(R10)(R12*4) parsed as %+v, %v", idx, err)
+	}
 	if code[7].target != 1 {
 		t.Errorf("JNZ top goes to %d, want 1", code[7].target)
 	}
@@ -1584,7 +1604,8 @@ top:
 		{text + "VADDPS Y0, Y1, Y2", "VADDPS not implemented"},
 		{text + "MOVL n+0(FP), AX", "4-byte access"},
 		{text + "MOVQ m+0(FP), AX", "no argument named m"},
-		{text + "VMOVUPS (SI)(BX*4), Y0", "not supported"},
+		{text + "VMOVUPS (SI)(BX*3), Y0", "not supported"},
+		{text + "VMOVUPS (SI)(Y1*4), Y0", "not a general register"},
 		{text + "VMULPS Y0, Y1, Z2", "mixed vector widths"},
 		{text + "JZ nowhere", "undefined label"},
 		{"TEXT ·f(SB), NOSPLIT, $0-16\n", "needs 8 argument bytes"},
@@ -1641,6 +1662,8 @@ func TestInterpDecodesFile(t *testing.T) {
 		"kernelAVX2":    {"AVX", "FMA"},
 		"fmaLoopAVX2":   {"AVX", "FMA"},
 		"kernelAVX512":  {"AVX", "AVX512F", "AVX512VL"}, // what hasAVX512 checks
+		"kernelAVX2S":   {"AVX", "FMA"},
+		"kernelAVX512S": {"AVX", "AVX512F", "AVX512VL"},
 		"fmaLoopAVX512": {"AVX", "AVX512F", "AVX512VL"},
 		// what hasAVX512BF16 checks
 		"kernelAVX512BF16": {"AVX", "AVX512F", "AVX512VL", "AVX512BF16"},

@@ -3,6 +3,7 @@ package gemm
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
 )
 
@@ -49,13 +50,22 @@ func benchOne(b *testing.B, e *Engine, transA, transB bool, m, n, k int) {
 	for i := range bm {
 		bm[i] = float32(i%11)/11 - 0.5
 	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
 	b.ResetTimer()
+	cpu0 := threadCPU()
 	for b.Loop() {
 		e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
 	}
+	cpu := threadCPU() - cpu0
 	flops := 2 * float64(m) * float64(n) * float64(k) * float64(b.N)
 	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	if e.Threads() == 1 && cpu > 0 {
+		// On a loaded machine the calling thread's CPU time, not the
+		// wall clock, is what one thread's work took.
+		b.ReportMetric(flops/cpu/1e9, "cpu-GFLOP/s")
+	}
 }
 
 func BenchmarkPeak(b *testing.B) {
@@ -140,5 +150,43 @@ func BenchmarkPack(b *testing.B) {
 			}
 			b.SetBytes(int64(c.n * kc * 4))
 		})
+	}
+}
+
+// stepShapes are the GEMMs of a `tiny` (d 128, ffn 352) and a `small`
+// (d 512, ffn 1376) training step at 2048 tokens, as the model calls them.
+var stepShapes = []Shape{
+	{false, true, 2048, 128, 128}, {false, true, 2048, 352, 128}, {false, true, 2048, 128, 352},
+	{false, false, 2048, 128, 128}, {false, false, 2048, 352, 128}, {false, false, 2048, 128, 352},
+	{true, false, 128, 128, 2048}, {true, false, 352, 128, 2048}, {true, false, 128, 352, 2048},
+	{false, true, 2048, 512, 512}, {false, true, 2048, 1376, 512}, {false, true, 2048, 512, 1376},
+	{false, false, 2048, 512, 512}, {false, false, 2048, 1376, 512}, {false, false, 2048, 512, 1376},
+	{true, false, 512, 512, 2048}, {true, false, 1376, 512, 2048}, {true, false, 512, 1376, 2048},
+	{false, true, 2048, 4096, 512}, {false, false, 2048, 512, 4096}, {true, false, 4096, 512, 2048},
+}
+
+// BenchmarkOperands times the step shapes with A and B packed or read in
+// place (LOOM_BENCH_THREADS threads, default 1), to set the auto rule.
+func BenchmarkOperands(b *testing.B) {
+	threads := 1
+	if v := os.Getenv("LOOM_BENCH_THREADS"); v != "" {
+		fmt.Sscan(v, &threads)
+	}
+	e := New(threads)
+	defer e.Close()
+	for _, s := range stepShapes {
+		for _, mode := range []struct{ a, b operand }{
+			{operandPacked, operandPacked}, {operandInPlace, operandPacked}, {operandPacked, operandInPlace}, {operandInPlace, operandInPlace},
+		} {
+			if s.TransB && mode.b == operandInPlace {
+				continue
+			}
+			p := e.def
+			p.inA, p.inB = mode.a, mode.b
+			e.setPlan(s, p)
+			b.Run(fmt.Sprintf("%s/A=%v/B=%v", s, mode.a, mode.b), func(b *testing.B) {
+				benchOne(b, e, s.TransA, s.TransB, s.M, s.N, s.K)
+			})
+		}
 	}
 }

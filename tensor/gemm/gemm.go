@@ -78,6 +78,44 @@ type plan struct {
 	blocks   blockSizes
 	tm, tn   int
 	maxParts int // ≤ 0: the engine's threads
+	// inA and inB say whether the micro-kernel reads A or B in place
+	// (kernel.strided) instead of from packed panels: operand auto
+	// decides per call (inPlace), the others fix it.
+	inA, inB operand
+}
+
+// operand is how the micro-kernel reads one input: packed into panels,
+// or in place through the strided kernel (which B allows only when it is
+// not transposed: its rows must hold NR contiguous columns).
+type operand int8
+
+const (
+	operandAuto    operand = iota // chosen per call by inPlace
+	operandPacked                 // always packed
+	operandInPlace                // in place where the kernel and layout allow
+)
+
+// String is "auto", "packed" or "in-place" (the Plan and cache spelling).
+func (o operand) String() string {
+	switch o {
+	case operandPacked:
+		return "packed"
+	case operandInPlace:
+		return "in-place"
+	}
+	return "auto"
+}
+
+func parseOperandMode(s string) (operand, bool) {
+	switch s {
+	case "", "auto":
+		return operandAuto, true
+	case "packed":
+		return operandPacked, true
+	case "in-place":
+		return operandInPlace, true
+	}
+	return 0, false
 }
 
 // job is one worker's share of a call: a rectangular block of C.
@@ -274,7 +312,11 @@ type Plan struct {
 	GridM      int    `json:"grid_m"` // thread grid over C (0: chosen per call)
 	GridN      int    `json:"grid_n"`
 	MaxThreads int    `json:"max_threads"` // 0: all of the engine's
-	Tuned      bool   `json:"tuned"`       // from the tuner (or its cache), not derived
+	// A and B: "packed", "in-place" (read by the strided micro-kernel
+	// without packing) or "auto" (chosen per call from the shape).
+	A     string `json:"a"`
+	B     string `json:"b"`
+	Tuned bool   `json:"tuned"` // from the tuner (or its cache), not derived
 }
 
 // PlanFor reports how the engine computes s now.
@@ -290,7 +332,7 @@ func (e *Engine) PlanFor(s Shape) Plan {
 
 func (p *plan) public(tuned bool) Plan {
 	return Plan{Kernel: p.kern.name, MR: p.kern.mr, NR: p.kern.nr, MC: p.blocks.mc, KC: p.blocks.kc, NC: p.blocks.nc,
-		GridM: p.tm, GridN: p.tn, MaxThreads: max(p.maxParts, 0), Tuned: tuned}
+		GridM: p.tm, GridN: p.tn, MaxThreads: max(p.maxParts, 0), A: p.inA.String(), B: p.inB.String(), Tuned: tuned}
 }
 
 // setPlan installs p for s (tuning and tests), growing the buffers.
@@ -457,6 +499,10 @@ func (w *worker) run(j *job) {
 	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, blocks.kc)), 4)
 	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, blocks.mc)), kern.mr)
 	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, ncFor(blocks, kern, j.m, j.k, kc0))), kern.nr)
+	if inA, inB := j.plan.inPlace(j); inA || inB {
+		w.runInPlace(j, kc0, mc0, nc0, inA, inB)
+		return
+	}
 	for jc := 0; jc < j.n; jc += nc0 {
 		nc := min(nc0, j.n-jc)
 		for pc := 0; pc < j.k; pc += kc0 {
@@ -471,6 +517,120 @@ func (w *worker) run(j *job) {
 				mc := min(mc0, j.m-ic)
 				kern.packA(w.apack, j.transA, j.a, j.lda, ic, pc, mc, kc, kern.mr)
 				w.macro(&kern, mc, nc, kern.depth(kc), alpha, load, j.c[ic*j.ldc+jc:], j.ldc)
+			}
+		}
+	}
+}
+
+// inPlace resolves the plan's operand modes for job j: whether the
+// micro-kernel reads A, and B, in place. Only float32 kernels have a
+// strided form, and B qualifies only untransposed.
+//
+// Auto reads an operand in place when packing it would cost more than
+// the strided kernel's slower access: packing costs a pass over the
+// operand per use (A once per NC block, B once per MC·ic block... once),
+// the flops that pass amortizes are 2·N per A element and 2·M per B
+// element.
+func (p *plan) inPlace(j *job) (inA, inB bool) {
+	if p.kern.strided == nil {
+		return false, false
+	}
+	inA = p.inA == operandInPlace || p.inA == operandAuto && autoInPlaceA(j)
+	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && autoInPlaceB(j))
+	return inA, inB
+}
+
+func autoInPlaceA(j *job) bool { return true }
+func autoInPlaceB(j *job) bool { return true }
+
+// runInPlace is run for plans that read A or B (or both) in place: the
+// operand is not packed, except a partial edge panel (fewer than MR rows
+// of A or NR columns of B), which is packed at the start of its pack
+// buffer so the kernel never reads past the matrix.
+func (w *worker) runInPlace(j *job, kc0, mc0, nc0 int, inA, inB bool) {
+	kern := j.plan.kern
+	mr, nr := kern.mr, kern.nr
+	for jc := 0; jc < j.n; jc += nc0 {
+		nc := min(nc0, j.n-jc)
+		for pc := 0; pc < j.k; pc += kc0 {
+			kc := min(kc0, j.k-pc)
+			load := j.load || pc > 0
+			alpha := float32(1)
+			if pc+kc >= j.k {
+				alpha = j.alpha
+			}
+			switch {
+			case !inB:
+				kern.packB(w.bpack, j.transB, j.b, j.ldb, pc, jc, kc, nc, nr)
+			case nc%nr != 0:
+				kern.packB(w.bpack, j.transB, j.b, j.ldb, pc, jc+nc/nr*nr, kc, nc%nr, nr)
+			}
+			for ic := 0; ic < j.m; ic += mc0 {
+				mc := min(mc0, j.m-ic)
+				switch {
+				case !inA:
+					kern.packA(w.apack, j.transA, j.a, j.lda, ic, pc, mc, kc, mr)
+				case mc%mr != 0:
+					kern.packA(w.apack, j.transA, j.a, j.lda, ic+mc/mr*mr, pc, mc%mr, kc, mr)
+				}
+				w.macroInPlace(j, ic, pc, jc, mc, nc, kc, inA, inB, alpha, load)
+			}
+		}
+	}
+}
+
+// macroInPlace is macro with A and B panels from the pack buffers or in
+// place, for the block C[ic:ic+mc, jc:jc+nc] and the K slice [pc, pc+kc).
+func (w *worker) macroInPlace(j *job, ic, pc, jc, mc, nc, kc int, inA, inB bool, alpha float32, load bool) {
+	kern := &j.plan.kern
+	mr, nr := kern.mr, kern.nr
+	ld := 0
+	if load {
+		ld = 1
+	}
+	ldc := j.ldc
+	c := j.c[ic*ldc+jc:]
+	// A(i, p) of the stored matrix, relative to (ic, pc).
+	aRS, aCS, aOrg := j.lda, 1, ic*j.lda+pc
+	if j.transA {
+		aRS, aCS, aOrg = 1, j.lda, pc*j.lda+ic
+	}
+	for jr := 0; jr < nc; jr += nr {
+		nrr := min(nr, nc-jr)
+		bp, ldb := (*float32)(nil), nr
+		switch {
+		case !inB:
+			bp = &w.bpack[jr*kc]
+		case nrr == nr:
+			bp, ldb = &j.b[pc*j.ldb+jc+jr], j.ldb
+		default:
+			bp = &w.bpack[0] // the packed edge panel
+		}
+		for ir := 0; ir < mc; ir += mr {
+			mrr := min(mr, mc-ir)
+			ap, rsa, csa := (*float32)(nil), 1, mr
+			switch {
+			case !inA:
+				ap = &w.apack[ir*kc]
+			case mrr == mr:
+				ap, rsa, csa = &j.a[aOrg+ir*aRS], aRS, aCS
+			default:
+				ap = &w.apack[0]
+			}
+			if mrr == mr && nrr == nr {
+				cp := c[ir*ldc+jr : ir*ldc+jr+(mr-1)*ldc+nr] // bounds check for the kernel
+				kern.strided(kc, ap, rsa, csa, bp, ldb, &cp[0], ldc, ld, alpha)
+				continue
+			}
+			edge := w.edge[:mr*nr]
+			if load {
+				for i := 0; i < mrr; i++ {
+					copy(edge[i*nr:i*nr+nrr], c[(ir+i)*ldc+jr:])
+				}
+			}
+			kern.strided(kc, ap, rsa, csa, bp, ldb, &edge[0], nr, ld, alpha)
+			for i := 0; i < mrr; i++ {
+				copy(c[(ir+i)*ldc+jr:(ir+i)*ldc+jr+nrr], edge[i*nr:i*nr+nrr])
 			}
 		}
 	}

@@ -57,6 +57,13 @@ type kernel struct {
 	round  bool
 	mr, nr int
 	full   func(k int, a, b, c *float32, ldc int, load int, alpha float32)
+	// strided is full on operands in place: A(i, p) at a[i·rsa + p·csa]
+	// and B(p, j) at b[p·ldb + j] (floats), so an operand whose stored
+	// layout already is a panel — B not transposed, or A either way, read
+	// by broadcasts — needs no packing. The same FMAs in the same order as
+	// full: the results are the same bits. nil for kernels over packed
+	// pairs or rounded panels (bf16), which must pack.
+	strided func(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
 	// peak runs n iterations of an independent-FMA (or dot-product) loop
 	// and returns the FLOPs done, for MeasurePeak; nil when there is none.
 	peak func(n int) float64
@@ -113,7 +120,7 @@ func (k *kernel) packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, 
 // genericKernel is the pure-Go 4×4 micro-kernel for CPUs without a
 // hand-written one: sixteen scalar accumulators (about 3 GFLOP/s; it
 // exists for portability, not speed).
-var genericKernel = kernel{name: "generic", mr: 4, nr: 4, full: kernelGeneric}
+var genericKernel = kernel{name: "generic", mr: 4, nr: 4, full: kernelGeneric, strided: kernelGenericS}
 
 // genericBF16Kernel is genericKernel over bf16 pairs, computing exactly
 // what VDPBF16PS computes (see kernelGenericBF16).

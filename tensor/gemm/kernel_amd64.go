@@ -12,6 +12,16 @@ func kernelAVX512(k int, a, b, c *float32, ldc int, load int, alpha float32)
 //go:noescape
 func kernelAVX2(k int, a, b, c *float32, ldc int, load int, alpha float32)
 
+// kernelAVX512S and kernelAVX2S are kernelAVX512 and kernelAVX2 on
+// operands in place (kernel.strided): A(i, p) at a[i·rsa + p·csa], B(p, j)
+// at b[p·ldb + j].
+//
+//go:noescape
+func kernelAVX512S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+
+//go:noescape
+func kernelAVX2S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+
 // kernelAVX512BF16 is kernelAVX512 over bf16 pairs (k counts pairs).
 //
 //go:noescape
@@ -29,12 +39,12 @@ func dpLoopAVX512BF16(n int)
 // avx512Kernel is 14×32: 28 zmm accumulators, two zmm B rows and two
 // broadcast registers use all 32 zmm registers. The 14:32 shape gives the
 // most FMAs per load of any tile that fits.
-var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512,
+var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512, strided: kernelAVX512S,
 	peak: func(n int) float64 { fmaLoopAVX512(n); return float64(n) * 24 * 16 * 2 }}
 
 // avx2Kernel is 6×16 (BLIS Haswell/Zen): 12 ymm accumulators, two ymm B rows
 // and two broadcast registers use all 16 ymm registers.
-var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2,
+var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2, strided: kernelAVX2S,
 	peak: func(n int) float64 { fmaLoopAVX2(n); return float64(n) * 12 * 8 * 2 }}
 
 // avx512BF16Kernel is avx512Kernel's 14×32 tile over bf16 pairs: each

@@ -52,7 +52,7 @@ type TuneOptions struct {
 
 // tuneFormat versions the cache file and the search: a change to either
 // makes old files ignored.
-const tuneFormat = 1
+const tuneFormat = 2
 
 // tuneFile is the JSON cache.
 type tuneFile struct {
@@ -228,9 +228,14 @@ func (e *Engine) fromPublic(p Plan) (plan, bool) {
 		p.MC*p.KC > 1<<24 || p.NC*p.KC > 1<<26 || p.GridM < 0 || p.GridN < 0 || p.MaxThreads < 0 {
 		return plan{}, false
 	}
+	inA, okA := parseOperandMode(p.A)
+	inB, okB := parseOperandMode(p.B)
+	if !okA || !okB {
+		return plan{}, false
+	}
 	b := e.def.blocks
 	b.mc, b.kc, b.nc = p.MC, p.KC, p.NC
-	return plan{kern: k, blocks: b, tm: p.GridM, tn: p.GridN, maxParts: p.MaxThreads}, true
+	return plan{kern: k, blocks: b, tm: p.GridM, tn: p.GridN, maxParts: p.MaxThreads, inA: inA, inB: inB}, true
 }
 
 // search times candidate plans for s by coordinate descent from the

@@ -1,0 +1,502 @@
+//go:build !purego
+
+#include "textflag.h"
+
+// AVX-512 versions of the row primitives, for any n ≥ 1: full vectors of
+// 16 lanes, then one masked vector for the n%16 tail (masked loads do not
+// fault past the end, masked stores write nothing there).
+//
+// EXP16 is vec_amd64.s's EXP8 on 16 lanes, the same operations in the same
+// order (so the same bits per element); its constants live in Z16–Z29
+// (LOADEXP). X is input and output; T1 and T2 are clobbered.
+#define EXP16(X, T1, T2) \
+	VMINPS       Z16, X, X   \
+	VMAXPS       Z17, X, X   \
+	VMOVAPS      Z18, T1     \
+	VFMADD213PS  Z19, X, T1  \
+	VRNDSCALEPS  $1, T1, T1  \
+	VFNMADD231PS Z21, T1, X  \
+	VFNMADD231PS Z22, T1, X  \
+	VMOVAPS      Z23, T2     \
+	VFMADD213PS  Z24, X, T2  \
+	VFMADD213PS  Z25, X, T2  \
+	VFMADD213PS  Z26, X, T2  \
+	VFMADD213PS  Z27, X, T2  \
+	VFMADD213PS  Z28, X, T2  \
+	VMULPS       X, T2, T2   \
+	VFMADD213PS  X, X, T2    \
+	VADDPS       Z20, T2, T2 \
+	VCVTTPS2DQ   T1, T1      \
+	VPADDD       Z29, T1, T1 \
+	VPSLLD       $23, T1, T1 \
+	VMULPS       T1, T2, X
+
+#define LOADEXP \
+	VBROADCASTSS c16exphi<>(SB), Z16 \
+	VBROADCASTSS c16explo<>(SB), Z17 \
+	VBROADCASTSS c16log2e<>(SB), Z18 \
+	VBROADCASTSS c16half<>(SB), Z19  \
+	VBROADCASTSS c16one<>(SB), Z20   \
+	VBROADCASTSS c16ln2hi<>(SB), Z21 \
+	VBROADCASTSS c16ln2lo<>(SB), Z22 \
+	VBROADCASTSS c16p0<>(SB), Z23    \
+	VBROADCASTSS c16p1<>(SB), Z24    \
+	VBROADCASTSS c16p2<>(SB), Z25    \
+	VBROADCASTSS c16p3<>(SB), Z26    \
+	VBROADCASTSS c16p4<>(SB), Z27    \
+	VBROADCASTSS c16p5<>(SB), Z28    \
+	VPBROADCASTD c16bias<>(SB), Z29
+
+// TAILMASK sets K1 to the low CX%16 lanes and CX to CX/16 (CX, AX, BX
+// clobbered).
+#define TAILMASK \
+	MOVQ  CX, BX  \
+	SHRQ  $4, BX  \
+	ANDQ  $15, CX \
+	MOVQ  $1, AX  \
+	SHLQ  CX, AX  \
+	DECQ  AX      \
+	KMOVW AX, K1  \
+	MOVQ  BX, CX
+
+// HSUM16 leaves the sum of Z's 16 lanes in X's low lane (Y1/X1 clobbered;
+// Z must be Z0–Z15 so its low halves are VEX-addressable).
+#define HSUM16(Z, Y, X) \
+	VEXTRACTF64X4 $1, Z, Y1 \
+	VADDPS        Y1, Y, Y  \
+	VEXTRACTF128  $1, Y, X1 \
+	VADDPS        X1, X, X  \
+	VMOVHLPS      X, X1, X1 \
+	VADDPS        X1, X, X  \
+	VPSHUFD       $1, X, X1 \
+	VADDSS        X1, X, X
+
+// func expSubAVX512(dst, src *float32, n int, shift float32) float32
+// dst = e^(src − shift), returns Σ dst; dst may alias src.
+TEXT ·expSubAVX512(SB), NOSPLIT, $0-36
+	MOVQ         dst+0(FP), DI
+	MOVQ         src+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS shift+24(FP), Z7
+	LOADEXP
+	VPXORD       Z6, Z6, Z6
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           es512_tail
+
+es512_loop:
+	VMOVUPS (SI), Z0
+	VSUBPS  Z7, Z0, Z0
+	EXP16(Z0, Z2, Z3)
+	VMOVUPS Z0, (DI)
+	VADDPS  Z0, Z6, Z6
+	ADDQ    $64, SI
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     es512_loop
+
+es512_tail:
+	KTESTW  K1, K1
+	JZ      es512_done
+	VMOVUPS.Z (SI), K1, Z0
+	VSUBPS  Z7, Z0, Z0
+	EXP16(Z0, Z2, Z3)
+	VMOVUPS Z0, K1, (DI)
+	VADDPS  Z0, Z6, K1, Z6
+
+es512_done:
+	HSUM16(Z6, Y6, X6)
+	VMOVSS  X6, ret+32(FP)
+	VZEROUPPER
+	RET
+
+// func maxAVX512(x *float32, n int) float32
+TEXT ·maxAVX512(SB), NOSPLIT, $0-20
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS neginf<>(SB), Z6
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           mx512_tail
+
+mx512_loop:
+	VMAXPS (SI), Z6, Z6
+	ADDQ   $64, SI
+	DECQ   CX
+	JNZ    mx512_loop
+
+mx512_tail:
+	KTESTW  K1, K1
+	JZ      mx512_done
+	VMOVAPS Z6, Z0
+	VMOVUPS (SI), K1, Z0 // lanes past n keep the running max
+	VMAXPS  Z0, Z6, Z6
+
+mx512_done:
+	VEXTRACTF64X4 $1, Z6, Y1
+	VMAXPS        Y1, Y6, Y6
+	VEXTRACTF128  $1, Y6, X1
+	VMAXPS        X1, X6, X6
+	VMOVHLPS      X6, X1, X1
+	VMAXPS        X1, X6, X6
+	VPSHUFD       $1, X6, X1
+	VMAXSS        X1, X6, X6
+	VMOVSS        X6, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func scaleAVX512(x *float32, n int, alpha float32)
+TEXT ·scaleAVX512(SB), NOSPLIT, $0-20
+	MOVQ         x+0(FP), SI
+	MOVQ         n+8(FP), CX
+	VBROADCASTSS alpha+16(FP), Z7
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           sc512_tail
+
+sc512_loop:
+	VMULPS  (SI), Z7, Z0
+	VMOVUPS Z0, (SI)
+	ADDQ    $64, SI
+	DECQ    CX
+	JNZ     sc512_loop
+
+sc512_tail:
+	KTESTW    K1, K1
+	JZ        sc512_done
+	VMOVUPS.Z (SI), K1, Z0
+	VMULPS    Z0, Z7, Z0
+	VMOVUPS   Z0, K1, (SI)
+
+sc512_done:
+	VZEROUPPER
+	RET
+
+// func dotAVX512(x, y *float32, n int) float32
+TEXT ·dotAVX512(SB), NOSPLIT, $0-28
+	MOVQ   x+0(FP), SI
+	MOVQ   y+8(FP), DI
+	MOVQ   n+16(FP), CX
+	VPXORD Z6, Z6, Z6
+	TAILMASK
+	TESTQ  CX, CX
+	JZ     dot512_tail
+
+dot512_loop:
+	VMOVUPS     (SI), Z0
+	VFMADD231PS (DI), Z0, Z6
+	ADDQ        $64, SI
+	ADDQ        $64, DI
+	DECQ        CX
+	JNZ         dot512_loop
+
+dot512_tail:
+	KTESTW      K1, K1
+	JZ          dot512_done
+	VMOVUPS.Z   (SI), K1, Z0
+	VMOVUPS.Z   (DI), K1, Z1
+	VFMADD231PS Z1, Z0, Z6
+
+dot512_done:
+	HSUM16(Z6, Y6, X6)
+	VMOVSS X6, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func dsRowAVX512(ds, p *float32, n int, d, scale float32)
+// ds = (scale·p)·(ds − d), in place.
+TEXT ·dsRowAVX512(SB), NOSPLIT, $0-32
+	MOVQ         ds+0(FP), DI
+	MOVQ         p+8(FP), SI
+	MOVQ         n+16(FP), CX
+	VBROADCASTSS d+24(FP), Z6
+	VBROADCASTSS scale+28(FP), Z7
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           ds512_tail
+
+ds512_loop:
+	VMULPS  (SI), Z7, Z0
+	VMOVUPS (DI), Z1
+	VSUBPS  Z6, Z1, Z1
+	VMULPS  Z1, Z0, Z0
+	VMOVUPS Z0, (DI)
+	ADDQ    $64, SI
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     ds512_loop
+
+ds512_tail:
+	KTESTW    K1, K1
+	JZ        ds512_done
+	VMOVUPS.Z (SI), K1, Z0
+	VMULPS    Z0, Z7, Z0
+	VMOVUPS.Z (DI), K1, Z1
+	VSUBPS    Z6, Z1, Z1
+	VMULPS    Z1, Z0, Z0
+	VMOVUPS   Z0, K1, (DI)
+
+ds512_done:
+	VZEROUPPER
+	RET
+
+DATA neginf<>+0(SB)/4, $0xff800000
+GLOBL neginf<>(SB), RODATA|NOPTR, $4
+
+// The EXP16 constants, as vec_amd64.s's (one lane each; LOADEXP broadcasts).
+#define CONST1(name, bits) \
+	DATA name+0(SB)/4, bits \
+	GLOBL name(SB), RODATA|NOPTR, $4
+
+CONST1(c16exphi<>, $88.3762626647949)
+CONST1(c16explo<>, $-88.3762626647949)
+CONST1(c16log2e<>, $1.44269504088896341)
+CONST1(c16half<>, $0.5)
+CONST1(c16one<>, $1.0)
+CONST1(c16ln2hi<>, $0.693359375)
+CONST1(c16ln2lo<>, $-2.12194440e-4)
+CONST1(c16p0<>, $1.9875691500e-4)
+CONST1(c16p1<>, $1.3981999507e-3)
+CONST1(c16p2<>, $8.3334519073e-3)
+CONST1(c16p3<>, $4.1665795894e-2)
+CONST1(c16p4<>, $1.6666665459e-1)
+CONST1(c16p5<>, $5.0000001201e-1)
+CONST1(c16bias<>, $127)
+
+// func expRowAVX512(row *float32, valid, n int, floor float32) (mx, sum float32)
+// mx = max(floor, row[0:valid]); row[0:valid] = e^(row − mx), sum = Σ of
+// them; row[valid:n] = 0. valid ≥ 1, n ≥ valid. One call per softmax row:
+// the max pass, the exp pass and the zeroed tail without three calls.
+TEXT ·expRowAVX512(SB), NOSPLIT, $0-40
+	MOVQ         row+0(FP), SI
+	MOVQ         valid+8(FP), CX
+	VBROADCASTSS floor+24(FP), Z6
+	MOVQ         CX, R8             // valid
+	TAILMASK                        // CX = valid/16, K1 = tail
+	MOVQ         CX, R9             // full vectors
+	MOVQ         SI, DI
+	TESTQ        CX, CX
+	JZ           er_maxtail
+
+er_maxloop:
+	VMAXPS (DI), Z6, Z6
+	ADDQ   $64, DI
+	DECQ   CX
+	JNZ    er_maxloop
+
+er_maxtail:
+	KTESTW  K1, K1
+	JZ      er_maxdone
+	VMOVAPS Z6, Z0
+	VMOVUPS (DI), K1, Z0
+	VMAXPS  Z0, Z6, Z6
+
+er_maxdone:
+	VEXTRACTF64X4 $1, Z6, Y1
+	VMAXPS        Y1, Y6, Y6
+	VEXTRACTF128  $1, Y6, X1
+	VMAXPS        X1, X6, X6
+	VMOVHLPS      X6, X1, X1
+	VMAXPS        X1, X6, X6
+	VPSHUFD       $1, X6, X1
+	VMAXSS        X1, X6, X6
+	VMOVSS        X6, mx+32(FP)
+	VBROADCASTSS  X6, Z7            // the shift
+	LOADEXP
+	VPXORD        Z6, Z6, Z6
+	MOVQ          R9, CX
+	MOVQ          SI, DI
+	TESTQ         CX, CX
+	JZ            er_exptail
+
+er_exploop:
+	VMOVUPS (DI), Z0
+	VSUBPS  Z7, Z0, Z0
+	EXP16(Z0, Z2, Z3)
+	VMOVUPS Z0, (DI)
+	VADDPS  Z0, Z6, Z6
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     er_exploop
+
+er_exptail:
+	KTESTW    K1, K1
+	JZ        er_expdone
+	VMOVUPS.Z (DI), K1, Z0
+	VSUBPS    Z7, Z0, Z0
+	EXP16(Z0, Z2, Z3)
+	VMOVUPS.Z Z0, K1, Z0           // lanes past valid: 0, stored as the tail's start
+	VMOVUPS   Z0, K1, (DI)
+	VADDPS    Z0, Z6, Z6
+
+er_expdone:
+	HSUM16(Z6, Y6, X6)
+	VMOVSS    X6, sum+36(FP)
+	// Zero row[valid:n].
+	MOVQ      n+16(FP), CX
+	SUBQ      R8, CX
+	JLE       er_done
+	LEAQ      (SI)(R8*4), DI
+	VPXORD    Z0, Z0, Z0
+	TAILMASK
+	TESTQ     CX, CX
+	JZ        er_zerotail
+
+er_zeroloop:
+	VMOVUPS Z0, (DI)
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     er_zeroloop
+
+er_zerotail:
+	KTESTW  K1, K1
+	JZ      er_done
+	VMOVUPS Z0, K1, (DI)
+
+er_done:
+	VZEROUPPER
+	RET
+
+// VALID sets R9 = clamp(R13, 0, R12): the causal row's count of keys.
+#define VALID \
+	MOVQ    R13, R9  \
+	XORQ    AX, AX   \
+	CMPQ    R9, AX   \
+	CMOVQLT AX, R9   \
+	CMPQ    R9, R12  \
+	CMOVQGT R12, R9
+
+// func expRowsAVX512(s *float32, ld, rows, n, v0 int, mx, sum *float32)
+// expRow for a tile of rows: row r (at s + r·ld, n wide) has
+// valid = clamp(v0 + r, 0, n) entries; mx[r] = max(mx[r], row[:valid]),
+// row[:valid] = e^(row − mx[r]), sum[r] = Σ of them, row[valid:] = 0 (a
+// row with valid = 0: all zero, sum 0, mx unchanged). Two passes over the
+// tile — every row's max, then every row's exps — so that the rows'
+// reduction chains overlap instead of each row waiting on its own.
+TEXT ·expRowsAVX512(SB), NOSPLIT, $0-56
+	MOVQ ld+8(FP), R10
+	SHLQ $2, R10
+	MOVQ n+24(FP), R12
+	MOVQ s+0(FP), SI
+	MOVQ rows+16(FP), R11
+	MOVQ v0+32(FP), R13
+	MOVQ mx+40(FP), DX
+	TESTQ R11, R11
+	JZ   ers_done
+
+ers_max_row:
+	VALID
+	TESTQ R9, R9
+	JZ    ers_max_next
+	MOVQ  R9, CX
+	TAILMASK
+	VBROADCASTSS (DX), Z6
+	MOVQ  SI, DI
+	TESTQ CX, CX
+	JZ    ers_max_tail
+
+ers_max_loop:
+	VMAXPS (DI), Z6, Z6
+	ADDQ   $64, DI
+	DECQ   CX
+	JNZ    ers_max_loop
+
+ers_max_tail:
+	KTESTW  K1, K1
+	JZ      ers_max_red
+	VMOVAPS Z6, Z0
+	VMOVUPS (DI), K1, Z0
+	VMAXPS  Z0, Z6, Z6
+
+ers_max_red:
+	VEXTRACTF64X4 $1, Z6, Y1
+	VMAXPS        Y1, Y6, Y6
+	VEXTRACTF128  $1, Y6, X1
+	VMAXPS        X1, X6, X6
+	VMOVHLPS      X6, X1, X1
+	VMAXPS        X1, X6, X6
+	VPSHUFD       $1, X6, X1
+	VMAXSS        X1, X6, X6
+	VMOVSS        X6, (DX)
+
+ers_max_next:
+	ADDQ R10, SI
+	ADDQ $4, DX
+	INCQ R13
+	DECQ R11
+	JNZ  ers_max_row
+
+	LOADEXP
+	MOVQ s+0(FP), SI
+	MOVQ rows+16(FP), R11
+	MOVQ v0+32(FP), R13
+	MOVQ mx+40(FP), DX
+	MOVQ sum+48(FP), R8
+
+ers_exp_row:
+	VALID
+	VPXORD Z6, Z6, Z6
+	TESTQ  R9, R9
+	JZ     ers_exp_sum
+	VBROADCASTSS (DX), Z7
+	MOVQ   R9, CX
+	TAILMASK
+	MOVQ   SI, DI
+	TESTQ  CX, CX
+	JZ     ers_exp_tail
+
+ers_exp_loop:
+	VMOVUPS (DI), Z0
+	VSUBPS  Z7, Z0, Z0
+	EXP16(Z0, Z2, Z3)
+	VMOVUPS Z0, (DI)
+	VADDPS  Z0, Z6, Z6
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     ers_exp_loop
+
+ers_exp_tail:
+	KTESTW    K1, K1
+	JZ        ers_exp_sum
+	VMOVUPS.Z (DI), K1, Z0
+	VSUBPS    Z7, Z0, Z0
+	EXP16(Z0, Z2, Z3)
+	VMOVUPS.Z Z0, K1, Z0
+	VMOVUPS   Z0, K1, (DI)
+	VADDPS    Z0, Z6, Z6
+
+ers_exp_sum:
+	HSUM16(Z6, Y6, X6)
+	VMOVSS X6, (R8)
+	// Zero row[valid:n].
+	MOVQ   R12, CX
+	SUBQ   R9, CX
+	JLE    ers_exp_next
+	LEAQ   (SI)(R9*4), DI
+	VPXORD Z0, Z0, Z0
+	TAILMASK
+	TESTQ  CX, CX
+	JZ     ers_zero_tail
+
+ers_zero_loop:
+	VMOVUPS Z0, (DI)
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     ers_zero_loop
+
+ers_zero_tail:
+	KTESTW  K1, K1
+	JZ      ers_exp_next
+	VMOVUPS Z0, K1, (DI)
+
+ers_exp_next:
+	ADDQ R10, SI
+	ADDQ $4, DX
+	ADDQ $4, R8
+	INCQ R13
+	DECQ R11
+	JNZ  ers_exp_row
+
+ers_done:
+	VZEROUPPER
+	RET
