@@ -133,12 +133,13 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	_, br, bc := attnBlocks(tl.MR(), tl.NR(), T)
 
 	nk := tl.PackedLen(D, T)
-	buf := w.scratch(2*nk + 2*br*bc + group*T)
+	buf := w.scratch(2*nk + 2*br*bc + group*T + br)
 	kp := buf[:nk]       // Kᵀ in NR-key panels
 	vp := buf[nk : 2*nk] // Vᵀ likewise
 	p := buf[2*nk : 2*nk+br*bc]
 	dp := buf[2*nk+br*bc : 2*nk+2*br*bc]
 	dd := buf[2*nk+2*br*bc : 2*nk+2*br*bc+group*T] // D per (head in group, t)
+	sums := buf[2*nk+2*br*bc+group*T:]             // P's row sums (unused)
 	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
 	tl.PackB(vp, true, t.v[kBase:], ldk, D, T)
 
@@ -167,22 +168,12 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 				kj := t.k[kBase+j0*ldk:]
 				dkj, dvj := t.dk[kBase+j0*ldk:], t.dv[kBase+j0*ldk:]
 				tl.MulPacked(rows, cols, D, sc, qi, ldq, 1, kp[j0*D:], false, p, cols) // S
-				for r := range rows {
-					row := p[r*cols : (r+1)*cols]
-					valid := min(max(i0+r-j0+1, 0), cols)
-					if valid > 0 {
-						expSub(row[:valid], row[:valid], lse[i0+r]) // P
-					}
-					clear(row[valid:])
-				}
+				expShiftRows(p, cols, rows, cols, i0-j0+1, lse[i0:], sums)             // P = e^(S − lse), causal
+
 				tl.Mul(cols, D, rows, 1, p, 1, cols, doi, ldq, true, dvj, ldk)          // dV += Pᵀ dO
 				tl.MulPacked(rows, cols, D, 1, doi, ldq, 1, vp[j0*D:], false, dp, cols) // dP = dO Vᵀ
-				for r := range rows {
-					valid := min(max(i0+r-j0+1, 0), cols)
-					if valid > 0 {
-						dsRow(dp[r*cols:r*cols+valid], p[r*cols:r*cols+valid], dd[g*T+i0+r], sc)
-					}
-					clear(dp[r*cols+valid : (r+1)*cols])
+				for r := range rows {                                                   // past the diagonal P is 0, so dS is too
+					dsRow(dp[r*cols:(r+1)*cols], p[r*cols:(r+1)*cols], dd[g*T+i0+r], sc)
 				}
 				tl.Mul(rows, D, cols, 1, dp, cols, 1, kj, ldk, j0 > 0, dqi, ldq) // dQ (+)= dS K
 				tl.Mul(cols, D, rows, 1, dp, 1, cols, qi, ldq, true, dkj, ldk)   // dK += dSᵀ Q

@@ -117,6 +117,19 @@ func expRowsGo(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
 	}
 }
 
+// expShiftRowsGo is expShiftRows's portable form.
+func expShiftRowsGo(s []float32, ld, rows, n, v0 int, shift, sum []float32) {
+	for r := range rows {
+		row := s[r*ld : r*ld+n]
+		valid := min(max(v0+r, 0), n)
+		sum[r] = 0
+		if valid > 0 {
+			sum[r] = expSub(row[:valid], row[:valid], shift[r])
+		}
+		clear(row[valid:])
+	}
+}
+
 func maxGo(x []float32) float32 {
 	m := float32(math.Inf(-1))
 	for _, v := range x {

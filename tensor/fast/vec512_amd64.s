@@ -366,14 +366,15 @@ er_done:
 	CMPQ    R9, R12  \
 	CMOVQGT R12, R9
 
-// func expRowsAVX512(s *float32, ld, rows, n, v0 int, mx, sum *float32)
+// func expRowsAVX512(s *float32, ld, rows, n, v0 int, mx, sum *float32, findMax int)
 // expRow for a tile of rows: row r (at s + r·ld, n wide) has
-// valid = clamp(v0 + r, 0, n) entries; mx[r] = max(mx[r], row[:valid]),
+// valid = clamp(v0 + r, 0, n) entries; mx[r] = max(mx[r], row[:valid])
+// (when findMax ≠ 0; else mx is the shift as given and not written),
 // row[:valid] = e^(row − mx[r]), sum[r] = Σ of them, row[valid:] = 0 (a
 // row with valid = 0: all zero, sum 0, mx unchanged). Two passes over the
 // tile — every row's max, then every row's exps — so that the rows'
 // reduction chains overlap instead of each row waiting on its own.
-TEXT ·expRowsAVX512(SB), NOSPLIT, $0-56
+TEXT ·expRowsAVX512(SB), NOSPLIT, $0-64
 	MOVQ ld+8(FP), R10
 	SHLQ $2, R10
 	MOVQ n+24(FP), R12
@@ -383,6 +384,9 @@ TEXT ·expRowsAVX512(SB), NOSPLIT, $0-56
 	MOVQ mx+40(FP), DX
 	TESTQ R11, R11
 	JZ   ers_done
+	MOVQ findMax+56(FP), AX
+	TESTQ AX, AX
+	JZ   ers_exp_start
 
 ers_max_row:
 	VALID
@@ -426,6 +430,7 @@ ers_max_next:
 	DECQ R11
 	JNZ  ers_max_row
 
+ers_exp_start:
 	LOADEXP
 	MOVQ s+0(FP), SI
 	MOVQ rows+16(FP), R11

@@ -41,7 +41,7 @@ func expRow(row []float32, valid int, floor float32) (mx, sum float32) {
 }
 
 //go:noescape
-func expRowsAVX512(s *float32, ld, rows, n, v0 int, mx, sum *float32)
+func expRowsAVX512(s *float32, ld, rows, n, v0 int, mx, sum *float32, findMax int)
 
 // expRows is expRow for rows rows of s (row r at s[r·ld:], n wide) with
 // valid = clamp(v0+r, 0, n) entries each, the running maxima mx (updated)
@@ -54,10 +54,26 @@ func expRows(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
 	_ = s[(rows-1)*ld+n-1]
 	_, _ = mx[rows-1], sum[rows-1]
 	if useAVX512 {
-		expRowsAVX512(&s[0], ld, rows, n, v0, &mx[0], &sum[0])
+		expRowsAVX512(&s[0], ld, rows, n, v0, &mx[0], &sum[0], 1)
 		return
 	}
 	expRowsGo(s, ld, rows, n, v0, mx, sum)
+}
+
+// expShiftRows is expRows with the shifts given (shift[r], not written)
+// instead of the running maxima: attention's backward recomputes P =
+// e^(S − lse) per row.
+func expShiftRows(s []float32, ld, rows, n, v0 int, shift, sum []float32) {
+	if rows == 0 || n == 0 {
+		return
+	}
+	_ = s[(rows-1)*ld+n-1]
+	_, _ = shift[rows-1], sum[rows-1]
+	if useAVX512 {
+		expRowsAVX512(&s[0], ld, rows, n, v0, &shift[0], &sum[0], 0)
+		return
+	}
+	expShiftRowsGo(s, ld, rows, n, v0, shift, sum)
 }
 
 func vmax(x []float32) float32 {

@@ -19,3 +19,7 @@ func expRow(row []float32, valid int, floor float32) (mx, sum float32) {
 func expRows(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
 	expRowsGo(s, ld, rows, n, v0, mx, sum)
 }
+
+func expShiftRows(s []float32, ld, rows, n, v0 int, shift, sum []float32) {
+	expShiftRowsGo(s, ld, rows, n, v0, shift, sum)
+}

@@ -32,7 +32,8 @@
 // NC=4096; on Zen 5 (48 KiB, 1 MiB) the AVX-512 kernel runs MC=336, KC=192.
 // With Options.Tune each large shape gets its own plan (tune.go).
 //
-// Threads: New starts threads-1 worker goroutines; each call splits C into
+// Threads: New starts threads-1 helper goroutines (a par.Pool, or the
+// pool of Options.Pool shared with tensor/fast); each call splits C into
 // a grid of at most `threads` blocks (rows in multiples of MR, columns in
 // multiples of NR) chosen to minimize packing per worker (or the plan's
 // grid), and each worker runs the loop nest above on its block with its own
@@ -45,6 +46,8 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+
+	"github.com/loomtrain/loom/tensor/internal/par"
 )
 
 // Engine multiplies matrices on a fixed pool of worker goroutines created by
@@ -62,12 +65,18 @@ type Engine struct {
 	cur     plan       // the current call's plan (the jobs point at it)
 	plans   map[Shape]plan
 	tuner   *tuner // nil when tuning is off
-	workers []*worker
-	jobs    []chan *job // one channel per worker but the first, which runs on the caller
-	wg      sync.WaitGroup
-	parts   []job // per-call partition, reused
+	workers []*worker // pack buffers of part i of a call (whichever thread runs it)
+	pool    *par.Pool
+	ownPool bool     // created by the engine, closed by Close
+	parts   []job    // per-call partition, reused
+	run     partTask // runs e.parts[i] on e.workers[i]
 	closed  bool
 }
+
+// partTask runs the parts of a call on the pool.
+type partTask struct{ e *Engine }
+
+func (t partTask) Run(_, i int) { t.e.workers[i].run(&t.e.parts[i]) }
 
 // plan is how one call is computed: the micro-kernel, the cache blocks and
 // the thread grid (tm×tn blocks of C; 0 picks the grid by packing cost).
@@ -153,6 +162,11 @@ type Options struct {
 	// first call, bounded in time, and caches the result on disk (see
 	// TuneOptions). nil uses the blocking derived from the cache sizes.
 	Tune *TuneOptions
+	// Pool, when non-nil, runs the engine's parallel parts on threads
+	// shared with other kernels (tensor/fast); Threads is then the pool's.
+	// The engine must not be called while the pool runs another op. nil:
+	// the engine starts a pool of its own, stopped by Close.
+	Pool *par.Pool
 }
 
 // New returns an Engine with the given number of threads (≤ 0 means
@@ -184,8 +198,11 @@ func NewWith(o Options) (*Engine, error) {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
+	if o.Pool != nil {
+		threads = o.Pool.Threads()
+	}
 	cs := readCacheSizes()
-	e := newEngineKernels(threads, o.Precision, ks, cs, chooseBlocks(cs, ks[0], threads))
+	e := newEngineKernelsPool(threads, o.Precision, ks, cs, chooseBlocks(cs, ks[0], threads), o.Pool)
 	if o.Tune != nil {
 		t, err := newTuner(e, *o.Tune)
 		if err != nil {
@@ -216,20 +233,22 @@ func newEngineBlocks(threads int, kern kernel, blocks blockSizes) *Engine {
 }
 
 func newEngineKernels(threads int, prec Precision, ks []kernel, cs cacheSizes, blocks blockSizes) *Engine {
+	return newEngineKernelsPool(threads, prec, ks, cs, blocks, nil)
+}
+
+func newEngineKernelsPool(threads int, prec Precision, ks []kernel, cs cacheSizes, blocks blockSizes, pool *par.Pool) *Engine {
 	e := &Engine{threads: threads, precision: prec, kernels: ks, caches: cs,
-		def: plan{kern: ks[0], blocks: blocks}, plans: map[Shape]plan{}}
+		def: plan{kern: ks[0], blocks: blocks}, plans: map[Shape]plan{}, pool: pool}
+	if pool == nil {
+		e.pool, e.ownPool = par.New(threads), true
+	}
 	e.workers = make([]*worker, threads)
 	for i := range e.workers {
 		e.workers[i] = &worker{}
 		e.workers[i].grow(&e.def)
 	}
 	e.parts = make([]job, threads)
-	e.jobs = make([]chan *job, threads)
-	for i := 1; i < threads; i++ {
-		ch := make(chan *job)
-		e.jobs[i] = ch
-		go e.workers[i].loop(ch, &e.wg)
-	}
+	e.run = partTask{e}
 	return e
 }
 
@@ -247,13 +266,6 @@ func (w *worker) grow(p *plan) {
 	}
 }
 
-func (w *worker) loop(ch <-chan *job, wg *sync.WaitGroup) {
-	for j := range ch {
-		w.run(j)
-		wg.Done()
-	}
-}
-
 // Close stops the worker goroutines. The Engine must not be used afterwards.
 func (e *Engine) Close() {
 	e.mu.Lock()
@@ -262,8 +274,8 @@ func (e *Engine) Close() {
 		return
 	}
 	e.closed = true
-	for _, ch := range e.jobs[1:] {
-		close(ch)
+	if e.ownPool {
+		e.pool.Close()
 	}
 }
 
@@ -397,12 +409,7 @@ func (e *Engine) runJob(j *job) {
 		e.workers[0].run(&e.parts[0])
 		return
 	}
-	e.wg.Add(parts - 1)
-	for i := 1; i < parts; i++ {
-		e.jobs[i] <- &e.parts[i]
-	}
-	e.workers[0].run(&e.parts[0])
-	e.wg.Wait()
+	e.pool.Run(e.run, parts)
 }
 
 // minFlopsPerThread keeps small problems on fewer threads: handing a job to
@@ -526,22 +533,27 @@ func (w *worker) run(j *job) {
 // micro-kernel reads A, and B, in place. Only float32 kernels have a
 // strided form, and B qualifies only untransposed.
 //
-// Auto reads an operand in place when packing it would cost more than
-// the strided kernel's slower access: packing costs a pass over the
-// operand per use (A once per NC block, B once per MC·ic block... once),
-// the flops that pass amortizes are 2·N per A element and 2·M per B
-// element.
+// Packing an operand is one pass over it that pays off through reuse: each
+// packed element of A feeds N output columns, each of B M rows. Auto reads
+// an operand in place when that reuse is at most inPlaceReuse, where the
+// pass costs more than the strided kernel's slower access saves. Measured
+// on a Sapphire-Rapids-class Xeon, one thread (`go test -bench Operands
+// ./tensor/gemm`, CPU-time rates): the d = 128 shapes of `tiny` gain 5–25%
+// (tn 128×128×2048: 103 → 130 GFLOP/s, both in place), the d = 512 shapes
+// of `small` lose up to 20% in place (tn 512×512×2048: 103 → 80). The
+// tuner tries the other modes per shape.
 func (p *plan) inPlace(j *job) (inA, inB bool) {
 	if p.kern.strided == nil {
 		return false, false
 	}
-	inA = p.inA == operandInPlace || p.inA == operandAuto && autoInPlaceA(j)
-	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && autoInPlaceB(j))
+	inA = p.inA == operandInPlace || p.inA == operandAuto && j.n <= inPlaceReuse
+	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && j.m <= inPlaceReuse)
 	return inA, inB
 }
 
-func autoInPlaceA(j *job) bool { return true }
-func autoInPlaceB(j *job) bool { return true }
+// inPlaceReuse is the largest reuse (N for A, M for B) at which auto reads
+// an operand in place.
+const inPlaceReuse = 384
 
 // runInPlace is run for plans that read A or B (or both) in place: the
 // operand is not packed, except a partial edge panel (fewer than MR rows

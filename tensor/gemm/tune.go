@@ -239,7 +239,8 @@ func (e *Engine) fromPublic(p Plan) (plan, bool) {
 }
 
 // search times candidate plans for s by coordinate descent from the
-// derived plan — kernel, then KC, MC, NC, the thread grid — keeping a
+// derived plan — kernel, then KC, MC, NC, the L3 cap, packed or in-place
+// operands, the thread grid — keeping a
 // change only when it is at least 2% faster, until the deadline. Timed
 // calls use at most ~0.6 GFLOP (M is cut, never N or K) and each
 // candidate's time is the minimum of three calls.
@@ -324,6 +325,19 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 	if p := base; p.blocks.cmax > 0 {
 		p.blocks.cmax = 0
 		try(p)
+	}
+	if cur.kern.strided != nil { // packed or in-place operands (plan.inPlace)
+		base = cur
+		for _, a := range []operand{operandPacked, operandInPlace} {
+			for _, b := range []operand{operandPacked, operandInPlace} {
+				if b == operandInPlace && s.TransB {
+					continue
+				}
+				p := base
+				p.inA, p.inB = a, b
+				try(p)
+			}
+		}
 	}
 	if e.threads > 1 {
 		base = cur
