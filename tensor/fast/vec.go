@@ -187,7 +187,7 @@ func dot3Go(a, b, c []float32) float64 {
 func rmsScaleGo(out, x, w []float32, rs float32) {
 	x, w = x[:len(out)], w[:len(out)]
 	for i := range out {
-		out[i] = x[i] * rs * w[i]
+		out[i] = float32(x[i]*rs) * w[i] // float32(): no fused multiply-add (the assembly rounds each product)
 	}
 }
 
@@ -196,8 +196,8 @@ func rmsBackRowGo(dx, pw, dy, x, w []float32, rs, c float32) {
 	n := len(dx)
 	pw, dy, x, w = pw[:n], dy[:n], x[:n], w[:n]
 	for j := range dx {
-		dx[j] += rs*w[j]*dy[j] - c*x[j]
-		pw[j] += dy[j] * x[j] * rs
+		dx[j] += float32(float32(rs*w[j])*dy[j]) - float32(c*x[j])
+		pw[j] += float32(float32(dy[j]*x[j]) * rs)
 	}
 }
 
@@ -231,8 +231,8 @@ func ropeRotateGo(x1, x2, c, s []float32, sign float32) {
 	for i := range x1 {
 		ci, si := c[i], sign*s[i]
 		u, w := x1[i], x2[i]
-		x1[i] = u*ci - w*si
-		x2[i] = w*ci + u*si
+		x1[i] = float32(u*ci) - float32(w*si)
+		x2[i] = float32(w*ci) + float32(u*si)
 	}
 }
 
@@ -260,22 +260,14 @@ func adamwGo(p, g, m, v []float32, c *adamConsts) {
 	g, m, v = g[:n], m[:n], v[:n]
 	for i, gi := range g {
 		pi := p[i] * c.decay
-		mi := m[i]*c.b1 + gi*c.omb1
-		vi := v[i]*c.b2 + c.omb2*gi*gi
+		mi := float32(m[i]*c.b1) + float32(gi*c.omb1)
+		vi := float32(v[i]*c.b2) + float32(float32(c.omb2*gi)*gi)
 		denom := float32(math.Sqrt(float64(vi)))/c.bc2Sqrt + c.eps
-		p[i] = pi - c.stepSize*(mi/denom)
+		p[i] = pi - float32(c.stepSize*(mi/denom))
 		m[i], v[i] = mi, vi
 	}
 }
 
 // Kernels with no assembly yet run their Go versions on every platform.
 
-func sumSq(x []float32) float64                       { return sumSqGo(x) }
-func dot3(a, b, c []float32) float64                  { return dot3Go(a, b, c) }
-func rmsScale(out, x, w []float32, rs float32)        { rmsScaleGo(out, x, w, rs) }
-func addTo(dst, src []float32)                        { addToGo(dst, src) }
-func ropeRotate(x1, x2, c, s []float32, sign float32) { ropeRotateGo(x1, x2, c, s, sign) }
-func adamw(p, g, m, v []float32, c *adamConsts)       { adamwGo(p, g, m, v, c) }
-func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
-	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
-}
+func addTo(dst, src []float32) { addToGo(dst, src) }

@@ -505,3 +505,331 @@ ers_exp_next:
 ers_done:
 	VZEROUPPER
 	RET
+
+// ---- normalization, RoPE, AdamW: the Go forms' operations one for one
+// (no FMA where Go rounds a product first), so the same bits.
+
+// func rmsScaleAVX512(out, x, w *float32, n int, rs float32)
+// out = (x·rs)·w.
+TEXT ·rmsScaleAVX512(SB), NOSPLIT, $0-36
+	MOVQ         out+0(FP), DI
+	MOVQ         x+8(FP), SI
+	MOVQ         w+16(FP), DX
+	MOVQ         n+24(FP), CX
+	VBROADCASTSS rs+32(FP), Z7
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           rsc_tail
+
+rsc_loop:
+	VMULPS  (SI), Z7, Z0
+	VMULPS  (DX), Z0, Z0
+	VMOVUPS Z0, (DI)
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     rsc_loop
+
+rsc_tail:
+	KTESTW    K1, K1
+	JZ        rsc_done
+	VMOVUPS.Z (SI), K1, Z0
+	VMOVUPS.Z (DX), K1, Z1
+	VMULPS    Z0, Z7, Z0
+	VMULPS    Z1, Z0, Z0
+	VMOVUPS   Z0, K1, (DI)
+
+rsc_done:
+	VZEROUPPER
+	RET
+
+// func rmsBackRowAVX512(dx, pw, dy, x, w *float32, n int, rs, c float32)
+// dx += ((rs·w)·dy − c·x); pw += (dy·x)·rs.
+TEXT ·rmsBackRowAVX512(SB), NOSPLIT, $0-56
+	MOVQ         dx+0(FP), DI
+	MOVQ         pw+8(FP), R8
+	MOVQ         dy+16(FP), SI
+	MOVQ         x+24(FP), DX
+	MOVQ         w+32(FP), R9
+	MOVQ         n+40(FP), CX
+	VBROADCASTSS rs+48(FP), Z6
+	VBROADCASTSS c+52(FP), Z7
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           rbr_tail
+
+rbr_loop:
+	VMOVUPS (SI), Z0   // dy
+	VMOVUPS (DX), Z1   // x
+	VMULPS  (R9), Z6, Z2
+	VMULPS  Z0, Z2, Z2 // (rs·w)·dy
+	VMULPS  Z1, Z7, Z3 // c·x
+	VSUBPS  Z3, Z2, Z2
+	VADDPS  (DI), Z2, Z2
+	VMOVUPS Z2, (DI)
+	VMULPS  Z1, Z0, Z4 // dy·x
+	VMULPS  Z6, Z4, Z4
+	VADDPS  (R8), Z4, Z4
+	VMOVUPS Z4, (R8)
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, R9
+	ADDQ    $64, DI
+	ADDQ    $64, R8
+	DECQ    CX
+	JNZ     rbr_loop
+
+rbr_tail:
+	KTESTW    K1, K1
+	JZ        rbr_done
+	VMOVUPS.Z (SI), K1, Z0
+	VMOVUPS.Z (DX), K1, Z1
+	VMOVUPS.Z (R9), K1, Z5
+	VMULPS    Z5, Z6, Z2
+	VMULPS    Z0, Z2, Z2
+	VMULPS    Z1, Z7, Z3
+	VSUBPS    Z3, Z2, Z2
+	VMOVUPS.Z (DI), K1, Z5
+	VADDPS    Z5, Z2, Z2
+	VMOVUPS   Z2, K1, (DI)
+	VMULPS    Z1, Z0, Z4
+	VMULPS    Z6, Z4, Z4
+	VMOVUPS.Z (R8), K1, Z5
+	VADDPS    Z5, Z4, Z4
+	VMOVUPS   Z4, K1, (R8)
+
+rbr_done:
+	VZEROUPPER
+	RET
+
+// func ropeRotateAVX512(x1, x2, c, s *float32, n int, sign float32)
+// si = sign·s; x1' = u·c − w·si; x2' = w·c + u·si.
+TEXT ·ropeRotateAVX512(SB), NOSPLIT, $0-44
+	MOVQ         x1+0(FP), DI
+	MOVQ         x2+8(FP), R8
+	MOVQ         c+16(FP), SI
+	MOVQ         s+24(FP), DX
+	MOVQ         n+32(FP), CX
+	VBROADCASTSS sign+40(FP), Z7
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           rope_tail
+
+rope_loop:
+	VMOVUPS (SI), Z0    // c
+	VMULPS  (DX), Z7, Z1 // si
+	VMOVUPS (DI), Z2    // u
+	VMOVUPS (R8), Z3    // w
+	VMULPS  Z0, Z2, Z4
+	VMULPS  Z1, Z3, Z5
+	VSUBPS  Z5, Z4, Z4
+	VMULPS  Z0, Z3, Z5
+	VMULPS  Z1, Z2, Z6
+	VADDPS  Z6, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, (R8)
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, DI
+	ADDQ    $64, R8
+	DECQ    CX
+	JNZ     rope_loop
+
+rope_tail:
+	KTESTW    K1, K1
+	JZ        rope_done
+	VMOVUPS.Z (SI), K1, Z0
+	VMOVUPS.Z (DX), K1, Z1
+	VMULPS    Z1, Z7, Z1
+	VMOVUPS.Z (DI), K1, Z2
+	VMOVUPS.Z (R8), K1, Z3
+	VMULPS    Z0, Z2, Z4
+	VMULPS    Z1, Z3, Z5
+	VSUBPS    Z5, Z4, Z4
+	VMULPS    Z0, Z3, Z5
+	VMULPS    Z1, Z2, Z6
+	VADDPS    Z6, Z5, Z5
+	VMOVUPS   Z4, K1, (DI)
+	VMOVUPS   Z5, K1, (R8)
+
+rope_done:
+	VZEROUPPER
+	RET
+
+// func adamwAVX512(p, grad, m, v *float32, n int, c *adamConsts)
+// adamConsts: decay, b1, omb1, b2, omb2, stepSize, bc2Sqrt, eps (float32s).
+//   p' = p·decay − stepSize·(m'/(√v'/bc2Sqrt + eps))
+//   m' = m·b1 + g·omb1;  v' = v·b2 + (omb2·g)·g
+TEXT ·adamwAVX512(SB), NOSPLIT, $0-48
+	MOVQ         p+0(FP), DI
+	MOVQ         grad+8(FP), SI
+	MOVQ         m+16(FP), DX
+	MOVQ         v+24(FP), R8
+	MOVQ         n+32(FP), CX
+	MOVQ         c+40(FP), R9
+	VBROADCASTSS 0(R9), Z8   // decay
+	VBROADCASTSS 4(R9), Z9   // b1
+	VBROADCASTSS 8(R9), Z10  // omb1
+	VBROADCASTSS 12(R9), Z11 // b2
+	VBROADCASTSS 16(R9), Z12 // omb2
+	VBROADCASTSS 20(R9), Z13 // stepSize
+	VBROADCASTSS 24(R9), Z14 // bc2Sqrt
+	VBROADCASTSS 28(R9), Z15 // eps
+	TAILMASK
+	TESTQ        CX, CX
+	JZ           adam_tail
+
+adam_loop:
+	VMOVUPS (SI), Z0      // g
+	VMULPS  (DI), Z8, Z1  // p·decay
+	VMULPS  (DX), Z9, Z2  // m·b1
+	VMULPS  Z10, Z0, Z3   // g·omb1
+	VADDPS  Z3, Z2, Z2    // m'
+	VMULPS  (R8), Z11, Z3 // v·b2
+	VMULPS  Z12, Z0, Z4   // omb2·g
+	VMULPS  Z0, Z4, Z4    // ·g
+	VADDPS  Z4, Z3, Z3    // v'
+	VSQRTPS Z3, Z4
+	VDIVPS  Z14, Z4, Z4
+	VADDPS  Z15, Z4, Z4   // denom
+	VDIVPS  Z4, Z2, Z5    // m'/denom
+	VMULPS  Z13, Z5, Z5
+	VSUBPS  Z5, Z1, Z1
+	VMOVUPS Z1, (DI)
+	VMOVUPS Z2, (DX)
+	VMOVUPS Z3, (R8)
+	ADDQ    $64, DI
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, R8
+	DECQ    CX
+	JNZ     adam_loop
+
+adam_tail:
+	KTESTW    K1, K1
+	JZ        adam_done
+	VMOVUPS.Z (SI), K1, Z0
+	VMOVUPS.Z (DI), K1, Z1
+	VMULPS    Z8, Z1, Z1
+	VMOVUPS.Z (DX), K1, Z2
+	VMULPS    Z9, Z2, Z2
+	VMULPS    Z10, Z0, Z3
+	VADDPS    Z3, Z2, Z2
+	VMOVUPS.Z (R8), K1, Z3
+	VMULPS    Z11, Z3, Z3
+	VMULPS    Z12, Z0, Z4
+	VMULPS    Z0, Z4, Z4
+	VADDPS    Z4, Z3, Z3
+	VSQRTPS   Z3, Z4
+	VDIVPS    Z14, Z4, Z4
+	VADDPS    Z15, Z4, Z4
+	VDIVPS    Z4, Z2, Z5
+	VMULPS    Z13, Z5, Z5
+	VSUBPS    Z5, Z1, Z1
+	VMOVUPS   Z1, K1, (DI)
+	VMOVUPS   Z2, K1, (DX)
+	VMOVUPS   Z3, K1, (R8)
+
+adam_done:
+	VZEROUPPER
+	RET
+
+// ---- float64 reductions (Σ x², Σ a·b·c): 8 doubles per zmm, two
+// accumulators (lanes of 16 floats: low 8, high 8), summed at the end.
+
+// CVT16(off, base, lo, hi): 16 floats at off(base) as doubles.
+#define CVT16(src, src8, lo, hi) \
+	VCVTPS2PD src, lo \
+	VCVTPS2PD src8, hi
+
+// HSUM8D leaves the sum of Z's 8 doubles in X's low lane (Y1/X1 clobbered).
+#define HSUM8D(Z, Y, X) \
+	VEXTRACTF64X4 $1, Z, Y1 \
+	VADDPD        Y1, Y, Y  \
+	VEXTRACTF128  $1, Y, X1 \
+	VADDPD        X1, X, X  \
+	VPERMILPD     $1, X, X1 \
+	VADDSD        X1, X, X
+
+// TAILMASK2 splits the n%16 tail into K1 (lanes 0–7) and K2 (8–15).
+#define TAILMASK2 \
+	TAILMASK      \
+	KMOVW K1, AX  \
+	MOVQ  AX, BX  \
+	SHRQ  $8, BX  \
+	KMOVW BX, K2  \
+	ANDQ  $255, AX \
+	KMOVW AX, K1
+
+// func sumSqAVX512(x *float32, n int) float64
+TEXT ·sumSqAVX512(SB), NOSPLIT, $0-24
+	MOVQ   x+0(FP), SI
+	MOVQ   n+8(FP), CX
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	TAILMASK2
+	TESTQ  CX, CX
+	JZ     ssq_tail
+
+ssq_loop:
+	CVT16((SI), 32(SI), Z0, Z1)
+	VFMADD231PD Z0, Z0, Z6
+	VFMADD231PD Z1, Z1, Z7
+	ADDQ        $64, SI
+	DECQ        CX
+	JNZ         ssq_loop
+
+ssq_tail:
+	VCVTPS2PD.Z (SI), K1, Z0
+	VCVTPS2PD.Z 32(SI), K2, Z1
+	VFMADD231PD Z0, Z0, Z6
+	VFMADD231PD Z1, Z1, Z7
+	VADDPD      Z7, Z6, Z6
+	HSUM8D(Z6, Y6, X6)
+	VMOVSD      X6, ret+16(FP)
+	VZEROUPPER
+	RET
+
+// func dot3AVX512(a, b, c *float32, n int) float64
+TEXT ·dot3AVX512(SB), NOSPLIT, $0-40
+	MOVQ   a+0(FP), SI
+	MOVQ   b+8(FP), DI
+	MOVQ   c+16(FP), DX
+	MOVQ   n+24(FP), CX
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	TAILMASK2
+	TESTQ  CX, CX
+	JZ     d3_tail
+
+d3_loop:
+	CVT16((SI), 32(SI), Z0, Z1)
+	CVT16((DI), 32(DI), Z2, Z3)
+	CVT16((DX), 32(DX), Z4, Z5)
+	VMULPD      Z2, Z0, Z0
+	VMULPD      Z3, Z1, Z1
+	VFMADD231PD Z4, Z0, Z6
+	VFMADD231PD Z5, Z1, Z7
+	ADDQ        $64, SI
+	ADDQ        $64, DI
+	ADDQ        $64, DX
+	DECQ        CX
+	JNZ         d3_loop
+
+d3_tail:
+	VCVTPS2PD.Z (SI), K1, Z0
+	VCVTPS2PD.Z 32(SI), K2, Z1
+	VCVTPS2PD.Z (DI), K1, Z2
+	VCVTPS2PD.Z 32(DI), K2, Z3
+	VCVTPS2PD.Z (DX), K1, Z4
+	VCVTPS2PD.Z 32(DX), K2, Z5
+	VMULPD      Z2, Z0, Z0
+	VMULPD      Z3, Z1, Z1
+	VFMADD231PD Z4, Z0, Z6
+	VFMADD231PD Z5, Z1, Z7
+	VADDPD      Z7, Z6, Z6
+	HSUM8D(Z6, Y6, X6)
+	VMOVSD      X6, ret+32(FP)
+	VZEROUPPER
+	RET

@@ -76,6 +76,80 @@ func expShiftRows(s []float32, ld, rows, n, v0 int, shift, sum []float32) {
 	expShiftRowsGo(s, ld, rows, n, v0, shift, sum)
 }
 
+//go:noescape
+func rmsScaleAVX512(out, x, w *float32, n int, rs float32)
+
+//go:noescape
+func rmsBackRowAVX512(dx, pw, dy, x, w *float32, n int, rs, c float32)
+
+//go:noescape
+func ropeRotateAVX512(x1, x2, c, s *float32, n int, sign float32)
+
+//go:noescape
+func adamwAVX512(p, grad, m, v *float32, n int, c *adamConsts)
+
+//go:noescape
+func sumSqAVX512(x *float32, n int) float64
+
+//go:noescape
+func dot3AVX512(a, b, c *float32, n int) float64
+
+func rmsScale(out, x, w []float32, rs float32) {
+	n := len(out)
+	if useAVX512 && n > 0 {
+		x, w = x[:n], w[:n]
+		rmsScaleAVX512(&out[0], &x[0], &w[0], n, rs)
+		return
+	}
+	rmsScaleGo(out, x, w, rs)
+}
+
+func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
+	n := len(dx)
+	if useAVX512 && n > 0 {
+		pw, dy, x, w = pw[:n], dy[:n], x[:n], w[:n]
+		rmsBackRowAVX512(&dx[0], &pw[0], &dy[0], &x[0], &w[0], n, rs, c)
+		return
+	}
+	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
+}
+
+func ropeRotate(x1, x2, c, s []float32, sign float32) {
+	n := len(x1)
+	if useAVX512 && n > 0 {
+		x2, c, s = x2[:n], c[:n], s[:n]
+		ropeRotateAVX512(&x1[0], &x2[0], &c[0], &s[0], n, sign)
+		return
+	}
+	ropeRotateGo(x1, x2, c, s, sign)
+}
+
+func adamw(p, g, m, v []float32, c *adamConsts) {
+	n := len(p)
+	if useAVX512 && n > 0 {
+		g, m, v = g[:n], m[:n], v[:n]
+		adamwAVX512(&p[0], &g[0], &m[0], &v[0], n, c)
+		return
+	}
+	adamwGo(p, g, m, v, c)
+}
+
+func sumSq(x []float32) float64 {
+	if useAVX512 && len(x) > 0 {
+		return sumSqAVX512(&x[0], len(x))
+	}
+	return sumSqGo(x)
+}
+
+func dot3(a, b, c []float32) float64 {
+	n := len(a)
+	if useAVX512 && n > 0 {
+		b, c = b[:n], c[:n]
+		return dot3AVX512(&a[0], &b[0], &c[0], n)
+	}
+	return dot3Go(a, b, c)
+}
+
 func vmax(x []float32) float32 {
 	if useAVX512 && len(x) > 0 {
 		return maxAVX512(&x[0], len(x))

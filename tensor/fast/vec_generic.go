@@ -23,3 +23,12 @@ func expRows(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
 func expShiftRows(s []float32, ld, rows, n, v0 int, shift, sum []float32) {
 	expShiftRowsGo(s, ld, rows, n, v0, shift, sum)
 }
+
+func sumSq(x []float32) float64                       { return sumSqGo(x) }
+func dot3(a, b, c []float32) float64                  { return dot3Go(a, b, c) }
+func rmsScale(out, x, w []float32, rs float32)        { rmsScaleGo(out, x, w, rs) }
+func ropeRotate(x1, x2, c, s []float32, sign float32) { ropeRotateGo(x1, x2, c, s, sign) }
+func adamw(p, g, m, v []float32, c *adamConsts)       { adamwGo(p, g, m, v, c) }
+func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
+	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
+}

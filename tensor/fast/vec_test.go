@@ -120,3 +120,77 @@ func TestExpRows(t *testing.T) {
 		}
 	}
 }
+
+// TestElementwiseExact: the dispatched RMSNorm, RoPE and AdamW primitives
+// give the Go forms' bits (they round the same operations in the same
+// order), and the float64 reductions agree within float64 rounding; none
+// writes outside its slices.
+func TestElementwiseExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	same := func(name string, n int, got, want []float32) {
+		t.Helper()
+		for i := range want {
+			if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("n=%d %s[%d] = %g, Go %g", n, name, i, got[i], want[i])
+			}
+		}
+	}
+	for _, n := range vecLengths {
+		x, okX := guarded(rng, n, 2)
+		w, okW := guarded(rng, n, 1)
+		dy, okDy := guarded(rng, n, 1)
+
+		out, okO := guarded(rng, n, 0)
+		outG := slices.Clone(out)
+		rmsScale(out, x, w, 0.7)
+		rmsScaleGo(outG, x, w, 0.7)
+		same("rmsScale", n, out, outG)
+
+		dx, okDx := guarded(rng, n, 1)
+		pw, okP := guarded(rng, n, 1)
+		dxG, pwG := slices.Clone(dx), slices.Clone(pw)
+		rmsBackRow(dx, pw, dy, x, w, 0.7, 0.3)
+		rmsBackRowGo(dxG, pwG, dy, x, w, 0.7, 0.3)
+		same("rmsBackRow dx", n, dx, dxG)
+		same("rmsBackRow pw", n, pw, pwG)
+
+		for _, sign := range []float32{1, -1} {
+			x1, x2 := slices.Clone(x), slices.Clone(dy)
+			x1G, x2G := slices.Clone(x), slices.Clone(dy)
+			ropeRotate(x1, x2, w, dy, sign)
+			ropeRotateGo(x1G, x2G, w, dy, sign)
+			same("rope x1", n, x1, x1G)
+			same("rope x2", n, x2, x2G)
+		}
+
+		c := adamConsts{decay: 0.999, b1: 0.9, omb1: 0.1, b2: 0.95, omb2: 0.05, stepSize: 1e-3, bc2Sqrt: 0.3, eps: 1e-8}
+		p, okPp := guarded(rng, n, 1)
+		m, okM := guarded(rng, n, 0.1)
+		v, okV := guarded(rng, n, 0.1)
+		for i := range v {
+			v[i] *= v[i]
+		}
+		pG, mG, vG := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+		adamw(p, dy, m, v, &c)
+		adamwGo(pG, dy, mG, vG, &c)
+		same("adamw p", n, p, pG)
+		same("adamw m", n, m, mG)
+		same("adamw v", n, v, vG)
+
+		if got, want := sumSq(x), sumSqGo(x); math.Abs(got-want) > 1e-13*want {
+			t.Errorf("n=%d: sumSq %g, Go %g", n, got, want)
+		}
+		var mag float64
+		for i := range x {
+			mag += math.Abs(float64(x[i]) * float64(w[i]) * float64(dy[i]))
+		}
+		if got, want := dot3(x, w, dy), dot3Go(x, w, dy); math.Abs(got-want) > 1e-13*mag {
+			t.Errorf("n=%d: dot3 %g, Go %g", n, got, want)
+		}
+		for _, ok := range []func() bool{okX, okW, okDy, okO, okDx, okP, okPp, okM, okV} {
+			if !ok() {
+				t.Fatalf("n=%d: a primitive wrote outside its slice", n)
+			}
+		}
+	}
+}

@@ -54,11 +54,12 @@ func benchOne(b *testing.B, e *Engine, transA, transB bool, m, n, k int) {
 	defer runtime.UnlockOSThread()
 	e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
 	b.ResetTimer()
-	cpu0 := threadCPU()
+	cpu0, _ := threadCPU()
 	for b.Loop() {
 		e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
 	}
-	cpu := threadCPU() - cpu0
+	cpu1, _ := threadCPU()
+	cpu := (cpu1 - cpu0).Seconds()
 	flops := 2 * float64(m) * float64(n) * float64(k) * float64(b.N)
 	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 	if e.Threads() == 1 && cpu > 0 {

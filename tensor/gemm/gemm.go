@@ -46,6 +46,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/loomtrain/loom/tensor/internal/par"
 )
@@ -64,19 +65,36 @@ type Engine struct {
 	mu      sync.Mutex // serializes Sgemm: the workers' buffers are shared state
 	cur     plan       // the current call's plan (the jobs point at it)
 	plans   map[Shape]plan
-	tuner   *tuner // nil when tuning is off
+	tuner   *tuner    // nil when tuning is off
 	workers []*worker // pack buffers of part i of a call (whichever thread runs it)
 	pool    *par.Pool
 	ownPool bool     // created by the engine, closed by Close
 	parts   []job    // per-call partition, reused
 	run     partTask // runs e.parts[i] on e.workers[i]
 	closed  bool
+	// timing makes run record each part's thread CPU time in partCPU
+	// (the tuner's clock, timeJob).
+	timing  bool
+	partCPU []time.Duration
 }
 
 // partTask runs the parts of a call on the pool.
 type partTask struct{ e *Engine }
 
-func (t partTask) Run(_, i int) { t.e.workers[i].run(&t.e.parts[i]) }
+func (t partTask) Run(_, i int) {
+	e := t.e
+	if !e.timing {
+		e.workers[i].run(&e.parts[i])
+		return
+	}
+	c0, ok0 := threadCPU()
+	e.workers[i].run(&e.parts[i])
+	c1, ok1 := threadCPU()
+	e.partCPU[i] = -1
+	if ok0 && ok1 {
+		e.partCPU[i] = c1 - c0
+	}
+}
 
 // plan is how one call is computed: the micro-kernel, the cache blocks and
 // the thread grid (tm×tn blocks of C; 0 picks the grid by packing cost).
@@ -248,6 +266,7 @@ func newEngineKernelsPool(threads int, prec Precision, ks []kernel, cs cacheSize
 		e.workers[i].grow(&e.def)
 	}
 	e.parts = make([]job, threads)
+	e.partCPU = make([]time.Duration, threads)
 	e.run = partTask{e}
 	return e
 }
@@ -402,14 +421,16 @@ func (e *Engine) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []floa
 	e.runJob(&whole)
 }
 
-// runJob splits j over the workers and waits for them.
-func (e *Engine) runJob(j *job) {
+// runJob splits j over the workers, waits for them and returns the
+// number of parts.
+func (e *Engine) runJob(j *job) int {
 	parts := e.partition(j)
 	if parts == 1 {
-		e.workers[0].run(&e.parts[0])
-		return
+		e.run.Run(0, 0)
+		return 1
 	}
 	e.pool.Run(e.run, parts)
+	return parts
 }
 
 // minFlopsPerThread keeps small problems on fewer threads: handing a job to
