@@ -833,3 +833,110 @@ d3_tail:
 	VMOVSD      X6, ret+32(FP)
 	VZEROUPPER
 	RET
+
+// ---- SwiGLU: vec_amd64.s's AVX2 loops on 16 lanes, same operations.
+
+// SIGMOID16 sets S = 1/(1+e^(−G)); Z must be zero; T1..T3 clobbered.
+#define SIGMOID16(G, S, Z, T1, T2, T3) \
+	VSUBPS  G, Z, T3   \
+	EXP16(T3, T1, T2)  \
+	VADDPS  Z20, T3, T3 \
+	VMOVAPS Z20, S     \
+	VDIVPS  T3, S, S
+
+// func swigluFwdAVX512(out, gate, up *float32, n int)
+TEXT ·swigluFwdAVX512(SB), NOSPLIT, $0-32
+	MOVQ   out+0(FP), DI
+	MOVQ   gate+8(FP), SI
+	MOVQ   up+16(FP), DX
+	MOVQ   n+24(FP), CX
+	LOADEXP
+	VPXORD Z15, Z15, Z15
+	TAILMASK
+	TESTQ  CX, CX
+	JZ     swf512_tail
+
+swf512_loop:
+	VMOVUPS (SI), Z0
+	SIGMOID16(Z0, Z4, Z15, Z1, Z2, Z3)
+	VMULPS  Z4, Z0, Z0
+	VMULPS  (DX), Z0, Z0
+	VMOVUPS Z0, (DI)
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     swf512_loop
+
+swf512_tail:
+	KTESTW    K1, K1
+	JZ        swf512_done
+	VMOVUPS.Z (SI), K1, Z0
+	SIGMOID16(Z0, Z4, Z15, Z1, Z2, Z3)
+	VMULPS    Z4, Z0, Z0
+	VMOVUPS.Z (DX), K1, Z5
+	VMULPS    Z5, Z0, Z0
+	VMOVUPS   Z0, K1, (DI)
+
+swf512_done:
+	VZEROUPPER
+	RET
+
+// func swigluBwdAVX512(dgate, dup, dout, gate, up *float32, n int)
+// dgate = dout·up·σ·(1+g·(1−σ)), dup = dout·g·σ; dgate or dup may alias
+// dout (all loads of a vector happen before its stores).
+TEXT ·swigluBwdAVX512(SB), NOSPLIT, $0-48
+	MOVQ   dgate+0(FP), DI
+	MOVQ   dup+8(FP), R8
+	MOVQ   dout+16(FP), SI
+	MOVQ   gate+24(FP), DX
+	MOVQ   up+32(FP), R9
+	MOVQ   n+40(FP), CX
+	LOADEXP
+	VPXORD Z15, Z15, Z15
+	TAILMASK
+	TESTQ  CX, CX
+	JZ     swb512_tail
+
+swb512_loop:
+	VMOVUPS (DX), Z0 // g
+	VMOVUPS (SI), Z5 // d
+	VMOVUPS (R9), Z6 // u
+	SIGMOID16(Z0, Z4, Z15, Z1, Z2, Z3)
+	VMULPS      Z4, Z0, Z7   // g·σ
+	VMULPS      Z5, Z7, Z8   // dup = d·g·σ
+	VSUBPS      Z4, Z20, Z10 // 1−σ
+	VFMADD213PS Z20, Z0, Z10 // 1 + g·(1−σ)
+	VMULPS      Z6, Z5, Z11  // d·u
+	VMULPS      Z4, Z11, Z11 // d·u·σ
+	VMULPS      Z10, Z11, Z11
+	VMOVUPS     Z11, (DI)
+	VMOVUPS     Z8, (R8)
+	ADDQ        $64, DX
+	ADDQ        $64, SI
+	ADDQ        $64, R9
+	ADDQ        $64, DI
+	ADDQ        $64, R8
+	DECQ        CX
+	JNZ         swb512_loop
+
+swb512_tail:
+	KTESTW      K1, K1
+	JZ          swb512_done
+	VMOVUPS.Z   (DX), K1, Z0
+	VMOVUPS.Z   (SI), K1, Z5
+	VMOVUPS.Z   (R9), K1, Z6
+	SIGMOID16(Z0, Z4, Z15, Z1, Z2, Z3)
+	VMULPS      Z4, Z0, Z7
+	VMULPS      Z5, Z7, Z8
+	VSUBPS      Z4, Z20, Z10
+	VFMADD213PS Z20, Z0, Z10
+	VMULPS      Z6, Z5, Z11
+	VMULPS      Z4, Z11, Z11
+	VMULPS      Z10, Z11, Z11
+	VMOVUPS     Z11, K1, (DI)
+	VMOVUPS     Z8, K1, (R8)
+
+swb512_done:
+	VZEROUPPER
+	RET

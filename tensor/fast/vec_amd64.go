@@ -208,9 +208,19 @@ func expSub(dst, src []float32, shift float32) float32 {
 	return s
 }
 
+//go:noescape
+func swigluFwdAVX512(out, gate, up *float32, n int)
+
+//go:noescape
+func swigluBwdAVX512(dgate, dup, dout, gate, up *float32, n int)
+
 func swigluFwd(out, gate, up []float32) {
 	n := len(out)
 	gate, up = gate[:n], up[:n]
+	if useAVX512 && n > 0 {
+		swigluFwdAVX512(&out[0], &gate[0], &up[0], n)
+		return
+	}
 	v := n &^ 7
 	if useAVX2 && v > 0 {
 		swigluFwdAVX2(&out[0], &gate[0], &up[0], v)
@@ -223,6 +233,10 @@ func swigluFwd(out, gate, up []float32) {
 func swigluBwd(dgate, dup, dout, gate, up []float32) {
 	n := len(dout)
 	dgate, dup, gate, up = dgate[:n], dup[:n], gate[:n], up[:n]
+	if useAVX512 && n > 0 {
+		swigluBwdAVX512(&dgate[0], &dup[0], &dout[0], &gate[0], &up[0], n)
+		return
+	}
 	v := n &^ 7
 	if useAVX2 && v > 0 {
 		swigluBwdAVX2(&dgate[0], &dup[0], &dout[0], &gate[0], &up[0], v)
