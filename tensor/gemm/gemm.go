@@ -274,10 +274,11 @@ func newEngineKernelsPool(threads int, prec Precision, ks []kernel, cs cacheSize
 // grow makes the worker's buffers large enough for p.
 func (w *worker) grow(p *plan) {
 	k, b := p.kern, p.blocks
-	if n := roundUp(b.mc, k.mr) * roundUp(b.kc, 2); len(w.apack) < n {
+	depth := max(roundUp(b.kc, 2), k.depth(b.kc)) // floats, or words of bf16 pairs (padded for AMX)
+	if n := roundUp(b.mc, k.mr) * depth; len(w.apack) < n {
 		w.apack = make([]float32, n)
 	}
-	if n := roundUp(b.kc, 2) * roundUp(b.nc, k.nr); len(w.bpack) < n {
+	if n := depth * roundUp(b.nc, k.nr); len(w.bpack) < n {
 		w.bpack = make([]float32, n)
 	}
 	if n := k.mr * k.nr; len(w.edge) < n {

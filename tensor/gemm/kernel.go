@@ -54,7 +54,10 @@ type kernel struct {
 	// round marks a float32 kernel run on inputs rounded to bf16 while
 	// packing (precision BF16, k-steps single values): where VDPBF16PS is
 	// no faster than FMA, the same bf16 products at the FMA rate.
-	round  bool
+	round bool
+	// amx marks the AMX-BF16 layouts (amx.go): A in tile-row blocks, the
+	// depth padded to 16 k-pairs.
+	amx    bool
 	mr, nr int
 	full   func(k int, a, b, c *float32, ldc int, load int, alpha float32)
 	// strided is full on operands in place: A(i, p) at a[i·rsa + p·csa]
@@ -83,12 +86,17 @@ func (k *kernel) family() string {
 		return "fp32-fma"
 	case k.round:
 		return "bf16-fma" // a float32 FMA chain over bf16 values
+	case k.amx:
+		return "bf16-amx" // TDPBF16PS pairs: lo then hi, subnormals flushed
 	}
 	return "bf16-dp" // VDPBF16PS pairs: hi then lo, subnormals flushed
 }
 
 // depth is the kernel's k argument for a KC slice of kc.
 func (k *kernel) depth(kc int) int {
+	if k.amx {
+		return amxDepth(kc)
+	}
 	if k.pairs() {
 		return (kc + 1) / 2
 	}
@@ -96,6 +104,10 @@ func (k *kernel) depth(kc int) int {
 }
 
 func (k *kernel) packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, kc, mr int) {
+	if k.amx {
+		packAAMX(words(dst), trans, a, lda, ic, pc, mc, kc)
+		return
+	}
 	if k.pairs() {
 		packABF16(words(dst), trans, a, lda, ic, pc, mc, kc, mr)
 		return
@@ -107,6 +119,10 @@ func (k *kernel) packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, 
 }
 
 func (k *kernel) packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) {
+	if k.amx {
+		packBAMX(words(dst), trans, b, ldb, pc, jc, kc, nc)
+		return
+	}
 	if k.pairs() {
 		packBBF16(words(dst), trans, b, ldb, pc, jc, kc, nc, nr)
 		return
@@ -148,7 +164,8 @@ func familyOf(ks []kernel, f string) []kernel {
 	return out
 }
 
-// bf16Kernels picks the bf16 family for this CPU: the VDPBF16PS kernels
+// bf16Kernels picks the bf16 family for this CPU: AMX where the CPU and
+// Linux allow it (amxAvailable), else the VDPBF16PS kernels
 // when their dot-product loop beats the FMA loop by 25% (Zen 5: ≈ 1.8×),
 // else float32 FMA kernels on bf16-rounded panels (a Sapphire-Rapids-class
 // Xeon VM ran VDPBF16PS at half its FMA rate), else the pure-Go kernel.
@@ -156,6 +173,11 @@ func familyOf(ks []kernel, f string) []kernel {
 // and the choice is per machine.
 func bf16Kernels() []kernel {
 	ks := kernelsFor(BF16)
+	// AMX tiles (where CPUID and the OS allow them) beat both by far; a
+	// kernel that fails its self-check on the real hardware is passed over.
+	if amx := familyOf(ks, "bf16-amx"); len(amx) > 0 && selfCheck(amx[0]) == nil {
+		return amx
+	}
 	dp, fma := familyOf(ks, "bf16-dp"), familyOf(ks, "bf16-fma")
 	if len(fma) == 0 || dp[0].peak == nil {
 		return dp

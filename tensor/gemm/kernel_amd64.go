@@ -27,6 +27,30 @@ func kernelAVX2S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float3
 //go:noescape
 func kernelAVX512BF16(k int, a, b, c *float32, ldc int, load int, alpha float32)
 
+// kernelAMXBF16 is the AMX-BF16 32×32 kernel over AMX panels (amx.go):
+// k counts k-pairs (a multiple of 16), cfg is amxTileConfig's block.
+//
+//go:noescape
+func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte)
+
+// kernelAMX is kernelAMXBF16 with the tile configuration (on the stack).
+func kernelAMX(k int, a, b, c *float32, ldc int, load int, alpha float32) {
+	cfg := amxTileConfig()
+	kernelAMXBF16(k, a, b, c, ldc, load, alpha, &cfg[0])
+}
+
+// amxPeakLoop runs n iterations of four independent TDPBF16PS.
+func amxPeakLoop(n int, cfg *byte)
+
+// amxKernel is the AMX-BF16 kernel (bf16-amx), available where
+// amxAvailable reports no error.
+var amxKernel = kernel{name: "amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelAMX,
+	peak: func(n int) float64 {
+		cfg := amxTileConfig()
+		amxPeakLoop(n, &cfg[0])
+		return float64(n) * 4 * 16 * 16 * 32 * 2
+	}}
+
 // fmaLoopAVX512 runs n iterations of 24 independent zmm FMAs.
 func fmaLoopAVX512(n int)
 
@@ -74,6 +98,9 @@ func availableKernels() []kernel {
 		ks = append(ks, avx2Kernel)
 	}
 	ks = append(ks, genericKernel)
+	if amxAvailable() == nil {
+		ks = append(ks, amxKernel)
+	}
 	if hasAVX512BF16() {
 		ks = append(ks, avx512BF16Kernel)
 	}

@@ -828,6 +828,140 @@ bf_done:
 	VZEROUPPER
 	RET
 
+// ------------------------------------------------------------ AMX-BF16 32×32
+
+// The Go assembler has no AMX mnemonics, so the instructions are BYTEs,
+// computed here from their VEX encodings (C4, then R̄X̄B̄ and map 0F38 = 2,
+// then W0, v̄v̄v̄v̄, L0 and pp, the opcode, ModRM, SIB and displacement).
+// Tile numbers are 0–7; general registers by hardware number (DX 2, BX 3,
+// SI 6, DI 7, R8–R10 8–10). objdump decodes them as the mnemonics here.
+
+// LDTILECFG (AX): VEX.128.NP.0F38.W0 49 /0, ModRM mod 00 rm AX.
+#define LDTILECFG_AX \
+	BYTE $0xC4; BYTE $0xE2; BYTE $0x78; BYTE $0x49; BYTE $0x00
+
+// TILERELEASE: VEX.128.NP.0F38.W0 49 C0.
+#define TILERELEASE \
+	BYTE $0xC4; BYTE $0xE2; BYTE $0x78; BYTE $0x49; BYTE $0xC0
+
+// TILEZERO tmm(t): VEX.128.F2.0F38.W0 49 11:t:000.
+#define TILEZERO(t) \
+	BYTE $0xC4; BYTE $0xE2; BYTE $0x7B; BYTE $0x49; BYTE $(0xC0 | ((t)<<3))
+
+// TDPBF16PS tmm(d), tmm(a), tmm(b) — d += a·b: VEX.128.F3.0F38.W0 5C
+// 11:d:a with vvvv = b (operand 2, the A tile, is ModRM.rm; operand 3,
+// the B tile, is VEX.vvvv).
+#define TDPBF16PS(d, a, b) \
+	BYTE $0xC4; BYTE $0xE2; BYTE $((((b)^15)<<3) | 2); BYTE $0x5C; BYTE $(0xC0 | ((d)<<3) | (a))
+
+// The tile's rows at base + disp8 + r·index: VEX prefix bytes 1–2 and the
+// ModRM (mod 01, rm 100: SIB follows), SIB (scale 1) and disp8 shared by
+// TILELOADD (pp F2: 0x7B) and TILESTORED (pp F3: 0x7A).
+#define TILE_SIB8(pp, op, t, base, index, disp) \
+	BYTE $0xC4; \
+	BYTE $(0x80 | (((((index)>>3)&1)^1)<<6) | (((((base)>>3)&1)^1)<<5) | 2); \
+	BYTE $(pp); BYTE $(op); \
+	BYTE $(0x44 | ((t)<<3)); \
+	BYTE $((((index)&7)<<3) | ((base)&7)); \
+	BYTE $(disp)
+
+// The same with a 32-bit displacement (mod 10).
+#define TILE_SIB32(pp, op, t, base, index, disp) \
+	BYTE $0xC4; \
+	BYTE $(0x80 | (((((index)>>3)&1)^1)<<6) | (((((base)>>3)&1)^1)<<5) | 2); \
+	BYTE $(pp); BYTE $(op); \
+	BYTE $(0x84 | ((t)<<3)); \
+	BYTE $((((index)&7)<<3) | ((base)&7)); \
+	BYTE $((disp)&255); BYTE $(((disp)>>8)&255); BYTE $(((disp)>>16)&255); BYTE $(((disp)>>24)&255)
+
+#define TILELOADD(t, base, index, disp) TILE_SIB8(0x7B, 0x4B, t, base, index, disp)
+#define TILELOADD32(t, base, index, disp) TILE_SIB32(0x7B, 0x4B, t, base, index, disp)
+#define TILESTORED(t, base, index, disp) TILE_SIB8(0x7A, 0x4B, t, base, index, disp)
+
+// func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte)
+//
+// C(32×32) = alpha·(C0 + A·B) over AMX panels (amx.go) of k k-pairs, k a
+// multiple of 16, with the tile configuration at cfg (amxTileConfig). C0
+// is C (loaded by TILELOADD) or zero (TILEZERO; C then not read before it
+// is written). tmm0–3 hold C's four 16×16 quarters, tmm4–5 the A tiles,
+// tmm6–7 the B tiles. Alpha ≠ 1 scales the stored block with AVX-512.
+//
+// Registers: SI A, DI B, DX C, R10 C row 16, BX ldc in bytes (the C
+// tiles' stride), R8 64 (A's), R9 128 (B's), CX k.
+TEXT ·kernelAMXBF16(SB), NOSPLIT, $0-64
+	MOVQ cfg+56(FP), AX
+	LDTILECFG_AX
+	MOVQ k+0(FP), CX
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DI
+	MOVQ c+24(FP), DX
+	MOVQ ldc+32(FP), BX
+	SHLQ $2, BX
+	MOVQ BX, R10
+	SHLQ $4, R10
+	ADDQ DX, R10
+	MOVQ $64, R8
+	MOVQ $128, R9
+
+	MOVQ load+40(FP), AX
+	TESTQ AX, AX
+	JNZ  amx_load
+	TILEZERO(0)
+	TILEZERO(1)
+	TILEZERO(2)
+	TILEZERO(3)
+	JMP  amx_k
+
+amx_load:
+	TILELOADD(0, 2, 3, 0)
+	TILELOADD(1, 2, 3, 64)
+	TILELOADD(2, 10, 3, 0)
+	TILELOADD(3, 10, 3, 64)
+
+amx_k:
+	TESTQ CX, CX
+	JZ    amx_store
+
+amx_loop:
+	TILELOADD(4, 6, 8, 0)
+	TILELOADD32(5, 6, 8, 1024)
+	TILELOADD(6, 7, 9, 0)
+	TILELOADD(7, 7, 9, 64)
+	TDPBF16PS(0, 4, 6)
+	TDPBF16PS(1, 4, 7)
+	TDPBF16PS(2, 5, 6)
+	TDPBF16PS(3, 5, 7)
+	ADDQ $2048, SI
+	ADDQ $2048, DI
+	ADDQ $-16, CX
+	JNZ  amx_loop
+
+amx_store:
+	TILESTORED(0, 2, 3, 0)
+	TILESTORED(1, 2, 3, 64)
+	TILESTORED(2, 10, 3, 0)
+	TILESTORED(3, 10, 3, 64)
+	TILERELEASE
+
+	MOVL alpha+48(FP), AX
+	CMPL AX, $0x3f800000
+	JZ   amx_done
+	VBROADCASTSS alpha+48(FP), Z0
+	MOVQ $32, CX
+
+amx_scale:
+	VMULPS  (DX), Z0, Z1
+	VMOVUPS Z1, (DX)
+	VMULPS  64(DX), Z0, Z2
+	VMOVUPS Z2, 64(DX)
+	ADDQ    BX, DX
+	DECQ    CX
+	JNZ     amx_scale
+
+amx_done:
+	VZEROUPPER
+	RET
+
 // ------------------------------------------------------------ FMA peak loops
 
 // func fmaLoopAVX2(n int)
@@ -977,4 +1111,34 @@ bfdp_loop:
 
 bfdp_done:
 	VZEROUPPER
+	RET
+
+// func amxPeakLoop(n int, cfg *byte)
+// n iterations of four independent TDPBF16PS (16×16 outputs × 16 pairs,
+// 16384 FLOPs each) on tiles configured by cfg (amxTileConfig).
+TEXT ·amxPeakLoop(SB), NOSPLIT, $0-16
+	MOVQ cfg+8(FP), AX
+	LDTILECFG_AX
+	MOVQ n+0(FP), CX
+	TILEZERO(0)
+	TILEZERO(1)
+	TILEZERO(2)
+	TILEZERO(3)
+	TILEZERO(4)
+	TILEZERO(5)
+	TILEZERO(6)
+	TILEZERO(7)
+	TESTQ CX, CX
+	JLE   amxpeak_done
+
+amxpeak_loop:
+	TDPBF16PS(0, 4, 5)
+	TDPBF16PS(1, 6, 7)
+	TDPBF16PS(2, 4, 7)
+	TDPBF16PS(3, 6, 5)
+	DECQ CX
+	JNZ  amxpeak_loop
+
+amxpeak_done:
+	TILERELEASE
 	RET

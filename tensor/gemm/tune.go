@@ -289,7 +289,7 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		}
 	}
 	for _, k := range e.kernels[1:] {
-		if k.family() != e.def.kern.family() || k.name == "generic" || k.name == "generic-bf16" {
+		if k.family() != e.def.kern.family() || strings.HasPrefix(k.name, "generic") {
 			continue // other arithmetic; the portable kernels are never faster than assembly
 		}
 		try(plan{kern: k, blocks: chooseBlocks(e.caches, k, e.threads)})
