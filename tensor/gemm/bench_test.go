@@ -90,14 +90,19 @@ func BenchmarkMicroKernel(b *testing.B) {
 			a := make([]float32, k*kern.mr)
 			bp := make([]float32, k*kern.nr)
 			c := make([]float32, kern.mr*kern.nr)
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			c0, _ := threadCPU()
 			for b.Loop() {
 				kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1)
 			}
+			c1, _ := threadCPU()
 			flops := 2 * float64(k*kern.mr*kern.nr)
 			if kern.pairs() {
 				flops *= 2
 			}
 			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.ReportMetric(flops*float64(b.N)/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
 		})
 	}
 }
@@ -187,6 +192,43 @@ func BenchmarkOperands(b *testing.B) {
 			e.setPlan(s, p)
 			b.Run(fmt.Sprintf("%s/A=%v/B=%v", s, mode.a, mode.b), func(b *testing.B) {
 				benchOne(b, e, s.TransA, s.TransB, s.M, s.N, s.K)
+			})
+		}
+	}
+}
+
+// BenchmarkMicroKernelStrided is BenchmarkMicroKernel for the strided
+// forms: A packed (rsa 1, csa MR), row-major in place (rsa = K, csa 1) and
+// transposed in place (rsa 1, csa = 128), all hot in L1/L2; cpu-GFLOP/s is
+// per CPU-second of the calling thread.
+func BenchmarkMicroKernelStrided(b *testing.B) {
+	for _, kern := range availableKernels() {
+		if kern.strided == nil {
+			continue
+		}
+		for _, lay := range []struct {
+			name     string
+			rsa, csa int
+		}{{"packed", 1, kern.mr}, {"rows", 256, 1}, {"cols", 128, 1}} {
+			b.Run(kern.name+"/"+lay.name, func(b *testing.B) {
+				const k = 256
+				rsa, csa := lay.rsa, lay.csa
+				if lay.name == "cols" {
+					rsa, csa = 1, 128
+				}
+				a := make([]float32, (kern.mr-1)*rsa+(k-1)*csa+1)
+				bp := make([]float32, k*kern.nr)
+				c := make([]float32, kern.mr*kern.nr)
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				c0, _ := threadCPU()
+				for b.Loop() {
+					kern.strided(k, &a[0], rsa, csa, &bp[0], kern.nr, &c[0], kern.nr, 1, 1)
+				}
+				c1, _ := threadCPU()
+				flops := 2 * float64(k*kern.mr*kern.nr) * float64(b.N)
+				b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+				b.ReportMetric(flops/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
 			})
 		}
 	}
