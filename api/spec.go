@@ -61,8 +61,8 @@ type DataSource struct {
 }
 
 // ValidationSpec is the held-out data train.eval_every evaluates on: a
-// separate token file, or a fraction of every source's windows (its last
-// windows, which training then never visits).
+// separate token file, or about a fraction of every source's windows, in
+// chunks spread over it, which training then never visits.
 type ValidationSpec struct {
 	Path     string  `yaml:"path"`
 	Fraction float64 `yaml:"fraction"`
@@ -70,6 +70,27 @@ type ValidationSpec struct {
 
 // Enabled reports whether a validation set is configured.
 func (v ValidationSpec) Enabled() bool { return v.Path != "" || v.Fraction > 0 }
+
+// Describe names the job's data for a log line: its sources (with weights
+// when blended) and validation set.
+func (d DataSpec) Describe() string {
+	var parts []string
+	for _, s := range d.SourceList() {
+		if len(d.Sources) > 1 {
+			parts = append(parts, fmt.Sprintf("%s (weight %g)", s.Path, s.Weight))
+		} else {
+			parts = append(parts, s.Path)
+		}
+	}
+	desc := strings.Join(parts, ", ")
+	switch v := d.Validation; {
+	case v.Path != "":
+		desc += "; validation " + v.Path
+	case v.Fraction > 0:
+		desc += fmt.Sprintf("; validation: about %g of each source", v.Fraction)
+	}
+	return desc
+}
 
 // SourceList returns the job's sources: Sources, or Path with weight 1.
 func (d DataSpec) SourceList() []DataSource {
@@ -79,13 +100,26 @@ func (d DataSpec) SourceList() []DataSource {
 	return []DataSource{{Path: d.Path, Weight: 1}}
 }
 
-// ParallelSpec is the job's parallel layout. World size is DP·TP·PP.
+// ParallelSpec is the job's parallel layout. World size is DP·TP·PP;
+// ranks are laid out tensor-parallel fastest (plan.Mesh).
 type ParallelSpec struct {
-	DP           int `yaml:"dp"`
-	TP           int `yaml:"tp"`
-	PP           int `yaml:"pp"`
-	Zero         int `yaml:"zero"`
-	MicroBatches int `yaml:"micro_batches"`
+	DP int `yaml:"dp"`
+	// TP splits every layer over TP ranks (Megatron-LM): it must divide
+	// model.n_heads and model.ffn_hidden, and model.n_kv_heads must be a
+	// multiple or a divisor of it.
+	TP   int `yaml:"tp"`
+	PP   int `yaml:"pp"`
+	Zero int `yaml:"zero"`
+	// SequenceParallel shards the norms and the residual stream over the
+	// TP ranks by rows (Korthikanti et al. 2022); train.micro_batch ×
+	// model.seq_len must then be divisible by TP. No effect at tp 1.
+	SequenceParallel bool `yaml:"sequence_parallel"`
+	MicroBatches     int  `yaml:"micro_batches"`
+	// Transport is how tensor payloads travel between workers: "auto"
+	// (shared memory between workers on one host, raw TCP across hosts),
+	// "tcp", "shm" (one host only) or "grpc" (on the gRPC Peer stream).
+	// `loom worker --transport` overrides it for one worker.
+	Transport string `yaml:"transport"`
 }
 
 // TrainSpec holds the optimisation settings.
@@ -142,7 +176,7 @@ func DefaultSpec() JobSpec {
 			FFNHidden: 352, SeqLen: 128, RopeTheta: 10000, NormEps: 1e-5,
 		},
 		Data:     DataSpec{Shuffle: true, Seed: 1},
-		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, MicroBatches: 1},
+		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, MicroBatches: 1, Transport: "auto"},
 		Train: TrainSpec{
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
@@ -279,8 +313,25 @@ func (s *JobSpec) Validate() error {
 	if p.Zero < 0 || p.Zero > 3 {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
 	}
-	if p.TP > 1 && m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 {
-		bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d)", m.NKVHeads))
+	switch p.Transport {
+	case "auto", "tcp", "shm", "grpc":
+	default:
+		bad("parallel.transport", p.Transport, "allowed: auto, tcp, shm, grpc")
+	}
+	if p.TP > 1 {
+		if m.NHeads > 0 && m.NHeads%p.TP != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_heads (%d): each rank holds n_heads/tp query heads", m.NHeads))
+		}
+		if m.NKVHeads > 0 && m.NKVHeads%p.TP != 0 && p.TP%m.NKVHeads != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.n_kv_heads (%d) or be a multiple of it (kv heads are then replicated)", m.NKVHeads))
+		}
+		if m.FFNHidden > 0 && m.FFNHidden%p.TP != 0 {
+			bad("parallel.tp", p.TP, fmt.Sprintf("must divide model.ffn_hidden (%d): each rank holds ffn_hidden/tp MLP features", m.FFNHidden))
+		}
+		if p.SequenceParallel && s.Train.MicroBatch > 0 && m.SeqLen > 0 && (s.Train.MicroBatch*m.SeqLen)%p.TP != 0 {
+			bad("parallel.sequence_parallel", true, fmt.Sprintf("needs train.micro_batch × model.seq_len (%d × %d) divisible by parallel.tp (%d): the rows are split evenly over the ranks",
+				s.Train.MicroBatch, m.SeqLen, p.TP))
+		}
 	}
 	if p.PP > 1 && m.NLayers > 0 && p.PP > m.NLayers {
 		bad("parallel.pp", p.PP, fmt.Sprintf("must not exceed model.n_layers (%d)", m.NLayers))

@@ -12,13 +12,9 @@ import "fmt"
 func Supported(s JobSpec, source string) error {
 	var errs []error
 	p := s.Parallel
-	if p.TP > 1 {
-		errs = append(errs, &FieldError{Field: "parallel.tp", Value: p.TP,
-			Allowed: "tensor parallelism is not supported yet: set parallel.tp: 1 (this build runs data parallelism with ZeRO stages 0–3)"})
-	}
 	if p.PP > 1 {
 		errs = append(errs, &FieldError{Field: "parallel.pp", Value: p.PP,
-			Allowed: "pipeline parallelism is not supported yet: set parallel.pp: 1 (this build runs data parallelism with ZeRO stages 0–3)"})
+			Allowed: "pipeline parallelism is not supported yet: set parallel.pp: 1 (this build runs data and tensor parallelism, with ZeRO stages 0–3)"})
 	}
 	if len(errs) == 0 {
 		return nil

@@ -23,8 +23,12 @@ const (
 	// ManifestFile is written last; a checkpoint without it is incomplete.
 	ManifestFile = "manifest.json"
 	// FormatName and FormatVersion identify manifests and state files.
+	// Version 2 records shards as N-d chunks of global tensors (Slice.Offsets
+	// and Sizes); version 1 recorded flat ranges and still loads.
 	FormatName    = "loom-checkpoint"
-	FormatVersion = 1
+	FormatVersion = 2
+	// MinFormatVersion is the oldest version this Loom reads.
+	MinFormatVersion = 1
 	// partialSuffix marks a step directory ranks are still writing.
 	partialSuffix = ".partial"
 	stepPrefix    = "step-"
@@ -69,22 +73,26 @@ func (e *CheckError) Unwrap() error { return e.Err }
 
 // Layout is the parallel layout a checkpoint was saved with.
 type Layout struct {
-	DP        int `json:"dp"`
-	TP        int `json:"tp"`
-	PP        int `json:"pp"`
-	Zero      int `json:"zero"`
-	WorldSize int `json:"world_size"`
+	DP               int  `json:"dp"`
+	TP               int  `json:"tp"`
+	PP               int  `json:"pp"`
+	Zero             int  `json:"zero"`
+	SequenceParallel bool `json:"sequence_parallel,omitempty"`
+	WorldSize        int  `json:"world_size"`
 }
 
 // LayoutOf is the layout of a job spec.
 func LayoutOf(p api.ParallelSpec) Layout {
-	return Layout{DP: p.DP, TP: p.TP, PP: p.PP, Zero: p.Zero, WorldSize: p.WorldSize()}
+	return Layout{DP: p.DP, TP: p.TP, PP: p.PP, Zero: p.Zero, SequenceParallel: p.SequenceParallel && p.TP > 1, WorldSize: p.WorldSize()}
 }
 
 func (l Layout) String() string {
 	s := fmt.Sprintf("dp=%d zero=%d", l.DP, l.Zero)
 	if l.TP > 1 || l.PP > 1 {
 		s += fmt.Sprintf(" tp=%d pp=%d", l.TP, l.PP)
+	}
+	if l.SequenceParallel {
+		s += " sp"
 	}
 	return s
 }
@@ -115,18 +123,23 @@ func (m ModelInfo) Config() model.Config {
 		FFNHidden: m.FFNHidden, SeqLen: m.SeqLen, RopeTheta: m.RopeTheta, NormEps: m.NormEps, TieEmbeddings: m.TieEmbeddings}
 }
 
-// Slice is a piece of one global tensor held in a shard file: elements
-// [Start, Start+Len) of the row-major tensor Name of shape Shape, stored
-// as the 1-D tensor Key of the file. Flat ranges are what ZeRO shards; a
-// tensor-parallel shard is a list of them (one per row run), so the same
-// loader reshards it.
+// Slice is a chunk of one global tensor held in a shard file, as PyTorch
+// DCP records one: the box Offsets[i] ≤ x_i < Offsets[i]+Sizes[i] of the
+// row-major tensor Name of global shape Shape, stored in the box's
+// row-major order as the 1-D tensor Key (Len elements) of the file. A
+// column-split tensor-parallel shard is one record. Without Offsets (what
+// format version 1 wrote) the slice is the flat range [Start, Start+Len)
+// of the tensor instead. Loading reads whatever intersects what the new
+// layout needs, so any layout loads any other.
 type Slice struct {
-	Key   string `json:"key"`
-	Kind  string `json:"kind"` // KindParam, KindExpAvg or KindExpAvgSq
-	Name  string `json:"name"`
-	Shape []int  `json:"shape"`
-	Start int64  `json:"start"`
-	Len   int64  `json:"len"`
+	Key     string `json:"key"`
+	Kind    string `json:"kind"` // KindParam, KindExpAvg or KindExpAvgSq
+	Name    string `json:"name"`
+	Shape   []int  `json:"shape"`
+	Offsets []int  `json:"offsets,omitempty"`
+	Sizes   []int  `json:"sizes,omitempty"`
+	Start   int64  `json:"start,omitempty"`
+	Len     int64  `json:"len"`
 	// Step is the AdamW step count of the optimizer that held a moment
 	// slice (its bias correction); 0 for parameters.
 	Step int `json:"step,omitempty"`
@@ -242,9 +255,9 @@ func ReadManifest(dir string) (*Manifest, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, &CheckError{Dir: dir, File: ManifestFile, Reason: "does not parse: " + err.Error(), Err: ErrCorrupt}
 	}
-	if m.Format != FormatName || m.Version != FormatVersion {
-		return nil, &CheckError{Dir: dir, File: ManifestFile, Reason: fmt.Sprintf("format %q version %d; this Loom reads %q version %d",
-			m.Format, m.Version, FormatName, FormatVersion), Err: ErrCorrupt}
+	if m.Format != FormatName || m.Version < MinFormatVersion || m.Version > FormatVersion {
+		return nil, &CheckError{Dir: dir, File: ManifestFile, Reason: fmt.Sprintf("format %q version %d; this Loom reads %q versions %d to %d (a newer Loom wrote it: upgrade to load it)",
+			m.Format, m.Version, FormatName, MinFormatVersion, FormatVersion), Err: ErrCorrupt}
 	}
 	for _, f := range m.Files {
 		if f.Path == "" || filepath.IsAbs(f.Path) || strings.Contains(f.Path, "..") || strings.ContainsRune(f.Path, '/') {

@@ -11,6 +11,7 @@ import (
 	"github.com/loomtrain/loom/hf"
 	"github.com/loomtrain/loom/internal/atomicfile"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/safetensors"
 	"github.com/loomtrain/loom/tensor"
 )
@@ -26,13 +27,8 @@ const (
 )
 
 // ModelConfig converts the job spec's model section to the model's config.
-func ModelConfig(s api.ModelSpec) model.Config {
-	return model.Config{
-		VocabSize: s.VocabSize, Dim: s.Dim, NLayers: s.NLayers, NHeads: s.NHeads,
-		NKVHeads: s.NKVHeads, FFNHidden: s.FFNHidden, SeqLen: s.SeqLen,
-		RopeTheta: s.RopeTheta, NormEps: s.NormEps, TieEmbeddings: s.TieEmbeddings,
-	}
-}
+// It is plan.ModelConfig.
+func ModelConfig(s api.ModelSpec) model.Config { return plan.ModelConfig(s) }
 
 // HFConfig converts a model config to a Hugging Face LlamaForCausalLM config.
 func HFConfig(c model.Config) hf.Config {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/safetensors"
 	"github.com/loomtrain/loom/tensor"
 )
@@ -205,42 +206,86 @@ func Open(dir string) (*Checkpoint, error) {
 	return ck, nil
 }
 
-// Reader reads flat ranges of a checkpoint's state in any layout: it maps
-// a range of the flat buffer to the global tensors it covers and those to
-// the slices, in whichever files, that hold them. Files are opened on
-// first use. Not safe for concurrent use; Close releases the files.
+// Reader reads boxes of a checkpoint's global tensors for any layout: a
+// box the new layout needs is filled from every stored chunk that
+// intersects it, in whichever files (version-1 flat slices are read as
+// the boxes they cover). Files are opened on first use. Not safe for
+// concurrent use; Close releases the files.
 type Reader struct {
 	ck     *Checkpoint
-	layout *model.Layout
-	index  map[string][]sliceRef // kind + "\x00" + name
+	shapes map[string][]int      // global shape by tensor name
+	index  map[string][]chunkRef // kind + "\x00" + name
 	files  map[string]*safetensors.File
 	// Bytes counts the bytes of tensor data read.
 	Bytes int64
 }
 
-type sliceRef struct {
-	file string
-	s    Slice
+// chunkRef is one stored box: elements of the box in row-major order start
+// at element off of tensor key in file.
+type chunkRef struct {
+	file, key   string
+	off         int64
+	start, size []int
+	step        int
 }
 
-// NewReader indexes ck's slices for a model of layout l, which must have
-// the checkpoint's tensors and shapes.
-func (ck *Checkpoint) NewReader(l *model.Layout) (*Reader, error) {
-	r := &Reader{ck: ck, layout: l, index: map[string][]sliceRef{}, files: map[string]*safetensors.File{}}
+// NewReader indexes ck's slices for a model of configuration cfg, whose
+// tensors the checkpoint must hold with their global shapes.
+func (ck *Checkpoint) NewReader(cfg model.Config) (*Reader, error) {
+	l, err := model.NewLayout(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := &Reader{ck: ck, shapes: map[string][]int{}, index: map[string][]chunkRef{}, files: map[string]*safetensors.File{}}
+	for _, v := range l.Views {
+		r.shapes[v.Name] = v.Global
+	}
 	for _, f := range ck.Manifest.Files {
 		for _, s := range f.Slices {
-			k := s.Kind + "\x00" + s.Name
-			r.index[k] = append(r.index[k], sliceRef{file: f.Path, s: s})
-		}
-	}
-	for _, v := range l.Views {
-		for _, ref := range r.index[KindParam+"\x00"+v.Name] {
-			if fmt.Sprint(ref.s.Shape) != fmt.Sprint(v.Shape) {
-				return nil, &CheckError{Dir: ck.Dir, File: ref.file, Reason: fmt.Sprintf("tensor %s has shape %v, the job's model %v", v.Name, ref.s.Shape, v.Shape), Err: ErrCorrupt}
+			shape, ok := r.shapes[s.Name]
+			if !ok {
+				continue
 			}
+			if fmt.Sprint(s.Shape) != fmt.Sprint(shape) {
+				return nil, &CheckError{Dir: ck.Dir, File: f.Path, Reason: fmt.Sprintf("tensor %s has shape %v, the job's model %v", s.Name, s.Shape, shape), Err: ErrCorrupt}
+			}
+			k := s.Kind + "\x00" + s.Name
+			if s.Offsets == nil {
+				r.index[k] = append(r.index[k], flatBoxes(f.Path, s, shape)...)
+				continue
+			}
+			if len(s.Offsets) != len(shape) || len(s.Sizes) != len(shape) || int64(prod(s.Sizes)) != s.Len {
+				return nil, &CheckError{Dir: ck.Dir, File: f.Path, Reason: fmt.Sprintf("chunk %s offsets %v sizes %v of %d elements do not fit tensor %s %v", s.Key, s.Offsets, s.Sizes, s.Len, s.Name, shape), Err: ErrCorrupt}
+			}
+			for i := range shape {
+				if s.Offsets[i] < 0 || s.Sizes[i] < 0 || s.Offsets[i]+s.Sizes[i] > shape[i] {
+					return nil, &CheckError{Dir: ck.Dir, File: f.Path, Reason: fmt.Sprintf("chunk %s %v+%v lies outside tensor %s %v", s.Key, s.Offsets, s.Sizes, s.Name, shape), Err: ErrCorrupt}
+				}
+			}
+			r.index[k] = append(r.index[k], chunkRef{file: f.Path, key: s.Key, start: s.Offsets, size: s.Sizes, step: s.Step})
 		}
 	}
 	return r, nil
+}
+
+func prod(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
+}
+
+// flatBoxes turns a version-1 flat slice [Start, Start+Len) of a tensor of
+// shape into the (at most three) boxes it covers (plan.Boxes over the whole
+// tensor): a partial first row, whole rows, a partial last row.
+func flatBoxes(file string, s Slice, shape []int) []chunkRef {
+	whole := model.View{Name: s.Name, Shape: shape, Global: shape, Start: make([]int, len(shape)), Size: shape}
+	var out []chunkRef
+	for _, c := range plan.Boxes(whole, int(s.Start), int(s.Start+s.Len)) {
+		out = append(out, chunkRef{file: file, key: s.Key, off: int64(c.Flat) - s.Start, start: c.Start, size: c.Size, step: s.Step})
+	}
+	return out
 }
 
 // Close releases the files opened.
@@ -253,48 +298,103 @@ func (r *Reader) Close() error {
 	return errors.Join(errs...)
 }
 
-// ReadFlat fills dst with flat elements [offset, offset+len(dst)) of kind
-// and returns the AdamW step count the slices record (the same for every
-// slice read, or an error). Every element must be held by some slice.
-func (r *Reader) ReadFlat(kind string, offset int, dst []float32) (step int, err error) {
-	end := offset + len(dst)
+// ReadBox fills dst with the box start[i] ≤ x_i < start[i]+size[i] of
+// tensor name's kind, in the box's row-major order, from every stored chunk
+// that intersects it, and returns the AdamW step count the chunks record
+// (the same for every chunk read, or an error; 0 for parameters). Every
+// element must be held exactly once.
+func (r *Reader) ReadBox(kind, name string, start, size []int, dst []float32) (step int, err error) {
+	shape, ok := r.shapes[name]
+	if !ok || len(start) != len(shape) || len(size) != len(shape) {
+		return 0, fmt.Errorf("checkpoint: no tensor %s of rank %d in the job's model", name, len(start))
+	}
+	want := prod(size)
+	if len(dst) != want {
+		return 0, fmt.Errorf("checkpoint: reading %s %v+%v (%d elements) into %d", name, start, size, want, len(dst))
+	}
+	if want == 0 {
+		return 0, nil
+	}
 	step = -1
-	for _, v := range r.layout.Views {
-		lo, hi := max(offset, v.Offset), min(end, v.End())
-		if lo >= hi {
+	covered := 0
+	for _, ref := range r.index[kind+"\x00"+name] {
+		lo, hi := make([]int, len(start)), make([]int, len(start))
+		empty := false
+		for i := range start {
+			lo[i], hi[i] = max(start[i], ref.start[i]), min(start[i]+size[i], ref.start[i]+ref.size[i])
+			empty = empty || lo[i] >= hi[i]
+		}
+		if empty {
 			continue
 		}
-		// Tensor-relative [a, b) still to fill.
-		a, b := int64(lo-v.Offset), int64(hi-v.Offset)
-		covered := int64(0)
-		for _, ref := range r.index[kind+"\x00"+v.Name] {
-			s0, s1 := max(a, ref.s.Start), min(b, ref.s.Start+ref.s.Len)
-			if s0 >= s1 {
-				continue
-			}
-			f, err := r.file(ref.file)
-			if err != nil {
-				return 0, err
-			}
-			out := dst[int64(v.Offset)+s0-int64(offset) : int64(v.Offset)+s1-int64(offset)]
-			if err := f.ReadFloat32RangeInto(ref.s.Key, s0-ref.s.Start, out); err != nil {
-				return 0, &CheckError{Dir: r.ck.Dir, File: ref.file, Reason: err.Error(), Err: ErrCorrupt}
-			}
-			r.Bytes += 4 * (s1 - s0)
-			covered += s1 - s0
-			if kind != KindParam {
-				if step >= 0 && ref.s.Step != step {
-					return 0, &CheckError{Dir: r.ck.Dir, File: ref.file, Reason: fmt.Sprintf("%s of %s records AdamW step %d, other slices %d", kind, v.Name, ref.s.Step, step), Err: ErrCorrupt}
-				}
-				step = ref.s.Step
-			}
+		f, err := r.file(ref.file)
+		if err != nil {
+			return 0, err
 		}
-		if covered != b-a {
-			return 0, &CheckError{Dir: r.ck.Dir, Reason: fmt.Sprintf("%s of %s: elements [%d, %d) are held %d times in total, want exactly once",
-				kind, v.Name, a, b, covered), Err: ErrCorrupt}
+		n, err := copyBox(f, ref, lo, hi, start, size, dst)
+		if err != nil {
+			return 0, &CheckError{Dir: r.ck.Dir, File: ref.file, Reason: err.Error(), Err: ErrCorrupt}
+		}
+		r.Bytes += 4 * int64(n)
+		covered += n
+		if kind != KindParam {
+			if step >= 0 && ref.step != step {
+				return 0, &CheckError{Dir: r.ck.Dir, File: ref.file, Reason: fmt.Sprintf("%s of %s records AdamW step %d, other chunks %d", kind, name, ref.step, step), Err: ErrCorrupt}
+			}
+			step = ref.step
 		}
 	}
+	if covered != want {
+		return 0, &CheckError{Dir: r.ck.Dir, Reason: fmt.Sprintf("%s of %s %s: %d of its %d elements are stored (each must be held exactly once)",
+			kind, name, model.ChunkString(start, size), covered, want), Err: ErrCorrupt}
+	}
 	return max(step, 0), nil
+}
+
+// copyBox copies the intersection [lo, hi) of stored chunk ref and the
+// target box (start, size) from f into dst, one run per row of the
+// intersection (rows that are contiguous in both boxes merged), and
+// returns the elements copied.
+func copyBox(f *safetensors.File, ref chunkRef, lo, hi, start, size []int, dst []float32) (int, error) {
+	nd := len(lo)
+	last := nd - 1
+	run := hi[last] - lo[last]
+	// Row-major strides of the stored and the target box.
+	sStride, dStride := make([]int, nd), make([]int, nd)
+	sStride[last], dStride[last] = 1, 1
+	for i := last - 1; i >= 0; i-- {
+		sStride[i] = sStride[i+1] * ref.size[i+1]
+		dStride[i] = dStride[i+1] * size[i+1]
+	}
+	rows := 1
+	for i := 0; i < last; i++ {
+		rows *= hi[i] - lo[i]
+	}
+	// Whole rows of both boxes: the intersection is one contiguous run.
+	if nd == 2 && run == ref.size[1] && run == size[1] {
+		run, rows = run*rows, 1
+	}
+	idx := append([]int(nil), lo...)
+	total := 0
+	for range rows {
+		so, do := 0, 0
+		for i := range nd {
+			so += (idx[i] - ref.start[i]) * sStride[i]
+			do += (idx[i] - start[i]) * dStride[i]
+		}
+		if err := f.ReadFloat32RangeInto(ref.key, ref.off+int64(so), dst[do:do+run]); err != nil {
+			return total, err
+		}
+		total += run
+		for i := last - 1; i >= 0; i-- { // next row of the intersection
+			idx[i]++
+			if idx[i] < hi[i] {
+				break
+			}
+			idx[i] = lo[i]
+		}
+	}
+	return total, nil
 }
 
 func (r *Reader) file(name string) (*safetensors.File, error) {
@@ -309,21 +409,47 @@ func (r *Reader) file(name string) (*safetensors.File, error) {
 	return f, nil
 }
 
-// Model builds a model of the checkpoint's configuration on k holding the
-// checkpoint's parameters, gathered from every rank's shard (for export
-// and sampling).
+// ReadView fills dst (the view's local elements) with layout view v's
+// chunk of kind — whatever layout the checkpoint was saved with — and
+// returns the AdamW step count; padding elements are cleared.
+func (r *Reader) ReadView(kind string, v model.View, dst []float32) (int, error) {
+	return r.ReadLocal(kind, v, 0, v.Len(), dst)
+}
+
+// ReadLocal fills dst with local elements [a, b) of view v (offsets
+// relative to the view): the boxes of the global tensor they cover, read
+// by ReadBox (plan.Boxes); padding elements are cleared.
+func (r *Reader) ReadLocal(kind string, v model.View, a, b int, dst []float32) (int, error) {
+	clear(dst[:b-a])
+	step := 0
+	for _, c := range plan.Boxes(v, a, b) {
+		at := c.Flat - v.Offset - a
+		s, err := r.ReadBox(kind, v.Name, c.Start, c.Size, dst[at:at+c.Len()])
+		if err != nil {
+			return 0, err
+		}
+		step = s
+	}
+	return step, nil
+}
+
+// Model builds a whole model of the checkpoint's configuration on k
+// holding the checkpoint's parameters, assembled from every rank's chunks
+// (for export, evaluation and sampling).
 func (ck *Checkpoint) Model(k tensor.Kernels) (*model.Model, error) {
 	m, err := model.New(ck.Manifest.Model.Config(), k)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ck.Dir, err)
 	}
-	r, err := ck.NewReader(m.Layout)
+	r, err := ck.NewReader(m.Config)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	if _, err := r.ReadFlat(KindParam, 0, m.Params); err != nil {
-		return nil, err
+	for _, v := range m.Layout.Views {
+		if _, err := r.ReadView(KindParam, v, m.Params[v.Offset:v.End()]); err != nil {
+			return nil, err
+		}
 	}
 	return m, nil
 }

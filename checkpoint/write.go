@@ -27,9 +27,22 @@ type Snapshot struct {
 	Data   []float32
 }
 
-// SliceKey names a slice inside a shard file: KIND/NAME/START.
+// SliceKey names a version-1 flat slice inside a shard file: KIND/NAME/START.
 func SliceKey(kind, name string, start int64) string {
 	return kind + "/" + name + "/" + strconv.FormatInt(start, 10)
+}
+
+// ChunkKey names a chunk inside a shard file: KIND/NAME/O0,O1,… (its
+// offsets in the global tensor).
+func ChunkKey(kind, name string, offsets []int) string {
+	b := []byte(kind + "/" + name + "/")
+	for i, o := range offsets {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendInt(b, int64(o), 10)
+	}
+	return string(b)
 }
 
 // WriteOptions are hooks for WriteRank.
@@ -89,7 +102,9 @@ func WriteRank(ctx context.Context, jobDir string, s *Snapshot, opt WriteOptions
 	if err != nil {
 		return part, err
 	}
-	shard.Rank, shard.Slices = part.Rank, s.Slices
+	// A copy: the snapshot (and its slices' AdamW steps) is refilled by the
+	// next save, possibly before a committer encodes this part.
+	shard.Rank, shard.Slices = part.Rank, append([]Slice(nil), s.Slices...)
 	st := s.State
 	st.Format, st.Version, st.Rank, st.Step = FormatName, FormatVersion, part.Rank, part.Step
 	b, err := json.MarshalIndent(st, "", "  ")

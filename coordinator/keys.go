@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/plan"
 )
 
 // DefaultPrefix is the etcd key prefix of Loom's control-plane state.
@@ -139,14 +140,12 @@ func Decode(key string, b []byte, m proto.Message) error {
 	return nil
 }
 
-// RankCoords returns the (dp, pp, tp) coordinates of a rank. Tensor
-// parallelism varies fastest, then data parallelism, then pipeline stage
-// (TorchTitan's ("pp", "dp", "tp") mesh): rank = (pp·DP + dp)·TP + tp, so
-// a tensor-parallel group is a run of consecutive ranks, which the
-// rendezvous places on one host when it can.
+// RankCoords returns the (dp, pp, tp) coordinates of a rank in the job's
+// plan (plan.Mesh): tensor parallelism varies fastest, then data
+// parallelism, then pipeline stage, so a tensor-parallel group is a run of
+// consecutive ranks, which the rendezvous places on one host when it can.
+// Workers check the coordinates they are assigned against their plan.
 func RankCoords(rank int, p api.ParallelSpec) (dp, pp, tp int) {
-	tp = rank % p.TP
-	dp = (rank / p.TP) % p.DP
-	pp = rank / (p.TP * p.DP)
-	return dp, pp, tp
+	c := plan.MeshOf(p).Coord(rank)
+	return c.DP, c.PP, c.TP
 }

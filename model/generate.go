@@ -2,6 +2,7 @@ package model
 
 import (
 	"cmp"
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -73,38 +74,60 @@ func (s *Sampler) Sample(logits []float32) int32 {
 	return cand[len(cand)-1]
 }
 
-// Generate extends prompt by up to maxNew sampled tokens and returns only the
-// new ones. Each token recomputes the full forward pass over the last SeqLen
-// tokens of the context (no KV cache); buffers are allocated once per call.
-// Generation stops early after a token listed in stop.
+// Generate extends prompt by up to maxNew sampled tokens on one rank and
+// returns only the new ones; see GenerateContext.
 func (m *Model) Generate(prompt []int32, maxNew int, opt SampleOptions, stop ...int32) ([]int32, error) {
+	return m.GenerateContext(context.Background(), prompt, maxNew, opt, stop...)
+}
+
+// GenerateContext extends prompt by up to maxNew sampled tokens and
+// returns only the new ones. Each token recomputes the full forward pass
+// over the last SeqLen tokens of the context (no KV cache); buffers are
+// allocated once per call. Generation stops early after a token listed in
+// stop. Under tensor parallelism every rank of the group calls it with the
+// same arguments: the last position's logits are all-gathered from the
+// vocabulary ranges (padding dropped), so every rank samples the same
+// tokens.
+func (m *Model) GenerateContext(ctx context.Context, prompt []int32, maxNew int, opt SampleOptions, stop ...int32) ([]int32, error) {
 	if len(prompt) == 0 {
 		return nil, fmt.Errorf("model.Generate: empty prompt: %w", ErrInput)
 	}
 	if err := m.CheckTokens(1, len(prompt), prompt, nil); err != nil {
 		return nil, fmt.Errorf("model.Generate: prompt: %w", err)
 	}
-	a, err := m.NewActs(1, m.Config.SeqLen)
+	a, err := m.NewEvalActs(1, m.Config.SeqLen)
 	if err != nil {
 		return nil, fmt.Errorf("model.Generate: %w", err)
 	}
-	smp := NewSampler(m.Config.VocabSize, opt)
-	ctx := append(make([]int32, 0, len(prompt)+maxNew), prompt...)
-	V := m.Config.VocabSize
+	V, Vl := m.Config.VocabSize, m.loc.Vocab
+	smp := NewSampler(V, opt)
+	var full []float32
+	if m.tp != nil {
+		full = make([]float32, Vl*m.loc.TP)
+	}
+	ctxTokens := append(make([]int32, 0, len(prompt)+maxNew), prompt...)
 	for range maxNew {
-		window := ctx[max(0, len(ctx)-m.Config.SeqLen):]
+		window := ctxTokens[max(0, len(ctxTokens)-m.Config.SeqLen):]
 		if err := a.SetShape(1, len(window)); err != nil {
 			return nil, fmt.Errorf("model.Generate: %w", err)
 		}
-		logits, err := m.Logits(a, window)
+		logits, err := m.LogitsContext(ctx, a, window)
 		if err != nil {
 			return nil, fmt.Errorf("model.Generate: %w", err)
 		}
-		next := smp.Sample(logits[(len(window)-1)*V : len(window)*V])
-		ctx = append(ctx, next)
+		last := logits[(len(window)-1)*Vl : len(window)*Vl]
+		if m.tp != nil {
+			copy(full[m.loc.Rank*Vl:], last)
+			if err := m.tp.AllGather(ctx, full); err != nil {
+				return nil, fmt.Errorf("model.Generate: gathering the logits: %w", err)
+			}
+			last = full
+		}
+		next := smp.Sample(last[:V])
+		ctxTokens = append(ctxTokens, next)
 		if slices.Contains(stop, next) {
 			break
 		}
 	}
-	return ctx[len(prompt):], nil
+	return ctxTokens[len(prompt):], nil
 }

@@ -12,31 +12,118 @@ const (
 	TPCols = 1  // split along dim 1, input features: row-parallel (o, down)
 )
 
+// Replication of a view's chunk across the ranks of a tensor-parallel group.
+const (
+	Sharded      = ""   // every rank holds a different chunk
+	ReplicatedTP = "tp" // every rank of the tensor-parallel group holds the same chunk (norm weights)
+	ReplicatedKV = "kv" // the ranks sharing a kv head hold the same chunk (k and v when NKVHeads < TP)
+)
+
 // View names one parameter tensor inside the flat buffer. Gradients and
 // optimizer state use the same offsets in their own flat buffers.
+//
+// Under tensor parallelism a view is this rank's chunk of a global tensor:
+// Shape is the local (row-major) shape, Start and Size say where in the
+// global tensor of shape Global the chunk lies. Size is Shape except in the
+// padded vocabulary rows of the embedding and LM head, which lie past the
+// global tensor's end (their elements are zero and are never read from or
+// written to a checkpoint). With one rank, Global = Size = Shape and Start
+// is all zeros.
 type View struct {
 	Name   string // Hugging Face LlamaForCausalLM state-dict name
 	Offset int    // first element in the flat buffer
-	Shape  []int  // row-major shape, HF convention ([out, in] for linear weights)
+	Shape  []int  // local row-major shape, HF convention ([out, in] for linear weights)
 	TPAxis int    // TPRows, TPCols or TPNone
 	Decay  bool   // weight decay applies (matrices yes, norm weights no)
 	Block  int    // decoder block index, or -1 for embedding, final norm and lm_head
+
+	Global []int // shape of the global tensor
+	Start  []int // the chunk's first index in the global tensor, per dim
+	Size   []int // the chunk's extent inside the global tensor, per dim (≤ Shape)
+	// Replica is Sharded, ReplicatedTP or ReplicatedKV. Owner is false
+	// on every copy of a replicated chunk but the first: that copy alone
+	// is written to checkpoints and counted in the global gradient norm.
+	Replica string
+	Owner   bool
 }
 
 // Len is the number of elements of the view.
-func (v View) Len() int {
-	n := 1
-	for _, s := range v.Shape {
-		n *= s
-	}
-	return n
-}
+func (v View) Len() int { return prod(v.Shape) }
 
 // End is Offset+Len.
 func (v View) End() int { return v.Offset + v.Len() }
 
-// Layout is the ordered list of parameter views of a Config. The order is the
-// embedding, then each block in order (q, k, v, o, gate, up, down, then
+// GlobalLen is the number of elements of the global tensor.
+func (v View) GlobalLen() int { return prod(v.Global) }
+
+func prod(s []int) int {
+	n := 1
+	for _, d := range s {
+		n *= d
+	}
+	return n
+}
+
+// Split says which tensor-parallel rank a layout is for.
+type Split struct {
+	TP   int // ranks of the tensor-parallel group (1: the whole model)
+	Rank int // this rank's index in it, in [0, TP)
+}
+
+// Local is a layout's rank-local shape: what the passes run over.
+type Local struct {
+	TP, Rank    int
+	HeadDim     int // explicit head size (Dim/NHeads)
+	Heads       int // query heads held: NHeads/TP
+	KVHeads     int // kv heads held: NKVHeads/TP, or 1 when NKVHeads < TP
+	FFN         int // MLP hidden features held: FFNHidden/TP
+	Vocab       int // vocabulary rows held: ⌈VocabSize/TP⌉ (the last rank's tail is padding)
+	HeadStart   int // first global query head held
+	KVHeadStart int // first global kv head held
+	FFNStart    int // first global MLP hidden feature held
+	VocabStart  int // first global vocabulary row held: Rank·Vocab
+	// KVReplicas is how many ranks hold each kv head: TP/NKVHeads when
+	// NKVHeads < TP, else 1.
+	KVReplicas int
+}
+
+// QDim is the local width of the query projection, Heads·HeadDim.
+func (l Local) QDim() int { return l.Heads * l.HeadDim }
+
+// KVDim is the local width of the key and value projections, KVHeads·HeadDim.
+func (l Local) KVDim() int { return l.KVHeads * l.HeadDim }
+
+// VocabValid is how many of the rank's Vocab rows are real tokens (the
+// rest are padding, masked out of the loss and of sampling).
+func (l Local) VocabValid(globalVocab int) int {
+	return max(0, min(l.Vocab, globalVocab-l.VocabStart))
+}
+
+// CheckSplit reports why cfg cannot be split over tp ranks: tp must divide
+// NHeads and FFNHidden, and NKVHeads must be a multiple or a divisor of tp.
+// Each problem names the Config field.
+func CheckSplit(cfg Config, tp int) error {
+	var errs []string
+	if tp < 1 {
+		return &FieldError{Field: "TP", Value: tp, Allowed: ">= 1"}
+	}
+	if cfg.NHeads%tp != 0 {
+		errs = append(errs, (&FieldError{Field: "NHeads", Value: cfg.NHeads, Allowed: fmt.Sprintf("divisible by the tensor-parallel degree %d", tp)}).Error())
+	}
+	if cfg.NKVHeads%tp != 0 && tp%cfg.NKVHeads != 0 {
+		errs = append(errs, (&FieldError{Field: "NKVHeads", Value: cfg.NKVHeads, Allowed: fmt.Sprintf("a multiple or a divisor of the tensor-parallel degree %d", tp)}).Error())
+	}
+	if cfg.FFNHidden%tp != 0 {
+		errs = append(errs, (&FieldError{Field: "FFNHidden", Value: cfg.FFNHidden, Allowed: fmt.Sprintf("divisible by the tensor-parallel degree %d", tp)}).Error())
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s: %w", strings.Join(errs, "; "), ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Layout is the ordered list of parameter views of one rank. The order is
+// the embedding, then each block in order (q, k, v, o, gate, up, down, then
 // the two norms, as in HF state dicts), then the final norm and the untied
 // lm_head, so the parameters of any contiguous block range — and of a pipeline
 // stage holding the embedding or the head — form one contiguous range.
@@ -45,51 +132,102 @@ type Layout struct {
 	Views []View
 	Size  int // total elements
 	cfg   Config
+	local Local
 	index map[string]int
 	// blockStart[i] is the offset of block i; blockStart[NLayers] is the offset of model.norm.weight.
 	blockStart []int
 }
 
-// NewLayout computes the layout of cfg, which must be valid.
-func NewLayout(cfg Config) (*Layout, error) {
+// NewLayout computes the layout of the whole model cfg (one rank), which
+// must be valid.
+func NewLayout(cfg Config) (*Layout, error) { return NewLocalLayout(cfg, Split{TP: 1}) }
+
+// NewLocalLayout computes tensor-parallel rank s.Rank's layout of cfg
+// (Megatron-LM's split): q, k and v column-parallel by heads, o_proj
+// row-parallel; gate and up column-parallel, down row-parallel; the
+// embedding and LM head each a contiguous vocabulary range, padded to
+// ⌈V/TP⌉ rows per rank; norm weights replicated. When NKVHeads < TP each kv
+// head is replicated on the TP/NKVHeads ranks whose query heads read it.
+func NewLocalLayout(cfg Config, s Split) (*Layout, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("model layout: %w", err)
 	}
-	l := &Layout{cfg: cfg, index: map[string]int{}}
+	if err := CheckSplit(cfg, s.TP); err != nil {
+		return nil, fmt.Errorf("model layout: %w", err)
+	}
+	if s.Rank < 0 || s.Rank >= s.TP {
+		return nil, fmt.Errorf("model layout: tensor-parallel rank %d of %d: %w", s.Rank, s.TP, ErrInvalidConfig)
+	}
+	hd := cfg.HeadDim()
+	lo := Local{TP: s.TP, Rank: s.Rank, HeadDim: hd, Heads: cfg.NHeads / s.TP, FFN: cfg.FFNHidden / s.TP,
+		Vocab: (cfg.VocabSize + s.TP - 1) / s.TP, KVReplicas: 1}
+	lo.HeadStart, lo.FFNStart, lo.VocabStart = s.Rank*lo.Heads, s.Rank*lo.FFN, s.Rank*lo.Vocab
+	if cfg.NKVHeads >= s.TP {
+		lo.KVHeads = cfg.NKVHeads / s.TP
+		lo.KVHeadStart = s.Rank * lo.KVHeads
+	} else {
+		lo.KVHeads, lo.KVReplicas = 1, s.TP/cfg.NKVHeads
+		lo.KVHeadStart = s.Rank / lo.KVReplicas
+	}
+	l := &Layout{cfg: cfg, local: lo, index: map[string]int{}}
 	d, V, ffn := cfg.Dim, cfg.VocabSize, cfg.FFNHidden
-	add := func(name string, tp int, decay bool, block int, shape ...int) {
-		v := View{Name: name, Offset: l.Size, Shape: shape, TPAxis: tp, Decay: decay, Block: block}
+	q, kv := lo.QDim(), lo.KVDim()
+	type chunk struct {
+		global, start, size []int
+	}
+	rows := func(global []int, start, n int) chunk { // rows [start, start+n) of a matrix
+		return chunk{global, []int{start, 0}, []int{max(0, min(n, global[0]-start)), global[1]}}
+	}
+	cols := func(global []int, start, n int) chunk { // columns [start, start+n)
+		return chunk{global, []int{0, start}, []int{global[0], n}}
+	}
+	whole := func(global []int) chunk { return chunk{global, make([]int, len(global)), global} }
+	add := func(name string, tp int, decay bool, block int, c chunk, replica string, owner bool, shape ...int) {
+		v := View{Name: name, Offset: l.Size, Shape: shape, TPAxis: tp, Decay: decay, Block: block,
+			Global: c.global, Start: c.start, Size: c.size, Replica: replica, Owner: owner}
+		if s.TP == 1 {
+			v.Replica, v.Owner = Sharded, true
+		}
 		l.index[name] = len(l.Views)
 		l.Views = append(l.Views, v)
 		l.Size += v.Len()
 	}
-	add("model.embed_tokens.weight", TPRows, true, -1, V, d)
+	first := s.Rank == 0
+	add("model.embed_tokens.weight", TPRows, true, -1, rows([]int{V, d}, lo.VocabStart, lo.Vocab), Sharded, true, lo.Vocab, d)
+	kvRep, kvOwner := Sharded, true
+	if lo.KVReplicas > 1 {
+		kvRep, kvOwner = ReplicatedKV, s.Rank%lo.KVReplicas == 0
+	}
 	for i := 0; i < cfg.NLayers; i++ {
 		l.blockStart = append(l.blockStart, l.Size)
 		p := fmt.Sprintf("model.layers.%d.", i)
-		add(p+"self_attn.q_proj.weight", TPRows, true, i, cfg.qDim(), d)
-		add(p+"self_attn.k_proj.weight", TPRows, true, i, cfg.kvDim(), d)
-		add(p+"self_attn.v_proj.weight", TPRows, true, i, cfg.kvDim(), d)
-		add(p+"self_attn.o_proj.weight", TPCols, true, i, d, cfg.qDim())
-		add(p+"mlp.gate_proj.weight", TPRows, true, i, ffn, d)
-		add(p+"mlp.up_proj.weight", TPRows, true, i, ffn, d)
-		add(p+"mlp.down_proj.weight", TPCols, true, i, d, ffn)
-		add(p+"input_layernorm.weight", TPNone, false, i, d)
-		add(p+"post_attention_layernorm.weight", TPNone, false, i, d)
+		gq, gkv := []int{cfg.qDim(), d}, []int{cfg.kvDim(), d}
+		add(p+"self_attn.q_proj.weight", TPRows, true, i, rows(gq, lo.HeadStart*hd, q), Sharded, true, q, d)
+		add(p+"self_attn.k_proj.weight", TPRows, true, i, rows(gkv, lo.KVHeadStart*hd, kv), kvRep, kvOwner, kv, d)
+		add(p+"self_attn.v_proj.weight", TPRows, true, i, rows(gkv, lo.KVHeadStart*hd, kv), kvRep, kvOwner, kv, d)
+		add(p+"self_attn.o_proj.weight", TPCols, true, i, cols([]int{d, cfg.qDim()}, lo.HeadStart*hd, q), Sharded, true, d, q)
+		add(p+"mlp.gate_proj.weight", TPRows, true, i, rows([]int{ffn, d}, lo.FFNStart, lo.FFN), Sharded, true, lo.FFN, d)
+		add(p+"mlp.up_proj.weight", TPRows, true, i, rows([]int{ffn, d}, lo.FFNStart, lo.FFN), Sharded, true, lo.FFN, d)
+		add(p+"mlp.down_proj.weight", TPCols, true, i, cols([]int{d, ffn}, lo.FFNStart, lo.FFN), Sharded, true, d, lo.FFN)
+		add(p+"input_layernorm.weight", TPNone, false, i, whole([]int{d}), ReplicatedTP, first, d)
+		add(p+"post_attention_layernorm.weight", TPNone, false, i, whole([]int{d}), ReplicatedTP, first, d)
 	}
 	l.blockStart = append(l.blockStart, l.Size)
-	add("model.norm.weight", TPNone, false, -1, d)
+	add("model.norm.weight", TPNone, false, -1, whole([]int{d}), ReplicatedTP, first, d)
 	if !cfg.TieEmbeddings {
-		add("lm_head.weight", TPRows, true, -1, V, d)
+		add("lm_head.weight", TPRows, true, -1, rows([]int{V, d}, lo.VocabStart, lo.Vocab), Sharded, true, lo.Vocab, d)
 	}
-	if l.Size != cfg.NumParams() {
+	if s.TP == 1 && l.Size != cfg.NumParams() {
 		panic(fmt.Sprintf("model layout: size %d != Config.NumParams %d", l.Size, cfg.NumParams()))
 	}
 	return l, nil
 }
 
-// Config returns the configuration the layout was built from.
+// Config returns the (global) configuration the layout was built from.
 func (l *Layout) Config() Config { return l.cfg }
+
+// Local returns the rank-local shape.
+func (l *Layout) Local() Local { return l.local }
 
 // Lookup returns the view with the given HF name.
 func (l *Layout) Lookup(name string) (View, bool) {
@@ -119,8 +257,8 @@ func (l *Layout) Slice(flat []float32, name string) []float32 {
 
 // BlockWeights groups the views of one decoder block in a flat buffer.
 type BlockWeights struct {
-	Q, K, V, O        []float32 // [qDim,d], [kvDim,d], [kvDim,d], [d,qDim]
-	Gate, Up, Down    []float32 // [ffn,d], [ffn,d], [d,ffn]
+	Q, K, V, O        []float32 // [qDim,d], [kvDim,d], [kvDim,d], [d,qDim] (local widths)
+	Gate, Up, Down    []float32 // [ffn,d], [ffn,d], [d,ffn] (local ffn)
 	AttnNorm, MLPNorm []float32 // input_layernorm, post_attention_layernorm [d]
 }
 
@@ -157,7 +295,7 @@ func (l *Layout) sliceAt(buf []float32, base int, name string) []float32 {
 // HeadWeights groups the final norm and the output projection.
 type HeadWeights struct {
 	Norm []float32 // model.norm.weight [d]
-	Out  []float32 // lm_head.weight [V,d], or model.embed_tokens.weight when tied
+	Out  []float32 // lm_head.weight [Vocab,d] (local rows), or model.embed_tokens.weight when tied
 }
 
 // Head returns the head's views into flat.
@@ -169,7 +307,7 @@ func (l *Layout) Head(flat []float32) HeadWeights {
 	return HeadWeights{Norm: l.Slice(flat, "model.norm.weight"), Out: l.Slice(flat, out)}
 }
 
-// Embedding returns the model.embed_tokens.weight view [V,d] into flat.
+// Embedding returns the model.embed_tokens.weight view [Vocab,d] into flat.
 func (l *Layout) Embedding(flat []float32) []float32 {
 	return l.Slice(flat, "model.embed_tokens.weight")
 }
@@ -199,11 +337,66 @@ func (l *Layout) Units() []Unit {
 	return append(us, Unit{Name: "head", Offset: l.blockStart[L], Len: l.Size - l.blockStart[L], Block: -1})
 }
 
-// String lists the views, one per line, for debugging and golden diffs.
+// String lists the views, one per line, for debugging and golden diffs:
+// with one rank the flat offset, shape and attributes; split over ranks
+// also the chunk of the global tensor and its replication.
 func (l *Layout) String() string {
 	var b strings.Builder
 	for _, v := range l.Views {
-		fmt.Fprintf(&b, "%-48s off=%-9d shape=%v tp=%d decay=%v block=%d\n", v.Name, v.Offset, v.Shape, v.TPAxis, v.Decay, v.Block)
+		fmt.Fprintf(&b, "%-48s off=%-9d shape=%v tp=%d decay=%v block=%d", v.Name, v.Offset, v.Shape, v.TPAxis, v.Decay, v.Block)
+		if l.local.TP > 1 {
+			fmt.Fprintf(&b, " chunk=%s of %v", ChunkString(v.Start, v.Size), v.Global)
+			if v.Replica != Sharded {
+				fmt.Fprintf(&b, " replica=%s owner=%v", v.Replica, v.Owner)
+			}
+		}
+		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// ChunkString prints a chunk as [a:b, c:d] (half-open ranges per dim).
+func ChunkString(start, size []int) string {
+	parts := make([]string, len(start))
+	for i := range start {
+		parts[i] = fmt.Sprintf("%d:%d", start[i], start[i]+size[i])
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+// Runs calls f for each contiguous run of the view's chunk, in order:
+// elements [local, local+n) of the view (offsets relative to the view) are
+// elements [global, global+n) of the row-major global tensor. Padding
+// elements (past Size) are in no run.
+func (v View) Runs(f func(local, global, n int)) {
+	if len(v.Shape) == 1 {
+		if v.Size[0] > 0 {
+			f(0, v.Start[0], v.Size[0])
+		}
+		return
+	}
+	rows, cols, width := v.Size[0], v.Size[1], v.Global[1]
+	if rows == 0 || cols == 0 {
+		return
+	}
+	if cols == width && v.Shape[1] == width {
+		f(0, v.Start[0]*width, rows*width)
+		return
+	}
+	for i := range rows {
+		f(i*v.Shape[1], (v.Start[0]+i)*width+v.Start[1], cols)
+	}
+}
+
+// FromGlobal copies the view's chunk of a global tensor (row-major, all of
+// it) into dst, the view's local elements; padding is cleared.
+func (v View) FromGlobal(dst, global []float32) {
+	clear(dst[:v.Len()])
+	v.Runs(func(l, g, n int) { copy(dst[l:l+n], global[g:g+n]) })
+}
+
+// ToGlobal copies the view's local elements src into its chunk of a
+// global tensor (row-major).
+func (v View) ToGlobal(global, src []float32) {
+	v.Runs(func(l, g, n int) { copy(global[g:g+n], src[l:l+n]) })
 }

@@ -1,6 +1,7 @@
 package model_test
 
 import (
+	"context"
 	"errors"
 	"math"
 	"slices"
@@ -183,27 +184,36 @@ func TestStagesComposeToForwardBackward(t *testing.T) {
 	}
 
 	split.ZeroGrads()
-	d := cfg.Dim
-	x := make([][]float32, cfg.NLayers+1)
-	for i := range x {
-		x[i] = make([]float32, B*T*d)
+	ctx := context.Background()
+	// Stage 0 owns the embedding and blocks 0..1 with its own activations;
+	// stage 1 owns block 2 (run as its two halves) and the head, and gets
+	// stage 0's output as its input.
+	s0, _ := split.NewActs(B, T)
+	s1, _ := split.NewActs(B, T)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	saved := make([]*model.BlockActs, cfg.NLayers)
-	split.EmbedForward(x[0], tokens)
-	for i := range saved { // stage 0 owns blocks 0..1, stage 1 owns block 2 and the head
-		saved[i] = model.NewBlockActs(cfg, B, T)
-		split.BlockForward(i, x[i+1], x[i], saved[i])
+	must(split.EmbedForward(ctx, s0, tokens))
+	for i := 0; i < 2; i++ {
+		must(split.BlockForward(ctx, i, s0.Resid[i+1], s0.Resid[i], s0.Blocks[i], s0.Scratch))
 	}
-	h := model.NewHeadActs(cfg, B, T)
-	split.HeadForward(h, x[cfg.NLayers])
-	got := split.HeadLossGrad(h, targets, 1)
-	dx := make([]float32, B*T*d)
-	split.HeadBackward(h, dx, x[cfg.NLayers])
-	scr := model.NewBlockScratch(cfg, B, T)
-	for i := cfg.NLayers - 1; i >= 0; i-- {
-		split.BlockBackward(i, dx, x[i], saved[i], scr)
+	copy(s1.Resid[2], s0.Resid[2])
+	must(split.AttnForward(ctx, 2, s1.Blocks[2].H, s1.Resid[2], s1.Blocks[2], s1.Scratch))
+	must(split.MLPForward(ctx, 2, s1.Resid[3], s1.Blocks[2].H, s1.Blocks[2], s1.Scratch))
+	must(split.HeadForward(ctx, s1.Head, s1.Resid[3], s1.Scratch))
+	got, err := split.HeadLossGrad(ctx, s1.Head, targets, 1)
+	must(err)
+	must(split.HeadBackward(ctx, s1.Head, s1.DResid, s1.Resid[3], s1.Scratch))
+	must(split.MLPBackward(ctx, 2, s1.DResid, s1.Blocks[2].H, s1.Blocks[2], s1.Scratch))
+	must(split.AttnBackward(ctx, 2, s1.DResid, s1.Resid[2], s1.Blocks[2], s1.Scratch))
+	copy(s0.DResid, s1.DResid)
+	for i := 1; i >= 0; i-- {
+		must(split.BlockBackward(ctx, i, s0.DResid, s0.Resid[i], s0.Blocks[i], s0.Scratch))
 	}
-	split.EmbedBackward(dx, tokens)
+	must(split.EmbedBackward(ctx, s0, tokens))
 	if got != want {
 		t.Fatalf("split loss %v, whole %v", got, want)
 	}
@@ -373,9 +383,9 @@ func TestSamplerTopK(t *testing.T) {
 	}
 }
 
-// The ranges ForwardBackwardNotify reports are descending, contiguous and
-// cover the gradient buffer, and each is final when reported.
-func TestForwardBackwardNotifyRanges(t *testing.T) {
+// The units AfterBackward reports are descending, contiguous and cover the
+// gradient buffer, and each is final when reported.
+func TestAfterBackwardRanges(t *testing.T) {
 	for _, tied := range []bool{false, true} {
 		cfg := model.Config{VocabSize: 50, Dim: 16, NLayers: 3, NHeads: 4, NKVHeads: 2, FFNHidden: 24, SeqLen: 8, RopeTheta: 10000, NormEps: 1e-5, TieEmbeddings: tied}
 		m, err := model.New(cfg, tensor.Reference{})
@@ -391,10 +401,13 @@ func TestForwardBackwardNotifyRanges(t *testing.T) {
 		snap := make([]float32, len(m.Grads))
 		type rng struct{ lo, hi int }
 		var got []rng
-		if _, err := m.ForwardBackwardNotify(a, tokens, tokens, 1, func(lo, hi int) {
+		us := m.Layout.Units()
+		if _, err := m.ForwardBackwardHooks(context.Background(), a, tokens, tokens, 1, model.Hooks{AfterBackward: func(u int) error {
+			lo, hi := us[u].Offset, us[u].End()
 			got = append(got, rng{lo, hi})
 			copy(snap[lo:hi], m.Grads[lo:hi])
-		}); err != nil {
+			return nil
+		}}); err != nil {
 			t.Fatal(err)
 		}
 		end := m.Layout.Size

@@ -1,6 +1,7 @@
 package model_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
@@ -28,7 +29,11 @@ func TestUnboundModelMatchesFlat(t *testing.T) {
 		if next != ref.Layout.Size {
 			t.Fatalf("units end at %d, layout size %d", next, ref.Layout.Size)
 		}
-		m, err := model.NewUnbound(cfg, tensor.Reference{})
+		l, err := model.NewLayout(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := model.NewUnbound(l, tensor.Reference{}, model.Comms{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,8 +57,10 @@ func TestUnboundModelMatchesFlat(t *testing.T) {
 			t.Fatal(err)
 		}
 		var order []string
-		log := func(ev string) func(int) { return func(u int) { order = append(order, ev+us[u].Name) } }
-		got, err := m.ForwardBackwardHooks(a2, tokens, targets, 1, model.Hooks{
+		log := func(ev string) func(int) error {
+			return func(u int) error { order = append(order, ev+us[u].Name); return nil }
+		}
+		got, err := m.ForwardBackwardHooks(context.Background(), a2, tokens, targets, 1, model.Hooks{
 			BeforeForward: log("F"), AfterForward: log("f"), BeforeBackward: log("B"), AfterBackward: log("b"),
 		})
 		if err != nil || got != want {

@@ -24,7 +24,7 @@ const DefaultBucketBytes = 1 << 20
 // Ready, Wait and Stats must be called from one goroutine (the training
 // loop's).
 type BucketReducer struct {
-	g           *Group
+	g           Comm
 	grads       []float32
 	bucketElems int
 
@@ -59,7 +59,7 @@ type ReduceStats struct {
 
 // NewBucketReducer returns a reducer of grads over g. bucketBytes ≤ 0 means
 // DefaultBucketBytes.
-func NewBucketReducer(g *Group, grads []float32, bucketBytes int) *BucketReducer {
+func NewBucketReducer(g Comm, grads []float32, bucketBytes int) *BucketReducer {
 	if bucketBytes <= 0 {
 		bucketBytes = DefaultBucketBytes
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/model"
 )
 
 // CheckpointConfig turns on periodic sharded checkpoints (see
@@ -72,9 +73,9 @@ type saveResult struct {
 }
 
 // EnableCheckpoints makes Run save a checkpoint after every cfg.Every
-// steps. The step loop is blocked only while the rank's state is copied
-// (and, under ZeRO stage 3, its parameters gathered); the files are
-// written in the background while the next steps run.
+// steps. The step loop is blocked only while the rank's own chunks are
+// copied; the files are written in the background while the next steps
+// run.
 func (t *Trainer) EnableCheckpoints(cfg CheckpointConfig) error {
 	if cfg.Every <= 0 || cfg.JobDir == "" || cfg.Report == nil {
 		return fmt.Errorf("train: checkpoints need JobDir, Every > 0 and Report (every = %d, dir %q)", cfg.Every, cfg.JobDir)
@@ -117,7 +118,7 @@ func (s *saver) save(ctx context.Context, t *Trainer) (time.Duration, error) {
 	if err := s.wait(); err != nil {
 		return 0, err
 	}
-	if err := t.fillSnapshot(ctx, s.snap); err != nil {
+	if err := t.fillSnapshot(s.snap); err != nil {
 		return 0, fmt.Errorf("checkpoint step %d: %w", t.step, err)
 	}
 	blocked := time.Since(start)
@@ -162,63 +163,60 @@ func (s *saver) wait() error {
 	return res.err
 }
 
-// newSnapshot lays out this rank's slices: for each kind (parameters, then
-// the two AdamW moments), the plan's tensor records of this rank, so that
-// every rank writes what its ZeRO partition owns whatever the stage.
+// newSnapshot lays out this rank's chunks: for each kind (parameters,
+// then the two AdamW moments), the boxes of global tensors its ZeRO shard
+// of its local layout owns (plan.DPShard.Chunks), so every element of
+// every tensor is written by exactly one rank whatever the layout, and
+// nothing is gathered first.
 func (t *Trainer) newSnapshot(spec string) *checkpoint.Snapshot {
-	plan := t.engine.Plan()
-	me := plan.Ranks[t.rank]
+	me := t.rp.Zero.Ranks[t.rp.DPIndex]
+	n := 0
+	for _, c := range me.Chunks {
+		n += c.Len()
+	}
 	s := &checkpoint.Snapshot{
-		Part: checkpoint.RankPart{Job: t.spec.Name, Rank: t.rank, Layout: checkpoint.LayoutOf(t.spec.Parallel),
+		Part: checkpoint.RankPart{Job: t.spec.Name, Rank: t.rp.Rank, Layout: checkpoint.LayoutOf(t.spec.Parallel),
 			Model: checkpoint.ModelInfoOf(t.Model.Config), Spec: spec},
-		Data: make([]float32, 3*me.LocalLen),
+		Data: make([]float32, 3*n),
 	}
 	for _, kind := range []string{checkpoint.KindParam, checkpoint.KindExpAvg, checkpoint.KindExpAvgSq} {
-		for _, r := range me.Tensors {
-			s.Slices = append(s.Slices, checkpoint.Slice{Key: checkpoint.SliceKey(kind, r.Name, int64(r.Start)), Kind: kind,
-				Name: r.Name, Shape: r.GlobalShape, Start: int64(r.Start), Len: int64(r.Len)})
+		for _, c := range me.Chunks {
+			s.Slices = append(s.Slices, checkpoint.Slice{Key: checkpoint.ChunkKey(kind, c.Name, c.Start), Kind: kind,
+				Name: c.Name, Shape: c.Global, Offsets: c.Start, Sizes: c.Size, Len: int64(c.Len())})
 		}
 	}
 	return s
 }
 
 // fillSnapshot copies the current parameters and AdamW state of this
-// rank's slices into s. Under ZeRO stage 3 it gathers the parameters (a
-// collective: every rank saves at the same step).
-func (t *Trainer) fillSnapshot(ctx context.Context, s *checkpoint.Snapshot) error {
-	params, err := t.Params(ctx)
-	if err != nil {
-		return err
-	}
-	opts, on := t.engine.Optimizers()
+// rank's chunks into s, from the live buffers (under ZeRO stage 3, from
+// the rank's own shard: nothing is gathered).
+func (t *Trainer) fillSnapshot(s *checkpoint.Snapshot) error {
+	me := t.rp.Zero.Ranks[t.rp.DPIndex]
 	off := int64(0)
 	for i := range s.Slices {
 		sl := &s.Slices[i]
-		a := t.Model.Layout.Views[t.viewIndex(sl.Name)].Offset + int(sl.Start)
-		b := a + int(sl.Len)
+		c := me.Chunks[i%len(me.Chunks)]
 		dst := s.Data[off : off+sl.Len]
 		off += sl.Len
 		if sl.Kind == checkpoint.KindParam {
-			copy(dst, params[a:b])
+			src, err := t.engine.Params(c.Flat, c.Len())
+			if err != nil {
+				return err
+			}
+			copy(dst, src)
 			continue
 		}
-		j := -1
-		for k, r := range on {
-			if r.Offset <= a && b <= r.End() {
-				j = k
-				break
-			}
+		m, v, o, err := t.engine.Moments(c.Flat, c.Len())
+		if err != nil {
+			return fmt.Errorf("rank %d: %s %s: %w", t.rp.Rank, sl.Name, model.ChunkString(c.Start, c.Size), err)
 		}
-		if j < 0 {
-			return fmt.Errorf("no optimizer of rank %d holds %s [%d, %d)", t.rank, sl.Name, sl.Start, sl.Start+sl.Len)
-		}
-		m, v, step := opts[j].State()
 		src := m
 		if sl.Kind == checkpoint.KindExpAvgSq {
 			src = v
 		}
-		copy(dst, src[a-on[j].Offset:b-on[j].Offset])
-		sl.Step = step
+		copy(dst, src)
+		_, _, sl.Step = o.State()
 	}
 	s.Part.Step = t.step
 	s.State = checkpoint.RankState{
@@ -228,58 +226,59 @@ func (t *Trainer) fillSnapshot(ctx context.Context, s *checkpoint.Snapshot) erro
 	return nil
 }
 
-// viewIndex finds a parameter view by name.
-func (t *Trainer) viewIndex(name string) int {
-	if t.views == nil {
-		t.views = map[string]int{}
-		for i, v := range t.Model.Layout.Views {
-			t.views[v.Name] = i
-		}
-	}
-	return t.views[name]
-}
-
-// Restore loads a checkpoint saved under any data-parallel size and ZeRO
-// stage into this trainer's layout: each rank reads only the slices it
-// needs (all parameters at stages 0–2, its own shard at stage 3; AdamW
-// moments for its optimizer shards) from whichever files hold them. The
-// model configuration must match the job's; the step counter, the LR
-// schedule position and the data position continue from the checkpoint.
+// Restore loads a checkpoint saved under any layout (dp, tp, ZeRO stage)
+// into this trainer's: each rank reads only the boxes of global tensors
+// its local layout holds — every parameter at stages 0–2, its own shard
+// at stage 3, AdamW moments for its optimizer shards — from whichever
+// files hold the chunks that intersect them. The model configuration must
+// match the job's; the step counter, the LR schedule position and the
+// data position continue from the checkpoint.
 func (t *Trainer) Restore(ck *checkpoint.Checkpoint) error {
 	if err := checkpoint.CompareConfigs(t.Model.Config, ck.Manifest.Model.Config()); err != nil {
 		return fmt.Errorf("checkpoint %s: %w", ck.Dir, err)
 	}
-	r, err := ck.NewReader(t.Model.Layout)
+	r, err := ck.NewReader(t.Model.Config)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	plan := t.engine.Plan()
-	if t.Model.Params != nil {
-		if _, err := r.ReadFlat(checkpoint.KindParam, 0, t.Model.Params); err != nil {
+	l := t.Model.Layout
+	// readRange fills dst with local flat elements [lo, hi) of kind.
+	readRange := func(kind string, lo, hi int, dst []float32) (int, error) {
+		step := -1
+		for _, v := range l.Views {
+			a, b := max(lo, v.Offset), min(hi, v.End())
+			if a >= b {
+				continue
+			}
+			s, err := r.ReadLocal(kind, v, a-v.Offset, b-v.Offset, dst[a-lo:b-lo])
+			if err != nil {
+				return 0, err
+			}
+			if kind != checkpoint.KindParam && step >= 0 && s != step {
+				return 0, &checkpoint.CheckError{Dir: ck.Dir, Reason: fmt.Sprintf("%s records AdamW steps %d and %d within one shard", kind, step, s), Err: checkpoint.ErrCorrupt}
+			}
+			step = s
+		}
+		return max(step, 0), nil
+	}
+	for _, s := range t.engine.ParamRanges() {
+		dst, err := t.engine.Params(s.Offset, s.Len)
+		if err != nil {
 			return err
 		}
-	} else {
-		// Stage 3: a full-size buffer of which only this rank's slices are
-		// read (zero.Engine.LoadParams takes the full layout).
-		full := make([]float32, plan.Size)
-		for _, s := range plan.Ranks[t.rank].Slices {
-			if _, err := r.ReadFlat(checkpoint.KindParam, s.Offset, full[s.Offset:s.End()]); err != nil {
-				return err
-			}
-		}
-		if err := t.engine.LoadParams(full); err != nil {
+		if _, err := readRange(checkpoint.KindParam, s.Offset, s.End(), dst); err != nil {
 			return err
 		}
 	}
 	opts, on := t.engine.Optimizers()
 	for i, o := range opts {
 		m, v := make([]float32, on[i].Len), make([]float32, on[i].Len)
-		sm, err := r.ReadFlat(checkpoint.KindExpAvg, on[i].Offset, m)
+		sm, err := readRange(checkpoint.KindExpAvg, on[i].Offset, on[i].End(), m)
 		if err != nil {
 			return err
 		}
-		sv, err := r.ReadFlat(checkpoint.KindExpAvgSq, on[i].Offset, v)
+		sv, err := readRange(checkpoint.KindExpAvgSq, on[i].Offset, on[i].End(), v)
 		if err != nil {
 			return err
 		}

@@ -2,8 +2,10 @@ package train
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"time"
@@ -11,19 +13,25 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
-	"github.com/loomtrain/loom/zero"
 )
 
-// RankConfig is one rank of a multi-worker job, as a worker receives it.
+// RankConfig is one rank of a job: what `loom run` (world size 1) and a
+// worker (one assignment of a multi-worker job) hand to RunRank.
 type RankConfig struct {
 	Spec       api.JobSpec
 	Job        string
 	Generation uint64
 	Rank       int
-	// Peers holds every rank's data-plane address, indexed by rank.
+	// Coord, if set, is the (dp, tp, pp) position the coordinator assigned
+	// to Rank; it must be the plan's.
+	Coord *plan.Coord
+	// Peers holds every rank's data-plane address, indexed by rank; nil
+	// for world size 1.
 	Peers []string
 	// Listener accepts peers' connections at Peers[Rank].
 	Listener net.Listener
@@ -31,113 +39,189 @@ type RankConfig struct {
 	// Timeout is how long a collective waits on a silent peer before it
 	// fails naming that peer (0: parallel.DefaultTimeout).
 	Timeout time.Duration
+	// BucketBytes is the stage-0 gradient bucket size (0: default).
+	BucketBytes int
+	// Transport overrides the spec's parallel.transport for this rank
+	// ("": the spec's); `loom worker --transport` sets it.
+	Transport string
+	// OnLink, if set, is told how payloads travel to each peer (for the
+	// loom_worker_link metric); each is also logged to Log.
+	OnLink func(parallel.LinkInfo)
 	// OnComm, if set, is told the bytes sent and seconds of each step's
-	// gradient exchange (for metrics).
+	// communication (for metrics).
 	OnComm func(op string, bytes int64, d time.Duration)
 	// OnMemory, if set, is told the rank's counted memory once, before the
 	// first step: a worker sets the gauge loom_worker_memory_bytes{kind}
-	// from zero.Memory.Kinds.
-	OnMemory func(zero.Memory)
-	// Log, if set, receives one line at start naming the ZeRO stage and
-	// the counted memory by kind, and the checkpoint lines.
+	// from plan.Memory.Kinds.
+	OnMemory func(plan.Memory)
+	// Log, if set, receives the rank's lines: the layout and counted
+	// memory at start, warnings, resume and checkpoint lines, a summary at
+	// the end.
 	Log io.Writer
+	// Init, if set, is a Hugging Face LLaMA directory to start from
+	// (continued pretraining); each rank keeps its chunks.
+	Init string
 	// Resume is what to restore before training: "" (nothing), "latest",
 	// "auto" (the latest complete checkpoint if any) or a step directory
 	// (checkpoint.Resolve).
 	Resume string
+	// SpecYAML is recorded in checkpoint manifests (default: the spec
+	// re-encoded).
+	SpecYAML []byte
 	// ReportCheckpoint, with checkpoint.every > 0, receives the rank's
 	// part of each checkpoint once its files are durable; the coordinator
-	// writes the manifest when every rank has reported. Nil: no
-	// checkpoints are saved.
+	// (or, for world size 1, CommitLocal) writes the manifest when every
+	// rank has reported. Nil: no checkpoints are saved.
 	ReportCheckpoint func(ctx context.Context, p checkpoint.RankPart) error
 	// CheckpointWrite holds the checkpoint writer's test hooks.
 	CheckpointWrite checkpoint.WriteOptions
+	// OnPlan, if set, may inspect or alter the plan before the rank is
+	// built (tests inject broken layouts with it).
+	OnPlan func(*plan.Plan) error
 	// TestStepDelay is Config.TestStepDelay (a test hook: a slow rank).
 	TestStepDelay time.Duration
 }
 
-// RunRank trains one data-parallel rank: it serves the data plane on the
-// listener, joins the data-parallel group, trains every step, and on rank 0
-// saves the final model. Tensor and pipeline parallelism are not supported
-// yet.
-func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
+// Result is what a finished rank leaves.
+type Result struct {
+	// Final is the whole trained model on rank 0 (nil on other ranks),
+	// also saved under checkpoint.dir/NAME/final.
+	Final    *model.Model
+	FinalDir string
+	Steps    int
+}
+
+// RunRank trains one rank of a job: it computes the plan, serves the data
+// plane and joins the rank's process groups (tensor-parallel, data-parallel,
+// kv-replica) when the world is larger than one, opens the data, builds the
+// trainer, restores a checkpoint or initial weights, enables periodic
+// checkpoints, trains every step, and saves the final model (the whole
+// model, assembled from every rank's chunks, on rank 0). It is the one
+// composition root of `loom run` and `loom worker`. With world size 1 a
+// run stopped early still saves the model it has.
+func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, error) {
 	s := rc.Spec
-	if s.Parallel.TP != 1 || s.Parallel.PP != 1 {
-		return fmt.Errorf("parallel.tp = %d, parallel.pp = %d: tensor and pipeline parallelism are not supported yet (use dp)", s.Parallel.TP, s.Parallel.PP)
-	}
-	if len(rc.Peers) != s.Parallel.WorldSize() || rc.Rank < 0 || rc.Rank >= len(rc.Peers) {
-		return fmt.Errorf("rank %d with %d peer addresses for world size %d", rc.Rank, len(rc.Peers), s.Parallel.WorldSize())
-	}
-	tr, err := parallel.NewTransport(ctx, parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank]})
+	world := max(1, len(rc.Peers))
+	p, err := plan.New(s, world)
 	if err != nil {
-		return fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
+		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
-	// Leave gracefully: peers still finishing the last collective get every
-	// frame this rank sent before its connections close.
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		tr.Shutdown(sctx)
-	}()
-	ranks := make([]int, len(rc.Peers))
-	addrs := map[int]string{}
-	for i, a := range rc.Peers {
-		ranks[i] = i
-		addrs[i] = a
+	if rc.OnPlan != nil {
+		if err := rc.OnPlan(p); err != nil {
+			return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
+		}
 	}
-	g, err := tr.NewGroup(parallel.GroupSpec{Job: rc.Job, Generation: rc.Generation, Name: "dp", Ranks: ranks, MyRank: rc.Rank, Addrs: addrs, Timeout: rc.Timeout})
-	if err != nil {
-		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	if rc.Rank < 0 || rc.Rank >= world {
+		return nil, fmt.Errorf("rank %d with %d peer addresses for world size %d", rc.Rank, len(rc.Peers), world)
 	}
-	defer g.Close()
-	f, err := data.Open(s.Data.Path)
-	if err != nil {
-		return fmt.Errorf("rank %d: data.path: %w", rc.Rank, err)
-	}
-	defer f.Close()
-	l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: s.Model.SeqLen, Shuffle: s.Data.Shuffle, Seed: s.Data.Seed})
-	if err != nil {
-		return fmt.Errorf("rank %d: %w", rc.Rank, err)
-	}
-	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, DP: g, TestStepDelay: rc.TestStepDelay})
-	if err != nil {
-		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	if rc.Coord != nil {
+		if err := p.CheckCoord(rc.Rank, *rc.Coord); err != nil {
+			return nil, err
+		}
 	}
 	log := rc.Log
 	if log == nil {
 		log = io.Discard
 	}
+	rp := p.Rank(rc.Rank)
+	var comms Comms
+	if world > 1 {
+		mode := s.Parallel.Transport
+		if rc.Transport != "" {
+			mode = rc.Transport
+		}
+		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink}
+		if mode != "" {
+			if topts.Mode, err = parallel.ParseTransportMode(mode); err != nil {
+				return nil, fmt.Errorf("rank %d: parallel.transport: %w", rc.Rank, err)
+			}
+		}
+		if rc.Log != nil {
+			topts.Logger = slog.New(slog.NewTextHandler(rc.Log, nil)).With("rank", rc.Rank)
+		}
+		tr, err := parallel.NewTransport(ctx, topts)
+		if err != nil {
+			return nil, fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
+		}
+		// Leave gracefully: peers still finishing the last collective get every
+		// frame this rank sent before its connections close.
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			tr.Shutdown(sctx)
+		}()
+		join := func(g plan.Group) (parallel.Comm, error) {
+			if g.Size() <= 1 {
+				return nil, nil
+			}
+			addrs := map[int]string{}
+			for _, r := range g.Ranks {
+				addrs[r] = rc.Peers[r]
+			}
+			grp, err := tr.NewGroup(parallel.GroupSpec{Job: rc.Job, Generation: rc.Generation, Name: g.Name, Ranks: g.Ranks, MyRank: rc.Rank, Addrs: addrs, Timeout: rc.Timeout})
+			if err != nil {
+				return nil, fmt.Errorf("rank %d: group %s: %w", rc.Rank, g.Name, err)
+			}
+			return grp, nil
+		}
+		for _, j := range []struct {
+			dst *parallel.Comm
+			g   plan.Group
+		}{{&comms.TP, rp.TP}, {&comms.DP, rp.DP}, {&comms.KV, rp.KV}} {
+			c, err := join(j.g)
+			if err != nil {
+				return nil, err
+			}
+			if c != nil {
+				*j.dst = c
+				defer c.(*parallel.Group).Close()
+			}
+		}
+	}
+	ds, err := data.OpenDataset(s.Data, s.Model.SeqLen)
+	if err != nil {
+		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	defer ds.Close()
+	l := ds.Train
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Validation: ds.Validation, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes, TestStepDelay: rc.TestStepDelay})
+	if err != nil {
+		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
+	}
+	if rc.Init != "" && rc.Resume != "" {
+		return nil, errors.New("--init and --resume exclude each other: --resume restores the weights and the optimizer")
+	}
 	jobDir := checkpoint.JobDir(s)
 	if rc.Resume != "" {
-		start := time.Now()
-		ck, skipped, err := checkpoint.Resolve(jobDir, rc.Resume)
-		for _, sk := range skipped {
-			fmt.Fprintf(log, "rank %d: warning: skipping checkpoint %v\n", rc.Rank, sk.Err)
+		if err := resume(t, rc, jobDir, log); err != nil {
+			return nil, err
 		}
+	}
+	if rc.Init != "" {
+		src, err := checkpoint.LoadModel(rc.Init, tensor.Reference{}, s.Model.SeqLen)
 		if err != nil {
-			return fmt.Errorf("rank %d: resume %s: %w", rc.Rank, rc.Resume, err)
+			return nil, fmt.Errorf("rank %d: --init: %w", rc.Rank, err)
 		}
-		if ck != nil {
-			if err := t.Restore(ck); err != nil {
-				return fmt.Errorf("rank %d: resume: %w", rc.Rank, err)
-			}
-			for _, n := range checkpoint.CompareState(s, ck.State) {
-				fmt.Fprintf(log, "rank %d: warning: %s\n", rc.Rank, n)
-			}
-			fmt.Fprintf(log, "rank %d: resumed from %s (step %d, saved with %s) in %v\n",
-				rc.Rank, ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, time.Since(start).Round(time.Millisecond))
+		if err := t.LoadWeights(src); err != nil {
+			return nil, fmt.Errorf("rank %d: --init %s: %w", rc.Rank, rc.Init, err)
 		}
 	}
 	if s.Checkpoint.Every > 0 && rc.ReportCheckpoint != nil {
-		if err := t.EnableCheckpoints(CheckpointConfig{JobDir: jobDir, Every: s.Checkpoint.Every,
+		if err := t.EnableCheckpoints(CheckpointConfig{JobDir: jobDir, Every: s.Checkpoint.Every, SpecYAML: rc.SpecYAML,
 			Report: rc.ReportCheckpoint, Write: rc.CheckpointWrite, Log: log}); err != nil {
-			return fmt.Errorf("rank %d: %w", rc.Rank, err)
+			return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 		}
 	}
 	mem := t.Memory()
-	if rc.Log != nil {
-		fmt.Fprintf(rc.Log, "rank %d: zero stage %d, dp %d: memory %s\n", rc.Rank, s.Parallel.Zero, s.Parallel.DP, mem)
+	cfg := p.Model
+	if rc.Rank == 0 {
+		fmt.Fprintf(log, "loom: job %q: %s parameters (d %d, %d layers, %d/%d heads, ffn %d, vocab %d), %s, zero %d%s, %d tokens per step, %d steps, %d windows of %d tokens in %s\n",
+			s.Name, human.Count(int64(cfg.NumParams())), cfg.Dim, cfg.NLayers, cfg.NHeads, cfg.NKVHeads, cfg.FFNHidden, cfg.VocabSize,
+			p.Mesh, p.ZeroStage, spSuffix(p.SequenceParallel), s.Train.GlobalBatch*s.Model.SeqLen, s.Train.Steps, l.NumWindows(), s.Model.SeqLen, s.Data.Describe())
 	}
+	est := p.Memory(rc.Rank)
+	fmt.Fprintf(log, "rank %d %v: counted memory %s (the plan predicts %s, plus a %s runtime allowance)\n",
+		rc.Rank, rp.Coord, mem, plan.MiB(est.Total()-est.Runtime), plan.MiB(est.Runtime))
 	if rc.OnMemory != nil {
 		rc.OnMemory(mem)
 	}
@@ -145,46 +229,113 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) error {
 	if s.Parallel.Zero > 0 {
 		op = fmt.Sprintf("zero-%d", s.Parallel.Zero)
 	}
-	var sum struct{ steps, stepS, commS, overlapS, tps float64 }
-	err = t.Run(ctx, func(st Stats) {
-		if rc.OnComm != nil && st.CommBytes > 0 {
-			rc.OnComm(op, st.CommBytes, time.Duration(st.CommSeconds*float64(time.Second)))
+	var sum summary
+	runErr := t.Run(ctx, func(st Stats) {
+		if rc.OnComm != nil {
+			if b := st.CommBytes - st.TPCommBytes; b > 0 {
+				rc.OnComm(op, b, seconds(st.CommSeconds-st.TPCommSeconds))
+			}
+			if st.TPCommBytes > 0 {
+				rc.OnComm("tensor-parallel", st.TPCommBytes, seconds(st.TPCommSeconds))
+			}
 		}
-		sum.steps++
-		sum.stepS += st.StepSeconds
-		sum.commS += st.CommSeconds
-		sum.overlapS += st.OverlapSeconds
-		sum.tps += st.TokensPerSec
+		sum.add(st)
 		report(st)
 	})
-	if err != nil {
-		return fmt.Errorf("rank %d: %w", rc.Rank, err)
+	sum.print(log, rc.Rank, t)
+	res := &Result{Steps: t.StepsDone(), FinalDir: filepath.Join(s.Checkpoint.Dir, s.Name, "final")}
+	if runErr != nil && (world > 1 || t.StepsDone() == 0) {
+		return res, fmt.Errorf("rank %d: %w", rc.Rank, runErr)
 	}
-	if rc.Log != nil && sum.steps > 0 && sum.stepS > 0 {
-		overlap := 0.0
-		if sum.commS > 0 {
-			overlap = 100 * sum.overlapS / sum.commS
-		}
-		fmt.Fprintf(rc.Log, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; communication %.1f%% of step time, %.0f%% of it overlapped with backward (exposed %.1f%%)\n",
-			rc.Rank, sum.steps, 1e3*sum.stepS/sum.steps, sum.tps/sum.steps, 100*sum.commS/sum.stepS, overlap, 100*(sum.commS-sum.overlapS)/sum.stepS)
-	}
-	// Under ZeRO stage 3 the full weights are gathered from every rank.
-	params, err := t.Params(ctx)
+	// Every rank takes part in assembling the whole model; rank 0 saves it.
+	m, err := t.WholeModel(ctx)
 	if err != nil {
-		return fmt.Errorf("rank %d: gathering the final weights: %w", rc.Rank, err)
+		return res, fmt.Errorf("rank %d: gathering the final weights: %w", rc.Rank, errors.Join(runErr, err))
 	}
 	if rc.Rank == 0 {
-		m := t.Model
-		if m.Params == nil {
-			if m, err = model.New(m.Config, rc.Kernels); err != nil {
-				return fmt.Errorf("rank 0: %w", err)
-			}
-			copy(m.Params, params)
+		if err := checkpoint.SaveModel(res.FinalDir, m, &s); err != nil {
+			return res, fmt.Errorf("rank 0: %w", errors.Join(runErr, err))
 		}
-		dir := filepath.Join(s.Checkpoint.Dir, s.Name, "final")
-		if err := checkpoint.SaveModel(dir, m, &s); err != nil {
-			return fmt.Errorf("rank 0: %w", err)
-		}
+		res.Final = m
+		fmt.Fprintf(log, "loom: saved the model after step %d to %s\n", t.StepsDone(), res.FinalDir)
 	}
+	if runErr != nil {
+		return res, fmt.Errorf("rank %d: %w", rc.Rank, runErr)
+	}
+	return res, nil
+}
+
+func spSuffix(sp bool) string {
+	if sp {
+		return ", sequence-parallel"
+	}
+	return ""
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// resume resolves rc.Resume under jobDir and restores t from it.
+func resume(t *Trainer, rc RankConfig, jobDir string, log io.Writer) error {
+	start := time.Now()
+	ck, skipped, err := checkpoint.Resolve(jobDir, rc.Resume)
+	for _, sk := range skipped {
+		fmt.Fprintf(log, "rank %d: warning: skipping checkpoint %v\n", rc.Rank, sk.Err)
+	}
+	if err != nil {
+		return fmt.Errorf("rank %d: resume %s: %w", rc.Rank, rc.Resume, err)
+	}
+	if ck == nil {
+		return nil
+	}
+	if err := t.Restore(ck); err != nil {
+		return fmt.Errorf("rank %d: resume: %w", rc.Rank, err)
+	}
+	for _, n := range checkpoint.CompareState(rc.Spec, ck.State) {
+		fmt.Fprintf(log, "rank %d: warning: %s\n", rc.Rank, n)
+	}
+	fmt.Fprintf(log, "rank %d: resumed from %s (step %d, saved with %s, %s) in %v\n",
+		rc.Rank, ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, human.Bytes(ck.Manifest.Bytes), time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// summary adds up a rank's steps for the line it logs at the end.
+type summary struct {
+	steps, stepS, commS, overlapS, tpS, tps float64
+	saves                                   int
+	blocked                                 float64
+}
+
+func (s *summary) add(st Stats) {
+	s.steps++
+	s.stepS += st.StepSeconds
+	s.commS += st.CommSeconds
+	s.overlapS += st.OverlapSeconds
+	s.tpS += st.TPCommSeconds
+	s.tps += st.TokensPerSec
+	if st.CheckpointSeconds > 0 {
+		s.saves++
+		s.blocked += st.CheckpointSeconds
+	}
+}
+
+func (s *summary) print(w io.Writer, rank int, t *Trainer) {
+	if s.steps == 0 || s.stepS <= 0 {
+		return
+	}
+	dpS := s.commS - s.tpS
+	overlap := 0.0
+	if dpS > 0 {
+		overlap = 100 * s.overlapS / dpS
+	}
+	fmt.Fprintf(w, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; communication: tensor-parallel %.1f%% of step time (all exposed: on the compute path), data-parallel %.1f%%, %.0f%% of it overlapped with backward; exposed %.1f%% in all\n",
+		rank, s.steps, 1e3*s.stepS/s.steps, s.tps/s.steps, 100*s.tpS/s.stepS, 100*dpS/s.stepS, overlap, 100*(s.commS-s.overlapS)/s.stepS)
+	if s.saves > 0 {
+		b, secs := t.SaveStats()
+		rate := 0.0
+		if secs > 0 {
+			rate = float64(b) / 1e6 / secs
+		}
+		fmt.Fprintf(w, "rank %d: checkpoints: %d saved, %s written in the background at %.0f MB/s; the step loop was blocked %.1f ms per save (%.2f%% of step time)\n",
+			rank, s.saves, human.Bytes(b), rate, 1e3*s.blocked/float64(s.saves), 100*s.blocked/s.stepS)
+	}
 }

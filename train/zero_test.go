@@ -9,7 +9,7 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/parallel"
-	"github.com/loomtrain/loom/zero"
+	"github.com/loomtrain/loom/plan"
 )
 
 // zeroSpec is a tiny model whose parameter count, 31950, is not divisible
@@ -108,7 +108,7 @@ func TestZeroMemoryAndComm(t *testing.T) {
 			}
 			theory := 4 * elems * (N - 1) / N
 			stats, mem := dpRun(t, s, dp, ring)
-			plan, err := zero.NewPlan(l, dp, zero.Stage(stage), 0)
+			part, err := plan.NewPartition(l, dp, plan.ZeroStage(stage), 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -117,7 +117,7 @@ func TestZeroMemoryAndComm(t *testing.T) {
 				if rel := math.Abs(got-formula) / formula; rel > 0.05 {
 					t.Errorf("stage %d dp %d rank %d: model states %d bytes, formula %.0f (rel %.3f)", stage, dp, r, m.ModelStates(), formula, rel)
 				}
-				want := plan.Memory(r, mc.TieEmbeddings)
+				want := part.Memory(r, mc.TieEmbeddings)
 				m.Activations = 0
 				if m != want {
 					t.Errorf("stage %d dp %d rank %d: counted %+v, plan %+v", stage, dp, r, m, want)

@@ -1,3 +1,11 @@
+// Package zero owns the ZeRO engine: the per-rank executor of stages 0–3 of
+// a training step over the partition of the rank's local layout that the
+// parallel plan (package plan) computes. It owns the rank's parameter,
+// gradient and optimizer-state buffers as the partition shards them over
+// the data-parallel group, binds the model to them, gathers parameters and
+// reduces gradients unit by unit through the model's hooks, takes the exact
+// global gradient norm (every parameter counted once across the dp and tp
+// groups), clips, and applies AdamW to the rank's shard.
 package zero
 
 import (
@@ -10,16 +18,39 @@ import (
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/optim"
 	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
 )
 
+// Stage is a ZeRO stage (plan.ZeroStage).
+type Stage = plan.ZeroStage
+
+// Stages.
+const (
+	Stage0 = plan.Zero0 // nothing sharded: plain data parallelism
+	Stage1 = plan.Zero1 // optimizer state
+	Stage2 = plan.Zero2 // optimizer state and gradients
+	Stage3 = plan.Zero3 // optimizer state, gradients and parameters
+)
+
+// ErrInvalid is the class of errors about engine arguments.
+var ErrInvalid = errors.New("invalid ZeRO engine configuration")
+
 // Config is what an Engine needs.
 type Config struct {
-	Plan    Plan
-	Rank    int             // this rank's index in the plan (Group.Index())
-	Group   *parallel.Group // the data-parallel group; nil when Plan.DP == 1
+	// Partition is the ZeRO partition of the rank's local layout (from
+	// the plan); DPIndex this rank's position in it.
+	Partition *plan.Partition
+	DPIndex   int
+	// DP is the data-parallel group; nil when Partition.DP == 1.
+	DP parallel.Comm
+	// TP is the tensor-parallel group over which the gradient norm's
+	// partial sums of split tensors are added; nil with one rank.
+	TP parallel.Comm
+	// Model is an unbound model (model.NewUnbound) over the partition's
+	// layout, with its communication injected; the engine binds it.
+	Model   *model.Model
 	Kernels tensor.Kernels
-	Model   model.Config
 	AdamW   optim.AdamWConfig
 	Seed    uint64 // initial parameters, as model.Model.Init
 	// BucketBytes is stage 0's all-reduce bucket size (0:
@@ -29,9 +60,11 @@ type Config struct {
 
 // Engine runs one rank's part of a training step under a ZeRO stage: it
 // owns the rank's parameter, gradient and optimizer-state buffers as the
-// plan shards them, drives the model's backward (and, at stage 3, forward)
-// passes through hooks that gather parameters and reduce gradients unit by
-// unit, clips by the exact global norm and applies AdamW to the rank's shard.
+// partition shards them, drives the model's backward (and, at stage 3,
+// forward) passes through hooks that gather parameters and reduce gradients
+// unit by unit, clips by the exact global norm and applies AdamW to the
+// rank's shard. Everything is over the rank's local layout: under tensor
+// parallelism each dp group shards its tp rank's chunks.
 //
 //	stage 0: full buffers; gradients all-reduced in buckets during the
 //	         last micro-batch's backward (parallel.BucketReducer).
@@ -53,23 +86,30 @@ type Config struct {
 //	         computes. About 3Ψ·(N−1)/N per micro-batch (the head, used by
 //	         forward and backward back to back, is gathered once).
 //
-// Collectives run in program order on one goroutine per step, so every rank
-// issues them in the same order. An Engine is not safe for concurrent use.
+// Data-parallel collectives run in program order on one goroutine per
+// step, so every rank issues them in the same order; the model's
+// tensor-parallel collectives run on the caller's goroutine, on another
+// group. An Engine is not safe for concurrent use.
 type Engine struct {
-	plan  Plan
-	me    RankPlan
-	g     *parallel.Group
+	part  *plan.Partition
+	me    plan.DPShard
+	g     parallel.Comm // dp
+	tp    parallel.Comm
 	k     tensor.Kernels
 	stage Stage
 	tied  bool
 	// Model is bound to this engine's buffers. At stage 3 its Params and
-	// Grads are nil; use GatherParams for the full parameters.
+	// Grads are nil; use GatherParams for the local layout's parameters.
 	Model *model.Model
 
-	params []float32 // stages 0–2: full (Size); stage 3: local shard
+	params []float32 // stages 0–2: full local layout (Size); stage 3: local shard
 	grads  []float32 // stages 0–1: full; stages 2–3: local shard
 	opts   []*optim.AdamW
-	optOn  []Shard // the flat range each optimizer updates
+	optOn  []plan.Shard // the flat range each optimizer updates
+	// counted[i] are the ranges (relative to optimizer i's) of chunks this
+	// rank owns: the gradient norm sums them only, so a replicated chunk
+	// counts once in the tensor-parallel group.
+	counted [][]plan.Shard
 
 	reducer *parallel.BucketReducer // stage 0 with dp > 1
 	staging []float32               // stage 1
@@ -78,13 +118,13 @@ type Engine struct {
 
 	// per step
 	q        *queue
-	reducing bool // stage 0: the reducer was started
-	err      error
+	reducing bool            // stage 0: the reducer was started
 	pos      int             // stage 3: index of the next hook in uses
 	uses     []int           // stage 3: units in the order the passes read them
 	held     map[int]*gather // stage 3: units gathered or being gathered
 	ubufs    map[int][]float32
 	scalar   []float32
+	tpNorm   time.Duration // time in the tp grad-norm all-reduce of the step
 }
 
 // gather is a unit's parameters being all-gathered into buf.
@@ -94,31 +134,35 @@ type gather struct {
 }
 
 // New allocates the rank's buffers, initializes its parameters from Seed
-// and binds a model to them.
+// and binds the model to them.
 func New(c Config) (*Engine, error) {
-	p := c.Plan
-	if c.Rank < 0 || c.Rank >= p.DP {
-		return nil, fmt.Errorf("zero: rank %d of a plan for dp = %d: %w", c.Rank, p.DP, ErrInvalid)
+	p := c.Partition
+	if p == nil || c.Model == nil || c.Kernels == nil {
+		return nil, fmt.Errorf("zero: Config needs Partition, Model and Kernels: %w", ErrInvalid)
 	}
-	if (c.Group == nil) != (p.DP == 1) || (c.Group != nil && (c.Group.Size() != p.DP || c.Group.Index() != c.Rank)) {
-		return nil, fmt.Errorf("zero: plan for dp = %d, rank %d does not match the group: %w", p.DP, c.Rank, ErrInvalid)
+	if c.DPIndex < 0 || c.DPIndex >= p.DP {
+		return nil, fmt.Errorf("zero: dp index %d of a partition for dp = %d: %w", c.DPIndex, p.DP, ErrInvalid)
 	}
-	e := &Engine{plan: p, me: p.Ranks[c.Rank], g: c.Group, k: c.Kernels, stage: p.Stage, tied: c.Model.TieEmbeddings, scalar: make([]float32, 2)}
+	if (c.DP == nil) != (p.DP == 1) || (c.DP != nil && (c.DP.Size() != p.DP || c.DP.Index() != c.DPIndex)) {
+		return nil, fmt.Errorf("zero: partition for dp = %d, index %d does not match the dp group: %w", p.DP, c.DPIndex, ErrInvalid)
+	}
+	if c.Model.Layout != p.Layout {
+		return nil, fmt.Errorf("zero: the model's layout is not the partition's: %w", ErrInvalid)
+	}
+	if lo := p.Layout.Local(); (lo.TP > 1) != (c.TP != nil) {
+		return nil, fmt.Errorf("zero: layout for tp = %d needs a tensor-parallel group exactly when tp > 1: %w", lo.TP, ErrInvalid)
+	}
+	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, k: c.Kernels, stage: p.Stage,
+		tied: p.Layout.Config().TieEmbeddings, scalar: make([]float32, 2), Model: c.Model}
 	if p.DP == 1 {
 		e.stage = Stage0
 	}
-	l, err := model.NewLayout(c.Model)
-	if err != nil {
-		return nil, err
-	}
-	if l.Size != p.Size {
-		return nil, fmt.Errorf("zero: plan for %d elements, model has %d: %w", p.Size, l.Size, ErrInvalid)
-	}
+	l := p.Layout
 	segs := make([]optim.Segment, len(l.Views))
 	for i, v := range l.Views {
 		segs[i] = optim.Segment{Offset: v.Offset, Len: v.Len(), Decay: v.Decay}
 	}
-	addOpt := func(s Shard) error {
+	addOpt := func(s plan.Shard) error {
 		if s.Len == 0 {
 			return nil
 		}
@@ -126,11 +170,22 @@ func New(c Config) (*Engine, error) {
 		if err != nil {
 			return err
 		}
-		e.opts, e.optOn = append(e.opts, o), append(e.optOn, s)
+		var cnt []plan.Shard
+		for _, v := range l.Views {
+			lo, hi := max(v.Offset, s.Offset), min(v.End(), s.End())
+			if lo < hi && v.Owner {
+				if n := len(cnt); n > 0 && cnt[n-1].End() == lo-s.Offset {
+					cnt[n-1].Len += hi - lo
+				} else {
+					cnt = append(cnt, plan.Shard{Offset: lo - s.Offset, Len: hi - lo})
+				}
+			}
+		}
+		e.opts, e.optOn, e.counted = append(e.opts, o), append(e.optOn, s), append(e.counted, cnt)
 		return nil
 	}
 	work := p.MaxPadded()
-	nbuf := workingBuffers(e.tied)
+	nbuf := plan.WorkingBuffers(e.tied)
 	newPool := func() chan []float32 {
 		ch := make(chan []float32, nbuf)
 		for range nbuf {
@@ -138,51 +193,30 @@ func New(c Config) (*Engine, error) {
 		}
 		return ch
 	}
-	if e.stage >= Stage2 {
-		e.Model, err = model.NewUnbound(c.Model, c.Kernels)
-	} else {
-		e.Model, err = model.New(c.Model, c.Kernels)
-	}
-	if err != nil {
-		return nil, err
-	}
 	switch e.stage {
 	case Stage0:
-		e.params, e.grads = e.Model.Params, e.Model.Grads
-		if err := addOpt(Shard{0, p.Size}); err != nil {
+		e.params, e.grads = make([]float32, p.Size), make([]float32, p.Size)
+		e.Model.Bind(e.params, e.grads)
+		if err := addOpt(plan.Shard{Offset: 0, Len: p.Size}); err != nil {
 			return nil, err
 		}
 		if e.g != nil {
 			e.reducer = parallel.NewBucketReducer(e.g, e.grads, c.BucketBytes)
 		}
-	case Stage1, Stage2:
-		e.params, e.grads = e.Model.Params, e.Model.Grads
-		if e.stage == Stage1 {
-			e.staging = make([]float32, work)
-		} else {
-			// Full parameters, but no full gradient buffer: units are bound
-			// to working buffers for their backward.
-			e.params, e.grads = make([]float32, p.Size), make([]float32, e.me.LocalLen)
-			e.Model.Params = e.params
-			for u, up := range p.Units {
-				e.Model.BindParams(u, e.params[up.Offset:up.End()])
-			}
-			e.gbufs = newPool()
-		}
-		for _, s := range e.me.Slices {
-			if err := addOpt(s); err != nil {
-				return nil, err
-			}
-		}
+	case Stage1:
+		e.params, e.grads = make([]float32, p.Size), make([]float32, p.Size)
+		e.Model.Bind(e.params, e.grads)
+		e.staging = make([]float32, work)
+	case Stage2:
+		// Full parameters, but no full gradient buffer: units are bound
+		// to working buffers for their backward.
+		e.params, e.grads = make([]float32, p.Size), make([]float32, e.me.LocalLen)
+		e.Model.Bind(e.params, nil)
+		e.gbufs = newPool()
 	case Stage3:
 		e.params, e.grads = make([]float32, e.me.LocalLen), make([]float32, e.me.LocalLen)
 		e.gbufs, e.pbufs = newPool(), newPool()
-		for _, s := range e.me.Slices {
-			if err := addOpt(s); err != nil {
-				return nil, err
-			}
-		}
-		L := c.Model.NLayers
+		L := l.Config().NLayers
 		for u := 0; u <= L+1; u++ {
 			e.uses = append(e.uses, u)
 		}
@@ -190,48 +224,69 @@ func New(c Config) (*Engine, error) {
 			e.uses = append(e.uses, u)
 		}
 	}
+	if e.stage != Stage0 {
+		for _, s := range e.me.Slices {
+			if err := addOpt(s); err != nil {
+				return nil, err
+			}
+		}
+	}
 	e.initParams(c.Seed)
 	return e, nil
 }
 
-// initParams sets the initial parameters: the full buffer, or at stage 3
-// the rank's slices, each unit generated in a working buffer (every view
-// draws from its own stream, so slices match the full initialization).
+// initParams sets the initial parameters: the full local buffer, or at
+// stage 3 the rank's slices, each unit generated in a working buffer (every
+// view draws from its own stream, so slices and tensor-parallel chunks
+// match the whole model's initialization).
 func (e *Engine) initParams(seed uint64) {
 	if e.stage != Stage3 {
-		e.Model.Init(seed)
+		model.InitParams(e.part.Layout, seed, e.params, 0)
 		return
 	}
 	buf := <-e.pbufs
-	for u, up := range e.plan.Units {
-		model.InitParams(e.Model.Layout, seed, buf[:up.Len], up.Offset)
+	for u, up := range e.part.Units {
+		model.InitParams(e.part.Layout, seed, buf[:up.Len], up.Offset)
 		s := e.me.Slices[u]
 		copy(e.params[e.me.Local[u]:], buf[s.Offset-up.Offset:s.End()-up.Offset])
 	}
 	e.pbufs <- buf
 }
 
-// LoadParams sets the parameters from a full flat buffer (every rank
-// passes the same one; each keeps what its stage keeps).
-func (e *Engine) LoadParams(full []float32) error {
-	if len(full) != e.plan.Size {
-		return fmt.Errorf("zero: loading %d parameters into a model of %d: %w", len(full), e.plan.Size, ErrInvalid)
+// LoadParams sets the parameters from the whole model's flat buffer full,
+// laid out by global (one rank's layout of the same config): every rank
+// passes the same buffer and keeps the chunks its layout holds (its slices
+// of them at stage 3).
+func (e *Engine) LoadParams(global *model.Layout, full []float32) error {
+	if len(full) != global.Size {
+		return fmt.Errorf("zero: loading %d parameters into a model of %d: %w", len(full), global.Size, ErrInvalid)
 	}
-	if e.stage != Stage3 {
-		copy(e.params, full)
-		return nil
+	l := e.part.Layout
+	local := e.params
+	if e.stage == Stage3 {
+		local = make([]float32, l.Size)
 	}
-	for u, s := range e.me.Slices {
-		copy(e.params[e.me.Local[u]:], full[s.Offset:s.End()])
+	for _, v := range l.Views {
+		gv, ok := global.Lookup(v.Name)
+		if !ok || gv.Len() != v.GlobalLen() {
+			return fmt.Errorf("zero: loading %s: the source model has no tensor of %v: %w", v.Name, v.Global, ErrInvalid)
+		}
+		v.FromGlobal(local[v.Offset:v.End()], full[gv.Offset:gv.End()])
+	}
+	if e.stage == Stage3 {
+		for u, s := range e.me.Slices {
+			copy(e.params[e.me.Local[u]:], local[s.Offset:s.End()])
+		}
 	}
 	return nil
 }
 
-// GatherParams writes the full parameters into dst (len Plan.Size). At
-// stage 3 it is a collective: every rank must call it.
+// GatherParams writes the local layout's parameters into dst (len
+// Partition.Size). At stage 3 it is a collective of the dp group: every
+// rank of it must call it.
 func (e *Engine) GatherParams(ctx context.Context, dst []float32) error {
-	if len(dst) != e.plan.Size {
-		return fmt.Errorf("zero: gathering %d parameters into %d: %w", e.plan.Size, len(dst), ErrInvalid)
+	if len(dst) != e.part.Size {
+		return fmt.Errorf("zero: gathering %d parameters into %d: %w", e.part.Size, len(dst), ErrInvalid)
 	}
 	if e.stage != Stage3 {
 		copy(dst, e.params)
@@ -239,8 +294,8 @@ func (e *Engine) GatherParams(ctx context.Context, dst []float32) error {
 	}
 	buf := <-e.pbufs
 	defer func() { e.pbufs <- buf }()
-	for u, up := range e.plan.Units {
-		if _, err := e.gatherUnit(ctx, u, buf); err != nil {
+	for u, up := range e.part.Units {
+		if _, err := e.gatherUnitFrom(ctx, e.g, u, buf); err != nil {
 			return err
 		}
 		copy(dst[up.Offset:up.End()], buf[:up.Len])
@@ -248,49 +303,92 @@ func (e *Engine) GatherParams(ctx context.Context, dst []float32) error {
 	return nil
 }
 
-// Memory is the bytes this rank's buffers hold (Plan.Memory, counted from
-// the allocations).
-func (e *Engine) Memory() Memory {
+// ParamRanges are the local flat ranges whose parameters this rank holds:
+// the whole layout at stages 0–2, its slices at stage 3.
+func (e *Engine) ParamRanges() []plan.Shard {
+	if e.stage != Stage3 {
+		return []plan.Shard{{Offset: 0, Len: e.part.Size}}
+	}
+	return e.me.Slices
+}
+
+// Params returns the live parameters of local flat elements [flat,
+// flat+n), which must lie inside one of ParamRanges.
+func (e *Engine) Params(flat, n int) ([]float32, error) {
+	if e.stage != Stage3 {
+		if flat < 0 || flat+n > len(e.params) {
+			return nil, fmt.Errorf("zero: parameters [%d,+%d) outside the layout of %d: %w", flat, n, len(e.params), ErrInvalid)
+		}
+		return e.params[flat : flat+n], nil
+	}
+	for u, s := range e.me.Slices {
+		if s.Offset <= flat && flat+n <= s.End() {
+			i := e.me.Local[u] + flat - s.Offset
+			return e.params[i : i+n], nil
+		}
+	}
+	return nil, fmt.Errorf("zero: parameters [%d,+%d) are not in this rank's stage-3 shard: %w", flat, n, ErrInvalid)
+}
+
+// Moments returns the live AdamW moments of local flat elements [flat,
+// flat+n) and the optimizer holding them, which must lie inside one
+// optimizer's range (see Optimizers).
+func (e *Engine) Moments(flat, n int) (m, v []float32, o *optim.AdamW, err error) {
+	for i, r := range e.optOn {
+		if r.Offset <= flat && flat+n <= r.End() {
+			mm, vv, _ := e.opts[i].State()
+			a := flat - r.Offset
+			return mm[a : a+n], vv[a : a+n], e.opts[i], nil
+		}
+	}
+	return nil, nil, nil, fmt.Errorf("zero: no optimizer of this rank holds [%d,+%d): %w", flat, n, ErrInvalid)
+}
+
+// Memory is the bytes this rank's buffers hold (Partition.Memory, counted
+// from the allocations).
+func (e *Engine) Memory() plan.Memory {
 	n := func(b []float32) int64 { return 4 * int64(len(b)) }
-	var m Memory
+	var m plan.Memory
 	m.Params, m.Grads = n(e.params), n(e.grads)
 	for _, o := range e.opts {
 		mm, v, _ := o.State()
 		m.Optimizer += n(mm) + n(v)
 	}
 	m.Comm = n(e.staging)
-	m.Working = int64(cap(e.gbufs)+cap(e.pbufs)) * 4 * int64(e.plan.MaxPadded())
+	m.Working = int64(cap(e.gbufs)+cap(e.pbufs)) * 4 * int64(e.part.MaxPadded())
 	return m
 }
 
-// Plan returns the plan the engine runs.
-func (e *Engine) Plan() Plan { return e.plan }
+// Partition returns the partition the engine runs.
+func (e *Engine) Partition() *plan.Partition { return e.part }
 
 // Optimizers returns the AdamW optimizers and the flat range each updates
 // (one per unit slice; one over everything at stage 0), for checkpoints.
-func (e *Engine) Optimizers() ([]*optim.AdamW, []Shard) { return e.opts, e.optOn }
+func (e *Engine) Optimizers() ([]*optim.AdamW, []plan.Shard) { return e.opts, e.optOn }
 
 // BeginStep clears the gradients and starts the step's collectives queue;
 // ctx bounds every collective of the step. FinishStep or Abort must follow.
 func (e *Engine) BeginStep(ctx context.Context) {
 	clear(e.grads)
-	e.err = nil
 	if e.g != nil && e.stage != Stage0 {
-		e.q = newQueue(ctx, e.g, 4*len(e.plan.Units)+16)
+		e.q = newQueue(ctx, e.g, 4*len(e.part.Units)+16)
 	}
 }
 
-// ForwardBackward runs one micro-batch (see model.ForwardBackward); last
-// marks the step's final micro-batch, whose backward finishes the gradients.
+// ForwardBackward runs one micro-batch (see model.ForwardBackwardHooks);
+// last marks the step's final micro-batch, whose backward finishes the
+// gradients.
 func (e *Engine) ForwardBackward(ctx context.Context, a *model.Acts, tokens, targets []int32, scale float32, last bool) (float64, error) {
-
 	var h model.Hooks
 	switch e.stage {
 	case Stage0:
 		if last && e.reducer != nil {
 			e.reducer.Start(ctx)
 			e.reducing = true
-			h.AfterBackward = func(u int) { e.reducer.Ready(e.plan.Units[u].Offset, e.plan.Units[u].End()) }
+			h.AfterBackward = func(u int) error {
+				e.reducer.Ready(e.part.Units[u].Offset, e.part.Units[u].End())
+				return nil
+			}
 		}
 	case Stage1:
 		if last && e.q != nil {
@@ -301,20 +399,20 @@ func (e *Engine) ForwardBackward(ctx context.Context, a *model.Acts, tokens, tar
 	case Stage3:
 		e.pos, e.held = 0, map[int]*gather{}
 		h.BeforeForward, h.AfterForward = e.use, e.release
-		h.AfterBackward = func(u int) {
-			e.reduceUnitBuffer(u)
-			e.release(u)
+		h.AfterBackward = func(u int) error {
+			if err := e.reduceUnitBuffer(u); err != nil {
+				return err
+			}
+			return e.release(u)
 		}
-		h.BeforeBackward = func(u int) {
-			e.use(u)
-			e.bindGrads(u)
+		h.BeforeBackward = func(u int) error {
+			if err := e.use(u); err != nil {
+				return err
+			}
+			return e.bindGrads(u)
 		}
 	}
-	loss, err := e.Model.ForwardBackwardHooks(a, tokens, targets, scale, h)
-	if err == nil {
-		err = e.err
-	}
-	return loss, err
+	return e.Model.ForwardBackwardHooks(ctx, a, tokens, targets, scale, h)
 }
 
 // Abort ends a step that failed before FinishStep.
@@ -327,21 +425,33 @@ func (e *Engine) Abort() {
 		e.q.close()
 		e.q = nil
 	}
+	// Stage 3's working buffers held by an interrupted pass go back to
+	// their pools so the next step starts with full pools.
+	for u, gt := range e.held {
+		if gt.done != nil {
+			<-gt.done
+		}
+		delete(e.held, u)
+		e.pbufs <- gt.buf
+	}
+	for u, buf := range e.ubufs {
+		delete(e.ubufs, u)
+		e.gbufs <- buf
+	}
 }
 
 // StepStats describes a step's gradient exchange and update.
 type StepStats struct {
 	GradNorm float64 // global L2 norm before clipping
-	// CommBytes is the payload this rank sent in the step's collectives,
-	// counted per operation from its buffer length and algorithm: a ring
-	// reduce-scatter or all-gather of m elements over n ranks sends every
-	// segment but one, 4·m·(n−1)/n bytes; a ring all-reduce twice that
-	// (see AllReduceSent for small buffers). Stage 0 counts its bucketed
-	// gradient all-reduce as ring traffic over the whole buffer: buckets at
-	// or below the group's SmallBytes actually go by recursive doubling,
+	// CommBytes is the payload this rank sent in the step's data-parallel
+	// collectives and the gradient norm's all-reduces, counted per
+	// operation from its buffer length and algorithm
+	// (parallel.BytesSent). Stage 0 counts its bucketed gradient
+	// all-reduce as ring traffic over the whole buffer: buckets at or
+	// below the group's SmallBytes actually go by recursive doubling,
 	// which sends more at n > 2.
 	CommBytes      int64
-	CommSeconds    float64 // time inside collectives
+	CommSeconds    float64 // time inside those collectives
 	OverlapSeconds float64 // part of CommSeconds before the last backward ended
 }
 
@@ -355,34 +465,38 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 	if e.reducing {
 		e.reducing = false
 		rs, err := e.reducer.Wait()
-		st.CommBytes = 2 * ringSent(len(e.grads), e.plan.DP)
+		st.CommBytes = parallel.BytesSent(e.g, parallel.OpReduceScatter, len(e.grads)) * 2
 		st.CommSeconds, st.OverlapSeconds = rs.Comm.Seconds(), rs.Overlapped.Seconds()
 		if err != nil {
 			return st, fmt.Errorf("gradient all-reduce: %w", err)
 		}
 	}
 	if e.stage == Stage0 {
-		st.GradNorm = optim.ClipGradNorm(e.k, e.grads, maxNorm)
+		if e.tp == nil {
+			st.GradNorm = optim.ClipGradNorm(e.k, e.grads, maxNorm)
+		} else {
+			// The dp group's gradients are already averaged: only the
+			// tensor-parallel partial sums remain to be added.
+			norm, err := e.globalNorm(ctx, true, &st)
+			if err != nil {
+				return st, err
+			}
+			st.GradNorm = norm
+			if c := optim.ClipCoef(norm, maxNorm); c < 1 {
+				e.k.Scale(e.grads, float32(c))
+			}
+		}
 		return st, e.opts[0].Step(e.params, e.grads, lr)
 	}
 	defer e.Abort()
 	if err := e.q.drain(); err != nil {
 		return st, err
 	}
-	// The exact global norm: every rank's shard sum of squares, summed in
-	// float32 as a (hi, lo) pair so the float64 partial sums keep ~48 bits.
-	var ss float64
-	for i := range e.opts {
-		ss += e.k.SumSquares(e.gradOf(i))
+	norm, err := e.globalNorm(ctx, false, &st)
+	if err != nil {
+		return st, err
 	}
-	e.scalar[0] = float32(ss)
-	e.scalar[1] = float32(ss - float64(e.scalar[0]))
-	if err := e.q.do(func(ctx context.Context, g *parallel.Group) error {
-		return g.AllReduce(ctx, e.scalar, parallel.Sum)
-	}, AllReduceSent(e.g, len(e.scalar)), nil); err != nil {
-		return st, fmt.Errorf("grad-norm all-reduce: %w", err)
-	}
-	st.GradNorm = math.Sqrt(float64(e.scalar[0]) + float64(e.scalar[1]))
+	st.GradNorm = norm
 	if c := optim.ClipCoef(st.GradNorm, maxNorm); c < 1 {
 		for i := range e.opts {
 			e.k.Scale(e.gradOf(i), float32(c))
@@ -399,25 +513,61 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 			buf = <-e.gbufs
 			defer func() { e.gbufs <- buf }()
 		}
-		for u := range e.plan.Units {
-			u := u
-			e.q.enqueue(func(ctx context.Context, g *parallel.Group) error {
+		for u := range e.part.Units {
+			e.q.enqueue(func(ctx context.Context, g parallel.Comm) error {
 				_, err := e.gatherUnitFull(ctx, g, u, buf)
 				return err
-			}, ringSent(e.plan.Units[u].Padded(e.plan.DP), e.plan.DP), nil)
+			}, parallel.BytesSent(e.g, parallel.OpAllGather, e.part.Units[u].Padded(e.part.DP)), nil)
 		}
 		if err := e.q.drain(); err != nil {
 			return st, fmt.Errorf("parameter all-gather: %w", err)
 		}
 	}
-	st.CommBytes, st.CommSeconds, st.OverlapSeconds = e.q.stats(backwardEnd)
+	dpBytes, dpSecs, overlap := e.q.stats(backwardEnd)
+	st.CommBytes += dpBytes
+	st.CommSeconds += dpSecs
+	st.OverlapSeconds += overlap
 	return st, nil
+}
+
+// globalNorm is the L2 norm of every gradient element counted once: this
+// rank's owned chunks' sum of squares (in float64), summed in float32 as a
+// (hi, lo) pair so the float64 partial sums keep ~48 bits, over the dp
+// group (unless dpDone: its gradients are already averaged) and then the
+// tp group. Every rank of both gets the same bits, so replicated chunks
+// are clipped alike.
+func (e *Engine) globalNorm(ctx context.Context, dpDone bool, st *StepStats) (float64, error) {
+	var ss float64
+	for i := range e.opts {
+		g := e.gradOf(i)
+		for _, r := range e.counted[i] {
+			ss += e.k.SumSquares(g[r.Offset:r.End()])
+		}
+	}
+	e.scalar[0] = float32(ss)
+	e.scalar[1] = float32(ss - float64(e.scalar[0]))
+	if !dpDone && e.g != nil {
+		if err := e.q.do(func(ctx context.Context, g parallel.Comm) error {
+			return g.AllReduce(ctx, e.scalar, parallel.Sum)
+		}, parallel.BytesSent(e.g, parallel.OpAllReduce, len(e.scalar)), nil); err != nil {
+			return 0, fmt.Errorf("grad-norm all-reduce over dp: %w", err)
+		}
+	}
+	if e.tp != nil {
+		start := time.Now()
+		if err := e.tp.AllReduce(ctx, e.scalar, parallel.Sum); err != nil {
+			return 0, fmt.Errorf("grad-norm all-reduce over tp: %w", err)
+		}
+		st.CommSeconds += time.Since(start).Seconds()
+		st.CommBytes += parallel.BytesSent(e.tp, parallel.OpAllReduce, len(e.scalar))
+	}
+	return math.Sqrt(float64(e.scalar[0]) + float64(e.scalar[1])), nil
 }
 
 // paramOf and gradOf are optimizer i's parameter and gradient slices.
 func (e *Engine) paramOf(i int) []float32 {
 	if e.stage == Stage3 {
-		return e.params[e.me.Local[i] : e.me.Local[i]+e.optOn[i].Len]
+		return e.params[e.localOf(i) : e.localOf(i)+e.optOn[i].Len]
 	}
 	return e.params[e.optOn[i].Offset:e.optOn[i].End()]
 }
@@ -436,54 +586,16 @@ func (e *Engine) localOf(i int) int {
 			return e.me.Local[u]
 		}
 	}
-	panic("zero: optimizer range is not a slice of the plan")
-}
-
-// AllReduceSent is the bytes this member of g sends in an all-reduce of n
-// float32 elements, following the group's choice of algorithm (ring above
-// SmallBytes under Auto, else recursive doubling).
-func AllReduceSent(g *parallel.Group, n int) int64 {
-	size, me := g.Size(), g.Index()
-	if size <= 1 || n == 0 {
-		return 0
-	}
-	spec := g.Spec()
-	small := spec.SmallBytes
-	if small == 0 {
-		small = parallel.DefaultSmallBytes
-	}
-	if spec.AllReduce == parallel.Ring || (spec.AllReduce == parallel.Auto && 4*n > small) {
-		return 2 * ringSent(n, size)
-	}
-	p, rounds := 1, 0
-	for p*2 <= size {
-		p, rounds = p*2, rounds+1
-	}
-	switch {
-	case me >= p:
-		return 4 * int64(n)
-	case me < size-p:
-		return 4 * int64(n) * int64(rounds+1)
-	}
-	return 4 * int64(n) * int64(rounds)
-}
-
-// ringSent is the bytes one rank sends in a ring reduce-scatter or
-// all-gather of n elements over dp ranks, in dp equal padded segments.
-func ringSent(n, dp int) int64 {
-	if dp <= 1 {
-		return 0
-	}
-	return 4 * int64(n) * int64(dp-1) / int64(dp)
+	panic("zero: optimizer range is not a slice of the partition")
 }
 
 // reduceFullUnit (stage 1, last micro-batch) reduce-scatters unit u of the
 // full gradient buffer through the staging buffer; this rank's slice of
 // the full buffer then holds the mean gradient.
-func (e *Engine) reduceFullUnit(u int) {
-	up, s, r := e.plan.Units[u], e.me.Slices[u], e.me.Rank
-	n := up.Padded(e.plan.DP)
-	e.q.enqueue(func(ctx context.Context, g *parallel.Group) error {
+func (e *Engine) reduceFullUnit(u int) error {
+	up, s, r := e.part.Units[u], e.me.Slices[u], e.me.Index
+	n := up.Padded(e.part.DP)
+	e.q.enqueue(func(ctx context.Context, g parallel.Comm) error {
 		buf := e.staging[:n]
 		copy(buf, e.grads[up.Offset:up.End()])
 		clear(buf[up.Len:])
@@ -492,13 +604,14 @@ func (e *Engine) reduceFullUnit(u int) {
 		}
 		copy(e.grads[s.Offset:s.End()], buf[r*up.Chunk:r*up.Chunk+s.Len])
 		return nil
-	}, ringSent(n, e.plan.DP), nil)
+	}, parallel.BytesSent(e.g, parallel.OpReduceScatter, n), nil)
+	return nil
 }
 
 // bindGrads (stages 2–3, before unit u's backward) binds a cleared working
 // buffer as u's gradient. With tied embeddings the head's backward also
 // accumulates into the embedding, so the embedding is bound then too.
-func (e *Engine) bindGrads(u int) {
+func (e *Engine) bindGrads(u int) error {
 	if e.ubufs == nil {
 		e.ubufs = map[int][]float32{}
 	}
@@ -507,26 +620,27 @@ func (e *Engine) bindGrads(u int) {
 			return
 		}
 		buf := <-e.gbufs
-		clear(buf[:e.plan.Units[u].Padded(e.plan.DP)])
+		clear(buf[:e.part.Units[u].Padded(e.part.DP)])
 		e.ubufs[u] = buf
 		e.Model.BindGrads(u, buf)
 	}
-	if e.tied && u == len(e.plan.Units)-1 {
+	if e.tied && u == len(e.part.Units)-1 {
 		bind(0)
 	}
 	bind(u)
+	return nil
 }
 
 // reduceUnitBuffer (stages 2–3, after unit u's backward) reduce-scatters
 // u's working gradient buffer, adds this rank's part into its gradient
 // shard and returns the buffer to the pool.
-func (e *Engine) reduceUnitBuffer(u int) {
+func (e *Engine) reduceUnitBuffer(u int) error {
 	buf := e.ubufs[u]
 	delete(e.ubufs, u)
-	up, s, r := e.plan.Units[u], e.me.Slices[u], e.me.Rank
-	n := up.Padded(e.plan.DP)
+	up, s, r := e.part.Units[u], e.me.Slices[u], e.me.Index
+	n := up.Padded(e.part.DP)
 	dst := e.grads[e.me.Local[u] : e.me.Local[u]+s.Len]
-	e.q.enqueue(func(ctx context.Context, g *parallel.Group) error {
+	e.q.enqueue(func(ctx context.Context, g parallel.Comm) error {
 		if _, err := g.ReduceScatter(ctx, buf[:n], parallel.Mean); err != nil {
 			return err
 		}
@@ -534,23 +648,25 @@ func (e *Engine) reduceUnitBuffer(u int) {
 			dst[i] += v
 		}
 		return nil
-	}, ringSent(n, e.plan.DP), func() { e.gbufs <- buf })
+	}, parallel.BytesSent(e.g, parallel.OpReduceScatter, n), func() { e.gbufs <- buf })
+	return nil
 }
 
 // use (stage 3, before a unit's forward or backward) makes sure unit u's
 // parameters are gathered and bound, then prefetches the next unit the
 // passes will read.
-func (e *Engine) use(u int) {
+func (e *Engine) use(u int) error {
 	if e.uses[e.pos] != u {
-		panic(fmt.Sprintf("zero: hook for unit %d at position %d, expected %d", u, e.pos, e.uses[e.pos]))
+		return fmt.Errorf("zero: hook for unit %d at position %d, expected %d: %w", u, e.pos, e.uses[e.pos], ErrInvalid)
 	}
 	e.pos++
 	gt := e.startGather(u, true)
 	if gt.done != nil {
-		if err := <-gt.done; err != nil && e.err == nil {
-			e.err = fmt.Errorf("gather unit %s: %w", e.plan.Units[u].Name, err)
-		}
+		err := <-gt.done
 		gt.done = nil
+		if err != nil {
+			return fmt.Errorf("gather unit %s: %w", e.part.Units[u].Name, err)
+		}
 		e.Model.BindParams(u, gt.buf)
 	}
 	for _, next := range e.uses[e.pos:] {
@@ -561,6 +677,7 @@ func (e *Engine) use(u int) {
 			break
 		}
 	}
+	return nil
 }
 
 // startGather enqueues the all-gather of unit u unless it is held; with
@@ -581,42 +698,37 @@ func (e *Engine) startGather(u int, block bool) *gather {
 	}
 	gt := &gather{buf: buf, done: make(chan error, 1)}
 	e.held[u] = gt
-	e.q.enqueue(func(ctx context.Context, g *parallel.Group) error {
+	e.q.enqueue(func(ctx context.Context, g parallel.Comm) error {
 		_, err := e.gatherUnitFrom(ctx, g, u, buf)
 		return err
-	}, ringSent(e.plan.Units[u].Padded(e.plan.DP), e.plan.DP), nil, gt.done)
+	}, parallel.BytesSent(e.g, parallel.OpAllGather, e.part.Units[u].Padded(e.part.DP)), nil, gt.done)
 	return gt
 }
 
 // release (stage 3, after a unit's pass) returns u's parameter buffer
 // unless the passes read u next (the head, from forward to backward) or it
 // is the tied embedding before its backward.
-func (e *Engine) release(u int) {
+func (e *Engine) release(u int) error {
 	if e.pos < len(e.uses) && e.uses[e.pos] == u {
-		return
+		return nil
 	}
 	if e.tied && u == 0 && e.pos < len(e.uses) {
-		return
+		return nil
 	}
 	gt := e.held[u]
 	delete(e.held, u)
 	e.pbufs <- gt.buf
-}
-
-// gatherUnit all-gathers unit u's parameters from the ranks' shards into
-// buf[:Len] (stage 3), on the calling goroutine.
-func (e *Engine) gatherUnit(ctx context.Context, u int, buf []float32) ([]float32, error) {
-	if e.g == nil {
-		return nil, errors.New("zero: no group")
-	}
-	return e.gatherUnitFrom(ctx, e.g, u, buf)
+	return nil
 }
 
 // gatherUnitFrom copies this rank's slice of unit u from the local shard into
 // its place in buf and all-gathers the unit's padded buffer.
-func (e *Engine) gatherUnitFrom(ctx context.Context, g *parallel.Group, u int, buf []float32) ([]float32, error) {
-	up, s, r := e.plan.Units[u], e.me.Slices[u], e.me.Rank
-	n := up.Padded(e.plan.DP)
+func (e *Engine) gatherUnitFrom(ctx context.Context, g parallel.Comm, u int, buf []float32) ([]float32, error) {
+	if g == nil {
+		return nil, errors.New("zero: no dp group")
+	}
+	up, s, r := e.part.Units[u], e.me.Slices[u], e.me.Index
+	n := up.Padded(e.part.DP)
 	copy(buf[r*up.Chunk:r*up.Chunk+s.Len], e.params[e.me.Local[u]:e.me.Local[u]+s.Len])
 	if err := g.AllGather(ctx, buf[:n]); err != nil {
 		return nil, err
@@ -626,9 +738,9 @@ func (e *Engine) gatherUnitFrom(ctx context.Context, g *parallel.Group, u int, b
 
 // gatherUnitFull (stages 1–2) all-gathers unit u of the full parameter
 // buffer: every rank's updated slice ends up in every rank's buffer.
-func (e *Engine) gatherUnitFull(ctx context.Context, g *parallel.Group, u int, buf []float32) ([]float32, error) {
-	up, s, r := e.plan.Units[u], e.me.Slices[u], e.me.Rank
-	n := up.Padded(e.plan.DP)
+func (e *Engine) gatherUnitFull(ctx context.Context, g parallel.Comm, u int, buf []float32) ([]float32, error) {
+	up, s, r := e.part.Units[u], e.me.Slices[u], e.me.Index
+	n := up.Padded(e.part.DP)
 	copy(buf[r*up.Chunk:r*up.Chunk+s.Len], e.params[s.Offset:s.End()])
 	if err := g.AllGather(ctx, buf[:n]); err != nil {
 		return nil, err

@@ -14,7 +14,7 @@ import (
 // parallel.Group requires, while the compute goroutine runs ahead.
 type queue struct {
 	ctx     context.Context
-	g       *parallel.Group
+	g       parallel.Comm
 	ops     chan qop
 	done    chan struct{}
 	pending sync.WaitGroup
@@ -26,7 +26,7 @@ type queue struct {
 
 // qop is one queued collective: run, then after (always), then signal.
 type qop struct {
-	run    func(ctx context.Context, g *parallel.Group) error
+	run    func(ctx context.Context, g parallel.Comm) error
 	sent   int64
 	after  func()
 	signal chan error
@@ -37,7 +37,7 @@ type span struct {
 	start, end time.Time
 }
 
-func newQueue(ctx context.Context, g *parallel.Group, capacity int) *queue {
+func newQueue(ctx context.Context, g parallel.Comm, capacity int) *queue {
 	q := &queue{ctx: ctx, g: g, ops: make(chan qop, capacity), done: make(chan struct{})}
 	go q.loop()
 	return q
@@ -68,7 +68,7 @@ func (q *queue) loop() {
 // enqueue adds a collective that sends sent bytes from this rank; after
 // runs when it has finished (even on failure), and its error goes to the
 // optional signal channel, which must have room for it.
-func (q *queue) enqueue(run func(context.Context, *parallel.Group) error, sent int64, after func(), signal ...chan error) {
+func (q *queue) enqueue(run func(context.Context, parallel.Comm) error, sent int64, after func(), signal ...chan error) {
 	op := qop{run: run, sent: sent, after: after}
 	if len(signal) > 0 {
 		op.signal = signal[0]
@@ -78,7 +78,7 @@ func (q *queue) enqueue(run func(context.Context, *parallel.Group) error, sent i
 }
 
 // do runs a collective after those queued and waits for it.
-func (q *queue) do(run func(context.Context, *parallel.Group) error, sent int64, after func()) error {
+func (q *queue) do(run func(context.Context, parallel.Comm) error, sent int64, after func()) error {
 	ch := make(chan error, 1)
 	q.enqueue(run, sent, after, ch)
 	return <-ch

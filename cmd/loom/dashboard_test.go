@@ -117,15 +117,16 @@ func TestDashboardsLive(t *testing.T) {
 	base, _ := fixture(t, "")
 	src, _ := os.ReadFile(base)
 	spec := strings.Replace(string(src), "name: t\n", "name: "+job+"\nparallel: {dp: 2}\n", 1)
-	spec = strings.Replace(spec, "steps: 6,", "steps: "+strconv.Itoa(steps)+",", 1)
+	spec = strings.Replace(spec, "steps: 6,", "steps: "+strconv.Itoa(steps)+", eval_every: 100,", 1)
+	spec = strings.Replace(spec, ".bin}\n", ".bin, validation: {fraction: 0.05}}\n", 1) // loom_val_loss
 	spec = strings.Replace(spec, "checkpoint: {dir: ", "checkpoint: {every: 150, dir: ", 1)
 	specPath := filepath.Join(filepath.Dir(base), "dash.yaml")
 	os.WriteFile(specPath, []byte(spec), 0o644)
 
-	coord, coordHTTP := freeAddr(t), freeAddr(t)
+	coord, coordHTTP, etcdAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	// A long TTL: the stall stage stops the workers, and their leases must
 	// outlive it (a hung job, not a lost one).
-	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP, "--ttl", "40s")
+	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP, "--ttl", "40s", "--etcd-listen", etcdAddr)
 	slow := []string{"LOOM_TEST_SLOW_RANK=1:25ms"}
 	w1 := startLoomEnv(t, slow, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
 	w2 := startLoomEnv(t, slow, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
@@ -302,6 +303,9 @@ func TestDashboardsLive(t *testing.T) {
 		})
 	}
 
+	// The coordinator exports every metric docs/metrics.md documents for it.
+	checkDocumentedMetrics(t, ctx, page+"metrics")
+
 	// Stage a stall: stop both workers, see LoomJobStalled fire, go on.
 	for _, w := range []*exec.Cmd{w1, w2} {
 		w.Process.Signal(syscall.SIGSTOP)
@@ -341,10 +345,76 @@ func TestDashboardsLive(t *testing.T) {
 		t.Errorf("no checkpoint events listed for a job checkpointing every 150 steps")
 	}
 	screenshot("dashboard-finished.png")
+
+	// A coordinator started now (a standby taking over after the leader
+	// went) shows the same history, loaded from what the leader persisted.
+	late, lateHTTP := freeAddr(t), freeAddr(t)
+	startLoom(t, "coordinator", "--listen", late, "--http", lateHTTP, "--etcd", "http://"+etcdAddr, "--ttl", "40s")
+	type histJSON struct {
+		Points struct {
+			Step []int64   `json:"step"`
+			Loss []float64 `json:"loss"`
+		} `json:"points"`
+		Ranks  []json.RawMessage `json:"ranks"`
+		Events []json.RawMessage `json:"events"`
+	}
+	var want histJSON
+	if err := getJSON(ctx, page+"api/jobs/"+job+"/history", &want); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, "the late coordinator to show the leader's history", func() (bool, string) {
+		var got histJSON
+		if err := getJSON(ctx, "http://"+lateHTTP+"/api/jobs/"+job+"/history", &got); err != nil {
+			return false, err.Error()
+		}
+		same := fmt.Sprint(got.Points) == fmt.Sprint(want.Points) && len(got.Ranks) == len(want.Ranks) && len(got.Events) == len(want.Events)
+		return same, fmt.Sprintf("%d points, %d ranks, %d events; the leader has %d, %d, %d",
+			len(got.Points.Step), len(got.Ranks), len(got.Events), len(want.Points.Step), len(want.Ranks), len(want.Events))
+	})
 	consoleMu.Lock()
 	defer consoleMu.Unlock()
 	if len(problems) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(problems, "\n"))
+	}
+}
+
+// checkDocumentedMetrics fails for each metric of docs/metrics.md's
+// tables (workers-only ones aside) that the coordinator at u does not
+// export, and for missing Go runtime and process collectors.
+func checkDocumentedMetrics(t *testing.T, ctx context.Context, u string) {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "metrics.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, l := range strings.Split(string(doc), "\n") {
+		if !strings.HasPrefix(l, "| `loom_") || strings.Contains(l, "Workers only") {
+			continue
+		}
+		want = append(want, strings.Trim(strings.Fields(l)[1], "`"))
+	}
+	if len(want) < 30 {
+		t.Fatalf("found %d metrics in docs/metrics.md's tables", len(want))
+	}
+	want = append(want, "go_goroutines", "process_resident_memory_bytes")
+	req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	have := map[string]bool{}
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, "# TYPE ") {
+			have[strings.Fields(l)[2]] = true
+		}
+	}
+	for _, m := range want {
+		if !have[m] {
+			t.Errorf("docs/metrics.md documents %s but the coordinator does not export it", m)
+		}
 	}
 }
 

@@ -12,16 +12,19 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor/gemm"
 	"github.com/loomtrain/loom/train"
 	"github.com/loomtrain/loom/worker"
-	"github.com/loomtrain/loom/zero"
 )
 
-// newTrainingEngine returns the engine `loom worker` trains with: one
-// data-parallel rank of the assigned generation (train.RunRank), on the
-// worker's thread budget, reporting every step to the coordinator.
-func newTrainingEngine() worker.Engine {
+// newTrainingEngine returns the engine `loom worker` trains with: one rank
+// of the assigned generation, built by train.RunRank from the job's plan
+// (the coordinator's coordinates are checked against it), on the worker's
+// thread budget, reporting every step to the coordinator.
+func newTrainingEngine(transport string) worker.Engine {
 	var peaks peakCache
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		a.Metrics.SetPeakFLOPS(peaks.get(a.Threads))
@@ -30,11 +33,21 @@ func newTrainingEngine() worker.Engine {
 			return err
 		}
 		defer closeK()
+		// The step's communication, told by OnComm (once per kind: data- and
+		// tensor-parallel) just before the step's report (same goroutine); it goes in the report, so the worker
+		// and the coordinator both count it.
+		var comm []worker.CommStat
 		rc := train.RankConfig{
 			Spec: a.Spec, Job: a.Job, Generation: a.Generation, Rank: a.Rank,
+			Coord: &plan.Coord{DP: a.DP, TP: a.TP, PP: a.PP},
 			Peers: a.Peers, Listener: a.Listener, Kernels: k,
-			OnComm: a.Metrics.AddComm,
-			OnMemory: func(m zero.Memory) {
+			OnComm: func(op string, bytes int64, d time.Duration) {
+				comm = append(comm, worker.CommStat{Op: op, Bytes: bytes, Time: d})
+			},
+			OnPlan:    testBrokenLayout(a.Rank),
+			Transport: transport,
+			OnLink:    func(li parallel.LinkInfo) { a.Metrics.SetLink(li.Peer, li.Transport) },
+			OnMemory: func(m plan.Memory) {
 				for _, kb := range m.Kinds() {
 					a.Metrics.SetMemory(kb.Kind, kb.Bytes)
 				}
@@ -53,17 +66,54 @@ func newTrainingEngine() worker.Engine {
 				return a.ReportCheckpoint(ctx, p.Step, b)
 			}
 		}
-		return train.RunRank(ctx, rc, func(s train.Stats) {
+		_, err = train.RunRank(ctx, rc, func(s train.Stats) {
 			step := seconds(s.StepSeconds)
-			comm := max(0, seconds(s.CommSeconds-s.OverlapSeconds)) // exposed communication
+			exposed := max(0, seconds(s.CommSeconds-s.OverlapSeconds)) // exposed communication
 			data := seconds(s.DataSeconds)
 			report(worker.StepStats{
 				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
-				StepTime: step, CommTime: comm, DataTime: data, ComputeTime: max(0, step-comm-data),
-				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens),
+				StepTime: step, CommTime: exposed, DataTime: data, ComputeTime: max(0, step-exposed-data),
+				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), Comm: comm, ValLoss: s.ValLoss,
 			})
+			comm = nil
 		})
+		return err
 	})
+}
+
+// testBrokenLayout reads LOOM_TEST_BROKEN_LAYOUT (tests of `loom verify`
+// only): "decay-norm" makes tensor-parallel rank 1 decay its copy of the
+// replicated model.norm.weight, which no correct layout does. The first
+// step is unchanged (decay acts in the update); the replicas drift apart
+// from then on, so the loss diverges from the second step.
+func testBrokenLayout(rank int) func(*plan.Plan) error {
+	if os.Getenv("LOOM_TEST_BROKEN_LAYOUT") != "decay-norm" {
+		return nil
+	}
+	return func(p *plan.Plan) error {
+		if p.Mesh.TP < 2 {
+			return nil
+		}
+		fmt.Fprintf(os.Stderr, "LOOM_TEST_BROKEN_LAYOUT: rank %d decays tp rank 1's model.norm.weight\n", rank)
+		l := *p.Layouts[1]
+		l.Views = append([]model.View(nil), l.Views...)
+		for i := range l.Views {
+			if l.Views[i].Name == "model.norm.weight" {
+				l.Views[i].Decay = true
+			}
+		}
+		part, err := plan.NewPartition(&l, p.Mesh.DP, p.ZeroStage, 0)
+		if err != nil {
+			return err
+		}
+		p.Layouts[1], p.Partitions[1] = &l, part
+		for r := range p.Ranks {
+			if p.Ranks[r].Coord.TP == 1 {
+				p.Ranks[r].Layout, p.Ranks[r].Zero = &l, part
+			}
+		}
+		return nil
+	}
 }
 
 // testCheckpointFault reads LOOM_TEST_CHECKPOINT_KILL=POINT:STEP:RANK

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/tensor"
 )
@@ -47,7 +48,7 @@ func cmdExport(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := writeTokenizerFiles(*out, tok); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
-	fmt.Fprintf(env.stdout, "exported %s parameters and tokenizer %s to %s\n", humanCount(int64(m.Config.NumParams())), tok.Name(), *out)
+	fmt.Fprintf(env.stdout, "exported %s parameters and tokenizer %s to %s\n", human.Count(int64(m.Config.NumParams())), tok.Name(), *out)
 	return nil
 }
 

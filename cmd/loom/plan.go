@@ -11,20 +11,23 @@ import (
 	"text/tabwriter"
 
 	"github.com/loomtrain/loom/api"
-	"github.com/loomtrain/loom/checkpoint"
-	"github.com/loomtrain/loom/model"
-	"github.com/loomtrain/loom/zero"
+	"github.com/loomtrain/loom/plan"
 )
 
 func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "plan", "JOB.yaml [flags]\n\n"+
-		"Prints each worker's memory estimate under every ZeRO stage — model states\n"+
-		"(parameters, gradients, AdamW moments), stage-2/3 working buffers, collective\n"+
-		"staging, activations of one micro-batch and a runtime allowance — and says\n"+
-		"which stages fit in --memory-per-worker. The spec's own stage is marked *.")
+		"Lists the layouts of the job's model on --workers workers — dp × tp, ZeRO\n"+
+		"stage, sequence parallelism, micro-batch — with the predicted memory of the\n"+
+		"largest rank (parameters, gradients, AdamW moments, ZeRO working buffers,\n"+
+		"collective staging, activations of one micro-batch, a runtime allowance) and\n"+
+		"the bytes each rank sends per step, marks those that fit in\n"+
+		"--memory-per-worker, the one Loom recommends (*) and the spec's own (=).\n"+
+		"--show-ranks prints the spec's plan: every rank's coordinates and groups,\n"+
+		"each tensor-parallel rank's local layout and its ZeRO partition.")
 	workers := fs.Int("workers", 0, "number of workers (0: the spec's dp·tp·pp)")
 	memFlag := fs.String("memory-per-worker", "", "memory of one worker, in bytes or with a unit (16GiB, 512MiB, 8GB); default: this machine's MemTotal")
-	shards := fs.Bool("shards", false, "also print the spec stage's shard table (every rank's slice of every tensor)")
+	showRanks := fs.Bool("show-ranks", false, "also print the spec's plan rank by rank: coordinates, groups, local layouts, ZeRO shards")
+	all := fs.Bool("all", false, "list layouts that do not fit too")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -37,24 +40,12 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	p := spec.Parallel
 	if *workers < 0 {
-		return fmt.Errorf("plan: --workers %d: must be ≥ 1 (or 0 for the spec's %d)", *workers, p.WorldSize())
+		return fmt.Errorf("plan: --workers %d: must be ≥ 1 (or 0 for the spec's %d)", *workers, spec.Parallel.WorldSize())
 	}
-	dp := p.DP
-	if *workers > 0 {
-		if *workers%(p.TP*p.PP) != 0 {
-			return fmt.Errorf("plan: --workers %d: must be a multiple of parallel.tp·parallel.pp = %d", *workers, p.TP*p.PP)
-		}
-		dp = *workers / (p.TP * p.PP)
-	}
-	if dp != p.DP {
-		// The batch must still split over the new data-parallel size.
-		s := spec
-		s.Parallel.DP = dp
-		if err := s.Validate(); err != nil {
-			return fmt.Errorf("plan: %s with --workers %d (parallel.dp = %d): %w", pos[0], *workers, dp, err)
-		}
+	n := *workers
+	if n == 0 {
+		n = spec.Parallel.WorldSize()
 	}
 	var budget int64
 	if *memFlag != "" {
@@ -64,63 +55,92 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	} else {
 		budget = memTotal()
 	}
-	mc := checkpoint.ModelConfig(spec.Model)
-	l, err := model.NewLayout(mc)
+	cands, err := plan.Candidates(spec, n, budget)
 	if err != nil {
-		return fmt.Errorf("plan: %w", err)
+		return fmt.Errorf("plan: %s with --workers %d: %w", pos[0], n, err)
 	}
+	best := plan.Recommend(cands)
 	out := env.stdout
-	fmt.Fprintf(out, "%s: %d parameters (Ψ), dp %d, micro-batch %d × %d tokens, float32\n", pos[0], l.Size, dp, spec.Train.MicroBatch, spec.Model.SeqLen)
-	if p.TP*p.PP > 1 {
-		fmt.Fprintf(out, "note: tp=%d pp=%d are not modelled; estimates assume each worker holds the whole model\n", p.TP, p.PP)
-	}
+	mc := plan.ModelConfig(spec.Model)
+	fmt.Fprintf(out, "%s: %d parameters (Ψ), %d workers, global batch %d × %d tokens, float32; memory per worker %s\n",
+		pos[0], mc.NumParams(), n, spec.Train.GlobalBatch, spec.Model.SeqLen, budgetString(budget))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "stage\tparams\tgrads\toptimizer\tworking\tcomm\tactivations\truntime\ttotal\tfits\t")
-	var fit []string
-	for s := zero.Stage0; s <= zero.Stage3; s++ {
-		m, err := zero.Estimate(mc, dp, s, spec.Train.MicroBatch, spec.Model.SeqLen)
-		if err != nil {
-			return fmt.Errorf("plan: %w", err)
+	fmt.Fprintln(tw, "\tdp\ttp\tzero\tsp\tmicro\tparams\tgrads\toptimizer\tworking\tcomm\tactivations\truntime\ttotal\tsent/step\tfits\t")
+	shown := 0
+	for i, c := range cands {
+		if !c.Fits && !*all {
+			continue
 		}
+		shown++
 		mark := ""
-		if int(s) == p.Zero {
+		if i == best {
 			mark = "*"
 		}
-		verdict := "?"
-		if budget > 0 {
-			verdict = "no"
-			if m.Total() <= budget {
-				verdict = "yes"
-				fit = append(fit, strconv.Itoa(int(s)))
-			}
+		p := c.Spec.Parallel
+		if p.DP == spec.Parallel.DP && p.TP == spec.Parallel.TP && p.Zero == spec.Parallel.Zero && c.Spec.Train.MicroBatch == spec.Train.MicroBatch &&
+			(p.SequenceParallel == spec.Parallel.SequenceParallel || p.TP == 1) && n == spec.Parallel.WorldSize() {
+			mark += "="
 		}
-		fmt.Fprintf(tw, "%s%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", mark, s, mib(m.Params), mib(m.Grads), mib(m.Optimizer),
-			mib(m.Working), mib(m.Comm), mib(m.Activations), mib(m.Runtime), mib(m.Total()), verdict)
+		m := c.Memory
+		sp := "-"
+		if p.TP > 1 {
+			sp = map[bool]string{false: "off", true: "on"}[p.SequenceParallel]
+		}
+		verdict := "yes"
+		if !c.Fits {
+			verdict = "no"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", mark, p.DP, p.TP, p.Zero, sp, c.Spec.Train.MicroBatch,
+			mib(m.Params), mib(m.Grads), mib(m.Optimizer), mib(m.Working), mib(m.Comm), mib(m.Activations), mib(m.Runtime), mib(m.Total()),
+			mib(c.Comm.Total()), verdict)
 	}
 	tw.Flush()
-	fmt.Fprintln(out, "(MiB per worker; working = stage-2/3 per-unit buffers: gathered parameters and unit gradients)")
-	if dp == 1 {
-		fmt.Fprintln(out, "with one data-parallel rank there is nothing to shard: every stage runs as stage 0")
+	fmt.Fprintln(out, "(MiB per worker, the largest rank; working = ZeRO-2/3 unit buffers; sent/step = MiB each rank sends per step, ring algorithms)")
+	if best >= 0 {
+		c := cands[best]
+		p := c.Spec.Parallel
+		fmt.Fprintf(out, "recommended (*): dp %d, tp %d, zero %d, micro_batch %d%s — the smallest tp, then the lowest ZeRO stage, then the largest micro-batch that fits\n",
+			p.DP, p.TP, p.Zero, c.Spec.Train.MicroBatch, spSuffix(p.SequenceParallel && p.TP > 1))
+	} else {
+		small := cands[0]
+		for _, c := range cands {
+			if c.Memory.Total() < small.Memory.Total() {
+				small = c
+			}
+		}
+		p := small.Spec.Parallel
+		fmt.Fprintf(out, "no layout fits; the smallest needs %s (dp %d, tp %d, zero %d, micro_batch %d)\n",
+			plan.MiB(small.Memory.Total()), p.DP, p.TP, p.Zero, small.Spec.Train.MicroBatch)
 	}
-	switch {
-	case budget <= 0:
-		fmt.Fprintln(out, "memory per worker unknown: pass --memory-per-worker")
-	case len(fit) == 0:
-		// Said last, as the error: a script must not take this for a plan.
-	default:
-		fmt.Fprintf(out, "fits in %s per worker: stage %s\n", zero.MiB(budget), strings.Join(fit, ", "))
+	if shown == 0 && best < 0 {
+		fmt.Fprintln(out, "(pass --all to list the layouts that do not fit)")
 	}
-	if *shards {
-		plan, err := zero.NewPlan(l, dp, zero.Stage(p.Zero), 0)
+	if *showRanks {
+		pl, err := plan.New(spec, spec.Parallel.WorldSize())
 		if err != nil {
 			return fmt.Errorf("plan: %w", err)
 		}
-		fmt.Fprint(out, plan.String())
+		fmt.Fprint(out, "\n"+pl.String())
 	}
-	if budget > 0 && len(fit) == 0 {
-		return fmt.Errorf("plan: no stage fits in %s per worker: add workers, shorten the micro-batch or shrink the model", zero.MiB(budget))
+	if best < 0 {
+		// Said last, as the error: a script must not take the table for a plan.
+		return fmt.Errorf("plan: no layout of %d workers fits in %s per worker: add workers, shorten the micro-batch or shrink the model", n, plan.MiB(budget))
 	}
 	return nil
+}
+
+func spSuffix(sp bool) string {
+	if sp {
+		return ", sequence_parallel"
+	}
+	return ""
+}
+
+func budgetString(b int64) string {
+	if b <= 0 {
+		return "unknown (pass --memory-per-worker)"
+	}
+	return plan.MiB(b)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f", float64(n)/(1<<20)) }

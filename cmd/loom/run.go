@@ -10,9 +10,9 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
-	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/launch"
-	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -49,6 +49,9 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := api.Supported(spec, pos[0]); err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
+	if _, err := plan.New(spec, spec.Parallel.WorldSize()); err != nil {
+		return fmt.Errorf("run: %s: %w", pos[0], err)
+	}
 	if w := spec.Parallel.WorldSize(); w != 1 {
 		if *initDir != "" {
 			return errors.New("run: --init is supported only for world size 1 so far")
@@ -82,7 +85,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 			if err != nil {
 				return fmt.Errorf("run: sample: %w", err)
 			}
-			return printSample(env, m, *prompt, *sampleTokens)
+			return printSampleWith(env, m, specTokenizer(env, spec), *prompt, *sampleTokens)
 		}
 		return nil
 	}
@@ -91,83 +94,44 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer closeK()
-
-	f, err := data.Open(spec.Data.Path)
-	if err != nil {
-		return fmt.Errorf("run: data.path: %w", err)
-	}
-	defer f.Close()
-	loader, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
-	if err != nil {
-		return fmt.Errorf("run: %w", err)
-	}
-	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: loader})
-	if err != nil {
-		return fmt.Errorf("run: %w", err)
-	}
 	if *initDir != "" && *resume != "" {
 		return errors.New("run: --init and --resume exclude each other: --resume restores the weights and the optimizer")
 	}
+	// The checkpoint to resume is resolved here, before the run claims the
+	// job's checkpoint directory, and handed to the rank by its directory.
 	var from *checkpoint.Checkpoint
+	resumeDir := ""
 	if *resume != "" {
-		if from, err = resumeTrainer(env, tr, spec, *resume); err != nil {
+		ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), *resume)
+		warnSkipped(env, skipped)
+		if err != nil {
 			return fmt.Errorf("run: --resume %s: %w", *resume, err)
 		}
+		from, resumeDir = ck, ck.Dir
 	}
 	runID, err := claimCheckpoints(env, "run", pos[0], spec, from, *overwrite)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
-	var ck ckTotals
-	if spec.Checkpoint.Every > 0 {
-		src, err := os.ReadFile(pos[0])
-		if err != nil {
-			return fmt.Errorf("run: %w", err)
-		}
-		jobDir := checkpoint.JobDir(spec)
-		if err := tr.EnableCheckpoints(train.CheckpointConfig{JobDir: jobDir, Every: spec.Checkpoint.Every, SpecYAML: src,
-			Report: train.CommitLocal(jobDir, spec.Checkpoint.Keep, runID, env.stderr)}); err != nil {
-			return fmt.Errorf("run: %w", err)
-		}
+	src, err := os.ReadFile(pos[0])
+	if err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
-	if *initDir != "" {
-		src, err := checkpoint.LoadModel(*initDir, k, spec.Model.SeqLen)
-		if err != nil {
-			return fmt.Errorf("run: --init: %w", err)
-		}
-		if err := tr.LoadWeights(src); err != nil {
-			return fmt.Errorf("run: --init %s: %w", *initDir, err)
-		}
-	}
-	cfg := tr.Model.Config
-	fmt.Fprintf(env.stderr, "loom: job %q: %s parameters (d %d, %d layers, %d/%d heads, ffn %d, vocab %d), %d tokens per step, %d steps, %d windows of %d tokens in %s\n",
-		spec.Name, humanCount(int64(cfg.NumParams())), cfg.Dim, cfg.NLayers, cfg.NHeads, cfg.NKVHeads, cfg.FFNHidden, cfg.VocabSize,
-		spec.Train.GlobalBatch*spec.Model.SeqLen, spec.Train.Steps, loader.NumWindows(), spec.Model.SeqLen, spec.Data.Path)
 	prog, err := train.NewProgress(env.stdout, *logFormat, spec.Train.Steps, 2*time.Second)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
-	runErr := tr.Run(ctx, func(s train.Stats) {
-		ck.add(s)
-		prog.Report(s)
-	})
-	if spec.Checkpoint.Every > 0 {
-		b, secs := tr.SaveStats()
-		ck.print(env, b, secs)
-	}
-	if tr.StepsDone() == 0 {
-		return fmt.Errorf("run: %w", runErr)
-	}
-	dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
-	if err := checkpoint.SaveModel(dir, tr.Model, &spec); err != nil {
-		return fmt.Errorf("run: %w", errors.Join(runErr, err))
-	}
-	fmt.Fprintf(env.stderr, "loom: saved the model after step %d to %s\n", tr.StepsDone(), dir)
+	jobDir := checkpoint.JobDir(spec)
+	res, runErr := train.RunRank(ctx, train.RankConfig{
+		Spec: spec, Job: spec.Name, Generation: 1, Kernels: k, Log: env.stderr,
+		Init: *initDir, Resume: resumeDir, SpecYAML: src,
+		ReportCheckpoint: train.CommitLocal(jobDir, spec.Checkpoint.Keep, runID, env.stderr),
+	}, prog.Report)
 	if runErr != nil {
 		return fmt.Errorf("run: %w", runErr)
 	}
-	if *sampleTokens > 0 && *logFormat == "text" {
-		return printSample(env, tr.Model, *prompt, *sampleTokens)
+	if *sampleTokens > 0 && *logFormat == "text" && res.Final != nil {
+		return printSampleWith(env, res.Final, specTokenizer(env, spec), *prompt, *sampleTokens)
 	}
 	return nil
 }
@@ -185,26 +149,6 @@ func checkResumable(env *cmdEnv, spec api.JobSpec, which string) (*checkpoint.Ch
 		return nil, fmt.Errorf("%s: %w", ck.Dir, err)
 	}
 	fmt.Fprintf(env.stderr, "loom: resuming from %s (step %d, saved with %s)\n", ck.Dir, ck.Manifest.Step, ck.Manifest.Layout)
-	return ck, nil
-}
-
-// resumeTrainer resolves which ("latest" or a step directory) under the
-// job's checkpoint directory and restores tr from it.
-func resumeTrainer(env *cmdEnv, tr *train.Trainer, spec api.JobSpec, which string) (*checkpoint.Checkpoint, error) {
-	start := time.Now()
-	ck, skipped, err := checkpoint.Resolve(checkpoint.JobDir(spec), which)
-	warnSkipped(env, skipped)
-	if err != nil {
-		return nil, err
-	}
-	if err := tr.Restore(ck); err != nil {
-		return nil, err
-	}
-	for _, n := range checkpoint.CompareState(spec, ck.State) {
-		fmt.Fprintf(env.stderr, "loom: warning: %s\n", n)
-	}
-	fmt.Fprintf(env.stderr, "loom: resumed from %s (step %d, saved with %s, %s) in %v\n",
-		ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, humanBytes(ck.Manifest.Bytes), time.Since(start).Round(time.Millisecond))
 	return ck, nil
 }
 
@@ -248,64 +192,5 @@ func warnSkipped(env *cmdEnv, skipped []checkpoint.Skipped) {
 	}
 }
 
-// ckTotals adds up the step loop's checkpoint stalls.
-type ckTotals struct {
-	saves          int
-	blocked, steps float64
-}
-
-func (c *ckTotals) add(s train.Stats) {
-	c.steps += s.StepSeconds
-	if s.CheckpointSeconds > 0 {
-		c.saves++
-		c.blocked += s.CheckpointSeconds
-	}
-}
-
-func (c *ckTotals) print(env *cmdEnv, bytes int64, writeSecs float64) {
-	if c.saves == 0 {
-		return
-	}
-	rate := 0.0
-	if writeSecs > 0 {
-		rate = float64(bytes) / 1e6 / writeSecs
-	}
-	fmt.Fprintf(env.stderr, "loom: checkpoints: %d saved, %s written in the background at %.0f MB/s; the step loop was blocked %.1f ms per save (%.2f%% of step time)\n",
-		c.saves, humanBytes(bytes), rate, 1e3*c.blocked/float64(c.saves), 100*c.blocked/max(c.steps, 1e-9))
-}
-
-// humanBytes renders n bytes with a binary suffix.
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
-
-// printSample prints a continuation of prompt by the trained model.
-func printSample(env *cmdEnv, m *model.Model, prompt string, n int) error {
-	text, err := sampleText(m, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
-	if err != nil {
-		return fmt.Errorf("run: sample: %w", err)
-	}
-	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
-	return nil
-}
-
-// humanCount renders n with a k/M/G suffix.
-func humanCount(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2fG", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.2fM", float64(n)/1e6)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1fk", float64(n)/1e3)
-	}
-	return fmt.Sprint(n)
-}
+// humanBytes renders n bytes with a binary suffix (human.Bytes).
+func humanBytes(n int64) string { return human.Bytes(n) }

@@ -3,7 +3,7 @@
 // follows the server-sent events of /api/events; charts are uPlot.
 import uPlot from "uplot";
 
-const MAX_POINTS = 5000; // per series kept in the browser
+const MAX_POINTS = 2000; // per series kept in the browser
 
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...kids) => {
@@ -45,6 +45,7 @@ const state = {
   events: [],
   stream: null,
   charts: {},
+  clip: {}, // chart id → robust maximum of its values
 };
 
 async function getJSON(url) {
@@ -80,13 +81,22 @@ function markers() {
 
 const palette = ["#3b7dd8", "#d33c3c", "#3fa66b", "#e0a030", "#8e5bd8", "#1aa3a3", "#b5487e", "#7a8a2a"];
 
-function makeChart(id, series, axes) {
+// robustMax is the 99th percentile of the finite values of some arrays:
+// the step-time charts clip at 1.5× it, so one stalled step (a paused
+// worker, a checkpoint) does not flatten every other step to the axis.
+function robustMax(arrays) {
+  const v = arrays.flat().filter((x) => x != null && isFinite(x)).sort((a, b) => a - b);
+  return v.length ? v[Math.min(v.length - 1, Math.floor(v.length * 0.99))] : 0;
+}
+
+function makeChart(id, series, axes, clip = false) {
   const box = document.getElementById(id);
   box.textContent = "";
+  const y = clip ? { y: { range: (u, lo, hi) => [0, Math.max(1e-9, Math.min(hi, 1.5 * (state.clip[id] || hi)))] } } : {};
   const opts = {
     width: Math.max(300, box.clientWidth),
     height: 240,
-    scales: { x: { time: false } },
+    scales: { x: { time: false }, ...y },
     series: [{ label: "step" }, ...series],
     axes: [{ label: "step" }, ...axes],
     legend: { live: true },
@@ -118,11 +128,11 @@ function buildCharts(ranks) {
     [{ scale: "tps", size: 60 }, { scale: "mfu", side: 1, size: 70, grid: { show: false }, values: (u, vs) => vs.map((v) => fmtPctAxis(v)) }]);
   makeChart("chart-ranks",
     ranks.map((r, i) => ({ label: `rank ${r}`, stroke: palette[i % palette.length], value: (u, v) => fmtNum(v, 2) })),
-    [{}]);
+    [{}], true);
   makeChart("chart-split",
     [{ label: "compute", stroke: "#3b7dd8" }, { label: "comm", stroke: "#8e5bd8" },
      { label: "wait", stroke: "#e0a030" }, { label: "data", stroke: "#3fa66b" }].map((s) => ({ ...s, value: (u, v) => fmtNum(v, 2) })),
-    [{}]);
+    [{}], true);
 }
 
 function renderCharts() {
@@ -145,13 +155,16 @@ function renderCharts() {
     const i = byStep[k].get(s);
     return i == null ? null : (r.compute_s[i] + r.data_s[i]) * 1e3;
   }));
+  state.clip["chart-ranks"] = robustMax(busy);
   setChart("chart-ranks", [xs, ...busy]);
   const mean = (field) => xs.map((s) => {
     let sum = 0, n = 0;
     h.ranks.forEach((r, k) => { const i = byStep[k].get(s); if (i != null) { sum += r[field][i]; n++; } });
     return n ? (sum / n) * 1e3 : null;
   });
-  setChart("chart-split", [xs, mean("compute_s"), mean("comm_s"), mean("wait_s"), mean("data_s")]);
+  const split = [mean("compute_s"), mean("comm_s"), mean("wait_s"), mean("data_s")];
+  state.clip["chart-split"] = robustMax(split);
+  setChart("chart-split", [xs, ...split]);
 }
 
 const cap = (a) => (a.length > MAX_POINTS ? a.slice(a.length - MAX_POINTS) : a);
@@ -173,7 +186,12 @@ function mergeHistory(h) {
 }
 
 // ---- tables ----
+let lastJobs = "";
+
 function renderJobs(jobs) {
+  const key = JSON.stringify(jobs) + state.selected;
+  if (key === lastJobs) return;
+  lastJobs = key;
   const tb = $("#jobs tbody");
   tb.textContent = "";
   $("#no-jobs").hidden = jobs.length > 0;
@@ -200,8 +218,13 @@ function card(label, value) {
   return el("div", { class: "card" }, el("div", { class: "label", text: label }), el("div", { class: "value", text: value }));
 }
 
+let lastDetail = "";
+
 function renderDetail(d) {
   if (!d) return;
+  const key = JSON.stringify(d);
+  if (key === lastDetail) return; // nothing changed: keep the DOM
+  lastDetail = key;
   $("#job").hidden = false;
   $("#job-name").textContent = d.name;
   const st = $("#job-state");
@@ -294,19 +317,35 @@ function follow(name) {
   es.onerror = () => { live.textContent = "reconnecting…"; live.className = "badge down"; };
   es.addEventListener("update", (msg) => {
     const u = JSON.parse(msg.data);
-    renderJobs(u.jobs);
     if (!state.selected && u.jobs.length) {
       const running = u.jobs.find((j) => j.state === "RUNNING");
       const newest = [...u.jobs].sort((a, b) => b.submitted_ms - a.submitted_ms)[0];
+      renderJobs(u.jobs);
       select((running || newest).name);
       return;
     }
-    if (u.job && u.job.name === state.selected) renderDetail(u.job);
+    // Points are merged at once (each update carries only new ones); the
+    // drawing waits for the next frame, which a hidden tab never runs, so
+    // a page in the background costs nothing until it is shown again.
     if (u.history && u.history.job === state.selected) {
       mergeHistory(u.history);
-      renderCharts();
+      state.chartsDirty = true;
     }
+    state.pending = u;
+    if (!state.frame) state.frame = requestAnimationFrame(draw);
   });
+}
+
+function draw() {
+  state.frame = 0;
+  const u = state.pending;
+  if (!u) return;
+  renderJobs(u.jobs);
+  if (u.job && u.job.name === state.selected) renderDetail(u.job);
+  if (state.chartsDirty) {
+    state.chartsDirty = false;
+    renderCharts();
+  }
 }
 
 async function select(name) {

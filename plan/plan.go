@@ -1,0 +1,213 @@
+// Package plan owns the parallel plan of a job: (job spec, world size) →
+// the mesh of ranks (tensor-parallel fastest, then data-parallel, then
+// pipeline), each rank's coordinates and process groups, its rank-local
+// layout (which chunk of which global tensor it holds, with local shapes)
+// and the ZeRO partition of that layout over its data-parallel group, plus
+// the memory and communication each rank needs. It is pure — no I/O, no
+// network — so a plan can be printed (`loom plan --show-ranks`), diffed and
+// golden-tested, and it is computed once and handed down: the coordinator's
+// rendezvous, the worker, the trainer, ZeRO, checkpoints and `loom plan`
+// read it instead of recomputing layouts.
+package plan
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/model"
+)
+
+// ErrInvalid is the class of errors about a layout that cannot be planned.
+var ErrInvalid = errors.New("invalid parallel plan")
+
+// Coord is a rank's position in the mesh.
+type Coord struct{ DP, TP, PP int }
+
+func (c Coord) String() string { return fmt.Sprintf("(dp %d, tp %d, pp %d)", c.DP, c.TP, c.PP) }
+
+// Mesh is the shape of the job's ranks. Tensor parallelism varies fastest,
+// so the ranks of a tensor-parallel group are consecutive and a group sits
+// on one host when hosts hold consecutive ranks; then data parallelism;
+// pipeline stages vary slowest (TorchTitan's ("pp", "dp", "tp") order):
+// rank = (pp·DP + dp)·TP + tp.
+type Mesh struct{ DP, TP, PP int }
+
+// MeshOf is the mesh of a job's parallel section.
+func MeshOf(p api.ParallelSpec) Mesh { return Mesh{DP: p.DP, TP: p.TP, PP: p.PP} }
+
+// World is the number of ranks, DP·TP·PP.
+func (m Mesh) World() int { return m.DP * m.TP * m.PP }
+
+// Rank is the global rank at c.
+func (m Mesh) Rank(c Coord) int { return (c.PP*m.DP+c.DP)*m.TP + c.TP }
+
+// Coord is the position of global rank r.
+func (m Mesh) Coord(r int) Coord {
+	return Coord{TP: r % m.TP, DP: (r / m.TP) % m.DP, PP: r / (m.TP * m.DP)}
+}
+
+func (m Mesh) String() string { return fmt.Sprintf("dp %d × tp %d × pp %d", m.DP, m.TP, m.PP) }
+
+// Group kinds.
+const (
+	KindTP = "tp" // ranks that split each layer (same dp, pp)
+	KindDP = "dp" // ranks that hold the same chunks and split the batch (same tp, pp)
+	KindKV = "kv" // the ranks of a tp group holding copies of one kv head
+	KindPP = "pp" // the pipeline stages of one (dp, tp) position
+)
+
+// Group is a process group: its name, unique within the job, and its
+// members' global ranks in ring order (the order of ReduceScatter and
+// AllGather shards).
+type Group struct {
+	Name  string
+	Kind  string
+	Ranks []int
+}
+
+// Size is the number of members.
+func (g Group) Size() int { return len(g.Ranks) }
+
+// Index is rank's position in the group, or -1.
+func (g Group) Index(rank int) int {
+	for i, r := range g.Ranks {
+		if r == rank {
+			return i
+		}
+	}
+	return -1
+}
+
+// Stage is a pipeline stage's share of the model: blocks [First, End) and
+// whether it holds the embedding (the first stage) and the final norm, LM
+// head and loss (the last). With pp = 1 the one stage holds everything.
+type Stage struct {
+	Index       int
+	First, End  int
+	Embed, Head bool
+}
+
+// RankPlan is everything one rank needs to know about the plan.
+type RankPlan struct {
+	Rank  int
+	Coord Coord
+	// Groups this rank belongs to. KV is empty (no Ranks) unless kv heads
+	// are replicated (n_kv_heads < tp); TP, DP and PP always list at
+	// least this rank.
+	TP, DP, KV, PP Group
+	Stage          Stage
+	// Layout is the rank's local layout (shared by every rank with the
+	// same tp coordinate); Zero its ZeRO partition over the dp group.
+	Layout *model.Layout
+	Zero   *Partition
+	// DPIndex is the rank's position in its dp group: which slice of each
+	// step's batch it trains on and which ZeRO shard it holds.
+	DPIndex int
+}
+
+// Plan is the whole job's plan. It is immutable once built and safe for
+// concurrent use.
+type Plan struct {
+	Mesh  Mesh
+	Model model.Config
+	// ZeroStage is what the dp groups shard; SequenceParallel whether the
+	// residual stream is sequence-sharded over tp.
+	ZeroStage        ZeroStage
+	SequenceParallel bool
+	// MicroBatch sequences of SeqLen tokens per pass; Accum passes per
+	// optimizer step per dp rank (global_batch = MicroBatch·Accum·DP).
+	MicroBatch, SeqLen, Accum int
+	GlobalBatch               int
+	Stages                    []Stage
+	// Layouts and Partitions by tp coordinate.
+	Layouts    []*model.Layout
+	Partitions []*Partition
+	Ranks      []RankPlan
+}
+
+// ModelConfig converts the job spec's model section to the model's config.
+func ModelConfig(s api.ModelSpec) model.Config {
+	return model.Config{
+		VocabSize: s.VocabSize, Dim: s.Dim, NLayers: s.NLayers, NHeads: s.NHeads,
+		NKVHeads: s.NKVHeads, FFNHidden: s.FFNHidden, SeqLen: s.SeqLen,
+		RopeTheta: s.RopeTheta, NormEps: s.NormEps, TieEmbeddings: s.TieEmbeddings,
+	}
+}
+
+// New plans spec on world ranks. It validates the spec (api.JobSpec.Validate
+// checks every field, the parallel section against the model included) and
+// that world is the spec's dp·tp·pp; every problem names its field.
+func New(spec api.JobSpec, world int) (*Plan, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	p := spec.Parallel
+	mesh := MeshOf(p)
+	if world != mesh.World() {
+		return nil, &api.SpecError{Errs: []error{&api.FieldError{Field: "parallel", Value: fmt.Sprintf("dp %d × tp %d × pp %d = %d ranks", p.DP, p.TP, p.PP, mesh.World()),
+			Allowed: fmt.Sprintf("must multiply to the world size %d", world)}}}
+	}
+	if p.PP != 1 {
+		return nil, &api.SpecError{Errs: []error{&api.FieldError{Field: "parallel.pp", Value: p.PP, Allowed: "pipeline parallelism is not supported yet: set pp: 1"}}}
+	}
+	cfg := ModelConfig(spec.Model)
+	pl := &Plan{Mesh: mesh, Model: cfg, ZeroStage: ZeroStage(p.Zero), SequenceParallel: p.SequenceParallel && p.TP > 1,
+		MicroBatch: spec.Train.MicroBatch, SeqLen: spec.Model.SeqLen, Accum: spec.AccumulationSteps(), GlobalBatch: spec.Train.GlobalBatch,
+		Stages: []Stage{{Index: 0, First: 0, End: cfg.NLayers, Embed: true, Head: true}}}
+	for t := range p.TP {
+		l, err := model.NewLocalLayout(cfg, model.Split{TP: p.TP, Rank: t})
+		if err != nil {
+			return nil, fmt.Errorf("plan: %w: %w", err, ErrInvalid)
+		}
+		part, err := NewPartition(l, p.DP, pl.ZeroStage, 0)
+		if err != nil {
+			return nil, err
+		}
+		pl.Layouts = append(pl.Layouts, l)
+		pl.Partitions = append(pl.Partitions, part)
+	}
+	for r := range mesh.World() {
+		c := mesh.Coord(r)
+		rp := RankPlan{Rank: r, Coord: c, Stage: pl.Stages[c.PP], Layout: pl.Layouts[c.TP], Zero: pl.Partitions[c.TP], DPIndex: c.DP}
+		rp.TP = Group{Name: fmt.Sprintf("tp.pp%d.dp%d", c.PP, c.DP), Kind: KindTP}
+		for t := range mesh.TP {
+			rp.TP.Ranks = append(rp.TP.Ranks, mesh.Rank(Coord{DP: c.DP, TP: t, PP: c.PP}))
+		}
+		rp.DP = Group{Name: fmt.Sprintf("dp.pp%d.tp%d", c.PP, c.TP), Kind: KindDP}
+		for d := range mesh.DP {
+			rp.DP.Ranks = append(rp.DP.Ranks, mesh.Rank(Coord{DP: d, TP: c.TP, PP: c.PP}))
+		}
+		rp.PP = Group{Name: fmt.Sprintf("pp.dp%d.tp%d", c.DP, c.TP), Kind: KindPP}
+		for s := range mesh.PP {
+			rp.PP.Ranks = append(rp.PP.Ranks, mesh.Rank(Coord{DP: c.DP, TP: c.TP, PP: s}))
+		}
+		if rep := rp.Layout.Local().KVReplicas; rep > 1 {
+			head := c.TP / rep
+			rp.KV = Group{Name: fmt.Sprintf("kv.pp%d.dp%d.h%d", c.PP, c.DP, head), Kind: KindKV}
+			for t := head * rep; t < (head+1)*rep; t++ {
+				rp.KV.Ranks = append(rp.KV.Ranks, mesh.Rank(Coord{DP: c.DP, TP: t, PP: c.PP}))
+			}
+		}
+		pl.Ranks = append(pl.Ranks, rp)
+	}
+	return pl, nil
+}
+
+// Rank returns rank r's plan.
+func (p *Plan) Rank(r int) RankPlan { return p.Ranks[r] }
+
+// World is the number of ranks.
+func (p *Plan) World() int { return p.Mesh.World() }
+
+// CheckCoord reports whether a coordinator assigned rank the coordinates
+// the plan gives it.
+func (p *Plan) CheckCoord(rank int, c Coord) error {
+	if rank < 0 || rank >= p.World() {
+		return fmt.Errorf("plan: rank %d outside the world of %d ranks (%s): %w", rank, p.World(), p.Mesh, ErrInvalid)
+	}
+	if want := p.Mesh.Coord(rank); want != c {
+		return fmt.Errorf("plan: rank %d was assigned coordinates %v, the plan's mesh %s puts it at %v: %w", rank, c, p.Mesh, want, ErrInvalid)
+	}
+	return nil
+}
