@@ -248,6 +248,23 @@ func TestAdamWSumSquaresScale(t *testing.T) {
 			k.Scale(gs, 0.37)
 			ref.Scale(ws, 0.37)
 			check(t, name+" Scale", gs, ws, 0)
+
+			// GradScale folds Scale into the update: the same bits as
+			// Scale then AdamW, and g left as it was.
+			h := tensor.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Step: 4}
+			p1, m1, v1 := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+			p2, m2, v2 := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+			g0 := slices.Clone(g)
+			k.AdamW(p2, gs, m2, v2, h) // gs = Scale(g, 0.37)
+			h.GradScale = 0.37
+			k.AdamW(p1, g, m1, v1, h)
+			check(t, name+" GradScale p", p1, p2, 0)
+			check(t, name+" GradScale m", m1, m2, 0)
+			check(t, name+" GradScale v", v1, v2, 0)
+			check(t, name+" GradScale leaves g", g, g0, 0)
+			rp, rm, rv := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+			ref.AdamW(rp, g, rm, rv, h)
+			check(t, name+" GradScale p vs Reference", p1, rp, 1e-6)
 		}
 	})
 }

@@ -259,6 +259,7 @@ func adamwGo(p, g, m, v []float32, c *adamConsts) {
 	n := len(p)
 	g, m, v = g[:n], m[:n], v[:n]
 	for i, gi := range g {
+		gi *= c.gscale // ×1 when unscaled: the same bits
 		pi := p[i] * c.decay
 		mi := float32(m[i]*c.b1) + float32(gi*c.omb1)
 		vi := float32(v[i]*c.b2) + float32(float32(c.omb2*gi)*gi)

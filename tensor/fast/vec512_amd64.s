@@ -658,7 +658,8 @@ rope_done:
 	RET
 
 // func adamwAVX512(p, grad, m, v *float32, n int, c *adamConsts)
-// adamConsts: decay, b1, omb1, b2, omb2, stepSize, bc2Sqrt, eps (float32s).
+// adamConsts: decay, b1, omb1, b2, omb2, stepSize, bc2Sqrt, eps, gscale
+// (float32s); g below is g·gscale.
 //   p' = p·decay − stepSize·(m'/(√v'/bc2Sqrt + eps))
 //   m' = m·b1 + g·omb1;  v' = v·b2 + (omb2·g)·g
 TEXT ·adamwAVX512(SB), NOSPLIT, $0-48
@@ -676,12 +677,13 @@ TEXT ·adamwAVX512(SB), NOSPLIT, $0-48
 	VBROADCASTSS 20(R9), Z13 // stepSize
 	VBROADCASTSS 24(R9), Z14 // bc2Sqrt
 	VBROADCASTSS 28(R9), Z15 // eps
+	VBROADCASTSS 32(R9), Z16 // gscale
 	TAILMASK
 	TESTQ        CX, CX
 	JZ           adam_tail
 
 adam_loop:
-	VMOVUPS (SI), Z0      // g
+	VMULPS  (SI), Z16, Z0 // g·gscale
 	VMULPS  (DI), Z8, Z1  // p·decay
 	VMULPS  (DX), Z9, Z2  // m·b1
 	VMULPS  Z10, Z0, Z3   // g·omb1
@@ -710,6 +712,7 @@ adam_tail:
 	KTESTW    K1, K1
 	JZ        adam_done
 	VMOVUPS.Z (SI), K1, Z0
+	VMULPS    Z16, Z0, Z0
 	VMOVUPS.Z (DI), K1, Z1
 	VMULPS    Z8, Z1, Z1
 	VMOVUPS.Z (DX), K1, Z2

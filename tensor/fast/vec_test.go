@@ -163,7 +163,7 @@ func TestElementwiseExact(t *testing.T) {
 			same("rope x2", n, x2, x2G)
 		}
 
-		c := adamConsts{decay: 0.999, b1: 0.9, omb1: 0.1, b2: 0.95, omb2: 0.05, stepSize: 1e-3, bc2Sqrt: 0.3, eps: 1e-8}
+		c := adamConsts{decay: 0.999, b1: 0.9, omb1: 0.1, b2: 0.95, omb2: 0.05, stepSize: 1e-3, bc2Sqrt: 0.3, eps: 1e-8, gscale: 0.37}
 		p, okPp := guarded(rng, n, 1)
 		m, okM := guarded(rng, n, 0.1)
 		v, okV := guarded(rng, n, 0.1)
