@@ -172,13 +172,22 @@ var stepShapes = []Shape{
 }
 
 // BenchmarkOperands times the step shapes with A and B packed or read in
-// place (LOOM_BENCH_THREADS threads, default 1), to set the auto rule.
+// place (LOOM_BENCH_THREADS threads, default 1; LOOM_BENCH_KERNEL names
+// another float32 kernel, e.g. avx2), to set the auto rule.
 func BenchmarkOperands(b *testing.B) {
 	threads := 1
 	if v := os.Getenv("LOOM_BENCH_THREADS"); v != "" {
 		fmt.Sscan(v, &threads)
 	}
 	e := New(threads)
+	if name := os.Getenv("LOOM_BENCH_KERNEL"); name != "" {
+		for _, k := range kernelsFor(FP32) {
+			if k.name == name {
+				e.Close()
+				e = newEngine(threads, k)
+			}
+		}
+	}
 	defer e.Close()
 	for _, s := range stepShapes {
 		for _, mode := range []struct{ a, b operand }{

@@ -557,25 +557,24 @@ func (w *worker) run(j *job) {
 //
 // Packing an operand is one pass over it that pays off through reuse: each
 // packed element of A feeds N output columns, each of B M rows. Auto reads
-// an operand in place when that reuse is at most inPlaceReuse, where the
-// pass costs more than the strided kernel's slower access saves. Measured
-// on a Sapphire-Rapids-class Xeon, one thread (`go test -bench Operands
-// ./tensor/gemm`, CPU-time rates): the d = 128 shapes of `tiny` gain 5–25%
-// (tn 128×128×2048: 103 → 130 GFLOP/s, both in place), the d = 512 shapes
-// of `small` lose up to 20% in place (tn 512×512×2048: 103 → 80). The
-// tuner tries the other modes per shape.
+// an operand in place when that reuse is at most the kernel's autoInPlace,
+// where the pass costs more than the strided kernel's slower access saves.
+// Measured on a Sapphire-Rapids-class Xeon, one thread (`go test -bench
+// Operands ./tensor/gemm`, CPU-time rates), AVX-512: the d = 128 shapes of
+// `tiny` gain 5–25% (tn 128×128×2048: 103 → 130 GFLOP/s, both in place),
+// the d = 512 shapes of `small` lose up to 20% (tn 512×512×2048: 103 →
+// 80), hence 384; AVX2 (LOOM_BENCH_KERNEL=avx2): in place lost 10–20% at
+// every shape (its 6×16 step has too few FMAs to hide the strided
+// addressing), hence 0. The tuner tries the other modes per shape.
 func (p *plan) inPlace(j *job) (inA, inB bool) {
 	if p.kern.strided == nil {
 		return false, false
 	}
-	inA = p.inA == operandInPlace || p.inA == operandAuto && j.n <= inPlaceReuse
-	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && j.m <= inPlaceReuse)
+	reuse := p.kern.autoInPlace
+	inA = p.inA == operandInPlace || p.inA == operandAuto && j.n <= reuse
+	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && j.m <= reuse)
 	return inA, inB
 }
-
-// inPlaceReuse is the largest reuse (N for A, M for B) at which auto reads
-// an operand in place.
-const inPlaceReuse = 384
 
 // runInPlace is run for plans that read A or B (or both) in place: the
 // operand is not packed, except a partial edge panel (fewer than MR rows

@@ -67,6 +67,9 @@ type kernel struct {
 	// full: the results are the same bits. nil for kernels over packed
 	// pairs or rounded panels (bf16), which must pack.
 	strided func(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+	// autoInPlace is the largest reuse (N for A, M for B) at which a plan
+	// with operandAuto reads an operand in place (plan.inPlace); 0: never.
+	autoInPlace int
 	// peak runs n iterations of an independent-FMA (or dot-product) loop
 	// and returns the FLOPs done, for MeasurePeak; nil when there is none.
 	peak func(n int) float64
