@@ -200,7 +200,9 @@ func TestPodmanRunsImage(t *testing.T) {
 	}
 	out, err = run(append(args, ref, "version")...)
 	if err != nil {
-		if strings.Contains(out, "OCI runtime") || strings.Contains(out, "cgroup") {
+		// The sandbox's refusals, not the image's faults (a missing
+		// binary or a bad entrypoint fails the test).
+		if strings.Contains(out, "cgroup") || strings.Contains(out, "setrlimit") || strings.Contains(out, "OCI permission denied") {
 			t.Skipf("podman cannot run containers here: %s", strings.TrimSpace(out))
 		}
 		t.Fatalf("podman run %s version: %v\n%s", ref, err, out)
