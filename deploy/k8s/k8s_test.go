@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -94,6 +95,7 @@ type objects struct {
 	statefulSets []appsv1.StatefulSet
 	jobs         []batchv1.Job
 	pdbs         []policyv1.PodDisruptionBudget
+	netpols      []networkingv1.NetworkPolicy
 	svcMonitors  []serviceMonitor
 	podMonitors  []podMonitor
 	rules        []prometheusRule
@@ -145,6 +147,9 @@ func render(t *testing.T, dir string) *objects {
 		case "PodDisruptionBudget":
 			o.pdbs = append(o.pdbs, policyv1.PodDisruptionBudget{})
 			dst = &o.pdbs[len(o.pdbs)-1]
+		case "NetworkPolicy":
+			o.netpols = append(o.netpols, networkingv1.NetworkPolicy{})
+			dst = &o.netpols[len(o.netpols)-1]
 		case "ServiceMonitor":
 			o.svcMonitors = append(o.svcMonitors, serviceMonitor{})
 			dst = &o.svcMonitors[len(o.svcMonitors)-1]
@@ -410,6 +415,67 @@ func checkInvariants(t reporter, dir string, o *objects, withEtcd bool) {
 		}
 	}
 
+	// Network policies: each picks pods, names their ports, leaves none of
+	// their ports unreachable (probes, Prometheus), and lets in only the
+	// workloads meant to connect.
+	allowed := map[string][]string{} // "workload/port" -> workloads allowed ("*": any)
+	for _, np := range o.netpols {
+		picked := o.selected(t, &np.Spec.PodSelector)
+		if len(picked) == 0 {
+			t.Errorf("NetworkPolicy %s picks no pods", np.Name)
+		}
+		for _, w := range picked {
+			c := w.tmpl.Spec.Containers[0]
+			covered := map[string]bool{}
+			for _, rule := range np.Spec.Ingress {
+				var from []string
+				for _, peer := range rule.From {
+					if peer.PodSelector == nil || len(peer.PodSelector.MatchLabels) == 0 {
+						from = append(from, "*")
+						continue
+					}
+					srcs := o.selected(t, peer.PodSelector)
+					if len(srcs) == 0 {
+						t.Errorf("NetworkPolicy %s: a from selector %v picks no pods", np.Name, peer.PodSelector.MatchLabels)
+					}
+					for _, s := range srcs {
+						from = append(from, s.name)
+					}
+				}
+				if len(rule.From) == 0 {
+					from = []string{"*"}
+				}
+				for _, p := range rule.Ports {
+					if _, ok := hasPort(c, p.Port.StrVal); !ok {
+						t.Errorf("NetworkPolicy %s: port %q is not a port of %s", np.Name, p.Port.String(), w.name)
+					}
+					covered[p.Port.StrVal] = true
+					allowed[w.name+"/"+p.Port.StrVal] = append(allowed[w.name+"/"+p.Port.StrVal], from...)
+				}
+			}
+			for _, p := range c.Ports {
+				if !covered[p.Name] {
+					t.Errorf("NetworkPolicy %s leaves %s's port %s unreachable", np.Name, w.name, p.Name)
+				}
+			}
+		}
+	}
+	for key, want := range map[string][]string{
+		"loom-worker/data": {"loom-worker"},
+		"loom-worker/http": {"*"},
+	} {
+		if got := allowed[key]; len(o.netpols) > 0 && !slices.Equal(got, want) {
+			t.Errorf("NetworkPolicy: %s is open to %v; want %v", key, got, want)
+		}
+	}
+	if withEtcd && len(o.netpols) > 0 {
+		got := allowed["loom-etcd/client"]
+		slices.Sort(got)
+		if !slices.Equal(got, []string{"loom-coordinator", "loom-worker"}) {
+			t.Errorf("NetworkPolicy: etcd's client port is open to %v; want the coordinators and workers", got)
+		}
+	}
+
 	// The control plane's names: workers and the submit Job dial the
 	// coordinator Service's gRPC port; workers advertise their own stable
 	// name under the headless Service.
@@ -505,6 +571,9 @@ func checkInvariants(t reporter, dir string, o *objects, withEtcd bool) {
 		}
 	} else if len(o.statefulSets) != 1 {
 		t.Errorf("external etcd: %d StatefulSets; want only the workers'", len(o.statefulSets))
+	}
+	if len(o.netpols) == 0 {
+		t.Errorf("no NetworkPolicies")
 	}
 
 	// The job: a valid spec whose world size is the workers' replicas and
@@ -690,9 +759,10 @@ func TestInvariantsCatchMistakes(t *testing.T) {
 			{"--advertise=$(POD_NAME).loom-worker", "--advertise=$(POD).loom-worker"},
 			{"secretName: loom-worker-tls", "secretName: worker-certs"},
 		},
-		"coordinator.yaml": {{"targetPort: http", "targetPort: web"}},
-		"etcd.yaml":        {{"loom-etcd-2=https://loom-etcd-2.loom-etcd:2380", "loom-etcd-3=https://loom-etcd-3.loom-etcd:2380"}},
-		"job.yaml":         {{"parallel: {dp: 2}", "parallel: {dp: 4}"}, {"micro_batch: 8", "micro_batch: 4"}, {"dir: /checkpoints", "dir: /tmp/ck"}},
+		"coordinator.yaml":   {{"targetPort: http", "targetPort: web"}},
+		"networkpolicy.yaml": {{"        - port: data\n", "        - port: tensors\n"}},
+		"etcd.yaml":          {{"loom-etcd-2=https://loom-etcd-2.loom-etcd:2380", "loom-etcd-3=https://loom-etcd-3.loom-etcd:2380"}},
+		"job.yaml":           {{"parallel: {dp: 2}", "parallel: {dp: 4}"}, {"micro_batch: 8", "micro_batch: 4"}, {"dir: /checkpoints", "dir: /tmp/ck"}},
 	} {
 		p := filepath.Join(dir, "base", file)
 		b, err := os.ReadFile(p)
@@ -728,6 +798,8 @@ func TestInvariantsCatchMistakes(t *testing.T) {
 		"etcd --initial-cluster",
 		"world size is 4 but loom-worker has 2 replicas",
 		"checkpoint.dir: /tmp/ck is outside --checkpoint-root /checkpoints",
+		`NetworkPolicy loom-worker: port "tensors" is not a port of loom-worker`,
+		"NetworkPolicy loom-worker leaves loom-worker's port data unreachable",
 	} {
 		if !slices.ContainsFunc(c.msgs, func(m string) bool { return strings.Contains(m, want) }) {
 			t.Errorf("the invariants missed %q; they said:\n%s", want, strings.Join(c.msgs, "\n"))
