@@ -291,9 +291,9 @@ func indexOf(as []Action, a Action) int {
 func TestStaticErrors(t *testing.T) {
 	base, _ := For(OneFOneB, 2, 1, 4)
 	cases := []struct {
-		name  string
+		name   string
 		break_ func(s *Schedule)
-		want  string
+		want   string
 	}{
 		{"backward before forward", func(s *Schedule) {
 			l := s.Ranks[1]
