@@ -12,9 +12,9 @@ import "fmt"
 func Supported(s JobSpec, source string) error {
 	var errs []error
 	p := s.Parallel
-	if p.PP > 1 {
-		errs = append(errs, &FieldError{Field: "parallel.pp", Value: p.PP,
-			Allowed: "pipeline parallelism is not supported yet: set parallel.pp: 1 (this build runs data and tensor parallelism, with ZeRO stages 0–3)"})
+	if p.PP > 1 && p.Zero > 2 {
+		errs = append(errs, &FieldError{Field: "parallel.zero", Value: p.Zero,
+			Allowed: "ZeRO stage 3 does not run with pipeline parallelism yet: use zero 0–2 with pp > 1 (ZeRO 3 with pp 1)"})
 	}
 	if len(errs) == 0 {
 		return nil

@@ -156,8 +156,15 @@ func CheckArgs(name string, pp, virtual, micro int) error {
 		errs = append(errs, fmt.Errorf("parallel.virtual_stages %d: only %s runs several stages per rank (use 1 with %s)", virtual, Interleaved, name))
 	}
 	if name == Interleaved && pp >= 1 && micro >= 1 && interleavedRound(pp, micro) == 0 {
-		errs = append(errs, fmt.Errorf("%s runs the micro-batches in %d rounds of at least pp = %d, which must divide them: %d micro-batches do not split; use a multiple of %d, or any count ≤ %d",
-			Interleaved, micro/pp, pp, micro, micro/pp, 2*pp-1))
+		lo, hi := micro-1, micro+1
+		for interleavedRound(pp, lo) == 0 {
+			lo--
+		}
+		for interleavedRound(pp, hi) == 0 {
+			hi++
+		}
+		errs = append(errs, fmt.Errorf("%s runs the micro-batches in ⌊m/pp⌋ rounds of equal size (at least pp = %d): %d micro-batches do not split into %d rounds; use %d or %d (or any count ≤ %d)",
+			Interleaved, pp, micro, micro/pp, lo, hi, 2*pp-1))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("schedule: %w: %w", err, ErrInvalid)

@@ -381,3 +381,54 @@ func TestIncoming(t *testing.T) {
 		t.Fatalf("rank 0 → 1: %d activations and %d gradients, want 8 and 4", fwd, bwd)
 	}
 }
+
+// The buffer bound holds whatever the timing: under random costs the
+// simulator never finds more messages waiting for their receive than
+// Buffers allows, and the bound is reached (it is not loose) under some
+// costs for 1F1B's first link, where GPipe needs a buffer per micro-batch.
+func TestBuffersBoundTheSimulator(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, c := range []struct {
+		name     string
+		pp, v, m int
+	}{{GPipe, 4, 1, 8}, {OneFOneB, 4, 1, 8}, {Interleaved, 2, 2, 4}, {Interleaved, 4, 2, 8}, {ZBH1, 3, 1, 7}, {OneFOneB, 1, 1, 3}} {
+		s, err := For(c.name, c.pp, c.v, c.m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bound := make([]int, s.PP)
+		for r := range s.PP {
+			for src := range s.PP {
+				bound[r] += s.Buffers(r, src)
+			}
+		}
+		for range 200 {
+			costs := Uniform(s.Stages(), 0, 0, 0, 3*rng.Float64())
+			for i := range s.Stages() {
+				costs.F[i], costs.B[i], costs.W[i] = 0.01+rng.Float64()*float64(1+i%3), 0.01+rng.Float64(), 0.01+rng.Float64()
+			}
+			res, err := Simulate(s, costs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r, n := range res.PeakBuffered {
+				if n > bound[r] {
+					t.Fatalf("%s: rank %d held %d messages, the bound is %d", s.Header(), r, n, bound[r])
+				}
+			}
+		}
+	}
+	g, _ := For(GPipe, 4, 1, 8)
+	if b := g.Buffers(1, 0); b != 8 {
+		t.Errorf("gpipe pp 4 m 8: rank 1 buffers %d activations from rank 0, want all 8", b)
+	}
+	o, _ := For(OneFOneB, 4, 1, 8)
+	if b := o.Buffers(3, 2); b > 2 {
+		t.Errorf("1f1b pp 4 m 8: the last rank buffers %d activations, want ≤ 2", b)
+	}
+	for stage, n := range o.InFlight() {
+		if want := 4 - stage; n != want {
+			t.Errorf("1f1b pp 4 m 8: stage %d holds %d micro-batches, want %d", stage, n, want)
+		}
+	}
+}
