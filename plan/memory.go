@@ -109,11 +109,14 @@ func (p *Partition) Memory(r int, tied bool) Memory {
 // trainer allocates (model.Model.NewStageActs and the token buffers).
 func (p *Plan) ActivationBytes(rank, B, T int) int64 {
 	in := p.Schedule.InFlight()
-	var n int64
+	var n, spare int64
 	for _, st := range p.Ranks[rank].Stages {
 		n += int64(in[st.Index]) * p.SlotBytes(rank, st, B, T)
+		if st.Embed != st.Head {
+			spare = 4 * int64(B*T) // the targets a first stage loads, the tokens a last stage loads
+		}
 	}
-	return n + p.ScratchBytes(rank, B, T)
+	return n + p.ScratchBytes(rank, B, T) + spare
 }
 
 // SlotBytes is one micro-batch's activations through stage st of rank r,

@@ -525,7 +525,7 @@ func TestPipelineActivationBytesMatchAllocation(t *testing.T) {
 				}
 				got += int64(in[st.Index]) * (a.SlotBytes() + 4*int64(tokens*p.MicroBatch*p.SeqLen))
 			}
-			got += scr.Bytes()
+			got += scr.Bytes() + 4*int64(p.MicroBatch*p.SeqLen) // the spare token buffer of a first or last stage
 			if want := p.ActivationBytes(r, p.MicroBatch, p.SeqLen); got != want {
 				t.Fatalf("%+v rank %d: allocated %d, ActivationBytes %d", c, r, got, want)
 			}

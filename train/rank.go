@@ -86,12 +86,14 @@ type Result struct {
 
 // RunRank trains one rank of a job: it computes the plan, serves the data
 // plane and joins the rank's process groups (tensor-parallel, data-parallel,
-// kv-replica) when the world is larger than one, opens the data, builds the
-// trainer, restores a checkpoint or initial weights, enables periodic
-// checkpoints, trains every step, and saves the final model (the whole
-// model, assembled from every rank's chunks, on rank 0). It is the one
-// composition root of `loom run` and `loom worker`. With world size 1 a
-// run stopped early still saves the model it has.
+// kv-replica, pipeline, embedding) when the world is larger than one, opens
+// the data, builds the trainer, restores a checkpoint or initial weights,
+// enables periodic checkpoints, trains every step, saves the last step's
+// timeline (TimelineDir; world size 1 also merges it into timeline.json)
+// and the final model (the whole model, assembled from every rank's
+// chunks, on rank 0). It is the one composition root of `loom run` and
+// `loom worker`. With world size 1 a run stopped early still saves the
+// model it has.
 func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, error) {
 	s := rc.Spec
 	world := max(1, len(rc.Peers))
@@ -147,7 +149,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 		for _, j := range []struct {
 			dst *parallel.Comm
 			g   plan.Group
-		}{{&comms.TP, rp.TP}, {&comms.DP, rp.DP}, {&comms.KV, rp.KV}} {
+		}{{&comms.TP, rp.TP}, {&comms.DP, rp.DP}, {&comms.KV, rp.KV}, {&comms.PP, rp.PP}, {&comms.Emb, rp.Emb}} {
 			c, err := join(j.g)
 			if err != nil {
 				return nil, err
@@ -215,17 +217,31 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	var sum summary
 	runErr := t.Run(ctx, func(st Stats) {
 		if rc.OnComm != nil {
-			if b := st.CommBytes - st.TPCommBytes; b > 0 {
-				rc.OnComm(op, b, seconds(st.CommSeconds-st.TPCommSeconds))
+			if b := st.CommBytes - st.TPCommBytes - st.PipelineBytes; b > 0 {
+				rc.OnComm(op, b, seconds(st.CommSeconds-st.TPCommSeconds-st.PipelineWaitSeconds))
 			}
 			if st.TPCommBytes > 0 {
 				rc.OnComm("tensor-parallel", st.TPCommBytes, seconds(st.TPCommSeconds))
+			}
+			if st.PipelineBytes > 0 {
+				rc.OnComm("pipeline", st.PipelineBytes, seconds(st.PipelineWaitSeconds))
 			}
 		}
 		sum.add(st)
 		report(st)
 	})
 	sum.print(log, rc.Rank, t)
+	if tl := t.LastTimeline(); tl != nil {
+		if err := SaveTimeline(jobDir, tl); err != nil {
+			fmt.Fprintf(log, "rank %d: warning: saving the timeline: %v\n", rc.Rank, err)
+		} else if world == 1 {
+			if path, err := SaveMergedTimeline(jobDir); err != nil {
+				fmt.Fprintf(log, "rank 0: warning: %v\n", err)
+			} else {
+				fmt.Fprintf(log, "loom: the last step's timeline (Chrome trace, opens in Perfetto): %s\n", path)
+			}
+		}
+	}
 	res := &Result{Steps: t.StepsDone(), FinalDir: filepath.Join(s.Checkpoint.Dir, s.Name, "final")}
 	if runErr != nil && (world > 1 || t.StepsDone() == 0) {
 		return res, fmt.Errorf("rank %d: %w", rc.Rank, runErr)
