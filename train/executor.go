@@ -48,6 +48,7 @@ type stageRun struct {
 	slots []*slot
 	free  []*slot
 	live  map[int]*slot // by micro-batch
+	peak  int           // most slots live at once this step
 }
 
 // slot is one micro-batch's activations through a stage and its tokens
@@ -70,6 +71,8 @@ type stepStats struct {
 	sent, received   int64
 	first, lastEnd   time.Time // of the compute actions
 	computeSpanCount int
+	peakSlots        []int // per stage of the rank, in model order
+	peakBytes        int64
 }
 
 // executorConfig is what newExecutor needs; setEngine must follow (the
@@ -206,6 +209,7 @@ func (sr *stageRun) take(mb int) (*slot, error) {
 	s := sr.free[len(sr.free)-1]
 	sr.free = sr.free[:len(sr.free)-1]
 	sr.live[mb] = s
+	sr.peak = max(sr.peak, len(sr.live))
 	return s, nil
 }
 
@@ -249,6 +253,9 @@ func (x *executor) run(ctx context.Context) (stepStats, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	x.spans = x.spans[:0]
+	for _, sr := range x.stages {
+		sr.peak = 0
+	}
 	if x.net != nil {
 		x.net.start(ctx)
 	}
@@ -285,6 +292,15 @@ func (x *executor) run(ctx context.Context) (stepStats, error) {
 		if err != nil {
 			x.abort()
 			return st, err
+		}
+	}
+	st.peakBytes = x.scr.Bytes() + 4*int64(len(x.spare))
+	for _, stage := range x.sched.StagesOf(x.me) {
+		sr := x.stages[stage]
+		st.peakSlots = append(st.peakSlots, sr.peak)
+		if len(sr.slots) > 0 {
+			s := sr.slots[0]
+			st.peakBytes += int64(sr.peak) * (s.acts.SlotBytes() + 4*int64(len(s.tokens)+len(s.targets)))
 		}
 	}
 	return st, nil

@@ -93,6 +93,12 @@ type Stats struct {
 	ComputeSeconds      float64 `json:"compute_s"`
 	PipelineWaitSeconds float64 `json:"pp_wait_s,omitempty"`
 	PipelineBytes       int64   `json:"pp_bytes,omitempty"`
+	// PeakSlots counts, per stage of the rank (in model order), the most
+	// micro-batches whose activations the stage held at once during the
+	// step; PeakActivationBytes is those slots' bytes (with their token
+	// buffers) plus the shared scratch.
+	PeakSlots           []int `json:"peak_slots,omitempty"`
+	PeakActivationBytes int64 `json:"peak_activation_bytes,omitempty"`
 	// CheckpointSeconds is how long the step loop was blocked after this
 	// step to snapshot a checkpoint (0: none was due).
 	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
@@ -368,7 +374,8 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 		loss = float64(t.scalar[0])
 	}
 	st := Stats{CommSeconds: es.CommSeconds + xs.wait.Seconds(), OverlapSeconds: es.OverlapSeconds, CommBytes: es.CommBytes + xs.sent,
-		ComputeSeconds: xs.compute.Seconds(), PipelineWaitSeconds: xs.wait.Seconds(), PipelineBytes: xs.sent}
+		ComputeSeconds: xs.compute.Seconds(), PipelineWaitSeconds: xs.wait.Seconds(), PipelineBytes: xs.sent,
+		PeakSlots: xs.peakSlots, PeakActivationBytes: xs.peakBytes}
 	for _, c := range []struct {
 		ctr *parallel.Counter
 		dst *map[parallel.Op]parallel.OpCount

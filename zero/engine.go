@@ -175,7 +175,7 @@ func New(c Config) (*Engine, error) {
 	if lo := p.Layout.Local(); (lo.TP > 1) != (c.TP != nil) {
 		return nil, fmt.Errorf("zero: layout for tp = %d needs a tensor-parallel group exactly when tp > 1: %w", lo.TP, ErrInvalid)
 	}
-	if (c.Emb != nil) != (p.Layout.Config().TieEmbeddings && (p.Layout.EmbedUnit() < 0 || p.Layout.HeadUnit() < 0)) {
+	if (c.Emb != nil) != (p.Layout.Config().TieEmbeddings && (p.Layout.EmbedUnit() < 0) != (p.Layout.HeadUnit() < 0)) {
 		return nil, fmt.Errorf("zero: an embedding group is needed exactly when a tied embedding is split across pipeline stages: %w", ErrInvalid)
 	}
 	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, pp: c.PP, emb: c.Emb, tiedU: -1, k: c.Kernels, stage: p.Stage,
@@ -451,21 +451,28 @@ func (e *Engine) BindGrads(u int) error {
 // the head) into the gradient shard every time; stage 1 reduce-scatters u
 // when final; stage 0 hands u to the bucketed all-reduce when final.
 func (e *Engine) ReduceGrads(u int, final bool) error {
-	switch e.stage {
-	case Stage0:
-		if final && e.reducer != nil {
-			e.readyFinal(u)
-		}
-	case Stage1:
-		if final && e.q != nil {
-			return e.reduceFullUnit(u)
-		}
-	default:
-		if err := e.reduceUnitBuffer(u); err != nil {
-			return err
-		}
-		if e.tiedU >= 0 && u == e.part.Layout.HeadUnit() && e.tiedU != u {
-			return e.reduceUnitBuffer(e.tiedU)
+	// A last stage's copy of a tied embedding is written by the head's
+	// passes only: it is done when the head is (and lies after it).
+	units := []int{u}
+	if t := e.part.Layout.TiedUnit(); t >= 0 && u == e.part.Layout.HeadUnit() {
+		units = []int{t, u}
+	}
+	for _, u := range units {
+		switch e.stage {
+		case Stage0:
+			if final && e.reducer != nil {
+				e.readyFinal(u)
+			}
+		case Stage1:
+			if final && e.q != nil {
+				if err := e.reduceFullUnit(u); err != nil {
+					return err
+				}
+			}
+		default:
+			if err := e.reduceUnitBuffer(u); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
