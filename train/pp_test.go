@@ -1,6 +1,7 @@
 package train
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -231,7 +232,7 @@ func TestPipelineTimeline(t *testing.T) {
 	layoutRun(t, spec, runOpts{inproc: true, after: func(r int, tr *Trainer) error {
 		return SaveTimeline(dir, tr.LastTimeline())
 	}})
-	b, err := MergeTimelines(dir)
+	b, err := MergeTimelines(dir, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +249,10 @@ func TestPipelineTimeline(t *testing.T) {
 		t.Fatalf("trace stats %+v", st)
 	}
 	t.Logf("measured bubble %.1f%% over %v", 100*st.Bubble, st.Span)
-	if _, err := MergeTimelines(t.TempDir()); err == nil {
+	if _, err := MergeTimelines(dir, 5); !errors.Is(err, ErrNoTimeline) || !strings.Contains(err.Error(), "rank 4 of 5") {
+		t.Fatalf("a missing rank's timeline: %v", err)
+	}
+	if _, err := MergeTimelines(t.TempDir(), 1); err == nil {
 		t.Fatal("no error for a job without a timeline")
 	}
 }

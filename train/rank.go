@@ -235,7 +235,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 		if err := SaveTimeline(jobDir, tl); err != nil {
 			fmt.Fprintf(log, "rank %d: warning: saving the timeline: %v\n", rc.Rank, err)
 		} else if world == 1 {
-			if path, err := SaveMergedTimeline(jobDir); err != nil {
+			if path, err := SaveMergedTimeline(jobDir, 1); err != nil {
 				fmt.Fprintf(log, "rank 0: warning: %v\n", err)
 			} else {
 				fmt.Fprintf(log, "loom: the last step's timeline (Chrome trace, opens in Perfetto): %s\n", path)

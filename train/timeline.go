@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -200,21 +199,17 @@ func writeAtomic(path string, b []byte) error {
 	return nil
 }
 
-// MergeTimelines reads every rank's saved timeline of a job and returns
-// them as one Chrome trace; ErrNoTimeline when none was saved.
-func MergeTimelines(jobDir string) ([]byte, error) {
-	files, err := filepath.Glob(filepath.Join(TimelineDir(jobDir), "rank-*.json"))
-	if err != nil {
-		return nil, err
-	}
-	if len(files) == 0 {
-		return nil, fmt.Errorf("%s: %w", TimelineDir(jobDir), ErrNoTimeline)
-	}
-	sort.Strings(files)
-	var all traceFile
-	all.DisplayTimeUnit = "ms"
-	for _, f := range files {
+// MergeTimelines reads the saved timelines of a job's ranks 0..world−1
+// and returns them as one Chrome trace; ErrNoTimeline when a rank saved
+// none (the error names it).
+func MergeTimelines(jobDir string, world int) ([]byte, error) {
+	all := traceFile{DisplayTimeUnit: "ms"}
+	for r := range world {
+		f := filepath.Join(TimelineDir(jobDir), fmt.Sprintf("rank-%d.json", r))
 		b, err := os.ReadFile(f)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%s: rank %d of %d: %w", f, r, world, ErrNoTimeline)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("timeline: %w", err)
 		}
@@ -227,9 +222,10 @@ func MergeTimelines(jobDir string) ([]byte, error) {
 	return json.MarshalIndent(all, "", " ")
 }
 
-// SaveMergedTimeline writes MergeTimelines(jobDir) to jobDir/timeline.json.
-func SaveMergedTimeline(jobDir string) (string, error) {
-	b, err := MergeTimelines(jobDir)
+// SaveMergedTimeline writes MergeTimelines(jobDir, world) to
+// jobDir/timeline.json and returns its path.
+func SaveMergedTimeline(jobDir string, world int) (string, error) {
+	b, err := MergeTimelines(jobDir, world)
 	if err != nil {
 		return "", err
 	}
