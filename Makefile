@@ -18,8 +18,25 @@ $(CORPUS): | build
 	@mkdir -p out
 	$(BIN) prep --go-src --out $(CORPUS)
 
-# Train the default job on the Go standard library's sources.
-run: build $(CORPUS)
+# The default job's data: the Go standard library's sources blended with
+# English prose (the reStructuredText sources of Python's documentation, from
+# Debian's python3.11-doc), encoded with a 4,096-token byte-level BPE trained
+# on both (docs/tokenizers.md). It learns visibly better than bytes in the
+# same time (held-out bits per byte, issue 18).
+PYDOC     := /usr/share/doc/python3.11/html/_sources
+TOKENIZER := out/tok-4k.json
+$(PYDOC):
+	scripts/setup.sh run
+$(TOKENIZER): | build $(PYDOC)
+	@mkdir -p out
+	$(BIN) tokenizer train --go-src $(PYDOC) --include '*.txt' --vocab-size 4096 --out $@
+out/gosrc-bpe.bin: $(TOKENIZER)
+	$(BIN) prep --go-src --tokenizer $(TOKENIZER) --out $@
+out/pydoc-bpe.bin: $(TOKENIZER)
+	$(BIN) prep $(PYDOC) --include '*.txt' --tokenizer $(TOKENIZER) --out $@
+
+# Train the default job.
+run: build out/gosrc-bpe.bin out/pydoc-bpe.bin
 	$(BIN) run $(JOB)
 
 # The whole suite: lint, every package's tests under the race detector, and

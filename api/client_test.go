@@ -116,3 +116,46 @@ func TestDialUnreachable(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 }
+
+// TestDialSaysWhy: a coordinator address that refuses connections or does
+// not resolve fails with the cause — not after a silent wait — and a list
+// of addresses is tried in order.
+func TestDialSaysWhy(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := lis.Addr().String()
+	lis.Close()
+	for _, c := range []struct {
+		addr, want string
+		quick      bool // fails before the deadline: waiting cannot help
+	}{
+		{refused, "connection refused", false},
+		{"nosuchhost.invalid:7070", "no such host", true},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		start := time.Now()
+		_, err := api.Dial(ctx, c.addr)
+		took := time.Since(start)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), c.addr) {
+			t.Errorf("Dial(%s): %v, want the address and %q", c.addr, err, c.want)
+		}
+		if c.quick && took > 900*time.Millisecond {
+			t.Errorf("Dial(%s) took %v: a host that does not resolve should fail at once", c.addr, took)
+		}
+	}
+	// The first of a list that answers is used.
+	addr := startFake(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := api.Dial(ctx, refused+","+addr)
+	if err != nil {
+		t.Fatalf("Dial(%s,%s): %v", refused, addr, err)
+	}
+	defer c.Close()
+	if c.Addr() != addr {
+		t.Errorf("connected to %s, want %s", c.Addr(), addr)
+	}
+}

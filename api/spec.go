@@ -64,8 +64,8 @@ type DataSource struct {
 }
 
 // ValidationSpec is the held-out data train.eval_every evaluates on: a
-// separate token file, or a fraction of every source's windows (its last
-// windows, which training then never visits).
+// separate token file, or about a fraction of every source's windows, in
+// chunks spread over it, which training then never visits.
 type ValidationSpec struct {
 	Path     string  `yaml:"path"`
 	Fraction float64 `yaml:"fraction"`
@@ -73,6 +73,27 @@ type ValidationSpec struct {
 
 // Enabled reports whether a validation set is configured.
 func (v ValidationSpec) Enabled() bool { return v.Path != "" || v.Fraction > 0 }
+
+// Describe names the job's data for a log line: its sources (with weights
+// when blended) and validation set.
+func (d DataSpec) Describe() string {
+	var parts []string
+	for _, s := range d.SourceList() {
+		if len(d.Sources) > 1 {
+			parts = append(parts, fmt.Sprintf("%s (weight %g)", s.Path, s.Weight))
+		} else {
+			parts = append(parts, s.Path)
+		}
+	}
+	desc := strings.Join(parts, ", ")
+	switch v := d.Validation; {
+	case v.Path != "":
+		desc += "; validation " + v.Path
+	case v.Fraction > 0:
+		desc += fmt.Sprintf("; validation: about %g of each source", v.Fraction)
+	}
+	return desc
+}
 
 // SourceList returns the job's sources: Sources, or Path with weight 1.
 func (d DataSpec) SourceList() []DataSource {
@@ -118,6 +139,11 @@ type ParallelSpec struct {
 	// accumulation steps, train.global_batch ÷ (train.micro_batch ×
 	// parallel.dp); if given it must equal that.
 	MicroBatches int `yaml:"micro_batches"`
+	// Transport is how tensor payloads travel between workers: "auto"
+	// (shared memory between workers on one host, raw TCP across hosts),
+	// "tcp", "shm" (one host only) or "grpc" (on the gRPC Peer stream).
+	// `loom worker --transport` overrides it for one worker.
+	Transport string `yaml:"transport"`
 }
 
 // TrainSpec holds the optimisation settings.
@@ -179,7 +205,7 @@ func DefaultSpec() JobSpec {
 			FFNHidden: 352, SeqLen: 128, RopeTheta: 10000, NormEps: 1e-5,
 		},
 		Data:     DataSpec{Shuffle: true, Seed: 1},
-		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, Schedule: schedule.OneFOneB, VirtualStages: 1},
+		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, Schedule: schedule.OneFOneB, VirtualStages: 1, Transport: "auto"},
 		Train: TrainSpec{
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
@@ -357,6 +383,11 @@ func (s *JobSpec) Validate() error {
 	positive("parallel.pp", p.PP)
 	if p.Zero < 0 || p.Zero > 3 {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
+	}
+	switch p.Transport {
+	case "auto", "tcp", "shm", "grpc":
+	default:
+		bad("parallel.transport", p.Transport, "allowed: auto, tcp, shm, grpc")
 	}
 	if p.TP > 1 {
 		if m.NHeads > 0 && m.NHeads%p.TP != 0 {

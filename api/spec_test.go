@@ -59,6 +59,7 @@ func TestParseSpecErrors(t *testing.T) {
 		{"wrong type", "data: {path: a}\nmodel: {dim: abc}\n", []string{"line 2", "abc"}},
 		{"bad heads", "data: {path: a}\nmodel: {n_heads: 4, n_kv_heads: 3}\n", []string{"model.n_kv_heads", "line 2", "must divide model.n_heads (4)"}},
 		{"zero stage", "data: {path: a}\nparallel: {zero: 5}\n", []string{"parallel.zero", "got 5", "allowed: 0, 1, 2, 3"}},
+		{"transport", "data: {path: a}\nparallel: {transport: rdma}\n", []string{"parallel.transport", "rdma", "allowed: auto, tcp, shm, grpc"}},
 		{"batch", "data: {path: a}\ntrain: {global_batch: 10, micro_batch: 4}\n", []string{"train.global_batch", "multiple of train.micro_batch"}},
 		{"schedule", "data: {path: a}\ntrain: {schedule: step}\n", []string{"train.schedule", `"step"`, "cosine"}},
 		{"no data", "name: x\n", []string{"data.path", "loom prep"}},

@@ -158,7 +158,15 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 			mux.Handle("/metrics", promhttp.HandlerFor(c.cfg.Registry, promhttp.HandlerOpts{}))
 		}
 		mux.Handle("/", c.WebHandler())
-		c.httpAddr.Store(httpLis.Addr().String())
+		// Others reach a listener on every interface at our advertised host.
+		haddr := httpLis.Addr().String()
+		if a, unspecified, err := AdvertiseAddr("", httpLis.Addr()); err == nil && unspecified {
+			if host, _, err := net.SplitHostPort(c.cfg.Addr); err == nil && !isUnspecified(host) {
+				_, port, _ := net.SplitHostPort(a)
+				haddr = net.JoinHostPort(host, port)
+			}
+		}
+		c.httpAddr.Store(haddr)
 		// Requests end with runCtx, so live streams do not hold up Shutdown.
 		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
 			BaseContext: func(net.Listener) context.Context { return runCtx }}
@@ -169,6 +177,7 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 		})
 	}
 	wg.Go(func() { c.history.run(runCtx) })
+	wg.Go(func() { c.sweepSeries(runCtx) })
 	wg.Go(func() { c.Run(runCtx) })
 
 	var err error
@@ -293,6 +302,7 @@ func (c *Coordinator) reconcile(ctx context.Context, leaderKey string, leaderRev
 	for _, p := range snap.Problems {
 		c.log.Warn("coordinator: skipping undecodable key", "err", p)
 	}
+	snap.Observed.NowUnixMs = c.cfg.Now().UnixMilli()
 	acts, err := c.commitCheckpoints(rctx, Decide(snap.Observed))
 	if err != nil {
 		return err
@@ -303,7 +313,11 @@ func (c *Coordinator) reconcile(ctx context.Context, leaderKey string, leaderRev
 	for _, a := range acts {
 		c.log.Info("coordinator: " + a.String())
 	}
-	c.control.observe(snap.Observed, acts)
+	grace := c.cfg.SeriesGrace
+	if grace <= 0 {
+		grace = DefaultSeriesGrace
+	}
+	c.control.observe(snap.Observed, acts, c.cfg.Now(), grace)
 	return nil
 }
 
@@ -318,6 +332,26 @@ func LeaderAddr(ctx context.Context, cli *clientv3.Client, keys Keys) (string, e
 		return "", nil
 	}
 	return string(resp.Kvs[0].Value), nil
+}
+
+// Coordinators returns the addresses of every coordinator campaigning
+// under keys (the leader and its standbys: each holds a key of the
+// election while it runs), the leader first.
+func Coordinators(ctx context.Context, cli *clientv3.Client, keys Keys) ([]string, error) {
+	resp, err := cli.Get(ctx, keys.Election()+"/", clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, fmt.Errorf("list the coordinators in etcd: %w", err)
+	}
+	var addrs []string
+	seen := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		if a := string(kv.Value); a != "" && !seen[a] {
+			seen[a] = true
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs, nil
 }
 
 func ttlSeconds(d time.Duration) int {

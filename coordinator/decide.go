@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -24,6 +25,9 @@ type Observed struct {
 	// WorkerRev is each worker's registration mod revision: a worker
 	// rewrites its registration when a generation it ran has ended.
 	WorkerRev map[string]int64
+	// NowUnixMs is the deciding coordinator's clock: how long jobs have
+	// waited for workers (pending timeouts) is measured on it.
+	NowUnixMs int64
 	// Quarantine holds the workers of failed generations, by worker ID,
 	// kept from rendezvous until their registration is newer than the
 	// record's (see loomv1.Quarantine).
@@ -259,10 +263,10 @@ func Decide(o Observed) []Action {
 			}
 			if failed {
 				// Its workers sit out the next rendezvous until each proves
-				// itself alive: one that died may keep its lease a while.
+				// itself alive: one that died may keep its lease a while
+				// (also one whose rank had finished).
 				for _, r := range a.Ranks {
-					res := j.Results[int(r.Rank)]
-					if live[r.WorkerId] == nil || res != nil && res.Ok {
+					if live[r.WorkerId] == nil {
 						continue
 					}
 					acts = append(acts, Action{Kind: PutQuarantine, Job: d.Name, Quarantine: &loomv1.Quarantine{
@@ -307,6 +311,7 @@ func Decide(o Observed) []Action {
 			next.Generation = a.Generation
 			next.Ranks = a.Ranks
 			next.WaitingFor = 0
+			next.WaitingSinceUnixMs = 0
 			next.Message = fmt.Sprintf("generation %d: %d ranks training", a.Generation, need)
 			emit()
 			continue
@@ -314,9 +319,23 @@ func Decide(o Observed) []Action {
 		if next.State != loomv1.JobState_JOB_STATE_WAITING {
 			next.State = loomv1.JobState_JOB_STATE_PENDING
 		}
+		if next.WaitingSinceUnixMs == 0 {
+			next.WaitingSinceUnixMs = o.NowUnixMs
+		}
 		next.WaitingFor = int32(need - len(idle))
 		msg := fmt.Sprintf("waiting for %d more worker%s (%d of %d idle workers registered)",
 			next.WaitingFor, plural(int(next.WaitingFor)), len(idle), need)
+		if t := time.Duration(d.PendingTimeoutMs) * time.Millisecond; t > 0 {
+			if waited := time.Duration(o.NowUnixMs-next.WaitingSinceUnixMs) * time.Millisecond; waited >= t {
+				next.State = loomv1.JobState_JOB_STATE_FAILED
+				next.Message = fmt.Sprintf("gave up after waiting %v (the pending timeout) for %d more worker%s (%d of %d idle workers registered): start more workers, or lower parallel.dp, and resubmit",
+					t, next.WaitingFor, plural(int(next.WaitingFor)), len(idle), need)
+				next.WaitingSinceUnixMs = 0
+				emit()
+				continue
+			}
+			msg += fmt.Sprintf(", giving up %v after it began waiting", t)
+		}
 		switch {
 		case heldIdle == 1:
 			msg += "; 1 worker of a failed generation waits to prove itself alive before it is used again"
@@ -420,6 +439,7 @@ func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.
 		if next.Restarts < j.Desired.MaxRestarts {
 			next.Restarts++
 			next.State = loomv1.JobState_JOB_STATE_WAITING
+			next.WaitingSinceUnixMs = 0 // set when the rendezvous starts waiting
 			next.WaitingFor = j.Desired.WorldSize
 			next.Message = fmt.Sprintf("%s; restart %d of %d: waiting for workers", what, next.Restarts, j.Desired.MaxRestarts)
 		} else {

@@ -273,3 +273,29 @@ func TestRankCoords(t *testing.T) {
 		t.Errorf("coordinates not distinct: %d of %d", len(seen), p.WorldSize())
 	}
 }
+
+// TestDecidePendingTimeout: a job waiting for workers records since when;
+// past its pending timeout it fails, saying how many workers it lacked.
+func TestDecidePendingTimeout(t *testing.T) {
+	j := job("a", 3, 1, 1)
+	j.Desired.PendingTimeoutMs = 60_000
+	o := Observed{Version: "v1", Jobs: []JobObserved{j}, Workers: []*loomv1.WorkerInfo{worker("w1", "h", "v1")}, NowUnixMs: 1_000}
+	acts := Decide(o)
+	st := acts[0].Status
+	if st.State != pending || st.WaitingSinceUnixMs != 1_000 || !strings.Contains(st.Message, "waiting for 2 more workers (1 of 3 idle workers registered), giving up 1m0s after it began waiting") {
+		t.Fatalf("first round: %v", st)
+	}
+	j.Status = st
+	o.Jobs[0], o.NowUnixMs = j, 60_999
+	if acts := Decide(o); len(acts) != 0 {
+		t.Fatalf("before the timeout: %s", summary(acts))
+	}
+	o.NowUnixMs = 61_000
+	acts = Decide(o)
+	if got := summary(acts); got != "status a FAILED gen=0" {
+		t.Fatalf("at the timeout: %s", got)
+	}
+	if m := acts[0].Status.Message; !strings.HasPrefix(m, "gave up after waiting 1m0s (the pending timeout) for 2 more workers (1 of 3 idle workers registered)") {
+		t.Errorf("message %q", m)
+	}
+}

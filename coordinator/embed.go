@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -20,6 +22,10 @@ type EtcdOptions struct {
 	// ClientAddr is the host:port clients connect to (default
 	// "127.0.0.1:0": a free loopback port).
 	ClientAddr string
+	// Advertise is the client URL clients (workers, standbys) are told:
+	// http://HOST:PORT, HOST:PORT, or HOST alone for ClientAddr's port
+	// (default: ClientAddr, which then must have a host others can dial).
+	Advertise string
 	// LogOutput is "stderr", "stdout", "discard" or a file path (default
 	// "stderr"); etcd logs only errors.
 	LogOutput string
@@ -55,7 +61,7 @@ func StartEtcd(ctx context.Context, opts EtcdOptions) (*EmbeddedEtcd, error) {
 			return e, nil
 		}
 		lastErr = err
-		if ctx.Err() != nil || opts.ClientAddr != "" && opts.ClientAddr != "127.0.0.1:0" {
+		if _, port, _ := net.SplitHostPort(opts.ClientAddr); ctx.Err() != nil || opts.ClientAddr != "" && port != "0" {
 			break
 		}
 	}
@@ -67,12 +73,15 @@ func StartEtcd(ctx context.Context, opts EtcdOptions) (*EmbeddedEtcd, error) {
 
 func startEtcdOnce(ctx context.Context, dir string, opts EtcdOptions) (*EmbeddedEtcd, error) {
 	clientAddr := opts.ClientAddr
-	if clientAddr == "" || clientAddr == "127.0.0.1:0" {
-		p, err := freePort()
+	if clientAddr == "" {
+		clientAddr = "127.0.0.1:0"
+	}
+	if host, port, err := net.SplitHostPort(clientAddr); err == nil && port == "0" {
+		p, err := freePortOn(host)
 		if err != nil {
 			return nil, err
 		}
-		clientAddr = fmt.Sprintf("127.0.0.1:%d", p)
+		clientAddr = net.JoinHostPort(host, strconv.Itoa(p))
 	}
 	peerPort, err := freePort()
 	if err != nil {
@@ -82,12 +91,16 @@ func startEtcdOnce(ctx context.Context, dir string, opts EtcdOptions) (*Embedded
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: client address %q: %w", clientAddr, err)
 	}
+	aurl, err := advertiseURL(opts.Advertise, curl)
+	if err != nil {
+		return nil, err
+	}
 	purl, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", peerPort))
 	cfg := embed.NewConfig()
 	cfg.Name = "loom"
 	cfg.Dir = dir
 	cfg.ListenClientUrls = []url.URL{*curl}
-	cfg.AdvertiseClientUrls = []url.URL{*curl}
+	cfg.AdvertiseClientUrls = []url.URL{*aurl}
 	cfg.ListenPeerUrls = []url.URL{*purl}
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
@@ -126,6 +139,27 @@ func startEtcdOnce(ctx context.Context, dir string, opts EtcdOptions) (*Embedded
 	return &EmbeddedEtcd{etcd: e, dir: dir, Endpoints: eps}, nil
 }
 
+// advertiseURL is the client URL to advertise for the listen URL listen.
+func advertiseURL(advertise string, listen *url.URL) (*url.URL, error) {
+	if advertise == "" {
+		if isUnspecified(listen.Hostname()) {
+			return nil, fmt.Errorf("embedded etcd: client address %s has no host other machines can dial; advertise one (`loom coordinator --etcd-advertise HOST`)", listen.Host)
+		}
+		return listen, nil
+	}
+	if !strings.Contains(advertise, "://") {
+		if _, _, err := net.SplitHostPort(advertise); err != nil {
+			advertise = net.JoinHostPort(strings.Trim(advertise, "[]"), listen.Port())
+		}
+		advertise = "http://" + advertise
+	}
+	u, err := url.Parse(advertise)
+	if err != nil || u.Host == "" || u.Port() == "" || isUnspecified(u.Hostname()) {
+		return nil, fmt.Errorf("embedded etcd: advertise %q: want http://HOST:PORT, HOST:PORT or HOST, with a host other machines can dial", advertise)
+	}
+	return u, nil
+}
+
 // Err reports a fatal server error (the channel never closes otherwise).
 func (e *EmbeddedEtcd) Err() <-chan error { return e.etcd.Err() }
 
@@ -139,15 +173,17 @@ func (e *EmbeddedEtcd) Close() error {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort() (int, error) { return freePortOn("127.0.0.1") }
+
+func freePortOn(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
-		return 0, fmt.Errorf("find a free loopback port: %w", err)
+		return 0, fmt.Errorf("find a free port on %s: %w", host, err)
 	}
 	defer l.Close()
 	addr, ok := l.Addr().(*net.TCPAddr)
 	if !ok {
-		return 0, errors.New("find a free loopback port: not a TCP address")
+		return 0, errors.New("find a free port: not a TCP address")
 	}
 	return addr.Port, nil
 }

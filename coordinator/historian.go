@@ -89,13 +89,14 @@ func (h *historian) run(ctx context.Context) {
 }
 
 func (h *historian) follow(ctx context.Context, tick <-chan time.Time) error {
-	rev, err := h.load(ctx)
+	savedRev, rev, err := h.load(ctx)
 	if err != nil {
 		return err
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	wch := h.etcd.Watch(clientv3.WithRequireLeader(wctx), h.keys.Jobs(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	hch := h.etcd.Watch(clientv3.WithRequireLeader(wctx), h.keys.HistoryPrefix(), clientv3.WithPrefix(), clientv3.WithRev(savedRev+1))
 	for {
 		select {
 		case <-ctx.Done():
@@ -106,6 +107,26 @@ func (h *historian) follow(ctx context.Context, tick <-chan time.Time) error {
 				h.save(sctx)
 				scancel()
 			}
+		case wr, ok := <-hch:
+			if !ok {
+				return errors.New("etcd watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("etcd watch of %s: %w", h.keys.HistoryPrefix(), err)
+			}
+			if h.leader() {
+				continue // its own writes
+			}
+			var kvs []*mvccpb.KeyValue
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypePut {
+					kvs = append(kvs, ev.Kv)
+				}
+			}
+			h.mu.Lock()
+			h.restore(kvs, nil, true)
+			h.notifyLocked()
+			h.mu.Unlock()
 		case wr, ok := <-wch:
 			if !ok {
 				return errors.New("etcd watch closed")
@@ -127,17 +148,17 @@ func (h *historian) follow(ctx context.Context, tick <-chan time.Time) error {
 }
 
 // load reads the persisted histories and the jobs' current keys and
-// returns the revision read at.
-func (h *historian) load(ctx context.Context) (int64, error) {
+// returns the revisions each was read at.
+func (h *historian) load(ctx context.Context) (savedRev, jobsRev int64, err error) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	saved, err := h.etcd.Get(lctx, h.keys.HistoryPrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", h.keys.HistoryPrefix(), err)
+		return 0, 0, fmt.Errorf("read %s: %w", h.keys.HistoryPrefix(), err)
 	}
 	resp, err := h.etcd.Get(lctx, h.keys.Jobs(), clientv3.WithPrefix())
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", h.keys.Jobs(), err)
+		return 0, 0, fmt.Errorf("read %s: %w", h.keys.Jobs(), err)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -157,7 +178,7 @@ func (h *historian) load(ctx context.Context) (int64, error) {
 			fresh[name] = true
 		}
 	}
-	h.restore(saved.Kvs, fresh)
+	h.restore(saved.Kvs, fresh, false)
 	for _, kv := range resp.Kvs {
 		if _, kind, _, ok := h.keys.parseJobKey(string(kv.Key)); ok && kind != "desired" {
 			h.apply(string(kv.Key), kv.Value, false)
@@ -165,7 +186,7 @@ func (h *historian) load(ctx context.Context) (int64, error) {
 	}
 	h.ready = true
 	h.notifyLocked()
-	return resp.Header.Revision, nil
+	return saved.Header.Revision, resp.Header.Revision, nil
 }
 
 // apply folds one key's new value in. h.mu is held.
@@ -270,40 +291,64 @@ type rankState struct {
 	Totals   RankTotals             `json:"totals"`
 }
 
-// save writes the changed histories (each job's and each rank's key).
-func (h *historian) save(ctx context.Context) {
-	type put struct {
-		key   string
-		value []byte
-		mark  func()
+// persistedBytes is the size of every history's keys, as save writes them
+// (for the memory benchmark).
+func (h *historian) persistedBytes() int {
+	n := 0
+	for _, p := range h.changes(true) {
+		n += len(p.value)
 	}
+	return n
+}
+
+type historyPut struct {
+	key   string
+	value []byte
+	mark  func()
+}
+
+// changes encodes the histories that changed (all: every one).
+func (h *historian) changes(all bool) []historyPut {
+	type put = historyPut
 	var puts []put
 	h.mu.Lock()
 	for name, j := range h.jobs {
-		if j.dirty {
+		if j.dirty || all {
 			st := jobState{Run: j.run, Generation: j.gen, LastStep: j.lastStep, LastMs: j.lastMs, Points: j.points.state(),
 				Events: j.events, Restarts: j.restarts, FinishedMs: j.finishedMs,
 				Checkpoint: checkpointTotals{Step: j.ckptStep, Saves: j.ckptSaves, Bytes: j.ckptTotal, LastS: j.ckptLastS, LastBytes: j.ckptLastB}}
 			for g := range j.seenFailures {
 				st.SeenFailures = append(st.SeenFailures, g)
 			}
-			b, _ := json.Marshal(st)
 			jj := j
-			puts = append(puts, put{h.keys.HistoryJob(name), b, func() { jj.dirty = false }})
+			if b, err := json.Marshal(st); err != nil {
+				h.log.Warn("coordinator: step history: cannot encode; not persisted", "job", name, "err", err)
+			} else {
+				puts = append(puts, put{h.keys.HistoryJob(name), b, func() { jj.dirty = false }})
+			}
 		}
 		for _, rh := range j.ranks {
-			if !rh.dirty {
+			if !rh.dirty && !all {
 				continue
 			}
-			b, _ := json.Marshal(rankState{Run: j.run, Gen: rh.gen, Addr: rh.addr, WorkerID: rh.workerID, Memory: rh.memory,
+			b, err := json.Marshal(rankState{Run: j.run, Gen: rh.gen, Addr: rh.addr, WorkerID: rh.workerID, Memory: rh.memory,
 				Peak: rh.peak, LastStep: rh.lastStep, Window: rh.window, Points: rh.points.state(), Totals: rh.totals})
+			if err != nil {
+				h.log.Warn("coordinator: step history: cannot encode; not persisted", "job", name, "rank", rh.rank, "err", err)
+				continue
+			}
 			r := rh
 			puts = append(puts, put{h.keys.HistoryRank(name, r.rank), b, func() { r.dirty = false }})
 		}
 	}
 	h.mu.Unlock()
 	sort.Slice(puts, func(a, b int) bool { return puts[a].key < puts[b].key })
-	for _, p := range puts {
+	return puts
+}
+
+// save writes the changed histories (each job's and each rank's key).
+func (h *historian) save(ctx context.Context) {
+	for _, p := range h.changes(false) {
 		if _, err := h.etcd.Put(ctx, p.key, string(p.value)); err != nil {
 			h.log.Warn("coordinator: step history: persist failed; will retry", "key", p.key, "err", err)
 			return
@@ -316,7 +361,12 @@ func (h *historian) save(ctx context.Context) {
 
 // restore loads persisted histories into the fresh jobs of the same run.
 // h.mu is held.
-func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool) {
+//
+// With newer set (a persisted history the leader wrote while this
+// coordinator follows etcd) it replaces a job's or rank's history that is
+// not ahead of the persisted one: a standby that loaded an older snapshot
+// and then missed steps fills the gap once the leader writes again.
+func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool, newer bool) {
 	for _, kv := range kvs {
 		rest, ok := strings.CutPrefix(string(kv.Key), h.keys.HistoryPrefix())
 		if !ok {
@@ -324,13 +374,16 @@ func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool) {
 		}
 		name, what, _ := strings.Cut(rest, "/")
 		j := h.jobs[name]
-		if j == nil || !fresh[name] {
+		if j == nil || !fresh[name] && !newer {
 			continue // no such job, or this coordinator's own history is newer
 		}
 		switch {
 		case what == "job":
 			var st jobState
 			if json.Unmarshal(kv.Value, &st) != nil || st.Run != j.run {
+				continue
+			}
+			if newer && (st.LastStep < j.lastStep || st.Generation < j.gen) {
 				continue
 			}
 			j.gen, j.lastStep, j.lastMs, j.finishedMs = st.Generation, st.LastStep, st.LastMs, st.FinishedMs
@@ -349,6 +402,9 @@ func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool) {
 			r, err := strconv.Atoi(strings.TrimPrefix(what, "ranks/"))
 			var st rankState
 			if err != nil || json.Unmarshal(kv.Value, &st) != nil || st.Run != j.run {
+				continue
+			}
+			if rh := j.ranks[r]; newer && rh != nil && (st.LastStep < rh.lastStep || st.Gen < rh.gen) {
 				continue
 			}
 			rh := j.rank(r)

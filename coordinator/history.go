@@ -5,6 +5,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/loomtrain/loom/api"
@@ -423,10 +424,8 @@ func RestartReason(f *loomv1.Failure) string {
 
 func containsAny(s string, subs ...string) bool {
 	for _, sub := range subs {
-		for i := 0; i+len(sub) <= len(s); i++ {
-			if s[i:i+len(sub)] == sub {
-				return true
-			}
+		if strings.Contains(s, sub) {
+			return true
 		}
 	}
 	return false

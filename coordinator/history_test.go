@@ -214,12 +214,15 @@ func TestHistoryPersistsForStandby(t *testing.T) {
 	}
 	put(keys.Checkpoint("h"), Encode(&loomv1.CheckpointRecord{Job: "h", Step: 30, Dir: "/ck/h/step-30", Generation: 1,
 		CommittedUnixMs: 1700000000000 + 30*12 + 250}))
-	waitFor(t, ctx, "the leader's history to reach step 30", func() bool { return leader.lastStep("h") == 30 })
+	waitFor(t, ctx, "the leader's history to reach step 30 and the checkpoint", func() bool {
+		v, _ := leader.history("h", -1)
+		return leader.lastStep("h") == 30 && len(v.Events) == 1
+	})
 	lcancel()
 	<-done // the last save happens on the way out
 
 	standby := newHistorian(cli, keys, log, time.Now, func() bool { return false }, time.Hour)
-	if _, err := standby.load(ctx); err != nil {
+	if _, _, err := standby.load(ctx); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := leader.history("h", -1)
@@ -234,6 +237,34 @@ func TestHistoryPersistsForStandby(t *testing.T) {
 	if !det.Ranks[1].Straggler || det.Ranks[0].Memory["params"] != 1000 {
 		t.Fatalf("standby's rank view %+v", det.Ranks)
 	}
+
+	// A standby that missed steps (here 31–40: only the latest batch of each
+	// rank is in etcd) fills the gap when the leader next persists.
+	sctx, scancel := context.WithCancel(ctx)
+	sdone := make(chan struct{})
+	go func() { standby.run(sctx); close(sdone) }()
+	defer func() { scancel(); <-sdone }()
+	full := newJobHistory(d)
+	full.setStatus(&loomv1.JobStatus{Name: "h", State: loomv1.JobState_JOB_STATE_RUNNING, Generation: 1}, time.Now())
+	feed(full, 1, 1, 50, 2)
+	for r := 0; r < 2; r++ {
+		p := &loomv1.RankProgress{Job: "h", Generation: 1, Rank: int32(r)}
+		for k := int64(41); k <= 50; k++ {
+			p.Steps = append(p.Steps, stepOf(k, r, 2))
+		}
+		put(keys.Progress("h", r), Encode(p))
+	}
+	waitFor(t, ctx, "the standby to follow steps 41–50", func() bool { return standby.lastStep("h") == 50 })
+	if v, _ := standby.history("h", -1); len(v.Points.Step) != 40 {
+		t.Fatalf("standby has %d points before the leader persists, want 40 (a gap of 10)", len(v.Points.Step))
+	}
+	writer := newHistorian(cli, keys, log, time.Now, func() bool { return true }, time.Hour)
+	writer.jobs["h"] = full
+	writer.save(ctx)
+	waitFor(t, ctx, "the standby to fill the gap", func() bool {
+		v, _ := standby.history("h", -1)
+		return len(v.Points.Step) == 50 && len(v.Ranks) == 2 && len(v.Ranks[1].Step) == 50
+	})
 }
 
 func waitFor(t *testing.T, ctx context.Context, what string, ok func() bool) {
@@ -265,6 +296,12 @@ func BenchmarkHistory100kSteps(b *testing.B) {
 	}
 	b.ReportMetric(held, "bytes/job")
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*steps), "ns/step")
+	// What the leader persists for the job in etcd (every key's value).
+	h := newHistorian(nil, NewKeys(""), slog.New(slog.NewTextHandler(io.Discard, nil)), time.Now, func() bool { return true }, 0)
+	j := newJobHistory(testDesired())
+	feed(j, 1, 1, steps, 1)
+	h.jobs["h"] = j
+	b.ReportMetric(float64(h.persistedBytes()), "etcd-bytes/job")
 }
 
 // A checkpoint's commit may reach the history before its step's reports;

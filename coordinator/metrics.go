@@ -1,28 +1,43 @@
 package coordinator
 
 import (
+	"context"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
 // StepMetrics holds the per-step training metrics that coordinators and
 // workers export (docs/metrics.md documents each). Every series is
-// labelled with the job and rank. A nil *StepMetrics ignores updates; a
-// non-nil one is safe for concurrent use.
+// labelled with the job and rank, and counts one generation of one
+// submission of the job — its epoch, the etcd create revision of the
+// generation's assignment, which grows with every generation and
+// resubmission: the first update of a newer epoch removes the job's older
+// series (Prometheus sees a counter reset), and updates of an older one
+// are ignored. Forget removes a job's series (a finished job's, after a
+// grace period). A nil *StepMetrics ignores updates; a non-nil one is safe
+// for concurrent use.
 type StepMetrics struct {
 	stepSeconds  *prometheus.HistogramVec
 	steps        *prometheus.CounterVec
 	tokensPerSec *prometheus.GaugeVec
 	loss         *prometheus.GaugeVec
+	valLoss      *prometheus.GaugeVec
 	lr           *prometheus.GaugeVec
 	gradNorm     *prometheus.GaugeVec
 	computeSecs  *prometheus.CounterVec
 	commBytes    *prometheus.CounterVec
 	commSeconds  *prometheus.CounterVec
 	memory       *prometheus.GaugeVec
+	links        *prometheus.GaugeVec
+
+	mu     sync.Mutex
+	epochs map[string]int64 // job → the epoch its series count
 }
 
 // NewStepMetrics registers the step metrics with reg (nil: a fresh,
@@ -38,13 +53,16 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 18),
 		}, jr),
 		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "loom_steps_total", Help: "Optimizer steps finished.",
+			Name: "loom_steps_total", Help: "Optimizer steps finished in the job's current generation.",
 		}, jr),
 		tokensPerSec: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_tokens_per_second", Help: "Training throughput of the job in tokens per second at the last step.",
 		}, jr),
 		loss: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_loss", Help: "Training loss at the last step.",
+		}, jr),
+		valLoss: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_val_loss", Help: "Validation loss at the last validation pass (train.eval_every).",
 		}, jr),
 		lr: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_learning_rate", Help: "Learning rate at the last step.",
@@ -64,15 +82,83 @@ func NewStepMetrics(reg prometheus.Registerer) *StepMetrics {
 		memory: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "loom_worker_memory_bytes", Help: "Bytes a rank holds, by kind (params, grads, optimizer, working, comm, activations, runtime).",
 		}, []string{"job", "rank", "kind"}),
+		links: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_worker_link", Help: "1 for each peer a rank sends tensors to, labelled with the transport its link chose (shm, tcp or grpc).",
+		}, []string{"job", "rank", "peer", "transport"}),
+		epochs: map[string]int64{},
 	}
-	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.lr, m.gradNorm,
-		m.computeSecs, m.commBytes, m.commSeconds, m.memory)
+	reg.MustRegister(m.stepSeconds, m.steps, m.tokensPerSec, m.loss, m.valLoss, m.lr, m.gradNorm,
+		m.computeSecs, m.commBytes, m.commSeconds, m.memory, m.links)
 	return m
 }
 
-// ObserveStep records one step of a rank of a job.
-func (m *StepMetrics) ObserveStep(job string, rank int, s *loomv1.StepStats) {
+// current reports whether an update of epoch for job counts, first
+// removing the job's series of an older epoch. m.mu is held.
+func (m *StepMetrics) current(job string, epoch int64) bool {
+	cur, ok := m.epochs[job]
+	switch {
+	case ok && epoch < cur:
+		return false // a late update of an ended generation
+	case ok && epoch > cur:
+		m.deleteLocked(job)
+	}
+	m.epochs[job] = epoch
+	return true
+}
+
+func (m *StepMetrics) deleteLocked(job string) {
+	l := prometheus.Labels{"job": job}
+	m.stepSeconds.DeletePartialMatch(l)
+	for _, v := range []*prometheus.CounterVec{m.steps, m.computeSecs, m.commBytes, m.commSeconds} {
+		v.DeletePartialMatch(l)
+	}
+	for _, v := range []*prometheus.GaugeVec{m.tokensPerSec, m.loss, m.valLoss, m.lr, m.gradNorm, m.memory, m.links} {
+		v.DeletePartialMatch(l)
+	}
+	delete(m.epochs, job)
+}
+
+// Forget removes every series of job.
+func (m *StepMetrics) Forget(job string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.deleteLocked(job)
+}
+
+// ForgetEpoch removes job's series if they still count epoch (and not a
+// newer generation's).
+func (m *StepMetrics) ForgetEpoch(job string, epoch int64) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.epochs[job]; ok && cur == epoch {
+		m.deleteLocked(job)
+	}
+}
+
+// Jobs lists the jobs that have series.
+func (m *StepMetrics) Jobs() []string {
+	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return sortedKeys(m.epochs)
+}
+
+// ObserveStep records one step of a rank of a job's generation epoch.
+func (m *StepMetrics) ObserveStep(job string, epoch int64, rank int, s *loomv1.StepStats) {
 	if m == nil || s == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.current(job, epoch) {
 		return
 	}
 	r := strconv.Itoa(rank)
@@ -80,18 +166,27 @@ func (m *StepMetrics) ObserveStep(job string, rank int, s *loomv1.StepStats) {
 	m.steps.WithLabelValues(job, r).Inc()
 	m.tokensPerSec.WithLabelValues(job, r).Set(s.TokensPerSec)
 	m.loss.WithLabelValues(job, r).Set(s.Loss)
+	if s.ValLoss > 0 {
+		m.valLoss.WithLabelValues(job, r).Set(s.ValLoss)
+	}
 	m.lr.WithLabelValues(job, r).Set(s.Lr)
 	m.gradNorm.WithLabelValues(job, r).Set(s.GradNorm)
 	m.computeSecs.WithLabelValues(job, r).Add(nonNeg(s.ComputeSeconds))
 	for _, c := range s.Comm {
-		m.AddComm(job, rank, c.Op, c.Bytes, c.Seconds)
+		m.commBytes.WithLabelValues(job, r, c.Op).Add(nonNeg(float64(c.Bytes)))
+		m.commSeconds.WithLabelValues(job, r, c.Op).Add(nonNeg(c.Seconds))
 	}
 }
 
 // AddComm adds one communication operation's volume and time; engines may
 // call it as operations finish instead of listing them in StepStats.
-func (m *StepMetrics) AddComm(job string, rank int, op string, bytes int64, seconds float64) {
+func (m *StepMetrics) AddComm(job string, epoch int64, rank int, op string, bytes int64, seconds float64) {
 	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.current(job, epoch) {
 		return
 	}
 	r := strconv.Itoa(rank)
@@ -100,11 +195,24 @@ func (m *StepMetrics) AddComm(job string, rank int, op string, bytes int64, seco
 }
 
 // SetMemory records how many bytes of one kind a rank holds.
-func (m *StepMetrics) SetMemory(job string, rank int, kind string, bytes int64) {
+func (m *StepMetrics) SetMemory(job string, epoch int64, rank int, kind string, bytes int64) {
 	if m == nil {
 		return
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.current(job, epoch) {
+		return
+	}
 	m.memory.WithLabelValues(job, strconv.Itoa(rank), kind).Set(float64(bytes))
+}
+
+// SetLink records the transport a rank's link to peer chose.
+func (m *StepMetrics) SetLink(job string, rank int, peer, transport string) {
+	if m == nil {
+		return
+	}
+	m.links.WithLabelValues(job, strconv.Itoa(rank), peer, transport).Set(1)
 }
 
 func nonNeg(v float64) float64 {
@@ -120,6 +228,16 @@ type controlMetrics struct {
 	workers    prometheus.Gauge
 	generation *prometheus.GaugeVec
 	state      *prometheus.GaugeVec
+
+	mu   sync.Mutex
+	have map[string]bool // jobs with gauges
+}
+
+// jobs lists the jobs that have gauges.
+func (m *controlMetrics) jobs() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return sortedKeys(m.have)
 }
 
 func newControlMetrics(reg prometheus.Registerer) *controlMetrics {
@@ -127,6 +245,7 @@ func newControlMetrics(reg prometheus.Registerer) *controlMetrics {
 		reg = prometheus.NewRegistry()
 	}
 	m := &controlMetrics{
+		have: map[string]bool{},
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "loom_coordinator_leader", Help: "1 while this coordinator is the elected leader, else 0.",
 		}),
@@ -144,7 +263,66 @@ func newControlMetrics(reg prometheus.Registerer) *controlMetrics {
 	return m
 }
 
-func (m *controlMetrics) observe(o Observed, acts []Action) {
+// forget removes job's gauges.
+func (m *controlMetrics) forget(job string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.generation.DeletePartialMatch(prometheus.Labels{"job": job})
+	m.state.DeletePartialMatch(prometheus.Labels{"job": job})
+	delete(m.have, job)
+}
+
+// sweepSeries removes, every so often, the step and job series of jobs
+// that finished more than Config.SeriesGrace ago or are gone from etcd,
+// on the leader and the standbys alike (a worker may report to either).
+func (c *Coordinator) sweepSeries(ctx context.Context) {
+	grace := c.cfg.SeriesGrace
+	if grace <= 0 {
+		grace = DefaultSeriesGrace
+	}
+	every := min(max(grace/4, 250*time.Millisecond), time.Minute)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		known := append(c.steps.Jobs(), c.control.jobs()...)
+		if len(known) == 0 {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+		resp, err := c.cfg.Etcd.Get(gctx, c.keys.Jobs(), clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			continue // etcd away: try again later
+		}
+		now := c.cfg.Now()
+		finished := map[string]bool{}
+		present := map[string]bool{}
+		for _, j := range c.jobsFrom(resp) {
+			st := j.Status
+			present[st.Name] = true
+			if Terminal(st.State) && now.Sub(time.UnixMilli(st.UpdatedUnixMs)) >= grace {
+				finished[st.Name] = true
+			}
+		}
+		for _, job := range known {
+			if finished[job] || !present[job] {
+				c.steps.Forget(job)
+				c.control.forget(job)
+			}
+		}
+	}
+}
+
+// observe sets the gauges from a round; a job finished more than grace
+// before now has none (sweepSeries removed them).
+func (m *controlMetrics) observe(o Observed, acts []Action, now time.Time, grace time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.workers.Set(float64(len(o.Workers)))
 	status := map[string]*loomv1.JobStatus{}
 	for _, j := range o.Jobs {
@@ -158,6 +336,10 @@ func (m *controlMetrics) observe(o Observed, acts []Action) {
 		}
 	}
 	for job, s := range status {
+		if Terminal(s.State) && s.UpdatedUnixMs > 0 && now.Sub(time.UnixMilli(s.UpdatedUnixMs)) >= grace {
+			continue
+		}
+		m.have[job] = true
 		m.generation.WithLabelValues(job).Set(float64(s.Generation))
 		for v, name := range loomv1.JobState_name {
 			if v == 0 {

@@ -40,7 +40,10 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 	d := &loomv1.JobDesired{
 		Name: name, SpecYaml: req.SpecYaml, WorldSize: int32(spec.Parallel.WorldSize()),
 		MaxRestarts: req.MaxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(), Resume: req.Resume,
-		RunId: req.RunId,
+		RunId: req.RunId, PendingTimeoutMs: req.PendingTimeoutMs,
+	}
+	if req.PendingTimeoutMs < 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "pending_timeout_ms: got %d; must be ≥ 0 (0: wait for ever)", req.PendingTimeoutMs)
 	}
 	if d.RunId == "" {
 		d.RunId = checkpoint.NewRunID(c.cfg.Now())
@@ -299,7 +302,9 @@ func (c *Coordinator) Watch(req *loomv1.WatchRequest, stream loomv1.Coordinator_
 
 // Info describes this coordinator.
 func (c *Coordinator) Info(ctx context.Context, _ *loomv1.InfoRequest) (*loomv1.InfoResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+	// Info answers even while etcd does not; the leader and the other
+	// coordinators are then left out.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	resp := &loomv1.InfoResponse{
 		Version: c.cfg.Version, EtcdEndpoints: c.cfg.EtcdEndpoints, KeyPrefix: c.keys.Prefix,
@@ -308,6 +313,9 @@ func (c *Coordinator) Info(ctx context.Context, _ *loomv1.InfoRequest) (*loomv1.
 	}
 	if addr, err := LeaderAddr(ctx, c.cfg.Etcd, c.keys); err == nil {
 		resp.LeaderAddr = addr
+	}
+	if addrs, err := Coordinators(ctx, c.cfg.Etcd, c.keys); err == nil {
+		resp.Coordinators = addrs
 	}
 	return resp, nil
 }
@@ -347,8 +355,10 @@ func (c *Coordinator) ReportSteps(ctx context.Context, req *loomv1.ReportStepsRe
 	if !txn.Succeeded {
 		return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d ended meanwhile", p.Job, p.Rank, p.Generation)
 	}
+	// The assignment's create revision is the generation's epoch: a new
+	// generation or submission starts the job's counters afresh.
 	for _, s := range p.Steps {
-		c.steps.ObserveStep(p.Job, int(p.Rank), s)
+		c.steps.ObserveStep(p.Job, resp.Kvs[0].CreateRevision, int(p.Rank), s)
 	}
 	return &loomv1.ReportStepsResponse{}, nil
 }

@@ -39,9 +39,10 @@ func newMemStore(t *testing.T) *memStore {
 		c: &Coordinator{cfg: Config{Now: time.Now}, keys: NewKeys(""), log: slog.New(h)}}
 }
 
-func (s *memStore) keys() Keys            { return s.k }
-func (s *memStore) setLog(f func(string)) { s.h.out, s.logf = f, f }
-func (s *memStore) close()                {}
+func (s *memStore) keys() Keys                  { return s.k }
+func (s *memStore) setLog(f func(string))       { s.h.out, s.logf = f, f }
+func (s *memStore) setClock(f func() time.Time) { s.c.cfg.Now = f }
+func (s *memStore) close()                      {}
 
 func (s *memStore) put(key, value string) {
 	s.rev++
@@ -125,6 +126,7 @@ func etcdTxnRule(ops []clientv3.Op) error {
 
 func (s *memStore) round() (bool, error) {
 	snap := s.snapshot()
+	snap.Observed.NowUnixMs = s.c.cfg.Now().UnixMilli()
 	acts := Decide(snap.Observed)
 	acts, err := s.c.commitCheckpoints(context.Background(), acts)
 	if err != nil {
@@ -180,13 +182,13 @@ func TestDecideTranscript(t *testing.T) {
 		soakTranscripts(t, *soak)
 		return
 	}
-	seeds := []int64{1, 2, 3, 4}
+	seeds := []int64{1, 2, 3}
 	if *transcriptSeed != 0 {
 		seeds = []int64{*transcriptSeed}
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
-			runTranscript(t, seed, 80, newMemStore(t))
+			runTranscript(t, seed, 70, newMemStore(t))
 		})
 	}
 }

@@ -36,16 +36,19 @@ import (
 //
 //	go test ./coordinator -run Transcript -soak=10m
 var (
-	soak           = flag.Duration("soak", 0, "run the randomized control-plane transcript for this long (new seeds) instead of the fixed seeds")
-	transcriptSeed = flag.Int64("transcript.seed", 0, "replay the control-plane transcript of this seed")
+	soak            = flag.Duration("soak", 0, "run the randomized control-plane transcript for this long (new seeds) instead of the fixed seeds")
+	transcriptSeed  = flag.Int64("transcript.seed", 0, "replay the control-plane transcript of this seed")
+	transcriptSteps = flag.Int("transcript.steps", 0, "with -transcript.seed: the number of bursts the transcript played (as its failure says)")
 )
 
 // transcriptStore is the control-plane state the world and the leader
 // share: etcd, or an in-memory stand-in with etcd's transaction rule.
 type transcriptStore interface {
 	keys() Keys
-	// setLog sends the leader's log lines to the transcript.
+	// setLog sends the leader's log lines to the transcript; setClock
+	// gives the leader the world's clock.
 	setLog(func(string))
+	setClock(func() time.Time)
 	put(key, value string)
 	del(key string)
 	delPrefix(prefix string)
@@ -66,6 +69,8 @@ type transcriptStore interface {
 type world struct {
 	t     *testing.T
 	seed  int64
+	steps int       // bursts the transcript plays
+	now   time.Time // the leader's clock
 	r     *rand.Rand
 	keys  Keys
 	store transcriptStore
@@ -104,6 +109,8 @@ func newWorld(t *testing.T, seed int64, store transcriptStore) *world {
 		lastReport: map[string]int{}, record: map[string]int64{}, jobs: map[string]jobParams{}, expired: map[string]bool{},
 		frozen: map[string]bool{}, ran: map[string]map[string]bool{}, announced: map[string]map[string]bool{}, frozenGens: map[string]map[string]bool{}, failedGens: map[string]bool{}}
 	store.setLog(func(line string) { w.log = append(w.log, "  leader: "+line) })
+	w.now = time.Unix(1_800_000_000, 0)
+	store.setClock(func() time.Time { return w.now })
 	return w
 }
 
@@ -142,8 +149,8 @@ func (w *world) fail(format string, args ...any) {
 	if len(tail) > 80 {
 		tail = tail[len(tail)-80:]
 	}
-	w.t.Fatalf("seed %d: %s\nlast %d transcript lines (replay: -run '%s' -transcript.seed %d):\n%s",
-		seed, fmt.Sprintf(format, args...), len(tail), w.t.Name(), seed, strings.Join(tail, "\n"))
+	w.t.Fatalf("seed %d: %s\nlast %d transcript lines (replay: -run '%s' -transcript.seed %d -transcript.steps %d):\n%s",
+		seed, fmt.Sprintf(format, args...), len(tail), strings.Split(w.t.Name(), "/")[0], seed, w.steps, strings.Join(tail, "\n"))
 }
 
 func (w *world) specYAML(name string, p jobParams) []byte {
@@ -204,7 +211,11 @@ func (w *world) event(s *snapshot) {
 		p := jobParams{dp: 1 + w.r.Intn(3), steps: 2 + w.r.Intn(10), every: w.r.Intn(3),
 			dir: filepath.Join(w.dir, fmt.Sprintf("sub%d", w.submissions))}
 		w.jobs[name] = p
-		d := &loomv1.JobDesired{Name: name, SpecYaml: w.specYAML(name, p), WorldSize: int32(p.dp), MaxRestarts: int32(w.r.Intn(3))}
+		d := &loomv1.JobDesired{Name: name, SpecYaml: w.specYAML(name, p), WorldSize: int32(p.dp), MaxRestarts: int32(w.r.Intn(3)),
+			SubmittedUnixMs: w.now.UnixMilli()}
+		if w.r.Intn(3) == 0 {
+			d.PendingTimeoutMs = int64(30_000 + w.r.Intn(90_000))
+		}
 		// What Coordinator.Submit writes for a new or finished job.
 		for _, k := range []string{w.keys.Status(name), w.keys.Assignment(name)} {
 			w.store.del(k)
@@ -213,7 +224,7 @@ func (w *world) event(s *snapshot) {
 			w.store.delPrefix(pre)
 		}
 		w.store.put(w.keys.Desired(name), Encode(d))
-		w.logf("event: submit %s dp=%d steps=%d every=%d max_restarts=%d", name, p.dp, p.steps, p.every, d.MaxRestarts)
+		w.logf("event: submit %s dp=%d steps=%d every=%d max_restarts=%d pending_timeout=%dms", name, p.dp, p.steps, p.every, d.MaxRestarts, d.PendingTimeoutMs)
 	case n < 24: // a user stops a job
 		if len(active) == 0 {
 			return
@@ -280,8 +291,12 @@ func (w *world) event(s *snapshot) {
 		w.frozen[id] = true
 		w.frozenGens[id] = map[string]bool{}
 		w.logf("event: %s freezes (its lease lives on)", id)
-	case n < 96: // workers see their generation end and rewrite their registration
+	case n < 94: // workers see their generation end and rewrite their registration
 		w.announce(s, 0.6)
+	case n < 96: // time passes
+		d := time.Duration(1+w.r.Intn(90)) * time.Second
+		w.now = w.now.Add(d)
+		w.logf("event: %v pass", d)
 	default: // the leader changes
 		if err := w.store.leaderChange(w.r); err != nil {
 			w.fail("leader change: %v", err)
@@ -465,6 +480,15 @@ func (w *world) check() {
 		if j.Desired.Stop && !Terminal(st.State) {
 			w.fail("job %s was stopped but is %s", name, stateName(st.State))
 		}
+		if !Terminal(st.State) && j.Assignment == nil {
+			if st.WaitingSinceUnixMs == 0 {
+				w.fail("job %s is %s without waiting_since", name, stateName(st.State))
+			}
+			if t := j.Desired.PendingTimeoutMs; t > 0 && w.now.UnixMilli()-st.WaitingSinceUnixMs >= t {
+				w.fail("job %s has waited %v, past its pending timeout %v, and is still %s", name,
+					time.Duration(w.now.UnixMilli()-st.WaitingSinceUnixMs)*time.Millisecond, time.Duration(t)*time.Millisecond, stateName(st.State))
+			}
+		}
 		if st.Restarts > j.Desired.MaxRestarts {
 			w.fail("job %s restarted %d times, max %d", name, st.Restarts, j.Desired.MaxRestarts)
 		}
@@ -565,7 +589,11 @@ func (w *world) drain() {
 
 // runTranscript plays steps bursts of events on store.
 func runTranscript(t *testing.T, seed int64, steps int, store transcriptStore) {
+	if *transcriptSteps > 0 {
+		steps = *transcriptSteps
+	}
 	w := newWorld(t, seed, store)
+	w.steps = steps
 	defer store.close()
 	w.logf("seed %d", seed)
 	for i := 0; i < steps; i++ {
@@ -615,8 +643,9 @@ func newEtcdStore(t *testing.T, ctx context.Context, endpoints []string, prefix 
 	return s
 }
 
-func (s *etcdStore) keys() Keys            { return s.k }
-func (s *etcdStore) setLog(f func(string)) { s.h.out = f }
+func (s *etcdStore) keys() Keys                  { return s.k }
+func (s *etcdStore) setLog(f func(string))       { s.h.out = f }
+func (s *etcdStore) setClock(f func() time.Time) { s.c.cfg.Now = f }
 
 func (s *etcdStore) campaign() {
 	sess, err := concurrency.NewSession(s.cli, concurrency.WithTTL(5))
@@ -736,7 +765,7 @@ func TestDecideTranscriptEtcd(t *testing.T) {
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint("seed=", seed), func(t *testing.T) {
-			runTranscript(t, seed, 40, newEtcdStore(t, ctx, e.Endpoints, fmt.Sprintf("/transcript/%d/", seed)))
+			runTranscript(t, seed, 30, newEtcdStore(t, ctx, e.Endpoints, fmt.Sprintf("/transcript/%d/", seed)))
 		})
 	}
 }

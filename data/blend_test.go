@@ -153,14 +153,15 @@ func TestBlendRefusesTinyWeight(t *testing.T) {
 	}
 }
 
-// OpenDataset: a validation fraction holds out each source's last windows
-// (training never reaches them, nor the window before), a validation path
-// is its own source, and sources prepared with different tokenizers are
-// refused naming the field.
+// OpenDataset: a validation fraction holds out chunks spread over each
+// source (training never visits them, nor the window before each, so no
+// training target is a validation input), a validation path is its own
+// source, and sources prepared with different tokenizers are refused naming
+// the field.
 func TestOpenDatasetValidation(t *testing.T) {
 	dir := t.TempDir()
-	pa := tokenFileIn(t, dir, "a", 1601, 0, nil)    // 100 windows of 16
-	pb := tokenFileIn(t, dir, "b", 3201, 1000, nil) // 200
+	pa := tokenFileIn(t, dir, "a", 16001, 0, nil)    // 1,000 windows of 16
+	pb := tokenFileIn(t, dir, "b", 32001, 1000, nil) // 2,000
 	spec := api.DataSpec{Sources: []api.DataSource{{Path: pa, Weight: 1}, {Path: pb, Weight: 1}},
 		Validation: api.ValidationSpec{Fraction: 0.1}, Shuffle: true, Seed: 3}
 	ds, err := OpenDataset(spec, 16)
@@ -168,25 +169,40 @@ func TestOpenDatasetValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ds.Close()
-	held := map[[2]int]bool{}
-	for j := range 20 { // 10 windows of each source, weights 1:1
-		src, w := ds.Validation.Sample(j)
-		held[[2]int{src, w}] = true
-	}
-	if len(held) != 20 {
-		t.Fatalf("validation samples repeat: %d distinct of 20", len(held))
-	}
-	for j := range 20000 {
+	nwin := []int{1000, 2000}
+	train := []map[int]bool{{}, {}}
+	val := []map[int]bool{{}, {}}
+	for j := range 3 * ds.Train.NumWindows() {
 		src, w := ds.Train.Sample(j)
-		limit := []int{100 - 10 - 1, 200 - 20 - 1}[src]
-		if w >= limit {
-			t.Fatalf("training sample %d uses window %d of source %d, at or past the held-out range (from %d)", j, w, src, limit)
+		train[src][w] = true
+	}
+	for j := range 2 * ds.Validation.NumWindows() {
+		src, w := ds.Validation.Sample(j)
+		val[src][w] = true
+	}
+	for d := range 2 {
+		if len(train[d])+len(val[d]) > nwin[d] || len(val[d]) == 0 {
+			t.Fatalf("source %d: %d training and %d validation windows of %d", d, len(train[d]), len(val[d]), nwin[d])
+		}
+		if f := float64(len(val[d])) / float64(nwin[d]); f < 0.07 || f > 0.1 {
+			t.Fatalf("source %d: %.3f of the windows held out, want about 0.1", d, f)
+		}
+		lo, hi := nwin[d], 0
+		for w := range val[d] {
+			if train[d][w] {
+				t.Fatalf("source %d: window %d is both training and validation", d, w)
+			}
+			if train[d][w-1] {
+				t.Fatalf("source %d: training window %d's last target is validation window %d's first input", d, w-1, w)
+			}
+			lo, hi = min(lo, w), max(hi, w)
+		}
+		if lo > nwin[d]/4 || hi < nwin[d]/2 {
+			t.Fatalf("source %d: validation windows span [%d, %d], not spread over the file", d, lo, hi)
 		}
 	}
-	for k := range held {
-		if lo := []int{90, 180}[k[0]]; k[1] < lo {
-			t.Fatalf("validation window %v is not in the held-out range", k)
-		}
+	if len(train[0])+len(val[0]) < 900 {
+		t.Fatalf("source 0: only %d of 1000 windows used", len(train[0])+len(val[0]))
 	}
 
 	pv := tokenFileIn(t, dir, "v", 801, 3000, nil)
@@ -194,7 +210,7 @@ func TestOpenDatasetValidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ds2.Validation.NumWindows() != 50 || ds2.Train.NumWindows() != 100 {
+	if ds2.Validation.NumWindows() != 50 || ds2.Train.NumWindows() != 1000 {
 		t.Fatalf("windows: validation %d train %d", ds2.Validation.NumWindows(), ds2.Train.NumWindows())
 	}
 	ds2.Close()
@@ -204,7 +220,7 @@ func TestOpenDatasetValidation(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "data.sources[1].path") || !strings.Contains(err.Error(), "same tokenizer") {
 		t.Fatalf("mixed tokenizers: %v", err)
 	}
-	_, err = OpenDataset(api.DataSpec{Path: pa, Validation: api.ValidationSpec{Fraction: 0.5}}, 800)
+	_, err = OpenDataset(api.DataSpec{Path: pa, Validation: api.ValidationSpec{Fraction: 0.5}}, 5000)
 	if err == nil || !strings.Contains(err.Error(), "data.validation.fraction") {
 		t.Fatalf("too few windows: %v", err)
 	}
@@ -228,6 +244,40 @@ func TestEvalSamplesCoverSameWindows(t *testing.T) {
 		for j := range 3 * G {
 			if !seen[j] {
 				t.Fatalf("dp %d misses sample %d", dp, j)
+			}
+		}
+	}
+}
+
+// A split's training and validation parts are disjoint, within the file,
+// each index a distinct window, and together they leave out only the
+// first window of every held-out chunk.
+func TestSplitPartition(t *testing.T) {
+	for _, n := range []int{8, 9, 40, 99, 1000, 12345} {
+		for _, f := range []float64{0.5, 0.1, 0.01, 0.003} {
+			sp, ok := NewSplit(n, f)
+			if !ok {
+				continue
+			}
+			seen := map[int]string{}
+			for _, part := range []bool{false, true} {
+				sp.Validation = part
+				for i := range sp.count(n) {
+					w := sp.window(i, n)
+					if w < 0 || w >= n || seen[w] != "" {
+						t.Fatalf("n %d f %g split %+v: index %d → window %d (seen as %q)", n, f, sp, i, w, seen[w])
+					}
+					seen[w] = map[bool]string{false: "train", true: "val"}[part]
+				}
+			}
+			k := n / (sp.Chunk * sp.Period)
+			if len(seen) != n-k {
+				t.Fatalf("n %d f %g: %d windows used, want %d", n, f, len(seen), n-k)
+			}
+			for w, p := range seen {
+				if p == "val" && seen[w-1] == "train" {
+					t.Fatalf("n %d f %g: training window %d precedes validation window %d", n, f, w-1, w)
+				}
 			}
 		}
 	}

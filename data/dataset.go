@@ -21,8 +21,7 @@ type Dataset struct {
 // OpenDataset opens the token files of a job's data section for windows of
 // seqLen tokens. Every file must have been prepared with the same
 // tokenizer (its sidecar's name and hash) and vocabulary; a validation
-// fraction holds out the last windows of every source (and one window
-// before them, so that no training target is a validation input).
+// fraction holds out chunks of windows spread over every source ([Split]).
 func OpenDataset(ds api.DataSpec, seqLen int) (*Dataset, error) {
 	d := &Dataset{}
 	ok := false
@@ -64,12 +63,14 @@ func OpenDataset(ds api.DataSpec, seqLen int) (*Dataset, error) {
 		s := Source{File: f, Weight: src.Weight}
 		if fr := ds.Validation.Fraction; fr > 0 {
 			n := int(NumWindows(f.Len(), seqLen))
-			v := int(math.Ceil(fr * float64(n)))
-			if n-v-1 < 1 {
-				return nil, fmt.Errorf("data.validation.fraction: %s has %d windows of seq_len %d, too few to hold out %d and keep one for training: lower the fraction or add data", src.Path, n, seqLen, v)
+			sp, ok := NewSplit(n, fr)
+			if !ok {
+				return nil, fmt.Errorf("data.validation.fraction: %s has %d windows of seq_len %d, too few to hold out %g of them in chunks of at least 2 (needs %d): raise the fraction or add data", src.Path, n, seqLen, fr, 2*max(2, int(math.Round(1/fr))))
 			}
-			val = append(val, Source{File: f, Weight: src.Weight, First: n - v, Count: v})
-			s.Count = n - v - 1
+			s.Split = &sp
+			v := sp
+			v.Validation = true
+			val = append(val, Source{File: f, Weight: src.Weight, Split: &v})
 		}
 		train = append(train, s)
 	}

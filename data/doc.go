@@ -1,7 +1,10 @@
-// Package data owns Loom's training data: tokenizers, the token file format
-// (a nanoGPT-style little-endian array of token ids with a JSON sidecar),
-// the streaming preparation of text corpora into token files, and the
-// memory-mapped loader that turns a token file into training windows.
+// Package data owns Loom's training data: the Tokenizer interface (the byte
+// tokenizer here, BPE in package tokenizer, both through [LoadTokenizer]),
+// the token file format (a nanoGPT-style little-endian array of token ids
+// with a JSON sidecar), the streaming preparation of text corpora into
+// token files, and the memory-mapped loader that turns token files into
+// training windows: blended by weight over several sources, with a
+// validation split ([OpenDataset]).
 //
 // # Token file format
 //
@@ -9,8 +12,9 @@
 // [Meta.TokenBytes] wide: uint16 when every id fits (vocabulary ≤ 65,536),
 // uint32 otherwise. This is exactly the layout of nanoGPT's train.bin. Beside
 // it, FILE.json (the sidecar, see [Meta]) records the format version,
-// vocabulary size, token width, token count, document count, tokenizer name
-// and the SHA-256 of the array. Every document is followed by the
+// vocabulary size, token width, token count, document count, the input
+// bytes, the tokenizer ("byte" or its file) with the file's SHA-256, and the
+// SHA-256 of the array. Every document is followed by the
 // tokenizer's EOS id. The sidecar is written after the array, so a present
 // sidecar describes a complete array.
 //
@@ -24,4 +28,12 @@
 // permutation derived from (seed, epoch) by [EpochPermutation], which is
 // implemented here (SplitMix64 and Fisher–Yates) so that it never changes
 // with the Go version.
+//
+// # Blends
+//
+// With several sources ([NewBlendLoader]), global sample j falls in block
+// j / [BlendBlock], which holds a fixed number of each source's samples
+// (their weights, by largest remainder) in a fixed interleave; source d's
+// k-th sample is then its window k as above, with a seed derived from
+// (seed, d). A step's windows stay a pure function of (seed, step).
 package data

@@ -37,7 +37,7 @@ func Open(path string) (*File, error) {
 	sf, err := os.Open(side)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("data: %s has no sidecar %s: %w (write both with `loom prep`; to read a bare nanoGPT .bin of uint16 tokens, use OpenBare with its vocabulary size)", path, side, err)
+			return nil, fmt.Errorf("data: %s has no sidecar %s: %w (prepare the data with `loom prep`, which writes both; a bare nanoGPT .bin without its sidecar is not accepted as data.path)", path, side, err)
 		}
 		return nil, fmt.Errorf("data: opening the sidecar of %s: %w", path, err)
 	}

@@ -42,9 +42,62 @@ func NumWindows(ntokens int64, seqLen int) int64 {
 type Source struct {
 	File   *File
 	Weight float64 // relative; any positive number for a single source
-	// First and Count select the windows [First, First+Count) of the file
-	// (a validation split holds some out); Count 0 means all from First.
+	// First and Count select the windows [First, First+Count) of the file;
+	// Count 0 means all from First.
 	First, Count int
+	// Split, when set, takes only the training or only the validation part
+	// of those windows (see [Split]).
+	Split *Split
+}
+
+// Split divides a source's windows into training and validation parts
+// spread over the whole file: the windows form periods of Period chunks
+// of Chunk windows, and the last chunk of every period is held out (all
+// but its first window, so that no training target is a validation
+// input). Windows after the last whole period are all training.
+type Split struct {
+	Chunk, Period int
+	Validation    bool // this source is the held-out part
+}
+
+// NewSplit returns the split that holds out about fraction of n windows:
+// Period = round(1/fraction), Chunk = up to 64 windows, smaller when n is
+// short, so that at least one whole period fits; ok is false when n is too
+// short for even that.
+func NewSplit(n int, fraction float64) (sp Split, ok bool) {
+	p := max(2, int(math.Round(1/fraction)))
+	c := min(64, n/(4*p))
+	if c < 2 {
+		c = n / p
+	}
+	if c < 2 {
+		return Split{}, false
+	}
+	return Split{Chunk: c, Period: p}, true
+}
+
+// count returns the number of windows of the part among n.
+func (sp Split) count(n int) int {
+	l := sp.Chunk * sp.Period
+	k := n / l
+	if sp.Validation {
+		return k * (sp.Chunk - 1)
+	}
+	return k*sp.Chunk*(sp.Period-1) + n - k*l
+}
+
+// window maps index i of the part to a window among n.
+func (sp Split) window(i, n int) int {
+	l := sp.Chunk * sp.Period
+	if sp.Validation {
+		q, r := i/(sp.Chunk-1), i%(sp.Chunk-1)
+		return q*l + sp.Chunk*(sp.Period-1) + 1 + r
+	}
+	per := sp.Chunk * (sp.Period - 1)
+	if k := n / l; i >= k*per {
+		return k*l + i - k*per
+	}
+	return i/per*l + i%per
 }
 
 // BlendBlock is the number of consecutive global samples over which a
@@ -73,6 +126,8 @@ type sourceState struct {
 	f           *File
 	first, nwin int
 	seed        uint64
+	split       Split // Chunk 0: none
+	span        int   // windows the split divides
 	// Two cached epoch permutations, so that a step that straddles an
 	// epoch boundary does not recompute either.
 	perm  [2][]int32
@@ -126,7 +181,17 @@ func NewBlendLoader(srcs []Source, cfg LoaderConfig) (*Loader, error) {
 		if len(srcs) > 1 {
 			seed = mix64(cfg.Seed ^ mix64(uint64(i)+0x7f4a7c159e3779b9))
 		}
-		l.srcs = append(l.srcs, sourceState{f: f, first: s.First, nwin: count, seed: seed, epoch: [2]int{-1, -1}})
+		st := sourceState{f: f, first: s.First, nwin: count, seed: seed, epoch: [2]int{-1, -1}}
+		if s.Split != nil {
+			if s.Split.Chunk < 2 || s.Split.Period < 2 {
+				return nil, fmt.Errorf("data: %s: split chunk %d and period %d must be ≥ 2", f.Path(), s.Split.Chunk, s.Split.Period)
+			}
+			st.split, st.span = *s.Split, count
+			if st.nwin = s.Split.count(count); st.nwin < 1 {
+				return nil, fmt.Errorf("data: %s: its %d windows of seq_len %d are too few for the split %+v", f.Path(), count, cfg.SeqLen, *s.Split)
+			}
+		}
+		l.srcs = append(l.srcs, st)
 		weights = append(weights, s.Weight)
 	}
 	if len(srcs) > 1 {
@@ -246,10 +311,18 @@ func (l *Loader) Sample(j int) (src, window int) {
 	}
 	s := &l.srcs[src]
 	epoch, pos := k/s.nwin, k%s.nwin
-	if !l.cfg.Shuffle {
-		return src, s.first + pos
+	if l.cfg.Shuffle {
+		pos = int(s.permutation(epoch)[pos])
 	}
-	return src, s.first + int(s.permutation(epoch)[pos])
+	return src, s.windowAt(pos)
+}
+
+// windowAt is the file window of the source's index i.
+func (s *sourceState) windowAt(i int) int {
+	if s.split.Chunk == 0 {
+		return s.first + i
+	}
+	return s.first + s.split.window(i, s.span)
 }
 
 // Window returns the window (of its source's file) that global sample

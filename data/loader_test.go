@@ -224,7 +224,7 @@ func TestOpenBad(t *testing.T) {
 			p := writeTokenFile(t, dir, ids, 258, nil)
 			os.Remove(SidecarPath(p))
 			return p
-		}, []string{"t.bin.json", "OpenBare"}, fs.ErrNotExist},
+		}, []string{"t.bin.json", "loom prep", "data.path"}, fs.ErrNotExist},
 		{"truncated", func(t *testing.T, dir string) string {
 			p := writeTokenFile(t, dir, ids, 258, nil)
 			os.Truncate(p, 16)
@@ -262,6 +262,10 @@ func TestOpenBad(t *testing.T) {
 				if !strings.Contains(err.Error(), s) {
 					t.Errorf("error %q does not mention %q", err, s)
 				}
+			}
+			// Users of the loom command read these: no Go API in the fix.
+			if strings.Contains(err.Error(), "OpenBare") {
+				t.Errorf("error %q tells a CLI user to call a Go function", err)
 			}
 		})
 	}

@@ -198,11 +198,11 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 	defer client.Close()
 	subctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = client.RPC().Submit(subctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: opts.Source,
+	_, err = client.SubmitJob(subctx, &loomv1.SubmitRequest{SpecYaml: specYAML, Source: opts.Source,
 		MaxRestarts: int32(opts.MaxRestarts), Resume: opts.Resume, RunId: opts.RunID})
 	cancel()
 	if err != nil {
-		return &api.RPCError{Addr: client.Addr(), Op: "submit", Err: err}
+		return err
 	}
 	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
 		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])

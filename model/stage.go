@@ -20,6 +20,18 @@ import (
 // replacing the logits by gradScale·d(loss)/d(logits), ready for the
 // backward. The stage's output is a.Resid[a.End−a.First].
 func (m *Model) StageForward(ctx context.Context, a *Acts, tokens, targets []int32, gradScale float32, h Hooks) (float64, error) {
+	return m.stageForward(ctx, a, tokens, targets, gradScale, h, true)
+}
+
+// StageEval is StageForward for evaluation: on the last stage it returns
+// the loss without touching the logits (no gradient), and calls no hooks.
+// Every stage's output is left in a.Resid[a.End−a.First] as by
+// StageForward.
+func (m *Model) StageEval(ctx context.Context, a *Acts, tokens, targets []int32) (float64, error) {
+	return m.stageForward(ctx, a, tokens, targets, 0, Hooks{}, false)
+}
+
+func (m *Model) stageForward(ctx context.Context, a *Acts, tokens, targets []int32, gradScale float32, h Hooks, train bool) (float64, error) {
 	l := m.Layout
 	if a.HasEmbed {
 		u := l.EmbedUnit()
@@ -57,6 +69,9 @@ func (m *Model) StageForward(ctx context.Context, a *Acts, tokens, targets []int
 	}
 	if err := call(h.AfterForward, u); err != nil {
 		return 0, err
+	}
+	if !train {
+		return m.HeadLoss(ctx, a.Head, targets)
 	}
 	return m.HeadLossGrad(ctx, a.Head, targets, gradScale)
 }

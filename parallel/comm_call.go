@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -94,7 +96,18 @@ type mailbox struct {
 	posted []*recvReq // posted[ph:] wait, in post order
 	ph     int
 	gone   error // the sender departed; nothing more will come
+	// polled: a reader that polls (shm) feeds this box; a waiting call
+	// then yields to it a few times before it sleeps.
+	polled atomic.Bool
 }
+
+// waitPolls is how many times a call waiting on a polled mailbox yields
+// the processor before it sleeps on its channel: the reader it yields to
+// is runnable (polling), so the frame is often in before the call would
+// have parked. 4 KiB all-reduce over shm, 2 ranks: 8.1 → 7.1 µs; over tcp
+// (a reader blocked in the network poller, which a yielding goroutine
+// keeps from running) it cost 30%, so only polled boxes do it.
+const waitPolls = 20
 
 // post makes r wait for its frame, or applies the frame at once if it is
 // already here (in the caller's goroutine). A departed sender completes r
@@ -331,6 +344,10 @@ func (c *call) post(i int, dst []float32, a apply) *recvReq {
 func (c *call) wait(i int, r *recvReq) error {
 	g := c.g
 	armed := false
+	spinsLeft := 0
+	if r.box.polled.Load() {
+		spinsLeft = waitPolls
+	}
 	defer func() {
 		if armed {
 			c.timer.Stop()
@@ -351,6 +368,11 @@ func (c *call) wait(i int, r *recvReq) error {
 		}
 		if err := g.failure(c.name); err != nil {
 			return err
+		}
+		if spinsLeft > 0 {
+			spinsLeft--
+			runtime.Gosched()
+			continue
 		}
 		if !armed {
 			c.timer.Reset(g.timeout)

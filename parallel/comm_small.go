@@ -50,7 +50,7 @@ func (c *call) broadcast(buf []float32, root int) error {
 	n := c.g.Size()
 	v := (c.g.me - root + n) % n // position relative to the root
 	abs := func(v int) int { return (v + root) % n }
-	if 4*len(buf) <= c.g.small {
+	if 4*len(buf) <= c.g.smallBytes() {
 		mask := 1
 		for ; mask < n; mask <<= 1 {
 			if v&mask != 0 {

@@ -1,10 +1,11 @@
-// Package parallel owns the data plane between workers: a gRPC Transport
-// per worker and process groups (Group) on it with point-to-point and
+// Package parallel owns the data plane between workers: a Transport per
+// worker (gRPC to negotiate; raw TCP, shared memory or gRPC to carry
+// tensors) and process groups (Group) on it with point-to-point and
 // collective operations on float32 buffers.
 //
 // # Use
 //
-//	t, err := parallel.NewTransport(ctx, parallel.TransportOptions{ListenAddr: ":7071"})
+//	t, err := parallel.NewTransport(ctx, parallel.TransportOptions{ListenAddr: ":7071"}) // Mode: ModeAuto
 //	defer t.Shutdown(ctx)           // or t.Close() to drop everything at once
 //	dp, err := t.NewGroup(parallel.GroupSpec{
 //		Job: "llama-7b", Generation: 3, Name: "dp0",
@@ -26,26 +27,79 @@
 // and may run concurrently over the same connections; Send and Recv may run
 // beside anything. All members get bit-identical all-reduce results.
 //
-// # Wire
+// # Transports
 //
-// Every worker serves loomv1.Peer and opens one Exchange stream to every
-// member of its groups (dialled when the group is created). All groups
-// share that stream; each Frame carries (job, generation, group, seq, tag)
-// and the receiver routes it to a per-(group, sender) mailbox and matches
-// it exactly, so groups never mix and a late or early frame waits for its
-// own call. Frames of a generation older than the newest group the
-// receiver has for the job are rejected (REJECT back to the sender, whose
-// group then fails with ErrStaleGeneration), never delivered; frames for a
-// group not created yet are held until it is.
+// gRPC is the control plane of the data plane: every worker serves
+// loomv1.Peer, and opens one Exchange stream per member of its groups and
+// job generation (dialled when the group is created). The stream's HELLO
+// names the job, generation, the transport the dialer wants
+// (TransportOptions.Mode) and its host's boot id; the server's WELCOME
+// settles it and mints a secret. Then, per direction:
 //
-// The default codec (CodecRaw) writes the protobuf encoding of loomv1.Frame
-// by hand, payload last and 4-byte aligned: the sender's float32 memory is
-// handed to gRPC without a copy (gRPC's release of the buffer tells the
-// collective it may overwrite that memory), and the receiver reduces or
-// copies straight out of gRPC's receive buffers. CodecProto, plain
-// proto.Marshal/Unmarshal, is kept as the measured baseline: it copies the
-// payload once more on send and twice more on receive, and was 2–4× slower
-// for 1–16 MiB all-reduces (see BenchmarkAllReduce).
+//   - shm (peers on one host, the same boot id): the sender creates a ring
+//     in a memfd, connects to the receiver's abstract Unix socket and
+//     passes the memfd there with the secret (SCM_RIGHTS; nothing is left
+//     in /dev/shm). A small frame is copied once, from the caller's buffer
+//     into the ring, and the receiver reduces or copies straight out of
+//     the ring into the destination. A payload of 64 KiB or more goes by
+//     reference where the system allows it (probed at the handshake;
+//     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
+//     address, the receiver reads the sender's buffer straight into the
+//     destination (process_vm_readv, as OpenMPI's vader does with CMA),
+//     and the send returns on its acknowledgement. An empty ring is polled for ShmSpin (yielding
+//     the core between polls), then its reader sleeps reading the Unix
+//     socket, and the sender writes a byte there when it sees the reader's
+//     flag in the shared header: idle links cost no CPU. The socket also
+//     carries death: when either process exits the other's read returns.
+//   - tcp (other peers): a raw connection to the peer's data-plane address
+//     (the listener tells it from gRPC by its first 8 bytes, so one port
+//     serves both), authenticated with the secret. A frame is one vectored
+//     write of header and caller's payload (one system call for a small
+//     message, no copy in user space); the reader reads the payload
+//     straight into the destination, or into a 256 KiB buffer it reduces
+//     from. Mutual TLS (issue 17) is to wrap the connection after its
+//     clear-text preamble.
+//   - grpc: frames stay on the Exchange stream (below). The fallback: auto
+//     falls back shm → tcp → grpc when a link cannot be opened, and says
+//     so; an explicit mode fails instead, naming the peer.
+//
+// ModeAuto picks shm for same-host peers and tcp for the others; each
+// choice is logged and reported (Transport.Links, TransportOptions.OnLink:
+// the worker's loom_worker_link{peer,transport}). Two workers asking for
+// different explicit modes, or shm across hosts, fail their groups with an
+// error that says so. Bulk links carry COLLECTIVE and P2P frames in a fixed
+// binary layout (transport_bulk.go) with the same fields as loomv1.Frame;
+// job and generation are the link's, which serves one generation.
+// REJECT, ABORT and GOODBYE stay on the gRPC stream.
+//
+// Every transport keeps the same guarantees. Frames are routed by (job,
+// generation, group, sender) to a mailbox and matched by (kind, seq, tag),
+// so groups never mix and a late or early frame waits for its own call.
+// Frames of a generation older than the newest group the receiver has for
+// the job are rejected (REJECT back to the sender, whose group then fails
+// with ErrStaleGeneration), never delivered; frames for a group not created
+// yet are held until it is; a bulk connection without a secret the
+// receiver minted is closed before anything is read from it.
+//
+// Receives are posted: a call says where each frame it expects goes and
+// whether it is copied or reduced, before the frame can arrive where that
+// is safe (see ring.go), and whoever holds the frame applies it. A frame
+// that arrives first is kept in a pooled buffer (a large one is held up to
+// 20 µs for its receive first). Calls, receive slabs, frames and buffers
+// are reused: a steady-state all-reduce on tcp or shm allocates nothing
+// (TestNoAllocationsInSteadyState). The reductions are AVX-512 / AVX2
+// assembly (reduce_amd64.s; pure Go under -tags purego or elsewhere),
+// checked bit for bit against the reference loops.
+//
+// On the grpc transport the default codec (CodecRaw) writes the protobuf
+// encoding of loomv1.Frame by hand, payload last and 4-byte aligned: the
+// sender's float32 memory is handed to gRPC without a copy (gRPC's release
+// of the buffer tells the collective it may overwrite that memory), and the
+// receiver reduces or copies straight out of gRPC's receive buffers.
+// CodecProto, plain proto.Marshal/Unmarshal, is kept as the measured
+// baseline: it copies the payload once more on send and twice more on
+// receive, and was 2–4× slower for 1–16 MiB all-reduces (see
+// BenchmarkAllReduce).
 //
 // gRPC settings (TransportOptions defaults), measured with
 // BenchmarkTransportTuning (CPU time per 16 MiB all-reduce, which the
@@ -63,50 +117,59 @@
 // buffer, which cost as much CPU as the copy itself) nor forgets them at
 // each GC, and reuses the most recently freed first. Messages with inline
 // payloads (up to 32 KiB) are built in buffers from a second such pool,
-// which gRPC returns once it has written them (a 4 KiB all-reduce of two
-// ranks went from 13.1 to 3.4 KB allocated). 64 MiB frame limit.
+// which gRPC returns once it has written them. 64 MiB frame limit.
 //
 // # Where the time goes
 //
-// Measured on the 2-core development VM, 2 ranks, each worker process on
-// one Go scheduler thread (`loom bench allreduce` sets GOMAXPROCS to
-// cores ÷ ranks; with two threads per worker every goroutine hand-off woke
-// an idle vCPU and cost 15–30 µs). `loom bench wire` is the floor: a plain
-// socket between two processes, both directions at once.
+// Measured on the 2-core development VM (Sapphire-Rapids-class Xeon), 2
+// ranks, each worker process on one Go scheduler thread (`loom bench
+// allreduce` sets GOMAXPROCS to cores ÷ ranks), rank 0's p50 (how the
+// OpenMPI anchor and `loom bench wire` time; the slowest rank's per
+// iteration, also printed, is 10–30% higher), in a quiet moment; the final
+// figures are scripts/bench.py comm's.
 //
-//   - Large buffers are bound by CPU per byte. A 16 MiB all-reduce spends
-//     about 52% of a worker's CPU in the kernel's TCP copies (what the plain
-//     socket spends too), 23% in memmove — gRPC-go copies every byte into
-//     its write buffer and out of its read buffer into 16 KiB frame buffers,
-//     and the all-gather copies into the caller's buffer — 7% in the
-//     reduction and the rest in framing and scheduling; about 20% of the
-//     wall time both workers wait on each other between ring steps. Loom
-//     reaches 0.55–0.75 of the plain socket's bandwidth from 16 MiB up.
-//   - Small buffers are bound by per-message cost: a 4 KiB exchange over a
-//     plain socket takes 24–48 µs, a plain gRPC-go stream's one-way trip
-//     about 60 µs (123 µs round trip), and Loom's 4 KiB all-reduce 95–135 µs.
-//     In one worker: the write system call (26 µs median: on loopback it
-//     runs the receiver's TCP path too), gRPC's send and receive machinery,
-//     and two goroutine hand-offs (reader → stream → caller).
-//
-// Closing the rest of the gap needs a bulk path without HTTP/2 framing (a
-// raw socket or shared memory negotiated over the Peer stream, as Gloo and
-// NCCL do); the project keeps data on gRPC.
+//   - tcp, large buffers: bound by the kernel's loopback copies, which the
+//     plain socket pays too (a 16 MiB profile: 56% of a worker's CPU in
+//     write/read system calls, 26% memmove before the read-ahead limit, 7%
+//     reduction). 64–256 MiB ran at 0.9–1.2× `loom bench wire`, 16 MiB at
+//     about 0.8, 1 MiB at 1.4× (the wire's 1 MiB rounds are slowed by its
+//     own goroutine per round).
+//   - tcp, small buffers: a 4 KiB all-reduce took 16–17 µs against the
+//     wire's 12 µs and OpenMPI-TCP's 13: each rank makes one writev, and its
+//     reader wakes from the network poller and hands the frame to the
+//     waiting call — one goroutine hand-off the plain socket's benchmark
+//     does not have — and on an idle 2-vCPU VM every wake-up of the other
+//     vCPU costs several µs.
+//   - shm: 4 KiB in 7 µs (OpenMPI's busy-polling vader: 2.7), 16–64 KiB
+//     within 20% of OpenMPI-shm, 256 KiB level with it, 1–4 MiB at
+//     0.9–1.1×, 16 MiB and up 2–6× faster (OpenMPI drops to 0.6–0.9 GB/s
+//     once buffers leave the cache here). Before single copy a frame went
+//     into the ring and out of it, two passes where OpenMPI makes one, and
+//     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
+//     reader's poll loop, the hand-off to the waiting call, the mailbox
+//     locks. Polling is what makes them fast: sleeping on the doorbell at
+//     once (ShmSpin < 0) made 4 KiB 25 µs.
 //
 // # Algorithms
 //
 // AllReduce uses recursive doubling (⌈log2 n⌉ rounds; non-powers of two
 // fold the extra ranks in first) up to GroupSpec.SmallBytes and a ring
-// above. The switch point, 256 KiB, is measured (`loom bench allreduce
-// --algo rd|ring`, best of two): with 2 ranks recursive doubling took 455
-// µs at 256 KiB against the ring's 568, and 1315 µs at 512 KiB against 860;
-// with 4 ranks 2308 against 2825 at 256 KiB and 4265 against 3022 at 512
-// KiB. The ring is reduce-scatter then all-gather, 2(n−1) steps, each chunk
-// (GroupSpec.ChunkBytes) forwarded as soon as it is reduced, with a sender
-// goroutine so that writing one chunk overlaps reducing the next.
-// ReduceScatter and AllGather are the two halves of the ring. Broadcast
-// uses a binomial tree for small buffers and a chunk-pipelined chain for
-// large ones; Barrier is a dissemination barrier.
+// above. The switch point depends on the transport (measured with `loom
+// bench allreduce --algo rd|ring`, 2 ranks, alternating runs): over gRPC
+// 256 KiB (recursive doubling 455 µs against the ring's 568 at 256 KiB,
+// 1315 against 860 at 512 KiB); over tcp 128 KiB (at 32 KiB 23 µs against
+// 33, at 256 KiB 114–141 against 85–100); over shm the ring wins from about
+// 16 KiB (32 KiB: 13 µs against 15–19; 256 KiB 56 against 88–91). Auto
+// uses tcp's, since members must agree and cannot know each other's
+// links. The ring is reduce-scatter then all-gather, 2(n−1) steps, each
+// chunk (GroupSpec.ChunkBytes: 256 KiB over gRPC, 1 MiB on bulk links)
+// forwarded as soon as it is reduced; its receives are posted before the
+// frames can arrive (every reduce-scatter receive up front, each all-gather receive once the chunk it overwrites
+// has been sent), so a bulk link reduces or copies each frame into place as
+// it lands, beside the caller's sends. ReduceScatter and AllGather are the
+// two halves of the ring. Broadcast uses a binomial tree for small buffers
+// and a chunk-pipelined chain for large ones; Barrier is a dissemination
+// barrier.
 //
 // # Failure
 //
@@ -120,8 +183,17 @@
 // group stays failed: every pending and later call returns the error;
 // create a new group, normally for the next generation. HTTP/2 keepalive
 // (TransportOptions.KeepaliveTime) breaks connections to frozen peers even
-// when nothing waits on them. A peer that shuts down with Shutdown says
-// GOODBYE first: only operations that still need it fail.
+// when nothing waits on them. A bulk link fails its connection as soon as
+// it breaks: a tcp peer's exit closes its sockets, a shm peer's exit
+// closes the Unix socket its ring's reader sleeps on (or that the sender
+// watches), so a dead peer is named at once on every transport, and a
+// silent one after the group's Timeout. A write into a full socket or
+// ring waits at most the Timeout too. A peer that shuts down with Shutdown
+// says GOODBYE first, on the stream and on its bulk link, after its last
+// frame: only operations that still need it fail. The existing failure
+// tests (SIGKILL mid-collective, closed peer, silent peer, context
+// deadline, stale generation, shutdown after a barrier) run on grpc, tcp
+// and shm, under -race.
 //
 // Transport and Group are safe for concurrent use.
 package parallel

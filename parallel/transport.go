@@ -82,6 +82,10 @@ type TransportOptions struct {
 	// after the last frame before it sleeps on its doorbell socket, which
 	// costs no CPU but a wake-up; default DefaultShmSpin, negative: never.
 	ShmSpin time.Duration
+	// ShmNoSingleCopy keeps every shared-memory payload in the ring: peers
+	// then never read this process's memory (process_vm_readv), which by
+	// default they do for large payloads when the system lets them.
+	ShmNoSingleCopy bool
 	// OnLink, if set, is told the transport chosen for each peer, once per
 	// outbound connection (for a metric label).
 	OnLink func(LinkInfo)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -242,7 +243,7 @@ func (t *Transport) forget(in *inStream) {
 
 // bulkHeader is a frame header on a bulk link. Layout, little-endian:
 //
-//	0  u8  kind         1 u8 op        2 u8 len(group)   3 u8 0
+//	0  u8  kind         1 u8 op        2 u8 len(group)   3 u8 flags
 //	4  u32 tag          8 i32 src_rank 12 u32 header length (padded)
 //	16 u64 seq          24 u64 length (elements of the call's buffer)
 //	32 u64 payload bytes
@@ -253,6 +254,7 @@ func (t *Transport) forget(in *inStream) {
 type bulkHeader struct {
 	kind    loomv1.FrameKind
 	op      loomv1.CollectiveOp
+	flags   byte // transport-specific (shm: the payload is by reference)
 	tag     uint32
 	srcRank int32
 	hdrLen  int
@@ -296,6 +298,7 @@ func parseBulkHeader(b []byte, maxPayload int) (h bulkHeader, need int, err erro
 	}
 	h.kind = loomv1.FrameKind(b[0])
 	h.op = loomv1.CollectiveOp(b[1])
+	h.flags = b[3]
 	h.tag = binary.LittleEndian.Uint32(b[4:])
 	h.srcRank = int32(binary.LittleEndian.Uint32(b[8:]))
 	h.seq = binary.LittleEndian.Uint64(b[16:])
@@ -648,4 +651,31 @@ func (oc *outConn) setBulk(b bulkSender) error {
 	}
 	oc.bulk = b
 	return nil
+}
+
+// A large frame that arrives just before its receive is posted (the
+// sender ran a little ahead) would be copied aside and copied again. Its
+// reader waits up to latePostWait for the receive first, yielding to the
+// goroutines that would post it.
+const (
+	latePostBytes = 32 << 10
+	latePostWait  = 20 * time.Microsecond
+)
+
+// awaitPost waits briefly for the receive of a large frame to be posted
+// and claims it; nil: copy the frame aside.
+func awaitPost(box *mailbox, h *bulkHeader, ab linkAborter) *recvReq {
+	if h.payLen < latePostBytes {
+		return nil
+	}
+	start := time.Now()
+	for i := 0; ; i++ {
+		runtime.Gosched()
+		if r := box.claim(h.kind, h.seq, h.tag, ab); r != nil {
+			return r
+		}
+		if i&7 == 7 && time.Since(start) > latePostWait {
+			return nil
+		}
+	}
 }

@@ -22,9 +22,14 @@ import (
 // the header and then the payload straight into the posted destination,
 // or into a cache-sized buffer it reduces from.
 
-// tcpReadBufBytes is the reader's buffer: what one read system call may
-// fetch (several small frames at once) and the unit a reduce works in.
-const tcpReadBufBytes = 256 << 10
+// tcpReadBufBytes is the reader's buffer: the unit a reduce works in.
+// tcpReadAhead is how far past what it needs a read may fetch: enough for
+// a few small frames per system call, little enough that a large copied
+// payload is read straight into its destination, not through the buffer.
+const (
+	tcpReadBufBytes = 256 << 10
+	tcpReadAhead    = 16 << 10
+)
 
 // tcpLink is the sending end of a tcp link. Safe for concurrent use.
 type tcpLink struct {
@@ -52,11 +57,15 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	hello := make([]byte, 0, len(tcpPreamble)+secretBytes)
-	hello = append(append(hello, tcpPreamble[:]...), sec...)
 	conn.SetDeadline(time.Now().Add(bulkHandshake))
 	var ack [1]byte
-	if _, err = conn.Write(hello); err == nil {
+	// The preamble stays in the clear so that the peer's listener can route
+	// the connection; mutual TLS (issue 17) wraps conn right after it, and
+	// the secret and every frame then travel inside.
+	if _, err = conn.Write(tcpPreamble[:]); err == nil {
+		_, err = conn.Write(sec)
+	}
+	if err == nil {
 		_, err = io.ReadFull(conn, ack[:])
 	}
 	if err == nil && ack[0] != bulkAck {
@@ -198,6 +207,7 @@ func (l *tcpLink) close(err error) {
 // checks the secret, acknowledges, and reads frames until the link ends.
 func (t *Transport) acceptTCPLink(conn net.Conn) {
 	conn.SetDeadline(time.Now().Add(bulkHandshake))
+	// The listener has read the preamble; a TLS server wraps conn here.
 	o, err := t.redeemFrom(conn, loomv1.DataTransport_DATA_TRANSPORT_TCP)
 	if err != nil {
 		t.log.Warn("refused a bulk connection", "remote", conn.RemoteAddr().String(), "err", err)
@@ -237,8 +247,9 @@ type tcpReader struct {
 	maxPay int
 }
 
-// fill reads at least need bytes into buf[r:] (need ≤ len(buf) - r%4).
-func (c *tcpReader) fill(need int) error {
+// fill reads at least need bytes into buf[r:], and at most want (need ≤
+// want, need ≤ len(buf) - r%4).
+func (c *tcpReader) fill(need, want int) error {
 	if c.w-c.r >= need {
 		return nil
 	}
@@ -247,8 +258,9 @@ func (c *tcpReader) fill(need int) error {
 		c.r %= 4
 		c.w = c.r + k
 	}
+	end := min(len(c.buf), c.r+max(want, need))
 	for c.w-c.r < need {
-		n, err := c.conn.Read(c.buf[c.w:])
+		n, err := c.conn.Read(c.buf[c.w:end])
 		c.w += n
 		if err != nil && c.w-c.r < need {
 			return err
@@ -270,7 +282,7 @@ func (c *tcpReader) take(n int) []byte {
 
 func (c *tcpReader) run() error {
 	for {
-		if err := c.fill(bulkHdrFixed); err != nil {
+		if err := c.fill(bulkHdrFixed, tcpReadAhead); err != nil {
 			if errors.Is(err, io.EOF) && c.w == c.r && c.ended.Load() {
 				return nil
 			}
@@ -278,7 +290,7 @@ func (c *tcpReader) run() error {
 		}
 		h, need, err := parseBulkHeader(c.buf[c.r:c.w], c.maxPay)
 		if err == nil && need > c.w-c.r {
-			if err = c.fill(need); err == nil {
+			if err = c.fill(need, tcpReadAhead); err == nil {
 				h, _, err = parseBulkHeader(c.buf[c.r:c.w], c.maxPay)
 			}
 		}
@@ -306,7 +318,11 @@ func (c *tcpReader) run() error {
 			continue
 		}
 		if box != nil {
-			if r := box.claim(h.kind, h.seq, h.tag, c); r != nil {
+			r := box.claim(h.kind, h.seq, h.tag, c)
+			if r == nil {
+				r = awaitPost(box, &h, c)
+			}
+			if r != nil {
 				c.take(h.hdrLen)
 				cerr := r.check(h.op, h.length, h.payLen)
 				if cerr != nil {
@@ -354,7 +370,7 @@ func (c *tcpReader) readFull(b []byte) error {
 func (c *tcpReader) skip(n int) error {
 	for n > 0 {
 		if c.w == c.r {
-			if err := c.fill(1); err != nil {
+			if err := c.fill(1, n); err != nil {
 				return err
 			}
 		}
@@ -375,7 +391,9 @@ func (c *tcpReader) apply(dst []float32, a apply) error {
 	di := 0
 	for di < len(dst) {
 		if c.w-c.r < 4 {
-			if err := c.fill(4); err != nil {
+			// Read the rest of the payload (as much as fits) and the
+			// next header.
+			if err := c.fill(4, 4*(len(dst)-di)+maxBulkHdr); err != nil {
 				return err
 			}
 		}

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Loom's build and tests need beyond Go, idempotently: Debian
-# packages are installed only when missing. Usage: scripts/setup.sh [test]
+# packages are installed only when missing. Usage: scripts/setup.sh [test|run]
 set -euo pipefail
 pkgs=(protobuf-compiler)
+if [ "${1:-}" = run ]; then
+  # English prose for `make run`'s default corpus.
+  pkgs+=(python3.11-doc)
+fi
 if [ "${1:-}" = test ]; then
   # chromium: the dashboard's browser test; npm: the web bundle's check.
   pkgs+=(etcd-server prometheus chromium)

@@ -525,14 +525,12 @@ func regexpQuote(s string) string {
 	return b.String()
 }
 
-// Names Loom recognizes for the special ids, in order of preference.
-var (
-	bosNames = []string{"<|begin_of_text|>", "<s>", "<|startoftext|>", "<bos>", "<|bos|>", "<|endoftext|>"}
-	eosNames = []string{"<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>", "<|eos|>"}
-	padNames = []string{"<|pad|>", "<pad>", "<|finetune_right_pad_id|>"}
-)
-
+// setSpecialIDs picks BOS, EOS and pad among the added tokens by name, in
+// order of preference.
 func (t *Tokenizer) setSpecialIDs(added []hfAdded) {
+	bosNames := []string{"<|begin_of_text|>", "<s>", "<|startoftext|>", "<bos>", "<|bos|>", "<|endoftext|>"}
+	eosNames := []string{"<|end_of_text|>", "</s>", "<|endoftext|>", "<eos>", "<|eos|>"}
+	padNames := []string{"<|pad|>", "<pad>", "<|finetune_right_pad_id|>"}
 	byName := map[string]int32{}
 	for _, a := range added {
 		byName[a.Content] = a.ID

@@ -387,3 +387,27 @@ func TestCL100KMatchesTiktoken(t *testing.T) {
 	_, specials, _ := knownEncoding(100256)
 	compareWithRef(t, tt, docs, tiktokenEncode(t, rankFile, PatternLlama3, specials, docs), "cl100k tiktoken")
 }
+
+// cl100k_base converted to a tokenizer.json (its unused ids filled with
+// placeholders, as Hugging Face numbers added tokens consecutively) encodes
+// as tiktoken does, under Hugging Face.
+func TestCL100KConvertedMatchesHuggingFace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short")
+	}
+	t.Parallel()
+	dir := exportedVocabs(t)
+	docs := refCorpus()
+	tt, err := Load(filepath.Join(dir, "cl100k_base.tiktoken"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := writeFile(t, filepath.Join(t.TempDir(), "tokenizer.json"), tt.JSON())
+	hf, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := hfEncode(t, p, docs)
+	compareWithRef(t, hf, docs, ref, "cl100k tokenizer.json")
+	compareWithRef(t, tt, docs, ref, "cl100k tiktoken vs Hugging Face on the converted file")
+}

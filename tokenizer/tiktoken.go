@@ -177,7 +177,20 @@ func fromRanks(ranks [][]byte, pattern string, specials map[string]int32, name s
 		added = append(added, hfAdded{ID: id, Content: tok, Special: true})
 	}
 	t.setSpecialIDs(added)
-	js, err := hfWriter{pattern: patternForJSON(pattern), ignoreMerges: true, vocab: ranks, merges: t.derivedMerges(ranks), added: added}.encode()
+	// Hugging Face gives added tokens consecutive ids after the vocabulary,
+	// so ids the encoding leaves unused (cl100k_base's 100256, 100261–100275)
+	// get placeholder special tokens in the tokenizer.json.
+	used := map[int32]bool{}
+	for _, id := range specials {
+		used[id] = true
+	}
+	jsAdded := append([]hfAdded(nil), added...)
+	for id := int32(len(ranks)); int(id) < n; id++ {
+		if !used[id] {
+			jsAdded = append(jsAdded, hfAdded{ID: id, Content: fmt.Sprintf("<|loom_unused_%d|>", id), Special: true})
+		}
+	}
+	js, err := hfWriter{pattern: patternForJSON(pattern), ignoreMerges: true, vocab: ranks, merges: t.derivedMerges(ranks), added: jsAdded}.encode()
 	if err != nil {
 		return nil, err
 	}

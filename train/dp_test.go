@@ -103,20 +103,20 @@ func layoutRun(t *testing.T, spec api.JobSpec, o runOpts) ([][]Stats, []plan.Mem
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			f, err := data.Open(spec.Data.Path)
+			ds, err := data.OpenDataset(spec.Data, spec.Model.SeqLen)
 			if err != nil {
 				errs[r] = err
 				return
 			}
-			defer f.Close()
-			l, _ := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
+			defer ds.Close()
+			l := ds.Train
 			var k tensor.Kernels = tensor.Reference{}
 			if o.kernels != nil {
 				kk, done := o.kernels()
 				defer done()
 				k = kk
 			}
-			tr, err := New(Config{Spec: spec, Kernels: k, Loader: l, Plan: p, Rank: r, Comms: comms[r], BucketBytes: 16 << 10})
+			tr, err := New(Config{Spec: spec, Kernels: k, Loader: l, Validation: ds.Validation, Plan: p, Rank: r, Comms: comms[r], BucketBytes: 16 << 10})
 			if err != nil {
 				errs[r] = err
 				return

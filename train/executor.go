@@ -229,6 +229,16 @@ func (sr *stageRun) put(mb int) {
 	}
 }
 
+// evalSlots is one slot of each of the rank's stages, in model order, for
+// a forward-only pass between steps (when no slot is live).
+func (x *executor) evalSlots() []*slot {
+	var out []*slot
+	for _, stage := range x.sched.StagesOf(x.me) {
+		out = append(out, x.stages[stage].slots[0])
+	}
+	return out
+}
+
 // reset returns every slot (after a failed step).
 func (sr *stageRun) reset() {
 	sr.live = map[int]*slot{}

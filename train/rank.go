@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"time"
@@ -40,6 +41,12 @@ type RankConfig struct {
 	Timeout time.Duration
 	// BucketBytes is the stage-0 gradient bucket size (0: default).
 	BucketBytes int
+	// Transport overrides the spec's parallel.transport for this rank
+	// ("": the spec's); `loom worker --transport` sets it.
+	Transport string
+	// OnLink, if set, is told how payloads travel to each peer (for the
+	// loom_worker_link metric); each is also logged to Log.
+	OnLink func(parallel.LinkInfo)
 	// OnComm, if set, is told the bytes sent and seconds of each step's
 	// communication (for metrics).
 	OnComm func(op string, bytes int64, d time.Duration)
@@ -121,7 +128,20 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	rp := p.Rank(rc.Rank)
 	var comms Comms
 	if world > 1 {
-		tr, err := parallel.NewTransport(ctx, parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank]})
+		mode := s.Parallel.Transport
+		if rc.Transport != "" {
+			mode = rc.Transport
+		}
+		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink}
+		if mode != "" {
+			if topts.Mode, err = parallel.ParseTransportMode(mode); err != nil {
+				return nil, fmt.Errorf("rank %d: parallel.transport: %w", rc.Rank, err)
+			}
+		}
+		if rc.Log != nil {
+			topts.Logger = slog.New(slog.NewTextHandler(rc.Log, nil)).With("rank", rc.Rank)
+		}
+		tr, err := parallel.NewTransport(ctx, topts)
 		if err != nil {
 			return nil, fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
 		}
@@ -160,16 +180,13 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 			}
 		}
 	}
-	f, err := data.Open(s.Data.Path)
-	if err != nil {
-		return nil, fmt.Errorf("rank %d: data.path: %w", rc.Rank, err)
-	}
-	defer f.Close()
-	l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: s.Model.SeqLen, Shuffle: s.Data.Shuffle, Seed: s.Data.Seed})
+	ds, err := data.OpenDataset(s.Data, s.Model.SeqLen)
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
-	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes, TestStepDelay: rc.TestStepDelay})
+	defer ds.Close()
+	l := ds.Train
+	t, err := New(Config{Spec: s, Kernels: rc.Kernels, Loader: l, Validation: ds.Validation, Plan: p, Rank: rc.Rank, Comms: comms, BucketBytes: rc.BucketBytes, TestStepDelay: rc.TestStepDelay})
 	if err != nil {
 		return nil, fmt.Errorf("rank %d: %w", rc.Rank, err)
 	}
@@ -202,7 +219,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	if rc.Rank == 0 {
 		fmt.Fprintf(log, "loom: job %q: %s parameters (d %d, %d layers, %d/%d heads, ffn %d, vocab %d), %s, zero %d%s, %d tokens per step, %d steps, %d windows of %d tokens in %s\n",
 			s.Name, human.Count(int64(cfg.NumParams())), cfg.Dim, cfg.NLayers, cfg.NHeads, cfg.NKVHeads, cfg.FFNHidden, cfg.VocabSize,
-			p.Mesh, p.ZeroStage, spSuffix(p.SequenceParallel), s.Train.GlobalBatch*s.Model.SeqLen, s.Train.Steps, l.NumWindows(), s.Model.SeqLen, s.Data.Path)
+			p.Mesh, p.ZeroStage, spSuffix(p.SequenceParallel), s.Train.GlobalBatch*s.Model.SeqLen, s.Train.Steps, l.NumWindows(), s.Model.SeqLen, s.Data.Describe())
 	}
 	est := p.Memory(rc.Rank)
 	fmt.Fprintf(log, "rank %d %v: counted memory %s (the plan predicts %s, plus a %s runtime allowance)\n",

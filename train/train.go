@@ -52,6 +52,9 @@ type Config struct {
 	// BucketBytes is the stage-0 gradient bucket size (0:
 	// parallel.DefaultBucketBytes).
 	BucketBytes int
+	// Validation is the held-out data train.eval_every evaluates on
+	// (data.Dataset.Validation); nil: no validation.
+	Validation *data.Loader
 	// TestStepDelay is a test hook: every step sleeps this long, counted
 	// as compute, to make a deliberately slow rank (the dashboard's
 	// straggler test sets it through LOOM_TEST_SLOW_RANK). Zero otherwise.
@@ -102,6 +105,9 @@ type Stats struct {
 	// CheckpointSeconds is how long the step loop was blocked after this
 	// step to snapshot a checkpoint (0: none was due).
 	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
+	// ValLoss is the mean validation loss after this step when a
+	// validation pass was due (train.eval_every), else 0.
+	ValLoss float64 `json:"val_loss,omitempty"`
 }
 
 // Trainer runs optimizer steps for one rank. It is not safe for concurrent
@@ -121,6 +127,7 @@ type Trainer struct {
 	loader  *data.Loader
 	scalar  []float32
 	dp, pp  parallel.Comm
+	ppRaw   parallel.Comm
 	tp, kv  *parallel.Counter
 	tpRaw   parallel.Comm
 	rec     *recorder
@@ -132,6 +139,7 @@ type Trainer struct {
 	data    time.Duration // loading during the step
 	ck      *saver        // nil: no periodic checkpoints
 	delay   time.Duration // Config.TestStepDelay
+	val     *data.Loader  // nil: no validation
 }
 
 // New builds a trainer with freshly initialised weights (seeded by
@@ -171,8 +179,8 @@ func New(cfg Config) (*Trainer, error) {
 		return nil, fmt.Errorf("train: loader windows of %d tokens, model.seq_len = %d", lc.SeqLen, s.Model.SeqLen)
 	}
 	rec := &recorder{}
-	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: lrSchedule(s.Train), loader: cfg.Loader,
-		scalar: make([]float32, 1), dp: traced(c.DP, rec), pp: traced(c.PP, rec), tpRaw: c.TP, rec: rec,
+	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: lrSchedule(s.Train), loader: cfg.Loader, val: cfg.Validation,
+		scalar: make([]float32, 1), dp: traced(c.DP, rec), pp: traced(c.PP, rec), ppRaw: c.PP, tpRaw: c.TP, rec: rec,
 		perRank: s.Train.GlobalBatch / p.Mesh.DP, micro: p.MicroBatch, seqLen: p.SeqLen, delay: cfg.TestStepDelay}
 	mc := model.Comms{SequenceParallel: p.SequenceParallel}
 	if c.TP != nil {
@@ -429,6 +437,11 @@ func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
 		if err != nil {
 			return errors.Join(err, t.ck.wait())
 		}
+		if e := t.spec.Train.EvalEvery; t.val != nil && e > 0 && (t.step%e == 0 || t.step == t.spec.Train.Steps) {
+			if st.ValLoss, err = t.Validate(ctx); err != nil {
+				return errors.Join(err, t.ck.wait())
+			}
+		}
 		if t.ck != nil && t.step%t.ck.cfg.Every == 0 {
 			d, err := t.ck.save(ctx, t)
 			if err != nil {
@@ -439,4 +452,118 @@ func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
 		report(st)
 	}
 	return t.ck.wait()
+}
+
+// Validate returns the mean loss over one validation pass: the first
+// train.eval_batches × train.global_batch windows of the validation set,
+// each data-parallel rank evaluating its share (data.EvalSamples) in
+// micro-batches, the mean taken over the data-parallel group, so every
+// layout reports the same number. Every rank must call it. Pipelined,
+// each micro-batch goes forward through the stages in turn (the pipeline
+// group's messages in order, no overlap: validation is rare) and the last
+// stage's loss is summed over the group. Under ZeRO stage 3 it evaluates
+// the gathered whole model (WholeModel).
+func (t *Trainer) Validate(ctx context.Context) (float64, error) {
+	if t.val == nil {
+		return 0, errors.New("train: no validation set (data.validation)")
+	}
+	m := t.Model
+	if m.Params == nil {
+		var err error
+		if m, err = t.WholeModel(ctx); err != nil {
+			return 0, fmt.Errorf("validation: %w", err)
+		}
+	}
+	G, T := t.spec.Train.GlobalBatch, t.seqLen
+	stages := t.exec.evalSlots()
+	in, tg := make([]int32, t.micro*T), make([]int32, t.micro*T)
+	var whole *model.Acts
+	defer func() {
+		for _, s := range stages {
+			s.acts.SetShape(t.micro, t.seqLen)
+		}
+	}()
+	var sum float64
+	n := 0
+	for b := range t.spec.Train.EvalBatches {
+		first, count := data.EvalSamples(b, t.rp.DPIndex, t.plan.Mesh.DP, G)
+		for off := 0; off < count; off += t.micro {
+			k := min(t.micro, count-off)
+			if err := t.val.FillSamples(first+off, k, in[:k*T], tg[:k*T]); err != nil {
+				return 0, fmt.Errorf("validation: %w", err)
+			}
+			var l float64
+			var err error
+			if m != t.Model {
+				if whole == nil || whole.B != k {
+					if whole, err = m.NewActs(k, T); err != nil {
+						return 0, fmt.Errorf("validation: %w", err)
+					}
+				}
+				l, err = m.LossContext(ctx, whole, in[:k*T], tg[:k*T])
+			} else {
+				l, err = t.evalPipelined(ctx, stages, k, in[:k*T], tg[:k*T])
+			}
+			if err != nil {
+				return 0, fmt.Errorf("validation: %w", err)
+			}
+			sum += l * float64(k)
+			n += k
+		}
+	}
+	loss := sum / float64(n)
+	for _, g := range []struct {
+		c  parallel.Comm
+		op parallel.ReduceOp
+	}{{t.pp, parallel.Sum}, {t.dp, parallel.Mean}} {
+		if g.c == nil {
+			continue
+		}
+		t.scalar[0] = float32(loss)
+		if err := g.c.AllReduce(ctx, t.scalar, g.op); err != nil {
+			return 0, fmt.Errorf("validation loss all-reduce: %w", err)
+		}
+		loss = float64(t.scalar[0])
+	}
+	return loss, nil
+}
+
+// evalPipelined runs one validation micro-batch of k sequences forward
+// through this rank's stages, receiving each stage's input from the
+// previous rank and sending its output on, and returns the loss on the
+// last stage (0 elsewhere).
+func (t *Trainer) evalPipelined(ctx context.Context, stages []*slot, k int, tokens, targets []int32) (float64, error) {
+	var loss float64
+	ranks := t.rp.PP.Ranks
+	me := t.rp.Coord.PP
+	for i, s := range stages {
+		st := t.rp.Stages[i]
+		if err := s.acts.SetShape(k, t.seqLen); err != nil {
+			return 0, err
+		}
+		if st.Index > 0 {
+			if prev := t.plan.Stages[st.Index-1]; prev.Rank != me {
+				if err := t.ppRaw.Recv(ctx, ranks[prev.Rank], s.acts.Resid[0][:s.acts.Rows()*t.plan.Model.Dim]); err != nil {
+					return 0, fmt.Errorf("stage %d input from rank %d: %w", st.Index, ranks[prev.Rank], err)
+				}
+			} else {
+				p := stages[i-1].acts
+				copy(s.acts.Resid[0], p.Resid[len(p.Resid)-1])
+			}
+		}
+		l, err := t.Model.StageEval(ctx, s.acts, tokens, targets)
+		if err != nil {
+			return 0, err
+		}
+		loss += l
+		if st.Index < len(t.plan.Stages)-1 {
+			if next := t.plan.Stages[st.Index+1]; next.Rank != me {
+				out := s.acts.Resid[len(s.acts.Resid)-1]
+				if err := t.ppRaw.Send(ctx, ranks[next.Rank], out[:s.acts.Rows()*t.plan.Model.Dim]); err != nil {
+					return 0, fmt.Errorf("stage %d output to rank %d: %w", st.Index, ranks[next.Rank], err)
+				}
+			}
+		}
+	}
+	return loss, nil
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/launch"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 	"github.com/loomtrain/loom/worker"
 )
@@ -376,6 +377,79 @@ func TestCoordinatorRestartAndStandby(t *testing.T) {
 	if len(j.Latest) != 2 || j.Latest[0].Steps[0].Step != 80 {
 		t.Errorf("latest steps after takeover: %v (reports should reach the new leader)", j.Latest)
 	}
+}
+
+// TestFollowSurvivesTakeover: `loom submit`'s follow stream and its other
+// calls go on through a standby taking over. The client was given only the
+// first coordinator; it learns the standby from it (coordinators know each
+// other through etcd), and a client given both finds the live one.
+func TestFollowSurvivesTakeover(t *testing.T) {
+	cl := newCluster(t)
+	first := cl.startCoordinator("")
+	time.Sleep(100 * time.Millisecond) // first leads
+	standby := cl.startCoordinator("")
+	for range 2 {
+		cl.startWorker(worker.Config{Coordinator: first.addr, Engine: stepEngine(25 * time.Millisecond)})
+	}
+	c := dial(t, first.addr)
+	submit(t, c, specYAML("follow", 2, 100), 0) // ~2.5 s
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out syncBuf
+	followed := make(chan error, 1)
+	var final *loomv1.JobStatus
+	go func() {
+		st, err := launch.Follow(ctx, c, "follow", 100, &out, false)
+		final = st
+		followed <- err
+	}()
+	for !strings.Contains(out.String(), "step 1/100") {
+		if ctx.Err() != nil {
+			t.Fatalf("no progress before the takeover:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first.stop()
+	if err := <-followed; err != nil {
+		t.Fatalf("follow broke at the takeover: %v\noutput:\n%s", err, out.String())
+	}
+	if final.State != loomv1.JobState_JOB_STATE_SUCCEEDED || !strings.Contains(out.String(), "step 100/100") {
+		t.Fatalf("final %v; output:\n%s", final, out.String())
+	}
+	if !standby.c.IsLeader() {
+		t.Errorf("the standby did not take over")
+	}
+	// Later calls of the same client go to the standby too ...
+	if j, err := c.Get(ctx, "follow"); err != nil || j.Status.State != loomv1.JobState_JOB_STATE_SUCCEEDED {
+		t.Errorf("get after the takeover: %v, %v", j.GetStatus(), err)
+	}
+	// ... and `loom status --coordinator FIRST,STANDBY` finds the live one.
+	c2, err := api.Dial(ctx, first.addr+","+standby.addr)
+	if err != nil {
+		t.Fatalf("dial both with the first down: %v", err)
+	}
+	defer c2.Close()
+	if jobs, err := c2.List(ctx); err != nil || len(jobs) != 1 {
+		t.Errorf("list: %v, %v", jobs, err)
+	}
+}
+
+// syncBuf is a strings.Builder safe for a writer and a reader.
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // TestWrongCoordinatorAddress: a clear error within the dial timeout.

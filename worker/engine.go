@@ -77,6 +77,8 @@ type StepStats struct {
 	// snapshot a checkpoint (0: none was due).
 	CheckpointTime time.Duration
 	Tokens         int64 // tokens in the step's global batch
+	// ValLoss is the validation loss after the step when one was due, else 0.
+	ValLoss float64
 	// Comm lists the step's communication by operation; leave it empty if
 	// the engine records communication with Metrics.AddComm instead.
 	Comm []CommStat
@@ -97,14 +99,21 @@ type Metrics struct {
 	rep   *reporter
 	job   string
 	gen   uint64
+	epoch int64 // the assignment's revision: see coordinator.StepMetrics
 	rank  int
+}
+
+// SetLink records the transport (shm, tcp or grpc) this rank's link to
+// the peer at addr chose: the metric loom_worker_link.
+func (m Metrics) SetLink(peer, transport string) {
+	m.steps.SetLink(m.job, m.rank, peer, transport)
 }
 
 // SetMemory records the bytes of one kind (params, grads, optimizer, …)
 // this rank holds; the coordinator's dashboard gets them with the next
 // step report.
 func (m Metrics) SetMemory(kind string, bytes int64) {
-	m.steps.SetMemory(m.job, m.rank, kind, bytes)
+	m.steps.SetMemory(m.job, m.epoch, m.rank, kind, bytes)
 	if m.rep != nil {
 		m.rep.setRankInfo(m.job, m.gen, kind, bytes, 0)
 	}
@@ -120,5 +129,5 @@ func (m Metrics) SetPeakFLOPS(flops float64) {
 
 // AddComm records one communication operation of this rank.
 func (m Metrics) AddComm(op string, bytes int64, d time.Duration) {
-	m.steps.AddComm(m.job, m.rank, op, bytes, d.Seconds())
+	m.steps.AddComm(m.job, m.epoch, m.rank, op, bytes, d.Seconds())
 }

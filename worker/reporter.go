@@ -40,7 +40,7 @@ type reporter struct {
 
 func newReporter(w *Worker) *reporter {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &reporter{w: w, addr: w.cfg.Coordinator, ctx: ctx, cancel: cancel}
+	r := &reporter{w: w, addr: w.coordAddr, ctx: ctx, cancel: cancel}
 	r.wg.Go(func() {
 		t := time.NewTicker(w.cfg.ReportInterval)
 		defer t.Stop()
@@ -68,7 +68,7 @@ func (r *reporter) close() {
 
 // forRank starts reporting for one rank of one generation and returns the
 // engine's report callback.
-func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
+func (r *reporter) forRank(job string, gen uint64, epoch int64, rank int) func(StepStats) {
 	r.mu.Lock()
 	r.pending = &loomv1.RankProgress{Job: job, Generation: gen, Rank: int32(rank), Addr: r.w.Addr(), WorkerId: r.w.ID()}
 	r.mu.Unlock()
@@ -76,13 +76,13 @@ func (r *reporter) forRank(job string, gen uint64, rank int) func(StepStats) {
 		ps := &loomv1.StepStats{
 			Step: int64(s.Step), Loss: s.Loss, Lr: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
 			StepSeconds: s.StepTime.Seconds(), ComputeSeconds: s.ComputeTime.Seconds(), CommSeconds: s.CommTime.Seconds(),
-			DataSeconds: s.DataTime.Seconds(), CheckpointSeconds: s.CheckpointTime.Seconds(), Tokens: s.Tokens,
+			DataSeconds: s.DataTime.Seconds(), CheckpointSeconds: s.CheckpointTime.Seconds(), Tokens: s.Tokens, ValLoss: s.ValLoss,
 			EndUnixMs: time.Now().UnixMilli(),
 		}
 		for _, c := range s.Comm {
 			ps.Comm = append(ps.Comm, &loomv1.CommStat{Op: c.Op, Bytes: c.Bytes, Seconds: c.Time.Seconds()})
 		}
-		r.w.metrics.ObserveStep(job, rank, ps)
+		r.w.metrics.ObserveStep(job, epoch, rank, ps)
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		p := r.pending

@@ -33,7 +33,8 @@ import (
 
 // Config configures a worker. Zero fields take the defaults named.
 type Config struct {
-	// Coordinator is a coordinator's gRPC address. The worker asks it for
+	// Coordinator is a coordinator's gRPC address (or several, separated
+	// by commas: the first that answers is used). The worker asks it for
 	// etcd's endpoints, the key prefix and the lease TTL, checks that it
 	// runs the same Loom version, and sends it step reports.
 	Coordinator string
@@ -45,8 +46,10 @@ type Config struct {
 	Prefix string
 	// Listen is the data-plane listen address (default "127.0.0.1:0").
 	Listen string
-	// Advertise is the data-plane address peers dial (default: the
-	// listener's address; required when Listen has an unspecified host).
+	// Advertise is the data-plane address peers dial: HOST:PORT, or HOST
+	// alone for the listener's port (default: the listener's address; with
+	// an unspecified listen host, the local address that reaches the
+	// coordinator or etcd).
 	Advertise string
 	// Threads is how many compute threads the engine may use (default
 	// runtime.NumCPU()).
@@ -58,6 +61,9 @@ type Config struct {
 	DialTimeout time.Duration
 	// ReportInterval is how often step stats are sent (default 250 ms).
 	ReportInterval time.Duration
+	// SeriesGrace is how long a finished rank's metrics stay exported
+	// (default coordinator.DefaultSeriesGrace).
+	SeriesGrace time.Duration
 	// StopTimeout bounds what a stopping worker (Run's context done) waits
 	// for: its engine to return, the last step report, leaving etcd. An
 	// unreachable coordinator or etcd costs at most this (default 3 s).
@@ -77,14 +83,14 @@ type Config struct {
 
 // RegisterFlags binds the worker's command-line flags to c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Coordinator, "coordinator", c.Coordinator, "coordinator gRPC `ADDR` (host:port); finds etcd through it")
+	fs.StringVar(&c.Coordinator, "coordinator", c.Coordinator, "coordinator gRPC `ADDR` (host:port; several separated by commas); finds etcd through it")
 	fs.Func("etcd", "comma-separated etcd client `URLS` (instead of, or besides, --coordinator)", func(s string) error {
 		c.Etcd = splitList(s)
 		return nil
 	})
 	fs.StringVar(&c.Prefix, "prefix", c.Prefix, "etcd key `PREFIX` (default: the coordinator's)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "data-plane listen `ADDR` (default 127.0.0.1:0, a free port)")
-	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data-plane `ADDR` peers dial (default: the listen address)")
+	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data-plane `HOST` (or HOST:PORT) peers dial; a host alone takes the bound port (default: the listen address, or with a 0.0.0.0 listen address the one this machine reaches the coordinator from)")
 	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads (default: all cores)")
 	fs.DurationVar(&c.LeaseTTL, "ttl", c.LeaseTTL, "registration lease TTL (default: the coordinator's)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to try reaching the coordinator and etcd (default 10s)")
@@ -136,9 +142,15 @@ type Worker struct {
 	// quit ends StopTimeout after Run's context is done: the bound of
 	// every wait of a stopping worker.
 	quit context.Context
+	// coordAddr is the coordinator that answered at connect ("": none
+	// given); step reports go there first. etcdEndpoints are etcd's.
+	coordAddr     string
+	etcdEndpoints []string
 
 	mu sync.Mutex
 	id string
+	// forget are the timers that remove finished runs' metrics.
+	forget []*time.Timer
 }
 
 // New checks cfg and returns a worker.
@@ -169,6 +181,9 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 3 * time.Second
+	}
+	if cfg.SeriesGrace <= 0 {
+		cfg.SeriesGrace = coordinator.DefaultSeriesGrace
 	}
 	if cfg.Version == "" {
 		cfg.Version = version.Version
@@ -223,6 +238,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		graceMu.Unlock()
 	}()
 	w.quit = quit
+	defer func() {
+		w.mu.Lock()
+		for _, t := range w.forget {
+			t.Stop()
+		}
+		w.forget = nil
+		w.mu.Unlock()
+	}()
 	if err := w.connect(ctx); err != nil {
 		return err
 	}
@@ -233,12 +256,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.mux = newConnMux(lis)
 	defer w.mux.close()
-	addr := w.cfg.Advertise
-	if addr == "" {
-		addr = lis.Addr().String()
-		if ta, ok := lis.Addr().(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
-			return fmt.Errorf("worker: --listen %s has no host peers can dial; set --advertise HOST:%d", w.cfg.Listen, ta.Port)
+	addr, unspecified, err := coordinator.AdvertiseAddr(w.cfg.Advertise, lis.Addr())
+	if err != nil {
+		return fmt.Errorf("worker: --%w", err)
+	}
+	if unspecified {
+		// Listening on every interface: advertise the one that reaches the
+		// control plane, which is where the peers are.
+		target := w.coordAddr
+		if target == "" && len(w.etcdEndpoints) > 0 {
+			target = w.etcdEndpoints[0]
 		}
+		host, err := coordinator.RouteHost(target)
+		if err != nil {
+			return fmt.Errorf("worker: --listen %s has no host peers can dial and %v; set --advertise HOST", w.cfg.Listen, err)
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort(host, port)
+		w.log.Info("worker: advertising the address that reaches the control plane; set --advertise to choose another", "addr", addr)
 	}
 	w.mu.Lock()
 	w.addr = addr
@@ -279,6 +314,7 @@ func (w *Worker) connect(ctx context.Context) error {
 				w.cfg.Coordinator, w.cfg.DialTimeout, cause)
 		}
 		info, err := c.Info(dctx)
+		w.coordAddr = c.Addr() // of those given, the one that answered
 		c.Close()
 		if err != nil {
 			return fmt.Errorf("worker: %w", err)
@@ -300,6 +336,7 @@ func (w *Worker) connect(ctx context.Context) error {
 		w.cfg.LeaseTTL = coordinator.DefaultLeaseTTL
 	}
 	w.keys = coordinator.NewKeys(prefix)
+	w.etcdEndpoints = endpoints
 	if len(endpoints) == 0 {
 		return fmt.Errorf("worker: the coordinator at %s named no etcd endpoints; pass --etcd", w.cfg.Coordinator)
 	}
@@ -478,6 +515,13 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
+		// The run's series go SeriesGrace after it ends (unless a newer
+		// generation of the job has taken them over).
+		defer func() {
+			w.mu.Lock()
+			w.forget = append(w.forget, time.AfterFunc(w.cfg.SeriesGrace, func() { w.metrics.ForgetEpoch(a.Job, assignRev) }))
+			w.mu.Unlock()
+		}()
 		err := w.runEngine(rctx, a, rank, assignRev)
 		if rctx.Err() != nil {
 			w.log.Info("worker: rank cancelled", "job", a.Job, "generation", a.Generation, "rank", rank)
@@ -522,7 +566,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
-		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, rank: rank},
+		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, epoch: assignRev, rank: rank},
 		Resume:  a.Resume,
 		ReportCheckpoint: func(cctx context.Context, step int, part []byte) error {
 			// The writer's context outlives the step loop's on purpose (files
@@ -538,7 +582,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	}
 	w.log.Info("worker: training", "job", a.Job, "generation", a.Generation, "rank", rank,
 		"dp", asg.DP, "pp", asg.PP, "tp", asg.TP, "world", asg.WorldSize)
-	rep := w.reporter.forRank(a.Job, a.Generation, rank)
+	rep := w.reporter.forRank(a.Job, a.Generation, assignRev, rank)
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("engine panicked on rank %d: %v", rank, p)

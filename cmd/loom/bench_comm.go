@@ -61,7 +61,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.factor, "factor", 4, "step factor of size ranges")
 	fs.StringVar(&f.op, "op", "sum", "reduction: sum, mean or max")
 	fs.IntVar(&f.iters, "iters", 0, "timed iterations per size (0: about 512 MiB of traffic, 5 to 500)")
-	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size")
+	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size (at least; warming lasts 100ms)")
 	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring or rd")
 	fs.StringVar(&f.codec, "codec", "raw", "wire codec: raw (zero-copy) or proto")
 	fs.StringVar(&f.chunk, "chunk", "", "pipelining chunk size (default: the library's)")
@@ -241,6 +241,10 @@ type commResult struct {
 	Algo      string  `json:"algo,omitempty"`
 	Codec     string  `json:"codec"`
 	Transport string  `json:"transport"` // what the links chose, e.g. "shm"
+	// TimeUsP50Own and BusBWOwn are from rank 0's own times rather than
+	// the slowest rank's per iteration (see commMeasure).
+	TimeUsP50Own float64 `json:"time_us_p50_rank0"`
+	BusBWOwn     float64 `json:"busbw_gbps_rank0"`
 }
 
 func cmdBenchAllReduce(ctx context.Context, env *cmdEnv, args []string) error {
@@ -368,7 +372,8 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 	if !cfg.jsonOut {
 		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, --transport %s, Peer service on %s, codec %s, algo %s, GB/s = 1e9 B/s %s\n",
 			kind, cfg.op, cfg.ranks, cfg.topts.Mode, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce, procs)
-		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s %9s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)", "links")
+		fmt.Fprintf(env.stdout, "# p50, p90 and bandwidths: the slowest rank's time per iteration; rank0 p50: rank 0's own\n")
+		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s %12s %9s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)", "rank0 p50", "links")
 	}
 	for range cfg.sizes {
 		line, err := commReadLine(ctx, workers[0].lines, 0)
@@ -383,7 +388,7 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 			b, _ := json.Marshal(res)
 			fmt.Fprintln(env.stdout, string(b))
 		} else {
-			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f %12.3f %9s\n", commFormatSize(res.Bytes), res.Iters, res.TimeUsP50, res.TimeUsP90, res.AlgBW, res.BusBW, res.Transport)
+			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f %12.3f %12.1f %9s\n", commFormatSize(res.Bytes), res.Iters, res.TimeUsP50, res.TimeUsP90, res.AlgBW, res.BusBW, res.TimeUsP50Own, res.Transport)
 		}
 	}
 	// Workers exit on their own once done.
@@ -536,6 +541,9 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	return g.Barrier(ctx)
 }
 
+// commWarmTime is how long each size is warmed up before it is timed.
+const commWarmTime = 100 * time.Millisecond
+
 // commMeasure times one size: the time of an iteration is the slowest
 // rank's.
 func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, size int64) (commResult, error) {
@@ -575,9 +583,24 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 	if iters == 0 {
 		iters = int(min(500, max(5, (512<<20)/max(size, 1))))
 	}
-	for range cfg.warmup {
-		if err := run(); err != nil {
+	// Warm up for at least --warmup iterations and commWarmTime: an idle
+	// VM's first thousand small operations ran at half speed (vCPUs and
+	// clocks waking up). Every rank must run as many, so they agree after
+	// each batch, on the shortest time any has warmed.
+	start := time.Now()
+	for done := 0; ; {
+		for range max(1, min(cfg.warmup, 16)) {
+			if err := run(); err != nil {
+				return commResult{}, err
+			}
+			done++
+		}
+		warm := []float32{float32(time.Since(start).Seconds())}
+		if err := g.AllReduce(ctx, warm, parallel.Max); err != nil {
 			return commResult{}, err
+		}
+		if done >= cfg.warmup && (warm[0] >= float32(commWarmTime.Seconds()) || cfg.warmup == 0) {
+			break
 		}
 	}
 	if cfg.op == parallel.Sum {
@@ -591,7 +614,12 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 		}
 		times[i] = float32(time.Since(t0).Seconds() * 1e6)
 	}
-	// The slowest rank defines each iteration.
+	// The slowest rank defines each iteration (as gloo_allreduce.py
+	// times); rank 0's own times are kept too, which is how the OpenMPI
+	// anchor and `loom bench wire` time (one side's view). On a noisy
+	// machine the slowest of two is the higher figure.
+	own := slices.Clone(times)
+	slices.Sort(own)
 	if err := g.AllReduce(ctx, times, parallel.Max); err != nil {
 		return commResult{}, err
 	}
@@ -606,7 +634,9 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 	res := commResult{
 		Op: cfg.kind, Ranks: n, Bytes: size, TimeUsP50: p50, TimeUsP90: p90,
 		AlgBW: algbw, BusBW: algbw * factor, Iters: iters, Codec: cfg.topts.Codec.String(),
+		TimeUsP50Own: float64(own[len(own)/2]),
 	}
+	res.BusBWOwn = float64(size) / (res.TimeUsP50Own * 1e-6) / 1e9 * factor
 	if cfg.kind == "allreduce" {
 		res.Algo = cfg.spec.AllReduce.String()
 	}

@@ -81,7 +81,8 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	defer fk.Close()
 	k := fk
 
-	path := spec.Data.Path
+	path := spec.Data.SourceList()[0].Path // a blend is timed on its first source
+	spec.Data.Path, spec.Data.Sources = path, nil
 	if _, err := os.Stat(path); err != nil {
 		path, err = randomTokens(env, spec)
 		if err != nil {

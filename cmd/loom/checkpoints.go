@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -17,7 +18,8 @@ func cmdCheckpoints(ctx context.Context, env *cmdEnv, args []string) error {
 		"Lists the sharded checkpoints under DIR (a job's checkpoint directory,\n"+
 		"checkpoint.dir/NAME, or checkpoint.dir itself) with step, time, layout, size\n"+
 		"and whether each is complete and verified (every file's SHA-256 matches the\n"+
-		"manifest). Incomplete and corrupt ones name the file and the reason.")
+		"manifest). Incomplete and corrupt ones name the file and the reason, and the\n"+
+		"command then exits with status 1 (partial saves in progress excepted).")
 	noVerify := fs.Bool("no-verify", false, "check only that files exist with their sizes, not their SHA-256")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -34,6 +36,7 @@ func cmdCheckpoints(ctx context.Context, env *cmdEnv, args []string) error {
 	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHECKPOINT\tSTEP\tTIME\tLAYOUT\tSIZE\tSTATUS")
 	n := 0
+	var broken []string // corrupt, or a step-N whose files are missing
 	for _, jd := range jobDirs {
 		infos, err := checkpoint.List(jd, !*noVerify)
 		if err != nil {
@@ -49,6 +52,11 @@ func cmdCheckpoints(ctx context.Context, env *cmdEnv, args []string) error {
 			switch {
 			case in.Err != nil:
 				status = describeCheckError(in.Err)
+				// A partial directory is a save in progress or abandoned:
+				// listed, not an error. A step-N that does not check is.
+				if errors.Is(in.Err, checkpoint.ErrCorrupt) || !in.Partial {
+					broken = append(broken, filepath.Base(in.Dir))
+				}
 			case !in.Verified:
 				status = "complete (not verified)"
 			}
@@ -59,7 +67,14 @@ func cmdCheckpoints(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stdout, "no checkpoints under %s\n", pos[0])
 		return nil
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(broken) > 0 {
+		return fmt.Errorf("checkpoints: %d of %d under %s cannot be loaded (%s); `--resume latest` skips them; delete them (or move them away) to clear this",
+			len(broken), n, pos[0], strings.Join(broken, ", "))
+	}
+	return nil
 }
 
 // describeCheckError renders why a checkpoint is unusable: the class, the

@@ -25,6 +25,7 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/launch"
+	"github.com/loomtrain/loom/parallel"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 	"github.com/loomtrain/loom/worker"
 )
@@ -40,7 +41,7 @@ func coordinatorFlag(fs interface {
 	if env := os.Getenv("LOOM_COORDINATOR"); env != "" {
 		def = env
 	}
-	fs.StringVar(p, "coordinator", def, "coordinator gRPC `ADDR` (default $LOOM_COORDINATOR, else "+defaultCoordinator+")")
+	fs.StringVar(p, "coordinator", def, "coordinator gRPC `ADDR`, or several separated by commas (default $LOOM_COORDINATOR, else "+defaultCoordinator+"); calls fail over to the coordinator's standbys")
 }
 
 func splitComma(s string) []string {
@@ -92,9 +93,10 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 		"etcd elect a leader; the others stand by.")
 	etcdURLs := fs.String("etcd", "", "comma-separated etcd client `URLS` (empty: run an embedded etcd)")
 	etcdDir := fs.String("etcd-dir", "", "embedded etcd's data `DIR` (default: a temporary directory, removed on exit)")
-	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT`, which workers are told; use an address other machines can reach")
-	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR`")
-	advertise := fs.String("advertise", "", "gRPC `ADDR` workers and standbys reach this coordinator at (default: --listen)")
+	etcdListen := fs.String("etcd-listen", "127.0.0.1:0", "embedded etcd's client `HOST:PORT` (0.0.0.0:PORT: every interface)")
+	etcdAdvertise := fs.String("etcd-advertise", "", "embedded etcd's client URL workers and standbys are told: `HOST`, HOST:PORT or http://HOST:PORT; a host alone takes --etcd-listen's port (default: --etcd-listen, or with a 0.0.0.0 listen address this coordinator's --advertise host)")
+	listen := fs.String("listen", defaultCoordinator, "gRPC listen `ADDR` (0.0.0.0:PORT: every interface)")
+	advertise := fs.String("advertise", "", "`HOST` (or HOST:PORT) workers, standbys and clients reach this coordinator at; a host alone takes --listen's port (default: --listen, or with a 0.0.0.0 listen address this machine's hostname)")
 	httpAddr := fs.String("http", "", "serve the dashboard (/), its JSON API (/api/) and Prometheus /metrics on `ADDR` (default: off)")
 	prefix := fs.String("prefix", coordinator.DefaultPrefix, "etcd key `PREFIX`")
 	ttl := fs.Duration("ttl", coordinator.DefaultLeaseTTL, "lease TTL of coordinators and workers: a process silent this long is gone")
@@ -103,17 +105,43 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
 
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("coordinator: --listen %s: %w", *listen, err)
+	}
+	defer lis.Close()
+	addr, unspecified, err := coordinator.AdvertiseAddr(*advertise, lis.Addr())
+	if err != nil {
+		return fmt.Errorf("coordinator: --%w", err)
+	}
+	if unspecified {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return fmt.Errorf("coordinator: --listen %s has no host others can dial and the hostname is unknown (%v); set --advertise HOST", *listen, err)
+		}
+		_, port, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort(host, port)
+		log.Info("coordinator: advertising this machine's hostname; set --advertise HOST to choose the address others dial", "addr", addr)
+	}
+	advHost, _, _ := net.SplitHostPort(addr)
+
 	endpoints := splitComma(*etcdURLs)
 	if len(endpoints) == 0 {
+		etcdAdv := *etcdAdvertise
+		if h, _, err := net.SplitHostPort(*etcdListen); etcdAdv == "" && err == nil && (h == "" || net.ParseIP(h) != nil && net.ParseIP(h).IsUnspecified()) {
+			etcdAdv = advHost
+		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, LogOutput: "discard"})
+		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, Advertise: etcdAdv, LogOutput: "discard"})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("coordinator: %w", err)
 		}
 		defer e.Close()
 		endpoints = e.Endpoints
-		log.Info("embedded etcd serving", "endpoints", strings.Join(endpoints, ","))
+		log.Info("embedded etcd serving", "endpoints", strings.Join(endpoints, ","), "listen", *etcdListen)
+	} else if *etcdAdvertise != "" {
+		return errors.New("coordinator: --etcd-advertise is for the embedded etcd; with --etcd the URLs given are the ones workers are told")
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -127,25 +155,15 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("coordinator: etcd at %s did not answer within 10s: %w; check --etcd", strings.Join(endpoints, ","), err)
 	}
 
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("coordinator: --listen %s: %w", *listen, err)
-	}
-	addr := *advertise
-	if addr == "" {
-		addr = lis.Addr().String()
-	}
 	reg := newRegistry()
 	c, err := coordinator.New(coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
 		LeaseTTL: *ttl, Registry: reg, Logger: log})
 	if err != nil {
-		lis.Close()
 		return err
 	}
 	var httpLis net.Listener
 	if *httpAddr != "" {
 		if httpLis, err = net.Listen("tcp", *httpAddr); err != nil {
-			lis.Close()
 			return fmt.Errorf("coordinator: --http %s: %w", *httpAddr, err)
 		}
 		log.Info("dashboard on http://"+httpLis.Addr().String()+"/ (metrics on /metrics)", "addr", httpLis.Addr().String())
@@ -161,12 +179,18 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	var cfg worker.Config
 	cfg.RegisterFlags(fs)
 	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	transport := fs.String("transport", "", "how tensors travel to peers: `auto` (shared memory on this host, tcp across hosts), tcp, shm or grpc (default: the job spec's parallel.transport)")
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
+	if *transport != "" {
+		if _, err := parallel.ParseTransportMode(*transport); err != nil {
+			return fmt.Errorf("worker: --transport: %w", err)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
 	cfg.Logger = log
-	cfg.Engine = newTrainingEngine()
+	cfg.Engine = newTrainingEngine(*transport)
 	cfg.Registry = newRegistry()
 	if *httpAddr != "" {
 		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, log)
@@ -212,8 +236,11 @@ func exitIfStuck(ctx context.Context, done <-chan struct{}, stopTimeout time.Dur
 	}
 }
 
+// dialCoordinator connects to the first of addr (comma-separated) that
+// answers. A coordinator that refuses connections gets a few seconds (it
+// may be starting); the error says why each address was not reached.
 func dialCoordinator(ctx context.Context, addr string) (*api.Client, error) {
-	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	return api.Dial(dctx, addr)
 }
@@ -224,6 +251,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	var addr string
 	coordinatorFlag(fs, &addr)
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
+	pendingTimeout := fs.Duration("pending-timeout", 10*time.Minute, "fail the job when it waits this long for enough workers (before it starts, or for a restart); 0: wait for ever")
 	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
@@ -234,6 +262,9 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		fs.Usage()
 		return errors.New("submit: need exactly one JOB.yaml")
+	}
+	if *pendingTimeout < 0 {
+		return fmt.Errorf("submit: --pending-timeout %v: must be ≥ 0 (0: wait for ever)", *pendingTimeout)
 	}
 	src, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -278,11 +309,11 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("submit: %w", err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	_, err = c.RPC().Submit(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
-		Resume: *resume, RunId: runID})
+	_, err = c.SubmitJob(sctx, &loomv1.SubmitRequest{SpecYaml: src, Source: pos[0], MaxRestarts: int32(*maxRestarts),
+		Resume: *resume, RunId: runID, PendingTimeoutMs: pendingTimeout.Milliseconds()})
 	cancel()
 	if err != nil {
-		return &api.RPCError{Addr: c.Addr(), Op: "submit", Err: err}
+		return err
 	}
 	fmt.Fprintf(env.stdout, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
 	if *detach {
@@ -368,6 +399,13 @@ func printJob(w io.Writer, j *loomv1.Job) {
 		s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, s.Message)
 	if s.Restarts > 0 {
 		fmt.Fprintf(w, "restarts:   %d\n", s.Restarts)
+	}
+	if s.WaitingFor > 0 && !coordinator.Terminal(s.State) {
+		since := ""
+		if s.WaitingSinceUnixMs > 0 {
+			since = fmt.Sprintf(", for %v", time.Since(time.UnixMilli(s.WaitingSinceUnixMs)).Round(time.Second))
+		}
+		fmt.Fprintf(w, "waiting:    %d more worker%s of %d%s\n", s.WaitingFor, map[bool]string{true: "", false: "s"}[s.WaitingFor == 1], s.WorldSize, since)
 	}
 	if len(s.Ranks) > 0 {
 		latest := map[int32]*loomv1.StepStats{}

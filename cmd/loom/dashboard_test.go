@@ -117,15 +117,16 @@ func TestDashboardsLive(t *testing.T) {
 	base, _ := fixture(t, "")
 	src, _ := os.ReadFile(base)
 	spec := strings.Replace(string(src), "name: t\n", "name: "+job+"\nparallel: {dp: 2}\n", 1)
-	spec = strings.Replace(spec, "steps: 6,", "steps: "+strconv.Itoa(steps)+",", 1)
+	spec = strings.Replace(spec, "steps: 6,", "steps: "+strconv.Itoa(steps)+", eval_every: 100,", 1)
+	spec = strings.Replace(spec, ".bin}\n", ".bin, validation: {fraction: 0.05}}\n", 1) // loom_val_loss
 	spec = strings.Replace(spec, "checkpoint: {dir: ", "checkpoint: {every: 150, dir: ", 1)
 	specPath := filepath.Join(filepath.Dir(base), "dash.yaml")
 	os.WriteFile(specPath, []byte(spec), 0o644)
 
-	coord, coordHTTP := freeAddr(t), freeAddr(t)
+	coord, coordHTTP, etcdAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	// A long TTL: the stall stage stops the workers, and their leases must
 	// outlive it (a hung job, not a lost one).
-	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP, "--ttl", "40s")
+	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP, "--ttl", "40s", "--etcd-listen", etcdAddr)
 	slow := []string{"LOOM_TEST_SLOW_RANK=1:25ms"}
 	w1 := startLoomEnv(t, slow, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
 	w2 := startLoomEnv(t, slow, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
@@ -344,6 +345,32 @@ func TestDashboardsLive(t *testing.T) {
 		t.Errorf("no checkpoint events listed for a job checkpointing every 150 steps")
 	}
 	screenshot("dashboard-finished.png")
+
+	// A coordinator started now (a standby taking over after the leader
+	// went) shows the same history, loaded from what the leader persisted.
+	late, lateHTTP := freeAddr(t), freeAddr(t)
+	startLoom(t, "coordinator", "--listen", late, "--http", lateHTTP, "--etcd", "http://"+etcdAddr, "--ttl", "40s")
+	type histJSON struct {
+		Points struct {
+			Step []int64   `json:"step"`
+			Loss []float64 `json:"loss"`
+		} `json:"points"`
+		Ranks  []json.RawMessage `json:"ranks"`
+		Events []json.RawMessage `json:"events"`
+	}
+	var want histJSON
+	if err := getJSON(ctx, page+"api/jobs/"+job+"/history", &want); err != nil {
+		t.Fatal(err)
+	}
+	until(t, ctx, "the late coordinator to show the leader's history", func() (bool, string) {
+		var got histJSON
+		if err := getJSON(ctx, "http://"+lateHTTP+"/api/jobs/"+job+"/history", &got); err != nil {
+			return false, err.Error()
+		}
+		same := fmt.Sprint(got.Points) == fmt.Sprint(want.Points) && len(got.Ranks) == len(want.Ranks) && len(got.Events) == len(want.Events)
+		return same, fmt.Sprintf("%d points, %d ranks, %d events; the leader has %d, %d, %d",
+			len(got.Points.Step), len(got.Ranks), len(got.Events), len(want.Points.Step), len(want.Ranks), len(want.Events))
+	})
 	consoleMu.Lock()
 	defer consoleMu.Unlock()
 	if len(problems) > 0 {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor/gemm"
 	"github.com/loomtrain/loom/train"
@@ -23,7 +24,7 @@ import (
 // of the assigned generation, built by train.RunRank from the job's plan
 // (the coordinator's coordinates are checked against it), on the worker's
 // thread budget, reporting every step to the coordinator.
-func newTrainingEngine() worker.Engine {
+func newTrainingEngine(transport string) worker.Engine {
 	var peaks peakCache
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		a.Metrics.SetPeakFLOPS(peaks.get(a.Threads))
@@ -43,7 +44,9 @@ func newTrainingEngine() worker.Engine {
 			OnComm: func(op string, bytes int64, d time.Duration) {
 				comm = append(comm, worker.CommStat{Op: op, Bytes: bytes, Time: d})
 			},
-			OnPlan: testBrokenLayout(a.Rank),
+			OnPlan:    testBrokenLayout(a.Rank),
+			Transport: transport,
+			OnLink:    func(li parallel.LinkInfo) { a.Metrics.SetLink(li.Peer, li.Transport) },
 			OnMemory: func(m plan.Memory) {
 				for _, kb := range m.Kinds() {
 					a.Metrics.SetMemory(kb.Kind, kb.Bytes)
@@ -70,7 +73,7 @@ func newTrainingEngine() worker.Engine {
 			report(worker.StepStats{
 				Step: s.Step, Loss: s.Loss, LR: s.LR, GradNorm: s.GradNorm, TokensPerSec: s.TokensPerSec,
 				StepTime: step, CommTime: exposed, DataTime: data, ComputeTime: max(0, step-exposed-data),
-				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), Comm: comm,
+				CheckpointTime: seconds(s.CheckpointSeconds), Tokens: int64(s.Tokens), Comm: comm, ValLoss: s.ValLoss,
 			})
 			comm = nil
 		})

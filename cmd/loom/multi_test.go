@@ -62,7 +62,8 @@ func TestMultiWorkerMatchesSingleWorker(t *testing.T) {
 	steps := 10
 	spec := func(dp int) string {
 		s := strings.Replace(string(src), "train: {steps: 6, global_batch: 4, micro_batch: 2,",
-			fmt.Sprintf("train: {steps: %d, global_batch: 8, micro_batch: %d, grad_clip: 0.5,", steps, 8/dp/2), 1)
+			fmt.Sprintf("train: {steps: %d, global_batch: 8, micro_batch: %d, grad_clip: 0.5, eval_every: 5,", steps, 8/dp/2), 1)
+		s = strings.Replace(s, ".bin}\n", ".bin, validation: {fraction: 0.1}}\n", 1)
 		s = strings.Replace(s, "name: t\n", fmt.Sprintf("name: dp%d\nparallel: {dp: %d}\n", dp, dp), 1)
 		p := strings.TrimSuffix(base, ".yaml") + fmt.Sprintf("-dp%d.yaml", dp)
 		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
@@ -75,6 +76,10 @@ func TestMultiWorkerMatchesSingleWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := stepLosses(t, out)
+	wantVal := valLosses(t, out)
+	if len(wantVal) != 2 {
+		t.Fatalf("dp=1: validation after steps 5 and 10 expected:\n%s", out)
+	}
 	if len(want) != steps {
 		t.Fatalf("dp=1: %d steps:\n%s", len(want), out)
 	}
@@ -100,6 +105,28 @@ func TestMultiWorkerMatchesSingleWorker(t *testing.T) {
 					t.Errorf("step %d: dp=%d loss %.7f, dp=1 %.7f (rel %.2g)", i+1, dp, got[i], want[i], rel)
 				}
 			}
+			gotVal := valLosses(t, out)
+			for i := range wantVal {
+				if i >= len(gotVal) || math.Abs(gotVal[i]-wantVal[i]) > 1e-5*wantVal[i] {
+					t.Errorf("validation %d: dp=%d %v, dp=1 %v", i, dp, gotVal, wantVal)
+					break
+				}
+			}
 		})
 	}
+}
+
+// valLosses returns the val_loss of every JSON step line that has one.
+func valLosses(t *testing.T, out string) []float64 {
+	t.Helper()
+	var v []float64
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var rec struct {
+			ValLoss float64 `json:"val_loss"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.ValLoss > 0 {
+			v = append(v, rec.ValLoss)
+		}
+	}
+	return v
 }

@@ -145,7 +145,8 @@ func TestPrometheusScrapesJob(t *testing.T) {
 	}
 	// Every target is scraped within an interval or two; wait for the workers' series.
 	for _, q := range []string{`loom_loss`, `loom_learning_rate`, `loom_grad_norm`, `loom_tokens_per_second`,
-		`loom_comm_bytes_total{op="all-reduce"}`, `loom_worker_memory_bytes{kind="params"}`, `loom_worker_memory_bytes{kind="optimizer"}`} {
+		`loom_comm_bytes_total{op="all-reduce"}`, `loom_worker_memory_bytes{kind="params"}`, `loom_worker_memory_bytes{kind="optimizer"}`,
+		`loom_worker_link{transport="shm"}`} {
 		for {
 			v, ok := promQuery(promAddr, "max("+q+")")
 			if ok && v > 0 {

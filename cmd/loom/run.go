@@ -12,7 +12,6 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/launch"
-	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/train"
 )
@@ -91,7 +90,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 			if err != nil {
 				return fmt.Errorf("run: sample: %w", err)
 			}
-			return printSample(env, m, *prompt, *sampleTokens)
+			return printSampleWith(env, m, specTokenizer(env, spec), *prompt, *sampleTokens)
 		}
 		return nil
 	}
@@ -137,7 +136,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("run: %w", runErr)
 	}
 	if *sampleTokens > 0 && *logFormat == "text" && res.Final != nil {
-		return printSample(env, res.Final, *prompt, *sampleTokens)
+		return printSampleWith(env, res.Final, specTokenizer(env, spec), *prompt, *sampleTokens)
 	}
 	return nil
 }
@@ -200,13 +199,3 @@ func warnSkipped(env *cmdEnv, skipped []checkpoint.Skipped) {
 
 // humanBytes renders n bytes with a binary suffix (human.Bytes).
 func humanBytes(n int64) string { return human.Bytes(n) }
-
-// printSample prints a continuation of prompt by the trained model.
-func printSample(env *cmdEnv, m *model.Model, prompt string, n int) error {
-	text, err := sampleText(m, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
-	if err != nil {
-		return fmt.Errorf("run: sample: %w", err)
-	}
-	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
-	return nil
-}

@@ -50,11 +50,6 @@ func cmdSample(ctx context.Context, env *cmdEnv, args []string) error {
 	return nil
 }
 
-// sampleText continues prompt with the byte tokenizer; see sampleWith.
-func sampleText(m *model.Model, prompt string, n int, opt model.SampleOptions) (string, error) {
-	return sampleWith(m, data.ByteTokenizer{}, prompt, n, opt)
-}
-
 // sampleWith continues prompt (encoded by tok, after BOS when tok has one)
 // by up to n tokens and returns prompt and continuation as text;
 // generation stops at EOS, and special tokens produce no text.

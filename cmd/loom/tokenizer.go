@@ -19,6 +19,7 @@ import (
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
 	"github.com/loomtrain/loom/internal/atomicfile"
+	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/tokenizer"
 )
 
@@ -458,13 +459,8 @@ func modelTokenizer(env *cmdEnv, modelDir, flagValue string, vocab int) (data.To
 	}
 	if spec, ok := savedSpec(modelDir); ok {
 		src := spec.Data.SourceList()[0].Path
-		if f, err := os.Open(data.SidecarPath(src)); err == nil {
-			meta, err := data.DecodeMeta(f, data.SidecarPath(src))
-			f.Close()
-			if err != nil {
-				return nil, err
-			}
-			t, err := data.TokenizerOf(meta)
+		if _, err := os.Stat(data.SidecarPath(src)); err == nil {
+			t, err := sidecarTokenizer(src)
 			if err != nil {
 				return nil, fmt.Errorf("the tokenizer of %s, which trained %s: %w", src, modelDir, err)
 			}
@@ -520,4 +516,40 @@ func writeTokenizerFiles(dir string, tok data.Tokenizer) error {
 		return err
 	}
 	return atomicfile.WriteFile(filepath.Join(dir, "tokenizer_config.json"), append(b, '\n'))
+}
+
+// specTokenizer is the tokenizer a job's first token file was prepared
+// with, or the byte tokenizer when it cannot be loaded (said on stderr).
+func specTokenizer(env *cmdEnv, spec api.JobSpec) data.Tokenizer {
+	t, err := sidecarTokenizer(spec.Data.SourceList()[0].Path)
+	if err != nil {
+		fmt.Fprintf(env.stderr, "loom: sampling with the byte tokenizer: %v\n", err)
+		return data.ByteTokenizer{}
+	}
+	return t
+}
+
+// sidecarTokenizer loads the tokenizer the token file at path was
+// prepared with, as its sidecar records it (hash checked).
+func sidecarTokenizer(path string) (data.Tokenizer, error) {
+	f, err := os.Open(data.SidecarPath(path))
+	if err != nil {
+		return nil, fmt.Errorf("the sidecar of %s: %w", path, err)
+	}
+	meta, err := data.DecodeMeta(f, data.SidecarPath(path))
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return data.TokenizerOf(meta)
+}
+
+// printSampleWith prints a continuation of prompt by the trained model.
+func printSampleWith(env *cmdEnv, m *model.Model, tok data.Tokenizer, prompt string, n int) error {
+	text, err := sampleWith(m, tok, prompt, n, model.SampleOptions{Temperature: 0.8, TopK: 40, Seed: 1})
+	if err != nil {
+		return fmt.Errorf("run: sample: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "\nsample (temperature 0.8, top-k 40):\n%s\n", text)
+	return nil
 }

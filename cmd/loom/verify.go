@@ -74,7 +74,7 @@ func cmdVerify(ctx context.Context, env *cmdEnv, args []string) error {
 	one := spec
 	one.Name = spec.Name + "-one"
 	// The reference: one worker, the plain accumulation loop (1F1B at pp 1).
-	one.Parallel = api.ParallelSpec{DP: 1, TP: 1, PP: 1, Schedule: schedule.OneFOneB, VirtualStages: 1}
+	one.Parallel = api.ParallelSpec{DP: 1, TP: 1, PP: 1, Schedule: schedule.OneFOneB, VirtualStages: 1, Transport: spec.Parallel.Transport}
 	layout := spec
 	layout.Name = spec.Name + "-layout"
 	p, err := plan.New(layout, layout.Parallel.WorldSize())

@@ -45,6 +45,7 @@ const state = {
   events: [],
   stream: null,
   charts: {},
+  clip: {}, // chart id → robust maximum of its values
 };
 
 async function getJSON(url) {
@@ -80,13 +81,22 @@ function markers() {
 
 const palette = ["#3b7dd8", "#d33c3c", "#3fa66b", "#e0a030", "#8e5bd8", "#1aa3a3", "#b5487e", "#7a8a2a"];
 
-function makeChart(id, series, axes) {
+// robustMax is the 99th percentile of the finite values of some arrays:
+// the step-time charts clip at 1.5× it, so one stalled step (a paused
+// worker, a checkpoint) does not flatten every other step to the axis.
+function robustMax(arrays) {
+  const v = arrays.flat().filter((x) => x != null && isFinite(x)).sort((a, b) => a - b);
+  return v.length ? v[Math.min(v.length - 1, Math.floor(v.length * 0.99))] : 0;
+}
+
+function makeChart(id, series, axes, clip = false) {
   const box = document.getElementById(id);
   box.textContent = "";
+  const y = clip ? { y: { range: (u, lo, hi) => [0, Math.max(1e-9, Math.min(hi, 1.5 * (state.clip[id] || hi)))] } } : {};
   const opts = {
     width: Math.max(300, box.clientWidth),
     height: 240,
-    scales: { x: { time: false } },
+    scales: { x: { time: false }, ...y },
     series: [{ label: "step" }, ...series],
     axes: [{ label: "step" }, ...axes],
     legend: { live: true },
@@ -118,11 +128,11 @@ function buildCharts(ranks) {
     [{ scale: "tps", size: 60 }, { scale: "mfu", side: 1, size: 70, grid: { show: false }, values: (u, vs) => vs.map((v) => fmtPctAxis(v)) }]);
   makeChart("chart-ranks",
     ranks.map((r, i) => ({ label: `rank ${r}`, stroke: palette[i % palette.length], value: (u, v) => fmtNum(v, 2) })),
-    [{}]);
+    [{}], true);
   makeChart("chart-split",
     [{ label: "compute", stroke: "#3b7dd8" }, { label: "comm", stroke: "#8e5bd8" },
      { label: "wait", stroke: "#e0a030" }, { label: "data", stroke: "#3fa66b" }].map((s) => ({ ...s, value: (u, v) => fmtNum(v, 2) })),
-    [{}]);
+    [{}], true);
 }
 
 function renderCharts() {
@@ -145,13 +155,16 @@ function renderCharts() {
     const i = byStep[k].get(s);
     return i == null ? null : (r.compute_s[i] + r.data_s[i]) * 1e3;
   }));
+  state.clip["chart-ranks"] = robustMax(busy);
   setChart("chart-ranks", [xs, ...busy]);
   const mean = (field) => xs.map((s) => {
     let sum = 0, n = 0;
     h.ranks.forEach((r, k) => { const i = byStep[k].get(s); if (i != null) { sum += r[field][i]; n++; } });
     return n ? (sum / n) * 1e3 : null;
   });
-  setChart("chart-split", [xs, mean("compute_s"), mean("comm_s"), mean("wait_s"), mean("data_s")]);
+  const split = [mean("compute_s"), mean("comm_s"), mean("wait_s"), mean("data_s")];
+  state.clip["chart-split"] = robustMax(split);
+  setChart("chart-split", [xs, ...split]);
 }
 
 const cap = (a) => (a.length > MAX_POINTS ? a.slice(a.length - MAX_POINTS) : a);

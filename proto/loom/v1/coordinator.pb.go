@@ -114,9 +114,13 @@ type JobDesired struct {
 	// run_id identifies the run in its checkpoints' manifests: new for a
 	// fresh run, the resumed checkpoint's for a resumed one. Retention
 	// removes only this run's checkpoints.
-	RunId         string `protobuf:"bytes,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RunId string `protobuf:"bytes,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// pending_timeout_ms: a job that waits this long for enough workers
+	// (PENDING, or WAITING for a restart) fails, saying how many it lacked
+	// (0: it waits for ever).
+	PendingTimeoutMs int64 `protobuf:"varint,10,opt,name=pending_timeout_ms,json=pendingTimeoutMs,proto3" json:"pending_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *JobDesired) Reset() {
@@ -210,6 +214,13 @@ func (x *JobDesired) GetRunId() string {
 		return x.RunId
 	}
 	return ""
+}
+
+func (x *JobDesired) GetPendingTimeoutMs() int64 {
+	if x != nil {
+		return x.PendingTimeoutMs
+	}
+	return 0
 }
 
 // RankInfo is one rank of a generation.
@@ -700,8 +711,11 @@ type JobStatus struct {
 	WaitingFor    int32 `protobuf:"varint,8,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
 	WorldSize     int32 `protobuf:"varint,9,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
 	UpdatedUnixMs int64 `protobuf:"varint,10,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// waiting_since_unix_ms is when the job began waiting for workers
+	// (PENDING, WAITING; 0 otherwise).
+	WaitingSinceUnixMs int64 `protobuf:"varint,11,opt,name=waiting_since_unix_ms,json=waitingSinceUnixMs,proto3" json:"waiting_since_unix_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *JobStatus) Reset() {
@@ -800,6 +814,13 @@ func (x *JobStatus) GetWorldSize() int32 {
 func (x *JobStatus) GetUpdatedUnixMs() int64 {
 	if x != nil {
 		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *JobStatus) GetWaitingSinceUnixMs() int64 {
+	if x != nil {
+		return x.WaitingSinceUnixMs
 	}
 	return 0
 }
@@ -1233,7 +1254,10 @@ type StepStats struct {
 	// tokens is the number of tokens in the step's global batch.
 	Tokens int64 `protobuf:"varint,12,opt,name=tokens,proto3" json:"tokens,omitempty"`
 	// end_unix_ms is when the rank finished the step (its clock).
-	EndUnixMs     int64 `protobuf:"varint,13,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
+	EndUnixMs int64 `protobuf:"varint,13,opt,name=end_unix_ms,json=endUnixMs,proto3" json:"end_unix_ms,omitempty"`
+	// val_loss is the mean validation loss after the step when a validation
+	// pass was due (train.eval_every), else 0.
+	ValLoss       float64 `protobuf:"fixed64,14,opt,name=val_loss,json=valLoss,proto3" json:"val_loss,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1355,6 +1379,13 @@ func (x *StepStats) GetTokens() int64 {
 func (x *StepStats) GetEndUnixMs() int64 {
 	if x != nil {
 		return x.EndUnixMs
+	}
+	return 0
+}
+
+func (x *StepStats) GetValLoss() float64 {
+	if x != nil {
+		return x.ValLoss
 	}
 	return 0
 }
@@ -1536,9 +1567,11 @@ type SubmitRequest struct {
 	// resume: see JobDesired.resume.
 	Resume string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
 	// run_id: see JobDesired.run_id ("": the coordinator makes a new one).
-	RunId         string `protobuf:"bytes,5,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RunId string `protobuf:"bytes,5,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// pending_timeout_ms: see JobDesired.pending_timeout_ms.
+	PendingTimeoutMs int64 `protobuf:"varint,6,opt,name=pending_timeout_ms,json=pendingTimeoutMs,proto3" json:"pending_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
@@ -1604,6 +1637,13 @@ func (x *SubmitRequest) GetRunId() string {
 		return x.RunId
 	}
 	return ""
+}
+
+func (x *SubmitRequest) GetPendingTimeoutMs() int64 {
+	if x != nil {
+		return x.PendingTimeoutMs
+	}
+	return 0
 }
 
 type SubmitResponse struct {
@@ -2045,7 +2085,10 @@ type InfoResponse struct {
 	LeaseTtlSeconds int32 `protobuf:"varint,6,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
 	// http_addr is where this coordinator serves its dashboard, JSON API and
 	// /metrics ("" when it serves none); `loom top` reads it.
-	HttpAddr      string `protobuf:"bytes,7,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	HttpAddr string `protobuf:"bytes,7,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"`
+	// coordinators are the addresses of every coordinator campaigning on
+	// this etcd (the leader first): clients fail over to them.
+	Coordinators  []string `protobuf:"bytes,8,rep,name=coordinators,proto3" json:"coordinators,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2127,6 +2170,13 @@ func (x *InfoResponse) GetHttpAddr() string {
 		return x.HttpAddr
 	}
 	return ""
+}
+
+func (x *InfoResponse) GetCoordinators() []string {
+	if x != nil {
+		return x.Coordinators
+	}
+	return nil
 }
 
 type ReportStepsRequest struct {
@@ -2213,7 +2263,7 @@ var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
 
 const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\x8f\x02\n" +
+	"\x19loom/v1/coordinator.proto\x12\aloom.v1\"\xbd\x02\n" +
 	"\n" +
 	"JobDesired\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
@@ -2226,7 +2276,9 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"stopReason\x12*\n" +
 	"\x11submitted_unix_ms\x18\a \x01(\x03R\x0fsubmittedUnixMs\x12\x16\n" +
 	"\x06resume\x18\b \x01(\tR\x06resume\x12\x15\n" +
-	"\x06run_id\x18\t \x01(\tR\x05runId\"\xad\x01\n" +
+	"\x06run_id\x18\t \x01(\tR\x05runId\x12,\n" +
+	"\x12pending_timeout_ms\x18\n" +
+	" \x01(\x03R\x10pendingTimeoutMs\"\xad\x01\n" +
 	"\bRankInfo\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -2275,7 +2327,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04lost\x18\x05 \x01(\bR\x04lost\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x17\n" +
-	"\aseen_by\x18\a \x03(\x05R\x06seenBy\"\xdd\x02\n" +
+	"\aseen_by\x18\a \x03(\x05R\x06seenBy\"\x90\x03\n" +
 	"\tJobStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x11.loom.v1.JobStateR\x05state\x12\x1e\n" +
@@ -2291,7 +2343,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"world_size\x18\t \x01(\x05R\tworldSize\x12&\n" +
 	"\x0fupdated_unix_ms\x18\n" +
-	" \x01(\x03R\rupdatedUnixMs\"\xb8\x01\n" +
+	" \x01(\x03R\rupdatedUnixMs\x121\n" +
+	"\x15waiting_since_unix_ms\x18\v \x01(\x03R\x12waitingSinceUnixMs\"\xb8\x01\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -2329,7 +2382,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\bCommStat\x12\x0e\n" +
 	"\x02op\x18\x01 \x01(\tR\x02op\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x18\n" +
-	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\xa6\x03\n" +
+	"\aseconds\x18\x03 \x01(\x01R\aseconds\"\xc1\x03\n" +
 	"\tStepStats\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x12\n" +
 	"\x04loss\x18\x02 \x01(\x01R\x04loss\x12\x0e\n" +
@@ -2344,7 +2397,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	" \x01(\x01R\vdataSeconds\x12-\n" +
 	"\x12checkpoint_seconds\x18\v \x01(\x01R\x11checkpointSeconds\x12\x16\n" +
 	"\x06tokens\x18\f \x01(\x03R\x06tokens\x12\x1e\n" +
-	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\"\xd9\x02\n" +
+	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\x12\x19\n" +
+	"\bval_loss\x18\x0e \x01(\x01R\avalLoss\"\xd9\x02\n" +
 	"\fRankProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -2363,13 +2417,14 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x03Job\x12*\n" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusR\x06status\x12-\n" +
 	"\x06latest\x18\x02 \x03(\v2\x15.loom.v1.RankProgressR\x06latest\x12\x1b\n" +
-	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\x96\x01\n" +
+	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\xc4\x01\n" +
 	"\rSubmitRequest\x12\x1b\n" +
 	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12!\n" +
 	"\fmax_restarts\x18\x03 \x01(\x05R\vmaxRestarts\x12\x16\n" +
 	"\x06resume\x18\x04 \x01(\tR\x06resume\x12\x15\n" +
-	"\x06run_id\x18\x05 \x01(\tR\x05runId\"0\n" +
+	"\x06run_id\x18\x05 \x01(\tR\x05runId\x12,\n" +
+	"\x12pending_timeout_ms\x18\x06 \x01(\x03R\x10pendingTimeoutMs\"0\n" +
 	"\x0eSubmitResponse\x12\x1e\n" +
 	"\x03job\x18\x01 \x01(\v2\f.loom.v1.JobR\x03job\" \n" +
 	"\n" +
@@ -2389,7 +2444,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusH\x00R\x06status\x123\n" +
 	"\bprogress\x18\x02 \x01(\v2\x15.loom.v1.RankProgressH\x00R\bprogressB\a\n" +
 	"\x05event\"\r\n" +
-	"\vInfoRequest\"\xf0\x01\n" +
+	"\vInfoRequest\"\x94\x02\n" +
 	"\fInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
 	"\x0eetcd_endpoints\x18\x02 \x03(\tR\retcdEndpoints\x12\x1d\n" +
@@ -2399,7 +2454,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\vleader_addr\x18\x05 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11lease_ttl_seconds\x18\x06 \x01(\x05R\x0fleaseTtlSeconds\x12\x1b\n" +
-	"\thttp_addr\x18\a \x01(\tR\bhttpAddr\"G\n" +
+	"\thttp_addr\x18\a \x01(\tR\bhttpAddr\x12\"\n" +
+	"\fcoordinators\x18\b \x03(\tR\fcoordinators\"G\n" +
 	"\x12ReportStepsRequest\x121\n" +
 	"\bprogress\x18\x01 \x01(\v2\x15.loom.v1.RankProgressR\bprogress\"\x15\n" +
 	"\x13ReportStepsResponse*\xb0\x01\n" +
