@@ -8,6 +8,7 @@ import (
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/schedule"
+	"github.com/loomtrain/loom/timeline"
 	"github.com/loomtrain/loom/zero"
 )
 
@@ -276,7 +277,7 @@ func (x *executor) run(ctx context.Context) (stepStats, error) {
 		end := time.Now()
 		switch {
 		case a.Kind.Compute():
-			x.spans = append(x.spans, span{name: a.String(), cat: catCompute, start: start, end: end})
+			x.spans = append(x.spans, actionSpan(timeline.Compute, a, start, end))
 			st.compute += end.Sub(start)
 			if st.computeSpanCount == 0 {
 				st.first = start
@@ -284,7 +285,7 @@ func (x *executor) run(ctx context.Context) (stepStats, error) {
 			st.lastEnd = end
 			st.computeSpanCount++
 		case a.Kind == schedule.RecvF || a.Kind == schedule.RecvB:
-			x.spans = append(x.spans, span{name: a.String(), cat: catWait, start: start, end: end})
+			x.spans = append(x.spans, actionSpan(timeline.Wait, a, start, end))
 			st.wait += end.Sub(start)
 		}
 		if err != nil {

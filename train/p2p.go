@@ -10,6 +10,7 @@ import (
 
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/schedule"
+	"github.com/loomtrain/loom/timeline"
 )
 
 // tagFloats is the length of a pipeline message's tag: (stage, kind,
@@ -150,7 +151,7 @@ func (x *p2p) receive(ctx context.Context, ib *inbox) {
 			ib.errc <- fmt.Errorf("pipeline: receiving %v from rank %d: %w", want, src, err)
 			return
 		}
-		x.record(span{name: "recv " + want.String(), cat: catRecv, start: start, end: time.Now()})
+		x.record(span{Name: "recv " + want.String(), Cat: timeline.Recv, Kind: timeline.Recv, Stage: want.Stage, Micro: want.MB, Start: start, End: time.Now()})
 		if got := decodeTag(buf); got != want {
 			ib.errc <- fmt.Errorf("pipeline: rank %d sent %v where its schedule sends %v next (do both ranks run the same plan?): %w", src, got, want, schedule.ErrInvalid)
 			return
@@ -172,7 +173,8 @@ func (x *p2p) send(ctx context.Context, ob *outbox) {
 				ob.errc <- fmt.Errorf("pipeline: sending %v to rank %d: %w", decodeTag(buf), dst, err)
 				failed = true
 			} else {
-				x.record(span{name: "send " + decodeTag(buf).String(), cat: catSend, start: start, end: time.Now()})
+				a := decodeTag(buf)
+				x.record(span{Name: "send " + a.String(), Cat: timeline.Send, Kind: timeline.Send, Stage: a.Stage, Micro: a.MB, Start: start, End: time.Now()})
 				ob.bytes += 4 * int64(len(buf))
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/schedule"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/timeline"
 )
 
 // ppSpec is the model of the pipeline proofs: 8 blocks (enough for pp 4
@@ -230,9 +231,9 @@ func TestPipelineTimeline(t *testing.T) {
 	spec.Train.GlobalBatch = 16
 	dir := t.TempDir()
 	layoutRun(t, spec, runOpts{inproc: true, after: func(r int, tr *Trainer) error {
-		return SaveTimeline(dir, tr.LastTimeline())
+		return timeline.Save(dir, tr.LastTimeline())
 	}})
-	b, err := MergeTimelines(dir, 4)
+	b, err := timeline.Merge(dir, 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +242,7 @@ func TestPipelineTimeline(t *testing.T) {
 			t.Errorf("the merged timeline lacks %s", want)
 		}
 	}
-	st, err := AnalyzeTrace(b)
+	st, err := timeline.Analyze(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,10 +250,10 @@ func TestPipelineTimeline(t *testing.T) {
 		t.Fatalf("trace stats %+v", st)
 	}
 	t.Logf("measured bubble %.1f%% over %v", 100*st.Bubble, st.Span)
-	if _, err := MergeTimelines(dir, 5); !errors.Is(err, ErrNoTimeline) || !strings.Contains(err.Error(), "rank 4 of 5") {
+	if _, err := timeline.Merge(dir, 5); !errors.Is(err, timeline.ErrNone) || !strings.Contains(err.Error(), "rank 4 of 5") {
 		t.Fatalf("a missing rank's timeline: %v", err)
 	}
-	if _, err := MergeTimelines(t.TempDir(), 1); err == nil {
+	if _, err := timeline.Merge(t.TempDir(), 1); err == nil {
 		t.Fatal("no error for a job without a timeline")
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/timeline"
 )
 
 // RankConfig is one rank of a job: what `loom run` (world size 1) and a
@@ -96,7 +97,7 @@ type Result struct {
 // kv-replica, pipeline, embedding) when the world is larger than one, opens
 // the data, builds the trainer, restores a checkpoint or initial weights,
 // enables periodic checkpoints, trains every step, saves the last step's
-// timeline (TimelineDir; world size 1 also merges it into timeline.json)
+// timeline (timeline.Dir; world size 1 also merges it into timeline.json)
 // and the final model (the whole model, assembled from every rank's
 // chunks, on rank 0). It is the one composition root of `loom run` and
 // `loom worker`. With world size 1 a run stopped early still saves the
@@ -249,10 +250,10 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	})
 	sum.print(log, rc.Rank, t)
 	if tl := t.LastTimeline(); tl != nil {
-		if err := SaveTimeline(jobDir, tl); err != nil {
+		if err := timeline.Save(jobDir, tl); err != nil {
 			fmt.Fprintf(log, "rank %d: warning: saving the timeline: %v\n", rc.Rank, err)
 		} else if world == 1 {
-			if path, err := SaveMergedTimeline(jobDir, 1); err != nil {
+			if path, err := timeline.SaveMerged(jobDir, 1); err != nil {
 				fmt.Fprintf(log, "rank 0: warning: %v\n", err)
 			} else {
 				fmt.Fprintf(log, "loom: the last step's timeline (Chrome trace, opens in Perfetto): %s\n", path)

@@ -24,6 +24,7 @@ import (
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/timeline"
 	"github.com/loomtrain/loom/zero"
 )
 
@@ -131,9 +132,9 @@ type Trainer struct {
 	tp, kv  *parallel.Counter
 	tpRaw   parallel.Comm
 	rec     *recorder
-	last    *Timeline // the last step's
-	step    int       // optimizer steps taken
-	perRank int       // windows per dp rank per step
+	last    *timeline.Timeline // the last step's
+	step    int                // optimizer steps taken
+	perRank int                // windows per dp rank per step
 	micro   int
 	seqLen  int
 	data    time.Duration // loading during the step
@@ -247,7 +248,7 @@ func (t *Trainer) Memory() plan.Memory {
 }
 
 // LastTimeline is the last step's timeline (nil before the first step).
-func (t *Trainer) LastTimeline() *Timeline { return t.last }
+func (t *Trainer) LastTimeline() *timeline.Timeline { return t.last }
 
 // Plan is the plan the trainer runs; RankPlan its rank's part.
 func (t *Trainer) Plan() *plan.Plan { return t.plan }
@@ -417,12 +418,8 @@ func (t *Trainer) keepTimeline(opt, optEnd time.Time) {
 	if t.net != nil {
 		spans = append(spans, t.net.takeSpans()...)
 	}
-	spans = append(spans, span{name: "optimizer step", cat: catOptimizer, start: opt, end: optEnd})
-	tl := &Timeline{Rank: t.rp.Rank, Coord: t.rp.Coord, Step: t.step, Events: make([]Event, len(spans))}
-	for i, s := range spans {
-		tl.Events[i] = Event{Name: s.name, Cat: s.cat, Start: s.start, End: s.end}
-	}
-	t.last = tl
+	spans = append(spans, span{Name: "optimizer step", Cat: timeline.Optimizer, Kind: timeline.Optimizer, Stage: -1, Micro: -1, Start: opt, End: optEnd})
+	t.last = &timeline.Timeline{Rank: t.rp.Rank, Coord: t.rp.Coord, Step: t.step, Events: spans}
 }
 
 // Run takes steps until train.steps, calling report after each; it stops

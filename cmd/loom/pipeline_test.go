@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/loomtrain/loom/train"
+	"github.com/loomtrain/loom/timeline"
 )
 
 // `loom verify` passes on pipelined layouts run by worker processes over
@@ -67,7 +67,7 @@ func TestRunPipelineTimeline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := train.AnalyzeTrace(b)
+	st, err := timeline.Analyze(b)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,13 @@
-package train
+// Package timeline owns the record of one training step as each rank saw
+// it — every forward, backward and weight-gradient pass, every wait for a
+// pipeline message, every send and receive, every collective and the
+// optimizer step, with start and end times — saved per rank as a Chrome
+// trace (Perfetto and chrome://tracing open it), merged over ranks, and
+// measured: the pipeline bubble and the mean duration of each stage's
+// passes, which the schedule simulator takes as its cost model.
+package timeline
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,104 +16,26 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/plan"
 )
 
-// Event categories of a timeline.
+// Event categories.
 const (
-	catCompute    = "compute"    // F, B, W actions
-	catWait       = "wait"       // a receive action waiting for its message
-	catSend       = "send"       // a message handed to the transport
-	catRecv       = "recv"       // a message arriving
-	catCollective = "collective" // tp, dp, pp, emb and kv collectives
-	catOptimizer  = "optimizer"  // the step's gradient exchange and update
+	Compute    = "compute"    // F, B, W actions
+	Wait       = "wait"       // a receive action waiting for its message
+	Send       = "send"       // a message handed to the transport
+	Recv       = "recv"       // a message arriving
+	Collective = "collective" // tp, dp, pp, emb and kv collectives
+	Optimizer  = "optimizer"  // the step's gradient exchange and update
 )
 
 // categories lists the categories in track order: a category's thread id
 // in a trace is its index.
-func categories() []string {
-	return []string{catCompute, catWait, catSend, catRecv, catCollective, catOptimizer}
-}
+func categories() []string { return []string{Compute, Wait, Send, Recv, Collective, Optimizer} }
 
 func track(cat string) int { return slices.Index(categories(), cat) }
-
-// span is one timed event of a step.
-type span struct {
-	name, cat  string
-	start, end time.Time
-}
-
-// recorder collects a step's spans; safe for concurrent use (collectives
-// run on the ZeRO queue's goroutine).
-type recorder struct {
-	mu    sync.Mutex
-	spans []span
-}
-
-func (r *recorder) add(s span) {
-	r.mu.Lock()
-	r.spans = append(r.spans, s)
-	r.mu.Unlock()
-}
-
-func (r *recorder) reset() {
-	r.mu.Lock()
-	r.spans = r.spans[:0]
-	r.mu.Unlock()
-}
-
-func (r *recorder) take() []span {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]span(nil), r.spans...)
-}
-
-// tracedComm records every collective of a group in the step's timeline.
-// Send and Recv pass through (the pipeline records its own transfers).
-type tracedComm struct {
-	parallel.Comm
-	rec *recorder
-}
-
-func traced(c parallel.Comm, rec *recorder) parallel.Comm {
-	if c == nil {
-		return nil
-	}
-	return &tracedComm{Comm: c, rec: rec}
-}
-
-func (t *tracedComm) span(op string, n int, start time.Time) {
-	t.rec.add(span{name: fmt.Sprintf("%s %s (%d)", op, t.Spec().Name, n), cat: catCollective, start: start, end: time.Now()})
-}
-
-func (t *tracedComm) AllReduce(ctx context.Context, buf []float32, op parallel.ReduceOp) error {
-	defer t.span("all-reduce", len(buf), time.Now())
-	return t.Comm.AllReduce(ctx, buf, op)
-}
-
-func (t *tracedComm) ReduceScatter(ctx context.Context, buf []float32, op parallel.ReduceOp) ([]float32, error) {
-	defer t.span("reduce-scatter", len(buf), time.Now())
-	return t.Comm.ReduceScatter(ctx, buf, op)
-}
-
-func (t *tracedComm) AllGather(ctx context.Context, buf []float32) error {
-	defer t.span("all-gather", len(buf), time.Now())
-	return t.Comm.AllGather(ctx, buf)
-}
-
-func (t *tracedComm) Broadcast(ctx context.Context, buf []float32, root int) error {
-	defer t.span("broadcast", len(buf), time.Now())
-	return t.Comm.Broadcast(ctx, buf, root)
-}
-
-func (t *tracedComm) Barrier(ctx context.Context) error {
-	defer t.span("barrier", 0, time.Now())
-	return t.Comm.Barrier(ctx)
-}
 
 // Timeline is one rank's events of one step: every forward, backward and
 // weight-gradient action, every wait for a pipeline message, every send
@@ -121,11 +49,16 @@ type Timeline struct {
 	Events []Event
 }
 
-// Event is one span of a timeline.
+// Event is one span of a timeline: Cat is its category, Kind what it did
+// ("F", "B", "W", "RECV_F", "send", "all-reduce", "optimizer", …), Stage
+// and Micro the pipeline stage and micro-batch of an action or message
+// (−1 for collectives and the optimizer).
 type Event struct {
-	Name       string
-	Cat        string
-	Start, End time.Time
+	Name         string
+	Cat          string
+	Kind         string
+	Stage, Micro int
+	Start, End   time.Time
 }
 
 // traceEvent is one Chrome trace event ("X": a complete event; "M":
@@ -155,7 +88,8 @@ func (tl *Timeline) traceEvents() []traceEvent {
 	}
 	for _, e := range tl.Events {
 		ev = append(ev, traceEvent{Name: e.Name, Cat: e.Cat, Ph: "X", Ts: float64(e.Start.UnixNano()) / 1e3,
-			Dur: float64(e.End.Sub(e.Start).Nanoseconds()) / 1e3, Pid: tl.Rank, Tid: track(e.Cat)})
+			Dur: float64(e.End.Sub(e.Start).Nanoseconds()) / 1e3, Pid: tl.Rank, Tid: track(e.Cat),
+			Args: map[string]any{"kind": e.Kind, "stage": e.Stage, "micro": e.Micro}})
 	}
 	return ev
 }
@@ -170,18 +104,18 @@ func ChromeTrace(tls ...*Timeline) ([]byte, error) {
 	return json.MarshalIndent(f, "", " ")
 }
 
-// TimelineDir is where a job's ranks save their last step's timeline:
+// Dir is where a job's ranks save their last step's timeline:
 // checkpoint.dir/NAME/timeline, one rank-R.json each; timeline.json beside
 // it is all of them merged.
-func TimelineDir(jobDir string) string { return filepath.Join(jobDir, "timeline") }
+func Dir(jobDir string) string { return filepath.Join(jobDir, "timeline") }
 
-// SaveTimeline writes tl as TimelineDir(jobDir)/rank-R.json, atomically.
-func SaveTimeline(jobDir string, tl *Timeline) error {
+// Save writes tl as Dir(jobDir)/rank-R.json, atomically.
+func Save(jobDir string, tl *Timeline) error {
 	b, err := ChromeTrace(tl)
 	if err != nil {
 		return err
 	}
-	dir := TimelineDir(jobDir)
+	dir := Dir(jobDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("timeline: %w", err)
 	}
@@ -199,16 +133,16 @@ func writeAtomic(path string, b []byte) error {
 	return nil
 }
 
-// MergeTimelines reads the saved timelines of a job's ranks 0..world−1
-// and returns them as one Chrome trace; ErrNoTimeline when a rank saved
+// Merge reads the saved timelines of a job's ranks 0..world−1
+// and returns them as one Chrome trace; ErrNone when a rank saved
 // none (the error names it).
-func MergeTimelines(jobDir string, world int) ([]byte, error) {
+func Merge(jobDir string, world int) ([]byte, error) {
 	all := traceFile{DisplayTimeUnit: "ms"}
 	for r := range world {
-		f := filepath.Join(TimelineDir(jobDir), fmt.Sprintf("rank-%d.json", r))
+		f := filepath.Join(Dir(jobDir), fmt.Sprintf("rank-%d.json", r))
 		b, err := os.ReadFile(f)
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%s: rank %d of %d: %w", f, r, world, ErrNoTimeline)
+			return nil, fmt.Errorf("%s: rank %d of %d: %w", f, r, world, ErrNone)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("timeline: %w", err)
@@ -222,10 +156,10 @@ func MergeTimelines(jobDir string, world int) ([]byte, error) {
 	return json.MarshalIndent(all, "", " ")
 }
 
-// SaveMergedTimeline writes MergeTimelines(jobDir, world) to
+// SaveMerged writes Merge(jobDir, world) to
 // jobDir/timeline.json and returns its path.
-func SaveMergedTimeline(jobDir string, world int) (string, error) {
-	b, err := MergeTimelines(jobDir, world)
+func SaveMerged(jobDir string, world int) (string, error) {
+	b, err := Merge(jobDir, world)
 	if err != nil {
 		return "", err
 	}
@@ -233,11 +167,11 @@ func SaveMergedTimeline(jobDir string, world int) (string, error) {
 	return path, writeAtomic(path, b)
 }
 
-// ErrNoTimeline is returned when a job has saved no timeline.
-var ErrNoTimeline = errors.New("no timeline saved")
+// ErrNone is returned when a rank of a job has saved no timeline.
+var ErrNone = errors.New("no timeline saved")
 
-// TraceStats is what a Chrome trace of one step says about its pipeline.
-type TraceStats struct {
+// Stats is what a Chrome trace of one step says about its pipeline.
+type Stats struct {
 	// Ranks is how many ranks have compute events; Span the time from
 	// the first compute event to the last; Busy each rank's time in
 	// compute (by pid); Bubble 1 − ΣBusy/(Ranks·Span).
@@ -245,37 +179,34 @@ type TraceStats struct {
 	Span   time.Duration
 	Busy   map[int]time.Duration
 	Bubble float64
-	// Mean F, B and W durations by the action's stage (the number before
-	// the kind: "1F3" is stage 1), for the simulator's cost model.
+	// Mean F, B and W durations by the action's stage, for the
+	// simulator's cost model.
 	Mean map[string]map[int]time.Duration
 }
 
-// AnalyzeTrace measures the pipeline bubble of a Chrome trace written by
-// ChromeTrace or MergeTimelines.
-func AnalyzeTrace(b []byte) (*TraceStats, error) {
+// Analyze measures the pipeline bubble of a Chrome trace written by
+// ChromeTrace or Merge.
+func Analyze(b []byte) (*Stats, error) {
 	var tf traceFile
 	if err := json.Unmarshal(b, &tf); err != nil {
 		return nil, fmt.Errorf("timeline: %w", err)
 	}
-	st := &TraceStats{Busy: map[int]time.Duration{}, Mean: map[string]map[int]time.Duration{}}
+	st := &Stats{Busy: map[int]time.Duration{}, Mean: map[string]map[int]time.Duration{}}
 	lo, hi := math.Inf(1), math.Inf(-1)
 	count := map[string]map[int]int{}
 	for _, e := range tf.TraceEvents {
-		if e.Ph != "X" || e.Cat != catCompute {
+		if e.Ph != "X" || e.Cat != Compute {
 			continue
 		}
 		lo, hi = math.Min(lo, e.Ts), math.Max(hi, e.Ts+e.Dur)
 		d := time.Duration(e.Dur * 1e3)
 		st.Busy[e.Pid] += d
-		i := strings.IndexAny(e.Name, "FBW")
-		if i <= 0 {
+		k, _ := e.Args["kind"].(string)
+		sv, ok := e.Args["stage"].(float64)
+		if k == "" || !ok {
 			continue
 		}
-		var stage int
-		if _, err := fmt.Sscanf(e.Name[:i], "%d", &stage); err != nil {
-			continue
-		}
-		k := e.Name[i : i+1]
+		stage := int(sv)
 		if st.Mean[k] == nil {
 			st.Mean[k], count[k] = map[int]time.Duration{}, map[int]int{}
 		}
@@ -298,4 +229,48 @@ func AnalyzeTrace(b []byte) (*TraceStats, error) {
 		}
 	}
 	return st, nil
+}
+
+// Read parses a Chrome trace written by ChromeTrace or Merge back into
+// timelines, one per rank (pid), in rank order; events keep their order.
+func Read(b []byte) ([]*Timeline, error) {
+	var tf traceFile
+	if err := json.Unmarshal(b, &tf); err != nil {
+		return nil, fmt.Errorf("timeline: %w", err)
+	}
+	byRank := map[int]*Timeline{}
+	var order []int
+	for _, e := range tf.TraceEvents {
+		tl := byRank[e.Pid]
+		if tl == nil {
+			tl = &Timeline{Rank: e.Pid}
+			byRank[e.Pid] = tl
+			order = append(order, e.Pid)
+		}
+		switch e.Ph {
+		case "M":
+			if e.Name == "process_name" {
+				if n, ok := e.Args["name"].(string); ok {
+					fmt.Sscanf(n[strings.LastIndex(n, "step ")+len("step "):], "%d", &tl.Step)
+				}
+			}
+		case "X":
+			ev := Event{Name: e.Name, Cat: e.Cat, Stage: -1, Micro: -1,
+				Start: time.Unix(0, int64(e.Ts*1e3)), End: time.Unix(0, int64((e.Ts+e.Dur)*1e3))}
+			ev.Kind, _ = e.Args["kind"].(string)
+			if v, ok := e.Args["stage"].(float64); ok {
+				ev.Stage = int(v)
+			}
+			if v, ok := e.Args["micro"].(float64); ok {
+				ev.Micro = int(v)
+			}
+			tl.Events = append(tl.Events, ev)
+		}
+	}
+	slices.Sort(order)
+	out := make([]*Timeline, len(order))
+	for i, r := range order {
+		out[i] = byRank[r]
+	}
+	return out, nil
 }
