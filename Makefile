@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bench-monitoring bf16-parity proto lint setup fixtures clean web grafana
+.PHONY: all build run test test-short bench bench-monitoring bf16-parity pp-bench proto lint setup fixtures clean web grafana
 
 all: build
 
@@ -59,6 +59,13 @@ bench-monitoring: build $(CORPUS)
 # bf16 GEMMs train `tiny` 200 steps within 1% of fp32 (10-step means; ~2 min).
 bf16-parity:
 	LOOM_BF16_PARITY=1 $(GO) test -count=1 -run TestBF16TracksFP32 -v ./cmd/loom
+
+# Pipelined small (pp 2, 8 micro-batches, each schedule, 2 workers × 1 thread)
+# beside one worker × 1 thread: tokens/s, the measured bubble against the
+# simulator's, peak RSS per stage against the plan (~2 min a round;
+# LOOM_PP_ROUNDS=N for more).
+pp-bench:
+	LOOM_PP_TEST=1 $(GO) test -count=1 -timeout 60m -run 'TestPipelineSmall$$' -v ./train
 
 proto:
 	proto/gen.sh
