@@ -10,12 +10,10 @@ import "fmt"
 // is refused by all, before any worker is waited for; relax it here as
 // layouts land.
 func Supported(s JobSpec, source string) error {
+	// Every layout the spec can describe runs: dp × tp × pp with ZeRO
+	// 0–3 under every schedule. Refusals go here, as FieldErrors, while a
+	// new kind of layout is being built.
 	var errs []error
-	p := s.Parallel
-	if p.PP > 1 && p.Zero > 2 {
-		errs = append(errs, &FieldError{Field: "parallel.zero", Value: p.Zero,
-			Allowed: "ZeRO stage 3 does not run with pipeline parallelism yet: use zero 0–2 with pp > 1 (ZeRO 3 with pp 1)"})
-	}
 	if len(errs) == 0 {
 		return nil
 	}

@@ -98,7 +98,7 @@ type Candidate struct {
 // stage, the spec's schedule and virtual stages where they apply, its
 // stage cut only at its own pp) and each tp that divides the rest and is
 // valid for the model, dp = workers/(tp·pp), ZeRO stages 0–3 (only 0 when
-// dp = 1: nothing to shard; 0–2 with pp > 1), sequence parallelism off and
+// dp = 1: nothing to shard), sequence parallelism off and
 // on when tp > 1, and each micro-batch that divides the per-rank batch.
 // budget ≤ 0 fits everything. They are ordered as Recommend prefers them.
 func Candidates(spec api.JobSpec, workers int, budget int64) ([]Candidate, error) {
@@ -117,7 +117,7 @@ func Candidates(spec api.JobSpec, workers int, budget int64) ([]Candidate, error
 			}
 			per := spec.Train.GlobalBatch / dp
 			for zs := 0; zs <= 3; zs++ {
-				if dp == 1 && zs > 0 || pp > 1 && zs > 2 {
+				if dp == 1 && zs > 0 {
 					continue
 				}
 				for _, sp := range []bool{false, true} {

@@ -166,10 +166,18 @@ func (x *executor) setEngine(e *zero.Engine) {
 // paramOrder lists, for ZeRO stage 3, the units whose parameters each
 // compute action of the rank's list reads, in order: a forward reads its
 // stage's units first to last, a backward (whole or input pass) last to
-// first — a whole backward's embedding pass too — and a weight pass none.
+// first — a whole backward's embedding pass too — and a weight pass none;
+// a last stage's head reads its copy of a tied embedding right after
+// itself (zero.Engine.Gather).
 func paramOrder(p *plan.Plan, rp plan.RankPlan) []int {
 	l := rp.Layout
 	var out []int
+	head := func() {
+		out = append(out, l.HeadUnit())
+		if t := l.TiedUnit(); t >= 0 {
+			out = append(out, t)
+		}
+	}
 	for _, a := range p.Schedule.Ranks[rp.Coord.PP] {
 		st := p.Stages[a.Stage]
 		split := p.Schedule.Split(a.Stage, a.MB)
@@ -182,11 +190,11 @@ func paramOrder(p *plan.Plan, rp plan.RankPlan) []int {
 				out = append(out, l.BlockUnit(i))
 			}
 			if st.Head {
-				out = append(out, l.HeadUnit())
+				head()
 			}
 		case schedule.B:
 			if st.Head {
-				out = append(out, l.HeadUnit())
+				head()
 			}
 			for i := st.End - 1; i >= st.First; i-- {
 				out = append(out, l.BlockUnit(i))

@@ -57,8 +57,9 @@ func TestPipelineMatchesSingleRank(t *testing.T) {
 	}
 }
 
-// dp 2 × pp 2 with ZeRO 1 and 2, tp 2 × pp 2 (sequence parallelism off and
-// on, kv heads replicated), and dp 2 × tp 2 × pp 2 reproduce one rank; the
+// dp 2 × pp 2 with ZeRO 1, 2 and 3, tp 2 × pp 2 (sequence parallelism off
+// and on, kv heads replicated), and dp 2 × tp 2 × pp 2 (ZeRO 1 and 3)
+// reproduce one rank (tied embeddings); the
 // tensor-parallel operations each rank counts are plan.TPComm's for its
 // stages, and the memory each rank counts from its allocations is the
 // plan's, pipeline message buffers and activation slots included.
@@ -74,13 +75,16 @@ func TestPipelineWithDataAndTensorParallel(t *testing.T) {
 		sched        string
 		grpc         bool
 	}{
-		{2, 1, 1, false, schedule.OneFOneB, true}, {2, 1, 2, false, schedule.ZBH1, false},
+		{2, 1, 1, false, schedule.OneFOneB, true}, {2, 1, 2, false, schedule.ZBH1, false}, {2, 1, 3, false, schedule.Interleaved, false},
 		{1, 2, 0, false, schedule.OneFOneB, false}, {1, 2, 0, true, schedule.ZBH1, false},
-		{2, 2, 1, false, schedule.OneFOneB, false}, {2, 2, 2, true, schedule.GPipe, false},
+		{2, 2, 1, false, schedule.OneFOneB, false}, {2, 2, 2, true, schedule.GPipe, false}, {2, 2, 3, true, schedule.ZBH1, false},
 	} {
 		t.Run(fmt.Sprintf("dp=%d/tp=%d/zero=%d/sp=%v/%s/grpc=%v", c.dp, c.tp, c.zero, c.sp, c.sched, c.grpc), func(t *testing.T) {
 			s := spec
 			s.Parallel.DP, s.Parallel.TP, s.Parallel.PP, s.Parallel.Zero, s.Parallel.SequenceParallel, s.Parallel.Schedule = c.dp, c.tp, 2, c.zero, c.sp, c.sched
+			if c.sched == schedule.Interleaved {
+				s.Parallel.VirtualStages = 2
+			}
 			s.Train.GlobalBatch = 8 * c.dp
 			if c.sp {
 				s.Train.MicroBatch = 2 // B·T divisible by tp

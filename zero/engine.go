@@ -419,7 +419,14 @@ func (e *Engine) Gather(u int) error {
 	if e.stage != Stage3 {
 		return nil
 	}
-	return e.use(u)
+	if err := e.use(u); err != nil {
+		return err
+	}
+	// A last stage's head reads its copy of the tied embedding too.
+	if t := e.part.Layout.TiedUnit(); t >= 0 && u == e.part.Layout.HeadUnit() {
+		return e.use(t)
+	}
+	return nil
 }
 
 // Release ends a pass's use of unit u's parameters: at stage 3 its working
@@ -429,6 +436,11 @@ func (e *Engine) Gather(u int) error {
 func (e *Engine) Release(u int) error {
 	if e.stage != Stage3 {
 		return nil
+	}
+	if t := e.part.Layout.TiedUnit(); t >= 0 && u == e.part.Layout.HeadUnit() {
+		if err := e.release(t); err != nil {
+			return err
+		}
 	}
 	return e.release(u)
 }
