@@ -12,7 +12,7 @@ import (
 
 // `loom verify` passes on pipelined layouts run by worker processes over
 // real sockets beside one worker, 10 steps within 1e-5: dp 2 × pp 2 with
-// ZeRO 1 and 2 (1F1B, ZB-H1), tp 2 × pp 2, and dp 2 × tp 2 × pp 2 (8
+// ZeRO 1, 2 and 3 (1F1B, ZB-H1), tp 2 × pp 2, and dp 2 × tp 2 × pp 2 (8
 // worker processes, tied embeddings, interleaved over 4 virtual stages).
 func TestVerifyPipeline(t *testing.T) {
 	if testing.Short() {
@@ -21,6 +21,7 @@ func TestVerifyPipeline(t *testing.T) {
 	for _, layout := range []string{
 		"{dp: 2, pp: 2, zero: 1}",
 		"{dp: 2, pp: 2, zero: 2, schedule: zb-h1}",
+		"{dp: 2, pp: 2, zero: 3}",
 		"{tp: 2, pp: 2, schedule: gpipe}",
 		"{dp: 2, tp: 2, pp: 2, zero: 1, schedule: interleaved-1f1b, virtual_stages: 2}",
 	} {
