@@ -44,8 +44,9 @@ func TestPipelineMatchesSingleRank(t *testing.T) {
 			{schedule.OneFOneB, 2, 1, nil}, {schedule.OneFOneB, 4, 1, []int{3, 2, 2, 1}},
 			{schedule.Interleaved, 2, 2, []int{3, 1, 1, 3}}, {schedule.Interleaved, 4, 2, nil},
 			{schedule.ZBH1, 2, 1, []int{2, 6}}, {schedule.ZBH1, 4, 1, nil},
+			{schedule.Interleaved, 1, 3, []int{2, 3, 3}}, // one rank, its stages handing over in memory
 		} {
-			grpc := tied == (c.pp == 2)
+			grpc := tied == (c.pp == 2) && c.pp > 1
 			name := fmt.Sprintf("tied=%v/%s/pp=%d/v=%d/cut=%v/grpc=%v", tied, c.sched, c.pp, c.v, c.cut, grpc)
 			t.Run(name, func(t *testing.T) {
 				s := spec
