@@ -108,7 +108,7 @@ func (p *Partition) Memory(r int, tied bool) Memory {
 // temporaries shared by all of them (ScratchBytes). It equals what the
 // trainer allocates (model.Model.NewStageActs and the token buffers).
 func (p *Plan) ActivationBytes(rank, B, T int) int64 {
-	in := p.Schedule.InFlight()
+	in := p.inFlight
 	var n, spare int64
 	for _, st := range p.Ranks[rank].Stages {
 		n += int64(in[st.Index]) * p.SlotBytes(rank, st, B, T)
@@ -223,10 +223,8 @@ func (p *Plan) P2PBytes(rank, B, T int) int64 {
 	me := p.Ranks[rank].Coord.PP
 	bufs := 0
 	for src := range p.Mesh.PP {
-		if n := p.Schedule.Buffers(me, src); n > 0 {
-			bufs += n
-		}
-		if src != me && p.Schedule.Buffers(src, me) > 0 {
+		bufs += p.buffers[me][src]
+		if src != me && p.buffers[src][me] > 0 {
 			bufs += SendBuffers
 		}
 	}

@@ -148,6 +148,10 @@ type Plan struct {
 	Layouts    []*model.Layout
 	Partitions []*Partition
 	Ranks      []RankPlan
+	// inFlight and buffers are Schedule.InFlight and AllBuffers, computed
+	// once.
+	inFlight []int
+	buffers  [][]int
 }
 
 // PartIndex is where the layout and partition of the ranks at pipeline
@@ -189,7 +193,7 @@ func New(spec api.JobSpec, world int) (*Plan, error) {
 	}
 	pl := &Plan{Mesh: mesh, Model: cfg, ZeroStage: ZeroStage(p.Zero), SequenceParallel: p.SequenceParallel && p.TP > 1,
 		MicroBatch: spec.Train.MicroBatch, SeqLen: spec.Model.SeqLen, Accum: accum, GlobalBatch: spec.Train.GlobalBatch,
-		Schedule: sched, Recompute: spec.Train.Recompute}
+		Schedule: sched, Recompute: spec.Train.Recompute, inFlight: sched.InFlight(), buffers: sched.AllBuffers()}
 	cut := p.Stages
 	if len(cut) == 0 {
 		cut, pl.Balanced = BalanceStages(cfg, spec.Model.SeqLen, p.PP*v), true

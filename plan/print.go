@@ -34,7 +34,7 @@ func (p *Plan) String() string {
 	if res, err := p.Bubble(); err == nil {
 		fmt.Fprintf(&b, "  predicted bubble %.1f%% (stage costs estimated in FLOPs), peak micro-batches in flight per pipeline rank %v\n", 100*res.Bubble, res.PeakInFlight)
 	}
-	in := p.Schedule.InFlight()
+	in := p.inFlight
 	for _, s := range p.Stages {
 		c := StageCost(p.Model, p.SeqLen, s)
 		n := float64(p.MicroBatch*p.SeqLen) / float64(p.Mesh.TP) / 1e9

@@ -1,5 +1,7 @@
 package schedule
 
+import "slices"
+
 // InFlight is, per stage, the most micro-batches whose activations the
 // stage holds at once along its rank's list (from the forward to the last
 // backward pass of each): how many activation slots the executor gives
@@ -31,11 +33,12 @@ func (s *Schedule) InFlight() []int {
 // Buffers(r, src) buffers never runs out: a further message would be one
 // more that can be there at once. s must be valid (Check).
 func (s *Schedule) Buffers(r, src int) int {
-	return s.bounds()[r][src]
+	return s.AllBuffers()[r][src]
 }
 
-// bounds computes Buffers for every pair.
-func (s *Schedule) bounds() [][]int {
+// AllBuffers is Buffers for every pair at once, [r][src]: one pass over
+// the lists instead of one per pair.
+func (s *Schedule) AllBuffers() [][]int {
 	P := s.PP
 	// Vector clocks: vc[r][i][q] = how many of rank q's actions happen
 	// before or at action i of rank r (for q = r: i+1).
@@ -71,27 +74,33 @@ func (s *Schedule) bounds() [][]int {
 			}
 		}
 	}
+	// Message j to r is there at r's step i when its send does not follow
+	// step i (vc of the send on r is ≤ i) and its receive is at i or
+	// later: i in [known_j, recv_j]. The most at once is the deepest
+	// overlap of those intervals, which a sweep finds (the deepest point
+	// is some interval's end, a receive).
+	type ev struct{ at, d int }
 	out := make([][]int, P)
 	for r := range P {
 		out[r] = make([]int, P)
-		for i, x := range s.Ranks[r] {
-			if x.Kind != RecvF && x.Kind != RecvB {
+		evs := make([][]ev, P)
+		for i, y := range s.Ranks[r] {
+			if y.Kind != RecvF && y.Kind != RecvB {
 				continue
 			}
-			// Messages to r from each src that may be there when r reaches
-			// step i and are taken at i or later.
-			held := make([]int, P)
-			for j := i; j < len(s.Ranks[r]); j++ {
-				y := s.Ranks[r][j]
-				if y.Kind != RecvF && y.Kind != RecvB {
-					continue
+			p := pos[Match(y)]
+			evs[p[0]] = append(evs[p[0]], ev{vc[p[0]][p[1]][r], 1}, ev{i + 1, -1})
+		}
+		for q, e := range evs {
+			slices.SortFunc(e, func(a, b ev) int {
+				if a.at != b.at {
+					return a.at - b.at
 				}
-				p := pos[Match(y)]
-				if vc[p[0]][p[1]][r] <= i { // the send does not follow step i
-					held[p[0]]++
-				}
-			}
-			for q, n := range held {
+				return a.d - b.d
+			})
+			n := 0
+			for _, x := range e {
+				n += x.d
 				out[r][q] = max(out[r][q], n)
 			}
 		}

@@ -432,3 +432,80 @@ func TestBuffersBoundTheSimulator(t *testing.T) {
 		}
 	}
 }
+
+// AllBuffers' sweep counts what its definition counts: at each receive x
+// of rank r, the messages to r whose send does not causally follow x and
+// whose receive is x or later (a direct count over every pair of
+// receives), over a grid of shapes.
+func TestBuffersSweepMatchesDefinition(t *testing.T) {
+	for _, name := range Names() {
+		for pp := 1; pp <= 4; pp++ {
+			for m := 1; m <= 9; m += 2 {
+				v := 1
+				if name == Interleaved {
+					v = 2
+					if interleavedRound(pp, m) == 0 {
+						continue
+					}
+				}
+				s, err := For(name, pp, v, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := s.AllBuffers()
+				// Happens-before by brute force: the transitive closure of
+				// program order and send → receive.
+				type pos struct{ r, i int }
+				index := map[Action]pos{}
+				for r, as := range s.Ranks {
+					for i, a := range as {
+						index[a] = pos{r, i}
+					}
+				}
+				memo := map[[2]pos]bool{}
+				var before func(a, b pos) bool // a happens before (or is) b
+				before = func(a, b pos) bool {
+					if a == b || a.r == b.r && a.i <= b.i {
+						return true
+					}
+					k := [2]pos{a, b}
+					if v, ok := memo[k]; ok {
+						return v
+					}
+					res := false
+					for i := b.i; i >= 0 && !res; i-- {
+						if x := s.Ranks[b.r][i]; x.Kind == RecvF || x.Kind == RecvB {
+							res = before(a, index[Match(x)])
+						}
+					}
+					memo[k] = res
+					return res
+				}
+				for r, as := range s.Ranks {
+					want := make([]int, s.PP)
+					for i, x := range as {
+						if x.Kind != RecvF && x.Kind != RecvB {
+							continue
+						}
+						held := make([]int, s.PP)
+						for j := i; j < len(as); j++ {
+							y := as[j]
+							if y.Kind != RecvF && y.Kind != RecvB {
+								continue
+							}
+							if sp := index[Match(y)]; !before(pos{r, i}, sp) {
+								held[sp.r]++
+							}
+						}
+						for q, n := range held {
+							want[q] = max(want[q], n)
+						}
+					}
+					if fmt.Sprint(want) != fmt.Sprint(got[r]) {
+						t.Fatalf("%s rank %d: buffers %v, by definition %v", s.Header(), r, got[r], want)
+					}
+				}
+			}
+		}
+	}
+}
