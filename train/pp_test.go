@@ -262,3 +262,48 @@ func TestPipelineTimeline(t *testing.T) {
 		t.Fatal("no error for a job without a timeline")
 	}
 }
+
+// Recomputing each block's forward before its backward changes nothing
+// but memory and work: the same layout with train.recompute reproduces the
+// run without it bit for bit — one rank, pp 2 under GPipe, tp 2 × pp 2
+// with sequence parallelism — holds less activation memory (the plan's
+// count, exactly), and issues the tensor-parallel collectives plan.TPComm
+// counts for it (each layer's forward ones twice).
+func TestRecompute(t *testing.T) {
+	path := corpus(t)
+	spec := ppSpec(path, false)
+	spec.Model.NLayers = 4
+	spec.Train.Steps, spec.Train.MicroBatch = 3, 2
+	for _, c := range []struct {
+		tp, pp int
+		sp     bool
+		sched  string
+	}{{1, 1, false, schedule.OneFOneB}, {1, 2, false, schedule.GPipe}, {2, 2, true, schedule.OneFOneB}} {
+		t.Run(fmt.Sprintf("tp=%d/pp=%d/%s", c.tp, c.pp, c.sched), func(t *testing.T) {
+			s := spec
+			s.Parallel.TP, s.Parallel.PP, s.Parallel.SequenceParallel, s.Parallel.Schedule = c.tp, c.pp, c.sp, c.sched
+			want, wmem := layoutRun(t, s, runOpts{inproc: true})
+			s.Train.Recompute = true
+			got, mem := layoutRun(t, s, runOpts{inproc: true})
+			for i := range want[0] {
+				if g, w := got[0][i], want[0][i]; g.Loss != w.Loss || g.GradNorm != w.GradNorm {
+					t.Fatalf("step %d: recomputing loss %v grad norm %v, saving %v %v", i+1, g.Loss, g.GradNorm, w.Loss, w.GradNorm)
+				}
+			}
+			p, err := plan.New(s, c.tp*c.pp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r := range got {
+				checkTPComm(t, p, r, got[r])
+				est := p.Memory(r)
+				est.Runtime = 0
+				// A stage of one block in one slot saves nothing: its one
+				// block's activations move into the shared scratch.
+				if mem[r] != est || mem[r].Activations > wmem[r].Activations || r == 0 && mem[r].Activations == wmem[r].Activations {
+					t.Errorf("rank %d: recomputing counts %+v (plan %+v), saving %d bytes of activations", r, mem[r], est, wmem[r].Activations)
+				}
+			}
+		})
+	}
+}
