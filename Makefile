@@ -40,10 +40,12 @@ run: build out/gosrc-bpe.bin out/pydoc-bpe.bin
 	$(BIN) run $(JOB)
 
 # The whole suite: lint, every package's tests under the race detector, and
-# the kernels again on their pure-Go path (the fallback for CPUs without AVX2).
+# the kernels and the data plane's reductions again on their pure-Go path (the
+# fallback for CPUs without AVX2).
 test: setup lint
 	$(GO) test -race -timeout 20m ./...
 	$(GO) test -tags purego ./tensor/...
+	$(GO) test -tags purego -run 'Reduce|Kernels' ./parallel/
 
 test-short: lint
 	$(GO) test -short ./...

@@ -142,7 +142,8 @@ type ParallelSpec struct {
 	// Transport is how tensor payloads travel between workers: "auto"
 	// (shared memory between workers on one host, raw TCP across hosts),
 	// "tcp", "shm" (one host only) or "grpc" (on the gRPC Peer stream).
-	// `loom worker --transport` overrides it for one worker.
+	// `loom worker --transport` overrides it for one worker. Empty means
+	// auto.
 	Transport string `yaml:"transport"`
 }
 
@@ -385,7 +386,7 @@ func (s *JobSpec) Validate() error {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
 	}
 	switch p.Transport {
-	case "auto", "tcp", "shm", "grpc":
+	case "", "auto", "tcp", "shm", "grpc": // "": auto (a spec built in code)
 	default:
 		bad("parallel.transport", p.Transport, "allowed: auto, tcp, shm, grpc")
 	}
