@@ -13,7 +13,8 @@ import (
 // `loom verify` passes on pipelined layouts run by worker processes over
 // real sockets beside one worker, 10 steps within 1e-5: dp 2 × pp 2 with
 // ZeRO 1, 2 and 3 (1F1B, ZB-H1), tp 2 × pp 2, and dp 2 × tp 2 × pp 2 (8
-// worker processes, tied embeddings, interleaved over 4 virtual stages).
+// worker processes with every tensor on the gRPC Peer streams, tied
+// embeddings, interleaved over 4 virtual stages).
 func TestVerifyPipeline(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts worker processes")
@@ -23,7 +24,7 @@ func TestVerifyPipeline(t *testing.T) {
 		"{dp: 2, pp: 2, zero: 2, schedule: zb-h1}",
 		"{dp: 2, pp: 2, zero: 3}",
 		"{tp: 2, pp: 2, schedule: gpipe}",
-		"{dp: 2, tp: 2, pp: 2, zero: 1, schedule: interleaved-1f1b, virtual_stages: 2}",
+		"{dp: 2, tp: 2, pp: 2, zero: 1, schedule: interleaved-1f1b, virtual_stages: 2, transport: grpc}",
 	} {
 		name := strings.NewReplacer("{", "", "}", "", ": ", "=", ", ", "/").Replace(layout)
 		t.Run(name, func(t *testing.T) {
@@ -48,7 +49,8 @@ func TestVerifyPipeline(t *testing.T) {
 
 // `loom run` of a pipelined job (two worker processes) saves every rank's
 // last step as a Chrome trace and merges them into timeline.json, whose
-// measured bubble is a fraction of the step.
+// measured bubble is a fraction of the step; `loom schedule --timeline`
+// sets it beside the simulator's prediction for the measured passes.
 func TestRunPipelineTimeline(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts worker processes")
@@ -79,6 +81,10 @@ func TestRunPipelineTimeline(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("timeline lacks %s", want)
 		}
+	}
+	out, _, err := loom(t, "schedule", spec, "--timeline", path)
+	if err != nil || !strings.Contains(out, "the mean passes measured in "+path) || !strings.Contains(out, "measured bubble") {
+		t.Fatalf("schedule --timeline: %v\n%s", err, out)
 	}
 }
 

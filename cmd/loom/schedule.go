@@ -7,11 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/schedule"
+	"github.com/loomtrain/loom/timeline"
 )
 
 func cmdSchedule(ctx context.Context, env *cmdEnv, args []string) error {
@@ -25,7 +28,10 @@ func cmdSchedule(ctx context.Context, env *cmdEnv, args []string) error {
 		"timing. The simulator proves the schedule deadlock-free first.\n"+
 		"With JOB.yaml the shape comes from the job's plan (pp, parallel.schedule,\n"+
 		"virtual_stages, micro-batches = global_batch ÷ (micro_batch × dp)) and the\n"+
-		"costs from its stages' estimated FLOPs; flags override either.")
+		"costs from its stages' estimated FLOPs; flags override either.\n"+
+		"--timeline FILE (a run's timeline.json, or one rank's Chrome trace) measures\n"+
+		"that step instead: the bubble, each stage's mean F, B and W, and the\n"+
+		"simulator's prediction for those durations beside it.")
 	pp := fs.Int("pp", 0, "pipeline ranks (default: the job's, else 4)")
 	micro := fs.Int("micro-batches", 0, "micro-batches per step (default: the job's, else 8)")
 	name := fs.String("schedule", "", "schedule: gpipe, 1f1b, interleaved-1f1b or zb-h1 (default: the job's, else 1f1b)")
@@ -35,6 +41,7 @@ func cmdSchedule(ctx context.Context, env *cmdEnv, args []string) error {
 	costW := fs.Float64("cost-w", 0, "duration of a stage's weight-gradient pass (default: the job's estimate, else 1)")
 	comm := fs.Float64("comm", 0, "latency of one message between ranks, in the same unit")
 	format := fs.String("format", "text", "output: text, or json (the action lists and the simulated figures)")
+	trace := fs.String("timeline", "", "a run's timeline (Chrome trace `FILE`, e.g. checkpoint.dir/NAME/timeline.json): measure its bubble and simulate its measured pass durations")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -114,6 +121,24 @@ func cmdSchedule(ctx context.Context, env *cmdEnv, args []string) error {
 			costs.W[i] = *costW
 		}
 	}
+	var measured *timeline.Stats
+	if *trace != "" {
+		b, err := os.ReadFile(*trace)
+		if err != nil {
+			return fmt.Errorf("schedule: --timeline: %w", err)
+		}
+		if measured, err = timeline.Analyze(b); err != nil {
+			return fmt.Errorf("schedule: --timeline %s: %w", *trace, err)
+		}
+		for i := range s.Stages() {
+			f, ok := measured.Mean["F"][i]
+			if !ok {
+				return fmt.Errorf("schedule: --timeline %s has no forward of stage %d: is it a run of this schedule (%s, pp %d, %d virtual stages)?", *trace, i, s.Name, s.PP, s.Virtual)
+			}
+			costs.F[i], costs.B[i], costs.W[i] = f.Seconds()*1e3, measured.Mean["B"][i].Seconds()*1e3, measured.Mean["W"][i].Seconds()*1e3
+		}
+		shape.costsSource = fmt.Sprintf("the mean passes measured in %s, in ms", *trace)
+	}
 	res, err := schedule.Simulate(s, costs)
 	if err != nil {
 		return err
@@ -176,6 +201,10 @@ func cmdSchedule(ctx context.Context, env *cmdEnv, args []string) error {
 	tw.Flush()
 	fmt.Fprintf(w, "predicted bubble %.1f%%: %.4g of %d × %.4g rank-time units idle (peak in flight: micro-batches whose activations a rank holds at once; receive buffers: messages it may hold before their receive, under any timing)\n",
 		100*res.Bubble, res.Bubble*float64(s.PP)*res.Makespan, s.PP, res.Makespan)
+	if measured != nil {
+		fmt.Fprintf(w, "measured bubble %.1f%% over %d ranks' compute span of %v (%+.1f points from the prediction for these durations)\n",
+			100*measured.Bubble, measured.Ranks, measured.Span.Round(time.Microsecond), 100*(measured.Bubble-res.Bubble))
+	}
 	return nil
 }
 
