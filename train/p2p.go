@@ -39,6 +39,8 @@ type p2p struct {
 	in     map[int]*inbox
 	out    map[int]*outbox
 
+	running bool // start was called and finish not yet
+
 	mu    sync.Mutex
 	spans []span // the transfers of the step, for the timeline
 }
@@ -106,6 +108,7 @@ func (x *p2p) bytes() int64 {
 
 // start launches the step's receivers and senders.
 func (x *p2p) start(ctx context.Context) {
+	x.running = true
 	x.mu.Lock()
 	x.spans = x.spans[:0]
 	x.mu.Unlock()
@@ -240,8 +243,13 @@ func (x *p2p) take(ctx context.Context, a schedule.Action, dst []float32) error 
 
 // finish waits for the step's transfers to end: every send handed to the
 // transport, every receiver done (a failed step drains what it can within
-// ctx). It returns the bytes sent and received and the first error.
+// ctx). It returns the bytes sent and received and the first error; after
+// the first call it does nothing until the next start.
 func (x *p2p) finish(ctx context.Context) (sent, received int64, err error) {
+	if !x.running {
+		return 0, 0, nil
+	}
+	x.running = false
 	var errs []error
 	for _, ob := range x.out {
 		close(ob.queue)

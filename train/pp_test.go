@@ -1,15 +1,21 @@
 package train
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/parallel"
+	"github.com/loomtrain/loom/parallel/inproc"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/schedule"
 	"github.com/loomtrain/loom/tensor"
@@ -306,4 +312,74 @@ func TestRecompute(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failingSend is a pipeline group whose Send fails from the n-th call on,
+// as a transport does when its peer is gone.
+type failingSend struct {
+	parallel.Comm
+	mu sync.Mutex
+	n  int
+}
+
+func (f *failingSend) Send(ctx context.Context, dst int, buf []float32) error {
+	f.mu.Lock()
+	f.n--
+	fail := f.n < 0
+	f.mu.Unlock()
+	if fail {
+		return errors.New("connection to rank 1 lost")
+	}
+	return f.Comm.Send(ctx, dst, buf)
+}
+
+// A pipeline rank whose sends fail ends its step with an error naming the
+// message and the peer, and the rank waiting for that message ends with an
+// error naming its receive and the peer (the failed group, or its timeout)
+// — neither hangs.
+func TestPipelinePeerFailureIsAnError(t *testing.T) {
+	path := corpus(t)
+	spec := ppSpec(path, false)
+	spec.Model.NLayers = 2
+	spec.Parallel.PP = 2
+	p, err := plan.New(spec, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := inproc.NewGroup("pp.dp0.tp0", []int{0, 1}, inproc.Options{Timeout: 2 * time.Second})
+	trainers := make([]*Trainer, 2)
+	for r := range 2 {
+		f, err := data.Open(spec.Data.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		l, _ := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: spec.Data.Shuffle, Seed: spec.Data.Seed})
+		var c parallel.Comm = members[r]
+		if r == 0 {
+			c = &failingSend{Comm: c, n: 3}
+		}
+		if trainers[r], err = New(Config{Spec: spec, Kernels: tensor.Reference{}, Loader: l, Plan: p, Rank: r, Comms: Comms{PP: c}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for r, tr := range trainers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, errs[r] = tr.Step(ctx)
+		}()
+	}
+	wg.Wait()
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "connection to rank 1 lost") || !strings.Contains(errs[0].Error(), "sending 0SEND_F3 to rank 1") {
+		t.Fatalf("rank 0: %v", errs[0])
+	}
+	if errs[1] == nil || !strings.Contains(errs[1].Error(), "from rank 0") {
+		t.Fatalf("rank 1: %v", errs[1])
+	}
+	t.Logf("rank 0: %v\nrank 1: %v", errs[0], errs[1])
 }
