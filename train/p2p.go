@@ -41,8 +41,10 @@ type p2p struct {
 
 	running bool // start was called and finish not yet
 
-	mu    sync.Mutex
-	spans []span // the transfers of the step, for the timeline
+	mu     sync.Mutex
+	spans  []span        // the transfers of the step, for the timeline
+	err    error         // the step's first transfer failure
+	failed chan struct{} // closed on it
 }
 
 // inbox receives one neighbour's messages.
@@ -52,7 +54,6 @@ type inbox struct {
 	index map[schedule.Action]int // position of each send in order
 	pool  chan []float32
 	got   []chan []float32 // by position: the received message
-	errc  chan error       // the receiver's failure (buffered 1)
 	done  chan struct{}
 	bytes int64
 }
@@ -62,7 +63,6 @@ type outbox struct {
 	dst   int
 	pool  chan []float32
 	queue chan []float32
-	errc  chan error
 	done  chan struct{}
 	bytes int64
 }
@@ -111,18 +111,19 @@ func (x *p2p) start(ctx context.Context) {
 	x.running = true
 	x.mu.Lock()
 	x.spans = x.spans[:0]
+	x.err, x.failed = nil, make(chan struct{})
 	x.mu.Unlock()
 	for _, ib := range x.in {
 		ib.got = make([]chan []float32, len(ib.order))
 		for i := range ib.got {
 			ib.got[i] = make(chan []float32, 1)
 		}
-		ib.errc, ib.done, ib.bytes = make(chan error, 1), make(chan struct{}), 0
+		ib.done, ib.bytes = make(chan struct{}), 0
 		go x.receive(ctx, ib)
 	}
 	for _, ob := range x.out {
 		ob.queue = make(chan []float32, cap(ob.pool))
-		ob.errc, ob.done, ob.bytes = make(chan error, 1), make(chan struct{}), 0
+		ob.done, ob.bytes = make(chan struct{}), 0
 		go x.send(ctx, ob)
 	}
 }
@@ -146,17 +147,17 @@ func (x *p2p) receive(ctx context.Context, ib *inbox) {
 		select {
 		case buf = <-ib.pool:
 		case <-ctx.Done():
-			ib.errc <- fmt.Errorf("pipeline: waiting for a buffer to receive %v from rank %d: %w", want, src, ctx.Err())
+			x.fail(fmt.Errorf("pipeline: waiting for a buffer to receive %v from rank %d: %w", want, src, ctx.Err()))
 			return
 		}
 		start := time.Now()
 		if err := x.c.Recv(ctx, src, buf); err != nil {
-			ib.errc <- fmt.Errorf("pipeline: receiving %v from rank %d: %w", want, src, err)
+			x.fail(fmt.Errorf("pipeline: receiving %v from rank %d: %w", want, src, err))
 			return
 		}
 		x.record(span{Name: "recv " + want.String(), Cat: timeline.Recv, Kind: timeline.Recv, Stage: want.Stage, Micro: want.MB, Start: start, End: time.Now()})
 		if got := decodeTag(buf); got != want {
-			ib.errc <- fmt.Errorf("pipeline: rank %d sent %v where its schedule sends %v next (do both ranks run the same plan?): %w", src, got, want, schedule.ErrInvalid)
+			x.fail(fmt.Errorf("pipeline: rank %d sent %v where its schedule sends %v next (do both ranks run the same plan?): %w", src, got, want, schedule.ErrInvalid))
 			return
 		}
 		ib.bytes += 4 * int64(len(buf))
@@ -173,7 +174,7 @@ func (x *p2p) send(ctx context.Context, ob *outbox) {
 		if !failed {
 			start := time.Now()
 			if err := x.c.Send(ctx, dst, buf); err != nil {
-				ob.errc <- fmt.Errorf("pipeline: sending %v to rank %d: %w", decodeTag(buf), dst, err)
+				x.fail(fmt.Errorf("pipeline: sending %v to rank %d: %w", decodeTag(buf), dst, err))
 				failed = true
 			} else {
 				a := decodeTag(buf)
@@ -183,6 +184,24 @@ func (x *p2p) send(ctx context.Context, ob *outbox) {
 		}
 		ob.pool <- buf
 	}
+}
+
+// fail records the step's first transfer failure and wakes the compute
+// loop, whatever it waits on.
+func (x *p2p) fail(err error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.err == nil {
+		x.err = err
+		close(x.failed)
+	}
+}
+
+// failure is the recorded failure.
+func (x *p2p) failure() error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.err
 }
 
 func (x *p2p) record(s span) {
@@ -202,9 +221,8 @@ func (x *p2p) post(ctx context.Context, a schedule.Action, payload []float32) er
 	var buf []float32
 	select {
 	case buf = <-ob.pool:
-	case err := <-ob.errc:
-		ob.errc <- err
-		return err
+	case <-x.failed:
+		return x.failure()
 	case <-ctx.Done():
 		return fmt.Errorf("pipeline: %v: waiting for a send buffer: %w", a, ctx.Err())
 	}
@@ -230,9 +248,8 @@ func (x *p2p) take(ctx context.Context, a schedule.Action, dst []float32) error 
 	var buf []float32
 	select {
 	case buf = <-ib.got[i]:
-	case err := <-ib.errc:
-		ib.errc <- err
-		return err
+	case <-x.failed:
+		return x.failure()
 	case <-ctx.Done():
 		return fmt.Errorf("pipeline: %v: waiting for rank %d: %w", a, x.ranks[peer], ctx.Err())
 	}
@@ -255,11 +272,6 @@ func (x *p2p) finish(ctx context.Context) (sent, received int64, err error) {
 		close(ob.queue)
 		<-ob.done
 		sent += ob.bytes
-		select {
-		case e := <-ob.errc:
-			errs = append(errs, e)
-		default:
-		}
 	}
 	for _, ib := range x.in {
 		select {
@@ -269,11 +281,6 @@ func (x *p2p) finish(ctx context.Context) (sent, received int64, err error) {
 			continue
 		}
 		received += ib.bytes
-		select {
-		case e := <-ib.errc:
-			errs = append(errs, e)
-		default:
-		}
 		// Messages received but never taken (a failed step) go back.
 		for _, ch := range ib.got {
 			select {
@@ -283,7 +290,7 @@ func (x *p2p) finish(ctx context.Context) (sent, received int64, err error) {
 			}
 		}
 	}
-	return sent, received, errors.Join(errs...)
+	return sent, received, errors.Join(append([]error{x.failure()}, errs...)...)
 }
 
 // takeSpans returns the step's transfers.
