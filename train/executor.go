@@ -67,13 +67,11 @@ type hookSet struct {
 
 // stepStats is what the executor measured of a step.
 type stepStats struct {
-	loss             float64 // sum over the step's micro-batches on the last stage, 0 elsewhere
-	compute, wait    time.Duration
-	sent, received   int64
-	first, lastEnd   time.Time // of the compute actions
-	computeSpanCount int
-	peakSlots        []int // per stage of the rank, in model order
-	peakBytes        int64
+	loss          float64 // sum over the step's micro-batches on the last stage, 0 elsewhere
+	compute, wait time.Duration
+	sent          int64 // bytes to the neighbouring stages
+	peakSlots     []int // per stage of the rank, in model order
+	peakBytes     int64
 }
 
 // executorConfig is what newExecutor needs; setEngine must follow (the
@@ -287,11 +285,6 @@ func (x *executor) run(ctx context.Context) (stepStats, error) {
 		case a.Kind.Compute():
 			x.spans = append(x.spans, actionSpan(timeline.Compute, a, start, end))
 			st.compute += end.Sub(start)
-			if st.computeSpanCount == 0 {
-				st.first = start
-			}
-			st.lastEnd = end
-			st.computeSpanCount++
 		case a.Kind == schedule.RecvF || a.Kind == schedule.RecvB:
 			x.spans = append(x.spans, actionSpan(timeline.Wait, a, start, end))
 			st.wait += end.Sub(start)
@@ -306,8 +299,8 @@ func (x *executor) run(ctx context.Context) (stepStats, error) {
 		}
 	}
 	if x.net != nil {
-		sent, recv, err := x.net.finish(ctx)
-		st.sent, st.received = sent, recv
+		sent, _, err := x.net.finish(ctx)
+		st.sent = sent
 		if err != nil {
 			x.abort()
 			return st, err
