@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bench-monitoring bench-tls bf16-parity proto lint setup fixtures clean web grafana \
+.PHONY: all build run test test-short bench bench-monitoring bench-tls bf16-parity pp-bench proto lint setup fixtures clean web grafana \
 	static image test-image test-multihost k8s
 
 all: build
@@ -67,6 +67,13 @@ bench-tls: build out/gosrc-bpe.bin out/pydoc-bpe.bin
 
 bf16-parity:
 	LOOM_BF16_PARITY=1 $(GO) test -count=1 -run TestBF16TracksFP32 -v ./cmd/loom
+
+# Pipelined small (pp 2, 8 micro-batches, each schedule, 2 workers × 1 thread)
+# beside one worker × 1 thread: tokens/s, the measured bubble against the
+# simulator's, peak RSS per stage against the plan (~2 min a round;
+# LOOM_PP_ROUNDS=N for more).
+pp-bench:
+	LOOM_PP_TEST=1 $(GO) test -count=1 -timeout 60m -run 'TestPipelineSmall$$' -v ./train
 
 proto:
 	proto/gen.sh
