@@ -101,6 +101,13 @@ type objects struct {
 	rules        []prometheusRule
 }
 
+// grow appends a zero T to list and returns a pointer to it.
+func grow[T any](list *[]T) *T {
+	var zero T
+	*list = append(*list, zero)
+	return &(*list)[len(*list)-1]
+}
+
 // strict decodes b into v, refusing unknown fields.
 func strict(b []byte, v any) error {
 	d := json.NewDecoder(bytes.NewReader(b))
@@ -124,41 +131,29 @@ func render(t *testing.T, dir string) *objects {
 		var dst any
 		switch kind {
 		case "Namespace":
-			o.namespaces = append(o.namespaces, corev1.Namespace{})
-			dst = &o.namespaces[len(o.namespaces)-1]
+			dst = grow(&o.namespaces)
 		case "Service":
-			o.services = append(o.services, corev1.Service{})
-			dst = &o.services[len(o.services)-1]
+			dst = grow(&o.services)
 		case "ConfigMap":
-			o.configMaps = append(o.configMaps, corev1.ConfigMap{})
-			dst = &o.configMaps[len(o.configMaps)-1]
+			dst = grow(&o.configMaps)
 		case "PersistentVolumeClaim":
-			o.pvcs = append(o.pvcs, corev1.PersistentVolumeClaim{})
-			dst = &o.pvcs[len(o.pvcs)-1]
+			dst = grow(&o.pvcs)
 		case "Deployment":
-			o.deployments = append(o.deployments, appsv1.Deployment{})
-			dst = &o.deployments[len(o.deployments)-1]
+			dst = grow(&o.deployments)
 		case "StatefulSet":
-			o.statefulSets = append(o.statefulSets, appsv1.StatefulSet{})
-			dst = &o.statefulSets[len(o.statefulSets)-1]
+			dst = grow(&o.statefulSets)
 		case "Job":
-			o.jobs = append(o.jobs, batchv1.Job{})
-			dst = &o.jobs[len(o.jobs)-1]
+			dst = grow(&o.jobs)
 		case "PodDisruptionBudget":
-			o.pdbs = append(o.pdbs, policyv1.PodDisruptionBudget{})
-			dst = &o.pdbs[len(o.pdbs)-1]
+			dst = grow(&o.pdbs)
 		case "NetworkPolicy":
-			o.netpols = append(o.netpols, networkingv1.NetworkPolicy{})
-			dst = &o.netpols[len(o.netpols)-1]
+			dst = grow(&o.netpols)
 		case "ServiceMonitor":
-			o.svcMonitors = append(o.svcMonitors, serviceMonitor{})
-			dst = &o.svcMonitors[len(o.svcMonitors)-1]
+			dst = grow(&o.svcMonitors)
 		case "PodMonitor":
-			o.podMonitors = append(o.podMonitors, podMonitor{})
-			dst = &o.podMonitors[len(o.podMonitors)-1]
+			dst = grow(&o.podMonitors)
 		case "PrometheusRule":
-			o.rules = append(o.rules, prometheusRule{})
-			dst = &o.rules[len(o.rules)-1]
+			dst = grow(&o.rules)
 		default:
 			t.Errorf("%s: %s %s: a kind this test does not know; add it", dir, kind, r.GetName())
 			continue
