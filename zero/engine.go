@@ -581,7 +581,7 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 			return st, err
 		}
 		if e.tp == nil && e.pp == nil {
-			st.GradNorm = optim.ClipGradNorm(e.k, e.grads, maxNorm)
+			st.GradNorm = math.Sqrt(e.k.SumSquares(e.grads))
 		} else {
 			// The dp group's gradients are already averaged: only the
 			// tensor-parallel partial sums remain to be added.
@@ -590,11 +590,10 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 				return st, err
 			}
 			st.GradNorm = norm
-			if c := optim.ClipCoef(norm, maxNorm); c < 1 {
-				e.k.Scale(e.grads, float32(c))
-			}
 		}
-		return st, e.opts[0].Step(e.params, e.grads, lr)
+		// Clipping's factor is applied inside AdamW's pass (one pass over
+		// the gradients fewer, same bits as scaling them first).
+		return st, e.opts[0].StepScaled(e.params, e.grads, lr, optim.ClipCoef(st.GradNorm, maxNorm))
 	}
 	defer e.Abort()
 	if e.q != nil {
@@ -610,13 +609,9 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 		return st, err
 	}
 	st.GradNorm = norm
-	if c := optim.ClipCoef(st.GradNorm, maxNorm); c < 1 {
-		for i := range e.opts {
-			e.k.Scale(e.gradOf(i), float32(c))
-		}
-	}
+	clip := optim.ClipCoef(st.GradNorm, maxNorm) // applied inside AdamW's pass
 	for i, o := range e.opts {
-		if err := o.Step(e.paramOf(i), e.gradOf(i), lr); err != nil {
+		if err := o.StepScaled(e.paramOf(i), e.gradOf(i), lr, clip); err != nil {
 			return st, err
 		}
 	}
