@@ -270,7 +270,7 @@ func (w *world) event(s *snapshot) {
 		j := running[w.r.Intn(len(running))]
 		rank := w.r.Intn(len(j.Assignment.Ranks))
 		p := &loomv1.RankProgress{Job: j.Desired.Name, Generation: j.Assignment.Generation, Rank: int32(rank),
-			Steps: []*loomv1.StepStats{{Step: int64(1 + w.r.Intn(10)), Loss: 1}},
+			Steps:           []*loomv1.StepStats{{Step: int64(1 + w.r.Intn(10)), Loss: 1}},
 			FirstStepUnixMs: w.now.UnixMilli(), SetupSeconds: 1, ResumeSeconds: 0.5, ResumeStep: j.Assignment.ResumeStep}
 		w.store.put(w.keys.Progress(j.Desired.Name, rank), Encode(p))
 		w.logf("event: %s gen %d rank %d reports a step", j.Desired.Name, j.Assignment.Generation, rank)
