@@ -252,7 +252,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	coordinatorFlag(fs, &addr)
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
 	pendingTimeout := fs.Duration("pending-timeout", 10*time.Minute, "fail the job when it waits this long for enough workers (before it starts, or for a restart); 0: wait for ever")
-	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
+	maxRestarts := fs.Int("max-restarts", -1, "generations that may end early (a worker lost, failed or hung) before the job fails; each restart resumes from the newest complete checkpoint (default: the spec's elastic.max_restarts)")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
