@@ -120,7 +120,7 @@ func (h *hangComm) AllReduce(ctx context.Context, buf []float32, op parallel.Red
 		hang := false
 		h.once.Do(func() { hang = true })
 		if hang {
-			fmt.Fprintf(os.Stderr, "LOOM_TEST_HANG: rank %d stops answering in an all-reduce of step %d\n", h.rank, h.at()+1)
+			fmt.Fprintf(os.Stderr, "LOOM_TEST_HANG: rank %d stops answering in an all-reduce of step %d at=%d\n", h.rank, h.at()+1, time.Now().UnixMilli())
 			<-ctx.Done()
 			return ctx.Err()
 		}
