@@ -46,7 +46,7 @@ func TestHangInAllReduceNamedAndRecovered(t *testing.T) {
 	for _, p := range w.workers {
 		if m := re.FindStringSubmatch(p.out.String()); m != nil {
 			hungAt, _ = strconv.ParseInt(m[1], 10, 64)
-			hungAddr = regexp.MustCompile(`addr=(\S+)`).FindStringSubmatch(p.out.String())[1]
+			hungAddr = registeredAddr(p.out.String())
 		}
 	}
 	w.mu.Unlock()

@@ -240,11 +240,20 @@ func (w *elasticWorld) workerAt(addr string) *loomProc {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range w.workers {
-		if strings.Contains(p.out.String(), "addr="+addr+" ") {
+		if registeredAddr(p.out.String()) == addr {
 			return p
 		}
 	}
 	return nil
+}
+
+// registeredAddr is the data-plane address a worker's log says it
+// registered with.
+func registeredAddr(log string) string {
+	if m := regexp.MustCompile(`msg="worker: registered" id=\S+ addr=(\S+) `).FindStringSubmatch(log); m != nil {
+		return m[1]
+	}
+	return ""
 }
 
 // follow submits spec and streams the job into the world's record until

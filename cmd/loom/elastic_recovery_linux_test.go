@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,6 +109,21 @@ func TestElasticKillMidSaveAndMidStep(t *testing.T) {
 	}
 	if f := final.Failures; len(f) < 2 || f[0].Rank != 2 || !f[0].Lost || f[len(f)-1].Addr != killed.Addr {
 		t.Errorf("failures %v: want rank 2 lost in generation 1 and %s lost in generation 3", f, killed.Addr)
+	}
+
+	// `loom status` shows the restarts, why, the steps lost, the latest
+	// checkpoint and the dp size.
+	out, _, err := loom(t, "status", "el", "--coordinator", coord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("loom status el:\n%s", out)
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, s := range []string{"dp size: 4 (elastic 2–4; reachable 2 3 4)", "checkpoint: step 40 (generation 4", "restarts: 2",
+		"recoveries:", "1→2 worker_lost 4→3 8 4 4", "2→3 grow 3→4", "3→4 worker_lost 4→4", "lost rank 2"} {
+		if !strings.Contains(flat, s) {
+			t.Errorf("loom status lacks %q", s)
+		}
 	}
 
 	// Losses: every step every generation reported against the
