@@ -489,6 +489,18 @@ func Decide(o Observed) []Action {
 			addRecovery(next, &loomv1.Recovery{Generation: a.Generation, Reason: "grow", Message: msg, EndedUnixMs: o.NowUnixMs,
 				LastStep: lastStep(j, a.Generation), DpBefore: int32(have)})
 			acts = append(acts, Action{Kind: DeleteAssignment, Job: j.Desired.Name})
+			// Its workers rejoin once their engines have stopped, as after a
+			// failure: a worker still tearing down the ended generation
+			// would take a new peer's connection into it.
+			for _, r := range a.Ranks {
+				if live[r.WorkerId] != nil {
+					acts = append(acts, Action{Kind: PutQuarantine, Job: j.Desired.Name, Quarantine: &loomv1.Quarantine{
+						WorkerId: r.WorkerId, Job: j.Desired.Name, Generation: a.Generation,
+						RegistrationRevision: o.WorkerRev[r.WorkerId],
+						Reason:               fmt.Sprintf("generation %d of job %s ended to grow; rank %d's engine is stopping", a.Generation, j.Desired.Name, r.Rank),
+					}})
+				}
+			}
 			idle = idle[min(len(idle), (grow-have)*el.perDP):]
 		}
 		old := proto.Clone(cur).(*loomv1.JobStatus)

@@ -336,12 +336,17 @@ func TestDecideElasticGrow(t *testing.T) {
 	s.want(s.decide(), "")
 	s.progress(17, 1_001_000)
 	s.checkpointAt(16)
-	s.want(s.decide(), "unassign e; status e WAITING gen=2")
+	s.want(s.decide(), "unassign e; hold w1; hold w2; hold w3; status e WAITING gen=2")
 	s.message("generation 2: growing from dp 3 to 4 at checkpoint step 16 (1 idle workers)")
 	if r := s.lastRecovery(); r.Reason != "grow" || r.LastStep != 17 || r.DpBefore != 3 {
 		t.Errorf("recovery %+v", r)
 	}
-	s.want(s.decide(), "assign e gen=3 [0=w1(0,0,0) 1=w2(1,0,0) 2=w3(2,0,0) 3=w5(3,0,0)]; status e RUNNING gen=3")
+	// Its workers rejoin once their engines have stopped (a worker still
+	// tearing down its generation would take a new peer's connection).
+	s.want(s.decide(), "status e WAITING gen=2")
+	s.message("waiting up to 30s for 3 surviving workers of generation 2 to rejoin")
+	s.reannounce("w1", "w2", "w3")
+	s.want(s.decide(), "release w1; release w2; release w3; assign e gen=3 [0=w5(0,0,0) 1=w1(1,0,0) 2=w2(2,0,0) 3=w3(3,0,0)]; status e RUNNING gen=3")
 	a := s.job().Assignment
 	if a.Dp != 4 || a.Resume != "/ck/e/step-16" {
 		t.Errorf("dp %d resume %q", a.Dp, a.Resume)

@@ -21,8 +21,9 @@ type OpTracker struct {
 	next     uint64
 	inflight map[uint64]opCall
 	// peerGroup is the group of the first call that failed with a
-	// *parallel.PeerError.
+	// *parallel.PeerError; onPeer is told of that error (nil: nobody).
 	peerGroup string
+	onPeer    func(group string, err error)
 }
 
 type opCall struct {
@@ -30,8 +31,13 @@ type opCall struct {
 	since     time.Time
 }
 
-// NewOpTracker returns an empty tracker.
-func NewOpTracker() *OpTracker { return &OpTracker{inflight: map[uint64]opCall{}} }
+// NewOpTracker returns an empty tracker. onPeer, if set, is called once,
+// on its own goroutine, with the first call's error that names a peer
+// (*parallel.PeerError) and the group it failed on: a worker reports the
+// lost peer at once, not after its engine has unwound.
+func NewOpTracker(onPeer func(group string, err error)) *OpTracker {
+	return &OpTracker{inflight: map[uint64]opCall{}, onPeer: onPeer}
+}
 
 // Wrap returns c with every blocking call recorded under group.
 func (t *OpTracker) Wrap(group string, c parallel.Comm) parallel.Comm {
@@ -82,6 +88,9 @@ func (t *OpTracker) end(id uint64, group string, err error) {
 	var pe *parallel.PeerError
 	if t.peerGroup == "" && errors.As(err, &pe) {
 		t.peerGroup = group
+		if t.onPeer != nil {
+			go t.onPeer(group, err)
+		}
 	}
 }
 

@@ -31,7 +31,7 @@ elastic: {setup_timeout: 20s, step_timeout: 2s, checkpoint_timeout: 8s}
 func TestRankWatchPhases(t *testing.T) {
 	t0 := time.Unix(1_000, 0)
 	at := func(d time.Duration) time.Time { return t0.Add(d) }
-	ops := NewOpTracker()
+	ops := NewOpTracker(nil)
 	rw := newRankWatch(2, "10.0.0.3:7000", watchSpec(t), ops, t0)
 
 	// Setup: 20 s from the assignment; the step in flight is the one after
@@ -100,7 +100,8 @@ func TestRankWatchPhases(t *testing.T) {
 // TestOpTrackerNamesInFlightAndPeerGroup: a tracked group records its
 // calls while they block and the group of the first peer failure.
 func TestOpTrackerNamesInFlightAndPeerGroup(t *testing.T) {
-	ops := NewOpTracker()
+	told := make(chan string, 2)
+	ops := NewOpTracker(func(group string, err error) { told <- group + ": " + err.Error() })
 	comms := inproc.New("dp", 2)
 	c0, c1 := ops.Wrap("dp", comms[0]), comms[1]
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -133,6 +134,14 @@ func TestOpTrackerNamesInFlightAndPeerGroup(t *testing.T) {
 	ops.end(ops.begin("all-reduce", "dp"), "dp", errors.Join(errors.New("x"), &parallel.PeerError{Rank: 1, Op: "all-reduce", Err: parallel.ErrPeerTimeout}))
 	if g := ops.PeerGroup(); g != "pp" {
 		t.Errorf("peer group %q, want the first: pp", g)
+	}
+	if got := <-told; got != "pp: send: peer rank 1 (a): connection to peer lost" {
+		t.Errorf("told %q", got)
+	}
+	select {
+	case got := <-told:
+		t.Errorf("told twice: %q", got)
+	case <-time.After(50 * time.Millisecond):
 	}
 	var nilOps *OpTracker
 	if nilOps.Wrap("dp", comms[0]) != parallel.Comm(comms[0]) {

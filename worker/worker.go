@@ -363,6 +363,11 @@ type run struct {
 	// the engine's own outcome, or its watchdog's verdict.
 	watch  *rankWatch
 	result sync.Once
+	// lis is the generation's view of the data-plane listener; it closes
+	// as soon as the generation ends, so that a peer's connection for the
+	// next generation waits for the next engine instead of being taken
+	// by this one as it tears down.
+	lis *genListener
 }
 
 // serveSession registers under a fresh lease and serves assignments until
@@ -424,6 +429,7 @@ func (w *Worker) serveSession(ctx context.Context) error {
 			return
 		}
 		t0 := time.Now()
+		cur.lis.Close()
 		cur.cancel()
 		slow := time.NewTimer(abortBound)
 		defer slow.Stop()
@@ -537,8 +543,20 @@ const abortBound = 15 * time.Second
 func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assignRev int64) *run {
 	rctx, cancel := context.WithCancel(ctx)
 	spec, specErr := generationSpec(a)
-	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{}),
-		watch: newRankWatch(rank, w.Addr(), spec, NewOpTracker(), time.Now())}
+	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{}), lis: w.mux.listener()}
+	// A lost peer is reported as soon as a call names it: the engine may
+	// take a while to unwind (it waits for its checkpoint write in flight).
+	ops := NewOpTracker(func(group string, err error) {
+		if rctx.Err() != nil || errors.Is(err, context.Canceled) {
+			return // the generation ended: nothing to report
+		}
+		phase, step := r.watch.where()
+		r.result.Do(func() {
+			w.log.Error("worker: rank lost a peer", "job", a.Job, "generation", a.Generation, "rank", rank, "group", group, "err", err)
+			w.writeResult(rctx, w.failedResult(a, rank, phase, step, group, err), assignRev)
+		})
+	})
+	r.watch = newRankWatch(rank, w.Addr(), spec, ops, time.Now())
 	if specErr == nil {
 		go w.watchdog(ctx, rctx, r, a, rank, assignRev)
 	}
@@ -563,14 +581,7 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 		res := &loomv1.RankResult{Job: a.Job, Generation: a.Generation, Rank: int32(rank), WorkerId: w.ID(),
 			Addr: w.Addr(), Ok: err == nil}
 		if err != nil {
-			res.Error, res.Phase, res.Step = err.Error(), phase, int64(step)
-			var pe *parallel.PeerError
-			if errors.As(err, &pe) {
-				// The coordinator names the peer as the rank lost (or hung:
-				// it stopped answering within the step timeout).
-				res.LostPeer = &loomv1.PeerLoss{Rank: int32(pe.Rank), Addr: pe.Addr, Op: pe.Op,
-					Group: r.watch.ops.PeerGroup(), Timeout: errors.Is(err, parallel.ErrPeerTimeout)}
-			}
+			res = w.failedResult(a, rank, phase, step, r.watch.ops.PeerGroup(), err)
 			w.log.Error("worker: rank failed", "job", a.Job, "generation", a.Generation, "rank", rank, "phase", phase, "step", step, "err", err)
 		} else {
 			w.log.Info("worker: rank finished", "job", a.Job, "generation", a.Generation, "rank", rank)
@@ -578,6 +589,21 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 		r.result.Do(func() { w.writeResult(rctx, res, assignRev) })
 	}()
 	return r
+}
+
+// failedResult is the result of a rank that failed with err in phase at
+// step; a *parallel.PeerError in err names the peer, lost on group.
+func (w *Worker) failedResult(a *loomv1.Assignment, rank int, phase string, step int, group string, err error) *loomv1.RankResult {
+	res := &loomv1.RankResult{Job: a.Job, Generation: a.Generation, Rank: int32(rank), WorkerId: w.ID(),
+		Addr: w.Addr(), Error: err.Error(), Phase: phase, Step: int64(step)}
+	var pe *parallel.PeerError
+	if errors.As(err, &pe) {
+		// The coordinator names the peer as the rank lost (or hung: it
+		// stopped answering within the step timeout).
+		res.LostPeer = &loomv1.PeerLoss{Rank: int32(pe.Rank), Addr: pe.Addr, Op: pe.Op, Group: group,
+			Timeout: errors.Is(err, parallel.ErrPeerTimeout)}
+	}
+	return res
 }
 
 // watchdog ends the rank of r when one of its phases (setup, a step, a
@@ -642,7 +668,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.J
 			peers[p.Rank] = p.Addr
 		}
 	}
-	lis := w.mux.listener()
+	lis := run.lis
 	defer lis.Close()
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),

@@ -36,6 +36,8 @@ type elasticWorld struct {
 	cli  *clientv3.Client
 	env  []string
 
+	closeOnce sync.Once
+
 	mu      sync.Mutex
 	coords  []*loomProc
 	workers []*loomProc
@@ -83,8 +85,11 @@ func newElasticWorld(t *testing.T, ttl time.Duration, env ...string) *elasticWor
 }
 
 // close stops every process (SIGTERM, then SIGKILL), the coordinators and
-// the etcd, and checks that no process it started is left.
-func (w *elasticWorld) close() {
+// the etcd, and checks that no process it started is left. It may be
+// called again.
+func (w *elasticWorld) close() { w.closeOnce.Do(w.closeAll) }
+
+func (w *elasticWorld) closeAll() {
 	w.mu.Lock()
 	procs := append(append([]*loomProc(nil), w.workers...), w.coords...)
 	stops := w.inproc

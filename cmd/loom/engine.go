@@ -99,11 +99,10 @@ func testHang(a worker.Assignment, wrap func(string, parallel.Comm) parallel.Com
 		return wrap
 	}
 	return func(group string, c parallel.Comm) parallel.Comm {
-		c = wrap(group, c)
-		if !strings.HasPrefix(group, "dp") {
-			return c
+		if strings.HasPrefix(group, "dp") {
+			c = &hangComm{Comm: c, step: step, at: a.Metrics.Step, rank: a.Rank}
 		}
-		return &hangComm{Comm: c, step: step, at: a.Metrics.Step, rank: a.Rank}
+		return wrap(group, c) // the worker sees the hung call in flight
 	}
 }
 
@@ -168,7 +167,18 @@ func testBrokenLayout(rank int) func(*plan.Plan) error {
 // with SIGKILL when its writer of the checkpoint of STEP reaches POINT
 // ("shard-half": half its shard written, nothing renamed into place;
 // "written": files durable, not yet reported).
+//
+// LOOM_TEST_SLOW_SAVE=DELAY (the chaos run only) makes every checkpoint
+// write of every rank sleep DELAY halfway, so that kills land during
+// saves.
 func testCheckpointFault(rank int, gen uint64) func(string, int) {
+	if d, err := time.ParseDuration(os.Getenv("LOOM_TEST_SLOW_SAVE")); err == nil && d > 0 {
+		return func(p string, _ int) {
+			if p == "shard-half" {
+				time.Sleep(d)
+			}
+		}
+	}
 	f := strings.Split(os.Getenv("LOOM_TEST_CHECKPOINT_KILL"), ":")
 	if len(f) != 3 || gen != 1 || f[2] != strconv.Itoa(rank) {
 		return nil
