@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bench-monitoring bf16-parity chaos proto lint setup fixtures clean web grafana
+.PHONY: all build run test test-short bench bench-monitoring bf16-parity chaos pp-bench proto lint setup fixtures clean web grafana
 
 all: build
 
@@ -40,10 +40,12 @@ run: build out/gosrc-bpe.bin out/pydoc-bpe.bin
 	$(BIN) run $(JOB)
 
 # The whole suite: lint, every package's tests under the race detector, and
-# the kernels again on their pure-Go path (the fallback for CPUs without AVX2).
+# the kernels and the data plane's reductions again on their pure-Go path (the
+# fallback for CPUs without AVX2).
 test: setup lint
 	$(GO) test -race -timeout 20m ./...
 	$(GO) test -tags purego ./tensor/...
+	$(GO) test -tags purego -run 'Reduce|Kernels' ./parallel/
 
 test-short: lint
 	$(GO) test -short ./...
@@ -69,6 +71,13 @@ bf16-parity:
 # also writes the report there.
 chaos:
 	$(GO) test -count=1 -timeout 30m -run '^TestChaos$$' -v ./cmd/loom -chaos $(CHAOS_FLAGS)
+
+# Pipelined small (pp 2, 8 micro-batches, each schedule, 2 workers × 1 thread)
+# beside one worker × 1 thread: tokens/s, the measured bubble against the
+# simulator's, peak RSS per stage against the plan (~2 min a round;
+# LOOM_PP_ROUNDS=N for more).
+pp-bench:
+	LOOM_PP_TEST=1 $(GO) test -count=1 -timeout 60m -run 'TestPipelineSmall$$' -v ./train
 
 proto:
 	proto/gen.sh

@@ -6,7 +6,10 @@ package api
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
+
+	"github.com/loomtrain/loom/schedule"
 )
 
 // JobSpec describes one training job. It is what `loom run` reads from YAML
@@ -103,24 +106,46 @@ func (d DataSpec) SourceList() []DataSource {
 }
 
 // ParallelSpec is the job's parallel layout. World size is DP·TP·PP;
-// ranks are laid out tensor-parallel fastest (plan.Mesh).
+// ranks are laid out tensor-parallel fastest, then data-parallel, then
+// pipeline (plan.Mesh).
 type ParallelSpec struct {
 	DP int `yaml:"dp"`
 	// TP splits every layer over TP ranks (Megatron-LM): it must divide
 	// model.n_heads and model.ffn_hidden, and model.n_kv_heads must be a
 	// multiple or a divisor of it.
-	TP   int `yaml:"tp"`
+	TP int `yaml:"tp"`
+	// PP splits the model's blocks into PP pipeline stages (contiguous
+	// block ranges; the embedding on the first, the final norm, LM head
+	// and loss on the last) through which each step's micro-batches flow.
 	PP   int `yaml:"pp"`
 	Zero int `yaml:"zero"`
 	// SequenceParallel shards the norms and the residual stream over the
 	// TP ranks by rows (Korthikanti et al. 2022); train.micro_batch ×
 	// model.seq_len must then be divisible by TP. No effect at tp 1.
 	SequenceParallel bool `yaml:"sequence_parallel"`
-	MicroBatches     int  `yaml:"micro_batches"`
+	// Schedule orders each rank's forward and backward passes over the
+	// micro-batches (package schedule): "1f1b" (the default), "gpipe",
+	// "interleaved-1f1b" (with VirtualStages > 1) or "zb-h1" (the
+	// backward split into input- and weight-gradient passes). With pp 1
+	// the schedule still orders the accumulated micro-batches.
+	Schedule string `yaml:"schedule"`
+	// VirtualStages is how many stages each rank runs
+	// (interleaved-1f1b: rank r holds stages r, r+pp, …); 1 otherwise.
+	VirtualStages int `yaml:"virtual_stages"`
+	// Stages, if given, cuts the model by hand: the number of blocks of
+	// each of the pp × virtual_stages stages, summing to model.n_layers.
+	// Empty: Loom balances the stages by estimated cost, counting the
+	// embedding on the first and the norm, LM head and loss on the last.
+	Stages []int `yaml:"stages"`
+	// MicroBatches is optional: the micro-batches of a step are the
+	// accumulation steps, train.global_batch ÷ (train.micro_batch ×
+	// parallel.dp); if given it must equal that.
+	MicroBatches int `yaml:"micro_batches"`
 	// Transport is how tensor payloads travel between workers: "auto"
 	// (shared memory between workers on one host, raw TCP across hosts),
 	// "tcp", "shm" (one host only) or "grpc" (on the gRPC Peer stream).
-	// `loom worker --transport` overrides it for one worker.
+	// `loom worker --transport` overrides it for one worker. Empty means
+	// auto.
 	Transport string `yaml:"transport"`
 }
 
@@ -157,6 +182,11 @@ type TrainSpec struct {
 	// rounded to bfloat16, float32 accumulation; master weights, optimizer
 	// state, loss and norms stay float32). See docs/kernels.md.
 	Precision string `yaml:"precision"`
+	// Recompute keeps only each block's input per micro-batch in flight
+	// and runs the block's forward again just before its backward: about
+	// a third more compute for a fraction of the activation memory
+	// (docs/memory.md).
+	Recompute bool `yaml:"recompute"`
 }
 
 // CheckpointSpec says where and how often checkpoints are written.
@@ -178,7 +208,7 @@ func DefaultSpec() JobSpec {
 			FFNHidden: 352, SeqLen: 128, RopeTheta: 10000, NormEps: 1e-5,
 		},
 		Data:     DataSpec{Shuffle: true, Seed: 1},
-		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, MicroBatches: 1, Transport: "auto"},
+		Parallel: ParallelSpec{DP: 1, TP: 1, PP: 1, Zero: 0, Schedule: schedule.OneFOneB, VirtualStages: 1, Transport: "auto"},
 		Train: TrainSpec{
 			GlobalBatch: 16, MicroBatch: 16, Steps: 100, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 10, Schedule: "cosine", WeightDecay: 0.1,
@@ -201,6 +231,49 @@ func (s *JobSpec) AccumulationSteps() int {
 		return 0
 	}
 	return s.Train.GlobalBatch / d
+}
+
+// validatePipeline checks the pipeline fields of the parallel section
+// against the model and the batch.
+func (s *JobSpec) validatePipeline(bad func(string, any, string)) {
+	p, m := s.Parallel, s.Model
+	if !slices.Contains(schedule.Names(), p.Schedule) {
+		bad("parallel.schedule", fmt.Sprintf("%q", p.Schedule), "allowed: "+strings.Join(schedule.Names(), ", "))
+	}
+	v := p.VirtualStages
+	switch {
+	case v < 1:
+		bad("parallel.virtual_stages", v, "must be a positive integer")
+	case v > 1 && p.Schedule != schedule.Interleaved:
+		bad("parallel.virtual_stages", v, fmt.Sprintf("only parallel.schedule %s runs several stages per rank: set virtual_stages: 1 or schedule: %s", schedule.Interleaved, schedule.Interleaved))
+	}
+	if p.PP < 1 || v < 1 {
+		return
+	}
+	if m.NLayers > 0 && p.PP*v > m.NLayers {
+		bad("parallel.pp", p.PP, fmt.Sprintf("pp × virtual_stages (%d × %d) must not exceed model.n_layers (%d): every stage holds at least one block", p.PP, v, m.NLayers))
+	}
+	if len(p.Stages) > 0 {
+		sum, ok := 0, true
+		for _, n := range p.Stages {
+			sum += n
+			ok = ok && n >= 1
+		}
+		if len(p.Stages) != p.PP*v || !ok || sum != m.NLayers {
+			bad("parallel.stages", p.Stages, fmt.Sprintf("must list the blocks of each of the pp × virtual_stages = %d stages, each ≥ 1, summing to model.n_layers (%d) (or be left out to balance them)", p.PP*v, m.NLayers))
+		}
+	}
+	accum := s.AccumulationSteps()
+	if t := s.Train; t.GlobalBatch <= 0 || t.MicroBatch <= 0 || s.Parallel.DP <= 0 || t.GlobalBatch%(t.MicroBatch*s.Parallel.DP) != 0 {
+		return
+	}
+	if p.MicroBatches != 0 && p.MicroBatches != accum {
+		bad("parallel.micro_batches", p.MicroBatches, fmt.Sprintf("the micro-batches of a step are train.global_batch ÷ (train.micro_batch × parallel.dp) = %d ÷ (%d × %d) = %d: set it to %d or leave it out",
+			s.Train.GlobalBatch, s.Train.MicroBatch, s.Parallel.DP, accum, accum))
+	}
+	if err := schedule.CheckArgs(p.Schedule, p.PP, v, accum); err != nil && slices.Contains(schedule.Names(), p.Schedule) && (v == 1 || p.Schedule == schedule.Interleaved) {
+		bad("parallel.schedule", p.Schedule, fmt.Sprintf("with %d micro-batches per step (train.global_batch ÷ (micro_batch × dp)): %v", accum, err))
+	}
 }
 
 // FieldError is one invalid field of a spec.
@@ -312,12 +385,11 @@ func (s *JobSpec) Validate() error {
 	positive("parallel.dp", p.DP)
 	positive("parallel.tp", p.TP)
 	positive("parallel.pp", p.PP)
-	positive("parallel.micro_batches", p.MicroBatches)
 	if p.Zero < 0 || p.Zero > 3 {
 		bad("parallel.zero", p.Zero, "allowed: 0, 1, 2, 3")
 	}
 	switch p.Transport {
-	case "auto", "tcp", "shm", "grpc":
+	case "", "auto", "tcp", "shm", "grpc": // "": auto (a spec built in code)
 	default:
 		bad("parallel.transport", p.Transport, "allowed: auto, tcp, shm, grpc")
 	}
@@ -336,9 +408,7 @@ func (s *JobSpec) Validate() error {
 				s.Train.MicroBatch, m.SeqLen, p.TP))
 		}
 	}
-	if p.PP > 1 && m.NLayers > 0 && p.PP > m.NLayers {
-		bad("parallel.pp", p.PP, fmt.Sprintf("must not exceed model.n_layers (%d)", m.NLayers))
-	}
+	s.validatePipeline(bad)
 	t := s.Train
 	positive("train.global_batch", t.GlobalBatch)
 	positive("train.micro_batch", t.MicroBatch)
@@ -378,6 +448,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if t.GradClip < 0 {
 		bad("train.grad_clip", t.GradClip, "must be ≥ 0 (0 disables clipping)")
+	}
+	if t.Recompute && p.Schedule == schedule.ZBH1 {
+		bad("train.recompute", true, "cannot be combined with parallel.schedule zb-h1: its weight-gradient pass reads the activations recomputation drops")
 	}
 	if t.EvalEvery < 0 {
 		bad("train.eval_every", t.EvalEvery, "must be ≥ 0 (0 never validates)")

@@ -63,6 +63,15 @@ func TestParseSpecErrors(t *testing.T) {
 		{"batch", "data: {path: a}\ntrain: {global_batch: 10, micro_batch: 4}\n", []string{"train.global_batch", "multiple of train.micro_batch"}},
 		{"schedule", "data: {path: a}\ntrain: {schedule: step}\n", []string{"train.schedule", `"step"`, "cosine"}},
 		{"no data", "name: x\n", []string{"data.path", "loom prep"}},
+		{"micro-batches disagree", "data: {path: a}\nparallel: {micro_batches: 4}\ntrain: {global_batch: 8, micro_batch: 1}\n",
+			[]string{"parallel.micro_batches", "got 4", "8 ÷ (1 × 1) = 8", "set it to 8 or leave it out"}},
+		{"pipeline schedule", "data: {path: a}\nparallel: {pp: 2, schedule: dualpipe}\n", []string{"parallel.schedule", `"dualpipe"`, "gpipe, 1f1b, interleaved-1f1b, zb-h1"}},
+		{"virtual stages", "data: {path: a}\nparallel: {pp: 2, virtual_stages: 2}\n", []string{"parallel.virtual_stages", "only parallel.schedule interleaved-1f1b"}},
+		{"too many stages", "data: {path: a}\nmodel: {n_layers: 4}\nparallel: {pp: 2, virtual_stages: 3, schedule: interleaved-1f1b}\n", []string{"parallel.pp", "(2 × 3) must not exceed model.n_layers (4)"}},
+		{"stage cut", "data: {path: a}\nmodel: {n_layers: 4}\nparallel: {pp: 2, stages: [3, 2]}\n", []string{"parallel.stages", "[3 2]", "summing to model.n_layers (4)"}},
+		{"interleaved rounds", "data: {path: a}\nmodel: {n_layers: 4}\nparallel: {pp: 2, virtual_stages: 2, schedule: interleaved-1f1b}\ntrain: {global_batch: 5, micro_batch: 1}\n",
+			[]string{"parallel.schedule", "with 5 micro-batches per step", "use 4 or 6"}},
+		{"recompute zb", "data: {path: a}\nparallel: {schedule: zb-h1}\ntrain: {recompute: true}\n", []string{"train.recompute", "zb-h1"}},
 		{"several", "model: {dim: -1}\ntrain: {lr: 0}\n", []string{"4 problems", "model.dim", "train.lr", "data.path"}},
 	}
 	for _, c := range cases {

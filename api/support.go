@@ -10,12 +10,10 @@ import "fmt"
 // is refused by all, before any worker is waited for; relax it here as
 // layouts land.
 func Supported(s JobSpec, source string) error {
+	// Every layout the spec can describe runs: dp × tp × pp with ZeRO
+	// 0–3 under every schedule. Refusals go here, as FieldErrors, while a
+	// new kind of layout is being built.
 	var errs []error
-	p := s.Parallel
-	if p.PP > 1 {
-		errs = append(errs, &FieldError{Field: "parallel.pp", Value: p.PP,
-			Allowed: "pipeline parallelism is not supported yet: set parallel.pp: 1 (this build runs data and tensor parallelism, with ZeRO stages 0–3)"})
-	}
 	if len(errs) == 0 {
 		return nil
 	}

@@ -91,15 +91,19 @@ type Update struct {
 	History *HistoryView `json:"history,omitempty"`
 }
 
-// Timeline is the last step's pipeline timeline of a job. Pipeline
-// parallelism has not landed, so it is always empty for now; the page
-// shows the panel as soon as ranks appear.
+// Timeline is the last step's timeline of a job (GET
+// /api/jobs/NAME/timeline): what every rank did when, read from the
+// timelines the ranks save when the run ends (coordinator/timeline.go);
+// Available is false, with the Reason, until they have.
 type Timeline struct {
 	Job       string          `json:"job"`
 	Available bool            `json:"available"`
 	Reason    string          `json:"reason,omitempty"`
 	Step      int64           `json:"step"`
 	Ranks     []TimelineTrack `json:"ranks"`
+	// Bubble is the measured idle share of the step's compute span over
+	// all ranks (timeline.Analyze).
+	Bubble float64 `json:"bubble"`
 }
 
 // TimelineTrack is one rank's actions within a step.
@@ -110,10 +114,15 @@ type TimelineTrack struct {
 
 // TimelineAction is one forward, backward, send, receive or collective.
 type TimelineAction struct {
-	Kind   string  `json:"kind"` // e.g. "F", "B", "W", "send", "recv", "all-reduce"
+	Kind   string  `json:"kind"` // e.g. "F", "B", "W", "wait", "send", "recv", "all-reduce", "optimizer"
 	Micro  int     `json:"micro"`
 	StartS float64 `json:"start_s"` // from the step's start
 	EndS   float64 `json:"end_s"`
+	// Stage is the pipeline stage of an action or message (−1 for
+	// collectives and the optimizer); Name the event as the trace names
+	// it ("1F3", "send 0SEND_F2", "all-reduce dp.pp0.tp0 (4096)").
+	Stage int    `json:"stage"`
+	Name  string `json:"name"`
 }
 
 func (h *historian) jobList(now time.Time) []JobSummary {

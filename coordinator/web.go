@@ -59,15 +59,8 @@ func (c *Coordinator) WebHandler() http.Handler {
 		}
 		writeJSON(w, v)
 	})
-	mux.HandleFunc("GET /api/jobs/{name}/timeline", func(w http.ResponseWriter, r *http.Request) {
-		name := r.PathValue("name")
-		if c.history.lastStep(name) < 0 {
-			c.noJob(w, name)
-			return
-		}
-		writeJSON(w, Timeline{Job: name, Ranks: []TimelineTrack{},
-			Reason: "no pipeline timeline: pipeline parallelism (parallel.pp > 1) has not landed yet"})
-	})
+	mux.HandleFunc("GET /api/jobs/{name}/timeline", c.serveTimeline)
+	mux.HandleFunc("GET /api/jobs/{name}/timeline.json", c.serveTimelineTrace)
 	mux.HandleFunc("GET /api/events", c.serveEvents)
 	return mux
 }

@@ -111,7 +111,15 @@ func (m *Model) rowParallelOut(ctx context.Context, out, resid, a, w []float32, 
 // residual stream's gradient). h is the input given to MLPForward.
 // Parameter gradients accumulate into Grads.
 func (m *Model) MLPBackward(ctx context.Context, layer int, dresid, h []float32, s *BlockActs, scr *BlockScratch) error {
-	c, k, w, g, lo := m.Config, m.k, m.blocks[layer], m.gblocks[layer], m.loc
+	return m.mlpBackward(ctx, layer, dresid, h, s, scr, nil)
+}
+
+// mlpBackward is MLPBackward, or with g its input-gradient half: the
+// weight gradients' inputs are kept (dy in g.DY, the gate and up
+// gradients in s.Gate and s.Up, the norm weight's gradient in g.MLPNorm)
+// for mlpWeights, and no parameter gradient is touched.
+func (m *Model) mlpBackward(ctx context.Context, layer int, dresid, h []float32, s *BlockActs, scr *BlockScratch, g *BlockGrad) error {
+	c, k, w, gw, lo := m.Config, m.k, m.blocks[layer], m.gblocks[layer], m.loc
 	n, d, ffn := s.B*s.T, c.Dim, lo.FFN
 	rows := m.rows(n, s.SP)
 	// Input gradient.
@@ -120,7 +128,11 @@ func (m *Model) MLPBackward(ctx context.Context, layer int, dresid, h []float32,
 		return err
 	}
 	k.Sgemm(false, false, n, ffn, d, 1, dy, d, w.Down, ffn, 0, scr.DGate, ffn) // dAct, kept in DGate
-	k.Sgemm(true, false, d, ffn, n, 1, dy, d, s.Act, ffn, 1, g.Down, ffn)
+	if g == nil {
+		k.Sgemm(true, false, d, ffn, n, 1, dy, d, s.Act, ffn, 1, gw.Down, ffn)
+	} else {
+		copy(g.DY[:n*d], dy[:n*d])
+	}
 	k.SwiGLUBackward(scr.DGate[:n*ffn], scr.DUp[:n*ffn], scr.DGate[:n*ffn], s.Gate[:n*ffn], s.Up[:n*ffn])
 	k.Sgemm(false, false, n, d, ffn, 1, scr.DGate, ffn, w.Gate, d, 0, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, ffn, 1, scr.DUp, ffn, w.Up, d, 1, scr.DNorm, d)
@@ -128,21 +140,51 @@ func (m *Model) MLPBackward(ctx context.Context, layer int, dresid, h []float32,
 	if err != nil {
 		return err
 	}
+	if g != nil {
+		copy(s.Gate[:n*ffn], scr.DGate[:n*ffn])
+		copy(s.Up[:n*ffn], scr.DUp[:n*ffn])
+		clear(g.MLPNorm)
+		return m.normBackward(ctx, dresid[:rows*d], g.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
+	}
 	// Weight gradients of the column-parallel projections.
 	in, err := m.regather(ctx, s.MLPIn, n, s.SP, scr, site{"input", layer})
 	if err != nil {
 		return err
 	}
-	k.Sgemm(true, false, ffn, d, n, 1, scr.DGate, ffn, in, d, 1, g.Gate, d)
-	k.Sgemm(true, false, ffn, d, n, 1, scr.DUp, ffn, in, d, 1, g.Up, d)
-	return m.normBackward(ctx, dresid[:rows*d], g.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
+	k.Sgemm(true, false, ffn, d, n, 1, scr.DGate, ffn, in, d, 1, gw.Gate, d)
+	k.Sgemm(true, false, ffn, d, n, 1, scr.DUp, ffn, in, d, 1, gw.Up, d)
+	return m.normBackward(ctx, dresid[:rows*d], gw.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
+}
+
+// mlpWeights is the weight-gradient half of a split MLP backward: the
+// projections' gradients from what mlpBackward kept, and the norm
+// weight's.
+func (m *Model) mlpWeights(ctx context.Context, layer int, s *BlockActs, scr *BlockScratch, g *BlockGrad) error {
+	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
+	n, d, ffn := s.B*s.T, c.Dim, lo.FFN
+	k.Sgemm(true, false, d, ffn, n, 1, g.DY, d, s.Act, ffn, 1, gw.Down, ffn)
+	in, err := m.regather(ctx, s.MLPIn, n, s.SP, scr, site{"input", layer})
+	if err != nil {
+		return err
+	}
+	k.Sgemm(true, false, ffn, d, n, 1, s.Gate, ffn, in, d, 1, gw.Gate, d)
+	k.Sgemm(true, false, ffn, d, n, 1, s.Up, ffn, in, d, 1, gw.Up, d)
+	addTo(gw.MLPNorm, g.MLPNorm)
+	return nil
 }
 
 // AttnBackward is the backward of AttnForward. dresid (rows,d) holds
 // d(loss)/dh on entry and d(loss)/dx on return. x is the input given to
 // AttnForward.
 func (m *Model) AttnBackward(ctx context.Context, layer int, dresid, x []float32, s *BlockActs, scr *BlockScratch) error {
-	c, k, w, g, lo := m.Config, m.k, m.blocks[layer], m.gblocks[layer], m.loc
+	return m.attnBackward(ctx, layer, dresid, x, s, scr, nil)
+}
+
+// attnBackward is AttnBackward, or with g its input-gradient half: dh in
+// g.DH, the query, key and value gradients in s.Q, s.K and s.V, the norm
+// weight's gradient in g.AttnNorm, kept for attnWeights.
+func (m *Model) attnBackward(ctx context.Context, layer int, dresid, x []float32, s *BlockActs, scr *BlockScratch, g *BlockGrad) error {
+	c, k, w, gw, lo := m.Config, m.k, m.blocks[layer], m.gblocks[layer], m.loc
 	n, d, q, kv := s.B*s.T, c.Dim, lo.QDim(), lo.KVDim()
 	rows := m.rows(n, s.SP)
 	dh, err := m.gatherGrad(ctx, dresid, n, s.SP, scr, site{"output gradient", layer})
@@ -150,7 +192,11 @@ func (m *Model) AttnBackward(ctx context.Context, layer int, dresid, x []float32
 		return err
 	}
 	k.Sgemm(false, false, n, q, d, 1, dh, d, w.O, q, 0, scr.DAtt, q)
-	k.Sgemm(true, false, d, q, n, 1, dh, d, s.Att, q, 1, g.O, q)
+	if g == nil {
+		k.Sgemm(true, false, d, q, n, 1, dh, d, s.Att, q, 1, gw.O, q)
+	} else {
+		copy(g.DH[:n*d], dh[:n*d])
+	}
 	k.AttentionBackward(scr.DQ, scr.DK, scr.DV, scr.DAtt, s.Att, s.LSE, s.Q, s.K, s.V, s.B, s.T, lo.Heads, lo.KVHeads, lo.HeadDim)
 	k.RoPEBackward(scr.DQ, m.cos, m.sin, s.B, s.T, lo.Heads, lo.HeadDim)
 	k.RoPEBackward(scr.DK, m.cos, m.sin, s.B, s.T, lo.KVHeads, lo.HeadDim)
@@ -161,27 +207,58 @@ func (m *Model) AttnBackward(ctx context.Context, layer int, dresid, x []float32
 	if err != nil {
 		return err
 	}
+	if g != nil {
+		copy(s.Q[:n*q], scr.DQ[:n*q])
+		copy(s.K[:n*kv], scr.DK[:n*kv])
+		copy(s.V[:n*kv], scr.DV[:n*kv])
+		clear(g.AttnNorm)
+		return m.normBackward(ctx, dresid[:rows*d], g.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
+	}
+	if err := m.qkvWeights(ctx, layer, s, scr, scr.DQ, scr.DK, scr.DV); err != nil {
+		return err
+	}
+	return m.normBackward(ctx, dresid[:rows*d], gw.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
+}
+
+// attnWeights is the weight-gradient half of a split attention backward.
+func (m *Model) attnWeights(ctx context.Context, layer int, s *BlockActs, scr *BlockScratch, g *BlockGrad) error {
+	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
+	n, d, q := s.B*s.T, c.Dim, lo.QDim()
+	k.Sgemm(true, false, d, q, n, 1, g.DH, d, s.Att, q, 1, gw.O, q)
+	if err := m.qkvWeights(ctx, layer, s, scr, s.Q, s.K, s.V); err != nil {
+		return err
+	}
+	addTo(gw.AttnNorm, g.AttnNorm)
+	return nil
+}
+
+// qkvWeights accumulates the query, key and value weight gradients from
+// the projections' output gradients dq, dk, dv and the (re-gathered)
+// attention input; copies of a replicated kv head sum theirs first.
+func (m *Model) qkvWeights(ctx context.Context, layer int, s *BlockActs, scr *BlockScratch, dq, dk, dv []float32) error {
+	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
+	n, d, q, kv := s.B*s.T, c.Dim, lo.QDim(), lo.KVDim()
 	in, err := m.regather(ctx, s.AttnIn, n, s.SP, scr, site{"input", layer})
 	if err != nil {
 		return err
 	}
-	k.Sgemm(true, false, q, d, n, 1, scr.DQ, q, in, d, 1, g.Q, d)
+	k.Sgemm(true, false, q, d, n, 1, dq, q, in, d, 1, gw.Q, d)
 	if m.kv == nil {
-		k.Sgemm(true, false, kv, d, n, 1, scr.DK, kv, in, d, 1, g.K, d)
-		k.Sgemm(true, false, kv, d, n, 1, scr.DV, kv, in, d, 1, g.V, d)
-	} else {
-		// Each copy of a replicated kv head saw only its rank's query
-		// heads: the micro-batch's gradient is the sum over the copies.
-		gk, gv := scr.KVGrad[:kv*d], scr.KVGrad[kv*d:2*kv*d]
-		k.Sgemm(true, false, kv, d, n, 1, scr.DK, kv, in, d, 0, gk, d)
-		k.Sgemm(true, false, kv, d, n, 1, scr.DV, kv, in, d, 0, gv, d)
-		if err := m.kv.AllReduce(ctx, scr.KVGrad[:2*kv*d], sumOp); err != nil {
-			return fmt.Errorf("kv-replica all-reduce of block %d k/v gradients: %w", layer, err)
-		}
-		addTo(g.K, gk)
-		addTo(g.V, gv)
+		k.Sgemm(true, false, kv, d, n, 1, dk, kv, in, d, 1, gw.K, d)
+		k.Sgemm(true, false, kv, d, n, 1, dv, kv, in, d, 1, gw.V, d)
+		return nil
 	}
-	return m.normBackward(ctx, dresid[:rows*d], g.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
+	// Each copy of a replicated kv head saw only its rank's query heads:
+	// the micro-batch's gradient is the sum over the copies.
+	gk, gv := scr.KVGrad[:kv*d], scr.KVGrad[kv*d:2*kv*d]
+	k.Sgemm(true, false, kv, d, n, 1, dk, kv, in, d, 0, gk, d)
+	k.Sgemm(true, false, kv, d, n, 1, dv, kv, in, d, 0, gv, d)
+	if err := m.kv.AllReduce(ctx, scr.KVGrad[:2*kv*d], sumOp); err != nil {
+		return fmt.Errorf("kv-replica all-reduce of block %d k/v gradients: %w", layer, err)
+	}
+	addTo(gw.K, gk)
+	addTo(gw.V, gv)
+	return nil
 }
 
 // BlockForward runs decoder block layer: y (rows,d) = x + attn(norm(x)),
@@ -203,6 +280,26 @@ func (m *Model) BlockBackward(ctx context.Context, layer int, dresid, x []float3
 		return err
 	}
 	return m.AttnBackward(ctx, layer, dresid, x, s, scr)
+}
+
+// BlockBackwardInput is the input-gradient half of BlockBackward (the B of
+// a zero-bubble schedule): dresid becomes d(loss)/dx as BlockBackward
+// leaves it, no parameter gradient is touched, and what BlockWeights needs
+// is kept in g and in s (whose Q, K, V, Gate and Up then hold gradients).
+func (m *Model) BlockBackwardInput(ctx context.Context, layer int, dresid, x []float32, s *BlockActs, scr *BlockScratch, g *BlockGrad) error {
+	if err := m.mlpBackward(ctx, layer, dresid, s.H, s, scr, g); err != nil {
+		return err
+	}
+	return m.attnBackward(ctx, layer, dresid, x, s, scr, g)
+}
+
+// BlockWeights is the weight-gradient half (the W): it accumulates block
+// layer's parameter gradients from what BlockBackwardInput kept.
+func (m *Model) BlockWeights(ctx context.Context, layer int, s *BlockActs, scr *BlockScratch, g *BlockGrad) error {
+	if err := m.mlpWeights(ctx, layer, s, scr, g); err != nil {
+		return err
+	}
+	return m.attnWeights(ctx, layer, s, scr, g)
 }
 
 // gatherGrad returns the residual-stream gradient for all n rows: dresid

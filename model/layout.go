@@ -17,6 +17,9 @@ const (
 	Sharded      = ""   // every rank holds a different chunk
 	ReplicatedTP = "tp" // every rank of the tensor-parallel group holds the same chunk (norm weights)
 	ReplicatedKV = "kv" // the ranks sharing a kv head hold the same chunk (k and v when NKVHeads < TP)
+	// ReplicatedPP marks the last pipeline stage's copy of a tied
+	// embedding: the first stage holds (and owns) the same chunk.
+	ReplicatedPP = "pp"
 )
 
 // View names one parameter tensor inside the flat buffer. Gradients and
@@ -64,10 +67,57 @@ func prod(s []int) int {
 	return n
 }
 
-// Split says which tensor-parallel rank a layout is for.
+// Split says which part of the model a layout is for: a tensor-parallel
+// rank's chunks of the units a pipeline rank holds.
 type Split struct {
 	TP   int // ranks of the tensor-parallel group (1: the whole model)
 	Rank int // this rank's index in it, in [0, TP)
+	// Part is what a pipeline rank holds; nil: every unit (pp = 1).
+	Part *Part
+}
+
+// Part is the share of a model's units one pipeline rank holds: the
+// blocks of its stages (one range per virtual stage, ascending and
+// disjoint), the embedding when it runs the first stage and the head when
+// it runs the last. With tied embeddings a head without the embedding
+// holds its own copy of the tied weight (unit "tied", ReplicatedPP, not the
+// owner), whose gradient the trainer sums with the first stage's.
+type Part struct {
+	Blocks      []BlockRange
+	Embed, Head bool
+}
+
+// BlockRange is the decoder blocks [First, End).
+type BlockRange struct{ First, End int }
+
+// Whole is the part that holds every unit of a model of nLayers blocks.
+func Whole(nLayers int) Part {
+	return Part{Blocks: []BlockRange{{0, nLayers}}, Embed: true, Head: true}
+}
+
+// Check reports why p is not a part of a model of nLayers blocks.
+func (p Part) Check(nLayers int) error {
+	prev := 0
+	for i, r := range p.Blocks {
+		if r.First < prev || r.End <= r.First || r.End > nLayers {
+			return fmt.Errorf("model: part: block range %d [%d,%d) of %d blocks must be non-empty, ascending and disjoint: %w", i, r.First, r.End, nLayers, ErrInvalidConfig)
+		}
+		prev = r.End
+	}
+	if len(p.Blocks) == 0 && !p.Embed && !p.Head {
+		return fmt.Errorf("model: part: holds no unit: %w", ErrInvalidConfig)
+	}
+	return nil
+}
+
+// Holds reports whether the part holds block i.
+func (p Part) Holds(i int) bool {
+	for _, r := range p.Blocks {
+		if i >= r.First && i < r.End {
+			return true
+		}
+	}
+	return false
 }
 
 // Local is a layout's rank-local shape: what the passes run over.
@@ -133,9 +183,12 @@ type Layout struct {
 	Size  int // total elements
 	cfg   Config
 	local Local
+	part  Part
 	index map[string]int
-	// blockStart[i] is the offset of block i; blockStart[NLayers] is the offset of model.norm.weight.
-	blockStart []int
+	units []Unit
+	// blockUnit[i] is the index in units of block i, or -1 when the
+	// layout does not hold it.
+	blockUnit []int
 }
 
 // NewLayout computes the layout of the whole model cfg (one rank), which
@@ -158,6 +211,14 @@ func NewLocalLayout(cfg Config, s Split) (*Layout, error) {
 	if s.Rank < 0 || s.Rank >= s.TP {
 		return nil, fmt.Errorf("model layout: tensor-parallel rank %d of %d: %w", s.Rank, s.TP, ErrInvalidConfig)
 	}
+	part := Whole(cfg.NLayers)
+	if s.Part != nil {
+		part = *s.Part
+		part.Blocks = append([]BlockRange(nil), part.Blocks...)
+		if err := part.Check(cfg.NLayers); err != nil {
+			return nil, fmt.Errorf("model layout: %w", err)
+		}
+	}
 	hd := cfg.HeadDim()
 	lo := Local{TP: s.TP, Rank: s.Rank, HeadDim: hd, Heads: cfg.NHeads / s.TP, FFN: cfg.FFNHidden / s.TP,
 		Vocab: (cfg.VocabSize + s.TP - 1) / s.TP, KVReplicas: 1}
@@ -169,7 +230,10 @@ func NewLocalLayout(cfg Config, s Split) (*Layout, error) {
 		lo.KVHeads, lo.KVReplicas = 1, s.TP/cfg.NKVHeads
 		lo.KVHeadStart = s.Rank / lo.KVReplicas
 	}
-	l := &Layout{cfg: cfg, local: lo, index: map[string]int{}}
+	l := &Layout{cfg: cfg, local: lo, part: part, index: map[string]int{}, blockUnit: make([]int, cfg.NLayers)}
+	for i := range l.blockUnit {
+		l.blockUnit[i] = -1
+	}
 	d, V, ffn := cfg.Dim, cfg.VocabSize, cfg.FFNHidden
 	q, kv := lo.QDim(), lo.KVDim()
 	type chunk struct {
@@ -185,7 +249,7 @@ func NewLocalLayout(cfg Config, s Split) (*Layout, error) {
 	add := func(name string, tp int, decay bool, block int, c chunk, replica string, owner bool, shape ...int) {
 		v := View{Name: name, Offset: l.Size, Shape: shape, TPAxis: tp, Decay: decay, Block: block,
 			Global: c.global, Start: c.start, Size: c.size, Replica: replica, Owner: owner}
-		if s.TP == 1 {
+		if s.TP == 1 && replica != ReplicatedPP {
 			v.Replica, v.Owner = Sharded, true
 		}
 		l.index[name] = len(l.Views)
@@ -193,13 +257,23 @@ func NewLocalLayout(cfg Config, s Split) (*Layout, error) {
 		l.Size += v.Len()
 	}
 	first := s.Rank == 0
-	add("model.embed_tokens.weight", TPRows, true, -1, rows([]int{V, d}, lo.VocabStart, lo.Vocab), Sharded, true, lo.Vocab, d)
+	unit := func(name, kind string, block, start int) {
+		l.units = append(l.units, Unit{Name: name, Kind: kind, Offset: start, Len: l.Size - start, Block: block})
+	}
+	embed := rows([]int{V, d}, lo.VocabStart, lo.Vocab)
+	if part.Embed {
+		add("model.embed_tokens.weight", TPRows, true, -1, embed, Sharded, true, lo.Vocab, d)
+		unit(UnitEmbed, UnitEmbed, -1, 0)
+	}
 	kvRep, kvOwner := Sharded, true
 	if lo.KVReplicas > 1 {
 		kvRep, kvOwner = ReplicatedKV, s.Rank%lo.KVReplicas == 0
 	}
 	for i := 0; i < cfg.NLayers; i++ {
-		l.blockStart = append(l.blockStart, l.Size)
+		if !part.Holds(i) {
+			continue
+		}
+		start := l.Size
 		p := fmt.Sprintf("model.layers.%d.", i)
 		gq, gkv := []int{cfg.qDim(), d}, []int{cfg.kvDim(), d}
 		add(p+"self_attn.q_proj.weight", TPRows, true, i, rows(gq, lo.HeadStart*hd, q), Sharded, true, q, d)
@@ -211,13 +285,26 @@ func NewLocalLayout(cfg Config, s Split) (*Layout, error) {
 		add(p+"mlp.down_proj.weight", TPCols, true, i, cols([]int{d, ffn}, lo.FFNStart, lo.FFN), Sharded, true, d, lo.FFN)
 		add(p+"input_layernorm.weight", TPNone, false, i, whole([]int{d}), ReplicatedTP, first, d)
 		add(p+"post_attention_layernorm.weight", TPNone, false, i, whole([]int{d}), ReplicatedTP, first, d)
+		l.blockUnit[i] = len(l.units)
+		unit(fmt.Sprintf("block.%d", i), UnitBlock, i, start)
 	}
-	l.blockStart = append(l.blockStart, l.Size)
-	add("model.norm.weight", TPNone, false, -1, whole([]int{d}), ReplicatedTP, first, d)
-	if !cfg.TieEmbeddings {
-		add("lm_head.weight", TPRows, true, -1, rows([]int{V, d}, lo.VocabStart, lo.Vocab), Sharded, true, lo.Vocab, d)
+	if part.Head {
+		start := l.Size
+		add("model.norm.weight", TPNone, false, -1, whole([]int{d}), ReplicatedTP, first, d)
+		if !cfg.TieEmbeddings {
+			add("lm_head.weight", TPRows, true, -1, rows([]int{V, d}, lo.VocabStart, lo.Vocab), Sharded, true, lo.Vocab, d)
+		}
+		unit(UnitHead, UnitHead, -1, start)
+		if cfg.TieEmbeddings && !part.Embed {
+			// The last stage's own copy of the tied weight, a unit of its
+			// own so that its ZeRO partition matches the first stage's
+			// embedding unit element for element.
+			start := l.Size
+			add("model.embed_tokens.weight", TPRows, true, -1, embed, ReplicatedPP, false, lo.Vocab, d)
+			unit(UnitTied, UnitTied, -1, start)
+		}
 	}
-	if s.TP == 1 && l.Size != cfg.NumParams() {
+	if s.TP == 1 && s.Part == nil && l.Size != cfg.NumParams() {
 		panic(fmt.Sprintf("model layout: size %d != Config.NumParams %d", l.Size, cfg.NumParams()))
 	}
 	return l, nil
@@ -238,10 +325,13 @@ func (l *Layout) Lookup(name string) (View, bool) {
 	return l.Views[i], true
 }
 
+// Part returns the units the layout holds.
+func (l *Layout) Part() Part { return l.part }
+
 // BlockRange returns the flat range [start, end) holding the parameters of
-// blocks first..last-1 (0 <= first <= last <= NLayers).
+// blocks first..last-1, which the layout must hold (first < last).
 func (l *Layout) BlockRange(first, last int) (start, end int) {
-	return l.blockStart[first], l.blockStart[last]
+	return l.units[l.blockUnit[first]].Offset, l.units[l.blockUnit[last-1]].End()
 }
 
 // Slice returns the elements of view name in flat (params, grads or any
@@ -312,12 +402,22 @@ func (l *Layout) Embedding(flat []float32) []float32 {
 	return l.Slice(flat, "model.embed_tokens.weight")
 }
 
+// Unit kinds.
+const (
+	UnitEmbed = "embed" // model.embed_tokens.weight
+	UnitBlock = "block" // one decoder block
+	UnitHead  = "head"  // model.norm.weight and, untied, lm_head.weight
+	UnitTied  = "tied"  // a last pipeline stage's copy of the tied embedding (its head's output projection)
+)
+
 // Unit is a contiguous range of the layout that one pass reads and whose
-// gradient one backward pass finishes: the embedding, one decoder block, or
-// the head (the final norm and, untied, lm_head). Units tile the layout in
-// order; ZeRO gathers parameters and reduces gradients unit by unit.
+// gradient one backward pass finishes: the embedding, one decoder block,
+// the head (the final norm and, untied, lm_head), or the last stage's copy
+// of a tied embedding. Units tile the layout in order; ZeRO gathers
+// parameters and reduces gradients unit by unit.
 type Unit struct {
-	Name   string // "embed", "block.N" or "head"
+	Name   string // "embed", "block.N", "head" or "tied"
+	Kind   string // UnitEmbed, UnitBlock, UnitHead or UnitTied
 	Offset int    // first flat element
 	Len    int    // elements
 	Block  int    // block index, or -1
@@ -326,15 +426,50 @@ type Unit struct {
 // End is Offset+Len.
 func (u Unit) End() int { return u.Offset + u.Len }
 
-// Units returns the units in layout order: index 0 is the embedding, 1+i
-// block i, NLayers+1 the head.
-func (l *Layout) Units() []Unit {
-	L := l.cfg.NLayers
-	us := []Unit{{Name: "embed", Offset: 0, Len: l.blockStart[0], Block: -1}}
-	for i := range L {
-		us = append(us, Unit{Name: fmt.Sprintf("block.%d", i), Offset: l.blockStart[i], Len: l.blockStart[i+1] - l.blockStart[i], Block: i})
+// Units returns the units in layout order. For the whole model index 0 is
+// the embedding, 1+i block i, NLayers+1 the head; a pipeline rank's
+// layout lists only the units its part holds (EmbedUnit, BlockUnit,
+// HeadUnit and TiedUnit find them).
+func (l *Layout) Units() []Unit { return append([]Unit(nil), l.units...) }
+
+// EmbedUnit is the index of the embedding unit, or -1.
+func (l *Layout) EmbedUnit() int { return l.unitOf(UnitEmbed) }
+
+// HeadUnit is the index of the head unit, or -1.
+func (l *Layout) HeadUnit() int { return l.unitOf(UnitHead) }
+
+// TiedUnit is the index of the tied-embedding copy, or -1.
+func (l *Layout) TiedUnit() int { return l.unitOf(UnitTied) }
+
+// BlockUnit is the index of block i's unit, or -1 when the layout does
+// not hold it.
+func (l *Layout) BlockUnit(i int) int {
+	if i < 0 || i >= len(l.blockUnit) {
+		return -1
 	}
-	return append(us, Unit{Name: "head", Offset: l.blockStart[L], Len: l.Size - l.blockStart[L], Block: -1})
+	return l.blockUnit[i]
+}
+
+func (l *Layout) unitOf(kind string) int {
+	for i, u := range l.units {
+		if u.Kind == kind {
+			return i
+		}
+	}
+	return -1
+}
+
+// GradUnits lists the units whose gradients unit u's backward pass writes:
+// u itself, and for the head with tied embeddings the unit holding the
+// tied weight (the embedding, or the last stage's copy).
+func (l *Layout) GradUnits(u int) []int {
+	if l.units[u].Kind != UnitHead || !l.cfg.TieEmbeddings {
+		return []int{u}
+	}
+	if t := l.TiedUnit(); t >= 0 {
+		return []int{u, t}
+	}
+	return []int{u, l.EmbedUnit()}
 }
 
 // String lists the views, one per line, for debugging and golden diffs:
@@ -346,9 +481,9 @@ func (l *Layout) String() string {
 		fmt.Fprintf(&b, "%-48s off=%-9d shape=%v tp=%d decay=%v block=%d", v.Name, v.Offset, v.Shape, v.TPAxis, v.Decay, v.Block)
 		if l.local.TP > 1 {
 			fmt.Fprintf(&b, " chunk=%s of %v", ChunkString(v.Start, v.Size), v.Global)
-			if v.Replica != Sharded {
-				fmt.Fprintf(&b, " replica=%s owner=%v", v.Replica, v.Owner)
-			}
+		}
+		if v.Replica != Sharded {
+			fmt.Fprintf(&b, " replica=%s owner=%v", v.Replica, v.Owner)
 		}
 		b.WriteByte('\n')
 	}

@@ -139,7 +139,8 @@ func (m *Model) Bind(params, grads []float32) {
 // BindParams points the parameter views of unit u (an index into
 // Layout.Units) at buf: buf[i] is flat element Units()[u].Offset+i, and
 // len(buf) must be at least the unit's Len. With tied embeddings, binding
-// the embedding also rebinds the head's output projection.
+// the embedding (or the last stage's copy of it) also rebinds the head's
+// output projection.
 func (m *Model) BindParams(u int, buf []float32) { m.bind(u, buf, m.blocks, &m.head, &m.embed) }
 
 // BindGrads points the gradient views of unit u at buf, as BindParams does
@@ -151,17 +152,19 @@ func (m *Model) bind(u int, buf []float32, blocks []BlockWeights, head *HeadWeig
 	if len(buf) < un.Len {
 		panic(fmt.Sprintf("model: binding unit %s of %d elements to a buffer of %d", un.Name, un.Len, len(buf)))
 	}
-	switch {
-	case u == 0:
+	switch un.Kind {
+	case UnitEmbed:
 		*embed = l.sliceAt(buf, un.Offset, "model.embed_tokens.weight")
 		if m.Config.TieEmbeddings {
 			head.Out = *embed
 		}
-	case u == len(m.units)-1:
+	case UnitHead:
 		head.Norm = l.sliceAt(buf, un.Offset, "model.norm.weight")
 		if !m.Config.TieEmbeddings {
 			head.Out = l.sliceAt(buf, un.Offset, "lm_head.weight")
 		}
+	case UnitTied:
+		head.Out = l.sliceAt(buf, un.Offset, "model.embed_tokens.weight")
 	default:
 		blocks[un.Block] = l.blockAt(buf, un.Offset, un.Block)
 	}

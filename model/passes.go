@@ -26,19 +26,28 @@ func (m *Model) CheckTokens(B, T int, tokens, targets []int32) error {
 	return nil
 }
 
-// Hooks are called around each unit's passes by ForwardBackwardHooks, with
-// the unit's index in Layout.Units. The order is: the embedding, each block
-// and the head forward; the loss; then the head, each block from the last
-// to the first and the embedding backward. AfterBackward(u) means unit u's
-// gradient is final for this micro-batch. ZeRO stage 3 gathers a unit's
-// parameters in BeforeForward and BeforeBackward and releases them after;
-// stages 2 and 3 bind a gradient buffer in BeforeBackward and reduce it in
-// AfterBackward. With tied embeddings the head's passes also read the
-// embedding's parameters and accumulate into its gradient, so the embedding
-// must stay bound from its forward to its backward. Nil hooks are skipped;
-// a hook's error ends the pass and is returned.
+// Hooks are called around each unit's passes, with the unit's index in
+// Layout.Units. For a whole model (ForwardBackwardHooks) the order is: the
+// embedding, each block and the head forward; the loss; then the head,
+// each block from the last to the first and the embedding backward; a
+// pipeline stage (StageForward, StageBackward, StageWeights) calls them
+// for its own units in the same order. AfterBackward(u) of an unsplit
+// backward means unit u's gradient is final for this micro-batch. A split
+// backward reads parameters in its input-gradient pass (Before/After
+// Backward, which then writes no parameter gradient) and writes every
+// gradient in its weight pass (Before/AfterWeights, which reads no
+// parameter), after which the gradient is final. ZeRO stage 3 gathers a
+// unit's parameters in BeforeForward and BeforeBackward and releases them
+// after; stages 2 and 3 bind a gradient buffer before a unit's gradients
+// are written and reduce it after. With tied embeddings the head's passes
+// also read the tied weight's parameters and accumulate into its gradient
+// (Layout.GradUnits): on one stage the embedding must stay bound from its
+// forward to its backward; a last stage's copy ("tied") is final with the
+// head. Nil hooks are skipped; a hook's error ends the pass and is
+// returned.
 type Hooks struct {
 	BeforeForward, AfterForward, BeforeBackward, AfterBackward func(unit int) error
+	BeforeWeights, AfterWeights                                func(unit int) error
 }
 
 func call(f func(int) error, u int) error {
@@ -57,76 +66,19 @@ func (m *Model) ForwardBackward(a *Acts, tokens, targets []int32, gradScale floa
 
 // ForwardBackwardHooks is ForwardBackward with hooks around every unit's
 // forward and backward pass (see Hooks); ctx bounds the tensor-parallel
-// communication.
+// communication. a must cover the whole model (NewActs).
 func (m *Model) ForwardBackwardHooks(ctx context.Context, a *Acts, tokens, targets []int32, gradScale float32, h Hooks) (float64, error) {
 	if err := m.CheckTokens(a.B, a.T, tokens, targets); err != nil {
 		return 0, fmt.Errorf("model.ForwardBackward: %w", err)
 	}
-	L := m.Config.NLayers
-	head := L + 1
-	if err := call(h.BeforeForward, 0); err != nil {
-		return 0, err
+	if !a.HasEmbed || !a.HasHead || a.First != 0 || a.End != m.Config.NLayers {
+		return 0, fmt.Errorf("model.ForwardBackward: activations of blocks [%d,%d) are not the whole model's: %w", a.First, a.End, ErrInvalidConfig)
 	}
-	if err := m.EmbedForward(ctx, a, tokens); err != nil {
-		return 0, fmt.Errorf("embed: %w", err)
-	}
-	if err := call(h.AfterForward, 0); err != nil {
-		return 0, err
-	}
-	for i := range L {
-		if err := call(h.BeforeForward, 1+i); err != nil {
-			return 0, err
-		}
-		if err := m.BlockForward(ctx, i, a.Resid[i+1], a.Resid[i], a.Blocks[i], a.Scratch); err != nil {
-			return 0, err
-		}
-		if err := call(h.AfterForward, 1+i); err != nil {
-			return 0, err
-		}
-	}
-	if err := call(h.BeforeForward, head); err != nil {
-		return 0, err
-	}
-	if err := m.HeadForward(ctx, a.Head, a.Resid[L], a.Scratch); err != nil {
-		return 0, err
-	}
-	if err := call(h.AfterForward, head); err != nil {
-		return 0, err
-	}
-	loss, err := m.HeadLossGrad(ctx, a.Head, targets, gradScale)
+	loss, err := m.StageForward(ctx, a, tokens, targets, gradScale, h)
 	if err != nil {
 		return 0, err
 	}
-	if err := call(h.BeforeBackward, head); err != nil {
-		return 0, err
-	}
-	if err := m.HeadBackward(ctx, a.Head, a.DResid, a.Resid[L], a.Scratch); err != nil {
-		return 0, err
-	}
-	if err := call(h.AfterBackward, head); err != nil {
-		return 0, err
-	}
-	for i := L - 1; i >= 0; i-- {
-		if err := call(h.BeforeBackward, 1+i); err != nil {
-			return 0, err
-		}
-		if err := m.BlockBackward(ctx, i, a.DResid, a.Resid[i], a.Blocks[i], a.Scratch); err != nil {
-			return 0, err
-		}
-		if err := call(h.AfterBackward, 1+i); err != nil {
-			return 0, err
-		}
-	}
-	if err := call(h.BeforeBackward, 0); err != nil {
-		return 0, err
-	}
-	if err := m.EmbedBackward(ctx, a, tokens); err != nil {
-		return 0, err
-	}
-	if err := call(h.AfterBackward, 0); err != nil {
-		return 0, err
-	}
-	return loss, nil
+	return loss, m.StageBackward(ctx, a, tokens, false, h)
 }
 
 // forward runs the embedding, every block and the head forward.

@@ -208,3 +208,29 @@ func (m *Model) HeadBackward(ctx context.Context, h *HeadActs, dx, x []float32, 
 	clear(dx[:rows*d])
 	return m.normBackward(ctx, dx[:rows*d], m.ghead.Norm, dnorm, x, m.head.Norm, h.Rstd, rows, h.SP, scr, site{"the final norm weight gradient", -1})
 }
+
+// headBackwardInput is the input-gradient half of HeadBackward: dx as
+// HeadBackward leaves it and the final norm weight's gradient in
+// normGrad (d); the lm_head (or tied embedding) gradient is left to
+// headWeights, which reads the logit gradient still in h.Logits and the
+// saved norm output.
+func (m *Model) headBackwardInput(ctx context.Context, h *HeadActs, dx, x []float32, scr *BlockScratch, normGrad []float32) error {
+	c, k := m.Config, m.k
+	n, d, V := h.B*h.T, c.Dim, m.loc.Vocab
+	rows := m.rows(n, h.SP)
+	k.Sgemm(false, false, n, d, V, 1, h.Logits, V, m.head.Out, d, 0, h.DNorm, d)
+	dnorm, err := m.reduceGrad(ctx, h.DNorm[:n*d], h.SP, site{"the head input gradient", -1})
+	if err != nil {
+		return err
+	}
+	clear(dx[:rows*d])
+	clear(normGrad)
+	return m.normBackward(ctx, dx[:rows*d], normGrad, dnorm, x, m.head.Norm, h.Rstd, rows, h.SP, scr, site{"the final norm weight gradient", -1})
+}
+
+// headWeights is the weight-gradient half of HeadBackward.
+func (m *Model) headWeights(h *HeadActs, normGrad []float32) {
+	n, d, V := h.B*h.T, m.Config.Dim, m.loc.Vocab
+	m.k.Sgemm(true, false, V, d, n, 1, h.Logits, V, h.NormFull, d, 1, m.ghead.Out, d)
+	addTo(m.ghead.Norm, normGrad)
+}

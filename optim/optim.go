@@ -104,12 +104,23 @@ func NewAdamW(k tensor.Kernels, cfg AdamWConfig, segs []Segment, offset, length 
 // Step applies one update with learning rate lr. params and grads are the
 // shard's elements: params[i] is flat element Offset+i.
 func (o *AdamW) Step(params, grads []float32, lr float64) error {
+	return o.StepScaled(params, grads, lr, 1)
+}
+
+// StepScaled is Step with every gradient multiplied by gradScale first
+// (global-norm clipping's factor from ClipCoef), bit for bit as scaling
+// grads in place and then stepping would be, but in the update's own pass
+// over the gradients; grads is not written.
+func (o *AdamW) StepScaled(params, grads []float32, lr float64, gradScale float64) error {
 	if len(params) != len(o.m) || len(grads) != len(o.m) {
 		return fmt.Errorf("optim: AdamW step: params %d and grads %d elements for a shard of %d: %w", len(params), len(grads), len(o.m), ErrInvalid)
 	}
 	o.step++
 	for _, s := range o.segs {
 		h := tensor.AdamWHyper{LR: lr, Beta1: o.cfg.Beta1, Beta2: o.cfg.Beta2, Eps: o.cfg.Eps, Step: o.step}
+		if gradScale != 1 {
+			h.GradScale = float32(gradScale)
+		}
 		if s.Decay {
 			h.WeightDecay = o.cfg.WeightDecay
 		}

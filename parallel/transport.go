@@ -175,6 +175,7 @@ type framePool struct {
 const (
 	framePoolBufBytes = 16 << 10
 	framePoolMaxBufs  = 1024
+	framePoolMaxBytes = 64 << 20 // what one pool keeps at most (but 4 buffers)
 )
 
 // newFramePool returns a pool of buffers of capacity size.
@@ -206,7 +207,7 @@ func (p *framePool) Put(b *[]byte) {
 		return
 	}
 	p.mu.Lock()
-	if len(p.free) < framePoolMaxBufs {
+	if len(p.free) < min(framePoolMaxBufs, max(4, framePoolMaxBytes/p.size)) {
 		p.free = append(p.free, b)
 	}
 	p.mu.Unlock()

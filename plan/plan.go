@@ -16,6 +16,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/model"
+	"github.com/loomtrain/loom/schedule"
 )
 
 // ErrInvalid is the class of errors about a layout that cannot be planned.
@@ -55,6 +56,10 @@ const (
 	KindDP = "dp" // ranks that hold the same chunks and split the batch (same tp, pp)
 	KindKV = "kv" // the ranks of a tp group holding copies of one kv head
 	KindPP = "pp" // the pipeline stages of one (dp, tp) position
+	// KindEmb is Megatron's embedding group: the first and the last
+	// pipeline rank of one (dp, tp) position, which both hold a tied
+	// embedding and sum its gradient.
+	KindEmb = "emb"
 )
 
 // Group is a process group: its name, unique within the job, and its
@@ -79,26 +84,35 @@ func (g Group) Index(rank int) int {
 	return -1
 }
 
-// Stage is a pipeline stage's share of the model: blocks [First, End) and
-// whether it holds the embedding (the first stage) and the final norm, LM
-// head and loss (the last). With pp = 1 the one stage holds everything.
+// Stage is a (virtual) pipeline stage's share of the model: blocks
+// [First, End) and whether it holds the embedding (the first stage) and
+// the final norm, LM head and loss (the last); Rank is the pipeline
+// coordinate that runs it (Index mod pp). With pp = 1 and one virtual
+// stage the one stage holds everything.
 type Stage struct {
 	Index       int
+	Rank        int
 	First, End  int
 	Embed, Head bool
 }
+
+// Blocks is End − First.
+func (s Stage) Blocks() int { return s.End - s.First }
 
 // RankPlan is everything one rank needs to know about the plan.
 type RankPlan struct {
 	Rank  int
 	Coord Coord
 	// Groups this rank belongs to. KV is empty (no Ranks) unless kv heads
-	// are replicated (n_kv_heads < tp); TP, DP and PP always list at
-	// least this rank.
-	TP, DP, KV, PP Group
-	Stage          Stage
+	// are replicated (n_kv_heads < tp), Emb unless the embedding is tied
+	// and pp > 1 (then only on the first and last pipeline ranks); TP,
+	// DP and PP always list at least this rank.
+	TP, DP, KV, PP, Emb Group
+	// Stages are the (virtual) stages the rank runs, in model order.
+	Stages []Stage
 	// Layout is the rank's local layout (shared by every rank with the
-	// same tp coordinate); Zero its ZeRO partition over the dp group.
+	// same tp and pp coordinates): its tp chunks of its stages' units;
+	// Zero its ZeRO partition over the dp group.
 	Layout *model.Layout
 	Zero   *Partition
 	// DPIndex is the rank's position in its dp group: which slice of each
@@ -115,16 +129,35 @@ type Plan struct {
 	// residual stream is sequence-sharded over tp.
 	ZeroStage        ZeroStage
 	SequenceParallel bool
-	// MicroBatch sequences of SeqLen tokens per pass; Accum passes per
-	// optimizer step per dp rank (global_batch = MicroBatch·Accum·DP).
+	// MicroBatch sequences of SeqLen tokens per pass; Accum passes (the
+	// micro-batches of the pipeline) per optimizer step per dp rank
+	// (global_batch = MicroBatch·Accum·DP).
 	MicroBatch, SeqLen, Accum int
 	GlobalBatch               int
-	Stages                    []Stage
-	// Layouts and Partitions by tp coordinate.
+	// Stages are the pp × virtual_stages (virtual) stages in model order;
+	// Balanced says whether Loom cut them (else parallel.stages did).
+	Stages   []Stage
+	Balanced bool
+	// Schedule is every pipeline rank's action list for one step
+	// (communication included), checked deadlock-free; every (dp, tp)
+	// position runs the same one. Recompute: blocks recompute their
+	// forward before their backward (train.recompute).
+	Schedule  *schedule.Schedule
+	Recompute bool
+	// Layouts and Partitions by PartIndex(pp, tp).
 	Layouts    []*model.Layout
 	Partitions []*Partition
 	Ranks      []RankPlan
+	// inFlight and buffers are Schedule.InFlight and AllBuffers, computed
+	// once.
+	inFlight []int
+	buffers  [][]int
 }
+
+// PartIndex is where the layout and partition of the ranks at pipeline
+// coordinate pp and tensor-parallel coordinate tp are in Layouts and
+// Partitions.
+func (p *Plan) PartIndex(pp, tp int) int { return pp*p.Mesh.TP + tp }
 
 // ModelConfig converts the job spec's model section to the model's config.
 func ModelConfig(s api.ModelSpec) model.Config {
@@ -148,28 +181,55 @@ func New(spec api.JobSpec, world int) (*Plan, error) {
 		return nil, &api.SpecError{Errs: []error{&api.FieldError{Field: "parallel", Value: fmt.Sprintf("dp %d × tp %d × pp %d = %d ranks", p.DP, p.TP, p.PP, mesh.World()),
 			Allowed: fmt.Sprintf("must multiply to the world size %d", world)}}}
 	}
-	if p.PP != 1 {
-		return nil, &api.SpecError{Errs: []error{&api.FieldError{Field: "parallel.pp", Value: p.PP, Allowed: "pipeline parallelism is not supported yet: set pp: 1"}}}
-	}
 	cfg := ModelConfig(spec.Model)
+	accum := spec.AccumulationSteps()
+	v := max(1, p.VirtualStages)
+	sched, err := schedule.For(p.Schedule, p.PP, v, accum)
+	if err != nil {
+		return nil, &api.SpecError{Errs: []error{&api.FieldError{Field: "parallel.schedule", Value: p.Schedule, Allowed: err.Error()}}}
+	}
+	if err := schedule.Check(sched); err != nil {
+		return nil, fmt.Errorf("plan: the %s schedule for pp %d, %d micro-batches: %w", p.Schedule, p.PP, accum, err)
+	}
 	pl := &Plan{Mesh: mesh, Model: cfg, ZeroStage: ZeroStage(p.Zero), SequenceParallel: p.SequenceParallel && p.TP > 1,
-		MicroBatch: spec.Train.MicroBatch, SeqLen: spec.Model.SeqLen, Accum: spec.AccumulationSteps(), GlobalBatch: spec.Train.GlobalBatch,
-		Stages: []Stage{{Index: 0, First: 0, End: cfg.NLayers, Embed: true, Head: true}}}
-	for t := range p.TP {
-		l, err := model.NewLocalLayout(cfg, model.Split{TP: p.TP, Rank: t})
-		if err != nil {
-			return nil, fmt.Errorf("plan: %w: %w", err, ErrInvalid)
+		MicroBatch: spec.Train.MicroBatch, SeqLen: spec.Model.SeqLen, Accum: accum, GlobalBatch: spec.Train.GlobalBatch,
+		Schedule: sched, Recompute: spec.Train.Recompute, inFlight: sched.InFlight(), buffers: sched.AllBuffers()}
+	cut := p.Stages
+	if len(cut) == 0 {
+		cut, pl.Balanced = BalanceStages(cfg, spec.Model.SeqLen, p.PP*v), true
+	}
+	first := 0
+	for i, n := range cut {
+		pl.Stages = append(pl.Stages, Stage{Index: i, Rank: i % p.PP, First: first, End: first + n, Embed: i == 0, Head: i == len(cut)-1})
+		first += n
+	}
+	for pp := range p.PP {
+		var part *model.Part
+		if p.PP > 1 {
+			part = &model.Part{}
+			for _, st := range pl.stagesOf(pp) {
+				part.Blocks = append(part.Blocks, model.BlockRange{First: st.First, End: st.End})
+				part.Embed = part.Embed || st.Embed
+				part.Head = part.Head || st.Head
+			}
 		}
-		part, err := NewPartition(l, p.DP, pl.ZeroStage, 0)
-		if err != nil {
-			return nil, err
+		for t := range p.TP {
+			l, err := model.NewLocalLayout(cfg, model.Split{TP: p.TP, Rank: t, Part: part})
+			if err != nil {
+				return nil, fmt.Errorf("plan: %w: %w", err, ErrInvalid)
+			}
+			zp, err := NewPartition(l, p.DP, pl.ZeroStage, 0)
+			if err != nil {
+				return nil, err
+			}
+			pl.Layouts = append(pl.Layouts, l)
+			pl.Partitions = append(pl.Partitions, zp)
 		}
-		pl.Layouts = append(pl.Layouts, l)
-		pl.Partitions = append(pl.Partitions, part)
 	}
 	for r := range mesh.World() {
 		c := mesh.Coord(r)
-		rp := RankPlan{Rank: r, Coord: c, Stage: pl.Stages[c.PP], Layout: pl.Layouts[c.TP], Zero: pl.Partitions[c.TP], DPIndex: c.DP}
+		i := pl.PartIndex(c.PP, c.TP)
+		rp := RankPlan{Rank: r, Coord: c, Stages: pl.stagesOf(c.PP), Layout: pl.Layouts[i], Zero: pl.Partitions[i], DPIndex: c.DP}
 		rp.TP = Group{Name: fmt.Sprintf("tp.pp%d.dp%d", c.PP, c.DP), Kind: KindTP}
 		for t := range mesh.TP {
 			rp.TP.Ranks = append(rp.TP.Ranks, mesh.Rank(Coord{DP: c.DP, TP: t, PP: c.PP}))
@@ -182,6 +242,10 @@ func New(spec api.JobSpec, world int) (*Plan, error) {
 		for s := range mesh.PP {
 			rp.PP.Ranks = append(rp.PP.Ranks, mesh.Rank(Coord{DP: c.DP, TP: c.TP, PP: s}))
 		}
+		if cfg.TieEmbeddings && mesh.PP > 1 && (c.PP == 0 || c.PP == mesh.PP-1) {
+			rp.Emb = Group{Name: fmt.Sprintf("emb.dp%d.tp%d", c.DP, c.TP), Kind: KindEmb,
+				Ranks: []int{mesh.Rank(Coord{DP: c.DP, TP: c.TP, PP: 0}), mesh.Rank(Coord{DP: c.DP, TP: c.TP, PP: mesh.PP - 1})}}
+		}
 		if rep := rp.Layout.Local().KVReplicas; rep > 1 {
 			head := c.TP / rep
 			rp.KV = Group{Name: fmt.Sprintf("kv.pp%d.dp%d.h%d", c.PP, c.DP, head), Kind: KindKV}
@@ -192,6 +256,17 @@ func New(spec api.JobSpec, world int) (*Plan, error) {
 		pl.Ranks = append(pl.Ranks, rp)
 	}
 	return pl, nil
+}
+
+// stagesOf lists the stages pipeline coordinate pp runs, in model order.
+func (p *Plan) stagesOf(pp int) []Stage {
+	var out []Stage
+	for _, st := range p.Stages {
+		if st.Rank == pp {
+			out = append(out, st)
+		}
+	}
+	return out
 }
 
 // Rank returns rank r's plan.

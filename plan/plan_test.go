@@ -3,6 +3,7 @@ package plan
 import (
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -209,7 +210,8 @@ func TestPlanValidation(t *testing.T) {
 		{func(s *api.JobSpec) { s.Parallel.TP, s.Model.FFNHidden = 4, 30 }, 4, []string{"parallel.tp", "model.ffn_hidden (30)"}},
 		{func(s *api.JobSpec) { s.Parallel.TP, s.Model.NKVHeads, s.Model.NHeads = 4, 3, 12 }, 4, []string{"parallel.tp", "model.n_kv_heads (3)"}},
 		{func(s *api.JobSpec) { s.Parallel.TP, s.Parallel.SequenceParallel, s.Train.MicroBatch = 2, true, 1 }, 2, []string{"parallel.sequence_parallel", "1 × 9"}},
-		{func(s *api.JobSpec) { s.Parallel.PP = 2 }, 2, []string{"parallel.pp", "not supported yet"}},
+		{func(s *api.JobSpec) { s.Parallel.PP = 3 }, 3, []string{"parallel.pp", "must not exceed model.n_layers (2)"}},
+		{func(s *api.JobSpec) { s.Parallel.PP, s.Parallel.Schedule = 2, "looped-bfs" }, 2, []string{"parallel.schedule", "looped-bfs"}},
 		{func(s *api.JobSpec) {}, 3, []string{"parallel", "world size 3"}},
 	} {
 		s := tinySpec(1, 1, 0, false)
@@ -284,10 +286,19 @@ func TestPlanGolden(t *testing.T) {
 		dp, tp, zero int
 		sp           bool
 		kv           int
-	}{{"dp2-zero1", 2, 1, 1, false, 2}, {"dp2-tp2-zero3-sp", 2, 2, 3, true, 2}, {"tp4-kv2", 1, 4, 0, false, 2}} {
+		pp           int
+		sched        string
+		v            int
+	}{{"dp2-zero1", 2, 1, 1, false, 2, 1, "1f1b", 1}, {"dp2-tp2-zero3-sp", 2, 2, 3, true, 2, 1, "1f1b", 1}, {"tp4-kv2", 1, 4, 0, false, 2, 1, "1f1b", 1},
+		{"dp2-tp2-pp2-zero1-tied", 2, 2, 1, false, 2, 2, "1f1b", 1}, {"pp2-v2-interleaved", 1, 1, 0, false, 2, 2, "interleaved-1f1b", 2}} {
 		s := tinySpec(c.dp, c.tp, c.zero, c.sp)
 		s.Model.NKVHeads = c.kv
-		p, err := New(s, c.dp*c.tp)
+		s.Parallel.PP, s.Parallel.Schedule, s.Parallel.VirtualStages = c.pp, c.sched, c.v
+		if c.pp > 1 {
+			s.Model.NLayers, s.Model.TieEmbeddings = 4, c.v == 1
+			s.Train.MicroBatch = 1
+		}
+		p, err := New(s, c.dp*c.tp*c.pp)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -334,15 +345,190 @@ func TestCandidatesAndRecommend(t *testing.T) {
 	if best.Spec.Parallel.TP != 1 || best.Spec.Parallel.Zero != 0 {
 		t.Fatalf("recommended %+v", best.Spec.Parallel)
 	}
-	// A budget only tensor parallelism meets.
-	tpOnly := int64(0)
+	seen = map[string]bool{}
 	for _, c := range cs {
-		if c.Spec.Parallel.TP == 4 && (tpOnly == 0 || c.Memory.Total() < tpOnly) {
-			tpOnly = c.Memory.Total()
+		seen[fmt.Sprintf("dp%d.tp%d.pp%d", c.Spec.Parallel.DP, c.Spec.Parallel.TP, c.Spec.Parallel.PP)] = true
+		if c.Spec.Parallel.PP > 1 && c.Bubble <= 0 {
+			t.Fatalf("pipelined candidate %+v: bubble %v", c.Spec.Parallel, c.Bubble)
 		}
 	}
-	cs, _ = Candidates(s, 4, tpOnly)
-	if i := Recommend(cs); i < 0 || cs[i].Spec.Parallel.TP != 4 {
-		t.Fatalf("with %d bytes recommended %d", tpOnly, i)
+	if !seen["dp2.tp1.pp2"] || !seen["dp1.tp2.pp2"] || seen["dp1.tp1.pp4"] {
+		t.Fatalf("candidates %v: want pp 2 with dp or tp 2, and no pp 4 for 2 layers", seen)
+	}
+	// A budget only model parallelism (tp or pp) meets: the recommendation
+	// fits and no fitting layout has a smaller tp, or the same tp and a
+	// smaller pp.
+	small := int64(0)
+	for _, c := range cs {
+		if c.Spec.Parallel.DP == 1 && (small == 0 || c.Memory.Total() < small) {
+			small = c.Memory.Total()
+		}
+	}
+	cs, _ = Candidates(s, 4, small)
+	i := Recommend(cs)
+	if i < 0 || cs[i].Spec.Parallel.DP != 1 {
+		t.Fatalf("with %d bytes recommended %d", small, i)
+	}
+	for _, c := range cs {
+		p, q := c.Spec.Parallel, cs[i].Spec.Parallel
+		if c.Fits && (p.TP < q.TP || p.TP == q.TP && p.PP < q.PP) {
+			t.Fatalf("recommended %+v over %+v", q, p)
+		}
+	}
+}
+
+// BalanceStages finds the cut a brute force over every cut finds: the
+// least maximum stage cost, counting the embedding first and the head
+// last.
+func TestBalanceStagesIsOptimal(t *testing.T) {
+	for _, c := range []struct{ L, V, n int }{{8, 4096, 2}, {8, 4096, 4}, {7, 258, 3}, {12, 50000, 4}, {5, 100, 5}, {6, 32000, 3}} {
+		cfg := model.Config{VocabSize: c.V, Dim: 64, NLayers: c.L, NHeads: 4, NKVHeads: 4, FFNHidden: 172, SeqLen: 128, RopeTheta: 1e4, NormEps: 1e-5}
+		cost := func(cut []int) float64 {
+			worst, first := 0.0, 0
+			for i, n := range cut {
+				st := Stage{Index: i, First: first, End: first + n, Embed: i == 0, Head: i == len(cut)-1}
+				worst = max(worst, StageCost(cfg, 128, st).Total())
+				first += n
+			}
+			return worst
+		}
+		var best float64 = -1
+		var enum func(prefix []int, left int)
+		enum = func(prefix []int, left int) {
+			if len(prefix) == c.n-1 {
+				if left >= 1 {
+					if w := cost(append(prefix, left)); best < 0 || w < best {
+						best = w
+					}
+				}
+				return
+			}
+			for k := 1; k <= left-(c.n-1-len(prefix)); k++ {
+				enum(append(append([]int(nil), prefix...), k), left-k)
+			}
+		}
+		enum(nil, c.L)
+		got := BalanceStages(cfg, 128, c.n)
+		sum := 0
+		for _, n := range got {
+			sum += n
+		}
+		if sum != c.L || len(got) != c.n || math.Abs(cost(got)-best) > 1e-6*best {
+			t.Errorf("%+v: cut %v costs %g, best %g", c, got, cost(got), best)
+		}
+	}
+	// small at pp 2: the head weighs as much as a block or so.
+	cfg := ModelConfig(api.ModelSpec{VocabSize: 4096, Dim: 512, NLayers: 8, NHeads: 8, NKVHeads: 8, FFNHidden: 1376, SeqLen: 256})
+	if cut := BalanceStages(cfg, 256, 2); fmt.Sprint(cut) != "[4 4]" {
+		t.Errorf("small at pp 2: cut %v", cut)
+	}
+}
+
+// A pipelined plan: stages in model order on their ranks, an uneven
+// explicit cut, the embedding group of a tied model on the first and last
+// pipeline ranks, each rank's layout holding exactly its stages' units,
+// and the schedule every rank runs.
+func TestPipelinePlan(t *testing.T) {
+	s := tinySpec(2, 1, 1, false)
+	s.Model.NLayers, s.Model.TieEmbeddings = 6, true
+	s.Parallel.PP, s.Parallel.Stages = 3, []int{3, 2, 1}
+	s.Train.MicroBatch = 1
+	p, err := New(s, 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Balanced || fmt.Sprint(p.Stages) != "[{0 0 0 3 true false} {1 1 3 5 false false} {2 2 5 6 false true}]" {
+		t.Fatalf("stages %v (balanced %v)", p.Stages, p.Balanced)
+	}
+	if p.Accum != 4 || p.Schedule.Micro != 4 || p.Schedule.PP != 3 {
+		t.Fatalf("accum %d, schedule %s", p.Accum, p.Schedule.Header())
+	}
+	r := p.Rank(5) // pp 2, dp 1
+	if r.Coord != (Coord{DP: 1, PP: 2}) || fmt.Sprint(r.PP.Ranks, r.Emb.Ranks, r.DP.Ranks) != "[1 3 5] [1 5] [4 5]" {
+		t.Fatalf("rank 5: %v pp %v emb %v dp %v", r.Coord, r.PP.Ranks, r.Emb.Ranks, r.DP.Ranks)
+	}
+	if p.Rank(3).Emb.Size() != 0 {
+		t.Fatalf("a middle stage is in the embedding group %v", p.Rank(3).Emb)
+	}
+	for _, rp := range p.Ranks {
+		l := rp.Layout
+		for _, st := range rp.Stages {
+			for i := st.First; i < st.End; i++ {
+				if l.BlockUnit(i) < 0 {
+					t.Fatalf("rank %d lacks block %d of its stage %d", rp.Rank, i, st.Index)
+				}
+			}
+		}
+		if n := len(l.Units()); n != rp.Stages[0].Blocks()+map[bool]int{true: 1}[rp.Stages[0].Embed]+map[bool]int{true: 2}[rp.Stages[0].Head] {
+			t.Fatalf("rank %d holds %d units for stage %+v", rp.Rank, n, rp.Stages[0])
+		}
+	}
+	if got := p.Rank(5).Layout.TiedUnit(); got < 0 {
+		t.Fatal("the last stage of a tied model has no copy of the embedding")
+	}
+	bal := s
+	bal.Parallel.Stages = nil
+	q, err := New(bal, 6)
+	if err != nil || !q.Balanced {
+		t.Fatalf("balanced: %v", err)
+	}
+	res, err := q.Bubble()
+	if err != nil || res.Bubble <= 0 || res.Bubble >= 1 {
+		t.Fatalf("bubble %+v %v", res, err)
+	}
+}
+
+// Pipelined ranks' activations are the schedule's in-flight micro-batches
+// per stage times what model.NewStageActs allocates per micro-batch, plus
+// one scratch — exactly.
+func TestPipelineActivationBytesMatchAllocation(t *testing.T) {
+	for _, c := range []struct {
+		sched     string
+		v, tp     int
+		sp, rec   bool
+		tied      bool
+		stageCuts []int
+	}{{"1f1b", 1, 1, false, false, false, nil}, {"gpipe", 1, 2, true, false, true, nil}, {"zb-h1", 1, 2, false, false, false, []int{1, 3}},
+		{"interleaved-1f1b", 2, 1, false, false, true, nil}, {"1f1b", 1, 2, true, true, false, nil}} {
+		s := tinySpec(1, c.tp, 0, c.sp)
+		s.Model.NLayers, s.Model.TieEmbeddings = 4, c.tied
+		s.Parallel.PP, s.Parallel.Schedule, s.Parallel.VirtualStages, s.Parallel.Stages = 2, c.sched, c.v, c.stageCuts
+		s.Train.MicroBatch, s.Train.GlobalBatch, s.Train.Recompute = 2, 8, c.rec
+		p, err := New(s, 2*c.tp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := p.Schedule.InFlight()
+		for r, rp := range p.Ranks {
+			cm := model.Comms{SequenceParallel: p.SequenceParallel}
+			if rp.TP.Size() > 1 {
+				cm.TP = fakeComm{size: rp.TP.Size(), index: rp.TP.Index(r)}
+			}
+			m, err := model.NewUnbound(rp.Layout, tensor.Reference{}, cm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			scr := m.NewScratch(p.MicroBatch, p.SeqLen, p.SequenceParallel)
+			var got int64
+			for _, st := range rp.Stages {
+				a, err := m.NewStageActs(p.MicroBatch, p.SeqLen, model.ActsOptions{First: st.First, End: st.End, Embed: st.Embed, Head: st.Head,
+					Split: p.Schedule.Split(st.Index, 0), Recompute: p.Recompute, Scratch: scr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tokens := 0
+				if st.Embed {
+					tokens++
+				}
+				if st.Head {
+					tokens++
+				}
+				got += int64(in[st.Index]) * (a.SlotBytes() + 4*int64(tokens*p.MicroBatch*p.SeqLen))
+			}
+			got += scr.Bytes() + 4*int64(p.MicroBatch*p.SeqLen) // the spare token buffer of a first or last stage
+			if want := p.ActivationBytes(r, p.MicroBatch, p.SeqLen); got != want {
+				t.Fatalf("%+v rank %d: allocated %d, ActivationBytes %d", c, r, got, want)
+			}
+		}
 	}
 }

@@ -101,12 +101,15 @@ def step(rounds=3):
                                    "--steps", str(steps)], env=env))[-1]
                     ref.setdefault((cfg, th), []).append(t["tok_s_median"])
     print(f"(median of {rounds} rounds; each round runs every config, Loom then PyTorch)")
-    print(f"{'config':>6} {'thr':>3} {'Loom':>8} {'PyTorch':>8} {'ratio':>6} {'Loom MFU':>8}")
+    # CPU: the process's CPU time per step over threads × the step: well under
+    # 100% means the threads waited for cores (a loaded machine), not for work.
+    print(f"{'config':>6} {'thr':>3} {'Loom':>8} {'PyTorch':>8} {'ratio':>6} {'Loom MFU':>8} {'CPU':>5}")
     for (cfg, th), rs in loom.items():
         tok = med([r["tokens_per_sec"] for r in rs])
         mfu = med([r["mfu"] for r in rs])
+        busy = med([r.get("step_cpu_s_p50", float("nan")) / (r["step_s_p50"] * th) for r in rs])
         rt = med(ref[(cfg, th)]) if (cfg, th) in ref else float("nan")
-        print(f"{cfg:>6} {th:>3} {tok:8.0f} {rt:8.0f} {tok/rt:6.2f} {100*mfu:7.1f}%  ({rs[-1]['kernel']})")
+        print(f"{cfg:>6} {th:>3} {tok:8.0f} {rt:8.0f} {tok/rt:6.2f} {100*mfu:7.1f}% {100*busy:4.0f}%  ({rs[-1]['kernel']})")
     print("bf16 GEMMs (train.precision: bf16) vs Loom fp32, same rounds:")
     print(f"{'config':>6} {'thr':>3} {'bf16':>8} {'fp32':>8} {'ratio':>6} {'bf16 MFU':>8} {'bf16 peak':>9}  kernel")
     for (cfg, th), rs in bf16.items():

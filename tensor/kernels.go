@@ -67,6 +67,8 @@ type Kernels interface {
 	// AdamW applies one torch.optim.AdamW step (single-tensor code path of
 	// PyTorch 1.13+) to p, with gradient g and moments m, v, all of one
 	// length, updated in place. h.Step is the 1-based step after increment.
+	// With h.GradScale set the step uses g·GradScale (g is not written):
+	// gradient clipping folded into the update pass.
 	AdamW(p, g, m, v []float32, h AdamWHyper)
 
 	// SumSquares returns Σ x² accumulated in float64 (for the global grad norm).
@@ -80,6 +82,12 @@ type Kernels interface {
 type AdamWHyper struct {
 	LR, Beta1, Beta2, Eps, WeightDecay float64
 	Step                               int // 1-based count including this step
+	// GradScale, when non-zero, multiplies each gradient element (in
+	// float32, as Scale(g, GradScale) would round it) before the update,
+	// without writing g: global-norm clipping's scale applied in the
+	// optimizer's pass instead of a pass of its own over the gradients.
+	// Zero means no scaling.
+	GradScale float32
 }
 
 // RoPETables returns cos and sin tables (seqLen, headDim/2) for rotary

@@ -333,6 +333,9 @@ func (Reference) AdamW(p, g, m, v []float32, h AdamWHyper) {
 	bc2Sqrt := float32(math.Sqrt(bc2))
 	eps := float32(h.Eps)
 	for i, gi := range g {
+		if h.GradScale != 0 {
+			gi *= h.GradScale
+		}
 		pi := p[i] * decay
 		mi := m[i]*b1 + gi*omb1
 		vi := v[i]*b2 + omb2*gi*gi

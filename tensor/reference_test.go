@@ -456,3 +456,26 @@ func TestSumSquaresAndScale(t *testing.T) {
 		t.Fatalf("Scale: got %v", x)
 	}
 }
+
+// TestAdamWGradScale: GradScale is Scale(g, GradScale) folded into the
+// update — the same bits — and g is left unwritten.
+func TestAdamWGradScale(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 18))
+	var k Reference
+	n := 65
+	p, g := randSlice(rng, n, 1), randSlice(rng, n, 1)
+	m, v := make([]float32, n), make([]float32, n)
+	p2, m2, v2 := append([]float32(nil), p...), append([]float32(nil), m...), append([]float32(nil), v...)
+	g0 := append([]float32(nil), g...)
+	h := AdamWHyper{LR: 1e-2, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Step: 1, GradScale: 0.3}
+	k.AdamW(p, g, m, v, h)
+	gs := append([]float32(nil), g...)
+	k.Scale(gs, 0.3)
+	h.GradScale = 0
+	k.AdamW(p2, gs, m2, v2, h)
+	for i := range p {
+		if p[i] != p2[i] || m[i] != m2[i] || v[i] != v2[i] || g[i] != g0[i] {
+			t.Fatalf("[%d]: fused p %v m %v v %v g %v; Scale then AdamW p %v m %v v %v, g %v", i, p[i], m[i], v[i], g[i], p2[i], m2[i], v2[i], g0[i])
+		}
+	}
+}

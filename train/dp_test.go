@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ type runOpts struct {
 	kernels func() (tensor.Kernels, func())
 }
 
-// layoutRun trains spec on its parallel layout (dp·tp ranks from one plan,
+// layoutRun trains spec on its parallel layout (dp·tp·pp ranks from one plan,
 // each rank's groups as the plan names them) and returns every rank's step
 // statistics and counted memory; it fails the test unless every rank
 // reports the same losses.
@@ -60,7 +61,7 @@ func layoutRun(t *testing.T, spec api.JobSpec, o runOpts) ([][]Stats, []plan.Mem
 		}
 		for r := range world {
 			rp := p.Rank(r)
-			comms[r] = Comms{TP: member(rp.TP, r), DP: member(rp.DP, r), KV: member(rp.KV, r)}
+			comms[r] = Comms{TP: member(rp.TP, r), DP: member(rp.DP, r), KV: member(rp.KV, r), PP: member(rp.PP, r), Emb: member(rp.Emb, r)}
 		}
 	} else if world > 1 {
 		addrs := map[int]string{}
@@ -91,7 +92,7 @@ func layoutRun(t *testing.T, spec api.JobSpec, o runOpts) ([][]Stats, []plan.Mem
 				t.Cleanup(func() { grp.Close() })
 				return grp
 			}
-			comms[r] = Comms{TP: join(rp.TP), DP: join(rp.DP), KV: join(rp.KV)}
+			comms[r] = Comms{TP: join(rp.TP), DP: join(rp.DP), KV: join(rp.KV), PP: join(rp.PP), Emb: join(rp.Emb)}
 		}
 	}
 	out := make([][]Stats, world)
@@ -133,10 +134,14 @@ func layoutRun(t *testing.T, spec api.JobSpec, o runOpts) ([][]Stats, []plan.Mem
 		}()
 	}
 	wg.Wait()
+	var failed []string
 	for r, err := range errs {
 		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
+			failed = append(failed, fmt.Sprintf("rank %d: %v", r, err))
 		}
+	}
+	if len(failed) > 0 {
+		t.Fatal(strings.Join(failed, "\n"))
 	}
 	for r := 1; r < world; r++ {
 		for i := range out[0] {

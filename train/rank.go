@@ -18,6 +18,7 @@ import (
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/timeline"
 )
 
 // RankConfig is one rank of a job: what `loom run` (world size 1) and a
@@ -100,12 +101,14 @@ type Result struct {
 
 // RunRank trains one rank of a job: it computes the plan, serves the data
 // plane and joins the rank's process groups (tensor-parallel, data-parallel,
-// kv-replica) when the world is larger than one, opens the data, builds the
-// trainer, restores a checkpoint or initial weights, enables periodic
-// checkpoints, trains every step, and saves the final model (the whole
-// model, assembled from every rank's chunks, on rank 0). It is the one
-// composition root of `loom run` and `loom worker`. With world size 1 a
-// run stopped early still saves the model it has.
+// kv-replica, pipeline, embedding) when the world is larger than one, opens
+// the data, builds the trainer, restores a checkpoint or initial weights,
+// enables periodic checkpoints, trains every step, saves the last step's
+// timeline (timeline.Dir; world size 1 also merges it into timeline.json)
+// and the final model (the whole model, assembled from every rank's
+// chunks, on rank 0). It is the one composition root of `loom run` and
+// `loom worker`. With world size 1 a run stopped early still saves the
+// model it has.
 func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, error) {
 	s := rc.Spec
 	world := max(1, len(rc.Peers))
@@ -180,7 +183,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 		for _, j := range []struct {
 			dst *parallel.Comm
 			g   plan.Group
-		}{{&comms.TP, rp.TP}, {&comms.DP, rp.DP}, {&comms.KV, rp.KV}} {
+		}{{&comms.TP, rp.TP}, {&comms.DP, rp.DP}, {&comms.KV, rp.KV}, {&comms.PP, rp.PP}, {&comms.Emb, rp.Emb}} {
 			c, err := join(j.g)
 			if err != nil {
 				return nil, err
@@ -248,17 +251,31 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 	var sum summary
 	runErr := t.Run(ctx, func(st Stats) {
 		if rc.OnComm != nil {
-			if b := st.CommBytes - st.TPCommBytes; b > 0 {
-				rc.OnComm(op, b, seconds(st.CommSeconds-st.TPCommSeconds))
+			if b := st.CommBytes - st.TPCommBytes - st.PipelineBytes; b > 0 {
+				rc.OnComm(op, b, seconds(st.CommSeconds-st.TPCommSeconds-st.PipelineWaitSeconds))
 			}
 			if st.TPCommBytes > 0 {
 				rc.OnComm("tensor-parallel", st.TPCommBytes, seconds(st.TPCommSeconds))
+			}
+			if st.PipelineBytes > 0 {
+				rc.OnComm("pipeline", st.PipelineBytes, seconds(st.PipelineWaitSeconds))
 			}
 		}
 		sum.add(st)
 		report(st)
 	})
 	sum.print(log, rc.Rank, t)
+	if tl := t.LastTimeline(); tl != nil {
+		if err := timeline.Save(jobDir, tl); err != nil {
+			fmt.Fprintf(log, "rank %d: warning: saving the timeline: %v\n", rc.Rank, err)
+		} else if world == 1 {
+			if path, err := timeline.SaveMerged(jobDir, 1); err != nil {
+				fmt.Fprintf(log, "rank 0: warning: %v\n", err)
+			} else {
+				fmt.Fprintf(log, "loom: the last step's timeline (Chrome trace, opens in Perfetto): %s\n", path)
+			}
+		}
+	}
 	res := &Result{Steps: t.StepsDone(), FinalDir: filepath.Join(s.Checkpoint.Dir, s.Name, "final")}
 	if runErr != nil && (world > 1 || t.StepsDone() == 0) {
 		return res, fmt.Errorf("rank %d: %w", rc.Rank, runErr)
@@ -320,9 +337,9 @@ func resume(t *Trainer, rc RankConfig, jobDir string, log io.Writer) error {
 
 // summary adds up a rank's steps for the line it logs at the end.
 type summary struct {
-	steps, stepS, commS, overlapS, tpS, tps float64
-	saves                                   int
-	blocked                                 float64
+	steps, stepS, commS, overlapS, tpS, ppS, computeS, tps float64
+	saves                                                  int
+	blocked                                                float64
 }
 
 func (s *summary) add(st Stats) {
@@ -331,6 +348,8 @@ func (s *summary) add(st Stats) {
 	s.commS += st.CommSeconds
 	s.overlapS += st.OverlapSeconds
 	s.tpS += st.TPCommSeconds
+	s.ppS += st.PipelineWaitSeconds
+	s.computeS += st.ComputeSeconds
 	s.tps += st.TokensPerSec
 	if st.CheckpointSeconds > 0 {
 		s.saves++
@@ -342,13 +361,17 @@ func (s *summary) print(w io.Writer, rank int, t *Trainer) {
 	if s.steps == 0 || s.stepS <= 0 {
 		return
 	}
-	dpS := s.commS - s.tpS
+	dpS := s.commS - s.tpS - s.ppS
 	overlap := 0.0
 	if dpS > 0 {
 		overlap = 100 * s.overlapS / dpS
 	}
-	fmt.Fprintf(w, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; communication: tensor-parallel %.1f%% of step time (all exposed: on the compute path), data-parallel %.1f%%, %.0f%% of it overlapped with backward; exposed %.1f%% in all\n",
-		rank, s.steps, 1e3*s.stepS/s.steps, s.tps/s.steps, 100*s.tpS/s.stepS, 100*dpS/s.stepS, overlap, 100*(s.commS-s.overlapS)/s.stepS)
+	pipe := ""
+	if t.plan.Mesh.PP > 1 {
+		pipe = fmt.Sprintf(", pipeline waits %.1f%%", 100*s.ppS/s.stepS)
+	}
+	fmt.Fprintf(w, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; compute %.1f%% of step time; communication: tensor-parallel %.1f%% (all exposed: on the compute path), data-parallel %.1f%%, %.0f%% of it overlapped with backward%s; exposed %.1f%% in all\n",
+		rank, s.steps, 1e3*s.stepS/s.steps, s.tps/s.steps, 100*s.computeS/s.stepS, 100*s.tpS/s.stepS, 100*dpS/s.stepS, overlap, pipe, 100*(s.commS-s.overlapS)/s.stepS)
 	if s.saves > 0 {
 		b, secs := t.SaveStats()
 		rate := 0.0

@@ -41,7 +41,8 @@ type rssResult struct {
 	Rank      int
 	PeakBytes int64 // VmHWM after the last step
 	Counted   plan.Memory
-	Last      Stats // the last step's statistics
+	Last      Stats   // the last step's statistics
+	All       []Stats // every step's
 }
 
 // rssArgs is what a helper rank is told.
@@ -86,6 +87,7 @@ func TestZeroPeakRSSHelper(t *testing.T) {
 		Spec: a.Spec, Job: "rss", Generation: 1, Rank: a.Rank, Peers: peers, Listener: ln, Kernels: k,
 		OnMemory: func(m plan.Memory) { res.Counted = m },
 	}, func(st Stats) {
+		res.All = append(res.All, st)
 		if st.Step == a.Spec.Train.Steps {
 			res.PeakBytes = vmHWM(t)
 			res.Last = st
@@ -130,7 +132,9 @@ func runRSS(t *testing.T, spec api.JobSpec, fastKernels bool) []rssResult {
 		peers[i] = ln.Addr().String()
 		ln.Close()
 	}
-	spec.Checkpoint.Dir = t.TempDir()
+	if spec.Checkpoint.Dir == "" || spec.Checkpoint.Dir == api.DefaultSpec().Checkpoint.Dir {
+		spec.Checkpoint.Dir = t.TempDir()
+	}
 	out := make([]rssResult, world)
 	errs := make([]error, world)
 	var wg sync.WaitGroup

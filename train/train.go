@@ -1,8 +1,12 @@
 // Package train owns the training of one rank: RunRank is the one
 // composition root that `loom run` and every worker use to build a rank
 // from the job's plan (data, loader, model, ZeRO engine, resume, periodic
-// checkpoints, the final model), and Trainer is its step loop, which turns
-// micro-batches into optimizer steps and reports each step's statistics.
+// checkpoints, the final model), and Trainer is its step loop: an
+// executor runs the rank's list of the plan's pipeline schedule (a
+// dispatch per action: forward, backward, weight gradients, sends and
+// receives between pipeline stages; pp = 1 is a schedule too), the ZeRO
+// engine finishes the step, and each step's statistics and timeline are
+// reported.
 package train
 
 import (
@@ -20,6 +24,7 @@ import (
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
+	"github.com/loomtrain/loom/timeline"
 	"github.com/loomtrain/loom/zero"
 )
 
@@ -28,8 +33,11 @@ import (
 type Comms struct {
 	// TP splits every layer (the model's all-reduces, all-gathers and
 	// reduce-scatters); DP averages gradients and holds the ZeRO shards;
-	// KV sums the gradients of replicated kv heads (n_kv_heads < tp).
-	TP, DP, KV parallel.Comm
+	// KV sums the gradients of replicated kv heads (n_kv_heads < tp); PP
+	// carries activations and gradients between pipeline stages (Send
+	// and Recv) and sums the loss and the gradient norm over them; Emb
+	// sums a tied embedding's gradient over the first and last stages.
+	TP, DP, KV, PP, Emb parallel.Comm
 }
 
 // Config is what a Trainer needs. Kernels, Loader and Spec are required.
@@ -82,6 +90,19 @@ type Stats struct {
 	// DataSeconds is the part of StepSeconds spent filling batches from
 	// the data loader.
 	DataSeconds float64 `json:"data_s"`
+	// ComputeSeconds is the time in forward, backward and weight passes;
+	// PipelineWaitSeconds the time the schedule waited for activations or
+	// gradients from a neighbouring stage (counted in CommSeconds, all
+	// exposed); PipelineBytes what this rank sent to its neighbours.
+	ComputeSeconds      float64 `json:"compute_s"`
+	PipelineWaitSeconds float64 `json:"pp_wait_s,omitempty"`
+	PipelineBytes       int64   `json:"pp_bytes,omitempty"`
+	// PeakSlots counts, per stage of the rank (in model order), the most
+	// micro-batches whose activations the stage held at once during the
+	// step; PeakActivationBytes is those slots' bytes (with their token
+	// buffers) plus the shared scratch.
+	PeakSlots           []int `json:"peak_slots,omitempty"`
+	PeakActivationBytes int64 `json:"peak_activation_bytes,omitempty"`
 	// CheckpointSeconds is how long the step loop was blocked after this
 	// step to snapshot a checkpoint (0: none was due).
 	CheckpointSeconds float64 `json:"ckpt_s,omitempty"`
@@ -101,20 +122,22 @@ type Trainer struct {
 	// stage 3 (with dp > 1) its Params and Grads are nil.
 	Model   *model.Model
 	engine  *zero.Engine
+	exec    *executor
+	net     *p2p
 	sched   optim.Schedule
 	loader  *data.Loader
-	acts    *model.Acts
-	inputs  []int32
-	targets []int32
 	scalar  []float32
-	dp      parallel.Comm
+	dp, pp  parallel.Comm
+	ppRaw   parallel.Comm
 	tp, kv  *parallel.Counter
 	tpRaw   parallel.Comm
-	step    int // optimizer steps taken
-	accum   int
-	perRank int // windows per dp rank per step
+	rec     *recorder
+	last    *timeline.Timeline // the last step's
+	step    int                // optimizer steps taken
+	perRank int                // windows per dp rank per step
 	micro   int
 	seqLen  int
+	data    time.Duration // loading during the step
 	ck      *saver        // nil: no periodic checkpoints
 	delay   time.Duration // Config.TestStepDelay
 	val     *data.Loader  // nil: no validation
@@ -143,7 +166,7 @@ func New(cfg Config) (*Trainer, error) {
 		name string
 		c    parallel.Comm
 		want plan.Group
-	}{{"tensor-parallel", c.TP, rp.TP}, {"data-parallel", c.DP, rp.DP}, {"kv-replica", c.KV, rp.KV}} {
+	}{{"tensor-parallel", c.TP, rp.TP}, {"data-parallel", c.DP, rp.DP}, {"kv-replica", c.KV, rp.KV}, {"pipeline", c.PP, rp.PP}, {"embedding", c.Emb, rp.Emb}} {
 		if n := g.want.Size(); (n > 1) != (g.c != nil) || (g.c != nil && (g.c.Size() != n || g.c.Index() != g.want.Index(cfg.Rank))) {
 			return nil, fmt.Errorf("train: rank %d: the plan's %s group %s has %d members (this rank at %d), the communicator given: %v",
 				cfg.Rank, g.name, g.want.Name, n, g.want.Index(cfg.Rank), commDesc(g.c))
@@ -156,36 +179,50 @@ func New(cfg Config) (*Trainer, error) {
 	if lc := cfg.Loader.Config(); lc.SeqLen != s.Model.SeqLen {
 		return nil, fmt.Errorf("train: loader windows of %d tokens, model.seq_len = %d", lc.SeqLen, s.Model.SeqLen)
 	}
-	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: schedule(s.Train), loader: cfg.Loader, val: cfg.Validation,
-		scalar: make([]float32, 1), dp: c.DP, tpRaw: c.TP,
-		accum: p.Accum, perRank: s.Train.GlobalBatch / p.Mesh.DP, micro: p.MicroBatch, seqLen: p.SeqLen, delay: cfg.TestStepDelay}
+	rec := &recorder{}
+	t := &Trainer{spec: s, k: cfg.Kernels, plan: p, rp: rp, sched: lrSchedule(s.Train), loader: cfg.Loader, val: cfg.Validation,
+		scalar: make([]float32, 1), dp: traced(c.DP, rec), pp: traced(c.PP, rec), ppRaw: c.PP, tpRaw: c.TP, rec: rec,
+		perRank: s.Train.GlobalBatch / p.Mesh.DP, micro: p.MicroBatch, seqLen: p.SeqLen, delay: cfg.TestStepDelay}
 	mc := model.Comms{SequenceParallel: p.SequenceParallel}
 	if c.TP != nil {
-		t.tp = parallel.NewCounter(c.TP)
+		t.tp = parallel.NewCounter(traced(c.TP, rec))
 		mc.TP = t.tp
 	}
 	if c.KV != nil {
-		t.kv = parallel.NewCounter(c.KV)
+		t.kv = parallel.NewCounter(traced(c.KV, rec))
 		mc.KV = t.kv
 	}
 	m, err := model.NewUnbound(rp.Layout, cfg.Kernels, mc)
 	if err != nil {
 		return nil, err
 	}
+	if c.PP != nil {
+		t.net = newP2P(c.PP, p.Schedule, rp.Coord.PP, rp.PP.Ranks, p.MessageFloats(cfg.Rank, p.MicroBatch, p.SeqLen)-tagFloats)
+	}
+	x, err := newExecutor(executorConfig{plan: p, rank: rp, model: m, net: t.net, load: t.fill})
+	if err != nil {
+		return nil, err
+	}
 	eng, err := zero.New(zero.Config{
-		Partition: rp.Zero, DPIndex: rp.DPIndex, DP: c.DP, TP: c.TP, Model: m, Kernels: cfg.Kernels, Seed: s.Train.Seed, BucketBytes: cfg.BucketBytes,
+		Partition: rp.Zero, DPIndex: rp.DPIndex, DP: t.dp, TP: c.TP, PP: t.pp, Emb: traced(c.Emb, rec), Model: m, Kernels: cfg.Kernels,
+		Seed: s.Train.Seed, BucketBytes: cfg.BucketBytes, ParamOrder: paramOrder(p, rp),
 		AdamW: optim.AdamWConfig{Beta1: s.Train.Beta1, Beta2: s.Train.Beta2, Eps: s.Train.Eps, WeightDecay: s.Train.WeightDecay},
 	})
 	if err != nil {
 		return nil, err
 	}
-	t.Model, t.engine = m, eng
-	if t.acts, err = m.NewActs(t.micro, t.seqLen); err != nil {
-		return nil, err
-	}
-	n := t.micro * t.seqLen
-	t.inputs, t.targets = make([]int32, n), make([]int32, n)
+	x.setEngine(eng)
+	t.Model, t.engine, t.exec = m, eng, x
 	return t, nil
+}
+
+// fill loads micro-batch mb of the current step for this rank's dp slice.
+func (t *Trainer) fill(mb int, tokens, targets []int32) error {
+	start := time.Now()
+	lo := t.rp.DPIndex*t.perRank + mb*t.micro
+	err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, tokens, targets)
+	t.data += time.Since(start)
+	return err
 }
 
 func commDesc(c parallel.Comm) string {
@@ -196,14 +233,22 @@ func commDesc(c parallel.Comm) string {
 }
 
 // Memory is this rank's counted memory (plan.Memory): the engine's
-// parameter, gradient, optimizer, working and staging buffers plus the
-// activations of one micro-batch and the token buffers. A worker exports
-// each kind as the gauge loom_worker_memory_bytes{kind}.
+// parameter, gradient, optimizer, working and staging buffers, the
+// pipeline's message buffers (comm), and the activations of every
+// micro-batch slot of the rank's stages with their token buffers and the
+// shared scratch. A worker exports each kind as the gauge
+// loom_worker_memory_bytes{kind}.
 func (t *Trainer) Memory() plan.Memory {
 	m := t.engine.Memory()
-	m.Activations = t.acts.Bytes() + 4*int64(len(t.inputs)+len(t.targets))
+	m.Activations = t.exec.bytes()
+	if t.net != nil {
+		m.Comm += t.net.bytes()
+	}
 	return m
 }
+
+// LastTimeline is the last step's timeline (nil before the first step).
+func (t *Trainer) LastTimeline() *timeline.Timeline { return t.last }
 
 // Plan is the plan the trainer runs; RankPlan its rank's part.
 func (t *Trainer) Plan() *plan.Plan { return t.plan }
@@ -224,8 +269,11 @@ func (t *Trainer) Params(ctx context.Context) ([]float32, error) {
 
 // WholeModel assembles the whole model (every tensor in full) from the
 // ranks' chunks: the dp group gathers stage-3 shards, the tp group
-// all-gathers the local layouts. A collective of both groups: every rank
-// must call it; each gets the model.
+// all-gathers the local layouts, and with pp > 1 the pipeline group sums
+// the stages' parts of the whole buffer (each stage fills only its
+// tensors; a tied embedding comes from its owner, the first stage). A
+// collective of all three groups: every rank must call it; each gets the
+// model.
 func (t *Trainer) WholeModel(ctx context.Context) (*model.Model, error) {
 	local, err := t.Params(ctx)
 	if err != nil {
@@ -248,17 +296,26 @@ func (t *Trainer) WholeModel(ctx context.Context) (*model.Model, error) {
 			return nil, fmt.Errorf("gathering the tensor-parallel chunks: %w", err)
 		}
 	}
-	for r, l := range t.plan.Layouts {
+	for r := range tp {
+		l := t.plan.Layouts[t.plan.PartIndex(t.rp.Coord.PP, r)]
 		for _, v := range l.Views {
+			if v.Replica == model.ReplicatedPP {
+				continue
+			}
 			gv, _ := m.Layout.Lookup(v.Name)
 			v.ToGlobal(m.Params[gv.Offset:gv.End()], all[r*size+v.Offset:r*size+v.End()])
+		}
+	}
+	if t.pp != nil {
+		if err := t.pp.AllReduce(ctx, m.Params, parallel.Sum); err != nil {
+			return nil, fmt.Errorf("gathering the pipeline stages: %w", err)
 		}
 	}
 	return m, nil
 }
 
-// schedule turns the spec's schedule into an optim.Schedule.
-func schedule(t api.TrainSpec) optim.Schedule {
+// lrSchedule turns the spec's schedule into an optim.Schedule.
+func lrSchedule(t api.TrainSpec) optim.Schedule {
 	s := optim.Schedule{MaxLR: t.LR, MinLR: t.MinLR, WarmupSteps: min(t.WarmupSteps, t.Steps), TotalSteps: t.Steps}
 	switch t.Schedule {
 	case "constant":
@@ -281,51 +338,53 @@ func (t *Trainer) LoadWeights(src *model.Model) error {
 	return t.engine.LoadParams(src.Layout, src.Params)
 }
 
-// Step runs one optimizer step: the rank's share of the step's windows in
-// micro-batches, gradient exchange, clipping and the AdamW update.
+// Step runs one optimizer step: the rank's list of the schedule over the
+// step's micro-batches (its share of the step's windows), the gradient
+// exchange, clipping and the AdamW update.
 func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	start := time.Now()
+	t.rec.reset()
+	t.data = 0
 	t.engine.BeginStep(ctx)
-	var loss float64
-	var dataTime time.Duration
-	scale := float32(1) / float32(t.accum)
 	if t.delay > 0 {
 		select {
 		case <-ctx.Done():
 		case <-time.After(t.delay):
 		}
 	}
-	for a := 0; a < t.accum; a++ {
-		lo := t.rp.DPIndex*t.perRank + a*t.micro
-		fill := time.Now()
-		if err := t.loader.FillStep(t.step, t.spec.Train.GlobalBatch, lo, lo+t.micro, t.inputs, t.targets); err != nil {
-			t.engine.Abort()
-			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
-		}
-		dataTime += time.Since(fill)
-		l, err := t.engine.ForwardBackward(ctx, t.acts, t.inputs, t.targets, scale, a == t.accum-1)
-		if err != nil {
-			t.engine.Abort()
-			return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
-		}
-		loss += l / float64(t.accum)
+	xs, err := t.exec.run(ctx)
+	if err != nil {
+		t.engine.Abort()
+		return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 	}
+	loss := xs.loss / float64(t.plan.Accum)
 	lr := t.sched.LR(t.step)
+	opt := time.Now()
 	es, err := t.engine.FinishStep(ctx, lr, t.spec.Train.GradClip)
 	if err != nil {
 		return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 	}
-	if t.dp != nil {
+	optEnd := time.Now()
+	for _, g := range []struct {
+		c    parallel.Comm
+		op   parallel.ReduceOp
+		what string
+	}{{t.pp, parallel.Sum, "over the pipeline stages"}, {t.dp, parallel.Mean, "over data-parallel ranks"}} {
+		if g.c == nil {
+			continue
+		}
 		t.scalar[0] = float32(loss)
 		c := time.Now()
-		if err := t.dp.AllReduce(ctx, t.scalar, parallel.Mean); err != nil {
-			return Stats{}, fmt.Errorf("step %d: loss all-reduce: %w", t.step+1, err)
+		if err := g.c.AllReduce(ctx, t.scalar, g.op); err != nil {
+			return Stats{}, fmt.Errorf("step %d: loss all-reduce %s: %w", t.step+1, g.what, err)
 		}
 		es.CommSeconds += time.Since(c).Seconds()
-		es.CommBytes += parallel.BytesSent(t.dp, parallel.OpAllReduce, 1)
+		es.CommBytes += parallel.BytesSent(g.c, parallel.OpAllReduce, 1)
 		loss = float64(t.scalar[0])
 	}
-	st := Stats{CommSeconds: es.CommSeconds, OverlapSeconds: es.OverlapSeconds, CommBytes: es.CommBytes}
+	st := Stats{CommSeconds: es.CommSeconds + xs.wait.Seconds(), OverlapSeconds: es.OverlapSeconds, CommBytes: es.CommBytes + xs.sent,
+		ComputeSeconds: xs.compute.Seconds(), PipelineWaitSeconds: xs.wait.Seconds(), PipelineBytes: xs.sent,
+		PeakSlots: xs.peakSlots, PeakActivationBytes: xs.peakBytes}
 	for _, c := range []struct {
 		ctr *parallel.Counter
 		dst *map[parallel.Op]parallel.OpCount
@@ -342,14 +401,25 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	st.CommSeconds += st.TPCommSeconds
 	st.CommBytes += st.TPCommBytes
 	t.step++
+	t.keepTimeline(opt, optEnd)
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return Stats{}, fmt.Errorf("step %d: loss is %v: lower train.lr (%g) or check the data", t.step, loss, t.spec.Train.LR)
 	}
 	d := time.Since(start)
 	tokens := t.spec.Train.GlobalBatch * t.seqLen
 	st.Step, st.Loss, st.LR, st.GradNorm, st.Tokens = t.step, loss, lr, es.GradNorm, tokens
-	st.TokensPerSec, st.StepSeconds, st.DataSeconds = float64(tokens)/d.Seconds(), d.Seconds(), dataTime.Seconds()
+	st.TokensPerSec, st.StepSeconds, st.DataSeconds = float64(tokens)/d.Seconds(), d.Seconds(), t.data.Seconds()
 	return st, nil
+}
+
+// keepTimeline makes the step just taken the last timeline.
+func (t *Trainer) keepTimeline(opt, optEnd time.Time) {
+	spans := append(append([]span(nil), t.exec.spans...), t.rec.take()...)
+	if t.net != nil {
+		spans = append(spans, t.net.takeSpans()...)
+	}
+	spans = append(spans, span{Name: "optimizer step", Cat: timeline.Optimizer, Kind: timeline.Optimizer, Stage: -1, Micro: -1, Start: opt, End: optEnd})
+	t.last = &timeline.Timeline{Rank: t.rp.Rank, Coord: t.rp.Coord, Step: t.step, Events: spans}
 }
 
 // Run takes steps until train.steps, calling report after each; it stops
@@ -385,8 +455,11 @@ func (t *Trainer) Run(ctx context.Context, report func(Stats)) error {
 // train.eval_batches × train.global_batch windows of the validation set,
 // each data-parallel rank evaluating its share (data.EvalSamples) in
 // micro-batches, the mean taken over the data-parallel group, so every
-// layout reports the same number. Every rank must call it. Under ZeRO
-// stage 3 it evaluates the gathered whole model (WholeModel).
+// layout reports the same number. Every rank must call it. Pipelined,
+// each micro-batch goes forward through the stages in turn (the pipeline
+// group's messages in order, no overlap: validation is rare) and the last
+// stage's loss is summed over the group. Under ZeRO stage 3 it evaluates
+// the gathered whole model (WholeModel).
 func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 	if t.val == nil {
 		return 0, errors.New("train: no validation set (data.validation)")
@@ -398,28 +471,36 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 			return 0, fmt.Errorf("validation: %w", err)
 		}
 	}
-	defer t.acts.SetShape(t.micro, t.seqLen)
 	G, T := t.spec.Train.GlobalBatch, t.seqLen
+	stages := t.exec.evalSlots()
+	in, tg := make([]int32, t.micro*T), make([]int32, t.micro*T)
+	var whole *model.Acts
+	defer func() {
+		for _, s := range stages {
+			s.acts.SetShape(t.micro, t.seqLen)
+		}
+	}()
 	var sum float64
 	n := 0
 	for b := range t.spec.Train.EvalBatches {
 		first, count := data.EvalSamples(b, t.rp.DPIndex, t.plan.Mesh.DP, G)
 		for off := 0; off < count; off += t.micro {
 			k := min(t.micro, count-off)
-			in, tg := t.inputs[:k*T], t.targets[:k*T]
-			if err := t.val.FillSamples(first+off, k, in, tg); err != nil {
+			if err := t.val.FillSamples(first+off, k, in[:k*T], tg[:k*T]); err != nil {
 				return 0, fmt.Errorf("validation: %w", err)
 			}
-			acts := t.acts
+			var l float64
+			var err error
 			if m != t.Model {
-				var err error
-				if acts, err = m.NewActs(k, T); err != nil {
-					return 0, fmt.Errorf("validation: %w", err)
+				if whole == nil || whole.B != k {
+					if whole, err = m.NewActs(k, T); err != nil {
+						return 0, fmt.Errorf("validation: %w", err)
+					}
 				}
-			} else if err := acts.SetShape(k, T); err != nil {
-				return 0, fmt.Errorf("validation: %w", err)
+				l, err = m.LossContext(ctx, whole, in[:k*T], tg[:k*T])
+			} else {
+				l, err = t.evalPipelined(ctx, stages, k, in[:k*T], tg[:k*T])
 			}
-			l, err := m.LossContext(ctx, acts, in, tg)
 			if err != nil {
 				return 0, fmt.Errorf("validation: %w", err)
 			}
@@ -428,12 +509,58 @@ func (t *Trainer) Validate(ctx context.Context) (float64, error) {
 		}
 	}
 	loss := sum / float64(n)
-	if t.dp != nil {
+	for _, g := range []struct {
+		c  parallel.Comm
+		op parallel.ReduceOp
+	}{{t.pp, parallel.Sum}, {t.dp, parallel.Mean}} {
+		if g.c == nil {
+			continue
+		}
 		t.scalar[0] = float32(loss)
-		if err := t.dp.AllReduce(ctx, t.scalar, parallel.Mean); err != nil {
+		if err := g.c.AllReduce(ctx, t.scalar, g.op); err != nil {
 			return 0, fmt.Errorf("validation loss all-reduce: %w", err)
 		}
 		loss = float64(t.scalar[0])
+	}
+	return loss, nil
+}
+
+// evalPipelined runs one validation micro-batch of k sequences forward
+// through this rank's stages, receiving each stage's input from the
+// previous rank and sending its output on, and returns the loss on the
+// last stage (0 elsewhere).
+func (t *Trainer) evalPipelined(ctx context.Context, stages []*slot, k int, tokens, targets []int32) (float64, error) {
+	var loss float64
+	ranks := t.rp.PP.Ranks
+	me := t.rp.Coord.PP
+	for i, s := range stages {
+		st := t.rp.Stages[i]
+		if err := s.acts.SetShape(k, t.seqLen); err != nil {
+			return 0, err
+		}
+		if st.Index > 0 {
+			if prev := t.plan.Stages[st.Index-1]; prev.Rank != me {
+				if err := t.ppRaw.Recv(ctx, ranks[prev.Rank], s.acts.Resid[0][:s.acts.Rows()*t.plan.Model.Dim]); err != nil {
+					return 0, fmt.Errorf("stage %d input from rank %d: %w", st.Index, ranks[prev.Rank], err)
+				}
+			} else {
+				p := stages[i-1].acts
+				copy(s.acts.Resid[0], p.Resid[len(p.Resid)-1])
+			}
+		}
+		l, err := t.Model.StageEval(ctx, s.acts, tokens, targets)
+		if err != nil {
+			return 0, err
+		}
+		loss += l
+		if st.Index < len(t.plan.Stages)-1 {
+			if next := t.plan.Stages[st.Index+1]; next.Rank != me {
+				out := s.acts.Resid[len(s.acts.Resid)-1]
+				if err := t.ppRaw.Send(ctx, ranks[next.Rank], out[:s.acts.Rows()*t.plan.Model.Dim]); err != nil {
+					return 0, fmt.Errorf("stage %d output to rank %d: %w", st.Index, ranks[next.Rank], err)
+				}
+			}
+		}
 	}
 	return loss, nil
 }

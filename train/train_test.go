@@ -119,7 +119,7 @@ func TestVocabTooSmall(t *testing.T) {
 
 func TestSchedules(t *testing.T) {
 	tr := api.TrainSpec{LR: 1, MinLR: 0.1, WarmupSteps: 2, Steps: 12, Schedule: "linear"}
-	s := schedule(tr)
+	s := lrSchedule(tr)
 	if got := s.LR(0); got != 0.5 {
 		t.Fatalf("warm-up lr %v", got)
 	}
@@ -127,11 +127,11 @@ func TestSchedules(t *testing.T) {
 		t.Fatalf("linear mid lr %v, want 0.55", got)
 	}
 	tr.Schedule = "constant"
-	if got := schedule(tr).LR(11); got != 1 {
+	if got := lrSchedule(tr).LR(11); got != 1 {
 		t.Fatalf("constant lr %v", got)
 	}
 	tr.Schedule = "cosine"
-	if got := schedule(tr).LR(7); math.Abs(got-0.55) > 1e-12 {
+	if got := lrSchedule(tr).LR(7); math.Abs(got-0.55) > 1e-12 {
 		t.Fatalf("cosine mid lr %v, want 0.55", got)
 	}
 }

@@ -10,7 +10,7 @@ import (
 )
 
 // Validation every eval_every steps (and after the last) reports the same
-// loss for every data- and tensor-parallel size and ZeRO stage, and it is the mean
+// loss for every data-, tensor- and pipeline-parallel size and ZeRO stage, and it is the mean
 // loss of the model over the first eval_batches global batches of the
 // held-out windows.
 func TestValidationLoss(t *testing.T) {
@@ -23,9 +23,9 @@ func TestValidationLoss(t *testing.T) {
 	}
 	want := map[int]bool{3: true, 6: true, 7: true}
 	var ref []float64
-	for _, c := range []struct{ dp, tp, zero int }{{1, 1, 0}, {2, 1, 0}, {2, 1, 3}, {1, 2, 0}, {2, 2, 3}} {
+	for _, c := range []struct{ dp, tp, zero, pp int }{{1, 1, 0, 1}, {2, 1, 0, 1}, {2, 1, 3, 1}, {1, 2, 0, 1}, {2, 2, 3, 1}, {1, 1, 0, 2}, {2, 1, 1, 2}} {
 		s := spec
-		s.Parallel.DP, s.Parallel.TP, s.Parallel.Zero = c.dp, c.tp, c.zero
+		s.Parallel.DP, s.Parallel.TP, s.Parallel.Zero, s.Parallel.PP = c.dp, c.tp, c.zero, c.pp
 		s.Train.MicroBatch = 2
 		out, _ := layoutRun(t, s, runOpts{})
 		var got []float64

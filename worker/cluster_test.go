@@ -295,11 +295,11 @@ func TestUnsupportedLayoutRefused(t *testing.T) {
 	c := dial(t, co.addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := c.Submit(ctx, []byte("name: tp\ndata: {path: t.bin}\nmodel: {n_kv_heads: 2, n_heads: 4}\nparallel: {tp: 2, pp: 2}\n"), "tp.yaml", 0)
+	_, err := c.Submit(ctx, []byte("name: tp\ndata: {path: t.bin}\nmodel: {n_kv_heads: 2, n_heads: 4}\nparallel: {tp: 2, pp: 8}\n"), "tp.yaml", 0)
 	if !errors.Is(err, api.ErrInvalidSpec) {
-		t.Fatalf("submit tp: 2, pp: 2: %v, want ErrInvalidSpec", err)
+		t.Fatalf("submit tp: 2, pp: 8 over 4 layers: %v, want ErrInvalidSpec", err)
 	}
-	for _, want := range []string{"tp.yaml", "parallel.pp", "pipeline parallelism is not supported yet"} {
+	for _, want := range []string{"tp.yaml", "parallel.pp", "must not exceed model.n_layers (4)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %q:\n%v", want, err)
 		}

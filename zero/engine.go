@@ -1,11 +1,14 @@
-// Package zero owns the ZeRO engine: the per-rank executor of stages 0–3 of
-// a training step over the partition of the rank's local layout that the
-// parallel plan (package plan) computes. It owns the rank's parameter,
+// Package zero owns the ZeRO engine: stages 0–3 of a rank's gradient
+// exchange and update over the partition of the rank's local layout that
+// the parallel plan (package plan) computes. It owns the rank's parameter,
 // gradient and optimizer-state buffers as the partition shards them over
-// the data-parallel group, binds the model to them, gathers parameters and
-// reduces gradients unit by unit through the model's hooks, takes the exact
-// global gradient norm (every parameter counted once across the dp and tp
-// groups), clips, and applies AdamW to the rank's shard.
+// the data-parallel group and binds the model to them; the trainer's
+// executor, which decides the order of the passes (the pipeline schedule),
+// calls it to gather a unit's parameters, release them, bind a unit's
+// gradient buffer and reduce it, and to finish the step: the tied
+// embedding's gradient summed over its pipeline stages, the exact global
+// gradient norm (every parameter counted once across the dp, tp and pp
+// groups), clipping, AdamW on the rank's shard.
 package zero
 
 import (
@@ -56,20 +59,34 @@ type Config struct {
 	// BucketBytes is stage 0's all-reduce bucket size (0:
 	// parallel.DefaultBucketBytes). Later stages reduce one unit at a time.
 	BucketBytes int
+	// PP is the pipeline group over which the stages' partial sums of
+	// the gradient norm are added; nil with pp 1.
+	PP parallel.Comm
+	// Emb is the embedding group of a tied embedding split across
+	// pipeline stages (the first stage's embedding and the last stage's
+	// copy): the unit holding it has its gradient summed over Emb before
+	// the norm. Nil otherwise.
+	Emb parallel.Comm
+	// ParamOrder (stage 3 only) lists the units whose parameters the
+	// step's passes read, in the order they read them (a pass over
+	// several units lists each): Gather checks it and prefetches the next.
+	ParamOrder []int
 }
 
 // Engine runs one rank's part of a training step under a ZeRO stage: it
 // owns the rank's parameter, gradient and optimizer-state buffers as the
-// partition shards them, drives the model's backward (and, at stage 3,
-// forward) passes through hooks that gather parameters and reduce gradients
-// unit by unit, clips by the exact global norm and applies AdamW to the
-// rank's shard. Everything is over the rank's local layout: under tensor
-// parallelism each dp group shards its tp rank's chunks.
+// partition shards them; the executor calls Gather and Release around each
+// pass that reads a unit's parameters (stage 3), BindGrads and ReduceGrads
+// around each pass that writes a unit's gradients, and FinishStep, which
+// clips by the exact global norm and applies AdamW to the rank's shard.
+// Everything is over the rank's local layout: under tensor parallelism
+// each dp group shards its tp rank's chunks, under pipeline parallelism
+// its stages' units.
 //
-//	stage 0: full buffers; gradients all-reduced in buckets during the
-//	         last micro-batch's backward (parallel.BucketReducer).
-//	stage 1: full parameters and gradients, AdamW state for the shard. During
-//	         the last micro-batch's backward each finished unit is
+//	stage 0: full buffers; gradients all-reduced in buckets as each unit's
+//	         last gradient pass of the step ends (parallel.BucketReducer).
+//	stage 1: full parameters and gradients, AdamW state for the shard. As
+//	         each unit's last gradient pass of the step ends it is
 //	         reduce-scattered — the half of a ring all-reduce the shard's
 //	         owner needs; the other half is replaced by all-gathering the
 //	         updated parameters after AdamW. 2Ψ·(N−1)/N elements sent per rank.
@@ -95,6 +112,9 @@ type Engine struct {
 	me    plan.DPShard
 	g     parallel.Comm // dp
 	tp    parallel.Comm
+	pp    parallel.Comm
+	emb   parallel.Comm
+	tiedU int // the unit summed over emb, or -1
 	k     tensor.Kernels
 	stage Stage
 	tied  bool
@@ -118,7 +138,10 @@ type Engine struct {
 
 	// per step
 	q        *queue
+	ctx      context.Context // the step's
 	reducing bool            // stage 0: the reducer was started
+	readyLo  int             // stage 0: the reducer has every unit from readyLo on
+	early    map[int]bool    // stage 0: final units waiting for those above them
 	pos      int             // stage 3: index of the next hook in uses
 	uses     []int           // stage 3: units in the order the passes read them
 	held     map[int]*gather // stage 3: units gathered or being gathered
@@ -152,8 +175,16 @@ func New(c Config) (*Engine, error) {
 	if lo := p.Layout.Local(); (lo.TP > 1) != (c.TP != nil) {
 		return nil, fmt.Errorf("zero: layout for tp = %d needs a tensor-parallel group exactly when tp > 1: %w", lo.TP, ErrInvalid)
 	}
-	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, k: c.Kernels, stage: p.Stage,
+	if (c.Emb != nil) != (p.Layout.Config().TieEmbeddings && (p.Layout.EmbedUnit() < 0) != (p.Layout.HeadUnit() < 0)) {
+		return nil, fmt.Errorf("zero: an embedding group is needed exactly when a tied embedding is split across pipeline stages: %w", ErrInvalid)
+	}
+	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, pp: c.PP, emb: c.Emb, tiedU: -1, k: c.Kernels, stage: p.Stage,
 		tied: p.Layout.Config().TieEmbeddings, scalar: make([]float32, 2), Model: c.Model}
+	if c.Emb != nil {
+		if e.tiedU = p.Layout.TiedUnit(); e.tiedU < 0 {
+			e.tiedU = p.Layout.EmbedUnit()
+		}
+	}
 	if p.DP == 1 {
 		e.stage = Stage0
 	}
@@ -216,13 +247,15 @@ func New(c Config) (*Engine, error) {
 	case Stage3:
 		e.params, e.grads = make([]float32, e.me.LocalLen), make([]float32, e.me.LocalLen)
 		e.gbufs, e.pbufs = newPool(), newPool()
-		L := l.Config().NLayers
-		for u := 0; u <= L+1; u++ {
-			e.uses = append(e.uses, u)
+		if len(c.ParamOrder) == 0 {
+			return nil, fmt.Errorf("zero: stage 3 needs the order in which the step's passes read the units (Config.ParamOrder): %w", ErrInvalid)
 		}
-		for u := L + 1; u >= 0; u-- {
-			e.uses = append(e.uses, u)
+		for _, u := range c.ParamOrder {
+			if u < 0 || u >= len(p.Units) {
+				return nil, fmt.Errorf("zero: ParamOrder names unit %d of %d: %w", u, len(p.Units), ErrInvalid)
+			}
 		}
+		e.uses = c.ParamOrder
 	}
 	if e.stage != Stage0 {
 		for _, s := range e.me.Slices {
@@ -370,49 +403,117 @@ func (e *Engine) Optimizers() ([]*optim.AdamW, []plan.Shard) { return e.opts, e.
 // ctx bounds every collective of the step. FinishStep or Abort must follow.
 func (e *Engine) BeginStep(ctx context.Context) {
 	clear(e.grads)
+	e.ctx = ctx
+	e.pos, e.held = 0, map[int]*gather{}
+	e.readyLo, e.early = e.part.Size, map[int]bool{}
 	if e.g != nil && e.stage != Stage0 {
 		e.q = newQueue(ctx, e.g, 4*len(e.part.Units)+16)
 	}
 }
 
-// ForwardBackward runs one micro-batch (see model.ForwardBackwardHooks);
-// last marks the step's final micro-batch, whose backward finishes the
-// gradients.
-func (e *Engine) ForwardBackward(ctx context.Context, a *model.Acts, tokens, targets []int32, scale float32, last bool) (float64, error) {
-	var h model.Hooks
-	switch e.stage {
-	case Stage0:
-		if last && e.reducer != nil {
-			e.reducer.Start(ctx)
-			e.reducing = true
-			h.AfterBackward = func(u int) error {
-				e.reducer.Ready(e.part.Units[u].Offset, e.part.Units[u].End())
-				return nil
+// Gather makes unit u's parameters available to the model before a pass
+// reads them: at stage 3 it waits for (or starts) the unit's all-gather,
+// binds the model to it and prefetches the next unit of ParamOrder; a
+// no-op at stages 0–2, where every parameter is at hand.
+func (e *Engine) Gather(u int) error {
+	if e.stage != Stage3 {
+		return nil
+	}
+	if err := e.use(u); err != nil {
+		return err
+	}
+	// A last stage's head reads its copy of the tied embedding too.
+	if t := e.part.Layout.TiedUnit(); t >= 0 && u == e.part.Layout.HeadUnit() {
+		return e.use(t)
+	}
+	return nil
+}
+
+// Release ends a pass's use of unit u's parameters: at stage 3 its working
+// buffer goes back to the pool unless the next pass reads u again (the
+// head, from forward to backward) or u is the tied embedding, which the
+// head reads too. A no-op at stages 0–2.
+func (e *Engine) Release(u int) error {
+	if e.stage != Stage3 {
+		return nil
+	}
+	if t := e.part.Layout.TiedUnit(); t >= 0 && u == e.part.Layout.HeadUnit() {
+		if err := e.release(t); err != nil {
+			return err
+		}
+	}
+	return e.release(u)
+}
+
+// BindGrads prepares unit u's gradients before a pass writes them: at
+// stages 2–3 a cleared working buffer is bound to u (and, for a head that
+// writes a tied embedding's gradient too, to that unit: see
+// model.Layout.GradUnits). A no-op at stages 0–1, whose gradient buffer is
+// full.
+func (e *Engine) BindGrads(u int) error {
+	if e.stage < Stage2 {
+		return nil
+	}
+	return e.bindGrads(u)
+}
+
+// ReduceGrads is told that a pass finished writing unit u's gradients for
+// a micro-batch; final says it was the step's last such pass for u. Stages
+// 2–3 reduce-scatter u's working buffer (and a last stage's tied copy with
+// the head) into the gradient shard every time; stage 1 reduce-scatters u
+// when final; stage 0 hands u to the bucketed all-reduce when final.
+func (e *Engine) ReduceGrads(u int, final bool) error {
+	// A last stage's copy of a tied embedding is written by the head's
+	// passes only: it is done when the head is (and lies after it).
+	units := []int{u}
+	if t := e.part.Layout.TiedUnit(); t >= 0 && u == e.part.Layout.HeadUnit() {
+		units = []int{t, u}
+	}
+	for _, u := range units {
+		switch e.stage {
+		case Stage0:
+			if final && e.reducer != nil {
+				e.readyFinal(u)
 			}
-		}
-	case Stage1:
-		if last && e.q != nil {
-			h.AfterBackward = e.reduceFullUnit
-		}
-	case Stage2:
-		h.BeforeBackward, h.AfterBackward = e.bindGrads, e.reduceUnitBuffer
-	case Stage3:
-		e.pos, e.held = 0, map[int]*gather{}
-		h.BeforeForward, h.AfterForward = e.use, e.release
-		h.AfterBackward = func(u int) error {
+		case Stage1:
+			if final && e.q != nil {
+				if err := e.reduceFullUnit(u); err != nil {
+					return err
+				}
+			}
+		default:
 			if err := e.reduceUnitBuffer(u); err != nil {
 				return err
 			}
-			return e.release(u)
-		}
-		h.BeforeBackward = func(u int) error {
-			if err := e.use(u); err != nil {
-				return err
-			}
-			return e.bindGrads(u)
 		}
 	}
-	return e.Model.ForwardBackwardHooks(ctx, a, tokens, targets, scale, h)
+	return nil
+}
+
+// readyFinal hands unit u to the stage-0 bucket reducer, which takes
+// ranges in descending contiguous order: a unit that finishes before the
+// ones above it waits for them (Wait covers whatever never continued).
+func (e *Engine) readyFinal(u int) {
+	if !e.reducing {
+		e.reducer.Start(e.ctx)
+		e.reducing = true
+	}
+	e.early[u] = true
+	for {
+		next := -1
+		for w := range e.early {
+			if e.part.Units[w].End() == e.readyLo {
+				next = w
+			}
+		}
+		if next < 0 {
+			return
+		}
+		delete(e.early, next)
+		up := e.part.Units[next]
+		e.reducer.Ready(up.Offset, up.End())
+		e.readyLo = up.Offset
+	}
 }
 
 // Abort ends a step that failed before FinishStep.
@@ -462,6 +563,10 @@ type StepStats struct {
 func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats, error) {
 	var st StepStats
 	backwardEnd := time.Now()
+	if e.reducer != nil && !e.reducing {
+		e.reducer.Start(ctx) // no unit was final (an executor that never said): Wait reduces everything
+		e.reducing = true
+	}
 	if e.reducing {
 		e.reducing = false
 		rs, err := e.reducer.Wait()
@@ -472,8 +577,11 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 		}
 	}
 	if e.stage == Stage0 {
-		if e.tp == nil {
-			st.GradNorm = optim.ClipGradNorm(e.k, e.grads, maxNorm)
+		if err := e.sumTied(ctx, &st); err != nil {
+			return st, err
+		}
+		if e.tp == nil && e.pp == nil {
+			st.GradNorm = math.Sqrt(e.k.SumSquares(e.grads))
 		} else {
 			// The dp group's gradients are already averaged: only the
 			// tensor-parallel partial sums remain to be added.
@@ -482,14 +590,18 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 				return st, err
 			}
 			st.GradNorm = norm
-			if c := optim.ClipCoef(norm, maxNorm); c < 1 {
-				e.k.Scale(e.grads, float32(c))
-			}
 		}
-		return st, e.opts[0].Step(e.params, e.grads, lr)
+		// Clipping's factor is applied inside AdamW's pass (one pass over
+		// the gradients fewer, same bits as scaling them first).
+		return st, e.opts[0].StepScaled(e.params, e.grads, lr, optim.ClipCoef(st.GradNorm, maxNorm))
 	}
 	defer e.Abort()
-	if err := e.q.drain(); err != nil {
+	if e.q != nil {
+		if err := e.q.drain(); err != nil {
+			return st, err
+		}
+	}
+	if err := e.sumTied(ctx, &st); err != nil {
 		return st, err
 	}
 	norm, err := e.globalNorm(ctx, false, &st)
@@ -497,13 +609,9 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 		return st, err
 	}
 	st.GradNorm = norm
-	if c := optim.ClipCoef(st.GradNorm, maxNorm); c < 1 {
-		for i := range e.opts {
-			e.k.Scale(e.gradOf(i), float32(c))
-		}
-	}
+	clip := optim.ClipCoef(st.GradNorm, maxNorm) // applied inside AdamW's pass
 	for i, o := range e.opts {
-		if err := o.Step(e.paramOf(i), e.gradOf(i), lr); err != nil {
+		if err := o.StepScaled(e.paramOf(i), e.gradOf(i), lr, clip); err != nil {
 			return st, err
 		}
 	}
@@ -523,18 +631,48 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 			return st, fmt.Errorf("parameter all-gather: %w", err)
 		}
 	}
-	dpBytes, dpSecs, overlap := e.q.stats(backwardEnd)
-	st.CommBytes += dpBytes
-	st.CommSeconds += dpSecs
-	st.OverlapSeconds += overlap
+	if e.q != nil {
+		dpBytes, dpSecs, overlap := e.q.stats(backwardEnd)
+		st.CommBytes += dpBytes
+		st.CommSeconds += dpSecs
+		st.OverlapSeconds += overlap
+	}
 	return st, nil
+}
+
+// sumTied adds the two pipeline stages' gradients of a tied embedding
+// (Megatron's embedding group): the part of the unit this rank holds after
+// the data-parallel exchange — all of it at stage 0, its slice at stage 1,
+// its shard at stage 2 — is summed over the embedding group, whose two
+// members hold the same part of the same partition.
+func (e *Engine) sumTied(ctx context.Context, st *StepStats) error {
+	if e.emb == nil {
+		return nil
+	}
+	up, s := e.part.Units[e.tiedU], e.me.Slices[e.tiedU]
+	var buf []float32
+	switch {
+	case e.stage == Stage0:
+		buf = e.grads[up.Offset:up.End()]
+	case e.stage == Stage1:
+		buf = e.grads[s.Offset:s.End()]
+	default:
+		buf = e.grads[e.me.Local[e.tiedU] : e.me.Local[e.tiedU]+s.Len]
+	}
+	start := time.Now()
+	if err := e.emb.AllReduce(ctx, buf, parallel.Sum); err != nil {
+		return fmt.Errorf("tied embedding gradient all-reduce over the first and last pipeline stages: %w", err)
+	}
+	st.CommSeconds += time.Since(start).Seconds()
+	st.CommBytes += parallel.BytesSent(e.emb, parallel.OpAllReduce, len(buf))
+	return nil
 }
 
 // globalNorm is the L2 norm of every gradient element counted once: this
 // rank's owned chunks' sum of squares (in float64), summed in float32 as a
 // (hi, lo) pair so the float64 partial sums keep ~48 bits, over the dp
-// group (unless dpDone: its gradients are already averaged) and then the
-// tp group. Every rank of both gets the same bits, so replicated chunks
+// group (unless dpDone: its gradients are already averaged), then the tp
+// group, then the pp group. Every rank of both gets the same bits, so replicated chunks
 // are clipped alike.
 func (e *Engine) globalNorm(ctx context.Context, dpDone bool, st *StepStats) (float64, error) {
 	var ss float64
@@ -546,20 +684,26 @@ func (e *Engine) globalNorm(ctx context.Context, dpDone bool, st *StepStats) (fl
 	}
 	e.scalar[0] = float32(ss)
 	e.scalar[1] = float32(ss - float64(e.scalar[0]))
-	if !dpDone && e.g != nil {
+	if !dpDone && e.g != nil && e.q != nil {
 		if err := e.q.do(func(ctx context.Context, g parallel.Comm) error {
 			return g.AllReduce(ctx, e.scalar, parallel.Sum)
 		}, parallel.BytesSent(e.g, parallel.OpAllReduce, len(e.scalar)), nil); err != nil {
 			return 0, fmt.Errorf("grad-norm all-reduce over dp: %w", err)
 		}
 	}
-	if e.tp != nil {
+	for _, g := range []struct {
+		c    parallel.Comm
+		name string
+	}{{e.tp, "tp"}, {e.pp, "pp"}} {
+		if g.c == nil {
+			continue
+		}
 		start := time.Now()
-		if err := e.tp.AllReduce(ctx, e.scalar, parallel.Sum); err != nil {
-			return 0, fmt.Errorf("grad-norm all-reduce over tp: %w", err)
+		if err := g.c.AllReduce(ctx, e.scalar, parallel.Sum); err != nil {
+			return 0, fmt.Errorf("grad-norm all-reduce over %s: %w", g.name, err)
 		}
 		st.CommSeconds += time.Since(start).Seconds()
-		st.CommBytes += parallel.BytesSent(e.tp, parallel.OpAllReduce, len(e.scalar))
+		st.CommBytes += parallel.BytesSent(g.c, parallel.OpAllReduce, len(e.scalar))
 	}
 	return math.Sqrt(float64(e.scalar[0]) + float64(e.scalar[1])), nil
 }
@@ -608,9 +752,10 @@ func (e *Engine) reduceFullUnit(u int) error {
 	return nil
 }
 
-// bindGrads (stages 2–3, before unit u's backward) binds a cleared working
-// buffer as u's gradient. With tied embeddings the head's backward also
-// accumulates into the embedding, so the embedding is bound then too.
+// bindGrads (stages 2–3, before a pass writes unit u's gradients) binds a
+// cleared working buffer as u's gradient. With tied embeddings the head's
+// passes also accumulate into the tied weight's unit, which is bound then
+// too.
 func (e *Engine) bindGrads(u int) error {
 	if e.ubufs == nil {
 		e.ubufs = map[int][]float32{}
@@ -624,10 +769,9 @@ func (e *Engine) bindGrads(u int) error {
 		e.ubufs[u] = buf
 		e.Model.BindGrads(u, buf)
 	}
-	if e.tied && u == len(e.part.Units)-1 {
-		bind(0)
+	for _, g := range e.part.Layout.GradUnits(u) {
+		bind(g)
 	}
-	bind(u)
 	return nil
 }
 
@@ -635,7 +779,10 @@ func (e *Engine) bindGrads(u int) error {
 // u's working gradient buffer, adds this rank's part into its gradient
 // shard and returns the buffer to the pool.
 func (e *Engine) reduceUnitBuffer(u int) error {
-	buf := e.ubufs[u]
+	buf, ok := e.ubufs[u]
+	if !ok {
+		return fmt.Errorf("zero: unit %s reduced without a bound gradient buffer (BindGrads first): %w", e.part.Units[u].Name, ErrInvalid)
+	}
 	delete(e.ubufs, u)
 	up, s, r := e.part.Units[u], e.me.Slices[u], e.me.Index
 	n := up.Padded(e.part.DP)
@@ -656,7 +803,10 @@ func (e *Engine) reduceUnitBuffer(u int) error {
 // parameters are gathered and bound, then prefetches the next unit the
 // passes will read.
 func (e *Engine) use(u int) error {
-	if e.uses[e.pos] != u {
+	if e.pos >= len(e.uses) || e.uses[e.pos] != u {
+		if e.pos >= len(e.uses) {
+			return fmt.Errorf("zero: unit %d gathered after the %d uses of ParamOrder: %w", u, len(e.uses), ErrInvalid)
+		}
 		return fmt.Errorf("zero: hook for unit %d at position %d, expected %d: %w", u, e.pos, e.uses[e.pos], ErrInvalid)
 	}
 	e.pos++
@@ -712,7 +862,7 @@ func (e *Engine) release(u int) error {
 	if e.pos < len(e.uses) && e.uses[e.pos] == u {
 		return nil
 	}
-	if e.tied && u == 0 && e.pos < len(e.uses) {
+	if e.tied && u == e.part.Layout.EmbedUnit() && e.pos < len(e.uses) {
 		return nil
 	}
 	gt := e.held[u]

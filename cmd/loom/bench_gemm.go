@@ -177,6 +177,9 @@ func cmdBenchGemm(ctx context.Context, env *cmdEnv, args []string) error {
 				if !header {
 					mr, nr, mc, kc, nc := e.Blocks()
 					fmt.Fprintf(env.stdout, "%s; default kernel %s, tile %d×%d, blocks MC=%d KC=%d NC=%d\n", e.TuneStatus(), e.Kernel(), mr, nr, mc, kc, nc)
+					if prec == gemm.BF16 {
+						fmt.Fprintf(env.stdout, "%s\n", gemm.AMXStatus())
+					}
 					fmt.Fprintf(env.stdout, "%-18s %-5s %7s %9s %9s  %-12s %5s %5s %5s %5s %s\n", "MxNxK", "trans", "threads", "GFLOP/s", "best", "kernel", "MC", "KC", "NC", "grid", "plan")
 					header = true
 				}

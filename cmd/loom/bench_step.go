@@ -15,6 +15,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/data"
+	"github.com/loomtrain/loom/tensor"
 	"github.com/loomtrain/loom/tensor/gemm"
 	"github.com/loomtrain/loom/train"
 )
@@ -42,6 +43,7 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	logFormat := fs.String("log-format", "text", "text, or json (one object per measurement)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the timed steps to FILE (go tool pprof)")
 	precFlag := fs.String("precision", "", "GEMM precision: fp32 or bf16 (default: the spec's train.precision)")
+	breakdown := fs.Bool("breakdown", false, "also print the time per kernel op (GEMMs per shape) in the timed steps")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -79,7 +81,12 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("bench step: %w", err)
 	}
 	defer fk.Close()
-	k := fk
+	var k tensor.Kernels = fk
+	var timed *timedKernels
+	if *breakdown {
+		timed = newTimedKernels(fk)
+		k = timed
+	}
 
 	path := spec.Data.SourceList()[0].Path // a blend is timed on its first source
 	spec.Data.Path, spec.Data.Sources = path, nil
@@ -104,10 +111,13 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("bench step: %w", err)
 	}
-	var times []float64
+	var times, cpus []float64 // wall and process CPU seconds per timed step
 	for i := 0; i < *steps+*warmup; i++ {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if i == *warmup && timed != nil {
+			timed.reset()
 		}
 		if i == *warmup && *cpuProfile != "" { // profile the timed steps only
 			stop, err := startCPUProfile(*cpuProfile)
@@ -116,18 +126,21 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 			}
 			defer stop()
 		}
+		cpu0 := processCPU()
 		st, err := tr.Step(ctx)
 		if err != nil {
 			return fmt.Errorf("bench step: %w", err)
 		}
 		if i >= *warmup {
 			times = append(times, st.StepSeconds)
+			cpus = append(cpus, processCPU()-cpu0)
 		}
 	}
 	eng := fk.GEMM()
 	_, _, mc, kc, nc := eng.Blocks()
 	sort.Float64s(times)
-	med := times[len(times)/2]
+	sort.Float64s(cpus)
+	med, medCPU := times[len(times)/2], cpus[len(cpus)/2]
 	tokens := float64(spec.Train.GlobalBatch * spec.Model.SeqLen)
 	tps := tokens / med
 	cfg := checkpoint.ModelConfig(spec.Model)
@@ -135,19 +148,30 @@ func cmdBenchStep(ctx context.Context, env *cmdEnv, args []string) error {
 	if *logFormat == "json" {
 		b, _ := json.Marshal(map[string]any{
 			"job": spec.Name, "threads": nthreads, "tokens_per_sec": tps, "tflops": flops / 1e12,
-			"mfu": flops / peak, "peak_tflops": peak / 1e12, "step_s_p50": med,
+			"mfu": flops / peak, "peak_tflops": peak / 1e12, "step_s_p50": med, "step_cpu_s_p50": medCPU,
 			"flops_per_token": cfg.TrainFLOPsPerToken(spec.Model.SeqLen),
 			"precision":       prec.String(), "kernel": eng.Kernel(), "mc": mc, "kc": kc, "nc": nc,
-			"tuning": eng.TuneStatus(), "plans": eng.Plans(),
+			"tuning": eng.TuneStatus(), "plans": eng.Plans(), "amx": gemm.AMXStatus(),
 		})
 		fmt.Fprintf(env.stdout, "%s\n", b)
 		return nil
 	}
 	fmt.Fprintf(env.stdout, "%s: %d threads, %s GEMMs, %d tokens/step, median step %.1f ms: %.0f tokens/s, %.3f TFLOP/s, MFU %.1f%% of the measured %s peak %.0f GFLOP/s (%.2f MFLOP/token)\n",
 		spec.Name, nthreads, prec, int(tokens), med*1e3, tps, flops/1e12, 100*flops/peak, prec, peak/1e9, cfg.TrainFLOPsPerToken(spec.Model.SeqLen)/1e6)
+	fmt.Fprintf(env.stdout, "CPU time per step (all threads) %.1f ms: %.0f%% of %d threads × the median step\n", medCPU*1e3, 100*medCPU/(med*float64(nthreads)), nthreads)
 	fmt.Fprintf(env.stdout, "kernel %s, default blocks MC=%d KC=%d NC=%d; %s\n", eng.Kernel(), mc, kc, nc, eng.TuneStatus())
+	if prec == gemm.BF16 {
+		fmt.Fprintf(env.stdout, "%s\n", gemm.AMXStatus())
+	}
 	for _, sp := range eng.Plans() {
 		fmt.Fprintf(env.stdout, "  %-22s %-15s MC=%-5d KC=%-4d NC=%-5d grid %s\n", sp.Shape, sp.Kernel, sp.MC, sp.KC, sp.NC, sp.Grid())
+	}
+	if timed != nil {
+		var sum float64
+		for _, t := range times {
+			sum += t
+		}
+		timed.print(env.stdout, len(times), sum/float64(len(times)))
 	}
 	return nil
 }

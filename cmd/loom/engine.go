@@ -141,21 +141,24 @@ func testBrokenLayout(rank int) func(*plan.Plan) error {
 			return nil
 		}
 		fmt.Fprintf(os.Stderr, "LOOM_TEST_BROKEN_LAYOUT: rank %d decays tp rank 1's model.norm.weight\n", rank)
-		l := *p.Layouts[1]
-		l.Views = append([]model.View(nil), l.Views...)
-		for i := range l.Views {
-			if l.Views[i].Name == "model.norm.weight" {
-				l.Views[i].Decay = true
+		for pp := range p.Mesh.PP {
+			i := p.PartIndex(pp, 1)
+			l := *p.Layouts[i]
+			l.Views = append([]model.View(nil), l.Views...)
+			for j := range l.Views {
+				if l.Views[j].Name == "model.norm.weight" {
+					l.Views[j].Decay = true
+				}
 			}
-		}
-		part, err := plan.NewPartition(&l, p.Mesh.DP, p.ZeroStage, 0)
-		if err != nil {
-			return err
-		}
-		p.Layouts[1], p.Partitions[1] = &l, part
-		for r := range p.Ranks {
-			if p.Ranks[r].Coord.TP == 1 {
-				p.Ranks[r].Layout, p.Ranks[r].Zero = &l, part
+			part, err := plan.NewPartition(&l, p.Mesh.DP, p.ZeroStage, 0)
+			if err != nil {
+				return err
+			}
+			p.Layouts[i], p.Partitions[i] = &l, part
+			for r := range p.Ranks {
+				if c := p.Ranks[r].Coord; c.TP == 1 && c.PP == pp {
+					p.Ranks[r].Layout, p.Ranks[r].Zero = &l, part
+				}
 			}
 		}
 		return nil

@@ -123,7 +123,7 @@ func TestBadInput(t *testing.T) {
 		{"malformed", []string{"run", write("bad.yaml", "model: [1,\n")}, []string{"bad.yaml", "malformed YAML"}},
 		{"unknown key", []string{"run", write("key.yaml", string(specText)+"trian: {}\n")}, []string{"key.yaml", "trian", "unknown key"}},
 		{"tensor parallel", []string{"run", write("tp.yaml", string(specText)+"parallel: {tp: 3}\n")}, []string{"tp.yaml", "parallel.tp", "got 3", "must divide model.n_heads (4)", "must divide model.ffn_hidden (64)"}},
-		{"pipeline parallel", []string{"run", write("pp.yaml", strings.Replace(string(specText), "n_layers: 1", "n_layers: 2", 1)+"parallel: {pp: 2}\n")}, []string{"parallel.pp", "not supported yet"}},
+		{"pipeline parallel", []string{"run", write("pp.yaml", string(specText)+"parallel: {pp: 2}\n")}, []string{"parallel.pp", "must not exceed model.n_layers (1)"}},
 		{"vocab", []string{"run", write("vocab.yaml", strings.Replace(string(specText), "dim: 32,", "dim: 32, vocab_size: 100,", 1))}, []string{"model.vocab_size = 100", "258"}},
 		{"missing data", []string{"run", write("nodata.yaml", strings.Replace(string(specText), tokens, filepath.Join(dir, "none.bin"), 1))}, []string{"data.path", "none.bin"}},
 		{"truncated data", []string{"run", write("trunc.yaml", strings.Replace(string(specText), tokens, truncated, 1))}, []string{"trunc.bin"}},

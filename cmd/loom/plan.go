@@ -16,14 +16,17 @@ import (
 
 func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "plan", "JOB.yaml [flags]\n\n"+
-		"Lists the layouts of the job's model on --workers workers — dp × tp, ZeRO\n"+
-		"stage, sequence parallelism, micro-batch — with the predicted memory of the\n"+
-		"largest rank (parameters, gradients, AdamW moments, ZeRO working buffers,\n"+
-		"collective staging, activations of one micro-batch, a runtime allowance) and\n"+
-		"the bytes each rank sends per step, marks those that fit in\n"+
-		"--memory-per-worker, the one Loom recommends (*) and the spec's own (=).\n"+
-		"--show-ranks prints the spec's plan: every rank's coordinates and groups,\n"+
-		"each tensor-parallel rank's local layout and its ZeRO partition.")
+		"Lists the layouts of the job's model on --workers workers — dp × tp × pp,\n"+
+		"ZeRO stage, sequence parallelism, micro-batch — with the predicted memory of\n"+
+		"the largest rank (parameters, gradients, AdamW moments, ZeRO working buffers,\n"+
+		"collective and pipeline message buffers, activations of the micro-batches the\n"+
+		"pipeline schedule keeps in flight, a runtime allowance), the bytes each rank\n"+
+		"sends per step and the predicted pipeline bubble (the job's parallel.schedule,\n"+
+		"stage costs estimated in FLOPs; `loom schedule` shows where it is), marks\n"+
+		"those that fit in --memory-per-worker, the one Loom recommends (*) and the\n"+
+		"spec's own (=). --show-ranks prints the spec's plan: its stages, every\n"+
+		"rank's coordinates and groups, each (pp, tp) rank's local layout and its\n"+
+		"ZeRO partition.")
 	workers := fs.Int("workers", 0, "number of workers (0: the spec's dp·tp·pp)")
 	memFlag := fs.String("memory-per-worker", "", "memory of one worker, in bytes or with a unit (16GiB, 512MiB, 8GB); default: this machine's MemTotal")
 	showRanks := fs.Bool("show-ranks", false, "also print the spec's plan rank by rank: coordinates, groups, local layouts, ZeRO shards")
@@ -65,7 +68,7 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 	fmt.Fprintf(out, "%s: %d parameters (Ψ), %d workers, global batch %d × %d tokens, float32; memory per worker %s\n",
 		pos[0], mc.NumParams(), n, spec.Train.GlobalBatch, spec.Model.SeqLen, budgetString(budget))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "\tdp\ttp\tzero\tsp\tmicro\tparams\tgrads\toptimizer\tworking\tcomm\tactivations\truntime\ttotal\tsent/step\tfits\t")
+	fmt.Fprintln(tw, "\tdp\ttp\tpp\tzero\tsp\tmicro\tparams\tgrads\toptimizer\tworking\tcomm\tactivations\truntime\ttotal\tsent/step\tbubble\tfits\t")
 	shown := 0
 	for i, c := range cands {
 		if !c.Fits && !*all {
@@ -77,7 +80,7 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 			mark = "*"
 		}
 		p := c.Spec.Parallel
-		if p.DP == spec.Parallel.DP && p.TP == spec.Parallel.TP && p.Zero == spec.Parallel.Zero && c.Spec.Train.MicroBatch == spec.Train.MicroBatch &&
+		if p.DP == spec.Parallel.DP && p.TP == spec.Parallel.TP && p.PP == spec.Parallel.PP && p.Zero == spec.Parallel.Zero && c.Spec.Train.MicroBatch == spec.Train.MicroBatch &&
 			(p.SequenceParallel == spec.Parallel.SequenceParallel || p.TP == 1) && n == spec.Parallel.WorldSize() {
 			mark += "="
 		}
@@ -90,17 +93,21 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 		if !c.Fits {
 			verdict = "no"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", mark, p.DP, p.TP, p.Zero, sp, c.Spec.Train.MicroBatch,
+		bubble := "-"
+		if p.PP > 1 {
+			bubble = fmt.Sprintf("%.1f%%", 100*c.Bubble)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", mark, p.DP, p.TP, p.PP, p.Zero, sp, c.Spec.Train.MicroBatch,
 			mib(m.Params), mib(m.Grads), mib(m.Optimizer), mib(m.Working), mib(m.Comm), mib(m.Activations), mib(m.Runtime), mib(m.Total()),
-			mib(c.Comm.Total()), verdict)
+			mib(c.Comm.Total()), bubble, verdict)
 	}
 	tw.Flush()
-	fmt.Fprintln(out, "(MiB per worker, the largest rank; working = ZeRO-2/3 unit buffers; sent/step = MiB each rank sends per step, ring algorithms)")
+	fmt.Fprintf(out, "(MiB per worker, the largest rank; working = ZeRO-2/3 unit buffers; activations = the micro-batches in flight; sent/step = MiB each rank sends per step, ring algorithms; bubble = idle share of a pipelined step under the %s schedule)\n", spec.Parallel.Schedule)
 	if best >= 0 {
 		c := cands[best]
 		p := c.Spec.Parallel
-		fmt.Fprintf(out, "recommended (*): dp %d, tp %d, zero %d, micro_batch %d%s — the smallest tp, then the lowest ZeRO stage, then the largest micro-batch that fits\n",
-			p.DP, p.TP, p.Zero, c.Spec.Train.MicroBatch, spSuffix(p.SequenceParallel && p.TP > 1))
+		fmt.Fprintf(out, "recommended (*): dp %d, tp %d, pp %d, zero %d, micro_batch %d%s — the smallest tp, then the smallest pp, then the lowest ZeRO stage, then the smallest bubble and the largest micro-batch that fits\n",
+			p.DP, p.TP, p.PP, p.Zero, c.Spec.Train.MicroBatch, spSuffix(p.SequenceParallel && p.TP > 1))
 	} else {
 		small := cands[0]
 		for _, c := range cands {
@@ -109,8 +116,8 @@ func cmdPlan(ctx context.Context, env *cmdEnv, args []string) error {
 			}
 		}
 		p := small.Spec.Parallel
-		fmt.Fprintf(out, "no layout fits; the smallest needs %s (dp %d, tp %d, zero %d, micro_batch %d)\n",
-			plan.MiB(small.Memory.Total()), p.DP, p.TP, p.Zero, small.Spec.Train.MicroBatch)
+		fmt.Fprintf(out, "no layout fits; the smallest needs %s (dp %d, tp %d, pp %d, zero %d, micro_batch %d)\n",
+			plan.MiB(small.Memory.Total()), p.DP, p.TP, p.PP, p.Zero, small.Spec.Train.MicroBatch)
 	}
 	if shown == 0 && best < 0 {
 		fmt.Fprintln(out, "(pass --all to list the layouts that do not fit)")

@@ -11,7 +11,7 @@ func TestPlan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"2 workers", "recommended (*): dp 2, tp 1, zero 0", "=   2   1     2"} {
+	for _, want := range []string{"2 workers", "recommended (*): dp 2, tp 1, pp 1, zero 0", "=   2   1   1     2"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("output lacks %q:\n%s", want, out)
 		}
@@ -36,7 +36,7 @@ func TestPlan(t *testing.T) {
 	// --workers 4 lists tensor-parallel layouts too, each rank's memory
 	// including its activations.
 	out, _, err = loom(t, "plan", spec, "--workers", "4", "--memory-per-worker", "40MiB")
-	if err != nil || !strings.Contains(out, "  2   2 ") || !strings.Contains(out, "  1   4 ") {
+	if err != nil || !strings.Contains(out, "  2   2   1 ") || !strings.Contains(out, "  1   4   1 ") {
 		t.Fatalf("--workers 4: err %v, output:\n%s", err, out)
 	}
 	for _, bad := range [][]string{{"plan"}, {"plan", spec, "--memory-per-worker", "lots"}, {"plan", spec, "--workers", "-1"}} {

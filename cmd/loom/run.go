@@ -13,6 +13,7 @@ import (
 	"github.com/loomtrain/loom/internal/human"
 	"github.com/loomtrain/loom/launch"
 	"github.com/loomtrain/loom/plan"
+	"github.com/loomtrain/loom/timeline"
 	"github.com/loomtrain/loom/train"
 )
 
@@ -79,6 +80,11 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
 		fmt.Fprintf(env.stderr, "loom: saved the final model to %s\n", dir)
+		if path, err := timeline.SaveMerged(checkpoint.JobDir(spec), w); err != nil {
+			fmt.Fprintf(env.stderr, "loom: warning: the last step's timeline: %v\n", err)
+		} else {
+			fmt.Fprintf(env.stderr, "loom: the last step's timeline (Chrome trace, opens in Perfetto): %s\n", path)
+		}
 		if *sampleTokens > 0 && *logFormat == "text" {
 			k, closeK := newKernels(*threads)
 			defer closeK()

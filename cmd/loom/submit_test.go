@@ -2,7 +2,6 @@ package main
 
 import (
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,19 +21,18 @@ func closedAddr(t *testing.T) string {
 }
 
 // `loom submit` refuses what `loom run` refuses, with the same words and
-// before it looks for a coordinator: a pipeline-parallel layout is not
-// accepted to wait for workers it could never use.
+// before it looks for a coordinator: a layout that cannot run (more
+// pipeline stages than blocks) is not accepted to wait for workers it
+// could never use.
 func TestSubmitRefusesWhatRunRefuses(t *testing.T) {
-	spec, _ := fixture(t, "parallel: {pp: 2}\n")
-	src, _ := os.ReadFile(spec)
-	os.WriteFile(spec, []byte(strings.Replace(string(src), "n_layers: 1", "n_layers: 2", 1)), 0o644)
+	spec, _ := fixture(t, "parallel: {pp: 2, zero: 3}\n")
 	_, _, runErr := loom(t, "run", spec)
 	_, _, subErr := loom(t, "submit", spec, "--coordinator", closedAddr(t))
 	for what, err := range map[string]error{"run": runErr, "submit": subErr} {
 		if err == nil {
-			t.Fatalf("loom %s accepted pp: 2", what)
+			t.Fatalf("loom %s accepted pp: 2 over 1 layer", what)
 		}
-		for _, w := range []string{filepath.Base(spec), "parallel.pp", "got 2", "pipeline parallelism is not supported yet"} {
+		for _, w := range []string{filepath.Base(spec), "parallel.pp", "got 2", "must not exceed model.n_layers (1)"} {
 			if !strings.Contains(err.Error(), w) {
 				t.Errorf("loom %s: error does not mention %q:\n%v", what, w, err)
 			}

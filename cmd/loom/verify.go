@@ -16,8 +16,18 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/launch"
 	"github.com/loomtrain/loom/plan"
+	"github.com/loomtrain/loom/schedule"
 	"github.com/loomtrain/loom/train"
 )
+
+// stageCut is the blocks per stage of a plan.
+func stageCut(p *plan.Plan) []int {
+	var cut []int
+	for _, st := range p.Stages {
+		cut = append(cut, st.Blocks())
+	}
+	return cut
+}
 
 func cmdVerify(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "verify", "JOB.yaml [flags]\n\n"+
@@ -63,7 +73,8 @@ func cmdVerify(ctx context.Context, env *cmdEnv, args []string) error {
 	spec.Checkpoint.Dir, spec.Checkpoint.Every = tmp, 0
 	one := spec
 	one.Name = spec.Name + "-one"
-	one.Parallel = api.ParallelSpec{DP: 1, TP: 1, PP: 1, MicroBatches: spec.Parallel.MicroBatches}
+	// The reference: one worker, the plain accumulation loop (1F1B at pp 1).
+	one.Parallel = api.ParallelSpec{DP: 1, TP: 1, PP: 1, Schedule: schedule.OneFOneB, VirtualStages: 1, Transport: spec.Parallel.Transport}
 	layout := spec
 	layout.Name = spec.Name + "-layout"
 	p, err := plan.New(layout, layout.Parallel.WorldSize())
@@ -73,6 +84,12 @@ func cmdVerify(ctx context.Context, env *cmdEnv, args []string) error {
 	desc := fmt.Sprintf("%s, zero %d", p.Mesh, p.ZeroStage)
 	if p.SequenceParallel {
 		desc += ", sequence parallel"
+	}
+	if p.Mesh.PP > 1 {
+		desc += fmt.Sprintf(", %s over %d stages %v, %d micro-batches", p.Schedule.Name, len(p.Stages), stageCut(p), p.Accum)
+	}
+	if p.Recompute {
+		desc += ", recompute"
 	}
 	fmt.Fprintf(env.stderr, "loom verify: %d steps of %s with the layout %s, then with one worker\n", *steps, pos[0], desc)
 	got, err := verifyRun(ctx, env, layout, *threads)

@@ -4,19 +4,41 @@ import (
 	"math"
 )
 
-// Attention tiles: a block of attnBr query rows against a block of attnBc
-// key rows. The scores of one tile pair live in worker scratch; the T×T
-// matrix is never materialized. Tile products run on the worker's
-// single-threaded SGEMM engine straight from the strided (batch, seq, head,
-// headDim) layout, so nothing is transposed or copied.
+func roundUp(a, b int) int { return ceilDiv(a, b) * b }
+
+// Fused causal attention, FlashAttention-2 style: the T×T score matrix is
+// never materialized. Each task owns one (batch, head) — forward — or one
+// (batch, kv head) — backward — and walks blocks of attnRows query rows
+// against blocks of attnCols key rows, with the score tile, the running
+// row statistics and the output rows in the worker's cache.
+//
+// The tile products go straight to the micro-kernel (gemm.Tiles): Q, P,
+// dO and dS are read in place by its broadcasts, V, K, dO and Q serve in
+// place as the row-major B of P·V, dS·K, Pᵀ·dO and dSᵀ·Q, and only the
+// transposed operands — Kᵀ for S = Q·Kᵀ and Vᵀ for dP = dO·Vᵀ — are packed,
+// once per task for every block that reuses them. Query blocks are a
+// multiple of the kernel's MR rows and key blocks of its NR columns, so
+// only a sequence's last block has edge tiles.
+
+// Blocks: a query block is attnRowTiles (forward) or 2·attnRowTiles
+// (backward, where each block also updates dK and dV) micro-tile rows,
+// and a key block is every causal key up to attnMaxCols: with T ≤ 512 each
+// query block sees all its keys at once, so the forward needs no running
+// rescale of O and no key block is revisited.
 const (
-	attnBr = 64
-	attnBc = 64
+	attnRowTiles = 2
+	attnMaxCols  = 512
 )
 
-// attnFwdTask is one (batch, head) per index, FlashAttention-2 style: for
-// each query block, stream key blocks keeping a running max m and sum l per
-// row; O accumulates in place in out and is divided by l at the end.
+// attnBlocks returns the query block (rows) for the forward and backward
+// and the key block (cols) for micro-tile mr×nr and sequence length T.
+func attnBlocks(mr, nr, T int) (fwdRows, bwdRows, cols int) {
+	return attnRowTiles * mr, 2 * attnRowTiles * mr, min(roundUp(T, nr), roundUp(attnMaxCols, nr))
+}
+
+// attnFwdTask is one (batch, head) per index: for each query block, stream
+// key blocks keeping a running max m and sum l per row; O accumulates in
+// place in out and is divided by l at the end.
 type attnFwdTask struct {
 	out, lse, q, k, v                      []float32
 	batch, seqLen, heads, kvHeads, headDim int
@@ -31,53 +53,51 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 	kBase := (b*T*t.kvHeads + kh) * D
 	sc := float32(1 / math.Sqrt(float64(D)))
 	lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+	tl := w.tiles
+	br, _, bc := attnBlocks(tl.MR(), tl.NR(), T)
 
-	buf := w.scratch(attnBr*attnBc + 2*attnBr)
-	s := buf[:attnBr*attnBc]
-	m := buf[attnBr*attnBc : attnBr*attnBc+attnBr]
-	l := buf[attnBr*attnBc+attnBr : attnBr*attnBc+2*attnBr]
+	nk := tl.PackedLen(D, T)
+	buf := w.scratch(nk + br*bc + 4*br)
+	kp := buf[:nk] // Kᵀ in NR-key panels
+	s := buf[nk : nk+br*bc]
+	stats := buf[nk+br*bc : nk+br*bc+4*br]
+	m, l, mOld, sum := stats[:br], stats[br:2*br], stats[2*br:3*br], stats[3*br:]
+	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
 	negInf := float32(math.Inf(-1))
 
-	for i0 := 0; i0 < T; i0 += attnBr {
-		br := min(attnBr, T-i0)
+	for i0 := 0; i0 < T; i0 += br {
+		rows := min(br, T-i0)
 		qi := t.q[qBase+i0*ldq:]
 		oi := t.out[qBase+i0*ldq:]
-		for r := range br {
+		for r := range rows {
 			m[r], l[r] = negInf, 0
 		}
-		jEnd := i0 + br // causal: keys [0, i0+br)
-		for j0 := 0; j0 < jEnd; j0 += attnBc {
-			bc := min(attnBc, jEnd-j0)
-			w.eng.Sgemm(false, true, br, bc, D, sc, qi, ldq, t.k[kBase+j0*ldk:], ldk, 0, s, bc)
-			for r := range br {
-				row := s[r*bc : (r+1)*bc]
-				valid := min(max(i0+r-j0+1, 0), bc)
-				clear(row[valid:])
-				if valid == 0 {
+		jEnd := i0 + rows // causal: keys [0, i0+rows)
+		for j0 := 0; j0 < jEnd; j0 += bc {
+			cols := min(bc, jEnd-j0)
+			tl.MulPacked(rows, cols, D, sc, qi, ldq, 1, kp[j0*D:], false, s, cols)
+			copy(mOld, m[:rows])
+			// Row r sees keys up to i0+r: i0+r−j0+1 of this block.
+			expRows(s, cols, rows, cols, i0-j0+1, m, sum)
+			for r := range rows {
+				if i0+r < j0 { // no key of this block: row unchanged
 					continue
 				}
-				mx := max(vmax(row[:valid]), m[r])
-				sum := expSub(row[:valid], row[:valid], mx)
-				if j0 > 0 {
-					alpha := exp32(m[r] - mx)
-					if alpha != 1 {
-						scale(oi[r*ldq:r*ldq+D], alpha)
-					}
-					l[r] = l[r]*alpha + sum
-				} else {
-					l[r] = sum
+				if j0 == 0 {
+					l[r] = sum[r]
+					continue
 				}
-				m[r] = mx
+				alpha := exp32(mOld[r] - m[r])
+				if alpha != 1 {
+					scale(oi[r*ldq:r*ldq+D], alpha)
+				}
+				l[r] = l[r]*alpha + sum[r]
 			}
-			beta := float32(1)
-			if j0 == 0 {
-				beta = 0
-			}
-			w.eng.Sgemm(false, false, br, D, bc, 1, s, bc, t.v[kBase+j0*ldk:], ldk, beta, oi, ldq)
+			tl.Mul(rows, D, cols, 1, s, cols, 1, t.v[kBase+j0*ldk:], ldk, j0 > 0, oi, ldq)
 		}
-		for r := range br {
+		for r := range rows {
 			scale(oi[r*ldq:r*ldq+D], 1/l[r])
-			lse[i0+r] = m[r] + float32(math.Log(float64(l[r])))
+			lse[i0+r] = m[r] + log32(l[r]) // l ≥ 1: the row's largest term is e⁰
 		}
 	}
 }
@@ -92,10 +112,11 @@ func (k *Kernels) AttentionForward(out, lse, q, kk, v []float32, batch, seqLen, 
 }
 
 // attnBwdTask is one (batch, kv head) per index, so that the dk and dv rows
-// it accumulates belong to it alone. For every key block and every query
-// head of the group it recomputes P = exp(S − lse) per tile and accumulates
-// dV += Pᵀ dO, dS = P∘(dO Vᵀ − D), dQ += scale·dS K, dK += scale·dSᵀ Q, with
-// D_i = dO_i·O_i. Every accumulation runs in a fixed order.
+// it accumulates belong to it alone. For every query head of the group and
+// every query block, and each key block of its causal range, it recomputes
+// P = exp(S − lse) and accumulates dV += Pᵀ dO, dS = P∘(dO Vᵀ − D),
+// dQ += scale·dS K, dK += scale·dSᵀ Q, with D_i = dO_i·O_i. Every
+// accumulation runs in a fixed order.
 type attnBwdTask struct {
 	dq, dk, dv, dout, out, lse, q, k, v    []float32
 	batch, seqLen, heads, kvHeads, headDim int
@@ -108,11 +129,19 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	ldq, ldk := t.heads*D, t.kvHeads*D
 	kBase := (b*T*t.kvHeads + kh) * D
 	sc := float32(1 / math.Sqrt(float64(D)))
+	tl := w.tiles
+	_, br, bc := attnBlocks(tl.MR(), tl.NR(), T)
 
-	buf := w.scratch(2*attnBr*attnBc + group*T)
-	p := buf[:attnBr*attnBc]
-	dp := buf[attnBr*attnBc : 2*attnBr*attnBc]
-	dd := buf[2*attnBr*attnBc : 2*attnBr*attnBc+group*T] // D per (head in group, t)
+	nk := tl.PackedLen(D, T)
+	buf := w.scratch(2*nk + 2*br*bc + group*T + br)
+	kp := buf[:nk]       // Kᵀ in NR-key panels
+	vp := buf[nk : 2*nk] // Vᵀ likewise
+	p := buf[2*nk : 2*nk+br*bc]
+	dp := buf[2*nk+br*bc : 2*nk+2*br*bc]
+	dd := buf[2*nk+2*br*bc : 2*nk+2*br*bc+group*T] // D per (head in group, t)
+	sums := buf[2*nk+2*br*bc+group*T:]             // P's row sums (unused)
+	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
+	tl.PackB(vp, true, t.v[kBase:], ldk, D, T)
 
 	for t0 := 0; t0 < T; t0++ {
 		clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
@@ -123,48 +152,33 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 		qBase := (b*T*t.heads + h) * D
 		for t0 := 0; t0 < T; t0++ {
 			o := qBase + t0*ldq
-			clear(t.dq[o : o+D])
 			dd[g*T+t0] = dot(t.dout[o:o+D], t.out[o:o+D])
 		}
 	}
-	for j0 := 0; j0 < T; j0 += attnBc {
-		bc := min(attnBc, T-j0)
-		kj, vj := t.k[kBase+j0*ldk:], t.v[kBase+j0*ldk:]
-		dkj, dvj := t.dk[kBase+j0*ldk:], t.dv[kBase+j0*ldk:]
-		for g := range group {
-			h := kh*group + g
-			qBase := (b*T*t.heads + h) * D
-			lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
-			for i0 := j0 / attnBr * attnBr; i0 < T; i0 += attnBr {
-				br := min(attnBr, T-i0)
-				if i0+br <= j0 {
-					continue
+	for g := range group {
+		h := kh*group + g
+		qBase := (b*T*t.heads + h) * D
+		lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+		for i0 := 0; i0 < T; i0 += br {
+			rows := min(br, T-i0)
+			qi, doi, dqi := t.q[qBase+i0*ldq:], t.dout[qBase+i0*ldq:], t.dq[qBase+i0*ldq:]
+			jEnd := i0 + rows // causal: keys [0, i0+rows)
+			for j0 := 0; j0 < jEnd; j0 += bc {
+				cols := min(bc, jEnd-j0)
+				kj := t.k[kBase+j0*ldk:]
+				dkj, dvj := t.dk[kBase+j0*ldk:], t.dv[kBase+j0*ldk:]
+				tl.MulPacked(rows, cols, D, sc, qi, ldq, 1, kp[j0*D:], false, p, cols) // S
+				expShiftRows(p, cols, rows, cols, i0-j0+1, lse[i0:], sums)             // P = e^(S − lse), causal
+
+				tl.Mul(cols, D, rows, 1, p, 1, cols, doi, ldq, true, dvj, ldk)          // dV += Pᵀ dO
+				tl.MulPacked(rows, cols, D, 1, doi, ldq, 1, vp[j0*D:], false, dp, cols) // dP = dO Vᵀ
+				for r := range rows {                                                   // past the diagonal P is 0, so dS is too
+					dsRow(dp[r*cols:(r+1)*cols], p[r*cols:(r+1)*cols], dd[g*T+i0+r], sc)
 				}
-				qi, doi, dqi := t.q[qBase+i0*ldq:], t.dout[qBase+i0*ldq:], t.dq[qBase+i0*ldq:]
-				w.eng.Sgemm(false, true, br, bc, D, sc, qi, ldq, kj, ldk, 0, p, bc)
-				for r := range br {
-					row := p[r*bc : (r+1)*bc]
-					valid := min(max(i0+r-j0+1, 0), bc)
-					expSub(row[:valid], row[:valid], lse[i0+r])
-					clear(row[valid:])
-				}
-				w.eng.Sgemm(true, false, bc, D, br, 1, p, bc, doi, ldq, 1, dvj, ldk)
-				w.eng.Sgemm(false, true, br, bc, D, 1, doi, ldq, vj, ldk, 0, dp, bc)
-				for r := range br {
-					dsRow(dp[r*bc:(r+1)*bc], p[r*bc:(r+1)*bc], dd[g*T+i0+r], sc)
-				}
-				w.eng.Sgemm(false, false, br, D, bc, 1, dp, bc, kj, ldk, 1, dqi, ldq)
-				w.eng.Sgemm(true, false, bc, D, br, 1, dp, bc, qi, ldq, 1, dkj, ldk)
+				tl.Mul(rows, D, cols, 1, dp, cols, 1, kj, ldk, j0 > 0, dqi, ldq) // dQ (+)= dS K
+				tl.Mul(cols, D, rows, 1, dp, 1, cols, qi, ldq, true, dkj, ldk)   // dK += dSᵀ Q
 			}
 		}
-	}
-}
-
-// dsRow: ds = scale·p∘(ds − d), in place over ds.
-func dsRow(ds, p []float32, d, scale float32) {
-	p = p[:len(ds)]
-	for i := range ds {
-		ds[i] = scale * p[i] * (ds[i] - d)
 	}
 }
 

@@ -41,6 +41,30 @@ func forBench(b *testing.B, f func(b *testing.B, s benchShape, k tensor.Kernels)
 	}
 }
 
+// loop runs f b.N times and reports GFLOP/s for flops per call, by the
+// wall clock and per CPU-second (the process's CPU time: on a loaded
+// machine the steadier figure; with 2 threads it is per core).
+func loop(b *testing.B, flops float64, f func()) {
+	f()
+	b.ResetTimer()
+	cpu0 := processCPU()
+	for b.Loop() {
+		f()
+	}
+	cpu := processCPU() - cpu0
+	total := flops * float64(b.N)
+	b.ReportMetric(total/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	if cpu > 0 {
+		b.ReportMetric(total/cpu/1e9, "cpu-GFLOP/s")
+	}
+}
+
+// attnFlops counts causal attention's matmul FLOPs: passes products of
+// T(T+1)/2 query-key pairs by headDim, 2 FLOPs per multiply-add.
+func attnFlops(s benchShape, passes float64) float64 {
+	return passes * 2 * float64(s.B*s.H*(s.d/s.H)) * float64(s.T) * float64(s.T+1) / 2
+}
+
 func BenchmarkAttentionForward(b *testing.B) {
 	forBench(b, func(b *testing.B, s benchShape, k tensor.Kernels) {
 		rng := rand.New(rand.NewPCG(1, 1))
@@ -48,10 +72,7 @@ func BenchmarkAttentionForward(b *testing.B) {
 		n := s.B * s.T * s.d
 		q, kk, v, out := randF(rng, n), randF(rng, n), randF(rng, n), make([]float32, n)
 		lse := make([]float32, s.B*s.H*s.T)
-		b.SetBytes(int64(4 * n))
-		for b.Loop() {
-			k.AttentionForward(out, lse, q, kk, v, s.B, s.T, s.H, s.KV, hd)
-		}
+		loop(b, attnFlops(s, 2), func() { k.AttentionForward(out, lse, q, kk, v, s.B, s.T, s.H, s.KV, hd) })
 	})
 }
 
@@ -64,10 +85,7 @@ func BenchmarkAttentionBackward(b *testing.B) {
 		dq, dk, dv := make([]float32, n), make([]float32, n), make([]float32, n)
 		lse := make([]float32, s.B*s.H*s.T)
 		k.AttentionForward(out, lse, q, kk, v, s.B, s.T, s.H, s.KV, hd)
-		b.SetBytes(int64(4 * n))
-		for b.Loop() {
-			k.AttentionBackward(dq, dk, dv, dout, out, lse, q, kk, v, s.B, s.T, s.H, s.KV, hd)
-		}
+		loop(b, attnFlops(s, 5), func() { k.AttentionBackward(dq, dk, dv, dout, out, lse, q, kk, v, s.B, s.T, s.H, s.KV, hd) })
 	})
 }
 

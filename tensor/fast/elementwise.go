@@ -170,6 +170,7 @@ type adamTask struct {
 // reference (and PyTorch's CPU kernel) rounds them.
 type adamConsts struct {
 	decay, b1, omb1, b2, omb2, stepSize, bc2Sqrt, eps float32
+	gscale                                            float32 // the gradient's scale (1: none)
 }
 
 func (t *adamTask) run(_ *worker, c int) {
@@ -177,7 +178,9 @@ func (t *adamTask) run(_ *worker, c int) {
 	adamw(t.p[i0:i1], t.g[i0:i1], t.m[i0:i1], t.v[i0:i1], &t.c)
 }
 
-// AdamW implements tensor.Kernels.AdamW, parallel over chunks.
+// AdamW implements tensor.Kernels.AdamW, parallel over chunks, with
+// h.GradScale applied to the gradient as it is read (one pass over p, g,
+// m and v, g unwritten).
 func (k *Kernels) AdamW(p, g, m, v []float32, h tensor.AdamWHyper) {
 	n := len(p)
 	bc1 := 1 - math.Pow(h.Beta1, float64(h.Step))
@@ -189,6 +192,10 @@ func (k *Kernels) AdamW(p, g, m, v []float32, h tensor.AdamWHyper) {
 		stepSize: float32(h.LR / bc1),
 		bc2Sqrt:  float32(math.Sqrt(bc2)),
 		eps:      float32(h.Eps),
+		gscale:   1,
+	}
+	if h.GradScale != 0 {
+		c.gscale = h.GradScale
 	}
 	t := &k.adam
 	*t = adamTask{p, g[:n], m[:n], v[:n], c}

@@ -1,6 +1,7 @@
 // Package fast owns Loom's fast CPU implementation of tensor.Kernels: SGEMM
 // through tensor/gemm, and fused, multi-threaded elementwise, normalization,
-// attention and loss kernels on one shared worker pool.
+// attention and loss kernels, all on one worker pool (tensor/internal/par)
+// that the GEMM engine shares.
 //
 // Every op partitions its work into tasks of a fixed size that depends only
 // on the shapes, never on the thread count or on timing, and reduces partial
@@ -73,11 +74,13 @@ func NewWith(o Options) (*Kernels, error) {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
-	eng, err := gemm.NewWith(gemm.Options{Threads: threads, Precision: o.Precision, Tune: o.Tune})
+	p := newPool(threads)
+	eng, err := gemm.NewWith(gemm.Options{Precision: o.Precision, Tune: o.Tune, Pool: p.par})
 	if err != nil {
+		p.close()
 		return nil, err
 	}
-	return &Kernels{eng: eng, pool: newPool(threads)}, nil
+	return &Kernels{eng: eng, pool: p}, nil
 }
 
 // GEMM returns the engine behind Sgemm (for its kernel, plans and tuning

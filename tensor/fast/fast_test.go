@@ -122,6 +122,24 @@ func TestExp32(t *testing.T) {
 	}
 }
 
+// TestLog32 checks log32 against math.Log within 2 ulp of the result (or
+// 1e-7 absolute near ln 1 = 0) over [1, 2^20], where attention uses it,
+// and over small normals.
+func TestLog32(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	xs := []float32{1, 1.0000001, 0.70710677, 0.7071068, 2, 3, 1e-30, 512, 1 << 20}
+	for range 200000 {
+		xs = append(xs, float32(math.Exp(rng.Float64()*14)), float32(math.Exp(-rng.Float64()*80)))
+	}
+	for _, x := range xs {
+		got, want := log32(x), math.Log(float64(x))
+		ulp := math.Abs(float64(math.Nextafter32(float32(want), float32(math.Inf(1)))) - want)
+		if d := math.Abs(float64(got) - want); d > 2*ulp && d > 1e-7 {
+			t.Fatalf("log32(%g) = %g, math.Log %g (|diff| %g, %.1f ulp)", x, got, want, d, d/ulp)
+		}
+	}
+}
+
 func TestRMSNorm(t *testing.T) {
 	forThreads(t, func(t *testing.T, k *Kernels) {
 		rng := rand.New(rand.NewPCG(1, 2))
@@ -230,6 +248,23 @@ func TestAdamWSumSquaresScale(t *testing.T) {
 			k.Scale(gs, 0.37)
 			ref.Scale(ws, 0.37)
 			check(t, name+" Scale", gs, ws, 0)
+
+			// GradScale folds Scale into the update: the same bits as
+			// Scale then AdamW, and g left as it was.
+			h := tensor.AdamWHyper{LR: 1e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Step: 4}
+			p1, m1, v1 := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+			p2, m2, v2 := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+			g0 := slices.Clone(g)
+			k.AdamW(p2, gs, m2, v2, h) // gs = Scale(g, 0.37)
+			h.GradScale = 0.37
+			k.AdamW(p1, g, m1, v1, h)
+			check(t, name+" GradScale p", p1, p2, 0)
+			check(t, name+" GradScale m", m1, m2, 0)
+			check(t, name+" GradScale v", v1, v2, 0)
+			check(t, name+" GradScale leaves g", g, g0, 0)
+			rp, rm, rv := slices.Clone(p), slices.Clone(m), slices.Clone(v)
+			ref.AdamW(rp, g, rm, rv, h)
+			check(t, name+" GradScale p vs Reference", p1, rp, 1e-6)
 		}
 	})
 }
@@ -281,6 +316,9 @@ func attnShapes() []attnShape {
 		s = append(s, attnShape{2, T, 4, 2, 16})
 	}
 	s = append(s, attnShape{1, 65, 3, 1, 7}, attnShape{3, 17, 2, 2, 64}, attnShape{1, 129, 4, 4, 33}, attnShape{1, 1, 1, 1, 1})
+	// Past attnMaxCols keys: the forward's running rescale across key
+	// blocks, the backward's several key blocks per query block.
+	s = append(s, attnShape{1, 2*attnMaxCols + 77, 2, 1, 8})
 	return s
 }
 

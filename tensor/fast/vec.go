@@ -44,6 +44,36 @@ func exp32(x float32) float32 {
 	return p * math.Float32frombits(uint32(ni+127)<<23)
 }
 
+// log32 is ln x in float32 for positive normal x, ≈1 ulp (Cephes logf):
+// x = 2^e·f with f in [√½, √2), a degree-8 polynomial in f−1. Attention's
+// log-sum-exp takes it once per row, where math.Log's float64 cost showed.
+func log32(x float32) float32 {
+	bits := math.Float32bits(x)
+	e := int32(bits>>23) - 126 // x = 2^e · f, f in [0.5, 1)
+	f := math.Float32frombits(bits&0x807fffff | 0x3f000000)
+	if f < 0.707106781186547524 {
+		e--
+		f = f + f - 1
+	} else {
+		f--
+	}
+	z := f * f
+	y := float32(7.0376836292e-2)
+	y = y*f - 1.1514610310e-1
+	y = y*f + 1.1676998740e-1
+	y = y*f - 1.2420140846e-1
+	y = y*f + 1.4249322787e-1
+	y = y*f - 1.6668057665e-1
+	y = y*f + 2.0000714765e-1
+	y = y*f - 2.4999993993e-1
+	y = y*f + 3.3333331174e-1
+	y = y * f * z
+	fe := float32(e)
+	y += -2.12194440e-4 * fe
+	y += -0.5 * z
+	return f + y + 0.693359375*fe
+}
+
 // expSub sets dst[i] = e^(src[i]−shift) and returns Σ dst.
 func expSubGo(dst, src []float32, shift float32) float32 {
 	src = src[:len(dst)]
@@ -63,6 +93,41 @@ func expSubGo(dst, src []float32, shift float32) float32 {
 		s0 += e
 	}
 	return (s0 + s1) + (s2 + s3)
+}
+
+// expRowGo is expRow's portable form.
+func expRowGo(row []float32, valid int, floor float32) (mx, sum float32) {
+	mx = max(vmax(row[:valid]), floor)
+	sum = expSub(row[:valid], row[:valid], mx)
+	clear(row[valid:])
+	return mx, sum
+}
+
+// expRowsGo is expRows's portable form.
+func expRowsGo(s []float32, ld, rows, n, v0 int, mx, sum []float32) {
+	for r := range rows {
+		row := s[r*ld : r*ld+n]
+		valid := min(max(v0+r, 0), n)
+		if valid == 0 {
+			clear(row)
+			sum[r] = 0
+			continue
+		}
+		mx[r], sum[r] = expRowGo(row, valid, mx[r])
+	}
+}
+
+// expShiftRowsGo is expShiftRows's portable form.
+func expShiftRowsGo(s []float32, ld, rows, n, v0 int, shift, sum []float32) {
+	for r := range rows {
+		row := s[r*ld : r*ld+n]
+		valid := min(max(v0+r, 0), n)
+		sum[r] = 0
+		if valid > 0 {
+			sum[r] = expSub(row[:valid], row[:valid], shift[r])
+		}
+		clear(row[valid:])
+	}
 }
 
 func maxGo(x []float32) float32 {
@@ -122,7 +187,7 @@ func dot3Go(a, b, c []float32) float64 {
 func rmsScaleGo(out, x, w []float32, rs float32) {
 	x, w = x[:len(out)], w[:len(out)]
 	for i := range out {
-		out[i] = x[i] * rs * w[i]
+		out[i] = float32(x[i]*rs) * w[i] // float32(): no fused multiply-add (the assembly rounds each product)
 	}
 }
 
@@ -131,8 +196,8 @@ func rmsBackRowGo(dx, pw, dy, x, w []float32, rs, c float32) {
 	n := len(dx)
 	pw, dy, x, w = pw[:n], dy[:n], x[:n], w[:n]
 	for j := range dx {
-		dx[j] += rs*w[j]*dy[j] - c*x[j]
-		pw[j] += dy[j] * x[j] * rs
+		dx[j] += float32(float32(rs*w[j])*dy[j]) - float32(c*x[j])
+		pw[j] += float32(float32(dy[j]*x[j]) * rs)
 	}
 }
 
@@ -151,6 +216,14 @@ func scaleGo(x []float32, alpha float32) {
 	}
 }
 
+// dsRowGo: ds = scale·p∘(ds − d), in place over ds.
+func dsRowGo(ds, p []float32, d, scale float32) {
+	p = p[:len(ds)]
+	for i := range ds {
+		ds[i] = scale * p[i] * (ds[i] - d)
+	}
+}
+
 // ropeRotateGo rotates the pairs (x1[i], x2[i]) by sign·angle(i).
 func ropeRotateGo(x1, x2, c, s []float32, sign float32) {
 	n := len(x1)
@@ -158,8 +231,8 @@ func ropeRotateGo(x1, x2, c, s []float32, sign float32) {
 	for i := range x1 {
 		ci, si := c[i], sign*s[i]
 		u, w := x1[i], x2[i]
-		x1[i] = u*ci - w*si
-		x2[i] = w*ci + u*si
+		x1[i] = float32(u*ci) - float32(w*si)
+		x2[i] = float32(w*ci) + float32(u*si)
 	}
 }
 
@@ -186,26 +259,16 @@ func adamwGo(p, g, m, v []float32, c *adamConsts) {
 	n := len(p)
 	g, m, v = g[:n], m[:n], v[:n]
 	for i, gi := range g {
+		gi *= c.gscale // ×1 when unscaled: the same bits
 		pi := p[i] * c.decay
-		mi := m[i]*c.b1 + gi*c.omb1
-		vi := v[i]*c.b2 + c.omb2*gi*gi
+		mi := float32(m[i]*c.b1) + float32(gi*c.omb1)
+		vi := float32(v[i]*c.b2) + float32(float32(c.omb2*gi)*gi)
 		denom := float32(math.Sqrt(float64(vi)))/c.bc2Sqrt + c.eps
-		p[i] = pi - c.stepSize*(mi/denom)
+		p[i] = pi - float32(c.stepSize*(mi/denom))
 		m[i], v[i] = mi, vi
 	}
 }
 
 // Kernels with no assembly yet run their Go versions on every platform.
 
-func vmax(x []float32) float32                        { return maxGo(x) }
-func sumSq(x []float32) float64                       { return sumSqGo(x) }
-func dot(x, y []float32) float32                      { return dotGo(x, y) }
-func dot3(a, b, c []float32) float64                  { return dot3Go(a, b, c) }
-func rmsScale(out, x, w []float32, rs float32)        { rmsScaleGo(out, x, w, rs) }
-func addTo(dst, src []float32)                        { addToGo(dst, src) }
-func scale(x []float32, alpha float32)                { scaleGo(x, alpha) }
-func ropeRotate(x1, x2, c, s []float32, sign float32) { ropeRotateGo(x1, x2, c, s, sign) }
-func adamw(p, g, m, v []float32, c *adamConsts)       { adamwGo(p, g, m, v, c) }
-func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
-	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
-}
+func addTo(dst, src []float32) { addToGo(dst, src) }

@@ -407,6 +407,7 @@ const (
 	kMem                       // expr(REG)
 	kFrame                     // name+off(FP)
 	kLabel                     // jump target
+	kTile                      // TMM0–TMM7 (AMX, decoded from BYTEs)
 )
 
 type asmOperand struct {
@@ -415,6 +416,8 @@ type asmOperand struct {
 	lanes int    // kVec: float32 lanes (X 4, Y 8, Z 16)
 	off   int64  // kImm: value; kMem: displacement; kFrame: offset
 	name  string // register name, frame argument name or label
+	index int    // kMem: index register, scaled by scale (scale 0: none)
+	scale int
 }
 
 // asmGPRs numbers the general registers as the hardware does. SP and BP
@@ -432,6 +435,7 @@ var asmSpecs = map[string][]asmKind{
 	"ADDQ":         {kImm | kGPR, kGPR},
 	"ANDQ":         {kImm | kGPR, kGPR},
 	"TESTQ":        {kImm | kGPR, kGPR},
+	"CMPL":         {kGPR, kImm | kGPR}, // Intel order: flags of arg0 − arg1
 	"SHLQ":         {kImm, kGPR},
 	"SHRQ":         {kImm, kGPR},
 	"SHLL":         {kImm, kGPR},
@@ -483,6 +487,7 @@ var (
 	asmVecRE   = regexp.MustCompile(`^([XYZ])([0-9]|[12][0-9]|3[01])$`)
 	asmFrameRE = regexp.MustCompile(`^([A-Za-z_]\w*)([+-].+)\(FP\)$`)
 	asmMemRE   = regexp.MustCompile(`^(.*)\(([^()]*)\)$`)
+	asmIndexRE = regexp.MustCompile(`^(.*\([^()]*\))\(([A-Z0-9]+)\*([1248])\)$`)
 )
 
 // loadAsm reads kernel_amd64.s and the Go declarations and decodes every
@@ -511,7 +516,7 @@ func goFrames(path string) (map[string][]asmFrameSlot, error) {
 	if err != nil {
 		return nil, err
 	}
-	sizes := map[string]int{"int": 8, "*float32": 8, "float32": 4}
+	sizes := map[string]int{"int": 8, "*float32": 8, "*byte": 8, "float32": 4}
 	frames := map[string][]asmFrameSlot{}
 	for _, d := range f.Decls {
 		fd, ok := d.(*ast.FuncDecl)
@@ -576,7 +581,13 @@ func decodeAsm(src string, frames map[string][]asmFrameSlot) (map[string]*asmFun
 		if len(raw) == 0 {
 			return nil
 		}
-		in, err := decodeEVEX(raw)
+		var in asmInstr
+		var err error
+		if raw[0] == 0xC4 {
+			in, err = decodeVEX(raw)
+		} else {
+			in, err = decodeEVEX(raw)
+		}
 		if err != nil {
 			return fmt.Errorf("%s:%d: bytes % x: %v", asmSourceFile, rawLine, raw, err)
 		}
@@ -604,7 +615,11 @@ func decodeAsm(src string, frames map[string][]asmFrameSlot) (map[string]*asmFun
 				rawLine = st.line
 			}
 			raw = append(raw, byte(v))
-			if len(raw) == 6 { // every encoding this file writes is 6 bytes
+			n, err := encodedLen(raw)
+			if err != nil {
+				return nil, fmt.Errorf("%s:%d: bytes % x: %v", asmSourceFile, rawLine, raw, err)
+			}
+			if len(raw) == n {
 				if err := flush(); err != nil {
 					return nil, err
 				}
@@ -741,6 +756,137 @@ func decodeEVEX(b []byte) (asmInstr, error) {
 	return in, nil
 }
 
+// encodedLen is the length of the BYTE-encoded instruction that raw
+// starts, once enough of it is known (0 until then): the 6-byte EVEX
+// register form, or a 3-byte-VEX instruction with its ModRM, SIB and
+// displacement.
+func encodedLen(raw []byte) (int, error) {
+	switch raw[0] {
+	case 0x62:
+		return 6, nil
+	case 0xC4:
+		if len(raw) < 5 {
+			return 0, nil
+		}
+		modrm := raw[4]
+		mod, rm := modrm>>6, modrm&7
+		n := 5
+		if mod != 3 && rm == 4 {
+			n++ // SIB
+			if len(raw) < 6 {
+				return 0, nil
+			}
+			if mod == 0 && raw[5]&7 == 5 {
+				return 0, fmt.Errorf("SIB without a base is not implemented")
+			}
+		}
+		switch {
+		case mod == 1:
+			n++
+		case mod == 2:
+			n += 4
+		case mod == 0 && rm == 5:
+			return 0, fmt.Errorf("RIP-relative operands are not implemented")
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("%#02x does not start an instruction this interpreter decodes (EVEX 62, VEX C4)", raw[0])
+}
+
+// decodeVEX decodes the AMX instructions kernel_amd64.s writes as BYTEs
+// (3-byte VEX, map 0F38, W0, L0): LDTILECFG, TILERELEASE, TILEZERO,
+// TILELOADD, TILESTORED and TDPBF16PS, in Go operand order (sources first).
+func decodeVEX(b []byte) (asmInstr, error) {
+	in := asmInstr{text: fmt.Sprintf("BYTE % x", b)}
+	p1, p2, op, modrm := b[1], b[2], b[3], b[4]
+	if p1&0x1f != 2 {
+		return in, fmt.Errorf("VEX map %d: only 0F38 (2) is implemented", p1&0x1f)
+	}
+	if p2&0x84 != 0 {
+		return in, fmt.Errorf("VEX byte 2 %#02x: want W0 and L0", p2)
+	}
+	rBit, xBit, bBit := int(^p1>>7&1), int(^p1>>6&1), int(^p1>>5&1)
+	vvvv := int(^p2>>3) & 15
+	pp := p2 & 3
+	mod, reg, rm := modrm>>6, int(modrm>>3&7)|rBit<<3, int(modrm&7)|bBit<<3
+	tile := func(r int) (asmOperand, error) {
+		if r > 7 {
+			return asmOperand{}, fmt.Errorf("tile register %d does not exist", r)
+		}
+		return asmOperand{kind: kTile, reg: r, name: fmt.Sprintf("TMM%d", r)}, nil
+	}
+	mem := func() (asmOperand, error) {
+		if mod == 3 {
+			return asmOperand{}, fmt.Errorf("register form where memory is required")
+		}
+		a := asmOperand{kind: kMem}
+		rest := b[5:]
+		if rm&7 == 4 {
+			sib := b[5]
+			rest = b[6:]
+			a.reg = int(sib&7) | bBit<<3
+			if idx := int(sib>>3&7) | xBit<<3; idx != 4 {
+				a.index, a.scale = idx, 1<<(sib>>6)
+			}
+		} else {
+			a.reg = rm
+		}
+		switch mod {
+		case 1:
+			a.off = int64(int8(rest[0]))
+		case 2:
+			a.off = int64(int32(binary.LittleEndian.Uint32(rest)))
+		}
+		a.name = fmt.Sprintf("%d(R%d)(R%d*%d)", a.off, a.reg, a.index, a.scale)
+		return a, nil
+	}
+	var err error
+	var t0, t1, t2, m asmOperand
+	switch {
+	case op == 0x49 && pp == 0 && mod == 3 && modrm == 0xC0 && vvvv == 0:
+		in.op = "TILERELEASE"
+	case op == 0x49 && pp == 0 && reg == 0 && vvvv == 0:
+		in.op = "LDTILECFG"
+		m, err = mem()
+		in.args = []asmOperand{m}
+	case op == 0x49 && pp == 3 && mod == 3 && rm&7 == 0 && vvvv == 0:
+		in.op = "TILEZERO"
+		t0, err = tile(reg)
+		in.args = []asmOperand{t0}
+	case op == 0x4B && (pp == 3 || pp == 2) && vvvv == 0:
+		if m, err = mem(); err == nil {
+			t0, err = tile(reg)
+		}
+		if m.kind == kMem && rm&7 != 4 {
+			err = fmt.Errorf("tile loads and stores take a SIB operand")
+		}
+		if pp == 3 {
+			in.op, in.args = "TILELOADD", []asmOperand{m, t0}
+		} else {
+			in.op, in.args = "TILESTORED", []asmOperand{t0, m}
+		}
+	case op == 0x5C && pp == 2 && mod == 3:
+		in.op = "TDPBF16PS"
+		if t0, err = tile(reg); err == nil {
+			if t1, err = tile(rm); err == nil {
+				t2, err = tile(vvvv)
+			}
+		}
+		in.args = []asmOperand{t2, t1, t0} // Go order: B, A, dst
+	default:
+		return in, fmt.Errorf("VEX opcode %#02x pp %d ModRM %#02x is not an instruction this interpreter implements", op, pp, modrm)
+	}
+	if err != nil {
+		return in, err
+	}
+	var names []string
+	for _, a := range in.args {
+		names = append(names, a.name)
+	}
+	in.text = fmt.Sprintf("%s %s (BYTE % x)", in.op, strings.Join(names, ", "), b)
+	return in, nil
+}
+
 // splitOperands splits at commas outside parentheses.
 func splitOperands(s string) []string {
 	var out []string
@@ -778,10 +924,23 @@ func parseOperand(s string, labelOK bool) (asmOperand, error) {
 		v, err := evalAsmExpr(m[2])
 		return asmOperand{kind: kFrame, off: v, name: m[1]}, err
 	}
+	if m := asmIndexRE.FindStringSubmatch(s); m != nil { // disp(BASE)(INDEX*scale)
+		base, err := parseOperand(m[1], false)
+		if err != nil || base.kind != kMem {
+			return asmOperand{}, fmt.Errorf("memory operand %q: base %q not understood", s, m[1])
+		}
+		idx, ok := asmGPRs[m[2]]
+		if !ok {
+			return asmOperand{}, fmt.Errorf("memory operand %q: index %q is not a general register", s, m[2])
+		}
+		base.index, base.name = idx, s
+		fmt.Sscan(m[3], &base.scale)
+		return base, nil
+	}
 	if m := asmMemRE.FindStringSubmatch(s); m != nil {
 		r, ok := asmGPRs[m[2]]
 		if !ok || strings.HasSuffix(m[1], ")") {
-			return asmOperand{}, fmt.Errorf("memory operand %q not supported (base must be a general register, no index)", s)
+			return asmOperand{}, fmt.Errorf("memory operand %q not supported (base must be a general register, index as (BASE)(INDEX*scale))", s)
 		}
 		var disp int64
 		if strings.TrimSpace(m[1]) != "" {
@@ -845,6 +1004,12 @@ func (in *asmInstr) lanes() int {
 // instruction is EVEX-encoded (AVX-512) when it uses a zmm register or
 // register 16–31, or when it exists only in EVEX form (VPXORD).
 func (in *asmInstr) isa() string {
+	switch in.op {
+	case "LDTILECFG", "TILERELEASE", "TILEZERO", "TILELOADD", "TILESTORED":
+		return "AMX-TILE"
+	case "TDPBF16PS":
+		return "AMX-BF16"
+	}
 	if !strings.HasPrefix(in.op, "V") {
 		return ""
 	}
@@ -880,6 +1045,9 @@ type asmRegion struct {
 	data               []byte
 	readable, writable bool
 	reads, writes      []int // per-byte access counts
+	// writeFirst: a byte may be read only after it was written (C of a
+	// kernel that does not load C but rescales what it stored).
+	writeFirst bool
 }
 
 type asmMemory struct{ regions []*asmRegion }
@@ -909,6 +1077,13 @@ func (mem *asmMemory) access(addr uint64, n int, write bool) ([]byte, error) {
 		counts := r.reads
 		if write {
 			counts = r.writes
+		}
+		if !write && r.writeFirst {
+			for i := off; i < off+uint64(n); i++ {
+				if r.writes[i] == 0 {
+					return nil, fmt.Errorf("%d-byte read of %s+%d before it was written (it must not be read)", n, r.name, off)
+				}
+			}
 		}
 		for i := off; i < off+uint64(n); i++ {
 			counts[i]++
@@ -963,6 +1138,13 @@ type asmMachine struct {
 	steps      int
 	fmaLanes   int      // float32 FMAs executed, for the peak FLOP count
 	prefetches []uint64 // addresses computed by PREFETCH*
+
+	// AMX: the tile configuration (valid after LDTILECFG until
+	// TILERELEASE) and the eight tiles, 16 rows of 64 bytes.
+	tileCfg   bool
+	tileRows  [8]int
+	tileColsb [8]int
+	tiles     [8][16][64]byte
 }
 
 // newAsmMachine starts with every register poisoned: general registers hold
@@ -1032,6 +1214,12 @@ func (m *asmMachine) step(in *asmInstr) (next int, ret bool, err error) {
 		m.setFlags(r, 64, false)
 	case "TESTQ":
 		m.setFlags(m.gpr[a[1].reg]&m.scalarValue(a[0]), 64, false)
+	case "CMPL":
+		x, y := uint32(m.gpr[a[0].reg]), uint32(m.scalarValue(a[1]))
+		r := x - y
+		m.setFlags(uint64(r), 32, (x^y)&(x^r)>>31 == 1)
+	case "LDTILECFG", "TILERELEASE", "TILEZERO", "TILELOADD", "TILESTORED", "TDPBF16PS":
+		return -1, false, m.amx(in)
 	case "DECQ":
 		x := m.gpr[a[0].reg]
 		m.gpr[a[0].reg] = x - 1
@@ -1058,6 +1246,100 @@ func (m *asmMachine) step(in *asmInstr) (next int, ret bool, err error) {
 		return -1, false, m.vector(in)
 	}
 	return -1, false, nil
+}
+
+// amx executes the tile instructions: the configuration checks of
+// LDTILECFG (palette 1, no start row, reserved bytes zero, at most 16 rows
+// of 64 bytes), a configured tile for every operand, TDPBF16PS's shape
+// rules, and rows and bytes past a tile's shape zeroed, as the hardware
+// does (a check failing is the #GP or #UD the CPU would raise).
+func (m *asmMachine) amx(in *asmInstr) error {
+	a := in.args
+	if in.op == "LDTILECFG" {
+		b, err := m.mem.access(m.address(a[0]), 64, false)
+		if err != nil {
+			return err
+		}
+		if b[0] != 1 || b[1] != 0 {
+			return fmt.Errorf("palette %d, start row %d: want palette 1, start row 0", b[0], b[1])
+		}
+		for i, v := range b {
+			if (i >= 2 && i < 16 || i >= 32 && i < 48 || i >= 56) && v != 0 {
+				return fmt.Errorf("reserved byte %d of the tile configuration is %#02x", i, v)
+			}
+		}
+		for t := range 8 {
+			m.tileColsb[t] = int(binary.LittleEndian.Uint16(b[16+2*t:]))
+			m.tileRows[t] = int(b[48+t])
+			if m.tileColsb[t] > 64 || m.tileRows[t] > 16 || (m.tileColsb[t] == 0) != (m.tileRows[t] == 0) {
+				return fmt.Errorf("tile %d configured %d rows × %d bytes", t, m.tileRows[t], m.tileColsb[t])
+			}
+		}
+		m.tileCfg, m.tiles = true, [8][16][64]byte{}
+		return nil
+	}
+	if in.op == "TILERELEASE" {
+		m.tileCfg, m.tiles = false, [8][16][64]byte{}
+		m.tileRows, m.tileColsb = [8]int{}, [8]int{}
+		return nil
+	}
+	if !m.tileCfg {
+		return fmt.Errorf("%s without a tile configuration (LDTILECFG)", in.op)
+	}
+	for _, o := range a {
+		if o.kind == kTile && m.tileRows[o.reg] == 0 {
+			return fmt.Errorf("%s uses unconfigured tile %d", in.op, o.reg)
+		}
+	}
+	switch in.op {
+	case "TILEZERO":
+		m.tiles[a[0].reg] = [16][64]byte{}
+	case "TILELOADD", "TILESTORED":
+		memOp, t := a[0], a[1].reg
+		if in.op == "TILESTORED" {
+			memOp, t = a[1], a[0].reg
+		}
+		base := m.gpr[memOp.reg] + uint64(memOp.off)
+		stride := m.gpr[memOp.index] * uint64(memOp.scale)
+		rows, colsb := m.tileRows[t], m.tileColsb[t]
+		if in.op == "TILELOADD" {
+			m.tiles[t] = [16][64]byte{}
+		}
+		for r := 0; r < rows; r++ {
+			b, err := m.mem.access(base+uint64(r)*stride, colsb, in.op == "TILESTORED")
+			if err != nil {
+				return fmt.Errorf("row %d: %v", r, err)
+			}
+			if in.op == "TILELOADD" {
+				copy(m.tiles[t][r][:colsb], b)
+			} else {
+				copy(b, m.tiles[t][r][:colsb])
+			}
+		}
+	case "TDPBF16PS": // Go order: B, A, dst
+		tb, ta, td := a[0].reg, a[1].reg, a[2].reg
+		if td == ta || td == tb || ta == tb {
+			return fmt.Errorf("TDPBF16PS with repeated tiles %d, %d, %d", td, ta, tb)
+		}
+		M, K, N := m.tileRows[td], m.tileColsb[ta]/4, m.tileColsb[td]/4
+		if m.tileRows[ta] != M || m.tileRows[tb] != K || m.tileColsb[tb] != 4*N || K > 16 {
+			return fmt.Errorf("TDPBF16PS shapes: dst %d×%d B, A %d×%d B, B %d×%d B", M, 4*N, m.tileRows[ta], 4*K, m.tileRows[tb], m.tileColsb[tb])
+		}
+		word := func(t, r, c int) uint32 { return binary.LittleEndian.Uint32(m.tiles[t][r][4*c:]) }
+		var out [16][64]byte
+		for i := 0; i < M; i++ {
+			for j := 0; j < N; j++ {
+				acc := math.Float32frombits(word(td, i, j))
+				for k := 0; k < K; k++ {
+					acc = tdpbf16(acc, word(ta, i, k), word(tb, k, j))
+				}
+				binary.LittleEndian.PutUint32(out[i][4*j:], math.Float32bits(acc))
+				m.fmaLanes += 2 * K
+			}
+		}
+		m.tiles[td] = out
+	}
+	return nil
 }
 
 // vector executes the vector instructions.
@@ -1160,7 +1442,7 @@ func (m *asmMachine) address(op asmOperand) uint64 {
 	if op.kind == kFrame {
 		return m.frame + uint64(op.off)
 	}
-	return m.gpr[op.reg] + uint64(op.off)
+	return m.gpr[op.reg] + m.gpr[op.index]*uint64(op.scale) + uint64(op.off)
 }
 
 // scalarValue is an immediate or general register operand.
@@ -1576,6 +1858,10 @@ top:
 	if d0, d1 := code[1].args[0].off, code[3].args[0].off; d0 != 24 || d1 != 28 {
 		t.Errorf("displacements %d, %d; want 24, 28", d0, d1)
 	}
+	idx, err := parseOperand("-8(R10)(R12*4)", false)
+	if err != nil || idx.kind != kMem || idx.reg != 10 || idx.index != 12 || idx.scale != 4 || idx.off != -8 {
+		t.Errorf("-8(R10)(R12*4) parsed as %+v, %v", idx, err)
+	}
 	if code[7].target != 1 {
 		t.Errorf("JNZ top goes to %d, want 1", code[7].target)
 	}
@@ -1584,7 +1870,8 @@ top:
 		{text + "VADDPS Y0, Y1, Y2", "VADDPS not implemented"},
 		{text + "MOVL n+0(FP), AX", "4-byte access"},
 		{text + "MOVQ m+0(FP), AX", "no argument named m"},
-		{text + "VMOVUPS (SI)(BX*4), Y0", "not supported"},
+		{text + "VMOVUPS (SI)(BX*3), Y0", "not supported"},
+		{text + "VMOVUPS (SI)(Y1*4), Y0", "not a general register"},
 		{text + "VMULPS Y0, Y1, Z2", "mixed vector widths"},
 		{text + "JZ nowhere", "undefined label"},
 		{"TEXT ·f(SB), NOSPLIT, $0-16\n", "needs 8 argument bytes"},
@@ -1641,6 +1928,10 @@ func TestInterpDecodesFile(t *testing.T) {
 		"kernelAVX2":    {"AVX", "FMA"},
 		"fmaLoopAVX2":   {"AVX", "FMA"},
 		"kernelAVX512":  {"AVX", "AVX512F", "AVX512VL"}, // what hasAVX512 checks
+		"kernelAVX2S":   {"AVX", "FMA"},
+		"kernelAVX512S": {"AVX", "AVX512F", "AVX512VL"},
+		"kernelAMXBF16": {"AVX", "AVX512F", "AMX-TILE", "AMX-BF16"}, // what amxAvailable checks
+		"amxPeakLoop":   {"AMX-TILE", "AMX-BF16"},
 		"fmaLoopAVX512": {"AVX", "AVX512F", "AVX512VL"},
 		// what hasAVX512BF16 checks
 		"kernelAVX512BF16": {"AVX", "AVX512F", "AVX512VL", "AVX512BF16"},

@@ -3,6 +3,7 @@ package gemm
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"testing"
 )
 
@@ -49,13 +50,23 @@ func benchOne(b *testing.B, e *Engine, transA, transB bool, m, n, k int) {
 	for i := range bm {
 		bm[i] = float32(i%11)/11 - 0.5
 	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
 	b.ResetTimer()
+	cpu0, _ := threadCPU()
 	for b.Loop() {
 		e.Sgemm(transA, transB, m, n, k, 1, a, ac, bm, bc, 0, c, n)
 	}
+	cpu1, _ := threadCPU()
+	cpu := (cpu1 - cpu0).Seconds()
 	flops := 2 * float64(m) * float64(n) * float64(k) * float64(b.N)
 	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	if e.Threads() == 1 && cpu > 0 {
+		// On a loaded machine the calling thread's CPU time, not the
+		// wall clock, is what one thread's work took.
+		b.ReportMetric(flops/cpu/1e9, "cpu-GFLOP/s")
+	}
 }
 
 func BenchmarkPeak(b *testing.B) {
@@ -79,14 +90,19 @@ func BenchmarkMicroKernel(b *testing.B) {
 			a := make([]float32, k*kern.mr)
 			bp := make([]float32, k*kern.nr)
 			c := make([]float32, kern.mr*kern.nr)
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			c0, _ := threadCPU()
 			for b.Loop() {
 				kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1)
 			}
+			c1, _ := threadCPU()
 			flops := 2 * float64(k*kern.mr*kern.nr)
 			if kern.pairs() {
 				flops *= 2
 			}
 			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.ReportMetric(flops*float64(b.N)/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
 		})
 	}
 }
@@ -140,5 +156,89 @@ func BenchmarkPack(b *testing.B) {
 			}
 			b.SetBytes(int64(c.n * kc * 4))
 		})
+	}
+}
+
+// stepShapes are the GEMMs of a `tiny` (d 128, ffn 352) and a `small`
+// (d 512, ffn 1376) training step at 2048 tokens, as the model calls them.
+var stepShapes = []Shape{
+	{false, true, 2048, 128, 128}, {false, true, 2048, 352, 128}, {false, true, 2048, 128, 352},
+	{false, false, 2048, 128, 128}, {false, false, 2048, 352, 128}, {false, false, 2048, 128, 352},
+	{true, false, 128, 128, 2048}, {true, false, 352, 128, 2048}, {true, false, 128, 352, 2048},
+	{false, true, 2048, 512, 512}, {false, true, 2048, 1376, 512}, {false, true, 2048, 512, 1376},
+	{false, false, 2048, 512, 512}, {false, false, 2048, 1376, 512}, {false, false, 2048, 512, 1376},
+	{true, false, 512, 512, 2048}, {true, false, 1376, 512, 2048}, {true, false, 512, 1376, 2048},
+	{false, true, 2048, 4096, 512}, {false, false, 2048, 512, 4096}, {true, false, 4096, 512, 2048},
+}
+
+// BenchmarkOperands times the step shapes with A and B packed or read in
+// place (LOOM_BENCH_THREADS threads, default 1; LOOM_BENCH_KERNEL names
+// another float32 kernel, e.g. avx2), to set the auto rule.
+func BenchmarkOperands(b *testing.B) {
+	threads := 1
+	if v := os.Getenv("LOOM_BENCH_THREADS"); v != "" {
+		fmt.Sscan(v, &threads)
+	}
+	e := New(threads)
+	if name := os.Getenv("LOOM_BENCH_KERNEL"); name != "" {
+		for _, k := range kernelsFor(FP32) {
+			if k.name == name {
+				e.Close()
+				e = newEngine(threads, k)
+			}
+		}
+	}
+	defer e.Close()
+	for _, s := range stepShapes {
+		for _, mode := range []struct{ a, b operand }{
+			{operandPacked, operandPacked}, {operandInPlace, operandPacked}, {operandPacked, operandInPlace}, {operandInPlace, operandInPlace},
+		} {
+			if s.TransB && mode.b == operandInPlace {
+				continue
+			}
+			p := e.def
+			p.inA, p.inB = mode.a, mode.b
+			e.setPlan(s, p)
+			b.Run(fmt.Sprintf("%s/A=%v/B=%v", s, mode.a, mode.b), func(b *testing.B) {
+				benchOne(b, e, s.TransA, s.TransB, s.M, s.N, s.K)
+			})
+		}
+	}
+}
+
+// BenchmarkMicroKernelStrided is BenchmarkMicroKernel for the strided
+// forms: A packed (rsa 1, csa MR), row-major in place (rsa = K, csa 1) and
+// transposed in place (rsa 1, csa = 128), all hot in L1/L2; cpu-GFLOP/s is
+// per CPU-second of the calling thread.
+func BenchmarkMicroKernelStrided(b *testing.B) {
+	for _, kern := range availableKernels() {
+		if kern.strided == nil {
+			continue
+		}
+		for _, lay := range []struct {
+			name     string
+			rsa, csa int
+		}{{"packed", 1, kern.mr}, {"rows", 256, 1}, {"cols", 128, 1}} {
+			b.Run(kern.name+"/"+lay.name, func(b *testing.B) {
+				const k = 256
+				rsa, csa := lay.rsa, lay.csa
+				if lay.name == "cols" {
+					rsa, csa = 1, 128
+				}
+				a := make([]float32, (kern.mr-1)*rsa+(k-1)*csa+1)
+				bp := make([]float32, k*kern.nr)
+				c := make([]float32, kern.mr*kern.nr)
+				runtime.LockOSThread()
+				defer runtime.UnlockOSThread()
+				c0, _ := threadCPU()
+				for b.Loop() {
+					kern.strided(k, &a[0], rsa, csa, &bp[0], kern.nr, &c[0], kern.nr, 1, 1)
+				}
+				c1, _ := threadCPU()
+				flops := 2 * float64(k*kern.mr*kern.nr) * float64(b.N)
+				b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+				b.ReportMetric(flops/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
+			})
+		}
 	}
 }

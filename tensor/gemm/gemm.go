@@ -32,7 +32,8 @@
 // NC=4096; on Zen 5 (48 KiB, 1 MiB) the AVX-512 kernel runs MC=336, KC=192.
 // With Options.Tune each large shape gets its own plan (tune.go).
 //
-// Threads: New starts threads-1 worker goroutines; each call splits C into
+// Threads: New starts threads-1 helper goroutines (a par.Pool, or the
+// pool of Options.Pool shared with tensor/fast); each call splits C into
 // a grid of at most `threads` blocks (rows in multiples of MR, columns in
 // multiples of NR) chosen to minimize packing per worker (or the plan's
 // grid), and each worker runs the loop nest above on its block with its own
@@ -45,6 +46,9 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
+
+	"github.com/loomtrain/loom/tensor/internal/par"
 )
 
 // Engine multiplies matrices on a fixed pool of worker goroutines created by
@@ -61,12 +65,35 @@ type Engine struct {
 	mu      sync.Mutex // serializes Sgemm: the workers' buffers are shared state
 	cur     plan       // the current call's plan (the jobs point at it)
 	plans   map[Shape]plan
-	tuner   *tuner // nil when tuning is off
-	workers []*worker
-	jobs    []chan *job // one channel per worker but the first, which runs on the caller
-	wg      sync.WaitGroup
-	parts   []job // per-call partition, reused
+	tuner   *tuner    // nil when tuning is off
+	workers []*worker // pack buffers of part i of a call (whichever thread runs it)
+	pool    *par.Pool
+	ownPool bool     // created by the engine, closed by Close
+	parts   []job    // per-call partition, reused
+	run     partTask // runs e.parts[i] on e.workers[i]
 	closed  bool
+	// timing makes run record each part's thread CPU time in partCPU
+	// (the tuner's clock, timeJob).
+	timing  bool
+	partCPU []time.Duration
+}
+
+// partTask runs the parts of a call on the pool.
+type partTask struct{ e *Engine }
+
+func (t partTask) Run(_, i int) {
+	e := t.e
+	if !e.timing {
+		e.workers[i].run(&e.parts[i])
+		return
+	}
+	c0, ok0 := threadCPU()
+	e.workers[i].run(&e.parts[i])
+	c1, ok1 := threadCPU()
+	e.partCPU[i] = -1
+	if ok0 && ok1 {
+		e.partCPU[i] = c1 - c0
+	}
 }
 
 // plan is how one call is computed: the micro-kernel, the cache blocks and
@@ -78,6 +105,44 @@ type plan struct {
 	blocks   blockSizes
 	tm, tn   int
 	maxParts int // ≤ 0: the engine's threads
+	// inA and inB say whether the micro-kernel reads A or B in place
+	// (kernel.strided) instead of from packed panels: operand auto
+	// decides per call (inPlace), the others fix it.
+	inA, inB operand
+}
+
+// operand is how the micro-kernel reads one input: packed into panels,
+// or in place through the strided kernel (which B allows only when it is
+// not transposed: its rows must hold NR contiguous columns).
+type operand int8
+
+const (
+	operandAuto    operand = iota // chosen per call by inPlace
+	operandPacked                 // always packed
+	operandInPlace                // in place where the kernel and layout allow
+)
+
+// String is "auto", "packed" or "in-place" (the Plan and cache spelling).
+func (o operand) String() string {
+	switch o {
+	case operandPacked:
+		return "packed"
+	case operandInPlace:
+		return "in-place"
+	}
+	return "auto"
+}
+
+func parseOperandMode(s string) (operand, bool) {
+	switch s {
+	case "", "auto":
+		return operandAuto, true
+	case "packed":
+		return operandPacked, true
+	case "in-place":
+		return operandInPlace, true
+	}
+	return 0, false
 }
 
 // job is one worker's share of a call: a rectangular block of C.
@@ -115,6 +180,11 @@ type Options struct {
 	// first call, bounded in time, and caches the result on disk (see
 	// TuneOptions). nil uses the blocking derived from the cache sizes.
 	Tune *TuneOptions
+	// Pool, when non-nil, runs the engine's parallel parts on threads
+	// shared with other kernels (tensor/fast); Threads is then the pool's.
+	// The engine must not be called while the pool runs another op. nil:
+	// the engine starts a pool of its own, stopped by Close.
+	Pool *par.Pool
 }
 
 // New returns an Engine with the given number of threads (≤ 0 means
@@ -146,8 +216,11 @@ func NewWith(o Options) (*Engine, error) {
 	if threads <= 0 {
 		threads = runtime.NumCPU()
 	}
+	if o.Pool != nil {
+		threads = o.Pool.Threads()
+	}
 	cs := readCacheSizes()
-	e := newEngineKernels(threads, o.Precision, ks, cs, chooseBlocks(cs, ks[0], threads))
+	e := newEngineKernelsPool(threads, o.Precision, ks, cs, chooseBlocks(cs, ks[0], threads), o.Pool)
 	if o.Tune != nil {
 		t, err := newTuner(e, *o.Tune)
 		if err != nil {
@@ -178,41 +251,38 @@ func newEngineBlocks(threads int, kern kernel, blocks blockSizes) *Engine {
 }
 
 func newEngineKernels(threads int, prec Precision, ks []kernel, cs cacheSizes, blocks blockSizes) *Engine {
+	return newEngineKernelsPool(threads, prec, ks, cs, blocks, nil)
+}
+
+func newEngineKernelsPool(threads int, prec Precision, ks []kernel, cs cacheSizes, blocks blockSizes, pool *par.Pool) *Engine {
 	e := &Engine{threads: threads, precision: prec, kernels: ks, caches: cs,
-		def: plan{kern: ks[0], blocks: blocks}, plans: map[Shape]plan{}}
+		def: plan{kern: ks[0], blocks: blocks}, plans: map[Shape]plan{}, pool: pool}
+	if pool == nil {
+		e.pool, e.ownPool = par.New(threads), true
+	}
 	e.workers = make([]*worker, threads)
 	for i := range e.workers {
 		e.workers[i] = &worker{}
 		e.workers[i].grow(&e.def)
 	}
 	e.parts = make([]job, threads)
-	e.jobs = make([]chan *job, threads)
-	for i := 1; i < threads; i++ {
-		ch := make(chan *job)
-		e.jobs[i] = ch
-		go e.workers[i].loop(ch, &e.wg)
-	}
+	e.partCPU = make([]time.Duration, threads)
+	e.run = partTask{e}
 	return e
 }
 
 // grow makes the worker's buffers large enough for p.
 func (w *worker) grow(p *plan) {
 	k, b := p.kern, p.blocks
-	if n := roundUp(b.mc, k.mr) * roundUp(b.kc, 2); len(w.apack) < n {
+	depth := max(roundUp(b.kc, 2), k.depth(b.kc)) // floats, or words of bf16 pairs (padded for AMX)
+	if n := roundUp(b.mc, k.mr) * depth; len(w.apack) < n {
 		w.apack = make([]float32, n)
 	}
-	if n := roundUp(b.kc, 2) * roundUp(b.nc, k.nr); len(w.bpack) < n {
+	if n := depth * roundUp(b.nc, k.nr); len(w.bpack) < n {
 		w.bpack = make([]float32, n)
 	}
 	if n := k.mr * k.nr; len(w.edge) < n {
 		w.edge = make([]float32, n)
-	}
-}
-
-func (w *worker) loop(ch <-chan *job, wg *sync.WaitGroup) {
-	for j := range ch {
-		w.run(j)
-		wg.Done()
 	}
 }
 
@@ -224,8 +294,8 @@ func (e *Engine) Close() {
 		return
 	}
 	e.closed = true
-	for _, ch := range e.jobs[1:] {
-		close(ch)
+	if e.ownPool {
+		e.pool.Close()
 	}
 }
 
@@ -274,7 +344,11 @@ type Plan struct {
 	GridM      int    `json:"grid_m"` // thread grid over C (0: chosen per call)
 	GridN      int    `json:"grid_n"`
 	MaxThreads int    `json:"max_threads"` // 0: all of the engine's
-	Tuned      bool   `json:"tuned"`       // from the tuner (or its cache), not derived
+	// A and B: "packed", "in-place" (read by the strided micro-kernel
+	// without packing) or "auto" (chosen per call from the shape).
+	A     string `json:"a"`
+	B     string `json:"b"`
+	Tuned bool   `json:"tuned"` // from the tuner (or its cache), not derived
 }
 
 // PlanFor reports how the engine computes s now.
@@ -290,7 +364,7 @@ func (e *Engine) PlanFor(s Shape) Plan {
 
 func (p *plan) public(tuned bool) Plan {
 	return Plan{Kernel: p.kern.name, MR: p.kern.mr, NR: p.kern.nr, MC: p.blocks.mc, KC: p.blocks.kc, NC: p.blocks.nc,
-		GridM: p.tm, GridN: p.tn, MaxThreads: max(p.maxParts, 0), Tuned: tuned}
+		GridM: p.tm, GridN: p.tn, MaxThreads: max(p.maxParts, 0), A: p.inA.String(), B: p.inB.String(), Tuned: tuned}
 }
 
 // setPlan installs p for s (tuning and tests), growing the buffers.
@@ -348,19 +422,16 @@ func (e *Engine) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []floa
 	e.runJob(&whole)
 }
 
-// runJob splits j over the workers and waits for them.
-func (e *Engine) runJob(j *job) {
+// runJob splits j over the workers, waits for them and returns the
+// number of parts.
+func (e *Engine) runJob(j *job) int {
 	parts := e.partition(j)
 	if parts == 1 {
-		e.workers[0].run(&e.parts[0])
-		return
+		e.run.Run(0, 0)
+		return 1
 	}
-	e.wg.Add(parts - 1)
-	for i := 1; i < parts; i++ {
-		e.jobs[i] <- &e.parts[i]
-	}
-	e.workers[0].run(&e.parts[0])
-	e.wg.Wait()
+	e.pool.Run(e.run, parts)
+	return parts
 }
 
 // minFlopsPerThread keeps small problems on fewer threads: handing a job to
@@ -457,6 +528,10 @@ func (w *worker) run(j *job) {
 	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, blocks.kc)), 4)
 	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, blocks.mc)), kern.mr)
 	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, ncFor(blocks, kern, j.m, j.k, kc0))), kern.nr)
+	if inA, inB := j.plan.inPlace(j); inA || inB {
+		w.runInPlace(j, kc0, mc0, nc0, inA, inB)
+		return
+	}
 	for jc := 0; jc < j.n; jc += nc0 {
 		nc := min(nc0, j.n-jc)
 		for pc := 0; pc < j.k; pc += kc0 {
@@ -471,6 +546,124 @@ func (w *worker) run(j *job) {
 				mc := min(mc0, j.m-ic)
 				kern.packA(w.apack, j.transA, j.a, j.lda, ic, pc, mc, kc, kern.mr)
 				w.macro(&kern, mc, nc, kern.depth(kc), alpha, load, j.c[ic*j.ldc+jc:], j.ldc)
+			}
+		}
+	}
+}
+
+// inPlace resolves the plan's operand modes for job j: whether the
+// micro-kernel reads A, and B, in place. Only float32 kernels have a
+// strided form, and B qualifies only untransposed.
+//
+// Packing an operand is one pass over it that pays off through reuse: each
+// packed element of A feeds N output columns, each of B M rows. Auto reads
+// an operand in place when that reuse is at most the kernel's autoInPlace,
+// where the pass costs more than the strided kernel's slower access saves.
+// Measured on a Sapphire-Rapids-class Xeon, one thread (`go test -bench
+// Operands ./tensor/gemm`, CPU-time rates), AVX-512: the d = 128 shapes of
+// `tiny` gain 5–25% (tn 128×128×2048: 103 → 130 GFLOP/s, both in place),
+// the d = 512 shapes of `small` lose up to 20% (tn 512×512×2048: 103 →
+// 80), hence 384; AVX2 (LOOM_BENCH_KERNEL=avx2): in place lost 10–20% at
+// every shape (its 6×16 step has too few FMAs to hide the strided
+// addressing), hence 0. The tuner tries the other modes per shape.
+func (p *plan) inPlace(j *job) (inA, inB bool) {
+	if p.kern.strided == nil {
+		return false, false
+	}
+	reuse := p.kern.autoInPlace
+	inA = p.inA == operandInPlace || p.inA == operandAuto && j.n <= reuse
+	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && j.m <= reuse)
+	return inA, inB
+}
+
+// runInPlace is run for plans that read A or B (or both) in place: the
+// operand is not packed, except a partial edge panel (fewer than MR rows
+// of A or NR columns of B), which is packed at the start of its pack
+// buffer so the kernel never reads past the matrix.
+func (w *worker) runInPlace(j *job, kc0, mc0, nc0 int, inA, inB bool) {
+	kern := j.plan.kern
+	mr, nr := kern.mr, kern.nr
+	for jc := 0; jc < j.n; jc += nc0 {
+		nc := min(nc0, j.n-jc)
+		for pc := 0; pc < j.k; pc += kc0 {
+			kc := min(kc0, j.k-pc)
+			load := j.load || pc > 0
+			alpha := float32(1)
+			if pc+kc >= j.k {
+				alpha = j.alpha
+			}
+			switch {
+			case !inB:
+				kern.packB(w.bpack, j.transB, j.b, j.ldb, pc, jc, kc, nc, nr)
+			case nc%nr != 0:
+				kern.packB(w.bpack, j.transB, j.b, j.ldb, pc, jc+nc/nr*nr, kc, nc%nr, nr)
+			}
+			for ic := 0; ic < j.m; ic += mc0 {
+				mc := min(mc0, j.m-ic)
+				switch {
+				case !inA:
+					kern.packA(w.apack, j.transA, j.a, j.lda, ic, pc, mc, kc, mr)
+				case mc%mr != 0:
+					kern.packA(w.apack, j.transA, j.a, j.lda, ic+mc/mr*mr, pc, mc%mr, kc, mr)
+				}
+				w.macroInPlace(j, ic, pc, jc, mc, nc, kc, inA, inB, alpha, load)
+			}
+		}
+	}
+}
+
+// macroInPlace is macro with A and B panels from the pack buffers or in
+// place, for the block C[ic:ic+mc, jc:jc+nc] and the K slice [pc, pc+kc).
+func (w *worker) macroInPlace(j *job, ic, pc, jc, mc, nc, kc int, inA, inB bool, alpha float32, load bool) {
+	kern := &j.plan.kern
+	mr, nr := kern.mr, kern.nr
+	ld := 0
+	if load {
+		ld = 1
+	}
+	ldc := j.ldc
+	c := j.c[ic*ldc+jc:]
+	// A(i, p) of the stored matrix, relative to (ic, pc).
+	aRS, aCS, aOrg := j.lda, 1, ic*j.lda+pc
+	if j.transA {
+		aRS, aCS, aOrg = 1, j.lda, pc*j.lda+ic
+	}
+	for jr := 0; jr < nc; jr += nr {
+		nrr := min(nr, nc-jr)
+		bp, ldb := (*float32)(nil), nr
+		switch {
+		case !inB:
+			bp = &w.bpack[jr*kc]
+		case nrr == nr:
+			bp, ldb = &j.b[pc*j.ldb+jc+jr], j.ldb
+		default:
+			bp = &w.bpack[0] // the packed edge panel
+		}
+		for ir := 0; ir < mc; ir += mr {
+			mrr := min(mr, mc-ir)
+			ap, rsa, csa := (*float32)(nil), 1, mr
+			switch {
+			case !inA:
+				ap = &w.apack[ir*kc]
+			case mrr == mr:
+				ap, rsa, csa = &j.a[aOrg+ir*aRS], aRS, aCS
+			default:
+				ap = &w.apack[0]
+			}
+			if mrr == mr && nrr == nr {
+				cp := c[ir*ldc+jr : ir*ldc+jr+(mr-1)*ldc+nr] // bounds check for the kernel
+				kern.strided(kc, ap, rsa, csa, bp, ldb, &cp[0], ldc, ld, alpha)
+				continue
+			}
+			edge := w.edge[:mr*nr]
+			if load {
+				for i := 0; i < mrr; i++ {
+					copy(edge[i*nr:i*nr+nrr], c[(ir+i)*ldc+jr:])
+				}
+			}
+			kern.strided(kc, ap, rsa, csa, bp, ldb, &edge[0], nr, ld, alpha)
+			for i := 0; i < mrr; i++ {
+				copy(c[(ir+i)*ldc+jr:(ir+i)*ldc+jr+nrr], edge[i*nr:i*nr+nrr])
 			}
 		}
 	}

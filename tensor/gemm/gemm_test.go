@@ -386,7 +386,7 @@ func TestPartition(t *testing.T) {
 }
 
 func TestSelfCheck(t *testing.T) {
-	for _, kern := range availableKernels() {
+	for _, kern := range append(availableKernels(), genericAMXKernel) {
 		if err := selfCheck(kern); err != nil {
 			t.Error(err)
 		}

@@ -54,9 +54,22 @@ type kernel struct {
 	// round marks a float32 kernel run on inputs rounded to bf16 while
 	// packing (precision BF16, k-steps single values): where VDPBF16PS is
 	// no faster than FMA, the same bf16 products at the FMA rate.
-	round  bool
+	round bool
+	// amx marks the AMX-BF16 layouts (amx.go): A in tile-row blocks, the
+	// depth padded to 16 k-pairs.
+	amx    bool
 	mr, nr int
 	full   func(k int, a, b, c *float32, ldc int, load int, alpha float32)
+	// strided is full on operands in place: A(i, p) at a[i·rsa + p·csa]
+	// and B(p, j) at b[p·ldb + j] (floats), so an operand whose stored
+	// layout already is a panel — B not transposed, or A either way, read
+	// by broadcasts — needs no packing. The same FMAs in the same order as
+	// full: the results are the same bits. nil for kernels over packed
+	// pairs or rounded panels (bf16), which must pack.
+	strided func(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+	// autoInPlace is the largest reuse (N for A, M for B) at which a plan
+	// with operandAuto reads an operand in place (plan.inPlace); 0: never.
+	autoInPlace int
 	// peak runs n iterations of an independent-FMA (or dot-product) loop
 	// and returns the FLOPs done, for MeasurePeak; nil when there is none.
 	peak func(n int) float64
@@ -76,12 +89,17 @@ func (k *kernel) family() string {
 		return "fp32-fma"
 	case k.round:
 		return "bf16-fma" // a float32 FMA chain over bf16 values
+	case k.amx:
+		return "bf16-amx" // TDPBF16PS pairs: lo then hi, subnormals flushed
 	}
 	return "bf16-dp" // VDPBF16PS pairs: hi then lo, subnormals flushed
 }
 
 // depth is the kernel's k argument for a KC slice of kc.
 func (k *kernel) depth(kc int) int {
+	if k.amx {
+		return amxDepth(kc)
+	}
 	if k.pairs() {
 		return (kc + 1) / 2
 	}
@@ -89,6 +107,10 @@ func (k *kernel) depth(kc int) int {
 }
 
 func (k *kernel) packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, kc, mr int) {
+	if k.amx {
+		packAAMX(words(dst), trans, a, lda, ic, pc, mc, kc)
+		return
+	}
 	if k.pairs() {
 		packABF16(words(dst), trans, a, lda, ic, pc, mc, kc, mr)
 		return
@@ -100,6 +122,10 @@ func (k *kernel) packA(dst []float32, trans bool, a []float32, lda, ic, pc, mc, 
 }
 
 func (k *kernel) packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr int) {
+	if k.amx {
+		packBAMX(words(dst), trans, b, ldb, pc, jc, kc, nc)
+		return
+	}
 	if k.pairs() {
 		packBBF16(words(dst), trans, b, ldb, pc, jc, kc, nc, nr)
 		return
@@ -113,7 +139,7 @@ func (k *kernel) packB(dst []float32, trans bool, b []float32, ldb, pc, jc, kc, 
 // genericKernel is the pure-Go 4×4 micro-kernel for CPUs without a
 // hand-written one: sixteen scalar accumulators (about 3 GFLOP/s; it
 // exists for portability, not speed).
-var genericKernel = kernel{name: "generic", mr: 4, nr: 4, full: kernelGeneric}
+var genericKernel = kernel{name: "generic", mr: 4, nr: 4, full: kernelGeneric, strided: kernelGenericS}
 
 // genericBF16Kernel is genericKernel over bf16 pairs, computing exactly
 // what VDPBF16PS computes (see kernelGenericBF16).
@@ -141,7 +167,8 @@ func familyOf(ks []kernel, f string) []kernel {
 	return out
 }
 
-// bf16Kernels picks the bf16 family for this CPU: the VDPBF16PS kernels
+// bf16Kernels picks the bf16 family for this CPU: AMX where the CPU and
+// Linux allow it (amxAvailable), else the VDPBF16PS kernels
 // when their dot-product loop beats the FMA loop by 25% (Zen 5: ≈ 1.8×),
 // else float32 FMA kernels on bf16-rounded panels (a Sapphire-Rapids-class
 // Xeon VM ran VDPBF16PS at half its FMA rate), else the pure-Go kernel.
@@ -149,6 +176,11 @@ func familyOf(ks []kernel, f string) []kernel {
 // and the choice is per machine.
 func bf16Kernels() []kernel {
 	ks := kernelsFor(BF16)
+	// AMX tiles (where CPUID and the OS allow them) beat both by far; a
+	// kernel that fails its self-check on the real hardware is passed over.
+	if amx := familyOf(ks, "bf16-amx"); len(amx) > 0 && selfCheck(amx[0]) == nil {
+		return amx
+	}
 	dp, fma := familyOf(ks, "bf16-dp"), familyOf(ks, "bf16-fma")
 	if len(fma) == 0 || dp[0].peak == nil {
 		return dp

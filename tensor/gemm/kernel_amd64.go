@@ -12,10 +12,44 @@ func kernelAVX512(k int, a, b, c *float32, ldc int, load int, alpha float32)
 //go:noescape
 func kernelAVX2(k int, a, b, c *float32, ldc int, load int, alpha float32)
 
+// kernelAVX512S and kernelAVX2S are kernelAVX512 and kernelAVX2 on
+// operands in place (kernel.strided): A(i, p) at a[i·rsa + p·csa], B(p, j)
+// at b[p·ldb + j].
+//
+//go:noescape
+func kernelAVX512S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+
+//go:noescape
+func kernelAVX2S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+
 // kernelAVX512BF16 is kernelAVX512 over bf16 pairs (k counts pairs).
 //
 //go:noescape
 func kernelAVX512BF16(k int, a, b, c *float32, ldc int, load int, alpha float32)
+
+// kernelAMXBF16 is the AMX-BF16 32×32 kernel over AMX panels (amx.go):
+// k counts k-pairs (a multiple of 16), cfg is amxTileConfig's block.
+//
+//go:noescape
+func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte)
+
+// kernelAMX is kernelAMXBF16 with the tile configuration (on the stack).
+func kernelAMX(k int, a, b, c *float32, ldc int, load int, alpha float32) {
+	cfg := amxTileConfig()
+	kernelAMXBF16(k, a, b, c, ldc, load, alpha, &cfg[0])
+}
+
+// amxPeakLoop runs n iterations of four independent TDPBF16PS.
+func amxPeakLoop(n int, cfg *byte)
+
+// amxKernel is the AMX-BF16 kernel (bf16-amx), available where
+// amxAvailable reports no error.
+var amxKernel = kernel{name: "amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelAMX,
+	peak: func(n int) float64 {
+		cfg := amxTileConfig()
+		amxPeakLoop(n, &cfg[0])
+		return float64(n) * 4 * 16 * 16 * 32 * 2
+	}}
 
 // fmaLoopAVX512 runs n iterations of 24 independent zmm FMAs.
 func fmaLoopAVX512(n int)
@@ -29,12 +63,12 @@ func dpLoopAVX512BF16(n int)
 // avx512Kernel is 14×32: 28 zmm accumulators, two zmm B rows and two
 // broadcast registers use all 32 zmm registers. The 14:32 shape gives the
 // most FMAs per load of any tile that fits.
-var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512,
+var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512, strided: kernelAVX512S, autoInPlace: 384,
 	peak: func(n int) float64 { fmaLoopAVX512(n); return float64(n) * 24 * 16 * 2 }}
 
 // avx2Kernel is 6×16 (BLIS Haswell/Zen): 12 ymm accumulators, two ymm B rows
 // and two broadcast registers use all 16 ymm registers.
-var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2,
+var avx2Kernel = kernel{name: "avx2", mr: 6, nr: 16, full: kernelAVX2, strided: kernelAVX2S,
 	peak: func(n int) float64 { fmaLoopAVX2(n); return float64(n) * 12 * 8 * 2 }}
 
 // avx512BF16Kernel is avx512Kernel's 14×32 tile over bf16 pairs: each
@@ -64,6 +98,9 @@ func availableKernels() []kernel {
 		ks = append(ks, avx2Kernel)
 	}
 	ks = append(ks, genericKernel)
+	if amxAvailable() == nil {
+		ks = append(ks, amxKernel)
+	}
 	if hasAVX512BF16() {
 		ks = append(ks, avx512BF16Kernel)
 	}

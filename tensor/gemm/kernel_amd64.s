@@ -155,6 +155,131 @@ avx2_done:
 	VZEROUPPER
 	RET
 
+// ---------------------------------------------------- AVX2 6×16, strided
+
+// kernelAVX2S is kernelAVX2 on operands in place, with kernelAVX512S's
+// arguments and registers (rows 0–4 from SI, row 5 at R10).
+
+#define AVX2_ROW_AT(src, t, acc0, acc1) \
+	VBROADCASTSS src, t; \
+	VFMADD231PS  Y0, t, acc0; \
+	VFMADD231PS  Y1, t, acc1
+
+#define AVX2S_STEP \
+	VMOVUPS (DI), Y0; \
+	VMOVUPS 32(DI), Y1; \
+	AVX2_ROW_AT((SI), Y2, Y4, Y5); \
+	AVX2_ROW_AT((SI)(AX*1), Y3, Y6, Y7); \
+	AVX2_ROW_AT((SI)(AX*2), Y2, Y8, Y9); \
+	AVX2_ROW_AT((SI)(R12*1), Y3, Y10, Y11); \
+	AVX2_ROW_AT((SI)(AX*4), Y2, Y12, Y13); \
+	AVX2_ROW_AT((R10), Y3, Y14, Y15)
+
+// func kernelAVX2S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+TEXT ·kernelAVX2S(SB), NOSPLIT, $0-76
+	MOVQ c+48(FP), DX
+	MOVQ ldc+56(FP), R8
+	SHLQ $2, R8
+
+	MOVQ load+64(FP), AX
+	TESTQ AX, AX
+	JNZ  avx2s_load
+
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	VXORPS Y12, Y12, Y12
+	VXORPS Y13, Y13, Y13
+	VXORPS Y14, Y14, Y14
+	VXORPS Y15, Y15, Y15
+
+	MOVQ DX, R9
+	PREFETCHT0 (R9)
+	PREFETCHT0 63(R9)
+	ADDQ R8, R9
+	PREFETCHT0 (R9)
+	PREFETCHT0 63(R9)
+	ADDQ R8, R9
+	PREFETCHT0 (R9)
+	PREFETCHT0 63(R9)
+	ADDQ R8, R9
+	PREFETCHT0 (R9)
+	PREFETCHT0 63(R9)
+	ADDQ R8, R9
+	PREFETCHT0 (R9)
+	PREFETCHT0 63(R9)
+	ADDQ R8, R9
+	PREFETCHT0 (R9)
+	PREFETCHT0 63(R9)
+	ADDQ R8, R9
+	JMP  avx2s_k
+
+avx2s_load:
+	MOVQ DX, R9
+	AVX2_LOAD(Y4, Y5)
+	AVX2_LOAD(Y6, Y7)
+	AVX2_LOAD(Y8, Y9)
+	AVX2_LOAD(Y10, Y11)
+	AVX2_LOAD(Y12, Y13)
+	AVX2_LOAD(Y14, Y15)
+
+avx2s_k:
+	MOVQ k+0(FP), CX
+	MOVQ a+8(FP), SI
+	MOVQ rsa+16(FP), AX
+	SHLQ $2, AX
+	MOVQ csa+24(FP), R13
+	SHLQ $2, R13
+	MOVQ b+32(FP), DI
+	MOVQ ldb+40(FP), R9
+	SHLQ $2, R9
+	MOVQ AX, R12 // R12 = 3·rsa
+	ADDQ AX, R12
+	ADDQ AX, R12
+	MOVQ SI, R10 // R10 = row 5
+	ADDQ R12, R10
+	ADDQ AX, R10
+	ADDQ AX, R10
+	TESTQ CX, CX
+	JZ   avx2s_done
+
+avx2s_loop:
+	AVX2S_STEP
+	ADDQ R13, SI
+	ADDQ R13, R10
+	ADDQ R9, DI
+	DECQ CX
+	JNZ  avx2s_loop
+
+avx2s_done:
+	VBROADCASTSS alpha+72(FP), Y0
+	VMULPS Y0, Y4, Y4
+	VMULPS Y0, Y5, Y5
+	VMULPS Y0, Y6, Y6
+	VMULPS Y0, Y7, Y7
+	VMULPS Y0, Y8, Y8
+	VMULPS Y0, Y9, Y9
+	VMULPS Y0, Y10, Y10
+	VMULPS Y0, Y11, Y11
+	VMULPS Y0, Y12, Y12
+	VMULPS Y0, Y13, Y13
+	VMULPS Y0, Y14, Y14
+	VMULPS Y0, Y15, Y15
+
+	AVX2_STORE(Y4, Y5)
+	AVX2_STORE(Y6, Y7)
+	AVX2_STORE(Y8, Y9)
+	AVX2_STORE(Y10, Y11)
+	AVX2_STORE(Y12, Y13)
+	AVX2_STORE(Y14, Y15)
+	VZEROUPPER
+	RET
+
 // ------------------------------------------------------------- AVX-512 14×32
 
 #define Z_ROW(ao, t, acc0, acc1) \
@@ -310,6 +435,182 @@ z_loop1:
 
 z_done:
 	VBROADCASTSS alpha+48(FP), Z0
+	Z_SCALE(Z4, Z5)
+	Z_SCALE(Z6, Z7)
+	Z_SCALE(Z8, Z9)
+	Z_SCALE(Z10, Z11)
+	Z_SCALE(Z12, Z13)
+	Z_SCALE(Z14, Z15)
+	Z_SCALE(Z16, Z17)
+	Z_SCALE(Z18, Z19)
+	Z_SCALE(Z20, Z21)
+	Z_SCALE(Z22, Z23)
+	Z_SCALE(Z24, Z25)
+	Z_SCALE(Z26, Z27)
+	Z_SCALE(Z28, Z29)
+	Z_SCALE(Z30, Z31)
+
+	Z_STORE(Z4, Z5)
+	Z_STORE(Z6, Z7)
+	Z_STORE(Z8, Z9)
+	Z_STORE(Z10, Z11)
+	Z_STORE(Z12, Z13)
+	Z_STORE(Z14, Z15)
+	Z_STORE(Z16, Z17)
+	Z_STORE(Z18, Z19)
+	Z_STORE(Z20, Z21)
+	Z_STORE(Z22, Z23)
+	Z_STORE(Z24, Z25)
+	Z_STORE(Z26, Z27)
+	Z_STORE(Z28, Z29)
+	Z_STORE(Z30, Z31)
+	VZEROUPPER
+	RET
+
+// ------------------------------------------------- AVX-512 14×32, strided
+
+// kernelAVX512S is kernelAVX512 on operands in place: element (i, p) of A
+// at a + i·rsa + p·csa (floats), row p of B at b + p·ldb. Packed panels are
+// the case rsa = 1, csa = MR, ldb = NR; a row-major A is rsa = lda, csa = 1,
+// a transposed one rsa = 1, csa = lda. The FMAs are kernelAVX512's, in the
+// same order, so both give the same bits.
+//
+// Registers: SI, R10, R11 point at rows 0, 5 and 10 of A's column p; AX is
+// rsa and R12 3·rsa in bytes, so rows 0–4 of each group are (SI), (SI)(AX*1),
+// (SI)(AX*2), (SI)(R12*1), (SI)(AX*4). R13 is csa and R9 ldb in bytes, DI
+// walks B, CX counts k, DX and R8 are C and ldc.
+
+#define Z_ROW_AT(src, t, acc0, acc1) \
+	VBROADCASTSS src, t; \
+	VFMADD231PS  Z0, t, acc0; \
+	VFMADD231PS  Z1, t, acc1
+
+#define ZS_STEP \
+	VMOVUPS (DI), Z0; \
+	VMOVUPS 64(DI), Z1; \
+	Z_ROW_AT((SI), Z2, Z4, Z5); \
+	Z_ROW_AT((SI)(AX*1), Z3, Z6, Z7); \
+	Z_ROW_AT((SI)(AX*2), Z2, Z8, Z9); \
+	Z_ROW_AT((SI)(R12*1), Z3, Z10, Z11); \
+	Z_ROW_AT((SI)(AX*4), Z2, Z12, Z13); \
+	Z_ROW_AT((R10), Z3, Z14, Z15); \
+	Z_ROW_AT((R10)(AX*1), Z2, Z16, Z17); \
+	Z_ROW_AT((R10)(AX*2), Z3, Z18, Z19); \
+	Z_ROW_AT((R10)(R12*1), Z2, Z20, Z21); \
+	Z_ROW_AT((R10)(AX*4), Z3, Z22, Z23); \
+	Z_ROW_AT((R11), Z2, Z24, Z25); \
+	Z_ROW_AT((R11)(AX*1), Z3, Z26, Z27); \
+	Z_ROW_AT((R11)(AX*2), Z2, Z28, Z29); \
+	Z_ROW_AT((R11)(R12*1), Z3, Z30, Z31)
+
+// func kernelAVX512S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32)
+TEXT ·kernelAVX512S(SB), NOSPLIT, $0-76
+	MOVQ c+48(FP), DX
+	MOVQ ldc+56(FP), R8
+	SHLQ $2, R8
+
+	MOVQ load+64(FP), AX
+	TESTQ AX, AX
+	JNZ  zs_load
+
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+	VPXORD Z24, Z24, Z24
+	VPXORD Z25, Z25, Z25
+	VPXORD Z26, Z26, Z26
+	VPXORD Z27, Z27, Z27
+	VPXORD Z28, Z28, Z28
+	VPXORD Z29, Z29, Z29
+	VPXORD Z30, Z30, Z30
+	VPXORD Z31, Z31, Z31
+
+	MOVQ DX, R9
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	Z_PREFETCH_ROW
+	JMP  zs_k
+
+zs_load:
+	MOVQ DX, R9
+	Z_LOAD(Z4, Z5)
+	Z_LOAD(Z6, Z7)
+	Z_LOAD(Z8, Z9)
+	Z_LOAD(Z10, Z11)
+	Z_LOAD(Z12, Z13)
+	Z_LOAD(Z14, Z15)
+	Z_LOAD(Z16, Z17)
+	Z_LOAD(Z18, Z19)
+	Z_LOAD(Z20, Z21)
+	Z_LOAD(Z22, Z23)
+	Z_LOAD(Z24, Z25)
+	Z_LOAD(Z26, Z27)
+	Z_LOAD(Z28, Z29)
+	Z_LOAD(Z30, Z31)
+
+zs_k:
+	MOVQ k+0(FP), CX
+	MOVQ a+8(FP), SI
+	MOVQ rsa+16(FP), AX
+	SHLQ $2, AX
+	MOVQ csa+24(FP), R13
+	SHLQ $2, R13
+	MOVQ b+32(FP), DI
+	MOVQ ldb+40(FP), R9
+	SHLQ $2, R9
+	MOVQ AX, R12 // R12 = 3·rsa
+	ADDQ AX, R12
+	ADDQ AX, R12
+	MOVQ SI, R10 // R10 = row 5
+	ADDQ R12, R10
+	ADDQ AX, R10
+	ADDQ AX, R10
+	MOVQ R10, R11 // R11 = row 10
+	ADDQ R12, R11
+	ADDQ AX, R11
+	ADDQ AX, R11
+	TESTQ CX, CX
+	JZ   zs_done
+
+zs_loop:
+	ZS_STEP
+	ADDQ R13, SI
+	ADDQ R13, R10
+	ADDQ R13, R11
+	ADDQ R9, DI
+	DECQ CX
+	JNZ  zs_loop
+
+zs_done:
+	VBROADCASTSS alpha+72(FP), Z0
 	Z_SCALE(Z4, Z5)
 	Z_SCALE(Z6, Z7)
 	Z_SCALE(Z8, Z9)
@@ -527,6 +828,140 @@ bf_done:
 	VZEROUPPER
 	RET
 
+// ------------------------------------------------------------ AMX-BF16 32×32
+
+// The Go assembler has no AMX mnemonics, so the instructions are BYTEs,
+// computed here from their VEX encodings (C4, then R̄X̄B̄ and map 0F38 = 2,
+// then W0, v̄v̄v̄v̄, L0 and pp, the opcode, ModRM, SIB and displacement).
+// Tile numbers are 0–7; general registers by hardware number (DX 2, BX 3,
+// SI 6, DI 7, R8–R10 8–10). objdump decodes them as the mnemonics here.
+
+// LDTILECFG (AX): VEX.128.NP.0F38.W0 49 /0, ModRM mod 00 rm AX.
+#define LDTILECFG_AX \
+	BYTE $0xC4; BYTE $0xE2; BYTE $0x78; BYTE $0x49; BYTE $0x00
+
+// TILERELEASE: VEX.128.NP.0F38.W0 49 C0.
+#define TILERELEASE \
+	BYTE $0xC4; BYTE $0xE2; BYTE $0x78; BYTE $0x49; BYTE $0xC0
+
+// TILEZERO tmm(t): VEX.128.F2.0F38.W0 49 11:t:000.
+#define TILEZERO(t) \
+	BYTE $0xC4; BYTE $0xE2; BYTE $0x7B; BYTE $0x49; BYTE $(0xC0 | ((t)<<3))
+
+// TDPBF16PS tmm(d), tmm(a), tmm(b) — d += a·b: VEX.128.F3.0F38.W0 5C
+// 11:d:a with vvvv = b (operand 2, the A tile, is ModRM.rm; operand 3,
+// the B tile, is VEX.vvvv).
+#define TDPBF16PS(d, a, b) \
+	BYTE $0xC4; BYTE $0xE2; BYTE $((((b)^15)<<3) | 2); BYTE $0x5C; BYTE $(0xC0 | ((d)<<3) | (a))
+
+// The tile's rows at base + disp8 + r·index: VEX prefix bytes 1–2 and the
+// ModRM (mod 01, rm 100: SIB follows), SIB (scale 1) and disp8 shared by
+// TILELOADD (pp F2: 0x7B) and TILESTORED (pp F3: 0x7A).
+#define TILE_SIB8(pp, op, t, base, index, disp) \
+	BYTE $0xC4; \
+	BYTE $(0x80 | (((((index)>>3)&1)^1)<<6) | (((((base)>>3)&1)^1)<<5) | 2); \
+	BYTE $(pp); BYTE $(op); \
+	BYTE $(0x44 | ((t)<<3)); \
+	BYTE $((((index)&7)<<3) | ((base)&7)); \
+	BYTE $(disp)
+
+// The same with a 32-bit displacement (mod 10).
+#define TILE_SIB32(pp, op, t, base, index, disp) \
+	BYTE $0xC4; \
+	BYTE $(0x80 | (((((index)>>3)&1)^1)<<6) | (((((base)>>3)&1)^1)<<5) | 2); \
+	BYTE $(pp); BYTE $(op); \
+	BYTE $(0x84 | ((t)<<3)); \
+	BYTE $((((index)&7)<<3) | ((base)&7)); \
+	BYTE $((disp)&255); BYTE $(((disp)>>8)&255); BYTE $(((disp)>>16)&255); BYTE $(((disp)>>24)&255)
+
+#define TILELOADD(t, base, index, disp) TILE_SIB8(0x7B, 0x4B, t, base, index, disp)
+#define TILELOADD32(t, base, index, disp) TILE_SIB32(0x7B, 0x4B, t, base, index, disp)
+#define TILESTORED(t, base, index, disp) TILE_SIB8(0x7A, 0x4B, t, base, index, disp)
+
+// func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte)
+//
+// C(32×32) = alpha·(C0 + A·B) over AMX panels (amx.go) of k k-pairs, k a
+// multiple of 16, with the tile configuration at cfg (amxTileConfig). C0
+// is C (loaded by TILELOADD) or zero (TILEZERO; C then not read before it
+// is written). tmm0–3 hold C's four 16×16 quarters, tmm4–5 the A tiles,
+// tmm6–7 the B tiles. Alpha ≠ 1 scales the stored block with AVX-512.
+//
+// Registers: SI A, DI B, DX C, R10 C row 16, BX ldc in bytes (the C
+// tiles' stride), R8 64 (A's), R9 128 (B's), CX k.
+TEXT ·kernelAMXBF16(SB), NOSPLIT, $0-64
+	MOVQ cfg+56(FP), AX
+	LDTILECFG_AX
+	MOVQ k+0(FP), CX
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), DI
+	MOVQ c+24(FP), DX
+	MOVQ ldc+32(FP), BX
+	SHLQ $2, BX
+	MOVQ BX, R10
+	SHLQ $4, R10
+	ADDQ DX, R10
+	MOVQ $64, R8
+	MOVQ $128, R9
+
+	MOVQ load+40(FP), AX
+	TESTQ AX, AX
+	JNZ  amx_load
+	TILEZERO(0)
+	TILEZERO(1)
+	TILEZERO(2)
+	TILEZERO(3)
+	JMP  amx_k
+
+amx_load:
+	TILELOADD(0, 2, 3, 0)
+	TILELOADD(1, 2, 3, 64)
+	TILELOADD(2, 10, 3, 0)
+	TILELOADD(3, 10, 3, 64)
+
+amx_k:
+	TESTQ CX, CX
+	JZ    amx_store
+
+amx_loop:
+	TILELOADD(4, 6, 8, 0)
+	TILELOADD32(5, 6, 8, 1024)
+	TILELOADD(6, 7, 9, 0)
+	TILELOADD(7, 7, 9, 64)
+	TDPBF16PS(0, 4, 6)
+	TDPBF16PS(1, 4, 7)
+	TDPBF16PS(2, 5, 6)
+	TDPBF16PS(3, 5, 7)
+	ADDQ $2048, SI
+	ADDQ $2048, DI
+	ADDQ $-16, CX
+	JNZ  amx_loop
+
+amx_store:
+	TILESTORED(0, 2, 3, 0)
+	TILESTORED(1, 2, 3, 64)
+	TILESTORED(2, 10, 3, 0)
+	TILESTORED(3, 10, 3, 64)
+	TILERELEASE
+
+	MOVL alpha+48(FP), AX
+	CMPL AX, $0x3f800000
+	JZ   amx_done
+	VBROADCASTSS alpha+48(FP), Z0
+	MOVQ $32, CX
+
+amx_scale:
+	VMULPS  (DX), Z0, Z1
+	VMOVUPS Z1, (DX)
+	VMULPS  64(DX), Z0, Z2
+	VMOVUPS Z2, 64(DX)
+	ADDQ    BX, DX
+	DECQ    CX
+	JNZ     amx_scale
+
+amx_done:
+	VZEROUPPER
+	RET
+
 // ------------------------------------------------------------ FMA peak loops
 
 // func fmaLoopAVX2(n int)
@@ -676,4 +1111,34 @@ bfdp_loop:
 
 bfdp_done:
 	VZEROUPPER
+	RET
+
+// func amxPeakLoop(n int, cfg *byte)
+// n iterations of four independent TDPBF16PS (16×16 outputs × 16 pairs,
+// 16384 FLOPs each) on tiles configured by cfg (amxTileConfig).
+TEXT ·amxPeakLoop(SB), NOSPLIT, $0-16
+	MOVQ cfg+8(FP), AX
+	LDTILECFG_AX
+	MOVQ n+0(FP), CX
+	TILEZERO(0)
+	TILEZERO(1)
+	TILEZERO(2)
+	TILEZERO(3)
+	TILEZERO(4)
+	TILEZERO(5)
+	TILEZERO(6)
+	TILEZERO(7)
+	TESTQ CX, CX
+	JLE   amxpeak_done
+
+amxpeak_loop:
+	TDPBF16PS(0, 4, 5)
+	TDPBF16PS(1, 6, 7)
+	TDPBF16PS(2, 4, 7)
+	TDPBF16PS(3, 6, 5)
+	DECQ CX
+	JNZ  amxpeak_loop
+
+amxpeak_done:
+	TILERELEASE
 	RET

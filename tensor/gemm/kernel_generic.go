@@ -2,9 +2,20 @@ package gemm
 
 import "unsafe"
 
+// kernelGeneric is the pure-Go 4×4 kernel over packed panels: the
+// strided form with the panels' strides (A: rsa 1, csa 4; B: 4).
 func kernelGeneric(k int, a, b, c *float32, ldc int, load int, alpha float32) {
-	ap := unsafe.Slice(a, 4*k)
-	bp := unsafe.Slice(b, 4*k)
+	kernelGenericS(k, a, 1, 4, b, 4, c, ldc, load, alpha)
+}
+
+// kernelGenericS is kernelGeneric on operands in place: A(i, p) at
+// a[i·rsa + p·csa], B(p, j) at b[p·ldb + j].
+func kernelGenericS(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float32, ldc int, load int, alpha float32) {
+	var ap, bp []float32
+	if k > 0 {
+		ap = unsafe.Slice(a, 3*rsa+(k-1)*csa+1)
+		bp = unsafe.Slice(b, (k-1)*ldb+4)
+	}
 	cs := unsafe.Slice(c, 3*ldc+4)
 	var acc [4][4]float32
 	if load != 0 {
@@ -17,9 +28,9 @@ func kernelGeneric(k int, a, b, c *float32, ldc int, load int, alpha float32) {
 	c20, c21, c22, c23 := acc[2][0], acc[2][1], acc[2][2], acc[2][3]
 	c30, c31, c32, c33 := acc[3][0], acc[3][1], acc[3][2], acc[3][3]
 	for p := 0; p < k; p++ {
-		av := ap[4*p : 4*p+4 : 4*p+4]
-		bv := bp[4*p : 4*p+4 : 4*p+4]
-		a0, a1, a2, a3 := av[0], av[1], av[2], av[3]
+		o := p * csa
+		a0, a1, a2, a3 := ap[o], ap[o+rsa], ap[o+2*rsa], ap[o+3*rsa]
+		bv := bp[p*ldb : p*ldb+4 : p*ldb+4]
 		b0, b1, b2, b3 := bv[0], bv[1], bv[2], bv[3]
 		c00 += a0 * b0
 		c01 += a0 * b1

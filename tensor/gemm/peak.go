@@ -15,15 +15,16 @@ func MeasurePeak(threads int, d time.Duration) float64 {
 }
 
 // MeasurePeakPrecision is MeasurePeak for precision p: for BF16 the
-// faster of the VDPBF16PS loop (each a 16-lane pair of multiply-adds) and
-// the FMA loop (the bf16-fma kernels), the peak the bf16 MFU is measured
-// against. Without an assembly loop it returns 0.
+// fastest of the TDPBF16PS loop (AMX, where available), the VDPBF16PS
+// loop (each a 16-lane pair of multiply-adds) and the FMA loop (the
+// bf16-fma kernels), the peak the bf16 MFU is measured against. Without an
+// assembly loop it returns 0.
 func MeasurePeakPrecision(p Precision, threads int, d time.Duration) float64 {
 	if p == FP32 {
 		return MeasurePeak(threads, d)
 	}
 	best := 0.0
-	for _, f := range []string{"bf16-dp", "bf16-fma"} {
+	for _, f := range []string{"bf16-amx", "bf16-dp", "bf16-fma"} {
 		if ks := familyOf(kernelsFor(p), f); len(ks) > 0 && ks[0].peak != nil {
 			best = max(best, measurePeak(ks[0], threads, d))
 		}

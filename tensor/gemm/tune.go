@@ -52,7 +52,7 @@ type TuneOptions struct {
 
 // tuneFormat versions the cache file and the search: a change to either
 // makes old files ignored.
-const tuneFormat = 1
+const tuneFormat = 3
 
 // tuneFile is the JSON cache.
 type tuneFile struct {
@@ -228,13 +228,19 @@ func (e *Engine) fromPublic(p Plan) (plan, bool) {
 		p.MC*p.KC > 1<<24 || p.NC*p.KC > 1<<26 || p.GridM < 0 || p.GridN < 0 || p.MaxThreads < 0 {
 		return plan{}, false
 	}
+	inA, okA := parseOperandMode(p.A)
+	inB, okB := parseOperandMode(p.B)
+	if !okA || !okB {
+		return plan{}, false
+	}
 	b := e.def.blocks
 	b.mc, b.kc, b.nc = p.MC, p.KC, p.NC
-	return plan{kern: k, blocks: b, tm: p.GridM, tn: p.GridN, maxParts: p.MaxThreads}, true
+	return plan{kern: k, blocks: b, tm: p.GridM, tn: p.GridN, maxParts: p.MaxThreads, inA: inA, inB: inB}, true
 }
 
 // search times candidate plans for s by coordinate descent from the
-// derived plan — kernel, then KC, MC, NC, the thread grid — keeping a
+// derived plan — kernel, then KC, MC, NC, the L3 cap, packed or in-place
+// operands, the thread grid — keeping a
 // change only when it is at least 2% faster, until the deadline. Timed
 // calls use at most ~0.6 GFLOP (M is cut, never N or K) and each
 // candidate's time is the minimum of three calls.
@@ -268,9 +274,7 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 			e.cur = p
 			j := job{transA: s.TransA, transB: s.TransB, m: m, n: s.N, k: s.K, alpha: 1, pre: 1,
 				a: a, lda: ac, b: b, ldb: bc, c: c, ldc: s.N, plan: &e.cur}
-			t0 := time.Now()
-			e.runJob(&j)
-			best = min(best, time.Since(t0))
+			best = min(best, e.timeJob(&j))
 		}
 		return best
 	}
@@ -285,7 +289,7 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		}
 	}
 	for _, k := range e.kernels[1:] {
-		if k.family() != e.def.kern.family() || k.name == "generic" || k.name == "generic-bf16" {
+		if k.family() != e.def.kern.family() || strings.HasPrefix(k.name, "generic") {
 			continue // other arithmetic; the portable kernels are never faster than assembly
 		}
 		try(plan{kern: k, blocks: chooseBlocks(e.caches, k, e.threads)})
@@ -320,6 +324,19 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		p.blocks.cmax = 0
 		try(p)
 	}
+	if cur.kern.strided != nil { // packed or in-place operands (plan.inPlace)
+		base = cur
+		for _, a := range []operand{operandPacked, operandInPlace} {
+			for _, b := range []operand{operandPacked, operandInPlace} {
+				if b == operandInPlace && s.TransB {
+					continue
+				}
+				p := base
+				p.inA, p.inB = a, b
+				try(p)
+			}
+		}
+	}
 	if e.threads > 1 {
 		base = cur
 		for tm := 1; tm <= e.threads; tm++ {
@@ -334,6 +351,32 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		try(p)
 	}
 	return cur
+}
+
+// timeJob runs j and returns its cost: the longest CPU time of one of its
+// parts, each measured on the thread that ran it, where the platform has
+// per-thread clocks (else the wall time). On a machine shared with other
+// work the wall clock counts the time a thread waited for a core, which
+// has nothing to do with the plan being timed — by the wall clock a plan
+// once won on a loaded 2-core VM with the AVX2 kernel over AVX-512 — while
+// the slowest part's CPU time is the call's duration on a machine of its
+// own, load imbalance and memory contention included. A part whose clock
+// reading fails or runs backwards (its goroutine moved to another thread
+// mid-part) makes the wall time the cost.
+func (e *Engine) timeJob(j *job) time.Duration {
+	e.timing = true
+	t0 := time.Now()
+	parts := e.runJob(j)
+	wall := time.Since(t0)
+	e.timing = false
+	var worst time.Duration
+	for _, d := range e.partCPU[:parts] {
+		if d <= 0 || d > 2*wall {
+			return wall
+		}
+		worst = max(worst, d)
+	}
+	return worst
 }
 
 // machineKey names this machine and build for the cache.

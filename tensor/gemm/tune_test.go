@@ -48,12 +48,14 @@ func TestPlansNeverChangeResults(t *testing.T) {
 			for _, tr := range transCases {
 				for _, v := range vs {
 					tc := newCase(rng, s, tr.transA, tr.transB, v, 1)
-					ref := runPlan(t, 1, ks, plan{kern: ks[0], blocks: chooseBlocks(cs, ks[0], 1)}, tc)
-					for trial := range 6 {
+					ref := runPlan(t, 1, ks, plan{kern: ks[0], blocks: chooseBlocks(cs, ks[0], 1), inA: operandPacked, inB: operandPacked}, tc)
+					for trial := range 8 {
 						k := ks[rng.IntN(len(ks))]
 						p := plan{kern: k, blocks: blockSizes{
 							mc: k.mr * (1 + rng.IntN(8)), kc: 4 * (1 + rng.IntN(40)), nc: k.nr * (1 + rng.IntN(12)),
 							cmax: []int{0, 2000}[rng.IntN(2)]}}
+						modes := []operand{operandAuto, operandPacked, operandInPlace}
+						p.inA, p.inB = modes[rng.IntN(3)], modes[rng.IntN(3)]
 						threads := 1 + rng.IntN(3)
 						if rng.IntN(2) == 0 {
 							p.tm = 1 + rng.IntN(threads)
@@ -62,8 +64,8 @@ func TestPlansNeverChangeResults(t *testing.T) {
 						got := runPlan(t, threads, ks, p, tc)
 						for x := range ref {
 							if math.Float32bits(got[x]) != math.Float32bits(ref[x]) {
-								t.Fatalf("%s %v %s alpha=%g beta=%g trial %d: %s MC=%d KC=%d NC=%d grid %dx%d threads %d: C[%d] = %g, derived plan gives %g",
-									fam, s, tr.name, v.alpha, v.beta, trial, k.name, p.blocks.mc, p.blocks.kc, p.blocks.nc, p.tm, p.tn, threads, x, got[x], ref[x])
+								t.Fatalf("%s %v %s alpha=%g beta=%g trial %d: %s MC=%d KC=%d NC=%d grid %dx%d threads %d A %v B %v: C[%d] = %g, derived plan gives %g",
+									fam, s, tr.name, v.alpha, v.beta, trial, k.name, p.blocks.mc, p.blocks.kc, p.blocks.nc, p.tm, p.tn, threads, p.inA, p.inB, x, got[x], ref[x])
 							}
 						}
 					}

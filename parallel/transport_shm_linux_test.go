@@ -1,0 +1,54 @@
+//go:build linux
+
+package parallel
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestShmSingleCopy: large shared-memory payloads go by reference where
+// the system allows it (and not when ShmNoSingleCopy says so), and arrive
+// intact either way, in collectives and point-to-point.
+func TestShmSingleCopy(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		c := newCluster(t, 3, TransportOptions{Mode: ModeShm, ShmNoSingleCopy: off})
+		gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(3), Timeout: 10 * time.Second, ChunkBytes: 128 << 10})
+		rng := rand.New(rand.NewPCG(10, 10))
+		ctx := testCtx(t, 30*time.Second)
+		for _, n := range []int{100, 300001} {
+			in := [][]float32{randBuf(rng, n), randBuf(rng, n), randBuf(rng, n)}
+			bufs := [][]float32{slices.Clone(in[0]), slices.Clone(in[1]), slices.Clone(in[2])}
+			noErrors(t, "all-reduce", each(3, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Mean) }))
+			for i := range bufs {
+				if err := closeTo(bufs[i], refReduce(in, Mean), 3); err != nil {
+					t.Fatalf("single copy off=%v n=%d member %d: %v", off, n, i, err)
+				}
+			}
+			got := make([]float32, n)
+			noErrors(t, "send/recv", each(2, func(i int) error {
+				if i == 0 {
+					return gs[0].Send(ctx, 1, in[2])
+				}
+				return gs[1].Recv(ctx, 0, got)
+			}))
+			if !slices.Equal(got, in[2]) {
+				t.Fatalf("single copy off=%v n=%d: message damaged", off, n)
+			}
+		}
+		oc, err := c.ts[0].conn(gs[0].connKey(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-oc.ready
+		l := oc.bulk.(*shmLink)
+		switch {
+		case off && l.byRef:
+			t.Error("ShmNoSingleCopy set, but the link reads by reference")
+		case !off && !l.byRef:
+			t.Log("process_vm_readv is not allowed here: the by-reference path went untested")
+		}
+	}
+}
