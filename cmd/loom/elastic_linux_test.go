@@ -376,7 +376,8 @@ func elasticSpec(t *testing.T, name string, dp, steps, every int, elastic string
 	return spec, []byte(s)
 }
 
-// reference writes the spec at path at parallel.dp dp, fixed size, with
+// reference writes the spec at path at parallel.dp dp (tp and pp 1),
+// fixed size, with
 // its checkpoints in a directory of its own, and runs it with `loom run`:
 // the uninterrupted run. It returns the losses by step and the spec's path.
 func reference(t *testing.T, path string, dp int) (map[int]float64, string) {
@@ -385,7 +386,7 @@ func reference(t *testing.T, path string, dp int) (map[int]float64, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := regexp.MustCompile(`(?m)^parallel: \{dp: \d+\}\n`).ReplaceAllString(string(b), "")
+	s := regexp.MustCompile(`(?m)^parallel: \{[^}]*\}\n`).ReplaceAllString(string(b), "")
 	s = regexp.MustCompile(`(?m)^elastic: .*\n`).ReplaceAllString(s, "")
 	s = regexp.MustCompile(`checkpoint: \{dir: ([^,}]+)`).ReplaceAllString(s, "checkpoint: {dir: ${1}-ref")
 	s += fmt.Sprintf("parallel: {dp: %d}\n", dp)
