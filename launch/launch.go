@@ -250,8 +250,11 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 					return
 				}
 				replacements--
+				// Under the workers' output lock: Info is often the same writer.
+				procs.out.mu.Lock()
 				fmt.Fprintf(opts.Info, "%s: worker %d (pid %d) exited before the job finished (%v); starting a replacement (%d more allowed)\n",
 					spec.Name, ex.n, ex.pid, ex.err, replacements)
+				procs.out.mu.Unlock()
 				if err := procs.start(1, opts.Executable, args); err != nil {
 					exitedForGood <- exit{n: ex.n, pid: ex.pid, err: fmt.Errorf("%v; and its replacement did not start: %w", ex.err, err)}
 					return

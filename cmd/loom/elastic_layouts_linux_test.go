@@ -102,8 +102,12 @@ func TestRunReplacesAKilledWorker(t *testing.T) {
 			t.Errorf("step %d: loss %.7f, uninterrupted %.7f", step, loss, want[step])
 		}
 	}
-	if len(got) != 8 {
-		t.Errorf("%d steps reported, want 8:\n%s", len(got), out)
+	// The restarted generation (from step 2) reports every step it trains;
+	// the ended one's last reports may have been dropped with it.
+	for step := 3; step <= 8; step++ {
+		if _, ok := got[step]; !ok {
+			t.Errorf("step %d not reported:\n%s", step, out)
+		}
 	}
 }
 
