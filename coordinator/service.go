@@ -88,7 +88,7 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 			return nil, status.Errorf(codes.Aborted, "submit %q: the job changed concurrently %d times; retry", name, attempt+1)
 		}
 	}
-	c.log.Info("coordinator: job submitted", "job", name, "world_size", d.WorldSize)
+	c.log.Info("coordinator: job submitted", "job", name, "world_size", d.WorldSize, "layout", spec.DescribeElastic(), "max_restarts", d.MaxRestarts)
 	return &loomv1.SubmitResponse{Job: &loomv1.Job{Status: pendingStatus(d), SpecYaml: d.SpecYaml}}, nil
 }
 

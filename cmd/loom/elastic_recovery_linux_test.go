@@ -193,6 +193,21 @@ func TestElasticKillMidSaveAndMidStep(t *testing.T) {
 	if len(aborts) < 9 {
 		t.Errorf("%d aborts logged, want ≥ 9", len(aborts))
 	}
+	multi := 0
+	w.mu.Lock()
+	for _, p := range w.workers {
+		out := p.out.String()
+		if strings.Count(out, "worker: training") >= 2 {
+			multi++ // one process, several generations
+		}
+		if strings.Contains(out, "has not returned since its generation ended") {
+			t.Errorf("%s: an engine did not return promptly when its generation ended", p.name)
+		}
+	}
+	w.mu.Unlock()
+	if multi < 3 {
+		t.Errorf("%d worker processes trained more than one generation, want ≥ 3 (the survivors)", multi)
+	}
 	// The step-8 checkpoint, broken by the kill, was written again.
 	infos, err := checkpoint.List(filepath.Join(filepath.Dir(path), "ck", "el"), true)
 	if err != nil {
