@@ -4,7 +4,7 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bench-monitoring bench-tls bf16-parity pp-bench proto lint setup fixtures clean web grafana \
+.PHONY: all build run test test-short bench bench-monitoring bench-tls bf16-parity chaos pp-bench proto lint setup fixtures clean web grafana \
 	static image test-image test-multihost k8s
 
 all: build
@@ -67,6 +67,16 @@ bench-tls: build out/gosrc-bpe.bin out/pydoc-bpe.bin
 
 bf16-parity:
 	LOOM_BF16_PARITY=1 $(GO) test -count=1 -run TestBF16TracksFP32 -v ./cmd/loom
+
+# Kill -9 random workers of a dp 4 job (tiny model, 300 steps) five times,
+# two of them during saves, replacements after random delays: the job must
+# succeed, lose ≤ a checkpoint interval per kill, leave no process or port,
+# and end with the model a run resumed by hand produces; prints the recovery
+# times (detection, rendezvous, setup and load, first step). CHAOS_FLAGS:
+# e.g. -chaos.seed N -chaos.steps 400 -chaos.kills 8; LOOM_CHAOS_REPORT=FILE
+# also writes the report there.
+chaos:
+	$(GO) test -count=1 -timeout 30m -run '^TestChaos$$' -v ./cmd/loom -chaos $(CHAOS_FLAGS)
 
 # Pipelined small (pp 2, 8 micro-batches, each schedule, 2 workers × 1 thread)
 # beside one worker × 1 thread: tokens/s, the measured bubble against the

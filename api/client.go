@@ -379,9 +379,11 @@ func (c *Client) Submit(ctx context.Context, specYAML []byte, source string, max
 }
 
 // SubmitJob sends a submit request with every option. If the coordinator
-// goes away before it answers, the request is sent again to another; a
-// submission the first one had recorded is then refused as already
-// existing.
+// goes away before it answers, the request is sent again to another. A
+// submission the first one had recorded is then accepted again when
+// req.RunId is set (the same run and spec: Submit is idempotent for them;
+// `loom submit` and `loom run` always set it), and refused as already
+// existing otherwise.
 func (c *Client) SubmitJob(ctx context.Context, req *loomv1.SubmitRequest) (*loomv1.Job, error) {
 	var job *loomv1.Job
 	err := c.do(ctx, "submit", func(rpc loomv1.CoordinatorClient) error {

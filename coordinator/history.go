@@ -383,6 +383,17 @@ func (j *jobHistory) setStatus(st *loomv1.JobStatus, now time.Time) {
 	if st.Generation > j.gen {
 		j.flushPending()
 	}
+	// Each generation that ended early once: its recovery record (with the
+	// reason Decide gave it, growth included), else its first failure.
+	for _, r := range st.Recoveries {
+		if j.seenFailures[r.Generation] {
+			continue
+		}
+		j.seenFailures[r.Generation] = true
+		j.restarts[r.Reason]++
+		j.addEvent(Event{Kind: "restart", Step: j.lastStep, TimeMs: now.UnixMilli(), Generation: r.Generation,
+			Reason: r.Reason, Text: r.Message})
+	}
 	for _, f := range st.Failures {
 		if j.seenFailures[f.Generation] {
 			continue
@@ -408,11 +419,19 @@ func (j *jobHistory) setStatus(st *loomv1.JobStatus, now time.Time) {
 	}
 }
 
+// RestartReasons returns the values of loom_job_restarts_total's reason:
+// Failure.kind, and "grow" for a resize at a checkpoint boundary.
+func RestartReasons() []string {
+	return []string{"worker_lost", "hang", "rank_failed", "loss_not_finite", "grow"}
+}
+
 // RestartReason classifies why a generation ended early: "worker_lost"
 // (its lease expired), "loss_not_finite" (the loss became NaN or ±Inf) or
 // "rank_failed" (any other engine error).
 func RestartReason(f *loomv1.Failure) string {
 	switch {
+	case f.Kind != "":
+		return f.Kind
 	case f.Lost:
 		return "worker_lost"
 	case containsAny(f.Reason, "loss is NaN", "loss is +Inf", "loss is -Inf"):

@@ -319,7 +319,7 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	secFlags := clientSecurity(fs)
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
 	pendingTimeout := fs.Duration("pending-timeout", 10*time.Minute, "fail the job when it waits this long for enough workers (before it starts, or for a restart); 0: wait for ever")
-	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
+	maxRestarts := fs.Int("max-restarts", -1, "generations that may end early (a worker lost, failed or hung) before the job fails; each restart resumes from the newest complete checkpoint (default: the spec's elastic.max_restarts)")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
 	logFormat := fs.String("log-format", "text", "progress format: text, or json (one object per step and per status change)")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
@@ -468,19 +468,54 @@ func printJobs(w io.Writer, jobs []*loomv1.Job) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tSTATE\tGEN\tWORLD\tSTEP\tTOK/S\tMESSAGE")
+	fmt.Fprintln(tw, "JOB\tSTATE\tGEN\tWORLD\tDP\tSTEP\tTOK/S\tRESTARTS\tCHECKPOINT\tMESSAGE")
 	for _, j := range jobs {
 		s := j.Status
 		step, tps := latestStep(j)
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%s\n", s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, step, tps, s.Message)
+		ck := "-"
+		if j.Checkpoint != nil {
+			ck = fmt.Sprint(j.Checkpoint.Step)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%.0f\t%d\t%s\t%s\n", s.Name, launch.StateName(s.State), s.Generation, s.WorldSize,
+			dpOf(s), step, tps, s.Restarts, ck, s.Message)
 	}
 	tw.Flush()
+}
+
+// dpOf renders a status's data-parallel size ("-" before a generation).
+func dpOf(s *loomv1.JobStatus) string {
+	if s.Dp == 0 {
+		return "-"
+	}
+	return fmt.Sprint(s.Dp)
+}
+
+// elasticRange describes the dp range a job's spec allows ("" when fixed).
+func elasticRange(specYAML []byte) string {
+	spec, err := api.ParseSpec(specYAML, "job spec")
+	if err != nil {
+		return ""
+	}
+	lo, hi := spec.DPRange()
+	if lo == hi {
+		return ""
+	}
+	return fmt.Sprintf(" (elastic %d–%d; reachable %s)", lo, hi, strings.Trim(fmt.Sprint(spec.ReachableDP()), "[]"))
 }
 
 func printJob(w io.Writer, j *loomv1.Job) {
 	s := j.Status
 	fmt.Fprintf(w, "job:        %s\nstate:      %s\ngeneration: %d\nworld size: %d\nmessage:    %s\n",
 		s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, s.Message)
+	if s.Dp > 0 {
+		fmt.Fprintf(w, "dp size:    %d%s\n", s.Dp, elasticRange(j.SpecYaml))
+	}
+	if ck := j.Checkpoint; ck != nil {
+		fmt.Fprintf(w, "checkpoint: step %d (generation %d, committed %s): %s\n", ck.Step, ck.Generation,
+			time.UnixMilli(ck.CommittedUnixMs).Format("15:04:05"), ck.Dir)
+	} else {
+		fmt.Fprintf(w, "checkpoint: none complete yet\n")
+	}
 	if s.Restarts > 0 {
 		fmt.Fprintf(w, "restarts:   %d\n", s.Restarts)
 	}
@@ -511,16 +546,49 @@ func printJob(w io.Writer, j *loomv1.Job) {
 		}
 		tw.Flush()
 	}
+	if len(s.Recoveries) > 0 {
+		fmt.Fprintln(w, "\nrecoveries:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  GEN\tREASON\tDP\tLAST STEP\tRESUMED FROM\tSTEPS LOST\tRENDEZVOUS\tSETUP (LOAD)\tDOWN FOR\tWHY")
+		for _, r := range s.Recoveries {
+			next, dp, rdv, down, setup, resumed := "…", fmt.Sprintf("%d→…", r.DpBefore), "-", "-", "-", "-"
+			if r.NextGeneration > 0 {
+				next = fmt.Sprint(r.NextGeneration)
+				dp = fmt.Sprintf("%d→%d", r.DpBefore, r.DpAfter)
+				rdv = msDuration(r.AssignedUnixMs - r.EndedUnixMs)
+				resumed = fmt.Sprint(r.ResumeStep)
+			}
+			if r.ResumedUnixMs > 0 {
+				down = msDuration(r.ResumedUnixMs - r.EndedUnixMs)
+				setup = fmt.Sprintf("%.2fs (%.2fs)", r.SetupSeconds, r.LoadSeconds)
+			}
+			lost := "-"
+			if r.NextGeneration > 0 {
+				lost = fmt.Sprint(r.LostSteps)
+			}
+			fmt.Fprintf(tw, "  %d→%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Generation, next, r.Reason, dp, r.LastStep, resumed, lost,
+				rdv, setup, down, r.Message)
+		}
+		tw.Flush()
+	}
 	if len(s.Failures) > 0 {
 		fmt.Fprintln(w, "\nfailures:")
 		for _, f := range s.Failures {
 			what := "failed"
-			if f.Lost {
+			switch {
+			case f.Kind == "hang":
+				what = "hung"
+			case f.Lost:
 				what = "lost"
 			}
 			fmt.Fprintf(w, "  generation %d: %s rank %d (%s, worker %s): %s\n", f.Generation, what, f.Rank, f.Addr, f.WorkerId, f.Reason)
 		}
 	}
+}
+
+// msDuration renders milliseconds as a duration.
+func msDuration(ms int64) string {
+	return (time.Duration(ms) * time.Millisecond).String()
 }
 
 func cmdStop(ctx context.Context, env *cmdEnv, args []string) error {
