@@ -173,7 +173,10 @@ type TimelineTrack struct {
 
 // TimelineAction is one forward, backward, send, receive or collective.
 type TimelineAction struct {
-	Kind   string  `json:"kind"` // e.g. "F", "B", "W", "wait", "send", "recv", "all-reduce", "optimizer"
+	Kind string `json:"kind"` // e.g. "F", "B", "W", "wait", "send", "recv", "all-reduce", "optimizer"
+	// Cat is the event's category: timeline.Compute, Wait, Send, Recv,
+	// Collective or Optimizer.
+	Cat    string  `json:"cat"`
 	Micro  int     `json:"micro"`
 	StartS float64 `json:"start_s"` // from the step's start
 	EndS   float64 `json:"end_s"`

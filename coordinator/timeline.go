@@ -77,7 +77,7 @@ func timelineView(name string, spec api.JobSpec) Timeline {
 			if e.Cat == timeline.Wait {
 				kind = "wait"
 			}
-			tr.Actions = append(tr.Actions, TimelineAction{Kind: kind, Micro: e.Micro, Stage: e.Stage, Name: e.Name,
+			tr.Actions = append(tr.Actions, TimelineAction{Kind: kind, Cat: e.Cat, Micro: e.Micro, Stage: e.Stage, Name: e.Name,
 				StartS: e.Start.Sub(t0).Seconds(), EndS: e.End.Sub(t0).Seconds()})
 		}
 		v.Ranks = append(v.Ranks, tr)

@@ -75,7 +75,7 @@ func TestTimelineEndpoint(t *testing.T) {
 	if code != 200 || json.Unmarshal([]byte(body), &v) != nil || !v.Available || v.Step != 5 || len(v.Ranks) != 2 {
 		t.Fatalf("timeline: %d %s", code, body)
 	}
-	if a := v.Ranks[0].Actions[1]; a.Kind != "wait" || a.Stage != 0 || a.Name != "0RECV_B0" || a.StartS < 0.0099 || a.EndS > 0.0201 {
+	if a := v.Ranks[0].Actions[1]; a.Kind != "wait" || a.Cat != timeline.Wait || a.Stage != 0 || a.Name != "0RECV_B0" || a.StartS < 0.0099 || a.EndS > 0.0201 {
 		t.Fatalf("rank 0's wait %+v", a)
 	}
 	if v.Bubble < 0.333 || v.Bubble > 0.334 { // 40 of 60 rank-ms busy
