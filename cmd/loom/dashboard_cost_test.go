@@ -92,10 +92,11 @@ func TestDashboardCost(t *testing.T) {
 	}
 	time.Sleep(10 * time.Second) // past the first full draw
 	m0 := pageMetrics(t, b)
-	draws0 := b.eval(`+(document.body.dataset.draws || 0)`)
+	js0 := pageStats(t, b)
 	live := measureCPU(t, proc.Pid, window)
 	m1 := pageMetrics(t, b)
-	draws := b.eval(`+(document.body.dataset.draws || 0)`) - draws0
+	js1 := pageStats(t, b)
+	draws := int(js1["draws"] - js0["draws"])
 	secs := window.Seconds()
 	t.Logf("page open (%s): %s", page, live)
 	t.Logf("the page's cost: %.1f ms of CPU per second (%.2f%% of one core) over idle; %d draws, %.1f ms each",
@@ -110,6 +111,10 @@ func TestDashboardCost(t *testing.T) {
 		}
 	}
 	t.Logf("renderer main thread: %s", strings.Join(split, ", "))
+	if n := js1["updates"] - js0["updates"]; n > 0 {
+		t.Logf("the page's JavaScript per update: %.2f ms parsing and merging, %.2f ms drawing, of which %.2f ms setting %.1f charts' data",
+			(js1["parseMs"]-js0["parseMs"])/n, (js1["drawMs"]-js0["drawMs"])/n, (js1["chartMs"]-js0["chartMs"])/n, (js1["charts"]-js0["charts"])/n)
+	}
 	b.checkConsole()
 }
 
@@ -199,6 +204,17 @@ func treeCPU(root int) map[int]procCPU {
 		}
 	}
 	return out
+}
+
+// pageStats reads the page's own counters (window.loomStats: updates,
+// draws and their JavaScript time); empty for a page without them.
+func pageStats(t *testing.T, b *browser) map[string]float64 {
+	t.Helper()
+	m, err := chromedp.Run(b.ctx, chromedp.Evaluate[map[string]float64](`window.loomStats || {}`))
+	if err != nil {
+		t.Fatalf("read loomStats: %v", err)
+	}
+	return m
 }
 
 // pageMetrics reads the DevTools Performance domain's metrics of the page.

@@ -31,7 +31,15 @@ const setWidth = (n, s) => { if (n.style.width !== s) n.style.width = s; };
 const setHidden = (n, h) => { if (n.hidden !== h) n.hidden = h; };
 
 // ---- formatting ----
-const fmtNum = (v, d = 0) => (v == null || !isFinite(v) ? "–" : v.toLocaleString("en-US", { maximumFractionDigits: d, minimumFractionDigits: d }));
+// One formatter per number of digits: toLocaleString builds a new one on
+// every call, which is most of the cost of redrawing the tables.
+const numFormats = new Map();
+const fmtNum = (v, d = 0) => {
+  if (v == null || !isFinite(v)) return "–";
+  let f = numFormats.get(d);
+  if (!f) numFormats.set(d, (f = new Intl.NumberFormat("en-US", { maximumFractionDigits: d, minimumFractionDigits: d })));
+  return f.format(v);
+};
 const fmtMs = (s) => (s == null || !isFinite(s) ? "–" : s < 1 ? `${fmtNum(s * 1e3, 1)} ms` : `${fmtNum(s, 2)} s`);
 const fmtPct = (v) => (v == null || !isFinite(v) || v === 0 ? "–" : v < 0.01 ? `${(v * 100).toPrecision(2)}%` : `${fmtNum(v * 100, 1)}%`);
 const fmtBytes = (b) => {
@@ -68,7 +76,9 @@ const state = {
   jobKey: "",     // state and generation of the selected job, as last drawn
 };
 // For measurements (cmd/loom's TestDashboardCost): draws and their JS time.
-const stats = { draws: 0, drawMs: 0, charts: 0 };
+// Times in ms of JavaScript: parsing and merging updates, drawing (of
+// which setting chart data).
+const stats = { updates: 0, parseMs: 0, draws: 0, drawMs: 0, charts: 0, chartMs: 0 };
 window.loomStats = stats;
 
 async function getJSON(url) {
@@ -120,11 +130,14 @@ const palette = ["#3b7dd8", "#d33c3c", "#3fa66b", "#e0a030", "#8e5bd8", "#1aa3a3
 // the step-time charts clip at 1.5× it, so one stalled step (a paused
 // worker, a checkpoint) does not flatten every other step to the axis.
 function robustMax(arrays) {
-  const v = [];
-  for (const a of arrays) for (const x of a) if (x != null && isFinite(x)) v.push(x);
-  if (!v.length) return 0;
-  v.sort((a, b) => a - b);
-  return v[Math.min(v.length - 1, Math.floor(v.length * 0.99))];
+  let n = 0;
+  for (const a of arrays) n += a.length;
+  const v = new Float64Array(n); // sorts numerically, without a comparator
+  n = 0;
+  for (const a of arrays) for (const x of a) if (x != null && isFinite(x)) v[n++] = x;
+  if (!n) return 0;
+  const w = v.subarray(0, n).sort();
+  return w[Math.min(n - 1, Math.floor(n * 0.99))];
 }
 
 // Charts off screen are not redrawn until they scroll into view.
@@ -190,8 +203,10 @@ function buildCharts(ranks) {
 function drawChart(id, f) {
   const c = state.charts[id];
   if (!c || c.drawn === state.histVersion || !c.visible) return;
+  const t0 = performance.now();
   const data = f();
   c.u.setData(data);
+  stats.chartMs += performance.now() - t0;
   c.drawn = state.histVersion;
   stats.charts++;
   const box = document.getElementById(id);
@@ -610,7 +625,14 @@ function follow(name) {
   es.onopen = () => { setText(live, "live"); setClass(live, "badge live"); };
   es.onerror = () => { setText(live, "reconnecting…"); setClass(live, "badge down"); };
   es.addEventListener("update", (msg) => {
-    const u = JSON.parse(msg.data);
+    const t0 = performance.now();
+    stats.updates++;
+    try { onUpdate(JSON.parse(msg.data)); } finally { stats.parseMs += performance.now() - t0; }
+  });
+}
+
+function onUpdate(u) {
+  {
     if (!state.selected && u.jobs.length) {
       const running = u.jobs.find((j) => j.state === "RUNNING");
       const newest = [...u.jobs].sort((a, b) => b.submitted_ms - a.submitted_ms)[0];
@@ -623,7 +645,7 @@ function follow(name) {
     if (u.history && u.history.job === state.selected && mergeHistory(u.history)) state.chartsDirty = true;
     state.pending = u;
     schedule();
-  });
+  }
 }
 
 function draw() {
