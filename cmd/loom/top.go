@@ -175,8 +175,12 @@ func writeTop(w io.Writer, d *coordinator.JobDetail) {
 	if d.ETASeconds > 0 {
 		eta = (time.Duration(d.ETASeconds) * time.Second).String()
 	}
-	fmt.Fprintf(w, "%s  %s  gen %d  step %d/%d (%.1f%%)  eta %s  %.0f tok/s  MFU %s of %.1f GFLOP/s  loss %.4f  restarts %d\n",
-		d.Name, d.State, d.Generation, d.Step, d.TotalSteps, 100*d.Progress, eta, d.TokensPerSec, pct(d.MFU), d.PeakFLOPS/1e9, d.Loss, d.Restarts)
+	val := ""
+	if d.ValStep > 0 {
+		val = fmt.Sprintf("  val loss %.4f (step %d)", d.ValLoss, d.ValStep)
+	}
+	fmt.Fprintf(w, "%s  %s  gen %d  step %d/%d (%.1f%%)  eta %s  %.0f tok/s  MFU %s of %.1f GFLOP/s  loss %.4f%s  restarts %d\n",
+		d.Name, d.State, d.Generation, d.Step, d.TotalSteps, 100*d.Progress, eta, d.TokensPerSec, pct(d.MFU), d.PeakFLOPS/1e9, d.Loss, val, d.Restarts)
 	if d.Message != "" {
 		fmt.Fprintf(w, "%s\n", d.Message)
 	}
