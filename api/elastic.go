@@ -41,6 +41,13 @@ type ElasticSpec struct {
 	// snapshots until the rank's files are durable and reported, and the
 	// final model's gathering and save.
 	CheckpointTimeout time.Duration `yaml:"checkpoint_timeout"`
+	// SnapshotEvery, when > 0, turns on in-memory recovery: every
+	// SnapshotEvery steps each rank keeps its checkpoint part in its
+	// worker's memory and a copy on its data-parallel neighbour's, so a
+	// restart after one lost worker resumes from the newest snapshot
+	// every old rank's part survived in (≤ SnapshotEvery steps lost)
+	// without reading disk. Disk checkpoints stay the fallback. 0: off.
+	SnapshotEvery int `yaml:"snapshot_every"`
 }
 
 // Defaults of the elastic section (DefaultSpec).
@@ -105,7 +112,7 @@ func (s *JobSpec) ReachableDP() []int {
 // ignoring the elastic section itself.
 func (s *JobSpec) dpValid(d int) bool {
 	t := s.ForDP(d)
-	t.Elastic = ElasticSpec{MaxRestarts: t.Elastic.MaxRestarts, RendezvousTimeout: time.Second, SetupTimeout: time.Second,
+	t.Elastic = ElasticSpec{MaxRestarts: t.Elastic.MaxRestarts, SnapshotEvery: max(t.Elastic.SnapshotEvery, 0), RendezvousTimeout: time.Second, SetupTimeout: time.Second,
 		StepTimeout: time.Second, CheckpointTimeout: time.Second}
 	return t.Validate() == nil
 }
@@ -133,6 +140,9 @@ func (s *JobSpec) validateElastic(bad func(string, any, string), specValid bool)
 	}
 	if e.MaxRestarts < 0 {
 		bad("elastic.max_restarts", e.MaxRestarts, "must be ≥ 0")
+	}
+	if e.SnapshotEvery < 0 {
+		bad("elastic.snapshot_every", e.SnapshotEvery, "must be ≥ 0 steps (0: no in-memory snapshots)")
 	}
 	for _, d := range []struct {
 		field string
@@ -197,6 +207,10 @@ func (s *JobSpec) DescribeElastic() string {
 		size = fmt.Sprintf("dp %d, elastic %d–%d (reachable: %s)", s.Parallel.DP, lo, hi, joinInts(s.ReachableDP()))
 	}
 	e := s.Elastic
-	return fmt.Sprintf("%s, max %d restarts; timeouts: setup %v, step %v, checkpoint %v", size, e.MaxRestarts,
+	snap := ""
+	if e.SnapshotEvery > 0 {
+		snap = fmt.Sprintf(", in-memory snapshots every %d steps", e.SnapshotEvery)
+	}
+	return fmt.Sprintf("%s, max %d restarts%s; timeouts: setup %v, step %v, checkpoint %v", size, e.MaxRestarts, snap,
 		e.SetupTimeout, e.StepTimeout, e.CheckpointTimeout)
 }

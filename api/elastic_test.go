@@ -50,6 +50,16 @@ func TestElasticReachableSizes(t *testing.T) {
 	if err := three.Validate(); err != nil {
 		t.Errorf("ForDP(3) does not validate: %v", err)
 	}
+	if strings.Contains(s.DescribeElastic(), "snapshot") {
+		t.Errorf("DescribeElastic without snapshots names them: %s", s.DescribeElastic())
+	}
+	s.Elastic.SnapshotEvery = 5
+	if err := s.Validate(); err != nil {
+		t.Fatalf("snapshot_every 5: %v", err)
+	}
+	if !strings.Contains(s.DescribeElastic(), "in-memory snapshots every 5 steps") {
+		t.Errorf("DescribeElastic: %s", s.DescribeElastic())
+	}
 	if !strings.Contains(s.DescribeElastic(), "elastic 2–6 (reachable: 2, 3, 4, 6)") {
 		t.Errorf("DescribeElastic: %s", s.DescribeElastic())
 	}
@@ -76,6 +86,7 @@ func TestElasticErrors(t *testing.T) {
 		{"min above dp", "{min_dp: 5, max_dp: 8}", []string{"elastic.min_dp", "must not exceed parallel.dp (4)"}},
 		{"max below dp", "{min_dp: 1, max_dp: 2}", []string{"elastic.max_dp", "must be at least parallel.dp (4)"}},
 		{"negative", "{max_restarts: -1, min_dp: -2}", []string{"elastic.max_restarts", "elastic.min_dp"}},
+		{"snapshot negative", "{snapshot_every: -2}", []string{"elastic.snapshot_every", "got -2", "must be ≥ 0 steps"}},
 		{"timeout", "{step_timeout: 0s}", []string{"elastic.step_timeout", "positive duration"}},
 		{"timeout type", "{step_timeout: soon}", []string{"soon"}},
 	}

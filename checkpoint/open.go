@@ -3,7 +3,6 @@ package checkpoint
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -185,25 +184,7 @@ func Open(dir string) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Check(dir, m, true); err != nil {
-		return nil, err
-	}
-	ck := &Checkpoint{Dir: dir, Manifest: m}
-	for _, f := range m.Files {
-		if f.Path == stateFile(0) {
-			b, err := os.ReadFile(filepath.Join(dir, f.Path))
-			if err != nil {
-				return nil, &CheckError{Dir: dir, File: f.Path, Reason: err.Error(), Err: ErrCorrupt}
-			}
-			if err := json.Unmarshal(b, &ck.State); err != nil {
-				return nil, &CheckError{Dir: dir, File: f.Path, Reason: "does not parse: " + err.Error(), Err: ErrCorrupt}
-			}
-		}
-	}
-	if ck.State.Format != FormatName || ck.State.Step != m.Step {
-		return nil, &CheckError{Dir: dir, File: stateFile(0), Reason: fmt.Sprintf("missing or for step %d, manifest says %d", ck.State.Step, m.Step), Err: ErrCorrupt}
-	}
-	return ck, nil
+	return openVerified(dir, m)
 }
 
 // Reader reads boxes of a checkpoint's global tensors for any layout: a

@@ -60,6 +60,10 @@ type JobObserved struct {
 	// Progress is each rank's latest batch of steps, by rank (possibly of
 	// an older generation: compare Generation).
 	Progress map[int]*loomv1.RankProgress
+	// Snapshots are the in-memory snapshots the workers hold of the job
+	// (elastic.snapshot_every), by worker ID; a worker's key goes with its
+	// lease.
+	Snapshots map[string]*loomv1.SnapshotHolding
 }
 
 // ElasticObserved is what Decide needs of a job's elastic section
@@ -365,6 +369,10 @@ func Decide(o Observed) []Action {
 				case d.Resume == "":
 					a.Resume = "auto"
 				}
+				// An in-memory snapshot newer than that checkpoint, of which
+				// every old rank's part survived, saves the steps between
+				// (the checkpoint stays the ranks' fallback).
+				a.Memory = memorySnapshot(j, cur, live, a.ResumeStep)
 			}
 			for rank, w := range pickWorkers(idle, recorded, need, p.TP) {
 				if recorded[w.Id] {
@@ -389,6 +397,12 @@ func Decide(o Observed) []Action {
 			if n := len(next.Recoveries); n > 0 && next.Recoveries[n-1].NextGeneration == 0 {
 				r := next.Recoveries[n-1]
 				r.NextGeneration, r.AssignedUnixMs, r.DpAfter, r.ResumeStep = a.Generation, o.NowUnixMs, int32(dp), a.ResumeStep
+				switch {
+				case a.Memory != nil:
+					r.ResumeStep, r.ResumeSource = a.Memory.Step, "memory"
+				case a.ResumeStep > 0:
+					r.ResumeSource = "disk"
+				}
 				r.LostSteps = max(0, r.LastStep-r.ResumeStep)
 				if r.DpAfter != r.DpBefore {
 					next.Message += fmt.Sprintf(" (dp %d, was %d)", dp, r.DpBefore)
@@ -549,6 +563,72 @@ func noteResumed(j JobObserved, a *loomv1.Assignment, next *loomv1.JobStatus) {
 	r.ResumedUnixMs, r.SetupSeconds, r.LoadSeconds = first, setup, load
 	r.ResumeStep = resume
 	r.LostSteps = max(0, r.LastStep-r.ResumeStep)
+}
+
+// memorySnapshot picks the in-memory snapshot a restart of job j resumes
+// from: the newest step after the checkpoint of step disk, taken by the
+// generation that just ended (cur.Generation: an older generation's
+// snapshots may lie on a timeline a disk resume abandoned, and a
+// generation that failed restoring one falls back to disk this way), for
+// which every rank of that generation has its part held by a live worker
+// that the ended generation's failures do not name as lost. Each rank's
+// source is the first such holder by worker ID. Nil: none qualifies,
+// resume from disk.
+func memorySnapshot(j JobObserved, cur *loomv1.JobStatus, live map[string]*loomv1.WorkerInfo, disk int64) *loomv1.MemoryResume {
+	if len(j.Snapshots) == 0 {
+		return nil
+	}
+	lost := map[string]bool{}
+	for _, f := range cur.Failures {
+		if f.Generation == cur.Generation && f.Lost {
+			lost[f.WorkerId] = true
+		}
+	}
+	usable := func(id string, h *loomv1.SnapshotHolding) bool {
+		return h.Generation == cur.Generation && h.Step > disk && live[id] != nil && !lost[id] && h.WorldSize > 0
+	}
+	// Candidate steps, newest first; -1: holders disagree on the layout.
+	world := map[int64]int32{}
+	var steps []int64
+	for _, id := range sortedKeys(j.Snapshots) {
+		h := j.Snapshots[id]
+		if !usable(id, h) {
+			continue
+		}
+		if w, ok := world[h.Step]; !ok {
+			world[h.Step] = h.WorldSize
+			steps = append(steps, h.Step)
+		} else if w != h.WorldSize {
+			world[h.Step] = -1
+		}
+	}
+	sort.Slice(steps, func(a, b int) bool { return steps[a] > steps[b] })
+	for _, step := range steps {
+		n := world[step]
+		if n <= 0 {
+			continue
+		}
+		src := make([]*loomv1.SnapshotSource, n)
+		for _, id := range sortedKeys(j.Snapshots) {
+			h := j.Snapshots[id]
+			if !usable(id, h) || h.Step != step {
+				continue
+			}
+			for _, p := range h.Parts {
+				if p.Rank >= 0 && p.Rank < n && src[p.Rank] == nil && len(p.PartJson) > 0 {
+					src[p.Rank] = &loomv1.SnapshotSource{Rank: p.Rank, WorkerId: id, Addr: h.Addr, PartJson: p.PartJson}
+				}
+			}
+		}
+		complete := true
+		for _, s := range src {
+			complete = complete && s != nil
+		}
+		if complete {
+			return &loomv1.MemoryResume{Step: step, Generation: cur.Generation, WorldSize: n, Sources: src}
+		}
+	}
+	return nil
 }
 
 // lastStep is the newest step any rank of generation gen reported.

@@ -76,6 +76,14 @@ func (k Keys) CheckpointReport(name string, step int64, rank int) string {
 // Checkpoint is the key of a job's latest complete checkpoint.
 func (k Keys) Checkpoint(name string) string { return k.Job(name) + "checkpoint" }
 
+// Snapshots is the prefix of the in-memory snapshots the workers hold of
+// a job (elastic.snapshot_every), one key per worker.
+func (k Keys) Snapshots(name string) string { return k.Job(name) + "snapshots/" }
+
+// Snapshot is the key of the snapshot one worker holds of a job
+// (loomv1.SnapshotHolding), written under the worker's lease.
+func (k Keys) Snapshot(name, worker string) string { return k.Snapshots(name) + worker }
+
 // Workers is the prefix of worker registrations.
 func (k Keys) Workers() string { return k.Prefix + "workers/" }
 

@@ -139,6 +139,18 @@ func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string
 			j.Checkpoint = &loomv1.CheckpointRecord{}
 			err = Decode(key, kv.Value, j.Checkpoint)
 			j.CheckpointRev = kv.ModRevision
+		case "snapshots":
+			h := &loomv1.SnapshotHolding{}
+			if err = Decode(key, kv.Value, h); err == nil {
+				j := acc(name)
+				if j.Snapshots == nil {
+					j.Snapshots = map[string]*loomv1.SnapshotHolding{}
+				}
+				if h.WorkerId == "" {
+					h.WorkerId = rest
+				}
+				j.Snapshots[h.WorkerId] = h
+			}
 		case "progress":
 			p := &loomv1.RankProgress{}
 			if err = Decode(key, kv.Value, p); err == nil {

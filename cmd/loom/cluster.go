@@ -557,6 +557,9 @@ func printJob(w io.Writer, j *loomv1.Job) {
 				dp = fmt.Sprintf("%d→%d", r.DpBefore, r.DpAfter)
 				rdv = msDuration(r.AssignedUnixMs - r.EndedUnixMs)
 				resumed = fmt.Sprint(r.ResumeStep)
+				if r.ResumeSource != "" {
+					resumed = r.ResumeSource + " step " + resumed
+				}
 			}
 			if r.ResumedUnixMs > 0 {
 				down = msDuration(r.ResumedUnixMs - r.EndedUnixMs)

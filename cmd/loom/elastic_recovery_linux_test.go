@@ -121,7 +121,7 @@ func TestElasticKillMidSaveAndMidStep(t *testing.T) {
 	t.Logf("loom status el:\n%s", out)
 	flat := strings.Join(strings.Fields(out), " ")
 	for _, s := range []string{"dp size: 4 (elastic 2–4; reachable 2 3 4)", "checkpoint: step 40 (generation 4", "restarts: 2",
-		"recoveries:", "1→2 worker_lost 4→3 * 4 ", "2→3 grow 3→4", "3→4 worker_lost 4→4", "lost rank 2"} {
+		"recoveries:", "1→2 worker_lost 4→3 * disk step 4 ", "2→3 grow 3→4", "3→4 worker_lost 4→4", "lost rank 2"} {
 		// "*" is a number that depends on timing (the last step reported).
 		if !regexp.MustCompile(strings.ReplaceAll(regexp.QuoteMeta(s), `\*`, `\d+`)).MatchString(flat) {
 			t.Errorf("loom status lacks %q", s)

@@ -350,7 +350,12 @@ type Assignment struct {
 	// generations; tp and pp stay.
 	Dp int32 `protobuf:"varint,8,opt,name=dp,proto3" json:"dp,omitempty"`
 	// resume_step is the step of the checkpoint resume names (0: none).
-	ResumeStep    int64 `protobuf:"varint,9,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
+	ResumeStep int64 `protobuf:"varint,9,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
+	// memory, when set, resumes from an in-memory snapshot
+	// (elastic.snapshot_every) newer than resume_step instead: each rank
+	// fetches the parts it lacks from the workers named, verifies them and
+	// restores the snapshot; any failure there falls back to resume.
+	Memory        *MemoryResume `protobuf:"bytes,10,opt,name=memory,proto3" json:"memory,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -448,6 +453,255 @@ func (x *Assignment) GetResumeStep() int64 {
 	return 0
 }
 
+func (x *Assignment) GetMemory() *MemoryResume {
+	if x != nil {
+		return x.Memory
+	}
+	return nil
+}
+
+// MemoryResume names an in-memory snapshot every rank of the ended
+// generation's layout has a surviving copy of, and where each part is.
+type MemoryResume struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Step  int64                  `protobuf:"varint,1,opt,name=step,proto3" json:"step,omitempty"`
+	// generation is the one that took the snapshot; world_size its ranks.
+	Generation uint64 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	WorldSize  int32  `protobuf:"varint,3,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
+	// sources has one entry per old rank, ordered by rank.
+	Sources       []*SnapshotSource `protobuf:"bytes,4,rep,name=sources,proto3" json:"sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemoryResume) Reset() {
+	*x = MemoryResume{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemoryResume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemoryResume) ProtoMessage() {}
+
+func (x *MemoryResume) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemoryResume.ProtoReflect.Descriptor instead.
+func (*MemoryResume) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MemoryResume) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *MemoryResume) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *MemoryResume) GetWorldSize() int32 {
+	if x != nil {
+		return x.WorldSize
+	}
+	return 0
+}
+
+func (x *MemoryResume) GetSources() []*SnapshotSource {
+	if x != nil {
+		return x.Sources
+	}
+	return nil
+}
+
+// SnapshotSource is where one old rank's part of a snapshot is held.
+type SnapshotSource struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Rank     int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
+	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// addr is the holder's snapshot service address (SnapshotHolding.addr).
+	Addr string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	// part_json is the rank's part of the manifest (checkpoint.RankPart as
+	// JSON: its files with sizes and SHA-256).
+	PartJson      []byte `protobuf:"bytes,4,opt,name=part_json,json=partJson,proto3" json:"part_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotSource) Reset() {
+	*x = SnapshotSource{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotSource) ProtoMessage() {}
+
+func (x *SnapshotSource) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotSource.ProtoReflect.Descriptor instead.
+func (*SnapshotSource) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SnapshotSource) GetRank() int32 {
+	if x != nil {
+		return x.Rank
+	}
+	return 0
+}
+
+func (x *SnapshotSource) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SnapshotSource) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *SnapshotSource) GetPartJson() []byte {
+	if x != nil {
+		return x.PartJson
+	}
+	return nil
+}
+
+// SnapshotHolding is the newest complete in-memory snapshot one worker
+// holds (etcd: snapshots/JOB/WORKER, under the worker's lease, so it goes
+// with the worker): its own rank's part and the copy of its data-parallel
+// neighbour's.
+type SnapshotHolding struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Job      string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// addr is the worker's snapshot service address (the Snapshot service).
+	Addr       string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	Step       int64  `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
+	WorldSize  int32  `protobuf:"varint,6,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
+	// parts are the ranks held, ordered by rank.
+	Parts         []*SnapshotSource `protobuf:"bytes,7,rep,name=parts,proto3" json:"parts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotHolding) Reset() {
+	*x = SnapshotHolding{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotHolding) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotHolding) ProtoMessage() {}
+
+func (x *SnapshotHolding) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotHolding.ProtoReflect.Descriptor instead.
+func (*SnapshotHolding) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SnapshotHolding) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *SnapshotHolding) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *SnapshotHolding) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *SnapshotHolding) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *SnapshotHolding) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *SnapshotHolding) GetWorldSize() int32 {
+	if x != nil {
+		return x.WorldSize
+	}
+	return 0
+}
+
+func (x *SnapshotHolding) GetParts() []*SnapshotSource {
+	if x != nil {
+		return x.Parts
+	}
+	return nil
+}
+
 // CheckpointReport is one rank's report that its files of a checkpoint
 // are durable (etcd: jobs/NAME/checkpoints/STEP/RANK, written by the
 // rank's worker while its generation's assignment holds). When every rank
@@ -468,7 +722,7 @@ type CheckpointReport struct {
 
 func (x *CheckpointReport) Reset() {
 	*x = CheckpointReport{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +734,7 @@ func (x *CheckpointReport) String() string {
 func (*CheckpointReport) ProtoMessage() {}
 
 func (x *CheckpointReport) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[3]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +747,7 @@ func (x *CheckpointReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReport.ProtoReflect.Descriptor instead.
 func (*CheckpointReport) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{3}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CheckpointReport) GetJob() string {
@@ -554,7 +808,7 @@ type CheckpointRecord struct {
 
 func (x *CheckpointRecord) Reset() {
 	*x = CheckpointRecord{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +820,7 @@ func (x *CheckpointRecord) String() string {
 func (*CheckpointRecord) ProtoMessage() {}
 
 func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[4]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +833,7 @@ func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRecord.ProtoReflect.Descriptor instead.
 func (*CheckpointRecord) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CheckpointRecord) GetJob() string {
@@ -649,7 +903,7 @@ type Failure struct {
 
 func (x *Failure) Reset() {
 	*x = Failure{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +915,7 @@ func (x *Failure) String() string {
 func (*Failure) ProtoMessage() {}
 
 func (x *Failure) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[5]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +928,7 @@ func (x *Failure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Failure.ProtoReflect.Descriptor instead.
 func (*Failure) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Failure) GetGeneration() uint64 {
@@ -791,15 +1045,20 @@ type Recovery struct {
 	// setup_seconds is the slowest rank's time from its assignment to its
 	// first step (joining peers, opening data, restoring); load_seconds the
 	// slowest rank's checkpoint restore, part of it.
-	SetupSeconds  float64 `protobuf:"fixed64,13,opt,name=setup_seconds,json=setupSeconds,proto3" json:"setup_seconds,omitempty"`
-	LoadSeconds   float64 `protobuf:"fixed64,14,opt,name=load_seconds,json=loadSeconds,proto3" json:"load_seconds,omitempty"`
+	SetupSeconds float64 `protobuf:"fixed64,13,opt,name=setup_seconds,json=setupSeconds,proto3" json:"setup_seconds,omitempty"`
+	LoadSeconds  float64 `protobuf:"fixed64,14,opt,name=load_seconds,json=loadSeconds,proto3" json:"load_seconds,omitempty"`
+	// resume_source is where resume_step's state came from: "memory" (an
+	// in-memory snapshot, elastic.snapshot_every), "disk" (a checkpoint) or
+	// "" (none: the start). A rank that could not fetch the snapshot falls
+	// back to disk and says so in its log.
+	ResumeSource  string `protobuf:"bytes,15,opt,name=resume_source,json=resumeSource,proto3" json:"resume_source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Recovery) Reset() {
 	*x = Recovery{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +1070,7 @@ func (x *Recovery) String() string {
 func (*Recovery) ProtoMessage() {}
 
 func (x *Recovery) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +1083,7 @@ func (x *Recovery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Recovery.ProtoReflect.Descriptor instead.
 func (*Recovery) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Recovery) GetGeneration() uint64 {
@@ -925,6 +1184,13 @@ func (x *Recovery) GetLoadSeconds() float64 {
 	return 0
 }
 
+func (x *Recovery) GetResumeSource() string {
+	if x != nil {
+		return x.ResumeSource
+	}
+	return ""
+}
+
 // JobStatus is the observed state of a job, written only by the leader
 // (etcd: jobs/NAME/status).
 type JobStatus struct {
@@ -958,7 +1224,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1236,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1249,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobStatus) GetName() string {
@@ -1095,7 +1361,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1107,7 +1373,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1120,7 +1386,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1202,7 +1468,7 @@ type RankResult struct {
 
 func (x *RankResult) Reset() {
 	*x = RankResult{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1480,7 @@ func (x *RankResult) String() string {
 func (*RankResult) ProtoMessage() {}
 
 func (x *RankResult) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1493,7 @@ func (x *RankResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankResult.ProtoReflect.Descriptor instead.
 func (*RankResult) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RankResult) GetJob() string {
@@ -1339,7 +1605,7 @@ type PeerLoss struct {
 
 func (x *PeerLoss) Reset() {
 	*x = PeerLoss{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1617,7 @@ func (x *PeerLoss) String() string {
 func (*PeerLoss) ProtoMessage() {}
 
 func (x *PeerLoss) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1630,7 @@ func (x *PeerLoss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerLoss.ProtoReflect.Descriptor instead.
 func (*PeerLoss) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PeerLoss) GetRank() int32 {
@@ -1422,7 +1688,7 @@ type Quarantine struct {
 
 func (x *Quarantine) Reset() {
 	*x = Quarantine{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1700,7 @@ func (x *Quarantine) String() string {
 func (*Quarantine) ProtoMessage() {}
 
 func (x *Quarantine) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1713,7 @@ func (x *Quarantine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quarantine.ProtoReflect.Descriptor instead.
 func (*Quarantine) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Quarantine) GetWorkerId() string {
@@ -1497,7 +1763,7 @@ type CommStat struct {
 
 func (x *CommStat) Reset() {
 	*x = CommStat{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1775,7 @@ func (x *CommStat) String() string {
 func (*CommStat) ProtoMessage() {}
 
 func (x *CommStat) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1788,7 @@ func (x *CommStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommStat.ProtoReflect.Descriptor instead.
 func (*CommStat) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CommStat) GetOp() string {
@@ -1579,7 +1845,7 @@ type StepStats struct {
 
 func (x *StepStats) Reset() {
 	*x = StepStats{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1857,7 @@ func (x *StepStats) String() string {
 func (*StepStats) ProtoMessage() {}
 
 func (x *StepStats) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1870,7 @@ func (x *StepStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStats.ProtoReflect.Descriptor instead.
 func (*StepStats) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StepStats) GetStep() int64 {
@@ -1736,7 +2002,7 @@ type RankProgress struct {
 
 func (x *RankProgress) Reset() {
 	*x = RankProgress{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +2014,7 @@ func (x *RankProgress) String() string {
 func (*RankProgress) ProtoMessage() {}
 
 func (x *RankProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +2027,7 @@ func (x *RankProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankProgress.ProtoReflect.Descriptor instead.
 func (*RankProgress) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RankProgress) GetJob() string {
@@ -1863,7 +2129,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +2141,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +2154,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Job) GetStatus() *JobStatus {
@@ -1939,7 +2205,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1951,7 +2217,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1964,7 +2230,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SubmitRequest) GetSpecYaml() []byte {
@@ -2018,7 +2284,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2030,7 +2296,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2043,7 +2309,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *SubmitResponse) GetJob() *Job {
@@ -2062,7 +2328,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2340,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2353,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetRequest) GetName() string {
@@ -2105,7 +2371,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2117,7 +2383,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2130,7 +2396,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 type ListResponse struct {
@@ -2142,7 +2408,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2420,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2433,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListResponse) GetJobs() []*Job {
@@ -2187,7 +2453,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2465,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2478,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StopRequest) GetName() string {
@@ -2238,7 +2504,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2516,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2529,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StopResponse) GetJob() *Job {
@@ -2282,7 +2548,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2560,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2573,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -2331,7 +2597,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2343,7 +2609,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2356,7 +2622,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -2408,7 +2674,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2686,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2699,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 type InfoResponse struct {
@@ -2458,7 +2724,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2736,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2749,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -2551,7 +2817,7 @@ type ReportStepsRequest struct {
 
 func (x *ReportStepsRequest) Reset() {
 	*x = ReportStepsRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2563,7 +2829,7 @@ func (x *ReportStepsRequest) String() string {
 func (*ReportStepsRequest) ProtoMessage() {}
 
 func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2576,7 +2842,7 @@ func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsRequest.ProtoReflect.Descriptor instead.
 func (*ReportStepsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReportStepsRequest) GetProgress() *RankProgress {
@@ -2594,7 +2860,7 @@ type ReportStepsResponse struct {
 
 func (x *ReportStepsResponse) Reset() {
 	*x = ReportStepsResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[28]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +2872,7 @@ func (x *ReportStepsResponse) String() string {
 func (*ReportStepsResponse) ProtoMessage() {}
 
 func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[28]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +2885,7 @@ func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsResponse.ProtoReflect.Descriptor instead.
 func (*ReportStepsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{28}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{31}
 }
 
 var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
@@ -2650,7 +2916,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x02pp\x18\x05 \x01(\x05R\x02pp\x12\x0e\n" +
 	"\x02tp\x18\x06 \x01(\x05R\x02tp\x12\x18\n" +
 	"\athreads\x18\a \x01(\x05R\athreads\x12\x12\n" +
-	"\x04host\x18\b \x01(\tR\x04host\"\x9d\x02\n" +
+	"\x04host\x18\b \x01(\tR\x04host\"\xcc\x02\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -2665,7 +2931,33 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06resume\x18\a \x01(\tR\x06resume\x12\x0e\n" +
 	"\x02dp\x18\b \x01(\x05R\x02dp\x12\x1f\n" +
 	"\vresume_step\x18\t \x01(\x03R\n" +
-	"resumeStep\"\xa8\x01\n" +
+	"resumeStep\x12-\n" +
+	"\x06memory\x18\n" +
+	" \x01(\v2\x15.loom.v1.MemoryResumeR\x06memory\"\x94\x01\n" +
+	"\fMemoryResume\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x1d\n" +
+	"\n" +
+	"world_size\x18\x03 \x01(\x05R\tworldSize\x121\n" +
+	"\asources\x18\x04 \x03(\v2\x17.loom.v1.SnapshotSourceR\asources\"r\n" +
+	"\x0eSnapshotSource\x12\x12\n" +
+	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1b\n" +
+	"\tpart_json\x18\x04 \x01(\fR\bpartJson\"\xd6\x01\n" +
+	"\x0fSnapshotHolding\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1b\n" +
+	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\x12\x12\n" +
+	"\x04step\x18\x05 \x01(\x03R\x04step\x12\x1d\n" +
+	"\n" +
+	"world_size\x18\x06 \x01(\x05R\tworldSize\x12-\n" +
+	"\x05parts\x18\a \x03(\v2\x17.loom.v1.SnapshotSourceR\x05parts\"\xa8\x01\n" +
 	"\x10CheckpointReport\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -2699,7 +2991,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04step\x18\n" +
 	" \x01(\x03R\x04step\x12\x0e\n" +
 	"\x02op\x18\v \x01(\tR\x02op\x12\x14\n" +
-	"\x05group\x18\f \x01(\tR\x05group\"\xd8\x03\n" +
+	"\x05group\x18\f \x01(\tR\x05group\"\xfd\x03\n" +
 	"\bRecovery\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -2719,7 +3011,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\tdp_before\x18\v \x01(\x05R\bdpBefore\x12\x19\n" +
 	"\bdp_after\x18\f \x01(\x05R\adpAfter\x12#\n" +
 	"\rsetup_seconds\x18\r \x01(\x01R\fsetupSeconds\x12!\n" +
-	"\fload_seconds\x18\x0e \x01(\x01R\vloadSeconds\"\xd3\x03\n" +
+	"\fload_seconds\x18\x0e \x01(\x01R\vloadSeconds\x12#\n" +
+	"\rresume_source\x18\x0f \x01(\tR\fresumeSource\"\xd3\x03\n" +
 	"\tJobStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x11.loom.v1.JobStateR\x05state\x12\x1e\n" +
@@ -2902,78 +3195,84 @@ func file_loom_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_loom_v1_coordinator_proto_goTypes = []any{
 	(JobState)(0),               // 0: loom.v1.JobState
 	(*JobDesired)(nil),          // 1: loom.v1.JobDesired
 	(*RankInfo)(nil),            // 2: loom.v1.RankInfo
 	(*Assignment)(nil),          // 3: loom.v1.Assignment
-	(*CheckpointReport)(nil),    // 4: loom.v1.CheckpointReport
-	(*CheckpointRecord)(nil),    // 5: loom.v1.CheckpointRecord
-	(*Failure)(nil),             // 6: loom.v1.Failure
-	(*Recovery)(nil),            // 7: loom.v1.Recovery
-	(*JobStatus)(nil),           // 8: loom.v1.JobStatus
-	(*WorkerInfo)(nil),          // 9: loom.v1.WorkerInfo
-	(*RankResult)(nil),          // 10: loom.v1.RankResult
-	(*PeerLoss)(nil),            // 11: loom.v1.PeerLoss
-	(*Quarantine)(nil),          // 12: loom.v1.Quarantine
-	(*CommStat)(nil),            // 13: loom.v1.CommStat
-	(*StepStats)(nil),           // 14: loom.v1.StepStats
-	(*RankProgress)(nil),        // 15: loom.v1.RankProgress
-	(*Job)(nil),                 // 16: loom.v1.Job
-	(*SubmitRequest)(nil),       // 17: loom.v1.SubmitRequest
-	(*SubmitResponse)(nil),      // 18: loom.v1.SubmitResponse
-	(*GetRequest)(nil),          // 19: loom.v1.GetRequest
-	(*ListRequest)(nil),         // 20: loom.v1.ListRequest
-	(*ListResponse)(nil),        // 21: loom.v1.ListResponse
-	(*StopRequest)(nil),         // 22: loom.v1.StopRequest
-	(*StopResponse)(nil),        // 23: loom.v1.StopResponse
-	(*WatchRequest)(nil),        // 24: loom.v1.WatchRequest
-	(*JobEvent)(nil),            // 25: loom.v1.JobEvent
-	(*InfoRequest)(nil),         // 26: loom.v1.InfoRequest
-	(*InfoResponse)(nil),        // 27: loom.v1.InfoResponse
-	(*ReportStepsRequest)(nil),  // 28: loom.v1.ReportStepsRequest
-	(*ReportStepsResponse)(nil), // 29: loom.v1.ReportStepsResponse
-	nil,                         // 30: loom.v1.RankProgress.MemoryBytesEntry
+	(*MemoryResume)(nil),        // 4: loom.v1.MemoryResume
+	(*SnapshotSource)(nil),      // 5: loom.v1.SnapshotSource
+	(*SnapshotHolding)(nil),     // 6: loom.v1.SnapshotHolding
+	(*CheckpointReport)(nil),    // 7: loom.v1.CheckpointReport
+	(*CheckpointRecord)(nil),    // 8: loom.v1.CheckpointRecord
+	(*Failure)(nil),             // 9: loom.v1.Failure
+	(*Recovery)(nil),            // 10: loom.v1.Recovery
+	(*JobStatus)(nil),           // 11: loom.v1.JobStatus
+	(*WorkerInfo)(nil),          // 12: loom.v1.WorkerInfo
+	(*RankResult)(nil),          // 13: loom.v1.RankResult
+	(*PeerLoss)(nil),            // 14: loom.v1.PeerLoss
+	(*Quarantine)(nil),          // 15: loom.v1.Quarantine
+	(*CommStat)(nil),            // 16: loom.v1.CommStat
+	(*StepStats)(nil),           // 17: loom.v1.StepStats
+	(*RankProgress)(nil),        // 18: loom.v1.RankProgress
+	(*Job)(nil),                 // 19: loom.v1.Job
+	(*SubmitRequest)(nil),       // 20: loom.v1.SubmitRequest
+	(*SubmitResponse)(nil),      // 21: loom.v1.SubmitResponse
+	(*GetRequest)(nil),          // 22: loom.v1.GetRequest
+	(*ListRequest)(nil),         // 23: loom.v1.ListRequest
+	(*ListResponse)(nil),        // 24: loom.v1.ListResponse
+	(*StopRequest)(nil),         // 25: loom.v1.StopRequest
+	(*StopResponse)(nil),        // 26: loom.v1.StopResponse
+	(*WatchRequest)(nil),        // 27: loom.v1.WatchRequest
+	(*JobEvent)(nil),            // 28: loom.v1.JobEvent
+	(*InfoRequest)(nil),         // 29: loom.v1.InfoRequest
+	(*InfoResponse)(nil),        // 30: loom.v1.InfoResponse
+	(*ReportStepsRequest)(nil),  // 31: loom.v1.ReportStepsRequest
+	(*ReportStepsResponse)(nil), // 32: loom.v1.ReportStepsResponse
+	nil,                         // 33: loom.v1.RankProgress.MemoryBytesEntry
 }
 var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	2,  // 0: loom.v1.Assignment.ranks:type_name -> loom.v1.RankInfo
-	0,  // 1: loom.v1.JobStatus.state:type_name -> loom.v1.JobState
-	2,  // 2: loom.v1.JobStatus.ranks:type_name -> loom.v1.RankInfo
-	6,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
-	7,  // 4: loom.v1.JobStatus.recoveries:type_name -> loom.v1.Recovery
-	11, // 5: loom.v1.RankResult.lost_peer:type_name -> loom.v1.PeerLoss
-	13, // 6: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
-	14, // 7: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
-	30, // 8: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
-	8,  // 9: loom.v1.Job.status:type_name -> loom.v1.JobStatus
-	15, // 10: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
-	5,  // 11: loom.v1.Job.checkpoint:type_name -> loom.v1.CheckpointRecord
-	16, // 12: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
-	16, // 13: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
-	16, // 14: loom.v1.StopResponse.job:type_name -> loom.v1.Job
-	8,  // 15: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
-	15, // 16: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
-	15, // 17: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
-	17, // 18: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
-	19, // 19: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
-	20, // 20: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
-	22, // 21: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
-	24, // 22: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
-	26, // 23: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
-	28, // 24: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
-	18, // 25: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
-	16, // 26: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
-	21, // 27: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
-	23, // 28: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
-	25, // 29: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
-	27, // 30: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
-	29, // 31: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	4,  // 1: loom.v1.Assignment.memory:type_name -> loom.v1.MemoryResume
+	5,  // 2: loom.v1.MemoryResume.sources:type_name -> loom.v1.SnapshotSource
+	5,  // 3: loom.v1.SnapshotHolding.parts:type_name -> loom.v1.SnapshotSource
+	0,  // 4: loom.v1.JobStatus.state:type_name -> loom.v1.JobState
+	2,  // 5: loom.v1.JobStatus.ranks:type_name -> loom.v1.RankInfo
+	9,  // 6: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
+	10, // 7: loom.v1.JobStatus.recoveries:type_name -> loom.v1.Recovery
+	14, // 8: loom.v1.RankResult.lost_peer:type_name -> loom.v1.PeerLoss
+	16, // 9: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
+	17, // 10: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
+	33, // 11: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
+	11, // 12: loom.v1.Job.status:type_name -> loom.v1.JobStatus
+	18, // 13: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
+	8,  // 14: loom.v1.Job.checkpoint:type_name -> loom.v1.CheckpointRecord
+	19, // 15: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
+	19, // 16: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
+	19, // 17: loom.v1.StopResponse.job:type_name -> loom.v1.Job
+	11, // 18: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
+	18, // 19: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
+	18, // 20: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
+	20, // 21: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
+	22, // 22: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
+	23, // 23: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
+	25, // 24: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
+	27, // 25: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
+	29, // 26: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
+	31, // 27: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
+	21, // 28: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
+	19, // 29: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
+	24, // 30: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
+	26, // 31: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
+	28, // 32: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
+	30, // 33: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
+	32, // 34: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
+	28, // [28:35] is the sub-list for method output_type
+	21, // [21:28] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_coordinator_proto_init() }
@@ -2981,7 +3280,7 @@ func file_loom_v1_coordinator_proto_init() {
 	if File_loom_v1_coordinator_proto != nil {
 		return
 	}
-	file_loom_v1_coordinator_proto_msgTypes[24].OneofWrappers = []any{
+	file_loom_v1_coordinator_proto_msgTypes[27].OneofWrappers = []any{
 		(*JobEvent_Status)(nil),
 		(*JobEvent_Progress)(nil),
 	}
@@ -2991,7 +3290,7 @@ func file_loom_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_coordinator_proto_rawDesc), len(file_loom_v1_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

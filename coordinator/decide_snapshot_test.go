@@ -1,0 +1,155 @@
+package coordinator
+
+import (
+	"fmt"
+	"testing"
+
+	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
+)
+
+// holdSnapshots records the snapshot of step taken by generation gen as
+// the workers ids (rank d on ids[d]) hold it: rank d sends its part to its
+// data-parallel neighbour (d+1) mod dp, so the worker of rank d holds
+// ranks d and (d-1) mod dp, ordered by rank.
+func (s *scene) holdSnapshots(gen uint64, step int64, ids ...string) {
+	j := s.job()
+	if j.Snapshots == nil {
+		j.Snapshots = map[string]*loomv1.SnapshotHolding{}
+	}
+	for d, id := range ids {
+		prev := (d + len(ids) - 1) % len(ids)
+		h := &loomv1.SnapshotHolding{Job: "e", WorkerId: id, Addr: "snap-" + id, Generation: gen, Step: step, WorldSize: int32(len(ids))}
+		for _, r := range []int{d, prev} {
+			if r == prev && prev > d {
+				h.Parts = append([]*loomv1.SnapshotSource{{Rank: int32(r), PartJson: []byte(fmt.Sprintf(`{"rank":%d}`, r))}}, h.Parts...)
+				continue
+			}
+			h.Parts = append(h.Parts, &loomv1.SnapshotSource{Rank: int32(r), PartJson: []byte(fmt.Sprintf(`{"rank":%d}`, r))})
+		}
+		j.Snapshots[id] = h
+	}
+}
+
+func sources(m *loomv1.MemoryResume) string {
+	out := ""
+	for _, s := range m.Sources {
+		out += fmt.Sprintf("%d@%s ", s.Rank, s.WorkerId)
+	}
+	return out
+}
+
+// TestDecideSnapshotResumesFromMemory: a worker killed at step 10 of a
+// job checkpointed to disk at step 8 and snapshotted in memory at step 10;
+// its rank's part survives on its neighbour, so the restart at dp 3
+// resumes from memory step 10 (nothing lost) and names where each old
+// rank's part is, keeping the disk checkpoint as the fallback.
+func TestDecideSnapshotResumesFromMemory(t *testing.T) {
+	s := newScene(t, 2, 4, 4)
+	s.start(10)
+	s.holdSnapshots(1, 10, "w1", "w2", "w3", "w4")
+	s.expire("w4")
+	s.want(s.decide(), "unassign e; hold w1; hold w2; hold w3; status e WAITING gen=1")
+	s.reannounce("w1", "w2", "w3")
+	s.want(s.decide(), "release w1; release w2; release w3; assign e gen=2 [0=w1(0,0,0) 1=w2(1,0,0) 2=w3(2,0,0)]; status e RUNNING gen=2")
+	a := s.job().Assignment
+	if a.Resume != "/ck/e/step-8" || a.ResumeStep != 8 {
+		t.Errorf("disk fallback %q step %d; want /ck/e/step-8", a.Resume, a.ResumeStep)
+	}
+	m := a.Memory
+	if m == nil {
+		t.Fatal("no memory resume; want memory step 10")
+	}
+	// Rank 3 (w4's) is held by w1, its neighbour ((3+1) mod 4 = 0).
+	if m.Step != 10 || m.Generation != 1 || m.WorldSize != 4 || sources(m) != "0@w1 1@w2 2@w3 3@w1 " {
+		t.Errorf("memory step %d gen %d world %d sources %s; want step 10 gen 1 world 4 sources 0@w1 1@w2 2@w3 3@w1", m.Step, m.Generation, m.WorldSize, sources(m))
+	}
+	if m.Sources[3].Addr != "snap-w1" || string(m.Sources[3].PartJson) != `{"rank":3}` {
+		t.Errorf("rank 3's source %+v", m.Sources[3])
+	}
+	r := s.lastRecovery()
+	if r.ResumeStep != 10 || r.ResumeSource != "memory" || r.LostSteps != 0 {
+		t.Errorf("recovery resume %d from %q lost %d; want memory step 10, 0 lost", r.ResumeStep, r.ResumeSource, r.LostSteps)
+	}
+	// The ranks restored step 10: the record stays.
+	s.progress(11, 1_004_000)
+	for _, p := range s.job().Progress {
+		p.ResumeStep = 10
+	}
+	s.decide()
+	if r := s.lastRecovery(); r.ResumeStep != 10 || r.LostSteps != 0 || r.ResumedUnixMs != 1_004_000 {
+		t.Errorf("recovery after the first step %+v", r)
+	}
+}
+
+// TestDecideSnapshotFallsBackToDisk: the cases where memory cannot serve.
+func TestDecideSnapshotFallsBackToDisk(t *testing.T) {
+	cases := []struct {
+		name  string
+		setup func(s *scene)
+		kill  []string
+	}{
+		// w4 (rank 3) and w1 (rank 0, which held rank 3's copy) both die:
+		// rank 3's part survives nowhere.
+		{"part only on lost workers", func(s *scene) { s.holdSnapshots(1, 10, "w1", "w2", "w3", "w4") }, []string{"w1", "w4"}},
+		// The snapshot is not newer than the disk checkpoint.
+		{"not newer than disk", func(s *scene) { s.holdSnapshots(1, 8, "w1", "w2", "w3", "w4") }, []string{"w4"}},
+		// An older generation's snapshot may be on an abandoned timeline.
+		{"older generation", func(s *scene) { s.holdSnapshots(0, 10, "w1", "w2", "w3", "w4") }, []string{"w4"}},
+		// Holders disagree on the world size of one step.
+		{"layouts disagree", func(s *scene) {
+			s.holdSnapshots(1, 10, "w1", "w2", "w3", "w4")
+			s.job().Snapshots["w2"].WorldSize = 2
+		}, []string{"w4"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := newScene(t, 1, 4, 4)
+			s.start(10)
+			c.setup(s)
+			s.expire(c.kill...)
+			s.decide()
+			var alive []string
+			for _, w := range s.o.Workers {
+				alive = append(alive, w.Id)
+			}
+			s.reannounce(alive...)
+			s.decide()
+			a := s.job().Assignment
+			if a == nil || a.Generation != 2 {
+				t.Fatalf("no generation 2: %s", s.job().Status.GetMessage())
+			}
+			if a.Memory != nil {
+				t.Errorf("memory resume step %d (%s); want the disk checkpoint", a.Memory.Step, sources(a.Memory))
+			}
+			if a.ResumeStep != 8 {
+				t.Errorf("resume step %d, want 8", a.ResumeStep)
+			}
+			if r := s.lastRecovery(); r.ResumeSource != "disk" || r.ResumeStep != 8 || r.LostSteps != 2 {
+				t.Errorf("recovery from %q step %d lost %d; want disk step 8, 2 lost", r.ResumeSource, r.ResumeStep, r.LostSteps)
+			}
+		})
+	}
+}
+
+// TestDecideSnapshotLostByPeerBeforeLease: a worker a peer saw disconnect
+// is named lost before its lease expires; its snapshot key is still there
+// but does not count.
+func TestDecideSnapshotLostByPeerBeforeLease(t *testing.T) {
+	s := newScene(t, 1, 4, 4)
+	s.start(10)
+	s.holdSnapshots(1, 10, "w1", "w2", "w3", "w4")
+	// w4 (rank 3) keeps its lease but ranks 1 and 2 lost their
+	// connections to it, and w1 (which holds rank 3's copy) is gone: rank
+	// 3's part is only on a lost worker.
+	j := s.job()
+	for _, r := range []int{1, 2} {
+		j.Results[r] = &loomv1.RankResult{Job: "e", Generation: 1, Rank: int32(r), Error: "peer lost", LostPeer: &loomv1.PeerLoss{Rank: 3}}
+	}
+	s.expire("w1")
+	s.decide()
+	s.reannounce("w2", "w3", "w4")
+	s.decide()
+	if a := s.job().Assignment; a == nil || a.Memory != nil {
+		t.Fatalf("assignment %v; want generation 2 from disk (rank 3's and rank 0's holders are lost)", a)
+	}
+}
