@@ -144,6 +144,9 @@ func (s *JobSpec) validateElastic(bad func(string, any, string), specValid bool)
 	if e.SnapshotEvery < 0 {
 		bad("elastic.snapshot_every", e.SnapshotEvery, "must be ≥ 0 steps (0: no in-memory snapshots)")
 	}
+	if e.SnapshotEvery > 0 && s.Checkpoint.Every <= 0 {
+		bad("elastic.snapshot_every", e.SnapshotEvery, "needs checkpoint.every > 0: disk checkpoints are the fallback when a snapshot's parts did not survive (set checkpoint.every, e.g. a multiple of snapshot_every)")
+	}
 	for _, d := range []struct {
 		field string
 		v     time.Duration

@@ -54,6 +54,7 @@ func TestElasticReachableSizes(t *testing.T) {
 		t.Errorf("DescribeElastic without snapshots names them: %s", s.DescribeElastic())
 	}
 	s.Elastic.SnapshotEvery = 5
+	s.Checkpoint.Every = 20
 	if err := s.Validate(); err != nil {
 		t.Fatalf("snapshot_every 5: %v", err)
 	}
@@ -87,6 +88,7 @@ func TestElasticErrors(t *testing.T) {
 		{"max below dp", "{min_dp: 1, max_dp: 2}", []string{"elastic.max_dp", "must be at least parallel.dp (4)"}},
 		{"negative", "{max_restarts: -1, min_dp: -2}", []string{"elastic.max_restarts", "elastic.min_dp"}},
 		{"snapshot negative", "{snapshot_every: -2}", []string{"elastic.snapshot_every", "got -2", "must be ≥ 0 steps"}},
+		{"snapshot without disk", "{snapshot_every: 2}", []string{"elastic.snapshot_every", "needs checkpoint.every > 0"}},
 		{"timeout", "{step_timeout: 0s}", []string{"elastic.step_timeout", "positive duration"}},
 		{"timeout type", "{step_timeout: soon}", []string{"soon"}},
 	}

@@ -52,6 +52,18 @@ type WriteOptions struct {
 	// renamed into place) and "written" (both files durable, before
 	// returning). Tests use it to crash a rank at an exact point.
 	Fault func(point string, step int)
+	// Snapshot, if set, makes the trainer's checkpoint writer also keep
+	// in-memory snapshots (elastic.snapshot_every); WriteRank ignores it.
+	Snapshot *SnapshotTarget
+}
+
+// SnapshotTarget is where a rank's in-memory snapshots go: every Every
+// steps the rank's part is written, as for a checkpoint, under JobDir (a
+// memory-backed store) and handed to Report.
+type SnapshotTarget struct {
+	Every  int
+	JobDir string
+	Report func(ctx context.Context, p RankPart) error
 }
 
 // WriteRank writes s as the rank's shard and state files into the partial

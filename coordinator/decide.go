@@ -380,7 +380,7 @@ func Decide(o Observed) []Action {
 				}
 				rdp, rpp, rtp := RankCoords(rank, p)
 				a.Ranks = append(a.Ranks, &loomv1.RankInfo{
-					Rank: int32(rank), WorkerId: w.Id, Addr: w.Addr, Host: w.Host, Threads: w.Threads,
+					Rank: int32(rank), WorkerId: w.Id, Addr: w.Addr, Host: w.Host, Threads: w.Threads, SnapshotAddr: w.SnapshotAddr,
 					Dp: int32(rdp), Pp: int32(rpp), Tp: int32(rtp),
 				})
 			}

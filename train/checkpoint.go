@@ -57,9 +57,14 @@ func CommitLocal(jobDir string, keep int, run string, log io.Writer) func(contex
 // rank's state into snap and goes on; one goroutine writes it and reports.
 // At most one write is in flight; the next save waits for it.
 type saver struct {
-	cfg  CheckpointConfig
-	snap *checkpoint.Snapshot
-	done chan saveResult // the in-flight write's result; nil when idle
+	cfg CheckpointConfig
+	// every is checkpoint.every; cfg.Every is how often the step loop
+	// calls save: every, or its gcd with the in-memory snapshots' interval
+	// (snap, nil: none).
+	every      int
+	snapTarget *checkpoint.SnapshotTarget
+	snap       *checkpoint.Snapshot
+	done       chan saveResult // the in-flight write's result; nil when idle
 	// written and writing count the bytes written by finished writes and
 	// the background time they took.
 	written int64
@@ -97,7 +102,11 @@ func (t *Trainer) EnableCheckpoints(cfg CheckpointConfig) error {
 	for i := 0; i < len(snap.Data); i += 1024 {
 		snap.Data[i] = 1
 	}
-	t.ck = &saver{cfg: cfg, snap: snap}
+	t.ck = &saver{cfg: cfg, snap: snap, every: cfg.Every}
+	if st := cfg.Write.Snapshot; st != nil && st.Every > 0 && st.JobDir != "" && st.Report != nil {
+		t.ck.snapTarget = st
+		t.ck.cfg.Every = gcd(cfg.Every, st.Every)
+	}
 	return nil
 }
 
@@ -114,6 +123,11 @@ func (t *Trainer) SaveStats() (bytes int64, seconds float64) {
 // save snapshots the state after step t.step and starts writing it; it
 // returns how long the step loop was blocked.
 func (s *saver) save(ctx context.Context, t *Trainer) (time.Duration, error) {
+	disk := t.step%s.every == 0
+	mem := s.snapTarget != nil && t.step%s.snapTarget.Every == 0
+	if !disk && !mem {
+		return 0, nil
+	}
 	start := time.Now()
 	if err := s.wait(); err != nil {
 		return 0, err
@@ -130,6 +144,27 @@ func (s *saver) save(ctx context.Context, t *Trainer) (time.Duration, error) {
 	wctx := context.WithoutCancel(ctx)
 	go func() {
 		var res saveResult
+		if mem {
+			// The in-memory snapshot first: it is the cheap one, and the
+			// one a restart after a lost worker wants.
+			m0 := time.Now()
+			part, err := checkpoint.WriteRank(wctx, s.snapTarget.JobDir, snap, checkpoint.WriteOptions{})
+			if err == nil {
+				rctx, cancel := context.WithTimeout(wctx, time.Minute)
+				err = s.snapTarget.Report(rctx, part)
+				cancel()
+			}
+			if err != nil {
+				// Not fatal: a restart without it resumes from disk.
+				fmt.Fprintf(s.cfg.Log, "rank %d: warning: in-memory snapshot of step %d: %v\n", snap.Part.Rank, snap.Part.Step, err)
+			} else {
+				fmt.Fprintf(s.cfg.Log, "loom: rank %d kept the in-memory snapshot of step %d in %v\n", snap.Part.Rank, snap.Part.Step, time.Since(m0).Round(time.Millisecond))
+			}
+		}
+		if !disk {
+			done <- res
+			return
+		}
 		w0 := time.Now()
 		part, err := checkpoint.WriteRank(wctx, s.cfg.JobDir, snap, s.cfg.Write)
 		if err == nil {
@@ -148,6 +183,13 @@ func (s *saver) save(ctx context.Context, t *Trainer) (time.Duration, error) {
 		done <- res
 	}()
 	return blocked, nil
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
 
 // wait blocks until the in-flight write (if any) has finished and returns

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 )
 
@@ -65,6 +66,14 @@ type Assignment struct {
 	// manifest (checkpoint.RankPart as JSON). It fails once the generation
 	// has ended. Nil when the worker has no coordinator (tests).
 	ReportCheckpoint func(ctx context.Context, step int, part []byte) error
+	// SnapshotDir and ReportSnapshot are set when the spec asks for
+	// in-memory snapshots (elastic.snapshot_every > 0): every that many
+	// steps the engine writes its part of a checkpoint with
+	// checkpoint.WriteRank under SnapshotDir (memory: the worker's store)
+	// and hands the part to ReportSnapshot, which files it in the store and
+	// copies it to the rank's data-parallel neighbour.
+	SnapshotDir    string
+	ReportSnapshot func(ctx context.Context, p checkpoint.RankPart) error
 }
 
 // StepStats is one finished optimizer step of one rank.

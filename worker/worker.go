@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
 	"github.com/loomtrain/loom/internal/version"
 	"github.com/loomtrain/loom/parallel"
@@ -91,6 +92,14 @@ type Config struct {
 	// before the engine runs (the allowed directories:
 	// security.Roots.CheckJob); its error fails the rank.
 	CheckJob func(spec api.JobSpec, resume string) error
+	// SnapshotListen is the address of the Snapshot service of in-memory
+	// recovery (elastic.snapshot_every), served across generations
+	// (default: the data-plane listen host, a free port). Its advertised
+	// host is the data plane's.
+	SnapshotListen string
+	// PeerTLS, if set, secures the Snapshot service, serving and dialling
+	// (the data plane's: security.Setup.PeerTLS).
+	PeerTLS *tls.Config
 }
 
 // RegisterFlags binds the worker's command-line flags to c.
@@ -163,6 +172,14 @@ type Worker struct {
 	id string
 	// forget are the timers that remove finished runs' metrics.
 	forget []*time.Timer
+	// lease is the current registration's (0: none); snapshot holdings
+	// are written under it.
+	lease clientv3.LeaseID
+
+	// snaps is the process's in-memory snapshot store; snapAddr the
+	// advertised address of its Snapshot service.
+	snaps    *snapStore
+	snapAddr string
 }
 
 // New checks cfg and returns a worker.
@@ -290,6 +307,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	w.addr = addr
 	w.mu.Unlock()
+	stopSnaps, err := w.serveSnapshots(addr)
+	if err != nil {
+		return err
+	}
+	defer stopSnaps()
 	w.reporter = newReporter(w)
 	defer w.reporter.close()
 
@@ -423,7 +445,7 @@ func (w *Worker) serveSession(ctx context.Context) error {
 	}()
 	id := fmt.Sprintf("w-%x", int64(sess.Lease()))
 	info := &loomv1.WorkerInfo{Id: id, Addr: w.Addr(), Version: w.cfg.Version, Host: w.cfg.Host,
-		Threads: int32(w.cfg.Threads), Pid: int32(os.Getpid()), RegisteredUnixMs: time.Now().UnixMilli()}
+		Threads: int32(w.cfg.Threads), Pid: int32(os.Getpid()), RegisteredUnixMs: time.Now().UnixMilli(), SnapshotAddr: w.snapAddr}
 	pctx, pcancel := context.WithTimeout(sctx, w.cfg.DialTimeout)
 	_, err = w.etcd.Put(pctx, w.keys.Worker(id), coordinator.Encode(info), clientv3.WithLease(sess.Lease()))
 	pcancel()
@@ -431,7 +453,7 @@ func (w *Worker) serveSession(ctx context.Context) error {
 		return fmt.Errorf("register %s: %w", id, err)
 	}
 	w.mu.Lock()
-	w.id = id
+	w.id, w.lease = id, sess.Lease()
 	w.mu.Unlock()
 	w.log.Info("worker: registered", "id", id, "addr", info.Addr, "version", info.Version, "threads", info.Threads)
 
@@ -687,11 +709,27 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.J
 	}
 	lis := run.lis
 	defer lis.Close()
+	resumeFrom := a.Resume
+	if a.Memory != nil {
+		// Every rank restores the same state or none does: a rank that
+		// cannot gather the snapshot fails its generation, and the next
+		// one resumes from disk (Decide takes only the ended generation's
+		// snapshots).
+		t0 := time.Now()
+		dir, err := w.snaps.materialize(ctx, a.Job, a.Memory, w.cfg.PeerTLS, spec.Elastic.SetupTimeout)
+		if err != nil {
+			return fmt.Errorf("resume from the in-memory snapshot of step %d: %w; the next generation resumes from the disk checkpoint (%s)",
+				a.Memory.Step, err, orNone(a.Resume))
+		}
+		w.log.Info("worker: gathered the in-memory snapshot", "job", a.Job, "generation", a.Generation, "rank", rank,
+			"step", a.Memory.Step, "dir", dir, "took", time.Since(t0).Round(time.Millisecond))
+		resumeFrom = dir
+	}
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
 		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, epoch: assignRev, rank: rank, watch: run.watch},
-		Resume:  a.Resume,
+		Resume:  resumeFrom,
 		Ops:     run.watch.ops,
 		ReportCheckpoint: func(cctx context.Context, step int, part []byte) error {
 			// The writer's context outlives the step loop's on purpose (files
@@ -708,6 +746,15 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.J
 	}
 	if asg.Threads <= 0 {
 		asg.Threads = w.cfg.Threads
+	}
+	if spec.Elastic.SnapshotEvery > 0 && w.snaps != nil {
+		asg.SnapshotDir = w.snaps.writeDir(a.Job, a.Generation)
+		asg.ReportSnapshot = func(sctx context.Context, p checkpoint.RankPart) error {
+			rctx, cancel := context.WithTimeout(sctx, spec.Elastic.CheckpointTimeout)
+			defer cancel()
+			defer context.AfterFunc(ctx, cancel)()
+			return w.reportSnapshot(rctx, a, spec, rank, p)
+		}
 	}
 	w.log.Info("worker: training", "job", a.Job, "generation", a.Generation, "rank", rank,
 		"dp", asg.DP, "pp", asg.PP, "tp", asg.TP, "world", asg.WorldSize)

@@ -238,6 +238,7 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	cfg.Logger = log
 	cfg.Engine = newTrainingEngine(*transport, sec.PeerTLS())
+	cfg.PeerTLS = sec.PeerTLS()
 	cfg.Registry = newRegistry()
 	cfg.CoordinatorDial = sec.DialOptions()
 	cfg.EtcdTLS = sec.EtcdTLS()

@@ -66,6 +66,9 @@ func newTrainingEngine(transport string, peerTLS *tls.Config) worker.Engine {
 			WrapComm: testHang(a, a.Ops.Wrap),
 			OnResume: a.Metrics.SetResume,
 		}
+		if a.ReportSnapshot != nil {
+			rc.CheckpointWrite.Snapshot = &checkpoint.SnapshotTarget{Every: a.Spec.Elastic.SnapshotEvery, JobDir: a.SnapshotDir, Report: a.ReportSnapshot}
+		}
 		if a.ReportCheckpoint != nil {
 			rc.ReportCheckpoint = func(ctx context.Context, p checkpoint.RankPart) error {
 				b, err := json.Marshal(p)

@@ -229,12 +229,15 @@ type RankInfo struct {
 	Rank     int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
 	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// addr is the worker's data-plane address (the Peer service).
-	Addr          string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
-	Dp            int32  `protobuf:"varint,4,opt,name=dp,proto3" json:"dp,omitempty"`
-	Pp            int32  `protobuf:"varint,5,opt,name=pp,proto3" json:"pp,omitempty"`
-	Tp            int32  `protobuf:"varint,6,opt,name=tp,proto3" json:"tp,omitempty"`
-	Threads       int32  `protobuf:"varint,7,opt,name=threads,proto3" json:"threads,omitempty"`
-	Host          string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
+	Addr    string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	Dp      int32  `protobuf:"varint,4,opt,name=dp,proto3" json:"dp,omitempty"`
+	Pp      int32  `protobuf:"varint,5,opt,name=pp,proto3" json:"pp,omitempty"`
+	Tp      int32  `protobuf:"varint,6,opt,name=tp,proto3" json:"tp,omitempty"`
+	Threads int32  `protobuf:"varint,7,opt,name=threads,proto3" json:"threads,omitempty"`
+	Host    string `protobuf:"bytes,8,opt,name=host,proto3" json:"host,omitempty"`
+	// snapshot_addr is the worker's snapshot service address (the Snapshot
+	// service of in-memory recovery; WorkerInfo.snapshot_addr).
+	SnapshotAddr  string `protobuf:"bytes,9,opt,name=snapshot_addr,json=snapshotAddr,proto3" json:"snapshot_addr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -321,6 +324,13 @@ func (x *RankInfo) GetThreads() int32 {
 func (x *RankInfo) GetHost() string {
 	if x != nil {
 		return x.Host
+	}
+	return ""
+}
+
+func (x *RankInfo) GetSnapshotAddr() string {
+	if x != nil {
+		return x.SnapshotAddr
 	}
 	return ""
 }
@@ -1355,8 +1365,11 @@ type WorkerInfo struct {
 	Threads          int32  `protobuf:"varint,5,opt,name=threads,proto3" json:"threads,omitempty"`
 	Pid              int32  `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`
 	RegisteredUnixMs int64  `protobuf:"varint,7,opt,name=registered_unix_ms,json=registeredUnixMs,proto3" json:"registered_unix_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// snapshot_addr serves the Snapshot service (in-memory recovery,
+	// elastic.snapshot_every) across generations.
+	SnapshotAddr  string `protobuf:"bytes,8,opt,name=snapshot_addr,json=snapshotAddr,proto3" json:"snapshot_addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WorkerInfo) Reset() {
@@ -1436,6 +1449,13 @@ func (x *WorkerInfo) GetRegisteredUnixMs() int64 {
 		return x.RegisteredUnixMs
 	}
 	return 0
+}
+
+func (x *WorkerInfo) GetSnapshotAddr() string {
+	if x != nil {
+		return x.SnapshotAddr
+	}
+	return ""
 }
 
 // RankResult is how a rank's engine ended (etcd:
@@ -2907,7 +2927,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x06resume\x18\b \x01(\tR\x06resume\x12\x15\n" +
 	"\x06run_id\x18\t \x01(\tR\x05runId\x12,\n" +
 	"\x12pending_timeout_ms\x18\n" +
-	" \x01(\x03R\x10pendingTimeoutMs\"\xad\x01\n" +
+	" \x01(\x03R\x10pendingTimeoutMs\"\xd2\x01\n" +
 	"\bRankInfo\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -2916,7 +2936,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x02pp\x18\x05 \x01(\x05R\x02pp\x12\x0e\n" +
 	"\x02tp\x18\x06 \x01(\x05R\x02tp\x12\x18\n" +
 	"\athreads\x18\a \x01(\x05R\athreads\x12\x12\n" +
-	"\x04host\x18\b \x01(\tR\x04host\"\xcc\x02\n" +
+	"\x04host\x18\b \x01(\tR\x04host\x12#\n" +
+	"\rsnapshot_addr\x18\t \x01(\tR\fsnapshotAddr\"\xcc\x02\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -3033,7 +3054,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"recoveries\x18\f \x03(\v2\x11.loom.v1.RecoveryR\n" +
 	"recoveries\x12\x0e\n" +
-	"\x02dp\x18\r \x01(\x05R\x02dp\"\xb8\x01\n" +
+	"\x02dp\x18\r \x01(\x05R\x02dp\"\xdd\x01\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -3042,7 +3063,8 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04host\x18\x04 \x01(\tR\x04host\x12\x18\n" +
 	"\athreads\x18\x05 \x01(\x05R\athreads\x12\x10\n" +
 	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12,\n" +
-	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xbd\x02\n" +
+	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\x12#\n" +
+	"\rsnapshot_addr\x18\b \x01(\tR\fsnapshotAddr\"\xbd\x02\n" +
 	"\n" +
 	"RankResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
