@@ -18,6 +18,7 @@
 //	jobs/NAME/progress/RANK             RankProgress   coordinator (ReportSteps)  until resubmitted
 //	jobs/NAME/checkpoints/STEP/RANK     CheckpointReport the rank's worker        until committed or dropped
 //	jobs/NAME/checkpoint                CheckpointRecord leader only (fenced)     until resubmitted
+//	jobs/NAME/snapshots/ID              SnapshotHolding the worker                its session lease (elastic.snapshot_every)
 //	workers/ID                          WorkerInfo     the worker                 its session lease
 //	quarantine/ID                       Quarantine     leader only (fenced)       until ID re-registers, goes or is assigned
 //	election/...                        leader's addr  concurrency.Election       the leader's lease

@@ -118,6 +118,9 @@ type Metrics struct {
 	epoch int64 // the assignment's revision: see coordinator.StepMetrics
 	rank  int
 	watch *rankWatch
+	// restored, if set, is called once the rank has restored its resume
+	// state (SetResume): the gathered in-memory snapshot is removed then.
+	restored func()
 }
 
 // Step is the last step the rank finished in this generation (its last
@@ -140,6 +143,9 @@ func (m Metrics) SetResume(step int, d time.Duration) {
 	}
 	if m.rep != nil {
 		m.rep.setResume(m.job, m.gen, int64(step), d.Seconds())
+	}
+	if m.restored != nil {
+		m.restored()
 	}
 }
 

@@ -164,6 +164,7 @@ func (s *snapStore) addOwn(job string, k snapKey, world, pred int, p checkpoint.
 	defer s.mu.Unlock()
 	st := s.step(job, k, world)
 	if st == nil {
+		os.RemoveAll(dst) // older than the one held
 		return nil
 	}
 	st.parts[p.Rank], st.own, st.pred = p, p.Rank, pred
@@ -179,6 +180,7 @@ func (s *snapStore) addCopy(job string, k snapKey, world int, p checkpoint.RankP
 	defer s.mu.Unlock()
 	st := s.step(job, k, world)
 	if st == nil {
+		os.RemoveAll(p.Dir) // older than the one held
 		return
 	}
 	st.parts[p.Rank] = p
@@ -224,6 +226,15 @@ func (s *snapStore) settle(job string) {
 	if s.onHeld != nil {
 		s.onHeld(job, h)
 	}
+}
+
+// drop removes everything the store has of job.
+func (s *snapStore) drop(job string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.jobs, job)
+	delete(s.held, job)
+	os.RemoveAll(filepath.Join(s.root, job))
 }
 
 // part returns the store's part of rank in snapshot k of job.

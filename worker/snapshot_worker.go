@@ -109,6 +109,19 @@ func (w *Worker) writeHolding(job string, h *loomv1.SnapshotHolding) {
 	}
 }
 
+// dropSnapshots forgets job's snapshots: files and the etcd record.
+func (w *Worker) dropSnapshots(job string) {
+	w.snaps.drop(job)
+	w.mu.Lock()
+	id := w.id
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(w.quit, w.cfg.DialTimeout)
+	defer cancel()
+	if _, err := w.etcd.Delete(ctx, w.keys.Snapshot(job, id)); err != nil {
+		w.log.Warn("worker: could not delete its snapshot record; it goes with the lease", "job", job, "err", err)
+	}
+}
+
 // reportSnapshot files rank's part p of an in-memory snapshot in the
 // store and pushes a copy to the worker of the rank's data-parallel
 // neighbour ((d+1) mod dp, same tp and pp). A failed push is logged, not

@@ -115,6 +115,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads (default: all cores)")
 	fs.DurationVar(&c.LeaseTTL, "ttl", c.LeaseTTL, "registration lease TTL (default: the coordinator's)")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to try reaching the coordinator and etcd (default 10s)")
+	fs.StringVar(&c.SnapshotListen, "snapshot-listen", c.SnapshotListen, "`ADDR` of the snapshot service of in-memory recovery (elastic.snapshot_every; default: the --listen host, a free port)")
 	fs.DurationVar(&c.StopTimeout, "stop-timeout", c.StopTimeout, "on SIGTERM or SIGINT, how long to spend ending the rank and leaving etcd (default 3s); a second signal exits at once")
 }
 
@@ -747,6 +748,11 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.J
 	if asg.Threads <= 0 {
 		asg.Threads = w.cfg.Threads
 	}
+	if resumeFrom != a.Resume {
+		var once sync.Once
+		asg.Metrics.restored = func() { once.Do(func() { os.RemoveAll(resumeFrom) }) }
+		defer asg.Metrics.restored()
+	}
 	if spec.Elastic.SnapshotEvery > 0 && w.snaps != nil {
 		asg.SnapshotDir = w.snaps.writeDir(a.Job, a.Generation)
 		asg.ReportSnapshot = func(sctx context.Context, p checkpoint.RankPart) error {
@@ -779,7 +785,12 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.J
 		w.reporter.flush(fctx)
 		cancel()
 	}()
-	return w.cfg.Engine.Run(ctx, asg, rep)
+	err = w.cfg.Engine.Run(ctx, asg, rep)
+	if err == nil && spec.Elastic.SnapshotEvery > 0 && w.snaps != nil {
+		// The rank finished: its job's snapshots are of no more use.
+		w.dropSnapshots(a.Job)
+	}
+	return err
 }
 
 // writeResult records how a rank ended, only while its assignment is the
