@@ -258,6 +258,9 @@ type snapServer struct {
 // Fetch streams one rank's files of a snapshot the store holds.
 func (v *snapServer) Fetch(req *loomv1.SnapshotFetchRequest, stream loomv1.Snapshot_FetchServer) error {
 	s := v.store
+	if err := plainName(req.Job); err != nil {
+		return err
+	}
 	var k snapKey
 	var p checkpoint.RankPart
 	found := false
@@ -318,6 +321,9 @@ func (v *snapServer) Push(stream loomv1.Snapshot_PushServer) error {
 	if err != nil {
 		return err
 	}
+	if err := plainName(c.Job); err != nil {
+		return err
+	}
 	var p checkpoint.RankPart
 	if err := json.Unmarshal(c.PartJson, &p); err != nil {
 		return fmt.Errorf("worker: snapshot push: part of rank %d step %d does not parse: %w", c.Rank, c.Step, err)
@@ -330,6 +336,14 @@ func (v *snapServer) Push(stream loomv1.Snapshot_PushServer) error {
 	}
 	s.addCopy(c.Job, k, world, p)
 	return stream.SendAndClose(&loomv1.SnapshotPushReply{})
+}
+
+// plainName refuses a job name that would leave the store's directory.
+func plainName(job string) error {
+	if job == "" || job == "." || job == ".." || filepath.Base(job) != job {
+		return fmt.Errorf("worker: snapshot service: job name %q is not a plain name", job)
+	}
+	return nil
 }
 
 // receiveFiles writes the files of part p from a chunk stream (first

@@ -65,6 +65,21 @@ func (ts *testStore) lastHeld() *loomv1.SnapshotHolding {
 	return ts.held[len(ts.held)-1]
 }
 
+func (ts *testStore) lastHeldPart(t *testing.T, rank int) checkpoint.RankPart {
+	t.Helper()
+	for _, p := range ts.lastHeld().Parts {
+		if int(p.Rank) == rank {
+			var part checkpoint.RankPart
+			if err := json.Unmarshal(p.PartJson, &part); err != nil {
+				t.Fatal(err)
+			}
+			return part
+		}
+	}
+	t.Fatalf("rank %d not held", rank)
+	return checkpoint.RankPart{}
+}
+
 // writePart writes rank's part of step (a two-rank dp layout) as the
 // trainer would, under the store's write directory.
 func writePart(t *testing.T, s *snapStore, gen uint64, step, rank int) checkpoint.RankPart {
@@ -163,6 +178,10 @@ func TestSnapshotStorePushFetch(t *testing.T) {
 	_, err = newTestStore(t).materialize(ctx, "j", m, nil, 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "rank 1") || !strings.Contains(err.Error(), bad.Files[0].Path) || !strings.Contains(err.Error(), "SHA-256") {
 		t.Errorf("a mismatched part: %v", err)
+	}
+	// A push naming a job outside the store is refused.
+	if err := pushSnapshot(ctx, b.addr, nil, "../x", snapKey{1, 6}, a.dir("j", snapKey{1, 4}), a.lastHeldPart(t, 0)); err == nil || !strings.Contains(err.Error(), "not a plain name") {
+		t.Errorf("a push for job ../x: %v", err)
 	}
 	// A holder that is gone fails within the deadline, naming it.
 	m.Sources[1].PartJson, _ = json.Marshal(bad)
