@@ -4,7 +4,8 @@ BIN     := bin/loom
 CORPUS  := out/gosrc.bin
 JOB     ?= examples/default.yaml
 
-.PHONY: all build run test test-short bench bench-monitoring bf16-parity pp-bench proto lint setup fixtures clean web grafana
+.PHONY: all build run test test-short bench bench-monitoring bench-tls bf16-parity chaos pp-bench proto lint setup fixtures clean web grafana \
+	static image test-image test-multihost k8s
 
 all: build
 
@@ -59,8 +60,23 @@ bench-monitoring: build $(CORPUS)
 	scripts/bench-monitoring.sh $(JOB)
 
 # bf16 GEMMs train `tiny` 200 steps within 1% of fp32 (10-step means; ~2 min).
+# The cost of mutual TLS: tokens/s of $(JOB) on a coordinator and two
+# workers over tcp, plaintext vs mutual TLS, alternating rounds.
+bench-tls: build out/gosrc-bpe.bin out/pydoc-bpe.bin
+	scripts/bench-tls.sh $(JOB)
+
 bf16-parity:
 	LOOM_BF16_PARITY=1 $(GO) test -count=1 -run TestBF16TracksFP32 -v ./cmd/loom
+
+# Kill -9 random workers of a dp 4 job (tiny model, 300 steps) five times,
+# two of them during saves, replacements after random delays: the job must
+# succeed, lose ≤ a checkpoint interval per kill, leave no process or port,
+# and end with the model a run resumed by hand produces; prints the recovery
+# times (detection, rendezvous, setup and load, first step). CHAOS_FLAGS:
+# e.g. -chaos.seed N -chaos.steps 400 -chaos.kills 8; LOOM_CHAOS_REPORT=FILE
+# also writes the report there.
+chaos:
+	$(GO) test -count=1 -timeout 30m -run '^TestChaos$$' -v ./cmd/loom -chaos $(CHAOS_FLAGS)
 
 # Pipelined small (pp 2, 8 micro-batches, each schedule, 2 workers × 1 thread)
 # beside one worker × 1 thread: tokens/s, the measured bubble against the
@@ -81,6 +97,39 @@ web:
 # deploy/grafana's test checks they are current).
 grafana:
 	$(GO) run ./deploy/grafana/gen
+
+# Deployment (docs/deploy.md). The static binary the image and the
+# multi-host test use; VERSION is the source's unless given.
+VERSION  ?= $(shell sed -n 's/^var Version = "\(.*\)"/\1/p' internal/version/version.go)
+REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+STATIC   := out/image/loom
+static:
+	@mkdir -p out/image
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X github.com/loomtrain/loom/internal/version.Version=$(VERSION)" -o $(STATIC) ./cmd/loom
+
+# The OCI image, built in Go (deploy/image; no container engine): an OCI
+# layout in out/image/oci and a `podman load`/`docker load` tarball.
+image: static
+	$(GO) run ./deploy/image/build -binary $(STATIC) -version $(VERSION) -revision "$(REVISION)" \
+		-layout out/image/oci -tarball out/image/loom.tar
+
+# The image run in podman (skipped, with the reason, where podman cannot run
+# containers).
+test-image: image
+	scripts/setup.sh deploy
+	LOOM_IMAGE_TAR=$(CURDIR)/out/image/loom.tar LOOM_IMAGE_VERSION=$(VERSION) \
+		$(GO) test -count=1 -v -run TestPodmanRunsImage ./deploy/image
+
+# Three hosts in network namespaces, mutual TLS, a link cut and a degraded
+# link (deploy/multihost; needs root).
+test-multihost: static
+	scripts/setup.sh deploy
+	LOOM_MULTIHOST_BINARY=$(CURDIR)/$(STATIC) $(GO) test -count=1 -v -timeout 5m ./deploy/multihost
+
+# The Kubernetes monitoring component's copies of deploy/grafana's
+# dashboard and rules (committed; deploy/k8s's test checks they are current).
+k8s:
+	$(GO) run ./deploy/k8s/gen
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \

@@ -40,7 +40,15 @@ func (e *RPCError) Error() string {
 	}
 	switch st.Code() {
 	case codes.Unavailable:
+		if m := st.Message(); strings.Contains(m, "tls:") || strings.Contains(m, "x509:") || strings.Contains(m, "want role") {
+			return fmt.Sprintf("coordinator %s: %s: the TLS handshake failed (%s); check --tls-dir / --tls-ca: both sides need certificates of one CA", e.Addr, e.Op, dialCause(m))
+		}
+		if m := st.Message(); strings.Contains(m, "server preface") || strings.Contains(m, "first record does not look like a TLS handshake") {
+			return fmt.Sprintf("coordinator %s: %s: the connection failed (%s); one side uses TLS and the other not: give both --tls-dir, or neither", e.Addr, e.Op, dialCause(m))
+		}
 		return fmt.Sprintf("coordinator %s: %s: unreachable (%s); check the address and that `loom coordinator` runs there", e.Addr, e.Op, dialCause(st.Message()))
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return fmt.Sprintf("coordinator %s: %s: %s", e.Addr, e.Op, st.Message())
 	case codes.DeadlineExceeded:
 		return fmt.Sprintf("coordinator %s: %s: no answer before the deadline; check the address and that `loom coordinator` runs there", e.Addr, e.Op)
 	case codes.InvalidArgument:
@@ -79,6 +87,9 @@ func (e *RPCError) Unwrap() []error {
 // serves every call (they share etcd); the leader is preferred. It is
 // safe for concurrent use.
 type Client struct {
+	// dialOpts are Dial's options (credentials, message bounds).
+	dialOpts []grpc.DialOption
+
 	mu    sync.Mutex
 	addr  string
 	conn  *grpc.ClientConn
@@ -98,13 +109,14 @@ const failoverWait = 30 * time.Second
 // refuses connections is retried until then (a coordinator may be
 // starting; without a deadline each is tried once); one whose host does
 // not resolve fails at once. The error names each address and why it was
-// not reached.
-func Dial(ctx context.Context, addrs string) (*Client, error) {
+// not reached. opts are added to every connection's (plaintext unless
+// they give transport credentials: security.Setup.DialOptions).
+func Dial(ctx context.Context, addrs string, opts ...grpc.DialOption) (*Client, error) {
 	list := splitAddrs(addrs)
 	if len(list) == 0 {
 		return nil, &RPCError{Addr: addrs, Op: "dial", Err: errors.New("no coordinator address given")}
 	}
-	c := &Client{known: list}
+	c := &Client{known: list, dialOpts: append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)}
 	var errs []error
 	for {
 		errs = errs[:0]
@@ -173,7 +185,7 @@ func (c *Client) connect(ctx context.Context, addr string) error {
 			return &RPCError{Addr: addr, Op: "dial", Err: status.Error(codes.Unavailable, err.Error())}
 		}
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, c.dialOpts...)
 	if err != nil {
 		return &RPCError{Addr: addr, Op: "dial", Err: err}
 	}
@@ -367,9 +379,11 @@ func (c *Client) Submit(ctx context.Context, specYAML []byte, source string, max
 }
 
 // SubmitJob sends a submit request with every option. If the coordinator
-// goes away before it answers, the request is sent again to another; a
-// submission the first one had recorded is then refused as already
-// existing.
+// goes away before it answers, the request is sent again to another. A
+// submission the first one had recorded is then accepted again when
+// req.RunId is set (the same run and spec: Submit is idempotent for them;
+// `loom submit` and `loom run` always set it), and refused as already
+// existing otherwise.
 func (c *Client) SubmitJob(ctx context.Context, req *loomv1.SubmitRequest) (*loomv1.Job, error) {
 	var job *loomv1.Job
 	err := c.do(ctx, "submit", func(rpc loomv1.CoordinatorClient) error {

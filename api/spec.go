@@ -23,6 +23,8 @@ type JobSpec struct {
 	Parallel   ParallelSpec   `yaml:"parallel"`
 	Train      TrainSpec      `yaml:"train"`
 	Checkpoint CheckpointSpec `yaml:"checkpoint"`
+	// Elastic is how a multi-worker job recovers and resizes (elastic.go).
+	Elastic ElasticSpec `yaml:"elastic"`
 }
 
 // ModelSpec is the architecture of a LLaMA-style decoder.
@@ -214,6 +216,7 @@ func DefaultSpec() JobSpec {
 			EvalBatches: 4, Precision: "fp32",
 		},
 		Checkpoint: CheckpointSpec{Dir: "checkpoints", Every: 0, Keep: 3},
+		Elastic:    defaultElastic(),
 	}
 }
 
@@ -467,6 +470,7 @@ func (s *JobSpec) Validate() error {
 	if c.Keep < 1 {
 		bad("checkpoint.keep", c.Keep, "must be ≥ 1")
 	}
+	s.validateElastic(bad, len(errs) == 0)
 	if len(errs) == 0 {
 		return nil
 	}

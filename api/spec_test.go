@@ -53,7 +53,7 @@ func TestParseSpecErrors(t *testing.T) {
 		{"malformed", "model: [1, 2\n", []string{"job.yaml", "malformed YAML"}},
 		{"not mapping", "- a\n- b\n", []string{"must be a YAML mapping"}},
 		{"empty", "", []string{"empty spec"}},
-		{"unknown top", "data: {path: a}\nmodle: {}\n", []string{"modle", "line 2", "unknown key", "allowed keys here: checkpoint, data, model, name, parallel, train"}},
+		{"unknown top", "data: {path: a}\nmodle: {}\n", []string{"modle", "line 2", "unknown key", "allowed keys here: checkpoint, data, elastic, model, name, parallel, train"}},
 		{"unknown nested", "data: {path: a}\nmodel:\n  dimm: 3\n", []string{"model.dimm", "line 3", "dim, ffn_hidden"}},
 		{"section scalar", "data: {path: a}\nmodel: 3\n", []string{"model", "must be a mapping"}},
 		{"wrong type", "data: {path: a}\nmodel: {dim: abc}\n", []string{"line 2", "abc"}},

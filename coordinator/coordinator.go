@@ -19,6 +19,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 
+	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/internal/version"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
@@ -64,7 +65,23 @@ type Config struct {
 	// are checked and before its manifest is written; an error abandons
 	// that commit. Tests use it to stop a leader at exactly that point.
 	BeforeCheckpointManifest func(job string, step int64) error
+	// ServerOptions are added to the gRPC server's (credentials, the
+	// caller checks, message bounds: security.Setup.ServerOptions).
+	ServerOptions []grpc.ServerOption
+	// HTTPGuard, if set, wraps the HTTP server's handler (who may read
+	// the dashboard and /metrics); /healthz and /readyz must stay open.
+	HTTPGuard func(http.Handler) http.Handler
+	// CheckJob, if set, vets a submitted spec and resume directory (the
+	// directories jobs may name: security.Roots.CheckJob); its error
+	// refuses the job as an invalid argument.
+	CheckJob func(spec api.JobSpec, resume string) error
+	// MaxSpecBytes bounds a submitted spec, which is stored as one etcd
+	// value (default DefaultMaxSpecBytes).
+	MaxSpecBytes int
 }
+
+// DefaultMaxSpecBytes is the default Config.MaxSpecBytes.
+const DefaultMaxSpecBytes = 1 << 20
 
 // Coordinator serves the Coordinator gRPC service and, while it is the
 // elected leader, reconciles jobs. It is safe for concurrent use.
@@ -108,6 +125,9 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxSpecBytes <= 0 {
+		cfg.MaxSpecBytes = DefaultMaxSpecBytes
+	}
 	var reg prometheus.Registerer
 	if cfg.Registry != nil {
 		reg = cfg.Registry
@@ -141,7 +161,7 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 	if c.cfg.Addr == "" {
 		c.cfg.Addr = grpcLis.Addr().String()
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(c.cfg.ServerOptions...)
 	loomv1.RegisterCoordinatorServer(srv, c)
 	var wg sync.WaitGroup
 	errc := make(chan error, 3)
@@ -158,6 +178,8 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 			mux.Handle("/metrics", promhttp.HandlerFor(c.cfg.Registry, promhttp.HandlerOpts{}))
 		}
 		mux.Handle("/", c.WebHandler())
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		mux.HandleFunc("/readyz", c.serveReady)
 		// Others reach a listener on every interface at our advertised host.
 		haddr := httpLis.Addr().String()
 		if a, unspecified, err := AdvertiseAddr("", httpLis.Addr()); err == nil && unspecified {
@@ -168,7 +190,11 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 		}
 		c.httpAddr.Store(haddr)
 		// Requests end with runCtx, so live streams do not hold up Shutdown.
-		hs = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		var h http.Handler = mux
+		if c.cfg.HTTPGuard != nil {
+			h = c.cfg.HTTPGuard(mux)
+		}
+		hs = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second,
 			BaseContext: func(net.Listener) context.Context { return runCtx }}
 		wg.Go(func() {
 			if err := hs.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -201,6 +227,22 @@ func (c *Coordinator) Serve(ctx context.Context, grpcLis, httpLis net.Listener) 
 	}
 	wg.Wait()
 	return err
+}
+
+// serveReady is the readiness probe: ready while etcd answers (every
+// coordinator serves every call; the body says whether this one leads).
+func (c *Coordinator) serveReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if _, err := c.cfg.Etcd.Get(ctx, c.keys.Election(), clientv3.WithCountOnly()); err != nil {
+		http.Error(w, fmt.Sprintf("not ready: etcd at %s does not answer: %v", strings.Join(c.cfg.EtcdEndpoints, ","), err), http.StatusServiceUnavailable)
+		return
+	}
+	role := "standby"
+	if c.IsLeader() {
+		role = "leader"
+	}
+	fmt.Fprintf(w, "ready (%s)\n", role)
 }
 
 // Run campaigns for leadership and, while leader, reconciles; it returns

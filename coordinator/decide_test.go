@@ -37,7 +37,7 @@ func assigned(j JobObserved, gen uint64, workers ...*loomv1.WorkerInfo) JobObser
 	}
 	j.Assignment = a
 	j.Status = &loomv1.JobStatus{Name: j.Desired.Name, State: running, Generation: gen, Ranks: a.Ranks,
-		WorldSize: j.Desired.WorldSize, Message: fmt.Sprintf("generation %d: %d ranks training", gen, len(workers))}
+		WorldSize: j.Desired.WorldSize, Dp: int32(j.Parallel.DP), Message: fmt.Sprintf("generation %d: %d ranks training", gen, len(workers))}
 	j.Results = map[int]*loomv1.RankResult{}
 	return j
 }

@@ -46,15 +46,25 @@
 // the same state. The randomized transcript test (transcript_test.go) plays
 // the outside world against Decide and checks every round and fixed point.
 //
-// Rendezvous follows TorchElastic: once world-size idle workers of the
+// Rendezvous follows TorchElastic: once enough idle workers of the
 // coordinator's Loom version are registered, the leader writes an
-// Assignment for the next generation (rank, (dp, pp, tp) coordinates, peers'
-// data-plane addresses). A generation ends when every rank has an ok
-// result (SUCCEEDED), when a rank's worker lease expires or its engine
-// fails (WAITING for a restart while max_restarts allows, else FAILED), or
-// when the job is stopped (STOPPED). Ending a generation deletes its
-// assignment, which cancels the engines of the remaining ranks. A restart
-// (generation > 1) resumes from the newest complete checkpoint.
+// Assignment for the next generation (its data-parallel size, rank, (dp,
+// pp, tp) coordinates, peers' data-plane addresses). The first generation
+// waits for parallel.dp; a restart takes the largest reachable dp in
+// [elastic.min_dp, elastic.max_dp] the idle workers fill (JobObserved.
+// Elastic), waiting up to elastic.rendezvous_timeout for the survivors of
+// the ended generation to rejoin; tp and pp stay. A generation ends when
+// every rank has an ok result (SUCCEEDED), when a rank's worker lease
+// expires, its engine fails or it hangs (WAITING for a restart while
+// max_restarts allows, else FAILED), when the job is stopped (STOPPED),
+// or — an elastic job below max_dp with workers idle since before the
+// checkpoint its generation just committed — to grow (WAITING, not a
+// restart). Ending a generation deletes its assignment, which cancels the
+// engines of the remaining ranks; it is recorded in JobStatus.recoveries
+// (reason, steps lost, dp before and after, how long the next generation
+// took to train). A restart (generation > 1) resumes from the recorded
+// checkpoint (Assignment.resume names its directory, so every rank
+// restores the same one, resharded).
 //
 // A rank whose engine lost its connection to a peer (RankResult.lost_peer)
 // while that peer reported nothing names the peer: the failure says the

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -29,6 +30,14 @@ type EtcdOptions struct {
 	// LogOutput is "stderr", "stdout", "discard" or a file path (default
 	// "stderr"); etcd logs only errors.
 	LogOutput string
+	// TLSCertFile, TLSKeyFile and TLSCAFile, when set, serve the client
+	// URLs over https with client certificates required (signed by the
+	// CA): etcd's --cert-file, --key-file, --trusted-ca-file and
+	// --client-cert-auth.
+	TLSCertFile, TLSKeyFile, TLSCAFile string
+	// MaxRequestBytes bounds one request, and so one value (etcd's
+	// --max-request-bytes; default etcd's, 1.5 MiB).
+	MaxRequestBytes uint
 }
 
 // EmbeddedEtcd is a single-member etcd server running in this process.
@@ -87,7 +96,11 @@ func startEtcdOnce(ctx context.Context, dir string, opts EtcdOptions) (*Embedded
 	if err != nil {
 		return nil, err
 	}
-	curl, err := url.Parse("http://" + clientAddr)
+	scheme := "http"
+	if opts.TLSCertFile != "" {
+		scheme = "https"
+	}
+	curl, err := url.Parse(scheme + "://" + clientAddr)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: client address %q: %w", clientAddr, err)
 	}
@@ -105,6 +118,13 @@ func startEtcdOnce(ctx context.Context, dir string, opts EtcdOptions) (*Embedded
 	cfg.AdvertisePeerUrls = []url.URL{*purl}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	cfg.LogLevel = "error"
+	if opts.TLSCertFile != "" {
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: opts.TLSCertFile, KeyFile: opts.TLSKeyFile,
+			TrustedCAFile: opts.TLSCAFile, ClientCertAuth: true}
+	}
+	if opts.MaxRequestBytes > 0 {
+		cfg.MaxRequestBytes = opts.MaxRequestBytes
+	}
 	switch out := opts.LogOutput; out {
 	case "":
 		cfg.LogOutputs = []string{"stderr"}
@@ -151,7 +171,7 @@ func advertiseURL(advertise string, listen *url.URL) (*url.URL, error) {
 		if _, _, err := net.SplitHostPort(advertise); err != nil {
 			advertise = net.JoinHostPort(strings.Trim(advertise, "[]"), listen.Port())
 		}
-		advertise = "http://" + advertise
+		advertise = listen.Scheme + "://" + advertise
 	}
 	u, err := url.Parse(advertise)
 	if err != nil || u.Host == "" || u.Port() == "" || isUnspecified(u.Hostname()) {

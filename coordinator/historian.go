@@ -261,6 +261,8 @@ type jobState struct {
 	Generation   uint64                `json:"generation"`
 	LastStep     int64                 `json:"last_step"`
 	LastMs       int64                 `json:"last_ms"`
+	ValLoss      float64               `json:"val_loss,omitempty"`
+	ValStep      int64                 `json:"val_step,omitempty"`
 	Points       seriesState[JobPoint] `json:"points"`
 	Events       []Event               `json:"events"`
 	SeenFailures []uint64              `json:"seen_failures,omitempty"`
@@ -314,7 +316,8 @@ func (h *historian) changes(all bool) []historyPut {
 	h.mu.Lock()
 	for name, j := range h.jobs {
 		if j.dirty || all {
-			st := jobState{Run: j.run, Generation: j.gen, LastStep: j.lastStep, LastMs: j.lastMs, Points: j.points.state(),
+			st := jobState{Run: j.run, Generation: j.gen, LastStep: j.lastStep, LastMs: j.lastMs, ValLoss: j.valLoss, ValStep: j.valStep,
+				Points: j.points.state(),
 				Events: j.events, Restarts: j.restarts, FinishedMs: j.finishedMs,
 				Checkpoint: checkpointTotals{Step: j.ckptStep, Saves: j.ckptSaves, Bytes: j.ckptTotal, LastS: j.ckptLastS, LastBytes: j.ckptLastB}}
 			for g := range j.seenFailures {
@@ -387,6 +390,7 @@ func (h *historian) restore(kvs []*mvccpb.KeyValue, fresh map[string]bool, newer
 				continue
 			}
 			j.gen, j.lastStep, j.lastMs, j.finishedMs = st.Generation, st.LastStep, st.LastMs, st.FinishedMs
+			j.valLoss, j.valStep = st.ValLoss, st.ValStep
 			j.points.restore(st.Points)
 			j.events = st.Events
 			for _, g := range st.SeenFailures {

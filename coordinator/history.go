@@ -54,6 +54,11 @@ type JobPoint struct {
 	TokensPerSec float64 `json:"tokens_per_sec"` // global batch ÷ the slowest rank's step time
 	MFU          float64 `json:"mfu"`            // model FLOP/s ÷ the ranks' summed peak (0: peak unknown)
 	StepSeconds  float64 `json:"step_s"`         // the slowest rank's
+	// ValLoss is the validation loss of the step (train.eval_every), or
+	// once downsampled the mean of the ValN validation passes the point
+	// covers; ValN is 0 when it covers none.
+	ValLoss float64 `json:"val_loss,omitempty"`
+	ValN    int     `json:"val_n,omitempty"`
 }
 
 func (p JobPoint) steps() int      { return p.N }
@@ -61,9 +66,13 @@ func (p JobPoint) lastStep() int64 { return p.Step }
 func (p JobPoint) merged(q JobPoint) JobPoint {
 	a, b := float64(p.N), float64(q.N)
 	w := func(x, y float64) float64 { return (a*x + b*y) / (a + b) }
-	return JobPoint{Step: q.Step, N: p.N + q.N, TimeMs: q.TimeMs, Loss: w(p.Loss, q.Loss), LR: w(p.LR, q.LR),
+	m := JobPoint{Step: q.Step, N: p.N + q.N, TimeMs: q.TimeMs, Loss: w(p.Loss, q.Loss), LR: w(p.LR, q.LR),
 		GradNorm: w(p.GradNorm, q.GradNorm), TokensPerSec: w(p.TokensPerSec, q.TokensPerSec),
-		MFU: w(p.MFU, q.MFU), StepSeconds: w(p.StepSeconds, q.StepSeconds)}
+		MFU: w(p.MFU, q.MFU), StepSeconds: w(p.StepSeconds, q.StepSeconds), ValN: p.ValN + q.ValN}
+	if m.ValN > 0 {
+		m.ValLoss = (float64(p.ValN)*p.ValLoss + float64(q.ValN)*q.ValLoss) / float64(m.ValN)
+	}
+	return m
 }
 
 // RankPoint is where one rank's step time went, or the mean of N steps.
@@ -138,8 +147,10 @@ type jobHistory struct {
 	world    int
 
 	gen      uint64
-	lastStep int64 // the last step every rank reported (or given up on)
-	lastMs   int64 // when it ended
+	lastStep int64   // the last step every rank reported (or given up on)
+	lastMs   int64   // when it ended
+	valLoss  float64 // the latest validation loss (0: none yet)
+	valStep  int64   // its step
 	points   series[JobPoint]
 	ranks    map[int]*rankHistory
 	pending  map[int64]map[int]*loomv1.StepStats
@@ -266,6 +277,14 @@ func (j *jobHistory) replay(step int64) {
 	if j.lastStep >= step {
 		j.lastStep = step - 1
 	}
+	if j.valStep >= step {
+		j.valLoss, j.valStep = 0, 0
+		for _, p := range j.points.points() {
+			if p.ValN > 0 {
+				j.valLoss, j.valStep = p.ValLoss, p.Step
+			}
+		}
+	}
 	j.dirty = true
 }
 
@@ -314,9 +333,9 @@ func (j *jobHistory) finish(step int64, byRank map[int]*loomv1.StepStats) {
 		minComm = min(minComm, s.CommSeconds)
 	}
 	jp := JobPoint{Step: step, N: 1}
-	var peak float64
+	var peak, valSum float64
 	var tokens int64
-	n := 0.0
+	n, valN := 0.0, 0
 	for r, s := range byRank {
 		rh := j.rank(r)
 		wait := max(0, s.CommSeconds-minComm)
@@ -343,6 +362,10 @@ func (j *jobHistory) finish(step int64, byRank map[int]*loomv1.StepStats) {
 		jp.LR = s.Lr
 		jp.StepSeconds = max(jp.StepSeconds, s.StepSeconds)
 		jp.TimeMs = max(jp.TimeMs, s.EndUnixMs)
+		if s.ValLoss > 0 {
+			valSum += s.ValLoss
+			valN++
+		}
 		tokens = max(tokens, s.Tokens)
 		if s.Tokens == 0 && s.TokensPerSec > 0 {
 			tokens = max(tokens, int64(s.TokensPerSec*s.StepSeconds+0.5))
@@ -350,6 +373,10 @@ func (j *jobHistory) finish(step int64, byRank map[int]*loomv1.StepStats) {
 	}
 	jp.Loss /= n
 	jp.GradNorm /= n
+	if valN > 0 {
+		jp.ValLoss, jp.ValN = valSum/float64(valN), 1
+		j.valLoss, j.valStep = jp.ValLoss, step
+	}
 	if jp.StepSeconds > 0 {
 		jp.TokensPerSec = float64(tokens) / jp.StepSeconds
 	}
@@ -383,6 +410,17 @@ func (j *jobHistory) setStatus(st *loomv1.JobStatus, now time.Time) {
 	if st.Generation > j.gen {
 		j.flushPending()
 	}
+	// Each generation that ended early once: its recovery record (with the
+	// reason Decide gave it, growth included), else its first failure.
+	for _, r := range st.Recoveries {
+		if j.seenFailures[r.Generation] {
+			continue
+		}
+		j.seenFailures[r.Generation] = true
+		j.restarts[r.Reason]++
+		j.addEvent(Event{Kind: "restart", Step: j.lastStep, TimeMs: now.UnixMilli(), Generation: r.Generation,
+			Reason: r.Reason, Text: r.Message})
+	}
 	for _, f := range st.Failures {
 		if j.seenFailures[f.Generation] {
 			continue
@@ -408,11 +446,19 @@ func (j *jobHistory) setStatus(st *loomv1.JobStatus, now time.Time) {
 	}
 }
 
+// RestartReasons returns the values of loom_job_restarts_total's reason:
+// Failure.kind, and "grow" for a resize at a checkpoint boundary.
+func RestartReasons() []string {
+	return []string{"worker_lost", "hang", "rank_failed", "loss_not_finite", "grow"}
+}
+
 // RestartReason classifies why a generation ended early: "worker_lost"
 // (its lease expired), "loss_not_finite" (the loss became NaN or ±Inf) or
 // "rank_failed" (any other engine error).
 func RestartReason(f *loomv1.Failure) string {
 	switch {
+	case f.Kind != "":
+		return f.Kind
 	case f.Lost:
 		return "worker_lost"
 	case containsAny(f.Reason, "loss is NaN", "loss is +Inf", "loss is -Inf"):
@@ -591,17 +637,21 @@ type JobSummary struct {
 	MFU          float64 `json:"mfu"`
 	PeakFLOPS    float64 `json:"peak_flops"` // the ranks' summed peak the MFU divides by
 	Loss         float64 `json:"loss"`
-	Restarts     int     `json:"restarts"`
-	SubmittedMs  int64   `json:"submitted_ms"`
-	LastStepMs   int64   `json:"last_step_ms"`
-	FinishedMs   int64   `json:"finished_ms,omitempty"`
-	Stragglers   []int   `json:"stragglers,omitempty"`
+	// ValLoss is the latest validation loss, of step ValStep (0: the job
+	// has not validated yet, or has no validation set).
+	ValLoss     float64 `json:"val_loss,omitempty"`
+	ValStep     int64   `json:"val_step,omitempty"`
+	Restarts    int     `json:"restarts"`
+	SubmittedMs int64   `json:"submitted_ms"`
+	LastStepMs  int64   `json:"last_step_ms"`
+	FinishedMs  int64   `json:"finished_ms,omitempty"`
+	Stragglers  []int   `json:"stragglers,omitempty"`
 }
 
 func (j *jobHistory) summary(now time.Time) JobSummary {
 	s := JobSummary{Name: j.name, Run: j.runLabel, State: "PENDING", Generation: j.gen, WorldSize: j.world,
 		Step: j.lastStep, TotalSteps: j.total, SubmittedMs: j.desired.SubmittedUnixMs, LastStepMs: j.lastMs,
-		FinishedMs: j.finishedMs}
+		FinishedMs: j.finishedMs, ValLoss: j.valLoss, ValStep: j.valStep}
 	if st := j.status; st != nil {
 		s.State, s.Message, s.Restarts = stateName(st.State), st.Message, int(st.Restarts)
 		s.Generation = max(s.Generation, st.Generation)

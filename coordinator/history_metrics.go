@@ -40,7 +40,7 @@ func newJobCollector(h *historian, grace time.Duration) *jobCollector {
 		peak:     d("loom_job_peak_flops", "The peak MFU divides by: the sum of the ranks' measured float32 FMA peaks, FLOP/s.", jr),
 		loss:     d("loom_job_loss", "Training loss of the last step.", jr),
 		lastStep: d("loom_job_last_step_timestamp_seconds", "When the job's last step ended (unix seconds).", jr),
-		restarts: d("loom_job_restarts_total", "Generations of the run that ended early, by reason (worker_lost, rank_failed, loss_not_finite).", []string{"job", "run", "reason"}),
+		restarts: d("loom_job_restarts_total", "Generations of the run that ended early, by reason (worker_lost, hang, rank_failed, loss_not_finite, grow).", []string{"job", "run", "reason"}),
 
 		rankSteps:   d("loom_rank_steps_total", "Steps of the run the rank finished.", jrr),
 		rankStep:    d("loom_rank_step_seconds_total", "Wall time of the rank's steps.", jrr),
@@ -102,7 +102,7 @@ func (c *jobCollector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.loss, s.Loss, name, run)
 			gauge(c.lastStep, float64(j.lastMs)/1e3, name, run)
 		}
-		for _, reason := range []string{"worker_lost", "rank_failed", "loss_not_finite"} {
+		for _, reason := range RestartReasons() {
 			counter(c.restarts, float64(j.restarts[reason]), name, run, reason)
 		}
 		counter(c.ckptSaves, float64(j.ckptSaves), name, run)

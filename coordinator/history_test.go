@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -316,5 +318,76 @@ func TestCheckpointSaveTimeWhenCommitComesFirst(t *testing.T) {
 	feed(j, 1, 10, 10, 1)
 	if len(j.events) != 1 || j.events[0].Seconds != 0.4 || j.events[0].Bytes != 150 || j.ckptLastS != 0.4 {
 		t.Fatalf("events %+v, last save %v s", j.events, j.ckptLastS)
+	}
+}
+
+// Validation losses (train.eval_every) are kept with their steps: at full
+// resolution, through downsampling (the mean of the passes a bucket
+// covers), in the persisted state and across a replay; the columns carry
+// null where a step has none, and the summary the latest.
+func TestHistoryKeepsValidationLoss(t *testing.T) {
+	j := newJobHistory(testDesired())
+	val := func(step int64) float64 { return 6 - float64(step)*1e-4 }
+	for s := int64(1); s <= 5000; s++ {
+		for r := 0; r < 2; r++ {
+			st := stepOf(s, r, 1)
+			if s%100 == 0 {
+				st.ValLoss = val(s)
+			}
+			j.addProgress(&loomv1.RankProgress{Job: "h", Generation: 1, Rank: int32(r), Steps: []*loomv1.StepStats{st}}, time.Unix(0, 0))
+		}
+	}
+	if s := j.summary(time.Unix(0, 0)); s.ValStep != 5000 || s.ValLoss != val(5000) {
+		t.Fatalf("summary val loss %v at %d, want %v at 5000", s.ValLoss, s.ValStep, val(5000))
+	}
+	c := jobColumns(j.points.points())
+	passes, vals := 0, 0
+	for i, p := range j.points.points() {
+		passes += p.ValN
+		if !math.IsNaN(c.ValLoss[i]) {
+			vals++
+		}
+		if p.N == 1 && (p.Step%100 == 0) != (p.ValN == 1) {
+			t.Fatalf("step %d: val_n %d", p.Step, p.ValN)
+		}
+		if p.ValN > 0 && (p.ValLoss > val(p.Step-int64(p.N)+1) || p.ValLoss < val(p.Step)) {
+			t.Fatalf("point %+v: val loss outside the steps it covers", p)
+		}
+	}
+	if passes < 49 || vals < 40 {
+		t.Fatalf("the history keeps %d of 50 validation passes in %d points", passes, vals)
+	}
+	b, err := json.Marshal(c)
+	if err != nil || !strings.Contains(string(b), `"val_loss":[null,`) {
+		t.Fatalf("columns JSON %.200s: %v", b, err)
+	}
+	var back JobColumns
+	if err := json.Unmarshal(b, &back); err != nil || len(back.ValLoss) != len(c.ValLoss) || !math.IsNaN(back.ValLoss[0]) {
+		t.Fatalf("columns JSON back: %v, %d values", err, len(back.ValLoss))
+	}
+	// What the leader persists, a standby restores.
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	h := newHistorian(nil, NewKeys(""), log, time.Now, func() bool { return true }, 0)
+	h.jobs["h"] = j
+	var kvs []*mvccpb.KeyValue
+	for _, p := range h.changes(true) {
+		kvs = append(kvs, &mvccpb.KeyValue{Key: []byte(p.key), Value: p.value})
+	}
+	standby := newHistorian(nil, NewKeys(""), log, time.Now, func() bool { return false }, 0)
+	standby.jobs["h"] = newJobHistory(testDesired())
+	standby.restore(kvs, map[string]bool{"h": true}, false)
+	a, _ := h.history("h", -1)
+	b2, _ := standby.history("h", -1)
+	if got, want := fmt.Sprint(b2.Points.ValLoss), fmt.Sprint(a.Points.ValLoss); got != want {
+		t.Fatalf("restored validation losses differ:\n%s\n%s", got, want)
+	}
+	if s := standby.jobs["h"].summary(time.Unix(0, 0)); s.ValStep != 5000 {
+		t.Fatalf("restored summary: val loss %v at %d", s.ValLoss, s.ValStep)
+	}
+	// A restart resumed from step 4950 replays the steps after it: the
+	// latest validation is then step 4900's.
+	feed(j, 2, 4951, 4960, 1)
+	if s := j.summary(time.Unix(0, 0)); s.ValStep != 4900 || s.ValLoss != val(4900) {
+		t.Fatalf("after the replay: val loss %v at %d, want step 4900's", s.ValLoss, s.ValStep)
 	}
 }

@@ -1,7 +1,10 @@
 package coordinator
 
 import (
+	"encoding/json"
+	"math"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -20,11 +23,51 @@ type JobColumns struct {
 	TokensPerSec []float64 `json:"tokens_per_sec"`
 	MFU          []float64 `json:"mfu"`
 	StepSeconds  []float64 `json:"step_s"`
+	// ValLoss is the validation loss where a point has one, null where
+	// not (uPlot leaves a gap, or with spanGaps joins the points).
+	ValLoss OptFloats `json:"val_loss"`
+}
+
+// OptFloats is a column of numbers some of whose entries are missing: NaN
+// here, null in JSON.
+type OptFloats []float64
+
+// MarshalJSON implements json.Marshaler: NaN and ±Inf are null.
+func (f OptFloats) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, 2+8*len(f))
+	b = append(b, '[')
+	for i, v := range f {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			b = append(b, "null"...)
+		} else {
+			b = strconv.AppendFloat(b, v, 'g', -1, 64)
+		}
+	}
+	return append(b, ']'), nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler: null is NaN.
+func (f *OptFloats) UnmarshalJSON(b []byte) error {
+	var vs []*float64
+	if err := json.Unmarshal(b, &vs); err != nil {
+		return err
+	}
+	*f = make(OptFloats, len(vs))
+	for i, v := range vs {
+		(*f)[i] = math.NaN()
+		if v != nil {
+			(*f)[i] = *v
+		}
+	}
+	return nil
 }
 
 func jobColumns(ps []JobPoint) JobColumns {
 	c := JobColumns{Step: []int64{}, N: []int{}, TimeMs: []int64{}, Loss: []float64{}, LR: []float64{}, GradNorm: []float64{},
-		TokensPerSec: []float64{}, MFU: []float64{}, StepSeconds: []float64{}}
+		TokensPerSec: []float64{}, MFU: []float64{}, StepSeconds: []float64{}, ValLoss: OptFloats{}}
 	for _, p := range ps {
 		c.Step = append(c.Step, p.Step)
 		c.N = append(c.N, p.N)
@@ -35,6 +78,11 @@ func jobColumns(ps []JobPoint) JobColumns {
 		c.TokensPerSec = append(c.TokensPerSec, p.TokensPerSec)
 		c.MFU = append(c.MFU, p.MFU)
 		c.StepSeconds = append(c.StepSeconds, p.StepSeconds)
+		val := math.NaN()
+		if p.ValN > 0 {
+			val = p.ValLoss
+		}
+		c.ValLoss = append(c.ValLoss, val)
 	}
 	return c
 }
@@ -104,6 +152,17 @@ type Timeline struct {
 	// Bubble is the measured idle share of the step's compute span over
 	// all ranks (timeline.Analyze).
 	Bubble float64 `json:"bubble"`
+	// The job's pipeline (from its spec, also while Available is false):
+	// parallel.schedule, pp, virtual stages per rank and micro-batches
+	// per step.
+	Schedule      string `json:"schedule"`
+	PP            int    `json:"pp"`
+	VirtualStages int    `json:"virtual_stages"`
+	MicroBatches  int    `json:"micro_batches"`
+	// SimulatedBubble is the bubble the schedule simulator predicts for
+	// the measured mean F, B and W durations of each stage (what `loom
+	// schedule --timeline` prints); 0 when it cannot tell.
+	SimulatedBubble float64 `json:"simulated_bubble,omitempty"`
 }
 
 // TimelineTrack is one rank's actions within a step.
@@ -114,7 +173,10 @@ type TimelineTrack struct {
 
 // TimelineAction is one forward, backward, send, receive or collective.
 type TimelineAction struct {
-	Kind   string  `json:"kind"` // e.g. "F", "B", "W", "wait", "send", "recv", "all-reduce", "optimizer"
+	Kind string `json:"kind"` // e.g. "F", "B", "W", "wait", "send", "recv", "all-reduce", "optimizer"
+	// Cat is the event's category: timeline.Compute, Wait, Send, Recv,
+	// Collective or Optimizer.
+	Cat    string  `json:"cat"`
 	Micro  int     `json:"micro"`
 	StartS float64 `json:"start_s"` // from the step's start
 	EndS   float64 `json:"end_s"`

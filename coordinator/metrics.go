@@ -222,15 +222,24 @@ func nonNeg(v float64) float64 {
 	return v
 }
 
-// controlMetrics are the coordinator's own gauges.
+// controlMetrics are the coordinator's own series: the leader's view of
+// jobs and their recoveries.
 type controlMetrics struct {
 	leader     prometheus.Gauge
 	workers    prometheus.Gauge
 	generation *prometheus.GaugeVec
 	state      *prometheus.GaugeVec
+	dp         *prometheus.GaugeVec
+	// lostSteps and recovery count each recovery (JobStatus.recoveries)
+	// once, when its next generation has taken its first step.
+	lostSteps *prometheus.CounterVec
+	recovery  *prometheus.HistogramVec
 
 	mu   sync.Mutex
 	have map[string]bool // jobs with gauges
+	// counted are the recoveries counted, by job then generation; run is
+	// the job's run id they belong to.
+	counted map[string]map[uint64]bool
 }
 
 // jobs lists the jobs that have gauges.
@@ -245,7 +254,17 @@ func newControlMetrics(reg prometheus.Registerer) *controlMetrics {
 		reg = prometheus.NewRegistry()
 	}
 	m := &controlMetrics{
-		have: map[string]bool{},
+		have: map[string]bool{}, counted: map[string]map[uint64]bool{},
+		dp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "loom_job_dp", Help: "Data-parallel size of the job's current (or last) generation.",
+		}, []string{"job"}),
+		lostSteps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "loom_job_lost_steps_total", Help: "Steps trained again after recoveries (newest step reached minus the checkpoint resumed), by reason.",
+		}, []string{"job", "reason"}),
+		recovery: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "loom_job_recovery_seconds", Help: "Recoveries by part (phase): rendezvous (the leader ending a generation to assigning the next), setup (the slowest rank's assignment to first step), load (its checkpoint restore, part of setup), total (generation ended to the next one's first step).",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
+		}, []string{"job", "phase"}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "loom_coordinator_leader", Help: "1 while this coordinator is the elected leader, else 0.",
 		}),
@@ -259,7 +278,7 @@ func newControlMetrics(reg prometheus.Registerer) *controlMetrics {
 			Name: "loom_job_state", Help: "1 for the job's current state (label state), 0 for the others.",
 		}, []string{"job", "state"}),
 	}
-	reg.MustRegister(m.leader, m.workers, m.generation, m.state)
+	reg.MustRegister(m.leader, m.workers, m.generation, m.state, m.dp, m.lostSteps, m.recovery)
 	return m
 }
 
@@ -267,9 +286,14 @@ func newControlMetrics(reg prometheus.Registerer) *controlMetrics {
 func (m *controlMetrics) forget(job string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.generation.DeletePartialMatch(prometheus.Labels{"job": job})
-	m.state.DeletePartialMatch(prometheus.Labels{"job": job})
+	l := prometheus.Labels{"job": job}
+	m.generation.DeletePartialMatch(l)
+	m.state.DeletePartialMatch(l)
+	m.dp.DeletePartialMatch(l)
+	m.lostSteps.DeletePartialMatch(l)
+	m.recovery.DeletePartialMatch(l)
 	delete(m.have, job)
+	delete(m.counted, job)
 }
 
 // sweepSeries removes, every so often, the step and job series of jobs
@@ -341,6 +365,10 @@ func (m *controlMetrics) observe(o Observed, acts []Action, now time.Time, grace
 		}
 		m.have[job] = true
 		m.generation.WithLabelValues(job).Set(float64(s.Generation))
+		if s.Dp > 0 {
+			m.dp.WithLabelValues(job).Set(float64(s.Dp))
+		}
+		m.countRecoveries(job, s)
 		for v, name := range loomv1.JobState_name {
 			if v == 0 {
 				continue
@@ -352,4 +380,42 @@ func (m *controlMetrics) observe(o Observed, acts []Action, now time.Time, grace
 			m.state.WithLabelValues(job, name).Set(x)
 		}
 	}
+}
+
+// countRecoveries adds the job's recoveries that have completed (their
+// next generation took its first step) and were not counted yet. A
+// resubmitted job (generation back to 1) starts afresh. m.mu is held.
+func (m *controlMetrics) countRecoveries(job string, s *loomv1.JobStatus) {
+	seen := m.counted[job]
+	if seen == nil || s.Generation < maxGen(seen) {
+		seen = map[uint64]bool{}
+		m.counted[job] = seen
+		// Every series exists from the start (at zero), so that a query
+		// of a job that never recovered has data.
+		for _, r := range RestartReasons() {
+			m.lostSteps.WithLabelValues(job, r)
+		}
+		for _, p := range []string{"rendezvous", "setup", "load", "total"} {
+			m.recovery.WithLabelValues(job, p)
+		}
+	}
+	for _, r := range s.Recoveries {
+		if r.ResumedUnixMs == 0 || seen[r.Generation] {
+			continue
+		}
+		seen[r.Generation] = true
+		m.lostSteps.WithLabelValues(job, r.Reason).Add(float64(r.LostSteps))
+		m.recovery.WithLabelValues(job, "rendezvous").Observe(float64(r.AssignedUnixMs-r.EndedUnixMs) / 1e3)
+		m.recovery.WithLabelValues(job, "setup").Observe(r.SetupSeconds)
+		m.recovery.WithLabelValues(job, "load").Observe(r.LoadSeconds)
+		m.recovery.WithLabelValues(job, "total").Observe(float64(r.ResumedUnixMs-r.EndedUnixMs) / 1e3)
+	}
+}
+
+func maxGen(seen map[uint64]bool) uint64 {
+	var g uint64
+	for k := range seen {
+		g = max(g, k)
+	}
+	return g
 }

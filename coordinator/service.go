@@ -24,22 +24,29 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 	if source == "" {
 		source = "submitted spec"
 	}
+	if limit := c.cfg.MaxSpecBytes; len(req.SpecYaml) > limit {
+		return nil, status.Errorf(codes.InvalidArgument, "%s: the spec is %d bytes; a job spec may be at most %d (it is stored as one etcd value)", source, len(req.SpecYaml), limit)
+	}
 	spec, err := api.ParseSpec(req.SpecYaml, source)
 	if err == nil {
 		err = api.Supported(spec, source)
 	}
+	if err == nil && c.cfg.CheckJob != nil {
+		err = c.cfg.CheckJob(spec, req.Resume)
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if req.MaxRestarts < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "max_restarts: got %d; must be ≥ 0", req.MaxRestarts)
+	maxRestarts := req.MaxRestarts
+	if maxRestarts < 0 {
+		maxRestarts = int32(spec.Elastic.MaxRestarts) // the spec's elastic.max_restarts
 	}
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
 	name := spec.Name
 	d := &loomv1.JobDesired{
 		Name: name, SpecYaml: req.SpecYaml, WorldSize: int32(spec.Parallel.WorldSize()),
-		MaxRestarts: req.MaxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(), Resume: req.Resume,
+		MaxRestarts: maxRestarts, SubmittedUnixMs: c.cfg.Now().UnixMilli(), Resume: req.Resume,
 		RunId: req.RunId, PendingTimeoutMs: req.PendingTimeoutMs,
 	}
 	if req.PendingTimeoutMs < 0 {
@@ -54,6 +61,12 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 			return nil, err
 		}
 		if job != nil && !Terminal(job.Status.State) {
+			if prev, err := c.readDesired(ctx, name); err == nil && req.RunId != "" && prev.RunId == req.RunId &&
+				string(prev.SpecYaml) == string(req.SpecYaml) {
+				// A retry of the submit that made it (after a failover, say):
+				// the same run, the same spec. Not an error.
+				return &loomv1.SubmitResponse{Job: job}, nil
+			}
 			return nil, status.Errorf(codes.AlreadyExists,
 				"job %q is already %s (generation %d); stop it with `loom stop %s` or change the spec's name",
 				name, stateName(job.Status.State), job.Status.Generation, name)
@@ -81,8 +94,24 @@ func (c *Coordinator) Submit(ctx context.Context, req *loomv1.SubmitRequest) (*l
 			return nil, status.Errorf(codes.Aborted, "submit %q: the job changed concurrently %d times; retry", name, attempt+1)
 		}
 	}
-	c.log.Info("coordinator: job submitted", "job", name, "world_size", d.WorldSize)
+	c.log.Info("coordinator: job submitted", "job", name, "world_size", d.WorldSize, "layout", spec.DescribeElastic(), "max_restarts", d.MaxRestarts)
 	return &loomv1.SubmitResponse{Job: &loomv1.Job{Status: pendingStatus(d), SpecYaml: d.SpecYaml}}, nil
+}
+
+// readDesired reads a job's desired state.
+func (c *Coordinator) readDesired(ctx context.Context, name string) (*loomv1.JobDesired, error) {
+	resp, err := c.cfg.Etcd.Get(ctx, c.keys.Desired(name))
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "read job %q from etcd: %v", name, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, status.Errorf(codes.NotFound, "no job %q", name)
+	}
+	d := &loomv1.JobDesired{}
+	if err := Decode(c.keys.Desired(name), resp.Kvs[0].Value, d); err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return d, nil
 }
 
 func pendingStatus(d *loomv1.JobDesired) *loomv1.JobStatus {
@@ -123,9 +152,10 @@ func (c *Coordinator) readJob(ctx context.Context, name string) (job *loomv1.Job
 // jobsFrom assembles jobs from their keys, sorted by name.
 func (c *Coordinator) jobsFrom(resp *clientv3.GetResponse) []*loomv1.Job {
 	type acc struct {
-		desired  *loomv1.JobDesired
-		status   *loomv1.JobStatus
-		progress []*loomv1.RankProgress
+		desired    *loomv1.JobDesired
+		status     *loomv1.JobStatus
+		progress   []*loomv1.RankProgress
+		checkpoint *loomv1.CheckpointRecord
 	}
 	byName := map[string]*acc{}
 	get := func(n string) *acc {
@@ -156,6 +186,11 @@ func (c *Coordinator) jobsFrom(resp *clientv3.GetResponse) []*loomv1.Job {
 			if Decode(key, kv.Value, p) == nil {
 				get(name).progress = append(get(name).progress, p)
 			}
+		case "checkpoint":
+			r := &loomv1.CheckpointRecord{}
+			if Decode(key, kv.Value, r) == nil {
+				get(name).checkpoint = r
+			}
 		}
 	}
 	var out []*loomv1.Job
@@ -167,7 +202,7 @@ func (c *Coordinator) jobsFrom(resp *clientv3.GetResponse) []*loomv1.Job {
 		if st == nil {
 			st = pendingStatus(a.desired)
 		}
-		job := &loomv1.Job{Status: st, SpecYaml: a.desired.SpecYaml}
+		job := &loomv1.Job{Status: st, SpecYaml: a.desired.SpecYaml, Checkpoint: a.checkpoint}
 		for _, p := range a.progress {
 			if p.Generation != st.Generation || len(p.Steps) == 0 {
 				continue

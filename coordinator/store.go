@@ -138,6 +138,7 @@ func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string
 			j := acc(name)
 			j.Checkpoint = &loomv1.CheckpointRecord{}
 			err = Decode(key, kv.Value, j.Checkpoint)
+			j.CheckpointRev = kv.ModRevision
 		case "progress":
 			p := &loomv1.RankProgress{}
 			if err = Decode(key, kv.Value, p); err == nil {
@@ -145,6 +146,11 @@ func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string
 					s.Progress[name] = map[int]*loomv1.RankProgress{}
 				}
 				s.Progress[name][int(p.Rank)] = p
+				j := acc(name)
+				if j.Progress == nil {
+					j.Progress = map[int]*loomv1.RankProgress{}
+				}
+				j.Progress[int(p.Rank)] = p
 			}
 		}
 		if err != nil {
@@ -162,6 +168,11 @@ func decodeSnapshot(rev int64, kvs []*mvccpb.KeyValue, keys Keys, version string
 		}
 		spec, err := api.ParseSpec(j.Desired.SpecYaml, "job "+name)
 		j.Parallel, j.SpecErr = spec.Parallel, err
+		if err == nil {
+			lo, hi := spec.DPRange()
+			j.Elastic = &ElasticObserved{Reachable: spec.ReachableDP(), MinDP: lo, MaxDP: hi,
+				RendezvousTimeout: spec.Elastic.RendezvousTimeout, Steps: spec.Train.Steps}
+		}
 		if j.Assignment != nil {
 			j.Results = j.results[j.Assignment.Generation]
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
+	"github.com/loomtrain/loom/schedule"
 	"github.com/loomtrain/loom/timeline"
 )
 
@@ -45,7 +46,8 @@ func timelineTrace(spec api.JobSpec) ([]byte, error) {
 // and the measured pipeline bubble. A job that saved none is not an
 // error: Reason says why there is nothing.
 func timelineView(name string, spec api.JobSpec) Timeline {
-	v := Timeline{Job: name, Ranks: []TimelineTrack{}}
+	v := Timeline{Job: name, Ranks: []TimelineTrack{}, Schedule: spec.Parallel.Schedule, PP: spec.Parallel.PP,
+		VirtualStages: spec.Parallel.VirtualStages, MicroBatches: spec.AccumulationSteps()}
 	b, err := timelineTrace(spec)
 	if errors.Is(err, timeline.ErrNone) {
 		v.Reason = fmt.Sprintf("no timeline yet: every rank saves its last step's when the run ends (%v)", err)
@@ -75,16 +77,41 @@ func timelineView(name string, spec api.JobSpec) Timeline {
 			if e.Cat == timeline.Wait {
 				kind = "wait"
 			}
-			tr.Actions = append(tr.Actions, TimelineAction{Kind: kind, Micro: e.Micro, Stage: e.Stage, Name: e.Name,
+			tr.Actions = append(tr.Actions, TimelineAction{Kind: kind, Cat: e.Cat, Micro: e.Micro, Stage: e.Stage, Name: e.Name,
 				StartS: e.Start.Sub(t0).Seconds(), EndS: e.End.Sub(t0).Seconds()})
 		}
 		v.Ranks = append(v.Ranks, tr)
 	}
 	if st, err := timeline.Analyze(b); err == nil && !math.IsNaN(st.Bubble) {
 		v.Bubble = st.Bubble
+		v.SimulatedBubble = simulatedBubble(spec, st)
 	}
 	v.Available = true
 	return v
+}
+
+// simulatedBubble is the schedule simulator's bubble for the pass
+// durations measured in a step (0 when the trace lacks a stage's forward
+// or the schedule cannot be built).
+func simulatedBubble(spec api.JobSpec, st *timeline.Stats) float64 {
+	p := spec.Parallel
+	s, err := schedule.For(p.Schedule, max(1, p.PP), max(1, p.VirtualStages), spec.AccumulationSteps())
+	if err != nil || s.PP < 2 {
+		return 0
+	}
+	c := schedule.Uniform(s.Stages(), 0, 0, 0, 0)
+	for i := range s.Stages() {
+		f, ok := st.Mean["F"][i]
+		if !ok {
+			return 0
+		}
+		c.F[i], c.B[i], c.W[i] = f.Seconds(), st.Mean["B"][i].Seconds(), st.Mean["W"][i].Seconds()
+	}
+	res, err := schedule.Simulate(s, c)
+	if err != nil || math.IsNaN(res.Bubble) {
+		return 0
+	}
+	return res.Bubble
 }
 
 func (c *Coordinator) serveTimeline(w http.ResponseWriter, r *http.Request) {

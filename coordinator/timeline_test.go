@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"encoding/json"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -49,7 +50,7 @@ func TestTimelineEndpoint(t *testing.T) {
 	}
 	code, body := get("/api/jobs/h/timeline")
 	var v Timeline
-	if code != 200 || json.Unmarshal([]byte(body), &v) != nil || v.Available || !strings.Contains(v.Reason, "rank 0 of 2") {
+	if code != 200 || json.Unmarshal([]byte(body), &v) != nil || v.Available || !strings.Contains(v.Reason, "rank 0 of 2") || v.PP != 2 {
 		t.Fatalf("before any timeline: %d %s", code, body)
 	}
 	if code, _ := get("/api/jobs/h/timeline.json"); code != http.StatusNotFound {
@@ -74,11 +75,16 @@ func TestTimelineEndpoint(t *testing.T) {
 	if code != 200 || json.Unmarshal([]byte(body), &v) != nil || !v.Available || v.Step != 5 || len(v.Ranks) != 2 {
 		t.Fatalf("timeline: %d %s", code, body)
 	}
-	if a := v.Ranks[0].Actions[1]; a.Kind != "wait" || a.Stage != 0 || a.Name != "0RECV_B0" || a.StartS < 0.0099 || a.EndS > 0.0201 {
+	if a := v.Ranks[0].Actions[1]; a.Kind != "wait" || a.Cat != timeline.Wait || a.Stage != 0 || a.Name != "0RECV_B0" || a.StartS < 0.0099 || a.EndS > 0.0201 {
 		t.Fatalf("rank 0's wait %+v", a)
 	}
 	if v.Bubble < 0.333 || v.Bubble > 0.334 { // 40 of 60 rank-ms busy
 		t.Fatalf("bubble %v", v.Bubble)
+	}
+	// 1F1B over 2 stages and 2 micro-batches of 10 ms passes idles
+	// (p−1)/(m+p−1) of the step.
+	if v.Schedule != "1f1b" || v.PP != 2 || v.VirtualStages != 1 || v.MicroBatches != 2 || math.Abs(v.SimulatedBubble-1.0/3) > 1e-9 {
+		t.Fatalf("pipeline %s pp %d × %d, %d micro-batches, simulated bubble %v", v.Schedule, v.PP, v.VirtualStages, v.MicroBatches, v.SimulatedBubble)
 	}
 	if code, body := get("/api/jobs/h/timeline.json"); code != 200 || !strings.Contains(body, `"traceEvents"`) || !strings.Contains(body, "1B0") {
 		t.Fatalf("trace: %d %.200s", code, body)

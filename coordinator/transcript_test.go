@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,19 +96,29 @@ type world struct {
 	frozenGens map[string]map[string]bool
 	// failedGens are the generations that failed ("job@desiredrev/gen").
 	failedGens map[string]bool
+	// seenAssign are the generations checked at first sight.
+	seenAssign map[string]bool
 	// jobSteps and every of each job, from its spec.
 	jobs map[string]jobParams
 }
 
 type jobParams struct {
 	dp, steps, every int
-	dir              string
+	// minDP and maxDP are the elastic range (equal to dp: fixed size); the
+	// global batch of 12 windows makes dp 5 unreachable.
+	minDP, maxDP int
+	dir          string
 }
+
+// transcriptReachable are the dp sizes a global batch of 12 (micro-batch
+// 1) splits over, up to the 8 workers the world registers at most.
+var transcriptReachable = []int{1, 2, 3, 4, 6}
 
 func newWorld(t *testing.T, seed int64, store transcriptStore) *world {
 	w := &world{t: t, seed: seed, r: rand.New(rand.NewSource(seed)), keys: store.keys(), store: store, dir: t.TempDir(),
 		lastReport: map[string]int{}, record: map[string]int64{}, jobs: map[string]jobParams{}, expired: map[string]bool{},
-		frozen: map[string]bool{}, ran: map[string]map[string]bool{}, announced: map[string]map[string]bool{}, frozenGens: map[string]map[string]bool{}, failedGens: map[string]bool{}}
+		frozen: map[string]bool{}, ran: map[string]map[string]bool{}, announced: map[string]map[string]bool{}, frozenGens: map[string]map[string]bool{}, failedGens: map[string]bool{},
+		seenAssign: map[string]bool{}}
 	store.setLog(func(line string) { w.log = append(w.log, "  leader: "+line) })
 	w.now = time.Unix(1_800_000_000, 0)
 	store.setClock(func() time.Time { return w.now })
@@ -154,8 +165,8 @@ func (w *world) fail(format string, args ...any) {
 }
 
 func (w *world) specYAML(name string, p jobParams) []byte {
-	return fmt.Appendf(nil, "name: %s\ndata: {path: x.bin}\nparallel: {dp: %d}\ntrain: {steps: %d, global_batch: %d, micro_batch: 1}\ncheckpoint: {dir: %s, every: %d, keep: 2}\n",
-		name, p.dp, p.steps, p.dp, p.dir, p.every)
+	return fmt.Appendf(nil, "name: %s\ndata: {path: x.bin}\nparallel: {dp: %d}\ntrain: {steps: %d, global_batch: 12, micro_batch: 1}\ncheckpoint: {dir: %s, every: %d, keep: 2}\nelastic: {min_dp: %d, max_dp: %d, rendezvous_timeout: 30s}\n",
+		name, p.dp, p.steps, p.dir, p.every, p.minDP, p.maxDP)
 }
 
 // event plays one random event of the outside world on the state s.
@@ -210,6 +221,19 @@ func (w *world) event(s *snapshot) {
 		w.submissions++
 		p := jobParams{dp: 1 + w.r.Intn(3), steps: 2 + w.r.Intn(10), every: w.r.Intn(3),
 			dir: filepath.Join(w.dir, fmt.Sprintf("sub%d", w.submissions))}
+		p.minDP, p.maxDP = p.dp, p.dp
+		if w.r.Intn(2) == 0 { // elastic: any reachable range around dp
+			var lower, upper []int
+			for _, d := range transcriptReachable {
+				if d <= p.dp {
+					lower = append(lower, d)
+				}
+				if d >= p.dp && d <= p.dp+2 {
+					upper = append(upper, d)
+				}
+			}
+			p.minDP, p.maxDP = lower[w.r.Intn(len(lower))], upper[w.r.Intn(len(upper))]
+		}
 		w.jobs[name] = p
 		d := &loomv1.JobDesired{Name: name, SpecYaml: w.specYAML(name, p), WorldSize: int32(p.dp), MaxRestarts: int32(w.r.Intn(3)),
 			SubmittedUnixMs: w.now.UnixMilli()}
@@ -224,7 +248,7 @@ func (w *world) event(s *snapshot) {
 			w.store.delPrefix(pre)
 		}
 		w.store.put(w.keys.Desired(name), Encode(d))
-		w.logf("event: submit %s dp=%d steps=%d every=%d max_restarts=%d pending_timeout=%dms", name, p.dp, p.steps, p.every, d.MaxRestarts, d.PendingTimeoutMs)
+		w.logf("event: submit %s dp=%d (%d–%d) steps=%d every=%d max_restarts=%d pending_timeout=%dms", name, p.dp, p.minDP, p.maxDP, p.steps, p.every, d.MaxRestarts, d.PendingTimeoutMs)
 	case n < 24: // a user stops a job
 		if len(active) == 0 {
 			return
@@ -246,7 +270,8 @@ func (w *world) event(s *snapshot) {
 		j := running[w.r.Intn(len(running))]
 		rank := w.r.Intn(len(j.Assignment.Ranks))
 		p := &loomv1.RankProgress{Job: j.Desired.Name, Generation: j.Assignment.Generation, Rank: int32(rank),
-			Steps: []*loomv1.StepStats{{Step: int64(1 + w.r.Intn(10)), Loss: 1}}}
+			Steps:           []*loomv1.StepStats{{Step: int64(1 + w.r.Intn(10)), Loss: 1}},
+			FirstStepUnixMs: w.now.UnixMilli(), SetupSeconds: 1, ResumeSeconds: 0.5, ResumeStep: j.Assignment.ResumeStep}
 		w.store.put(w.keys.Progress(j.Desired.Name, rank), Encode(p))
 		w.logf("event: %s gen %d rank %d reports a step", j.Desired.Name, j.Assignment.Generation, rank)
 	case n < 88: // a rank ends: done once it saved every checkpoint, or failed
@@ -446,6 +471,7 @@ func (w *world) check() {
 			if st.State != running || st.Generation != a.Generation {
 				w.fail("job %s is %s gen %d with generation %d assigned", name, stateName(st.State), st.Generation, a.Generation)
 			}
+			w.checkAssignment(j, s)
 			for _, r := range a.Ranks {
 				// A rank that finished may have exited; the others must be live.
 				if res := j.Results[int(r.Rank)]; (res == nil || !res.Ok) && !live[r.WorkerId] {
@@ -492,6 +518,7 @@ func (w *world) check() {
 		if st.Restarts > j.Desired.MaxRestarts {
 			w.fail("job %s restarted %d times, max %d", name, st.Restarts, j.Desired.MaxRestarts)
 		}
+		w.checkRecoveries(j)
 		latest := int64(-1)
 		if j.Checkpoint != nil {
 			latest = j.Checkpoint.Step
@@ -512,16 +539,91 @@ func (w *world) check() {
 			if j.Assignment == nil || j.Assignment.Generation != gen {
 				w.fail("job %s: reports of step %d (generation %d) stay after their generation ended", name, step, gen)
 			}
-			if len(byRank) == int(j.Desired.WorldSize) {
+			world := 0
+			for _, r := range byRank {
+				world = int(r.WorldSize)
+			}
+			if len(byRank) == world {
 				w.fail("job %s: step %d reported by every rank but not committed", name, step)
 			}
 		}
 	}
 	// Progress: a job left unassigned needs more workers than are idle
-	// (jobs are served in submission order; later ones may backfill).
+	// (jobs are served in submission order; later ones may backfill), or
+	// waits, for at most its rendezvous timeout, for the survivors of its
+	// ended generation to rejoin.
 	for _, j := range o.Jobs {
-		if j.Assignment == nil && !Terminal(j.Status.State) && int(j.Desired.WorldSize) <= idle {
-			w.fail("job %s (world size %d) waits while %d workers are idle", j.Desired.Name, j.Desired.WorldSize, idle)
+		if j.Assignment != nil || Terminal(j.Status.State) {
+			continue
+		}
+		p := w.jobs[j.Desired.Name]
+		need := p.minDP
+		if j.Status.Generation == 0 {
+			need = p.dp
+		}
+		rejoin := strings.Contains(j.Status.Message, "to rejoin")
+		waited := time.Duration(w.now.UnixMilli()-j.Status.WaitingSinceUnixMs) * time.Millisecond
+		if rejoin && waited >= 30*time.Second {
+			w.fail("job %s has waited %v for survivors to rejoin, past its 30s rendezvous timeout", j.Desired.Name, waited)
+		}
+		if need <= idle && !rejoin {
+			w.fail("job %s (dp %d–%d) waits while %d workers are idle: %s", j.Desired.Name, need, p.maxDP, idle, j.Status.Message)
+		}
+	}
+}
+
+// checkAssignment checks a generation's size and, when it is first seen,
+// what it resumes from.
+func (w *world) checkAssignment(j JobObserved, s *snapshot) {
+	w.t.Helper()
+	name, a := j.Desired.Name, j.Assignment
+	p := w.jobs[name]
+	dp := int(a.Dp)
+	lo := p.minDP
+	if a.Generation == 1 {
+		lo = p.dp // the first generation waits for parallel.dp
+	}
+	if dp < lo || dp > p.maxDP || !slices.Contains(transcriptReachable, dp) || int(a.WorldSize) != dp || len(a.Ranks) != dp {
+		w.fail("job %s gen %d: dp %d, world %d, %d ranks; want a reachable dp in [%d, %d] (%v) and world = ranks = dp",
+			name, a.Generation, dp, a.WorldSize, len(a.Ranks), lo, p.maxDP, transcriptReachable)
+	}
+	key := fmt.Sprintf("%s@%d/%d", name, s.DesiredRev[name], a.Generation)
+	if w.seenAssign[key] {
+		return
+	}
+	w.seenAssign[key] = true
+	if ck := j.Checkpoint; a.Generation > 1 && ck != nil && ck.Generation < a.Generation && (a.Resume != ck.Dir || a.ResumeStep != ck.Step) {
+		w.fail("job %s gen %d resumes %q (step %d), not the latest complete checkpoint %s (step %d)", name, a.Generation, a.Resume, a.ResumeStep, ck.Dir, ck.Step)
+	}
+}
+
+// checkRecoveries checks a job's recovery records: consecutive
+// generations, lost steps, restarts counted for every early end but
+// growth, growth only at a checkpoint of the generation it ends.
+func (w *world) checkRecoveries(j JobObserved) {
+	w.t.Helper()
+	st := j.Status
+	nonGrow := 0
+	for i, r := range st.Recoveries {
+		if r.Reason != "grow" {
+			nonGrow++
+		} else if i == len(st.Recoveries)-1 && r.NextGeneration == 0 && (j.Checkpoint == nil || j.Checkpoint.Generation != r.Generation) {
+			w.fail("job %s grew out of generation %d without a checkpoint of it (latest %v)", j.Desired.Name, r.Generation, j.Checkpoint)
+		}
+		if r.NextGeneration != 0 && (r.NextGeneration != r.Generation+1 || r.LostSteps != max(0, r.LastStep-r.ResumeStep) || r.DpAfter == 0) {
+			w.fail("job %s: recovery %+v: want next generation %d, lost steps last−resume, dp after set", j.Desired.Name, r, r.Generation+1)
+		}
+		switch r.Reason {
+		case "grow", "worker_lost", "hang", "rank_failed", "loss_not_finite":
+		default:
+			w.fail("job %s: recovery reason %q", j.Desired.Name, r.Reason)
+		}
+	}
+	if len(st.Recoveries) < maxRecoveries {
+		last := len(st.Recoveries) - 1
+		endedFailing := st.State == failed && last >= 0 && st.Recoveries[last].Reason != "grow" && st.Recoveries[last].NextGeneration == 0
+		if nonGrow != int(st.Restarts) && !(endedFailing && nonGrow == int(st.Restarts)+1) {
+			w.fail("job %s: %d restarts but %d recoveries that were not growth (%s)", j.Desired.Name, st.Restarts, nonGrow, stateName(st.State))
 		}
 	}
 }
@@ -612,6 +714,17 @@ func runTranscript(t *testing.T, seed int64, steps int, store transcriptStore) {
 		w.check()
 	}
 	w.drain()
+	count := func(sub string) int {
+		n := 0
+		for _, l := range w.log {
+			if strings.Contains(l, sub) {
+				n++
+			}
+		}
+		return n
+	}
+	t.Logf("seed %d: %d bursts; %d assignments, %d restarts, %d resizes to grow, %d waits for survivors to rejoin, %d checkpoints committed",
+		seed, steps, count("put-assignment"), count(": waiting for workers"), count("growing from dp"), count("to rejoin"), count("checkpoint complete"))
 }
 
 // etcdStore runs the transcript on the embedded etcd, with the real

@@ -53,7 +53,12 @@ type Options struct {
 	// LeaseTTL is the workers' and coordinator's lease TTL (default
 	// coordinator.DefaultLeaseTTL).
 	LeaseTTL time.Duration
-	// MaxRestarts is how many generations may end early before the job fails.
+	// MaxRestarts is how many generations may end early before the job
+	// fails; < 0 takes the spec's elastic.max_restarts. While restarts are
+	// left, a worker process that exits before the job has finished (a
+	// crash, kill -9) is replaced by a new one, as torchrun does, and the
+	// job recovers from its latest checkpoint; with 0 such an exit ends the
+	// run.
 	MaxRestarts int
 	// Resume is where the job starts: "" (fresh), "latest" or a checkpoint
 	// step directory (loomv1.JobDesired.resume).
@@ -223,6 +228,40 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 		st, err := Follow(fctx, client, spec.Name, spec.Train.Steps, opts.Progress, opts.JSON)
 		followed <- outcome{st, err}
 	}()
+	// A worker that exits early is replaced while restarts are left: the
+	// coordinator sees the lost rank, and the next generation takes the
+	// replacement (or, for an elastic job, runs without it until it is up).
+	replacements := opts.MaxRestarts
+	if replacements < 0 {
+		replacements = spec.Elastic.MaxRestarts
+	}
+	exitedForGood := make(chan exit, 1)
+	go func() {
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case ex := <-procs.exited:
+				if fctx.Err() != nil {
+					return // the run is ending: exits are expected
+				}
+				if replacements <= 0 {
+					exitedForGood <- ex
+					return
+				}
+				replacements--
+				// Under the workers' output lock: Info is often the same writer.
+				procs.out.mu.Lock()
+				fmt.Fprintf(opts.Info, "%s: worker %d (pid %d) exited before the job finished (%v); starting a replacement (%d more allowed)\n",
+					spec.Name, ex.n, ex.pid, ex.err, replacements)
+				procs.out.mu.Unlock()
+				if err := procs.start(1, opts.Executable, args); err != nil {
+					exitedForGood <- exit{n: ex.n, pid: ex.pid, err: fmt.Errorf("%v; and its replacement did not start: %w", ex.err, err)}
+					return
+				}
+			}
+		}
+	}()
 	select {
 	case o := <-followed:
 		if o.err != nil {
@@ -232,7 +271,7 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 			return &JobError{Job: spec.Name, Status: o.st}
 		}
 		return nil
-	case ex := <-procs.exited:
+	case ex := <-exitedForGood:
 		stopFollow()
 		<-followed
 		return fmt.Errorf("launch: worker %d (pid %d) exited before job %s finished: %v; its output is above",
@@ -256,6 +295,9 @@ type procs struct {
 	mu    sync.Mutex
 	cmds  []*exec.Cmd
 	waits []chan struct{}
+	// stopping is set by stop: no process starts after it (a replacement
+	// racing the end of the run would outlive it).
+	stopping bool
 
 	// Pdeathsig fires when the *thread* that forked the child exits, so
 	// every child is forked from one goroutine locked to its thread, which
@@ -289,22 +331,40 @@ func newProcs(opts Options) *procs {
 }
 
 func (p *procs) start(n int, exe string, args []string) error {
-	for i := range n {
+	for range n {
+		p.mu.Lock()
+		i, stopping := len(p.cmds), p.stopping
+		p.mu.Unlock()
+		if stopping {
+			return errors.New("the launch is stopping")
+		}
 		cmd := exec.Command(exe, args...)
 		cmd.Env = append(os.Environ(), p.opts.Env...)
 		cmd.Stdout = &prefixWriter{out: p.out, prefix: fmt.Sprintf("[worker %d] ", i)}
 		cmd.Stderr = cmd.Stdout
 		cmd.SysProcAttr = workerProcAttr()
 		errc := make(chan error, 1)
-		p.spawn <- func() { errc <- cmd.Start() }
+		done := make(chan struct{})
+		p.spawn <- func() {
+			// Started and recorded under the lock, so that stop either sees
+			// the process or prevents it.
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.stopping {
+				errc <- errors.New("the launch is stopping")
+				return
+			}
+			if err := cmd.Start(); err != nil {
+				errc <- err
+				return
+			}
+			p.cmds = append(p.cmds, cmd)
+			p.waits = append(p.waits, done)
+			errc <- nil
+		}
 		if err := <-errc; err != nil {
 			return fmt.Errorf("start worker %d (%s): %w", i, exe, err)
 		}
-		done := make(chan struct{})
-		p.mu.Lock()
-		p.cmds = append(p.cmds, cmd)
-		p.waits = append(p.waits, done)
-		p.mu.Unlock()
 		go func() {
 			err := cmd.Wait()
 			close(done)
@@ -328,6 +388,7 @@ func exitErr(err error) error {
 // then SIGKILLs what is left, and waits for all.
 func (p *procs) stop(timeout time.Duration) {
 	p.mu.Lock()
+	p.stopping = true
 	cmds, waits := p.cmds, p.waits
 	p.mu.Unlock()
 	for _, c := range cmds {

@@ -57,8 +57,11 @@
 //     write of header and caller's payload (one system call for a small
 //     message, no copy in user space); the reader reads the payload
 //     straight into the destination, or into a 256 KiB buffer it reduces
-//     from. Mutual TLS (issue 17) is to wrap the connection after its
-//     clear-text preamble.
+//     from. With TransportOptions.TLS the connection runs TLS right after
+//     its clear-text preamble (the secret and every frame inside; a small
+//     frame's header and payload joined in one record, as TLS has no
+//     vectored write), and so do the gRPC streams; shm links are not
+//     wrapped (only the host's own processes can open them).
 //   - grpc: frames stay on the Exchange stream (below). The fallback: auto
 //     falls back shm → tcp → grpc when a link cannot be opened, and says
 //     so; an explicit mode fails instead, naming the peer.

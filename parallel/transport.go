@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"unsafe"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/experimental"
@@ -89,6 +91,13 @@ type TransportOptions struct {
 	// OnLink, if set, is told the transport chosen for each peer, once per
 	// outbound connection (for a metric label).
 	OnLink func(LinkInfo)
+	// TLS, if set, secures the gRPC Peer streams and the raw tcp bulk
+	// links with it, as a server (accepting peers) and as a client
+	// (dialling them, with ServerName set to the peer's host): mutual TLS
+	// when it requires and presents certificates (security.PeerTLS).
+	// Shared-memory links between processes of one host stay as they are:
+	// only processes of that host (and user) can open them.
+	TLS *tls.Config
 }
 
 func (o TransportOptions) withDefaults() TransportOptions {
@@ -335,7 +344,12 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
 	pool := newFramePool(framePoolBufBytes)
+	serverCreds, clientCreds := insecure.NewCredentials(), insecure.NewCredentials()
+	if o.TLS != nil {
+		serverCreds, clientCreds = credentials.NewTLS(o.TLS), credentials.NewTLS(o.TLS)
+	}
 	t.srv = grpc.NewServer(
+		grpc.Creds(serverCreds),
 		experimental.BufferPool(pool),
 		grpc.ForceServerCodecV2(t.codec),
 		grpc.InitialWindowSize(o.StreamWindowBytes),
@@ -350,7 +364,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	loomv1.RegisterPeerServer(t.srv, &peerServer{t: t})
 	t.dialOpts = []grpc.DialOption{
 		experimental.WithBufferPool(pool),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(clientCreds),
 		grpc.WithInitialWindowSize(o.StreamWindowBytes),
 		grpc.WithInitialConnWindowSize(o.ConnWindowBytes),
 		grpc.WithWriteBufferSize(o.WriteBufferBytes),

@@ -629,7 +629,7 @@ func (oc *outConn) openBulk(w *wireFrame) (LinkInfo, error) {
 		li.Transport = "tcp"
 		fallthrough
 	case loomv1.DataTransport_DATA_TRANSPORT_TCP:
-		l, err := dialTCPLink(oc.ctx, oc, oc.addr, w.secret, t.opts.KeepaliveTime)
+		l, err := dialTCPLink(oc.ctx, oc, oc.addr, w.secret, t.opts.KeepaliveTime, t.opts.TLS)
 		if err == nil {
 			return li, oc.setBulk(l)
 		}

@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +32,10 @@ const (
 	tcpReadAhead    = 16 << 10
 )
 
+// tlsJoinBytes is the largest payload a TLS link copies next to its
+// header, to send both as one record: a TLS record's most.
+const tlsJoinBytes = 16<<10 - maxBulkHdr
+
 // tcpLink is the sending end of a tcp link. Safe for concurrent use.
 type tcpLink struct {
 	oc   *outConn
@@ -41,13 +46,18 @@ type tcpLink struct {
 	hdr  [maxBulkHdr]byte // guarded by sem
 	vec  [2][]byte        // guarded by sem
 	bufs net.Buffers      // guarded by sem
+	// joined, inside TLS, holds a small frame's header and payload so
+	// that they go as one record and one system call (a TLS session has no
+	// vectored write); guarded by sem.
+	joined []byte
 
 	mu  sync.Mutex
 	err error
 }
 
-// dialTCPLink opens the bulk connection to addr and presents sec.
-func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keepalive time.Duration) (*tcpLink, error) {
+// dialTCPLink opens the bulk connection to addr and presents sec; with
+// tlsConf, inside a TLS session that must verify addr's host.
+func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keepalive time.Duration, tlsConf *tls.Config) (*tcpLink, error) {
 	network, address := "tcp", addr
 	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
 		network, address = "unix", path
@@ -60,9 +70,22 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	conn.SetDeadline(time.Now().Add(bulkHandshake))
 	var ack [1]byte
 	// The preamble stays in the clear so that the peer's listener can route
-	// the connection; mutual TLS (issue 17) wraps conn right after it, and
-	// the secret and every frame then travel inside.
-	if _, err = conn.Write(tcpPreamble[:]); err == nil {
+	// the connection; TLS wraps conn right after it, and the secret and
+	// every frame then travel inside.
+	_, err = conn.Write(tcpPreamble[:])
+	if err == nil && tlsConf != nil {
+		c := tlsConf.Clone()
+		if host, _, herr := net.SplitHostPort(addr); herr == nil {
+			c.ServerName = host
+		}
+		tc := tls.Client(conn, c)
+		if err = tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("tls handshake: %w", err)
+		}
+		conn = tc
+	}
+	if err == nil {
 		_, err = conn.Write(sec)
 	}
 	if err == nil {
@@ -77,6 +100,9 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	}
 	conn.SetDeadline(time.Time{})
 	l := &tcpLink{oc: oc, conn: conn, sem: make(chan struct{}, 1), done: make(chan struct{})}
+	if tlsConf != nil {
+		l.joined = make([]byte, 0, maxBulkHdr+tlsJoinBytes)
+	}
 	// The server never writes again; a read ending is the connection
 	// breaking, which fails the link at once even when nothing is sent.
 	go func() {
@@ -152,9 +178,13 @@ func (l *tcpLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	n := putBulkHeader(l.hdr[:], f, len(pay), 4)
 	l.conn.SetWriteDeadline(time.Now().Add(timeout))
 	var err error
-	if len(pay) == 0 {
+	switch {
+	case len(pay) == 0:
 		_, err = l.conn.Write(l.hdr[:n])
-	} else {
+	case l.joined != nil && len(pay) <= tlsJoinBytes:
+		l.joined = append(append(l.joined[:0], l.hdr[:n]...), pay...)
+		_, err = l.conn.Write(l.joined)
+	default:
 		l.vec[0], l.vec[1] = l.hdr[:n], pay
 		l.bufs = l.vec[:]
 		_, err = l.bufs.WriteTo(l.conn)
@@ -207,7 +237,20 @@ func (l *tcpLink) close(err error) {
 // checks the secret, acknowledges, and reads frames until the link ends.
 func (t *Transport) acceptTCPLink(conn net.Conn) {
 	conn.SetDeadline(time.Now().Add(bulkHandshake))
-	// The listener has read the preamble; a TLS server wraps conn here.
+	// The listener has read the preamble; the rest is inside TLS when the
+	// transport has it.
+	if t.opts.TLS != nil {
+		tc := tls.Server(conn, t.opts.TLS)
+		ctx, cancel := context.WithTimeout(context.Background(), bulkHandshake)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			t.log.Warn("refused a bulk connection", "remote", conn.RemoteAddr().String(), "err", fmt.Errorf("tls handshake: %w", err))
+			conn.Close()
+			return
+		}
+		conn = tc
+	}
 	o, err := t.redeemFrom(conn, loomv1.DataTransport_DATA_TRANSPORT_TCP)
 	if err != nil {
 		t.log.Warn("refused a bulk connection", "remote", conn.RemoteAddr().String(), "err", err)

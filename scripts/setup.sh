@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Loom's build and tests need beyond Go, idempotently: Debian
-# packages are installed only when missing. Usage: scripts/setup.sh [test|run]
+# packages are installed only when missing. Usage: scripts/setup.sh [test|run|deploy]
 set -euo pipefail
 pkgs=(protobuf-compiler)
 if [ "${1:-}" = run ]; then
@@ -11,6 +11,12 @@ if [ "${1:-}" = test ]; then
   # chromium: the dashboard's browser test; npm: the web bundle's check.
   pkgs+=(etcd-server prometheus chromium)
   command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+fi
+if [ "${1:-}" = deploy ]; then
+  # The multi-host test: network namespaces, veth, tc (iproute2), sysctl
+  # (procps), Debian's etcd; the image test: podman, and runc (crun cannot
+  # set up cgroups in some sandboxes).
+  pkgs=(iproute2 procps etcd-server podman runc)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -48,6 +49,9 @@ type RankConfig struct {
 	// OnLink, if set, is told how payloads travel to each peer (for the
 	// loom_worker_link metric); each is also logged to Log.
 	OnLink func(parallel.LinkInfo)
+	// TransportTLS, if set, secures the data plane (the gRPC Peer streams
+	// and tcp bulk links): parallel.TransportOptions.TLS.
+	TransportTLS *tls.Config
 	// OnComm, if set, is told the bytes sent and seconds of each step's
 	// communication (for metrics).
 	OnComm func(op string, bytes int64, d time.Duration)
@@ -81,6 +85,13 @@ type RankConfig struct {
 	OnPlan func(*plan.Plan) error
 	// TestStepDelay is Config.TestStepDelay (a test hook: a slow rank).
 	TestStepDelay time.Duration
+	// WrapComm, if set, wraps each process group (by the plan's group
+	// name) before the rank uses it; a worker records the calls in flight
+	// with it, so that a hang names what the rank waited on.
+	WrapComm func(group string, c parallel.Comm) parallel.Comm
+	// OnResume, if set, is told the checkpoint step the rank restored and
+	// how long restoring took (a worker reports it as recovery time).
+	OnResume func(step int, d time.Duration)
 }
 
 // Result is what a finished rank leaves.
@@ -133,7 +144,7 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 		if rc.Transport != "" {
 			mode = rc.Transport
 		}
-		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink}
+		topts := parallel.TransportOptions{Listener: rc.Listener, AdvertiseAddr: rc.Peers[rc.Rank], OnLink: rc.OnLink, TLS: rc.TransportTLS}
 		if mode != "" {
 			if topts.Mode, err = parallel.ParseTransportMode(mode); err != nil {
 				return nil, fmt.Errorf("rank %d: parallel.transport: %w", rc.Rank, err)
@@ -147,8 +158,14 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 			return nil, fmt.Errorf("rank %d: data plane: %w", rc.Rank, err)
 		}
 		// Leave gracefully: peers still finishing the last collective get every
-		// frame this rank sent before its connections close.
+		// frame this rank sent before its connections close. A generation
+		// that ended (ctx cancelled) has nothing left to deliver: its
+		// connections close at once.
 		defer func() {
+			if ctx.Err() != nil {
+				tr.Close()
+				return
+			}
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			tr.Shutdown(sctx)
@@ -176,8 +193,11 @@ func RunRank(ctx context.Context, rc RankConfig, report func(Stats)) (*Result, e
 				return nil, err
 			}
 			if c != nil {
-				*j.dst = c
 				defer c.(*parallel.Group).Close()
+				if rc.WrapComm != nil {
+					c = rc.WrapComm(j.g.Name, c)
+				}
+				*j.dst = c
 			}
 		}
 	}
@@ -310,8 +330,12 @@ func resume(t *Trainer, rc RankConfig, jobDir string, log io.Writer) error {
 	for _, n := range checkpoint.CompareState(rc.Spec, ck.State) {
 		fmt.Fprintf(log, "rank %d: warning: %s\n", rc.Rank, n)
 	}
+	took := time.Since(start)
 	fmt.Fprintf(log, "rank %d: resumed from %s (step %d, saved with %s, %s) in %v\n",
-		rc.Rank, ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, human.Bytes(ck.Manifest.Bytes), time.Since(start).Round(time.Millisecond))
+		rc.Rank, ck.Dir, ck.Manifest.Step, ck.Manifest.Layout, human.Bytes(ck.Manifest.Bytes), took.Round(time.Millisecond))
+	if rc.OnResume != nil {
+		rc.OnResume(ck.Manifest.Step, took)
+	}
 	return nil
 }
 

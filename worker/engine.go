@@ -31,7 +31,10 @@ func (f EngineFunc) Run(ctx context.Context, a Assignment, report func(StepStats
 type Assignment struct {
 	Job        string
 	Generation uint64
-	// Spec is the job spec, parsed and validated.
+	// Spec is the job spec this generation runs, parsed and validated: the
+	// submitted one at the generation's data-parallel size
+	// (api.JobSpec.ForDP), so accumulation adapts and the global batch
+	// stays.
 	Spec api.JobSpec
 	Rank int
 	// WorldSize is Spec.Parallel.WorldSize(), the number of ranks.
@@ -53,6 +56,10 @@ type Assignment struct {
 	// "latest", "auto" (the latest complete checkpoint if any) or a
 	// checkpoint step directory.
 	Resume string
+	// Ops records the rank's communication calls in flight: the engine
+	// wraps each of its process groups with Ops.Wrap, so a watchdog that
+	// fires can say what the rank was waiting on. Nil wraps nothing.
+	Ops *OpTracker
 	// ReportCheckpoint tells the coordinator that this rank's files of the
 	// checkpoint of step are durable; part is the rank's part of the
 	// manifest (checkpoint.RankPart as JSON). It fails once the generation
@@ -101,6 +108,30 @@ type Metrics struct {
 	gen   uint64
 	epoch int64 // the assignment's revision: see coordinator.StepMetrics
 	rank  int
+	watch *rankWatch
+}
+
+// Step is the last step the rank finished in this generation (its last
+// report; 0 before the first).
+func (m Metrics) Step() int {
+	if m.watch == nil {
+		return 0
+	}
+	m.watch.mu.Lock()
+	defer m.watch.mu.Unlock()
+	return m.watch.lastStep
+}
+
+// SetResume records that the rank restored the checkpoint of step in d
+// (before its first step): the coordinator's recovery record reports the
+// slowest rank's, and the rank's first step is step+1.
+func (m Metrics) SetResume(step int, d time.Duration) {
+	if m.watch != nil {
+		m.watch.resumed(step)
+	}
+	if m.rep != nil {
+		m.rep.setResume(m.job, m.gen, int64(step), d.Seconds())
+	}
 }
 
 // SetLink records the transport (shm, tcp or grpc) this rank's link to

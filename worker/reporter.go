@@ -116,6 +116,26 @@ func (r *reporter) setRankInfo(job string, gen uint64, kind string, bytes int64,
 	p.MemoryBytes[kind] = bytes
 }
 
+// setFirstStep records when a rank's first step of a generation ended
+// and how long its setup took; they go with every later batch.
+func (r *reporter) setFirstStep(job string, gen uint64, setupSeconds float64, endUnixMs int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.pending; p != nil && p.Job == job && p.Generation == gen {
+		p.SetupSeconds, p.FirstStepUnixMs = setupSeconds, endUnixMs
+	}
+}
+
+// setResume records the checkpoint step a rank restored and the seconds
+// it took; they go with every later batch.
+func (r *reporter) setResume(job string, gen uint64, step int64, seconds float64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p := r.pending; p != nil && p.Job == job && p.Generation == gen {
+		p.ResumeStep, p.ResumeSeconds = step, seconds
+	}
+}
+
 // flush sends the buffered steps, if any.
 func (r *reporter) flush(ctx context.Context) {
 	r.flushMu.Lock()
@@ -127,7 +147,8 @@ func (r *reporter) flush(ctx context.Context) {
 		return
 	}
 	batch := &loomv1.RankProgress{Job: p.Job, Generation: p.Generation, Rank: p.Rank, Addr: p.Addr,
-		WorkerId: p.WorkerId, Steps: p.Steps, PeakFlops: p.PeakFlops}
+		WorkerId: p.WorkerId, Steps: p.Steps, PeakFlops: p.PeakFlops, SetupSeconds: p.SetupSeconds,
+		ResumeSeconds: p.ResumeSeconds, ResumeStep: p.ResumeStep, FirstStepUnixMs: p.FirstStepUnixMs}
 	if len(p.MemoryBytes) > 0 {
 		batch.MemoryBytes = make(map[string]int64, len(p.MemoryBytes))
 		for k, v := range p.MemoryBytes {
@@ -176,7 +197,8 @@ func (r *reporter) send(ctx context.Context, p *loomv1.RankProgress) error {
 		r.addr = addr
 	}
 	if r.conn == nil {
-		conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, r.w.cfg.CoordinatorDial...)
+		conn, err := grpc.NewClient(r.addr, opts...)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ package worker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
@@ -79,6 +81,16 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Logger (nil: discard).
 	Logger *slog.Logger
+	// CoordinatorDial are added to the options of every connection to a
+	// coordinator (credentials: security.Setup.DialOptions).
+	CoordinatorDial []grpc.DialOption
+	// EtcdTLS, if set, secures the etcd client (https endpoints, this
+	// worker's certificate for etcd's client-certificate auth).
+	EtcdTLS *tls.Config
+	// CheckJob, if set, vets an assignment's spec and resume directory
+	// before the engine runs (the allowed directories:
+	// security.Roots.CheckJob); its error fails the rank.
+	CheckJob func(spec api.JobSpec, resume string) error
 }
 
 // RegisterFlags binds the worker's command-line flags to c.
@@ -303,7 +315,7 @@ func (w *Worker) connect(ctx context.Context) error {
 	endpoints := w.cfg.Etcd
 	prefix := w.cfg.Prefix
 	if w.cfg.Coordinator != "" {
-		c, err := api.Dial(dctx, w.cfg.Coordinator)
+		c, err := api.Dial(dctx, w.cfg.Coordinator, w.cfg.CoordinatorDial...)
 		if err != nil {
 			cause := err
 			var re *api.RPCError
@@ -340,7 +352,7 @@ func (w *Worker) connect(ctx context.Context) error {
 	if len(endpoints) == 0 {
 		return fmt.Errorf("worker: the coordinator at %s named no etcd endpoints; pass --etcd", w.cfg.Coordinator)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: w.cfg.DialTimeout, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: w.cfg.DialTimeout, Logger: zap.NewNop(), TLS: w.cfg.EtcdTLS})
 	if err != nil {
 		return fmt.Errorf("worker: etcd client for %v: %w; check --etcd", endpoints, err)
 	}
@@ -359,6 +371,15 @@ type run struct {
 	gen    uint64
 	cancel context.CancelFunc
 	done   chan struct{}
+	// watch follows the rank's phases; result records how it ended, once:
+	// the engine's own outcome, or its watchdog's verdict.
+	watch  *rankWatch
+	result sync.Once
+	// lis is the generation's view of the data-plane listener; it closes
+	// as soon as the generation ends, so that a peer's connection for the
+	// next generation waits for the next engine instead of being taken
+	// by this one as it tears down.
+	lis *genListener
 }
 
 // serveSession registers under a fresh lease and serves assignments until
@@ -419,12 +440,26 @@ func (w *Worker) serveSession(ctx context.Context) error {
 		if cur == nil {
 			return
 		}
+		t0 := time.Now()
+		cur.lis.Close()
 		cur.cancel()
-		select {
-		case <-cur.done:
-		case <-w.quit.Done():
-			w.log.Error("worker: the engine did not return within the stop timeout; leaving it", "job", cur.job,
-				"generation", cur.gen, "stop_timeout", w.cfg.StopTimeout)
+		slow := time.NewTimer(abortBound)
+		defer slow.Stop()
+		for waiting := true; waiting; {
+			select {
+			case <-cur.done:
+				w.log.Info("worker: rank aborted", "job", cur.job, "generation", cur.gen, "took", time.Since(t0).Round(time.Millisecond))
+				waiting = false
+			case <-slow.C:
+				op, group, since, _ := cur.watch.ops.InFlight()
+				w.log.Error("worker: the engine has not returned since its generation ended; waiting on", "job", cur.job,
+					"generation", cur.gen, "after", time.Since(t0).Round(time.Millisecond), "op", op, "group", group,
+					"in_flight", time.Since(since).Round(time.Millisecond))
+			case <-w.quit.Done():
+				w.log.Error("worker: the engine did not return within the stop timeout; leaving it", "job", cur.job,
+					"generation", cur.gen, "stop_timeout", w.cfg.StopTimeout)
+				waiting = false
+			}
 		}
 		cur = nil
 	}
@@ -509,10 +544,34 @@ func (w *Worker) serveSession(ctx context.Context) error {
 	}
 }
 
-// start runs the engine for one rank of a in a goroutine.
+// abortBound is how long a rank's engine may take to return once its
+// generation has ended before the worker logs what it is stuck on: every
+// collective and point-to-point call returns promptly when its context is
+// cancelled, and the transport's teardown is bounded.
+const abortBound = 15 * time.Second
+
+// start runs the engine for one rank of a in a goroutine, with a watchdog
+// that ends the rank when a phase outlasts its timeout.
 func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assignRev int64) *run {
 	rctx, cancel := context.WithCancel(ctx)
-	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{})}
+	spec, specErr := generationSpec(a)
+	r := &run{job: a.Job, gen: a.Generation, cancel: cancel, done: make(chan struct{}), lis: w.mux.listener()}
+	// A lost peer is reported as soon as a call names it: the engine may
+	// take a while to unwind (it waits for its checkpoint write in flight).
+	ops := NewOpTracker(func(group string, err error) {
+		if rctx.Err() != nil || errors.Is(err, context.Canceled) {
+			return // the generation ended: nothing to report
+		}
+		phase, step := r.watch.where()
+		r.result.Do(func() {
+			w.log.Error("worker: rank lost a peer", "job", a.Job, "generation", a.Generation, "rank", rank, "group", group, "err", err)
+			w.writeResult(rctx, w.failedResult(a, rank, phase, step, group, err), assignRev)
+		})
+	})
+	r.watch = newRankWatch(rank, w.Addr(), spec, ops, time.Now())
+	if specErr == nil {
+		go w.watchdog(ctx, rctx, r, a, rank, assignRev)
+	}
 	go func() {
 		defer close(r.done)
 		// The run's series go SeriesGrace after it ends (unless a newer
@@ -522,37 +581,102 @@ func (w *Worker) start(ctx context.Context, a *loomv1.Assignment, rank int, assi
 			w.forget = append(w.forget, time.AfterFunc(w.cfg.SeriesGrace, func() { w.metrics.ForgetEpoch(a.Job, assignRev) }))
 			w.mu.Unlock()
 		}()
-		err := w.runEngine(rctx, a, rank, assignRev)
+		err := specErr
+		if err == nil {
+			err = w.runEngine(rctx, a, spec, rank, assignRev, r)
+		}
 		if rctx.Err() != nil {
 			w.log.Info("worker: rank cancelled", "job", a.Job, "generation", a.Generation, "rank", rank)
 			return
 		}
+		phase, step := r.watch.where()
 		res := &loomv1.RankResult{Job: a.Job, Generation: a.Generation, Rank: int32(rank), WorkerId: w.ID(),
 			Addr: w.Addr(), Ok: err == nil}
 		if err != nil {
-			res.Error = err.Error()
-			var pe *parallel.PeerError
-			if errors.As(err, &pe) {
-				// The coordinator names the peer as the rank lost.
-				res.LostPeer = &loomv1.PeerLoss{Rank: int32(pe.Rank), Addr: pe.Addr, Op: pe.Op}
-			}
-			w.log.Error("worker: rank failed", "job", a.Job, "generation", a.Generation, "rank", rank, "err", err)
+			res = w.failedResult(a, rank, phase, step, r.watch.ops.PeerGroup(), err)
+			w.log.Error("worker: rank failed", "job", a.Job, "generation", a.Generation, "rank", rank, "phase", phase, "step", step, "err", err)
 		} else {
 			w.log.Info("worker: rank finished", "job", a.Job, "generation", a.Generation, "rank", rank)
 		}
-		w.writeResult(rctx, res, assignRev)
+		r.result.Do(func() { w.writeResult(rctx, res, assignRev) })
 	}()
 	return r
 }
 
+// failedResult is the result of a rank that failed with err in phase at
+// step; a *parallel.PeerError in err names the peer, lost on group.
+func (w *Worker) failedResult(a *loomv1.Assignment, rank int, phase string, step int, group string, err error) *loomv1.RankResult {
+	res := &loomv1.RankResult{Job: a.Job, Generation: a.Generation, Rank: int32(rank), WorkerId: w.ID(),
+		Addr: w.Addr(), Error: err.Error(), Phase: phase, Step: int64(step)}
+	var pe *parallel.PeerError
+	if errors.As(err, &pe) {
+		// The coordinator names the peer as the rank lost (or hung: it
+		// stopped answering within the step timeout).
+		res.LostPeer = &loomv1.PeerLoss{Rank: int32(pe.Rank), Addr: pe.Addr, Op: pe.Op, Group: group,
+			Timeout: errors.Is(err, parallel.ErrPeerTimeout)}
+	}
+	return res
+}
+
+// watchdog ends the rank of r when one of its phases (setup, a step, a
+// checkpoint's write, the final save) outlasts the spec's timeout: it
+// records the rank as hung, naming what it had in flight, then cancels
+// its engine. It returns when the run ends.
+func (w *Worker) watchdog(ctx, rctx context.Context, r *run, a *loomv1.Assignment, rank int, assignRev int64) {
+	t := time.NewTicker(watchInterval(r.watch.spec.Elastic))
+	defer t.Stop()
+	for {
+		select {
+		case <-rctx.Done():
+			return
+		case <-r.done:
+			return
+		case now := <-t.C:
+			h := r.watch.check(now)
+			if h == nil {
+				continue
+			}
+			r.result.Do(func() {
+				w.log.Error("worker: rank hung; ending it", "job", a.Job, "generation", a.Generation, "rank", rank, "err", h)
+				res := &loomv1.RankResult{Job: a.Job, Generation: a.Generation, Rank: int32(rank), WorkerId: w.ID(),
+					Addr: w.Addr(), Error: h.Error(), Phase: h.Phase, Step: int64(h.Step), Hung: true, Op: h.Op, Group: h.Group}
+				w.writeResult(ctx, res, assignRev)
+			})
+			r.cancel()
+			return
+		}
+	}
+}
+
+// generationSpec is the spec a generation runs: the submitted one at the
+// generation's data-parallel size (Assignment.dp), validated.
+func generationSpec(a *loomv1.Assignment) (api.JobSpec, error) {
+	spec, err := api.ParseSpec(a.SpecYaml, "job "+a.Job)
+	if err != nil {
+		return spec, err
+	}
+	if a.Dp > 0 && int(a.Dp) != spec.Parallel.DP {
+		spec = spec.ForDP(int(a.Dp))
+		if err := spec.Validate(); err != nil {
+			return spec, fmt.Errorf("generation %d at dp %d: %w", a.Generation, a.Dp, err)
+		}
+	}
+	if w := spec.Parallel.WorldSize(); w != int(a.WorldSize) || len(a.Ranks) != w {
+		return spec, fmt.Errorf("generation %d: %d ranks and world size %d for a layout of %d (dp %d × tp %d × pp %d)",
+			a.Generation, len(a.Ranks), a.WorldSize, w, spec.Parallel.DP, spec.Parallel.TP, spec.Parallel.PP)
+	}
+	return spec, nil
+}
+
 // runEngine checks the assignment and calls the engine.
-func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, assignRev int64) (err error) {
+func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.JobSpec, rank int, assignRev int64, run *run) (err error) {
 	if a.CoordinatorVersion != w.cfg.Version {
 		return &VersionError{Worker: w.cfg.Version, Coordinator: a.CoordinatorVersion, Generation: a.Generation}
 	}
-	spec, err := api.ParseSpec(a.SpecYaml, "job "+a.Job)
-	if err != nil {
-		return err
+	if w.cfg.CheckJob != nil {
+		if err := w.cfg.CheckJob(spec, a.Resume); err != nil {
+			return fmt.Errorf("job %s refused by this worker: %w", a.Job, err)
+		}
 	}
 	r := a.Ranks[rank]
 	peers := make([]string, len(a.Ranks))
@@ -561,20 +685,25 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 			peers[p.Rank] = p.Addr
 		}
 	}
-	lis := w.mux.listener()
+	lis := run.lis
 	defer lis.Close()
 	asg := Assignment{
 		Job: a.Job, Generation: a.Generation, Spec: spec, Rank: rank, WorldSize: int(a.WorldSize),
 		DP: int(r.Dp), PP: int(r.Pp), TP: int(r.Tp), Peers: peers, Threads: int(r.Threads), Listener: lis,
-		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, epoch: assignRev, rank: rank},
+		Metrics: Metrics{steps: w.metrics, rep: w.reporter, job: a.Job, gen: a.Generation, epoch: assignRev, rank: rank, watch: run.watch},
 		Resume:  a.Resume,
+		Ops:     run.watch.ops,
 		ReportCheckpoint: func(cctx context.Context, step int, part []byte) error {
 			// The writer's context outlives the step loop's on purpose (files
 			// stay whole); the report to etcd ends with the rank.
 			rctx, cancel := context.WithCancel(cctx)
 			defer cancel()
 			defer context.AfterFunc(ctx, cancel)()
-			return w.reportCheckpoint(rctx, a, rank, assignRev, step, part)
+			err := w.reportCheckpoint(rctx, a, rank, assignRev, step, part)
+			if err == nil {
+				run.watch.checkpointed(step)
+			}
+			return err
 		},
 	}
 	if asg.Threads <= 0 {
@@ -582,7 +711,17 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, rank int, 
 	}
 	w.log.Info("worker: training", "job", a.Job, "generation", a.Generation, "rank", rank,
 		"dp", asg.DP, "pp", asg.PP, "tp", asg.TP, "world", asg.WorldSize)
-	rep := w.reporter.forRank(a.Job, a.Generation, assignRev, rank)
+	send := w.reporter.forRank(a.Job, a.Generation, assignRev, rank)
+	var first sync.Once
+	rep := func(s StepStats) {
+		now := time.Now()
+		run.watch.stepped(s.Step, now)
+		first.Do(func() {
+			setup := now.Add(-s.StepTime).Sub(run.watch.start)
+			w.reporter.setFirstStep(a.Job, a.Generation, setup.Seconds(), now.UnixMilli())
+		})
+		send(s)
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("engine panicked on rank %d: %v", rank, p)

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/loomtrain/loom/internal/security"
 	"github.com/loomtrain/loom/parallel"
 )
 
@@ -53,6 +54,7 @@ type commBenchFlags struct {
 	shmSpin    time.Duration
 	socketDir  string // set by the parent for --network unix
 	profileDir string
+	tlsDir     string
 }
 
 func (f *commBenchFlags) register(fs *flag.FlagSet) {
@@ -78,6 +80,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.shmSpin, "shm-spin", 0, "how long a shared-memory reader polls before sleeping (default: the library's; negative: never)")
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
+	fs.StringVar(&f.tlsDir, "tls-dir", "", "mutual TLS on the data plane (gRPC streams and tcp links) with the worker certificate in `DIR` (`loom certs init D` makes D/worker); shm links stay as they are")
 }
 
 // args renders the flags for a worker.
@@ -89,7 +92,7 @@ func (f *commBenchFlags) args() []string {
 		"--window", f.window, "--conn-window", f.connWindow, "--read-buffer", f.readBuf, "--write-buffer", f.writeBuf,
 		"--timeout", f.timeout.String(), "--log-format", f.logFormat,
 		"--network", f.network, "--transport", f.transport, "--shm-ring", f.shmRing, "--shm-spin", f.shmSpin.String(),
-		"--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir,
+		"--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir, "--tls-dir", f.tlsDir,
 	}
 }
 
@@ -164,6 +167,17 @@ func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 		c.topts.MaxFrameBytes = c.spec.ChunkBytes + 4096
 	}
 	c.spec.Timeout = f.timeout
+	if f.tlsDir != "" {
+		if f.network != "tcp" {
+			errs = append(errs, fmt.Errorf("--tls-dir: needs --network tcp (certificates name hosts, not socket paths)"))
+		}
+		sec, err := security.New(security.Config{Dir: f.tlsDir}, nil, false)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--tls-dir: %w", err))
+		} else {
+			c.topts.TLS = sec.PeerTLS()
+		}
+	}
 	if err := c.topts.Validate(); err != nil && !strings.Contains(err.Error(), "ListenAddr") {
 		errs = append(errs, err)
 	}

@@ -159,7 +159,7 @@ func TestMultiWorkerKilledDuringSaveResumesResharded(t *testing.T) {
 	}
 
 	t.Setenv("LOOM_TEST_CHECKPOINT_KILL", "shard-half:4:1")
-	_, stderr, err = loom(t, "run", layout(2, 1), "--log-format", "json", "--threads", "1", "--sample-tokens", "0")
+	_, stderr, err = loom(t, "run", layout(2, 1), "--log-format", "json", "--threads", "1", "--sample-tokens", "0", "--max-restarts", "0")
 	if err == nil || !strings.Contains(stderr, "kills itself at shard-half") {
 		t.Fatalf("killed run: err %v\n%s", err, stderr)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/internal/security"
 	"github.com/loomtrain/loom/launch"
 	"github.com/loomtrain/loom/parallel"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
@@ -62,17 +64,27 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// serveMetrics serves reg on addr's /metrics until ctx is done.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) (net.Listener, error) {
+// serveMetrics serves reg on addr's /metrics, and the probes /healthz
+// (the process serves) and /readyz (ready() is nil), until ctx is done;
+// sec secures the listener and guards every path but the probes.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, ready func() error, sec *security.Setup, log *slog.Logger) (net.Listener, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--http %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	mux.HandleFunc(security.HealthzPath, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc(security.ReadyzPath, func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	srv := &http.Server{Handler: sec.HTTPGuard(mux), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(sec.HTTPListener(lis)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server", "addr", addr, "err", err)
 		}
 	}()
@@ -83,6 +95,17 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, lo
 		_ = srv.Shutdown(sctx)
 	}()
 	return lis, nil
+}
+
+// newSecurity loads what the flags name and logs how connections are
+// secured (a warning for plaintext).
+func newSecurity(who string, c security.Config, log *slog.Logger, server bool) (*security.Setup, error) {
+	sec, err := security.New(c, log, server)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", who, err)
+	}
+	sec.LogMode(log, who)
+	return sec, nil
 }
 
 func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
@@ -100,10 +123,18 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	httpAddr := fs.String("http", "", "serve the dashboard (/), its JSON API (/api/) and Prometheus /metrics on `ADDR` (default: off)")
 	prefix := fs.String("prefix", coordinator.DefaultPrefix, "etcd key `PREFIX`")
 	ttl := fs.Duration("ttl", coordinator.DefaultLeaseTTL, "lease TTL of coordinators and workers: a process silent this long is gone")
+	var secCfg security.Config
+	secCfg.RegisterFlags(fs, true)
+	var roots security.Roots
+	roots.RegisterFlags(fs)
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
+	sec, err := newSecurity("coordinator", secCfg, log, true)
+	if err != nil {
+		return err
+	}
 
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -132,7 +163,9 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 			etcdAdv = advHost
 		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, Advertise: etcdAdv, LogOutput: "discard"})
+		cert, key, ca := sec.Files() // the embedded etcd serves with the coordinator's certificate
+		e, err := coordinator.StartEtcd(sctx, coordinator.EtcdOptions{Dir: *etcdDir, ClientAddr: *etcdListen, Advertise: etcdAdv, LogOutput: "discard",
+			TLSCertFile: cert, TLSKeyFile: key, TLSCAFile: ca, MaxRequestBytes: security.EtcdMaxRequestBytes})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("coordinator: %w", err)
@@ -143,7 +176,7 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	} else if *etcdAdvertise != "" {
 		return errors.New("coordinator: --etcd-advertise is for the embedded etcd; with --etcd the URLs given are the ones workers are told")
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop(), TLS: sec.EtcdTLS()})
 	if err != nil {
 		return fmt.Errorf("coordinator: etcd client for %v: %w", endpoints, err)
 	}
@@ -156,8 +189,13 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 
 	reg := newRegistry()
-	c, err := coordinator.New(coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
-		LeaseTTL: *ttl, Registry: reg, Logger: log})
+	ccfg := coordinator.Config{Etcd: cli, EtcdEndpoints: endpoints, Prefix: *prefix, Addr: addr,
+		LeaseTTL: *ttl, Registry: reg, Logger: log, ServerOptions: sec.ServerOptions(), HTTPGuard: sec.HTTPGuard,
+		MaxSpecBytes: security.MaxSpecBytes}
+	if roots.Set() {
+		ccfg.CheckJob = roots.CheckJob
+	}
+	c, err := coordinator.New(ccfg)
 	if err != nil {
 		return err
 	}
@@ -166,7 +204,8 @@ func cmdCoordinator(ctx context.Context, env *cmdEnv, args []string) error {
 		if httpLis, err = net.Listen("tcp", *httpAddr); err != nil {
 			return fmt.Errorf("coordinator: --http %s: %w", *httpAddr, err)
 		}
-		log.Info("dashboard on http://"+httpLis.Addr().String()+"/ (metrics on /metrics)", "addr", httpLis.Addr().String())
+		log.Info("dashboard on "+sec.Scheme()+"://"+httpLis.Addr().String()+"/ (metrics on /metrics, probes on /healthz and /readyz)", "addr", httpLis.Addr().String())
+		httpLis = sec.HTTPListener(httpLis)
 	}
 	log.Info("coordinator serving", "addr", addr, "etcd", strings.Join(endpoints, ","))
 	return c.Serve(ctx, lis, httpLis)
@@ -180,6 +219,10 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	cfg.RegisterFlags(fs)
 	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
 	transport := fs.String("transport", "", "how tensors travel to peers: `auto` (shared memory on this host, tcp across hosts), tcp, shm or grpc (default: the job spec's parallel.transport)")
+	var secCfg security.Config
+	secCfg.RegisterFlags(fs, false)
+	var roots security.Roots
+	roots.RegisterFlags(fs)
 	if _, err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -189,19 +232,34 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
+	sec, err := newSecurity("worker", secCfg, log, false)
+	if err != nil {
+		return err
+	}
 	cfg.Logger = log
-	cfg.Engine = newTrainingEngine(*transport)
+	cfg.Engine = newTrainingEngine(*transport, sec.PeerTLS())
 	cfg.Registry = newRegistry()
-	if *httpAddr != "" {
-		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, log)
-		if err != nil {
-			return fmt.Errorf("worker: %w", err)
-		}
-		log.Info("metrics on /metrics", "addr", lis.Addr().String())
+	cfg.CoordinatorDial = sec.DialOptions()
+	cfg.EtcdTLS = sec.EtcdTLS()
+	if roots.Set() {
+		cfg.CheckJob = roots.CheckJob
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
 		return err
+	}
+	if *httpAddr != "" {
+		ready := func() error {
+			if w.ID() == "" {
+				return errors.New("not registered with the control plane yet")
+			}
+			return nil
+		}
+		lis, err := serveMetrics(ctx, *httpAddr, cfg.Registry, ready, sec, log)
+		if err != nil {
+			return fmt.Errorf("worker: %w", err)
+		}
+		log.Info("metrics on /metrics, probes on /healthz and /readyz", "addr", lis.Addr().String())
 	}
 	done := make(chan struct{})
 	defer close(done)
@@ -239,10 +297,18 @@ func exitIfStuck(ctx context.Context, done <-chan struct{}, stopTimeout time.Dur
 // dialCoordinator connects to the first of addr (comma-separated) that
 // answers. A coordinator that refuses connections gets a few seconds (it
 // may be starting); the error says why each address was not reached.
-func dialCoordinator(ctx context.Context, addr string) (*api.Client, error) {
+func dialCoordinator(ctx context.Context, addr string, sec *security.Setup) (*api.Client, error) {
 	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	return api.Dial(dctx, addr)
+	return api.Dial(dctx, addr, sec.DialOptions()...)
+}
+
+// clientSecurity binds a coordinator client's TLS and token flags; call
+// the result after parsing.
+func clientSecurity(fs *flag.FlagSet) func() (*security.Setup, error) {
+	var c security.Config
+	c.RegisterFlags(fs, false)
+	return func() (*security.Setup, error) { return security.New(c, nil, false) }
 }
 
 func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
@@ -250,10 +316,12 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 		"Submits a job and follows it with a progress line per step until it finishes.")
 	var addr string
 	coordinatorFlag(fs, &addr)
+	secFlags := clientSecurity(fs)
 	detach := fs.Bool("detach", false, "return once submitted instead of following the job")
 	pendingTimeout := fs.Duration("pending-timeout", 10*time.Minute, "fail the job when it waits this long for enough workers (before it starts, or for a restart); 0: wait for ever")
-	maxRestarts := fs.Int("max-restarts", 0, "generations that may end early (a worker lost or failed) before the job fails; each restart resumes from the newest complete checkpoint")
+	maxRestarts := fs.Int("max-restarts", -1, "generations that may end early (a worker lost, failed or hung) before the job fails; each restart resumes from the newest complete checkpoint (default: the spec's elastic.max_restarts)")
 	resume := fs.String("resume", "", "continue a stopped or crashed job from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME, skipping broken ones) or a step directory; the workers restore it (a shared filesystem is assumed)")
+	logFormat := fs.String("log-format", "text", "progress format: text, or json (one object per step and per status change)")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -265,6 +333,9 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if *pendingTimeout < 0 {
 		return fmt.Errorf("submit: --pending-timeout %v: must be ≥ 0 (0: wait for ever)", *pendingTimeout)
+	}
+	if *logFormat != "text" && *logFormat != "json" {
+		return fmt.Errorf("submit: --log-format %q: allowed: text, json", *logFormat)
 	}
 	src, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -279,7 +350,11 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := api.Supported(spec, pos[0]); err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
-	c, err := dialCoordinator(ctx, addr)
+	sec, err := secFlags()
+	if err != nil {
+		return err
+	}
+	c, err := dialCoordinator(ctx, addr, sec)
 	if err != nil {
 		return fmt.Errorf("submit: %w", err)
 	}
@@ -315,11 +390,15 @@ func cmdSubmit(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
+	said := env.stdout
+	if *logFormat == "json" {
+		said = env.stderr // stdout holds only JSON objects
+	}
+	fmt.Fprintf(said, "submitted %s (world size %d) to %s\n", spec.Name, spec.Parallel.WorldSize(), addr)
 	if *detach {
 		return nil
 	}
-	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout, false)
+	st, err := launch.Follow(ctx, c, spec.Name, spec.Train.Steps, env.stdout, *logFormat == "json")
 	if err != nil {
 		if ctx.Err() != nil {
 			fmt.Fprintf(env.stderr, "stopped following %s; it keeps running (`loom stop %s` stops it)\n", spec.Name, spec.Name)
@@ -338,6 +417,7 @@ func cmdStatus(ctx context.Context, env *cmdEnv, args []string) error {
 		"rank's address, step and throughput.")
 	var addr string
 	coordinatorFlag(fs, &addr)
+	secFlags := clientSecurity(fs)
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -346,7 +426,11 @@ func cmdStatus(ctx context.Context, env *cmdEnv, args []string) error {
 		fs.Usage()
 		return errors.New("status: at most one JOB")
 	}
-	c, err := dialCoordinator(ctx, addr)
+	sec, err := secFlags()
+	if err != nil {
+		return err
+	}
+	c, err := dialCoordinator(ctx, addr, sec)
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
@@ -384,19 +468,54 @@ func printJobs(w io.Writer, jobs []*loomv1.Job) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tSTATE\tGEN\tWORLD\tSTEP\tTOK/S\tMESSAGE")
+	fmt.Fprintln(tw, "JOB\tSTATE\tGEN\tWORLD\tDP\tSTEP\tTOK/S\tRESTARTS\tCHECKPOINT\tMESSAGE")
 	for _, j := range jobs {
 		s := j.Status
 		step, tps := latestStep(j)
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%.0f\t%s\n", s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, step, tps, s.Message)
+		ck := "-"
+		if j.Checkpoint != nil {
+			ck = fmt.Sprint(j.Checkpoint.Step)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%d\t%.0f\t%d\t%s\t%s\n", s.Name, launch.StateName(s.State), s.Generation, s.WorldSize,
+			dpOf(s), step, tps, s.Restarts, ck, s.Message)
 	}
 	tw.Flush()
+}
+
+// dpOf renders a status's data-parallel size ("-" before a generation).
+func dpOf(s *loomv1.JobStatus) string {
+	if s.Dp == 0 {
+		return "-"
+	}
+	return fmt.Sprint(s.Dp)
+}
+
+// elasticRange describes the dp range a job's spec allows ("" when fixed).
+func elasticRange(specYAML []byte) string {
+	spec, err := api.ParseSpec(specYAML, "job spec")
+	if err != nil {
+		return ""
+	}
+	lo, hi := spec.DPRange()
+	if lo == hi {
+		return ""
+	}
+	return fmt.Sprintf(" (elastic %d–%d; reachable %s)", lo, hi, strings.Trim(fmt.Sprint(spec.ReachableDP()), "[]"))
 }
 
 func printJob(w io.Writer, j *loomv1.Job) {
 	s := j.Status
 	fmt.Fprintf(w, "job:        %s\nstate:      %s\ngeneration: %d\nworld size: %d\nmessage:    %s\n",
 		s.Name, launch.StateName(s.State), s.Generation, s.WorldSize, s.Message)
+	if s.Dp > 0 {
+		fmt.Fprintf(w, "dp size:    %d%s\n", s.Dp, elasticRange(j.SpecYaml))
+	}
+	if ck := j.Checkpoint; ck != nil {
+		fmt.Fprintf(w, "checkpoint: step %d (generation %d, committed %s): %s\n", ck.Step, ck.Generation,
+			time.UnixMilli(ck.CommittedUnixMs).Format("15:04:05"), ck.Dir)
+	} else {
+		fmt.Fprintf(w, "checkpoint: none complete yet\n")
+	}
 	if s.Restarts > 0 {
 		fmt.Fprintf(w, "restarts:   %d\n", s.Restarts)
 	}
@@ -427,11 +546,39 @@ func printJob(w io.Writer, j *loomv1.Job) {
 		}
 		tw.Flush()
 	}
+	if len(s.Recoveries) > 0 {
+		fmt.Fprintln(w, "\nrecoveries:")
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  GEN\tREASON\tDP\tLAST STEP\tRESUMED FROM\tSTEPS LOST\tRENDEZVOUS\tSETUP (LOAD)\tDOWN FOR\tWHY")
+		for _, r := range s.Recoveries {
+			next, dp, rdv, down, setup, resumed := "…", fmt.Sprintf("%d→…", r.DpBefore), "-", "-", "-", "-"
+			if r.NextGeneration > 0 {
+				next = fmt.Sprint(r.NextGeneration)
+				dp = fmt.Sprintf("%d→%d", r.DpBefore, r.DpAfter)
+				rdv = msDuration(r.AssignedUnixMs - r.EndedUnixMs)
+				resumed = fmt.Sprint(r.ResumeStep)
+			}
+			if r.ResumedUnixMs > 0 {
+				down = msDuration(r.ResumedUnixMs - r.EndedUnixMs)
+				setup = fmt.Sprintf("%.2fs (%.2fs)", r.SetupSeconds, r.LoadSeconds)
+			}
+			lost := "-"
+			if r.NextGeneration > 0 {
+				lost = fmt.Sprint(r.LostSteps)
+			}
+			fmt.Fprintf(tw, "  %d→%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Generation, next, r.Reason, dp, r.LastStep, resumed, lost,
+				rdv, setup, down, r.Message)
+		}
+		tw.Flush()
+	}
 	if len(s.Failures) > 0 {
 		fmt.Fprintln(w, "\nfailures:")
 		for _, f := range s.Failures {
 			what := "failed"
-			if f.Lost {
+			switch {
+			case f.Kind == "hang":
+				what = "hung"
+			case f.Lost:
 				what = "lost"
 			}
 			fmt.Fprintf(w, "  generation %d: %s rank %d (%s, worker %s): %s\n", f.Generation, what, f.Rank, f.Addr, f.WorkerId, f.Reason)
@@ -439,10 +586,16 @@ func printJob(w io.Writer, j *loomv1.Job) {
 	}
 }
 
+// msDuration renders milliseconds as a duration.
+func msDuration(ms int64) string {
+	return (time.Duration(ms) * time.Millisecond).String()
+}
+
 func cmdStop(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlagSet(env, "stop", "JOB [--coordinator ADDR]\n\nStops a job: its workers' engines are cancelled.")
 	var addr string
 	coordinatorFlag(fs, &addr)
+	secFlags := clientSecurity(fs)
 	reason := fs.String("reason", "stopped by `loom stop`", "why, shown in the job's status")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -452,7 +605,11 @@ func cmdStop(ctx context.Context, env *cmdEnv, args []string) error {
 		fs.Usage()
 		return errors.New("stop: need exactly one JOB")
 	}
-	c, err := dialCoordinator(ctx, addr)
+	sec, err := secFlags()
+	if err != nil {
+		return err
+	}
+	c, err := dialCoordinator(ctx, addr, sec)
 	if err != nil {
 		return fmt.Errorf("stop: %w", err)
 	}

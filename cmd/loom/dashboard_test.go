@@ -155,18 +155,7 @@ func TestDashboardsLive(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	var out, errb strings.Builder
-	for {
-		err = dispatch(ctx, &cmdEnv{stdout: &out, stderr: &errb}, []string{"submit", specPath, "--coordinator", coord, "--detach"})
-		if err == nil || ctx.Err() != nil || !strings.Contains(err.Error(), coord) {
-			break
-		}
-		out.Reset()
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("submit: %v\n%s\n%s", err, out.String(), errb.String())
-	}
+	submitJob(t, ctx, specPath, coord)
 	start := time.Now()
 	page := "http://" + coordHTTP + "/"
 	type jobJSON struct {
@@ -181,53 +170,9 @@ func TestDashboardsLive(t *testing.T) {
 	until(t, ctx, "the job's first steps", func() (bool, string) { j := jobState(); return j.Step > 5, fmt.Sprint(j) })
 
 	// The browser.
-	actx, acancel := chromedp.NewExecAllocator(ctx, chromedp.ExecPath(chromium), chromedp.Headless, chromedp.NoSandbox,
-		chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 1900))
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	var (
-		consoleMu sync.Mutex
-		problems  []string
-	)
-	messages := chromedp.Console(bctx)
-	if err := chromedp.Do(bctx, chromedp.Navigate(page)); err != nil {
-		t.Fatalf("open %s: %v", page, err)
-	}
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			if m.Type == chromedp.ConsoleError || m.IsException() {
-				consoleMu.Lock()
-				problems = append(problems, fmt.Sprintf("%s %s:%d: %s", m.Type, m.URL, m.Line+1, m.Text))
-				consoleMu.Unlock()
-			}
-		}
-	}()
-	eval := func(js string) int {
-		n, err := chromedp.Run(bctx, chromedp.Evaluate[int](js))
-		if err != nil {
-			t.Fatalf("evaluate %s: %v", js, err)
-		}
-		return n
-	}
-	points := func(id string) int { return eval(`+(document.getElementById("` + id + `").dataset.points || 0)`) }
-	screenshot := func(name string) {
-		b, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
-		if err != nil {
-			t.Fatalf("screenshot: %v", err)
-		}
-		p := filepath.Join(artifactDir(t), name)
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("screenshot: %s", p)
-	}
+	b := newBrowser(t, ctx, chromium)
+	b.open(page)
+	eval, points, screenshot := b.eval, b.points, b.screenshot
 	charts := []string{"chart-loss", "chart-throughput", "chart-ranks", "chart-split"}
 	until(t, ctx, "the page to select the job and draw its charts", func() (bool, string) {
 		n := points("chart-loss")
@@ -249,6 +194,18 @@ func TestDashboardsLive(t *testing.T) {
 		}
 		return len(s) == 0, strings.Join(s, ", ")
 	})
+	// The job validates every 100 steps: the loss chart draws those points
+	// beside the training loss, and the card shows the latest.
+	until(t, ctx, "validation loss on the loss chart", func() (bool, string) {
+		n := eval(`+(document.getElementById("chart-loss").dataset.valPoints || 0)`)
+		return n > 0, fmt.Sprintf("%d validation points", n)
+	})
+	if s := b.evalString(`document.querySelector("#chart-loss .u-legend").textContent`); !strings.Contains(s, "validation loss") {
+		t.Errorf("the loss chart's legend %q has no validation loss", s)
+	}
+	if s := b.evalString(`document.querySelector('[data-card="validation loss"] .value').textContent`); !strings.Contains(s, "(step ") {
+		t.Errorf("validation loss card %q", s)
+	}
 	if n := eval(`document.querySelectorAll("#ranks tbody tr").length`); n != 2 {
 		t.Errorf("per-rank view has %d rows, want one per rank (2)", n)
 	}
@@ -277,9 +234,10 @@ func TestDashboardsLive(t *testing.T) {
 		strings.Contains(rankLines[1], "STRAGGLER") {
 		t.Errorf("loom top: want rank 1 first and flagged, rank 0 unflagged:\n%s", top.String())
 	}
-	if b, err := chromedp.Run(bctx, chromedp.Screenshot(chromedp.CSS("#ranks"))); err == nil {
-		os.WriteFile(filepath.Join(artifactDir(t), "dashboard-straggler.png"), b, 0o644)
+	if !strings.Contains(top.String(), "val loss ") {
+		t.Errorf("loom top shows no validation loss:\n%s", top.String())
 	}
+	b.screenshotOf("#ranks", "dashboard-straggler.png")
 
 	// Every query of the Grafana dashboard returns data from Prometheus.
 	dash, err := os.ReadFile(filepath.Join("..", "..", "deploy", "grafana", grafana.DashboardFile))
@@ -338,7 +296,7 @@ func TestDashboardsLive(t *testing.T) {
 	// The finished job keeps its page.
 	until(t, ctx, "the job to finish", func() (bool, string) { j := jobState(); return j.State == "SUCCEEDED", fmt.Sprint(j) })
 	until(t, ctx, "the page to show the finished job", func() (bool, string) {
-		s, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.getElementById("job-state").textContent`))
+		s := b.evalString(`document.getElementById("job-state").textContent`)
 		return s == "SUCCEEDED", s
 	})
 	if n := eval(`document.querySelectorAll("#events li.checkpoint").length`); n == 0 {
@@ -371,10 +329,132 @@ func TestDashboardsLive(t *testing.T) {
 		return same, fmt.Sprintf("%d points, %d ranks, %d events; the leader has %d, %d, %d",
 			len(got.Points.Step), len(got.Ranks), len(got.Events), len(want.Points.Step), len(want.Ranks), len(want.Events))
 	})
-	consoleMu.Lock()
-	defer consoleMu.Unlock()
-	if len(problems) > 0 {
-		t.Errorf("the page logged errors:\n%s", strings.Join(problems, "\n"))
+	b.checkConsole()
+}
+
+// submitJob submits the job spec at path to the coordinator at coord,
+// retrying while the coordinator is still starting.
+func submitJob(t *testing.T, ctx context.Context, path, coord string) {
+	t.Helper()
+	var out, errb strings.Builder
+	for {
+		err := dispatch(ctx, &cmdEnv{stdout: &out, stderr: &errb}, []string{"submit", path, "--coordinator", coord, "--detach"})
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil || !strings.Contains(err.Error(), coord) {
+			t.Fatalf("submit: %v\n%s\n%s", err, out.String(), errb.String())
+		}
+		out.Reset()
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// browser is a headless Chromium driven over the DevTools protocol, with
+// the console's errors and exceptions collected.
+type browser struct {
+	t   *testing.T
+	ctx context.Context
+
+	mu       sync.Mutex
+	problems []string
+}
+
+// newBrowser starts Debian's chromium (headless, a fresh profile, no
+// network services of its own); it stops when ctx ends or the test does.
+func newBrowser(t *testing.T, ctx context.Context, chromium string) *browser {
+	t.Helper()
+	actx, acancel := chromedp.NewExecAllocator(ctx, chromedp.ExecPath(chromium), chromedp.Headless, chromedp.NoSandbox,
+		chromedp.DisableGPU, chromedp.NoFirstRun, chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1400, 1900))
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(func() { bcancel(); acancel() })
+	return &browser{t: t, ctx: bctx}
+}
+
+// open navigates to u and collects the page's console errors from then on.
+func (b *browser) open(u string) {
+	b.t.Helper()
+	messages := chromedp.Console(b.ctx)
+	if err := chromedp.Do(b.ctx, chromedp.Navigate(u)); err != nil {
+		b.t.Fatalf("open %s: %v", u, err)
+	}
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.IsException() {
+				b.mu.Lock()
+				b.problems = append(b.problems, fmt.Sprintf("%s %s:%d: %s", m.Type, m.URL, m.Line+1, m.Text))
+				b.mu.Unlock()
+			}
+		}
+	}()
+}
+
+func (b *browser) eval(js string) int {
+	b.t.Helper()
+	n, err := chromedp.Run(b.ctx, chromedp.Evaluate[int](js))
+	if err != nil {
+		b.t.Fatalf("evaluate %s: %v", js, err)
+	}
+	return n
+}
+
+func (b *browser) evalString(js string) string {
+	b.t.Helper()
+	s, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](js))
+	if err != nil {
+		b.t.Fatalf("evaluate %s: %v", js, err)
+	}
+	return s
+}
+
+// points is how many points the page says chart id draws.
+func (b *browser) points(id string) int {
+	return b.eval(`+(document.getElementById("` + id + `").dataset.points || 0)`)
+}
+
+// screenshot saves the whole page as name in artifactDir.
+func (b *browser) screenshot(name string) {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		b.t.Fatalf("screenshot: %v", err)
+	}
+	b.save(name, png)
+}
+
+// screenshotOf saves the element sel as name in artifactDir.
+func (b *browser) screenshotOf(sel, name string) {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.Screenshot(chromedp.CSS(sel)))
+	if err != nil {
+		b.t.Errorf("screenshot of %s: %v", sel, err)
+		return
+	}
+	b.save(name, png)
+}
+
+func (b *browser) save(name string, png []byte) {
+	b.t.Helper()
+	p := filepath.Join(artifactDir(b.t), name)
+	if err := os.WriteFile(p, png, 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	b.t.Logf("screenshot: %s", p)
+}
+
+// checkConsole fails the test for every error the page logged.
+func (b *browser) checkConsole() {
+	b.t.Helper()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.problems) > 0 {
+		b.t.Errorf("the page logged errors:\n%s", strings.Join(b.problems, "\n"))
 	}
 }
 
@@ -451,4 +531,90 @@ func promRange(ctx context.Context, addr, q string, start time.Time) (int, error
 		}
 	}
 	return n, nil
+}
+
+// TestDashboardTimeline runs a real pipelined job (pp=2, ZB-H1: two worker
+// processes, 8 micro-batches) while headless Chromium has its page open:
+// while it runs the timeline panel names the schedule and says why there
+// is no timeline yet; once the ranks have saved theirs at the end of the
+// run the page draws it without a reload — one row per rank with forward,
+// backward and weight-gradient boxes labelled by micro-batch, the measured
+// bubble, and a link to the merged Chrome trace, which the coordinator
+// serves. The console stays free of errors; a screenshot is saved.
+func TestDashboardTimeline(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes and a browser")
+	}
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("chromium not installed (scripts/setup.sh test installs Debian's)")
+	}
+	const job = "pipe"
+	spec, _ := tpFixture(t, job, "parallel: {pp: 2, schedule: zb-h1}\n")
+	src, _ := os.ReadFile(spec)
+	y := strings.Replace(string(src), "steps: 10", "steps: 200", 1)
+	os.WriteFile(spec, []byte(strings.Replace(y, "micro_batch: 2", "micro_batch: 1", 1)), 0o644)
+
+	coord, coordHTTP := freeAddr(t), freeAddr(t)
+	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP)
+	startLoom(t, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
+	startLoom(t, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	b := newBrowser(t, ctx, chromium)
+	b.open("about:blank")
+	submitJob(t, ctx, spec, coord)
+	page := "http://" + coordHTTP + "/"
+	state := func() string {
+		var j struct{ State string }
+		getJSON(ctx, page+"api/jobs/"+job, &j)
+		return j.State
+	}
+	until(t, ctx, "the job to be scheduled", func() (bool, string) { s := state(); return s == "RUNNING" || s == "SUCCEEDED", s })
+	b.open(page + "#job=" + job)
+	info := func() string { return b.evalString(`document.getElementById("timeline-info").textContent`) }
+	until(t, ctx, "the timeline panel", func() (bool, string) {
+		return b.eval(`document.getElementById("timeline-section").hidden ? 0 : 1`) == 1, info()
+	})
+	if s := info(); !strings.Contains(s, "zb-h1, pp 2") || !strings.Contains(s, "8 micro-batches") {
+		t.Errorf("timeline panel: %q, want the schedule and its shape", s)
+	}
+	if strings.Contains(info(), "no timeline yet") {
+		t.Logf("the page opened while the job ran: %q", info())
+	}
+	until(t, ctx, "the job to finish", func() (bool, string) { s := state(); return s == "SUCCEEDED", s })
+	until(t, ctx, "the page to draw the timeline of every rank", func() (bool, string) {
+		n := b.eval(`document.querySelectorAll("#timeline g.tl-rank").length`)
+		return n == 2, fmt.Sprintf("%d rank rows; %s", n, info())
+	})
+	for r := 0; r < 2; r++ {
+		row := fmt.Sprintf(`#timeline g.tl-rank[data-rank="%d"]`, r)
+		for _, kind := range []string{"F", "B", "W"} {
+			if n := b.eval(`document.querySelectorAll('` + row + ` rect.tl-` + kind + `').length`); n != 8 {
+				t.Errorf("rank %d: %d %s boxes, want one per micro-batch (8)", r, n, kind)
+			}
+		}
+		if n := b.eval(`document.querySelectorAll('` + row + ` rect.tl-send, ` + row + ` rect.tl-recv').length`); n == 0 {
+			t.Errorf("rank %d: no send or receive boxes", r)
+		}
+		// Every pass names its micro-batch (its tooltip; its text where the
+		// box is wide enough).
+		if n := b.eval(`[...document.querySelectorAll('` + row + ` rect.tl-F title')].filter(e => /micro-batch [0-7]/.test(e.textContent)).length`); n != 8 {
+			t.Errorf("rank %d: %d forward boxes name their micro-batch, want 8", r, n)
+		}
+		t.Logf("rank %d: %d boxes wide enough for their label", r,
+			b.eval(`[...document.querySelectorAll('`+row+` text.tl-text')].filter(e => /^[FBW][0-7]$/.test(e.textContent)).length`))
+	}
+	if s := info(); !strings.Contains(s, "bubble") || !strings.Contains(s, "measured") || !strings.Contains(s, "Chrome trace") {
+		t.Errorf("timeline info %q: want the measured bubble and the trace link", s)
+	}
+	href := b.evalString(`document.querySelector('#timeline-info a[download]').href`)
+	var trace struct {
+		TraceEvents []json.RawMessage `json:"traceEvents"`
+	}
+	if err := getJSON(ctx, href, &trace); err != nil || len(trace.TraceEvents) == 0 {
+		t.Errorf("the page's Chrome trace link %s: %v, %d events", href, err, len(trace.TraceEvents))
+	}
+	b.screenshotOf("#timeline-section", "dashboard-timeline.png")
+	b.checkConsole()
 }

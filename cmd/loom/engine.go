@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -23,8 +24,9 @@ import (
 // newTrainingEngine returns the engine `loom worker` trains with: one rank
 // of the assigned generation, built by train.RunRank from the job's plan
 // (the coordinator's coordinates are checked against it), on the worker's
-// thread budget, reporting every step to the coordinator.
-func newTrainingEngine(transport string) worker.Engine {
+// thread budget, reporting every step to the coordinator; peerTLS (nil:
+// plaintext) secures its data plane.
+func newTrainingEngine(transport string, peerTLS *tls.Config) worker.Engine {
 	var peaks peakCache
 	return worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		a.Metrics.SetPeakFLOPS(peaks.get(a.Threads))
@@ -44,9 +46,10 @@ func newTrainingEngine(transport string) worker.Engine {
 			OnComm: func(op string, bytes int64, d time.Duration) {
 				comm = append(comm, worker.CommStat{Op: op, Bytes: bytes, Time: d})
 			},
-			OnPlan:    testBrokenLayout(a.Rank),
-			Transport: transport,
-			OnLink:    func(li parallel.LinkInfo) { a.Metrics.SetLink(li.Peer, li.Transport) },
+			OnPlan:       testBrokenLayout(a.Rank),
+			Transport:    transport,
+			TransportTLS: peerTLS,
+			OnLink:       func(li parallel.LinkInfo) { a.Metrics.SetLink(li.Peer, li.Transport) },
 			OnMemory: func(m plan.Memory) {
 				for _, kb := range m.Kinds() {
 					a.Metrics.SetMemory(kb.Kind, kb.Bytes)
@@ -56,6 +59,12 @@ func newTrainingEngine(transport string) worker.Engine {
 			Resume:          a.Resume,
 			CheckpointWrite: checkpoint.WriteOptions{Fault: testCheckpointFault(a.Rank, a.Generation)},
 			TestStepDelay:   testSlowRank(a.Rank),
+			// A peer silent for the step timeout is named as hung; the
+			// worker's watchdog bounds the phases and names what was in
+			// flight.
+			Timeout:  a.Spec.Elastic.StepTimeout,
+			WrapComm: testHang(a, a.Ops.Wrap),
+			OnResume: a.Metrics.SetResume,
 		}
 		if a.ReportCheckpoint != nil {
 			rc.ReportCheckpoint = func(ctx context.Context, p checkpoint.RankPart) error {
@@ -79,6 +88,46 @@ func newTrainingEngine(transport string) worker.Engine {
 		})
 		return err
 	})
+}
+
+// testHang reads LOOM_TEST_HANG=RANK:STEP (the hang test only): the
+// worker running RANK of generation 1 stops answering inside its first
+// data-parallel all-reduce of step STEP — the call blocks, sending
+// nothing, until the generation ends — while the process and its lease
+// stay alive. Otherwise it returns wrap.
+func testHang(a worker.Assignment, wrap func(string, parallel.Comm) parallel.Comm) func(string, parallel.Comm) parallel.Comm {
+	r, st, ok := strings.Cut(os.Getenv("LOOM_TEST_HANG"), ":")
+	step, err := strconv.Atoi(st)
+	if !ok || err != nil || r != strconv.Itoa(a.Rank) || a.Generation != 1 {
+		return wrap
+	}
+	return func(group string, c parallel.Comm) parallel.Comm {
+		if strings.HasPrefix(group, "dp") {
+			c = &hangComm{Comm: c, step: step, at: a.Metrics.Step, rank: a.Rank}
+		}
+		return wrap(group, c) // the worker sees the hung call in flight
+	}
+}
+
+// hangComm blocks its first all-reduce once the rank is in step step.
+type hangComm struct {
+	parallel.Comm
+	step, rank int
+	at         func() int // the last step the rank finished
+	once       sync.Once
+}
+
+func (h *hangComm) AllReduce(ctx context.Context, buf []float32, op parallel.ReduceOp) error {
+	if h.at()+1 >= h.step {
+		hang := false
+		h.once.Do(func() { hang = true })
+		if hang {
+			fmt.Fprintf(os.Stderr, "LOOM_TEST_HANG: rank %d stops answering in an all-reduce of step %d at=%d\n", h.rank, h.at()+1, time.Now().UnixMilli())
+			<-ctx.Done()
+			return ctx.Err()
+		}
+	}
+	return h.Comm.AllReduce(ctx, buf, op)
 }
 
 // testBrokenLayout reads LOOM_TEST_BROKEN_LAYOUT (tests of `loom verify`
@@ -124,7 +173,18 @@ func testBrokenLayout(rank int) func(*plan.Plan) error {
 // with SIGKILL when its writer of the checkpoint of STEP reaches POINT
 // ("shard-half": half its shard written, nothing renamed into place;
 // "written": files durable, not yet reported).
+//
+// LOOM_TEST_SLOW_SAVE=DELAY (the chaos run only) makes every checkpoint
+// write of every rank sleep DELAY halfway, so that kills land during
+// saves.
 func testCheckpointFault(rank int, gen uint64) func(string, int) {
+	if d, err := time.ParseDuration(os.Getenv("LOOM_TEST_SLOW_SAVE")); err == nil && d > 0 {
+		return func(p string, _ int) {
+			if p == "shard-half" {
+				time.Sleep(d)
+			}
+		}
+	}
 	f := strings.Split(os.Getenv("LOOM_TEST_CHECKPOINT_KILL"), ":")
 	if len(f) != 3 || gen != 1 || f[2] != strconv.Itoa(rank) {
 		return nil

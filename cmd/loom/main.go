@@ -47,6 +47,7 @@ func commands() map[string]command {
 		"submit":      {summary: "submit a job to a coordinator and follow it", run: cmdSubmit},
 		"status":      {summary: "show jobs, their generation, ranks, step and throughput", run: cmdStatus},
 		"stop":        {summary: "stop a job", run: cmdStop},
+		"certs":       {summary: "make a development CA, per-component TLS certificates and bearer tokens (init, issue)", run: cmdCerts},
 		"top":         {summary: "a job's ranks live in the terminal: where step time goes, stragglers flagged", run: cmdTop},
 		"comm-worker": {summary: "internal: one rank of a collective benchmark", run: cmdCommWorker, hidden: true},
 		"wire-peer":   {summary: "internal: the other end of `loom bench wire`", run: cmdWirePeer, hidden: true},

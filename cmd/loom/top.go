@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/internal/security"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -28,6 +29,7 @@ func cmdTop(ctx context.Context, env *cmdEnv, args []string) error {
 		"coordinator's JSON API, found through --coordinator or given with --http.")
 	var addr string
 	coordinatorFlag(fs, &addr)
+	secFlags := clientSecurity(fs)
 	httpAddr := fs.String("http", "", "the coordinator's dashboard `ADDR` (default: ask the coordinator)")
 	interval := fs.Duration("interval", 2*time.Second, "refresh every `DURATION`")
 	once := fs.Bool("once", false, "print once and exit (for scripts)")
@@ -42,9 +44,13 @@ func cmdTop(ctx context.Context, env *cmdEnv, args []string) error {
 	if *interval < 100*time.Millisecond {
 		return fmt.Errorf("top: --interval %v: must be at least 100ms", *interval)
 	}
+	sec, err := secFlags()
+	if err != nil {
+		return fmt.Errorf("top: %w", err)
+	}
 	base := *httpAddr
 	if base == "" {
-		if base, err = dashboardAddr(ctx, addr); err != nil {
+		if base, err = dashboardAddr(ctx, addr, sec); err != nil {
 			return fmt.Errorf("top: %w", err)
 		}
 	}
@@ -54,7 +60,7 @@ func cmdTop(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	for {
 		var b strings.Builder
-		err := renderTop(ctx, &b, "http://"+base, job)
+		err := renderTop(ctx, sec.HTTPClient(), &b, sec.Scheme()+"://"+base, job)
 		if *once {
 			io.WriteString(env.stdout, b.String())
 			return err
@@ -74,8 +80,8 @@ func cmdTop(ctx context.Context, env *cmdEnv, args []string) error {
 
 // dashboardAddr asks the coordinator at addr where it serves its
 // dashboard.
-func dashboardAddr(ctx context.Context, addr string) (string, error) {
-	c, err := dialCoordinator(ctx, addr)
+func dashboardAddr(ctx context.Context, addr string, sec *security.Setup) (string, error) {
+	c, err := dialCoordinator(ctx, addr, sec)
 	if err != nil {
 		return "", err
 	}
@@ -92,14 +98,14 @@ func dashboardAddr(ctx context.Context, addr string) (string, error) {
 	return info.HttpAddr, nil
 }
 
-func fetchJSON(ctx context.Context, u string, v any) error {
+func fetchJSON(ctx context.Context, hc *http.Client, u string, v any) error {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, "GET", u, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("dashboard API: %w", err)
 	}
@@ -113,10 +119,10 @@ func fetchJSON(ctx context.Context, u string, v any) error {
 
 // renderTop writes one screen: job JOB's view, or with job "" the running
 // job's (or the job list when none runs).
-func renderTop(ctx context.Context, w io.Writer, base, job string) error {
+func renderTop(ctx context.Context, hc *http.Client, w io.Writer, base, job string) error {
 	if job == "" {
 		var jobs []coordinator.JobSummary
-		if err := fetchJSON(ctx, base+"/api/jobs", &jobs); err != nil {
+		if err := fetchJSON(ctx, hc, base+"/api/jobs", &jobs); err != nil {
 			return err
 		}
 		for _, j := range jobs {
@@ -131,7 +137,7 @@ func renderTop(ctx context.Context, w io.Writer, base, job string) error {
 		}
 	}
 	var d coordinator.JobDetail
-	if err := fetchJSON(ctx, base+"/api/jobs/"+url.PathEscape(job), &d); err != nil {
+	if err := fetchJSON(ctx, hc, base+"/api/jobs/"+url.PathEscape(job), &d); err != nil {
 		return err
 	}
 	writeTop(w, &d)
@@ -169,8 +175,12 @@ func writeTop(w io.Writer, d *coordinator.JobDetail) {
 	if d.ETASeconds > 0 {
 		eta = (time.Duration(d.ETASeconds) * time.Second).String()
 	}
-	fmt.Fprintf(w, "%s  %s  gen %d  step %d/%d (%.1f%%)  eta %s  %.0f tok/s  MFU %s of %.1f GFLOP/s  loss %.4f  restarts %d\n",
-		d.Name, d.State, d.Generation, d.Step, d.TotalSteps, 100*d.Progress, eta, d.TokensPerSec, pct(d.MFU), d.PeakFLOPS/1e9, d.Loss, d.Restarts)
+	val := ""
+	if d.ValStep > 0 {
+		val = fmt.Sprintf("  val loss %.4f (step %d)", d.ValLoss, d.ValStep)
+	}
+	fmt.Fprintf(w, "%s  %s  gen %d  step %d/%d (%.1f%%)  eta %s  %.0f tok/s  MFU %s of %.1f GFLOP/s  loss %.4f%s  restarts %d\n",
+		d.Name, d.State, d.Generation, d.Step, d.TotalSteps, 100*d.Progress, eta, d.TokensPerSec, pct(d.MFU), d.PeakFLOPS/1e9, d.Loss, val, d.Restarts)
 	if d.Message != "" {
 		fmt.Fprintf(w, "%s\n", d.Message)
 	}

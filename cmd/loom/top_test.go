@@ -10,7 +10,7 @@ import (
 func TestWriteTopSlowestFirst(t *testing.T) {
 	d := &coordinator.JobDetail{
 		JobSummary: coordinator.JobSummary{Name: "j", State: "RUNNING", Step: 10, TotalSteps: 100, Progress: 0.1,
-			ETASeconds: 90, TokensPerSec: 1234, MFU: 0.25, PeakFLOPS: 2e11},
+			ETASeconds: 90, TokensPerSec: 1234, MFU: 0.25, PeakFLOPS: 2e11, ValLoss: 2.5, ValStep: 8},
 		StragglerRatio: 1.2,
 		Ranks: []coordinator.RankRow{
 			{Rank: 0, Addr: "a:1", Step: 10, StepS: 0.02, ComputeS: 0.005, WaitS: 0.014, Slowdown: 0.4, Order: 2},
@@ -32,7 +32,8 @@ func TestWriteTopSlowestFirst(t *testing.T) {
 		!strings.Contains(ranks[0], "2.0MiB") || strings.Contains(ranks[1], "STRAGGLER") {
 		t.Fatalf("want rank 1 first, flagged, with its memory:\n%s", out)
 	}
-	if !strings.Contains(out, "step 10/100") || !strings.Contains(out, "MFU 25.0%") || !strings.Contains(out, "eta 1m30s") {
+	if !strings.Contains(out, "step 10/100") || !strings.Contains(out, "MFU 25.0%") || !strings.Contains(out, "eta 1m30s") ||
+		!strings.Contains(out, "val loss 2.5000 (step 8)") {
 		t.Fatalf("header:\n%s", out)
 	}
 }

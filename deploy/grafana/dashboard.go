@@ -93,8 +93,9 @@ func Dashboard() (dashboard.Dashboard, error) {
 			query(`sum by (job) (loom_job_restarts_total{`+sel+`})`, "{{job}}")))
 
 	b.WithRow(dashboard.NewRowBuilder("Training")).
-		WithPanel(ts("Loss", "none", "Training loss of the last step.", 8, 8,
-			query(`max by (job) (loom_job_loss{`+sel+`})`, "{{job}}"))).
+		WithPanel(ts("Loss", "none", "Training loss of the last step, and validation loss of the last validation pass (train.eval_every; absent without validation).", 8, 8,
+			query(`max by (job) (loom_job_loss{`+sel+`})`, "{{job}} train"),
+			query(`max by (job) (loom_val_loss{`+sel+`})`, "{{job}} validation"))).
 		WithPanel(ts("Learning rate", "none", "Learning rate of the last step (rank 0's report).", 8, 8,
 			query(`max by (job) (loom_learning_rate{`+sel+`, rank="0"})`, "{{job}}"))).
 		WithPanel(ts("Throughput", "short", "Tokens per second, and MFU.", 8, 8,

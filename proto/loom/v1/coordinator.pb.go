@@ -341,7 +341,16 @@ type Assignment struct {
 	Ranks []*RankInfo `protobuf:"bytes,6,rep,name=ranks,proto3" json:"ranks,omitempty"`
 	// resume tells the ranks what to restore: "" (nothing), "latest", "auto"
 	// (the latest complete checkpoint if there is one) or a step directory.
-	Resume        string `protobuf:"bytes,7,opt,name=resume,proto3" json:"resume,omitempty"`
+	// A restart names the job's latest complete checkpoint's directory, so
+	// every rank restores the same one.
+	Resume string `protobuf:"bytes,7,opt,name=resume,proto3" json:"resume,omitempty"`
+	// dp is the generation's data-parallel size: the ranks run spec_yaml with
+	// parallel.dp set to it (api.JobSpec.ForDP); 0 means the spec's own.
+	// An elastic job (elastic.min_dp < elastic.max_dp) changes it between
+	// generations; tp and pp stay.
+	Dp int32 `protobuf:"varint,8,opt,name=dp,proto3" json:"dp,omitempty"`
+	// resume_step is the step of the checkpoint resume names (0: none).
+	ResumeStep    int64 `protobuf:"varint,9,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -423,6 +432,20 @@ func (x *Assignment) GetResume() string {
 		return x.Resume
 	}
 	return ""
+}
+
+func (x *Assignment) GetDp() int32 {
+	if x != nil {
+		return x.Dp
+	}
+	return 0
+}
+
+func (x *Assignment) GetResumeStep() int64 {
+	if x != nil {
+		return x.ResumeStep
+	}
+	return 0
 }
 
 // CheckpointReport is one rank's report that its files of a checkpoint
@@ -608,7 +631,18 @@ type Failure struct {
 	Lost   bool   `protobuf:"varint,5,opt,name=lost,proto3" json:"lost,omitempty"`
 	Reason string `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
 	// seen_by are the ranks whose engines reported losing this rank.
-	SeenBy        []int32 `protobuf:"varint,7,rep,packed,name=seen_by,json=seenBy,proto3" json:"seen_by,omitempty"`
+	SeenBy []int32 `protobuf:"varint,7,rep,packed,name=seen_by,json=seenBy,proto3" json:"seen_by,omitempty"`
+	// kind classifies the failure (the reason of loom_job_restarts_total):
+	// "worker_lost" (lease expired, or a peer's connection to it broke),
+	// "hang" (it stopped progressing: a peer timed out waiting for it, or its
+	// worker's phase watchdog fired), "loss_not_finite", "rank_failed".
+	Kind string `protobuf:"bytes,8,opt,name=kind,proto3" json:"kind,omitempty"`
+	// phase ("setup", "step", "checkpoint", "final"), step, op and group say
+	// where the rank was when it failed, when known.
+	Phase         string `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`
+	Step          int64  `protobuf:"varint,10,opt,name=step,proto3" json:"step,omitempty"`
+	Op            string `protobuf:"bytes,11,opt,name=op,proto3" json:"op,omitempty"`
+	Group         string `protobuf:"bytes,12,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -692,6 +726,205 @@ func (x *Failure) GetSeenBy() []int32 {
 	return nil
 }
 
+func (x *Failure) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Failure) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *Failure) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *Failure) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *Failure) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+// Recovery is one generation that ended before the job finished, and how
+// the job came back from it (JobStatus.recoveries).
+type Recovery struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// generation is the one that ended; next_generation the one that
+	// followed (0: not assigned yet).
+	Generation     uint64 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	NextGeneration uint64 `protobuf:"varint,2,opt,name=next_generation,json=nextGeneration,proto3" json:"next_generation,omitempty"`
+	// reason: a Failure.kind, or "grow" (workers registered while the job ran
+	// below elastic.max_dp: it resized at a checkpoint boundary).
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// message is the failure's headline (or what grew).
+	Message string `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	// ended_unix_ms is when the leader ended the generation (failure
+	// detected), assigned_unix_ms when it wrote the next one (rendezvous
+	// done), resumed_unix_ms when the next one's first step ended.
+	EndedUnixMs    int64 `protobuf:"varint,5,opt,name=ended_unix_ms,json=endedUnixMs,proto3" json:"ended_unix_ms,omitempty"`
+	AssignedUnixMs int64 `protobuf:"varint,6,opt,name=assigned_unix_ms,json=assignedUnixMs,proto3" json:"assigned_unix_ms,omitempty"`
+	ResumedUnixMs  int64 `protobuf:"varint,7,opt,name=resumed_unix_ms,json=resumedUnixMs,proto3" json:"resumed_unix_ms,omitempty"`
+	// last_step is the newest step any rank of the ended generation
+	// reported; resume_step the checkpoint the next generation restored (0:
+	// the start); lost_steps the steps trained again.
+	LastStep   int64 `protobuf:"varint,8,opt,name=last_step,json=lastStep,proto3" json:"last_step,omitempty"`
+	ResumeStep int64 `protobuf:"varint,9,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
+	LostSteps  int64 `protobuf:"varint,10,opt,name=lost_steps,json=lostSteps,proto3" json:"lost_steps,omitempty"`
+	DpBefore   int32 `protobuf:"varint,11,opt,name=dp_before,json=dpBefore,proto3" json:"dp_before,omitempty"`
+	DpAfter    int32 `protobuf:"varint,12,opt,name=dp_after,json=dpAfter,proto3" json:"dp_after,omitempty"`
+	// setup_seconds is the slowest rank's time from its assignment to its
+	// first step (joining peers, opening data, restoring); load_seconds the
+	// slowest rank's checkpoint restore, part of it.
+	SetupSeconds  float64 `protobuf:"fixed64,13,opt,name=setup_seconds,json=setupSeconds,proto3" json:"setup_seconds,omitempty"`
+	LoadSeconds   float64 `protobuf:"fixed64,14,opt,name=load_seconds,json=loadSeconds,proto3" json:"load_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Recovery) Reset() {
+	*x = Recovery{}
+	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Recovery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Recovery) ProtoMessage() {}
+
+func (x *Recovery) ProtoReflect() protoreflect.Message {
+	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Recovery.ProtoReflect.Descriptor instead.
+func (*Recovery) Descriptor() ([]byte, []int) {
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Recovery) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Recovery) GetNextGeneration() uint64 {
+	if x != nil {
+		return x.NextGeneration
+	}
+	return 0
+}
+
+func (x *Recovery) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Recovery) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Recovery) GetEndedUnixMs() int64 {
+	if x != nil {
+		return x.EndedUnixMs
+	}
+	return 0
+}
+
+func (x *Recovery) GetAssignedUnixMs() int64 {
+	if x != nil {
+		return x.AssignedUnixMs
+	}
+	return 0
+}
+
+func (x *Recovery) GetResumedUnixMs() int64 {
+	if x != nil {
+		return x.ResumedUnixMs
+	}
+	return 0
+}
+
+func (x *Recovery) GetLastStep() int64 {
+	if x != nil {
+		return x.LastStep
+	}
+	return 0
+}
+
+func (x *Recovery) GetResumeStep() int64 {
+	if x != nil {
+		return x.ResumeStep
+	}
+	return 0
+}
+
+func (x *Recovery) GetLostSteps() int64 {
+	if x != nil {
+		return x.LostSteps
+	}
+	return 0
+}
+
+func (x *Recovery) GetDpBefore() int32 {
+	if x != nil {
+		return x.DpBefore
+	}
+	return 0
+}
+
+func (x *Recovery) GetDpAfter() int32 {
+	if x != nil {
+		return x.DpAfter
+	}
+	return 0
+}
+
+func (x *Recovery) GetSetupSeconds() float64 {
+	if x != nil {
+		return x.SetupSeconds
+	}
+	return 0
+}
+
+func (x *Recovery) GetLoadSeconds() float64 {
+	if x != nil {
+		return x.LoadSeconds
+	}
+	return 0
+}
+
 // JobStatus is the observed state of a job, written only by the leader
 // (etcd: jobs/NAME/status).
 type JobStatus struct {
@@ -714,13 +947,18 @@ type JobStatus struct {
 	// waiting_since_unix_ms is when the job began waiting for workers
 	// (PENDING, WAITING; 0 otherwise).
 	WaitingSinceUnixMs int64 `protobuf:"varint,11,opt,name=waiting_since_unix_ms,json=waitingSinceUnixMs,proto3" json:"waiting_since_unix_ms,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// recoveries, most recent last (at most 16 kept): every generation that
+	// ended early, why, the steps lost and how long the job took to resume.
+	Recoveries []*Recovery `protobuf:"bytes,12,rep,name=recoveries,proto3" json:"recoveries,omitempty"`
+	// dp is the current (or last) generation's data-parallel size.
+	Dp            int32 `protobuf:"varint,13,opt,name=dp,proto3" json:"dp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -732,7 +970,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[6]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -745,7 +983,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobStatus) GetName() string {
@@ -825,6 +1063,20 @@ func (x *JobStatus) GetWaitingSinceUnixMs() int64 {
 	return 0
 }
 
+func (x *JobStatus) GetRecoveries() []*Recovery {
+	if x != nil {
+		return x.Recoveries
+	}
+	return nil
+}
+
+func (x *JobStatus) GetDp() int32 {
+	if x != nil {
+		return x.Dp
+	}
+	return 0
+}
+
 // WorkerInfo is a registered worker (etcd: workers/ID, under the worker's
 // lease: it disappears when the worker does).
 type WorkerInfo struct {
@@ -843,7 +1095,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +1107,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[7]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1120,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -934,14 +1186,23 @@ type RankResult struct {
 	// lost_peer is set when the engine failed because it lost its connection
 	// to another rank (a parallel.PeerError): the coordinator then names that
 	// rank as the one lost.
-	LostPeer      *PeerLoss `protobuf:"bytes,8,opt,name=lost_peer,json=lostPeer,proto3" json:"lost_peer,omitempty"`
+	LostPeer *PeerLoss `protobuf:"bytes,8,opt,name=lost_peer,json=lostPeer,proto3" json:"lost_peer,omitempty"`
+	// phase and step say where the rank was ("setup", "step", "checkpoint",
+	// "final"; step is the step in flight); hung is set when the worker's
+	// phase watchdog ended the rank (elastic.*_timeout), with what was in
+	// flight.
+	Phase         string `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`
+	Step          int64  `protobuf:"varint,10,opt,name=step,proto3" json:"step,omitempty"`
+	Hung          bool   `protobuf:"varint,11,opt,name=hung,proto3" json:"hung,omitempty"`
+	Op            string `protobuf:"bytes,12,opt,name=op,proto3" json:"op,omitempty"`
+	Group         string `protobuf:"bytes,13,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RankResult) Reset() {
 	*x = RankResult{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1214,7 @@ func (x *RankResult) String() string {
 func (*RankResult) ProtoMessage() {}
 
 func (x *RankResult) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[8]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1227,7 @@ func (x *RankResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankResult.ProtoReflect.Descriptor instead.
 func (*RankResult) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RankResult) GetJob() string {
@@ -1025,20 +1286,60 @@ func (x *RankResult) GetLostPeer() *PeerLoss {
 	return nil
 }
 
+func (x *RankResult) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *RankResult) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *RankResult) GetHung() bool {
+	if x != nil {
+		return x.Hung
+	}
+	return false
+}
+
+func (x *RankResult) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *RankResult) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // PeerLoss is the peer a rank's engine lost.
 type PeerLoss struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Rank  int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
 	Addr  string                 `protobuf:"bytes,2,opt,name=addr,proto3" json:"addr,omitempty"`
 	// op is the operation that failed ("all-reduce", "connection", ...).
-	Op            string `protobuf:"bytes,3,opt,name=op,proto3" json:"op,omitempty"`
+	Op string `protobuf:"bytes,3,opt,name=op,proto3" json:"op,omitempty"`
+	// group is the process group the operation ran on ("" when unknown).
+	Group string `protobuf:"bytes,4,opt,name=group,proto3" json:"group,omitempty"`
+	// timeout is true when the peer stopped answering (it sent nothing for
+	// the group's timeout, elastic.step_timeout) rather than disconnecting.
+	Timeout       bool `protobuf:"varint,5,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PeerLoss) Reset() {
 	*x = PeerLoss{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1351,7 @@ func (x *PeerLoss) String() string {
 func (*PeerLoss) ProtoMessage() {}
 
 func (x *PeerLoss) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[9]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1364,7 @@ func (x *PeerLoss) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerLoss.ProtoReflect.Descriptor instead.
 func (*PeerLoss) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PeerLoss) GetRank() int32 {
@@ -1087,6 +1388,20 @@ func (x *PeerLoss) GetOp() string {
 	return ""
 }
 
+func (x *PeerLoss) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *PeerLoss) GetTimeout() bool {
+	if x != nil {
+		return x.Timeout
+	}
+	return false
+}
+
 // Quarantine keeps a worker of a generation that failed out of the next
 // rendezvous until it proves itself alive (etcd: quarantine/WORKER_ID,
 // written by the leader). A worker proves it by rewriting its
@@ -1107,7 +1422,7 @@ type Quarantine struct {
 
 func (x *Quarantine) Reset() {
 	*x = Quarantine{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1434,7 @@ func (x *Quarantine) String() string {
 func (*Quarantine) ProtoMessage() {}
 
 func (x *Quarantine) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[10]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1447,7 @@ func (x *Quarantine) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Quarantine.ProtoReflect.Descriptor instead.
 func (*Quarantine) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Quarantine) GetWorkerId() string {
@@ -1182,7 +1497,7 @@ type CommStat struct {
 
 func (x *CommStat) Reset() {
 	*x = CommStat{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1194,7 +1509,7 @@ func (x *CommStat) String() string {
 func (*CommStat) ProtoMessage() {}
 
 func (x *CommStat) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[11]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1207,7 +1522,7 @@ func (x *CommStat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommStat.ProtoReflect.Descriptor instead.
 func (*CommStat) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CommStat) GetOp() string {
@@ -1264,7 +1579,7 @@ type StepStats struct {
 
 func (x *StepStats) Reset() {
 	*x = StepStats{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1276,7 +1591,7 @@ func (x *StepStats) String() string {
 func (*StepStats) ProtoMessage() {}
 
 func (x *StepStats) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[12]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1289,7 +1604,7 @@ func (x *StepStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStats.ProtoReflect.Descriptor instead.
 func (*StepStats) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StepStats) GetStep() int64 {
@@ -1405,14 +1720,23 @@ type RankProgress struct {
 	MemoryBytes map[string]int64 `protobuf:"bytes,7,rep,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	// peak_flops is the rank's measured float32 FMA peak on its threads
 	// (FLOP/s; 0: not measured); the coordinator's MFU divides by the sum.
-	PeakFlops     float64 `protobuf:"fixed64,8,opt,name=peak_flops,json=peakFlops,proto3" json:"peak_flops,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PeakFlops float64 `protobuf:"fixed64,8,opt,name=peak_flops,json=peakFlops,proto3" json:"peak_flops,omitempty"`
+	// setup_seconds is the time from the assignment to the rank's first
+	// step's start; resume_seconds the part spent restoring the checkpoint
+	// of resume_step. Carried in every batch of the generation.
+	SetupSeconds  float64 `protobuf:"fixed64,9,opt,name=setup_seconds,json=setupSeconds,proto3" json:"setup_seconds,omitempty"`
+	ResumeSeconds float64 `protobuf:"fixed64,10,opt,name=resume_seconds,json=resumeSeconds,proto3" json:"resume_seconds,omitempty"`
+	ResumeStep    int64   `protobuf:"varint,11,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
+	// first_step_unix_ms is when the rank's first step of the generation
+	// ended (its worker's clock); 0 before it has.
+	FirstStepUnixMs int64 `protobuf:"varint,12,opt,name=first_step_unix_ms,json=firstStepUnixMs,proto3" json:"first_step_unix_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *RankProgress) Reset() {
 	*x = RankProgress{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1748,7 @@ func (x *RankProgress) String() string {
 func (*RankProgress) ProtoMessage() {}
 
 func (x *RankProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[13]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1761,7 @@ func (x *RankProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankProgress.ProtoReflect.Descriptor instead.
 func (*RankProgress) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RankProgress) GetJob() string {
@@ -1496,20 +1820,50 @@ func (x *RankProgress) GetPeakFlops() float64 {
 	return 0
 }
 
+func (x *RankProgress) GetSetupSeconds() float64 {
+	if x != nil {
+		return x.SetupSeconds
+	}
+	return 0
+}
+
+func (x *RankProgress) GetResumeSeconds() float64 {
+	if x != nil {
+		return x.ResumeSeconds
+	}
+	return 0
+}
+
+func (x *RankProgress) GetResumeStep() int64 {
+	if x != nil {
+		return x.ResumeStep
+	}
+	return 0
+}
+
+func (x *RankProgress) GetFirstStepUnixMs() int64 {
+	if x != nil {
+		return x.FirstStepUnixMs
+	}
+	return 0
+}
+
 // Job is a job's status with each rank's latest step.
 type Job struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Status *JobStatus             `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
 	// latest has each rank's most recent step (of the current generation).
-	Latest        []*RankProgress `protobuf:"bytes,2,rep,name=latest,proto3" json:"latest,omitempty"`
-	SpecYaml      []byte          `protobuf:"bytes,3,opt,name=spec_yaml,json=specYaml,proto3" json:"spec_yaml,omitempty"`
+	Latest   []*RankProgress `protobuf:"bytes,2,rep,name=latest,proto3" json:"latest,omitempty"`
+	SpecYaml []byte          `protobuf:"bytes,3,opt,name=spec_yaml,json=specYaml,proto3" json:"spec_yaml,omitempty"`
+	// checkpoint is the job's latest complete checkpoint (none: nil).
+	Checkpoint    *CheckpointRecord `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1875,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[14]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1888,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Job) GetStatus() *JobStatus {
@@ -1558,12 +1912,21 @@ func (x *Job) GetSpecYaml() []byte {
 	return nil
 }
 
+func (x *Job) GetCheckpoint() *CheckpointRecord {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
 type SubmitRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpecYaml []byte                 `protobuf:"bytes,1,opt,name=spec_yaml,json=specYaml,proto3" json:"spec_yaml,omitempty"`
 	// source names the spec in errors (a file name).
-	Source      string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
-	MaxRestarts int32  `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
+	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// max_restarts overrides the spec's elastic.max_restarts; < 0 takes the
+	// spec's.
+	MaxRestarts int32 `protobuf:"varint,3,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
 	// resume: see JobDesired.resume.
 	Resume string `protobuf:"bytes,4,opt,name=resume,proto3" json:"resume,omitempty"`
 	// run_id: see JobDesired.run_id ("": the coordinator makes a new one).
@@ -1576,7 +1939,7 @@ type SubmitRequest struct {
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1951,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[15]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1964,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SubmitRequest) GetSpecYaml() []byte {
@@ -1655,7 +2018,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +2030,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[16]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +2043,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SubmitResponse) GetJob() *Job {
@@ -1699,7 +2062,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +2074,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[17]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +2087,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetRequest) GetName() string {
@@ -1742,7 +2105,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +2117,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[18]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +2130,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 type ListResponse struct {
@@ -1779,7 +2142,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1791,7 +2154,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[19]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1804,7 +2167,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListResponse) GetJobs() []*Job {
@@ -1824,7 +2187,7 @@ type StopRequest struct {
 
 func (x *StopRequest) Reset() {
 	*x = StopRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2199,7 @@ func (x *StopRequest) String() string {
 func (*StopRequest) ProtoMessage() {}
 
 func (x *StopRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[20]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2212,7 @@ func (x *StopRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopRequest.ProtoReflect.Descriptor instead.
 func (*StopRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StopRequest) GetName() string {
@@ -1875,7 +2238,7 @@ type StopResponse struct {
 
 func (x *StopResponse) Reset() {
 	*x = StopResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2250,7 @@ func (x *StopResponse) String() string {
 func (*StopResponse) ProtoMessage() {}
 
 func (x *StopResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[21]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2263,7 @@ func (x *StopResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopResponse.ProtoReflect.Descriptor instead.
 func (*StopResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StopResponse) GetJob() *Job {
@@ -1919,7 +2282,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1931,7 +2294,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[22]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1944,7 +2307,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchRequest) GetName() string {
@@ -1968,7 +2331,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1980,7 +2343,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[23]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1993,7 +2356,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JobEvent) GetEvent() isJobEvent_Event {
@@ -2045,7 +2408,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2420,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[24]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2433,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 type InfoResponse struct {
@@ -2095,7 +2458,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2470,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[25]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2483,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InfoResponse) GetVersion() string {
@@ -2188,7 +2551,7 @@ type ReportStepsRequest struct {
 
 func (x *ReportStepsRequest) Reset() {
 	*x = ReportStepsRequest{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2563,7 @@ func (x *ReportStepsRequest) String() string {
 func (*ReportStepsRequest) ProtoMessage() {}
 
 func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[26]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2576,7 @@ func (x *ReportStepsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsRequest.ProtoReflect.Descriptor instead.
 func (*ReportStepsRequest) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReportStepsRequest) GetProgress() *RankProgress {
@@ -2231,7 +2594,7 @@ type ReportStepsResponse struct {
 
 func (x *ReportStepsResponse) Reset() {
 	*x = ReportStepsResponse{}
-	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2243,7 +2606,7 @@ func (x *ReportStepsResponse) String() string {
 func (*ReportStepsResponse) ProtoMessage() {}
 
 func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_loom_v1_coordinator_proto_msgTypes[27]
+	mi := &file_loom_v1_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2256,7 +2619,7 @@ func (x *ReportStepsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportStepsResponse.ProtoReflect.Descriptor instead.
 func (*ReportStepsResponse) Descriptor() ([]byte, []int) {
-	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_loom_v1_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 var File_loom_v1_coordinator_proto protoreflect.FileDescriptor
@@ -2287,7 +2650,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x02pp\x18\x05 \x01(\x05R\x02pp\x12\x0e\n" +
 	"\x02tp\x18\x06 \x01(\x05R\x02tp\x12\x18\n" +
 	"\athreads\x18\a \x01(\x05R\athreads\x12\x12\n" +
-	"\x04host\x18\b \x01(\tR\x04host\"\xec\x01\n" +
+	"\x04host\x18\b \x01(\tR\x04host\"\x9d\x02\n" +
 	"\n" +
 	"Assignment\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -2299,7 +2662,10 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"world_size\x18\x05 \x01(\x05R\tworldSize\x12'\n" +
 	"\x05ranks\x18\x06 \x03(\v2\x11.loom.v1.RankInfoR\x05ranks\x12\x16\n" +
-	"\x06resume\x18\a \x01(\tR\x06resume\"\xa8\x01\n" +
+	"\x06resume\x18\a \x01(\tR\x06resume\x12\x0e\n" +
+	"\x02dp\x18\b \x01(\x05R\x02dp\x12\x1f\n" +
+	"\vresume_step\x18\t \x01(\x03R\n" +
+	"resumeStep\"\xa8\x01\n" +
 	"\x10CheckpointReport\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -2317,7 +2683,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x04 \x01(\x04R\n" +
 	"generation\x12*\n" +
-	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\xb3\x01\n" +
+	"\x11committed_unix_ms\x18\x05 \x01(\x03R\x0fcommittedUnixMs\"\x97\x02\n" +
 	"\aFailure\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -2327,7 +2693,33 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04lost\x18\x05 \x01(\bR\x04lost\x12\x16\n" +
 	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x17\n" +
-	"\aseen_by\x18\a \x03(\x05R\x06seenBy\"\x90\x03\n" +
+	"\aseen_by\x18\a \x03(\x05R\x06seenBy\x12\x12\n" +
+	"\x04kind\x18\b \x01(\tR\x04kind\x12\x14\n" +
+	"\x05phase\x18\t \x01(\tR\x05phase\x12\x12\n" +
+	"\x04step\x18\n" +
+	" \x01(\x03R\x04step\x12\x0e\n" +
+	"\x02op\x18\v \x01(\tR\x02op\x12\x14\n" +
+	"\x05group\x18\f \x01(\tR\x05group\"\xd8\x03\n" +
+	"\bRecovery\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12'\n" +
+	"\x0fnext_generation\x18\x02 \x01(\x04R\x0enextGeneration\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\x12\"\n" +
+	"\rended_unix_ms\x18\x05 \x01(\x03R\vendedUnixMs\x12(\n" +
+	"\x10assigned_unix_ms\x18\x06 \x01(\x03R\x0eassignedUnixMs\x12&\n" +
+	"\x0fresumed_unix_ms\x18\a \x01(\x03R\rresumedUnixMs\x12\x1b\n" +
+	"\tlast_step\x18\b \x01(\x03R\blastStep\x12\x1f\n" +
+	"\vresume_step\x18\t \x01(\x03R\n" +
+	"resumeStep\x12\x1d\n" +
+	"\n" +
+	"lost_steps\x18\n" +
+	" \x01(\x03R\tlostSteps\x12\x1b\n" +
+	"\tdp_before\x18\v \x01(\x05R\bdpBefore\x12\x19\n" +
+	"\bdp_after\x18\f \x01(\x05R\adpAfter\x12#\n" +
+	"\rsetup_seconds\x18\r \x01(\x01R\fsetupSeconds\x12!\n" +
+	"\fload_seconds\x18\x0e \x01(\x01R\vloadSeconds\"\xd3\x03\n" +
 	"\tJobStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x11.loom.v1.JobStateR\x05state\x12\x1e\n" +
@@ -2344,7 +2736,11 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"world_size\x18\t \x01(\x05R\tworldSize\x12&\n" +
 	"\x0fupdated_unix_ms\x18\n" +
 	" \x01(\x03R\rupdatedUnixMs\x121\n" +
-	"\x15waiting_since_unix_ms\x18\v \x01(\x03R\x12waitingSinceUnixMs\"\xb8\x01\n" +
+	"\x15waiting_since_unix_ms\x18\v \x01(\x03R\x12waitingSinceUnixMs\x121\n" +
+	"\n" +
+	"recoveries\x18\f \x03(\v2\x11.loom.v1.RecoveryR\n" +
+	"recoveries\x12\x0e\n" +
+	"\x02dp\x18\r \x01(\x05R\x02dp\"\xb8\x01\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -2353,7 +2749,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04host\x18\x04 \x01(\tR\x04host\x12\x18\n" +
 	"\athreads\x18\x05 \x01(\x05R\athreads\x12\x10\n" +
 	"\x03pid\x18\x06 \x01(\x05R\x03pid\x12,\n" +
-	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xd9\x01\n" +
+	"\x12registered_unix_ms\x18\a \x01(\x03R\x10registeredUnixMs\"\xbd\x02\n" +
 	"\n" +
 	"RankResult\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
@@ -2365,11 +2761,19 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x04addr\x18\x05 \x01(\tR\x04addr\x12\x0e\n" +
 	"\x02ok\x18\x06 \x01(\bR\x02ok\x12\x14\n" +
 	"\x05error\x18\a \x01(\tR\x05error\x12.\n" +
-	"\tlost_peer\x18\b \x01(\v2\x11.loom.v1.PeerLossR\blostPeer\"B\n" +
+	"\tlost_peer\x18\b \x01(\v2\x11.loom.v1.PeerLossR\blostPeer\x12\x14\n" +
+	"\x05phase\x18\t \x01(\tR\x05phase\x12\x12\n" +
+	"\x04step\x18\n" +
+	" \x01(\x03R\x04step\x12\x12\n" +
+	"\x04hung\x18\v \x01(\bR\x04hung\x12\x0e\n" +
+	"\x02op\x18\f \x01(\tR\x02op\x12\x14\n" +
+	"\x05group\x18\r \x01(\tR\x05group\"r\n" +
 	"\bPeerLoss\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x0e\n" +
-	"\x02op\x18\x03 \x01(\tR\x02op\"\xa8\x01\n" +
+	"\x02op\x18\x03 \x01(\tR\x02op\x12\x14\n" +
+	"\x05group\x18\x04 \x01(\tR\x05group\x12\x18\n" +
+	"\atimeout\x18\x05 \x01(\bR\atimeout\"\xa8\x01\n" +
 	"\n" +
 	"Quarantine\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x10\n" +
@@ -2398,7 +2802,7 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x12checkpoint_seconds\x18\v \x01(\x01R\x11checkpointSeconds\x12\x16\n" +
 	"\x06tokens\x18\f \x01(\x03R\x06tokens\x12\x1e\n" +
 	"\vend_unix_ms\x18\r \x01(\x03R\tendUnixMs\x12\x19\n" +
-	"\bval_loss\x18\x0e \x01(\x01R\avalLoss\"\xd9\x02\n" +
+	"\bval_loss\x18\x0e \x01(\x01R\avalLoss\"\xf3\x03\n" +
 	"\fRankProgress\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -2410,14 +2814,23 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"\x05steps\x18\x06 \x03(\v2\x12.loom.v1.StepStatsR\x05steps\x12I\n" +
 	"\fmemory_bytes\x18\a \x03(\v2&.loom.v1.RankProgress.MemoryBytesEntryR\vmemoryBytes\x12\x1d\n" +
 	"\n" +
-	"peak_flops\x18\b \x01(\x01R\tpeakFlops\x1a>\n" +
+	"peak_flops\x18\b \x01(\x01R\tpeakFlops\x12#\n" +
+	"\rsetup_seconds\x18\t \x01(\x01R\fsetupSeconds\x12%\n" +
+	"\x0eresume_seconds\x18\n" +
+	" \x01(\x01R\rresumeSeconds\x12\x1f\n" +
+	"\vresume_step\x18\v \x01(\x03R\n" +
+	"resumeStep\x12+\n" +
+	"\x12first_step_unix_ms\x18\f \x01(\x03R\x0ffirstStepUnixMs\x1a>\n" +
 	"\x10MemoryBytesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"}\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb8\x01\n" +
 	"\x03Job\x12*\n" +
 	"\x06status\x18\x01 \x01(\v2\x12.loom.v1.JobStatusR\x06status\x12-\n" +
 	"\x06latest\x18\x02 \x03(\v2\x15.loom.v1.RankProgressR\x06latest\x12\x1b\n" +
-	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\"\xc4\x01\n" +
+	"\tspec_yaml\x18\x03 \x01(\fR\bspecYaml\x129\n" +
+	"\n" +
+	"checkpoint\x18\x04 \x01(\v2\x19.loom.v1.CheckpointRecordR\n" +
+	"checkpoint\"\xc4\x01\n" +
 	"\rSubmitRequest\x12\x1b\n" +
 	"\tspec_yaml\x18\x01 \x01(\fR\bspecYaml\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12!\n" +
@@ -2489,7 +2902,7 @@ func file_loom_v1_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_loom_v1_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_loom_v1_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_loom_v1_coordinator_proto_goTypes = []any{
 	(JobState)(0),               // 0: loom.v1.JobState
 	(*JobDesired)(nil),          // 1: loom.v1.JobDesired
@@ -2498,66 +2911,69 @@ var file_loom_v1_coordinator_proto_goTypes = []any{
 	(*CheckpointReport)(nil),    // 4: loom.v1.CheckpointReport
 	(*CheckpointRecord)(nil),    // 5: loom.v1.CheckpointRecord
 	(*Failure)(nil),             // 6: loom.v1.Failure
-	(*JobStatus)(nil),           // 7: loom.v1.JobStatus
-	(*WorkerInfo)(nil),          // 8: loom.v1.WorkerInfo
-	(*RankResult)(nil),          // 9: loom.v1.RankResult
-	(*PeerLoss)(nil),            // 10: loom.v1.PeerLoss
-	(*Quarantine)(nil),          // 11: loom.v1.Quarantine
-	(*CommStat)(nil),            // 12: loom.v1.CommStat
-	(*StepStats)(nil),           // 13: loom.v1.StepStats
-	(*RankProgress)(nil),        // 14: loom.v1.RankProgress
-	(*Job)(nil),                 // 15: loom.v1.Job
-	(*SubmitRequest)(nil),       // 16: loom.v1.SubmitRequest
-	(*SubmitResponse)(nil),      // 17: loom.v1.SubmitResponse
-	(*GetRequest)(nil),          // 18: loom.v1.GetRequest
-	(*ListRequest)(nil),         // 19: loom.v1.ListRequest
-	(*ListResponse)(nil),        // 20: loom.v1.ListResponse
-	(*StopRequest)(nil),         // 21: loom.v1.StopRequest
-	(*StopResponse)(nil),        // 22: loom.v1.StopResponse
-	(*WatchRequest)(nil),        // 23: loom.v1.WatchRequest
-	(*JobEvent)(nil),            // 24: loom.v1.JobEvent
-	(*InfoRequest)(nil),         // 25: loom.v1.InfoRequest
-	(*InfoResponse)(nil),        // 26: loom.v1.InfoResponse
-	(*ReportStepsRequest)(nil),  // 27: loom.v1.ReportStepsRequest
-	(*ReportStepsResponse)(nil), // 28: loom.v1.ReportStepsResponse
-	nil,                         // 29: loom.v1.RankProgress.MemoryBytesEntry
+	(*Recovery)(nil),            // 7: loom.v1.Recovery
+	(*JobStatus)(nil),           // 8: loom.v1.JobStatus
+	(*WorkerInfo)(nil),          // 9: loom.v1.WorkerInfo
+	(*RankResult)(nil),          // 10: loom.v1.RankResult
+	(*PeerLoss)(nil),            // 11: loom.v1.PeerLoss
+	(*Quarantine)(nil),          // 12: loom.v1.Quarantine
+	(*CommStat)(nil),            // 13: loom.v1.CommStat
+	(*StepStats)(nil),           // 14: loom.v1.StepStats
+	(*RankProgress)(nil),        // 15: loom.v1.RankProgress
+	(*Job)(nil),                 // 16: loom.v1.Job
+	(*SubmitRequest)(nil),       // 17: loom.v1.SubmitRequest
+	(*SubmitResponse)(nil),      // 18: loom.v1.SubmitResponse
+	(*GetRequest)(nil),          // 19: loom.v1.GetRequest
+	(*ListRequest)(nil),         // 20: loom.v1.ListRequest
+	(*ListResponse)(nil),        // 21: loom.v1.ListResponse
+	(*StopRequest)(nil),         // 22: loom.v1.StopRequest
+	(*StopResponse)(nil),        // 23: loom.v1.StopResponse
+	(*WatchRequest)(nil),        // 24: loom.v1.WatchRequest
+	(*JobEvent)(nil),            // 25: loom.v1.JobEvent
+	(*InfoRequest)(nil),         // 26: loom.v1.InfoRequest
+	(*InfoResponse)(nil),        // 27: loom.v1.InfoResponse
+	(*ReportStepsRequest)(nil),  // 28: loom.v1.ReportStepsRequest
+	(*ReportStepsResponse)(nil), // 29: loom.v1.ReportStepsResponse
+	nil,                         // 30: loom.v1.RankProgress.MemoryBytesEntry
 }
 var file_loom_v1_coordinator_proto_depIdxs = []int32{
 	2,  // 0: loom.v1.Assignment.ranks:type_name -> loom.v1.RankInfo
 	0,  // 1: loom.v1.JobStatus.state:type_name -> loom.v1.JobState
 	2,  // 2: loom.v1.JobStatus.ranks:type_name -> loom.v1.RankInfo
 	6,  // 3: loom.v1.JobStatus.failures:type_name -> loom.v1.Failure
-	10, // 4: loom.v1.RankResult.lost_peer:type_name -> loom.v1.PeerLoss
-	12, // 5: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
-	13, // 6: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
-	29, // 7: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
-	7,  // 8: loom.v1.Job.status:type_name -> loom.v1.JobStatus
-	14, // 9: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
-	15, // 10: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
-	15, // 11: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
-	15, // 12: loom.v1.StopResponse.job:type_name -> loom.v1.Job
-	7,  // 13: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
-	14, // 14: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
-	14, // 15: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
-	16, // 16: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
-	18, // 17: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
-	19, // 18: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
-	21, // 19: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
-	23, // 20: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
-	25, // 21: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
-	27, // 22: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
-	17, // 23: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
-	15, // 24: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
-	20, // 25: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
-	22, // 26: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
-	24, // 27: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
-	26, // 28: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
-	28, // 29: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	7,  // 4: loom.v1.JobStatus.recoveries:type_name -> loom.v1.Recovery
+	11, // 5: loom.v1.RankResult.lost_peer:type_name -> loom.v1.PeerLoss
+	13, // 6: loom.v1.StepStats.comm:type_name -> loom.v1.CommStat
+	14, // 7: loom.v1.RankProgress.steps:type_name -> loom.v1.StepStats
+	30, // 8: loom.v1.RankProgress.memory_bytes:type_name -> loom.v1.RankProgress.MemoryBytesEntry
+	8,  // 9: loom.v1.Job.status:type_name -> loom.v1.JobStatus
+	15, // 10: loom.v1.Job.latest:type_name -> loom.v1.RankProgress
+	5,  // 11: loom.v1.Job.checkpoint:type_name -> loom.v1.CheckpointRecord
+	16, // 12: loom.v1.SubmitResponse.job:type_name -> loom.v1.Job
+	16, // 13: loom.v1.ListResponse.jobs:type_name -> loom.v1.Job
+	16, // 14: loom.v1.StopResponse.job:type_name -> loom.v1.Job
+	8,  // 15: loom.v1.JobEvent.status:type_name -> loom.v1.JobStatus
+	15, // 16: loom.v1.JobEvent.progress:type_name -> loom.v1.RankProgress
+	15, // 17: loom.v1.ReportStepsRequest.progress:type_name -> loom.v1.RankProgress
+	17, // 18: loom.v1.Coordinator.Submit:input_type -> loom.v1.SubmitRequest
+	19, // 19: loom.v1.Coordinator.Get:input_type -> loom.v1.GetRequest
+	20, // 20: loom.v1.Coordinator.List:input_type -> loom.v1.ListRequest
+	22, // 21: loom.v1.Coordinator.Stop:input_type -> loom.v1.StopRequest
+	24, // 22: loom.v1.Coordinator.Watch:input_type -> loom.v1.WatchRequest
+	26, // 23: loom.v1.Coordinator.Info:input_type -> loom.v1.InfoRequest
+	28, // 24: loom.v1.Coordinator.ReportSteps:input_type -> loom.v1.ReportStepsRequest
+	18, // 25: loom.v1.Coordinator.Submit:output_type -> loom.v1.SubmitResponse
+	16, // 26: loom.v1.Coordinator.Get:output_type -> loom.v1.Job
+	21, // 27: loom.v1.Coordinator.List:output_type -> loom.v1.ListResponse
+	23, // 28: loom.v1.Coordinator.Stop:output_type -> loom.v1.StopResponse
+	25, // 29: loom.v1.Coordinator.Watch:output_type -> loom.v1.JobEvent
+	27, // 30: loom.v1.Coordinator.Info:output_type -> loom.v1.InfoResponse
+	29, // 31: loom.v1.Coordinator.ReportSteps:output_type -> loom.v1.ReportStepsResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_loom_v1_coordinator_proto_init() }
@@ -2565,7 +2981,7 @@ func file_loom_v1_coordinator_proto_init() {
 	if File_loom_v1_coordinator_proto != nil {
 		return
 	}
-	file_loom_v1_coordinator_proto_msgTypes[23].OneofWrappers = []any{
+	file_loom_v1_coordinator_proto_msgTypes[24].OneofWrappers = []any{
 		(*JobEvent_Status)(nil),
 		(*JobEvent_Progress)(nil),
 	}
@@ -2575,7 +2991,7 @@ func file_loom_v1_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_loom_v1_coordinator_proto_rawDesc), len(file_loom_v1_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
