@@ -191,6 +191,11 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	args = append(args, opts.WorkerArgs...)
 	procs := newProcs(opts)
 	defer procs.stop(opts.StopTimeout)
+	// Local's own lines and the progress are often written where the
+	// workers' output goes (a terminal, a test's buffer): every writer
+	// takes the workers' output lock.
+	opts.Info = &lockedWriter{mu: &procs.out.mu, w: opts.Info}
+	opts.Progress = &lockedWriter{mu: &procs.out.mu, w: opts.Progress}
 	if err := procs.start(world, opts.Executable, args); err != nil {
 		return fmt.Errorf("launch: %w", err)
 	}
@@ -250,11 +255,8 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 					return
 				}
 				replacements--
-				// Under the workers' output lock: Info is often the same writer.
-				procs.out.mu.Lock()
 				fmt.Fprintf(opts.Info, "%s: worker %d (pid %d) exited before the job finished (%v); starting a replacement (%d more allowed)\n",
 					spec.Name, ex.n, ex.pid, ex.err, replacements)
-				procs.out.mu.Unlock()
 				if err := procs.start(1, opts.Executable, args); err != nil {
 					exitedForGood <- exit{n: ex.n, pid: ex.pid, err: fmt.Errorf("%v; and its replacement did not start: %w", ex.err, err)}
 					return
@@ -416,6 +418,18 @@ func (p *procs) stop(timeout time.Duration) {
 type syncWriter struct {
 	mu sync.Mutex
 	w  io.Writer
+}
+
+// lockedWriter serialises its writes with the workers' output under mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 // prefixWriter prefixes every line.

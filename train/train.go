@@ -360,26 +360,23 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	loss := xs.loss / float64(t.plan.Accum)
 	lr := t.sched.LR(t.step)
 	opt := time.Now()
-	es, err := t.engine.FinishStep(ctx, lr, t.spec.Train.GradClip)
+	// The engine averages the loss over dp with the gradient exchange;
+	// only the last pipeline stage has it, so the sum over pp that gives
+	// it to every stage adds zeros to it (the same bits in either order).
+	es, err := t.engine.FinishStep(ctx, lr, t.spec.Train.GradClip, loss)
 	if err != nil {
 		return Stats{}, fmt.Errorf("step %d: %w", t.step+1, err)
 	}
 	optEnd := time.Now()
-	for _, g := range []struct {
-		c    parallel.Comm
-		op   parallel.ReduceOp
-		what string
-	}{{t.pp, parallel.Sum, "over the pipeline stages"}, {t.dp, parallel.Mean, "over data-parallel ranks"}} {
-		if g.c == nil {
-			continue
-		}
+	loss = es.Loss
+	if t.pp != nil {
 		t.scalar[0] = float32(loss)
 		c := time.Now()
-		if err := g.c.AllReduce(ctx, t.scalar, g.op); err != nil {
-			return Stats{}, fmt.Errorf("step %d: loss all-reduce %s: %w", t.step+1, g.what, err)
+		if err := t.pp.AllReduce(ctx, t.scalar, parallel.Sum); err != nil {
+			return Stats{}, fmt.Errorf("step %d: loss all-reduce over the pipeline stages: %w", t.step+1, err)
 		}
 		es.CommSeconds += time.Since(c).Seconds()
-		es.CommBytes += parallel.BytesSent(g.c, parallel.OpAllReduce, 1)
+		es.CommBytes += parallel.BytesSent(t.pp, parallel.OpAllReduce, 1)
 		loss = float64(t.scalar[0])
 	}
 	st := Stats{CommSeconds: es.CommSeconds + xs.wait.Seconds(), OverlapSeconds: es.OverlapSeconds, CommBytes: es.CommBytes + xs.sent,

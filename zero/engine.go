@@ -135,6 +135,14 @@ type Engine struct {
 	staging []float32               // stage 1
 	gbufs   chan []float32          // stages 2–3: unit gradient buffers
 	pbufs   chan []float32          // stage 3: gathered unit parameters
+	// rowsUnit is the untied embedding's unit at stage 0 (-1: none),
+	// exchanged by rows of rowLen (BucketReducer.ReadyRows): only the
+	// rows some dp rank has non-zero, the others being zero everywhere.
+	// Only stage 0 all-reduces through the BucketReducer; stages 1–3
+	// reduce-scatter each unit densely (a shard's owner would need every
+	// rank's row flags before the reduce-scatter, a round trip the
+	// per-unit exchange does not have), so they keep the dense path.
+	rowsUnit, rowLen int
 
 	// per step
 	q        *queue
@@ -178,8 +186,8 @@ func New(c Config) (*Engine, error) {
 	if (c.Emb != nil) != (p.Layout.Config().TieEmbeddings && (p.Layout.EmbedUnit() < 0) != (p.Layout.HeadUnit() < 0)) {
 		return nil, fmt.Errorf("zero: an embedding group is needed exactly when a tied embedding is split across pipeline stages: %w", ErrInvalid)
 	}
-	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, pp: c.PP, emb: c.Emb, tiedU: -1, k: c.Kernels, stage: p.Stage,
-		tied: p.Layout.Config().TieEmbeddings, scalar: make([]float32, 2), Model: c.Model}
+	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, pp: c.PP, emb: c.Emb, tiedU: -1, rowsUnit: -1, k: c.Kernels, stage: p.Stage,
+		tied: p.Layout.Config().TieEmbeddings, scalar: make([]float32, 3), Model: c.Model}
 	if c.Emb != nil {
 		if e.tiedU = p.Layout.TiedUnit(); e.tiedU < 0 {
 			e.tiedU = p.Layout.EmbedUnit()
@@ -233,6 +241,7 @@ func New(c Config) (*Engine, error) {
 		}
 		if e.g != nil {
 			e.reducer = parallel.NewBucketReducer(e.g, e.grads, c.BucketBytes)
+			e.rowsUnit, e.rowLen = embeddingRows(p)
 		}
 	case Stage1:
 		e.params, e.grads = make([]float32, p.Size), make([]float32, p.Size)
@@ -511,9 +520,31 @@ func (e *Engine) readyFinal(u int) {
 		}
 		delete(e.early, next)
 		up := e.part.Units[next]
-		e.reducer.Ready(up.Offset, up.End())
+		if next == e.rowsUnit {
+			e.reducer.ReadyRows(up.Offset, up.End(), e.rowLen)
+		} else {
+			e.reducer.Ready(up.Offset, up.End())
+		}
 		e.readyLo = up.Offset
 	}
+}
+
+// embeddingRows finds the unit whose gradient is an embedding table's
+// alone — untied, so that only the batch's tokens write rows of it — and
+// its row length; -1 when there is none.
+func embeddingRows(p *plan.Partition) (unit, rowLen int) {
+	l := p.Layout
+	u := l.EmbedUnit()
+	if u < 0 || l.Config().TieEmbeddings {
+		return -1, 0
+	}
+	up := p.Units[u]
+	for _, v := range l.Views {
+		if v.Offset == up.Offset && v.Len() == up.Len && len(v.Shape) == 2 {
+			return u, v.Shape[1]
+		}
+	}
+	return -1, 0
 }
 
 // Abort ends a step that failed before FinishStep.
@@ -547,21 +578,28 @@ type StepStats struct {
 	// CommBytes is the payload this rank sent in the step's data-parallel
 	// collectives and the gradient norm's all-reduces, counted per
 	// operation from its buffer length and algorithm
-	// (parallel.BytesSent). Stage 0 counts its bucketed gradient
-	// all-reduce as ring traffic over the whole buffer: buckets at or
-	// below the group's SmallBytes actually go by recursive doubling,
-	// which sends more at n > 2.
+	// (parallel.BytesSent; at stage 0 per gradient bucket, an untied
+	// embedding by the rows exchanged).
 	CommBytes      int64
 	CommSeconds    float64 // time inside those collectives
 	OverlapSeconds float64 // part of CommSeconds before the last backward ended
+	// Loss is the step loss FinishStep was given, averaged over the dp
+	// group (the given value with one dp rank).
+	Loss float64
 }
 
 // FinishStep completes the gradient exchange, clips the gradients to the
 // global norm maxNorm (≤ 0: no clipping), applies AdamW with learning rate
 // lr to this rank's shard and, at stages 1–2, all-gathers the updated
-// parameters.
-func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats, error) {
-	var st StepStats
+// parameters. loss is this rank's loss of the step; StepStats.Loss is its
+// mean over the dp group, all-reduced where the ranks are in step anyway:
+// at stage 0 right after the last gradient bucket, at stages 1–3 with the
+// gradient norm's partial sums. (An all-reduce of its own after AdamW
+// would be a second synchronization per step, where the faster rank waits
+// out the difference of the ranks' update times as exposed communication.)
+func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm, loss float64) (StepStats, error) {
+	st := StepStats{Loss: loss}
+	e.scalar[2] = float32(loss)
 	backwardEnd := time.Now()
 	if e.reducer != nil && !e.reducing {
 		e.reducer.Start(ctx) // no unit was final (an executor that never said): Wait reduces everything
@@ -570,11 +608,18 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm float64) (StepStats
 	if e.reducing {
 		e.reducing = false
 		rs, err := e.reducer.Wait()
-		st.CommBytes = parallel.BytesSent(e.g, parallel.OpReduceScatter, len(e.grads)) * 2
+		st.CommBytes = rs.Sent
 		st.CommSeconds, st.OverlapSeconds = rs.Comm.Seconds(), rs.Overlapped.Seconds()
 		if err != nil {
 			return st, fmt.Errorf("gradient all-reduce: %w", err)
 		}
+		start := time.Now()
+		if err := e.g.AllReduce(ctx, e.scalar[2:], parallel.Mean); err != nil {
+			return st, fmt.Errorf("loss all-reduce over dp: %w", err)
+		}
+		st.CommSeconds += time.Since(start).Seconds()
+		st.CommBytes += parallel.BytesSent(e.g, parallel.OpAllReduce, 1)
+		st.Loss = float64(e.scalar[2])
 	}
 	if e.stage == Stage0 {
 		if err := e.sumTied(ctx, &st); err != nil {
@@ -684,12 +729,17 @@ func (e *Engine) globalNorm(ctx context.Context, dpDone bool, st *StepStats) (fl
 	}
 	e.scalar[0] = float32(ss)
 	e.scalar[1] = float32(ss - float64(e.scalar[0]))
+	norm := e.scalar[:2]
 	if !dpDone && e.g != nil && e.q != nil {
+		// The step's loss rides along (e.scalar[2], see FinishStep),
+		// summed and then divided as parallel.Mean divides.
 		if err := e.q.do(func(ctx context.Context, g parallel.Comm) error {
 			return g.AllReduce(ctx, e.scalar, parallel.Sum)
 		}, parallel.BytesSent(e.g, parallel.OpAllReduce, len(e.scalar)), nil); err != nil {
 			return 0, fmt.Errorf("grad-norm all-reduce over dp: %w", err)
 		}
+		e.scalar[2] /= float32(e.g.Size())
+		st.Loss = float64(e.scalar[2])
 	}
 	for _, g := range []struct {
 		c    parallel.Comm
@@ -699,13 +749,13 @@ func (e *Engine) globalNorm(ctx context.Context, dpDone bool, st *StepStats) (fl
 			continue
 		}
 		start := time.Now()
-		if err := g.c.AllReduce(ctx, e.scalar, parallel.Sum); err != nil {
+		if err := g.c.AllReduce(ctx, norm, parallel.Sum); err != nil {
 			return 0, fmt.Errorf("grad-norm all-reduce over %s: %w", g.name, err)
 		}
 		st.CommSeconds += time.Since(start).Seconds()
-		st.CommBytes += parallel.BytesSent(g.c, parallel.OpAllReduce, len(e.scalar))
+		st.CommBytes += parallel.BytesSent(g.c, parallel.OpAllReduce, len(norm))
 	}
-	return math.Sqrt(float64(e.scalar[0]) + float64(e.scalar[1])), nil
+	return math.Sqrt(float64(norm[0]) + float64(norm[1])), nil
 }
 
 // paramOf and gradOf are optimizer i's parameter and gradient slices.
