@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"testing"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -151,5 +153,25 @@ func TestDecideSnapshotLostByPeerBeforeLease(t *testing.T) {
 	s.decide()
 	if a := s.job().Assignment; a == nil || a.Memory != nil {
 		t.Fatalf("assignment %v; want generation 2 from disk (rank 3's and rank 0's holders are lost)", a)
+	}
+}
+
+// The leader reads each worker's snapshot record into its job's
+// observation, keyed by worker.
+func TestDecodeSnapshotHoldings(t *testing.T) {
+	keys := NewKeys("")
+	h := &loomv1.SnapshotHolding{Job: "e", Addr: "127.0.0.1:9", Generation: 2, Step: 6, WorldSize: 3,
+		Parts: []*loomv1.SnapshotSource{{Rank: 1, PartJson: []byte(`{}`)}, {Rank: 2, PartJson: []byte(`{}`)}}}
+	kvs := []*mvccpb.KeyValue{
+		{Key: []byte(keys.Desired("e")), Value: []byte(Encode(&loomv1.JobDesired{Name: "e", SpecYaml: []byte("name: e\ndata: {path: a}\n")})), ModRevision: 1},
+		{Key: []byte(keys.Snapshot("e", "w-2")), Value: []byte(Encode(h)), ModRevision: 2},
+	}
+	s := decodeSnapshot(2, kvs, keys, "v1")
+	if len(s.Problems) != 0 || len(s.Observed.Jobs) != 1 {
+		t.Fatalf("problems %v, %d jobs", s.Problems, len(s.Observed.Jobs))
+	}
+	got := s.Observed.Jobs[0].Snapshots["w-2"]
+	if got == nil || got.WorkerId != "w-2" || got.Step != 6 || got.Generation != 2 || len(got.Parts) != 2 {
+		t.Fatalf("snapshot holdings %v", s.Observed.Jobs[0].Snapshots)
 	}
 }
