@@ -584,48 +584,51 @@ func memorySnapshot(j JobObserved, cur *loomv1.JobStatus, live map[string]*loomv
 			lost[f.WorkerId] = true
 		}
 	}
-	usable := func(id string, h *loomv1.SnapshotHolding) bool {
-		return h.Generation == cur.Generation && h.Step > disk && live[id] != nil && !lost[id] && h.WorldSize > 0
-	}
-	// Candidate steps, newest first; -1: holders disagree on the layout.
-	world := map[int64]int32{}
-	var steps []int64
+	// The ended generation's world size, as its holders recorded it (-1:
+	// they disagree, nothing is usable).
+	world := int32(0)
+	var holders []string
 	for _, id := range sortedKeys(j.Snapshots) {
 		h := j.Snapshots[id]
-		if !usable(id, h) {
+		if h.Generation != cur.Generation || live[id] == nil || lost[id] || h.WorldSize <= 0 {
 			continue
 		}
-		if w, ok := world[h.Step]; !ok {
-			world[h.Step] = h.WorldSize
-			steps = append(steps, h.Step)
-		} else if w != h.WorldSize {
-			world[h.Step] = -1
+		if world != 0 && world != h.WorldSize {
+			return nil
+		}
+		world = h.WorldSize
+		holders = append(holders, id)
+	}
+	// Each step's sources by rank, first holder by worker ID.
+	byStep := map[int64][]*loomv1.SnapshotSource{}
+	var steps []int64
+	for _, id := range holders {
+		h := j.Snapshots[id]
+		for _, p := range h.Parts {
+			if p.Generation != cur.Generation || p.Step <= disk || p.Rank < 0 || p.Rank >= world || len(p.PartJson) == 0 {
+				continue
+			}
+			src := byStep[p.Step]
+			if src == nil {
+				src = make([]*loomv1.SnapshotSource, world)
+				byStep[p.Step] = src
+				steps = append(steps, p.Step)
+			}
+			if src[p.Rank] == nil {
+				src[p.Rank] = &loomv1.SnapshotSource{Rank: p.Rank, WorkerId: id, Addr: h.Addr, PartJson: p.PartJson,
+					Step: p.Step, Generation: p.Generation}
+			}
 		}
 	}
 	sort.Slice(steps, func(a, b int) bool { return steps[a] > steps[b] })
 	for _, step := range steps {
-		n := world[step]
-		if n <= 0 {
-			continue
-		}
-		src := make([]*loomv1.SnapshotSource, n)
-		for _, id := range sortedKeys(j.Snapshots) {
-			h := j.Snapshots[id]
-			if !usable(id, h) || h.Step != step {
-				continue
-			}
-			for _, p := range h.Parts {
-				if p.Rank >= 0 && p.Rank < n && src[p.Rank] == nil && len(p.PartJson) > 0 {
-					src[p.Rank] = &loomv1.SnapshotSource{Rank: p.Rank, WorkerId: id, Addr: h.Addr, PartJson: p.PartJson}
-				}
-			}
-		}
+		src := byStep[step]
 		complete := true
 		for _, s := range src {
 			complete = complete && s != nil
 		}
 		if complete {
-			return &loomv1.MemoryResume{Step: step, Generation: cur.Generation, WorldSize: n, Sources: src}
+			return &loomv1.MemoryResume{Step: step, Generation: cur.Generation, WorldSize: world, Sources: src}
 		}
 	}
 	return nil

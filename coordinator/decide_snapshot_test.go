@@ -22,11 +22,16 @@ func (s *scene) holdSnapshots(gen uint64, step int64, ids ...string) {
 		prev := (d + len(ids) - 1) % len(ids)
 		h := &loomv1.SnapshotHolding{Job: "e", WorkerId: id, Addr: "snap-" + id, Generation: gen, Step: step, WorldSize: int32(len(ids))}
 		for _, r := range []int{d, prev} {
+			part := &loomv1.SnapshotSource{Rank: int32(r), PartJson: []byte(fmt.Sprintf(`{"rank":%d}`, r)), Step: step, Generation: gen}
 			if r == prev && prev > d {
-				h.Parts = append([]*loomv1.SnapshotSource{{Rank: int32(r), PartJson: []byte(fmt.Sprintf(`{"rank":%d}`, r))}}, h.Parts...)
+				h.Parts = append([]*loomv1.SnapshotSource{part}, h.Parts...)
 				continue
 			}
-			h.Parts = append(h.Parts, &loomv1.SnapshotSource{Rank: int32(r), PartJson: []byte(fmt.Sprintf(`{"rank":%d}`, r))})
+			h.Parts = append(h.Parts, part)
+		}
+		if old := j.Snapshots[id]; old != nil && old.Generation == gen {
+			// The worker keeps its previous complete snapshot too.
+			h.Parts = append(old.Parts, h.Parts...)
 		}
 		j.Snapshots[id] = h
 	}
@@ -65,7 +70,7 @@ func TestDecideSnapshotResumesFromMemory(t *testing.T) {
 	if m.Step != 10 || m.Generation != 1 || m.WorldSize != 4 || sources(m) != "0@w1 1@w2 2@w3 3@w1 " {
 		t.Errorf("memory step %d gen %d world %d sources %s; want step 10 gen 1 world 4 sources 0@w1 1@w2 2@w3 3@w1", m.Step, m.Generation, m.WorldSize, sources(m))
 	}
-	if m.Sources[3].Addr != "snap-w1" || string(m.Sources[3].PartJson) != `{"rank":3}` {
+	if m.Sources[3].Addr != "snap-w1" || string(m.Sources[3].PartJson) != `{"rank":3}` || m.Sources[3].Step != 10 {
 		t.Errorf("rank 3's source %+v", m.Sources[3])
 	}
 	r := s.lastRecovery()
@@ -102,6 +107,16 @@ func TestDecideSnapshotFallsBackToDisk(t *testing.T) {
 			s.holdSnapshots(1, 10, "w1", "w2", "w3", "w4")
 			s.job().Snapshots["w2"].WorldSize = 2
 		}, []string{"w4"}},
+		// w1 (rank 0, holding rank 3's copies) holds only step 10, which
+		// the others lack; step 6 lacks rank 3 (its copy is gone with w1's
+		// older snapshots, its own with w4). A worker keeps two complete
+		// snapshots so that this does not happen (the skewed case below).
+		{"skewed, previous dropped", func(s *scene) {
+			s.holdSnapshots(1, 6, "w1", "w2", "w3", "w4")
+			s.job().Snapshots["w1"].Parts = nil
+			s.holdSnapshots(1, 10, "w1")
+			s.job().Snapshots["w1"].WorldSize = 4
+		}, []string{"w4"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -130,6 +145,33 @@ func TestDecideSnapshotFallsBackToDisk(t *testing.T) {
 				t.Errorf("recovery from %q step %d lost %d; want disk step 8, 2 lost", r.ResumeSource, r.ResumeStep, r.LostSteps)
 			}
 		})
+	}
+}
+
+// TestDecideSnapshotSkewedWorkers: the workers complete a snapshot at
+// slightly different times — w1 holds step 8 (and still 6), w2 and w3
+// hold 6 (and 4): step 8 lacks rank 1's and rank 2's parts, step 6 is
+// whole, and is what the restart resumes from.
+func TestDecideSnapshotSkewedWorkers(t *testing.T) {
+	s := newScene(t, 2, 4, 4)
+	s.start(7) // disk checkpoint at step 4
+	s.holdSnapshots(1, 4, "w1", "w2", "w3", "w4")
+	s.holdSnapshots(1, 6, "w1", "w2", "w3", "w4")
+	w1 := s.job().Snapshots["w1"]
+	w1.Parts = w1.Parts[2:] // step 6 only, then 8
+	w1.Parts = append(w1.Parts, &loomv1.SnapshotSource{Rank: 0, PartJson: []byte(`{}`), Step: 8, Generation: 1},
+		&loomv1.SnapshotSource{Rank: 3, PartJson: []byte(`{}`), Step: 8, Generation: 1})
+	w1.Step = 8
+	s.expire("w4")
+	s.decide()
+	s.reannounce("w1", "w2", "w3")
+	s.decide()
+	m := s.job().Assignment.Memory
+	if m == nil || m.Step != 6 || sources(m) != "0@w1 1@w2 2@w3 3@w1 " {
+		t.Fatalf("memory resume %v; want step 6 from 0@w1 1@w2 2@w3 3@w1", m)
+	}
+	if r := s.lastRecovery(); r.ResumeSource != "memory" || r.LostSteps != 1 {
+		t.Errorf("recovery from %q, %d lost; want memory, 7 − 6 = 1", r.ResumeSource, r.LostSteps)
 	}
 }
 

@@ -81,7 +81,11 @@ type snapStore struct {
 
 	mu   sync.Mutex
 	jobs map[string]map[snapKey]*snapStep
-	held map[string]snapKey
+	// held is each job's newest complete snapshot, floor the oldest one
+	// kept: the store keeps the two newest complete snapshots (and any
+	// newer ones arriving), because the workers complete a step at
+	// slightly different times and a restart needs one every worker has.
+	held, floor map[string]snapKey
 }
 
 // newSnapStore makes the store's directory: under /dev/shm where there is
@@ -97,7 +101,8 @@ func newSnapStore(log *slog.Logger, onHeld func(string, *loomv1.SnapshotHolding)
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, fmt.Errorf("worker: snapshot store: %w", err)
 	}
-	return &snapStore{root: root, log: log, onHeld: onHeld, jobs: map[string]map[snapKey]*snapStep{}, held: map[string]snapKey{}}, nil
+	return &snapStore{root: root, log: log, onHeld: onHeld, jobs: map[string]map[snapKey]*snapStep{},
+		held: map[string]snapKey{}, floor: map[string]snapKey{}}, nil
 }
 
 // close removes the store's files.
@@ -120,9 +125,9 @@ func (s *snapStore) writeDir(job string, gen uint64) string {
 }
 
 // step returns (creating) the record of snapshot k of job; nil when it is
-// older than the job's held one (it can no longer matter).
+// older than the snapshots kept (it can no longer matter).
 func (s *snapStore) step(job string, k snapKey, world int) *snapStep {
-	if h, ok := s.held[job]; ok && !newer(k, h) && k != h {
+	if f, ok := s.floor[job]; ok && newer(f, k) {
 		return nil
 	}
 	m := s.jobs[job]
@@ -187,42 +192,55 @@ func (s *snapStore) addCopy(job string, k snapKey, world int, p checkpoint.RankP
 	s.settle(job)
 }
 
-// settle makes the newest complete snapshot of job the held one, drops
-// the older ones (files too) and tells onHeld. s.mu is held.
+// settle keeps the two newest complete snapshots of job (and newer
+// incomplete ones), drops the older ones (files too) and tells onHeld
+// when the newest complete one changed. s.mu is held.
 func (s *snapStore) settle(job string) {
 	m := s.jobs[job]
-	best, ok := s.held[job]
-	changed := false
+	var done []snapKey
 	for k, st := range m {
-		if st.complete() && (!ok || newer(k, best)) {
-			best, ok, changed = k, true, true
+		if st.complete() {
+			done = append(done, k)
 		}
 	}
-	if !changed {
+	sort.Slice(done, func(a, b int) bool { return newer(done[a], done[b]) })
+	if len(done) == 0 {
 		return
 	}
-	s.held[job] = best
+	if h, ok := s.held[job]; ok && h == done[0] {
+		return
+	}
+	keep := done[:min(2, len(done))]
+	s.held[job], s.floor[job] = keep[0], keep[len(keep)-1]
 	for k := range m {
-		if newer(best, k) {
+		if newer(s.floor[job], k) {
 			os.RemoveAll(s.dir(job, k))
 			delete(m, k)
 		}
 	}
-	st := m[best]
-	h := &loomv1.SnapshotHolding{Job: job, Generation: best.gen, Step: best.step, WorldSize: int32(st.world)}
-	ranks := make([]int, 0, len(st.parts))
-	for r := range st.parts {
-		ranks = append(ranks, r)
-	}
-	sort.Ints(ranks)
-	for _, r := range ranks {
-		b, err := json.Marshal(st.parts[r])
-		if err != nil {
-			continue
+	best := keep[0]
+	h := &loomv1.SnapshotHolding{Job: job, Generation: best.gen, Step: best.step, WorldSize: int32(m[best].world)}
+	var ranks []int
+	for i := len(keep) - 1; i >= 0; i-- {
+		k := keep[i]
+		st := m[k]
+		rs := make([]int, 0, len(st.parts))
+		for r := range st.parts {
+			rs = append(rs, r)
 		}
-		h.Parts = append(h.Parts, &loomv1.SnapshotSource{Rank: int32(r), PartJson: b})
+		sort.Ints(rs)
+		for _, r := range rs {
+			b, err := json.Marshal(st.parts[r])
+			if err != nil {
+				continue
+			}
+			h.Parts = append(h.Parts, &loomv1.SnapshotSource{Rank: int32(r), PartJson: b, Step: k.step, Generation: k.gen})
+		}
+		if k == best {
+			ranks = rs
+		}
 	}
-	s.log.Info("worker: holding snapshot", "job", job, "generation", best.gen, "step", best.step, "ranks", ranks)
+	s.log.Info("worker: holding snapshot", "job", job, "generation", best.gen, "step", best.step, "ranks", ranks, "previous", keep[len(keep)-1].step)
 	if s.onHeld != nil {
 		s.onHeld(job, h)
 	}
@@ -234,6 +252,7 @@ func (s *snapStore) drop(job string) {
 	defer s.mu.Unlock()
 	delete(s.jobs, job)
 	delete(s.held, job)
+	delete(s.floor, job)
 	os.RemoveAll(filepath.Join(s.root, job))
 }
 
@@ -266,7 +285,7 @@ func (v *snapServer) Fetch(req *loomv1.SnapshotFetchRequest, stream loomv1.Snaps
 	found := false
 	s.mu.Lock()
 	for key, st := range s.jobs[req.Job] {
-		if key.step != req.Step {
+		if key.step != req.Step || (req.Generation != 0 && key.gen != req.Generation) {
 			continue
 		}
 		if q, ok := st.parts[int(req.Rank)]; ok && (!found || newer(key, k)) {
@@ -497,15 +516,15 @@ func pushSnapshot(ctx context.Context, addr string, tlsCfg *tls.Config, job stri
 	return err
 }
 
-// fetchSnapshot fetches rank's part of snapshot step of job from addr
+// fetchSnapshot fetches rank's part of snapshot k of job from addr
 // into dir, verified against want (the part Decide named).
-func fetchSnapshot(ctx context.Context, addr string, tlsCfg *tls.Config, job string, step int64, rank int, dir string, want checkpoint.RankPart) error {
+func fetchSnapshot(ctx context.Context, addr string, tlsCfg *tls.Config, job string, k snapKey, rank int, dir string, want checkpoint.RankPart) error {
 	cc, err := snapDial(addr, tlsCfg)
 	if err != nil {
 		return err
 	}
 	defer cc.Close()
-	stream, err := loomv1.NewSnapshotClient(cc).Fetch(ctx, &loomv1.SnapshotFetchRequest{Job: job, Step: step, Rank: int32(rank)})
+	stream, err := loomv1.NewSnapshotClient(cc).Fetch(ctx, &loomv1.SnapshotFetchRequest{Job: job, Step: k.step, Rank: int32(rank), Generation: k.gen})
 	if err != nil {
 		return err
 	}
@@ -541,7 +560,7 @@ func (s *snapStore) materialize(ctx context.Context, job string, m *loomv1.Memor
 			}
 		}
 		fctx, cancel := context.WithTimeout(ctx, timeout)
-		err := fetchSnapshot(fctx, src.Addr, tlsCfg, job, m.Step, int(src.Rank), dir, want)
+		err := fetchSnapshot(fctx, src.Addr, tlsCfg, job, k, int(src.Rank), dir, want)
 		cancel()
 		if err != nil {
 			return "", fmt.Errorf("fetch rank %d's part from worker %s at %s: %w", src.Rank, src.WorkerId, src.Addr, err)

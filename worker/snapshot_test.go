@@ -65,19 +65,24 @@ func (ts *testStore) lastHeld() *loomv1.SnapshotHolding {
 	return ts.held[len(ts.held)-1]
 }
 
-func (ts *testStore) lastHeldPart(t *testing.T, rank int) checkpoint.RankPart {
+func (ts *testStore) heldPart(t *testing.T, step int64, rank int) []byte {
 	t.Helper()
 	for _, p := range ts.lastHeld().Parts {
-		if int(p.Rank) == rank {
-			var part checkpoint.RankPart
-			if err := json.Unmarshal(p.PartJson, &part); err != nil {
-				t.Fatal(err)
-			}
-			return part
+		if int(p.Rank) == rank && p.Step == step {
+			return p.PartJson
 		}
 	}
-	t.Fatalf("rank %d not held", rank)
-	return checkpoint.RankPart{}
+	t.Fatalf("rank %d of step %d not held", rank, step)
+	return nil
+}
+
+func (ts *testStore) lastHeldPart(t *testing.T, step int64, rank int) checkpoint.RankPart {
+	t.Helper()
+	var part checkpoint.RankPart
+	if err := json.Unmarshal(ts.heldPart(t, step, rank), &part); err != nil {
+		t.Fatal(err)
+	}
+	return part
 }
 
 // writePart writes rank's part of step (a two-rank dp layout) as the
@@ -129,7 +134,7 @@ func TestSnapshotStorePushFetch(t *testing.T) {
 	put(b, a, 2, 1, 0)
 	for _, s := range []*testStore{a, b} {
 		h := s.lastHeld()
-		if h == nil || h.Step != 2 || h.Generation != 1 || h.WorldSize != 2 || len(h.Parts) != 2 || h.Parts[0].Rank != 0 || h.Parts[1].Rank != 1 {
+		if h == nil || h.Step != 2 || h.Generation != 1 || h.WorldSize != 2 || len(h.Parts) != 2 || h.Parts[0].Rank != 0 || h.Parts[1].Rank != 1 || h.Parts[1].Step != 2 {
 			t.Fatalf("holding %v; want step 2 of generation 1, ranks 0 and 1", h)
 		}
 	}
@@ -138,19 +143,25 @@ func TestSnapshotStorePushFetch(t *testing.T) {
 		t.Errorf("a holds step %d before step 4 is complete", h.Step)
 	}
 	put(b, a, 4, 1, 0)
-	if h := a.lastHeld(); h.Step != 4 {
-		t.Errorf("a holds step %d, want 4", h.Step)
+	// Two complete snapshots are kept: the workers may complete a step at
+	// different times.
+	if h := a.lastHeld(); h.Step != 4 || len(h.Parts) != 4 || h.Parts[0].Step != 2 || h.Parts[3].Step != 4 {
+		t.Errorf("a holds %v, want step 4 and step 2 (4 parts)", h)
 	}
+	if _, err := os.Stat(a.dir("j", snapKey{1, 2})); err != nil {
+		t.Errorf("step 2 dropped as soon as step 4 completed: %v", err)
+	}
+	put(a, b, 6, 0, 1)
+	put(b, a, 6, 1, 0)
 	if _, err := os.Stat(a.dir("j", snapKey{1, 2})); !os.IsNotExist(err) {
-		t.Errorf("step 2 kept after step 4 completed: %v", err)
+		t.Errorf("step 2 kept after steps 4 and 6 completed: %v", err)
 	}
 
 	// A new worker gathers step 4: rank 0 from a, rank 1 from b.
 	c := newTestStore(t)
-	h := a.lastHeld()
 	m := &loomv1.MemoryResume{Step: 4, Generation: 1, WorldSize: 2, Sources: []*loomv1.SnapshotSource{
-		{Rank: 0, WorkerId: "a", Addr: a.addr, PartJson: h.Parts[0].PartJson},
-		{Rank: 1, WorkerId: "b", Addr: b.addr, PartJson: b.lastHeld().Parts[1].PartJson},
+		{Rank: 0, WorkerId: "a", Addr: a.addr, PartJson: a.heldPart(t, 4, 0)},
+		{Rank: 1, WorkerId: "b", Addr: b.addr, PartJson: b.heldPart(t, 4, 1)},
 	}}
 	dir, err := c.materialize(ctx, "j", m, nil, 10*time.Second)
 	if err != nil {
@@ -180,7 +191,7 @@ func TestSnapshotStorePushFetch(t *testing.T) {
 		t.Errorf("a mismatched part: %v", err)
 	}
 	// A push naming a job outside the store is refused.
-	if err := pushSnapshot(ctx, b.addr, nil, "../x", snapKey{1, 6}, a.dir("j", snapKey{1, 4}), a.lastHeldPart(t, 0)); err == nil || !strings.Contains(err.Error(), "not a plain name") {
+	if err := pushSnapshot(ctx, b.addr, nil, "../x", snapKey{1, 6}, a.dir("j", snapKey{1, 4}), a.lastHeldPart(t, 6, 0)); err == nil || !strings.Contains(err.Error(), "not a plain name") {
 		t.Errorf("a push for job ../x: %v", err)
 	}
 	// A holder that is gone fails within the deadline, naming it.

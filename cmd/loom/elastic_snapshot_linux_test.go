@@ -27,7 +27,9 @@ func TestElasticResumesFromMemorySnapshot(t *testing.T) {
 	path, src := elasticSpec(t, "snap", 3, 16, 100,
 		"{min_dp: 2, max_dp: 3, max_restarts: 2, step_timeout: 30s, rendezvous_timeout: 20s, snapshot_every: 2}")
 	want, _ := reference(t, path, 1)
-	w := newElasticWorld(t, 2*time.Second, "LOOM_TEST_SLOW_RANK=0:100ms")
+	// Slow steps (200 ms) against a snapshot's push (milliseconds): a kill
+	// finds the newest snapshot complete unless it lands within the push.
+	w := newElasticWorld(t, 2*time.Second, "LOOM_TEST_SLOW_RANK=0:200ms")
 	coord := w.coordinatorInProcess()
 	for range 3 {
 		w.worker(coord)

@@ -551,7 +551,11 @@ type SnapshotSource struct {
 	Addr string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
 	// part_json is the rank's part of the manifest (checkpoint.RankPart as
 	// JSON: its files with sizes and SHA-256).
-	PartJson      []byte `protobuf:"bytes,4,opt,name=part_json,json=partJson,proto3" json:"part_json,omitempty"`
+	PartJson []byte `protobuf:"bytes,4,opt,name=part_json,json=partJson,proto3" json:"part_json,omitempty"`
+	// step and generation say which snapshot the part is of (in a
+	// SnapshotHolding, which holds up to two).
+	Step          int64  `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
+	Generation    uint64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -614,20 +618,38 @@ func (x *SnapshotSource) GetPartJson() []byte {
 	return nil
 }
 
-// SnapshotHolding is the newest complete in-memory snapshot one worker
-// holds (etcd: snapshots/JOB/WORKER, under the worker's lease, so it goes
-// with the worker): its own rank's part and the copy of its data-parallel
-// neighbour's.
+func (x *SnapshotSource) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *SnapshotSource) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+// SnapshotHolding is what one worker holds of a job's in-memory snapshots
+// (etcd: snapshots/JOB/WORKER, under the worker's lease, so it goes with
+// the worker): of its two newest complete snapshots, its own rank's part
+// and the copy of its data-parallel predecessor's. Two, because the
+// workers complete a step at slightly different times: while one already
+// holds step S+N, the others may not yet, and S must still be whole.
 type SnapshotHolding struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Job      string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// addr is the worker's snapshot service address (the Snapshot service).
-	Addr       string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	Addr string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	// generation, step and world_size are the newest complete snapshot's.
 	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	Step       int64  `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
 	WorldSize  int32  `protobuf:"varint,6,opt,name=world_size,json=worldSize,proto3" json:"world_size,omitempty"`
-	// parts are the ranks held, ordered by rank.
+	// parts are the parts held, by step then rank (each names its step and
+	// generation).
 	Parts         []*SnapshotSource `protobuf:"bytes,7,rep,name=parts,proto3" json:"parts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2962,12 +2984,16 @@ const file_loom_v1_coordinator_proto_rawDesc = "" +
 	"generation\x12\x1d\n" +
 	"\n" +
 	"world_size\x18\x03 \x01(\x05R\tworldSize\x121\n" +
-	"\asources\x18\x04 \x03(\v2\x17.loom.v1.SnapshotSourceR\asources\"r\n" +
+	"\asources\x18\x04 \x03(\v2\x17.loom.v1.SnapshotSourceR\asources\"\xa6\x01\n" +
 	"\x0eSnapshotSource\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1b\n" +
-	"\tpart_json\x18\x04 \x01(\fR\bpartJson\"\xd6\x01\n" +
+	"\tpart_json\x18\x04 \x01(\fR\bpartJson\x12\x12\n" +
+	"\x04step\x18\x05 \x01(\x03R\x04step\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x06 \x01(\x04R\n" +
+	"generation\"\xd6\x01\n" +
 	"\x0fSnapshotHolding\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +

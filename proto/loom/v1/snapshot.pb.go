@@ -27,10 +27,12 @@ const (
 )
 
 type SnapshotFetchRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Step          int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Step  int64                  `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	Rank  int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	// generation is the one that took the snapshot.
+	Generation    uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -82,6 +84,13 @@ func (x *SnapshotFetchRequest) GetStep() int64 {
 func (x *SnapshotFetchRequest) GetRank() int32 {
 	if x != nil {
 		return x.Rank
+	}
+	return 0
+}
+
+func (x *SnapshotFetchRequest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
 	}
 	return 0
 }
@@ -221,11 +230,14 @@ var File_loom_v1_snapshot_proto protoreflect.FileDescriptor
 
 const file_loom_v1_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x16loom/v1/snapshot.proto\x12\aloom.v1\"P\n" +
+	"\x16loom/v1/snapshot.proto\x12\aloom.v1\"p\n" +
 	"\x14SnapshotFetchRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
-	"\x04rank\x18\x03 \x01(\x05R\x04rank\"\xae\x01\n" +
+	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\"\xae\x01\n" +
 	"\rSnapshotChunk\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x12\n" +
