@@ -67,6 +67,16 @@ func TestElasticResumesFromMemorySnapshot(t *testing.T) {
 		t.Fatalf("recovery from %q step %d, %d steps lost, dp %d → %d; want memory, ≤ 2 steps lost (snapshot_every 2), dp 3 → 2",
 			r.ResumeSource, r.ResumeStep, r.LostSteps, r.DpBefore, r.DpAfter)
 	}
+	// `loom status` says where the resume came from.
+	out, _, err := loom(t, "status", "snap", "--coordinator", coord)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flat := strings.Join(strings.Fields(out), " ")
+	if want := "1→2 worker_lost 3→2 " + strconv.FormatInt(r.LastStep, 10) + " memory step " + strconv.FormatInt(r.ResumeStep, 10) + " " +
+		strconv.FormatInt(r.LostSteps, 10) + " "; !strings.Contains(flat, want) {
+		t.Errorf("loom status lacks %q:\n%s", want, out)
+	}
 	// Every rank of generation 2 gathered the snapshot into its store and
 	// restored it from there: nothing came from the checkpoint directory,
 	// which holds no step directory at all.
