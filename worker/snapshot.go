@@ -296,6 +296,16 @@ func (v *snapServer) Fetch(req *loomv1.SnapshotFetchRequest, stream loomv1.Snaps
 	if !found {
 		return fmt.Errorf("worker: no snapshot of job %s step %d rank %d here", req.Job, req.Step, req.Rank)
 	}
+	if err := sendFiles(req.Job, k, s.dir(req.Job, k), p, stream.Send); err != nil {
+		return fmt.Errorf("worker: snapshot step %d rank %d: %w", req.Step, req.Rank, err)
+	}
+	return nil
+}
+
+// sendFiles streams the files of part p of snapshot k (in dir) as chunks
+// of at most snapChunk bytes: the first names the job, snapshot, rank and
+// part, the first of each file its path.
+func sendFiles(job string, k snapKey, dir string, p checkpoint.RankPart, send func(*loomv1.SnapshotChunk) error) error {
 	pj, err := json.Marshal(p)
 	if err != nil {
 		return err
@@ -303,12 +313,11 @@ func (v *snapServer) Fetch(req *loomv1.SnapshotFetchRequest, stream loomv1.Snaps
 	first := true
 	buf := make([]byte, snapChunk)
 	for _, f := range p.Files {
-		fh, err := os.Open(filepath.Join(s.dir(req.Job, k), f.Path))
+		fh, err := os.Open(filepath.Join(dir, f.Path))
 		if err != nil {
-			return fmt.Errorf("worker: snapshot step %d rank %d: %w (dropped for a newer one?)", req.Step, req.Rank, err)
+			return err
 		}
-		newFile := true
-		for {
+		for newFile := true; ; newFile = false {
 			n, rerr := io.ReadFull(fh, buf)
 			if n > 0 || newFile {
 				c := &loomv1.SnapshotChunk{Data: buf[:n]}
@@ -316,13 +325,13 @@ func (v *snapServer) Fetch(req *loomv1.SnapshotFetchRequest, stream loomv1.Snaps
 					c.Path = f.Path
 				}
 				if first {
-					c.Job, c.Step, c.Rank, c.Generation, c.PartJson = req.Job, req.Step, req.Rank, k.gen, pj
+					c.Job, c.Step, c.Rank, c.Generation, c.PartJson = job, k.step, int32(p.Rank), k.gen, pj
+					first = false
 				}
-				if err := stream.Send(c); err != nil {
+				if err := send(c); err != nil {
 					fh.Close()
 					return err
 				}
-				first, newFile = false, false
 			}
 			if rerr != nil {
 				break
@@ -477,40 +486,10 @@ func pushSnapshot(ctx context.Context, addr string, tlsCfg *tls.Config, job stri
 	if err != nil {
 		return err
 	}
-	pj, err := json.Marshal(p)
-	if err != nil {
-		return err
-	}
-	first := true
-	buf := make([]byte, snapChunk)
-	for _, f := range p.Files {
-		fh, err := os.Open(filepath.Join(dir, f.Path))
-		if err != nil {
-			return err
-		}
-		newFile := true
-		for {
-			n, rerr := io.ReadFull(fh, buf)
-			if n > 0 || newFile {
-				c := &loomv1.SnapshotChunk{Data: buf[:n]}
-				if newFile {
-					c.Path = f.Path
-				}
-				if first {
-					c.Job, c.Step, c.Rank, c.Generation, c.PartJson = job, k.step, int32(p.Rank), k.gen, pj
-				}
-				if err := stream.Send(c); err != nil {
-					fh.Close()
-					_, err2 := stream.CloseAndRecv()
-					return errors.Join(err, err2)
-				}
-				first, newFile = false, false
-			}
-			if rerr != nil {
-				break
-			}
-		}
-		fh.Close()
+	if err := sendFiles(job, k, dir, p, stream.Send); err != nil {
+		// The server's reason, if it gave one, says more than the send.
+		_, err2 := stream.CloseAndRecv()
+		return errors.Join(err, err2)
 	}
 	_, err = stream.CloseAndRecv()
 	return err
