@@ -4,7 +4,8 @@
 Runs, back to back in this one script, each Loom benchmark and the matching
 reference, and prints their ratio:
   - SGEMM GFLOP/s: `loom bench gemm` vs OpenBLAS (sgemm_openblas.c, with
-    OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset so OpenBLAS picks its best kernel);
+    OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset so OpenBLAS picks its best kernel, or
+    OPENBLAS_CORETYPE=SkylakeX where its detection misses an AVX-512 CPU: anchors());
   - training tokens/s: `loom bench step` vs the same LLaMA in PyTorch
     (llama_torch.py, OMP_WAIT_POLICY=PASSIVE, its best setting on 2 cores);
   - all-reduce latency and bus bandwidth, 2 and 4 ranks, 4 KiB .. 256 MiB: `loom bench
@@ -24,6 +25,51 @@ ANCHORS = os.environ.get("LOOM_ANCHORS") or next(
     (d for d in (os.path.normpath(os.path.join(ROOT, *up, "shared", "bench")) for up in (("..",), ("..", ".."))) if os.path.isdir(d)),
     os.path.normpath(os.path.join(ROOT, "..", "shared", "bench")))
 CLEAN = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+OPENBLAS_CORE = ""  # the kernel OpenBLAS runs (anchors()), for the report
+
+
+def cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def openblas_core(exe):
+    """The core OpenBLAS picks on this CPU (OPENBLAS_VERBOSE=2 prints it)."""
+    out = subprocess.run([exe, "1"], env=dict(CLEAN, OPENBLAS_VERBOSE="2", SHAPES="64x64x64"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    m = re.search(r"^Core: (\S+)", out, re.M)
+    return m.group(1) if m else "?"
+
+
+def anchors(exe):
+    """Sets CLEAN so that OpenBLAS (and PyTorch, which Debian links to it) runs
+    its best kernel. OpenBLAS 0.3.21 detects the CPU by family and model and
+    falls back to Prescott (SSE3, a sixth of the AVX-512 rate) on a model it
+    does not know, e.g. an Emerald Rapids Xeon (model 207) under KVM: there
+    its AVX-512 kernel is chosen by name (SkylakeX), the fair anchor."""
+    global OPENBLAS_CORE
+    core = openblas_core(exe)
+    if core not in ("SkylakeX", "Cooperlake", "SapphireRapids") and "avx512f" in cpu_flags():
+        CLEAN["OPENBLAS_CORETYPE"] = "SkylakeX"
+        OPENBLAS_CORE = f"SkylakeX (auto-detection chose {core} on this CPU; forced by OPENBLAS_CORETYPE)"
+    else:
+        OPENBLAS_CORE = core
+    print(f"OpenBLAS kernel: {OPENBLAS_CORE}")
+
+
+def openblas_exe():
+    src = os.path.join(ANCHORS, "sgemm_openblas.c")
+    if not os.path.exists("/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h"):
+        return None
+    exe = "/tmp/loom-sgemm-openblas"
+    run(["gcc", "-O2", src, "-o", exe, "-I/usr/include/x86_64-linux-gnu/openblas-pthread", "-lopenblas"])
+    return exe
 
 
 def run(cmd, env=None):
@@ -39,12 +85,10 @@ def gemm():
     peak = [r for r in jsonl(run([LOOM, "bench", "gemm", "--m", "64", "--n", "64", "--k", "64", "--threads", "1,2", "--peak", "--log-format", "json"])) if "peak_gflops" in r]
     for r in peak:
         print(f"FMA peak, {r.get('threads')} thread(s): {r['peak_gflops']:.0f} GFLOP/s")
-    src = os.path.join(ANCHORS, "sgemm_openblas.c")
-    if not os.path.exists("/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h"):
+    exe = openblas_exe()
+    if exe is None:
         print("OpenBLAS anchor skipped: install libopenblas-dev (../shared/bench/install.sh)")
         return
-    exe = "/tmp/loom-sgemm-openblas"
-    run(["gcc", "-O2", src, "-o", exe, "-I/usr/include/x86_64-linux-gnu/openblas-pthread", "-lopenblas"])
     # make bench's transformer shapes, plus d=640 / ffn=1728 at 3072 tokens
     # (where the derived blocking was 0.54-0.90x OpenBLAS on a Xeon).
     shapes = [(4096, 768, 768), (4096, 3072, 768), (4096, 768, 3072), (2048, 1376, 512), (2048, 512, 1376),
@@ -210,6 +254,9 @@ def comm(rounds=3):
 
 if __name__ == "__main__":
     want = sys.argv[1:] or ["gemm", "step", "comm"]
+    exe = openblas_exe()
+    if exe is not None:
+        anchors(exe)
     for name in want:
         {"gemm": gemm, "step": step, "comm": comm}[name]()
         print()
