@@ -434,7 +434,7 @@ func TestMultiHost(t *testing.T) {
 		}
 		st, _ := w.loom("A", 20*time.Second, "status", "heal", "--coordinator", coord, admin)
 		c := regexp.QuoteMeta(hostAddr("C") + ":7071")
-		m := regexp.MustCompile(`(?m)^\s+\d+→\d+\s+\S+\s+2→1\s+(\d+)\s+(\d+)\s`).FindStringSubmatch(st)
+		m := regexp.MustCompile(`(?m)^\s+\d+→\d+\s+\S+\s+2→1\s+(\d+)\s+(?:disk step )?(\d+)\s`).FindStringSubmatch(st)
 		if m == nil || !regexp.MustCompile(c).MatchString(st) {
 			t.Fatalf("status does not record a recovery 2→1 naming C at %s:7071:\n%s", hostAddr("C"), st)
 		}
