@@ -560,7 +560,7 @@ type RankRow struct {
 
 // rankRows returns the per-rank view, by rank.
 func (j *jobHistory) rankRows() []RankRow {
-	var rows []RankRow
+	rows := []RankRow{} // [] in JSON, not null, before any rank reported
 	info := map[int]*loomv1.RankInfo{}
 	if j.status != nil {
 		for _, r := range j.status.Ranks {

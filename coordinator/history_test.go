@@ -391,3 +391,20 @@ func TestHistoryKeepsValidationLoss(t *testing.T) {
 		t.Fatalf("after the replay: val loss %v at %d, want step 4900's", s.ValLoss, s.ValStep)
 	}
 }
+
+// TestJobDetailEmptyListsAreArrays: a job no rank has reported for yet
+// (pending, or a new generation) is sent with "ranks": [] and "events": [],
+// never null: the page iterates both (a null once threw in the browser).
+func TestJobDetailEmptyListsAreArrays(t *testing.T) {
+	j := newJobHistory(testDesired())
+	d := &JobDetail{JobSummary: j.summary(time.Unix(0, 0)), Ranks: j.rankRows(), Events: append([]Event{}, j.events...)}
+	b, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"ranks":[]`, `"events":[]`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("job detail %s: want %s", b, want)
+		}
+	}
+}
