@@ -294,7 +294,7 @@ func Decide(o Observed) []Action {
 			noteResumed(j, a, next)
 			if len(failures) > 0 {
 				addRecovery(next, &loomv1.Recovery{Generation: a.Generation, Reason: failures[0].Kind,
-					Message: describeFailure(failures[0]), EndedUnixMs: o.NowUnixMs, LastStep: lastStep(j, a.Generation),
+					Message: DescribeFailure(failures[0]), EndedUnixMs: o.NowUnixMs, LastStep: lastStep(j, a.Generation),
 					DpBefore: int32(generationDP(a, j.Parallel))})
 				// Its workers sit out the next rendezvous until each proves
 				// itself alive: one that died may keep its lease a while
@@ -340,7 +340,7 @@ func Decide(o Observed) []Action {
 					next.Message = fmt.Sprintf("waiting up to %v for %d surviving worker%s of generation %d to rejoin (dp %d with them, %d without)",
 						time.Duration(el.rendezvousMs)*time.Millisecond, survivors, plural(survivors), cur.Generation, better, dp)
 					if n := len(next.Failures); n > 0 {
-						next.Message = describeFailure(headline(next.Failures)) + "; " + next.Message
+						next.Message = DescribeFailure(headline(next.Failures)) + "; " + next.Message
 					}
 					emit()
 					continue
@@ -435,7 +435,7 @@ func Decide(o Observed) []Action {
 				next.Message = fmt.Sprintf("gave up after waiting %v (the pending timeout) for %d more worker%s (%d of %d idle workers registered): start more workers, or %s, and resubmit",
 					t, next.WaitingFor, plural(int(next.WaitingFor)), len(idle), need, lower)
 				if n := len(next.Failures); n > 0 && cur.Generation > 0 {
-					next.Message = describeFailure(headline(next.Failures)) + "; " + next.Message
+					next.Message = DescribeFailure(headline(next.Failures)) + "; " + next.Message
 				}
 				next.WaitingSinceUnixMs = 0
 				emit()
@@ -458,7 +458,7 @@ func Decide(o Observed) []Action {
 				len(otherVersion), plural(len(otherVersion)), o.Version, strings.Join(ws, ", "))
 		}
 		if n := len(next.Failures); n > 0 && next.State == loomv1.JobState_JOB_STATE_WAITING {
-			msg = describeFailure(headline(next.Failures)) + "; " + msg
+			msg = DescribeFailure(headline(next.Failures)) + "; " + msg
 		}
 		next.Message = msg
 		emit()
@@ -898,7 +898,7 @@ func decideRunning(j JobObserved, a *loomv1.Assignment, live map[string]*loomv1.
 		if n := len(next.Failures); n > maxFailures {
 			next.Failures = next.Failures[n-maxFailures:]
 		}
-		what := describeFailure(failures[0])
+		what := DescribeFailure(failures[0])
 		if len(failures) > 1 {
 			what += fmt.Sprintf(" (and %d more rank%s)", len(failures)-1, plural(len(failures)-1))
 		}
@@ -988,8 +988,10 @@ func headline(fs []*loomv1.Failure) *loomv1.Failure {
 	return last
 }
 
-// describeFailure names the rank, its address and worker, and the reason.
-func describeFailure(f *loomv1.Failure) string {
+// DescribeFailure is a failure's line in statuses and `loom status`: the
+// generation, what happened (failed, hung, lost), the rank, its address and
+// worker, and the reason.
+func DescribeFailure(f *loomv1.Failure) string {
 	verb := "failed"
 	switch {
 	case f.Kind == "hang":

@@ -7,29 +7,7 @@
 # Needs: bin/loom and the job's data (make build out/gosrc.bin), chromium,
 # prometheus (scripts/setup.sh test). Prints each run's mean tokens/s over
 # its steps after the first 20, and the medians' ratio.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-job="${1:-$root/examples/default.yaml}"
-rounds="${2:-3}"
-loom="$root/bin/loom"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cd "$root"
-
-mean_tps() { # mean tokens_per_sec of the JSON step lines after step 20
-  python3 -c 'import json,sys
-v=[json.loads(l)["tokens_per_sec"] for l in open(sys.argv[1]) if l.startswith("{") and "tokens_per_sec" in l]
-v=v[20:] or v
-print(sum(v)/len(v))' "$1"
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$(dirname "$0")/ab.sh"
 
 run_plain() {
   "$loom" run "$job" --log-format json --sample-tokens 0 --overwrite --http "" >"$work/plain.json" 2>"$work/plain.err"
@@ -74,10 +52,4 @@ for r in $(seq "$rounds"); do
   w="$(run_watched)"; watched+=("$w")
   printf 'round %d: neither %.0f tokens/s, page open + Prometheus 1s %.0f tokens/s\n' "$r" "$p" "$w"
 done
-python3 - "${plain[*]}" "${watched[*]}" <<'PY'
-import sys, statistics as st
-p = [float(x) for x in sys.argv[1].split()]
-w = [float(x) for x in sys.argv[2].split()]
-mp, mw = st.median(p), st.median(w)
-print(f"median: neither {mp:.0f} tokens/s, monitored {mw:.0f} tokens/s: {100*(mw-mp)/mp:+.2f}%")
-PY
+ab_report "neither" "monitored" "${plain[*]}" "${watched[*]}"

@@ -8,30 +8,8 @@
 # Needs: bin/loom and the job's data (make build out/gosrc-bpe.bin
 # out/pydoc-bpe.bin). Prints each run's mean tokens/s over its steps after
 # the first 20, and the medians' ratio.
-set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-job="${1:-$root/examples/default.yaml}"
-rounds="${2:-3}"
-loom="$root/bin/loom"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cd "$root"
+source "$(dirname "$0")/ab.sh"
 "$loom" certs init "$work/pki" >/dev/null
-
-mean_tps() { # mean tokens_per_sec of the JSON step lines after step 20
-  python3 -c 'import json,sys
-v=[json.loads(l)["tokens_per_sec"] for l in open(sys.argv[1]) if l.startswith("{") and "tokens_per_sec" in l]
-v=v[20:] or v
-print(sum(v)/len(v))' "$1"
-}
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # run MODE: one job on a fresh coordinator and two workers; MODE is plain
 # or tls. Prints the mean tokens/s.
@@ -64,10 +42,4 @@ for r in $(seq "$rounds"); do
   plain+=("$p"); tls+=("$t")
   printf 'round %d: plaintext %.0f tok/s, mutual TLS %.0f tok/s\n' "$r" "$p" "$t"
 done
-python3 - "${plain[*]}" "${tls[*]}" <<'PY'
-import statistics, sys
-p = [float(x) for x in sys.argv[1].split()]
-t = [float(x) for x in sys.argv[2].split()]
-mp, mt = statistics.median(p), statistics.median(t)
-print(f"median: plaintext {mp:.0f} tok/s, mutual TLS {mt:.0f} tok/s: TLS/plaintext {mt/mp:.3f}")
-PY
+ab_report "plaintext" "mutual TLS" "${plain[*]}" "${tls[*]}"

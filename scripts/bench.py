@@ -16,7 +16,7 @@ The hardware limit is the FMA peak `loom bench gemm --peak` measures.
 Needs Debian's python3-torch and libopenblas-dev (../shared/bench/install.sh);
 a missing anchor is reported and skipped. Usage: scripts/bench.py [gemm] [step] [comm]
 """
-import json, os, re, shutil, subprocess, sys
+import functools, json, os, re, shutil, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOM = os.path.join(ROOT, "bin", "loom")
@@ -25,7 +25,6 @@ ANCHORS = os.environ.get("LOOM_ANCHORS") or next(
     (d for d in (os.path.normpath(os.path.join(ROOT, *up, "shared", "bench")) for up in (("..",), ("..", ".."))) if os.path.isdir(d)),
     os.path.normpath(os.path.join(ROOT, "..", "shared", "bench")))
 CLEAN = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-OPENBLAS_CORE = ""  # the kernel OpenBLAS runs (anchors()), for the report
 
 
 def cpu_flags():
@@ -53,17 +52,16 @@ def anchors(exe):
     falls back to Prescott (SSE3, a sixth of the AVX-512 rate) on a model it
     does not know, e.g. an Emerald Rapids Xeon (model 207) under KVM: there
     its AVX-512 kernel is chosen by name (SkylakeX), the fair anchor."""
-    global OPENBLAS_CORE
     core = openblas_core(exe)
     if core not in ("SkylakeX", "Cooperlake", "SapphireRapids") and "avx512f" in cpu_flags():
         CLEAN["OPENBLAS_CORETYPE"] = "SkylakeX"
-        OPENBLAS_CORE = f"SkylakeX (auto-detection chose {core} on this CPU; forced by OPENBLAS_CORETYPE)"
-    else:
-        OPENBLAS_CORE = core
-    print(f"OpenBLAS kernel: {OPENBLAS_CORE}")
+        core = f"SkylakeX (auto-detection chose {core} on this CPU; forced by OPENBLAS_CORETYPE)"
+    print(f"OpenBLAS kernel: {core}")
 
 
+@functools.cache
 def openblas_exe():
+    """The OpenBLAS SGEMM anchor, compiled once (None without libopenblas-dev)."""
     src = os.path.join(ANCHORS, "sgemm_openblas.c")
     if not os.path.exists("/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h"):
         return None

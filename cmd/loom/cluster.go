@@ -578,14 +578,7 @@ func printJob(w io.Writer, j *loomv1.Job) {
 	if len(s.Failures) > 0 {
 		fmt.Fprintln(w, "\nfailures:")
 		for _, f := range s.Failures {
-			what := "failed"
-			switch {
-			case f.Kind == "hang":
-				what = "hung"
-			case f.Lost:
-				what = "lost"
-			}
-			fmt.Fprintf(w, "  generation %d: %s rank %d (%s, worker %s): %s\n", f.Generation, what, f.Rank, f.Addr, f.WorkerId, f.Reason)
+			fmt.Fprintf(w, "  %s\n", coordinator.DescribeFailure(f))
 		}
 	}
 }

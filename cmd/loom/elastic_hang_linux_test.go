@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/loomtrain/loom/coordinator"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -54,12 +55,12 @@ func TestHangInAllReduceNamedAndRecovered(t *testing.T) {
 		t.Fatal("rank 1 never hung")
 	}
 	f := final.Failures[0]
-	t.Logf("generation 1 ended %v after rank 1 hung: %s", time.Duration(final.Recoveries[0].EndedUnixMs-hungAt)*time.Millisecond, describeFailure(f))
+	t.Logf("generation 1 ended %v after rank 1 hung: %s", time.Duration(final.Recoveries[0].EndedUnixMs-hungAt)*time.Millisecond, coordinator.DescribeFailure(f))
 	if f.Rank != 1 || f.Addr != hungAddr || f.Kind != "hang" || f.Op != "all-reduce" || f.Group != "dp.pp0.tp0" || f.Step != 5 {
 		t.Errorf("failure %+v: want rank 1 at %s hung in all-reduce on group dp.pp0.tp0 at step 5", f, hungAddr)
 	}
 	for _, s := range []string{"hung rank 1 (" + hungAddr, "stopped answering in all-reduce on group dp.pp0.tp0 at step 5", "rank 0 ("} {
-		if msg := describeFailure(f); !strings.Contains(msg, s) {
+		if msg := coordinator.DescribeFailure(f); !strings.Contains(msg, s) {
 			t.Errorf("failure %q lacks %q", msg, s)
 		}
 	}
@@ -76,16 +77,4 @@ func TestHangInAllReduceNamedAndRecovered(t *testing.T) {
 	if same > 1e-5 || n < 12 {
 		t.Errorf("%d steps reported, losses within %.2g of the uninterrupted run; want ≥ 12 within 1e-5", n, same)
 	}
-}
-
-// describeFailure is the status line of a failure.
-func describeFailure(f *loomv1.Failure) string {
-	verb := "failed"
-	switch {
-	case f.Kind == "hang":
-		verb = "hung"
-	case f.Lost:
-		verb = "lost"
-	}
-	return "generation " + strconv.FormatUint(f.Generation, 10) + ": " + verb + " rank " + strconv.Itoa(int(f.Rank)) + " (" + f.Addr + ", worker " + f.WorkerId + "): " + f.Reason
 }

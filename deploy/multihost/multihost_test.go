@@ -201,6 +201,18 @@ func (w *world) jobSpec(name string, dp, steps int, tokens string, extra ...stri
 	return p
 }
 
+// waitStep waits until p's progress has reported step n, failing the test
+// after timeout.
+func (p *proc) waitStep(t *testing.T, n int, timeout time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); len(losses(p.stdout.String())) < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the job did not reach step %d:\n%s", n, p.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // lastLosses maps each step of JSON progress lines to its loss, the
 // latest line winning (a step retrained after a recovery).
 func lastLosses(out string) map[int]float64 {
@@ -378,12 +390,7 @@ func TestMultiHost(t *testing.T) {
 		// case below heals instead).
 		sub := w.start("A", "loom", "submit", w.jobSpec("cut", 2, 1_000_000, tokens), "--coordinator", coord, admin,
 			"--log-format", "json", "--pending-timeout", "60s", "--max-restarts", "0")
-		for deadline := time.Now().Add(60 * time.Second); len(losses(sub.stdout.String())) < 10; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the job did not reach step 10:\n%s", sub.out.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		sub.waitStep(t, 10, 60*time.Second)
 		sh(t, "ip", "-n", w.ns["C"], "link", "set", "eth0", "down")
 		cut := time.Now()
 		defer exec.Command("ip", "-n", w.ns["C"], "link", "set", "eth0", "up").Run()
@@ -418,12 +425,7 @@ func TestMultiHost(t *testing.T) {
 			"elastic: {min_dp: 1, max_dp: 2, max_restarts: 2, step_timeout: 10s, rendezvous_timeout: 10s}\n",
 			fmt.Sprintf("checkpoint: {dir: %s, every: 50, keep: 100}\n", filepath.Join(w.dir, "ck")))
 		sub := w.start("A", "loom", "submit", spec, "--coordinator", coord, admin, "--log-format", "json", "--pending-timeout", "90s")
-		for deadline := time.Now().Add(90 * time.Second); len(losses(sub.stdout.String())) < 120; {
-			if time.Now().After(deadline) {
-				t.Fatalf("the job did not reach step 120:\n%s", sub.out.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		sub.waitStep(t, 120, 90*time.Second)
 		sh(t, "ip", "-n", w.ns["C"], "link", "set", "eth0", "down")
 		cut := time.Now()
 		defer exec.Command("ip", "-n", w.ns["C"], "link", "set", "eth0", "up").Run()

@@ -377,14 +377,13 @@ function renderDetail(d) {
   }
   cardSpecs.forEach(([, f], i) => setText(cardValues[i], f(d)));
 
-  const ranks = d.ranks || [];
-  const stragglers = ranks.filter((r) => r.straggler).map((r) => r.rank);
+  const stragglers = d.ranks.filter((r) => r.straggler).map((r) => r.rank);
   setText($("#ranks-note"), stragglers.length
     ? `— straggler: rank ${stragglers.join(", ")} (busy > ${d.straggler_ratio}× the median)`
     : `— mean of the latest steps; a rank busy > ${d.straggler_ratio}× the median is flagged`);
-  renderRanks(ranks);
-  renderMemory(ranks);
-  renderEvents(d.events || []);
+  renderRanks(d.ranks);
+  renderMemory(d.ranks);
+  renderEvents(d.events);
   // Ranks save their timeline when a run (or a generation) ends: fetch it
   // again when the job's state or generation changes.
   const key = `${d.name}:${d.state}:${d.generation}`;
