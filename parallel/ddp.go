@@ -174,14 +174,10 @@ func (r *BucketReducer) reduceRows(b bucket) (bytes, sent int64, err error) {
 			copy(row(i), row(k))
 		}
 	}
-	// Only the packed prefix held moved rows: clear its rows that are
-	// not flagged (every row past it was zero and still is).
-	j := 0
+	// Only the packed prefix held moved rows: clear those no rank flagged
+	// (every row past it was zero and still is).
 	for k := range len(idx) {
-		for j < len(idx) && idx[j] < k {
-			j++
-		}
-		if j == len(idx) || idx[j] != k {
+		if flags[k] == 0 {
 			clear(row(k))
 		}
 	}
