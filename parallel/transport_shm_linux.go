@@ -77,6 +77,19 @@ const (
 // both counting bytes since the start (positions are taken mod len(data)).
 // Every position and length is a multiple of 4, so float32 payloads stay
 // aligned and never split across the wrap.
+//
+// Sleeping and waking is Dekker's pattern: one side stores its "asleep"
+// flag and then loads the other's position, the other stores its position
+// and then loads the flag, and at least one of them must see the other's
+// store. That needs a full fence between each store and the load after
+// it. Those stores are Swaps (XCHG on amd64, a full barrier everywhere).
+// atomic.Store is one too in a normal build, but under -race it is the
+// race runtime's release store, a plain MOV on amd64, and for memory
+// outside the Go heap (this mapping) the runtime skips the bookkeeping
+// whose locks would fence it otherwise; the store could then still sit in
+// the CPU's store buffer when the load ran, both sides missed each other,
+// and a reader slept on data already in its ring until the group's
+// timeout (3 ranks, 100 KiB; about one loaded run in 15, and once in CI).
 type shmRing struct {
 	mem          []byte
 	data         []byte
@@ -328,7 +341,7 @@ func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan 
 	if spinWait(l.spin, ready) {
 		return nil
 	}
-	l.ring.writerAsleep.Store(1)
+	l.ring.writerAsleep.Swap(1) // a full fence: see shmRing
 	defer l.ring.writerAsleep.Store(0)
 	l.timer.Reset(timeout)
 	defer l.timer.Stop()
@@ -344,14 +357,14 @@ func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan 
 		case <-l.timer.C:
 			return fmt.Errorf("%w: shm send found no room for %v", ErrPeerTimeout, timeout)
 		}
-		l.ring.writerAsleep.Store(1)
+		l.ring.writerAsleep.Swap(1)
 	}
 	return nil
 }
 
 // publish makes the bytes up to head visible and wakes a sleeping reader.
 func (l *shmLink) publish() {
-	l.ring.head.Store(l.head)
+	l.ring.head.Swap(l.head) // a full fence: see shmRing
 	if l.ring.readerAsleep.Load() == 1 && l.ring.readerAsleep.CompareAndSwap(1, 0) {
 		l.bell[0] = 'D'
 		l.conn.Write(l.bell[:])
@@ -446,7 +459,7 @@ func (l *shmLink) sendByRef(ctx context.Context, f *wireFrame, n int, timeout ti
 		// The receiver may still be reading our buffer, which the caller
 		// gets back now: mark the link abandoned first (the receiver
 		// checks that after reading and drops what it read) and break it.
-		l.ring.abandoned.Store(1)
+		l.ring.abandoned.Swap(1)
 		l.fail(fmt.Errorf("%w: shm send by reference not acknowledged: %v", ErrPeerTimeout, err))
 	}
 	runtime.KeepAlive(pay)
@@ -661,7 +674,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 		if int(r.head-r.tail) >= k || spinWait(r.spin, have) {
 			return int(r.head - r.tail), nil
 		}
-		r.ring.readerAsleep.Store(1)
+		r.ring.readerAsleep.Swap(1) // a full fence: see shmRing
 		if have() {
 			r.ring.readerAsleep.CompareAndSwap(1, 0)
 			continue
@@ -676,7 +689,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 // waits for room.
 func (r *shmReader) release(n int) {
 	r.tail += uint64(n)
-	r.ring.tail.Store(r.tail)
+	r.ring.tail.Swap(r.tail) // a full fence: see shmRing
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
 		r.bell[0] = 'S'
 		r.conn.Write(r.bell[:1])

@@ -3,6 +3,7 @@
 package parallel
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -49,6 +50,45 @@ func TestShmSingleCopy(t *testing.T) {
 			t.Error("ShmNoSingleCopy set, but the link reads by reference")
 		case !off && !l.byRef:
 			t.Log("process_vm_readv is not allowed here: the by-reference path went untested")
+		}
+	}
+}
+
+// TestShmWakeups: readers and writers that go to sleep on every wait
+// (ShmSpin < 0) never miss each other's wake-up, in small frames through
+// the ring and large ones by reference. A missed wake-up (the sleeper's
+// flag and the other side's position stored without a full fence between
+// store and load; see shmRing) showed as "nothing received" after the
+// group's timeout under -race, in about one 3-rank run in 15.
+func TestShmWakeups(t *testing.T) {
+	const ranks = 3
+	c := newCluster(t, ranks, TransportOptions{Mode: ModeShm, ShmSpin: -1})
+	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(ranks), Timeout: 5 * time.Second, AllReduce: RecursiveDoubling})
+	ctx := testCtx(t, 2*time.Minute)
+	bufs := make([][]float32, ranks)
+	for i := range bufs {
+		bufs[i] = make([]float32, 25<<10) // 100 KiB: by reference where allowed
+	}
+	iters := 3000
+	if testing.Short() {
+		iters = 300
+	}
+	for it := range iters {
+		n := 1 << 10 // 4 KiB through the ring
+		if it%2 == 1 {
+			n = len(bufs[0])
+		}
+		noErrors(t, fmt.Sprintf("all-reduce %d of %d floats", it, n), each(ranks, func(i int) error {
+			b := bufs[i][:n]
+			for j := range b {
+				b[j] = float32(i + 1)
+			}
+			return gs[i].AllReduce(ctx, b, Sum)
+		}))
+		for i := range bufs {
+			if got := bufs[i][n-1]; got != ranks*(ranks+1)/2 {
+				t.Fatalf("all-reduce %d: member %d got %v", it, i, got)
+			}
 		}
 	}
 }

@@ -302,14 +302,22 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 	defer cancel()
 
 	type worker struct {
-		cmd   *exec.Cmd
-		stdin io.WriteCloser
-		lines *bufio.Scanner
+		cmd    *exec.Cmd
+		stdin  io.WriteCloser
+		lines  *bufio.Scanner
+		waited bool
 	}
 	workers := make([]*worker, cfg.ranks)
 	var wg sync.WaitGroup
 	defer func() {
 		cancel() // kills any worker still running
+		// Wait also ends exec's goroutine copying the worker's stderr into
+		// env.stderr, which the caller reads once this returns.
+		for _, w := range workers {
+			if w != nil && !w.waited {
+				w.cmd.Wait()
+			}
+		}
 		wg.Wait()
 	}()
 	// Each worker gets its share of the cores as Go scheduler threads
@@ -408,6 +416,7 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 	// Workers exit on their own once done.
 	var errs []error
 	for r, w := range workers {
+		w.waited = true
 		if err := w.cmd.Wait(); err != nil {
 			errs = append(errs, fmt.Errorf("rank %d: %w", r, err))
 		}
