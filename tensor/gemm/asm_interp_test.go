@@ -1669,7 +1669,7 @@ func interpretKernel(f *asmFunc, mr, nr int, tc interpCase, d tileData, cov []in
 	if err := checkTileAccess(rc, mr, nr, tc); err != nil {
 		return nil, err
 	}
-	if err := checkPrefetches(m.prefetches, mr, nr, tc.ldc, !tc.load); err != nil {
+	if err := checkPrefetches(m.prefetches, mr, nr, tc.ldc, !tc.load, tc.k); err != nil {
 		return nil, err
 	}
 	for r := 0; r < 16; r++ {
@@ -1699,20 +1699,26 @@ func checkTileAccess(rc *asmRegion, mr, nr int, tc interpCase) error {
 	return nil
 }
 
-// checkPrefetches: every prefetch is inside the tile, and when the tile
-// is not loaded (the stores are the first touch) every C row is prefetched.
-func checkPrefetches(addrs []uint64, mr, nr, ldc int, wantRows bool) error {
-	rows := make([]bool, mr)
+// checkPrefetches: every prefetch is inside the tile or the next one down
+// (rows mr to 2·mr, the tile the macro loop calls the kernel on next, which
+// the kernels start fetching); when the tile is not loaded (the stores are
+// the first touch) every C row of it is prefetched, and with k ≥ 4·mr (a
+// k loop long enough to spread them over) every row of the next tile.
+func checkPrefetches(addrs []uint64, mr, nr, ldc int, wantRows bool, k int) error {
+	rows := make([]bool, 2*mr)
 	for _, p := range addrs {
 		off := int64(p - asmCBase)
 		i, j := off/4/int64(ldc), off/4%int64(ldc)
-		if off < 0 || i >= int64(mr) || j >= int64(nr) {
-			return fmt.Errorf("prefetch of C%+d is outside the tile", off)
+		if off < 0 || i >= int64(2*mr) || j >= int64(nr) {
+			return fmt.Errorf("prefetch of C%+d is outside the tile and the next", off)
 		}
 		rows[i] = true
 	}
-	if i := slices.Index(rows, false); i >= 0 && wantRows {
+	if i := slices.Index(rows[:mr], false); i >= 0 && wantRows {
 		return fmt.Errorf("C row %d is never prefetched", i)
+	}
+	if i := slices.Index(rows[mr:], false); i >= 0 && k >= 4*mr {
+		return fmt.Errorf("row %d of the next tile is never prefetched (k = %d)", i, k)
 	}
 	return nil
 }

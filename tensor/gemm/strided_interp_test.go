@@ -125,7 +125,7 @@ func interpretStrided(f *asmFunc, mr, nr int, tc interpCase, s stridedArgs, d ti
 	if err := checkTileAccess(rc, mr, nr, tc); err != nil {
 		return nil, err
 	}
-	if err := checkPrefetches(m.prefetches, mr, nr, tc.ldc, !tc.load); err != nil {
+	if err := checkPrefetches(m.prefetches, mr, nr, tc.ldc, !tc.load, tc.k); err != nil {
 		return nil, err
 	}
 	for r := 0; r < 16; r++ {

@@ -50,9 +50,10 @@ type TuneOptions struct {
 	Retune bool
 }
 
-// tuneFormat versions the cache file and the search: a change to either
-// makes old files ignored.
-const tuneFormat = 3
+// tuneFormat versions the cache file, the search and the kernels' timing:
+// a change to any makes old files ignored (4: the kernels prefetch the
+// next tile's C, which changed which blockings win).
+const tuneFormat = 4
 
 // tuneFile is the JSON cache.
 type tuneFile struct {
