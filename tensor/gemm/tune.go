@@ -245,47 +245,30 @@ func (e *Engine) fromPublic(p Plan) (plan, bool) {
 // change only when it is at least 2% faster, until the deadline. Timed
 // calls use at most ~0.6 GFLOP (M is cut, never N or K) and each
 // candidate's time is the minimum of three calls.
+//
+// The descent's winner is then checked on a problem nearer the real one
+// (see verify). Two reasons. A plan that wins with M cut to a few hundred
+// rows can lose with all of them (its MC or its thread grid suits the
+// short problem). And on a shared VM, run-to-run noise on one plan (±15%
+// seen) is far above the 2% the descent decides on, so some of its picks
+// are noise: with a fresh cache on the Xeon VM (model 207) it once chose
+// the AVX2 kernel for 3072×640×1728 (80 GFLOP/s; the derived AVX-512 plan
+// ran 135) and for 4096×768×3072 on 2 threads a plan at 197 (derived 284).
+// verify times the candidates interleaved, on ~6× the FLOPs, and keeps the
+// derived plan unless another clearly beats it.
 func (t *tuner) search(s Shape, deadline time.Time) plan {
 	e := t.e
-	m := s.M
-	if rows := int(0.6e9 / (2 * float64(s.N) * float64(s.K))); rows < m {
-		m = min(m, max(rows, 256))
-	}
-	ar, ac := m, s.K
-	if s.TransA {
-		ar, ac = s.K, m
-	}
-	br, bc := s.K, s.N
-	if s.TransB {
-		br, bc = s.N, s.K
-	}
-	a, b, c := make([]float32, ar*ac), make([]float32, br*bc), make([]float32, m*s.N)
-	for i := range a {
-		a[i] = float32(i%7) * 0.125
-	}
-	for i := range b {
-		b[i] = float32(i%5) * 0.25
-	}
-	timeOf := func(p plan) time.Duration {
-		for _, w := range e.workers {
-			w.grow(&p)
-		}
-		best := time.Duration(1 << 62)
-		for range 3 {
-			e.cur = p
-			j := job{transA: s.TransA, transB: s.TransB, m: m, n: s.N, k: s.K, alpha: 1, pre: 1,
-				a: a, lda: ac, b: b, ldb: bc, c: c, ldc: s.N, plan: &e.cur}
-			best = min(best, e.timeJob(&j))
-		}
-		return best
-	}
+	prob := t.problem(s, 0.6e9)
+	timeOf := func(p plan) time.Duration { return prob.time(e, p, 3) }
 	cur := e.def
 	curT := timeOf(cur)
+	var visited []plan // the plans the descent moved away from, in order
 	try := func(p plan) {
 		if time.Now().After(deadline) {
 			return
 		}
 		if pt := timeOf(p); float64(pt) < 0.98*float64(curT) {
+			visited = append(visited, cur)
 			cur, curT = p, pt
 		}
 	}
@@ -351,7 +334,104 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		p.maxParts = 1
 		try(p)
 	}
-	return cur
+	return t.verify(s, cur, visited)
+}
+
+// verifyFLOPs bounds the problem verify times: the whole shape up to this,
+// else M cut to fit (~30 ms a call at 1 thread on an AVX-512 core).
+const verifyFLOPs = 4e9
+
+// verify times the descent's winner, the plans it passed through and the
+// derived plan on a problem of up to verifyFLOPs (the whole shape where it
+// fits), each in turn for three rounds, and returns the fastest by its
+// best round; the derived plan is kept unless another beats it by 2%.
+// It runs after the search's deadline: at most 4 plans × 3 calls.
+func (t *tuner) verify(s Shape, winner plan, visited []plan) plan {
+	e := t.e
+	cands := []plan{e.def}
+	for _, p := range append(visited, winner) {
+		if !slices.ContainsFunc(cands, func(q plan) bool { return samePlan(p, q) }) {
+			cands = append(cands, p)
+		}
+	}
+	if len(cands) > 4 { // the derived plan, the winner and the two before it
+		cands = append(cands[:1], cands[len(cands)-3:]...)
+	}
+	if len(cands) == 1 {
+		return e.def
+	}
+	prob := t.problem(s, verifyFLOPs)
+	times := make([]time.Duration, len(cands))
+	for i := range times {
+		times[i] = time.Duration(1 << 62)
+	}
+	for range 3 {
+		for i, p := range cands {
+			times[i] = min(times[i], prob.time(e, p, 1))
+		}
+	}
+	best := 0
+	for i := 1; i < len(cands); i++ {
+		if float64(times[i]) < 0.98*float64(times[0]) && times[i] < times[best] {
+			best = i
+		}
+	}
+	return cands[best]
+}
+
+// samePlan reports whether two plans block and thread a call alike.
+func samePlan(a, b plan) bool {
+	return a.kern.name == b.kern.name && a.blocks == b.blocks && a.tm == b.tm && a.tn == b.tn &&
+		a.maxParts == b.maxParts && a.inA == b.inA && a.inB == b.inB
+}
+
+// tuneProblem is a call of shape s with M cut so that it costs at most a
+// given number of FLOPs (never below 256 rows), on deterministic data.
+type tuneProblem struct {
+	s       Shape
+	m       int
+	a, b, c []float32
+	lda     int
+	ldb     int
+}
+
+func (t *tuner) problem(s Shape, flops float64) *tuneProblem {
+	m := s.M
+	if rows := int(flops / (2 * float64(s.N) * float64(s.K))); rows < m {
+		m = min(m, max(rows, 256))
+	}
+	ar, ac := m, s.K
+	if s.TransA {
+		ar, ac = s.K, m
+	}
+	br, bc := s.K, s.N
+	if s.TransB {
+		br, bc = s.N, s.K
+	}
+	p := &tuneProblem{s: s, m: m, a: make([]float32, ar*ac), b: make([]float32, br*bc), c: make([]float32, m*s.N), lda: ac, ldb: bc}
+	for i := range p.a {
+		p.a[i] = float32(i%7) * 0.125
+	}
+	for i := range p.b {
+		p.b[i] = float32(i%5) * 0.25
+	}
+	return p
+}
+
+// time returns the least cost (see timeJob) of reps calls of p's problem
+// with plan pl.
+func (p *tuneProblem) time(e *Engine, pl plan, reps int) time.Duration {
+	for _, w := range e.workers {
+		w.grow(&pl)
+	}
+	best := time.Duration(1 << 62)
+	for range reps {
+		e.cur = pl
+		j := job{transA: p.s.TransA, transB: p.s.TransB, m: p.m, n: p.s.N, k: p.s.K, alpha: 1, pre: 1,
+			a: p.a, lda: p.lda, b: p.b, ldb: p.ldb, c: p.c, ldc: p.s.N, plan: &e.cur}
+		best = min(best, e.timeJob(&j))
+	}
+	return best
 }
 
 // timeJob runs j and returns its cost: the longest CPU time of one of its
