@@ -151,7 +151,14 @@
 //     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
 //     locks. Polling is what makes them fast: sleeping on the doorbell at
-//     once (ShmSpin < 0) made 4 KiB 25 µs.
+//     once (ShmSpin < 0) made 4 KiB 25 µs. But only while every linked
+//     process has a core: with more (4 ranks on 2 cores) a polling rank
+//     holds the core the rank it waits for needs, and 4 KiB took 307–437
+//     µs polling against 185–200 sleeping at once. So by default a
+//     transport polls only while its shm peers and itself fit the host's
+//     cores (Transport.shmSpinFor), as MPI stops busy-polling when
+//     oversubscribed. The sleep/wake flags are stored with a full fence
+//     (see shmRing).
 //
 // # Algorithms
 //

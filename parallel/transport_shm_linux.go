@@ -207,7 +207,7 @@ type shmLink struct {
 	oc    *outConn
 	ring  shmRing
 	conn  *net.UnixConn
-	spin  time.Duration
+	spin  *atomic.Int64 // the transport's shmSpin (ns)
 	sem   chan struct{} // serializes frames; held while the mapping is in use
 	room  chan struct{} // the receiver made room (its doorbell)
 	done  chan struct{} // closed when the link fails
@@ -278,9 +278,10 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 	runtime.KeepAlive(probe) // read by the receiver before its acknowledgement
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: oc.t.opts.ShmSpin, sem: make(chan struct{}, 1),
+	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: &oc.t.shmSpin, sem: make(chan struct{}, 1),
 		room: make(chan struct{}, 1), done: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
+	oc.t.shmPeer(oc.addr, true)
 	go l.doorbells()
 	return l, nil
 }
@@ -320,6 +321,7 @@ func (l *shmLink) stop(err error) bool {
 	l.err = err
 	close(l.done)
 	l.mu.Unlock()
+	l.oc.t.shmPeer(l.oc.addr, false)
 	l.conn.Close()
 	go func() {
 		l.sem <- struct{}{} // a send in progress sees done and returns
@@ -338,7 +340,7 @@ func (l *shmLink) failure() error {
 
 // wait blocks until ready, the link fails, or the call gives up.
 func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan struct{}, ready func() bool) error {
-	if spinWait(l.spin, ready) {
+	if spinWait(time.Duration(l.spin.Load()), ready) {
 		return nil
 	}
 	l.ring.writerAsleep.Swap(1) // a full fence: see shmRing
@@ -500,8 +502,10 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: t.opts.ShmSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: &t.shmSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
+	t.shmPeer(o.from, true)
 	err = r.run()
+	t.shmPeer(o.from, false)
 	conn.Close()
 	unix.Munmap(mem)
 	l.finish(err)
@@ -594,7 +598,7 @@ type shmReader struct {
 	*inLink
 	ring    shmRing
 	conn    *net.UnixConn
-	spin    time.Duration
+	spin    *atomic.Int64 // the transport's shmSpin (ns)
 	maxPay  int
 	tail    uint64 // bytes consumed
 	head    uint64 // bytes known written
@@ -671,7 +675,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 		return int(r.head-r.tail) >= k
 	}
 	for {
-		if int(r.head-r.tail) >= k || spinWait(r.spin, have) {
+		if int(r.head-r.tail) >= k || spinWait(time.Duration(r.spin.Load()), have) {
 			return int(r.head - r.tail), nil
 		}
 		r.ring.readerAsleep.Swap(1) // a full fence: see shmRing

@@ -5,6 +5,7 @@ package parallel
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -90,5 +91,39 @@ func TestShmWakeups(t *testing.T) {
 				t.Fatalf("all-reduce %d: member %d got %v", it, i, got)
 			}
 		}
+	}
+}
+
+// TestShmSpinFollowsOversubscription: shm waits poll for DefaultShmSpin
+// while the linked processes fit the host's cores and sleep at once beyond
+// that, unless ShmSpin says otherwise; the spin follows links as they open.
+func TestShmSpinFollowsOversubscription(t *testing.T) {
+	cpus := runtime.NumCPU()
+	c := newCluster(t, 3, TransportOptions{Mode: ModeShm})
+	tr := c.ts[0]
+	for _, tc := range []struct {
+		peers int
+		want  time.Duration
+	}{{0, DefaultShmSpin}, {cpus - 1, DefaultShmSpin}, {cpus, 0}} {
+		if got := tr.shmSpinFor(tc.peers); got != tc.want {
+			t.Errorf("%d peers on %d CPUs: spin %v, want %v", tc.peers, cpus, got, tc.want)
+		}
+	}
+	set := newCluster(t, 1, TransportOptions{Mode: ModeShm, ShmSpin: 7 * time.Microsecond}).ts[0]
+	if got := set.shmSpinFor(cpus); got != 7*time.Microsecond {
+		t.Errorf("ShmSpin set: spin %v with %d peers, want the option's 7µs", got, cpus)
+	}
+	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(3), Timeout: 10 * time.Second})
+	ctx := testCtx(t, 30*time.Second)
+	noErrors(t, "barrier", each(3, func(i int) error { return gs[i].Barrier(ctx) }))
+	want := tr.shmSpinFor(2) // rank 0 now has shm links with both others
+	tr.shmMu.Lock()
+	peers := len(tr.shmPeers)
+	tr.shmMu.Unlock()
+	if peers != 2 { // each peer once, though linked in both directions
+		t.Errorf("rank 0 counts %d shm peers, want 2", peers)
+	}
+	if got := time.Duration(tr.shmSpin.Load()); got != want {
+		t.Errorf("after linking 2 peers: spin %v, want %v", got, want)
 	}
 }
