@@ -3,7 +3,6 @@ package worker_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -15,6 +14,8 @@ import (
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 	"github.com/loomtrain/loom/worker"
+
+	"github.com/loomtrain/loom/internal/testnet"
 )
 
 // systemEtcd is the etcd server binary of Debian's etcd-server package.
@@ -30,7 +31,8 @@ func TestSystemEtcd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an etcd server process")
 	}
-	client, peer := freeAddr(t), freeAddr(t)
+	addrs := testnet.FreeAddrs(t, 2)
+	client, peer := addrs[0], addrs[1]
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -71,16 +73,6 @@ func archName() string {
 	// etcd 3.4 refuses to start on architectures other than amd64 unless
 	// told; the test only needs it to run.
 	return runtime.GOARCH
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func waitEtcd(t *testing.T, endpoints []string) {

@@ -14,6 +14,8 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/performance"
 	"github.com/chromedp/chromedp"
+
+	"github.com/loomtrain/loom/internal/testnet"
 )
 
 // TestDashboardCost measures what an open dashboard page costs the machine
@@ -51,7 +53,8 @@ func TestDashboardCost(t *testing.T) {
 	spec = strings.Replace(spec, ".bin}\n", ".bin, validation: {fraction: 0.05}}\n", 1)
 	specPath := filepath.Join(filepath.Dir(base), "cost.yaml")
 	os.WriteFile(specPath, []byte(spec), 0o644)
-	coord, coordHTTP := freeAddr(t), freeAddr(t)
+	addrs := testnet.FreeAddrs(t, 2)
+	coord, coordHTTP := addrs[0], addrs[1]
 	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP)
 	// Rank 1 sleeps in every step: ~20 steps/s that leave the cores mostly
 	// to the browser, as a real job's steps would be far longer.

@@ -20,6 +20,8 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/loomtrain/loom/deploy/grafana"
+
+	"github.com/loomtrain/loom/internal/testnet"
 )
 
 // artifactDir is where tests leave screenshots: $LOOM_TEST_ARTIFACTS, else
@@ -123,7 +125,8 @@ func TestDashboardsLive(t *testing.T) {
 	specPath := filepath.Join(filepath.Dir(base), "dash.yaml")
 	os.WriteFile(specPath, []byte(spec), 0o644)
 
-	coord, coordHTTP, etcdAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addrs := testnet.FreeAddrs(t, 6) // every port this test's processes bind, in one call (see testnet.FreeAddrs)
+	coord, coordHTTP, etcdAddr, promAddr, late, lateHTTP := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4], addrs[5]
 	// A long TTL: the stall stage stops the workers, and their leases must
 	// outlive it (a hung job, not a lost one).
 	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP, "--ttl", "40s", "--etcd-listen", etcdAddr)
@@ -132,7 +135,7 @@ func TestDashboardsLive(t *testing.T) {
 	w2 := startLoomEnv(t, slow, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
 
 	// Prometheus with the generated scrape config and short-threshold rules.
-	promAddr, dir := freeAddr(t), t.TempDir()
+	dir := t.TempDir()
 	cfg, err := grafana.ScrapeConfig([]string{coordHTTP}, time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +309,6 @@ func TestDashboardsLive(t *testing.T) {
 
 	// A coordinator started now (a standby taking over after the leader
 	// went) shows the same history, loaded from what the leader persisted.
-	late, lateHTTP := freeAddr(t), freeAddr(t)
 	startLoom(t, "coordinator", "--listen", late, "--http", lateHTTP, "--etcd", "http://"+etcdAddr, "--ttl", "40s")
 	type histJSON struct {
 		Points struct {
@@ -555,7 +557,8 @@ func TestDashboardTimeline(t *testing.T) {
 	y := strings.Replace(string(src), "steps: 10", "steps: 200", 1)
 	os.WriteFile(spec, []byte(strings.Replace(y, "micro_batch: 2", "micro_batch: 1", 1)), 0o644)
 
-	coord, coordHTTP := freeAddr(t), freeAddr(t)
+	addrs := testnet.FreeAddrs(t, 2)
+	coord, coordHTTP := addrs[0], addrs[1]
 	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP)
 	startLoom(t, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")
 	startLoom(t, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--threads", "1")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -15,18 +14,9 @@ import (
 	"strings"
 	"testing"
 	"time"
-)
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+	"github.com/loomtrain/loom/internal/testnet"
+)
 
 // startLoom runs the test binary as `loom ARGS...` in the background and
 // kills it when the test ends.
@@ -89,13 +79,12 @@ func TestPrometheusScrapesJob(t *testing.T) {
 	spec := filepath.Join(filepath.Dir(base), "scraped.yaml")
 	os.WriteFile(spec, []byte(job), 0o644)
 
-	coord, coordHTTP := freeAddr(t), freeAddr(t)
-	w1HTTP, w2HTTP := freeAddr(t), freeAddr(t)
+	addrs := testnet.FreeAddrs(t, 5)
+	coord, coordHTTP, w1HTTP, w2HTTP, promAddr := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
 	startLoom(t, "coordinator", "--listen", coord, "--http", coordHTTP, "--ttl", "3s")
 	startLoom(t, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--http", w1HTTP, "--threads", "1")
 	startLoom(t, "worker", "--coordinator", coord, "--listen", "127.0.0.1:0", "--http", w2HTTP, "--threads", "1")
 
-	promAddr := freeAddr(t)
 	dir := t.TempDir()
 	cfg := fmt.Sprintf("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: loom\n    honor_labels: true\n    static_configs:\n      - targets: [%q, %q, %q]\n",
 		coordHTTP, w1HTTP, w2HTTP)
