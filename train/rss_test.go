@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/testnet"
 	"github.com/loomtrain/loom/plan"
 	"github.com/loomtrain/loom/tensor"
 	"github.com/loomtrain/loom/tensor/fast"
@@ -123,15 +124,7 @@ func vmHWM(t *testing.T) int64 {
 func runRSS(t *testing.T, spec api.JobSpec, fastKernels bool) []rssResult {
 	t.Helper()
 	world := spec.Parallel.WorldSize()
-	peers := make([]string, world)
-	for i := range peers {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		peers[i] = ln.Addr().String()
-		ln.Close()
-	}
+	peers := testnet.FreeAddrs(t, world)
 	if spec.Checkpoint.Dir == "" || spec.Checkpoint.Dir == api.DefaultSpec().Checkpoint.Dir {
 		spec.Checkpoint.Dir = t.TempDir()
 	}
