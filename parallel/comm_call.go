@@ -299,8 +299,17 @@ type call struct {
 	nreq  int         // receives posted by this call
 	wake  chan struct{}
 	timer *time.Timer
-	f     wireFrame   // the frame being sent (transports do not keep it)
-	sends []*sendDone // zero-copy sends still referencing the caller's memory
+	f     wireFrame    // the frame being sent (transports do not keep it)
+	sends []*sendDone  // zero-copy sends still referencing the caller's memory
+	acks  []pendingAck // lazy sends whose peer may still read the caller's memory
+}
+
+// pendingAck is a lazy send not yet known to be read: the link's want-th
+// such frame (see wireFrame.lazy).
+type pendingAck struct {
+	link ackWaiter
+	want uint64
+	peer int // its index in the group
 }
 
 func newCall(g *Group) *call {
@@ -317,6 +326,7 @@ func (c *call) reset(ctx context.Context, name string, kind loomv1.FrameKind, op
 	clear(c.recvTag)
 	c.nreq = 0
 	c.sends = c.sends[:0]
+	c.acks = c.acks[:0]
 	select { // a wake-up left over from the previous operation
 	case <-c.wake:
 	default:
@@ -423,13 +433,29 @@ func (c *call) withdraw() {
 }
 
 // finish ends the call's use of the caller's buffers: on success it waits
-// for zero-copy sends to be written, on failure it withdraws receives.
+// for zero-copy sends to be written and lazy sends to be read, on failure
+// it releases lazy sends and withdraws receives.
 func (c *call) finish(err error) error {
 	if err == nil {
-		return c.waitSends()
+		if err = c.waitSends(); err == nil {
+			return nil
+		}
 	}
+	c.releaseAcks()
 	c.withdraw()
 	return err
+}
+
+// releaseAcks gives the peers of lazy sends not known to be read a moment
+// to read them, and breaks the links of those that do not (see
+// ackWaiter.release), so that nothing reads the caller's memory once the
+// call returns.
+func (c *call) releaseAcks() {
+	grace := min(c.g.timeout, ackGrace)
+	for _, p := range c.acks {
+		p.link.release(p.want, grace)
+	}
+	c.acks = c.acks[:0]
 }
 
 // begin starts a collective: it takes the group's turn and sequence number.
@@ -507,13 +533,23 @@ func (c *call) peerErr(i int, err error) error {
 // send sends data to peer i as one frame. Bulk transports have copied data
 // out when it returns; gRPC may still reference it (zero-copy), which
 // waitSends waits for.
-func (c *call) send(i int, data []float32) error {
+func (c *call) send(i int, data []float32) error { return c.sendFrame(i, data, false) }
+
+// sendLazy is send for a caller that does not write data again before the
+// call ends, except with what arrives in a frame that causally follows
+// the peer's read of it (as the ring's all-gather does): a shm link may
+// then return before the peer has read data by reference, and waitSends
+// waits for that, so that the sender moves on to its next frame at once
+// instead of waiting for each acknowledgement in turn.
+func (c *call) sendLazy(i int, data []float32) error { return c.sendFrame(i, data, true) }
+
+func (c *call) sendFrame(i int, data []float32, lazy bool) error {
 	g := c.g
 	f := &c.f
 	*f = wireFrame{
 		kind: c.kind, job: g.spec.Job, generation: g.spec.Generation, group: g.spec.Name,
 		seq: c.seq, tag: c.sendTag[i], srcRank: int32(g.ranks[g.me]), op: c.op, length: c.length,
-		out: data,
+		out: data, lazy: lazy,
 	}
 	c.sendTag[i]++
 	if g.boxes[i].departed() {
@@ -530,6 +566,10 @@ func (c *call) send(i int, data []float32) error {
 			c.sends = append(c.sends, f.sent)
 		}
 	}
+	if f.ack != nil { // set only when the send succeeded
+		c.acks = append(c.acks, pendingAck{f.ack, f.ackWant, i})
+		f.ack = nil
+	}
 	f.out = nil
 	if errors.Is(err, errAborted) {
 		return g.failure(c.name)
@@ -541,8 +581,20 @@ func (c *call) send(i int, data []float32) error {
 }
 
 // waitSends waits until no send of the call references the caller's
-// memory any more (only gRPC's zero-copy sends can).
+// memory any more (gRPC's zero-copy sends and lazy sends can).
 func (c *call) waitSends() error {
+	for k, p := range c.acks {
+		if err := p.link.settle(c.ctx, p.want, c.g.timeout, c.g.failCh); err != nil {
+			c.acks = c.acks[:copy(c.acks, c.acks[k:])] // for releaseAcks
+			if errors.Is(err, errAborted) {
+				if ferr := c.g.failure(c.name); ferr != nil {
+					return ferr
+				}
+			}
+			return c.peerErr(p.peer, err)
+		}
+	}
+	c.acks = c.acks[:0]
 	for _, d := range c.sends {
 		select {
 		case <-d.done:

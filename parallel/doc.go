@@ -46,8 +46,12 @@
 //     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
 //     address, the receiver reads the sender's buffer straight into the
 //     destination (process_vm_readv, as OpenMPI's vader does with CMA),
-//     and the send returns on its acknowledgement. An empty ring is polled for ShmSpin (yielding
-//     the core between polls), then its reader sleeps reading the Unix
+//     and the send returns on its acknowledgement — or at once for the
+//     ring's sends, which the call settles before it returns (a failed
+//     call gives the peer a moment, then breaks the link so it drops what
+//     it reads). An empty ring is polled for ShmSpin (yielding the core
+//     between polls), longer when the wait is for a by-reference read
+//     (about 0.5 ms per MiB unread), then its reader sleeps reading the Unix
 //     socket, and the sender writes a byte there when it sees the reader's
 //     flag in the shared header: idle links cost no CPU. The socket also
 //     carries death: when either process exits the other's read returns.

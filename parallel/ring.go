@@ -12,11 +12,14 @@ package parallel
 // the moment it arrives: every reduce-scatter receive before the first
 // send (it reduces into a segment this member has not sent yet), and an
 // all-gather receive as soon as the send of the chunk it overwrites has
-// returned (a bulk link has then copied the chunk out; gRPC may still
-// read it, but the incoming frame causally follows that send's delivery).
-// Posting after the send, from the same goroutine, also makes the order
-// visible to the race detector, which cannot see causality that runs
-// through another process's shared memory.
+// returned. The incoming frame causally follows the next member's read of
+// that chunk (its values include ours), so the sends are lazy: gRPC may
+// still reference the chunk, and shm by reference returns before the
+// peer has read it (sendLazy) so that a member publishes its next chunk
+// at once instead of waiting for each acknowledgement; the call waits for
+// them all before it returns. Posting after the send, from the same
+// goroutine, also makes the order visible to the race detector, which
+// cannot see causality that runs through another process's shared memory.
 
 // ring runs steps [first, last) of the ring schedule over buf with op.
 // ReduceScatter is [0, n−1), AllGather [n−1, 2n−2), AllReduce both. Mean
@@ -46,7 +49,7 @@ func (c *call) ring(buf []float32, first, last int, op ReduceOp) error {
 	send := func(t, j int) error {
 		so, sl := seg(t)
 		off, ln := c.chunkRange(so, sl, j)
-		if err := c.send(next, buf[off:off+ln]); err != nil {
+		if err := c.sendLazy(next, buf[off:off+ln]); err != nil {
 			return err
 		}
 		if u := t + n - 1; u >= n-1 && u < last {

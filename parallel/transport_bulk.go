@@ -1,6 +1,7 @@
 package parallel
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -176,6 +177,26 @@ const (
 	DefaultShmRingBytes = 1 << 20
 	DefaultShmSpin      = 50 * time.Microsecond
 )
+
+// ackWaiter is a link that may return from a lazy send before its peer
+// has read the payload (see wireFrame.lazy).
+type ackWaiter interface {
+	// settle waits until the peer has read the payload of the link's
+	// want-th such frame; after an error the payload may still be read
+	// and release must follow.
+	settle(ctx context.Context, want uint64, timeout time.Duration, abort <-chan struct{}) error
+	// release waits up to grace for that, then breaks the link so that
+	// the peer drops what it reads: the payload is not referenced after
+	// release returns.
+	release(want uint64, grace time.Duration)
+}
+
+// ackGrace bounds how long a failed operation waits for its peers to read
+// what its lazy sends left them before it breaks those links: a peer that
+// is alive reads it at once, and breaking its link first would hide the
+// failure's cause (the peer would see this link end before the ABORT
+// naming the culprit arrives).
+const ackGrace = 250 * time.Millisecond
 
 // Bulk connection preambles: the first 8 bytes a dialer writes.
 var (

@@ -117,6 +117,12 @@ type wireFrame struct {
 	out      []float32 // payload to send
 	sent     *sendDone // completed when gRPC no longer references out
 	zeroCopy bool      // set by Marshal when gRPC references out after SendMsg
+	// lazy (set by the caller) lets a bulk link return before its peer
+	// has read out; the link then sets ack and ackWant, and out stays
+	// referenced until ack.settle(ackWant) returns.
+	lazy    bool
+	ack     ackWaiter
+	ackWant uint64
 
 	in     mem.BufferSlice // received message (or payload) bytes
 	inSkip int             // offset of the payload within in

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"runtime"
 	"sync"
@@ -160,6 +161,32 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 	}
 }
 
+// A wait that expects a by-reference payload to be read (the sender's
+// acknowledgement, or the receiver's next frame after one, which its
+// peer sends once it has read as much) polls longer than ShmSpin: by
+// shmSpinPerMiB for each MiB, up to shmSpinMax. Sleeping costs a wake-up
+// of the idle core, which on a VM (a halted vCPU) took ~50–150 µs each;
+// 2 ranks on 2 vCPUs, ShmSpin 50 µs for every wait vs 1 ms: 4 MiB
+// all-reduce p50 1,500–1,600 µs vs 856–1,160.
+const (
+	shmSpinPerMiB = 500 * time.Microsecond
+	shmSpinMax    = 5 * time.Millisecond
+)
+
+// spinFor is how long to poll for something that waits on bytes of
+// by-reference payload, when the transport polls for base (ShmSpin):
+// base itself when that is 0 or negative (never poll).
+func spinFor(base int64, bytes uint64) time.Duration {
+	if base <= 0 || bytes == 0 {
+		return time.Duration(base)
+	}
+	d := shmSpinMax
+	if bytes < uint64(shmSpinMax/shmSpinPerMiB)<<20 {
+		d = time.Duration(bytes) * shmSpinPerMiB >> 20
+	}
+	return max(time.Duration(base), d)
+}
+
 // shmListener accepts shared-memory links on an abstract Unix socket
 // (nothing on the file system to clean up).
 type shmListener struct {
@@ -204,20 +231,27 @@ func (l *shmListener) close() { l.ln.Close() }
 
 // shmLink is the sending end of a shm link. Safe for concurrent use.
 type shmLink struct {
-	oc    *outConn
-	ring  shmRing
-	conn  *net.UnixConn
-	spin  *atomic.Int64 // the transport's shmSpin (ns)
-	sem   chan struct{} // serializes frames; held while the mapping is in use
-	room  chan struct{} // the receiver made room (its doorbell)
-	done  chan struct{} // closed when the link fails
-	timer *time.Timer   // guarded by sem
+	oc   *outConn
+	ring shmRing
+	conn *net.UnixConn
+	spin *atomic.Int64 // the transport's shmSpin (ns)
+	sem  chan struct{} // serializes frames; held while the mapping is in use
+	room chan struct{} // the receiver made room (its doorbell)
+	done chan struct{} // closed when the link fails
+	// unmapped is closed once the ring is unmapped after a failure, and
+	// the link marked abandoned if a by-reference payload was unread.
+	unmapped chan struct{}
+	timer    *time.Timer // guarded by sem
 
-	head  uint64           // guarded by sem
-	descs uint64           // by-reference frames sent; guarded by sem
-	hdr   [maxBulkHdr]byte // guarded by sem
-	bell  [1]byte
-	byRef bool // the receiver reads large payloads from our memory
+	head  uint64 // guarded by sem
+	descs uint64 // by-reference frames sent; guarded by sem
+	// refBytes counts by-reference payload bytes sent, refCum[k%len]
+	// what it was after the k-th frame (for spinFor); guarded by sem.
+	refBytes uint64
+	refCum   [64]uint64
+	hdr      [maxBulkHdr]byte // guarded by sem
+	bell     [1]byte
+	byRef    bool // the receiver reads large payloads from our memory
 
 	mu  sync.Mutex
 	err error
@@ -279,7 +313,7 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: &oc.t.shmSpin, sem: make(chan struct{}, 1),
-		room: make(chan struct{}, 1), done: make(chan struct{}), timer: timer}
+		room: make(chan struct{}, 1), done: make(chan struct{}), unmapped: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
 	oc.t.shmPeer(oc.addr, true)
 	go l.doorbells()
@@ -325,7 +359,12 @@ func (l *shmLink) stop(err error) bool {
 	l.conn.Close()
 	go func() {
 		l.sem <- struct{}{} // a send in progress sees done and returns
+		if l.ring.acked.Load() < l.descs {
+			// A lazy send's payload may still be read (see abandon).
+			l.ring.abandoned.Swap(1)
+		}
 		unix.Munmap(l.ring.mem)
+		close(l.unmapped)
 	}()
 	return true
 }
@@ -338,9 +377,10 @@ func (l *shmLink) failure() error {
 	return l.err
 }
 
-// wait blocks until ready, the link fails, or the call gives up.
-func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan struct{}, ready func() bool) error {
-	if spinWait(time.Duration(l.spin.Load()), ready) {
+// wait blocks until ready, the link fails, or the call gives up; it
+// polls for spin (see spinFor) before it sleeps.
+func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan struct{}, spin time.Duration, ready func() bool) error {
+	if spinWait(spin, ready) {
 		return nil
 	}
 	l.ring.writerAsleep.Swap(1) // a full fence: see shmRing
@@ -373,27 +413,33 @@ func (l *shmLink) publish() {
 	}
 }
 
-// send copies f into the ring: header, then the payload as room allows.
-func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration, abort <-chan struct{}) error {
+// acquire takes sem, which serializes frames and keeps the ring mapped.
+func (l *shmLink) acquire(ctx context.Context, timeout time.Duration, abort <-chan struct{}) error {
 	select {
 	case l.sem <- struct{}{}:
+		return nil
 	default:
-		t := time.NewTimer(timeout)
-		select {
-		case l.sem <- struct{}{}:
-			t.Stop()
-		case <-l.done:
-			t.Stop()
-			return l.failure()
-		case <-abort:
-			t.Stop()
-			return errAborted
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-			return fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
-		}
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case l.sem <- struct{}{}:
+		return nil
+	case <-l.done:
+		return l.failure()
+	case <-abort:
+		return errAborted
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
+	}
+}
+
+// send copies f into the ring: header, then the payload as room allows.
+func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration, abort <-chan struct{}) error {
+	if err := l.acquire(ctx, timeout, abort); err != nil {
+		return err
 	}
 	defer func() { <-l.sem }()
 	if err := l.failure(); err != nil {
@@ -407,7 +453,7 @@ func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 		return l.sendByRef(ctx, f, n, timeout, abort)
 	}
 	if free() < uint64(n) {
-		if err := l.wait(ctx, timeout, abort, func() bool { return free() >= uint64(n) }); err != nil {
+		if err := l.wait(ctx, timeout, abort, time.Duration(l.spin.Load()), func() bool { return free() >= uint64(n) }); err != nil {
 			return err
 		}
 	}
@@ -417,7 +463,7 @@ func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 		room := free()
 		if room == 0 {
 			l.publish()
-			if err := l.wait(ctx, timeout, abort, func() bool { return free() > 0 }); err != nil {
+			if err := l.wait(ctx, timeout, abort, time.Duration(l.spin.Load()), func() bool { return free() > 0 }); err != nil {
 				return err
 			}
 			room = free()
@@ -436,7 +482,8 @@ func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 
 // sendByRef puts f's header (n bytes in l.hdr) and its payload's address
 // into the ring and waits until the receiver has read the payload from
-// our memory. The caller holds sem.
+// our memory; a lazy send returns at once instead, naming the frame for
+// settle in f.ack and f.ackWant. The caller holds sem.
 func (l *shmLink) sendByRef(ctx context.Context, f *wireFrame, n int, timeout time.Duration, abort <-chan struct{}) error {
 	pay := floatBytes(f.out)
 	l.hdr[3] = shmFlagByRef
@@ -446,26 +493,113 @@ func (l *shmLink) sendByRef(ctx context.Context, f *wireFrame, n int, timeout ti
 	size := uint64(len(l.ring.data))
 	free := func() bool { return size-(l.head-l.ring.tail.Load()) >= uint64(n) }
 	if !free() {
-		if err := l.wait(ctx, timeout, abort, free); err != nil {
+		if err := l.wait(ctx, timeout, abort, time.Duration(l.spin.Load()), free); err != nil {
 			return err
 		}
 	}
 	l.ring.put(l.head, l.hdr[:n])
 	l.head += uint64(n)
 	l.descs++
+	l.refBytes += uint64(len(pay))
+	l.refCum[l.descs%uint64(len(l.refCum))] = l.refBytes
 	l.publish()
-	want := l.descs
-	read := func() bool { return l.ring.acked.Load() >= want }
-	err := l.wait(ctx, timeout, abort, read)
-	if err != nil && !read() {
+	if f.lazy {
+		f.ack, f.ackWant = l, l.descs
+		return nil
+	}
+	err := l.awaitAck(ctx, l.descs, timeout, abort)
+	runtime.KeepAlive(pay)
+	return err
+}
+
+// awaitAck waits until the receiver has read the want-th by-reference
+// payload; should the wait fail first, it keeps the receiver from using
+// what it reads. The caller holds sem.
+func (l *shmLink) awaitAck(ctx context.Context, want uint64, timeout time.Duration, abort <-chan struct{}) error {
+	err := l.waitAck(ctx, want, timeout, abort)
+	if err != nil && l.ring.acked.Load() < want {
 		// The receiver may still be reading our buffer, which the caller
 		// gets back now: mark the link abandoned first (the receiver
 		// checks that after reading and drops what it read) and break it.
 		l.ring.abandoned.Swap(1)
 		l.fail(fmt.Errorf("%w: shm send by reference not acknowledged: %v", ErrPeerTimeout, err))
 	}
-	runtime.KeepAlive(pay)
 	return err
+}
+
+// waitAck waits until the receiver has read the want-th by-reference
+// payload, polling for about as long as reading what is unread takes.
+// The caller holds sem.
+func (l *shmLink) waitAck(ctx context.Context, want uint64, timeout time.Duration, abort <-chan struct{}) error {
+	read := func() bool { return l.ring.acked.Load() >= want }
+	acked := l.ring.acked.Load()
+	if acked >= want {
+		return nil
+	}
+	unread := uint64(math.MaxUint64) // more frames outstanding than refCum remembers
+	if k := uint64(len(l.refCum)); l.descs-acked < k {
+		unread = l.refCum[want%k] - l.refCum[acked%k]
+	}
+	return l.wait(ctx, timeout, abort, spinFor(l.spin.Load(), unread), read)
+}
+
+// settle waits until the receiver has read the want-th by-reference
+// payload, which a lazy send left unacknowledged (see ackWaiter).
+func (l *shmLink) settle(ctx context.Context, want uint64, timeout time.Duration, abort <-chan struct{}) error {
+	if err := l.acquire(ctx, timeout, abort); err != nil {
+		return err
+	}
+	defer func() { <-l.sem }()
+	if l.ring.acked.Load() >= want {
+		return nil
+	}
+	if err := l.failure(); err != nil {
+		return err
+	}
+	return l.waitAck(ctx, want, timeout, abort)
+}
+
+// release waits up to grace for the receiver to read the want-th
+// by-reference payload, and otherwise makes sure it drops it: it marks the
+// link abandoned and breaks it (see ackWaiter).
+func (l *shmLink) release(want uint64, grace time.Duration) {
+	if l.acquire(context.Background(), grace, nil) != nil {
+		l.abandon(want)
+		return
+	}
+	defer func() { <-l.sem }()
+	if l.ring.acked.Load() >= want {
+		return
+	}
+	if l.failure() == nil && l.waitAck(context.Background(), want, grace, nil) == nil {
+		return
+	}
+	if l.ring.acked.Load() < want { // mapped while we hold sem
+		l.ring.abandoned.Swap(1)
+		l.fail(fmt.Errorf("%w: a by-reference payload was left unread for %v after its operation failed", ErrPeerTimeout, grace))
+	}
+}
+
+// abandon makes sure the receiver drops the want-th by-reference payload
+// unless it has read it already, without sem: it marks the link abandoned
+// and breaks it, or, when the link is broken already, waits until stop
+// has marked it.
+func (l *shmLink) abandon(want uint64) {
+	l.mu.Lock()
+	stopped := l.err != nil
+	if !stopped { // stop has not begun, so the ring is mapped
+		if l.ring.acked.Load() >= want {
+			l.mu.Unlock()
+			return
+		}
+		l.ring.abandoned.Swap(1)
+	}
+	l.mu.Unlock()
+	if stopped {
+		<-l.unmapped
+		return
+	}
+	l.fail(fmt.Errorf("%w: a by-reference payload was abandoned unread (its operation failed)", ErrPeerTimeout))
 }
 
 // closeSend writes GOODBYE after every frame already sent.
@@ -604,6 +738,7 @@ type shmReader struct {
 	head    uint64 // bytes known written
 	hdr     [maxBulkHdr]byte
 	bell    [64]byte
+	expect  uint64  // by-reference bytes of the last frame (see spinFor)
 	pid     int     // the sender's, for by-reference payloads (0: none)
 	ref     uintptr // the by-reference payload being read: its address in the sender
 	scratch []byte  // where a by-reference payload is reduced from
@@ -675,7 +810,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 		return int(r.head-r.tail) >= k
 	}
 	for {
-		if int(r.head-r.tail) >= k || spinWait(time.Duration(r.spin.Load()), have) {
+		if int(r.head-r.tail) >= k || spinWait(spinFor(r.spin.Load(), r.expect), have) {
 			return int(r.head - r.tail), nil
 		}
 		r.ring.readerAsleep.Swap(1) // a full fence: see shmRing
@@ -751,11 +886,13 @@ func (r *shmReader) run() error {
 			return fmt.Errorf("%w: frame kind %v", errBulkProtocol, h.kind)
 		}
 		if h.flags&shmFlagByRef != 0 {
+			r.expect = uint64(h.payLen)
 			if err := r.runByRef(&h); err != nil {
 				return err
 			}
 			continue
 		}
+		r.expect = 0
 		// h.group aliases r.hdr, which only the next header overwrites.
 		box, reason := r.route(h.group, h.srcRank)
 		if box != nil && !box.polled.Load() {

@@ -7,8 +7,12 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestShmSingleCopy: large shared-memory payloads go by reference where
@@ -125,5 +129,70 @@ func TestShmSpinFollowsOversubscription(t *testing.T) {
 	}
 	if got := time.Duration(tr.shmSpin.Load()); got != want {
 		t.Errorf("after linking 2 peers: spin %v, want %v", got, want)
+	}
+}
+
+// TestShmLazySendReleased: the ring's sends by reference are lazy (they
+// return before the peer has read the payload), so a finished all-reduce
+// must have waited for every acknowledgement, and one that fails while its
+// peer has not read a payload must not return before it has marked the
+// link abandoned and broken it, or the peer could read the caller's buffer
+// after the caller got it back. Rank 1's reader is held up here by its
+// transport's lock, which it takes to route a group's first frame.
+func TestShmLazySendReleased(t *testing.T) {
+	c := newCluster(t, 2, TransportOptions{Mode: ModeShm})
+	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(2), Timeout: 10 * time.Second})
+	ctx := testCtx(t, 30*time.Second)
+	const n = 1 << 18 // 1 MiB: two 512 KiB segments, by reference
+	bufs := [][]float32{make([]float32, n), make([]float32, n)}
+	for range 3 {
+		noErrors(t, "all-reduce", each(2, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+	}
+	oc, err := c.ts[0].conn(gs[0].connKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := oc.bulk.(*shmLink)
+	if !l.byRef {
+		t.Skip("process_vm_readv is not allowed here: no by-reference sends")
+	}
+	if a := l.ring.acked.Load(); l.descs == 0 || a != l.descs {
+		t.Fatalf("after the all-reduces returned, %d of %d by-reference frames were read", a, l.descs)
+	}
+
+	g2 := c.groups(t, GroupSpec{Name: "g2", Ranks: seq(2), Timeout: 300 * time.Millisecond})
+	// A second mapping of the ring, which stays readable after rank 0
+	// unmaps its own when the link breaks.
+	addr, _, errno := unix.Syscall6(unix.SYS_MREMAP, uintptr(unsafe.Pointer(&l.ring.mem[0])), 0, uintptr(len(l.ring.mem)), unix.MREMAP_MAYMOVE, 0, 0)
+	if errno != 0 {
+		t.Skipf("mremap: %v", errno)
+	}
+	dup := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(nil), addr)), len(l.ring.mem))
+	defer unix.Syscall(unix.SYS_MUNMAP, addr, uintptr(len(dup)), 0)
+	abandoned := (*atomic.Uint32)(unsafe.Pointer(&dup[shmOffAbandoned]))
+
+	c.ts[1].mu.Lock()
+	err = g2[0].AllReduce(ctx, bufs[0], Sum) // rank 1 never joins
+	gotAbandoned, linkErr := abandoned.Load(), l.failure()
+	c.ts[1].mu.Unlock()
+	checkPeerError(t, err, 1, c.addrs[1], ErrPeerTimeout)
+	if gotAbandoned != 1 || linkErr == nil {
+		t.Fatalf("the all-reduce returned with a by-reference payload unread, but the link is marked abandoned=%d and its failure is %v", gotAbandoned, linkErr)
+	}
+	// Rank 1's reader now reads the payload, finds the link abandoned and
+	// drops the frame instead of delivering it.
+	deadline := time.Now().Add(10 * time.Second)
+	for g2[1].Err() == nil && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if g2[1].Err() == nil {
+		t.Fatal("rank 1's group did not fail after its link was abandoned")
+	}
+	b := g2[1].boxes[0]
+	b.mu.Lock()
+	queued := len(b.q)
+	b.mu.Unlock()
+	if queued != 0 {
+		t.Fatalf("rank 1 queued %d frames read from an abandoned link", queued)
 	}
 }

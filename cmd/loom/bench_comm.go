@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -54,6 +55,7 @@ type commBenchFlags struct {
 	shmSpin    time.Duration
 	socketDir  string // set by the parent for --network unix
 	profileDir string
+	traceDir   string
 	tlsDir     string
 }
 
@@ -80,6 +82,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.shmSpin, "shm-spin", 0, "how long a shared-memory reader polls before sleeping (default: the library's; negative: never)")
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
+	fs.StringVar(&f.traceDir, "trace-dir", "", "write each worker's execution trace (go tool trace) to DIR/rankN.trace")
 	fs.StringVar(&f.tlsDir, "tls-dir", "", "mutual TLS on the data plane (gRPC streams and tcp links) with the worker certificate in `DIR` (`loom certs init D` makes D/worker); shm links stay as they are")
 }
 
@@ -92,7 +95,7 @@ func (f *commBenchFlags) args() []string {
 		"--window", f.window, "--conn-window", f.connWindow, "--read-buffer", f.readBuf, "--write-buffer", f.writeBuf,
 		"--timeout", f.timeout.String(), "--log-format", f.logFormat,
 		"--network", f.network, "--transport", f.transport, "--shm-ring", f.shmRing, "--shm-spin", f.shmSpin.String(),
-		"--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir, "--tls-dir", f.tlsDir,
+		"--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir, "--trace-dir", f.traceDir, "--tls-dir", f.tlsDir,
 	}
 }
 
@@ -503,6 +506,13 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 		defer stop()
 	}
+	if f.traceDir != "" {
+		stop, err := startTrace(filepath.Join(f.traceDir, fmt.Sprintf("rank%d.trace", rank)))
+		if err != nil {
+			return fmt.Errorf("comm-worker: %w", err)
+		}
+		defer stop()
+	}
 	cfg.topts.ListenAddr = "127.0.0.1:0"
 	if f.network == "unix" {
 		if f.socketDir == "" {
@@ -689,4 +699,20 @@ func linkTransports(ls []parallel.LinkInfo) string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, "+")
+}
+
+// startTrace writes the process's execution trace to path until stop.
+func startTrace(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("execution trace %s: %w", path, err)
+	}
+	return func() {
+		trace.Stop()
+		f.Close()
+	}, nil
 }
