@@ -136,23 +136,31 @@ func (m *Model) mlpBackward(ctx context.Context, layer int, dresid, h []float32,
 	k.SwiGLUBackward(scr.DGate[:n*ffn], scr.DUp[:n*ffn], scr.DGate[:n*ffn], s.Gate[:n*ffn], s.Up[:n*ffn])
 	k.Sgemm(false, false, n, d, ffn, 1, scr.DGate, ffn, w.Gate, d, 0, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, ffn, 1, scr.DUp, ffn, w.Up, d, 1, scr.DNorm, d)
-	dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
-	if err != nil {
-		return err
-	}
 	if g != nil {
+		dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
+		if err != nil {
+			return err
+		}
 		copy(s.Gate[:n*ffn], scr.DGate[:n*ffn])
 		copy(s.Up[:n*ffn], scr.DUp[:n*ffn])
 		clear(g.MLPNorm)
 		return m.normBackward(ctx, dresid[:rows*d], g.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
 	}
-	// Weight gradients of the column-parallel projections.
+	// The column-parallel projections' weight gradients are computed while
+	// their input gradient is reduced (overlap.go). Under sequence
+	// parallelism the norm output is gathered again first: one collective
+	// at a time on the group.
 	in, err := m.regather(ctx, s.MLPIn, n, s.SP, scr, site{"input", layer})
 	if err != nil {
 		return err
 	}
+	p := m.startReduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
 	k.Sgemm(true, false, ffn, d, n, 1, scr.DGate, ffn, in, d, 1, gw.Gate, d)
 	k.Sgemm(true, false, ffn, d, n, 1, scr.DUp, ffn, in, d, 1, gw.Up, d)
+	dnorm, err := m.join(p)
+	if err != nil {
+		return err
+	}
 	return m.normBackward(ctx, dresid[:rows*d], gw.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
 }
 
@@ -203,18 +211,30 @@ func (m *Model) attnBackward(ctx context.Context, layer int, dresid, x []float32
 	k.Sgemm(false, false, n, d, q, 1, scr.DQ, q, w.Q, d, 0, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, kv, 1, scr.DK, kv, w.K, d, 1, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, kv, 1, scr.DV, kv, w.V, d, 1, scr.DNorm, d)
-	dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
-	if err != nil {
-		return err
-	}
 	if g != nil {
+		dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
+		if err != nil {
+			return err
+		}
 		copy(s.Q[:n*q], scr.DQ[:n*q])
 		copy(s.K[:n*kv], scr.DK[:n*kv])
 		copy(s.V[:n*kv], scr.DV[:n*kv])
 		clear(g.AttnNorm)
 		return m.normBackward(ctx, dresid[:rows*d], g.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
 	}
-	if err := m.qkvWeights(ctx, layer, s, scr, scr.DQ, scr.DK, scr.DV); err != nil {
+	// As in mlpBackward: the weight gradients hide the input gradient's
+	// reduction (the kv-replica sum inside runs on its own group).
+	in, err := m.regather(ctx, s.AttnIn, n, s.SP, scr, site{"input", layer})
+	if err != nil {
+		return err
+	}
+	p := m.startReduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
+	werr := m.qkvWeightsFrom(ctx, layer, in, n, scr, scr.DQ, scr.DK, scr.DV)
+	dnorm, err := m.join(p)
+	if werr != nil {
+		return werr
+	}
+	if err != nil {
 		return err
 	}
 	return m.normBackward(ctx, dresid[:rows*d], gw.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
@@ -236,12 +256,18 @@ func (m *Model) attnWeights(ctx context.Context, layer int, s *BlockActs, scr *B
 // the projections' output gradients dq, dk, dv and the (re-gathered)
 // attention input; copies of a replicated kv head sum theirs first.
 func (m *Model) qkvWeights(ctx context.Context, layer int, s *BlockActs, scr *BlockScratch, dq, dk, dv []float32) error {
-	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
-	n, d, q, kv := s.B*s.T, c.Dim, lo.QDim(), lo.KVDim()
-	in, err := m.regather(ctx, s.AttnIn, n, s.SP, scr, site{"input", layer})
+	in, err := m.regather(ctx, s.AttnIn, s.B*s.T, s.SP, scr, site{"input", layer})
 	if err != nil {
 		return err
 	}
+	return m.qkvWeightsFrom(ctx, layer, in, s.B*s.T, scr, dq, dk, dv)
+}
+
+// qkvWeightsFrom is qkvWeights over the attention input in (n rows of d),
+// already gathered where sequence parallelism needs it.
+func (m *Model) qkvWeightsFrom(ctx context.Context, layer int, in []float32, n int, scr *BlockScratch, dq, dk, dv []float32) error {
+	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
+	d, q, kv := c.Dim, lo.QDim(), lo.KVDim()
 	k.Sgemm(true, false, q, d, n, 1, dq, q, in, d, 1, gw.Q, d)
 	if m.kv == nil {
 		k.Sgemm(true, false, kv, d, n, 1, dk, kv, in, d, 1, gw.K, d)

@@ -200,8 +200,11 @@ func (m *Model) HeadBackward(ctx context.Context, h *HeadActs, dx, x []float32, 
 	n, d, V := h.B*h.T, c.Dim, m.loc.Vocab
 	rows := m.rows(n, h.SP)
 	k.Sgemm(false, false, n, d, V, 1, h.Logits, V, m.head.Out, d, 0, h.DNorm, d)
+	// The head's weight gradient hides the input gradient's reduction
+	// (overlap.go).
+	p := m.startReduceGrad(ctx, h.DNorm[:n*d], h.SP, site{"the head input gradient", -1})
 	k.Sgemm(true, false, V, d, n, 1, h.Logits, V, h.NormFull, d, 1, m.ghead.Out, d)
-	dnorm, err := m.reduceGrad(ctx, h.DNorm[:n*d], h.SP, site{"the head input gradient", -1})
+	dnorm, err := m.join(p)
 	if err != nil {
 		return err
 	}
