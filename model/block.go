@@ -81,7 +81,8 @@ func (m *Model) MLPForward(ctx context.Context, layer int, y, h []float32, s *Bl
 // rowParallelOut writes out (rows,d) = resid + a·Wᵀ for a (n,width) and W
 // (d,width), summing the ranks' partial products (all-reduce, or
 // reduce-scatter to the rank's rows under sequence parallelism). With one
-// rank the residual is added inside the GEMM.
+// rank, and on the first rank of a group without sequence parallelism,
+// the residual is added inside the GEMM.
 func (m *Model) rowParallelOut(ctx context.Context, out, resid, a, w []float32, n, width int, sp bool, scr *BlockScratch, what site) error {
 	d, k := m.Config.Dim, m.k
 	rows := m.rows(n, sp)
@@ -90,19 +91,24 @@ func (m *Model) rowParallelOut(ctx context.Context, out, resid, a, w []float32, 
 		k.Sgemm(false, true, n, d, width, 1, a, width, w, width, 1, out, d)
 		return nil
 	}
+	if !sp {
+		// The group's first rank adds the residual into its partial sum
+		// (as the GEMM's C), so the all-reduce leaves resid + Σ partials in
+		// out with no pass of its own.
+		beta := float32(0)
+		if m.loc.Rank == 0 {
+			copy(out[:n*d], resid[:n*d])
+			beta = 1
+		}
+		k.Sgemm(false, true, n, d, width, 1, a, width, w, width, beta, out, d)
+		return m.allReduce(ctx, out[:n*d], what)
+	}
 	part := scr.DNorm[:n*d]
 	k.Sgemm(false, true, n, d, width, 1, a, width, w, width, 0, part, d)
-	if sp {
-		if err := m.reduceScatterRows(ctx, out[:rows*d], part, what); err != nil {
-			return err
-		}
-		addTo(out[:rows*d], resid[:rows*d])
-		return nil
-	}
-	if err := m.allReduce(ctx, part, what); err != nil {
+	if err := m.reduceScatterRows(ctx, out[:rows*d], part, what); err != nil {
 		return err
 	}
-	add(out[:n*d], resid[:n*d], part)
+	addTo(out[:rows*d], resid[:rows*d])
 	return nil
 }
 
@@ -406,13 +412,5 @@ func addTo(dst, src []float32) {
 	src = src[:len(dst)]
 	for i, v := range src {
 		dst[i] += v
-	}
-}
-
-// add sets dst[i] = a[i] + b[i].
-func add(dst, a, b []float32) {
-	a, b = a[:len(dst)], b[:len(dst)]
-	for i := range dst {
-		dst[i] = a[i] + b[i]
 	}
 }
