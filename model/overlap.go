@@ -31,11 +31,21 @@ func (m *Model) startReduceGrad(ctx context.Context, partial []float32, sp bool,
 		m.noGroup = pendingGrad{out: partial} // allocation-free without a group
 		return &m.noGroup
 	}
-	p := &pendingGrad{out: partial, done: make(chan struct{})}
-	p.start = time.Now()
+	return m.inFlight(func() ([]float32, error) { return m.reduceGrad(ctx, partial, sp, what) })
+}
+
+// startAllReduce begins allReduce(buf) (a group is required) and returns
+// at once; join gives buf back.
+func (m *Model) startAllReduce(ctx context.Context, buf []float32, what site) *pendingGrad {
+	return m.inFlight(func() ([]float32, error) { return buf, m.allReduce(ctx, buf, what) })
+}
+
+// inFlight runs f in a goroutine, to be joined.
+func (m *Model) inFlight(f func() ([]float32, error)) *pendingGrad {
+	p := &pendingGrad{done: make(chan struct{}), start: time.Now()}
 	go func() {
 		defer close(p.done)
-		p.out, p.err = m.reduceGrad(ctx, partial, sp, what)
+		p.out, p.err = f()
 		p.end = time.Now()
 	}()
 	return p
@@ -61,7 +71,7 @@ func (m *Model) join(p *pendingGrad) ([]float32, error) {
 type tpOverlap = atomic.Int64
 
 // TakeTPOverlap returns how long tensor-parallel collectives ran hidden
-// behind weight-gradient compute since the last call, and resets it. The
+// behind compute since the last call, and resets it. The
 // trainer subtracts it from the tensor-parallel time to get what was
 // exposed.
 func (m *Model) TakeTPOverlap() time.Duration { return time.Duration(m.tpHidden.Swap(0)) }

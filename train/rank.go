@@ -378,7 +378,7 @@ func (s *summary) print(w io.Writer, rank int, t *Trainer) {
 	if t.plan.Mesh.PP > 1 {
 		pipe = fmt.Sprintf(", pipeline waits %.1f%%", 100*s.ppS/s.stepS)
 	}
-	fmt.Fprintf(w, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; compute %.1f%% of step time; communication: tensor-parallel %.1f%%, %.0f%% of it overlapped with weight gradients, data-parallel %.1f%%, %.0f%% of it overlapped with backward%s; exposed %.1f%% in all\n",
+	fmt.Fprintf(w, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; compute %.1f%% of step time; communication: tensor-parallel %.1f%%, %.0f%% of it hidden behind compute, data-parallel %.1f%%, %.0f%% of it overlapped with backward%s; exposed %.1f%% in all\n",
 		rank, s.steps, 1e3*s.stepS/s.steps, s.tps/s.steps, 100*s.computeS/s.stepS, 100*s.tpS/s.stepS, tpOverlap, 100*dpS/s.stepS, overlap, pipe, 100*(s.commS-s.overlapS)/s.stepS)
 	if s.saves > 0 {
 		b, secs := t.SaveStats()

@@ -74,8 +74,9 @@ type Stats struct {
 	// CommSeconds is the time spent in collectives, data-parallel and
 	// tensor-parallel (TPCommSeconds); OverlapSeconds is the part of it
 	// that ran hidden: data-parallel exchanges behind the backward pass,
-	// and tensor-parallel input-gradient reductions behind weight-gradient
-	// GEMMs (TPOverlapSeconds, model.TakeTPOverlap). The rest of the
+	// and tensor-parallel ones behind compute (input-gradient reductions
+	// behind weight-gradient GEMMs, one half-batch's forward all-reduce
+	// behind the other half: TPOverlapSeconds, model.TakeTPOverlap). The rest of the
 	// tensor-parallel time is on the compute path.
 	CommSeconds      float64 `json:"comm_s"`
 	OverlapSeconds   float64 `json:"comm_overlap_s"`
