@@ -26,6 +26,21 @@ type BlockActs struct {
 	Act      []float32 // (n,FFN) silu(Gate)·Up
 }
 
+// seqs returns the activations of sequences [b0, b1) of s (not sequence
+// parallel): views into its buffers, which are all batch-major.
+func (s *BlockActs) seqs(b0, b1 int, lo Local, d int) BlockActs {
+	r0, r1 := b0*s.T, b1*s.T
+	v := func(x []float32, width int) []float32 { return x[r0*width : r1*width] }
+	q, kv, ffn := lo.QDim(), lo.KVDim(), lo.FFN
+	return BlockActs{
+		B: b1 - b0, T: s.T,
+		AttnIn: v(s.AttnIn, d), AttnRstd: v(s.AttnRstd, 1),
+		Q: v(s.Q, q), K: v(s.K, kv), V: v(s.V, kv), Att: v(s.Att, q), LSE: v(s.LSE, lo.Heads),
+		H: v(s.H, d), MLPIn: v(s.MLPIn, d), MLPRstd: v(s.MLPRstd, 1),
+		Gate: v(s.Gate, ffn), Up: v(s.Up, ffn), Act: v(s.Act, ffn),
+	}
+}
+
 // BlockScratch holds the temporaries of the block passes. One scratch can
 // be shared by every block of a stage because a pass uses it only while it
 // runs.

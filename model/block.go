@@ -37,6 +37,14 @@ func (m *Model) rows(n int, sp bool) int {
 // attn(input_layernorm(x)) for x (rows,d), saving what AttnBackward needs
 // in s. h must not alias x.
 func (m *Model) AttnForward(ctx context.Context, layer int, h, x []float32, s *BlockActs, scr *BlockScratch) error {
+	if err := m.attnIn(ctx, layer, x, s, scr); err != nil {
+		return err
+	}
+	return m.rowParallelOut(ctx, h, x, s.Att, m.blocks[layer].O, s.B*s.T, m.loc.QDim(), s.SP, scr, site{"attention output", layer})
+}
+
+// attnIn is AttnForward up to the attention output s.Att, before o_proj.
+func (m *Model) attnIn(ctx context.Context, layer int, x []float32, s *BlockActs, scr *BlockScratch) error {
 	c, k, w, lo := m.Config, m.k, m.blocks[layer], m.loc
 	n, d, q, kv := s.B*s.T, c.Dim, lo.QDim(), lo.KVDim()
 	rows := m.rows(n, s.SP)
@@ -54,13 +62,21 @@ func (m *Model) AttnForward(ctx context.Context, layer int, h, x []float32, s *B
 	k.RoPEForward(s.Q, m.cos, m.sin, s.B, s.T, lo.Heads, lo.HeadDim)
 	k.RoPEForward(s.K, m.cos, m.sin, s.B, s.T, lo.KVHeads, lo.HeadDim)
 	k.AttentionForward(s.Att, s.LSE, s.Q, s.K, s.V, s.B, s.T, lo.Heads, lo.KVHeads, lo.HeadDim)
-	return m.rowParallelOut(ctx, h, x, s.Att, w.O, n, q, s.SP, scr, site{"attention output", layer})
+	return nil
 }
 
 // MLPForward runs the MLP half of block layer: y (rows,d) = h +
 // mlp(post_attention_layernorm(h)), saving what MLPBackward needs in s. y
 // must not alias h.
 func (m *Model) MLPForward(ctx context.Context, layer int, y, h []float32, s *BlockActs, scr *BlockScratch) error {
+	if err := m.mlpIn(ctx, layer, h, s, scr); err != nil {
+		return err
+	}
+	return m.rowParallelOut(ctx, y, h, s.Act, m.blocks[layer].Down, s.B*s.T, m.loc.FFN, s.SP, scr, site{"MLP output", layer})
+}
+
+// mlpIn is MLPForward up to the activation s.Act, before down_proj.
+func (m *Model) mlpIn(ctx context.Context, layer int, h []float32, s *BlockActs, scr *BlockScratch) error {
 	c, k, w, lo := m.Config, m.k, m.blocks[layer], m.loc
 	n, d, ffn := s.B*s.T, c.Dim, lo.FFN
 	rows := m.rows(n, s.SP)
@@ -75,13 +91,14 @@ func (m *Model) MLPForward(ctx context.Context, layer int, y, h []float32, s *Bl
 	k.Sgemm(false, true, n, ffn, d, 1, in, d, w.Gate, d, 0, s.Gate, ffn)
 	k.Sgemm(false, true, n, ffn, d, 1, in, d, w.Up, d, 0, s.Up, ffn)
 	k.SwiGLUForward(s.Act[:n*ffn], s.Gate[:n*ffn], s.Up[:n*ffn])
-	return m.rowParallelOut(ctx, y, h, s.Act, w.Down, n, ffn, s.SP, scr, site{"MLP output", layer})
+	return nil
 }
 
 // rowParallelOut writes out (rows,d) = resid + a·Wᵀ for a (n,width) and W
 // (d,width), summing the ranks' partial products (all-reduce, or
 // reduce-scatter to the rank's rows under sequence parallelism). With one
-// rank the residual is added inside the GEMM.
+// rank, and on the first rank of a group without sequence parallelism,
+// the residual is added inside the GEMM.
 func (m *Model) rowParallelOut(ctx context.Context, out, resid, a, w []float32, n, width int, sp bool, scr *BlockScratch, what site) error {
 	d, k := m.Config.Dim, m.k
 	rows := m.rows(n, sp)
@@ -90,20 +107,31 @@ func (m *Model) rowParallelOut(ctx context.Context, out, resid, a, w []float32, 
 		k.Sgemm(false, true, n, d, width, 1, a, width, w, width, 1, out, d)
 		return nil
 	}
+	if !sp {
+		m.rowParallelPartial(out, resid, a, w, n, width)
+		return m.allReduce(ctx, out[:n*d], what)
+	}
 	part := scr.DNorm[:n*d]
 	k.Sgemm(false, true, n, d, width, 1, a, width, w, width, 0, part, d)
-	if sp {
-		if err := m.reduceScatterRows(ctx, out[:rows*d], part, what); err != nil {
-			return err
-		}
-		addTo(out[:rows*d], resid[:rows*d])
-		return nil
-	}
-	if err := m.allReduce(ctx, part, what); err != nil {
+	if err := m.reduceScatterRows(ctx, out[:rows*d], part, what); err != nil {
 		return err
 	}
-	add(out[:n*d], resid[:n*d], part)
+	addTo(out[:rows*d], resid[:rows*d])
 	return nil
+}
+
+// rowParallelPartial writes this rank's partial sum of a row-parallel
+// output to out (n,d): a·Wᵀ, plus resid on the group's first rank (as the
+// GEMM's C), so that the all-reduce leaves resid + Σ partials in out with
+// no pass of its own.
+func (m *Model) rowParallelPartial(out, resid, a, w []float32, n, width int) {
+	d := m.Config.Dim
+	beta := float32(0)
+	if m.loc.Rank == 0 {
+		copy(out[:n*d], resid[:n*d])
+		beta = 1
+	}
+	m.k.Sgemm(false, true, n, d, width, 1, a, width, w, width, beta, out, d)
 }
 
 // MLPBackward is the backward of MLPForward. dresid (rows,d) holds
@@ -136,23 +164,31 @@ func (m *Model) mlpBackward(ctx context.Context, layer int, dresid, h []float32,
 	k.SwiGLUBackward(scr.DGate[:n*ffn], scr.DUp[:n*ffn], scr.DGate[:n*ffn], s.Gate[:n*ffn], s.Up[:n*ffn])
 	k.Sgemm(false, false, n, d, ffn, 1, scr.DGate, ffn, w.Gate, d, 0, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, ffn, 1, scr.DUp, ffn, w.Up, d, 1, scr.DNorm, d)
-	dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
-	if err != nil {
-		return err
-	}
 	if g != nil {
+		dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
+		if err != nil {
+			return err
+		}
 		copy(s.Gate[:n*ffn], scr.DGate[:n*ffn])
 		copy(s.Up[:n*ffn], scr.DUp[:n*ffn])
 		clear(g.MLPNorm)
 		return m.normBackward(ctx, dresid[:rows*d], g.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
 	}
-	// Weight gradients of the column-parallel projections.
+	// The column-parallel projections' weight gradients are computed while
+	// their input gradient is reduced (overlap.go). Under sequence
+	// parallelism the norm output is gathered again first: one collective
+	// at a time on the group.
 	in, err := m.regather(ctx, s.MLPIn, n, s.SP, scr, site{"input", layer})
 	if err != nil {
 		return err
 	}
+	p := m.startReduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
 	k.Sgemm(true, false, ffn, d, n, 1, scr.DGate, ffn, in, d, 1, gw.Gate, d)
 	k.Sgemm(true, false, ffn, d, n, 1, scr.DUp, ffn, in, d, 1, gw.Up, d)
+	dnorm, err := m.join(p)
+	if err != nil {
+		return err
+	}
 	return m.normBackward(ctx, dresid[:rows*d], gw.MLPNorm, dnorm, h, w.MLPNorm, s.MLPRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
 }
 
@@ -203,18 +239,30 @@ func (m *Model) attnBackward(ctx context.Context, layer int, dresid, x []float32
 	k.Sgemm(false, false, n, d, q, 1, scr.DQ, q, w.Q, d, 0, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, kv, 1, scr.DK, kv, w.K, d, 1, scr.DNorm, d)
 	k.Sgemm(false, false, n, d, kv, 1, scr.DV, kv, w.V, d, 1, scr.DNorm, d)
-	dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
-	if err != nil {
-		return err
-	}
 	if g != nil {
+		dnorm, err := m.reduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
+		if err != nil {
+			return err
+		}
 		copy(s.Q[:n*q], scr.DQ[:n*q])
 		copy(s.K[:n*kv], scr.DK[:n*kv])
 		copy(s.V[:n*kv], scr.DV[:n*kv])
 		clear(g.AttnNorm)
 		return m.normBackward(ctx, dresid[:rows*d], g.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
 	}
-	if err := m.qkvWeights(ctx, layer, s, scr, scr.DQ, scr.DK, scr.DV); err != nil {
+	// As in mlpBackward: the weight gradients hide the input gradient's
+	// reduction (the kv-replica sum inside runs on its own group).
+	in, err := m.regather(ctx, s.AttnIn, n, s.SP, scr, site{"input", layer})
+	if err != nil {
+		return err
+	}
+	p := m.startReduceGrad(ctx, scr.DNorm[:n*d], s.SP, site{"input gradient", layer})
+	werr := m.qkvWeightsFrom(ctx, layer, in, n, scr, scr.DQ, scr.DK, scr.DV)
+	dnorm, err := m.join(p)
+	if werr != nil {
+		return werr
+	}
+	if err != nil {
 		return err
 	}
 	return m.normBackward(ctx, dresid[:rows*d], gw.AttnNorm, dnorm, x, w.AttnNorm, s.AttnRstd, rows, s.SP, scr, site{"norm weight gradient", layer})
@@ -236,12 +284,18 @@ func (m *Model) attnWeights(ctx context.Context, layer int, s *BlockActs, scr *B
 // the projections' output gradients dq, dk, dv and the (re-gathered)
 // attention input; copies of a replicated kv head sum theirs first.
 func (m *Model) qkvWeights(ctx context.Context, layer int, s *BlockActs, scr *BlockScratch, dq, dk, dv []float32) error {
-	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
-	n, d, q, kv := s.B*s.T, c.Dim, lo.QDim(), lo.KVDim()
-	in, err := m.regather(ctx, s.AttnIn, n, s.SP, scr, site{"input", layer})
+	in, err := m.regather(ctx, s.AttnIn, s.B*s.T, s.SP, scr, site{"input", layer})
 	if err != nil {
 		return err
 	}
+	return m.qkvWeightsFrom(ctx, layer, in, s.B*s.T, scr, dq, dk, dv)
+}
+
+// qkvWeightsFrom is qkvWeights over the attention input in (n rows of d),
+// already gathered where sequence parallelism needs it.
+func (m *Model) qkvWeightsFrom(ctx context.Context, layer int, in []float32, n int, scr *BlockScratch, dq, dk, dv []float32) error {
+	c, k, gw, lo := m.Config, m.k, m.gblocks[layer], m.loc
+	d, q, kv := c.Dim, lo.QDim(), lo.KVDim()
 	k.Sgemm(true, false, q, d, n, 1, dq, q, in, d, 1, gw.Q, d)
 	if m.kv == nil {
 		k.Sgemm(true, false, kv, d, n, 1, dk, kv, in, d, 1, gw.K, d)
@@ -265,10 +319,71 @@ func (m *Model) qkvWeights(ctx context.Context, layer int, s *BlockActs, scr *Bl
 // then y += mlp(norm(y)), saving what BlockBackward needs in s. y must not
 // alias x: x is needed again by BlockBackward.
 func (m *Model) BlockForward(ctx context.Context, layer int, y, x []float32, s *BlockActs, scr *BlockScratch) error {
+	if m.tp != nil && !s.SP && s.B >= 2 {
+		return m.blockForwardHalves(ctx, layer, y, x, s, scr)
+	}
 	if err := m.AttnForward(ctx, layer, s.H, x, s, scr); err != nil {
 		return err
 	}
 	return m.MLPForward(ctx, layer, y, s.H, s, scr)
+}
+
+// blockForwardHalves is BlockForward under tensor parallelism (without
+// sequence parallelism) as two halves of the batch's sequences, which
+// are independent through a block: each half's row-parallel all-reduce
+// runs while the other half computes (DeepSpeed's Domino, Wang et al.
+// 2024), so only the last half's MLP output waits on the wire. The
+// results are the same as one pass over the whole batch: every op is
+// row-wise or per sequence.
+func (m *Model) blockForwardHalves(ctx context.Context, layer int, y, x []float32, s *BlockActs, scr *BlockScratch) (err error) {
+	d, w := m.Config.Dim, m.blocks[layer]
+	b := s.B / 2
+	half := [2]BlockActs{s.seqs(b*0, b, m.loc, d), s.seqs(b, s.B, m.loc, d)}
+	rows := func(t []float32, i int) []float32 { return t[i*b*s.T*d : (b+i*(s.B-b))*s.T*d] }
+	var p *pendingGrad
+	defer func() {
+		if p != nil {
+			if _, jerr := m.join(p); err == nil {
+				err = jerr
+			}
+		}
+	}()
+	// next joins the reduction in flight and starts buf's.
+	next := func(buf []float32, what site) error {
+		if p != nil {
+			q := p
+			p = nil
+			if _, err := m.join(q); err != nil {
+				return err
+			}
+		}
+		p = m.startAllReduce(ctx, buf, what)
+		return nil
+	}
+	for i := range half {
+		a := &half[i]
+		if err := m.attnIn(ctx, layer, rows(x, i), a, scr); err != nil {
+			return err
+		}
+		m.rowParallelPartial(a.H, rows(x, i), a.Att, w.O, a.B*a.T, m.loc.QDim())
+		if err := next(a.H, site{"attention output", layer}); err != nil {
+			return err
+		}
+	}
+	for i := range half {
+		a := &half[i]
+		if err := m.mlpIn(ctx, layer, a.H, a, scr); err != nil {
+			return err
+		}
+		m.rowParallelPartial(rows(y, i), a.H, a.Act, w.Down, a.B*a.T, m.loc.FFN)
+		if err := next(rows(y, i), site{"MLP output", layer}); err != nil {
+			return err
+		}
+	}
+	q := p
+	p = nil
+	_, err = m.join(q)
+	return err
 }
 
 // BlockBackward is the backward of BlockForward. dresid (rows,d) holds
@@ -380,13 +495,5 @@ func addTo(dst, src []float32) {
 	src = src[:len(dst)]
 	for i, v := range src {
 		dst[i] += v
-	}
-}
-
-// add sets dst[i] = a[i] + b[i].
-func add(dst, a, b []float32) {
-	a, b = a[:len(dst)], b[:len(dst)]
-	for i := range dst {
-		dst[i] = a[i] + b[i]
 	}
 }

@@ -65,6 +65,8 @@ type Model struct {
 	embed    []float32
 	gembed   []float32
 	units    []Unit
+	tpHidden tpOverlap   // see TakeTPOverlap
+	noGroup  pendingGrad // startReduceGrad's result without a group
 }
 
 // New allocates a whole model (one rank) for cfg with zero parameters;

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/loomtrain/loom/model"
 	"github.com/loomtrain/loom/parallel"
@@ -101,7 +103,12 @@ func TestTensorParallelMatchesWholeModel(t *testing.T) {
 					t.Fatal(err)
 				}
 				whole.Init(9)
+				// An odd batch: the forward's two halves of the
+				// sequences (blockForwardHalves) are 1 and 2 sequences.
 				B, T := 4, 7
+				if tc.tp == 4 && tc.kv == 1 && !sp {
+					B = 3
+				}
 				tokens, targets := batch(B, T, cfg.VocabSize, 5)
 				targets[3] = -1 // ignored
 				a, _ := whole.NewActs(B, T)
@@ -270,4 +277,137 @@ func TestTensorParallelErrorsReturn(t *testing.T) {
 		t.Fatal("NewUnbound accepted a split layout without a TP communicator")
 	}
 	var _ parallel.Comm = g[1]
+}
+
+// overlapWatch sees, per rank, whether weight-gradient GEMMs (the
+// backward's transposed-A products) start while the input gradient
+// computed just before them is still being reduced over the
+// tensor-parallel group.
+type overlapWatch struct {
+	backward atomic.Bool  // a backward kernel has run
+	gemms    atomic.Int64 // weight-gradient GEMMs started
+	mark     atomic.Int64 // gemms when the last backward kernel ran
+}
+
+type watchKernels struct {
+	tensor.Reference
+	w *overlapWatch
+}
+
+func (k watchKernels) Sgemm(transA, transB bool, m, n, kk int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if transA {
+		k.w.gemms.Add(1)
+	}
+	k.Reference.Sgemm(transA, transB, m, n, kk, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+func (k watchKernels) backwardKernel() {
+	k.w.backward.Store(true)
+	k.w.mark.Store(k.w.gemms.Load())
+}
+
+func (k watchKernels) SwiGLUBackward(dgate, dup, dout, gate, up []float32) {
+	k.backwardKernel()
+	k.Reference.SwiGLUBackward(dgate, dup, dout, gate, up)
+}
+
+func (k watchKernels) AttentionBackward(dq, dk, dv, dout, out, lse, q, kk, v []float32, batch, seqLen, heads, kvHeads, headDim int) {
+	k.backwardKernel()
+	k.Reference.AttentionBackward(dq, dk, dv, dout, out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim)
+}
+
+// watchComm holds each reduction of an activation-sized buffer in the
+// blocks' backward open after it completed, until a weight-gradient GEMM
+// has started since the backward kernel before it (or a second has
+// passed). A caller that waits on the reduction synchronously cannot start
+// one meanwhile.
+type watchComm struct {
+	parallel.Comm
+	w        *overlapWatch
+	act      int // elements of an activation (B·T·d)
+	checked  atomic.Int32
+	overlaps atomic.Int32
+}
+
+func (c *watchComm) hold(n int, reduce func() error) error {
+	if n != c.act || !c.w.backward.Load() {
+		return reduce()
+	}
+	mark := c.w.mark.Load()
+	err := reduce()
+	deadline := time.Now().Add(time.Second)
+	for c.w.gemms.Load() == mark && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Microsecond)
+	}
+	c.checked.Add(1)
+	if c.w.gemms.Load() > mark {
+		c.overlaps.Add(1)
+	}
+	return err
+}
+
+func (c *watchComm) AllReduce(ctx context.Context, buf []float32, op parallel.ReduceOp) error {
+	return c.hold(len(buf), func() error { return c.Comm.AllReduce(ctx, buf, op) })
+}
+
+func (c *watchComm) ReduceScatter(ctx context.Context, buf []float32, op parallel.ReduceOp) ([]float32, error) {
+	var out []float32
+	err := c.hold(len(buf), func() (err error) { out, err = c.Comm.ReduceScatter(ctx, buf, op); return err })
+	return out, err
+}
+
+// The input gradient of every column-parallel pair is reduced while the
+// pair's weight gradients are computed (Megatron's asynchronous
+// all-reduce), with and without sequence parallelism, and the hidden time
+// is counted.
+func TestInputGradientReductionOverlapsWeightGradients(t *testing.T) {
+	cfg := model.Config{VocabSize: 61, Dim: 32, NLayers: 2, NHeads: 4, NKVHeads: 2, FFNHidden: 48,
+		SeqLen: 8, RopeTheta: 10000, NormEps: 1e-5}
+	B, T := 2, 8
+	tokens, targets := batch(B, T, cfg.VocabSize, 5)
+	for _, sp := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sp=%v", sp), func(t *testing.T) {
+			tpg := inproc.New("tp", 2)
+			var comms []*watchComm
+			var ranks []*model.Model
+			for r := range 2 {
+				l, err := model.NewLocalLayout(cfg, model.Split{TP: 2, Rank: r})
+				if err != nil {
+					t.Fatal(err)
+				}
+				w := &overlapWatch{}
+				wc := &watchComm{Comm: tpg[r], w: w, act: B * T * cfg.Dim}
+				m, err := model.NewUnbound(l, watchKernels{w: w}, model.Comms{TP: wc, SequenceParallel: sp})
+				if err != nil {
+					t.Fatal(err)
+				}
+				m.Bind(make([]float32, l.Size), make([]float32, l.Size))
+				m.Init(4)
+				comms, ranks = append(comms, wc), append(ranks, m)
+			}
+			onAll(t, ranks, func(r int, m *model.Model) error {
+				a, err := m.NewActs(B, T)
+				if err != nil {
+					return err
+				}
+				_, err = m.ForwardBackwardHooks(context.Background(), a, tokens, targets, 1, model.Hooks{})
+				return err
+			})
+			for r, c := range comms {
+				// Two input gradients per layer, after the first backward kernel.
+				if got, want := c.checked.Load(), int32(2*cfg.NLayers); got != want {
+					t.Fatalf("rank %d: %d activation-sized reductions in the blocks' backward, want %d", r, got, want)
+				}
+				if got := c.overlaps.Load(); got != c.checked.Load() {
+					t.Errorf("rank %d: %d of %d input-gradient reductions had a weight-gradient GEMM running beside them", r, got, c.checked.Load())
+				}
+				if ranks[r].TakeTPOverlap() <= 0 {
+					t.Errorf("rank %d: no hidden tensor-parallel time counted", r)
+				}
+				if d := ranks[r].TakeTPOverlap(); d != 0 {
+					t.Errorf("rank %d: TakeTPOverlap did not reset (%v left)", r, d)
+				}
+			}
+		})
+	}
 }

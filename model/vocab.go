@@ -128,33 +128,29 @@ func (m *Model) vocabParallelCE(ctx context.Context, h *HeadActs, targets []int3
 		if targets[r] >= 0 {
 			counted++
 		}
-		best := float32(math.Inf(-1))
-		for _, x := range h.Logits[r*Vl : r*Vl+valid] {
-			if x > best || x != x {
-				best = x
-			}
-		}
-		mx[r] = best
 	}
+	m.k.RowMax(mx, h.Logits, n, valid, Vl)
 	if err := m.tp.AllReduce(ctx, mx, parallel.Max); err != nil {
 		return 0, fmt.Errorf("vocabulary-parallel cross-entropy: max all-reduce: %w", err)
 	}
 	for r := range n {
-		row := h.Logits[r*Vl : r*Vl+valid]
 		tl[r] = 0
 		if t := int(targets[r]) - v0; t >= 0 && t < valid {
-			tl[r] = row[t]
+			tl[r] = h.Logits[r*Vl+t]
 		}
-		M := float64(mx[r])
-		var sum float64
-		for j, x := range row {
-			e := math.Exp(float64(x) - M)
-			sum += e
-			if grad {
-				row[j] = float32(e) // kept for the gradient below
+	}
+	if grad {
+		// The exponentials replace the logits, kept for the gradient below.
+		m.k.ExpShiftRows(se, h.Logits, mx, n, valid, Vl)
+	} else {
+		for r := range n {
+			M := float64(mx[r])
+			var sum float64
+			for _, x := range h.Logits[r*Vl : r*Vl+valid] {
+				sum += math.Exp(float64(x) - M)
 			}
+			se[r] = float32(sum)
 		}
-		se[r] = float32(sum)
 	}
 	if err := m.tp.AllReduce(ctx, h.Stats[n:3*n], sumOp); err != nil {
 		return 0, fmt.Errorf("vocabulary-parallel cross-entropy: sum all-reduce: %w", err)
@@ -200,8 +196,11 @@ func (m *Model) HeadBackward(ctx context.Context, h *HeadActs, dx, x []float32, 
 	n, d, V := h.B*h.T, c.Dim, m.loc.Vocab
 	rows := m.rows(n, h.SP)
 	k.Sgemm(false, false, n, d, V, 1, h.Logits, V, m.head.Out, d, 0, h.DNorm, d)
+	// The head's weight gradient hides the input gradient's reduction
+	// (overlap.go).
+	p := m.startReduceGrad(ctx, h.DNorm[:n*d], h.SP, site{"the head input gradient", -1})
 	k.Sgemm(true, false, V, d, n, 1, h.Logits, V, h.NormFull, d, 1, m.ghead.Out, d)
-	dnorm, err := m.reduceGrad(ctx, h.DNorm[:n*d], h.SP, site{"the head input gradient", -1})
+	dnorm, err := m.join(p)
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ type CommOp struct {
 //	without sequence parallelism, all-reduces of n·d: the embedding (e),
 //	  per layer the attention and MLP outputs in forward (g) and their
 //	  input gradients in backward (f) (4L), the head's input gradient (h);
+//	  with B ≥ 2 each forward one as two, of the two halves' rows;
 //	with sequence parallelism the same n·d all-reduces become their
 //	  halves: reduce-scatters of the embedding, each row-parallel output
 //	  and each column-parallel input gradient (4L + e + h), all-gathers of
@@ -81,6 +82,14 @@ func (p *Plan) TPComm(r, B, T int) []CommOp {
 		add(KindTP, ReduceScatter, 4*L+e+h+rec, nd)
 		add(KindTP, AllGather, 6*L+e+h+rec, nd)
 		add(KindTP, AllReduce, 2*L+h, d)
+	} else if B >= 2 {
+		// Each block's forward runs as two halves of the sequences
+		// (model.blockForwardHalves): its two all-reduces of n·d become
+		// four of the halves' rows, the same elements in all.
+		add(KindTP, AllReduce, 2*L+e+h, nd)
+		half := (int64(B) / 2) * int64(T) * d
+		add(KindTP, AllReduce, 2*L+rec, half)
+		add(KindTP, AllReduce, 2*L+rec, nd-half)
 	} else {
 		add(KindTP, AllReduce, 4*L+e+h+rec, nd)
 	}

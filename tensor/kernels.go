@@ -63,6 +63,14 @@ type Kernels interface {
 	// logits are then overwritten). gradScale lets gradient accumulation
 	// divide by the number of micro-batches. Returns 0 when no row counts.
 	CrossEntropy(dlogits, logits []float32, targets []int32, rows, vocab int, gradScale float32) float64
+	// RowMax writes to mx[r] the largest of the n entries of row r of s
+	// (row r at s[r·ld:]), for rows rows. The pieces of a cross-entropy
+	// whose vocabulary is split over ranks (the maxima and sums are
+	// reduced over the ranks in between).
+	RowMax(mx, s []float32, rows, n, ld int)
+	// ExpShiftRows replaces the n entries of row r of s by exp(s − shift[r])
+	// and writes their sum to sum[r], for rows rows.
+	ExpShiftRows(sum, s, shift []float32, rows, n, ld int)
 
 	// AdamW applies one torch.optim.AdamW step (single-tensor code path of
 	// PyTorch 1.13+) to p, with gradient g and moments m, v, all of one

@@ -267,6 +267,34 @@ func (Reference) AttentionBackward(dq, dk, dv, dout, out, lse, q, k, v []float32
 	}
 }
 
+// RowMax implements Kernels.RowMax.
+func (Reference) RowMax(mx, s []float32, rows, n, ld int) {
+	for r := range rows {
+		best := float32(math.Inf(-1))
+		for _, x := range s[r*ld : r*ld+n] {
+			if x > best || x != x {
+				best = x
+			}
+		}
+		mx[r] = best
+	}
+}
+
+// ExpShiftRows implements Kernels.ExpShiftRows, in float64.
+func (Reference) ExpShiftRows(sum, s, shift []float32, rows, n, ld int) {
+	for r := range rows {
+		M := float64(shift[r])
+		var t float64
+		row := s[r*ld : r*ld+n]
+		for j, x := range row {
+			e := math.Exp(float64(x) - M)
+			t += e
+			row[j] = float32(e)
+		}
+		sum[r] = float32(t)
+	}
+}
+
 // CrossEntropy implements Kernels.CrossEntropy.
 func (Reference) CrossEntropy(dlogits, logits []float32, targets []int32, rows, vocab int, gradScale float32) float64 {
 	counted := 0

@@ -71,13 +71,17 @@ type Stats struct {
 	Tokens       int     `json:"tokens"`    // tokens in the global batch
 	TokensPerSec float64 `json:"tokens_per_sec"`
 	StepSeconds  float64 `json:"step_s"`
-	// CommSeconds is the time spent in collectives — data-parallel ones,
-	// of which OverlapSeconds ran hidden behind the backward pass, and
-	// tensor-parallel ones (TPCommSeconds, all on the compute path, so
-	// exposed).
-	CommSeconds    float64 `json:"comm_s"`
-	OverlapSeconds float64 `json:"comm_overlap_s"`
-	TPCommSeconds  float64 `json:"tp_comm_s,omitempty"`
+	// CommSeconds is the time spent in collectives, data-parallel and
+	// tensor-parallel (TPCommSeconds); OverlapSeconds is the part of it
+	// that ran hidden: data-parallel exchanges behind the backward pass,
+	// and tensor-parallel ones behind compute (input-gradient reductions
+	// behind weight-gradient GEMMs, one half-batch's forward all-reduce
+	// behind the other half: TPOverlapSeconds, model.TakeTPOverlap). The rest of the
+	// tensor-parallel time is on the compute path.
+	CommSeconds      float64 `json:"comm_s"`
+	OverlapSeconds   float64 `json:"comm_overlap_s"`
+	TPCommSeconds    float64 `json:"tp_comm_s,omitempty"`
+	TPOverlapSeconds float64 `json:"tp_comm_overlap_s,omitempty"`
 	// CommBytes is what this rank sent in the step's collectives (see
 	// zero.StepStats and parallel.BytesSent), TPCommBytes the part sent
 	// on the tensor-parallel and kv groups.
@@ -397,6 +401,8 @@ func (t *Trainer) Step(ctx context.Context) (Stats, error) {
 	}
 	st.CommSeconds += st.TPCommSeconds
 	st.CommBytes += st.TPCommBytes
+	st.TPOverlapSeconds = t.Model.TakeTPOverlap().Seconds()
+	st.OverlapSeconds += st.TPOverlapSeconds
 	t.step++
 	t.keepTimeline(opt, optEnd)
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {

@@ -74,3 +74,19 @@ func (k *Kernels) CrossEntropy(dlogits, logits []float32, targets []int32, rows,
 	*t = ceTask{}
 	return loss / float64(counted)
 }
+
+// RowMax implements tensor.Kernels.RowMax (AVX-512 where the CPU has it).
+func (k *Kernels) RowMax(mx, s []float32, rows, n, ld int) {
+	if n == 0 {
+		return
+	}
+	for r := range rows {
+		mx[r] = vmax(s[r*ld : r*ld+n])
+	}
+}
+
+// ExpShiftRows implements tensor.Kernels.ExpShiftRows with the
+// attention softmax's vectorized exp (expShiftRows).
+func (k *Kernels) ExpShiftRows(sum, s, shift []float32, rows, n, ld int) {
+	expShiftRows(s, ld, rows, n, n, shift, sum)
+}

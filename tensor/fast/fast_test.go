@@ -269,6 +269,37 @@ func TestAdamWSumSquaresScale(t *testing.T) {
 	})
 }
 
+// The vocabulary-parallel cross-entropy's pieces match the reference:
+// row maxima exactly, exponentials and row sums within float32 rounding,
+// over strided rows (ld > n, the padding columns left alone).
+func TestRowMaxAndExpShiftRows(t *testing.T) {
+	forThreads(t, func(t *testing.T, k *Kernels) {
+		rng := rand.New(rand.NewPCG(11, 12))
+		for _, rows := range oddSizes {
+			for _, n := range []int{1, 7, 65, 258, 1031} {
+				ld := n + 5
+				s := randSlice(rng, rows*ld, 4)
+				name := fmt.Sprintf("rows=%d n=%d", rows, n)
+				mx, wmx := make([]float32, rows), make([]float32, rows)
+				k.RowMax(mx, s, rows, n, ld)
+				ref.RowMax(wmx, s, rows, n, ld)
+				check(t, name+" row max", mx, wmx, 0)
+				got, want := slices.Clone(s), slices.Clone(s)
+				sum, wsum := make([]float32, rows), make([]float32, rows)
+				k.ExpShiftRows(sum, got, mx, rows, n, ld)
+				ref.ExpShiftRows(wsum, want, wmx, rows, n, ld)
+				check(t, name+" exp", got, want, 1e-6)
+				check(t, name+" row sums", sum, wsum, 1e-6)
+				for r := range rows {
+					if !slices.Equal(got[r*ld+n:r*ld+ld], s[r*ld+n:r*ld+ld]) {
+						t.Fatalf("%s: row %d's columns past n were written", name, r)
+					}
+				}
+			}
+		}
+	})
+}
+
 func TestCrossEntropy(t *testing.T) {
 	forThreads(t, func(t *testing.T, k *Kernels) {
 		rng := rand.New(rand.NewPCG(9, 10))
