@@ -148,9 +148,17 @@
 //     does not have — and on an idle 2-vCPU VM every wake-up of the other
 //     vCPU costs several µs.
 //   - shm: 4 KiB in 7 µs (OpenMPI's busy-polling vader: 2.7), 16–64 KiB
-//     within 20% of OpenMPI-shm, 256 KiB level with it, 1–4 MiB at
-//     0.9–1.1×, 16 MiB and up 2–6× faster (OpenMPI drops to 0.6–0.9 GB/s
-//     once buffers leave the cache here). Before single copy a frame went
+//     within 20% of OpenMPI-shm, 256 KiB level with it, 16 MiB and up
+//     2–6× faster on an earlier VM (OpenMPI dropped to 0.6–0.9 GB/s once
+//     buffers left the cache there). On a later one (2 ranks, 6 rounds
+//     alternating with OpenMPI-shm, medians of p50): 1 MiB 271 µs vs 275,
+//     4 MiB 945 vs 1,030, 16 MiB 4,877 vs 4,786 — where before the ring's
+//     sends were lazy and by-reference waits polled longer they took 289,
+//     1,916 and 12,065: every hop waited for an acknowledgement, and most
+//     waits slept and paid a halted vCPU's wake-up. At 4 ranks on 2 cores
+//     (nothing polls) 1 MiB takes ~1.8 ms against OpenMPI's ~0.8: six
+//     ring hops, each a wake-up of a process that needs a busy core.
+//     Before single copy a frame went
 //     into the ring and out of it, two passes where OpenMPI makes one, and
 //     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
