@@ -178,6 +178,31 @@ const (
 	DefaultShmSpin      = 50 * time.Microsecond
 )
 
+// acquireTurn takes a token of a bulk link's sem, waiting at most timeout
+// and no longer than ctx, abort or the link's failure (done closes, and
+// failure says why).
+func acquireTurn(ctx context.Context, sem chan struct{}, done <-chan struct{}, failure func() error, timeout time.Duration, abort <-chan struct{}) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	default:
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case sem <- struct{}{}:
+		return nil
+	case <-done:
+		return failure()
+	case <-abort:
+		return errAborted
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
+	}
+}
+
 // ackWaiter is a link that may return from a lazy send before its peer
 // has read the payload (see wireFrame.lazy).
 type ackWaiter interface {

@@ -415,25 +415,7 @@ func (l *shmLink) publish() {
 
 // acquire takes sem, which serializes frames and keeps the ring mapped.
 func (l *shmLink) acquire(ctx context.Context, timeout time.Duration, abort <-chan struct{}) error {
-	select {
-	case l.sem <- struct{}{}:
-		return nil
-	default:
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case l.sem <- struct{}{}:
-		return nil
-	case <-l.done:
-		return l.failure()
-	case <-abort:
-		return errAborted
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
-	}
+	return acquireTurn(ctx, l.sem, l.done, l.failure, timeout, abort)
 }
 
 // send copies f into the ring: header, then the payload as room allows.

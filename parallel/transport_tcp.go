@@ -142,25 +142,7 @@ func (l *tcpLink) failure() error {
 
 // acquire takes the link's turn to write, waiting at most timeout.
 func (l *tcpLink) acquire(ctx context.Context, timeout time.Duration, abort <-chan struct{}) error {
-	select {
-	case l.sem <- struct{}{}:
-		return nil
-	default:
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case l.sem <- struct{}{}:
-		return nil
-	case <-l.done:
-		return l.failure()
-	case <-abort:
-		return errAborted
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return fmt.Errorf("%w: waiting to send for %v", ErrPeerTimeout, timeout)
-	}
+	return acquireTurn(ctx, l.sem, l.done, l.failure, timeout, abort)
 }
 
 // send writes f: header and payload in one vectored write, from the
