@@ -338,26 +338,28 @@ func (m *Model) BlockForward(ctx context.Context, layer int, y, x []float32, s *
 func (m *Model) blockForwardHalves(ctx context.Context, layer int, y, x []float32, s *BlockActs, scr *BlockScratch) (err error) {
 	d, w := m.Config.Dim, m.blocks[layer]
 	b := s.B / 2
-	half := [2]BlockActs{s.seqs(b*0, b, m.loc, d), s.seqs(b, s.B, m.loc, d)}
-	rows := func(t []float32, i int) []float32 { return t[i*b*s.T*d : (b+i*(s.B-b))*s.T*d] }
-	var p *pendingGrad
+	half := [2]BlockActs{s.seqs(0, b, m.loc, d), s.seqs(b, s.B, m.loc, d)}
+	off := [3]int{0, b * s.T * d, s.B * s.T * d}
+	rows := func(t []float32, i int) []float32 { return t[off[i]:off[i+1]] }
+	// One all-reduce in flight at a time: next joins it and starts buf's;
+	// the last is joined on return, also after an error.
+	var p pending
+	var busy bool
 	defer func() {
-		if p != nil {
+		if busy {
 			if _, jerr := m.join(p); err == nil {
 				err = jerr
 			}
 		}
 	}()
-	// next joins the reduction in flight and starts buf's.
 	next := func(buf []float32, what site) error {
-		if p != nil {
-			q := p
-			p = nil
-			if _, err := m.join(q); err != nil {
+		if busy {
+			busy = false
+			if _, err := m.join(p); err != nil {
 				return err
 			}
 		}
-		p = m.startAllReduce(ctx, buf, what)
+		p, busy = m.startAllReduce(ctx, buf, what), true
 		return nil
 	}
 	for i := range half {
@@ -380,10 +382,7 @@ func (m *Model) blockForwardHalves(ctx context.Context, layer int, y, x []float3
 			return err
 		}
 	}
-	q := p
-	p = nil
-	_, err = m.join(q)
-	return err
+	return nil
 }
 
 // BlockBackward is the backward of BlockForward. dresid (rows,d) holds

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+	"sync/atomic"
 
 	"github.com/loomtrain/loom/parallel"
 	"github.com/loomtrain/loom/tensor"
@@ -65,8 +66,7 @@ type Model struct {
 	embed    []float32
 	gembed   []float32
 	units    []Unit
-	tpHidden tpOverlap   // see TakeTPOverlap
-	noGroup  pendingGrad // startReduceGrad's result without a group
+	tpHidden atomic.Int64 // ns of overlapped collectives, see TakeTPOverlap
 }
 
 // New allocates a whole model (one rank) for cfg with zero parameters;

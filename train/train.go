@@ -76,8 +76,8 @@ type Stats struct {
 	// that ran hidden: data-parallel exchanges behind the backward pass,
 	// and tensor-parallel ones behind compute (input-gradient reductions
 	// behind weight-gradient GEMMs, one half-batch's forward all-reduce
-	// behind the other half: TPOverlapSeconds, model.TakeTPOverlap). The rest of the
-	// tensor-parallel time is on the compute path.
+	// behind the other half: TPOverlapSeconds, model.TakeTPOverlap). The
+	// rest of the tensor-parallel time is on the compute path.
 	CommSeconds      float64 `json:"comm_s"`
 	OverlapSeconds   float64 `json:"comm_overlap_s"`
 	TPCommSeconds    float64 `json:"tp_comm_s,omitempty"`
