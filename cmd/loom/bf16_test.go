@@ -141,7 +141,8 @@ func TestBF16TracksFP32(t *testing.T) {
 // TestBF16GradientsMatchFP32 separates bf16's rounding from a defect in
 // the bf16 path: at the same weights and batch, the bf16 loss must equal
 // the float32 loss to rounding, and every parameter's bf16 gradient must
-// point the same way at the same size. A dropped scale, a transposed or
+// point the same way at the same size, and the weights (the fp32 masters)
+// must come out of the bf16 passes unchanged. A dropped scale, a transposed or
 // stale operand, or a gradient taken through the wrong values shows up
 // here as a per-tensor error of percents or more, or as a norm ratio away
 // from 1; bf16's round-to-nearest leaves 0.2–0.6% error and scales within
@@ -214,6 +215,11 @@ func TestBF16GradientsMatchFP32(t *testing.T) {
 		}
 		m32, l32 := grads(k32, s)
 		m16, l16 := grads(k16, s)
+		for i, w := range tr.Model.Params { // fp32 masters: bf16 rounds copies, never the weights
+			if math.Float32bits(m16.Params[i]) != math.Float32bits(w) {
+				t.Fatalf("step %d: the bf16 passes changed weight %d from %g to %g", s+1, i, w, m16.Params[i])
+			}
+		}
 		if d := math.Abs(l16-l32) / l32; !(d <= 1e-4) {
 			t.Errorf("step %d: bf16 loss %.6f is %.3g%% from fp32's %.6f at the same weights (limit 0.01%%)", s+1, l16, 100*d, l32)
 		}
