@@ -93,9 +93,10 @@ func TestBF16TracksFP32(t *testing.T) {
 	bf16 := bf16Losses(t, spec, "bf16")
 	// The two runs see the same batches, and at the same weights their
 	// losses agree to 0.002% (TestBF16GradientsMatchFP32), but from step
-	// ~25 the weights follow different paths, and a batch of 2,048 tokens
-	// where the fp32 run's loss spikes (step 56: +3%) is where the curves
-	// part most. The 10-step means are what a loss curve shows.
+	// ~25 the weights follow different paths, and the batches where the
+	// fp32 run's gradient norm spikes (step 56: 2.8, against 0.7 typically)
+	// are where the curves part most. The 10-step means are what a loss
+	// curve shows.
 	worst, at := 0.0, 0
 	var over []string // the steps beyond the issue's 1% per step
 	lower := 0
@@ -139,13 +140,13 @@ func TestBF16TracksFP32(t *testing.T) {
 }
 
 // TestBF16GradientsMatchFP32 separates bf16's rounding from a defect in
-// the bf16 path: at the same weights and batch, the bf16 loss must equal
-// the float32 loss to rounding, and every parameter's bf16 gradient must
-// point the same way at the same size, and the weights (the fp32 masters)
-// must come out of the bf16 passes unchanged. A dropped scale, a transposed or
+// the bf16 path. At the same weights and batch, the bf16 loss must equal
+// the float32 loss to rounding, every parameter's bf16 gradient must point
+// the same way at the same size, and the weights (the fp32 masters) must
+// come out of the bf16 passes unchanged. A dropped scale, a transposed or
 // stale operand, or a gradient taken through the wrong values shows up
-// here as a per-tensor error of percents or more, or as a norm ratio away
-// from 1; bf16's round-to-nearest leaves 0.2–0.6% error and scales within
+// here as a per-tensor error of percents or more, or as a scale away from
+// 1; bf16's round-to-nearest leaves 0.2–0.6% error and scales within
 // 0.15% of 1 here (truncating instead of rounding fails the scale limit).
 // Checked at the initial weights and, outside -race, after 30 float32
 // steps of `make bf16-parity`'s run (before its first loss spike, where
