@@ -27,16 +27,7 @@ func bf16Losses(t *testing.T, spec api.JobSpec, precision string) []float64 {
 		t.Fatal(err)
 	}
 	defer k.Close()
-	f, err := data.Open(spec.Data.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	loader, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: true, Seed: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: loader})
+	tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: bf16Loader(t, spec.Data.Path, spec.Model.SeqLen, true)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,6 +61,22 @@ func bf16Spec(t *testing.T, steps int) api.JobSpec {
 	spec.Train.Steps = steps
 	spec.Checkpoint.Every = 0
 	return spec
+}
+
+// bf16Loader opens a token file for the test's duration and returns a
+// loader of windows of seqLen, shuffled (seed 1) or in file order.
+func bf16Loader(t *testing.T, path string, seqLen int, shuffle bool) *data.Loader {
+	t.Helper()
+	f, err := data.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: seqLen, Shuffle: shuffle, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }
 
 // TestBF16TracksFP32 trains `tiny` (examples/tiny.yaml) on Go source text
@@ -160,15 +167,7 @@ func TestBF16GradientsMatchFP32(t *testing.T) {
 		at = at[:1]
 	}
 	spec := bf16Spec(t, 200)
-	f, err := data.Open(spec.Data.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	loader, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: true, Seed: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	loader := bf16Loader(t, spec.Data.Path, spec.Model.SeqLen, true)
 	k32, err := newKernelsPrecision(1, "fp32")
 	if err != nil {
 		t.Fatal(err)

@@ -162,19 +162,8 @@ func TestBF16Bisect(t *testing.T) {
 			}
 			defer bf.Close()
 			k := &bisectKernels{Kernels: k32, bf: bf, pick: pick, noise: noise, rng: rand.New(rand.NewPCG(perturb, 11))}
-			open := func(path string, shuffle bool) *data.Loader {
-				f, err := data.Open(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { f.Close() })
-				l, err := data.NewLoader(f, data.LoaderConfig{SeqLen: spec.Model.SeqLen, Shuffle: shuffle, Seed: 1})
-				if err != nil {
-					t.Fatal(err)
-				}
-				return l
-			}
-			tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: open(spec.Data.Path, true), Validation: open(valPath, false)})
+			tr, err := train.New(train.Config{Spec: spec, Kernels: k, Loader: bf16Loader(t, spec.Data.Path, spec.Model.SeqLen, true),
+				Validation: bf16Loader(t, valPath, spec.Model.SeqLen, false)})
 			if err != nil {
 				t.Fatal(err)
 			}
