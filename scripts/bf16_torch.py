@@ -11,7 +11,7 @@
 #   fp32-p     float32 with every initial weight multiplied by 1 + 1e-6·u, u ~ U[-1, 1): the
 #              spread of the curve under a perturbation far below bf16's rounding (2^-9)
 #   fp32-noise float32 with every gradient element multiplied by 1 + 0.004·N(0, 1) before clipping:
-#              unbiased noise of the size bf16's rounding leaves in Loom's gradients (0.2–0.5%
+#              unbiased noise of the size bf16's rounding leaves in Loom's gradients (0.2–0.6%
 #              relative error per tensor, cmd/loom TestBF16GradientsMatchFP32)
 #   loom-bf16  what Loom's train.precision: bf16 computes: every linear layer (and the head)
 #              multiplies bf16-rounded inputs with float32 accumulation and float32 outputs, its
@@ -20,10 +20,13 @@
 #   autocast   torch.autocast("cpu", dtype=torch.bfloat16) around the forward (PyTorch users'
 #              bf16: linear and attention matmuls in bf16 with bf16 outputs)
 # For each seed it prints, per precision, the worst single-step relative difference from fp32,
-# the worst 10-step-mean difference, and how many steps are lower / higher by more than 0.7%.
+# the worst 10-step-mean difference, how many steps are lower / higher by more than 0.7%, and the
+# mean difference over the second half. One thread (Debian's torch takes OpenBLAS's thread count
+# from the environment); about 2 min per 200-step run on a 2-core Xeon VM:
 #
-#   /usr/bin/python3 scripts/bf16_torch.py --seeds 1337,7,99 --precision fp32-p,loom-bf16
-import argparse, glob, json, math, os, sys
+#   OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 /usr/bin/python3 scripts/bf16_torch.py \
+#       --seeds 1337,7,99 --precision loom-bf16,autocast,fp32-noise
+import argparse, glob, json, math, os
 import torch, torch.nn as nn, torch.nn.functional as F
 
 V, D, L, H, FFN, T, B = 258, 128, 4, 4, 352, 128, 16
