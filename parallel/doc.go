@@ -49,7 +49,7 @@
 //     and the send returns on its acknowledgement — or at once for the
 //     ring's sends, which the call settles before it returns (a failed
 //     call gives the peer a moment, then breaks the link so it drops what
-//     it reads). An empty ring is polled for ShmSpin (yielding the core
+//     it reads). An empty ring is polled for PollSpin (yielding the core
 //     between polls), longer when the wait is for a by-reference read
 //     (about 0.5 ms per MiB unread), then its reader sleeps reading the Unix
 //     socket, and the sender writes a byte there when it sees the reader's
@@ -163,12 +163,12 @@
 //     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
 //     locks. Polling is what makes them fast: sleeping on the doorbell at
-//     once (ShmSpin < 0) made 4 KiB 25 µs. But only while every linked
+//     once (PollSpin < 0) made 4 KiB 25 µs. But only while every linked
 //     process has a core: with more (4 ranks on 2 cores) a polling rank
 //     holds the core the rank it waits for needs, and 4 KiB took 307–437
 //     µs polling against 185–200 sleeping at once. So by default a
 //     transport polls only while its shm peers and itself fit the host's
-//     cores (Transport.shmSpinFor), as MPI stops busy-polling when
+//     cores (Transport.pollSpinFor), as MPI stops busy-polling when
 //     oversubscribed. The sleep/wake flags are stored with a full fence
 //     (see shmRing).
 //

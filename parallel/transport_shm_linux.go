@@ -33,7 +33,7 @@ import (
 // ring into the destination.
 //
 // Waiting costs no CPU once idle: a reader that finds its ring empty polls
-// it for ShmSpin (yielding the core between polls), then sets a flag in
+// it for PollSpin (yielding the core between polls), then sets a flag in
 // the shared header and sleeps reading the Unix socket, and the sender
 // writes one byte there when it sees the flag after publishing (a full
 // ring works the same way the other way round). The socket is also how
@@ -163,10 +163,10 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 
 // A wait that expects a by-reference payload to be read (the sender's
 // acknowledgement, or the receiver's next frame after one, which its
-// peer sends once it has read as much) polls longer than ShmSpin: by
+// peer sends once it has read as much) polls longer than PollSpin: by
 // shmSpinPerMiB for each MiB, up to shmSpinMax. Sleeping costs a wake-up
 // of the idle core, which on a VM (a halted vCPU) took ~50–150 µs each;
-// 2 ranks on 2 vCPUs, ShmSpin 50 µs for every wait vs 1 ms: 4 MiB
+// 2 ranks on 2 vCPUs, PollSpin 50 µs for every wait vs 1 ms: 4 MiB
 // all-reduce p50 1,500–1,600 µs vs 856–1,160.
 const (
 	shmSpinPerMiB = 500 * time.Microsecond
@@ -174,7 +174,7 @@ const (
 )
 
 // spinFor is how long to poll for something that waits on bytes of
-// by-reference payload, when the transport polls for base (ShmSpin):
+// by-reference payload, when the transport polls for base (PollSpin):
 // base itself when that is 0 or negative (never poll).
 func spinFor(base int64, bytes uint64) time.Duration {
 	if base <= 0 || bytes == 0 {
@@ -234,7 +234,7 @@ type shmLink struct {
 	oc   *outConn
 	ring shmRing
 	conn *net.UnixConn
-	spin *atomic.Int64 // the transport's shmSpin (ns)
+	spin *atomic.Int64 // the transport's pollSpin (ns)
 	sem  chan struct{} // serializes frames; held while the mapping is in use
 	room chan struct{} // the receiver made room (its doorbell)
 	done chan struct{} // closed when the link fails
@@ -312,10 +312,10 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 	runtime.KeepAlive(probe) // read by the receiver before its acknowledgement
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: &oc.t.shmSpin, sem: make(chan struct{}, 1),
+	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: &oc.t.pollSpin, sem: make(chan struct{}, 1),
 		room: make(chan struct{}, 1), done: make(chan struct{}), unmapped: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
-	oc.t.shmPeer(oc.addr, true)
+	oc.t.hostPeer(oc.addr, true)
 	go l.doorbells()
 	return l, nil
 }
@@ -355,7 +355,7 @@ func (l *shmLink) stop(err error) bool {
 	l.err = err
 	close(l.done)
 	l.mu.Unlock()
-	l.oc.t.shmPeer(l.oc.addr, false)
+	l.oc.t.hostPeer(l.oc.addr, false)
 	l.conn.Close()
 	go func() {
 		l.sem <- struct{}{} // a send in progress sees done and returns
@@ -618,10 +618,10 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: &t.shmSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
-	t.shmPeer(o.from, true)
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
+	t.hostPeer(o.from, true)
 	err = r.run()
-	t.shmPeer(o.from, false)
+	t.hostPeer(o.from, false)
 	conn.Close()
 	unix.Munmap(mem)
 	l.finish(err)
@@ -714,7 +714,7 @@ type shmReader struct {
 	*inLink
 	ring    shmRing
 	conn    *net.UnixConn
-	spin    *atomic.Int64 // the transport's shmSpin (ns)
+	spin    *atomic.Int64 // the transport's pollSpin (ns)
 	maxPay  int
 	tail    uint64 // bytes consumed
 	head    uint64 // bytes known written

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -244,6 +245,10 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 		return
 	}
 	defer t.untrackLink(conn)
+	if o.local { // its reader polls only while this host's cores allow
+		t.hostPeer(o.from, true)
+		defer t.hostPeer(o.from, false)
+	}
 	// Bound before the acknowledgement: once the dialer has it, it may
 	// send, say GOODBYE and end its stream, whose end must then wait for
 	// this link's.
@@ -255,7 +260,8 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes}
+	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes,
+		poll: newSockPoller(conn), spin: &t.pollSpin}
 	err = r.run()
 	conn.Close()
 	l.finish(err)
@@ -270,6 +276,18 @@ type tcpReader struct {
 	buf    []byte
 	r, w   int
 	maxPay int
+	// poll, where the connection is a plain socket, polls it for spin
+	// (the transport's polling time, ns) before a read parks.
+	poll *sockPoller
+	spin *atomic.Int64
+}
+
+// read reads into b, polling first where it may.
+func (c *tcpReader) read(b []byte) (int, error) {
+	if c.poll == nil {
+		return c.conn.Read(b)
+	}
+	return c.poll.pollRead(c.conn, b, time.Duration(c.spin.Load()))
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤
@@ -285,7 +303,7 @@ func (c *tcpReader) fill(need, want int) error {
 	}
 	end := min(len(c.buf), c.r+max(want, need))
 	for c.w-c.r < need {
-		n, err := c.conn.Read(c.buf[c.w:end])
+		n, err := c.read(c.buf[c.w:end])
 		c.w += n
 		if err != nil && c.w-c.r < need {
 			return err
