@@ -15,7 +15,9 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,6 +30,7 @@ import (
 
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/internal/cpuset"
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
@@ -85,6 +88,11 @@ type Options struct {
 	// HTTPAddr is where the coordinator serves its dashboard, JSON API and
 	// /metrics ("": nowhere); Local prints the page's URL to Info.
 	HTTPAddr string
+	// BindCores binds each worker process to ThreadsPerWorker CPUs of its
+	// own (`loom worker --cpus`), physical cores first, when all of them fit
+	// in the CPUs this process may use; otherwise (or false) workers float.
+	// A replacement worker takes the CPUs of the one it replaces.
+	BindCores bool
 }
 
 // JobError is a local job that did not succeed.
@@ -189,6 +197,13 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	args := []string{"worker", "--coordinator", lis.Addr().String(), "--listen", "127.0.0.1:0",
 		"--threads", strconv.Itoa(opts.ThreadsPerWorker), "--ttl", opts.LeaseTTL.String()}
 	args = append(args, opts.WorkerArgs...)
+	cpus := bindPlan(world, opts)
+	argsFor := func(slot int) []string {
+		if cpus == nil {
+			return args
+		}
+		return append(slices.Clone(args), "--cpus", cpus[slot].String())
+	}
 	procs := newProcs(opts)
 	defer procs.stop(opts.StopTimeout)
 	// Local's own lines and the progress are often written where the
@@ -196,7 +211,11 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	// takes the workers' output lock.
 	opts.Info = &lockedWriter{mu: &procs.out.mu, w: opts.Info}
 	opts.Progress = &lockedWriter{mu: &procs.out.mu, w: opts.Progress}
-	if err := procs.start(world, opts.Executable, args); err != nil {
+	slots := make([]int, world)
+	for i := range slots {
+		slots[i] = i
+	}
+	if err := procs.start(slots, opts.Executable, argsFor); err != nil {
 		return fmt.Errorf("launch: %w", err)
 	}
 
@@ -214,8 +233,16 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each; coordinator %s, etcd %s\n",
-		spec.Name, world, opts.ThreadsPerWorker, lis.Addr(), etcd.Endpoints[0])
+	bound := ""
+	if cpus != nil {
+		names := make([]string, len(cpus))
+		for i, c := range cpus {
+			names[i] = c.String()
+		}
+		bound = " (bound to CPUs " + strings.Join(names, " | ") + ")"
+	}
+	fmt.Fprintf(opts.Info, "%s: %d local workers, %d threads each%s; coordinator %s, etcd %s\n",
+		spec.Name, world, opts.ThreadsPerWorker, bound, lis.Addr(), etcd.Endpoints[0])
 	if httpLis != nil {
 		fmt.Fprintf(opts.Info, "%s: dashboard http://%s/ (metrics on /metrics)\n", spec.Name, httpLis.Addr())
 	}
@@ -257,8 +284,8 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 				replacements--
 				fmt.Fprintf(opts.Info, "%s: worker %d (pid %d) exited before the job finished (%v); starting a replacement (%d more allowed)\n",
 					spec.Name, ex.n, ex.pid, ex.err, replacements)
-				if err := procs.start(1, opts.Executable, args); err != nil {
-					exitedForGood <- exit{n: ex.n, pid: ex.pid, err: fmt.Errorf("%v; and its replacement did not start: %w", ex.err, err)}
+				if err := procs.start([]int{ex.slot}, opts.Executable, argsFor); err != nil {
+					exitedForGood <- exit{n: ex.n, slot: ex.slot, pid: ex.pid, err: fmt.Errorf("%v; and its replacement did not start: %w", ex.err, err)}
 					return
 				}
 			}
@@ -288,6 +315,27 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	}
 }
 
+// bindPlan is each worker slot's CPUs under opts.BindCores, or nil (no
+// binding: not asked for, unsupported, or the workers do not fit), saying
+// which on opts.Info.
+func bindPlan(world int, opts Options) []cpuset.Set {
+	if !opts.BindCores {
+		return nil
+	}
+	allowed, err := cpuset.Allowed()
+	if err != nil {
+		fmt.Fprintf(opts.Info, "launch: not binding workers to cores: %v\n", err)
+		return nil
+	}
+	sets, ok := cpuset.Split(cpuset.Topology("/sys", allowed), world, opts.ThreadsPerWorker)
+	if !ok {
+		fmt.Fprintf(opts.Info, "launch: not binding workers to cores: %d workers × %d threads need more than the %d CPUs (%s) this process may use\n",
+			world, opts.ThreadsPerWorker, len(allowed), allowed)
+		return nil
+	}
+	return sets
+}
+
 // procs are the local worker processes.
 type procs struct {
 	opts   Options
@@ -309,8 +357,10 @@ type procs struct {
 }
 
 type exit struct {
-	n, pid int
-	err    error
+	n    int // the worker's number in the output ([worker n])
+	slot int // the rank slot it was started for (its CPUs with BindCores)
+	pid  int
+	err  error
 }
 
 func newProcs(opts Options) *procs {
@@ -332,15 +382,16 @@ func newProcs(opts Options) *procs {
 	return p
 }
 
-func (p *procs) start(n int, exe string, args []string) error {
-	for range n {
+// start starts one worker per slot, with the command line argsFor(slot).
+func (p *procs) start(slots []int, exe string, argsFor func(slot int) []string) error {
+	for _, slot := range slots {
 		p.mu.Lock()
 		i, stopping := len(p.cmds), p.stopping
 		p.mu.Unlock()
 		if stopping {
 			return errors.New("the launch is stopping")
 		}
-		cmd := exec.Command(exe, args...)
+		cmd := exec.Command(exe, argsFor(slot)...)
 		cmd.Env = append(os.Environ(), p.opts.Env...)
 		cmd.Stdout = &prefixWriter{out: p.out, prefix: fmt.Sprintf("[worker %d] ", i)}
 		cmd.Stderr = cmd.Stdout
@@ -371,7 +422,7 @@ func (p *procs) start(n int, exe string, args []string) error {
 			err := cmd.Wait()
 			close(done)
 			select {
-			case p.exited <- exit{n: i, pid: cmd.Process.Pid, err: exitErr(err)}:
+			case p.exited <- exit{n: i, slot: slot, pid: cmd.Process.Pid, err: exitErr(err)}:
 			default:
 			}
 		}()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/loomtrain/loom/api"
+	"github.com/loomtrain/loom/internal/cpuset"
 	"github.com/loomtrain/loom/launch"
 	"github.com/loomtrain/loom/worker"
 )
@@ -31,15 +32,28 @@ func TestMain(m *testing.M) {
 }
 
 func runTestWorker(pidDir string, args []string) int {
-	_ = os.WriteFile(filepath.Join(pidDir, strconv.Itoa(os.Getpid())), nil, 0o644)
 	var cfg worker.Config
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
 	delay := fs.Duration("step-delay", 5*time.Millisecond, "")
 	failRank := fs.Int("fail-rank", -1, "")
+	cpus := fs.String("cpus", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// The pid file holds the CPUs the worker runs on, after --cpus.
+	if *cpus != "" {
+		set, err := cpuset.Parse(*cpus)
+		if err == nil {
+			err = cpuset.Bind(set)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+	}
+	allowed, _ := cpuset.Allowed()
+	_ = os.WriteFile(filepath.Join(pidDir, strconv.Itoa(os.Getpid())), []byte(allowed.String()), 0o644)
 	cfg.ReportInterval = 50 * time.Millisecond
 	cfg.Engine = worker.EngineFunc(func(ctx context.Context, a worker.Assignment, report func(worker.StepStats)) error {
 		if a.Threads <= 0 {
@@ -201,4 +215,60 @@ func TestLocalInterrupted(t *testing.T) {
 		t.Errorf("took %v", took)
 	}
 	noOrphans(t, pids, 2)
+}
+
+// TestLocalBindCores: with BindCores each worker runs on CPUs of its own
+// (one each here), and workers that do not fit run unbound, with a line
+// that says why.
+func TestLocalBindCores(t *testing.T) {
+	all, err := cpuset.Allowed()
+	if err != nil {
+		t.Skip(err)
+	}
+	if len(all) < 2 {
+		t.Skipf("%d CPUs: nothing to split", len(all))
+	}
+	for _, c := range []struct {
+		workers int
+		bound   bool
+	}{{2, true}, {len(all) + 1, false}} {
+		pids := t.TempDir()
+		var progress, out syncBuffer
+		o := opts(t, pids, &progress, &out)
+		o.BindCores, o.ThreadsPerWorker = true, 1
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := launch.Local(ctx, testSpec(t, c.workers, 3), o)
+		cancel()
+		if err != nil {
+			t.Fatalf("Local with %d workers: %v\nworkers:\n%s", c.workers, err, out.String())
+		}
+		ents, err := os.ReadDir(pids)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join(pids, e.Name()))
+			set, err := cpuset.Parse(string(b))
+			if err != nil {
+				t.Fatalf("worker %s: CPUs %q: %v", e.Name(), b, err)
+			}
+			switch {
+			case c.bound && (len(set) != 1 || seen[set.String()]):
+				t.Errorf("%d workers: worker %s runs on CPUs %s, want one CPU no other worker has (seen %v)", c.workers, e.Name(), set, seen)
+			case !c.bound && set.String() != all.String():
+				t.Errorf("%d workers on %d CPUs: worker %s runs on CPUs %s, want all of %s", c.workers, len(all), e.Name(), set, all)
+			}
+			seen[set.String()] = true
+		}
+		if len(ents) != c.workers {
+			t.Errorf("%d workers started, want %d", len(ents), c.workers)
+		}
+		if want := "not binding workers to cores"; !c.bound && !strings.Contains(out.String(), want) {
+			t.Errorf("%d workers on %d CPUs: output lacks %q:\n%s", c.workers, len(all), want, out.String())
+		}
+		if want := "(bound to CPUs "; c.bound && !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
 }

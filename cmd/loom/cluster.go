@@ -25,6 +25,7 @@ import (
 	"github.com/loomtrain/loom/api"
 	"github.com/loomtrain/loom/checkpoint"
 	"github.com/loomtrain/loom/coordinator"
+	"github.com/loomtrain/loom/internal/cpuset"
 	"github.com/loomtrain/loom/internal/security"
 	"github.com/loomtrain/loom/launch"
 	"github.com/loomtrain/loom/parallel"
@@ -218,6 +219,7 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 	var cfg worker.Config
 	cfg.RegisterFlags(fs)
 	httpAddr := fs.String("http", "", "serve Prometheus /metrics on `ADDR` (default: off)")
+	cpus := fs.String("cpus", "", "bind this worker's threads to the CPU list `LIST` (e.g. 0-3,6; default: no binding)")
 	transport := fs.String("transport", "", "how tensors travel to peers: `auto` (shared memory on this host, tcp across hosts), tcp, shm or grpc (default: the job spec's parallel.transport)")
 	var secCfg security.Config
 	secCfg.RegisterFlags(fs, false)
@@ -232,6 +234,16 @@ func cmdWorker(ctx context.Context, env *cmdEnv, args []string) error {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(env.stderr, nil))
+	if *cpus != "" {
+		set, err := cpuset.Parse(*cpus)
+		if err != nil {
+			return fmt.Errorf("worker: --cpus: %w", err)
+		}
+		if err := cpuset.Bind(set); err != nil {
+			return fmt.Errorf("worker: --cpus %s: %w", *cpus, err)
+		}
+		log.Info("worker: bound to CPUs", "cpus", set.String())
+	}
 	sec, err := newSecurity("worker", secCfg, log, false)
 	if err != nil {
 		return err

@@ -130,6 +130,7 @@ func TestBadInput(t *testing.T) {
 		{"eval no model", []string{"eval", "--model", dir, "--data", tokens}, []string{"config.json"}},
 		{"bad log format", []string{"run", spec, "--log-format", "xml"}, []string{"--log-format", "xml"}},
 		{"bad flag", []string{"run", spec, "--nope"}, []string{"nope"}},
+		{"bad cpu list", []string{"worker", "--coordinator", "127.0.0.1:1", "--cpus", "3-1"}, []string{"--cpus", "3-1", "low ≤ high"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -32,6 +32,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 	resume := fs.String("resume", "", "continue from a checkpoint: `latest` (the newest complete one under checkpoint.dir/NAME; newer broken ones are skipped with a warning) or a step directory")
 	httpAddr := fs.String("http", "127.0.0.1:0", "with world size > 1: serve the coordinator's dashboard and /metrics on `ADDR` (the URL is printed; \"\": off)")
 	maxRestarts := fs.Int("max-restarts", -1, "with world size > 1: generations that may end early (a worker lost, failed or hung) before the run fails; a worker process that exits is replaced meanwhile (default: the spec's elastic.max_restarts)")
+	bindCores := fs.Bool("bind-cores", false, "with world size > 1: bind each local worker to --threads CPUs of its own, physical cores first (as DeepSpeed's --bind_cores_to_rank), when they all fit; otherwise workers float")
 	overwrite := fs.Bool("overwrite", false, "start afresh although checkpoint.dir/NAME holds another run's checkpoints: move that directory aside (to NAME.replaced-TIME) first")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
@@ -75,7 +76,7 @@ func cmdRun(ctx context.Context, env *cmdEnv, args []string) error {
 		fmt.Fprintf(env.stderr, "loom: job %q: world size %d: starting embedded etcd, a coordinator and %d local workers\n", spec.Name, w, w)
 		if err := launch.Local(ctx, spec, launch.Options{SpecYAML: src, Source: pos[0], ThreadsPerWorker: *threads,
 			Progress: env.stdout, JSON: *logFormat == "json", Info: env.stderr, WorkerOutput: env.stderr, Resume: *resume, RunID: runID,
-			HTTPAddr: *httpAddr, MaxRestarts: *maxRestarts}); err != nil {
+			HTTPAddr: *httpAddr, MaxRestarts: *maxRestarts, BindCores: *bindCores}); err != nil {
 			return fmt.Errorf("run: %w", err)
 		}
 		dir := filepath.Join(spec.Checkpoint.Dir, spec.Name, "final")
