@@ -584,8 +584,8 @@ func (c *call) allReduce(buf []float32, op ReduceOp) error {
 // same bits.
 //
 // Auto does not pick halving-doubling: in alternating runs at 4 ranks on
-// 2 cores (shm, 64 KiB–16 MiB) it was no faster than the ring, although it
-// takes 4 steps to the ring's 6 (see halving.go).
+// 2 cores (shm, 64 KiB–16 MiB) it did not clearly beat the ring, although
+// it takes 4 steps to the ring's 6 (see halving.go).
 func (g *Group) allReduceAlgorithm(n int) Algorithm {
 	algo := g.spec.AllReduce
 	if algo == Auto {

@@ -215,7 +215,7 @@
 // steps, each element reduced once along a fixed binary tree and copied,
 // so the bits are the same on every member and every run (halving.go
 // says the order; TestHalvingDoublingOrder checks it). Auto does not
-// choose it: at 4 ranks on 2 cores it measured no faster than the ring.
+// choose it: at 4 ranks on 2 cores it did not clearly beat the ring.
 // Broadcast uses a binomial tree for small buffers
 // and a chunk-pipelined chain for large ones; Barrier is a dissemination
 // barrier.

@@ -16,13 +16,15 @@ package parallel
 // ring takes 2(n−1) steps and halving-doubling 2·log2 n. Every step costs
 // a hop's latency: a network round, a doorbell wake-up and, where ranks
 // outnumber cores, the wait for a core. With the bytes equal, fewer steps
-// is never worse in the α–β model. Measured, it is not what a step costs
-// here: at 4 ranks on 2 cores (shm, alternating runs on a loaded VM) it
-// was within noise of the ring at 1 MiB and 10–35% slower at 64–256 KiB
-// and 4 MiB, over tcp 33% faster at 1 MiB and 13% slower at 4 MiB; a
-// halving step needs both partners to have finished the step before,
-// where a ring step needs only its predecessor. So it is a choice
-// (GroupSpec.AllReduce, --algo hd), not Auto's. For n not a power of two
+// is never worse in the α–β model. Measured, it did not clearly win: at 4
+// ranks on 2 cores (shm, three sets of 5–8 alternating rounds on a loaded
+// VM, medians of the slowest rank's p50) 1 MiB was 5–7% faster than the
+// ring and 4 MiB between 4% faster and 18% slower, 64–256 KiB 15–35%
+// slower; over tcp 1 MiB 33% faster, 4 MiB 13% slower. The hops are
+// fewer, but a halving step needs both partners to have finished the
+// step before, where a ring step needs only its predecessor, and with
+// more ranks than cores each of those waits is a wait for a core. So it
+// is a choice (GroupSpec.AllReduce, --algo hd), not Auto's. For n not a power of two
 // it would have to fold the extra members in first, sending the whole
 // buffer once more; such groups run the ring.
 //
