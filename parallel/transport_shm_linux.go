@@ -728,13 +728,36 @@ type shmReader struct {
 	riov    [1]unix.RemoteIovec
 }
 
+// shmRawPiece is the most one process_vm_readv copies (see
+// processVMReadv): ~30 µs of copying, like a Go copy of as much, between
+// which the goroutine can be preempted.
+const shmRawPiece = 256 << 10
+
+// processVMReadv is process_vm_readv(2) as a raw system call, outside the
+// scheduler's system-call path: it is a memory copy that never waits. As
+// an ordinary system call, a copy longer than sysmon's 20 µs tick had its
+// P handed to another thread, which woke (futex), spun (nanosleep) and
+// slept again, and the copying thread then had to win a P back — once per
+// 256 KiB piece, and with more ranks than cores every such thread wants a
+// core too.
+func processVMReadv(pid int, local []unix.Iovec, remote []unix.RemoteIovec) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_PROCESS_VM_READV, uintptr(pid),
+		uintptr(unsafe.Pointer(unsafe.SliceData(local))), uintptr(len(local)),
+		uintptr(unsafe.Pointer(unsafe.SliceData(remote))), uintptr(len(remote)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
 // readRemote copies len(b) bytes from the sender's address r.ref on.
 func (r *shmReader) readRemote(b []byte) error {
 	for len(b) > 0 {
+		k := min(len(b), shmRawPiece)
 		r.liov[0].Base = unsafe.SliceData(b)
-		r.liov[0].SetLen(len(b))
-		r.riov[0] = unix.RemoteIovec{Base: r.ref, Len: len(b)}
-		n, err := unix.ProcessVMReadv(r.pid, r.liov[:], r.riov[:], 0)
+		r.liov[0].SetLen(k)
+		r.riov[0] = unix.RemoteIovec{Base: r.ref, Len: k}
+		n, err := processVMReadv(r.pid, r.liov[:], r.riov[:])
 		if err != nil {
 			return fmt.Errorf("reading the sender's payload: %w", err)
 		}
