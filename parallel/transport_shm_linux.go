@@ -153,7 +153,7 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 		}
 		runtime.Gosched()
 		if i&1 == 1 {
-			unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // never blocks: see rawSock
 		}
 		if i&7 == 7 && time.Since(start) > spin {
 			return ready()
@@ -234,6 +234,7 @@ type shmLink struct {
 	oc   *outConn
 	ring shmRing
 	conn *net.UnixConn
+	sock *rawSock      // conn's doorbell writes (under sem)
 	spin *atomic.Int64 // the transport's pollSpin (ns)
 	sem  chan struct{} // serializes frames; held while the mapping is in use
 	room chan struct{} // the receiver made room (its doorbell)
@@ -312,7 +313,13 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 	runtime.KeepAlive(probe) // read by the receiver before its acknowledgement
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: &oc.t.pollSpin, sem: make(chan struct{}, 1),
+	sock := newRawSock(conn)
+	if sock == nil {
+		conn.Close()
+		unix.Munmap(mem)
+		return nil, errors.New("handshake: the doorbell socket has no descriptor")
+	}
+	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, sock: sock, spin: &oc.t.pollSpin, sem: make(chan struct{}, 1),
 		room: make(chan struct{}, 1), done: make(chan struct{}), unmapped: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
 	oc.t.hostPeer(oc.addr, true)
@@ -409,7 +416,7 @@ func (l *shmLink) publish() {
 	l.ring.head.Swap(l.head) // a full fence: see shmRing
 	if l.ring.readerAsleep.Load() == 1 && l.ring.readerAsleep.CompareAndSwap(1, 0) {
 		l.bell[0] = 'D'
-		l.conn.Write(l.bell[:])
+		l.sock.write(l.bell[:])
 	}
 }
 
@@ -618,7 +625,14 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
+	sock := newRawSock(conn)
+	if sock == nil {
+		conn.Close()
+		unix.Munmap(mem)
+		l.finish(errors.New("the doorbell socket has no descriptor"))
+		return
+	}
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
 	t.hostPeer(o.from, true)
 	err = r.run()
 	t.hostPeer(o.from, false)
@@ -714,6 +728,7 @@ type shmReader struct {
 	*inLink
 	ring    shmRing
 	conn    *net.UnixConn
+	sock    *rawSock      // conn's doorbell reads and writes
 	spin    *atomic.Int64 // the transport's pollSpin (ns)
 	maxPay  int
 	tail    uint64 // bytes consumed
@@ -798,7 +813,7 @@ func (r *shmReader) ackRef() error {
 	r.ring.acked.Add(1)
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
 		r.bell[0] = 'S'
-		r.conn.Write(r.bell[:1])
+		r.sock.write(r.bell[:1])
 	}
 	if abandoned {
 		return errors.New("the sender gave up on a by-reference payload")
@@ -823,7 +838,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 			r.ring.readerAsleep.CompareAndSwap(1, 0)
 			continue
 		}
-		if _, err := r.conn.Read(r.bell[:]); err != nil && !have() {
+		if _, err := r.sock.read(r.bell[:]); err != nil && !have() {
 			return 0, err
 		}
 	}
@@ -836,7 +851,7 @@ func (r *shmReader) release(n int) {
 	r.ring.tail.Swap(r.tail) // a full fence: see shmRing
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
 		r.bell[0] = 'S'
-		r.conn.Write(r.bell[:1])
+		r.sock.write(r.bell[:1])
 	}
 }
 

@@ -261,7 +261,7 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 	}
 	conn.SetDeadline(time.Time{})
 	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes,
-		poll: newSockPoller(conn), spin: &t.pollSpin}
+		raw: newRawSock(conn), spin: &t.pollSpin}
 	err = r.run()
 	conn.Close()
 	l.finish(err)
@@ -276,18 +276,19 @@ type tcpReader struct {
 	buf    []byte
 	r, w   int
 	maxPay int
-	// poll, where the connection is a plain socket, polls it for spin
-	// (the transport's polling time, ns) before a read parks.
-	poll *sockPoller
+	// raw, where the connection is a plain socket, reads it with raw
+	// system calls, polling for spin (the transport's polling time, ns)
+	// before a read parks.
+	raw  *rawSock
 	spin *atomic.Int64
 }
 
 // read reads into b, polling first where it may.
 func (c *tcpReader) read(b []byte) (int, error) {
-	if c.poll == nil {
+	if c.raw == nil {
 		return c.conn.Read(b)
 	}
-	return c.poll.pollRead(c.conn, b, time.Duration(c.spin.Load()))
+	return c.raw.pollRead(b, time.Duration(c.spin.Load()))
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤

@@ -1,0 +1,141 @@
+//go:build linux
+
+package parallel
+
+import (
+	"io"
+	"net"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawSock does the non-blocking reads and writes of a plain socket (Go
+// keeps every socket non-blocking) as raw system calls, outside the
+// scheduler's system-call path, and parks in the network poller only when
+// the socket is not ready. Through that path each call of a process that
+// had gone idle woke sysmon (a futex wake of another thread: 16% of a
+// 4-rank shm reader's CPU), which on a small host competes for the cores
+// the ranks need; a non-blocking call never waits, so it needs none of it.
+// Not safe for concurrent reads (or concurrent writes): one reader and
+// one writer own it.
+type rawSock struct {
+	rc syscall.RawConn
+
+	rb     []byte // the read's buffer
+	rn     int
+	rerr   syscall.Errno
+	wait   bool // the read parks when nothing is there
+	readFn func(fd uintptr) bool
+
+	wb      []byte
+	wn      int
+	werr    syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+// newRawSock returns raw I/O for conn, or nil where conn is not a plain
+// TCP or Unix socket (TLS: its records are read by crypto/tls).
+func newRawSock(conn net.Conn) *rawSock {
+	switch conn.(type) {
+	case *net.TCPConn, *net.UnixConn:
+	default:
+		return nil
+	}
+	rc, err := conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return nil
+	}
+	s := &rawSock{rc: rc}
+	s.readFn = func(fd uintptr) bool {
+		for {
+			n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.rb))), uintptr(len(s.rb)))
+			if e == unix.EINTR {
+				continue
+			}
+			s.rn, s.rerr = int(n), e
+			return !(e == unix.EAGAIN && s.wait)
+		}
+	}
+	s.writeFn = func(fd uintptr) bool {
+		for {
+			n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.wb))), uintptr(len(s.wb)))
+			if e == unix.EINTR {
+				continue
+			}
+			if e == 0 && int(n) < len(s.wb) { // a short write: the rest when there is room
+				s.wb = s.wb[n:]
+				s.wn += int(n)
+				continue
+			}
+			if e == 0 {
+				s.wn += int(n)
+			}
+			s.werr = e
+			return e != unix.EAGAIN
+		}
+	}
+	return s
+}
+
+// doRead reads into b once it can (wait) or at once; ok false: nothing
+// was there (only without wait).
+func (s *rawSock) doRead(b []byte, wait bool) (n int, err error, ok bool) {
+	s.rb, s.wait = b, wait
+	err = s.rc.Read(s.readFn)
+	s.rb = nil
+	switch {
+	case err != nil: // closed, or a deadline
+		return 0, err, true
+	case s.rerr == unix.EAGAIN:
+		return 0, nil, false
+	case s.rerr != 0:
+		return 0, s.rerr, true
+	case s.rn == 0 && len(b) > 0:
+		return 0, io.EOF, true
+	}
+	return s.rn, nil, true
+}
+
+// tryRead reads what is there into b: (n, nil, true) when it read, (0,
+// io.EOF, true) at the end, (0, err, true) when the socket failed, and
+// (0, nil, false) when nothing is there yet.
+func (s *rawSock) tryRead(b []byte) (int, error, bool) { return s.doRead(b, false) }
+
+// read reads into b, parking in the network poller until something is
+// there.
+func (s *rawSock) read(b []byte) (int, error) {
+	n, err, _ := s.doRead(b, true)
+	return n, err
+}
+
+// write writes all of b, parking in the network poller while the socket
+// has no room.
+func (s *rawSock) write(b []byte) (int, error) {
+	s.wb, s.wn, s.werr = b, 0, 0
+	err := s.rc.Write(s.writeFn)
+	s.wb = nil
+	if err == nil && s.werr != 0 {
+		err = s.werr
+	}
+	return s.wn, err
+}
+
+// pollRead polls for up to spin (see spinWait) and then parks until
+// something is there.
+func (s *rawSock) pollRead(b []byte, spin time.Duration) (int, error) {
+	if spin > 0 {
+		var n int
+		var err error
+		if spinWait(spin, func() bool {
+			var done bool
+			n, err, done = s.tryRead(b)
+			return done
+		}) {
+			return n, err
+		}
+	}
+	return s.read(b)
+}
