@@ -34,7 +34,17 @@ type rawSock struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(fd uintptr) bool
+
+	iov      [2]unix.Iovec // writev's vectors: header and payload
+	vec      [2][]byte
+	writevFn func(fd uintptr) bool
 }
+
+// rawSockMax bounds what one raw read or write moves: a raw call holds
+// its P, so it must end well within sysmon's 20 µs tick, as a Go copy of
+// as much would (64 KiB on loopback: a few µs). Larger writes go through
+// the scheduler's path, which lets another goroutine run meanwhile.
+const rawSockMax = 64 << 10
 
 // newRawSock returns raw I/O for conn, or nil where conn is not a plain
 // TCP or Unix socket (TLS: its records are read by crypto/tls).
@@ -77,7 +87,51 @@ func newRawSock(conn net.Conn) *rawSock {
 			return e != unix.EAGAIN
 		}
 	}
+	s.writevFn = func(fd uintptr) bool {
+		for {
+			k := 0
+			for _, b := range s.vec {
+				if len(b) > 0 {
+					s.iov[k].Base = unsafe.SliceData(b)
+					s.iov[k].SetLen(len(b))
+					k++
+				}
+			}
+			if k == 0 {
+				s.werr = 0
+				return true
+			}
+			n, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&s.iov[0])), uintptr(k))
+			if e == unix.EINTR {
+				continue
+			}
+			if e != 0 {
+				s.werr = e
+				return e != unix.EAGAIN
+			}
+			s.wn += int(n)
+			for i := range s.vec { // drop what went
+				d := min(int(n), len(s.vec[i]))
+				s.vec[i] = s.vec[i][d:]
+				n -= uintptr(d)
+			}
+		}
+	}
 	return s
+}
+
+// writev writes all of a and then all of b (one system call when the
+// socket has room for both), parking in the network poller while it has
+// none.
+func (s *rawSock) writev(a, b []byte) (int, error) {
+	s.vec[0], s.vec[1], s.wn, s.werr = a, b, 0, 0
+	err := s.rc.Write(s.writevFn)
+	s.vec[0], s.vec[1] = nil, nil
+	s.iov[0].Base, s.iov[1].Base = nil, nil
+	if err == nil && s.werr != 0 {
+		err = s.werr
+	}
+	return s.wn, err
 }
 
 // doRead reads into b once it can (wait) or at once; ok false: nothing

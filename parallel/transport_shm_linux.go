@@ -234,7 +234,7 @@ type shmLink struct {
 	oc   *outConn
 	ring shmRing
 	conn *net.UnixConn
-	sock *rawSock      // conn's doorbell writes (under sem)
+	sock *rawSock      // conn's doorbell writes (under sem) and reads (doorbells)
 	spin *atomic.Int64 // the transport's pollSpin (ns)
 	sem  chan struct{} // serializes frames; held while the mapping is in use
 	room chan struct{} // the receiver made room (its doorbell)
@@ -332,7 +332,7 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 func (l *shmLink) doorbells() {
 	var b [64]byte
 	for {
-		if _, err := l.conn.Read(b[:]); err != nil {
+		if _, err := l.sock.read(b[:]); err != nil {
 			l.fail(l.oc.broke("shm link", err))
 			return
 		}

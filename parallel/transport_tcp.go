@@ -47,6 +47,7 @@ type tcpLink struct {
 	hdr  [maxBulkHdr]byte // guarded by sem
 	vec  [2][]byte        // guarded by sem
 	bufs net.Buffers      // guarded by sem
+	raw  *rawSock         // a plain socket's small writes (see rawSockMax); guarded by sem
 	// joined, inside TLS, holds a small frame's header and payload so
 	// that they go as one record and one system call (a TLS session has no
 	// vectored write); guarded by sem.
@@ -103,6 +104,8 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	l := &tcpLink{oc: oc, conn: conn, sem: make(chan struct{}, 1), done: make(chan struct{})}
 	if tlsConf != nil {
 		l.joined = make([]byte, 0, maxBulkHdr+tlsJoinBytes)
+	} else {
+		l.raw = newRawSock(conn)
 	}
 	// The server never writes again; a read ending is the connection
 	// breaking, which fails the link at once even when nothing is sent.
@@ -167,6 +170,8 @@ func (l *tcpLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	case l.joined != nil && len(pay) <= tlsJoinBytes:
 		l.joined = append(append(l.joined[:0], l.hdr[:n]...), pay...)
 		_, err = l.conn.Write(l.joined)
+	case l.raw != nil && n+len(pay) <= rawSockMax:
+		_, err = l.raw.writev(l.hdr[:n], pay)
 	default:
 		l.vec[0], l.vec[1] = l.hdr[:n], pay
 		l.bufs = l.vec[:]
@@ -288,7 +293,7 @@ func (c *tcpReader) read(b []byte) (int, error) {
 	if c.raw == nil {
 		return c.conn.Read(b)
 	}
-	return c.raw.pollRead(b, time.Duration(c.spin.Load()))
+	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()))
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤
