@@ -40,10 +40,12 @@ type rawSock struct {
 	writevFn func(fd uintptr) bool
 }
 
-// rawSockMax bounds what one raw read or write moves: a raw call holds
-// its P, so it must end well within sysmon's 20 µs tick, as a Go copy of
-// as much would (64 KiB on loopback: a few µs). Larger writes go through
-// the scheduler's path, which lets another goroutine run meanwhile.
+// rawSockMax bounds what one raw read or write moves. A raw call holds
+// its P; one that ends within sysmon's 20 µs tick loses nothing by that
+// (the scheduler's path would not have handed the P off before then
+// either), and 64 KiB over loopback takes a few µs. A larger write goes
+// through the scheduler's path, which lets another goroutine of this
+// process run while the kernel copies.
 const rawSockMax = 64 << 10
 
 // newRawSock returns raw I/O for conn, or nil where conn is not a plain
