@@ -229,3 +229,29 @@ func TestShmLazySendReleased(t *testing.T) {
 		t.Fatalf("rank 1 queued %d frames read from an abandoned link", queued)
 	}
 }
+
+// TestSpinForByReference: a wait on by-reference bytes polls in
+// proportion to them, also where other waits sleep at once (base 0:
+// oversubscribed), never longer than shmSpinMax, never shorter than the
+// base, and not at all when PollSpin is negative.
+func TestSpinForByReference(t *testing.T) {
+	base := int64(DefaultPollSpin)
+	for _, tc := range []struct {
+		base  int64
+		bytes uint64
+		want  time.Duration
+	}{
+		{base, 0, DefaultPollSpin},
+		{base, 1 << 10, DefaultPollSpin},
+		{base, 1 << 20, shmSpinPerMiB},
+		{0, 0, 0},
+		{0, 1 << 20, shmSpinPerMiB},
+		{0, 256 << 10, shmSpinPerMiB / 4},
+		{0, 1 << 30, shmSpinMax},
+		{-1, 1 << 20, -1},
+	} {
+		if got := spinFor(tc.base, tc.bytes); got != tc.want {
+			t.Errorf("spinFor(%v, %d bytes) = %v, want %v", time.Duration(tc.base), tc.bytes, got, tc.want)
+		}
+	}
+}
