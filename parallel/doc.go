@@ -166,7 +166,7 @@
 //     sends were lazy and by-reference waits polled longer they took 289,
 //     1,916 and 12,065: every hop waited for an acknowledgement, and most
 //     waits slept and paid a halted vCPU's wake-up. At 4 ranks on 2 cores
-//     (nothing polls) 1 MiB takes ~1.8 ms against OpenMPI's ~0.8: six
+//     (nothing polled) 1 MiB took ~1.8 ms against OpenMPI's ~0.8 (quiet): six
 //     ring hops, each a wake-up of a process that needs a busy core.
 //     perf sched: each of the ranks' 5,400 wake-ups in a 300-iteration
 //     run waited 0.2 ms on average for a core, and a rank was on a core
@@ -188,7 +188,15 @@
 //     system calls (rawSock), parking in the network poller only when a
 //     socket is not ready: 4 ranks shm, 4 KiB 247 → 116 µs, 1 MiB 2,152 →
 //     1,737, 4 MiB 5,682 → 5,186; 4 ranks tcp 4 KiB 185 → 126 (medians of
-//     3–4 alternating rounds on a loaded VM).
+//     3–4 alternating rounds on a loaded VM). And a wait on a by-reference
+//     copy in progress now polls for as long as the copy should take even
+//     when oversubscribed (spinFor): 1 MiB 1,365 → 684. Four rounds
+//     alternating with OpenMPI-shm (rank 0's p50; the VM's load varied
+//     from 1 to 4 meanwhile, and so did OpenMPI): 256 KiB 144–232 µs vs
+//     192–300, 1 MiB 467–942 vs 827–1,336, 4 MiB 2,331–3,478 vs
+//     2,757–6,279, 16 MiB 10.4–21.7 ms vs 17.5–42.2 — ahead in three
+//     rounds of four at each size; 4 KiB 73–88 µs vs 18–29 (behind: a
+//     small frame's wait still sleeps).
 //     Before single copy a frame went
 //     into the ring and out of it, two passes where OpenMPI makes one, and
 //     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
