@@ -30,10 +30,8 @@ type rawSock struct {
 	wait   bool // the read parks when nothing is there
 	readFn func(fd uintptr) bool
 
-	wb      []byte
-	wn      int
-	werr    syscall.Errno
-	writeFn func(fd uintptr) bool
+	wn   int
+	werr syscall.Errno
 
 	iov      [2]unix.Iovec // writev's vectors: header and payload
 	vec      [2][]byte
@@ -69,24 +67,6 @@ func newRawSock(conn net.Conn) *rawSock {
 			}
 			s.rn, s.rerr = int(n), e
 			return !(e == unix.EAGAIN && s.wait)
-		}
-	}
-	s.writeFn = func(fd uintptr) bool {
-		for {
-			n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(s.wb))), uintptr(len(s.wb)))
-			if e == unix.EINTR {
-				continue
-			}
-			if e == 0 && int(n) < len(s.wb) { // a short write: the rest when there is room
-				s.wb = s.wb[n:]
-				s.wn += int(n)
-				continue
-			}
-			if e == 0 {
-				s.wn += int(n)
-			}
-			s.werr = e
-			return e != unix.EAGAIN
 		}
 	}
 	s.writevFn = func(fd uintptr) bool {
@@ -169,15 +149,7 @@ func (s *rawSock) read(b []byte) (int, error) {
 
 // write writes all of b, parking in the network poller while the socket
 // has no room.
-func (s *rawSock) write(b []byte) (int, error) {
-	s.wb, s.wn, s.werr = b, 0, 0
-	err := s.rc.Write(s.writeFn)
-	s.wb = nil
-	if err == nil && s.werr != 0 {
-		err = s.werr
-	}
-	return s.wn, err
-}
+func (s *rawSock) write(b []byte) (int, error) { return s.writev(b, nil) }
 
 // pollRead polls for up to spin (see spinWait) and then parks until
 // something is there.
