@@ -133,8 +133,9 @@ func (c *Counter) Recv(ctx context.Context, src int, buf []float32) error {
 
 // BytesSent is the payload member c sends in operation op on n float32
 // elements, following the group's algorithms: a ring reduce-scatter or
-// all-gather sends every segment but one, 4·n·(size−1)/size bytes; an
-// all-reduce above SmallBytes (or forced to Ring) twice that, and by
+// all-gather sends every segment but one, 4·n·(size−1)/size bytes (by
+// ring and by halving-doubling alike); an all-reduce above SmallBytes (or
+// forced to Ring or HalvingDoubling) twice that, and by
 // recursive doubling the whole buffer per round (plus the fold-in of
 // ranks beyond the largest power of two); a broadcast is counted as a
 // ring all-gather of the buffer; Send sends 4·n.
@@ -160,7 +161,7 @@ func BytesSent(c Comm, op Op, n int) int64 {
 		if small == 0 {
 			small = DefaultSmallBytes
 		}
-		if spec.AllReduce == Ring || (spec.AllReduce == Auto && 4*n > small) {
+		if spec.AllReduce == Ring || spec.AllReduce == HalvingDoubling || (spec.AllReduce == Auto && 4*n > small) {
 			return 2 * ring
 		}
 		p, rounds := 1, 0

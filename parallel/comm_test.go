@@ -36,7 +36,7 @@ func TestCollectives(t *testing.T) {
 					return c.groups(t, GroupSpec{Name: name, Ranks: seq(n), Timeout: 20 * time.Second,
 						ChunkBytes: chunkBytes, SmallBytes: 512, AllReduce: algo})
 				}
-				groups := map[Algorithm][]*Group{Auto: mk("auto", Auto), Ring: mk("ring", Ring), RecursiveDoubling: mk("rd", RecursiveDoubling)}
+				groups := map[Algorithm][]*Group{Auto: mk("auto", Auto), Ring: mk("ring", Ring), RecursiveDoubling: mk("rd", RecursiveDoubling), HalvingDoubling: mk("hd", HalvingDoubling)}
 				ctx := testCtx(t, 60*time.Second)
 				for _, ln := range lengths(rng, n, chunkBytes/4) {
 					in := make([][]float32, n)
@@ -65,41 +65,47 @@ func TestCollectives(t *testing.T) {
 							}
 						}
 					}
+					// Reduce-scatter and all-gather by the ring (Auto) and by
+					// halving and doubling (the ring again where n is not a
+					// power of two above 2).
+					for _, sa := range []Algorithm{Auto, HalvingDoubling} {
+						gs := groups[sa]
+						for _, op := range []ReduceOp{Sum, Mean, Max} {
+							bufs := copies()
+							shards := make([][]float32, n)
+							noErrors(t, "reduce-scatter", each(n, func(i int) (err error) {
+								shards[i], err = gs[i].ReduceScatter(ctx, bufs[i], op)
+								return err
+							}))
+							want := refReduce(in, op)
+							for i := range n {
+								off, m := ShardRange(ln, n, i)
+								if len(shards[i]) != m {
+									t.Fatalf("reduce-scatter %v len %d member %d: shard of %d, want %d", sa, ln, i, len(shards[i]), m)
+								}
+								if err := closeTo(shards[i], want[off:off+m], n); err != nil {
+									t.Fatalf("reduce-scatter %v %v len %d member %d: %v", sa, op, ln, i, err)
+								}
+							}
+						}
+						{ // all-gather: member i contributes its shard of in[i]
+							bufs := make([][]float32, n)
+							want := make([]float32, ln)
+							for i := range n {
+								bufs[i] = make([]float32, ln)
+								off, m := ShardRange(ln, n, i)
+								copy(bufs[i][off:off+m], in[i][off:off+m])
+								copy(want[off:off+m], in[i][off:off+m])
+							}
+							noErrors(t, "all-gather", each(n, func(i int) error { return gs[i].AllGather(ctx, bufs[i]) }))
+							for i := range n {
+								if !slices.Equal(bufs[i], want) {
+									t.Fatalf("all-gather %v len %d member %d: wrong result", sa, ln, i)
+								}
+							}
+						}
+					}
 					gs := groups[Auto]
-					for _, op := range []ReduceOp{Sum, Mean, Max} {
-						bufs := copies()
-						shards := make([][]float32, n)
-						noErrors(t, "reduce-scatter", each(n, func(i int) (err error) {
-							shards[i], err = gs[i].ReduceScatter(ctx, bufs[i], op)
-							return err
-						}))
-						want := refReduce(in, op)
-						for i := range n {
-							off, m := ShardRange(ln, n, i)
-							if len(shards[i]) != m {
-								t.Fatalf("reduce-scatter len %d member %d: shard of %d, want %d", ln, i, len(shards[i]), m)
-							}
-							if err := closeTo(shards[i], want[off:off+m], n); err != nil {
-								t.Fatalf("reduce-scatter %v len %d member %d: %v", op, ln, i, err)
-							}
-						}
-					}
-					{ // all-gather: member i contributes its shard of in[i]
-						bufs := make([][]float32, n)
-						want := make([]float32, ln)
-						for i := range n {
-							bufs[i] = make([]float32, ln)
-							off, m := ShardRange(ln, n, i)
-							copy(bufs[i][off:off+m], in[i][off:off+m])
-							copy(want[off:off+m], in[i][off:off+m])
-						}
-						noErrors(t, "all-gather", each(n, func(i int) error { return gs[i].AllGather(ctx, bufs[i]) }))
-						for i := range n {
-							if !slices.Equal(bufs[i], want) {
-								t.Fatalf("all-gather len %d member %d: wrong result", ln, i)
-							}
-						}
-					}
 					for _, big := range []bool{false, true} {
 						g2 := gs
 						if big { // force the chunked chain

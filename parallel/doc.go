@@ -49,7 +49,7 @@
 //     and the send returns on its acknowledgement — or at once for the
 //     ring's sends, which the call settles before it returns (a failed
 //     call gives the peer a moment, then breaks the link so it drops what
-//     it reads). An empty ring is polled for ShmSpin (yielding the core
+//     it reads). An empty ring is polled for PollSpin (yielding the core
 //     between polls), longer when the wait is for a by-reference read
 //     (about 0.5 ms per MiB unread), then its reader sleeps reading the Unix
 //     socket, and the sender writes a byte there when it sees the reader's
@@ -61,7 +61,11 @@
 //     write of header and caller's payload (one system call for a small
 //     message, no copy in user space); the reader reads the payload
 //     straight into the destination, or into a 256 KiB buffer it reduces
-//     from. With TransportOptions.TLS the connection runs TLS right after
+//     from. Like a shm reader, it polls its socket (non-blocking reads,
+//     yielding between them) for PollSpin before it parks in Go's network
+//     poller, whose wake-up is a kernel wake-up of the thread (on a VM, of
+//     a halted vCPU); inside TLS it parks at once. A small frame (header
+//     and payload up to 64 KiB) goes out in one raw writev (see rawSock). With TransportOptions.TLS the connection runs TLS right after
 //     its clear-text preamble (the secret and every frame inside; a small
 //     frame's header and payload joined in one record, as TLS has no
 //     vectored write), and so do the gRPC streams; shm links are not
@@ -146,7 +150,13 @@
 //     reader wakes from the network poller and hands the frame to the
 //     waiting call — one goroutine hand-off the plain socket's benchmark
 //     does not have — and on an idle 2-vCPU VM every wake-up of the other
-//     vCPU costs several µs.
+//     vCPU costs several µs. The reader now polls its socket first (as
+//     OpenMPI polls): per frame, epoll_pwait calls fell from 1.1 to 0.07
+//     and futex calls from 0.8 to 0.2 (strace -c, 10,000 all-reduces).
+//     On a loaded VM (load 3–7 from other work) six alternating rounds
+//     gave rank 0's p50 10–27 µs against 17–26 before and OpenMPI-TCP's
+//     14–19; a polling reader yields its core to whatever else runs, so
+//     the figure follows the machine's load more than the code.
 //   - shm: 4 KiB in 7 µs (OpenMPI's busy-polling vader: 2.7), 16–64 KiB
 //     within 20% of OpenMPI-shm, 256 KiB level with it, 16 MiB and up
 //     2–6× faster on an earlier VM (OpenMPI dropped to 0.6–0.9 GB/s once
@@ -156,19 +166,48 @@
 //     sends were lazy and by-reference waits polled longer they took 289,
 //     1,916 and 12,065: every hop waited for an acknowledgement, and most
 //     waits slept and paid a halted vCPU's wake-up. At 4 ranks on 2 cores
-//     (nothing polls) 1 MiB takes ~1.8 ms against OpenMPI's ~0.8: six
+//     (nothing polled) 1 MiB took ~1.8 ms against OpenMPI's ~0.8 (quiet): six
 //     ring hops, each a wake-up of a process that needs a busy core.
+//     perf sched: each of the ranks' 5,400 wake-ups in a 300-iteration
+//     run waited 0.2 ms on average for a core, and a rank was on a core
+//     for only 0.42 ms of each 1.9 ms all-reduce (0.18 ms of it reading
+//     its peers' memory); the cores went to other ranks' and other
+//     processes' work meanwhile. Fewer hops did not help
+//     (HalvingDoubling's 4 steps; see halving.go). Polling for 2 ms
+//     instead of sleeping made 1 MiB ~20% faster but 4 KiB 20× slower
+//     (5 ms: ranks that yield in turn while the one with work waits for
+//     its slice), so oversubscribed waits still sleep at once; one poller
+//     per process (as MPI's single progress loop) is what remains to try.
+//     What did help: the profile showed 16% of a reader's CPU in waking
+//     sysmon (runtime.entersyscallWakeSysmon → futex) and process_vm_readv
+//     losing its P to sysmon mid-copy. Every call of the scheduler's
+//     system-call path from a process that had gone idle wakes sysmon, a
+//     thread that then wants a core too. The calls that never wait
+//     (non-blocking socket reads and writes of at most 64 KiB, the doorbell
+//     bytes, sched_yield, process_vm_readv in 256 KiB pieces) are now raw
+//     system calls (rawSock), parking in the network poller only when a
+//     socket is not ready: 4 ranks shm, 4 KiB 247 → 116 µs, 1 MiB 2,152 →
+//     1,737, 4 MiB 5,682 → 5,186; 4 ranks tcp 4 KiB 185 → 126 (medians of
+//     3–4 alternating rounds on a loaded VM). And a wait on a by-reference
+//     copy in progress now polls for as long as the copy should take even
+//     when oversubscribed (spinFor): 1 MiB 1,365 → 684. Four rounds
+//     alternating with OpenMPI-shm (rank 0's p50; the VM's load varied
+//     from 1 to 4 meanwhile, and so did OpenMPI): 256 KiB 144–232 µs vs
+//     192–300, 1 MiB 467–942 vs 827–1,336, 4 MiB 2,331–3,478 vs
+//     2,757–6,279, 16 MiB 10.4–21.7 ms vs 17.5–42.2 — ahead in three
+//     rounds of four at each size; 4 KiB 73–88 µs vs 18–29 (behind: a
+//     small frame's wait still sleeps).
 //     Before single copy a frame went
 //     into the ring and out of it, two passes where OpenMPI makes one, and
 //     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
 //     locks. Polling is what makes them fast: sleeping on the doorbell at
-//     once (ShmSpin < 0) made 4 KiB 25 µs. But only while every linked
+//     once (PollSpin < 0) made 4 KiB 25 µs. But only while every linked
 //     process has a core: with more (4 ranks on 2 cores) a polling rank
 //     holds the core the rank it waits for needs, and 4 KiB took 307–437
 //     µs polling against 185–200 sleeping at once. So by default a
 //     transport polls only while its shm peers and itself fit the host's
-//     cores (Transport.shmSpinFor), as MPI stops busy-polling when
+//     cores (Transport.pollSpinFor), as MPI stops busy-polling when
 //     oversubscribed. The sleep/wake flags are stored with a full fence
 //     (see shmRing).
 //
@@ -189,7 +228,15 @@
 // frames can arrive (every reduce-scatter receive up front, each all-gather receive once the chunk it overwrites
 // has been sent), so a bulk link reduces or copies each frame into place as
 // it lands, beside the caller's sends. ReduceScatter and AllGather are the
-// two halves of the ring. Broadcast uses a binomial tree for small buffers
+// two halves of the ring. GroupSpec.AllReduce = HalvingDoubling (groups
+// whose size is a power of two) runs Rabenseifner's reduce-scatter by
+// recursive halving and all-gather by recursive doubling instead, for
+// AllReduce, ReduceScatter and AllGather: the ring's bytes in 2·log2 n
+// steps, each element reduced once along a fixed binary tree and copied,
+// so the bits are the same on every member and every run (halving.go
+// says the order; TestHalvingDoublingOrder checks it). Auto does not
+// choose it: at 4 ranks on 2 cores it did not clearly beat the ring.
+// Broadcast uses a binomial tree for small buffers
 // and a chunk-pipelined chain for large ones; Barrier is a dissemination
 // barrier.
 //

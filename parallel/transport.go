@@ -81,12 +81,15 @@ type TransportOptions struct {
 	// ShmRingBytes is the size of each shared-memory ring (one per peer
 	// and direction); default DefaultShmRingBytes.
 	ShmRingBytes int
-	// ShmSpin is how long a shared-memory reader keeps polling its ring
-	// after the last frame before it sleeps on its doorbell socket, which
-	// costs no CPU but a wake-up; negative: never. Default: DefaultShmSpin
-	// while this process and its shared-memory peers are no more than the
-	// host's cores, else never (see Transport.shmSpinFor).
-	ShmSpin time.Duration
+	// PollSpin is how long a bulk link's reader keeps polling after the
+	// last frame before it sleeps, which costs no CPU but a wake-up: a
+	// shared-memory reader polls its ring (then sleeps on its doorbell
+	// socket), a tcp reader of a plain socket reads it without blocking
+	// (then parks in the network poller); negative: never. Default:
+	// DefaultPollSpin while this process and its peers on this host are
+	// no more than the host's cores, else never (see
+	// Transport.pollSpinFor).
+	PollSpin time.Duration
 	// ShmNoSingleCopy keeps every shared-memory payload in the ring: peers
 	// then never read this process's memory (process_vm_readv), which by
 	// default they do for large payloads when the system lets them.
@@ -247,13 +250,13 @@ type Transport struct {
 
 	mux *muxListener
 	shm *shmListener // nil: shared memory unavailable
-	// shmSpin is how long shm waits poll now, in nanoseconds (see
-	// shmSpinFor); the links read it on every wait.
-	shmSpin  atomic.Int64
-	shmMu    sync.Mutex     // guards shmPeers (its own lock: links close under others)
-	shmPeers map[string]int // open shm links (either direction), by peer address
-	eager    *eagerPool
-	frames   sync.Pool // of *wireFrame, for bulk frames
+	// pollSpin is how long bulk readers poll now, in nanoseconds (see
+	// pollSpinFor); the links read it on every wait.
+	pollSpin  atomic.Int64
+	hostMu    sync.Mutex     // guards hostPeers (its own lock: links close under others)
+	hostPeers map[string]int // open links to peers on this host (shm either direction, tcp inbound), by address
+	eager     *eagerPool
+	frames    sync.Pool // of *wireFrame, for bulk frames
 
 	mu       sync.RWMutex
 	closing  bool
@@ -311,24 +314,24 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		}
 	}
 	t := &Transport{
-		opts:     o,
-		log:      o.Logger,
-		lis:      lis,
-		addr:     o.AdvertiseAddr,
-		served:   make(chan struct{}),
-		conns:    map[connKey]*outConn{},
-		groups:   map[groupKey]*Group{},
-		pending:  map[groupKey][]*wireFrame{},
-		jobGen:   map[string]uint64{},
-		retired:  map[groupKey]bool{},
-		inbound:  map[*inStream]bool{},
-		departed: map[string]bool{},
-		offers:   map[secret]*bulkOffer{},
-		inLinks:  map[io.Closer]bool{},
-		shmPeers: map[string]int{},
-		eager:    newEagerPool(),
+		opts:      o,
+		log:       o.Logger,
+		lis:       lis,
+		addr:      o.AdvertiseAddr,
+		served:    make(chan struct{}),
+		conns:     map[connKey]*outConn{},
+		groups:    map[groupKey]*Group{},
+		pending:   map[groupKey][]*wireFrame{},
+		jobGen:    map[string]uint64{},
+		retired:   map[groupKey]bool{},
+		inbound:   map[*inStream]bool{},
+		departed:  map[string]bool{},
+		offers:    map[secret]*bulkOffer{},
+		inLinks:   map[io.Closer]bool{},
+		hostPeers: map[string]int{},
+		eager:     newEagerPool(),
 	}
-	t.shmSpin.Store(int64(t.shmSpinFor(0)))
+	t.pollSpin.Store(int64(t.pollSpinFor(0)))
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
 	}
@@ -500,35 +503,39 @@ func (t *Transport) Links() []LinkInfo {
 }
 
 // recordLink logs and reports the transport chosen for a connection.
-// shmSpinFor is how long a shared-memory wait polls before it sleeps, for
-// a host where this process has shm links to peers other processes: the
-// ShmSpin option if set, else DefaultShmSpin while those processes (peers
-// and this one) are no more than the host's cores, else 0 (sleep at once),
-// as MPI stops busy-polling when oversubscribed. A spinning rank then
-// holds a core that the rank it waits for needs: 4 ranks on 2 cores, 4 KiB
-// all-reduce p50 307 µs spinning, 185 µs sleeping at once (1 MiB 2,280 →
-// 1,888), and yielding the core while spinning did not help.
-func (t *Transport) shmSpinFor(peers int) time.Duration {
+// pollSpinFor is how long a bulk reader polls before it sleeps, for a
+// host where this process has links to peers other processes on this
+// host (shm links, and tcp links whose dialer's boot id is ours): the
+// PollSpin option if set, else DefaultPollSpin while those processes
+// (peers and this one) are no more than the host's cores, else 0 (sleep
+// at once), as MPI stops busy-polling when oversubscribed. A spinning rank
+// then holds a core that the rank it waits for needs: 4 ranks on 2 cores,
+// shm 4 KiB all-reduce p50 307 µs spinning, 185 µs sleeping at once
+// (1 MiB 2,280 → 1,888), and yielding the core while spinning did not
+// help. Peers on other hosts do not count: their processes do not compete
+// for our cores.
+func (t *Transport) pollSpinFor(peers int) time.Duration {
 	switch {
-	case t.opts.ShmSpin != 0:
-		return t.opts.ShmSpin
+	case t.opts.PollSpin != 0:
+		return t.opts.PollSpin
 	case peers+1 <= runtime.NumCPU():
-		return DefaultShmSpin
+		return DefaultPollSpin
 	}
 	return 0
 }
 
-// shmPeer records that a shm link to or from addr opened (open) or
-// closed, and sets the wait's polling time for the peers now linked.
-func (t *Transport) shmPeer(addr string, open bool) {
-	t.shmMu.Lock()
+// hostPeer records that a link to or from a peer on this host at addr
+// opened (open) or closed, and sets the readers' polling time for the
+// peers now linked.
+func (t *Transport) hostPeer(addr string, open bool) {
+	t.hostMu.Lock()
 	if open {
-		t.shmPeers[addr]++
-	} else if t.shmPeers[addr]--; t.shmPeers[addr] <= 0 {
-		delete(t.shmPeers, addr)
+		t.hostPeers[addr]++
+	} else if t.hostPeers[addr]--; t.hostPeers[addr] <= 0 {
+		delete(t.hostPeers, addr)
 	}
-	t.shmSpin.Store(int64(t.shmSpinFor(len(t.shmPeers))))
-	t.shmMu.Unlock()
+	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers))))
+	t.hostMu.Unlock()
 }
 
 func (t *Transport) recordLink(li LinkInfo) {

@@ -175,7 +175,7 @@ type LinkInfo struct {
 // Shared-memory defaults, chosen by measurement (see the package doc).
 const (
 	DefaultShmRingBytes = 1 << 20
-	DefaultShmSpin      = 50 * time.Microsecond
+	DefaultPollSpin     = 50 * time.Microsecond
 )
 
 // acquireTurn takes a token of a bulk link's sem, waiting at most timeout
@@ -253,6 +253,9 @@ type bulkOffer struct {
 	gen  uint64
 	in   *inStream
 	kind loomv1.DataTransport
+	// local: the dialer's HELLO named this host's boot id, so its process
+	// competes for this host's cores (see Transport.pollSpinFor).
+	local bool
 }
 
 // offer registers a secret for the dialer of in.
@@ -637,7 +640,8 @@ func (t *Transport) welcome(h *wireFrame, in *inStream) (*wireFrame, error) {
 	}
 	w.transport, w.detail = kind, reason
 	if kind == loomv1.DataTransport_DATA_TRANSPORT_TCP || kind == loomv1.DataTransport_DATA_TRANSPORT_SHM {
-		sec, err := t.offer(&bulkOffer{from: h.srcAddr, job: h.job, gen: h.generation, in: in, kind: kind})
+		local := h.bootID != "" && h.bootID == t.opts.HostID
+		sec, err := t.offer(&bulkOffer{from: h.srcAddr, job: h.job, gen: h.generation, in: in, kind: kind, local: local})
 		if err != nil {
 			return nil, err
 		}

@@ -299,7 +299,7 @@ func TestShmDoorbells(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("shared memory needs Linux")
 	}
-	c := newCluster(t, 3, TransportOptions{Mode: ModeShm, ShmSpin: -1, ShmRingBytes: 64 << 10})
+	c := newCluster(t, 3, TransportOptions{Mode: ModeShm, PollSpin: -1, ShmRingBytes: 64 << 10})
 	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(3), Timeout: 5 * time.Second, ChunkBytes: 16 << 10})
 	ctx := testCtx(t, 60*time.Second)
 	rng := rand.New(rand.NewPCG(9, 9))

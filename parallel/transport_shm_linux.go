@@ -33,7 +33,7 @@ import (
 // ring into the destination.
 //
 // Waiting costs no CPU once idle: a reader that finds its ring empty polls
-// it for ShmSpin (yielding the core between polls), then sets a flag in
+// it for PollSpin (yielding the core between polls), then sets a flag in
 // the shared header and sleeps reading the Unix socket, and the sender
 // writes one byte there when it sees the flag after publishing (a full
 // ring works the same way the other way round). The socket is also how
@@ -153,7 +153,7 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 		}
 		runtime.Gosched()
 		if i&1 == 1 {
-			unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0)
+			unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // never blocks: see rawSock
 		}
 		if i&7 == 7 && time.Since(start) > spin {
 			return ready()
@@ -163,21 +163,32 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 
 // A wait that expects a by-reference payload to be read (the sender's
 // acknowledgement, or the receiver's next frame after one, which its
-// peer sends once it has read as much) polls longer than ShmSpin: by
+// peer sends once it has read as much) polls longer than PollSpin: by
 // shmSpinPerMiB for each MiB, up to shmSpinMax. Sleeping costs a wake-up
 // of the idle core, which on a VM (a halted vCPU) took ~50–150 µs each;
-// 2 ranks on 2 vCPUs, ShmSpin 50 µs for every wait vs 1 ms: 4 MiB
+// 2 ranks on 2 vCPUs, PollSpin 50 µs for every wait vs 1 ms: 4 MiB
 // all-reduce p50 1,500–1,600 µs vs 856–1,160.
+//
+// Such a wait polls also where other waits sleep at once (more linked
+// processes than cores, pollSpinFor 0): it waits on a copy in progress,
+// on a core now, whose length the bytes say; a sleep would add a
+// wake-up, which oversubscribed waits for a core (0.2 ms on average,
+// perf sched). A small frame's wait still sleeps at once: its sender
+// may not be running at all. 4 ranks on 2 cores, 5 alternating rounds,
+// medians of p50: 256 KiB 635 → 474 µs, 1 MiB 1,365 → 684, 16 MiB
+// 31.9 → 25.5 ms, 4 KiB and 4 MiB unchanged. Only PollSpin < 0 (never)
+// turns it off.
 const (
 	shmSpinPerMiB = 500 * time.Microsecond
 	shmSpinMax    = 5 * time.Millisecond
 )
 
 // spinFor is how long to poll for something that waits on bytes of
-// by-reference payload, when the transport polls for base (ShmSpin):
-// base itself when that is 0 or negative (never poll).
+// by-reference payload, when the transport polls for base (pollSpin, 0
+// when oversubscribed): base itself when no bytes are awaited or base is
+// negative (PollSpin < 0: never poll).
 func spinFor(base int64, bytes uint64) time.Duration {
-	if base <= 0 || bytes == 0 {
+	if base < 0 || bytes == 0 {
 		return time.Duration(base)
 	}
 	d := shmSpinMax
@@ -234,7 +245,8 @@ type shmLink struct {
 	oc   *outConn
 	ring shmRing
 	conn *net.UnixConn
-	spin *atomic.Int64 // the transport's shmSpin (ns)
+	sock *rawSock      // conn's doorbell writes (under sem) and reads (doorbells)
+	spin *atomic.Int64 // the transport's pollSpin (ns)
 	sem  chan struct{} // serializes frames; held while the mapping is in use
 	room chan struct{} // the receiver made room (its doorbell)
 	done chan struct{} // closed when the link fails
@@ -312,10 +324,16 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 	runtime.KeepAlive(probe) // read by the receiver before its acknowledgement
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, spin: &oc.t.shmSpin, sem: make(chan struct{}, 1),
+	sock := newRawSock(conn)
+	if sock == nil {
+		conn.Close()
+		unix.Munmap(mem)
+		return nil, errors.New("handshake: the doorbell socket has no descriptor")
+	}
+	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, sock: sock, spin: &oc.t.pollSpin, sem: make(chan struct{}, 1),
 		room: make(chan struct{}, 1), done: make(chan struct{}), unmapped: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
-	oc.t.shmPeer(oc.addr, true)
+	oc.t.hostPeer(oc.addr, true)
 	go l.doorbells()
 	return l, nil
 }
@@ -325,7 +343,7 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 func (l *shmLink) doorbells() {
 	var b [64]byte
 	for {
-		if _, err := l.conn.Read(b[:]); err != nil {
+		if _, err := l.sock.read(b[:]); err != nil {
 			l.fail(l.oc.broke("shm link", err))
 			return
 		}
@@ -355,7 +373,7 @@ func (l *shmLink) stop(err error) bool {
 	l.err = err
 	close(l.done)
 	l.mu.Unlock()
-	l.oc.t.shmPeer(l.oc.addr, false)
+	l.oc.t.hostPeer(l.oc.addr, false)
 	l.conn.Close()
 	go func() {
 		l.sem <- struct{}{} // a send in progress sees done and returns
@@ -409,7 +427,7 @@ func (l *shmLink) publish() {
 	l.ring.head.Swap(l.head) // a full fence: see shmRing
 	if l.ring.readerAsleep.Load() == 1 && l.ring.readerAsleep.CompareAndSwap(1, 0) {
 		l.bell[0] = 'D'
-		l.conn.Write(l.bell[:])
+		l.sock.write(l.bell[:])
 	}
 }
 
@@ -618,10 +636,17 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, spin: &t.shmSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
-	t.shmPeer(o.from, true)
+	sock := newRawSock(conn)
+	if sock == nil {
+		conn.Close()
+		unix.Munmap(mem)
+		l.finish(errors.New("the doorbell socket has no descriptor"))
+		return
+	}
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
+	t.hostPeer(o.from, true)
 	err = r.run()
-	t.shmPeer(o.from, false)
+	t.hostPeer(o.from, false)
 	conn.Close()
 	unix.Munmap(mem)
 	l.finish(err)
@@ -714,7 +739,8 @@ type shmReader struct {
 	*inLink
 	ring    shmRing
 	conn    *net.UnixConn
-	spin    *atomic.Int64 // the transport's shmSpin (ns)
+	sock    *rawSock      // conn's doorbell reads and writes
+	spin    *atomic.Int64 // the transport's pollSpin (ns)
 	maxPay  int
 	tail    uint64 // bytes consumed
 	head    uint64 // bytes known written
@@ -728,13 +754,36 @@ type shmReader struct {
 	riov    [1]unix.RemoteIovec
 }
 
+// shmRawPiece is the most one process_vm_readv copies (see
+// processVMReadv): ~30 µs of copying, like a Go copy of as much, between
+// which the goroutine can be preempted.
+const shmRawPiece = 256 << 10
+
+// processVMReadv is process_vm_readv(2) as a raw system call, outside the
+// scheduler's system-call path: it is a memory copy that never waits. As
+// an ordinary system call, a copy longer than sysmon's 20 µs tick had its
+// P handed to another thread, which woke (futex), spun (nanosleep) and
+// slept again, and the copying thread then had to win a P back — once per
+// 256 KiB piece, and with more ranks than cores every such thread wants a
+// core too.
+func processVMReadv(pid int, local []unix.Iovec, remote []unix.RemoteIovec) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_PROCESS_VM_READV, uintptr(pid),
+		uintptr(unsafe.Pointer(unsafe.SliceData(local))), uintptr(len(local)),
+		uintptr(unsafe.Pointer(unsafe.SliceData(remote))), uintptr(len(remote)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
 // readRemote copies len(b) bytes from the sender's address r.ref on.
 func (r *shmReader) readRemote(b []byte) error {
 	for len(b) > 0 {
+		k := min(len(b), shmRawPiece)
 		r.liov[0].Base = unsafe.SliceData(b)
-		r.liov[0].SetLen(len(b))
-		r.riov[0] = unix.RemoteIovec{Base: r.ref, Len: len(b)}
-		n, err := unix.ProcessVMReadv(r.pid, r.liov[:], r.riov[:], 0)
+		r.liov[0].SetLen(k)
+		r.riov[0] = unix.RemoteIovec{Base: r.ref, Len: k}
+		n, err := processVMReadv(r.pid, r.liov[:], r.riov[:])
 		if err != nil {
 			return fmt.Errorf("reading the sender's payload: %w", err)
 		}
@@ -775,7 +824,7 @@ func (r *shmReader) ackRef() error {
 	r.ring.acked.Add(1)
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
 		r.bell[0] = 'S'
-		r.conn.Write(r.bell[:1])
+		r.sock.write(r.bell[:1])
 	}
 	if abandoned {
 		return errors.New("the sender gave up on a by-reference payload")
@@ -800,7 +849,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 			r.ring.readerAsleep.CompareAndSwap(1, 0)
 			continue
 		}
-		if _, err := r.conn.Read(r.bell[:]); err != nil && !have() {
+		if _, err := r.sock.read(r.bell[:]); err != nil && !have() {
 			return 0, err
 		}
 	}
@@ -813,7 +862,7 @@ func (r *shmReader) release(n int) {
 	r.ring.tail.Swap(r.tail) // a full fence: see shmRing
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
 		r.bell[0] = 'S'
-		r.conn.Write(r.bell[:1])
+		r.sock.write(r.bell[:1])
 	}
 }
 

@@ -3,6 +3,7 @@
 package parallel
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -60,14 +61,14 @@ func TestShmSingleCopy(t *testing.T) {
 }
 
 // TestShmWakeups: readers and writers that go to sleep on every wait
-// (ShmSpin < 0) never miss each other's wake-up, in small frames through
+// (PollSpin < 0) never miss each other's wake-up, in small frames through
 // the ring and large ones by reference. A missed wake-up (the sleeper's
 // flag and the other side's position stored without a full fence between
 // store and load; see shmRing) showed as "nothing received" after the
 // group's timeout under -race, in about one 3-rank run in 15.
 func TestShmWakeups(t *testing.T) {
 	const ranks = 3
-	c := newCluster(t, ranks, TransportOptions{Mode: ModeShm, ShmSpin: -1})
+	c := newCluster(t, ranks, TransportOptions{Mode: ModeShm, PollSpin: -1})
 	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(ranks), Timeout: 5 * time.Second, AllReduce: RecursiveDoubling})
 	ctx := testCtx(t, 2*time.Minute)
 	bufs := make([][]float32, ranks)
@@ -98,37 +99,69 @@ func TestShmWakeups(t *testing.T) {
 	}
 }
 
-// TestShmSpinFollowsOversubscription: shm waits poll for DefaultShmSpin
-// while the linked processes fit the host's cores and sleep at once beyond
-// that, unless ShmSpin says otherwise; the spin follows links as they open.
-func TestShmSpinFollowsOversubscription(t *testing.T) {
+// TestPollSpinFollowsOversubscription: bulk readers poll for
+// DefaultPollSpin while the processes linked on this host fit its cores
+// and sleep at once beyond that, unless PollSpin says otherwise; the spin
+// follows links as they open, shm links and inbound tcp links from this
+// host count, and tcp peers on other hosts do not.
+func TestPollSpinFollowsOversubscription(t *testing.T) {
 	cpus := runtime.NumCPU()
-	c := newCluster(t, 3, TransportOptions{Mode: ModeShm})
-	tr := c.ts[0]
+	tr0 := newCluster(t, 1, TransportOptions{Mode: ModeShm}).ts[0]
 	for _, tc := range []struct {
 		peers int
 		want  time.Duration
-	}{{0, DefaultShmSpin}, {cpus - 1, DefaultShmSpin}, {cpus, 0}} {
-		if got := tr.shmSpinFor(tc.peers); got != tc.want {
+	}{{0, DefaultPollSpin}, {cpus - 1, DefaultPollSpin}, {cpus, 0}} {
+		if got := tr0.pollSpinFor(tc.peers); got != tc.want {
 			t.Errorf("%d peers on %d CPUs: spin %v, want %v", tc.peers, cpus, got, tc.want)
 		}
 	}
-	set := newCluster(t, 1, TransportOptions{Mode: ModeShm, ShmSpin: 7 * time.Microsecond}).ts[0]
-	if got := set.shmSpinFor(cpus); got != 7*time.Microsecond {
-		t.Errorf("ShmSpin set: spin %v with %d peers, want the option's 7µs", got, cpus)
+	set := newCluster(t, 1, TransportOptions{Mode: ModeShm, PollSpin: 7 * time.Microsecond}).ts[0]
+	if got := set.pollSpinFor(cpus); got != 7*time.Microsecond {
+		t.Errorf("PollSpin set: spin %v with %d peers, want the option's 7µs", got, cpus)
 	}
-	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(3), Timeout: 10 * time.Second})
-	ctx := testCtx(t, 30*time.Second)
-	noErrors(t, "barrier", each(3, func(i int) error { return gs[i].Barrier(ctx) }))
-	want := tr.shmSpinFor(2) // rank 0 now has shm links with both others
-	tr.shmMu.Lock()
-	peers := len(tr.shmPeers)
-	tr.shmMu.Unlock()
-	if peers != 2 { // each peer once, though linked in both directions
-		t.Errorf("rank 0 counts %d shm peers, want 2", peers)
-	}
-	if got := time.Duration(tr.shmSpin.Load()); got != want {
-		t.Errorf("after linking 2 peers: spin %v, want %v", got, want)
+	for _, tc := range []struct {
+		name      string
+		opts      TransportOptions
+		hosts     bool // every rank pretends to be on its own host
+		wantPeers int
+	}{
+		{"shm", TransportOptions{Mode: ModeShm}, false, 2},
+		{"tcp", TransportOptions{Mode: ModeTCP}, false, 2},
+		{"tcp/other-hosts", TransportOptions{Mode: ModeTCP}, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &cluster{addrs: map[int]string{}}
+			for r := range 3 {
+				o := tc.opts
+				o.ListenAddr = "127.0.0.1:0"
+				if tc.hosts {
+					o.HostID = fmt.Sprintf("host-%d", r)
+				}
+				tr, err := NewTransport(context.Background(), o)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { tr.Close() })
+				c.ts = append(c.ts, tr)
+				c.addrs[r] = tr.Addr()
+			}
+			tr := c.ts[0]
+			gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(3), Timeout: 10 * time.Second})
+			ctx := testCtx(t, 30*time.Second)
+			noErrors(t, "barrier", each(3, func(i int) error { return gs[i].Barrier(ctx) }))
+			// The barrier's frames were read, so rank 0's inbound links
+			// from both others are open.
+			want := tr.pollSpinFor(tc.wantPeers)
+			tr.hostMu.Lock()
+			peers := len(tr.hostPeers)
+			tr.hostMu.Unlock()
+			if peers != tc.wantPeers { // each peer once, though linked in both directions
+				t.Errorf("rank 0 counts %d peers on its host, want %d", peers, tc.wantPeers)
+			}
+			if got := time.Duration(tr.pollSpin.Load()); got != want {
+				t.Errorf("after linking: spin %v, want %v", got, want)
+			}
+		})
 	}
 }
 
@@ -194,5 +227,31 @@ func TestShmLazySendReleased(t *testing.T) {
 	b.mu.Unlock()
 	if queued != 0 {
 		t.Fatalf("rank 1 queued %d frames read from an abandoned link", queued)
+	}
+}
+
+// TestSpinForByReference: a wait on by-reference bytes polls in
+// proportion to them, also where other waits sleep at once (base 0:
+// oversubscribed), never longer than shmSpinMax, never shorter than the
+// base, and not at all when PollSpin is negative.
+func TestSpinForByReference(t *testing.T) {
+	base := int64(DefaultPollSpin)
+	for _, tc := range []struct {
+		base  int64
+		bytes uint64
+		want  time.Duration
+	}{
+		{base, 0, DefaultPollSpin},
+		{base, 1 << 10, DefaultPollSpin},
+		{base, 1 << 20, shmSpinPerMiB},
+		{0, 0, 0},
+		{0, 1 << 20, shmSpinPerMiB},
+		{0, 256 << 10, shmSpinPerMiB / 4},
+		{0, 1 << 30, shmSpinMax},
+		{-1, 1 << 20, -1},
+	} {
+		if got := spinFor(tc.base, tc.bytes); got != tc.want {
+			t.Errorf("spinFor(%v, %d bytes) = %v, want %v", time.Duration(tc.base), tc.bytes, got, tc.want)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -46,6 +47,7 @@ type tcpLink struct {
 	hdr  [maxBulkHdr]byte // guarded by sem
 	vec  [2][]byte        // guarded by sem
 	bufs net.Buffers      // guarded by sem
+	raw  *rawSock         // a plain socket's small writes (see rawSockMax); guarded by sem
 	// joined, inside TLS, holds a small frame's header and payload so
 	// that they go as one record and one system call (a TLS session has no
 	// vectored write); guarded by sem.
@@ -102,6 +104,8 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 	l := &tcpLink{oc: oc, conn: conn, sem: make(chan struct{}, 1), done: make(chan struct{})}
 	if tlsConf != nil {
 		l.joined = make([]byte, 0, maxBulkHdr+tlsJoinBytes)
+	} else {
+		l.raw = newRawSock(conn)
 	}
 	// The server never writes again; a read ending is the connection
 	// breaking, which fails the link at once even when nothing is sent.
@@ -166,6 +170,8 @@ func (l *tcpLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	case l.joined != nil && len(pay) <= tlsJoinBytes:
 		l.joined = append(append(l.joined[:0], l.hdr[:n]...), pay...)
 		_, err = l.conn.Write(l.joined)
+	case l.raw != nil && n+len(pay) <= rawSockMax:
+		_, err = l.raw.writev(l.hdr[:n], pay)
 	default:
 		l.vec[0], l.vec[1] = l.hdr[:n], pay
 		l.bufs = l.vec[:]
@@ -244,6 +250,10 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 		return
 	}
 	defer t.untrackLink(conn)
+	if o.local { // its reader polls only while this host's cores allow
+		t.hostPeer(o.from, true)
+		defer t.hostPeer(o.from, false)
+	}
 	// Bound before the acknowledgement: once the dialer has it, it may
 	// send, say GOODBYE and end its stream, whose end must then wait for
 	// this link's.
@@ -255,7 +265,8 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
-	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes}
+	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes,
+		raw: newRawSock(conn), spin: &t.pollSpin}
 	err = r.run()
 	conn.Close()
 	l.finish(err)
@@ -270,6 +281,19 @@ type tcpReader struct {
 	buf    []byte
 	r, w   int
 	maxPay int
+	// raw, where the connection is a plain socket, reads it with raw
+	// system calls, polling for spin (the transport's polling time, ns)
+	// before a read parks.
+	raw  *rawSock
+	spin *atomic.Int64
+}
+
+// read reads into b, polling first where it may.
+func (c *tcpReader) read(b []byte) (int, error) {
+	if c.raw == nil {
+		return c.conn.Read(b)
+	}
+	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()))
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤
@@ -285,7 +309,7 @@ func (c *tcpReader) fill(need, want int) error {
 	}
 	end := min(len(c.buf), c.r+max(want, need))
 	for c.w-c.r < need {
-		n, err := c.conn.Read(c.buf[c.w:end])
+		n, err := c.read(c.buf[c.w:end])
 		c.w += n
 		if err != nil && c.w-c.r < need {
 			return err

@@ -52,7 +52,7 @@ type commBenchFlags struct {
 	network    string
 	transport  string
 	shmRing    string
-	shmSpin    time.Duration
+	pollSpin   time.Duration
 	socketDir  string // set by the parent for --network unix
 	profileDir string
 	traceDir   string
@@ -66,7 +66,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.op, "op", "sum", "reduction: sum, mean or max")
 	fs.IntVar(&f.iters, "iters", 0, "timed iterations per size (0: about 512 MiB of traffic, 5 to 500)")
 	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size (at least; warming lasts 100ms)")
-	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring or rd")
+	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring, rd or hd (halving-doubling; powers of two only, else ring)")
 	fs.StringVar(&f.codec, "codec", "raw", "wire codec: raw (zero-copy) or proto")
 	fs.StringVar(&f.chunk, "chunk", "", "pipelining chunk size (default: the library's)")
 	fs.StringVar(&f.small, "small", "", "largest all-reduce using recursive doubling (default: the library's)")
@@ -79,7 +79,8 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.network, "network", "tcp", "where the Peer service listens: tcp (loopback) or unix (Unix sockets)")
 	fs.StringVar(&f.transport, "transport", "auto", "how payloads travel: auto (shm on one host), tcp (raw sockets), shm (shared memory) or grpc")
 	fs.StringVar(&f.shmRing, "shm-ring", "", "shared-memory ring size per peer and direction (default: the library's)")
-	fs.DurationVar(&f.shmSpin, "shm-spin", 0, "how long a shared-memory reader polls before sleeping (default: the library's; negative: never)")
+	fs.DurationVar(&f.pollSpin, "poll-spin", 0, "how long a bulk reader (shm ring, tcp socket) polls before sleeping (default: the library's; negative: never)")
+	fs.DurationVar(&f.pollSpin, "shm-spin", 0, "the old name of --poll-spin")
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
 	fs.StringVar(&f.traceDir, "trace-dir", "", "write each worker's execution trace (go tool trace) to DIR/rankN.trace")
@@ -94,7 +95,7 @@ func (f *commBenchFlags) args() []string {
 		"--algo", f.algo, "--codec", f.codec, "--chunk", f.chunk, "--small", f.small,
 		"--window", f.window, "--conn-window", f.connWindow, "--read-buffer", f.readBuf, "--write-buffer", f.writeBuf,
 		"--timeout", f.timeout.String(), "--log-format", f.logFormat,
-		"--network", f.network, "--transport", f.transport, "--shm-ring", f.shmRing, "--shm-spin", f.shmSpin.String(),
+		"--network", f.network, "--transport", f.transport, "--shm-ring", f.shmRing, "--poll-spin", f.pollSpin.String(),
 		"--socket-dir", f.socketDir, "--cpuprofile-dir", f.profileDir, "--trace-dir", f.traceDir, "--tls-dir", f.tlsDir,
 	}
 }
@@ -145,7 +146,7 @@ func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 	if c.topts.Mode, err = parallel.ParseTransportMode(f.transport); err != nil {
 		errs = append(errs, fmt.Errorf("--transport: %w", err))
 	}
-	c.topts.ShmSpin = f.shmSpin
+	c.topts.PollSpin = f.pollSpin
 	optSize := func(name, s string) int64 {
 		if s == "" {
 			return 0
