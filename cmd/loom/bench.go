@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime/pprof"
 )
@@ -12,9 +13,9 @@ func benchCommands() map[string]command {
 	return map[string]command{
 		"gemm":           {summary: "float32 GEMM GFLOP/s", run: cmdBenchGemm},
 		"step":           {summary: "training step tokens/s, TFLOP/s and MFU", run: cmdBenchStep},
-		"allreduce":      {summary: "all-reduce time and bandwidth over gRPC", run: cmdBenchAllReduce},
-		"reduce-scatter": {summary: "reduce-scatter time and bandwidth over gRPC", run: cmdBenchReduceScatter},
-		"all-gather":     {summary: "all-gather time and bandwidth over gRPC", run: cmdBenchAllGather},
+		"allreduce":      {summary: "all-reduce time and bandwidth over a data-plane transport (--transport)", run: cmdBenchAllReduce},
+		"reduce-scatter": {summary: "reduce-scatter time and bandwidth over a data-plane transport (--transport)", run: cmdBenchReduceScatter},
+		"all-gather":     {summary: "all-gather time and bandwidth over a data-plane transport (--transport)", run: cmdBenchAllGather},
 		"wire":           {summary: "raw socket between two processes, both ways at once: the wire's limit", run: cmdBenchWire},
 	}
 }
@@ -38,16 +39,22 @@ func cmdBench(ctx context.Context, env *cmdEnv, args []string) error {
 // startCPUProfile writes a CPU profile to path until the returned function
 // is called.
 func startCPUProfile(path string) (stop func(), err error) {
+	return startRecording(path, "cpu profile", pprof.StartCPUProfile, pprof.StopCPUProfile)
+}
+
+// startRecording creates path and has start record what into it until the
+// returned function calls stop and closes the file.
+func startRecording(path, what string, start func(io.Writer) error, stop func()) (func(), error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
+	if err := start(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	return func() {
-		pprof.StopCPUProfile()
+		stop()
 		f.Close()
 	}, nil
 }

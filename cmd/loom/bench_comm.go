@@ -704,16 +704,5 @@ func linkTransports(ls []parallel.LinkInfo) string {
 
 // startTrace writes the process's execution trace to path until stop.
 func startTrace(path string) (stop func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := trace.Start(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("execution trace %s: %w", path, err)
-	}
-	return func() {
-		trace.Stop()
-		f.Close()
-	}, nil
+	return startRecording(path, "execution trace", trace.Start, trace.Stop)
 }
