@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 )
 
@@ -42,12 +43,15 @@ func startCPUProfile(path string) (stop func(), err error) {
 	return startRecording(path, "cpu profile", pprof.StartCPUProfile, pprof.StopCPUProfile)
 }
 
-// startRecording creates path and has start record what into it until the
-// returned function calls stop and closes the file.
+// startRecording creates path (and its directory) and has start record
+// what into it until the returned function calls stop and closes the file.
 func startRecording(path, what string, start func(io.Writer) error, stop func()) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	if err := start(f); err != nil {
 		f.Close()
