@@ -211,12 +211,10 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 	// takes the workers' output lock.
 	opts.Info = &lockedWriter{mu: &procs.out.mu, w: opts.Info}
 	opts.Progress = &lockedWriter{mu: &procs.out.mu, w: opts.Progress}
-	slots := make([]int, world)
-	for i := range slots {
-		slots[i] = i
-	}
-	if err := procs.start(slots, opts.Executable, argsFor); err != nil {
-		return fmt.Errorf("launch: %w", err)
+	for slot := range world {
+		if err := procs.start(slot, opts.Executable, argsFor(slot)); err != nil {
+			return fmt.Errorf("launch: %w", err)
+		}
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -284,7 +282,7 @@ func Local(ctx context.Context, spec api.JobSpec, opts Options) (err error) {
 				replacements--
 				fmt.Fprintf(opts.Info, "%s: worker %d (pid %d) exited before the job finished (%v); starting a replacement (%d more allowed)\n",
 					spec.Name, ex.n, ex.pid, ex.err, replacements)
-				if err := procs.start([]int{ex.slot}, opts.Executable, argsFor); err != nil {
+				if err := procs.start(ex.slot, opts.Executable, argsFor(ex.slot)); err != nil {
 					exitedForGood <- exit{n: ex.n, slot: ex.slot, pid: ex.pid, err: fmt.Errorf("%v; and its replacement did not start: %w", ex.err, err)}
 					return
 				}
@@ -382,51 +380,49 @@ func newProcs(opts Options) *procs {
 	return p
 }
 
-// start starts one worker per slot, with the command line argsFor(slot).
-func (p *procs) start(slots []int, exe string, argsFor func(slot int) []string) error {
-	for _, slot := range slots {
-		p.mu.Lock()
-		i, stopping := len(p.cmds), p.stopping
-		p.mu.Unlock()
-		if stopping {
-			return errors.New("the launch is stopping")
-		}
-		cmd := exec.Command(exe, argsFor(slot)...)
-		cmd.Env = append(os.Environ(), p.opts.Env...)
-		cmd.Stdout = &prefixWriter{out: p.out, prefix: fmt.Sprintf("[worker %d] ", i)}
-		cmd.Stderr = cmd.Stdout
-		cmd.SysProcAttr = workerProcAttr()
-		errc := make(chan error, 1)
-		done := make(chan struct{})
-		p.spawn <- func() {
-			// Started and recorded under the lock, so that stop either sees
-			// the process or prevents it.
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			if p.stopping {
-				errc <- errors.New("the launch is stopping")
-				return
-			}
-			if err := cmd.Start(); err != nil {
-				errc <- err
-				return
-			}
-			p.cmds = append(p.cmds, cmd)
-			p.waits = append(p.waits, done)
-			errc <- nil
-		}
-		if err := <-errc; err != nil {
-			return fmt.Errorf("start worker %d (%s): %w", i, exe, err)
-		}
-		go func() {
-			err := cmd.Wait()
-			close(done)
-			select {
-			case p.exited <- exit{n: i, slot: slot, pid: cmd.Process.Pid, err: exitErr(err)}:
-			default:
-			}
-		}()
+// start starts the worker of rank slot slot with the command line args.
+func (p *procs) start(slot int, exe string, args []string) error {
+	p.mu.Lock()
+	i, stopping := len(p.cmds), p.stopping
+	p.mu.Unlock()
+	if stopping {
+		return errors.New("the launch is stopping")
 	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), p.opts.Env...)
+	cmd.Stdout = &prefixWriter{out: p.out, prefix: fmt.Sprintf("[worker %d] ", i)}
+	cmd.Stderr = cmd.Stdout
+	cmd.SysProcAttr = workerProcAttr()
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	p.spawn <- func() {
+		// Started and recorded under the lock, so that stop either sees
+		// the process or prevents it.
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.stopping {
+			errc <- errors.New("the launch is stopping")
+			return
+		}
+		if err := cmd.Start(); err != nil {
+			errc <- err
+			return
+		}
+		p.cmds = append(p.cmds, cmd)
+		p.waits = append(p.waits, done)
+		errc <- nil
+	}
+	if err := <-errc; err != nil {
+		return fmt.Errorf("start worker %d (%s): %w", i, exe, err)
+	}
+	go func() {
+		err := cmd.Wait()
+		close(done)
+		select {
+		case p.exited <- exit{n: i, slot: slot, pid: cmd.Process.Pid, err: exitErr(err)}:
+		default:
+		}
+	}()
 	return nil
 }
 

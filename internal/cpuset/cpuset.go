@@ -106,9 +106,9 @@ func readInt(path string) (int, error) {
 // Split gives each of workers a disjoint set of per CPUs out of cpus,
 // filling physical cores first: the CPUs are ordered by their SMT sibling
 // index (first thread of every core, then the second, ...), then by their
-// core's lowest CPU number, and dealt out in that order, so that no two workers share a
-// core while there are cores enough (DeepSpeed's --bind_cores_to_rank, and
-// what OMP_PROC_BIND=spread does for threads). It returns false, and no
+// core's lowest CPU number, and dealt out in that order, so that no two
+// workers share a core while there are cores enough (DeepSpeed's
+// --bind_cores_to_rank, and what OMP_PROC_BIND=spread does for threads). It returns false, and no
 // sets, when workers × per exceeds the CPUs.
 func Split(cpus []CPU, workers, per int) ([]Set, bool) {
 	if workers < 1 || per < 1 || workers*per > len(cpus) {

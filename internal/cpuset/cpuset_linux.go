@@ -63,5 +63,5 @@ func Bind(s Set) error {
 			return nil
 		}
 	}
-	return nil
+	return fmt.Errorf("cpuset: bind to CPUs %s: threads kept starting through %d passes over /proc/self/task; bind before starting work", s, 10)
 }
