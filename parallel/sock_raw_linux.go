@@ -151,13 +151,13 @@ func (s *rawSock) read(b []byte) (int, error) {
 // has no room.
 func (s *rawSock) write(b []byte) (int, error) { return s.writev(b, nil) }
 
-// pollRead polls for up to spin (see spinWait) and then parks until
-// something is there.
-func (s *rawSock) pollRead(b []byte, spin time.Duration) (int, error) {
+// pollRead polls for up to spin (see spinWait; it rings d's bells) and
+// then parks until something is there.
+func (s *rawSock) pollRead(b []byte, spin time.Duration, d *bellBoard) (int, error) {
 	if spin > 0 {
 		var n int
 		var err error
-		if spinWait(spin, func() bool {
+		if spinWait(d, spin, func() bool {
 			var done bool
 			n, err, done = s.tryRead(b)
 			return done

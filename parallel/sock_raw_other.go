@@ -16,7 +16,7 @@ const rawSockMax = 64 << 10
 func newRawSock(net.Conn) *rawSock { return nil }
 
 // pollRead and writev are never called: there is no rawSock here.
-func (s *rawSock) pollRead([]byte, time.Duration) (int, error) {
+func (s *rawSock) pollRead([]byte, time.Duration, *bellBoard) (int, error) {
 	panic("parallel: no raw socket I/O on this system")
 }
 

@@ -250,13 +250,16 @@ type Transport struct {
 
 	mux *muxListener
 	shm *shmListener // nil: shared memory unavailable
-	// pollSpin is how long bulk readers poll now, in nanoseconds (see
-	// pollSpinFor); the links read it on every wait.
+	// pollSpin and shmSpin are how long tcp readers and shm waits poll
+	// now, in nanoseconds (see pollSpinFor); the links read them on every
+	// wait.
 	pollSpin  atomic.Int64
+	shmSpin   atomic.Int64
 	hostMu    sync.Mutex     // guards hostPeers (its own lock: links close under others)
 	hostPeers map[string]int // open links to peers on this host (shm either direction, tcp inbound), by address
 	eager     *eagerPool
 	frames    sync.Pool // of *wireFrame, for bulk frames
+	bells     bellBoard // shm waiters' bells, rung by every polling loop
 
 	mu       sync.RWMutex
 	closing  bool
@@ -331,7 +334,8 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		hostPeers: map[string]int{},
 		eager:     newEagerPool(),
 	}
-	t.pollSpin.Store(int64(t.pollSpinFor(0)))
+	t.pollSpin.Store(int64(t.pollSpinFor(0, false)))
+	t.shmSpin.Store(int64(t.pollSpinFor(0, true)))
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
 	}
@@ -502,27 +506,39 @@ func (t *Transport) Links() []LinkInfo {
 	return slices.Clone(t.links)
 }
 
-// recordLink logs and reports the transport chosen for a connection.
-// pollSpinFor is how long a bulk reader polls before it sleeps, for a
-// host where this process has links to peers other processes on this
-// host (shm links, and tcp links whose dialer's boot id is ours): the
-// PollSpin option if set, else DefaultPollSpin while those processes
-// (peers and this one) are no more than the host's cores, else 0 (sleep
-// at once), as MPI stops busy-polling when oversubscribed. A spinning rank
-// then holds a core that the rank it waits for needs: 4 ranks on 2 cores,
-// shm 4 KiB all-reduce p50 307 µs spinning, 185 µs sleeping at once
-// (1 MiB 2,280 → 1,888), and yielding the core while spinning did not
-// help. Peers on other hosts do not count: their processes do not compete
-// for our cores.
-func (t *Transport) pollSpinFor(peers int) time.Duration {
+// pollSpinFor is how long a bulk wait polls before it sleeps (a shm
+// wait when shm, else a tcp reader), for a host where this process has
+// links to peers other processes on this host (shm links, and tcp links
+// whose dialer's boot id is ours): the PollSpin option if set, else
+// DefaultPollSpin while those processes (peers and this one) are no more
+// than the host's cores. With more, each hop's wake-up waits for a core
+// (0.2 ms on average, perf sched), and a shm wait polls longer instead,
+// shmOversubscribedSpin, yielding the core between polls to whichever
+// rank has work, as OpenMPI's vader does when oversubscribed; a tcp
+// reader sleeps at once, since its wake-up comes from the network
+// poller, which Go runs only when nothing else is runnable (see
+// bellBoard). Peers on other hosts do not count: their processes do not
+// compete for our cores.
+func (t *Transport) pollSpinFor(peers int, shm bool) time.Duration {
 	switch {
 	case t.opts.PollSpin != 0:
 		return t.opts.PollSpin
 	case peers+1 <= runtime.NumCPU():
 		return DefaultPollSpin
+	case shm:
+		return shmOversubscribedSpin
 	}
 	return 0
 }
+
+// shmOversubscribedSpin is how long a shm wait polls with more linked
+// processes on the host than cores. 4 ranks on 2 cores, 3 alternating
+// rounds, rank 0's p50 polling 200 µs / 500 µs / 1 ms (OpenMPI vader):
+// 4 KiB 17–27 / 22–29 / 21–22 µs (17–22), 64 KiB 59–68 / 58–80 / 63–86
+// (55–68), 256 KiB 178–218 / 163–225 / 142–200 (163–178), 1 MiB
+// 453–545 / 503–614 / 446–664 (668–733); sleeping at once, as before the
+// bells, 4 KiB took 68–99 µs and 64 KiB 259–271.
+const shmOversubscribedSpin = 200 * time.Microsecond
 
 // hostPeer records that a link to or from a peer on this host at addr
 // opened (open) or closed, and sets the readers' polling time for the
@@ -534,7 +550,8 @@ func (t *Transport) hostPeer(addr string, open bool) {
 	} else if t.hostPeers[addr]--; t.hostPeers[addr] <= 0 {
 		delete(t.hostPeers, addr)
 	}
-	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers))))
+	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers), false)))
+	t.shmSpin.Store(int64(t.pollSpinFor(len(t.hostPeers), true)))
 	t.hostMu.Unlock()
 }
 

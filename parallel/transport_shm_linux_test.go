@@ -110,13 +110,17 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 	for _, tc := range []struct {
 		peers int
 		want  time.Duration
-	}{{0, DefaultPollSpin}, {cpus - 1, DefaultPollSpin}, {cpus, 0}} {
-		if got := tr0.pollSpinFor(tc.peers); got != tc.want {
-			t.Errorf("%d peers on %d CPUs: spin %v, want %v", tc.peers, cpus, got, tc.want)
+		shm   time.Duration
+	}{{0, DefaultPollSpin, DefaultPollSpin}, {cpus - 1, DefaultPollSpin, DefaultPollSpin}, {cpus, 0, shmOversubscribedSpin}} {
+		if got := tr0.pollSpinFor(tc.peers, false); got != tc.want {
+			t.Errorf("%d peers on %d CPUs: tcp spin %v, want %v", tc.peers, cpus, got, tc.want)
+		}
+		if got := tr0.pollSpinFor(tc.peers, true); got != tc.shm {
+			t.Errorf("%d peers on %d CPUs: shm spin %v, want %v", tc.peers, cpus, got, tc.shm)
 		}
 	}
 	set := newCluster(t, 1, TransportOptions{Mode: ModeShm, PollSpin: 7 * time.Microsecond}).ts[0]
-	if got := set.pollSpinFor(cpus); got != 7*time.Microsecond {
+	if got := set.pollSpinFor(cpus, true); got != 7*time.Microsecond {
 		t.Errorf("PollSpin set: spin %v with %d peers, want the option's 7µs", got, cpus)
 	}
 	for _, tc := range []struct {
@@ -151,7 +155,7 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 			noErrors(t, "barrier", each(3, func(i int) error { return gs[i].Barrier(ctx) }))
 			// The barrier's frames were read, so rank 0's inbound links
 			// from both others are open.
-			want := tr.pollSpinFor(tc.wantPeers)
+			want, wantShm := tr.pollSpinFor(tc.wantPeers, false), tr.pollSpinFor(tc.wantPeers, true)
 			tr.hostMu.Lock()
 			peers := len(tr.hostPeers)
 			tr.hostMu.Unlock()
@@ -159,7 +163,10 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 				t.Errorf("rank 0 counts %d peers on its host, want %d", peers, tc.wantPeers)
 			}
 			if got := time.Duration(tr.pollSpin.Load()); got != want {
-				t.Errorf("after linking: spin %v, want %v", got, want)
+				t.Errorf("after linking: tcp spin %v, want %v", got, want)
+			}
+			if got := time.Duration(tr.shmSpin.Load()); got != wantShm {
+				t.Errorf("after linking: shm spin %v, want %v", got, wantShm)
 			}
 		})
 	}

@@ -293,7 +293,7 @@ func (c *tcpReader) read(b []byte) (int, error) {
 	if c.raw == nil {
 		return c.conn.Read(b)
 	}
-	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()))
+	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()), &c.t.bells)
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤
