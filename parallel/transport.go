@@ -94,6 +94,10 @@ type TransportOptions struct {
 	// then never read this process's memory (process_vm_readv), which by
 	// default they do for large payloads when the system lets them.
 	ShmNoSingleCopy bool
+	// shmByRefMin, if set, is the smallest shm payload sent by reference
+	// whatever the host (tests: exercising by-reference paths on any
+	// number of cores); else shmByRefFor decides.
+	shmByRefMin int
 	// OnLink, if set, is told the transport chosen for each peer, once per
 	// outbound connection (for a metric label).
 	OnLink func(LinkInfo)
@@ -255,6 +259,7 @@ type Transport struct {
 	// wait.
 	pollSpin  atomic.Int64
 	shmSpin   atomic.Int64
+	shmByRef  atomic.Int64   // shm payloads of at least this many bytes go by reference (see shmByRefFor)
 	hostMu    sync.Mutex     // guards hostPeers (its own lock: links close under others)
 	hostPeers map[string]int // open links to peers on this host (shm either direction, tcp inbound), by address
 	eager     *eagerPool
@@ -336,6 +341,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(0, false)))
 	t.shmSpin.Store(int64(t.pollSpinFor(0, true)))
+	t.shmByRef.Store(int64(t.shmByRefFor(0)))
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
 	}
@@ -552,6 +558,7 @@ func (t *Transport) hostPeer(addr string, open bool) {
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers), false)))
 	t.shmSpin.Store(int64(t.pollSpinFor(len(t.hostPeers), true)))
+	t.shmByRef.Store(int64(t.shmByRefFor(len(t.hostPeers))))
 	t.hostMu.Unlock()
 }
 

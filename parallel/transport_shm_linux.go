@@ -58,21 +58,51 @@ const (
 	shmPiece           = 64 << 10 // a long payload is published in pieces of this size
 )
 
-// Single copy. A payload of at least shmByRefBytes is not copied into the
-// ring when the receiver can read the sender's memory (process_vm_readv,
-// "cross-memory attach", as OpenMPI's vader does): the ring carries the
-// header and the payload's address and length, the receiver copies from
-// the sender's buffer straight into the destination (or into a cache-sized
-// buffer it reduces from), and the sender's send returns once the receiver
-// says it has read it. One pass over the bytes instead of two. The
-// receiver probes at the handshake whether it may (same user, no seccomp
-// or Yama rule against it); if not, every payload goes through the ring.
+// Single copy. A large payload is not copied into the ring when the
+// receiver can read the sender's memory (process_vm_readv, "cross-memory
+// attach", as OpenMPI's vader does): the ring carries the header and the
+// payload's address and length, the receiver copies from the sender's
+// buffer straight into the destination (or into a cache-sized buffer it
+// reduces from), and the sender's send returns once the receiver says it
+// has read it. One pass over the bytes instead of two. The receiver
+// probes at the handshake whether it may (same user, no seccomp or Yama
+// rule against it); if not, every payload goes through the ring.
+//
+// How large depends on whether the linked processes have a core each
+// (see Transport.shmByRefFor). If they have, two passes on two cores at
+// once (the sender copying into the ring in 64 KiB pieces, the receiver
+// reducing or copying out of it behind) beat one pass by the receiver
+// alone, whose process_vm_readv also pins the sender's pages on every
+// call, up to frames of a ring's size: 2 ranks on 2 cores, 3 alternating
+// rounds, rank 0's p50 by reference from 64 KiB / from 1 MiB: 128 KiB
+// all-reduce 28–30 / 17–19 µs, 256 KiB 52–53 / 30–31, 512 KiB 99–100 /
+// 61–75, 1 MiB 195–203 / 113–126, 4 MiB (1 MiB frames either way)
+// 702–741 / 709–918. With the VM loaded by a training run beside it
+// (load ≈ 1.9), 256 KiB 66–78 / 37–65 µs but 1 MiB 280–312 / 276–415:
+// two passes need both processes on a core at once. If they have not a
+// core each, the CPU is what is short and one pass wins: 4 ranks on 2
+// cores, 1 MiB 528–533 / 760–1,111 µs.
 const (
-	shmByRefBytes  = 64 << 10
-	shmFlagByRef   = 1 // bulk header flags (byte 3): the payload is by reference
+	shmByRefBytes  = 64 << 10 // oversubscribed
+	shmByRefRoomy  = 1 << 20  // a core for each linked process
+	shmFlagByRef   = 1        // bulk header flags (byte 3): the payload is by reference
 	shmDescBytes   = 16
 	shmScratchSize = 256 << 10
 )
+
+// shmByRefFor is the smallest shm payload sent by reference, for a host
+// where this process has links to peers other processes on it: a ring's
+// worth (1 MiB, at most the ring) while they and this one have a core
+// each, else 64 KiB (see above).
+func (t *Transport) shmByRefFor(peers int) int {
+	switch {
+	case t.opts.shmByRefMin > 0:
+		return t.opts.shmByRefMin
+	case peers+1 <= runtime.NumCPU():
+		return shmByRefRoomy
+	}
+	return shmByRefBytes
+}
 
 // shmRing is one mapped ring: data is written at head and read at tail,
 // both counting bytes since the start (positions are taken mod len(data)).
@@ -463,7 +493,7 @@ func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	n := putBulkHeader(l.hdr[:], f, len(pay), 4)
 	size := uint64(len(l.ring.data))
 	free := func() uint64 { return size - (l.head - l.ring.tail.Load()) }
-	if l.byRef && len(pay) >= shmByRefBytes {
+	if l.byRef && len(pay) >= min(int(l.oc.t.shmByRef.Load()), len(l.ring.data)) {
 		return l.sendByRef(ctx, f, n, timeout, abort)
 	}
 	if free() < uint64(n) {

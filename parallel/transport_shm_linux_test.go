@@ -262,3 +262,40 @@ func TestSpinForByReference(t *testing.T) {
 		}
 	}
 }
+
+// TestShmByRefFollowsOversubscription: payloads go by reference from
+// 64 KiB when the linked processes outnumber the cores and from a ring's
+// worth otherwise, and a 2-rank all-reduce whose frames are below that
+// (through the ring) still gives the right sums.
+func TestShmByRefFollowsOversubscription(t *testing.T) {
+	cpus := runtime.NumCPU()
+	c := newCluster(t, 2, TransportOptions{Mode: ModeShm, shmByRefMin: -1})
+	tr := c.ts[0]
+	for _, tc := range []struct{ peers, want int }{{0, shmByRefRoomy}, {cpus - 1, shmByRefRoomy}, {cpus, shmByRefBytes}} {
+		if got := tr.shmByRefFor(tc.peers); got != tc.want {
+			t.Errorf("%d peers on %d CPUs: by reference from %d bytes, want %d", tc.peers, cpus, got, tc.want)
+		}
+	}
+	if got := newCluster(t, 1, TransportOptions{Mode: ModeShm, shmByRefMin: 4096}).ts[0].shmByRefFor(cpus); got != 4096 {
+		t.Errorf("shmByRefMin 4096: by reference from %d bytes", got)
+	}
+	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(2), Timeout: 10 * time.Second})
+	ctx := testCtx(t, 30*time.Second)
+	bufs := [][]float32{make([]float32, 128<<10), make([]float32, 128<<10)} // 512 KiB: 256 KiB frames
+	for i := range bufs {
+		for k := range bufs[i] {
+			bufs[i][k] = float32(i + 1 + k%7)
+		}
+	}
+	noErrors(t, "all-reduce", each(2, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+	for i := range bufs {
+		for k, v := range bufs[i] {
+			if want := float32(3 + 2*(k%7)); v != want {
+				t.Fatalf("rank %d [%d] = %v, want %v", i, k, v, want)
+			}
+		}
+	}
+	if got := tr.shmByRef.Load(); cpus >= 2 && got != shmByRefRoomy {
+		t.Errorf("2 ranks on %d CPUs: by reference from %d bytes, want %d", cpus, got, shmByRefRoomy)
+	}
+}
