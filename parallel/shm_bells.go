@@ -67,11 +67,40 @@ func (b *shmBell) rung() {
 	}
 }
 
+// sockBell marks a tcp reader parked in the network poller on socket fd.
+// The same starvation holds for it, but Go's poller alone can wake it: a
+// polling loop that finds such a socket readable (bellBoard.sockReady)
+// sleeps a moment instead of yielding, so that its P, with nothing else
+// to run, polls the network at once.
+type sockBell struct {
+	fd     atomic.Int32
+	parked atomic.Uint32 // 1 while its reader is parked
+}
+
 // bellBoard holds a transport's bells. Safe for concurrent use.
 type bellBoard struct {
-	mu    sync.RWMutex // read-held while ringing: a bell's ring stays mapped
-	bells []*shmBell
-	n     atomic.Int32 // len(bells), read without the lock
+	mu     sync.RWMutex // read-held while ringing: a bell's ring stays mapped
+	bells  []*shmBell
+	n      atomic.Int32 // len(bells), read without the lock
+	socks  []*sockBell
+	nsocks atomic.Int32 // len(socks)
+}
+
+// addSock and removeSock put a tcp reader's bell on the board and take it off.
+func (d *bellBoard) addSock(b *sockBell) {
+	d.mu.Lock()
+	d.socks = append(d.socks, b)
+	d.nsocks.Store(int32(len(d.socks)))
+	d.mu.Unlock()
+}
+
+func (d *bellBoard) removeSock(b *sockBell) {
+	d.mu.Lock()
+	if i := slices.Index(d.socks, b); i >= 0 {
+		d.socks = slices.Delete(d.socks, i, i+1)
+	}
+	d.nsocks.Store(int32(len(d.socks)))
+	d.mu.Unlock()
 }
 
 // add puts b on the board.

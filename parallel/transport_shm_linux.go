@@ -187,7 +187,11 @@ func spinWait(d *bellBoard, spin time.Duration, ready func() bool) bool {
 			return true
 		}
 		d.ring()
-		runtime.Gosched()
+		if i&3 == 3 && d.sockReady() {
+			time.Sleep(time.Microsecond) // let the network poller run (see sockBell)
+		} else {
+			runtime.Gosched()
+		}
 		if i&1 == 1 {
 			unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // never blocks: see rawSock
 		}
@@ -218,7 +222,7 @@ const (
 )
 
 // spinFor is how long to poll for something that waits on bytes of
-// by-reference payload, when the transport polls for base (shmSpin):
+// by-reference payload, when the transport polls for base (pollSpin):
 // base itself when no bytes are awaited or base is
 // negative (PollSpin < 0: never poll).
 func spinFor(base int64, bytes uint64) time.Duration {
@@ -280,7 +284,7 @@ type shmLink struct {
 	ring shmRing
 	conn *net.UnixConn
 	sock *rawSock      // conn's doorbell writes (under sem) and reads (doorbells)
-	spin *atomic.Int64 // the transport's shmSpin (ns)
+	spin *atomic.Int64 // the transport's pollSpin (ns)
 	sem  chan struct{} // serializes frames; held while the mapping is in use
 	room chan struct{} // the receiver made room (its doorbell)
 	bell shmBell       // wakes a wait on room: writerAsleep's bell
@@ -365,7 +369,7 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 		unix.Munmap(mem)
 		return nil, errors.New("handshake: the doorbell socket has no descriptor")
 	}
-	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, sock: sock, spin: &oc.t.shmSpin, sem: make(chan struct{}, 1),
+	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, sock: sock, spin: &oc.t.pollSpin, sem: make(chan struct{}, 1),
 		room: make(chan struct{}, 1), done: make(chan struct{}), unmapped: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
 	l.bell.flag, l.bell.ch = l.ring.writerAsleep, l.room
@@ -687,7 +691,7 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 		l.finish(errors.New("the doorbell socket has no descriptor"))
 		return
 	}
-	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.shmSpin, maxPay: t.opts.MaxFrameBytes, pid: pid,
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid,
 		gone: make(chan struct{})}
 	r.bell.flag, r.bell.ch = r.ring.readerAsleep, make(chan struct{}, 1)
 	t.bells.add(&r.bell)
@@ -790,7 +794,7 @@ type shmReader struct {
 	ring    shmRing
 	conn    *net.UnixConn
 	sock    *rawSock      // conn's doorbell reads and writes
-	spin    *atomic.Int64 // the transport's shmSpin (ns)
+	spin    *atomic.Int64 // the transport's pollSpin (ns)
 	maxPay  int
 	tail    uint64 // bytes consumed
 	head    uint64 // bytes known written

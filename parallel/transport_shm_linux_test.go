@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -110,17 +111,13 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 	for _, tc := range []struct {
 		peers int
 		want  time.Duration
-		shm   time.Duration
-	}{{0, DefaultPollSpin, DefaultPollSpin}, {cpus - 1, DefaultPollSpin, DefaultPollSpin}, {cpus, 0, shmOversubscribedSpin}} {
-		if got := tr0.pollSpinFor(tc.peers, false); got != tc.want {
-			t.Errorf("%d peers on %d CPUs: tcp spin %v, want %v", tc.peers, cpus, got, tc.want)
-		}
-		if got := tr0.pollSpinFor(tc.peers, true); got != tc.shm {
-			t.Errorf("%d peers on %d CPUs: shm spin %v, want %v", tc.peers, cpus, got, tc.shm)
+	}{{0, DefaultPollSpin}, {cpus - 1, DefaultPollSpin}, {cpus, oversubscribedSpin}} {
+		if got := tr0.pollSpinFor(tc.peers); got != tc.want {
+			t.Errorf("%d peers on %d CPUs: spin %v, want %v", tc.peers, cpus, got, tc.want)
 		}
 	}
 	set := newCluster(t, 1, TransportOptions{Mode: ModeShm, PollSpin: 7 * time.Microsecond}).ts[0]
-	if got := set.pollSpinFor(cpus, true); got != 7*time.Microsecond {
+	if got := set.pollSpinFor(cpus); got != 7*time.Microsecond {
 		t.Errorf("PollSpin set: spin %v with %d peers, want the option's 7µs", got, cpus)
 	}
 	for _, tc := range []struct {
@@ -155,7 +152,7 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 			noErrors(t, "barrier", each(3, func(i int) error { return gs[i].Barrier(ctx) }))
 			// The barrier's frames were read, so rank 0's inbound links
 			// from both others are open.
-			want, wantShm := tr.pollSpinFor(tc.wantPeers, false), tr.pollSpinFor(tc.wantPeers, true)
+			want := tr.pollSpinFor(tc.wantPeers)
 			tr.hostMu.Lock()
 			peers := len(tr.hostPeers)
 			tr.hostMu.Unlock()
@@ -163,10 +160,7 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 				t.Errorf("rank 0 counts %d peers on its host, want %d", peers, tc.wantPeers)
 			}
 			if got := time.Duration(tr.pollSpin.Load()); got != want {
-				t.Errorf("after linking: tcp spin %v, want %v", got, want)
-			}
-			if got := time.Duration(tr.shmSpin.Load()); got != wantShm {
-				t.Errorf("after linking: shm spin %v, want %v", got, wantShm)
+				t.Errorf("after linking: spin %v, want %v", got, want)
 			}
 		})
 	}
@@ -297,5 +291,62 @@ func TestShmByRefFollowsOversubscription(t *testing.T) {
 	}
 	if got := tr.shmByRef.Load(); cpus >= 2 && got != shmByRefRoomy {
 		t.Errorf("2 ranks on %d CPUs: by reference from %d bytes, want %d", cpus, got, shmByRefRoomy)
+	}
+}
+
+// TestSockReady: a polling loop sees that the socket of a parked tcp
+// reader has data (and so lets the network poller run), and sees nothing
+// when there is none or its reader is not parked.
+func TestSockReady(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	r := <-accepted
+	if r == nil {
+		t.Fatal("accept failed")
+	}
+	defer r.Close()
+	rc, err := r.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bell := &sockBell{}
+	rc.Control(func(fd uintptr) { bell.fd.Store(int32(fd)) })
+	var d bellBoard
+	d.addSock(bell)
+	bell.parked.Store(1)
+	if d.sockReady() {
+		t.Error("ready with nothing to read")
+	}
+	if _, err := w.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !d.sockReady() {
+		if time.Now().After(deadline) {
+			t.Fatal("a parked reader's socket with data was never ready")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	bell.parked.Store(0)
+	if d.sockReady() {
+		t.Error("ready although its reader is not parked")
+	}
+	bell.parked.Store(1)
+	d.removeSock(bell)
+	if d.sockReady() {
+		t.Error("ready after the bell was removed")
 	}
 }

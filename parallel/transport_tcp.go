@@ -267,6 +267,12 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 	conn.SetDeadline(time.Time{})
 	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes,
 		raw: newRawSock(conn), spin: &t.pollSpin}
+	if r.raw != nil {
+		bell := &sockBell{}
+		r.raw.bell = bell
+		t.bells.addSock(bell)
+		defer t.bells.removeSock(bell)
+	}
 	err = r.run()
 	conn.Close()
 	l.finish(err)
