@@ -41,8 +41,8 @@
 //     passes the memfd there with the secret (SCM_RIGHTS; nothing is left
 //     in /dev/shm). A small frame is copied once, from the caller's buffer
 //     into the ring, and the receiver reduces or copies straight out of
-//     the ring into the destination. A payload of a ring's size (1 MiB)
-//     or more — of 64 KiB or more when the linked processes outnumber the
+//     the ring into the destination. A payload of 256 KiB or more — of
+//     64 KiB or more when the linked processes outnumber the
 //     cores — goes by reference where the system allows it (probed at the handshake;
 //     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
 //     address, the receiver reads the sender's buffer straight into the
@@ -212,8 +212,9 @@
 //     into the ring and out of it, two passes where OpenMPI makes one, and
 //     1–4 MiB ran 1.5× slower on an earlier VM; on this one, with a core
 //     for each rank, the two passes on two cores at once beat the
-//     receiver's one for frames below the ring's size (2 ranks, 256 KiB
-//     52 → 30 µs, 1 MiB 195 → 113–126; see shmByRefFor). Small messages cost per-message work: the
+//     receiver's one for frames below 256 KiB (2 ranks, 256 KiB
+//     52 → 30 µs; larger frames gained in quiet rounds but lost on a
+//     loaded VM; see shmByRefFor). Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
 //     locks. Polling is what makes them fast: sleeping on the doorbell at
 //     once (PollSpin < 0) made 4 KiB 25 µs. But only while every linked

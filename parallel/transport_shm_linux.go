@@ -73,27 +73,30 @@ const (
 // once (the sender copying into the ring in 64 KiB pieces, the receiver
 // reducing or copying out of it behind) beat one pass by the receiver
 // alone, whose process_vm_readv also pins the sender's pages on every
-// call, up to frames of a ring's size: 2 ranks on 2 cores, 3 alternating
+// call, for frames below 256 KiB: 2 ranks on 2 cores, 3 alternating
 // rounds, rank 0's p50 by reference from 64 KiB / from 1 MiB: 128 KiB
 // all-reduce 28–30 / 17–19 µs, 256 KiB 52–53 / 30–31, 512 KiB 99–100 /
 // 61–75, 1 MiB 195–203 / 113–126, 4 MiB (1 MiB frames either way)
-// 702–741 / 709–918. With the VM loaded by a training run beside it
-// (load ≈ 1.9), 256 KiB 66–78 / 37–65 µs but 1 MiB 280–312 / 276–415:
-// two passes need both processes on a core at once. If they have not a
+// 702–741 / 709–918. But on a loaded VM (load ≈ 2, other work beside
+// it) two passes need both processes on a core at once, which larger
+// frames miss: 3 rounds, by reference from 64 KiB / 1 MiB / 256 KiB,
+// 256 KiB 58–84 / 42–60 / 37–39 µs, 1 MiB 183–328 / 331–421 / 277–300.
+// So 256 KiB: the gain at 128 KiB frames, the receiver's one pass from
+// 256 KiB. If they have not a
 // core each, the CPU is what is short and one pass wins: 4 ranks on 2
 // cores, 1 MiB 528–533 / 760–1,111 µs.
 const (
-	shmByRefBytes  = 64 << 10 // oversubscribed
-	shmByRefRoomy  = 1 << 20  // a core for each linked process
-	shmFlagByRef   = 1        // bulk header flags (byte 3): the payload is by reference
+	shmByRefBytes  = 64 << 10  // oversubscribed
+	shmByRefRoomy  = 256 << 10 // a core for each linked process
+	shmFlagByRef   = 1         // bulk header flags (byte 3): the payload is by reference
 	shmDescBytes   = 16
 	shmScratchSize = 256 << 10
 )
 
 // shmByRefFor is the smallest shm payload sent by reference, for a host
-// where this process has links to peers other processes on it: a ring's
-// worth (1 MiB, at most the ring) while they and this one have a core
-// each, else 64 KiB (see above).
+// where this process has links to peers other processes on it: 256 KiB
+// (at most the ring) while they and this one have a core each, else
+// 64 KiB (see above).
 func (t *Transport) shmByRefFor(peers int) int {
 	switch {
 	case t.opts.shmByRefMin > 0:

@@ -258,8 +258,8 @@ func TestSpinForByReference(t *testing.T) {
 }
 
 // TestShmByRefFollowsOversubscription: payloads go by reference from
-// 64 KiB when the linked processes outnumber the cores and from a ring's
-// worth otherwise, and a 2-rank all-reduce whose frames are below that
+// 64 KiB when the linked processes outnumber the cores and from 256 KiB
+// otherwise, and a 2-rank all-reduce whose frames are below that
 // (through the ring) still gives the right sums.
 func TestShmByRefFollowsOversubscription(t *testing.T) {
 	cpus := runtime.NumCPU()
@@ -275,7 +275,7 @@ func TestShmByRefFollowsOversubscription(t *testing.T) {
 	}
 	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(2), Timeout: 10 * time.Second})
 	ctx := testCtx(t, 30*time.Second)
-	bufs := [][]float32{make([]float32, 128<<10), make([]float32, 128<<10)} // 512 KiB: 256 KiB frames
+	bufs := [][]float32{make([]float32, 64<<10), make([]float32, 64<<10)} // 256 KiB: 128 KiB frames
 	for i := range bufs {
 		for k := range bufs[i] {
 			bufs[i][k] = float32(i + 1 + k%7)
