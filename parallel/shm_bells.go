@@ -86,40 +86,34 @@ type bellBoard struct {
 	nsocks atomic.Int32 // len(socks)
 }
 
-// addSock and removeSock put a tcp reader's bell on the board and take it off.
-func (d *bellBoard) addSock(b *sockBell) {
-	d.mu.Lock()
-	d.socks = append(d.socks, b)
-	d.nsocks.Store(int32(len(d.socks)))
-	d.mu.Unlock()
-}
-
-func (d *bellBoard) removeSock(b *sockBell) {
-	d.mu.Lock()
-	if i := slices.Index(d.socks, b); i >= 0 {
-		d.socks = slices.Delete(d.socks, i, i+1)
-	}
-	d.nsocks.Store(int32(len(d.socks)))
-	d.mu.Unlock()
-}
-
 // add puts b on the board.
-func (d *bellBoard) add(b *shmBell) {
-	d.mu.Lock()
-	d.bells = append(d.bells, b)
-	d.n.Store(int32(len(d.bells)))
-	d.mu.Unlock()
-}
+func (d *bellBoard) add(b *shmBell) { d.edit(func() { d.bells = append(d.bells, b) }) }
 
 // remove takes b off the board; once it returns, no ringing reads b's
 // flag, so its ring may be unmapped.
-func (d *bellBoard) remove(b *shmBell) {
+func (d *bellBoard) remove(b *shmBell) { d.edit(func() { d.bells = without(d.bells, b) }) }
+
+// addSock and removeSock put a tcp reader's bell on the board and take it off.
+func (d *bellBoard) addSock(b *sockBell) { d.edit(func() { d.socks = append(d.socks, b) }) }
+
+func (d *bellBoard) removeSock(b *sockBell) { d.edit(func() { d.socks = without(d.socks, b) }) }
+
+// edit changes the board's lists under its lock and republishes their
+// lengths.
+func (d *bellBoard) edit(change func()) {
 	d.mu.Lock()
-	if i := slices.Index(d.bells, b); i >= 0 {
-		d.bells = slices.Delete(d.bells, i, i+1)
-	}
+	change()
 	d.n.Store(int32(len(d.bells)))
+	d.nsocks.Store(int32(len(d.socks)))
 	d.mu.Unlock()
+}
+
+// without returns list less its first x, if any.
+func without[T comparable](list []T, x T) []T {
+	if i := slices.Index(list, x); i >= 0 {
+		return slices.Delete(list, i, i+1)
+	}
+	return list
 }
 
 // ring wakes every parked waiter whose peer has rung (cleared its flag).
