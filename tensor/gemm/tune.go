@@ -52,8 +52,10 @@ type TuneOptions struct {
 
 // tuneFormat versions the cache file, the search and the kernels' timing:
 // a change to any makes old files ignored (4: the kernels prefetch the
-// next tile's C, which changed which blockings win).
-const tuneFormat = 4
+// next tile's C, which changed which blockings win; 5: verify keeps a
+// plan only when it wins every interleaved round, so plans kept on noise
+// by the old rule are searched again).
+const tuneFormat = 5
 
 // tuneFile is the JSON cache.
 type tuneFile struct {
