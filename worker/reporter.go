@@ -14,6 +14,15 @@ import (
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
 
+// DefaultReportInterval is how often a worker sends its step stats when
+// Config.ReportInterval is unset. Each report costs the coordinator an etcd
+// read and a write (a WAL fsync). On a 2-vCPU machine running a dp 2 job and
+// the embedded etcd (perf sched over 5 s, 2026-12-01): at 250 ms the
+// coordinator process took 2.7–3.2% of the machine, with reports every 5 s
+// 0.5–0.8%; a step it takes from one rank's core is a step the other rank
+// waits out. The dashboard's live view updates every 2 s by default.
+const DefaultReportInterval = time.Second
+
 // maxBufferedSteps bounds the steps kept while no coordinator answers.
 const maxBufferedSteps = 1024
 
@@ -136,15 +145,30 @@ func (r *reporter) setResume(job string, gen uint64, step int64, seconds float64
 	}
 }
 
-// flush sends the buffered steps, if any.
-func (r *reporter) flush(ctx context.Context) {
+// flushAll sends the buffered steps and, when a send fails (the
+// coordinator died and another takes over), tries again, the leader
+// looked up afresh each time, until they are delivered or ctx ends. A
+// rank's last steps must reach whoever leads before its result does.
+func (r *reporter) flushAll(ctx context.Context) {
+	for !r.flush(ctx) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// flush sends the buffered steps, if any, and says whether none is left
+// undelivered (steps of an ended generation count as delivered).
+func (r *reporter) flush(ctx context.Context) bool {
 	r.flushMu.Lock()
 	defer r.flushMu.Unlock()
 	r.mu.Lock()
 	p := r.pending
 	if p == nil || len(p.Steps) == 0 {
 		r.mu.Unlock()
-		return
+		return true
 	}
 	batch := &loomv1.RankProgress{Job: p.Job, Generation: p.Generation, Rank: p.Rank, Addr: p.Addr,
 		WorkerId: p.WorkerId, Steps: p.Steps, PeakFlops: p.PeakFlops, SetupSeconds: p.SetupSeconds,
@@ -160,10 +184,10 @@ func (r *reporter) flush(ctx context.Context) {
 
 	err := r.send(ctx, batch)
 	if err == nil {
-		return
+		return true
 	}
 	if status.Code(err) == codes.FailedPrecondition {
-		return // the generation ended; its steps no longer matter
+		return true // the generation ended; its steps no longer matter
 	}
 	r.w.log.Warn("worker: step report failed; will retry", "coordinator", r.addr, "err", err)
 	// Put the steps back in front of any that arrived meanwhile.
@@ -183,6 +207,7 @@ func (r *reporter) flush(ctx context.Context) {
 			r.conn = nil
 		}
 	}
+	return false
 }
 
 func (r *reporter) send(ctx context.Context, p *loomv1.RankProgress) error {

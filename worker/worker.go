@@ -62,7 +62,8 @@ type Config struct {
 	LeaseTTL time.Duration
 	// DialTimeout bounds reaching the coordinator and etcd (default 10 s).
 	DialTimeout time.Duration
-	// ReportInterval is how often step stats are sent (default 250 ms).
+	// ReportInterval is how often step stats are sent (default
+	// DefaultReportInterval).
 	ReportInterval time.Duration
 	// SeriesGrace is how long a finished rank's metrics stay exported
 	// (default coordinator.DefaultSeriesGrace).
@@ -114,6 +115,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Advertise, "advertise", c.Advertise, "data-plane `HOST` (or HOST:PORT) peers dial; a host alone takes the bound port (default: the listen address, or with a 0.0.0.0 listen address the one this machine reaches the coordinator from)")
 	fs.IntVar(&c.Threads, "threads", c.Threads, "compute threads (default: all cores)")
 	fs.DurationVar(&c.LeaseTTL, "ttl", c.LeaseTTL, "registration lease TTL (default: the coordinator's)")
+	fs.DurationVar(&c.ReportInterval, "report-interval", c.ReportInterval, "how often step stats go to the coordinator (default 1s); the dashboard's live view updates every 2s")
 	fs.DurationVar(&c.DialTimeout, "dial-timeout", c.DialTimeout, "how long to try reaching the coordinator and etcd (default 10s)")
 	fs.StringVar(&c.SnapshotListen, "snapshot-listen", c.SnapshotListen, "`ADDR` of the snapshot service of in-memory recovery (elastic.snapshot_every; default: the --listen host, a free port)")
 	fs.DurationVar(&c.StopTimeout, "stop-timeout", c.StopTimeout, "on SIGTERM or SIGINT, how long to spend ending the rank and leaving etcd (default 3s); a second signal exits at once")
@@ -207,7 +209,7 @@ func New(cfg Config) (*Worker, error) {
 		cfg.DialTimeout = 10 * time.Second
 	}
 	if cfg.ReportInterval <= 0 {
-		cfg.ReportInterval = 250 * time.Millisecond
+		cfg.ReportInterval = DefaultReportInterval
 	}
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 3 * time.Second
@@ -782,7 +784,7 @@ func (w *Worker) runEngine(ctx context.Context, a *loomv1.Assignment, spec api.J
 		// Steps must reach the coordinator before the result does; a
 		// stopping worker gives up on a coordinator that does not answer.
 		fctx, cancel := context.WithTimeout(w.quit, w.cfg.DialTimeout)
-		w.reporter.flush(fctx)
+		w.reporter.flushAll(fctx)
 		cancel()
 	}()
 	err = w.cfg.Engine.Run(ctx, asg, rep)
