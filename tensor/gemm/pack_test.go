@@ -142,10 +142,8 @@ func TestPackRowsGroupBounds(t *testing.T) {
 
 // TestPackColsReference: packColPanels (and packCols under it, assembly
 // on AVX-512 for widths 14, 16 and 32) against the layout's definition,
-// bit for bit, for every edge width, with the source ending exactly at
-// its last run (a masked load past it would fault under -race's checks
-// no more than in hardware, so the sentinel after dst is what catches a
-// store past the panels).
+// bit for bit, for every edge width. The source ends exactly at its last
+// run, and a sentinel after the panels catches a store past them.
 func TestPackColsReference(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, width := range []int{4, 6, 8, 14, 16, 32} {
