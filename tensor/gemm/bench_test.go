@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -81,30 +83,48 @@ func BenchmarkPeak(b *testing.B) {
 	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
 
-// BenchmarkMicroKernel runs the best micro-kernel on L1-resident panels of
-// depth 256: the ceiling for the packed loops.
+// BenchmarkMicroKernel runs each micro-kernel on L1-resident panels of
+// depth 256 (k-steps: bf16 kernels do two multiply-adds per step): the
+// ceiling for the packed loops. LOOM_BENCH_DEPTHS ("64,128,...") runs
+// those depths too, to see the per-call cost of loading and storing C.
 func BenchmarkMicroKernel(b *testing.B) {
-	for _, kern := range availableKernels() {
-		b.Run(kern.name, func(b *testing.B) {
-			const k = 256 // k-steps: bf16 kernels do two multiply-adds per step
-			a := make([]float32, k*kern.mr)
-			bp := make([]float32, k*kern.nr)
-			c := make([]float32, kern.mr*kern.nr)
-			runtime.LockOSThread()
-			defer runtime.UnlockOSThread()
-			c0, _ := threadCPU()
-			for b.Loop() {
-				kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1)
+	depths := []int{256}
+	if v := os.Getenv("LOOM_BENCH_DEPTHS"); v != "" {
+		depths = depths[:0]
+		for _, f := range strings.Split(v, ",") {
+			if d, err := strconv.Atoi(f); err == nil && d > 0 {
+				depths = append(depths, d)
 			}
-			c1, _ := threadCPU()
-			flops := 2 * float64(k*kern.mr*kern.nr)
-			if kern.pairs() {
-				flops *= 2
-			}
-			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-			b.ReportMetric(flops*float64(b.N)/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
-		})
+		}
 	}
+	for _, kern := range availableKernels() {
+		for _, k := range depths {
+			name := kern.name
+			if len(depths) > 1 || k != 256 {
+				name += fmt.Sprintf("/k=%d", k)
+			}
+			b.Run(name, func(b *testing.B) { benchMicroKernel(b, kern, k) })
+		}
+	}
+}
+
+func benchMicroKernel(b *testing.B, kern kernel, k int) {
+	a := make([]float32, k*kern.mr)
+	bp := make([]float32, k*kern.nr)
+	c := make([]float32, kern.mr*kern.nr)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c0, _ := threadCPU()
+	for b.Loop() {
+		kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1)
+	}
+	c1, _ := threadCPU()
+	flops := 2 * float64(k*kern.mr*kern.nr)
+	if kern.pairs() {
+		flops *= 2
+	}
+	b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	b.ReportMetric(flops*float64(b.N)/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
 }
 
 // BenchmarkBlocks measures one shape under the blocking in GEMM_BLOCKS

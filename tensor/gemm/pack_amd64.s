@@ -154,3 +154,107 @@ loop6:
 done6:
 	VZEROUPPER
 	RET
+
+// ------------------------------------------- AVX-512 column-panel copies
+//
+// pack.go's packCols and packColPanels for the AVX-512 kernels' widths
+// (≤ 32 floats per k-step): each k-step's run of up to 32 contiguous
+// floats moves as two zmm loads and stores under masks, so a short run
+// (the matrix edge) is zero-filled to the panel width by the load's
+// zeroing mask and nothing past the run is read (masked-off lanes do not
+// fault) or past the panel written. K1/K2 mask the loads (the run's n
+// lanes), K3/K4 the stores (the panel's width lanes).
+
+// func packColsAVX512(dst, src *float32, ld, kc, width int, lmask, smask uint32)
+//
+// dst[p*width+j] = src[p*ld+j] for j < n, 0 for n ≤ j < width (n and width
+// given as the masks' low bits). Row p+8 is prefetched while row p moves:
+// every row is in another page when ld is large, where the hardware
+// prefetcher does not follow.
+TEXT ·packColsAVX512(SB), NOSPLIT, $0-48
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ ld+16(FP), R8
+	SHLQ $2, R8
+	MOVQ kc+24(FP), CX
+	MOVQ width+32(FP), R9
+	SHLQ $2, R9
+	MOVL lmask+40(FP), AX
+	KMOVW AX, K1
+	SHRL $16, AX
+	KMOVW AX, K2
+	MOVL smask+44(FP), AX
+	KMOVW AX, K3
+	SHRL $16, AX
+	KMOVW AX, K4
+	MOVQ R8, R10
+	SHLQ $3, R10 // 8 rows ahead
+	TESTQ CX, CX
+	JZ   pc_done
+
+pc_loop:
+	PREFETCHT0 (SI)(R10*1)
+	PREFETCHT0 64(SI)(R10*1)
+	PREFETCHT0 127(SI)(R10*1)
+	VMOVUPS.Z (SI), K1, Z0
+	VMOVUPS.Z 64(SI), K2, Z1
+	VMOVUPS Z0, K3, (DI)
+	VMOVUPS Z1, K4, 64(DI)
+	ADDQ R8, SI
+	ADDQ R9, DI
+	DECQ CX
+	JNZ  pc_loop
+
+pc_done:
+	VZEROUPPER
+	RET
+
+// func packSweepAVX512(dst, src *float32, ld, kc, panels, width int, mask uint32)
+//
+// packColPanels' row sweep: for each k-step p, the full panels' runs
+// src[p*ld + q*width : +width] to dst[q*width*kc + p*width:], q < panels,
+// so each source row is read once, in order. (Prefetching 4 rows
+// ahead measured no faster: the rows stream in order.)
+TEXT ·packSweepAVX512(SB), NOSPLIT, $0-52
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ ld+16(FP), R8
+	SHLQ $2, R8
+	MOVQ kc+24(FP), CX
+	MOVQ panels+32(FP), R12
+	MOVQ width+40(FP), R9
+	SHLQ $2, R9 // run bytes, also dst's k-step stride
+	MOVQ R9, R13
+	IMULQ CX, R13 // panel stride in dst
+	MOVL mask+48(FP), AX
+	KMOVW AX, K1
+	SHRL $16, AX
+	KMOVW AX, K2
+	TESTQ CX, CX
+	JZ   ps_done
+	TESTQ R12, R12
+	JZ   ps_done
+
+ps_row:
+	MOVQ SI, R10
+	MOVQ DI, R11
+	MOVQ R12, BX
+
+ps_panel:
+	VMOVUPS.Z (R10), K1, Z0
+	VMOVUPS.Z 64(R10), K2, Z1
+	VMOVUPS Z0, K1, (R11)
+	VMOVUPS Z1, K2, 64(R11)
+	ADDQ R9, R10
+	ADDQ R13, R11
+	DECQ BX
+	JNZ  ps_panel
+
+	ADDQ R8, SI
+	ADDQ R9, DI
+	DECQ CX
+	JNZ  ps_row
+
+ps_done:
+	VZEROUPPER
+	RET

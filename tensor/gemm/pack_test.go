@@ -139,3 +139,45 @@ func TestPackRowsGroupBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestPackColsReference: packColPanels (and packCols under it, assembly
+// on AVX-512 for widths 14, 16 and 32) against the layout's definition,
+// bit for bit, for every edge width. The source ends exactly at its last
+// run, and a sentinel after the panels catches a store past them.
+func TestPackColsReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, width := range []int{4, 6, 8, 14, 16, 32} {
+		for _, n := range []int{1, width - 1, width, width + 1, 2*width + 3, 5 * width} {
+			if n < 1 {
+				continue
+			}
+			for _, kc := range []int{1, 7, 8, 9, 64, 67} {
+				ld := n + 3
+				off := 1
+				src := packSrc(rng, kc, n, ld, off) // kc rows of n columns
+				panels := ceilDiv(n, width)
+				dst := make([]float32, panels*width*kc+width)
+				packSentinel(dst)
+				packColPanels(dst, src, 0, ld, n, kc, width)
+				for q := 0; q < panels; q++ {
+					for p := 0; p < kc; p++ {
+						for j := 0; j < width; j++ {
+							var want float32
+							if col := q*width + j; col < n {
+								want = src[p*ld+col]
+							}
+							if got := dst[q*width*kc+p*width+j]; math.Float32bits(got) != math.Float32bits(want) {
+								t.Fatalf("width=%d n=%d kc=%d: panel %d k-step %d lane %d = %v, want %v", width, n, kc, q, p, j, got, want)
+							}
+						}
+					}
+				}
+				for i := panels * width * kc; i < len(dst); i++ {
+					if math.Float32bits(dst[i])&0x7fc00000 != 0x7fc00000 {
+						t.Fatalf("width=%d n=%d kc=%d: dst[%d] past the panels written (%v)", width, n, kc, i, dst[i])
+					}
+				}
+			}
+		}
+	}
+}

@@ -247,3 +247,25 @@ func TestTunedNoAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestPickVerified: verify keeps the derived plan unless a candidate wins
+// every round and by 2% in the median (a noisy candidate that is faster
+// at best, or in most rounds, is not kept).
+func TestPickVerified(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		ratios [][]float64
+		want   int
+	}{
+		{"clear win", [][]float64{nil, {0.90, 0.92, 0.91, 0.93, 0.90}}, 1},
+		{"best round only", [][]float64{nil, {0.80, 1.05, 1.10, 1.02, 0.99}}, 0},
+		{"loses one round", [][]float64{nil, {0.90, 0.91, 0.92, 1.01, 0.90}}, 0},
+		{"under 2%", [][]float64{nil, {0.99, 0.985, 0.99, 0.97, 0.99}}, 0},
+		{"lowest median of two", [][]float64{nil, {0.95, 0.96, 0.95, 0.97, 0.96}, {0.90, 0.91, 0.93, 0.92, 0.90}}, 2},
+		{"no candidates", [][]float64{nil}, 0},
+	} {
+		if got := pickVerified(c.ratios); got != c.want {
+			t.Errorf("%s: pickVerified = %d, want %d", c.name, got, c.want)
+		}
+	}
+}
