@@ -381,6 +381,7 @@ func (c *call) wait(i int, r *recvReq) error {
 		}
 		if spinsLeft > 0 {
 			spinsLeft--
+			g.t.bells.ring()
 			runtime.Gosched()
 			continue
 		}

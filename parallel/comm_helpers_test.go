@@ -32,6 +32,9 @@ func newClusterAt(t testing.TB, n int, opts TransportOptions, listen func(rank i
 	for r := range n {
 		o := opts
 		o.ListenAddr = listen(r)
+		if o.shmByRefMin == 0 { // by-reference paths from 64 KiB on any host
+			o.shmByRefMin = 64 << 10
+		}
 		tr, err := NewTransport(context.Background(), o)
 		if err != nil {
 			t.Fatal(err)

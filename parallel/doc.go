@@ -41,8 +41,9 @@
 //     passes the memfd there with the secret (SCM_RIGHTS; nothing is left
 //     in /dev/shm). A small frame is copied once, from the caller's buffer
 //     into the ring, and the receiver reduces or copies straight out of
-//     the ring into the destination. A payload of 64 KiB or more goes by
-//     reference where the system allows it (probed at the handshake;
+//     the ring into the destination. A payload of 256 KiB or more — of
+//     64 KiB or more when the linked processes outnumber the
+//     cores — goes by reference where the system allows it (probed at the handshake;
 //     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
 //     address, the receiver reads the sender's buffer straight into the
 //     destination (process_vm_readv, as OpenMPI's vader does with CMA),
@@ -51,10 +52,15 @@
 //     call gives the peer a moment, then breaks the link so it drops what
 //     it reads). An empty ring is polled for PollSpin (yielding the core
 //     between polls), longer when the wait is for a by-reference read
-//     (about 0.5 ms per MiB unread), then its reader sleeps reading the Unix
-//     socket, and the sender writes a byte there when it sees the reader's
-//     flag in the shared header: idle links cost no CPU. The socket also
-//     carries death: when either process exits the other's read returns.
+//     (about 0.5 ms per MiB unread), then the waiter sets its flag in the shared
+//     header and sleeps on a channel, and the sender clears the flag and
+//     writes a byte on the Unix socket, whose reading goroutine wakes it:
+//     idle links cost no CPU. Since Go's network poller does not run
+//     while any goroutine of the process polls, every polling loop also
+//     wakes the process's sleeping waiters whose flag was cleared, and
+//     sees parked tcp readers' sockets turn readable (bellBoard). The
+//     socket also carries death: when either process exits the other's
+//     read returns.
 //   - tcp (other peers): a raw connection to the peer's data-plane address
 //     (the listener tells it from gRPC by its first 8 bytes, so one port
 //     serves both), authenticated with the secret. A frame is one vectored
@@ -175,9 +181,14 @@
 //     processes' work meanwhile. Fewer hops did not help
 //     (HalvingDoubling's 4 steps; see halving.go). Polling for 2 ms
 //     instead of sleeping made 1 MiB ~20% faster but 4 KiB 20× slower
-//     (5 ms: ranks that yield in turn while the one with work waits for
-//     its slice), so oversubscribed waits still sleep at once; one poller
-//     per process (as MPI's single progress loop) is what remains to try.
+//     — because a poll kept Go's network poller, which reads the doorbells
+//     of the process's sleeping waiters, from running at all (it runs
+//     only when a P has nothing else to run): a sleeper's wake-up waited
+//     for every poll of its process to give up. The bells (bellBoard) fix
+//     that, and oversubscribed waits now poll 200 µs (oversubscribedSpin):
+//     4 ranks shm on 2 cores, 4 KiB 73–84 → 18 µs, 64 KiB 280–312 → 78,
+//     level with OpenMPI-shm from 4 KiB to 256 KiB in three alternating
+//     rounds (transport.go has the figures).
 //     What did help: the profile showed 16% of a reader's CPU in waking
 //     sysmon (runtime.entersyscallWakeSysmon → futex) and process_vm_readv
 //     losing its P to sysmon mid-copy. Every call of the scheduler's
@@ -196,19 +207,24 @@
 //     192–300, 1 MiB 467–942 vs 827–1,336, 4 MiB 2,331–3,478 vs
 //     2,757–6,279, 16 MiB 10.4–21.7 ms vs 17.5–42.2 — ahead in three
 //     rounds of four at each size; 4 KiB 73–88 µs vs 18–29 (behind: a
-//     small frame's wait still sleeps).
+//     small frame's wait slept; see the bells above).
 //     Before single copy a frame went
 //     into the ring and out of it, two passes where OpenMPI makes one, and
-//     1–4 MiB ran 1.5× slower. Small messages cost per-message work: the
+//     1–4 MiB ran 1.5× slower on an earlier VM; on this one, with a core
+//     for each rank, the two passes on two cores at once beat the
+//     receiver's one for frames below 256 KiB (2 ranks, 256 KiB
+//     52 → 30 µs; larger frames gained in quiet rounds but lost on a
+//     loaded VM; see shmByRefFor). Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
 //     locks. Polling is what makes them fast: sleeping on the doorbell at
 //     once (PollSpin < 0) made 4 KiB 25 µs. But only while every linked
 //     process has a core: with more (4 ranks on 2 cores) a polling rank
 //     holds the core the rank it waits for needs, and 4 KiB took 307–437
-//     µs polling against 185–200 sleeping at once. So by default a
-//     transport polls only while its shm peers and itself fit the host's
-//     cores (Transport.pollSpinFor), as MPI stops busy-polling when
-//     oversubscribed. The sleep/wake flags are stored with a full fence
+//     µs polling against 185–200 sleeping at once. Those figures were
+//     the network poller's starvation (above); with the bells, a
+//     transport polls DefaultPollSpin while its peers on the host and
+//     itself fit the cores and oversubscribedSpin beyond
+//     (Transport.pollSpinFor). The sleep/wake flags are stored with a full fence
 //     (see shmRing).
 //
 // # Algorithms

@@ -29,6 +29,7 @@ type rawSock struct {
 	rerr   syscall.Errno
 	wait   bool // the read parks when nothing is there
 	readFn func(fd uintptr) bool
+	bell   *sockBell // set while the read parks, if not nil (see bellBoard)
 
 	wn   int
 	werr syscall.Errno
@@ -66,7 +67,14 @@ func newRawSock(conn net.Conn) *rawSock {
 				continue
 			}
 			s.rn, s.rerr = int(n), e
-			return !(e == unix.EAGAIN && s.wait)
+			if e == unix.EAGAIN && s.wait {
+				if s.bell != nil {
+					s.bell.fd.Store(int32(fd))
+					s.bell.parked.Store(1)
+				}
+				return false
+			}
+			return true
 		}
 	}
 	s.writevFn = func(fd uintptr) bool {
@@ -122,6 +130,9 @@ func (s *rawSock) doRead(b []byte, wait bool) (n int, err error, ok bool) {
 	s.rb, s.wait = b, wait
 	err = s.rc.Read(s.readFn)
 	s.rb = nil
+	if s.bell != nil {
+		s.bell.parked.Store(0)
+	}
 	switch {
 	case err != nil: // closed, or a deadline
 		return 0, err, true
@@ -151,13 +162,13 @@ func (s *rawSock) read(b []byte) (int, error) {
 // has no room.
 func (s *rawSock) write(b []byte) (int, error) { return s.writev(b, nil) }
 
-// pollRead polls for up to spin (see spinWait) and then parks until
-// something is there.
-func (s *rawSock) pollRead(b []byte, spin time.Duration) (int, error) {
+// pollRead polls for up to spin (see spinWait; it rings d's bells) and
+// then parks until something is there.
+func (s *rawSock) pollRead(b []byte, spin time.Duration, d *bellBoard) (int, error) {
 	if spin > 0 {
 		var n int
 		var err error
-		if spinWait(spin, func() bool {
+		if spinWait(d, spin, func() bool {
 			var done bool
 			n, err, done = s.tryRead(b)
 			return done
@@ -166,4 +177,31 @@ func (s *rawSock) pollRead(b []byte, spin time.Duration) (int, error) {
 		}
 	}
 	return s.read(b)
+}
+
+// sockReady reports whether a socket whose reader is parked in the
+// network poller has something to read (one ppoll without waiting for
+// all of them): the caller, a polling loop, should then let the poller
+// run (see bellBoard). A socket closed meanwhile at worst makes it say
+// so once too often.
+func (d *bellBoard) sockReady() bool {
+	if d == nil || d.nsocks.Load() == 0 {
+		return false
+	}
+	var fds [16]unix.PollFd
+	n := 0
+	d.mu.RLock()
+	for _, b := range d.socks {
+		if n < len(fds) && b.parked.Load() == 1 {
+			fds[n] = unix.PollFd{Fd: b.fd.Load(), Events: unix.POLLIN}
+			n++
+		}
+	}
+	d.mu.RUnlock()
+	if n == 0 {
+		return false
+	}
+	var ts unix.Timespec
+	k, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(n), uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	return e == 0 && k > 0
 }

@@ -94,6 +94,10 @@ type TransportOptions struct {
 	// then never read this process's memory (process_vm_readv), which by
 	// default they do for large payloads when the system lets them.
 	ShmNoSingleCopy bool
+	// shmByRefMin, if set, is the smallest shm payload sent by reference
+	// whatever the host (tests: exercising by-reference paths on any
+	// number of cores); else shmByRefFor decides.
+	shmByRefMin int
 	// OnLink, if set, is told the transport chosen for each peer, once per
 	// outbound connection (for a metric label).
 	OnLink func(LinkInfo)
@@ -250,13 +254,15 @@ type Transport struct {
 
 	mux *muxListener
 	shm *shmListener // nil: shared memory unavailable
-	// pollSpin is how long bulk readers poll now, in nanoseconds (see
-	// pollSpinFor); the links read it on every wait.
+	// pollSpin is how long bulk waits (tcp readers, shm waits) poll now,
+	// in nanoseconds (see pollSpinFor); the links read it on every wait.
 	pollSpin  atomic.Int64
+	shmByRef  atomic.Int64   // shm payloads of at least this many bytes go by reference (see shmByRefFor)
 	hostMu    sync.Mutex     // guards hostPeers (its own lock: links close under others)
 	hostPeers map[string]int // open links to peers on this host (shm either direction, tcp inbound), by address
 	eager     *eagerPool
 	frames    sync.Pool // of *wireFrame, for bulk frames
+	bells     bellBoard // shm waiters' bells, rung by every polling loop
 
 	mu       sync.RWMutex
 	closing  bool
@@ -332,6 +338,7 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		eager:     newEagerPool(),
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(0)))
+	t.shmByRef.Store(int64(t.shmByRefFor(0)))
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
 	}
@@ -502,18 +509,19 @@ func (t *Transport) Links() []LinkInfo {
 	return slices.Clone(t.links)
 }
 
-// recordLink logs and reports the transport chosen for a connection.
-// pollSpinFor is how long a bulk reader polls before it sleeps, for a
-// host where this process has links to peers other processes on this
-// host (shm links, and tcp links whose dialer's boot id is ours): the
-// PollSpin option if set, else DefaultPollSpin while those processes
-// (peers and this one) are no more than the host's cores, else 0 (sleep
-// at once), as MPI stops busy-polling when oversubscribed. A spinning rank
-// then holds a core that the rank it waits for needs: 4 ranks on 2 cores,
-// shm 4 KiB all-reduce p50 307 µs spinning, 185 µs sleeping at once
-// (1 MiB 2,280 → 1,888), and yielding the core while spinning did not
-// help. Peers on other hosts do not count: their processes do not compete
-// for our cores.
+// pollSpinFor is how long a bulk wait (a tcp reader, a shm wait) polls
+// before it sleeps, for a host where this process has links to peers
+// other processes on this host (shm links, and tcp links whose dialer's
+// boot id is ours): the PollSpin option if set, else DefaultPollSpin
+// while those processes (peers and this one) are no more than the host's
+// cores. With more, each hop's wake-up waits for a core (0.2 ms on
+// average, perf sched), and a wait polls longer instead,
+// oversubscribedSpin, yielding the core between polls to whichever rank
+// has work, as OpenMPI does when oversubscribed. (Before the bells, a
+// poll kept Go's network poller from waking the process's sleeping
+// waits, and oversubscribed waits slept at once: see bellBoard.) Peers on
+// other hosts do not count: their processes do not compete for our
+// cores.
 func (t *Transport) pollSpinFor(peers int) time.Duration {
 	switch {
 	case t.opts.PollSpin != 0:
@@ -521,8 +529,21 @@ func (t *Transport) pollSpinFor(peers int) time.Duration {
 	case peers+1 <= runtime.NumCPU():
 		return DefaultPollSpin
 	}
-	return 0
+	return oversubscribedSpin
 }
+
+// oversubscribedSpin is how long a bulk wait polls with more linked
+// processes on the host than cores. 4 ranks on 2 cores, shm, 3
+// alternating rounds, rank 0's p50 polling 200 µs / 500 µs / 1 ms
+// (OpenMPI vader): 4 KiB 17–27 / 22–29 / 21–22 µs (17–22), 64 KiB 59–68
+// / 58–80 / 63–86 (55–68), 256 KiB 178–218 / 163–225 / 142–200
+// (163–178), 1 MiB 453–545 / 503–614 / 446–664 (668–733); sleeping at
+// once, as before the bells, 4 KiB took 68–99 µs and 64 KiB 259–271.
+// tcp, 2 rounds on a loaded VM, sleeping at once / polling 50 µs / 200
+// µs (OpenMPI-TCP): 4 KiB 78–81 / 37–49 / 55–76 (53–62), 64 KiB 254–267
+// / 118–219 / 114–124 (127–143), 1 MiB 2,313–2,872 / 2,192–2,497 /
+// 2,339–2,462 (1,493–1,569).
+const oversubscribedSpin = 200 * time.Microsecond
 
 // hostPeer records that a link to or from a peer on this host at addr
 // opened (open) or closed, and sets the readers' polling time for the
@@ -535,6 +556,7 @@ func (t *Transport) hostPeer(addr string, open bool) {
 		delete(t.hostPeers, addr)
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers))))
+	t.shmByRef.Store(int64(t.shmByRefFor(len(t.hostPeers))))
 	t.hostMu.Unlock()
 }
 

@@ -58,21 +58,54 @@ const (
 	shmPiece           = 64 << 10 // a long payload is published in pieces of this size
 )
 
-// Single copy. A payload of at least shmByRefBytes is not copied into the
-// ring when the receiver can read the sender's memory (process_vm_readv,
-// "cross-memory attach", as OpenMPI's vader does): the ring carries the
-// header and the payload's address and length, the receiver copies from
-// the sender's buffer straight into the destination (or into a cache-sized
-// buffer it reduces from), and the sender's send returns once the receiver
-// says it has read it. One pass over the bytes instead of two. The
-// receiver probes at the handshake whether it may (same user, no seccomp
-// or Yama rule against it); if not, every payload goes through the ring.
+// Single copy. A large payload is not copied into the ring when the
+// receiver can read the sender's memory (process_vm_readv, "cross-memory
+// attach", as OpenMPI's vader does): the ring carries the header and the
+// payload's address and length, the receiver copies from the sender's
+// buffer straight into the destination (or into a cache-sized buffer it
+// reduces from), and the sender's send returns once the receiver says it
+// has read it. One pass over the bytes instead of two. The receiver
+// probes at the handshake whether it may (same user, no seccomp or Yama
+// rule against it); if not, every payload goes through the ring.
+//
+// How large depends on whether the linked processes have a core each
+// (see Transport.shmByRefFor). If they have, two passes on two cores at
+// once (the sender copying into the ring in 64 KiB pieces, the receiver
+// reducing or copying out of it behind) beat one pass by the receiver
+// alone, whose process_vm_readv also pins the sender's pages on every
+// call, for frames below 256 KiB: 2 ranks on 2 cores, 3 alternating
+// rounds, rank 0's p50 by reference from 64 KiB / from 1 MiB: 128 KiB
+// all-reduce 28–30 / 17–19 µs, 256 KiB 52–53 / 30–31, 512 KiB 99–100 /
+// 61–75, 1 MiB 195–203 / 113–126, 4 MiB (1 MiB frames either way)
+// 702–741 / 709–918. But on a loaded VM (load ≈ 2, other work beside
+// it) two passes need both processes on a core at once, which larger
+// frames miss: 3 rounds, by reference from 64 KiB / 1 MiB / 256 KiB,
+// 256 KiB 58–84 / 42–60 / 37–39 µs, 1 MiB 183–328 / 331–421 / 277–300.
+// So 256 KiB: the gain at 128 KiB frames, the receiver's one pass from
+// 256 KiB. If they have not a
+// core each, the CPU is what is short and one pass wins: 4 ranks on 2
+// cores, 1 MiB 528–533 / 760–1,111 µs.
 const (
-	shmByRefBytes  = 64 << 10
-	shmFlagByRef   = 1 // bulk header flags (byte 3): the payload is by reference
+	shmByRefBytes  = 64 << 10  // oversubscribed
+	shmByRefRoomy  = 256 << 10 // a core for each linked process
+	shmFlagByRef   = 1         // bulk header flags (byte 3): the payload is by reference
 	shmDescBytes   = 16
 	shmScratchSize = 256 << 10
 )
+
+// shmByRefFor is the smallest shm payload sent by reference, for a host
+// where this process has links to peers other processes on it: 256 KiB
+// (at most the ring) while they and this one have a core each, else
+// 64 KiB (see above).
+func (t *Transport) shmByRefFor(peers int) int {
+	switch {
+	case t.opts.shmByRefMin > 0:
+		return t.opts.shmByRefMin
+	case peers+1 <= runtime.NumCPU():
+		return shmByRefRoomy
+	}
+	return shmByRefBytes
+}
 
 // shmRing is one mapped ring: data is written at head and read at tail,
 // both counting bytes since the start (positions are taken mod len(data)).
@@ -142,7 +175,12 @@ func (r *shmRing) span(pos uint64, n int) []byte {
 // spinning rank kept its vCPU from whatever else had to run there); with
 // it on every poll 7.8–8.0 µs, every second 8.1–8.4 and 1 MiB 3–13%
 // faster than every poll, every 16th 12.6 µs.
-func spinWait(spin time.Duration, ready func() bool) bool {
+//
+// Every poll also rings the transport's bells (d, may be nil): a waiter of
+// this process that sleeps is woken here when its peer rings, since the
+// network poller that would read its doorbell does not run while we poll
+// (see bellBoard).
+func spinWait(d *bellBoard, spin time.Duration, ready func() bool) bool {
 	if spin <= 0 {
 		return ready()
 	}
@@ -151,7 +189,12 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 		if ready() {
 			return true
 		}
-		runtime.Gosched()
+		d.ring()
+		if i&3 == 3 && d.sockReady() {
+			time.Sleep(time.Microsecond) // let the network poller run (see sockBell)
+		} else {
+			runtime.Gosched()
+		}
 		if i&1 == 1 {
 			unix.RawSyscall(unix.SYS_SCHED_YIELD, 0, 0, 0) // never blocks: see rawSock
 		}
@@ -169,23 +212,21 @@ func spinWait(spin time.Duration, ready func() bool) bool {
 // 2 ranks on 2 vCPUs, PollSpin 50 µs for every wait vs 1 ms: 4 MiB
 // all-reduce p50 1,500–1,600 µs vs 856–1,160.
 //
-// Such a wait polls also where other waits sleep at once (more linked
-// processes than cores, pollSpinFor 0): it waits on a copy in progress,
-// on a core now, whose length the bytes say; a sleep would add a
-// wake-up, which oversubscribed waits for a core (0.2 ms on average,
-// perf sched). A small frame's wait still sleeps at once: its sender
-// may not be running at all. 4 ranks on 2 cores, 5 alternating rounds,
-// medians of p50: 256 KiB 635 → 474 µs, 1 MiB 1,365 → 684, 16 MiB
-// 31.9 → 25.5 ms, 4 KiB and 4 MiB unchanged. Only PollSpin < 0 (never)
-// turns it off.
+// This held also when oversubscribed waits slept at once (before the
+// bells, see bellBoard): it waits on a copy in progress, on a core now,
+// whose length the bytes say; a sleep would add a wake-up, which
+// oversubscribed waits for a core (0.2 ms on average, perf sched). 4
+// ranks on 2 cores, 5 alternating rounds, medians of p50: 256 KiB 635 →
+// 474 µs, 1 MiB 1,365 → 684, 16 MiB 31.9 → 25.5 ms. Only PollSpin < 0
+// (never) turns it off.
 const (
 	shmSpinPerMiB = 500 * time.Microsecond
 	shmSpinMax    = 5 * time.Millisecond
 )
 
 // spinFor is how long to poll for something that waits on bytes of
-// by-reference payload, when the transport polls for base (pollSpin, 0
-// when oversubscribed): base itself when no bytes are awaited or base is
+// by-reference payload, when the transport polls for base (pollSpin):
+// base itself when no bytes are awaited or base is
 // negative (PollSpin < 0: never poll).
 func spinFor(base int64, bytes uint64) time.Duration {
 	if base < 0 || bytes == 0 {
@@ -249,6 +290,7 @@ type shmLink struct {
 	spin *atomic.Int64 // the transport's pollSpin (ns)
 	sem  chan struct{} // serializes frames; held while the mapping is in use
 	room chan struct{} // the receiver made room (its doorbell)
+	bell shmBell       // wakes a wait on room: writerAsleep's bell
 	done chan struct{} // closed when the link fails
 	// unmapped is closed once the ring is unmapped after a failure, and
 	// the link marked abandoned if a by-reference payload was unread.
@@ -262,8 +304,8 @@ type shmLink struct {
 	refBytes uint64
 	refCum   [64]uint64
 	hdr      [maxBulkHdr]byte // guarded by sem
-	bell     [1]byte
-	byRef    bool // the receiver reads large payloads from our memory
+	out      [1]byte          // a doorbell byte to write; guarded by sem
+	byRef    bool             // the receiver reads large payloads from our memory
 
 	mu  sync.Mutex
 	err error
@@ -333,6 +375,8 @@ func dialShmLink(ctx context.Context, oc *outConn, addr string, sec []byte) (bul
 	l := &shmLink{oc: oc, ring: mapRing(mem), conn: conn, sock: sock, spin: &oc.t.pollSpin, sem: make(chan struct{}, 1),
 		room: make(chan struct{}, 1), done: make(chan struct{}), unmapped: make(chan struct{}), timer: timer}
 	l.byRef = l.ring.cma.Load() == 1
+	l.bell.flag, l.bell.ch = l.ring.writerAsleep, l.room
+	oc.t.bells.add(&l.bell)
 	oc.t.hostPeer(oc.addr, true)
 	go l.doorbells()
 	return l, nil
@@ -347,10 +391,7 @@ func (l *shmLink) doorbells() {
 			l.fail(l.oc.broke("shm link", err))
 			return
 		}
-		select {
-		case l.room <- struct{}{}:
-		default:
-		}
+		l.bell.rung()
 	}
 }
 
@@ -381,6 +422,7 @@ func (l *shmLink) stop(err error) bool {
 			// A lazy send's payload may still be read (see abandon).
 			l.ring.abandoned.Swap(1)
 		}
+		l.oc.t.bells.remove(&l.bell)
 		unix.Munmap(l.ring.mem)
 		close(l.unmapped)
 	}()
@@ -398,7 +440,7 @@ func (l *shmLink) failure() error {
 // wait blocks until ready, the link fails, or the call gives up; it
 // polls for spin (see spinFor) before it sleeps.
 func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan struct{}, spin time.Duration, ready func() bool) error {
-	if spinWait(spin, ready) {
+	if spinWait(&l.oc.t.bells, spin, ready) {
 		return nil
 	}
 	l.ring.writerAsleep.Swap(1) // a full fence: see shmRing
@@ -406,17 +448,26 @@ func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan 
 	l.timer.Reset(timeout)
 	defer l.timer.Stop()
 	for !ready() {
+		if !l.bell.park() { // rung since the flag was set
+			l.ring.writerAsleep.Swap(1)
+			continue
+		}
 		select {
 		case <-l.room:
 		case <-l.done:
+			l.bell.unpark()
 			return l.failure()
 		case <-abort:
+			l.bell.unpark()
 			return errAborted
 		case <-ctx.Done():
+			l.bell.unpark()
 			return ctx.Err()
 		case <-l.timer.C:
+			l.bell.unpark()
 			return fmt.Errorf("%w: shm send found no room for %v", ErrPeerTimeout, timeout)
 		}
+		l.bell.unpark()
 		l.ring.writerAsleep.Swap(1)
 	}
 	return nil
@@ -426,8 +477,8 @@ func (l *shmLink) wait(ctx context.Context, timeout time.Duration, abort <-chan 
 func (l *shmLink) publish() {
 	l.ring.head.Swap(l.head) // a full fence: see shmRing
 	if l.ring.readerAsleep.Load() == 1 && l.ring.readerAsleep.CompareAndSwap(1, 0) {
-		l.bell[0] = 'D'
-		l.sock.write(l.bell[:])
+		l.out[0] = 'D'
+		l.sock.write(l.out[:])
 	}
 }
 
@@ -449,7 +500,7 @@ func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	n := putBulkHeader(l.hdr[:], f, len(pay), 4)
 	size := uint64(len(l.ring.data))
 	free := func() uint64 { return size - (l.head - l.ring.tail.Load()) }
-	if l.byRef && len(pay) >= shmByRefBytes {
+	if l.byRef && len(pay) >= min(int(l.oc.t.shmByRef.Load()), len(l.ring.data)) {
 		return l.sendByRef(ctx, f, n, timeout, abort)
 	}
 	if free() < uint64(n) {
@@ -643,11 +694,17 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 		l.finish(errors.New("the doorbell socket has no descriptor"))
 		return
 	}
-	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid}
+	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid,
+		gone: make(chan struct{})}
+	r.bell.flag, r.bell.ch = r.ring.readerAsleep, make(chan struct{}, 1)
+	t.bells.add(&r.bell)
+	go r.doorbells()
 	t.hostPeer(o.from, true)
 	err = r.run()
 	t.hostPeer(o.from, false)
 	conn.Close()
+	<-r.gone // the doorbell reader is done with the ring
+	t.bells.remove(&r.bell)
 	unix.Munmap(mem)
 	l.finish(err)
 }
@@ -745,11 +802,14 @@ type shmReader struct {
 	tail    uint64 // bytes consumed
 	head    uint64 // bytes known written
 	hdr     [maxBulkHdr]byte
-	bell    [64]byte
-	expect  uint64  // by-reference bytes of the last frame (see spinFor)
-	pid     int     // the sender's, for by-reference payloads (0: none)
-	ref     uintptr // the by-reference payload being read: its address in the sender
-	scratch []byte  // where a by-reference payload is reduced from
+	out     [1]byte       // a doorbell byte to write
+	bell    shmBell       // wakes a sleeping wait: readerAsleep's
+	gone    chan struct{} // closed when the doorbell socket ends
+	sockErr error         // how it ended; set before gone closes
+	expect  uint64        // by-reference bytes of the last frame (see spinFor)
+	pid     int           // the sender's, for by-reference payloads (0: none)
+	ref     uintptr       // the by-reference payload being read: its address in the sender
+	scratch []byte        // where a by-reference payload is reduced from
 	liov    [1]unix.Iovec
 	riov    [1]unix.RemoteIovec
 }
@@ -823,8 +883,8 @@ func (r *shmReader) ackRef() error {
 	abandoned := r.ring.abandoned.Load() == 1
 	r.ring.acked.Add(1)
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
-		r.bell[0] = 'S'
-		r.sock.write(r.bell[:1])
+		r.out[0] = 'S'
+		r.sock.write(r.out[:])
 	}
 	if abandoned {
 		return errors.New("the sender gave up on a by-reference payload")
@@ -841,7 +901,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 		return int(r.head-r.tail) >= k
 	}
 	for {
-		if int(r.head-r.tail) >= k || spinWait(spinFor(r.spin.Load(), r.expect), have) {
+		if int(r.head-r.tail) >= k || spinWait(&r.t.bells, spinFor(r.spin.Load(), r.expect), have) {
 			return int(r.head - r.tail), nil
 		}
 		r.ring.readerAsleep.Swap(1) // a full fence: see shmRing
@@ -849,9 +909,33 @@ func (r *shmReader) waitFor(k int) (int, error) {
 			r.ring.readerAsleep.CompareAndSwap(1, 0)
 			continue
 		}
-		if _, err := r.sock.read(r.bell[:]); err != nil && !have() {
-			return 0, err
+		if !r.bell.park() { // rung since the flag was set
+			continue
 		}
+		select {
+		case <-r.bell.ch:
+			r.bell.unpark()
+		case <-r.gone:
+			r.bell.unpark()
+			if !have() {
+				return 0, r.sockErr
+			}
+		}
+	}
+}
+
+// doorbells reads the writer's doorbell bytes and wakes a sleeping wait
+// (see shmBell.rung); the socket ending is the writer exiting (or the
+// link closing), which it tells by closing gone.
+func (r *shmReader) doorbells() {
+	var b [64]byte
+	for {
+		if _, err := r.sock.read(b[:]); err != nil {
+			r.sockErr = err
+			close(r.gone)
+			return
+		}
+		r.bell.rung()
 	}
 }
 
@@ -861,8 +945,8 @@ func (r *shmReader) release(n int) {
 	r.tail += uint64(n)
 	r.ring.tail.Swap(r.tail) // a full fence: see shmRing
 	if r.ring.writerAsleep.Load() == 1 && r.ring.writerAsleep.CompareAndSwap(1, 0) {
-		r.bell[0] = 'S'
-		r.sock.write(r.bell[:1])
+		r.out[0] = 'S'
+		r.sock.write(r.out[:])
 	}
 }
 

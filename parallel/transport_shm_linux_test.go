@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"runtime"
 	"slices"
 	"sync/atomic"
@@ -110,7 +111,7 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 	for _, tc := range []struct {
 		peers int
 		want  time.Duration
-	}{{0, DefaultPollSpin}, {cpus - 1, DefaultPollSpin}, {cpus, 0}} {
+	}{{0, DefaultPollSpin}, {cpus - 1, DefaultPollSpin}, {cpus, oversubscribedSpin}} {
 		if got := tr0.pollSpinFor(tc.peers); got != tc.want {
 			t.Errorf("%d peers on %d CPUs: spin %v, want %v", tc.peers, cpus, got, tc.want)
 		}
@@ -253,5 +254,99 @@ func TestSpinForByReference(t *testing.T) {
 		if got := spinFor(tc.base, tc.bytes); got != tc.want {
 			t.Errorf("spinFor(%v, %d bytes) = %v, want %v", time.Duration(tc.base), tc.bytes, got, tc.want)
 		}
+	}
+}
+
+// TestShmByRefFollowsOversubscription: payloads go by reference from
+// 64 KiB when the linked processes outnumber the cores and from 256 KiB
+// otherwise, and a 2-rank all-reduce whose frames are below that
+// (through the ring) still gives the right sums.
+func TestShmByRefFollowsOversubscription(t *testing.T) {
+	cpus := runtime.NumCPU()
+	c := newCluster(t, 2, TransportOptions{Mode: ModeShm, shmByRefMin: -1})
+	tr := c.ts[0]
+	for _, tc := range []struct{ peers, want int }{{0, shmByRefRoomy}, {cpus - 1, shmByRefRoomy}, {cpus, shmByRefBytes}} {
+		if got := tr.shmByRefFor(tc.peers); got != tc.want {
+			t.Errorf("%d peers on %d CPUs: by reference from %d bytes, want %d", tc.peers, cpus, got, tc.want)
+		}
+	}
+	if got := newCluster(t, 1, TransportOptions{Mode: ModeShm, shmByRefMin: 4096}).ts[0].shmByRefFor(cpus); got != 4096 {
+		t.Errorf("shmByRefMin 4096: by reference from %d bytes", got)
+	}
+	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(2), Timeout: 10 * time.Second})
+	ctx := testCtx(t, 30*time.Second)
+	bufs := [][]float32{make([]float32, 64<<10), make([]float32, 64<<10)} // 256 KiB: 128 KiB frames
+	for i := range bufs {
+		for k := range bufs[i] {
+			bufs[i][k] = float32(i + 1 + k%7)
+		}
+	}
+	noErrors(t, "all-reduce", each(2, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+	for i := range bufs {
+		for k, v := range bufs[i] {
+			if want := float32(3 + 2*(k%7)); v != want {
+				t.Fatalf("rank %d [%d] = %v, want %v", i, k, v, want)
+			}
+		}
+	}
+	if got := tr.shmByRef.Load(); cpus >= 2 && got != shmByRefRoomy {
+		t.Errorf("2 ranks on %d CPUs: by reference from %d bytes, want %d", cpus, got, shmByRefRoomy)
+	}
+}
+
+// TestSockReady: a polling loop sees that the socket of a parked tcp
+// reader has data (and so lets the network poller run), and sees nothing
+// when there is none or its reader is not parked.
+func TestSockReady(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	r := <-accepted
+	if r == nil {
+		t.Fatal("accept failed")
+	}
+	defer r.Close()
+	rc, err := r.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bell := &sockBell{}
+	rc.Control(func(fd uintptr) { bell.fd.Store(int32(fd)) })
+	var d bellBoard
+	d.addSock(bell)
+	bell.parked.Store(1)
+	if d.sockReady() {
+		t.Error("ready with nothing to read")
+	}
+	if _, err := w.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !d.sockReady() {
+		if time.Now().After(deadline) {
+			t.Fatal("a parked reader's socket with data was never ready")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	bell.parked.Store(0)
+	if d.sockReady() {
+		t.Error("ready although its reader is not parked")
+	}
+	bell.parked.Store(1)
+	d.removeSock(bell)
+	if d.sockReady() {
+		t.Error("ready after the bell was removed")
 	}
 }

@@ -267,6 +267,12 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 	conn.SetDeadline(time.Time{})
 	r := &tcpReader{inLink: l, conn: conn, buf: make([]byte, tcpReadBufBytes), maxPay: t.opts.MaxFrameBytes,
 		raw: newRawSock(conn), spin: &t.pollSpin}
+	if r.raw != nil {
+		bell := &sockBell{}
+		r.raw.bell = bell
+		t.bells.addSock(bell)
+		defer t.bells.removeSock(bell)
+	}
 	err = r.run()
 	conn.Close()
 	l.finish(err)
@@ -293,7 +299,7 @@ func (c *tcpReader) read(b []byte) (int, error) {
 	if c.raw == nil {
 		return c.conn.Read(b)
 	}
-	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()))
+	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()), &c.t.bells)
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤

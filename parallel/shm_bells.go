@@ -1,0 +1,130 @@
+package parallel
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// Bells: waking a sleeping shm waiter without the network poller.
+//
+// A shm waiter that sleeps (a reader on an empty ring, a sender waiting
+// for room or an acknowledgement) sets its "asleep" flag in the ring's
+// shared header; the peer that makes progress clears the flag and writes
+// a doorbell byte on the link's Unix socket, which a goroutine of the
+// sleeper reads from Go's network poller. But Go polls the network only
+// when a P has nothing else to run (or every 10 ms, from sysmon): while
+// any goroutine of the process polls (spinWait yields, so it is always
+// runnable), a sleeper's doorbell sits unread. With more ranks than cores
+// every hop then waited for the other polls to give up: 4 ranks on 2
+// cores, 4 KiB all-reduce p50 287 µs polling 200 µs and 2.1 ms polling
+// 2 ms, against 84 µs sleeping at once.
+//
+// So every polling loop of a transport also rings its bells: it looks at
+// the flag of each waiter parked on its bell, and when the peer has
+// cleared it, wakes the waiter on its channel, as the doorbell would.
+// The doorbell stays for when nothing polls (then the poller runs at
+// once) and for the peer's death (the socket ends).
+
+// shmBell is how a shm waiter is woken: flag is its "asleep" flag in the
+// ring's shared header (the peer clears it when it rings), ch its wake-up.
+type shmBell struct {
+	flag   *atomic.Uint32
+	ch     chan struct{}
+	parked atomic.Uint32 // 1 while the waiter sleeps on ch
+}
+
+// park marks the waiter asleep on ch, after dropping a wake-up left over
+// from an earlier sleep. Call it after the flag is set and the condition
+// checked once more; it reports false, and the waiter must not sleep,
+// when the peer has rung meanwhile.
+func (b *shmBell) park() bool {
+	select {
+	case <-b.ch:
+	default:
+	}
+	b.parked.Store(1)
+	if b.flag.Load() == 0 {
+		b.parked.Store(0)
+		return false
+	}
+	return true
+}
+
+// unpark marks the waiter awake again.
+func (b *shmBell) unpark() { b.parked.Store(0) }
+
+// rung wakes the waiter if it is parked and its peer has rung. A ring
+// seen with the flag set again belongs to a sleep already over: the
+// waiter set the flag after the peer cleared it, and then saw what the
+// peer had published before.
+func (b *shmBell) rung() {
+	if b.parked.Load() == 1 && b.flag.Load() == 0 && b.parked.CompareAndSwap(1, 0) {
+		select {
+		case b.ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// sockBell marks a tcp reader parked in the network poller on socket fd.
+// The same starvation holds for it, but Go's poller alone can wake it: a
+// polling loop that finds such a socket readable (bellBoard.sockReady)
+// sleeps a moment instead of yielding, so that its P, with nothing else
+// to run, polls the network at once.
+type sockBell struct {
+	fd     atomic.Int32
+	parked atomic.Uint32 // 1 while its reader is parked
+}
+
+// bellBoard holds a transport's bells. Safe for concurrent use.
+type bellBoard struct {
+	mu     sync.RWMutex // read-held while ringing: a bell's ring stays mapped
+	bells  []*shmBell
+	n      atomic.Int32 // len(bells), read without the lock
+	socks  []*sockBell
+	nsocks atomic.Int32 // len(socks)
+}
+
+// add puts b on the board.
+func (d *bellBoard) add(b *shmBell) { d.edit(func() { d.bells = append(d.bells, b) }) }
+
+// remove takes b off the board; once it returns, no ringing reads b's
+// flag, so its ring may be unmapped.
+func (d *bellBoard) remove(b *shmBell) { d.edit(func() { d.bells = without(d.bells, b) }) }
+
+// addSock and removeSock put a tcp reader's bell on the board and take it off.
+func (d *bellBoard) addSock(b *sockBell) { d.edit(func() { d.socks = append(d.socks, b) }) }
+
+func (d *bellBoard) removeSock(b *sockBell) { d.edit(func() { d.socks = without(d.socks, b) }) }
+
+// edit changes the board's lists under its lock and republishes their
+// lengths.
+func (d *bellBoard) edit(change func()) {
+	d.mu.Lock()
+	change()
+	d.n.Store(int32(len(d.bells)))
+	d.nsocks.Store(int32(len(d.socks)))
+	d.mu.Unlock()
+}
+
+// without returns list less its first x, if any.
+func without[T comparable](list []T, x T) []T {
+	if i := slices.Index(list, x); i >= 0 {
+		return slices.Delete(list, i, i+1)
+	}
+	return list
+}
+
+// ring wakes every parked waiter whose peer has rung (cleared its flag).
+// nil-safe: a board-less caller rings nothing.
+func (d *bellBoard) ring() {
+	if d == nil || d.n.Load() == 0 {
+		return
+	}
+	d.mu.RLock()
+	for _, b := range d.bells {
+		b.rung()
+	}
+	d.mu.RUnlock()
+}
