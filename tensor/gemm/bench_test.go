@@ -112,17 +112,24 @@ func benchMicroKernel(b *testing.B, kern kernel, k int) {
 	a := make([]float32, k*kern.mr)
 	bp := make([]float32, k*kern.nr)
 	c := make([]float32, kern.mr*kern.nr)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	c0, _ := threadCPU()
-	for b.Loop() {
-		kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1)
-	}
-	c1, _ := threadCPU()
 	flops := 2 * float64(k*kern.mr*kern.nr)
 	if kern.pairs() {
 		flops *= 2
 	}
+	timeKernel(b, flops, func() { kern.full(k, &a[0], &bp[0], &c[0], kern.nr, 1, 1) })
+}
+
+// timeKernel runs call in b.Loop on a locked OS thread and reports its
+// rate in GFLOP/s of wall time and of the thread's CPU time, flops per
+// call.
+func timeKernel(b *testing.B, flops float64, call func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c0, _ := threadCPU()
+	for b.Loop() {
+		call()
+	}
+	c1, _ := threadCPU()
 	b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 	b.ReportMetric(flops*float64(b.N)/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
 }
@@ -248,16 +255,9 @@ func BenchmarkMicroKernelStrided(b *testing.B) {
 				a := make([]float32, (kern.mr-1)*rsa+(k-1)*csa+1)
 				bp := make([]float32, k*kern.nr)
 				c := make([]float32, kern.mr*kern.nr)
-				runtime.LockOSThread()
-				defer runtime.UnlockOSThread()
-				c0, _ := threadCPU()
-				for b.Loop() {
+				timeKernel(b, 2*float64(k*kern.mr*kern.nr), func() {
 					kern.strided(k, &a[0], rsa, csa, &bp[0], kern.nr, &c[0], kern.nr, 1, 1)
-				}
-				c1, _ := threadCPU()
-				flops := 2 * float64(k*kern.mr*kern.nr) * float64(b.N)
-				b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-				b.ReportMetric(flops/(c1-c0).Seconds()/1e9, "cpu-GFLOP/s")
+				})
 			})
 		}
 	}
