@@ -425,6 +425,7 @@ func (e *Engine) Sgemm(transA, transB bool, m, n, k int, alpha float32, a []floa
 // runJob splits j over the workers, waits for them and returns the
 // number of parts.
 func (e *Engine) runJob(j *job) int {
+	j.plan.resolveOperands(j)
 	parts := e.partition(j)
 	if parts == 1 {
 		e.run.Run(0, 0)
@@ -566,6 +567,14 @@ func (w *worker) run(j *job) {
 // 80), hence 384; AVX2 (LOOM_BENCH_KERNEL=avx2): in place lost 10–20% at
 // every shape (its 6×16 step has too few FMAs to hide the strided
 // addressing), hence 0. The tuner tries the other modes per shape.
+//
+// The auto choice is made once per call, on the whole call's shape
+// (resolveOperands), before the call is split over threads: a worker's
+// share of the columns reuses each element of A less than the call does,
+// but deciding on the share would flip a call to in place only when
+// threaded — tn 512×512×2048 at 2 threads split into two 256-column
+// parts read its transposed A in place at 2 KiB strides and ran at 72
+// GFLOP/s against 107 on one thread (Sapphire Rapids, `loom bench gemm`).
 func (p *plan) inPlace(j *job) (inA, inB bool) {
 	if p.kern.strided == nil {
 		return false, false
@@ -574,6 +583,20 @@ func (p *plan) inPlace(j *job) (inA, inB bool) {
 	inA = p.inA == operandInPlace || p.inA == operandAuto && j.n <= reuse
 	inB = !j.transB && (p.inB == operandInPlace || p.inB == operandAuto && j.m <= reuse)
 	return inA, inB
+}
+
+// resolveOperands fixes the plan's auto operand modes for the call j (the
+// whole call, before partition), so every part of it reads A and B the
+// same way, whatever the thread count.
+func (p *plan) resolveOperands(j *job) {
+	inA, inB := p.inPlace(j)
+	p.inA, p.inB = operandPacked, operandPacked
+	if inA {
+		p.inA = operandInPlace
+	}
+	if inB {
+		p.inB = operandInPlace
+	}
 }
 
 // runInPlace is run for plans that read A or B (or both) in place: the

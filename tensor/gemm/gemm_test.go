@@ -417,3 +417,41 @@ func TestSmallBlocks(t *testing.T) {
 		}
 	}
 }
+
+// TestOperandChoiceIgnoresThreads checks that the auto operand mode (read
+// A or B in place, or pack it) is decided on the whole call: a call whose
+// columns reuse A too often for in place stays packed when two threads
+// split its columns into shares that, alone, would qualify.
+func TestOperandChoiceIgnoresThreads(t *testing.T) {
+	kern := genericKernel
+	kern.autoInPlace = 384
+	for _, tc := range []struct {
+		transA, transB bool
+		m, n, k        int
+		wantA, wantB   bool
+	}{
+		{true, false, 512, 512, 2048, false, false}, // small's tn d×d: split into 256-column parts
+		{false, false, 2048, 128, 512, true, false}, // tiny-like: N ≤ 384 either way
+		{false, true, 256, 2048, 64, false, false},  // B transposed: never in place
+		{false, false, 256, 2048, 64, false, true},  // M ≤ 384: B in place
+	} {
+		for _, threads := range []int{1, 2} {
+			e := newEngineBlocks(threads, kern, blockSizes{mc: 64, kc: 64, nc: 4096})
+			ar, ac := stored(tc.m, tc.k, tc.transA)
+			br, bc := stored(tc.k, tc.n, tc.transB)
+			e.cur = e.def
+			j := job{transA: tc.transA, transB: tc.transB, m: tc.m, n: tc.n, k: tc.k, alpha: 1, pre: 1, plan: &e.cur,
+				a: make([]float32, ar*ac), lda: ac, b: make([]float32, br*bc), ldb: bc, c: make([]float32, tc.m*tc.n), ldc: tc.n}
+			j.plan.resolveOperands(&j)
+			parts := e.partition(&j)
+			for i := range parts {
+				inA, inB := e.parts[i].plan.inPlace(&e.parts[i])
+				if inA != tc.wantA || inB != tc.wantB {
+					t.Errorf("%v, %d threads, part %d (%dx%d): in place A %v B %v, want %v %v",
+						Shape{tc.transA, tc.transB, tc.m, tc.n, tc.k}, threads, i, e.parts[i].m, e.parts[i].n, inA, inB, tc.wantA, tc.wantB)
+				}
+			}
+			e.Close()
+		}
+	}
+}
