@@ -560,13 +560,16 @@ func (w *worker) run(j *job) {
 // packed element of A feeds N output columns, each of B M rows. Auto reads
 // an operand in place when that reuse is at most the kernel's autoInPlace,
 // where the pass costs more than the strided kernel's slower access saves.
-// Measured on a Sapphire-Rapids-class Xeon, one thread (`go test -bench
-// Operands ./tensor/gemm`, CPU-time rates), AVX-512: the d = 128 shapes of
-// `tiny` gain 5–25% (tn 128×128×2048: 103 → 130 GFLOP/s, both in place),
-// the d = 512 shapes of `small` lose up to 20% (tn 512×512×2048: 103 →
-// 80), hence 384; AVX2 (LOOM_BENCH_KERNEL=avx2): in place lost 10–20% at
-// every shape (its 6×16 step has too few FMAs to hide the strided
-// addressing), hence 0. The tuner tries the other modes per shape.
+// Measured on a Sapphire-Rapids-class Xeon, one thread, AVX-512: on
+// operands hot in cache (`go test -bench Operands ./tensor/gemm`) the
+// d = 128 shapes of `tiny` gain 5–25% in place (tn 128×128×2048: 103 →
+// 130 GFLOP/s) and the d = 512 shapes of `small` lose up to 20%; but in a
+// training step, where each GEMM reads operands another op just wrote,
+// packing won every paired round even at `tiny` (step MFU 43–45% with
+// auto at 384, 47–54% packed; `loom bench step`, tuning off), hence 0.
+// AVX2 (LOOM_BENCH_KERNEL=avx2): in place lost 10–20% at every shape
+// even hot (its 6×16 step has too few FMAs to hide the strided
+// addressing), hence 0. Plans may still ask for in place explicitly.
 //
 // The auto choice is made once per call, on the whole call's shape
 // (resolveOperands), before the call is split over threads: a worker's

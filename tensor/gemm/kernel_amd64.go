@@ -63,7 +63,7 @@ func dpLoopAVX512BF16(n int)
 // avx512Kernel is 14×32: 28 zmm accumulators, two zmm B rows and two
 // broadcast registers use all 32 zmm registers. The 14:32 shape gives the
 // most FMAs per load of any tile that fits.
-var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512, strided: kernelAVX512S, autoInPlace: 384,
+var avx512Kernel = kernel{name: "avx512", mr: 14, nr: 32, full: kernelAVX512, strided: kernelAVX512S, autoInPlace: 0,
 	peak: func(n int) float64 { fmaLoopAVX512(n); return float64(n) * 24 * 16 * 2 }}
 
 // avx2Kernel is 6×16 (BLIS Haswell/Zen): 12 ymm accumulators, two ymm B rows
