@@ -6,7 +6,7 @@
 // A step calls hundreds of short ops in a row (a `tiny` step: ~200, many
 // under 100 µs). Waking a parked thread costs tens of microseconds on a
 // VM (a futex wake, often an IPI to a halted vCPU), so between ops the
-// helpers spin for a bounded while (spinWait) before they park, and the
+// helpers spin for a bounded while (spinWait, 1 ms) before they park, and the
 // caller spins likewise while it waits for the last helper. Indices are
 // handed out through an atomic counter: whichever thread is free takes
 // the next one, so a helper that is slow to wake costs at most its share.
@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync/atomic"
+	"time"
 )
 
 // Task is one parallel op: Run is called once for every index in [0, n)
@@ -27,10 +28,19 @@ type Task interface {
 }
 
 // spinWait bounds the busy-wait of a helper for the next op, and of the
-// caller for the helpers, in iterations of an atomic load (≈ 1 ns each, so
-// ≈ 65 µs): long enough to bridge the gaps between a step's kernels,
-// short enough that an idle pool parks at once.
-const spinWait = 1 << 16
+// caller for the helpers: long enough to bridge the gaps between a step's
+// kernels, short enough that an idle pool soon parks. It was 2¹⁶ atomic
+// loads (≈ 65 µs); `tiny` at 2 threads then lost a futex wake-up of a
+// parked helper at op after op (the gaps between its ~200 short ops run
+// past 65 µs): 1 ms took its step from MFU 29.0–34.2% to 38.4–42.2% in four
+// paired rounds (`loom bench step examples/tiny.yaml --threads 2 --steps
+// 30`, Sapphire-Rapids-class Xeon VM, 02:36 UTC), and 256 µs fell between;
+// in three more rounds (02:39) 34.3–35.3% → 39.7–40.5%, and `small` at 2
+// threads 900–936 → 977–990 tokens/s (2 rounds).
+const spinWait = time.Millisecond
+
+// spinClockEvery is how many spin iterations pass between clock reads.
+const spinClockEvery = 256
 
 // Pool runs Tasks on its threads: the caller of Run plus Threads()−1 helper
 // goroutines that live until Close. It is not safe for concurrent use:
@@ -44,8 +54,8 @@ const spinWait = 1 << 16
 // helper that has not shown up.
 type Pool struct {
 	n       int
-	spin    int       // busy-wait iterations: spinWait, or 0 when the threads outnumber GOMAXPROCS
-	helpers []*helper // index 0 unused: the caller is worker 0
+	spin    time.Duration // busy-wait bound: spinWait, or 0 when the threads outnumber GOMAXPROCS
+	helpers []*helper     // index 0 unused: the caller is worker 0
 
 	cur  Task          // written before the op is published; read after a claim
 	next atomic.Uint64 // epoch<<40 | n<<20 | next index
@@ -118,8 +128,9 @@ func (p *Pool) Run(t Task, n int) {
 		}
 	}
 	p.work(0, epoch)
+	var since time.Time
 	for spin := 0; p.done.Load() != int64(n); spin++ {
-		if spin < p.spin {
+		if p.keepSpinning(&since, spin) {
 			continue
 		}
 		p.waiting.Store(true)
@@ -172,12 +183,13 @@ func (p *Pool) loop(w int, h *helper) {
 // await returns the epoch of the latest op once it differs from seen (or
 // anything once the pool is closed).
 func (p *Pool) await(h *helper, seen uint64) uint64 {
+	var since time.Time
 	for spin := 0; ; spin++ {
 		e := p.next.Load() >> 40
 		if e != seen || p.closed.Load() {
 			return e
 		}
-		if spin < p.spin {
+		if p.keepSpinning(&since, spin) {
 			continue
 		}
 		h.parked.Store(true)
@@ -188,8 +200,25 @@ func (p *Pool) await(h *helper, seen uint64) uint64 {
 			return e
 		}
 		<-h.wake
-		spin = 0
+		spin = -1 // the next iteration is 0: a fresh spin clock
 	}
+}
+
+// keepSpinning reports whether a busy-wait at iteration i should go on:
+// iteration 0 starts its clock (*since), and every spinClockEvery-th
+// iteration reads it against p.spin, so the bound is time, whatever an
+// iteration costs (under -race an atomic load is tens of times slower).
+func (p *Pool) keepSpinning(since *time.Time, i int) bool {
+	switch {
+	case p.spin <= 0:
+		return false
+	case i == 0:
+		*since = time.Now()
+		return true
+	case i%spinClockEvery != 0:
+		return true
+	}
+	return time.Since(*since) < p.spin
 }
 
 // Close stops the helper goroutines and waits for them to exit; the pool

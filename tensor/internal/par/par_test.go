@@ -107,3 +107,28 @@ func BenchmarkDispatch(b *testing.B) {
 		p.Run(nop{}, 2)
 	}
 }
+
+// TestKeepSpinning checks the busy-wait's bound: off when the pool does not
+// spin, the clock started at iteration 0 and read every spinClockEvery
+// iterations, and the wait over once that clock passes the bound.
+func TestKeepSpinning(t *testing.T) {
+	p := &Pool{}
+	var since time.Time
+	if p.keepSpinning(&since, 0) {
+		t.Fatal("a pool with no spin bound spun")
+	}
+	p.spin = time.Hour
+	if !p.keepSpinning(&since, 0) || since.IsZero() {
+		t.Fatal("iteration 0 did not start the spin clock")
+	}
+	if !p.keepSpinning(&since, spinClockEvery) {
+		t.Fatal("stopped spinning within the bound")
+	}
+	since = time.Now().Add(-2 * time.Hour)
+	if !p.keepSpinning(&since, spinClockEvery+1) {
+		t.Fatal("read the clock between clock iterations")
+	}
+	if p.keepSpinning(&since, 2*spinClockEvery) {
+		t.Fatal("kept spinning past the bound")
+	}
+}
