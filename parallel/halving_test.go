@@ -88,3 +88,67 @@ func TestHalvingDoublingOrder(t *testing.T) {
 		}
 	})
 }
+
+// TestAutoAlgorithm: Auto's choice by transport mode, group size and
+// buffer size — recursive doubling up to SmallBytes, halving-doubling
+// above it over tcp in groups of 4, 8 … members, the ring otherwise — and
+// a forced algorithm wins (HalvingDoubling falls back to the ring for
+// sizes that are not powers of two).
+func TestAutoAlgorithm(t *testing.T) {
+	const big = 1 << 20 // elements: 4 MiB, above every mode's SmallBytes
+	for _, tc := range []struct {
+		mode  TransportMode
+		ranks int
+		spec  Algorithm
+		elems int
+		want  Algorithm
+	}{
+		{ModeTCP, 4, Auto, tcpSmallBytes / 4, RecursiveDoubling},
+		{ModeTCP, 4, Auto, tcpSmallBytes/4 + 1, HalvingDoubling},
+		{ModeTCP, 4, Auto, big, HalvingDoubling},
+		{ModeTCP, 8, Auto, big, HalvingDoubling},
+		{ModeTCP, 2, Auto, big, Ring},
+		{ModeTCP, 3, Auto, big, Ring},
+		{ModeTCP, 6, Auto, big, Ring},
+		{ModeTCP, 4, Ring, big, Ring},
+		{ModeTCP, 4, RecursiveDoubling, big, RecursiveDoubling},
+		{ModeShm, 4, Auto, big, Ring},
+		{ModeShm, 4, Auto, shmSmallBytes / 4, RecursiveDoubling},
+		{ModeAuto, 4, Auto, big, Ring},
+		{ModeGRPC, 4, Auto, big, Ring},
+		{ModeShm, 4, HalvingDoubling, big, HalvingDoubling},
+		{ModeShm, 3, HalvingDoubling, big, Ring},
+	} {
+		g := &Group{t: &Transport{opts: TransportOptions{Mode: tc.mode}}, ranks: seq(tc.ranks), spec: GroupSpec{AllReduce: tc.spec}}
+		if got := g.allReduceAlgorithm(tc.elems); got != tc.want {
+			t.Errorf("%v, %d ranks, %v, %d bytes: %v, want %v", tc.mode, tc.ranks, tc.spec, 4*tc.elems, got, tc.want)
+		}
+	}
+}
+
+// TestAutoHalvingDoublingOverTCP: a 4-rank Auto all-reduce over tcp
+// above SmallBytes gives halving-doubling's bits, the ones its
+// documented order gives.
+func TestAutoHalvingDoublingOverTCP(t *testing.T) {
+	const n, ln = 4, 8 << 10 // 32 KiB, above SmallBytes 4 KiB: 8 KiB chunks
+	c := newCluster(t, n, TransportOptions{Mode: ModeTCP})
+	gs := c.groups(t, GroupSpec{Name: "auto", Ranks: seq(n), Timeout: 20 * time.Second, ChunkBytes: 8 << 10, SmallBytes: 4 << 10})
+	ctx := testCtx(t, 60*time.Second)
+	rng := rand.New(rand.NewPCG(4, 14))
+	in := make([][]float32, n)
+	bufs := make([][]float32, n)
+	for i := range in {
+		in[i] = randBuf(rng, ln)
+		for e := range in[i] {
+			in[i][e] *= float32(math.Pow(10, float64(rng.IntN(7)-3)))
+		}
+		bufs[i] = slices.Clone(in[i])
+	}
+	want := hdReference(in)
+	noErrors(t, "all-reduce", each(n, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+	for i := range n {
+		if !slices.Equal(bufs[i], want) {
+			t.Fatalf("member %d: not halving-doubling's bits", i)
+		}
+	}
+}

@@ -172,6 +172,8 @@ func (l *tcpLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 		_, err = l.conn.Write(l.joined)
 	case l.raw != nil && n+len(pay) <= rawSockMax:
 		_, err = l.raw.writev(l.hdr[:n], pay)
+	case l.raw != nil:
+		_, err = l.raw.pollWritev(l.hdr[:n], pay, time.Duration(l.oc.t.pollSpin.Load()), &l.oc.t.bells)
 	default:
 		l.vec[0], l.vec[1] = l.hdr[:n], pay
 		l.bufs = l.vec[:]
@@ -414,9 +416,22 @@ func (c *tcpReader) run() error {
 // readFull fills b from the buffer and then straight from the connection.
 func (c *tcpReader) readFull(b []byte) error {
 	k := copy(b, c.take(len(b)))
-	if k < len(b) {
-		_, err := io.ReadFull(c.conn, b[k:])
-		return err
+	if c.raw == nil {
+		if k < len(b) {
+			_, err := io.ReadFull(c.conn, b[k:])
+			return err
+		}
+		return nil
+	}
+	for k < len(b) {
+		n, err := c.read(b[k:])
+		k += n
+		if err != nil && k < len(b) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
 	}
 	return nil
 }
