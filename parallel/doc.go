@@ -267,9 +267,13 @@
 // poller ran late (see bellBoard), and the cores sat 15% idle while the
 // ranks took 15,000 interrupts a second (vmstat; OpenMPI, which polls,
 // none). A plain socket's large frame is now written with raw
-// non-blocking writev calls that poll for room (one ppoll per poll) for
-// the transport's polling time before they park, and read with the same
-// polling raw reads as a reduced one: ring 4 MiB 9.2–11.5 → 6.1–7.1 ms, 16
+// non-blocking writev calls that poll for room (one ppoll per poll)
+// before they park, and read with the same polling raw reads as a reduced
+// one; both poll for as long as the frame's bytes should take (spinFor,
+// as shm's by-reference waits; 4 alternating rounds, 4 ranks, medians of
+// rank 0's p50: 4 MiB 6.6 → 6.3 ms, 16 MiB 32.2 → 30.8, 2 ranks 16 MiB
+// 8.3 → 7.5: within noise, but never behind in 3 rounds of 4) or the
+// transport's polling time: ring 4 MiB 9.2–11.5 → 6.1–7.1 ms, 16
 // MiB 38.8–45.3 → 25.7–36.1; 2 ranks (2 rounds) 1 MiB 435–565 → 366–372
 // µs, 4 MiB 2.6–2.8 → 1.8–2.0 ms, 64 MiB 49–58 → 36–42, 256 MiB 192–212
 // → 148–154.
