@@ -95,6 +95,8 @@ type Coordinator struct {
 	control *controlMetrics
 	leader  atomic.Bool
 	history *historian
+	// assigned is each job's assignment as its last step report saw it.
+	assigned assignSeen
 	// httpAddr is where Serve serves the dashboard ("" when it does not).
 	httpAddr atomic.Value
 }

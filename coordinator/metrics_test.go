@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	loomv1 "github.com/loomtrain/loom/proto/loom/v1"
 )
@@ -163,5 +165,72 @@ func TestFinishedJobSeriesGoAway(t *testing.T) {
 	}
 	if left := gathered(t, reg, "loom_job_state"); len(left) != 0 {
 		t.Errorf("loom_job_state of the finished job: series left: %v", left)
+	}
+}
+
+// A step report is kept only while its generation is the one assigned,
+// also when the coordinator remembers an older assignment of the job: a
+// changed assignment (a new generation, or the job's assignment gone)
+// refuses the report and leaves the progress in etcd as it was.
+func TestReportStepsFollowsAssignment(t *testing.T) {
+	cli := metricsEtcd(t)
+	c, err := New(Config{Etcd: cli, Addr: "c:1", Registry: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	keys := c.Keys()
+	assign := func(gen uint64) {
+		t.Helper()
+		if _, err := cli.Put(ctx, keys.Assignment("r"), Encode(&loomv1.Assignment{Job: "r", Generation: gen, WorldSize: 1})); err != nil {
+			t.Fatal(err)
+		}
+	}
+	progress := func() (gen uint64, steps int) {
+		t.Helper()
+		resp, err := cli.Get(ctx, keys.Progress("r", 0))
+		if err != nil || len(resp.Kvs) == 0 {
+			t.Fatalf("progress of r rank 0: %v (%d keys)", err, len(resp.Kvs))
+		}
+		p := &loomv1.RankProgress{}
+		if err := Decode("progress", resp.Kvs[0].Value, p); err != nil {
+			t.Fatal(err)
+		}
+		return p.Generation, len(p.Steps)
+	}
+	refused := func(gen uint64, n int, want string) {
+		t.Helper()
+		err := reportSteps(t, c, "r", gen, n)
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+			t.Fatalf("report of generation %d: %v; want FailedPrecondition saying %q", gen, err, want)
+		}
+	}
+	if err := reportSteps(t, c, "r", 1, 1); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("report before any assignment: %v; want FailedPrecondition", err)
+	}
+	assign(1)
+	for n := 1; n <= 3; n++ { // the first reads the assignment, the others rely on it
+		if err := reportSteps(t, c, "r", 1, n); err != nil {
+			t.Fatalf("report %d of generation 1: %v", n, err)
+		}
+	}
+	if g, n := progress(); g != 1 || n != 3 {
+		t.Fatalf("progress: generation %d with %d steps; want 1 with 3", g, n)
+	}
+	refused(2, 1, "current 1")
+	assign(2) // a restart: same key, new mod revision
+	refused(1, 5, "current 2")
+	if g, n := progress(); g != 1 || n != 3 {
+		t.Fatalf("after a stale report: generation %d with %d steps; want 1 with 3 (untouched)", g, n)
+	}
+	if err := reportSteps(t, c, "r", 2, 2); err != nil {
+		t.Fatalf("report of generation 2: %v", err)
+	}
+	if _, err := cli.Delete(ctx, keys.Assignment("r")); err != nil {
+		t.Fatal(err)
+	}
+	refused(2, 4, "no longer assigned")
+	if g, n := progress(); g != 2 || n != 2 {
+		t.Fatalf("after the assignment went: generation %d with %d steps; want 2 with 2 (untouched)", g, n)
 	}
 }

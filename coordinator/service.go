@@ -366,34 +366,51 @@ func (c *Coordinator) ReportSteps(ctx context.Context, req *loomv1.ReportStepsRe
 	defer cancel()
 	// Only reports of the generation still assigned are kept: a late
 	// report from an ended generation must not overwrite fresh progress.
+	// The put is guarded by the assignment's mod revision as the job's
+	// last report saw it; when the assignment changed since (or this
+	// coordinator has not seen it yet) the same transaction reads it
+	// instead, and the put is tried again against what it read.
 	akey := c.keys.Assignment(p.Job)
-	resp, err := c.cfg.Etcd.Get(ctx, akey)
-	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "report %s rank %d: read assignment: %v", p.Job, p.Rank, err)
+	seen, ok := c.assigned.get(p.Job)
+	if ok && seen.generation != p.Generation {
+		ok = false
 	}
-	if len(resp.Kvs) == 0 {
-		return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d is no longer assigned", p.Job, p.Rank, p.Generation)
+	if !ok {
+		seen.modRevision = -1 // no key has this revision: the guard fails and reads
 	}
-	a := &loomv1.Assignment{}
-	if err := Decode(akey, resp.Kvs[0].Value, a); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	if a.Generation != p.Generation {
-		return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d is no longer assigned (current %d)", p.Job, p.Rank, p.Generation, a.Generation)
-	}
-	txn, err := c.cfg.Etcd.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(akey), "=", resp.Kvs[0].ModRevision)).
-		Then(clientv3.OpPut(c.keys.Progress(p.Job, int(p.Rank)), Encode(p))).Commit()
-	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "report %s rank %d: write to etcd: %v", p.Job, p.Rank, err)
-	}
-	if !txn.Succeeded {
-		return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d ended meanwhile", p.Job, p.Rank, p.Generation)
+	for attempt := 0; ; attempt++ {
+		txn, err := c.cfg.Etcd.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(akey), "=", seen.modRevision)).
+			Then(clientv3.OpPut(c.keys.Progress(p.Job, int(p.Rank)), Encode(p))).
+			Else(clientv3.OpGet(akey)).Commit()
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "report %s rank %d: write to etcd: %v", p.Job, p.Rank, err)
+		}
+		if txn.Succeeded {
+			break
+		}
+		if attempt == 2 {
+			return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d's assignment kept changing meanwhile", p.Job, p.Rank, p.Generation)
+		}
+		kvs := txn.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			c.assigned.forget(p.Job)
+			return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d is no longer assigned", p.Job, p.Rank, p.Generation)
+		}
+		a := &loomv1.Assignment{}
+		if err := Decode(akey, kvs[0].Value, a); err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		seen = seenAssignment{generation: a.Generation, modRevision: kvs[0].ModRevision, createRevision: kvs[0].CreateRevision}
+		c.assigned.put(p.Job, seen)
+		if a.Generation != p.Generation {
+			return nil, status.Errorf(codes.FailedPrecondition, "report %s rank %d: generation %d is no longer assigned (current %d)", p.Job, p.Rank, p.Generation, a.Generation)
+		}
 	}
 	// The assignment's create revision is the generation's epoch: a new
 	// generation or submission starts the job's counters afresh.
 	for _, s := range p.Steps {
-		c.steps.ObserveStep(p.Job, resp.Kvs[0].CreateRevision, int(p.Rank), s)
+		c.steps.ObserveStep(p.Job, seen.createRevision, int(p.Rank), s)
 	}
 	return &loomv1.ReportStepsResponse{}, nil
 }
