@@ -250,10 +250,14 @@
 // AllReduce, ReduceScatter and AllGather: the ring's bytes in 2·log2 n
 // steps, each element reduced once along a fixed binary tree and copied,
 // so the bits are the same on every member and every run (halving.go
-// says the order; TestHalvingDoublingOrder checks it). Auto chooses it
-// above SmallBytes over tcp (ModeTCP) in groups of 4, 8 … members; over
-// shm it did not clearly beat the ring (halving.go), and auto may run shm
-// links. 4 ranks tcp on 2 cores (3 alternating rounds, rank 0's p50, with
+// says the order; TestHalvingDoublingOrder checks it). Auto chooses it in
+// groups of 4, 8 … members above SmallBytes over tcp (ModeTCP) and above
+// 1 MiB over shm and auto (shmHalvingBytes). 4 ranks shm on 2 cores (3
+// alternating rounds, rank 0's p50, ring / halving-doubling / OpenMPI
+// vader): 1 MiB 570–592 / 619–1,103 / 743–849 µs, 4 MiB 3.0–3.3 /
+// 2.2–2.3 / 3.0–3.3 ms, 16 MiB 15.7–20.6 / 10.7–15.1; 2 rounds at 2 MiB
+// 1.50–1.53 / 1.04–1.23 ms, 64 MiB 82 / 63–65, 256 MiB 293–319 / 239–286.
+// Below 1 MiB over shm the two traded places from round to round. 4 ranks tcp on 2 cores (3 alternating rounds, rank 0's p50, with
 // the polling tcp writer below; ring / halving-doubling / OpenMPI-TCP): 1 MiB
 // 1,575–1,930 / 923–1,378 / 1,174–1,608 µs, 4 MiB 6.1–7.1 / 5.8–7.2 /
 // 5.5–8.3 ms, 16 MiB 25.7–36.1 / 26.9–32.2; 2 rounds at 64 MiB 133–139 /
