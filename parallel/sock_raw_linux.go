@@ -132,8 +132,8 @@ func (s *rawSock) writev(a, b []byte) (int, error) {
 }
 
 // pollWritev writes all of a and then all of b as writev does, but when
-// the socket has no room it polls for up to spin (see spinWait; it rings
-// d's bells) before it parks in the network poller. A parked writer
+// the socket has no room it polls for up to spin in all (see spinWait; it
+// rings d's bells) before it parks in the network poller. A parked writer
 // waits for Go's poller, which a process whose other goroutines poll
 // runs late (see bellBoard); polling, it writes as soon as its peer has
 // read enough.
@@ -143,6 +143,7 @@ func (s *rawSock) pollWritev(a, b []byte, spin time.Duration, d *bellBoard) (int
 		s.vec[0], s.vec[1] = nil, nil
 		s.iov[0].Base, s.iov[1].Base = nil, nil
 	}()
+	start := time.Now()
 	for {
 		s.werr = 0
 		if err := s.rc.Write(s.tryFn); err != nil {
@@ -154,7 +155,9 @@ func (s *rawSock) pollWritev(a, b []byte, spin time.Duration, d *bellBoard) (int
 		case s.werr != unix.EAGAIN:
 			return s.wn, s.werr
 		}
-		if spin <= 0 || !spinWait(d, spin, s.writable) {
+		// The whole poll is bounded by spin, also should ppoll say
+		// "room" where the write finds none.
+		if left := spin - time.Since(start); left <= 0 || !spinWait(d, left, s.writable) {
 			s.werr = 0
 			err := s.rc.Write(s.writevFn)
 			if err == nil && s.werr != 0 {
