@@ -300,26 +300,7 @@ func TestShmByRefFollowsOversubscription(t *testing.T) {
 // reader has data (and so lets the network poller run), and sees nothing
 // when there is none or its reader is not parked.
 func TestSockReady(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	w, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	r := <-accepted
-	if r == nil {
-		t.Fatal("accept failed")
-	}
-	defer r.Close()
+	w, r := tcpPair(t)
 	rc, err := r.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
