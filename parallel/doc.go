@@ -250,8 +250,37 @@
 // AllReduce, ReduceScatter and AllGather: the ring's bytes in 2·log2 n
 // steps, each element reduced once along a fixed binary tree and copied,
 // so the bits are the same on every member and every run (halving.go
-// says the order; TestHalvingDoublingOrder checks it). Auto does not
-// choose it: at 4 ranks on 2 cores it did not clearly beat the ring.
+// says the order; TestHalvingDoublingOrder checks it). Auto chooses it in
+// groups of 4, 8 … members above SmallBytes over tcp (ModeTCP) and above
+// 1 MiB over shm and auto (shmHalvingBytes). 4 ranks shm on 2 cores (3
+// alternating rounds, rank 0's p50, ring / halving-doubling / OpenMPI
+// vader): 1 MiB 570–592 / 619–1,103 / 743–849 µs, 4 MiB 3.0–3.3 /
+// 2.2–2.3 / 3.0–3.3 ms, 16 MiB 15.7–20.6 / 10.7–15.1; 2 rounds at 2 MiB
+// 1.50–1.53 / 1.04–1.23 ms, 64 MiB 82 / 63–65, 256 MiB 293–319 / 239–286.
+// Below 1 MiB over shm the two traded places from round to round. 4 ranks tcp on 2 cores (3 alternating rounds, rank 0's p50, with
+// the polling tcp writer below; ring / halving-doubling / OpenMPI-TCP): 1 MiB
+// 1,575–1,930 / 923–1,378 / 1,174–1,608 µs, 4 MiB 6.1–7.1 / 5.8–7.2 /
+// 5.5–8.3 ms, 16 MiB 25.7–36.1 / 26.9–32.2; 2 rounds at 64 MiB 133–139 /
+// 126–130, 256 MiB 462–550 / 451–513; before it, at 256 KiB, 465–679 /
+// 245–430 / 462–516 µs. Fewer steps win there because every step of
+// either algorithm moves its bytes through two kernel copies per hop.
+//
+// tcp, large frames (4 ranks on 2 cores): a writer that found its socket
+// full parked in Go's network poller, and a copied payload was read
+// through it too; with the other goroutines of its process polling, the
+// poller ran late (see bellBoard), and the cores sat 15% idle while the
+// ranks took 15,000 interrupts a second (vmstat; OpenMPI, which polls,
+// none). A plain socket's large frame is now written with raw
+// non-blocking writev calls that poll for room (one ppoll per poll)
+// before they park, and read with the same polling raw reads as a reduced
+// one; both poll for as long as the frame's bytes should take (spinFor,
+// as shm's by-reference waits; 4 alternating rounds, 4 ranks, medians of
+// rank 0's p50: 4 MiB 6.6 → 6.3 ms, 16 MiB 32.2 → 30.8, 2 ranks 16 MiB
+// 8.3 → 7.5: within noise, but never behind in 3 rounds of 4) or the
+// transport's polling time: ring 4 MiB 9.2–11.5 → 6.1–7.1 ms, 16
+// MiB 38.8–45.3 → 25.7–36.1; 2 ranks (2 rounds) 1 MiB 435–565 → 366–372
+// µs, 4 MiB 2.6–2.8 → 1.8–2.0 ms, 64 MiB 49–58 → 36–42, 256 MiB 192–212
+// → 148–154.
 // Broadcast uses a binomial tree for small buffers
 // and a chunk-pipelined chain for large ones; Barrier is a dissemination
 // barrier.

@@ -23,8 +23,11 @@ package parallel
 // slower; over tcp 1 MiB 33% faster, 4 MiB 13% slower. The hops are
 // fewer, but a halving step needs both partners to have finished the
 // step before, where a ring step needs only its predecessor, and with
-// more ranks than cores each of those waits is a wait for a core. So it
-// is a choice (GroupSpec.AllReduce, --algo hd), not Auto's. For n not a power of two
+// more ranks than cores each of those waits is a wait for a core. Those
+// figures predate the bells and polling waits (see bellBoard); measured
+// again after them, it wins over tcp from 256 KiB and over shm from 2 MiB,
+// and Auto runs it there (Group.allReduceAlgorithm; the package doc has
+// the figures). For n not a power of two
 // it would have to fold the extra members in first, sending the whole
 // buffer once more; such groups run the ring.
 //

@@ -88,3 +88,92 @@ func TestHalvingDoublingOrder(t *testing.T) {
 		}
 	})
 }
+
+// TestAutoAlgorithm: Auto's choice by transport mode, group size and
+// buffer size — recursive doubling up to SmallBytes; in groups of 4, 8 …
+// members halving-doubling above it over tcp and above 1 MiB over shm and
+// auto; the ring otherwise — and a forced algorithm wins (HalvingDoubling
+// falls back to the ring for sizes that are not powers of two).
+func TestAutoAlgorithm(t *testing.T) {
+	const big, mib = 1 << 20, 1 << 18 // elements: 4 MiB and 1 MiB
+	for _, tc := range []struct {
+		mode  TransportMode
+		ranks int
+		spec  Algorithm
+		elems int
+		want  Algorithm
+	}{
+		{ModeTCP, 4, Auto, tcpSmallBytes / 4, RecursiveDoubling},
+		{ModeTCP, 4, Auto, tcpSmallBytes/4 + 1, HalvingDoubling},
+		{ModeTCP, 4, Auto, big, HalvingDoubling},
+		{ModeTCP, 8, Auto, big, HalvingDoubling},
+		{ModeTCP, 2, Auto, big, Ring},
+		{ModeTCP, 3, Auto, big, Ring},
+		{ModeTCP, 6, Auto, big, Ring},
+		{ModeTCP, 4, Ring, big, Ring},
+		{ModeTCP, 4, RecursiveDoubling, big, RecursiveDoubling},
+		{ModeShm, 4, Auto, shmSmallBytes / 4, RecursiveDoubling},
+		{ModeShm, 4, Auto, mib, Ring},
+		{ModeShm, 4, Auto, mib + 1, HalvingDoubling},
+		{ModeShm, 8, Auto, big, HalvingDoubling},
+		{ModeShm, 2, Auto, big, Ring},
+		{ModeShm, 6, Auto, big, Ring},
+		{ModeAuto, 4, Auto, mib, Ring},
+		{ModeAuto, 4, Auto, big, HalvingDoubling},
+		{ModeGRPC, 4, Auto, big, Ring},
+		{ModeShm, 4, Ring, big, Ring},
+		{ModeShm, 4, HalvingDoubling, 1000, HalvingDoubling},
+		{ModeShm, 3, HalvingDoubling, big, Ring},
+	} {
+		g := &Group{t: &Transport{opts: TransportOptions{Mode: tc.mode}}, ranks: seq(tc.ranks), spec: GroupSpec{AllReduce: tc.spec}}
+		if got := g.allReduceAlgorithm(tc.elems); got != tc.want {
+			t.Errorf("%v, %d ranks, %v, %d bytes: %v, want %v", tc.mode, tc.ranks, tc.spec, 4*tc.elems, got, tc.want)
+		}
+	}
+	// SmallBytes above the shm bound moves it: recursive doubling first.
+	g := &Group{t: &Transport{opts: TransportOptions{Mode: ModeShm}}, ranks: seq(4), small: 2 << 20}
+	if got := g.allReduceAlgorithm(mib + 1); got != RecursiveDoubling {
+		t.Errorf("shm, SmallBytes 2 MiB, 1 MiB + 4 bytes: %v, want rd", got)
+	}
+	if got := g.allReduceAlgorithm(2*mib + 1); got != HalvingDoubling {
+		t.Errorf("shm, SmallBytes 2 MiB, 2 MiB + 4 bytes: %v, want hd", got)
+	}
+}
+
+// TestAutoHalvingDoubling: a 4-rank Auto all-reduce above the bound gives
+// halving-doubling's bits, the ones its documented order gives: over tcp
+// above SmallBytes, over shm above 1 MiB.
+func TestAutoHalvingDoubling(t *testing.T) {
+	const n = 4
+	for _, tc := range []struct {
+		mode  TransportMode
+		ln    int // elements
+		small int
+	}{
+		{ModeTCP, 8 << 10, 4 << 10}, // 32 KiB, above SmallBytes 4 KiB
+		{ModeShm, shmHalvingBytes/4 + 3, 0},
+	} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			c := newCluster(t, n, TransportOptions{Mode: tc.mode})
+			gs := c.groups(t, GroupSpec{Name: "auto", Ranks: seq(n), Timeout: 20 * time.Second, SmallBytes: tc.small})
+			ctx := testCtx(t, 60*time.Second)
+			rng := rand.New(rand.NewPCG(4, 14))
+			in := make([][]float32, n)
+			bufs := make([][]float32, n)
+			for i := range in {
+				in[i] = randBuf(rng, tc.ln)
+				for e := range in[i] {
+					in[i][e] *= float32(math.Pow(10, float64(rng.IntN(7)-3)))
+				}
+				bufs[i] = slices.Clone(in[i])
+			}
+			want := hdReference(in)
+			noErrors(t, "all-reduce", each(n, func(i int) error { return gs[i].AllReduce(ctx, bufs[i], Sum) }))
+			for i := range n {
+				if !slices.Equal(bufs[i], want) {
+					t.Fatalf("member %d: not halving-doubling's bits", i)
+				}
+			}
+		})
+	}
+}

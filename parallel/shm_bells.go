@@ -32,6 +32,7 @@ type shmBell struct {
 	flag   *atomic.Uint32
 	ch     chan struct{}
 	parked atomic.Uint32 // 1 while the waiter sleeps on ch
+	board  *bellBoard    // counts the parked bells; set by bellBoard.add
 }
 
 // park marks the waiter asleep on ch, after dropping a wake-up left over
@@ -44,15 +45,20 @@ func (b *shmBell) park() bool {
 	default:
 	}
 	b.parked.Store(1)
+	b.board.parked.Add(1)
 	if b.flag.Load() == 0 {
-		b.parked.Store(0)
+		b.unpark()
 		return false
 	}
 	return true
 }
 
 // unpark marks the waiter awake again.
-func (b *shmBell) unpark() { b.parked.Store(0) }
+func (b *shmBell) unpark() {
+	if b.parked.CompareAndSwap(1, 0) {
+		b.board.parked.Add(-1)
+	}
+}
 
 // rung wakes the waiter if it is parked and its peer has rung. A ring
 // seen with the flag set again belongs to a sleep already over: the
@@ -60,6 +66,7 @@ func (b *shmBell) unpark() { b.parked.Store(0) }
 // peer had published before.
 func (b *shmBell) rung() {
 	if b.parked.Load() == 1 && b.flag.Load() == 0 && b.parked.CompareAndSwap(1, 0) {
+		b.board.parked.Add(-1)
 		select {
 		case b.ch <- struct{}{}:
 		default:
@@ -79,15 +86,22 @@ type sockBell struct {
 
 // bellBoard holds a transport's bells. Safe for concurrent use.
 type bellBoard struct {
-	mu     sync.RWMutex // read-held while ringing: a bell's ring stays mapped
-	bells  []*shmBell
-	n      atomic.Int32 // len(bells), read without the lock
+	mu    sync.RWMutex // read-held while ringing: a bell's ring stays mapped
+	bells []*shmBell
+	// parked counts the bells whose waiter sleeps: a polling loop's ring
+	// reads this one word, which changes only when a waiter parks or
+	// wakes, instead of taking the lock (a shared counter every poll of
+	// every goroutine writes) and reading each bell.
+	parked atomic.Int32
 	socks  []*sockBell
 	nsocks atomic.Int32 // len(socks)
 }
 
 // add puts b on the board.
-func (d *bellBoard) add(b *shmBell) { d.edit(func() { d.bells = append(d.bells, b) }) }
+func (d *bellBoard) add(b *shmBell) {
+	b.board = d
+	d.edit(func() { d.bells = append(d.bells, b) })
+}
 
 // remove takes b off the board; once it returns, no ringing reads b's
 // flag, so its ring may be unmapped.
@@ -98,12 +112,11 @@ func (d *bellBoard) addSock(b *sockBell) { d.edit(func() { d.socks = append(d.so
 
 func (d *bellBoard) removeSock(b *sockBell) { d.edit(func() { d.socks = without(d.socks, b) }) }
 
-// edit changes the board's lists under its lock and republishes their
-// lengths.
+// edit changes the board's lists under its lock and republishes the
+// number of socks.
 func (d *bellBoard) edit(change func()) {
 	d.mu.Lock()
 	change()
-	d.n.Store(int32(len(d.bells)))
 	d.nsocks.Store(int32(len(d.socks)))
 	d.mu.Unlock()
 }
@@ -119,7 +132,7 @@ func without[T comparable](list []T, x T) []T {
 // ring wakes every parked waiter whose peer has rung (cleared its flag).
 // nil-safe: a board-less caller rings nothing.
 func (d *bellBoard) ring() {
-	if d == nil || d.n.Load() == 0 {
+	if d == nil || d.parked.Load() == 0 {
 		return
 	}
 	d.mu.RLock()

@@ -31,10 +31,16 @@ func TestBellBoardRing(t *testing.T) {
 	if !bells[0].park() || !bells[1].park() {
 		t.Fatal("park refused with the flag set")
 	}
+	if got := d.parked.Load(); got != 2 {
+		t.Errorf("%d bells counted parked, want 2", got)
+	}
 	flags[0].Store(0)
 	flags[2].Store(0)
 	d.ring()
 	d.ring()
+	if got := d.parked.Load(); got != 1 {
+		t.Errorf("after the ring: %d bells counted parked, want 1", got)
+	}
 	if !woken(bells[0]) {
 		t.Error("a parked waiter whose peer rang was not woken")
 	}
@@ -49,6 +55,11 @@ func TestBellBoardRing(t *testing.T) {
 	}
 	if bells[0].parked.Load() != 0 {
 		t.Error("a woken waiter is still marked parked")
+	}
+	bells[1].unpark()
+	bells[1].unpark()
+	if got := d.parked.Load(); got != 0 {
+		t.Errorf("after unparking: %d bells counted parked, want 0", got)
 	}
 	// A ring between setting the flag and parking: park says so.
 	bells[2].ch <- struct{}{} // a wake-up left over from an earlier sleep

@@ -37,6 +37,8 @@ type rawSock struct {
 	iov      [2]unix.Iovec // writev's vectors: header and payload
 	vec      [2][]byte
 	writevFn func(fd uintptr) bool
+	wfd      int32 // the socket, for a polling writer's ppoll
+	tryFn    func(fd uintptr) bool
 }
 
 // rawSockMax bounds what one raw read or write moves. A raw call holds
@@ -76,6 +78,11 @@ func newRawSock(conn net.Conn) *rawSock {
 			}
 			return true
 		}
+	}
+	s.tryFn = func(fd uintptr) bool {
+		s.wfd = int32(fd)
+		s.writevFn(fd)
+		return true // never park: pollWritev polls for room
 	}
 	s.writevFn = func(fd uintptr) bool {
 		for {
@@ -122,6 +129,52 @@ func (s *rawSock) writev(a, b []byte) (int, error) {
 		err = s.werr
 	}
 	return s.wn, err
+}
+
+// pollWritev writes all of a and then all of b as writev does, but when
+// the socket has no room it polls for up to spin in all (see spinWait; it
+// rings d's bells) before it parks in the network poller. A parked writer
+// waits for Go's poller, which a process whose other goroutines poll
+// runs late (see bellBoard); polling, it writes as soon as its peer has
+// read enough.
+func (s *rawSock) pollWritev(a, b []byte, spin time.Duration, d *bellBoard) (int, error) {
+	s.vec[0], s.vec[1], s.wn = a, b, 0
+	defer func() {
+		s.vec[0], s.vec[1] = nil, nil
+		s.iov[0].Base, s.iov[1].Base = nil, nil
+	}()
+	start := time.Now()
+	for {
+		s.werr = 0
+		if err := s.rc.Write(s.tryFn); err != nil {
+			return s.wn, err
+		}
+		switch {
+		case s.werr == 0:
+			return s.wn, nil
+		case s.werr != unix.EAGAIN:
+			return s.wn, s.werr
+		}
+		// The whole poll is bounded by spin, also should ppoll say
+		// "room" where the write finds none.
+		if left := spin - time.Since(start); left <= 0 || !spinWait(d, left, s.writable) {
+			s.werr = 0
+			err := s.rc.Write(s.writevFn)
+			if err == nil && s.werr != 0 {
+				err = s.werr
+			}
+			return s.wn, err
+		}
+	}
+}
+
+// writable reports whether the socket has room to write (one ppoll that
+// does not wait).
+func (s *rawSock) writable() bool {
+	fds := [1]unix.PollFd{{Fd: s.wfd, Events: unix.POLLOUT}}
+	var ts unix.Timespec
+	k, _, e := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), 1, uintptr(unsafe.Pointer(&ts)), 0, 0, 0)
+	return e != 0 || k > 0 // an error: let the write say what it is
 }
 
 // doRead reads into b once it can (wait) or at once; ok false: nothing

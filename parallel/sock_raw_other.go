@@ -24,5 +24,9 @@ func (s *rawSock) writev(_, _ []byte) (int, error) {
 	panic("parallel: no raw socket I/O on this system")
 }
 
+func (s *rawSock) pollWritev(_, _ []byte, _ time.Duration, _ *bellBoard) (int, error) {
+	panic("parallel: no raw socket I/O on this system")
+}
+
 // sockReady is false: there are no raw sockets here.
 func (*bellBoard) sockReady() bool { return false }

@@ -204,41 +204,6 @@ func spinWait(d *bellBoard, spin time.Duration, ready func() bool) bool {
 	}
 }
 
-// A wait that expects a by-reference payload to be read (the sender's
-// acknowledgement, or the receiver's next frame after one, which its
-// peer sends once it has read as much) polls longer than PollSpin: by
-// shmSpinPerMiB for each MiB, up to shmSpinMax. Sleeping costs a wake-up
-// of the idle core, which on a VM (a halted vCPU) took ~50–150 µs each;
-// 2 ranks on 2 vCPUs, PollSpin 50 µs for every wait vs 1 ms: 4 MiB
-// all-reduce p50 1,500–1,600 µs vs 856–1,160.
-//
-// This held also when oversubscribed waits slept at once (before the
-// bells, see bellBoard): it waits on a copy in progress, on a core now,
-// whose length the bytes say; a sleep would add a wake-up, which
-// oversubscribed waits for a core (0.2 ms on average, perf sched). 4
-// ranks on 2 cores, 5 alternating rounds, medians of p50: 256 KiB 635 →
-// 474 µs, 1 MiB 1,365 → 684, 16 MiB 31.9 → 25.5 ms. Only PollSpin < 0
-// (never) turns it off.
-const (
-	shmSpinPerMiB = 500 * time.Microsecond
-	shmSpinMax    = 5 * time.Millisecond
-)
-
-// spinFor is how long to poll for something that waits on bytes of
-// by-reference payload, when the transport polls for base (pollSpin):
-// base itself when no bytes are awaited or base is
-// negative (PollSpin < 0: never poll).
-func spinFor(base int64, bytes uint64) time.Duration {
-	if base < 0 || bytes == 0 {
-		return time.Duration(base)
-	}
-	d := shmSpinMax
-	if bytes < uint64(shmSpinMax/shmSpinPerMiB)<<20 {
-		d = time.Duration(bytes) * shmSpinPerMiB >> 20
-	}
-	return max(time.Duration(base), d)
-}
-
 // shmListener accepts shared-memory links on an abstract Unix socket
 // (nothing on the file system to clean up).
 type shmListener struct {

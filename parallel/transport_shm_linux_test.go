@@ -3,8 +3,10 @@
 package parallel
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -298,26 +300,7 @@ func TestShmByRefFollowsOversubscription(t *testing.T) {
 // reader has data (and so lets the network poller run), and sees nothing
 // when there is none or its reader is not parked.
 func TestSockReady(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	w, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	r := <-accepted
-	if r == nil {
-		t.Fatal("accept failed")
-	}
-	defer r.Close()
+	w, r := tcpPair(t)
 	rc, err := r.(*net.TCPConn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -349,4 +332,72 @@ func TestSockReady(t *testing.T) {
 	if d.sockReady() {
 		t.Error("ready after the bell was removed")
 	}
+}
+
+// TestPollWritev: a large write into a socket without room completes,
+// byte for byte, whether the writer parks at once, polls for a while and
+// then parks, or polls until the reader drains it; and a write to a
+// closed peer fails within the write deadline instead of waiting.
+func TestPollWritev(t *testing.T) {
+	hdr := []byte("header--")
+	pay := make([]byte, 8<<20) // more than the socket buffers hold
+	for i := range pay {
+		pay[i] = byte(i * 7)
+	}
+	for _, spin := range []time.Duration{0, 200 * time.Microsecond, 2 * time.Second} {
+		w, r := tcpPair(t)
+		s := newRawSock(w)
+		w.SetWriteDeadline(time.Now().Add(20 * time.Second))
+		done := make(chan error, 1)
+		go func() {
+			n, err := s.pollWritev(hdr, pay, spin, nil)
+			if err == nil && n != len(hdr)+len(pay) {
+				err = fmt.Errorf("wrote %d bytes, want %d", n, len(hdr)+len(pay))
+			}
+			done <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // the writer finds the socket full
+		got := make([]byte, len(hdr)+len(pay))
+		r.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if _, err := io.ReadFull(r, got); err != nil {
+			t.Fatalf("spin %v: read: %v", spin, err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("spin %v: %v", spin, err)
+		}
+		if !bytes.Equal(got[:len(hdr)], hdr) || !bytes.Equal(got[len(hdr):], pay) {
+			t.Fatalf("spin %v: the bytes read are not the bytes written", spin)
+		}
+		r.Close()
+		w.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if _, err := s.pollWritev(hdr, pay, spin, nil); err == nil {
+			t.Fatalf("spin %v: a write to a closed peer succeeded", spin)
+		}
+		w.Close()
+	}
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (net.Conn, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-accepted
+	if r == nil {
+		w.Close()
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { w.Close(); r.Close() })
+	return w, r
 }

@@ -172,6 +172,8 @@ func (l *tcpLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 		_, err = l.conn.Write(l.joined)
 	case l.raw != nil && n+len(pay) <= rawSockMax:
 		_, err = l.raw.writev(l.hdr[:n], pay)
+	case l.raw != nil:
+		_, err = l.raw.pollWritev(l.hdr[:n], pay, spinFor(l.oc.t.pollSpin.Load(), uint64(len(pay))), &l.oc.t.bells)
 	default:
 		l.vec[0], l.vec[1] = l.hdr[:n], pay
 		l.bufs = l.vec[:]
@@ -292,6 +294,10 @@ type tcpReader struct {
 	// before a read parks.
 	raw  *rawSock
 	spin *atomic.Int64
+	// expect is how many bytes of the payload being read are still to
+	// come (0 between frames): a read waiting on them polls longer (see
+	// spinFor), as the sender is writing them now.
+	expect int
 }
 
 // read reads into b, polling first where it may.
@@ -299,7 +305,7 @@ func (c *tcpReader) read(b []byte) (int, error) {
 	if c.raw == nil {
 		return c.conn.Read(b)
 	}
-	return c.raw.pollRead(b[:min(len(b), rawSockMax)], time.Duration(c.spin.Load()), &c.t.bells)
+	return c.raw.pollRead(b[:min(len(b), rawSockMax)], spinFor(c.spin.Load(), uint64(c.expect)), &c.t.bells)
 }
 
 // fill reads at least need bytes into buf[r:], and at most want (need ≤
@@ -414,9 +420,24 @@ func (c *tcpReader) run() error {
 // readFull fills b from the buffer and then straight from the connection.
 func (c *tcpReader) readFull(b []byte) error {
 	k := copy(b, c.take(len(b)))
-	if k < len(b) {
-		_, err := io.ReadFull(c.conn, b[k:])
-		return err
+	if c.raw == nil {
+		if k < len(b) {
+			_, err := io.ReadFull(c.conn, b[k:])
+			return err
+		}
+		return nil
+	}
+	defer func() { c.expect = 0 }()
+	for k < len(b) {
+		c.expect = len(b) - k
+		n, err := c.read(b[k:])
+		k += n
+		if err != nil && k < len(b) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
 	}
 	return nil
 }
@@ -444,8 +465,10 @@ func (c *tcpReader) apply(dst []float32, a apply) error {
 		return c.readFull(floatBytes(dst))
 	}
 	di := 0
+	defer func() { c.expect = 0 }()
 	for di < len(dst) {
 		if c.w-c.r < 4 {
+			c.expect = 4 * (len(dst) - di)
 			// Read the rest of the payload (as much as fits) and the
 			// next header.
 			if err := c.fill(4, 4*(len(dst)-di)+maxBulkHdr); err != nil {
