@@ -631,6 +631,14 @@ func (g *Group) allReduceAlgorithm(n int) Algorithm {
 	return algo
 }
 
+// AllReduceAlgorithm is the algorithm an all-reduce of elems elements
+// runs on this group: the spec's, or what Auto picks for that length (the
+// same on every member). Ring, RecursiveDoubling or HalvingDoubling; never
+// Auto.
+func (g *Group) AllReduceAlgorithm(elems int) Algorithm {
+	return g.allReduceAlgorithm(elems)
+}
+
 // shardAlgorithm is how ReduceScatter and AllGather move shards: by
 // halving and doubling when the spec asks for HalvingDoubling and the
 // group's size is a power of two above 2, else around the ring (at 2

@@ -672,7 +672,7 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 	}
 	res.BusBWOwn = float64(size) / (res.TimeUsP50Own * 1e-6) / 1e9 * factor
 	if cfg.kind == "allreduce" {
-		res.Algo = cfg.spec.AllReduce.String()
+		res.Algo = g.AllReduceAlgorithm(int(size / 4)).String()
 	}
 	return res, nil
 }

@@ -66,3 +66,31 @@ func TestBenchWireBadFlags(t *testing.T) {
 		t.Fatalf("got %v, want an error naming --network", err)
 	}
 }
+
+// TestBenchAllReduceNamesAlgorithm: with --algo auto each result names the
+// algorithm the group ran at that size, not "auto".
+func TestBenchAllReduceNamesAlgorithm(t *testing.T) {
+	for _, tc := range []struct {
+		ranks string
+		want  map[float64]string // bytes → algo
+	}{
+		{"4", map[float64]string{4 << 10: "rd", 1 << 20: "hd"}},
+		{"3", map[float64]string{4 << 10: "rd", 1 << 20: "ring"}},
+	} {
+		args := []string{"bench", "allreduce", "--ranks", tc.ranks, "--transport", "tcp", "--sizes", "4KiB,1MiB", "--iters", "2", "--log-format", "json"}
+		out, stderr, err := loom(t, args...)
+		if err != nil {
+			t.Fatalf("loom %v: %v\n%s", args, err, stderr)
+		}
+		recs := benchJSON(t, out)
+		if len(recs) != len(tc.want) {
+			t.Fatalf("loom %v: %d results, want %d:\n%s", args, len(recs), len(tc.want), out)
+		}
+		for _, r := range recs {
+			b, _ := r["bytes"].(float64)
+			if got := r["algo"]; got != tc.want[b] {
+				t.Errorf("%s ranks, %v bytes: algo %v, want %q", tc.ranks, b, got, tc.want[b])
+			}
+		}
+	}
+}
