@@ -143,7 +143,9 @@ func (cl *cluster) startWorker(cfg worker.Config) *workerRun {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = testTTL
 	}
-	cfg.ReportInterval = 50 * time.Millisecond
+	if cfg.ReportInterval == 0 {
+		cfg.ReportInterval = 50 * time.Millisecond
+	}
 	cfg.DialTimeout = 5 * time.Second
 	cfg.Threads = 1
 	if cfg.Logger == nil {
@@ -262,6 +264,39 @@ func TestJobRunsToCompletion(t *testing.T) {
 	// Resubmitting a finished job's name starts it afresh.
 	submit(t, c, specYAML("j1", 2, 3), 0)
 	waitFor(t, c, "j1", 10*time.Second, "succeeded again", inState(loomv1.JobState_JOB_STATE_SUCCEEDED))
+}
+
+// TestFastStepsAllReported: a rank that takes more steps in a report
+// interval than the reporter buffers (a tiny model: a step well under a
+// millisecond) still has every step streamed, in order: the reporter sends
+// a batch once enough steps wait instead of dropping the oldest.
+func TestFastStepsAllReported(t *testing.T) {
+	cl := newCluster(t)
+	co := cl.startCoordinator("")
+	cl.startWorker(worker.Config{Coordinator: co.addr, Engine: stepEngine(100 * time.Microsecond), ReportInterval: time.Minute})
+	c := dial(t, co.addr)
+	const steps = 2000 // > the reporter's buffer of 1024
+	submit(t, c, specYAML("fast", 1, steps), 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	last := int64(0)
+	final, err := c.Watch(ctx, "fast", func(ev *loomv1.JobEvent) error {
+		if p := ev.GetProgress(); p != nil {
+			for _, s := range p.Steps {
+				if s.Step != last+1 {
+					return fmt.Errorf("step %d streamed after step %d: steps lost", s.Step, last)
+				}
+				last = s.Step
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if final.State != loomv1.JobState_JOB_STATE_SUCCEEDED || last != steps {
+		t.Fatalf("final status %v, last step streamed %d; want SUCCEEDED and %d", final.State, last, steps)
+	}
 }
 
 // TestInvalidSpecRefused: the field errors come back to the client.

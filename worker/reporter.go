@@ -26,8 +26,14 @@ const DefaultReportInterval = time.Second
 // maxBufferedSteps bounds the steps kept while no coordinator answers.
 const maxBufferedSteps = 1024
 
+// flushSteps is how many buffered steps send a batch before the next tick:
+// a rank that steps faster than maxBufferedSteps per ReportInterval (a
+// small model: a step of under a millisecond) would otherwise lose its
+// oldest steps from the buffer while the coordinator is reachable.
+const flushSteps = 256
+
 // reporter batches a rank's step stats and sends them to the coordinator
-// every ReportInterval. When the coordinator does not answer it keeps the
+// every ReportInterval (sooner once flushSteps are buffered). When the coordinator does not answer it keeps the
 // steps (up to maxBufferedSteps) and looks up the elected leader, so a
 // restarted coordinator or a standby that took over gets them. Training
 // never waits for it.
@@ -36,6 +42,9 @@ type reporter struct {
 
 	mu      sync.Mutex
 	pending *loomv1.RankProgress
+	// kick asks the sending goroutine for a batch now (flushSteps are
+	// buffered); it holds at most one request.
+	kick chan struct{}
 
 	flushMu sync.Mutex // one send at a time; guards addr and conn
 	addr    string
@@ -49,7 +58,7 @@ type reporter struct {
 
 func newReporter(w *Worker) *reporter {
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &reporter{w: w, addr: w.coordAddr, ctx: ctx, cancel: cancel}
+	r := &reporter{w: w, addr: w.coordAddr, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1)}
 	r.wg.Go(func() {
 		t := time.NewTicker(w.cfg.ReportInterval)
 		defer t.Stop()
@@ -58,10 +67,11 @@ func newReporter(w *Worker) *reporter {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				fctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
-				r.flush(fctx)
-				cancel()
+			case <-r.kick:
 			}
+			fctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
+			r.flush(fctx)
+			cancel()
 		}
 	})
 	return r
@@ -101,6 +111,12 @@ func (r *reporter) forRank(job string, gen uint64, epoch int64, rank int) func(S
 		p.Steps = append(p.Steps, ps)
 		if n := len(p.Steps); n > maxBufferedSteps {
 			p.Steps = append(p.Steps[:0], p.Steps[n-maxBufferedSteps:]...)
+		}
+		if len(p.Steps) >= flushSteps {
+			select {
+			case r.kick <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
