@@ -57,6 +57,16 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) map[string]fl
 	return out
 }
 
+// putAssignment writes generation gen of job (one rank) as the job's
+// assignment, as the leader does when it starts a generation.
+func putAssignment(t *testing.T, c *Coordinator, job string, gen uint64) {
+	t.Helper()
+	a := &loomv1.Assignment{Job: job, Generation: gen, WorldSize: 1}
+	if _, err := c.cfg.Etcd.Put(context.Background(), c.Keys().Assignment(job), Encode(a)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // report sends n steps of rank 0 of generation gen of job through the
 // coordinator, as a worker does.
 func reportSteps(t *testing.T, c *Coordinator, job string, gen uint64, n int) error {
@@ -80,16 +90,12 @@ func TestStepCountersPerGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	keys := c.Keys()
 	assign := func(gen uint64) {
 		t.Helper()
-		if _, err := cli.Delete(ctx, keys.Assignment("m")); err != nil {
+		if _, err := cli.Delete(context.Background(), c.Keys().Assignment("m")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cli.Put(ctx, keys.Assignment("m"), Encode(&loomv1.Assignment{Job: "m", Generation: gen, WorldSize: 1})); err != nil {
-			t.Fatal(err)
-		}
+		putAssignment(t, c, "m", gen)
 	}
 	steps := func() float64 { return gathered(t, reg, "loom_steps_total")["m,0"] }
 	assign(1)
@@ -180,12 +186,7 @@ func TestReportStepsFollowsAssignment(t *testing.T) {
 	}
 	ctx := context.Background()
 	keys := c.Keys()
-	assign := func(gen uint64) {
-		t.Helper()
-		if _, err := cli.Put(ctx, keys.Assignment("r"), Encode(&loomv1.Assignment{Job: "r", Generation: gen, WorldSize: 1})); err != nil {
-			t.Fatal(err)
-		}
-	}
+	assign := func(gen uint64) { t.Helper(); putAssignment(t, c, "r", gen) }
 	progress := func() (gen uint64, steps int) {
 		t.Helper()
 		resp, err := cli.Get(ctx, keys.Progress("r", 0))
