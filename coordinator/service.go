@@ -372,10 +372,7 @@ func (c *Coordinator) ReportSteps(ctx context.Context, req *loomv1.ReportStepsRe
 	// instead, and the put is tried again against what it read.
 	akey := c.keys.Assignment(p.Job)
 	seen, ok := c.assigned.get(p.Job)
-	if ok && seen.generation != p.Generation {
-		ok = false
-	}
-	if !ok {
+	if !ok || seen.generation != p.Generation {
 		seen.modRevision = -1 // no key has this revision: the guard fails and reads
 	}
 	for attempt := 0; ; attempt++ {

@@ -16,8 +16,9 @@ import (
 
 // DefaultReportInterval is how often a worker sends its step stats when
 // Config.ReportInterval is unset. Each report costs the coordinator an etcd
-// read and a write (a WAL fsync). On a 2-vCPU machine running a dp 2 job and
-// the embedded etcd (perf sched over 5 s, 2026-12-01): at 250 ms the
+// transaction (a WAL fsync; when measured, a read as well). On a 2-vCPU
+// machine running a dp 2 job and the embedded etcd (perf sched over 5 s,
+// 2026-12-01): at 250 ms the
 // coordinator process took 2.7–3.2% of the machine, with reports every 5 s
 // 0.5–0.8%; a step it takes from one rank's core is a step the other rank
 // waits out. The dashboard's live view updates every 2 s by default.
@@ -33,8 +34,9 @@ const maxBufferedSteps = 1024
 const flushSteps = 256
 
 // reporter batches a rank's step stats and sends them to the coordinator
-// every ReportInterval (sooner once flushSteps are buffered). When the coordinator does not answer it keeps the
-// steps (up to maxBufferedSteps) and looks up the elected leader, so a
+// every ReportInterval, and sooner once flushSteps are buffered. When the
+// coordinator does not answer it keeps the steps (up to maxBufferedSteps),
+// tries again at the next tick and looks up the elected leader, so a
 // restarted coordinator or a standby that took over gets them. Training
 // never waits for it.
 type reporter struct {
@@ -62,16 +64,24 @@ func newReporter(w *Worker) *reporter {
 	r.wg.Go(func() {
 		t := time.NewTicker(w.cfg.ReportInterval)
 		defer t.Stop()
+		kick := r.kick
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-			case <-r.kick:
+			case <-kick:
 			}
 			fctx, cancel := context.WithTimeout(ctx, w.cfg.DialTimeout)
-			r.flush(fctx)
+			ok := r.flush(fctx)
 			cancel()
+			// After a failed send the next try waits for the tick: every
+			// step kicks while the buffer is full, and a coordinator
+			// that refuses at once would be retried back to back.
+			kick = nil
+			if ok {
+				kick = r.kick
+			}
 		}
 	})
 	return r
