@@ -42,9 +42,16 @@ func attnBlocks(mr, nr, T int) (fwdRows, bwdRows, cols int) {
 type attnFwdTask struct {
 	out, lse, q, k, v                      []float32
 	batch, seqLen, heads, kvHeads, headDim int
+	regTiled                               bool // try the register-tiled kernel (Kernels.regTiledAttention)
 }
 
 func (t *attnFwdTask) run(w *worker, idx int) {
+	if t.regTiled {
+		if f := fusedFwdKernel(t.seqLen, t.headDim, w.tiles.NR()); f != nil {
+			t.runFused(w, idx, f)
+			return
+		}
+	}
 	b, h := idx/t.heads, idx%t.heads
 	T, D := t.seqLen, t.headDim
 	kh := h / (t.heads / t.kvHeads)
@@ -102,11 +109,44 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 	}
 }
 
+// runFused is run for the register-tiled kernel f (attn512_amd64.s): Kᵀ
+// packed once per (batch, head) in the micro-kernel's 32-key panels, then one call per four
+// query rows over all their causal keys, S kept in registers.
+func (t *attnFwdTask) runFused(w *worker, idx int, f func(q *float32, ldq int, kt, v *float32, ldv int, o *float32, nblk, v0 int, scale float32, ml *float32)) {
+	b, h := idx/t.heads, idx%t.heads
+	T, D := t.seqLen, t.headDim
+	kh := h / (t.heads / t.kvHeads)
+	ldq, ldk := t.heads*D, t.kvHeads*D
+	qBase := (b*T*t.heads + h) * D
+	kBase := (b*T*t.kvHeads + kh) * D
+	sc := float32(1 / math.Sqrt(float64(D)))
+	lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+	// The kernel reads rows [0, T) of K and V and four rows of Q and out
+	// from each i0: check the last of each once.
+	_ = t.k[kBase+(T-1)*ldk+D-1]
+	_ = t.v[kBase+(T-1)*ldk+D-1]
+	_ = t.q[qBase+(T-1)*ldq+D-1]
+	_ = t.out[qBase+(T-1)*ldq+D-1]
+
+	tl := w.tiles
+	nk := tl.PackedLen(D, T)
+	buf := w.scratch(nk + 8)
+	kt, ml := buf[:nk], buf[nk:nk+8]
+	tl.PackB(kt, true, t.k[kBase:], ldk, D, T) // Kᵀ in 32-key panels
+	for i0 := 0; i0 < T; i0 += 4 {
+		last := i0 &^ 15 // the block holding keys i0 … i0+3
+		f(&t.q[qBase+i0*ldq], ldq, &kt[0], &t.v[kBase], ldk, &t.out[qBase+i0*ldq], last/16+1, i0-last+1, sc, &ml[0])
+		for r := range 4 {
+			lse[i0+r] = ml[r] + log32(ml[4+r]) // l ≥ 1: the row's largest term is e⁰
+		}
+	}
+}
+
 // AttentionForward implements tensor.Kernels.AttentionForward, parallel
 // over (batch, head).
 func (k *Kernels) AttentionForward(out, lse, q, kk, v []float32, batch, seqLen, heads, kvHeads, headDim int) {
 	t := &k.attF
-	*t = attnFwdTask{out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim}
+	*t = attnFwdTask{out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim, k.regTiledAttention}
 	k.pool.run(t, batch*heads)
 	*t = attnFwdTask{}
 }

@@ -34,9 +34,14 @@ type Kernels struct {
 	scal  scaleTask
 	ce    ceTask
 	attF  attnFwdTask
-	attB  attnBwdTask
-	parts []float64 // per-task float64 partials (CE losses, sum of squares)
-	pbuf  []float32 // per-chunk float32 partials (RMSNorm dw)
+	// regTiledAttention sends the forward, where it applies, to the
+	// register-tiled kernel (attn512_amd64.s) instead of the tile path. Off:
+	// on the Xeon VM it measured 0.75–1.0× the tile path (docs/kernels.md);
+	// tests turn it on to keep it correct for the next round of tuning.
+	regTiledAttention bool
+	attB              attnBwdTask
+	parts             []float64 // per-task float64 partials (CE losses, sum of squares)
+	pbuf              []float32 // per-chunk float32 partials (RMSNorm dw)
 }
 
 var _ tensor.Kernels = (*Kernels)(nil)
