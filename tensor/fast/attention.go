@@ -36,17 +36,29 @@ func attnBlocks(mr, nr, T int) (fwdRows, bwdRows, cols int) {
 	return attnRowTiles * mr, 2 * attnRowTiles * mr, min(roundUp(T, nr), roundUp(attnMaxCols, nr))
 }
 
+// attnMode picks the forward's kernel: attnAuto takes the register-tiled
+// one (attn512_amd64.s) where it measured faster than the tile path — head
+// size 32 on the Xeon VM (docs/kernels.md) — and the tile path elsewhere;
+// attnTile and attnRegTiled force one (tests, benchmarks).
+type attnMode int8
+
+const (
+	attnAuto attnMode = iota
+	attnTile
+	attnRegTiled
+)
+
 // attnFwdTask is one (batch, head) per index: for each query block, stream
 // key blocks keeping a running max m and sum l per row; O accumulates in
 // place in out and is divided by l at the end.
 type attnFwdTask struct {
 	out, lse, q, k, v                      []float32
 	batch, seqLen, heads, kvHeads, headDim int
-	regTiled                               bool // try the register-tiled kernel (Kernels.regTiledAttention)
+	mode                                   attnMode
 }
 
 func (t *attnFwdTask) run(w *worker, idx int) {
-	if t.regTiled {
+	if t.mode == attnRegTiled || t.mode == attnAuto && t.headDim == 32 {
 		if f := fusedFwdKernel(t.seqLen, t.headDim, w.tiles.NR()); f != nil {
 			t.runFused(w, idx, f)
 			return
@@ -146,7 +158,7 @@ func (t *attnFwdTask) runFused(w *worker, idx int, f func(q *float32, ldq int, k
 // over (batch, head).
 func (k *Kernels) AttentionForward(out, lse, q, kk, v []float32, batch, seqLen, heads, kvHeads, headDim int) {
 	t := &k.attF
-	*t = attnFwdTask{out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim, k.regTiledAttention}
+	*t = attnFwdTask{out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim, k.attnMode}
 	k.pool.run(t, batch*heads)
 	*t = attnFwdTask{}
 }

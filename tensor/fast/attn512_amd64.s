@@ -16,7 +16,8 @@
 // Z20/Z21 exponential temporaries, Z22 loads and shuffles, Z23 the new
 // row max, Z24 α, Z25 −∞, Z26 scale, Z27–Z30 l, Z31 zero. K1–K4: lanes
 // past row r's causal end in the current block (0 but in the last block).
-// Stack: P 0–255, m 256–271, the new m 272–287, α 288–303.
+// Stack: P 0–255, m 256–271, thr = m + τ 272–287, α 288–303, the new m
+// 304–319.
 
 // EXPM is vec512_amd64.s's EXP16 with its constants read by embedded
 // broadcasts instead of registers: the same operations in the same order.
@@ -64,25 +65,34 @@
 	VPERMILPS  $0xB1, Z22, Z23      \
 	VADDPS     Z23, Z22, Z22
 
-// PEXP is one row's share of the online softmax step: S (scaled scores)
-// has −∞ put in the lanes of KM; the row's new max max(m, S), m at
-// MOFF(SP), goes to MOFF+16(SP); S = e^(S − max) with KM's lanes 0, also
-// stored to POFF(SP).
-#define PEXP(S, KM, MOFF, POFF) \
-	VMOVAPS           Z25, KM, S         \
+// Lazy rescale: the softmax shift m of a row moves only when a score
+// exceeds m + τ (thr, τ = 8), so P = e^(S − m) ≤ e^8 and the rescale of O
+// and l — a horizontal max, an exponential and D/16 multiplies per row —
+// runs in a few blocks of a row instead of every block; the exponentials
+// of P no longer wait for this block's max. lse = m + log l holds for any
+// shift.
+
+// NEWMAX is one row's exact new shift max(m, S) (S with −∞ past the
+// causal end), m at MOFF(SP), written to MOFF+48(SP).
+#define NEWMAX(S, MOFF) \
 	HMAXB(S)                             \
 	VMAXPS.BCST       MOFF(SP), Z23, Z23 \
-	VMOVSS            X23, MOFF+16(SP)   \
-	VSUBPS            Z23, S, S          \
-	EXPM(S, Z20, Z21)                    \
-	VMOVAPS           Z31, KM, S         \
-	VMOVUPS           S, POFF(SP)
+	VMOVSS            X23, MOFF+48(SP)
+
+// PEXP is one row's P = e^(S − m) with KM's lanes 0, stored to POFF(SP)
+// and added to L.
+#define PEXP(S, KM, MOFF, POFF, L) \
+	VSUBPS.BCST MOFF(SP), S, S \
+	EXPM(S, Z20, Z21)          \
+	VMOVAPS     Z31, KM, S     \
+	VMOVUPS     S, POFF(SP)    \
+	VADDPS      S, L, L
 
 // LUPD is one row's rescale: α = e^(m_old − m) from AOFF(SP) into Z24,
-// L = α·L + S.
-#define LUPD(S, AOFF, L) \
+// L = α·L.
+#define LUPD(AOFF, L) \
 	VBROADCASTSS AOFF(SP), Z24 \
-	VFMADD213PS  S, Z24, L
+	VMULPS       Z24, L, L
 
 // QKBLOCK computes S = scale·Q·Kᵀ for key block R13: half R13%2 of the
 // 32-key panel R13/2 of Kᵀ at SI (D rows of 32 keys, 2^PSHIFT bytes each),
@@ -150,6 +160,7 @@ qkloop:                   \
 	VBROADCASTSS aninf<>(SB), Z25     \
 	VPXORD       Z31, Z31, Z31        \
 	VMOVUPS      X25, 256(SP)         \
+	VMOVUPS      X25, 272(SP)         \
 	VPXORD       Z27, Z27, Z27        \
 	VPXORD       Z28, Z28, Z28        \
 	VPXORD       Z29, Z29, Z29        \
@@ -181,41 +192,50 @@ qkloop:                   \
 	KMOVW AX, K4         \
 	MOVQ  R14, CX
 
-// SOFTMAX4 runs PEXP on the four rows, then one EXPM for the four rows'
-// α = e^(m_old − m) (lanes 0–3), m = the new maxima, and rescales each
-// row's l and O by its α (RSr multiplies row r's O registers by Z24).
-// Where no row's max moved (α = e⁰ = 1 exactly) it only adds P to l: the
-// same bits, without the exponential's latency.
+// SOFTMAX4 is the online softmax step of the four rows: −∞ past the
+// causal end (K1–K4); if any score exceeds its row's thr, every row's m
+// becomes its exact max(m, S), thr = m + τ, α = e^(m_old − m) for the four
+// rows in one EXPM (lanes 0–3) and each row's l and O are scaled by its α
+// (RSr multiplies row r's O registers by Z24); then P = e^(S − m).
 #define SOFTMAX4(RS0, RS1, RS2, RS3) \
-	PEXP(Z16, K1, 256, 0)   \
-	PEXP(Z17, K2, 260, 64)  \
-	PEXP(Z18, K3, 264, 128) \
-	PEXP(Z19, K4, 268, 192) \
-	VMOVUPS 256(SP), X24    \
-	VMOVUPS 272(SP), X22    \
-	VCMPPS  $0, X22, X24, K5 \
-	KMOVW   K5, AX          \
-	CMPQ    AX, $15         \
-	JEQ     samemax         \
-	VSUBPS  X22, X24, X24   \
-	VMOVUPS X22, 256(SP)    \
-	EXPM(Z24, Z20, Z21)     \
-	VMOVUPS X24, 288(SP)    \
-	LUPD(Z16, 288, Z27)     \
-	RS0                     \
-	LUPD(Z17, 292, Z28)     \
-	RS1                     \
-	LUPD(Z18, 296, Z29)     \
-	RS2                     \
-	LUPD(Z19, 300, Z30)     \
-	RS3                     \
-	JMP     softmaxdone     \
-samemax:                    \
-	VADDPS  Z16, Z27, Z27   \
-	VADDPS  Z17, Z28, Z28   \
-	VADDPS  Z18, Z29, Z29   \
-	VADDPS  Z19, Z30, Z30   \
-softmaxdone:
+	VMOVAPS     Z25, K1, Z16              \
+	VMOVAPS     Z25, K2, Z17              \
+	VMOVAPS     Z25, K3, Z18              \
+	VMOVAPS     Z25, K4, Z19              \
+	VCMPPS.BCST $0x1e, 272(SP), Z16, K5   \
+	VCMPPS.BCST $0x1e, 276(SP), Z17, K6   \
+	KORW        K6, K5, K5                \
+	VCMPPS.BCST $0x1e, 280(SP), Z18, K6   \
+	KORW        K6, K5, K5                \
+	VCMPPS.BCST $0x1e, 284(SP), Z19, K6   \
+	KORW        K6, K5, K5                \
+	KORTESTW    K5, K5                    \
+	JZ          shiftkept                 \
+	NEWMAX(Z16, 256)                      \
+	NEWMAX(Z17, 260)                      \
+	NEWMAX(Z18, 264)                      \
+	NEWMAX(Z19, 268)                      \
+	VMOVUPS     256(SP), X24              \
+	VMOVUPS     304(SP), X22              \
+	VSUBPS      X22, X24, X24             \
+	VMOVUPS     X22, 256(SP)              \
+	VADDPS.BCST atau<>(SB), X22, X22      \
+	VMOVUPS     X22, 272(SP)              \
+	EXPM(Z24, Z20, Z21)                   \
+	VMOVUPS     X24, 288(SP)              \
+	LUPD(288, Z27)                        \
+	RS0                                   \
+	LUPD(292, Z28)                        \
+	RS1                                   \
+	LUPD(296, Z29)                        \
+	RS2                                   \
+	LUPD(300, Z30)                        \
+	RS3                                   \
+shiftkept:                                \
+	PEXP(Z16, K1, 256, 0, Z27)            \
+	PEXP(Z17, K2, 260, 64, Z28)           \
+	PEXP(Z18, K3, 264, 128, Z29)          \
+	PEXP(Z19, K4, 268, 192, Z30)
 
 // FINISH4 divides each row of O by its l and stores it (STr multiplies
 // row r's O by Z22 and writes it at AX), then m and l to ml.
@@ -257,12 +277,32 @@ softmaxdone:
 #define S32_2 VMULPS Z22, Z4, Z4; VMULPS Z22, Z5, Z5; VMOVUPS Z4, (AX); VMOVUPS Z5, 64(AX)
 #define S32_3 VMULPS Z22, Z6, Z6; VMULPS Z22, Z7, Z7; VMOVUPS Z6, (AX); VMOVUPS Z7, 64(AX)
 
+// PV32 is O += P·V over one block's 16 keys for head size 32 (V rows
+// from DI on, DI left at the next block's); LBL names its loop.
+#define PV32(LBL) \
+	XORQ DX, DX \
+LBL:            \
+	VMOVUPS          (DI), Z22            \
+	VMOVUPS          64(DI), Z23          \
+	VFMADD231PS.BCST (SP)(DX*4), Z22, Z0  \
+	VFMADD231PS.BCST (SP)(DX*4), Z23, Z1  \
+	VFMADD231PS.BCST 64(SP)(DX*4), Z22, Z2  \
+	VFMADD231PS.BCST 64(SP)(DX*4), Z23, Z3  \
+	VFMADD231PS.BCST 128(SP)(DX*4), Z22, Z4 \
+	VFMADD231PS.BCST 128(SP)(DX*4), Z23, Z5 \
+	VFMADD231PS.BCST 192(SP)(DX*4), Z22, Z6 \
+	VFMADD231PS.BCST 192(SP)(DX*4), Z23, Z7 \
+	ADDQ             BX, DI               \
+	INCQ             DX                   \
+	CMPQ             DX, $16              \
+	JLT              LBL
+
 // func attnFwd4x32AVX512(q *float32, ldq int, kt, v *float32, ldv int, o *float32, nblk, v0 int, scale float32, ml *float32)
 // Four query rows (q, o: row r at +r·ldq) against nblk blocks of 16 keys
 // (Kᵀ at kt in 32-key panels of 32·32 floats, gemm.Tiles.PackB's layout; V rows at v, stride ldv), the last
 // block masked to v0+r keys for row r: o = softmax(scale·q·Kᵀ)·V, ml[0:4]
 // the row maxima of scale·q·Kᵀ and ml[4:8] the sums of e^(s − max).
-TEXT ·attnFwd4x32AVX512(SB), NOSPLIT, $304-80
+TEXT ·attnFwd4x32AVX512(SB), NOSPLIT, $320-80
 	PROLOGUE
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
@@ -280,28 +320,18 @@ a32_block:
 
 a32_full:
 	QKBLOCK(32, 12)
-	SOFTMAX4(R32_0, R32_1, R32_2, R32_3)
-	// O += P·V over the block's 16 keys.
-	XORQ DX, DX
+	// The previous block's P·V here, independent of this block's Q·Kᵀ, so
+	// the two overlap and the softmax below waits only on Q·Kᵀ.
+	TESTQ R13, R13
+	JZ    a32_sm
+	PV32(a32_pv)
 
-a32_pv:
-	VMOVUPS          (DI), Z22
-	VMOVUPS          64(DI), Z23
-	VFMADD231PS.BCST (SP)(DX*4), Z22, Z0
-	VFMADD231PS.BCST (SP)(DX*4), Z23, Z1
-	VFMADD231PS.BCST 64(SP)(DX*4), Z22, Z2
-	VFMADD231PS.BCST 64(SP)(DX*4), Z23, Z3
-	VFMADD231PS.BCST 128(SP)(DX*4), Z22, Z4
-	VFMADD231PS.BCST 128(SP)(DX*4), Z23, Z5
-	VFMADD231PS.BCST 192(SP)(DX*4), Z22, Z6
-	VFMADD231PS.BCST 192(SP)(DX*4), Z23, Z7
-	ADDQ             BX, DI
-	INCQ             DX
-	CMPQ             DX, $16
-	JLT              a32_pv
-	INCQ             R13
-	DECQ             CX
-	JNZ              a32_block
+a32_sm:
+	SOFTMAX4(R32_0, R32_1, R32_2, R32_3)
+	INCQ R13
+	DECQ CX
+	JNZ  a32_block
+	PV32(a32_pvlast)
 
 	FINISH4(S32_0, S32_1, S32_2, S32_3)
 	VZEROUPPER
@@ -331,9 +361,22 @@ a32_pv:
 	VFMADD231PS.BCST 128(SP)(DX*4), Z22, C \
 	VFMADD231PS.BCST 192(SP)(DX*4), Z22, D
 
+// PV64BLOCK is PV32 for head size 64.
+#define PV64BLOCK(LBL) \
+	XORQ DX, DX                 \
+LBL:                            \
+	PV64(0, Z0, Z4, Z8, Z12)    \
+	PV64(64, Z1, Z5, Z9, Z13)   \
+	PV64(128, Z2, Z6, Z10, Z14) \
+	PV64(192, Z3, Z7, Z11, Z15) \
+	ADDQ BX, DI                 \
+	INCQ DX                     \
+	CMPQ DX, $16                \
+	JLT  LBL
+
 // func attnFwd4x64AVX512(q *float32, ldq int, kt, v *float32, ldv int, o *float32, nblk, v0 int, scale float32, ml *float32)
 // attnFwd4x32AVX512 for head size 64 (Kᵀ panels of 32·64 floats).
-TEXT ·attnFwd4x64AVX512(SB), NOSPLIT, $304-80
+TEXT ·attnFwd4x64AVX512(SB), NOSPLIT, $320-80
 	PROLOGUE
 	VPXORD Z0, Z0, Z0
 	VPXORD Z1, Z1, Z1
@@ -359,21 +402,16 @@ a64_block:
 
 a64_full:
 	QKBLOCK(64, 13)
-	SOFTMAX4(R64_0, R64_1, R64_2, R64_3)
-	XORQ DX, DX
+	TESTQ R13, R13
+	JZ    a64_sm
+	PV64BLOCK(a64_pv)
 
-a64_pv:
-	PV64(0, Z0, Z4, Z8, Z12)
-	PV64(64, Z1, Z5, Z9, Z13)
-	PV64(128, Z2, Z6, Z10, Z14)
-	PV64(192, Z3, Z7, Z11, Z15)
-	ADDQ BX, DI
-	INCQ DX
-	CMPQ DX, $16
-	JLT  a64_pv
+a64_sm:
+	SOFTMAX4(R64_0, R64_1, R64_2, R64_3)
 	INCQ R13
 	DECQ CX
 	JNZ  a64_block
+	PV64BLOCK(a64_pvlast)
 
 	FINISH4(S64_0, S64_1, S64_2, S64_3)
 	VZEROUPPER
@@ -397,5 +435,6 @@ ACONST(ap3<>, $4.1665795894e-2)
 ACONST(ap4<>, $1.6666665459e-1)
 ACONST(ap5<>, $5.0000001201e-1)
 ACONST(abias<>, $127)
+ACONST(atau<>, $8.0)
 DATA aninf<>+0(SB)/4, $0xff800000
 GLOBL aninf<>(SB), RODATA|NOPTR, $4

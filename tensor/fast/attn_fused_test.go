@@ -8,7 +8,7 @@ import (
 )
 
 // TestAttentionFused checks the register-tiled forward (attn512_amd64.s,
-// opt-in, for T a multiple of 16 and head size 32 or 64) against the float64
+// for T a multiple of 16 and head size 32 or 64) against the float64
 // reference, and against the tile path on the same inputs; scores up to
 // ±40 put the running max through rescales of O and l. Where the CPU has no
 // AVX-512 both runs take the tile path and the test checks only that.
@@ -32,9 +32,9 @@ func TestAttentionFused(t *testing.T) {
 				out, lse := randSlice(rng, nq, 1), make([]float32, nl) // garbage: out is "="
 				tout, tlse := make([]float32, nq), make([]float32, nl)
 				wout, wlse := make([]float32, nq), make([]float32, nl)
-				k.regTiledAttention = true
+				k.attnMode = attnRegTiled
 				k.AttentionForward(out, lse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
-				k.regTiledAttention = false
+				k.attnMode = attnTile
 				k.AttentionForward(tout, tlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 				ref.AttentionForward(wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 				check(t, name+" out", out, wout, 1e-5)
@@ -43,12 +43,12 @@ func TestAttentionFused(t *testing.T) {
 				check(t, name+" lse vs tile path", lse, tlse, 1e-6)
 
 				again := slices.Clone(out)
-				k.regTiledAttention = true
+				k.attnMode = attnRegTiled
 				k.AttentionForward(again, lse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 				if !slices.Equal(again, out) {
 					t.Errorf("%s: a second run gave different bits", name)
 				}
-				k.regTiledAttention = false
+				k.attnMode = attnAuto
 			}
 		}
 	})

@@ -76,11 +76,24 @@ func BenchmarkAttentionForward(b *testing.B) {
 	})
 }
 
-// BenchmarkAttentionForwardRegTiled is BenchmarkAttentionForward with the
-// opt-in register-tiled kernel (attn512_amd64.s) where it applies.
+// BenchmarkAttentionForwardRegTiled and BenchmarkAttentionForwardTiles are
+// BenchmarkAttentionForward forced onto the register-tiled kernel
+// (attn512_amd64.s, where it applies) and onto the tile path.
 func BenchmarkAttentionForwardRegTiled(b *testing.B) {
 	forBench(b, func(b *testing.B, s benchShape, k tensor.Kernels) {
-		fast.SetRegTiledAttention(k.(*fast.Kernels), true)
+		fast.SetAttentionKernel(k.(*fast.Kernels), true)
+		rng := rand.New(rand.NewPCG(1, 1))
+		hd := s.d / s.H
+		n := s.B * s.T * s.d
+		q, kk, v, out := randF(rng, n), randF(rng, n), randF(rng, n), make([]float32, n)
+		lse := make([]float32, s.B*s.H*s.T)
+		loop(b, attnFlops(s, 2), func() { k.AttentionForward(out, lse, q, kk, v, s.B, s.T, s.H, s.KV, hd) })
+	})
+}
+
+func BenchmarkAttentionForwardTiles(b *testing.B) {
+	forBench(b, func(b *testing.B, s benchShape, k tensor.Kernels) {
+		fast.SetAttentionKernel(k.(*fast.Kernels), false)
 		rng := rand.New(rand.NewPCG(1, 1))
 		hd := s.d / s.H
 		n := s.B * s.T * s.d

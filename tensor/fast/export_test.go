@@ -1,5 +1,11 @@
 package fast
 
-// SetRegTiledAttention turns the register-tiled attention forward on or
-// off for k (benchmarks in package fast_test compare it with the tile path).
-func SetRegTiledAttention(k *Kernels, on bool) { k.regTiledAttention = on }
+// SetAttentionKernel forces k's attention forward onto the register-tiled
+// kernel (regTiled, where it applies) or the tile path (benchmarks in
+// package fast_test compare them).
+func SetAttentionKernel(k *Kernels, regTiled bool) {
+	k.attnMode = attnTile
+	if regTiled {
+		k.attnMode = attnRegTiled
+	}
+}

@@ -24,24 +24,20 @@ type Kernels struct {
 	pool *pool
 
 	// Per-op task descriptors, reused so that dispatching allocates nothing.
-	rmsF  rmsFwdTask
-	rmsB  rmsBwdTask
-	ropeT ropeTask
-	swiF  swigluFwdTask
-	swiB  swigluBwdTask
-	adam  adamTask
-	ssq   sumSqTask
-	scal  scaleTask
-	ce    ceTask
-	attF  attnFwdTask
-	// regTiledAttention sends the forward, where it applies, to the
-	// register-tiled kernel (attn512_amd64.s) instead of the tile path. Off:
-	// on the Xeon VM it measured 0.75–1.0× the tile path (docs/kernels.md);
-	// tests turn it on to keep it correct for the next round of tuning.
-	regTiledAttention bool
-	attB              attnBwdTask
-	parts             []float64 // per-task float64 partials (CE losses, sum of squares)
-	pbuf              []float32 // per-chunk float32 partials (RMSNorm dw)
+	rmsF     rmsFwdTask
+	rmsB     rmsBwdTask
+	ropeT    ropeTask
+	swiF     swigluFwdTask
+	swiB     swigluBwdTask
+	adam     adamTask
+	ssq      sumSqTask
+	scal     scaleTask
+	ce       ceTask
+	attF     attnFwdTask
+	attnMode attnMode // the attention forward's kernel (attention.go)
+	attB     attnBwdTask
+	parts    []float64 // per-task float64 partials (CE losses, sum of squares)
+	pbuf     []float32 // per-chunk float32 partials (RMSNorm dw)
 }
 
 var _ tensor.Kernels = (*Kernels)(nil)
