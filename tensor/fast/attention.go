@@ -172,9 +172,16 @@ func (k *Kernels) AttentionForward(out, lse, q, kk, v []float32, batch, seqLen, 
 type attnBwdTask struct {
 	dq, dk, dv, dout, out, lse, q, k, v    []float32
 	batch, seqLen, heads, kvHeads, headDim int
+	mode                                   attnMode
 }
 
 func (t *attnBwdTask) run(w *worker, idx int) {
+	if t.mode == attnRegTiled || t.mode == attnAuto && t.headDim == 32 {
+		if f := fusedBwdKernel(t.seqLen, t.headDim, w.tiles.NR()); f != nil {
+			t.runFused(w, idx, f)
+			return
+		}
+	}
 	b, kh := idx/t.kvHeads, idx%t.kvHeads
 	T, D := t.seqLen, t.headDim
 	group := t.heads / t.kvHeads
@@ -234,11 +241,56 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	}
 }
 
+// runFused is run for the register-tiled backward f (attn512_amd64.s):
+// Kᵀ and Vᵀ packed once per (batch, kv head), then one call per four query
+// rows of each head of the group over all their causal keys; dQ is
+// written by the call, dK and dV accumulate in place in a fixed order.
+func (t *attnBwdTask) runFused(w *worker, idx int, f func(q, dout, dq *float32, ldq int, kt, vt, k, dk, dv *float32, ldk int, lse, dd *float32, nblk, v0 int, scale float32)) {
+	b, kh := idx/t.kvHeads, idx%t.kvHeads
+	T, D := t.seqLen, t.headDim
+	group := t.heads / t.kvHeads
+	ldq, ldk := t.heads*D, t.kvHeads*D
+	kBase := (b*T*t.kvHeads + kh) * D
+	sc := float32(1 / math.Sqrt(float64(D)))
+	tl := w.tiles
+	// The kernel touches rows [0, T) of K, dK and dV and four rows of Q,
+	// dO and dQ from each i0: check the last of each once.
+	last := kBase + (T-1)*ldk + D - 1
+	_, _, _ = t.k[last], t.dk[last], t.dv[last]
+
+	nk := tl.PackedLen(D, T)
+	buf := w.scratch(2*nk + group*T)
+	kp, vp, dd := buf[:nk], buf[nk:2*nk], buf[2*nk:2*nk+group*T]
+	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
+	tl.PackB(vp, true, t.v[kBase:], ldk, D, T)
+	for t0 := range T {
+		clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
+		clear(t.dv[kBase+t0*ldk : kBase+t0*ldk+D])
+	}
+	for g := range group {
+		h := kh*group + g
+		qBase := (b*T*t.heads + h) * D
+		lq := qBase + (T-1)*ldq + D - 1
+		_, _, _ = t.q[lq], t.dout[lq], t.dq[lq]
+		for t0 := range T {
+			o := qBase + t0*ldq
+			dd[g*T+t0] = dot(t.dout[o:o+D], t.out[o:o+D])
+		}
+		lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+		for i0 := 0; i0 < T; i0 += 4 {
+			blk := i0 &^ 15 // the block holding keys i0 … i0+3
+			o := qBase + i0*ldq
+			f(&t.q[o], &t.dout[o], &t.dq[o], ldq, &kp[0], &vp[0], &t.k[kBase], &t.dk[kBase], &t.dv[kBase], ldk,
+				&lse[i0], &dd[g*T+i0], blk/16+1, i0-blk+1, sc)
+		}
+	}
+}
+
 // AttentionBackward implements tensor.Kernels.AttentionBackward, parallel
 // over (batch, kv head).
 func (k *Kernels) AttentionBackward(dq, dk, dv, dout, out, lse, q, kk, v []float32, batch, seqLen, heads, kvHeads, headDim int) {
 	t := &k.attB
-	*t = attnBwdTask{dq, dk, dv, dout, out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim}
+	*t = attnBwdTask{dq, dk, dv, dout, out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim, k.attnMode}
 	k.pool.run(t, batch*kvHeads)
 	*t = attnBwdTask{}
 }

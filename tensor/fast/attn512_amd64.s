@@ -417,6 +417,269 @@ a64_sm:
 	VZEROUPPER
 	RET
 
+// ---- backward, head size 32: four query rows against their causal keys
+// in 16-key blocks. Per block: S = scale·Q·Kᵀ and dP = dO·Vᵀ (Kᵀ, Vᵀ in
+// 32-key panels) in registers, P = e^(S − lse) (0 past the causal end),
+// dS = scale·P∘(dP − D); dQ += dS·K with dQ in registers, dV += Pᵀ·dO and
+// dK += dSᵀ·Q into the key rows (memory, the caller's task owns them).
+// Stack: Q rows 0–511, dO rows 512–1023, P 1024–1279, dS 1280–1535.
+
+// func attnBwd4x32AVX512(q, dout, dq *float32, ldq int, kt, vt, k, dk, dv *float32, ldk int, lse, dd *float32, nblk, v0 int, scale float32)
+// Four query rows (q, dout, dq: row r at +r·ldq) against nblk blocks of 16
+// keys (Kᵀ, Vᵀ at kt, vt in 32-key panels of 32·32 floats; K, dK, dV rows
+// at k, dk, dv with stride ldk), the last block masked to v0+r keys for
+// row r; lse, dd the rows' log-sum-exp and dO·O. dq = dS·K (overwritten);
+// dk += dSᵀ·Q and dv += Pᵀ·dO over the blocks' keys.
+TEXT ·attnBwd4x32AVX512(SB), 0, $1536-116
+// BSTEP is one key of dV += Pᵀ·dO and dK += dSᵀ·Q for key row R9 (dK),
+// R10 (dV): dO chunks in Z8–Z15 (row r: Z(8+2r), Z(9+2r)), Q chunks in
+// Z16–Z19, Z24–Z27 (row r chunk 0: Z16+r, chunk 1: Z24+r); DX the key.
+#define BSTEP \
+	VMOVUPS          (R10), Z22                 \
+	VMOVUPS          64(R10), Z23               \
+	VFMADD231PS.BCST 1024(SP)(DX*4), Z8, Z22    \
+	VFMADD231PS.BCST 1024(SP)(DX*4), Z9, Z23    \
+	VFMADD231PS.BCST 1088(SP)(DX*4), Z10, Z22   \
+	VFMADD231PS.BCST 1088(SP)(DX*4), Z11, Z23   \
+	VFMADD231PS.BCST 1152(SP)(DX*4), Z12, Z22   \
+	VFMADD231PS.BCST 1152(SP)(DX*4), Z13, Z23   \
+	VFMADD231PS.BCST 1216(SP)(DX*4), Z14, Z22   \
+	VFMADD231PS.BCST 1216(SP)(DX*4), Z15, Z23   \
+	VMOVUPS          Z22, (R10)                 \
+	VMOVUPS          Z23, 64(R10)               \
+	VMOVUPS          (R9), Z20                  \
+	VMOVUPS          64(R9), Z21                \
+	VFMADD231PS.BCST 1280(SP)(DX*4), Z16, Z20   \
+	VFMADD231PS.BCST 1280(SP)(DX*4), Z24, Z21   \
+	VFMADD231PS.BCST 1344(SP)(DX*4), Z17, Z20   \
+	VFMADD231PS.BCST 1344(SP)(DX*4), Z25, Z21   \
+	VFMADD231PS.BCST 1408(SP)(DX*4), Z18, Z20   \
+	VFMADD231PS.BCST 1408(SP)(DX*4), Z26, Z21   \
+	VFMADD231PS.BCST 1472(SP)(DX*4), Z19, Z20   \
+	VFMADD231PS.BCST 1472(SP)(DX*4), Z27, Z21   \
+	VMOVUPS          Z20, (R9)                  \
+	VMOVUPS          Z21, 64(R9)
+
+// PDS is one row's P = e^(S − lse) (KM's lanes 0) and dS = scale·P∘(dP −
+// D), stored to POFF(SP) and POFF+256(SP); lse and D at LOFF(AX) of the
+// lse and D arrays (R12, R13).
+#define PDS(S, DP, KM, LOFF, POFF) \
+	VMULPS      Z28, S, S           \
+	VSUBPS.BCST LOFF(R12), S, S     \
+	EXPM(S, Z20, Z21)               \
+	VMOVAPS     Z31, KM, S          \
+	VMOVUPS     S, POFF(SP)         \
+	VSUBPS.BCST LOFF(R13), DP, DP   \
+	VMULPS      S, DP, DP           \
+	VMULPS      Z28, DP, DP         \
+	VMOVUPS     DP, POFF+256(SP)
+
+	// Q and dO rows to the stack.
+	MOVQ    ldq+24(FP), BX
+	SHLQ    $2, BX
+	MOVQ    q+0(FP), AX
+	MOVQ    dout+8(FP), DX
+	VMOVUPS (AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS Z0, 0(SP)
+	VMOVUPS Z1, 64(SP)
+	VMOVUPS (DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS Z0, 512(SP)
+	VMOVUPS Z1, 576(SP)
+	ADDQ    BX, AX
+	ADDQ    BX, DX
+	VMOVUPS (AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS Z0, 128(SP)
+	VMOVUPS Z1, 192(SP)
+	VMOVUPS (DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS Z0, 640(SP)
+	VMOVUPS Z1, 704(SP)
+	ADDQ    BX, AX
+	ADDQ    BX, DX
+	VMOVUPS (AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS Z0, 256(SP)
+	VMOVUPS Z1, 320(SP)
+	VMOVUPS (DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS Z0, 768(SP)
+	VMOVUPS Z1, 832(SP)
+	ADDQ    BX, AX
+	ADDQ    BX, DX
+	VMOVUPS (AX), Z0
+	VMOVUPS 64(AX), Z1
+	VMOVUPS Z0, 384(SP)
+	VMOVUPS Z1, 448(SP)
+	VMOVUPS (DX), Z0
+	VMOVUPS 64(DX), Z1
+	VMOVUPS Z0, 896(SP)
+	VMOVUPS Z1, 960(SP)
+
+	MOVQ         kt+32(FP), SI
+	MOVQ         vt+40(FP), DI
+	MOVQ         k+48(FP), R8
+	MOVQ         dk+56(FP), R9
+	MOVQ         dv+64(FP), R10
+	MOVQ         ldk+72(FP), BX
+	SHLQ         $2, BX
+	MOVQ         lse+80(FP), R12
+	MOVQ         dd+88(FP), R13
+	MOVQ         nblk+96(FP), CX
+	VBROADCASTSS scale+112(FP), Z28
+	VPXORD       Z31, Z31, Z31
+	XORQ         R11, R11
+	KXORW        K1, K1, K1
+	KXORW        K2, K2, K2
+	KXORW        K3, K3, K3
+	KXORW        K4, K4, K4
+	VPXORD       Z0, Z0, Z0
+	VPXORD       Z1, Z1, Z1
+	VPXORD       Z2, Z2, Z2
+	VPXORD       Z3, Z3, Z3
+	VPXORD       Z4, Z4, Z4
+	VPXORD       Z5, Z5, Z5
+	VPXORD       Z6, Z6, Z6
+	VPXORD       Z7, Z7, Z7
+
+b32_block:
+	CMPQ CX, $1
+	JNE  b32_full
+	MOVQ  CX, R14
+	MOVQ  v0+104(FP), CX
+	MOVQ  $-1, AX
+	SHLQ  CX, AX
+	KMOVW AX, K1
+	INCQ  CX
+	MOVQ  $-1, AX
+	SHLQ  CX, AX
+	KMOVW AX, K2
+	INCQ  CX
+	MOVQ  $-1, AX
+	SHLQ  CX, AX
+	KMOVW AX, K3
+	INCQ  CX
+	MOVQ  $-1, AX
+	SHLQ  CX, AX
+	KMOVW AX, K4
+	MOVQ  R14, CX
+
+b32_full:
+	// S (Z16–Z19) and dP (Z8–Z11) over d, Kᵀ and Vᵀ rows of this block's
+	// half panel: AX, R15 = panel base + (R11/2)·4096 + (R11%2)·64.
+	MOVQ   R11, AX
+	SHRQ   $1, AX
+	SHLQ   $12, AX
+	MOVQ   R11, R14
+	ANDQ   $1, R14
+	SHLQ   $6, R14
+	ADDQ   R14, AX
+	LEAQ   (DI)(AX*1), R15
+	ADDQ   SI, AX
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	XORQ   DX, DX
+
+b32_sdp:
+	VMOVUPS          (AX), Z22
+	VMOVUPS          (R15), Z23
+	VFMADD231PS.BCST 0(SP)(DX*4), Z22, Z16
+	VFMADD231PS.BCST 128(SP)(DX*4), Z22, Z17
+	VFMADD231PS.BCST 256(SP)(DX*4), Z22, Z18
+	VFMADD231PS.BCST 384(SP)(DX*4), Z22, Z19
+	VFMADD231PS.BCST 512(SP)(DX*4), Z23, Z8
+	VFMADD231PS.BCST 640(SP)(DX*4), Z23, Z9
+	VFMADD231PS.BCST 768(SP)(DX*4), Z23, Z10
+	VFMADD231PS.BCST 896(SP)(DX*4), Z23, Z11
+	ADDQ             $128, AX
+	ADDQ             $128, R15
+	INCQ             DX
+	CMPQ             DX, $32
+	JLT              b32_sdp
+
+	PDS(Z16, Z8, K1, 0, 1024)
+	PDS(Z17, Z9, K2, 4, 1088)
+	PDS(Z18, Z10, K3, 8, 1152)
+	PDS(Z19, Z11, K4, 12, 1216)
+
+	// dQ += dS·K over the block's 16 keys (K rows from R8 on).
+	XORQ DX, DX
+	MOVQ R8, AX
+
+b32_dq:
+	VMOVUPS          (AX), Z22
+	VMOVUPS          64(AX), Z23
+	VFMADD231PS.BCST 1280(SP)(DX*4), Z22, Z0
+	VFMADD231PS.BCST 1280(SP)(DX*4), Z23, Z1
+	VFMADD231PS.BCST 1344(SP)(DX*4), Z22, Z2
+	VFMADD231PS.BCST 1344(SP)(DX*4), Z23, Z3
+	VFMADD231PS.BCST 1408(SP)(DX*4), Z22, Z4
+	VFMADD231PS.BCST 1408(SP)(DX*4), Z23, Z5
+	VFMADD231PS.BCST 1472(SP)(DX*4), Z22, Z6
+	VFMADD231PS.BCST 1472(SP)(DX*4), Z23, Z7
+	ADDQ             BX, AX
+	INCQ             DX
+	CMPQ             DX, $16
+	JLT              b32_dq
+	MOVQ             AX, R8
+
+	// dV += Pᵀ·dO, dK += dSᵀ·Q: dO and Q chunks in registers.
+	VMOVUPS 512(SP), Z8
+	VMOVUPS 576(SP), Z9
+	VMOVUPS 640(SP), Z10
+	VMOVUPS 704(SP), Z11
+	VMOVUPS 768(SP), Z12
+	VMOVUPS 832(SP), Z13
+	VMOVUPS 896(SP), Z14
+	VMOVUPS 960(SP), Z15
+	VMOVUPS 0(SP), Z16
+	VMOVUPS 128(SP), Z17
+	VMOVUPS 256(SP), Z18
+	VMOVUPS 384(SP), Z19
+	VMOVUPS 64(SP), Z24
+	VMOVUPS 192(SP), Z25
+	VMOVUPS 320(SP), Z26
+	VMOVUPS 448(SP), Z27
+	XORQ    DX, DX
+
+b32_dkv:
+	BSTEP
+	ADDQ BX, R9
+	ADDQ BX, R10
+	INCQ DX
+	CMPQ DX, $16
+	JLT  b32_dkv
+
+	INCQ R11
+	DECQ CX
+	JNZ  b32_block
+
+	// dq = the accumulated dQ rows.
+	MOVQ    dq+16(FP), AX
+	MOVQ    ldq+24(FP), BX
+	SHLQ    $2, BX
+	VMOVUPS Z0, (AX)
+	VMOVUPS Z1, 64(AX)
+	ADDQ    BX, AX
+	VMOVUPS Z2, (AX)
+	VMOVUPS Z3, 64(AX)
+	ADDQ    BX, AX
+	VMOVUPS Z4, (AX)
+	VMOVUPS Z5, 64(AX)
+	ADDQ    BX, AX
+	VMOVUPS Z6, (AX)
+	VMOVUPS Z7, 64(AX)
+	VZEROUPPER
+	RET
+
 #define ACONST(name, bits) \
 	DATA name+0(SB)/4, bits \
 	GLOBL name(SB), RODATA|NOPTR, $4

@@ -24,3 +24,14 @@ func fusedFwdKernel(T, D, nr int) func(q *float32, ldq int, kt, v *float32, ldv 
 	}
 	return nil
 }
+
+//go:noescape
+func attnBwd4x32AVX512(q, dout, dq *float32, ldq int, kt, vt, k, dk, dv *float32, ldk int, lse, dd *float32, nblk, v0 int, scale float32)
+
+// fusedBwdKernel is fusedFwdKernel for the backward: head size 32 only.
+func fusedBwdKernel(T, D, nr int) func(q, dout, dq *float32, ldq int, kt, vt, k, dk, dv *float32, ldk int, lse, dd *float32, nblk, v0 int, scale float32) {
+	if !useAVX512 || T%16 != 0 || nr != 32 || D != 32 {
+		return nil
+	}
+	return attnBwd4x32AVX512
+}

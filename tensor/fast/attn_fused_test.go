@@ -8,7 +8,8 @@ import (
 )
 
 // TestAttentionFused checks the register-tiled forward (attn512_amd64.s,
-// for T a multiple of 16 and head size 32 or 64) against the float64
+// for T a multiple of 16 and head size 32 or 64) and backward (head size
+// 32) against the float64
 // reference, and against the tile path on the same inputs; scores up to
 // ±40 put the running max through rescales of O and l. Where the CPU has no
 // AVX-512 both runs take the tile path and the test checks only that.
@@ -49,6 +50,27 @@ func TestAttentionFused(t *testing.T) {
 					t.Errorf("%s: a second run gave different bits", name)
 				}
 				k.attnMode = attnAuto
+
+				dout := randSlice(rng, nq, 1)
+				dq, dk, dv := randSlice(rng, nq, 1), randSlice(rng, nkv, 1), randSlice(rng, nkv, 1) // garbage: outputs are "="
+				tdq, tdk, tdv := make([]float32, nq), make([]float32, nkv), make([]float32, nkv)
+				wdq, wdk, wdv := make([]float32, nq), make([]float32, nkv), make([]float32, nkv)
+				k.attnMode = attnRegTiled
+				k.AttentionBackward(dq, dk, dv, dout, wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
+				k.attnMode = attnTile
+				k.AttentionBackward(tdq, tdk, tdv, dout, wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
+				k.attnMode = attnAuto
+				ref.AttentionBackward(wdq, wdk, wdv, dout, wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
+				for _, c := range []struct {
+					what            string
+					got, tile, want []float32
+				}{{"dq", dq, tdq, wdq}, {"dk", dk, tdk, wdk}, {"dv", dv, tdv, wdv}} {
+					// Scores of ±40 leave the float32 backward (either path)
+					// ~1e-5 from float64.
+					tol := 1e-5 * max(1, amp/2)
+					check(t, name+" "+c.what, c.got, c.want, tol)
+					check(t, name+" "+c.what+" vs tile path", c.got, c.tile, tol)
+				}
 			}
 		}
 	})
