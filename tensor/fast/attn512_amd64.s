@@ -2,18 +2,17 @@
 
 #include "textflag.h"
 
-// Fused causal attention forward for head sizes 32 and 64 (AVX-512): four
-// query rows against every causal key in blocks of 16 keys, with the score
-// tile S (4 rows × 16 keys, one register per row), the output rows O
-// (4 × D/16 registers) and the per-lane row sums l in registers. Per key
-// block: S = scale·Q·Kᵀ (Kᵀ packed in 16-key panels, Q broadcast from
-// memory), the online softmax (row max by in-register shuffles, P = e^(S −
-// m), rescale of O and l by e^(m_old − m)), P stored to a 256-byte stack
-// tile and O += P·V with P broadcast from it. Nothing of S reaches memory
-// but P's one tile per block, which stays in L1.
+// Register-tiled causal attention for head sizes 32 and 64 (AVX-512;
+// docs/kernels.md): four query rows against every causal key in blocks of
+// 16 keys, with the score tile S (4 rows × 16 keys, one register per row),
+// the output rows O (4 × D/16 registers) and the per-lane row sums l in
+// registers. Forward, per key block: S = scale·Q·Kᵀ (Kᵀ in 32-key panels,
+// Q broadcast from memory), the lazy online softmax (SOFTMAX4), P stored
+// to a 256-byte stack tile and O += P·V with P broadcast from it. Nothing
+// of S reaches memory but P's one tile per block, which stays in L1.
 //
-// R13 counts key blocks. Registers: O Z0–Z15 (row r, chunk c: Z(C·r+c), C = D/16), S Z16–Z19,
-// Z20/Z21 exponential temporaries, Z22 loads and shuffles, Z23 the new
+// Forward: R13 counts key blocks. Registers: O Z0–Z15 (row r, chunk c:
+// Z(C·r+c), C = D/16), S Z16–Z19, Z20/Z21 exponential temporaries, Z22 loads and shuffles, Z23 the new
 // row max, Z24 α, Z25 −∞, Z26 scale, Z27–Z30 l, Z31 zero. K1–K4: lanes
 // past row r's causal end in the current block (0 but in the last block).
 // Stack: P 0–255, m 256–271, thr = m + τ 272–287, α 288–303, the new m
