@@ -9,8 +9,9 @@ func roundUp(a, b int) int { return ceilDiv(a, b) * b }
 // Fused causal attention, FlashAttention-2 style: the T×T score matrix is
 // never materialized. Two implementations: the register-tiled kernels of
 // attn512_amd64.s (runFused; head size 32 by default, see attnMode) and
-// the tile path below, which runs everywhere else. In both, each task owns one (batch, head) — forward — or one
-// (batch, kv head) — backward — and walks blocks of attnRows query rows
+// the tile path below, which runs everywhere else. In both, each task
+// owns one (batch, head) — forward — or one (batch, kv head) — backward.
+// The tile path walks blocks of attnRows query rows
 // against blocks of attnCols key rows, with the score tile, the running
 // row statistics and the output rows in the worker's cache.
 //
