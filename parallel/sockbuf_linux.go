@@ -25,9 +25,11 @@ import (
 // Links to other hosts keep autotuning: their window must cover the
 // path's bandwidth × delay.
 
-// sameHostWindow is the socket buffer size set on same-host tcp links: half
-// of cpu0's L2 cache (sysfs), or 0 (leave autotuning on) when unknown.
-func sameHostWindow() int {
+// SameHostSocketBuffer is the socket buffer size (SO_SNDBUF and SO_RCVBUF,
+// bytes) the tcp transport sets on links between two processes of one
+// host: half of the L2 cache (sysfs), or 0 (autotuning) when unknown.
+// `loom bench wire --window -1` gives its plain sockets the same.
+func SameHostSocketBuffer() int {
 	for i := range 8 {
 		dir := "/sys/devices/system/cpu/cpu0/cache/index" + strconv.Itoa(i) + "/"
 		level, err := os.ReadFile(dir + "level")

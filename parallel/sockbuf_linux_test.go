@@ -13,8 +13,8 @@ import (
 // send and receive buffers (Linux reports them doubled); a Unix socket is
 // left alone; the window comes from the L2 cache's size.
 func TestCapSameHostBuffers(t *testing.T) {
-	if w := sameHostWindow(); w < 0 || w%1024 != 0 {
-		t.Fatalf("sameHostWindow() = %d, want half an L2 cache size (or 0 when unknown)", w)
+	if w := SameHostSocketBuffer(); w < 0 || w%1024 != 0 {
+		t.Fatalf("SameHostSocketBuffer() = %d, want half an L2 cache size (or 0 when unknown)", w)
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -77,7 +77,7 @@ func sockOpt(t *testing.T, conn net.Conn, opt int) int {
 // TestTCPLinksCapSameHostBuffers: both ends of a same-host tcp link carry
 // the window (fails when either call site is dropped).
 func TestTCPLinksCapSameHostBuffers(t *testing.T) {
-	w := sameHostWindow()
+	w := SameHostSocketBuffer()
 	if w == 0 {
 		t.Skip("no L2 cache size in sysfs")
 	}

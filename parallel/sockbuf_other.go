@@ -4,8 +4,8 @@ package parallel
 
 import "net"
 
-// sameHostWindow leaves autotuning on where the cache size is not read.
-func sameHostWindow() int { return 0 }
+// SameHostSocketBuffer is 0 (autotuning) where the cache size is not read.
+func SameHostSocketBuffer() int { return 0 }
 
 // capSameHostBuffers does nothing on this platform.
 func capSameHostBuffers(net.Conn, int) {}

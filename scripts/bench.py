@@ -231,11 +231,12 @@ def comm(rounds=3):
             # The wire: plain sockets moving the all-reduce's bytes, the best of 1 and 2 scheduler
             # threads per process (and at 4 ranks of the ring and pairs patterns), per size.
             best = {}
+            # (--window -1: the socket buffers Loom's same-host tcp links use; autotuning otherwise)
             wire_runs = [[]] if ranks == 2 else [["--ranks", str(ranks), "--pattern", p] for p in ("ring", "pairs")]
             for extra in wire_runs:
-                for procs in ("1", "2"):
+                for procs, window in (("1", "0"), ("2", "0"), ("1", "-1")):
                     for r in jsonl(run([LOOM, "bench", "wire", "--sizes", sizes if ranks == 2 else "1MiB..256MiB",
-                                        "--procs", procs, "--log-format", "json"] + extra)):
+                                        "--procs", procs, "--window", window, "--log-format", "json"] + extra)):
                         if r["bytes"] not in best or r["gbps"] > best[r["bytes"]]["gbps"]:
                             best[r["bytes"]] = r
             for b, r in best.items():
@@ -280,7 +281,8 @@ def comm(rounds=3):
     print("MPI: OpenMPI, pml ob1, btl tcp,self on lo (MPI-tcp) or vader,self (MPI-shm); ../shared/bench/mpi_allreduce.c.")
     print("Timing: loom-* columns are rank 0's own p50 (as mpi_allreduce.c and the wire time); the tcp/Gloo ratio")
     print("uses Loom's slowest rank per iteration, as gloo_allreduce.py times (`loom bench allreduce` prints both).")
-    print("busbw = bytes x 2(n-1)/n / p50 (nccl-tests). 'wire' is `loom bench wire`, the faster of --procs 1 and 2:")
+    print("busbw = bytes x 2(n-1)/n / p50 (nccl-tests). 'wire' is `loom bench wire`, the fastest of --procs 1 and 2")
+    print("(autotuned socket buffers) and --procs 1 --window -1 (the buffers Loom's same-host tcp links use):")
     print("at 2 ranks one plain socket between two processes, both directions at once (each rank of a 2-rank")
     print("all-reduce sends and receives the whole buffer once, so its GB/s per direction bounds a 2-rank busbw, and")
     print("its 4 KiB p50 is the floor of a 4 KiB exchange); at 4 ranks, from 1 MiB, the faster of --pattern ring and")

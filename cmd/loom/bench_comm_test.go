@@ -32,13 +32,13 @@ func TestBenchAllReduceAndWire(t *testing.T) {
 			[]string{"op", "ranks", "bytes", "time_us_p50", "algbw_gbps", "busbw_gbps"}},
 		{[]string{"bench", "reduce-scatter", "--ranks", "2", "--sizes", "1KiB", "--iters", "3", "--log-format", "json"},
 			[]string{"op", "ranks", "bytes", "time_us_p50", "algbw_gbps", "busbw_gbps"}},
-		{[]string{"bench", "wire", "--sizes", "4KiB,1MiB", "--iters", "3", "--log-format", "json"},
+		{[]string{"bench", "wire", "--sizes", "4KiB,1MiB", "--iters", "3", "--window", "1048576", "--log-format", "json"},
 			[]string{"op", "network", "bytes", "time_us_p50", "gbps"}},
 		{[]string{"bench", "wire", "--network", "unix", "--sizes", "64KiB", "--iters", "3", "--log-format", "json"},
 			[]string{"op", "network", "bytes", "time_us_p50", "gbps"}},
 		{[]string{"bench", "wire", "--ranks", "3", "--network", "unix", "--sizes", "4KiB,96KiB", "--iters", "3", "--log-format", "json"},
 			[]string{"op", "ranks", "pattern", "bytes", "time_us_p50", "gbps"}},
-		{[]string{"bench", "wire", "--ranks", "4", "--pattern", "pairs", "--sizes", "64KiB", "--iters", "3", "--log-format", "json"},
+		{[]string{"bench", "wire", "--ranks", "4", "--pattern", "pairs", "--window", "-1", "--sizes", "64KiB", "--iters", "3", "--log-format", "json"},
 			[]string{"op", "ranks", "pattern", "bytes", "time_us_p50", "gbps"}},
 	} {
 		t.Run(tc.args[1], func(t *testing.T) {
@@ -73,6 +73,7 @@ func TestBenchWireBadFlags(t *testing.T) {
 		{[]string{"--ranks", "1"}, "--ranks"},
 		{[]string{"--ranks", "3", "--pattern", "pairs"}, "power of two"},
 		{[]string{"--ranks", "4", "--pattern", "tree"}, "--pattern"},
+		{[]string{"--window", "-2"}, "--window"},
 	} {
 		_, _, err := loom(t, append([]string{"bench", "wire", "--sizes", "4KiB"}, tc.args...)...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

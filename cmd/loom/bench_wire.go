@@ -35,6 +35,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/loomtrain/loom/parallel"
 )
 
 // wireResult is one size's measurement.
@@ -60,6 +62,7 @@ type wireFlags struct {
 	procs     int
 	ranks     int
 	pattern   string
+	window    int
 	logFormat string
 }
 
@@ -71,6 +74,7 @@ func (f *wireFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.procs, "procs", 1, "Go scheduler threads (GOMAXPROCS) per process; 1, as the collective benchmark's workers get on 2 cores, is fastest for small rounds, 2 for large ones")
 	fs.IntVar(&f.ranks, "ranks", 2, "processes: 2 (one socket, both ways at once) or more (see --pattern)")
 	fs.StringVar(&f.pattern, "pattern", "ring", "with --ranks > 2: ring (each writes to the next while it reads from the previous) or pairs (exchanges with rank XOR 1, 2, 4 …; --ranks a power of two)")
+	fs.IntVar(&f.window, "window", 0, "TCP socket buffers (SO_SNDBUF and SO_RCVBUF) in bytes: 0 leaves Linux's autotuning on, -1 sets what Loom's same-host tcp links use (half the L2 cache)")
 	fs.StringVar(&f.logFormat, "log-format", "text", "output: text (a table) or json (one object per size)")
 }
 
@@ -91,6 +95,9 @@ func (f *wireFlags) validate() ([]int64, error) {
 	}
 	if f.procs < 1 || f.procs > 1024 {
 		errs = append(errs, fmt.Errorf("--procs %d: want 1 to 1024", f.procs))
+	}
+	if f.window < -1 {
+		errs = append(errs, fmt.Errorf("--window %d: want bytes, 0 (autotuning) or -1 (Loom's)", f.window))
 	}
 	if f.ranks < 2 || f.ranks > 64 {
 		errs = append(errs, fmt.Errorf("--ranks %d: want 2 to 64", f.ranks))
@@ -160,7 +167,7 @@ func cmdBenchWire(ctx context.Context, env *cmdEnv, args []string) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, "wire-peer", "--addr", lis.Addr().String(), "--network", f.network,
-		"--sizes", f.sizes, "--factor", strconv.Itoa(f.factor), "--iters", strconv.Itoa(f.iters))
+		"--sizes", f.sizes, "--factor", strconv.Itoa(f.factor), "--iters", strconv.Itoa(f.iters), "--window", strconv.Itoa(f.window))
 	cmd.Stderr = env.stderr
 	cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(f.procs))
 	cmd.WaitDelay = 2 * time.Second
@@ -193,9 +200,10 @@ func cmdBenchWire(ctx context.Context, env *cmdEnv, args []string) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	window := f.setWindow(conn)
 
-	title := fmt.Sprintf("raw %s between two processes, both directions at once, GOMAXPROCS=%d; GB/s per direction = 1e9 B/s",
-		map[string]string{"tcp": "TCP loopback", "unix": "Unix socket"}[f.network], f.procs)
+	title := fmt.Sprintf("raw %s between two processes, both directions at once, GOMAXPROCS=%d, %s; GB/s per direction = 1e9 B/s",
+		map[string]string{"tcp": "TCP loopback", "unix": "Unix socket"}[f.network], f.procs, window)
 	return wireReport(env, &f, sizes, title, func(size int64) ([]float64, error) {
 		return wireRounds(conn, size, wireIters(f.iters, size))
 	})
@@ -264,12 +272,31 @@ func cmdWirePeer(ctx context.Context, env *cmdEnv, args []string) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	f.setWindow(conn)
 	for _, size := range sizes {
 		if _, err := wireRounds(conn, size, wireIters(f.iters, size)); err != nil {
 			return fmt.Errorf("wire-peer: %d bytes: %w", size, err)
 		}
 	}
 	return nil
+}
+
+// setWindow sets conn's socket buffers as --window asks and describes
+// what it did.
+func (f *wireFlags) setWindow(conn net.Conn) string {
+	w := f.window
+	if w < 0 {
+		w = parallel.SameHostSocketBuffer()
+	}
+	tc, ok := conn.(*net.TCPConn)
+	if w == 0 || !ok {
+		return "autotuned buffers"
+	}
+	// Go's SetReadBuffer/SetWriteBuffer are SO_RCVBUF/SO_SNDBUF.
+	if errors.Join(tc.SetReadBuffer(w), tc.SetWriteBuffer(w)) != nil {
+		return "autotuned buffers (setting them failed)"
+	}
+	return fmt.Sprintf("socket buffers %s", commFormatSize(int64(w)))
 }
 
 // wireRounds runs two untimed and then iters timed rounds of size bytes

@@ -86,7 +86,7 @@ func benchWireRing(ctx context.Context, env *cmdEnv, f *wireFlags, sizes []int64
 		}
 		cmd := exec.CommandContext(ctx, exe, "wire-peer", "--ranks", strconv.Itoa(n), "--rank", strconv.Itoa(i), "--pattern", f.pattern,
 			"--addr", strings.Join(addrs, ","), "--network", f.network, "--procs", strconv.Itoa(f.procs),
-			"--sizes", f.sizes, "--factor", strconv.Itoa(f.factor), "--iters", strconv.Itoa(f.iters))
+			"--sizes", f.sizes, "--factor", strconv.Itoa(f.factor), "--iters", strconv.Itoa(f.iters), "--window", strconv.Itoa(f.window))
 		cmd.Stderr = env.stderr
 		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(f.procs))
 		cmd.ExtraFiles = []*os.File{file}
@@ -110,10 +110,14 @@ func benchWireRing(ctx context.Context, env *cmdEnv, f *wireFlags, sizes []int64
 	if err != nil {
 		return fmt.Errorf("bench wire: rank 0: %w", err)
 	}
+	window := ""
+	for _, c := range conns {
+		window = f.setWindow(c)
+	}
 	how := map[string]string{"ring": "each writing its share to the next while it reads one from the previous, 2(N-1) steps",
 		"pairs": "exchanging with rank XOR 1, 2, 4 ... (halving-doubling's steps)"}[f.pattern]
-	title := fmt.Sprintf("raw %s between %d processes, %s, GOMAXPROCS=%d; GB/s = bytes sent per process (2(N-1)/N of the buffer) ÷ p50, 1e9 B/s",
-		map[string]string{"tcp": "TCP loopback", "unix": "Unix socket"}[f.network], n, how, f.procs)
+	title := fmt.Sprintf("raw %s between %d processes, %s, GOMAXPROCS=%d, %s; GB/s = bytes sent per process (2(N-1)/N of the buffer) ÷ p50, 1e9 B/s",
+		map[string]string{"tcp": "TCP loopback", "unix": "Unix socket"}[f.network], n, how, f.procs, window)
 	err = wireReport(env, f, sizes, title, func(size int64) ([]float64, error) {
 		return wireMeshRounds(conns, f.pattern, 0, n, size, wireIters(f.iters, size))
 	})
@@ -151,6 +155,9 @@ func wireRingPeer(ctx context.Context, f *wireFlags, sizes []int64, rank int, ad
 	conns, err := wireMeshConnect(ctx, l, f.network, rank, addrs, wirePartners(f.pattern, rank, f.ranks))
 	if err != nil {
 		return fmt.Errorf("wire-peer: rank %d: %w", rank, err)
+	}
+	for _, c := range conns {
+		f.setWindow(c)
 	}
 	for _, size := range sizes {
 		if _, err := wireMeshRounds(conns, f.pattern, rank, f.ranks, size, wireIters(f.iters, size)); err != nil {
