@@ -79,6 +79,9 @@ func benchWireRing(ctx context.Context, env *cmdEnv, f *wireFlags, sizes []int64
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer cancel(nil)
+	// The peers' stderr goes to one writer; exec copies each from its own
+	// goroutine unless the writer is a file.
+	stderr := &lockedWriter{w: env.stderr}
 	for i := 1; i < n; i++ {
 		file, err := listenerFile(lis[i])
 		if err != nil {
@@ -87,7 +90,7 @@ func benchWireRing(ctx context.Context, env *cmdEnv, f *wireFlags, sizes []int64
 		cmd := exec.CommandContext(ctx, exe, "wire-peer", "--ranks", strconv.Itoa(n), "--rank", strconv.Itoa(i), "--pattern", f.pattern,
 			"--addr", strings.Join(addrs, ","), "--network", f.network, "--procs", strconv.Itoa(f.procs),
 			"--sizes", f.sizes, "--factor", strconv.Itoa(f.factor), "--iters", strconv.Itoa(f.iters), "--window", strconv.Itoa(f.window))
-		cmd.Stderr = env.stderr
+		cmd.Stderr = stderr
 		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(f.procs))
 		cmd.ExtraFiles = []*os.File{file}
 		cmd.WaitDelay = 2 * time.Second
