@@ -133,12 +133,14 @@ elastic: {min_dp: 2, max_dp: 4, max_restarts: 20, step_timeout: 30s, rendezvous_
 				}
 				// A random step of this kill's share of the steps left, so
 				// every kill lands before the job ends on a fast machine as on
-				// a slow one (a kill costs at most a checkpoint interval and
-				// the save in flight; the last 2 intervals stay free).
+				// a slow one: each kill still to come may cost a checkpoint
+				// interval and the save in flight, so 2 intervals per kill
+				// stay out of the shares.
 				st := current()
 				from := w.lastStep(st.Generation)
-				room := int64(steps) - from - int64(2*every)
-				target := from + 1 + r.Int63n(max(1, room/int64(*chaosKills-k)))
+				left := int64(*chaosKills - k)
+				room := int64(steps) - from - 2*int64(every)*left
+				target := from + 1 + r.Int63n(max(1, room/left))
 				if !wait(func() bool {
 					return current().Generation != st.Generation || w.lastStep(st.Generation) >= target
 				}) {
@@ -147,10 +149,11 @@ elastic: {min_dp: 2, max_dp: 4, max_restarts: 20, step_timeout: 30s, rendezvous_
 				if duringSave[k] {
 					// Kill just after rank 0 reports a checkpoint step: the
 					// save of that step (half a second) is in flight.
-					at := w.lastStep(st.Generation)
+					// Steps arrive in batches, so wait for the next
+					// checkpoint step to be passed, not to be seen.
+					next := (w.lastStep(st.Generation)/int64(every) + 1) * int64(every)
 					if !wait(func() bool {
-						s := w.lastStep(st.Generation)
-						return current().Generation != st.Generation || s != at && s%int64(every) == 0
+						return current().Generation != st.Generation || w.lastStep(st.Generation) >= next
 					}) {
 						return nil
 					}
