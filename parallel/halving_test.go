@@ -124,6 +124,13 @@ func TestAutoAlgorithm(t *testing.T) {
 		{ModeShm, 4, Ring, big, Ring},
 		{ModeShm, 4, HalvingDoubling, 1000, HalvingDoubling},
 		{ModeShm, 3, HalvingDoubling, big, Ring},
+		// Direct only when asked for (see allReduceAlgorithm): small buffers at
+		// 3 and 4 ranks stay with recursive doubling.
+		{ModeShm, 3, Auto, 1024, RecursiveDoubling},
+		{ModeTCP, 3, Auto, 1024, RecursiveDoubling},
+		{ModeShm, 4, Auto, 1024, RecursiveDoubling},
+		{ModeShm, 4, Direct, big, Direct},
+		{ModeTCP, 2, Direct, 10, Direct},
 	} {
 		g := &Group{t: &Transport{opts: TransportOptions{Mode: tc.mode}}, ranks: seq(tc.ranks), spec: GroupSpec{AllReduce: tc.spec}}
 		if got := g.allReduceAlgorithm(tc.elems); got != tc.want {

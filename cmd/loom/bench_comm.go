@@ -66,7 +66,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.op, "op", "sum", "reduction: sum, mean or max")
 	fs.IntVar(&f.iters, "iters", 0, "timed iterations per size (0: about 512 MiB of traffic, 5 to 500)")
 	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size (at least; warming lasts 100ms)")
-	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring, rd or hd (halving-doubling; powers of two only, else ring)")
+	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring, rd, hd (halving-doubling; powers of two only, else ring) or direct (one-shot: every rank sends its buffer to every other)")
 	fs.StringVar(&f.codec, "codec", "raw", "wire codec: raw (zero-copy) or proto")
 	fs.StringVar(&f.chunk, "chunk", "", "pipelining chunk size (default: the library's)")
 	fs.StringVar(&f.small, "small", "", "largest all-reduce using recursive doubling (default: the library's)")
