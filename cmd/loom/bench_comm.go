@@ -57,6 +57,7 @@ type commBenchFlags struct {
 	profileDir string
 	traceDir   string
 	tlsDir     string
+	bind       string
 }
 
 func (f *commBenchFlags) register(fs *flag.FlagSet) {
@@ -84,6 +85,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
 	fs.StringVar(&f.traceDir, "trace-dir", "", "write each worker's execution trace (go tool trace) to DIR/rankN.trace")
+	fs.StringVar(&f.bind, "bind", "auto", "CPU binding of the ranks: core (rank i on the i-th CPU this process may use), none, or auto (core when the ranks fit the CPUs, else none: mpirun's default)")
 	fs.StringVar(&f.tlsDir, "tls-dir", "", "mutual TLS on the data plane (gRPC streams and tcp links) with the worker certificate in `DIR` (`loom certs init D` makes D/worker); shm links stay as they are")
 }
 
@@ -116,6 +118,9 @@ type commBenchConfig struct {
 func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 	var errs []error
 	c := &commBenchConfig{kind: kind, ranks: f.ranks, iters: f.iters, warmup: f.warmup, jsonOut: f.logFormat == "json"}
+	if f.bind != "auto" && f.bind != "core" && f.bind != "none" {
+		errs = append(errs, fmt.Errorf("--bind %q: want auto, core or none", f.bind))
+	}
 	if f.ranks < 1 || f.ranks > 64 {
 		errs = append(errs, fmt.Errorf("--ranks %d: want 1 to 64", f.ranks))
 	}
@@ -331,10 +336,28 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 	// (GOMAXPROCS 1 vs 2, four alternating runs): 4 KiB p50 144–162 µs vs
 	// 167–182, 16 MiB busbw 0.67–0.99 GB/s vs 0.55–0.73; with 4 ranks
 	// ~20% faster. A GOMAXPROCS in the environment wins.
+	// Ranks are bound to a CPU each when they fit, as mpirun binds ranks
+	// to cores by default at 2 ranks and not at all when oversubscribed:
+	// unbound, two ranks sometimes shared one vCPU for a few hundred ms
+	// after start (perf sched: ~3,000 switches between them in 50 ms,
+	// the other vCPU idle) and a 500-iteration 4 KiB shm all-reduce
+	// measured 7–11 µs instead of 2.1–3.0.
+	cpus := commCPUs()
+	bind := f.bind == "core" || (f.bind == "auto" && cfg.ranks > 1 && cfg.ranks <= len(cpus))
+	if f.bind == "core" && cfg.ranks > len(cpus) {
+		return fmt.Errorf("bench %s: --bind core: %d ranks, %d CPUs (want --bind none)", kind, cfg.ranks, len(cpus))
+	}
 	procs := ""
+	if bind {
+		ids := make([]string, cfg.ranks)
+		for r := range ids {
+			ids[r] = strconv.Itoa(cpus[r])
+		}
+		procs = "bound to CPUs " + strings.Join(ids, ",") + " "
+	}
 	if os.Getenv("GOMAXPROCS") == "" && cfg.ranks > 1 {
 		if p := max(1, runtime.NumCPU()/cfg.ranks); p < runtime.NumCPU() {
-			procs = "GOMAXPROCS=" + strconv.Itoa(p)
+			procs += "GOMAXPROCS=" + strconv.Itoa(p)
 		}
 	}
 	// The workers' stderr goes to one writer; exec copies each from its own
@@ -355,7 +378,11 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		if err != nil {
 			return err
 		}
-		if err := cmd.Start(); err != nil {
+		start := cmd.Start
+		if bind {
+			start = func() error { return startBound(cmd, cpus[r]) }
+		}
+		if err := start(); err != nil {
 			return fmt.Errorf("bench %s: starting rank %d: %w", kind, r, err)
 		}
 		sc := bufio.NewScanner(stdout)
