@@ -101,6 +101,7 @@ func dialTCPLink(ctx context.Context, oc *outConn, addr string, sec []byte, keep
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	conn.SetDeadline(time.Time{})
+	capSameHostBuffers(conn, SameHostSocketBuffer())
 	l := &tcpLink{oc: oc, conn: conn, sem: make(chan struct{}, 1), done: make(chan struct{})}
 	if tlsConf != nil {
 		l.joined = make([]byte, 0, maxBulkHdr+tlsJoinBytes)
@@ -253,6 +254,7 @@ func (t *Transport) acceptTCPLink(conn net.Conn) {
 	}
 	defer t.untrackLink(conn)
 	if o.local { // its reader polls only while this host's cores allow
+		capSameHostBuffers(conn, SameHostSocketBuffer())
 		t.hostPeer(o.from, true)
 		defer t.hostPeer(o.from, false)
 	}

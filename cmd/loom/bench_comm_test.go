@@ -32,10 +32,14 @@ func TestBenchAllReduceAndWire(t *testing.T) {
 			[]string{"op", "ranks", "bytes", "time_us_p50", "algbw_gbps", "busbw_gbps"}},
 		{[]string{"bench", "reduce-scatter", "--ranks", "2", "--sizes", "1KiB", "--iters", "3", "--log-format", "json"},
 			[]string{"op", "ranks", "bytes", "time_us_p50", "algbw_gbps", "busbw_gbps"}},
-		{[]string{"bench", "wire", "--sizes", "4KiB,1MiB", "--iters", "3", "--log-format", "json"},
+		{[]string{"bench", "wire", "--sizes", "4KiB,1MiB", "--iters", "3", "--window", "1048576", "--log-format", "json"},
 			[]string{"op", "network", "bytes", "time_us_p50", "gbps"}},
 		{[]string{"bench", "wire", "--network", "unix", "--sizes", "64KiB", "--iters", "3", "--log-format", "json"},
 			[]string{"op", "network", "bytes", "time_us_p50", "gbps"}},
+		{[]string{"bench", "wire", "--ranks", "3", "--network", "unix", "--sizes", "4KiB,96KiB", "--iters", "3", "--log-format", "json"},
+			[]string{"op", "ranks", "pattern", "bytes", "time_us_p50", "gbps"}},
+		{[]string{"bench", "wire", "--ranks", "4", "--pattern", "pairs", "--window", "-1", "--sizes", "64KiB", "--iters", "3", "--log-format", "json"},
+			[]string{"op", "ranks", "pattern", "bytes", "time_us_p50", "gbps"}},
 	} {
 		t.Run(tc.args[1], func(t *testing.T) {
 			out, stderr, err := loom(t, tc.args...)
@@ -61,9 +65,35 @@ func TestBenchAllReduceAndWire(t *testing.T) {
 }
 
 func TestBenchWireBadFlags(t *testing.T) {
-	_, _, err := loom(t, "bench", "wire", "--network", "udp", "--sizes", "4KiB")
-	if err == nil || !strings.Contains(err.Error(), "--network") {
-		t.Fatalf("got %v, want an error naming --network", err)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--network", "udp"}, "--network"},
+		{[]string{"--ranks", "1"}, "--ranks"},
+		{[]string{"--ranks", "3", "--pattern", "pairs"}, "power of two"},
+		{[]string{"--ranks", "4", "--pattern", "tree"}, "--pattern"},
+		{[]string{"--window", "-2"}, "--window"},
+	} {
+		_, _, err := loom(t, append([]string{"bench", "wire", "--sizes", "4KiB"}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("bench wire %v: got %v, want an error naming %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestWireSent: every pattern sends 2(N−1)/N of the buffer per rank and
+// round, as the all-reduce whose bus bandwidth it bounds does.
+func TestWireSent(t *testing.T) {
+	for _, tc := range []struct {
+		pattern string
+		n       int
+	}{{"ring", 3}, {"ring", 4}, {"ring", 8}, {"pairs", 4}, {"pairs", 8}} {
+		const size = 3 << 20 // divisible by every n here
+		want := int64(size) * int64(2*(tc.n-1)) / int64(tc.n)
+		if got := wireSent(tc.pattern, tc.n, size); got != want {
+			t.Errorf("%s, %d ranks: sends %d bytes per round, want %d", tc.pattern, tc.n, got, want)
+		}
 	}
 }
 

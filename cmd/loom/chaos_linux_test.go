@@ -40,8 +40,9 @@ type chaosKill struct {
 // TestChaos (make chaos): a dp 4 elastic job of the tiny model (a few
 // hundred steps, checkpoints every 10, each save slowed to half a second
 // so that kills land in them) loses a random worker to SIGKILL five times
-// at random moments, two of them during a save; each is replaced after a
-// random delay. The job must end SUCCEEDED having lost at most one
+// at random steps (each kill within its share of the steps left, so all
+// five land however fast the machine is), two of them during a save; each
+// is replaced after a random delay. The job must end SUCCEEDED having lost at most one
 // checkpoint interval (plus the save in flight) per kill, leave no
 // process or port behind, and end with the model a run resumed by hand
 // from the same checkpoint produces. It reports each recovery's parts:
@@ -123,26 +124,33 @@ elastic: {min_dp: 2, max_dp: 4, max_restarts: 20, step_timeout: 30s, rendezvous_
 			duringSave := map[int]bool{1: true, 3: true} // kills 2 and 4 land in saves
 			for k := 0; k < *chaosKills; k++ {
 				// Wait for the current generation to train, then a random
-				// while.
+				// number of steps.
 				if !wait(func() bool {
 					st := current()
 					return st != nil && st.State == loomv1.JobState_JOB_STATE_RUNNING && w.lastStep(st.Generation) > 0
 				}) {
 					return nil
 				}
-				select {
-				case <-jobDone:
-					return nil
-				case <-time.After(time.Duration(1000+r.Intn(4000)) * time.Millisecond):
-				}
+				// A random step of this kill's share of the steps left, so
+				// every kill lands before the job ends on a fast machine as on
+				// a slow one (a kill costs at most a checkpoint interval and
+				// the save in flight; the last 2 intervals stay free).
 				st := current()
+				from := w.lastStep(st.Generation)
+				room := int64(steps) - from - int64(2*every)
+				target := from + 1 + r.Int63n(max(1, room/int64(*chaosKills-k)))
+				if !wait(func() bool {
+					return current().Generation != st.Generation || w.lastStep(st.Generation) >= target
+				}) {
+					return nil
+				}
 				if duringSave[k] {
 					// Kill just after rank 0 reports a checkpoint step: the
 					// save of that step (half a second) is in flight.
-					from := w.lastStep(st.Generation)
+					at := w.lastStep(st.Generation)
 					if !wait(func() bool {
 						s := w.lastStep(st.Generation)
-						return current().Generation != st.Generation || s != from && s%int64(every) == 0
+						return current().Generation != st.Generation || s != at && s%int64(every) == 0
 					}) {
 						return nil
 					}
