@@ -557,6 +557,7 @@ func (t *Transport) hostPeer(addr string, open bool) {
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers))))
 	t.shmByRef.Store(int64(t.shmByRefFor(len(t.hostPeers))))
+	t.bells.crowded.Store(len(t.hostPeers)+1 > runtime.NumCPU())
 	t.hostMu.Unlock()
 }
 

@@ -182,7 +182,8 @@ func (r *shmRing) span(pos uint64, n int) []byte {
 // (see bellBoard).
 //
 // With several shm loops polling in the process (a member with links to
-// several peers: recursive doubling's partners at 3 and 4 ranks), the core
+// several peers: recursive doubling's partners at 3 and 4 ranks) on a
+// host whose linked processes outnumber its cores, the core
 // is given away once each of them has polled twice (bellBoard.osYield),
 // not at every second poll of any: otherwise a process that gets its core
 // back yields it again before it has looked at most of its rings.

@@ -126,7 +126,7 @@ func TestBenchAllReduceNamesAlgorithm(t *testing.T) {
 }
 
 // TestBenchDirectAndBind: --algo direct runs and is named in the results;
-// --bind takes auto, core or none, and anything else is an error naming it.
+// --bind takes none or core, and anything else is an error naming it.
 func TestBenchDirectAndBind(t *testing.T) {
 	args := []string{"bench", "allreduce", "--ranks", "3", "--algo", "direct", "--bind", "none", "--sizes", "4KiB", "--iters", "2", "--log-format", "json"}
 	out, stderr, err := loom(t, args...)
