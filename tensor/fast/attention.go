@@ -7,8 +7,11 @@ import (
 func roundUp(a, b int) int { return ceilDiv(a, b) * b }
 
 // Fused causal attention, FlashAttention-2 style: the T×T score matrix is
-// never materialized. Each task owns one (batch, head) — forward — or one
-// (batch, kv head) — backward — and walks blocks of attnRows query rows
+// never materialized. Two implementations: the register-tiled kernels of
+// attn512_amd64.s (runFused; head size 32 by default, see attnMode) and
+// the tile path below, which runs everywhere else. In both, each task
+// owns one (batch, head) — forward — or one (batch, kv head) — backward.
+// The tile path walks blocks of attnRows query rows
 // against blocks of attnCols key rows, with the score tile, the running
 // row statistics and the output rows in the worker's cache.
 //
@@ -36,15 +39,34 @@ func attnBlocks(mr, nr, T int) (fwdRows, bwdRows, cols int) {
 	return attnRowTiles * mr, 2 * attnRowTiles * mr, min(roundUp(T, nr), roundUp(attnMaxCols, nr))
 }
 
+// attnMode picks the forward's kernel: attnAuto takes the register-tiled
+// one (attn512_amd64.s) where it measured faster than the tile path — head
+// size 32 on the Xeon VM (docs/kernels.md) — and the tile path elsewhere;
+// attnTile and attnRegTiled force one (tests, benchmarks).
+type attnMode int8
+
+const (
+	attnAuto attnMode = iota
+	attnTile
+	attnRegTiled
+)
+
 // attnFwdTask is one (batch, head) per index: for each query block, stream
 // key blocks keeping a running max m and sum l per row; O accumulates in
 // place in out and is divided by l at the end.
 type attnFwdTask struct {
 	out, lse, q, k, v                      []float32
 	batch, seqLen, heads, kvHeads, headDim int
+	mode                                   attnMode
 }
 
 func (t *attnFwdTask) run(w *worker, idx int) {
+	if t.mode == attnRegTiled || t.mode == attnAuto && t.headDim == 32 {
+		if f := fusedFwdKernel(t.seqLen, t.headDim, w.tiles.NR()); f != nil {
+			t.runFused(w, idx, f)
+			return
+		}
+	}
 	b, h := idx/t.heads, idx%t.heads
 	T, D := t.seqLen, t.headDim
 	kh := h / (t.heads / t.kvHeads)
@@ -102,11 +124,44 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 	}
 }
 
+// runFused is run for the register-tiled kernel f (attn512_amd64.s): Kᵀ
+// packed once per (batch, head) in the micro-kernel's 32-key panels, then one call per four
+// query rows over all their causal keys, S kept in registers.
+func (t *attnFwdTask) runFused(w *worker, idx int, f func(q *float32, ldq int, kt, v *float32, ldv int, o *float32, nblk, v0 int, scale float32, ml *float32)) {
+	b, h := idx/t.heads, idx%t.heads
+	T, D := t.seqLen, t.headDim
+	kh := h / (t.heads / t.kvHeads)
+	ldq, ldk := t.heads*D, t.kvHeads*D
+	qBase := (b*T*t.heads + h) * D
+	kBase := (b*T*t.kvHeads + kh) * D
+	sc := float32(1 / math.Sqrt(float64(D)))
+	lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+	// The kernel reads rows [0, T) of K and V and four rows of Q and out
+	// from each i0: check the last of each once.
+	_ = t.k[kBase+(T-1)*ldk+D-1]
+	_ = t.v[kBase+(T-1)*ldk+D-1]
+	_ = t.q[qBase+(T-1)*ldq+D-1]
+	_ = t.out[qBase+(T-1)*ldq+D-1]
+
+	tl := w.tiles
+	nk := tl.PackedLen(D, T)
+	buf := w.scratch(nk + 8)
+	kt, ml := buf[:nk], buf[nk:nk+8]
+	tl.PackB(kt, true, t.k[kBase:], ldk, D, T) // Kᵀ in 32-key panels
+	for i0 := 0; i0 < T; i0 += 4 {
+		last := i0 &^ 15 // the block holding keys i0 … i0+3
+		f(&t.q[qBase+i0*ldq], ldq, &kt[0], &t.v[kBase], ldk, &t.out[qBase+i0*ldq], last/16+1, i0-last+1, sc, &ml[0])
+		for r := range 4 {
+			lse[i0+r] = ml[r] + log32(ml[4+r]) // l ≥ 1: the row's largest term is e⁰
+		}
+	}
+}
+
 // AttentionForward implements tensor.Kernels.AttentionForward, parallel
 // over (batch, head).
 func (k *Kernels) AttentionForward(out, lse, q, kk, v []float32, batch, seqLen, heads, kvHeads, headDim int) {
 	t := &k.attF
-	*t = attnFwdTask{out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim}
+	*t = attnFwdTask{out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim, k.attnMode}
 	k.pool.run(t, batch*heads)
 	*t = attnFwdTask{}
 }
@@ -120,9 +175,16 @@ func (k *Kernels) AttentionForward(out, lse, q, kk, v []float32, batch, seqLen, 
 type attnBwdTask struct {
 	dq, dk, dv, dout, out, lse, q, k, v    []float32
 	batch, seqLen, heads, kvHeads, headDim int
+	mode                                   attnMode
 }
 
 func (t *attnBwdTask) run(w *worker, idx int) {
+	if t.mode == attnRegTiled || t.mode == attnAuto && t.headDim == 32 {
+		if f := fusedBwdKernel(t.seqLen, t.headDim, w.tiles.NR()); f != nil {
+			t.runFused(w, idx, f)
+			return
+		}
+	}
 	b, kh := idx/t.kvHeads, idx%t.kvHeads
 	T, D := t.seqLen, t.headDim
 	group := t.heads / t.kvHeads
@@ -182,11 +244,56 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	}
 }
 
+// runFused is run for the register-tiled backward f (attn512_amd64.s):
+// Kᵀ and Vᵀ packed once per (batch, kv head), then one call per four query
+// rows of each head of the group over all their causal keys; dQ is
+// written by the call, dK and dV accumulate in place in a fixed order.
+func (t *attnBwdTask) runFused(w *worker, idx int, f func(q, dout, dq *float32, ldq int, kt, vt, k, dk, dv *float32, ldk int, lse, dd *float32, nblk, v0 int, scale float32)) {
+	b, kh := idx/t.kvHeads, idx%t.kvHeads
+	T, D := t.seqLen, t.headDim
+	group := t.heads / t.kvHeads
+	ldq, ldk := t.heads*D, t.kvHeads*D
+	kBase := (b*T*t.kvHeads + kh) * D
+	sc := float32(1 / math.Sqrt(float64(D)))
+	tl := w.tiles
+	// The kernel touches rows [0, T) of K, dK and dV and four rows of Q,
+	// dO and dQ from each i0: check the last of each once.
+	last := kBase + (T-1)*ldk + D - 1
+	_, _, _ = t.k[last], t.dk[last], t.dv[last]
+
+	nk := tl.PackedLen(D, T)
+	buf := w.scratch(2*nk + group*T)
+	kp, vp, dd := buf[:nk], buf[nk:2*nk], buf[2*nk:2*nk+group*T]
+	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
+	tl.PackB(vp, true, t.v[kBase:], ldk, D, T)
+	for t0 := range T {
+		clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
+		clear(t.dv[kBase+t0*ldk : kBase+t0*ldk+D])
+	}
+	for g := range group {
+		h := kh*group + g
+		qBase := (b*T*t.heads + h) * D
+		lq := qBase + (T-1)*ldq + D - 1
+		_, _, _ = t.q[lq], t.dout[lq], t.dq[lq]
+		for t0 := range T {
+			o := qBase + t0*ldq
+			dd[g*T+t0] = dot(t.dout[o:o+D], t.out[o:o+D])
+		}
+		lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+		for i0 := 0; i0 < T; i0 += 4 {
+			blk := i0 &^ 15 // the block holding keys i0 … i0+3
+			o := qBase + i0*ldq
+			f(&t.q[o], &t.dout[o], &t.dq[o], ldq, &kp[0], &vp[0], &t.k[kBase], &t.dk[kBase], &t.dv[kBase], ldk,
+				&lse[i0], &dd[g*T+i0], blk/16+1, i0-blk+1, sc)
+		}
+	}
+}
+
 // AttentionBackward implements tensor.Kernels.AttentionBackward, parallel
 // over (batch, kv head).
 func (k *Kernels) AttentionBackward(dq, dk, dv, dout, out, lse, q, kk, v []float32, batch, seqLen, heads, kvHeads, headDim int) {
 	t := &k.attB
-	*t = attnBwdTask{dq, dk, dv, dout, out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim}
+	*t = attnBwdTask{dq, dk, dv, dout, out, lse, q, kk, v, batch, seqLen, heads, kvHeads, headDim, k.attnMode}
 	k.pool.run(t, batch*kvHeads)
 	*t = attnBwdTask{}
 }

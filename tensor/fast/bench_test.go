@@ -65,8 +65,24 @@ func attnFlops(s benchShape, passes float64) float64 {
 	return passes * 2 * float64(s.B*s.H*(s.d/s.H)) * float64(s.T) * float64(s.T+1) / 2
 }
 
-func BenchmarkAttentionForward(b *testing.B) {
+func BenchmarkAttentionForward(b *testing.B) { benchAttentionForward(b, nil) }
+
+// BenchmarkAttentionForwardRegTiled and BenchmarkAttentionForwardTiles are
+// BenchmarkAttentionForward forced onto the register-tiled kernel
+// (attn512_amd64.s, where it applies) and onto the tile path.
+func BenchmarkAttentionForwardRegTiled(b *testing.B) { benchAttentionForward(b, ptr(true)) }
+
+func BenchmarkAttentionForwardTiles(b *testing.B) { benchAttentionForward(b, ptr(false)) }
+
+func ptr[T any](v T) *T { return &v }
+
+// benchAttentionForward times the forward, on the kernel regTiled forces
+// (nil: the default choice).
+func benchAttentionForward(b *testing.B, regTiled *bool) {
 	forBench(b, func(b *testing.B, s benchShape, k tensor.Kernels) {
+		if regTiled != nil {
+			fast.SetAttentionKernel(k.(*fast.Kernels), *regTiled)
+		}
 		rng := rand.New(rand.NewPCG(1, 1))
 		hd := s.d / s.H
 		n := s.B * s.T * s.d

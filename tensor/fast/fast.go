@@ -24,19 +24,20 @@ type Kernels struct {
 	pool *pool
 
 	// Per-op task descriptors, reused so that dispatching allocates nothing.
-	rmsF  rmsFwdTask
-	rmsB  rmsBwdTask
-	ropeT ropeTask
-	swiF  swigluFwdTask
-	swiB  swigluBwdTask
-	adam  adamTask
-	ssq   sumSqTask
-	scal  scaleTask
-	ce    ceTask
-	attF  attnFwdTask
-	attB  attnBwdTask
-	parts []float64 // per-task float64 partials (CE losses, sum of squares)
-	pbuf  []float32 // per-chunk float32 partials (RMSNorm dw)
+	rmsF     rmsFwdTask
+	rmsB     rmsBwdTask
+	ropeT    ropeTask
+	swiF     swigluFwdTask
+	swiB     swigluBwdTask
+	adam     adamTask
+	ssq      sumSqTask
+	scal     scaleTask
+	ce       ceTask
+	attF     attnFwdTask
+	attnMode attnMode // the attention forward's kernel (attention.go)
+	attB     attnBwdTask
+	parts    []float64 // per-task float64 partials (CE losses, sum of squares)
+	pbuf     []float32 // per-chunk float32 partials (RMSNorm dw)
 }
 
 var _ tensor.Kernels = (*Kernels)(nil)
