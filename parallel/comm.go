@@ -137,7 +137,8 @@ func (c *Counter) Recv(ctx context.Context, src int, buf []float32) error {
 // ring and by halving-doubling alike); an all-reduce above SmallBytes (or
 // forced to Ring or HalvingDoubling) twice that, and by
 // recursive doubling the whole buffer per round (plus the fold-in of
-// ranks beyond the largest power of two); a broadcast is counted as a
+// ranks beyond the largest power of two), by Direct the whole buffer to
+// each other member; a broadcast is counted as a
 // ring all-gather of the buffer; Send sends 4·n.
 func BytesSent(c Comm, op Op, n int) int64 {
 	size, me := c.Size(), c.Index()
@@ -156,6 +157,9 @@ func BytesSent(c Comm, op Op, n int) int64 {
 	case OpBroadcast:
 		return ring
 	case OpAllReduce:
+		if a, ok := c.(interface{ AllReduceAlgorithm(int) Algorithm }); ok && a.AllReduceAlgorithm(n) == Direct {
+			return 4 * int64(n) * int64(size-1)
+		}
 		spec := c.Spec()
 		small := spec.SmallBytes
 		if small == 0 {

@@ -2,6 +2,7 @@ package parallel
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -14,7 +15,18 @@ import (
 const (
 	workerEnv = "LOOM_PARALLEL_TEST_WORKER"
 	modeEnv   = "LOOM_PARALLEL_TEST_MODE"
+	algoEnv   = "LOOM_PARALLEL_TEST_ALGO" // the all-reduce algorithm; default auto
 )
+
+// killElems is the all-reduce length of TestPeerKilledMidCollective: a
+// large buffer (chunked frames) for Auto's choice, a small one for a
+// forced latency algorithm.
+func killElems(algo Algorithm) int {
+	if algo == Auto {
+		return 1 << 20
+	}
+	return 1024
+}
 
 func TestMain(m *testing.M) {
 	if os.Getenv(workerEnv) != "" {
@@ -36,6 +48,11 @@ func killWorker() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	algo, err := ParseAlgorithm(cmp.Or(os.Getenv(algoEnv), "auto"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	fmt.Printf("addr %s\n", tr.Addr())
 	in := bufio.NewScanner(os.Stdin)
 	if !in.Scan() {
@@ -43,12 +60,12 @@ func killWorker() int {
 	}
 	addrs := strings.Fields(in.Text())
 	g, err := tr.NewGroup(GroupSpec{Job: "kill", Name: "g", Ranks: []int{0, 1, 2}, MyRank: 2,
-		Addrs: map[int]string{0: addrs[0], 1: addrs[1]}, Timeout: 30 * time.Second, ChunkBytes: 64 << 10})
+		Addrs: map[int]string{0: addrs[0], 1: addrs[1]}, Timeout: 30 * time.Second, ChunkBytes: 64 << 10, AllReduce: algo})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	buf := make([]float32, 1<<20)
+	buf := make([]float32, killElems(algo))
 	for {
 		if err := g.AllReduce(context.Background(), buf, Mean); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -60,15 +77,19 @@ func killWorker() int {
 // TestPeerKilledMidCollective SIGKILLs a worker process while the other
 // ranks are in all-reduces with it: they fail within seconds — the group
 // Timeout is 30s — with an error naming the killed rank and its address,
-// and later calls fail at once.
+// and later calls fail at once. Auto's algorithms on a 4 MiB buffer, and
+// the direct all-reduce on 4 KiB.
 func TestPeerKilledMidCollective(t *testing.T) {
-	forModes(t, testPeerKilledMidCollective)
+	forModes(t, func(t *testing.T, opts TransportOptions) { testPeerKilledMidCollective(t, opts, Auto) })
+	t.Run("direct", func(t *testing.T) {
+		forModes(t, func(t *testing.T, opts TransportOptions) { testPeerKilledMidCollective(t, opts, Direct) })
+	})
 }
 
-func testPeerKilledMidCollective(t *testing.T, opts TransportOptions) {
+func testPeerKilledMidCollective(t *testing.T, opts TransportOptions, algo Algorithm) {
 	ctx := testCtx(t, 60*time.Second)
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), workerEnv+"=1", modeEnv+"="+opts.Mode.String())
+	cmd.Env = append(os.Environ(), workerEnv+"=1", modeEnv+"="+opts.Mode.String(), algoEnv+"="+algo.String())
 	cmd.Stderr = os.Stderr
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
@@ -84,7 +105,7 @@ func testPeerKilledMidCollective(t *testing.T, opts TransportOptions) {
 	c := newCluster(t, 2, opts)
 	c.addrs[2] = childAddr
 	fmt.Fprintf(stdin, "%s %s\n", c.addrs[0], c.addrs[1])
-	gs := c.groups(t, GroupSpec{Job: "kill", Name: "g", Ranks: []int{0, 1, 2}, Timeout: 30 * time.Second, ChunkBytes: 64 << 10})[:2]
+	gs := c.groups(t, GroupSpec{Job: "kill", Name: "g", Ranks: []int{0, 1, 2}, Timeout: 30 * time.Second, ChunkBytes: 64 << 10, AllReduce: algo})[:2]
 
 	var killedAt time.Time
 	done := make(chan struct{})
@@ -97,7 +118,7 @@ func testPeerKilledMidCollective(t *testing.T, opts TransportOptions) {
 		cmd.Process.Kill()
 	}()
 	errs := each(2, func(i int) error {
-		buf := make([]float32, 1<<20)
+		buf := make([]float32, killElems(algo))
 		for {
 			if err := gs[i].AllReduce(ctx, buf, Mean); err != nil {
 				return err

@@ -109,3 +109,85 @@ func (c *call) barrier() error {
 	}
 	return nil
 }
+
+// direct all-reduces in one hop, for small buffers in groups of 3 or more:
+// every member posts a receive for each other member's whole buffer, sends
+// its own to each of them, and once all n−1 are in reduces the n
+// contributions in rank order, ((b0 ⊕ b1) ⊕ b2) ⊕ …, so every member
+// computes the same bits. Recursive doubling needs ⌈log2 n⌉ dependent
+// hops (more when n is not a power of two), each waiting for the partner
+// to be scheduled; with more ranks than cores every hop pays a switch,
+// while here a member that runs after the others finds everything waiting.
+// The price is n−1 times the buffer sent and received per member, and
+// (n−1)·len(buf) elements of scratch kept by the group, so Auto uses it
+// only for small buffers (see directBytes).
+func (c *call) direct(buf []float32, op ReduceOp) error {
+	g := c.g
+	n, me, ln := g.Size(), g.me, len(buf)
+	need := (n - 1) * ln
+	if cap(g.scratch) < need {
+		g.scratch = make([]float32, need)
+	}
+	scratch := g.scratch[:need]
+	slot := func(i int) []float32 { // peer i's contribution
+		j := i
+		if i > me {
+			j--
+		}
+		return scratch[j*ln : (j+1)*ln]
+	}
+	// Post every receive first (the scratch is not what we send), so that
+	// a link reader moves each frame straight into its slot.
+	k := c.chunks(ln, true)
+	first := c.nreq
+	for d := 1; d < n; d++ {
+		i := (me - d + n) % n
+		dst := slot(i)
+		for j := range k {
+			off, m := c.chunkRange(0, ln, j)
+			c.post(i, dst[off:off+m], applyCopy)
+		}
+	}
+	for d := 1; d < n; d++ {
+		i := (me + d) % n
+		for j := range k {
+			off, m := c.chunkRange(0, ln, j)
+			if err := c.send(i, buf[off:off+m]); err != nil {
+				return err
+			}
+		}
+	}
+	if err := c.waitSends(); err != nil {
+		return err
+	}
+	r := first
+	for d := 1; d < n; d++ {
+		i := (me - d + n) % n
+		for range k {
+			if err := c.wait(i, c.req(r)); err != nil {
+				return err
+			}
+			r++
+		}
+	}
+	a := reduceApply(op)
+	if me == 0 {
+		for i := 1; i < n; i++ {
+			applyFloats(a, buf, slot(i))
+		}
+	} else {
+		acc := slot(0)
+		for i := 1; i < n; i++ {
+			src := buf
+			if i != me {
+				src = slot(i)
+			}
+			applyFloats(a, acc, src)
+		}
+		copy(buf, acc)
+	}
+	if op == Mean {
+		scale(buf, n)
+	}
+	return nil
+}

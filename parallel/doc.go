@@ -257,7 +257,16 @@
 // vader): 1 MiB 570–592 / 619–1,103 / 743–849 µs, 4 MiB 3.0–3.3 /
 // 2.2–2.3 / 3.0–3.3 ms, 16 MiB 15.7–20.6 / 10.7–15.1; 2 rounds at 2 MiB
 // 1.50–1.53 / 1.04–1.23 ms, 64 MiB 82 / 63–65, 256 MiB 293–319 / 239–286.
-// Below 1 MiB over shm the two traded places from round to round. 4 ranks tcp on 2 cores (3 alternating rounds, rank 0's p50, with
+// Below 1 MiB over shm the two traded places from round to round.
+// GroupSpec.AllReduce = Direct is the one-shot all-reduce (as DeepSpeed's
+// CPU shm all-reduce and NCCL's one-shot do for small buffers): every
+// member sends its whole buffer to every other and reduces the n
+// contributions in rank order (identical bits everywhere), one hop
+// instead of ⌈log2 n⌉, for n−1 buffers sent and received per member and
+// (n−1)·len(buf) elements of group scratch. Auto does not choose it: with
+// more ranks than cores (3 and 4 ranks on 2 cores, shm and tcp) it never
+// beat recursive doubling at 4–16 KiB (see Group.allReduceAlgorithm).
+// 4 ranks tcp on 2 cores (3 alternating rounds, rank 0's p50, with
 // the polling tcp writer below; ring / halving-doubling / OpenMPI-TCP): 1 MiB
 // 1,575–1,930 / 923–1,378 / 1,174–1,608 µs, 4 MiB 6.1–7.1 / 5.8–7.2 /
 // 5.5–8.3 ms, 16 MiB 25.7–36.1 / 26.9–32.2; 2 rounds at 64 MiB 133–139 /

@@ -2,7 +2,6 @@ package parallel
 
 import (
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -51,13 +50,7 @@ func TestHalvingDoublingOrder(t *testing.T) {
 					ChunkBytes: 1024, SmallBytes: 4, AllReduce: HalvingDoubling})
 				ctx := testCtx(t, 60*time.Second)
 				for _, ln := range []int{n - 1, 3*n + 1, 1000, 2049} {
-					in := make([][]float32, n)
-					for i := range in {
-						in[i] = randBuf(rng, ln)
-						for e := range in[i] { // mixed magnitudes: the order shows in the bits
-							in[i][e] *= float32(math.Pow(10, float64(rng.IntN(7)-3)))
-						}
-					}
+					in := mixedInputs(rng, n, ln) // mixed magnitudes: the order shows in the bits
 					want := hdReference(in)
 					bufs := make([][]float32, n)
 					for i := range bufs {
@@ -124,6 +117,13 @@ func TestAutoAlgorithm(t *testing.T) {
 		{ModeShm, 4, Ring, big, Ring},
 		{ModeShm, 4, HalvingDoubling, 1000, HalvingDoubling},
 		{ModeShm, 3, HalvingDoubling, big, Ring},
+		// Direct only when asked for (see allReduceAlgorithm): small buffers at
+		// 3 and 4 ranks stay with recursive doubling.
+		{ModeShm, 3, Auto, 1024, RecursiveDoubling},
+		{ModeTCP, 3, Auto, 1024, RecursiveDoubling},
+		{ModeShm, 4, Auto, 1024, RecursiveDoubling},
+		{ModeShm, 4, Direct, big, Direct},
+		{ModeTCP, 2, Direct, 10, Direct},
 	} {
 		g := &Group{t: &Transport{opts: TransportOptions{Mode: tc.mode}}, ranks: seq(tc.ranks), spec: GroupSpec{AllReduce: tc.spec}}
 		if got := g.allReduceAlgorithm(tc.elems); got != tc.want {
@@ -158,13 +158,9 @@ func TestAutoHalvingDoubling(t *testing.T) {
 			gs := c.groups(t, GroupSpec{Name: "auto", Ranks: seq(n), Timeout: 20 * time.Second, SmallBytes: tc.small})
 			ctx := testCtx(t, 60*time.Second)
 			rng := rand.New(rand.NewPCG(4, 14))
-			in := make([][]float32, n)
+			in := mixedInputs(rng, n, tc.ln)
 			bufs := make([][]float32, n)
 			for i := range in {
-				in[i] = randBuf(rng, tc.ln)
-				for e := range in[i] {
-					in[i][e] *= float32(math.Pow(10, float64(rng.IntN(7)-3)))
-				}
 				bufs[i] = slices.Clone(in[i])
 			}
 			want := hdReference(in)

@@ -79,3 +79,34 @@ func TestBellBoardRing(t *testing.T) {
 	var none *bellBoard
 	none.ring() // a board-less poller rings nothing
 }
+
+// TestOSYield: a polling loop gives its core away at every second poll,
+// unless the host is crowded and k ≥ 2 shm loops poll: then once per 2k
+// polls of them all.
+func TestOSYield(t *testing.T) {
+	count := func(d *bellBoard, polls int) int {
+		n := 0
+		for i := range polls {
+			if d.osYield(i) {
+				n++
+			}
+		}
+		return n
+	}
+	if got := count(nil, 60); got != 30 {
+		t.Errorf("no board: %d yields in 60 polls, want 30", got)
+	}
+	var d bellBoard
+	d.spinners.Store(3)
+	if got := count(&d, 60); got != 30 {
+		t.Errorf("3 loops, host not crowded: %d yields in 60 polls, want 30", got)
+	}
+	d.crowded.Store(true)
+	if got := count(&d, 60); got != 10 {
+		t.Errorf("3 loops, crowded host: %d yields in 60 polls, want 10", got)
+	}
+	d.spinners.Store(1)
+	if got := count(&d, 60); got != 30 {
+		t.Errorf("1 loop, crowded host: %d yields in 60 polls, want 30", got)
+	}
+}

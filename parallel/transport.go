@@ -557,6 +557,7 @@ func (t *Transport) hostPeer(addr string, open bool) {
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers))))
 	t.shmByRef.Store(int64(t.shmByRefFor(len(t.hostPeers))))
+	t.bells.crowded.Store(len(t.hostPeers)+1 > runtime.NumCPU())
 	t.hostMu.Unlock()
 }
 
@@ -693,22 +694,29 @@ func (t *Transport) peerDeparted(addr string) {
 
 // deliver routes an incoming data frame. It returns a reason when the frame
 // is rejected.
+//
+// A frame of an older generation than the job's newest here is rejected
+// even while its group still exists (superseded, failed, not yet closed):
+// queued there it would never be read, and its sender would wait out its
+// timeout instead of learning ErrStaleGeneration.
 func (t *Transport) deliver(f *wireFrame) string {
 	key := groupKey{f.job, f.generation, f.group}
 	t.mu.RLock()
 	g := t.groups[key]
+	cur := t.jobGen[f.job]
 	t.mu.RUnlock()
-	if g != nil {
+	if g != nil && f.generation >= cur {
 		return g.deliver(f)
 	}
 	t.mu.Lock()
-	if g = t.groups[key]; g != nil {
-		t.mu.Unlock()
-		return g.deliver(f)
-	}
 	defer t.mu.Unlock()
 	if cur := t.jobGen[f.job]; f.generation < cur {
 		return fmt.Sprintf("job %q generation %d is older than the receiver's %d", f.job, f.generation, cur)
+	}
+	if g = t.groups[key]; g != nil {
+		t.mu.Unlock()
+		defer t.mu.Lock()
+		return g.deliver(f)
 	}
 	if t.retired[key] {
 		return fmt.Sprintf("group %q of job %q generation %d is closed", f.group, f.job, f.generation)

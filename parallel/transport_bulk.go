@@ -454,6 +454,9 @@ func (l *inLink) route(name []byte, src int32) (*mailbox, string) {
 		}
 		l.cache = append(l.cache, routeEntry{key.name, g})
 	}
+	if g.superseded.Load() {
+		return nil, fmt.Sprintf("job %q generation %d is superseded here", g.spec.Job, g.spec.Generation)
+	}
 	i, ok := g.index[int(src)]
 	if !ok || i == g.me {
 		return nil, fmt.Sprintf("rank %d is not a peer in group %q", src, g.spec.Name)

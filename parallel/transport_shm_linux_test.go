@@ -164,6 +164,9 @@ func TestPollSpinFollowsOversubscription(t *testing.T) {
 			if got := time.Duration(tr.pollSpin.Load()); got != want {
 				t.Errorf("after linking: spin %v, want %v", got, want)
 			}
+			if got, want := tr.bells.crowded.Load(), tc.wantPeers+1 > cpus; got != want {
+				t.Errorf("after linking %d peers on %d CPUs: crowded %v, want %v", tc.wantPeers, cpus, got, want)
+			}
 		})
 	}
 }

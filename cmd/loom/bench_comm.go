@@ -57,6 +57,7 @@ type commBenchFlags struct {
 	profileDir string
 	traceDir   string
 	tlsDir     string
+	bind       string
 }
 
 func (f *commBenchFlags) register(fs *flag.FlagSet) {
@@ -66,7 +67,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.op, "op", "sum", "reduction: sum, mean or max")
 	fs.IntVar(&f.iters, "iters", 0, "timed iterations per size (0: about 512 MiB of traffic, 5 to 500)")
 	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size (at least; warming lasts 100ms)")
-	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring, rd or hd (halving-doubling; powers of two only, else ring)")
+	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring, rd, hd (halving-doubling; powers of two only, else ring) or direct (one-shot: every rank sends its buffer to every other)")
 	fs.StringVar(&f.codec, "codec", "raw", "wire codec: raw (zero-copy) or proto")
 	fs.StringVar(&f.chunk, "chunk", "", "pipelining chunk size (default: the library's)")
 	fs.StringVar(&f.small, "small", "", "largest all-reduce using recursive doubling (default: the library's)")
@@ -84,6 +85,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.socketDir, "socket-dir", "", "internal: where workers put Unix sockets")
 	fs.StringVar(&f.profileDir, "cpuprofile-dir", "", "write each worker's CPU profile to DIR/rankN.pprof")
 	fs.StringVar(&f.traceDir, "trace-dir", "", "write each worker's execution trace (go tool trace) to DIR/rankN.trace")
+	fs.StringVar(&f.bind, "bind", "none", "CPU binding of the ranks: none, or core (rank i on the i-th CPU this process may use, as mpirun binds 2 ranks by default)")
 	fs.StringVar(&f.tlsDir, "tls-dir", "", "mutual TLS on the data plane (gRPC streams and tcp links) with the worker certificate in `DIR` (`loom certs init D` makes D/worker); shm links stay as they are")
 }
 
@@ -116,6 +118,9 @@ type commBenchConfig struct {
 func (f *commBenchFlags) config(kind string) (*commBenchConfig, error) {
 	var errs []error
 	c := &commBenchConfig{kind: kind, ranks: f.ranks, iters: f.iters, warmup: f.warmup, jsonOut: f.logFormat == "json"}
+	if f.bind != "core" && f.bind != "none" {
+		errs = append(errs, fmt.Errorf("--bind %q: want none or core", f.bind))
+	}
 	if f.ranks < 1 || f.ranks > 64 {
 		errs = append(errs, fmt.Errorf("--ranks %d: want 1 to 64", f.ranks))
 	}
@@ -331,10 +336,32 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 	// (GOMAXPROCS 1 vs 2, four alternating runs): 4 KiB p50 144–162 µs vs
 	// 167–182, 16 MiB busbw 0.67–0.99 GB/s vs 0.55–0.73; with 4 ranks
 	// ~20% faster. A GOMAXPROCS in the environment wins.
+	// --bind core binds rank i to the i-th CPU, as mpirun binds ranks to
+	// cores by default at 2 ranks (and not at all when oversubscribed).
+	// Unbound, two ranks sometimes shared one vCPU for a few hundred ms
+	// after start (perf sched: ~3,000 switches between them in 50 ms, the
+	// other vCPU idle), and a 500-iteration 4 KiB shm all-reduce measured
+	// 7–11 µs instead of 2.1–3.0 (5 alternating rounds, medians: 9.2
+	// against 3.3; vader 3.3). Larger sizes were unsettled: in one 4-round
+	// run bound took 74 µs at 256 KiB against 51 (the process's other
+	// threads then share its one CPU), in others both were level. So it
+	// is not the default.
+	cpus := commCPUs()
+	bind := f.bind == "core"
+	if bind && cfg.ranks > len(cpus) {
+		return fmt.Errorf("bench %s: --bind core: %d ranks, %d CPUs (want --bind none)", kind, cfg.ranks, len(cpus))
+	}
 	procs := ""
+	if bind {
+		ids := make([]string, cfg.ranks)
+		for r := range ids {
+			ids[r] = strconv.Itoa(cpus[r])
+		}
+		procs = "bound to CPUs " + strings.Join(ids, ",") + " "
+	}
 	if os.Getenv("GOMAXPROCS") == "" && cfg.ranks > 1 {
 		if p := max(1, runtime.NumCPU()/cfg.ranks); p < runtime.NumCPU() {
-			procs = "GOMAXPROCS=" + strconv.Itoa(p)
+			procs += "GOMAXPROCS=" + strconv.Itoa(p)
 		}
 	}
 	// The workers' stderr goes to one writer; exec copies each from its own
@@ -355,7 +382,11 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		if err != nil {
 			return err
 		}
-		if err := cmd.Start(); err != nil {
+		start := cmd.Start
+		if bind {
+			start = func() error { return startBound(cmd, cpus[r]) }
+		}
+		if err := start(); err != nil {
 			return fmt.Errorf("bench %s: starting rank %d: %w", kind, r, err)
 		}
 		sc := bufio.NewScanner(stdout)

@@ -124,3 +124,21 @@ func TestBenchAllReduceNamesAlgorithm(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchDirectAndBind: --algo direct runs and is named in the results;
+// --bind takes none or core, and anything else is an error naming it.
+func TestBenchDirectAndBind(t *testing.T) {
+	args := []string{"bench", "allreduce", "--ranks", "3", "--algo", "direct", "--bind", "none", "--sizes", "4KiB", "--iters", "2", "--log-format", "json"}
+	out, stderr, err := loom(t, args...)
+	if err != nil {
+		t.Fatalf("loom %v: %v\n%s", args, err, stderr)
+	}
+	for _, r := range benchJSON(t, out) {
+		if r["algo"] != "direct" {
+			t.Errorf("result %v: algo %v, want direct", r, r["algo"])
+		}
+	}
+	if _, _, err := loom(t, "bench", "allreduce", "--bind", "socket", "--sizes", "4KiB"); err == nil || !strings.Contains(err.Error(), "--bind") {
+		t.Fatalf("--bind socket: got %v, want an error naming --bind", err)
+	}
+}
