@@ -21,7 +21,9 @@ import (
 // Measured on a 2-vCPU Xeon VM (L2 2 MiB), 4 alternating rounds against
 // autotuning: tcp all-reduce busbw at 4, 16 and 64 MiB higher in 3 of 4
 // rounds at 4 ranks (+2–27%) and at 16–64 MiB in 7 of 8 at 2 ranks
-// (+4–16%); 1 MiB at 2 ranks and the small sizes level.
+// (+4–16%); 1 MiB at 2 ranks and the small sizes level; 4 MiB at 2 ranks
+// 2–7% slower (4 of 4 rounds; perhaps because autotuning lets the whole
+// message wait in the buffers at once, not measured).
 // Links to other hosts keep autotuning: their window must cover the
 // path's bandwidth × delay.
 
