@@ -67,14 +67,8 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 			return
 		}
 	}
-	b, h := idx/t.heads, idx%t.heads
 	T, D := t.seqLen, t.headDim
-	kh := h / (t.heads / t.kvHeads)
-	ldq, ldk := t.heads*D, t.kvHeads*D
-	qBase := (b*T*t.heads + h) * D
-	kBase := (b*T*t.kvHeads + kh) * D
-	sc := float32(1 / math.Sqrt(float64(D)))
-	lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+	ldq, ldk, qBase, kBase, sc, lse := t.head(idx)
 	tl := w.tiles
 	br, _, bc := attnBlocks(tl.MR(), tl.NR(), T)
 
@@ -124,18 +118,26 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 	}
 }
 
+// head locates task idx's (batch, head): the row strides of Q (and out)
+// and of K (and V), where its first rows start, the softmax scale, and its
+// rows' log-sum-exp.
+func (t *attnFwdTask) head(idx int) (ldq, ldk, qBase, kBase int, sc float32, lse []float32) {
+	b, h := idx/t.heads, idx%t.heads
+	T, D := t.seqLen, t.headDim
+	kh := h / (t.heads / t.kvHeads)
+	ldq, ldk = t.heads*D, t.kvHeads*D
+	qBase = (b*T*t.heads + h) * D
+	kBase = (b*T*t.kvHeads + kh) * D
+	sc = float32(1 / math.Sqrt(float64(D)))
+	return ldq, ldk, qBase, kBase, sc, t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+}
+
 // runFused is run for the register-tiled kernel f (attn512_amd64.s): Kᵀ
 // packed once per (batch, head) in the micro-kernel's 32-key panels, then one call per four
 // query rows over all their causal keys, S kept in registers.
 func (t *attnFwdTask) runFused(w *worker, idx int, f func(q *float32, ldq int, kt, v *float32, ldv int, o *float32, nblk, v0 int, scale float32, ml *float32)) {
-	b, h := idx/t.heads, idx%t.heads
 	T, D := t.seqLen, t.headDim
-	kh := h / (t.heads / t.kvHeads)
-	ldq, ldk := t.heads*D, t.kvHeads*D
-	qBase := (b*T*t.heads + h) * D
-	kBase := (b*T*t.kvHeads + kh) * D
-	sc := float32(1 / math.Sqrt(float64(D)))
-	lse := t.lse[(b*t.heads+h)*T : (b*t.heads+h+1)*T]
+	ldq, ldk, qBase, kBase, sc, lse := t.head(idx)
 	// The kernel reads rows [0, T) of K and V and four rows of Q and out
 	// from each i0: check the last of each once.
 	_ = t.k[kBase+(T-1)*ldk+D-1]
