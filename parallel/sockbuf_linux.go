@@ -1,13 +1,9 @@
 package parallel
 
 import (
-	"net"
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // A tcp link between two processes of one host carries its bytes through
@@ -55,30 +51,4 @@ func SameHostSocketBuffer() int {
 		}
 	}
 	return 0
-}
-
-// isSameHostConn reports whether conn joins two addresses of this host (a
-// loopback address, or the same address at both ends).
-func isSameHostConn(conn net.Conn) bool {
-	l, lok := conn.LocalAddr().(*net.TCPAddr)
-	r, rok := conn.RemoteAddr().(*net.TCPAddr)
-	return lok && rok && (r.IP.IsLoopback() || r.IP.Equal(l.IP))
-}
-
-// capSameHostBuffers sets conn's send and receive buffers to window bytes
-// when conn is a same-host TCP connection and window > 0; it is a hint, and
-// a refusal leaves autotuning on.
-func capSameHostBuffers(conn net.Conn, window int) {
-	tc, ok := conn.(*net.TCPConn)
-	if !ok || window <= 0 || !isSameHostConn(conn) {
-		return
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) {
-		_ = unix.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, window)
-		_ = unix.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, window)
-	})
 }
