@@ -58,10 +58,7 @@ func packABF16(dst []uint32, trans bool, a []float32, lda, ic, pc, mc, kc, mr in
 		pairColPanels(dst, a, pc*lda+ic, lda, mc, kc, mr)
 		return
 	}
-	d := (kc + 1) / 2
-	for ir := 0; ir < mc; ir += mr {
-		pairRowPanel(dst[ir*d:ir*d+d*mr], a, (ic+ir)*lda+pc, lda, min(mr, mc-ir), kc, mr)
-	}
+	pairRowPanels(dst, a, ic*lda+pc, lda, mc, kc, mr)
 }
 
 // packBBF16 is packB for bf16 kernels.
@@ -70,16 +67,20 @@ func packBBF16(dst []uint32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr in
 		pairColPanels(dst, b, pc*ldb+jc, ldb, nc, kc, nr)
 		return
 	}
-	d := (kc + 1) / 2
-	for jr := 0; jr < nc; jr += nr {
-		pairRowPanel(dst[jr*d:jr*d+d*nr], b, (jc+jr)*ldb+pc, ldb, min(nr, nc-jr), kc, nr)
-	}
+	pairRowPanels(dst, b, jc*ldb+pc, ldb, nc, kc, nr)
 }
 
 // pairColPanels packs n columns of kc rows (row p at src[off+p*ld:]) into
 // ceil(n/width) panels of depth ceil(kc/2), panel q at dst[q*width*d:]:
-// each k-step pair reads two source rows once, sequentially.
+// each k-step pair reads two source rows once, sequentially. On AVX-512
+// a whole pair of rows goes through pairSweepAsm; the Go loop remains for
+// other CPUs (and the odd last row), and is its oracle in the tests.
 func pairColPanels(dst []uint32, src []float32, off, ld, n, kc, width int) {
+	pairColPanelsWith(dst, src, off, ld, n, kc, width, true)
+}
+
+// pairColPanelsWith is pairColPanels, with the assembly only if asm.
+func pairColPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, asm bool) {
 	d := (kc + 1) / 2
 	np := (n + width - 1) / width
 	for p := 0; p < d; p++ {
@@ -87,6 +88,9 @@ func pairColPanels(dst []uint32, src []float32, off, ld, n, kc, width int) {
 		var r1 []float32
 		if 2*p+1 < kc {
 			r1 = src[off+(2*p+1)*ld : off+(2*p+1)*ld+n]
+			if asm && pairSweepAsm(dst[p*width:], r0, r1, n, width, width*d) {
+				continue
+			}
 		}
 		for q := 0; q < np; q++ {
 			c0 := q * width
@@ -105,6 +109,60 @@ func pairColPanels(dst []uint32, src []float32, off, ld, n, kc, width int) {
 			clear(out[cols:])
 		}
 	}
+}
+
+// pairRowChunk is how many pairs of each row pairRowPanels converts
+// per pass (its scratch: 32 rows × 64 words, 8 KiB, in L1).
+const pairRowChunk = 64
+
+// pairRowPanels packs n rows of length kc (row i at src[off+i*ld:]) into
+// ceil(n/width) panels of pairRowPanel's layout, panel q at
+// dst[q*width*d:]. On AVX-512 (width ≤ 32) each pass converts up to
+// pairRowChunk pairs of each of a panel's rows into a scratch block,
+// where a row's adjacent k values already are its pair words
+// (cvtPairsAsm), and packRows' 8×8 transposes (bit moves) interleave
+// those words into the panel; elsewhere it is pairRowPanel per panel.
+func pairRowPanels(dst []uint32, src []float32, off, ld, n, kc, width int) {
+	pairRowPanelsWith(dst, src, off, ld, n, kc, width, true)
+}
+
+// pairRowPanelsWith is pairRowPanels, with the assembly only if asm.
+func pairRowPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, asm bool) {
+	d := (kc + 1) / 2
+	if !asm || !useBF16Asm() || width > 32 || kc < 2 {
+		for q0 := 0; q0 < n; q0 += width {
+			pairRowPanel(dst[q0*d:q0*d+d*width], src, off+q0*ld, ld, min(width, n-q0), kc, width)
+		}
+		return
+	}
+	var scratch [32 * pairRowChunk]uint32
+	sf := floats(scratch[:])
+	for q0 := 0; q0 < n; q0 += width {
+		rows := min(width, n-q0)
+		panel := floats(dst[q0*d : q0*d+d*width])
+		for p0 := 0; p0 < d; p0 += pairRowChunk {
+			cw := min(pairRowChunk, d-p0)
+			full := min(cw, kc/2-p0) // whole pairs in this pass; cw-full ≤ 1
+			for i := 0; i < rows; i++ {
+				row := src[off+(q0+i)*ld+2*p0 : off+(q0+i)*ld+kc]
+				s := scratch[i*pairRowChunk : i*pairRowChunk+cw]
+				cvtPairsAsm(s[:full], row[:2*full])
+				if full < cw {
+					s[full] = uint32(ToBF16(row[2*full]))
+				}
+			}
+			packRows(panel[p0*width:], sf, 0, pairRowChunk, rows, cw, width)
+		}
+	}
+}
+
+// floats reinterprets pair words as float32s for the bit-moving packers
+// (the inverse of words).
+func floats(w []uint32) []float32 {
+	if len(w) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&w[0])), len(w))
 }
 
 // pairRowPanel interleaves n ≤ width rows of length kc (row i at

@@ -1,0 +1,58 @@
+//go:build !purego
+
+package gemm
+
+import "golang.org/x/sys/cpu"
+
+// Assembly bf16 pair packing (bf16_amd64.s): ToBF16 on AVX-512F integer
+// lanes, bit for bit the Go function.
+
+// pairSweepAVX512 is one k-pair of pairColPanels over panels panels of
+// width ≤ 32 columns at dst stride pstride words; the last panel reads
+// only tail's lanes (0: all width).
+//
+//go:noescape
+func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32)
+
+// cvtPairsAVX512 sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p < n.
+//
+//go:noescape
+func cvtPairsAVX512(dst *uint32, src *float32, n int)
+
+// useBF16Asm reports whether the bf16 packing routines may run: they
+// need AVX512F only.
+func useBF16Asm() bool { return cpu.X86.HasAVX512F }
+
+// pairSweepAsm packs k-pair rows r0 and r1 (n columns each) into the
+// panels of width columns at dst[q*pstride:] as pairColPanels does, and
+// reports false (doing nothing) where the assembly does not apply.
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool {
+	if !useBF16Asm() || n == 0 || width > 32 || width < 1 {
+		return false
+	}
+	np := (n + width - 1) / width
+	// The bounds the assembly relies on.
+	_ = r0[n-1]
+	_ = r1[n-1]
+	_ = dst[(np-1)*pstride+width-1]
+	tail := uint32(0)
+	if rem := n % width; rem != 0 {
+		tail = laneMask(rem)
+	}
+	pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail)
+	return true
+}
+
+// cvtPairsAsm sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p <
+// len(dst) (src holds 2·len(dst) floats), reporting false where the
+// assembly does not apply.
+func cvtPairsAsm(dst []uint32, src []float32) bool {
+	if !useBF16Asm() {
+		return false
+	}
+	if n := len(dst); n > 0 {
+		_ = src[2*n-1]
+		cvtPairsAVX512(&dst[0], &src[0], n)
+	}
+	return true
+}

@@ -1,0 +1,11 @@
+//go:build purego || !amd64
+
+package gemm
+
+// Without assembly the bf16 pairs are packed by the Go loops.
+
+func useBF16Asm() bool { return false }
+
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool { return false }
+
+func cvtPairsAsm(dst []uint32, src []float32) bool { return false }
