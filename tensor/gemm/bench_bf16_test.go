@@ -1,6 +1,10 @@
 package gemm
 
-import "testing"
+import (
+	"fmt"
+	"os"
+	"testing"
+)
 
 // BenchmarkPackBF16 measures the bf16 pair packing of one block as Sgemm
 // does for the `small` step's shapes — A: an MC=504-row block, B: a
@@ -31,5 +35,28 @@ func BenchmarkPackBF16(b *testing.B) {
 			}
 			b.SetBytes(int64(c.n * kc * 4))
 		})
+	}
+}
+
+// BenchmarkStepBF16 times the `small` step's GEMM shapes in bf16 and fp32
+// with the derived blocking (LOOM_BENCH_THREADS threads, default 1;
+// LOOM_BENCH_SHAPE, e.g. "nn 2048x512x1376", picks one).
+func BenchmarkStepBF16(b *testing.B) {
+	threads := 1
+	if v := os.Getenv("LOOM_BENCH_THREADS"); v != "" {
+		fmt.Sscan(v, &threads)
+	}
+	for _, prec := range []Precision{BF16, FP32} {
+		e, err := NewWith(Options{Threads: threads, Precision: prec})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, s := range stepShapes[9:] {
+			if v := os.Getenv("LOOM_BENCH_SHAPE"); v != "" && v != s.String() {
+				continue
+			}
+			b.Run(fmt.Sprintf("%v/%s", prec, s), func(b *testing.B) { benchOne(b, e, s.TransA, s.TransB, s.M, s.N, s.K) })
+		}
+		e.Close()
 	}
 }

@@ -112,8 +112,13 @@ func pairColPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, a
 }
 
 // pairRowChunk is how many pairs of each row pairRowPanels converts
-// per pass (its scratch: 32 rows × 64 words, 8 KiB, in L1).
-const pairRowChunk = 64
+// per pass (its scratch: 32 rows × 128 words, 16 KiB, in L1): a whole
+// row of a KC ≤ 256 slice.
+const pairRowChunk = 128
+
+// pairRowAhead is how many rows ahead pairRowPanels prefetches the row
+// it converts.
+const pairRowAhead = 4
 
 // pairRowPanels packs n rows of length kc (row i at src[off+i*ld:]) into
 // ceil(n/width) panels of pairRowPanel's layout, panel q at
@@ -146,7 +151,7 @@ func pairRowPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, a
 			for i := 0; i < rows; i++ {
 				row := src[off+(q0+i)*ld+2*p0 : off+(q0+i)*ld+kc]
 				s := scratch[i*pairRowChunk : i*pairRowChunk+cw]
-				cvtPairsAsm(s[:full], row[:2*full])
+				cvtPairsAsm(s[:full], row[:2*full], pairRowAhead*ld*4)
 				if full < cw {
 					s[full] = uint32(ToBF16(row[2*full]))
 				}

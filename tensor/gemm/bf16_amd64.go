@@ -2,7 +2,11 @@
 
 package gemm
 
-import "golang.org/x/sys/cpu"
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
 
 // Assembly bf16 pair packing (bf16_amd64.s): ToBF16 on AVX-512F integer
 // lanes, bit for bit the Go function.
@@ -14,10 +18,12 @@ import "golang.org/x/sys/cpu"
 //go:noescape
 func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32)
 
-// cvtPairsAVX512 sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p < n.
+// cvtPairsAVX512 sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p < n,
+// prefetching the 8n bytes at pf (an address, never read: it may lie past
+// the matrix).
 //
 //go:noescape
-func cvtPairsAVX512(dst *uint32, src *float32, n int)
+func cvtPairsAVX512(dst *uint32, src *float32, n int, pf uintptr)
 
 // useBF16Asm reports whether the bf16 packing routines may run: they
 // need AVX512F only.
@@ -44,15 +50,15 @@ func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool {
 }
 
 // cvtPairsAsm sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p <
-// len(dst) (src holds 2·len(dst) floats), reporting false where the
-// assembly does not apply.
-func cvtPairsAsm(dst []uint32, src []float32) bool {
+// len(dst) (src holds 2·len(dst) floats), prefetching the same run ahead
+// bytes on, and reports false where the assembly does not apply.
+func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool {
 	if !useBF16Asm() {
 		return false
 	}
 	if n := len(dst); n > 0 {
 		_ = src[2*n-1]
-		cvtPairsAVX512(&dst[0], &src[0], n)
+		cvtPairsAVX512(&dst[0], &src[0], n, uintptr(unsafe.Pointer(&src[0]))+uintptr(ahead))
 	}
 	return true
 }

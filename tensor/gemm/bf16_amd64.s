@@ -151,18 +151,23 @@ ps_done:
 	VZEROUPPER
 	RET
 
-// func cvtPairsAVX512(dst *uint32, src *float32, n int)
+// func cvtPairsAVX512(dst *uint32, src *float32, n int, pf uintptr)
 //
 // dst[p] = ToBF16(src[2p]) | ToBF16(src[2p+1])<<16 for p < n: a row's
-// adjacent k values as pairs. 8 pairs an iteration: BF_ROUND's high
+// adjacent k values as pairs. Each 64 bytes of src read, the 64 bytes at
+// the same offset from pf are prefetched (a row a few rows on: rows are
+// strided, and the hardware prefetcher does not get far along a run of
+// a few cache lines); pf is never read. 8 pairs an iteration: BF_ROUND's high
 // halves shifted down and truncated to 16 bits each (VPMOVDW), so
 // bf16 j of the run is word j of dst; the n%8 tail goes under the mask
 // K1 (its floats, which are also its 16-bit words), reading and writing
 // nothing past it.
-TEXT ·cvtPairsAVX512(SB), NOSPLIT, $0-24
+TEXT ·cvtPairsAVX512(SB), NOSPLIT, $0-32
 	MOVQ dst+0(FP), DI
 	MOVQ src+8(FP), SI
 	MOVQ n+16(FP), CX
+	MOVQ pf+24(FP), R10
+	SUBQ SI, R10      // pf as an offset from SI
 	BF_CONSTS
 	MOVQ CX, BX
 	SHRQ $3, BX
@@ -171,6 +176,7 @@ TEXT ·cvtPairsAVX512(SB), NOSPLIT, $0-24
 	JZ   cp_tail
 
 cp_loop:
+	PREFETCHT0 (SI)(R10*1)
 	VMOVDQU32 (SI), Z0
 	BF_ROUND(Z0, Z1, Z2)
 	VPSRLD  $16, Z1, Z1

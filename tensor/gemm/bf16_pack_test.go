@@ -75,7 +75,7 @@ func TestCvtPairsAsmExhaustive(t *testing.T) {
 		for i := range src {
 			src[i] = math.Float32frombits(uint32(base) + uint32(i))
 		}
-		cvtPairsAsm(dst, src)
+		cvtPairsAsm(dst, src, 0)
 		for p, w := range dst {
 			if want := bf16Pair(src[2*p], src[2*p+1]); w != want {
 				t.Fatalf("pair of %#08x, %#08x: got %#08x, want %#08x", math.Float32bits(src[2*p]), math.Float32bits(src[2*p+1]), w, want)
@@ -91,7 +91,7 @@ func checkCvtPairs(t *testing.T, src []float32) {
 	for i := range dst {
 		dst[i] = 0xdead_beef
 	}
-	if !cvtPairsAsm(dst[:n], src[:2*n:2*n]) {
+	if !cvtPairsAsm(dst[:n], src[:2*n:2*n], 1<<20) {
 		t.Fatal("cvtPairsAsm did not run")
 	}
 	for p := 0; p < n; p++ {

@@ -72,25 +72,32 @@ func parseSize(s string) (int, error) {
 type blockSizes struct{ mc, kc, nc, cmax int }
 
 // chooseBlocks derives the blocking from the cache sizes:
-//   - KC: the B micro-panel (KC·NR floats) takes half of L1, leaving room
-//     for the A micro-panel and C tile. 32 KiB L1, NR=16 → 256;
-//     48 KiB, NR=32 → 192.
-//   - MC: the A block (MC·KC floats) takes a quarter of L2, rounded down to
-//     MR, leaving L2 room for the B micro-panels streaming through and the C
-//     tiles. 512 KiB, KC=256, MR=6 → 126; 1 MiB, KC=192, MR=14 → 336.
+//   - KC: the B micro-panel (KC·NR floats, or KC/2·NR bf16 pair words)
+//     takes half of L1, leaving room for the A micro-panel and C tile.
+//     32 KiB L1, NR=16 → 256; 48 KiB, NR=32 → 192; bf16 pairs take half
+//     the bytes, so KC doubles: 32 KiB, NR=32 → 256 (Zen 4, one thread,
+//     the `small` step's GEMMs with tuning off: 128 → 256 took nn
+//     2048×512×1376 from 129 to 151 GFLOP/s and nt 2048×4096×512 from
+//     143 to 170; 384 and 512 measured within the noise of 256).
+//   - MC: the A block (MC·KC floats, or bf16 halves) takes a quarter of
+//     L2, rounded down to MR, leaving L2 room for the B micro-panels
+//     streaming through and the C tiles. 512 KiB, KC=256, MR=6 → 126; 1 MiB, KC=192, MR=14 → 336.
 //     (Measured on Zen 3, 4096×768×3072: MC 126 ≈ 78 GFLOP/s, 252 ≈ 74.)
 //   - NC: each worker's B block (KC·NC floats) takes at most a quarter of
 //     its share of L3, capped at 4096 columns, rounded down to NR.
 //   - cmax: half of each worker's share of L3, in floats (see blockSizes).
 func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
-	const f = 4 // bytes per float32
+	f := 4                   // bytes per k-step element: a float32, or half a bf16 pair word
+	if k.pairs() && !k.amx { // AMX keeps the blocking it was measured with
+		f = 2
+	}
 	kc := cs.l1 / 2 / (k.nr * f)
-	kc = clampInt(kc&^7, 64, 512)
+	kc = clampInt(kc&^7, 64, 512*4/f)
 	mc := cs.l2 / 4 / (kc * f)
 	mc = max(mc/k.mr*k.mr, k.mr)
 	nc := cs.l3 / max(threads, 1) / 4 / (kc * f)
 	nc = clampInt(nc/k.nr*k.nr, 4*k.nr, 4096/k.nr*k.nr)
-	cmax := cs.l3 / max(threads, 1) / 2 / f
+	cmax := cs.l3 / max(threads, 1) / 2 / 4
 	return blockSizes{mc: mc, kc: kc, nc: nc, cmax: cmax}
 }
 

@@ -55,8 +55,10 @@ type TuneOptions struct {
 // next tile's C, which changed which blockings win; 5: verify keeps a
 // plan only when it wins every interleaved round, so plans kept on noise
 // by the old rule are searched again; 6: operands in place are no longer
-// searched, so cached in-place plans are dropped).
-const tuneFormat = 6
+// searched, so cached in-place plans are dropped; 7: bf16 pairs are
+// packed in assembly, with KC doubled and searched up to 1024, which
+// moved the best bf16 blockings).
+const tuneFormat = 7
 
 // tuneFile is the JSON cache.
 type tuneFile struct {
@@ -282,7 +284,13 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 		try(plan{kern: k, blocks: chooseBlocks(e.caches, k, e.threads)})
 	}
 	base := cur
-	for _, kc := range []int{96, 128, 160, 256, 320, 384, 512} {
+	kcs := []int{96, 128, 160, 256, 320, 384, 512}
+	if cur.kern.pairs() && !cur.kern.amx {
+		// A bf16 pair panel holds a KC of twice the float32 one in the
+		// same bytes: the same cache footprints, counted in elements.
+		kcs = []int{128, 192, 256, 320, 384, 512, 640, 768, 1024}
+	}
+	for _, kc := range kcs {
 		if kc == base.blocks.kc {
 			continue
 		}
