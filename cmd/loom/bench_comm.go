@@ -609,6 +609,29 @@ func cmdCommWorker(ctx context.Context, env *cmdEnv, args []string) error {
 // commWarmTime is how long each size is warmed up before it is timed.
 const commWarmTime = 100 * time.Millisecond
 
+// commTimedWindow is the least time the timed iterations of a size span
+// when --iters is 0, up to commMaxIters. 500 iterations of a 4 KiB
+// all-reduce at 2 µs spanned 1 ms, so one stall of the host (or the
+// first size's, after the processes started) moved its p50: on a Zen 4
+// VM the 4 KiB shm p50 read 5.3–7.2 µs when 4 KiB was the first size
+// timed and 1.5–2.7 µs when it came after another.
+const (
+	commTimedWindow = 200 * time.Millisecond
+	commMaxIters    = 20000
+)
+
+// commIters is the iterations to time for a default count of iters when
+// one iteration took per (the warm-up's mean, the same on every rank:
+// its time is all-reduced and its count shared), so every rank times as
+// many.
+func commIters(iters int, per time.Duration) int {
+	if per <= 0 {
+		return iters
+	}
+	want := int(commTimedWindow / per)
+	return max(iters, min(want, commMaxIters))
+}
+
 // commMeasure times one size: the time of an iteration is the slowest
 // rank's.
 func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, size int64) (commResult, error) {
@@ -665,6 +688,9 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 			return commResult{}, err
 		}
 		if done >= cfg.warmup && (warm[0] >= float32(commWarmTime.Seconds()) || cfg.warmup == 0) {
+			if cfg.iters == 0 && done > 0 {
+				iters = commIters(iters, time.Duration(float64(warm[0])*float64(time.Second)/float64(done)))
+			}
 			break
 		}
 	}

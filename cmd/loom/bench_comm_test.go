@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 // benchJSON parses one JSON object per line into maps.
@@ -140,5 +141,25 @@ func TestBenchDirectAndBind(t *testing.T) {
 	}
 	if _, _, err := loom(t, "bench", "allreduce", "--bind", "socket", "--sizes", "4KiB"); err == nil || !strings.Contains(err.Error(), "--bind") {
 		t.Fatalf("--bind socket: got %v, want an error naming --bind", err)
+	}
+}
+
+// TestCommIters checks the default iteration count grows to fill the timed
+// window for fast operations, stays for slow ones, and is capped.
+func TestCommIters(t *testing.T) {
+	for _, c := range []struct {
+		iters int
+		per   time.Duration
+		want  int
+	}{
+		{500, 2 * time.Microsecond, commMaxIters}, // 100,000 wanted, capped
+		{500, 40 * time.Microsecond, 5000},        // 200 ms / 40 µs
+		{500, time.Millisecond, 500},              // the default already spans 500 ms
+		{5, 300 * time.Millisecond, 5},            // a 256 MiB all-reduce keeps its 5
+		{500, 0, 500},                             // no measurement: unchanged
+	} {
+		if got := commIters(c.iters, c.per); got != c.want {
+			t.Errorf("commIters(%d, %v) = %d, want %d", c.iters, c.per, got, c.want)
+		}
 	}
 }
