@@ -65,7 +65,7 @@ func (f *commBenchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.sizes, "sizes", "4KiB,1MiB,16MiB,64MiB,256MiB", "buffer sizes: a comma list of sizes and ranges A..B (stepping ×--factor)")
 	fs.IntVar(&f.factor, "factor", 4, "step factor of size ranges")
 	fs.StringVar(&f.op, "op", "sum", "reduction: sum, mean or max")
-	fs.IntVar(&f.iters, "iters", 0, "timed iterations per size (0: about 512 MiB of traffic, 5 to 500)")
+	fs.IntVar(&f.iters, "iters", 0, "timed iterations per size (0: about 512 MiB of traffic, 5 to 500, raised to fill 200 ms of timing, up to 20000)")
 	fs.IntVar(&f.warmup, "warmup", 3, "untimed iterations per size (at least; warming lasts 100ms)")
 	fs.StringVar(&f.algo, "algo", "auto", "all-reduce algorithm: auto, ring, rd, hd (halving-doubling; powers of two only, else ring) or direct (one-shot: every rank sends its buffer to every other)")
 	fs.StringVar(&f.codec, "codec", "raw", "wire codec: raw (zero-copy) or proto")
