@@ -41,7 +41,7 @@
 //     passes the memfd there with the secret (SCM_RIGHTS; nothing is left
 //     in /dev/shm). A small frame is copied once, from the caller's buffer
 //     into the ring, and the receiver reduces or copies straight out of
-//     the ring into the destination. A payload of 256 KiB or more — of
+//     the ring into the destination. A payload of 1 MiB or more — of
 //     64 KiB or more when the linked processes outnumber the
 //     cores — goes by reference where the system allows it (probed at the handshake;
 //     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
@@ -212,11 +212,19 @@
 //     into the ring and out of it, two passes where OpenMPI makes one, and
 //     1–4 MiB ran 1.5× slower on an earlier VM; on this one, with a core
 //     for each rank, the two passes on two cores at once beat the
-//     receiver's one for frames below 256 KiB (2 ranks, 256 KiB
-//     52 → 30 µs; larger frames gained in quiet rounds but lost on a
+//     receiver's one for frames below 1 MiB, the default ring's size
+//     (2 ranks, 256 KiB 52 → 30 µs, 1 MiB 200 → 130–148; they lose on a
 //     loaded VM; see shmByRefFor). Small messages cost per-message work: the
 //     reader's poll loop, the hand-off to the waiting call, the mailbox
-//     locks. Polling is what makes them fast: sleeping on the doorbell at
+//     locks. While each linked process has a core, a waiting call takes
+//     small frames (up to 64 KiB, whole in the ring) out of the ring
+//     itself, and the reader yields to it meanwhile (ringPoller): 2 ranks,
+//     3 alternating rounds, 4 KiB p50 of the slowest rank 1.8 → 1.6–1.7 µs
+//     and rank 0's 1.8 → 1.4 (p90 2.2–5.3 → 1.8–1.9), 16 KiB 3.5 → 3.3,
+//     64 KiB 9.9–10.2 → 9.0–9.1. With more processes than cores calls
+//     leave the rings to their readers, whose polls are paced to give the
+//     core away (see spinWait). Polling is what makes
+//     them fast: sleeping on the doorbell at
 //     once (PollSpin < 0) made 4 KiB 25 µs. But only while every linked
 //     process has a core: with more (4 ranks on 2 cores) a polling rank
 //     holds the core the rank it waits for needs, and 4 KiB took 307–437

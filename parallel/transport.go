@@ -263,6 +263,9 @@ type Transport struct {
 	eager     *eagerPool
 	frames    sync.Pool // of *wireFrame, for bulk frames
 	bells     bellBoard // shm waiters' bells, rung by every polling loop
+	// callFrames counts the shm frames that waiting calls took from
+	// their rings themselves (see ringPoller).
+	callFrames atomic.Uint64
 
 	mu       sync.RWMutex
 	closing  bool

@@ -433,16 +433,9 @@ func (l *inLink) abort(err error) {
 // name here: the caller then hands the whole frame to Transport.deliver,
 // which holds it for a group still to be created or rejects it.
 func (l *inLink) route(name []byte, src int32) (*mailbox, string) {
-	var g *Group
-	for i := range l.cache {
-		if e := &l.cache[i]; e.name == string(name) {
-			if e.g.closed.Load() {
-				l.cache = append(l.cache[:i], l.cache[i+1:]...)
-				return nil, ""
-			}
-			g = e.g
-			break
-		}
+	g, closed := l.cached(name)
+	if closed {
+		return nil, ""
 	}
 	if g == nil {
 		key := groupKey{l.offer.job, l.offer.gen, string(name)}
@@ -454,6 +447,37 @@ func (l *inLink) route(name []byte, src int32) (*mailbox, string) {
 		}
 		l.cache = append(l.cache, routeEntry{key.name, g})
 	}
+	return l.routeTo(g, src)
+}
+
+// routeCached is route for a group this link has routed to before, and
+// otherwise (nil, "", false): it never waits for the transport's lock.
+func (l *inLink) routeCached(name []byte, src int32) (*mailbox, string, bool) {
+	g, closed := l.cached(name)
+	if g == nil || closed {
+		return nil, "", false
+	}
+	box, reason := l.routeTo(g, src)
+	return box, reason, true
+}
+
+// cached returns the group named name from the link's cache, if there,
+// and whether it was there but has closed (it is dropped then).
+func (l *inLink) cached(name []byte) (*Group, bool) {
+	for i := range l.cache {
+		if e := &l.cache[i]; e.name == string(name) {
+			if e.g.closed.Load() {
+				l.cache = append(l.cache[:i], l.cache[i+1:]...)
+				return nil, true
+			}
+			return e.g, false
+		}
+	}
+	return nil, false
+}
+
+// routeTo is route's check of a frame from src for g.
+func (l *inLink) routeTo(g *Group, src int32) (*mailbox, string) {
 	if g.superseded.Load() {
 		return nil, fmt.Sprintf("job %q generation %d is superseded here", g.spec.Job, g.spec.Generation)
 	}

@@ -73,28 +73,30 @@ const (
 // once (the sender copying into the ring in 64 KiB pieces, the receiver
 // reducing or copying out of it behind) beat one pass by the receiver
 // alone, whose process_vm_readv also pins the sender's pages on every
-// call, for frames below 256 KiB: 2 ranks on 2 cores, 3 alternating
-// rounds, rank 0's p50 by reference from 64 KiB / from 1 MiB: 128 KiB
-// all-reduce 28–30 / 17–19 µs, 256 KiB 52–53 / 30–31, 512 KiB 99–100 /
-// 61–75, 1 MiB 195–203 / 113–126, 4 MiB (1 MiB frames either way)
-// 702–741 / 709–918. But on a loaded VM (load ≈ 2, other work beside
-// it) two passes need both processes on a core at once, which larger
-// frames miss: 3 rounds, by reference from 64 KiB / 1 MiB / 256 KiB,
-// 256 KiB 58–84 / 42–60 / 37–39 µs, 1 MiB 183–328 / 331–421 / 277–300.
-// So 256 KiB: the gain at 128 KiB frames, the receiver's one pass from
-// 256 KiB. If they have not a
-// core each, the CPU is what is short and one pass wins: 4 ranks on 2
-// cores, 1 MiB 528–533 / 760–1,111 µs.
+// call, for every frame the ring holds but its whole size: 2 ranks on
+// the 2-vCPU Xeon, 2 alternating rounds, p50 of the slowest rank by
+// reference from 256 KiB / from 1 MiB: 512 KiB all-reduce (256 KiB
+// frames) 100–104 / 65–68 µs, 1 MiB (512 KiB frames) 200–203 / 130–148
+// (OpenMPI vader 187), 4 MiB and up within noise (1 MiB frames by
+// reference either way: the default ring is 1 MiB). The cost is on a
+// loaded VM (a busy loop beside the 2 ranks): two passes need both
+// processes on a core at once, which larger frames miss: 3 rounds,
+// 512 KiB 73–74 / 89–96 µs, 1 MiB 197–223 / 283–285; 256 KiB the same
+// either way (30 µs quiet, 49–52 loaded). Quiet is what the benchmarks
+// against OpenMPI measure, and a DDP bucket (256 KiB) does not change,
+// so 1 MiB (an earlier Zen 4 VM measured the same: 1 MiB 202–228 →
+// 68–69 µs). If they have not a core each, the CPU is what is short and
+// one pass wins: 4 ranks on 2 cores, 1 MiB 528–533 / 760–1,111 µs.
 const (
-	shmByRefBytes  = 64 << 10  // oversubscribed
-	shmByRefRoomy  = 256 << 10 // a core for each linked process
-	shmFlagByRef   = 1         // bulk header flags (byte 3): the payload is by reference
+	shmByRefBytes  = 64 << 10 // oversubscribed
+	shmByRefRoomy  = 1 << 20  // a core for each linked process
+	shmFlagByRef   = 1        // bulk header flags (byte 3): the payload is by reference
 	shmDescBytes   = 16
 	shmScratchSize = 256 << 10
 )
 
 // shmByRefFor is the smallest shm payload sent by reference, for a host
-// where this process has links to peers other processes on it: 256 KiB
+// where this process has links to peers other processes on it: 1 MiB
 // (at most the ring) while they and this one have a core each, else
 // 64 KiB (see above).
 func (t *Transport) shmByRefFor(peers int) int {
@@ -686,6 +688,7 @@ func (t *Transport) acceptShmLink(conn *net.UnixConn) {
 	r := &shmReader{inLink: l, ring: mapRing(mem), conn: conn, sock: sock, spin: &t.pollSpin, maxPay: t.opts.MaxFrameBytes, pid: pid,
 		gone: make(chan struct{})}
 	r.bell.flag, r.bell.ch = r.ring.readerAsleep, make(chan struct{}, 1)
+	r.poller.poll = r.pollFrame
 	t.bells.add(&r.bell)
 	go r.doorbells()
 	t.hostPeer(o.from, true)
@@ -801,6 +804,14 @@ type shmReader struct {
 	scratch []byte        // where a by-reference payload is reduced from
 	liov    [1]unix.Iovec
 	riov    [1]unix.RemoteIovec
+	// cons is held by whoever consumes from the ring: the reader, except
+	// while it waits for a frame, or a call that takes one (pollFrame).
+	// The fields above are guarded by it (ring, conn, sock, spin and
+	// maxPay are set once); dead too: the reader has stopped and the ring
+	// may be unmapped.
+	cons   sync.Mutex
+	dead   bool
+	poller ringPoller // pollFrame, for the mailboxes this ring feeds
 }
 
 // shmRawPiece is the most one process_vm_readv copies (see
@@ -883,15 +894,25 @@ func (r *shmReader) ackRef() error {
 
 // waitFor waits until at least k bytes past tail are written and returns
 // how many are. The writer's exit ends the wait with an error, once what
-// it wrote before is consumed.
+// it wrote before is consumed. The caller holds cons.
 func (r *shmReader) waitFor(k int) (int, error) {
-	have := func() bool {
+	if int(r.head-r.tail) >= k {
+		return int(r.head - r.tail), nil
+	}
+	err := r.waitUntil(spinFor(r.spin.Load(), r.expect), func() bool {
 		r.head = r.ring.head.Load()
 		return int(r.head-r.tail) >= k
-	}
+	})
+	return int(r.head - r.tail), err
+}
+
+// waitUntil polls have for spin, then sleeps until the writer rings and
+// have holds. The writer's exit ends the wait with an error unless have
+// holds.
+func (r *shmReader) waitUntil(spin time.Duration, have func() bool) error {
 	for {
-		if int(r.head-r.tail) >= k || shmSpinWait(&r.t.bells, spinFor(r.spin.Load(), r.expect), have) {
-			return int(r.head - r.tail), nil
+		if shmSpinWait(&r.t.bells, spin, have) {
+			return nil
 		}
 		r.ring.readerAsleep.Swap(1) // a full fence: see shmRing
 		if have() {
@@ -907,7 +928,7 @@ func (r *shmReader) waitFor(k int) (int, error) {
 		case <-r.gone:
 			r.bell.unpark()
 			if !have() {
-				return 0, r.sockErr
+				return r.sockErr
 			}
 		}
 	}
@@ -975,8 +996,30 @@ func (r *shmReader) readHeader() (bulkHeader, error) {
 	}
 }
 
+// run reads frames until the link ends. It holds cons except while it
+// waits for the next frame, when a waiting call may take frames itself
+// (see pollFrame).
 func (r *shmReader) run() error {
+	r.cons.Lock()
+	defer func() {
+		r.dead = true
+		r.cons.Unlock()
+	}()
+	nonEmpty := func() bool { return r.ring.head.Load() != r.ring.tail.Load() }
 	for {
+		if r.ring.head.Load() == r.tail {
+			spin := spinFor(r.spin.Load(), r.expect)
+			r.cons.Unlock()
+			for r.poller.calls.Load() > 0 && !nonEmpty() {
+				runtime.Gosched() // a call polls the ring: let it
+			}
+			err := r.waitUntil(spin, nonEmpty)
+			r.cons.Lock()
+			if err != nil {
+				return err
+			}
+			continue // a polling call may have taken it meanwhile
+		}
 		h, err := r.readHeader()
 		if err != nil {
 			return err
@@ -999,9 +1042,7 @@ func (r *shmReader) run() error {
 		r.expect = 0
 		// h.group aliases r.hdr, which only the next header overwrites.
 		box, reason := r.route(h.group, h.srcRank)
-		if box != nil && !box.polled.Load() {
-			box.polled.Store(true)
-		}
+		r.feeds(box)
 		if reason != "" {
 			r.reject(&h, string(h.group), reason)
 			if err := r.consume(h.payLen, func([]byte) {}); err != nil {
@@ -1009,38 +1050,118 @@ func (r *shmReader) run() error {
 			}
 			continue
 		}
+		var q *recvReq
 		if box != nil {
-			q := box.claim(h.kind, h.seq, h.tag, r)
-			if q == nil {
+			if q = box.claim(h.kind, h.seq, h.tag, r); q == nil {
 				q = awaitPost(box, &h, r)
 			}
-			if q != nil {
-				cerr := q.check(h.op, h.length, h.payLen)
-				if cerr != nil {
-					err = r.consume(h.payLen, func([]byte) {})
-				} else {
-					err = r.apply(q.dst, q.a)
-				}
-				if err != nil {
-					box.finish(q, fmt.Errorf("%w: shm link: %v", ErrPeerGone, err))
-					return err
-				}
-				box.finish(q, cerr)
-				continue
-			}
 		}
-		f, b := r.t.eagerFrame(&h)
-		k := 0
-		if err := r.consume(h.payLen, func(p []byte) { k += copy(b[k:], p) }); err != nil {
-			f.release()
+		if err := r.deliver(&h, box, q); err != nil {
 			return err
 		}
-		if box != nil {
-			box.push(f)
+	}
+}
+
+// feeds marks box as fed by this ring.
+func (r *shmReader) feeds(box *mailbox) {
+	if box == nil {
+		return
+	}
+	if !box.polled.Load() {
+		box.polled.Store(true)
+	}
+	if box.feed.Load() != &r.poller {
+		box.feed.Store(&r.poller)
+	}
+}
+
+// deliver consumes the payload of the frame h (its header consumed) into
+// q, the posted receive claimed for it, or else into an eager frame for
+// box (nil: for the transport). The caller holds cons.
+func (r *shmReader) deliver(h *bulkHeader, box *mailbox, q *recvReq) error {
+	if q != nil {
+		var err error
+		cerr := q.check(h.op, h.length, h.payLen)
+		if cerr != nil {
+			err = r.consume(h.payLen, func([]byte) {})
 		} else {
-			r.unrouted(&h, string(h.group), f)
+			err = r.apply(q.dst, q.a)
+		}
+		if err != nil {
+			box.finish(q, fmt.Errorf("%w: shm link: %v", ErrPeerGone, err))
+			return err
+		}
+		box.finish(q, cerr)
+		return nil
+	}
+	f, b := r.t.eagerFrame(h)
+	k := 0
+	if err := r.consume(h.payLen, func(p []byte) { k += copy(b[k:], p) }); err != nil {
+		f.release()
+		return err
+	}
+	if box != nil {
+		box.push(f)
+	} else {
+		r.unrouted(h, string(h.group), f)
+	}
+	return nil
+}
+
+// pollFrameMax is the largest payload a waiting call takes from the
+// ring itself (pollFrame); larger frames are left to the reader.
+const pollFrameMax = 64 << 10
+
+// pollFrame is the ring's ringPoller: unless the reader (or another
+// call) is consuming, it takes the frame at the ring's tail if the whole
+// frame is there, by value, with at most pollFrameMax bytes of payload,
+// for a group this link has routed to before and a member of it, and
+// delivers it as the reader would; it reports whether it took one. It
+// never waits (but for a mailbox's lock).
+func (r *shmReader) pollFrame() bool {
+	if !r.cons.TryLock() {
+		return false
+	}
+	defer r.cons.Unlock()
+	if r.dead { // the ring may be unmapped
+		return false
+	}
+	head := r.ring.head.Load()
+	avail := int(head - r.tail)
+	if avail < bulkHdrFixed {
+		return false
+	}
+	r.ring.get(r.tail, r.hdr[:bulkHdrFixed])
+	h, need, err := parseBulkHeader(r.hdr[:bulkHdrFixed], r.maxPay)
+	if err != nil || need > avail {
+		return false // the reader reports a bad header
+	}
+	if need > bulkHdrFixed {
+		r.ring.get(r.tail, r.hdr[:need])
+		if h, _, err = parseBulkHeader(r.hdr[:need], r.maxPay); err != nil {
+			return false
 		}
 	}
+	switch {
+	case h.kind != loomv1.FrameKind_FRAME_KIND_COLLECTIVE && h.kind != loomv1.FrameKind_FRAME_KIND_P2P,
+		h.flags&shmFlagByRef != 0, h.payLen > pollFrameMax, h.hdrLen+h.payLen > avail:
+		return false
+	}
+	box, reason, ok := r.routeCached(h.group, h.srcRank)
+	if !ok || box == nil || reason != "" {
+		return false // a group's first frame, a rejection, a hand-over: the reader's
+	}
+	q := box.claim(h.kind, h.seq, h.tag, r)
+	if q == nil && h.payLen >= latePostBytes {
+		return false // the reader waits a moment for its receive
+	}
+	r.head = head
+	r.release(h.hdrLen)
+	r.expect = 0
+	// All of the payload is in the ring, so consuming it cannot fail.
+	r.deliver(&h, box, q)
+	r.t.callFrames.Add(1)
+	return true
 }
 
 // runByRef handles a frame whose payload is in the sender's memory: its
@@ -1060,9 +1181,7 @@ func (r *shmReader) runByRef(h *bulkHeader) error {
 		return fmt.Errorf("%w: by-reference payload of %d bytes for a header of %d", errBulkProtocol, binary.LittleEndian.Uint64(desc[8:]), h.payLen)
 	}
 	box, reason := r.route(h.group, h.srcRank)
-	if box != nil && !box.polled.Load() {
-		box.polled.Store(true)
-	}
+	r.feeds(box)
 	if reason != "" {
 		r.reject(h, string(h.group), reason)
 		return r.ackRef()

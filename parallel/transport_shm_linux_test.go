@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -263,7 +264,7 @@ func TestSpinForByReference(t *testing.T) {
 }
 
 // TestShmByRefFollowsOversubscription: payloads go by reference from
-// 64 KiB when the linked processes outnumber the cores and from 256 KiB
+// 64 KiB when the linked processes outnumber the cores and from 1 MiB
 // otherwise, and a 2-rank all-reduce whose frames are below that
 // (through the ring) still gives the right sums.
 func TestShmByRefFollowsOversubscription(t *testing.T) {
@@ -403,4 +404,87 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	}
 	t.Cleanup(func() { w.Close(); r.Close() })
 	return w, r
+}
+
+// TestShmCallsTakeFrames: with a core for each linked process, a call
+// waiting on a shm link takes small frames from the ring itself
+// (ringPoller) while the link's reader takes the rest, and nothing is
+// lost, duplicated or misrouted between them: three groups over the same
+// pair of ranks run all-reduces of mixed sizes (through the ring, above
+// pollFrameMax, by reference) and point-to-point messages at once. Then
+// one rank closes while the other waits polling, which fails naming it.
+func TestShmCallsTakeFrames(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("calls poll their rings only while each linked process has a core")
+	}
+	c := newCluster(t, 2, TransportOptions{Mode: ModeShm})
+	names := []string{"a", "b", "c"}
+	gs := make([][]*Group, len(names))
+	for k, name := range names {
+		gs[k] = c.groups(t, GroupSpec{Name: name, Ranks: seq(2), Timeout: 10 * time.Second, ChunkBytes: 16 << 10})
+	}
+	ctx := testCtx(t, time.Minute)
+	iters := 400
+	if testing.Short() {
+		iters = 100
+	}
+	sizes := []int{1, 1 << 10, 3000, 20 << 10, 40 << 10} // up to 160 KiB: by reference from 64 KiB in tests
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*len(names))
+	for k := range names {
+		for r := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g := gs[k][r]
+				for it := range iters {
+					n := sizes[(it+k)%len(sizes)]
+					buf := make([]float32, n)
+					for e := range buf {
+						buf[e] = float32(r*7 + k + it%5 + e%3)
+					}
+					var err error
+					if it%4 == 3 { // point to point: rank 0 sends, rank 1 receives
+						if r == 0 {
+							err = g.Send(ctx, 1, buf)
+						} else {
+							err = g.Recv(ctx, 0, buf)
+						}
+					} else {
+						err = g.AllReduce(ctx, buf, Sum)
+					}
+					if err != nil {
+						errs <- fmt.Errorf("group %s rank %d iteration %d: %w", names[k], r, it, err)
+						return
+					}
+					for e, v := range buf {
+						want := float32(7 + 2*(k+it%5+e%3)) // the sum over both ranks
+						if it%4 == 3 {
+							want = float32(k + it%5 + e%3) // rank 0's
+						}
+						if v != want {
+							errs <- fmt.Errorf("group %s rank %d iteration %d [%d] = %v, want %v", names[k], r, it, e, v, want)
+							return
+						}
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		return
+	}
+	if got := c.ts[0].callFrames.Load() + c.ts[1].callFrames.Load(); got == 0 {
+		t.Error("no call took a frame from its ring itself")
+	} else {
+		t.Logf("calls took %d frames themselves", got)
+	}
+	time.AfterFunc(100*time.Millisecond, func() { c.ts[1].Close() })
+	err := gs[0][0].AllReduce(ctx, make([]float32, 1024), Sum)
+	checkPeerError(t, err, 1, c.addrs[1], ErrPeerGone)
 }
