@@ -268,6 +268,8 @@ type commResult struct {
 	// the slowest rank's per iteration (see commMeasure).
 	TimeUsP50Own float64 `json:"time_us_p50_rank0"`
 	BusBWOwn     float64 `json:"busbw_gbps_rank0"`
+	// TimeUsP50Ranks is each rank's own p50, by rank: which rank is slow.
+	TimeUsP50Ranks []float64 `json:"time_us_p50_ranks"`
 }
 
 func cmdBenchAllReduce(ctx context.Context, env *cmdEnv, args []string) error {
@@ -430,7 +432,7 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 		fmt.Fprintf(env.stdout, "# %s, op %s, %d ranks, --transport %s, Peer service on %s, codec %s, algo %s, GB/s = 1e9 B/s %s\n",
 			kind, cfg.op, cfg.ranks, cfg.topts.Mode, map[string]string{"tcp": "TCP loopback", "unix": "Unix sockets"}[f.network], cfg.topts.Codec, cfg.spec.AllReduce, procs)
 		fmt.Fprintf(env.stdout, "# p50, p90 and bandwidths: the slowest rank's time per iteration; rank0 p50: rank 0's own\n")
-		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s %12s %9s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)", "rank0 p50", "links")
+		fmt.Fprintf(env.stdout, "%12s %7s %11s %11s %12s %12s %12s %9s  %s\n", "bytes", "iters", "p50 (µs)", "p90 (µs)", "algbw (GB/s)", "busbw (GB/s)", "rank0 p50", "links", "p50 by rank")
 	}
 	for range cfg.sizes {
 		line, err := commReadLine(ctx, workers[0].lines, 0)
@@ -445,7 +447,11 @@ func commBench(ctx context.Context, env *cmdEnv, kind string, args []string) err
 			b, _ := json.Marshal(res)
 			fmt.Fprintln(env.stdout, string(b))
 		} else {
-			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f %12.3f %12.1f %9s\n", commFormatSize(res.Bytes), res.Iters, res.TimeUsP50, res.TimeUsP90, res.AlgBW, res.BusBW, res.TimeUsP50Own, res.Transport)
+			byRank := make([]string, len(res.TimeUsP50Ranks))
+			for i, v := range res.TimeUsP50Ranks {
+				byRank[i] = fmt.Sprintf("%.1f", v)
+			}
+			fmt.Fprintf(env.stdout, "%12s %7d %11.1f %11.1f %12.3f %12.3f %12.1f %9s  %s\n", commFormatSize(res.Bytes), res.Iters, res.TimeUsP50, res.TimeUsP90, res.AlgBW, res.BusBW, res.TimeUsP50Own, res.Transport, strings.Join(byRank, " "))
 		}
 	}
 	// Workers exit on their own once done.
@@ -711,6 +717,11 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 	// machine the slowest of two is the higher figure.
 	own := slices.Clone(times)
 	slices.Sort(own)
+	ranks := make([]float32, n) // each rank's own p50, summed into place
+	ranks[g.Rank()] = own[len(own)/2]
+	if err := g.AllReduce(ctx, ranks, parallel.Sum); err != nil {
+		return commResult{}, err
+	}
 	if err := g.AllReduce(ctx, times, parallel.Max); err != nil {
 		return commResult{}, err
 	}
@@ -726,6 +737,9 @@ func commMeasure(ctx context.Context, g *parallel.Group, cfg *commBenchConfig, s
 		Op: cfg.kind, Ranks: n, Bytes: size, TimeUsP50: p50, TimeUsP90: p90,
 		AlgBW: algbw, BusBW: algbw * factor, Iters: iters, Codec: cfg.topts.Codec.String(),
 		TimeUsP50Own: float64(own[len(own)/2]),
+	}
+	for _, v := range ranks {
+		res.TimeUsP50Ranks = append(res.TimeUsP50Ranks, float64(v))
 	}
 	res.BusBWOwn = float64(size) / (res.TimeUsP50Own * 1e-6) / 1e9 * factor
 	if cfg.kind == "allreduce" {
