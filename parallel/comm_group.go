@@ -57,6 +57,28 @@ func (g *Group) smallBytes() int {
 // 1,496–1,529 vs 1,040–1,225, 4 MiB 3.0–3.3 ms vs 2.2–2.3.
 const shmHalvingBytes = 1 << 20
 
+// shmHalvingSmallBytes is the largest all-reduce over shm (ModeShm) that
+// Auto runs by halving-doubling in a group of 4, 8 … members just above
+// SmallBytes, before the ring takes over: its 2·log2 n steps against the
+// ring's 2(n−1), each a hop that, with more processes than cores, waits
+// for its peer to be scheduled. 4 ranks on the 2-vCPU Xeon, 3 alternating
+// rounds, rank 0's p50, ring / halving-doubling / recursive doubling:
+// 32 KiB 36–43 / 24–28 / 21–27 µs, 64 KiB 48–56 / 34–35 / 92–109
+// (OpenMPI vader 41), 128 KiB 52–55 / 78–84 / 162–171 (a halving step's
+// 64 KiB frame goes by reference there). Auto mode keeps tcp's bounds.
+const shmHalvingSmallBytes = 64 << 10
+
+// halvingSmallBytes is the largest buffer above smallBytes that Auto
+// all-reduces by halving-doubling (in groups where it may): 64 KiB over
+// shm, none otherwise. Like smallBytes it depends only on what every
+// member shares.
+func (g *Group) halvingSmallBytes() int {
+	if g.t.opts.Mode == ModeShm {
+		return shmHalvingSmallBytes
+	}
+	return 0
+}
+
 // halvingBytes returns the largest buffer that Auto does not all-reduce
 // by halving-doubling (in groups where it may): tcp's smallBytes, where
 // it beats the ring from the first size above, 1 MiB over shm and auto,
@@ -78,8 +100,8 @@ type Algorithm int
 const (
 	// Auto uses RecursiveDoubling up to GroupSpec.SmallBytes and Ring
 	// above, but HalvingDoubling in groups of 4, 8, 16 … members above
-	// SmallBytes over tcp and above 1 MiB over shm and auto (see
-	// Group.allReduceAlgorithm).
+	// SmallBytes over tcp, above 1 MiB over shm and auto, and from
+	// SmallBytes to 64 KiB over shm (see Group.allReduceAlgorithm).
 	Auto Algorithm = iota
 	// Ring is reduce-scatter then all-gather around the ring, pipelined in
 	// chunks: bandwidth-optimal, 2(n−1) steps.
@@ -646,7 +668,7 @@ func (g *Group) allReduceAlgorithm(n int) Algorithm {
 		switch size := g.Size(); {
 		case 4*n <= g.smallBytes():
 			algo = RecursiveDoubling
-		case size > 2 && isPow2(size) && 4*n > g.halvingBytes():
+		case size > 2 && isPow2(size) && (4*n > g.halvingBytes() || 4*n <= g.halvingSmallBytes()):
 			algo = HalvingDoubling
 		default:
 			algo = Ring

@@ -259,8 +259,11 @@
 // steps, each element reduced once along a fixed binary tree and copied,
 // so the bits are the same on every member and every run (halving.go
 // says the order; TestHalvingDoublingOrder checks it). Auto chooses it in
-// groups of 4, 8 … members above SmallBytes over tcp (ModeTCP) and above
-// 1 MiB over shm and auto (shmHalvingBytes). 4 ranks shm on 2 cores (3
+// groups of 4, 8 … members above SmallBytes over tcp (ModeTCP), above
+// 1 MiB over shm and auto (shmHalvingBytes), and over shm from SmallBytes
+// to 64 KiB too (shmHalvingSmallBytes; 4 ranks on 2 cores, rank 0's p50,
+// 3 alternating rounds of Auto: 32 KiB 30–35 → 23–28 µs, 64 KiB 39–48 →
+// 36–41, OpenMPI vader 41). 4 ranks shm on 2 cores (3
 // alternating rounds, rank 0's p50, ring / halving-doubling / OpenMPI
 // vader): 1 MiB 570–592 / 619–1,103 / 743–849 µs, 4 MiB 3.0–3.3 /
 // 2.2–2.3 / 3.0–3.3 ms, 16 MiB 15.7–20.6 / 10.7–15.1; 2 rounds at 2 MiB
