@@ -42,8 +42,8 @@
 //     in /dev/shm). A small frame is copied once, from the caller's buffer
 //     into the ring, and the receiver reduces or copies straight out of
 //     the ring into the destination. A payload of 1 MiB or more — of
-//     64 KiB or more when the linked processes outnumber the
-//     cores — goes by reference where the system allows it (probed at the handshake;
+//     64 KiB or more (256 KiB for a send that waits to be read) when the
+//     linked processes outnumber the cores — goes by reference where the system allows it (probed at the handshake;
 //     TransportOptions.ShmNoSingleCopy turns it off): the ring carries its
 //     address, the receiver reads the sender's buffer straight into the
 //     destination (process_vm_readv, as OpenMPI's vader does with CMA),

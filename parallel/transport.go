@@ -256,13 +256,15 @@ type Transport struct {
 	shm *shmListener // nil: shared memory unavailable
 	// pollSpin is how long bulk waits (tcp readers, shm waits) poll now,
 	// in nanoseconds (see pollSpinFor); the links read it on every wait.
-	pollSpin  atomic.Int64
-	shmByRef  atomic.Int64   // shm payloads of at least this many bytes go by reference (see shmByRefFor)
-	hostMu    sync.Mutex     // guards hostPeers (its own lock: links close under others)
-	hostPeers map[string]int // open links to peers on this host (shm either direction, tcp inbound), by address
-	eager     *eagerPool
-	frames    sync.Pool // of *wireFrame, for bulk frames
-	bells     bellBoard // shm waiters' bells, rung by every polling loop
+	pollSpin atomic.Int64
+	shmByRef atomic.Int64 // shm payloads of lazy sends of at least this many bytes go by reference (see shmByRefFor)
+	// shmByRefWait is shmByRef for sends that wait until they are read.
+	shmByRefWait atomic.Int64
+	hostMu       sync.Mutex     // guards hostPeers (its own lock: links close under others)
+	hostPeers    map[string]int // open links to peers on this host (shm either direction, tcp inbound), by address
+	eager        *eagerPool
+	frames       sync.Pool // of *wireFrame, for bulk frames
+	bells        bellBoard // shm waiters' bells, rung by every polling loop
 	// callFrames counts the shm frames that waiting calls took from
 	// their rings themselves (see ringPoller).
 	callFrames atomic.Uint64
@@ -341,7 +343,8 @@ func NewTransport(ctx context.Context, opts TransportOptions) (*Transport, error
 		eager:     newEagerPool(),
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(0)))
-	t.shmByRef.Store(int64(t.shmByRefFor(0)))
+	t.shmByRef.Store(int64(t.shmByRefFor(0, true)))
+	t.shmByRefWait.Store(int64(t.shmByRefFor(0, false)))
 	if t.addr == "" {
 		t.addr = lis.Addr().String()
 	}
@@ -559,7 +562,8 @@ func (t *Transport) hostPeer(addr string, open bool) {
 		delete(t.hostPeers, addr)
 	}
 	t.pollSpin.Store(int64(t.pollSpinFor(len(t.hostPeers))))
-	t.shmByRef.Store(int64(t.shmByRefFor(len(t.hostPeers))))
+	t.shmByRef.Store(int64(t.shmByRefFor(len(t.hostPeers), true)))
+	t.shmByRefWait.Store(int64(t.shmByRefFor(len(t.hostPeers), false)))
 	t.bells.crowded.Store(len(t.hostPeers)+1 > runtime.NumCPU())
 	t.hostMu.Unlock()
 }

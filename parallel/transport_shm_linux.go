@@ -86,11 +86,21 @@ const (
 // against OpenMPI measure, and a DDP bucket (256 KiB) does not change,
 // so 1 MiB (an earlier Zen 4 VM measured the same: 1 MiB 202–228 →
 // 68–69 µs). If they have not a core each, the CPU is what is short and
-// one pass wins: 4 ranks on 2 cores, 1 MiB 528–533 / 760–1,111 µs.
+// one pass wins: 4 ranks on 2 cores, 1 MiB 528–533 / 760–1,111 µs — for
+// a lazy send (the ring's all-gather), which does not wait for the read.
+// A send that waits (recursive doubling, the ring's reduce-scatter) waits
+// for its peer to be scheduled and read it, and below 256 KiB the ring
+// does better: 4 ranks on the 2-vCPU Xeon, 2–3 alternating rounds, rank
+// 0's p50, every send by reference from 64 KiB / waiting ones from
+// 256 KiB: Auto mode (recursive doubling to 128 KiB) 64 KiB 98–110 /
+// 37–38 µs, 128 KiB 127–148 / 66–74; 3 ranks 64 KiB 41–57 / 22–24;
+// --transport shm (the ring) 128 KiB 96–104 / 91–95, 512 KiB 321–343 /
+// 274–322, 256 KiB and 1 MiB within noise.
 const (
-	shmByRefBytes  = 64 << 10 // oversubscribed
-	shmByRefRoomy  = 1 << 20  // a core for each linked process
-	shmFlagByRef   = 1        // bulk header flags (byte 3): the payload is by reference
+	shmByRefBytes  = 64 << 10  // oversubscribed, a lazy send
+	shmByRefWaited = 256 << 10 // oversubscribed, a send that waits for the read
+	shmByRefRoomy  = 1 << 20   // a core for each linked process
+	shmFlagByRef   = 1         // bulk header flags (byte 3): the payload is by reference
 	shmDescBytes   = 16
 	shmScratchSize = 256 << 10
 )
@@ -98,15 +108,18 @@ const (
 // shmByRefFor is the smallest shm payload sent by reference, for a host
 // where this process has links to peers other processes on it: 1 MiB
 // (at most the ring) while they and this one have a core each, else
-// 64 KiB (see above).
-func (t *Transport) shmByRefFor(peers int) int {
+// 64 KiB for a lazy send and 256 KiB for one that waits to be read (see
+// above).
+func (t *Transport) shmByRefFor(peers int, lazy bool) int {
 	switch {
 	case t.opts.shmByRefMin > 0:
 		return t.opts.shmByRefMin
 	case peers+1 <= runtime.NumCPU():
 		return shmByRefRoomy
+	case lazy:
+		return shmByRefBytes
 	}
-	return shmByRefBytes
+	return shmByRefWaited
 }
 
 // shmRing is one mapped ring: data is written at head and read at tail,
@@ -491,7 +504,11 @@ func (l *shmLink) send(ctx context.Context, f *wireFrame, timeout time.Duration,
 	n := putBulkHeader(l.hdr[:], f, len(pay), 4)
 	size := uint64(len(l.ring.data))
 	free := func() uint64 { return size - (l.head - l.ring.tail.Load()) }
-	if l.byRef && len(pay) >= min(int(l.oc.t.shmByRef.Load()), len(l.ring.data)) {
+	byRefMin := &l.oc.t.shmByRefWait
+	if f.lazy {
+		byRefMin = &l.oc.t.shmByRef
+	}
+	if l.byRef && len(pay) >= min(int(byRefMin.Load()), len(l.ring.data)) {
 		return l.sendByRef(ctx, f, n, timeout, abort)
 	}
 	if free() < uint64(n) {

@@ -264,20 +264,30 @@ func TestSpinForByReference(t *testing.T) {
 }
 
 // TestShmByRefFollowsOversubscription: payloads go by reference from
-// 64 KiB when the linked processes outnumber the cores and from 1 MiB
-// otherwise, and a 2-rank all-reduce whose frames are below that
+// 1 MiB while the linked processes have a core each, and when they
+// outnumber the cores from 64 KiB for lazy sends and 256 KiB for sends
+// that wait to be read; a 2-rank all-reduce whose frames are below that
 // (through the ring) still gives the right sums.
 func TestShmByRefFollowsOversubscription(t *testing.T) {
 	cpus := runtime.NumCPU()
 	c := newCluster(t, 2, TransportOptions{Mode: ModeShm, shmByRefMin: -1})
 	tr := c.ts[0]
-	for _, tc := range []struct{ peers, want int }{{0, shmByRefRoomy}, {cpus - 1, shmByRefRoomy}, {cpus, shmByRefBytes}} {
-		if got := tr.shmByRefFor(tc.peers); got != tc.want {
-			t.Errorf("%d peers on %d CPUs: by reference from %d bytes, want %d", tc.peers, cpus, got, tc.want)
+	for _, tc := range []struct {
+		peers int
+		lazy  bool
+		want  int
+	}{
+		{0, false, shmByRefRoomy}, {cpus - 1, true, shmByRefRoomy}, {cpus - 1, false, shmByRefRoomy},
+		{cpus, true, shmByRefBytes}, {cpus, false, shmByRefWaited},
+	} {
+		if got := tr.shmByRefFor(tc.peers, tc.lazy); got != tc.want {
+			t.Errorf("%d peers on %d CPUs, lazy %v: by reference from %d bytes, want %d", tc.peers, cpus, tc.lazy, got, tc.want)
 		}
 	}
-	if got := newCluster(t, 1, TransportOptions{Mode: ModeShm, shmByRefMin: 4096}).ts[0].shmByRefFor(cpus); got != 4096 {
-		t.Errorf("shmByRefMin 4096: by reference from %d bytes", got)
+	for _, lazy := range []bool{true, false} {
+		if got := newCluster(t, 1, TransportOptions{Mode: ModeShm, shmByRefMin: 4096}).ts[0].shmByRefFor(cpus, lazy); got != 4096 {
+			t.Errorf("shmByRefMin 4096, lazy %v: by reference from %d bytes", lazy, got)
+		}
 	}
 	gs := c.groups(t, GroupSpec{Name: "g", Ranks: seq(2), Timeout: 10 * time.Second})
 	ctx := testCtx(t, 30*time.Second)
@@ -295,8 +305,8 @@ func TestShmByRefFollowsOversubscription(t *testing.T) {
 			}
 		}
 	}
-	if got := tr.shmByRef.Load(); cpus >= 2 && got != shmByRefRoomy {
-		t.Errorf("2 ranks on %d CPUs: by reference from %d bytes, want %d", cpus, got, shmByRefRoomy)
+	if got, wait := tr.shmByRef.Load(), tr.shmByRefWait.Load(); cpus >= 2 && (got != shmByRefRoomy || wait != shmByRefRoomy) {
+		t.Errorf("2 ranks on %d CPUs: by reference from %d bytes (waited: %d), want %d", cpus, got, wait, shmByRefRoomy)
 	}
 }
 

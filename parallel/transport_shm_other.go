@@ -21,4 +21,4 @@ func (*shmListener) close() {}
 func dialShmLink(context.Context, *outConn, string, []byte) (bulkSender, error) { return nil, errNoShm }
 
 // shmByRefFor is never used here: there are no shm links.
-func (*Transport) shmByRefFor(int) int { return 0 }
+func (*Transport) shmByRefFor(int, bool) int { return 0 }
