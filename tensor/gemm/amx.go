@@ -116,8 +116,17 @@ func kernelGenericAMX(k int, a, b, c *float32, ldc int, load int, alpha float32)
 	}
 }
 
+// columnGenericAMX is kernelGenericAMX on mb row blocks (kernel.column).
+func columnGenericAMX(mb, k int, a, b, c *float32, ldc int, load int, alpha float32) {
+	for r := range mb {
+		ar := (*float32)(unsafe.Add(unsafe.Pointer(a), 4*r*amxMR*k))
+		cr := (*float32)(unsafe.Add(unsafe.Pointer(c), 4*r*amxMR*ldc))
+		kernelGenericAMX(k, ar, b, cr, ldc, load, alpha)
+	}
+}
+
 // genericAMXKernel is kernelGenericAMX as an engine kernel (bf16-amx).
-var genericAMXKernel = kernel{name: "generic-amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelGenericAMX}
+var genericAMXKernel = kernel{name: "generic-amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelGenericAMX, column: columnGenericAMX}
 
 // amxTileConfig is the LDTILECFG block the kernel loads: palette 1, all
 // eight tiles 16 rows × 64 bytes.

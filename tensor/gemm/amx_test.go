@@ -1,7 +1,6 @@
 package gemm
 
 import (
-	"math"
 	"math/rand/v2"
 	"testing"
 )
@@ -31,44 +30,5 @@ func TestAMXLayoutsEndToEnd(t *testing.T) {
 			}
 		}
 		e.Close()
-	}
-}
-
-// TestAMXNative compares the AMX kernel with its Go model bit for bit on
-// the hardware, where this machine has AMX and Linux grants the tile
-// state; elsewhere it reports why it cannot run (the interpreter test,
-// TestInterpAMX, checks the kernel's source there).
-func TestAMXNative(t *testing.T) {
-	if err := amxAvailable(); err != nil {
-		t.Skipf("no AMX here: %v", err)
-	}
-	native := amxKernelForTest()
-	rng := rand.New(rand.NewPCG(41, 42))
-	for _, k := range []int{0, 16, 64, 160} {
-		for _, load := range []int{0, 1} {
-			for _, alpha := range []float32{1, 0.75} {
-				a, b := make([]uint32, amxMR*max(k, 1)), make([]uint32, amxNR*max(k, 1))
-				for i := range a {
-					a[i] = bf16Pair(float32(rng.NormFloat64()), float32(rng.NormFloat64()))
-				}
-				for i := range b {
-					b[i] = bf16Pair(float32(rng.NormFloat64()), float32(rng.NormFloat64()))
-				}
-				ldc := amxNR + 5
-				c := make([]float32, amxMR*ldc)
-				for i := range c {
-					c[i] = float32(rng.NormFloat64())
-				}
-				want := append([]float32(nil), c...)
-				ap, bp := wordPtr(a), wordPtr(b)
-				kernelGenericAMX(k, ap, bp, &want[0], ldc, load, alpha)
-				native.full(k, ap, bp, &c[0], ldc, load, alpha)
-				for x := range c {
-					if math.Float32bits(c[x]) != math.Float32bits(want[x]) {
-						t.Fatalf("k=%d load=%d alpha=%g: C[%d][%d] = %g, Go model of TDPBF16PS %g", k, load, alpha, x/ldc, x%ldc, c[x], want[x])
-					}
-				}
-			}
-		}
 	}
 }

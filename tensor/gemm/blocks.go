@@ -93,6 +93,7 @@ func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
 	}
 	kc := cs.l1 / 2 / (k.nr * f)
 	kc = clampInt(kc&^7, 64, 512*4/f)
+	kc -= kc % k.kcStep()
 	mc := cs.l2 / 4 / (kc * f)
 	mc = max(mc/k.mr*k.mr, k.mr)
 	nc := cs.l3 / max(threads, 1) / 4 / (kc * f)

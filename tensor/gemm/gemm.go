@@ -525,8 +525,10 @@ func (w *worker) run(j *job) {
 	// Equal blocks no larger than the cache blocks: 768 rows as 7×110
 	// rather than 6×126 + 12 keeps the last block from paying a whole
 	// B-panel sweep for two tiles, and K = 1376 as 6×232 avoids a short
-	// final slice. KC stays a multiple of the kernels' ×4 unroll.
-	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, blocks.kc)), 4)
+	// final slice. KC stays a multiple of kern.kcStep (the ×4 unroll; for
+	// AMX whole TDPBF16PS blocks), which never outgrows the pack buffers:
+	// AMX panels are padded to 32 k values anyway.
+	kc0 := roundUp(ceilDiv(j.k, ceilDiv(j.k, blocks.kc)), kern.kcStep())
 	mc0 := roundUp(ceilDiv(j.m, ceilDiv(j.m, blocks.mc)), kern.mr)
 	nc0 := roundUp(ceilDiv(j.n, ceilDiv(j.n, ncFor(blocks, kern, j.m, j.k, kc0))), kern.nr)
 	if inA, inB := j.plan.inPlace(j); inA || inB {
@@ -724,7 +726,15 @@ func (w *worker) macro(kern *kernel, mc, nc, depth int, alpha float32, load bool
 	for jr := 0; jr < nc; jr += nr {
 		nrr := min(nr, nc-jr)
 		bp := &w.bpack[jr*depth]
-		for ir := 0; ir < mc; ir += mr {
+		ir0 := 0
+		if mb := mc / mr; kern.column != nil && nrr == nr && mb > 0 {
+			// The whole row blocks of this column of tiles in one call.
+			cp := c[jr : jr+(mb*mr-1)*ldc+nr] // bounds check for the kernel
+			ap := w.apack[:mb*mr*depth]
+			kern.column(mb, depth, &ap[0], bp, &cp[0], ldc, ld, alpha)
+			ir0 = mb * mr
+		}
+		for ir := ir0; ir < mc; ir += mr {
 			mrr := min(mr, mc-ir)
 			ap := &w.apack[ir*depth]
 			if mrr == mr && nrr == nr {
