@@ -1,6 +1,7 @@
 package gemm
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 )
@@ -30,5 +31,45 @@ func TestAMXLayoutsEndToEnd(t *testing.T) {
 			}
 		}
 		e.Close()
+	}
+}
+
+// TestPackAAMX: the assembly-backed AMX A packing (both storage orders)
+// gives packAAMXGo's words, padding included, on edge shapes and values
+// (subnormals, NaNs, ties), from offsets inside a larger matrix.
+func TestPackAAMX(t *testing.T) {
+	rng := rand.New(rand.NewPCG(51, 52))
+	specials := []float32{0, float32(math.Copysign(0, -1)), 1e-40, -1e-40, float32(math.NaN()), float32(math.Inf(1)), 1 + 1.0/256, 1 + 3.0/256}
+	for _, trans := range []bool{false, true} {
+		for _, mc := range []int{1, 31, 32, 33, 300} {
+			for _, kc := range []int{2, 3, 31, 32, 33, 64, 70, 255} {
+				const ic, pc = 3, 5
+				rows, cols := ic+mc+2, pc+kc+3
+				if trans {
+					rows, cols = pc+kc+3, ic+mc+2
+				}
+				lda := cols + 1
+				a := make([]float32, rows*lda)
+				for i := range a {
+					a[i] = float32(rng.NormFloat64())
+					if rng.IntN(8) == 0 {
+						a[i] = specials[rng.IntN(len(specials))]
+					}
+				}
+				d := amxDepth(kc)
+				n := roundUp(mc, amxMR) * d
+				got, want := make([]uint32, n+7), make([]uint32, n+7)
+				for i := range got {
+					got[i], want[i] = 0xdeadbeef, 0xdeadbeef
+				}
+				packAAMX(got, trans, a, lda, ic, pc, mc, kc)
+				packAAMXGo(want, trans, a, lda, ic, pc, mc, kc)
+				for i := range want {
+					if got[i] != want[i] {
+						t.Fatalf("trans=%v mc=%d kc=%d: word %d = %#08x, Go packing %#08x", trans, mc, kc, i, got[i], want[i])
+					}
+				}
+			}
+		}
 	}
 }

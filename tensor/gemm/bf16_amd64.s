@@ -202,3 +202,36 @@ cp_tail:
 cp_done:
 	VZEROUPPER
 	RET
+
+// func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int)
+//
+// cvtPairsAVX512 by blocks of 16 pairs (32 floats of src, contiguous) into
+// 16 words at dst + b·dstride words for b < blocks: a row of an AMX A
+// panel (amx.go), whose 16-pair blocks lie 512 words apart.
+TEXT ·cvtPairBlocksAVX512(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ blocks+16(FP), BX
+	MOVQ dstride+24(FP), R8
+	SHLQ $2, R8
+	BF_CONSTS
+	TESTQ BX, BX
+	JZ   cb_done
+
+cb_loop:
+	VMOVDQU32 (SI), Z0
+	VMOVDQU32 64(SI), Z3
+	BF_ROUND(Z0, Z1, Z2)
+	BF_ROUND(Z3, Z4, Z5)
+	VPSRLD  $16, Z1, Z1
+	VPSRLD  $16, Z4, Z4
+	VPMOVDW Z1, (DI)
+	VPMOVDW Z4, 32(DI)
+	ADDQ $128, SI
+	ADDQ R8, DI
+	DECQ BX
+	JNZ  cb_loop
+
+cb_done:
+	VZEROUPPER
+	RET

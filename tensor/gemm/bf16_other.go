@@ -9,3 +9,5 @@ func useBF16Asm() bool { return false }
 func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool { return false }
 
 func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool { return false }
+
+func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride int) bool { return false }
