@@ -72,7 +72,7 @@ func packAAMXRows(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
 		for i := range rows {
 			off := (ic+ir+i)*lda + pc
 			row := a[off : off+kc]
-			cvtPairBlocksAsm(panel[i*amxKBlock:], row, whole, amxKBlock*amxMR)
+			cvtPairBlocksAsm(panel[i*amxKBlock:], row, whole, amxKBlock*amxMR, pairRowAhead*lda*4)
 			if whole == blocks {
 				continue
 			}

@@ -26,10 +26,10 @@ func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, t
 func cvtPairsAVX512(dst *uint32, src *float32, n int, pf uintptr)
 
 // cvtPairBlocksAVX512 sets dst[b·dstride+q] = bf16Pair(src[32b+2q],
-// src[32b+2q+1]) for b < blocks, q < 16.
+// src[32b+2q+1]) for b < blocks, q < 16, prefetching the run at pf.
 //
 //go:noescape
-func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int)
+func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
 
 // useBF16Asm reports whether the bf16 packing routines may run: they
 // need AVX512F only.
@@ -72,15 +72,15 @@ func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool {
 // cvtPairBlocksAsm sets dst[b·dstride+q] = bf16Pair(src[32b+2q],
 // src[32b+2q+1]) for b < blocks and q < 16 (an AMX A row's whole 16-pair
 // blocks), and reports false (doing nothing) where the assembly does not
-// apply.
-func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride int) bool {
+// apply. The same run ahead bytes on is prefetched.
+func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) bool {
 	if !useBF16Asm() {
 		return false
 	}
 	if blocks > 0 {
 		_ = src[32*blocks-1]
 		_ = dst[(blocks-1)*dstride+15]
-		cvtPairBlocksAVX512(&dst[0], &src[0], blocks, dstride)
+		cvtPairBlocksAVX512(&dst[0], &src[0], blocks, dstride, uintptr(unsafe.Pointer(&src[0]))+uintptr(ahead))
 	}
 	return true
 }

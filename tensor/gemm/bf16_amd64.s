@@ -203,22 +203,28 @@ cp_done:
 	VZEROUPPER
 	RET
 
-// func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int)
+// func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
 //
 // cvtPairsAVX512 by blocks of 16 pairs (32 floats of src, contiguous) into
 // 16 words at dst + b·dstride words for b < blocks: a row of an AMX A
-// panel (amx.go), whose 16-pair blocks lie 512 words apart.
-TEXT ·cvtPairBlocksAVX512(SB), NOSPLIT, $0-32
+// panel (amx.go), whose 16-pair blocks lie 512 words apart. As in
+// cvtPairsAVX512, the 128 bytes at the same offset from pf as each
+// block's are prefetched (pf is never read).
+TEXT ·cvtPairBlocksAVX512(SB), NOSPLIT, $0-40
 	MOVQ dst+0(FP), DI
 	MOVQ src+8(FP), SI
 	MOVQ blocks+16(FP), BX
 	MOVQ dstride+24(FP), R8
 	SHLQ $2, R8
+	MOVQ pf+32(FP), R10
+	SUBQ SI, R10      // pf as an offset from SI
 	BF_CONSTS
 	TESTQ BX, BX
 	JZ   cb_done
 
 cb_loop:
+	PREFETCHT0 (SI)(R10*1)
+	PREFETCHT0 64(SI)(R10*1)
 	VMOVDQU32 (SI), Z0
 	VMOVDQU32 64(SI), Z3
 	BF_ROUND(Z0, Z1, Z2)

@@ -10,4 +10,6 @@ func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool { 
 
 func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool { return false }
 
-func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride int) bool { return false }
+func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) bool {
+	return false
+}

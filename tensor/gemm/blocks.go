@@ -87,8 +87,8 @@ type blockSizes struct{ mc, kc, nc, cmax int }
 //     its share of L3, capped at 4096 columns, rounded down to NR.
 //   - cmax: half of each worker's share of L3, in floats (see blockSizes).
 func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
-	f := 4                   // bytes per k-step element: a float32, or half a bf16 pair word
-	if k.pairs() && !k.amx { // AMX keeps the blocking it was measured with
+	f := 4         // bytes per k-step element: a float32, or half a bf16 pair word
+	if k.pairs() { // AMX too: 48 KiB L1 → KC 384, MC 672 (see docs/kernels.md)
 		f = 2
 	}
 	kc := cs.l1 / 2 / (k.nr * f)
