@@ -977,7 +977,10 @@ bf_done:
 //
 // Registers: SI A (after a block's k loop it points at the next panel),
 // DI B, DX C, R10 C row 16, BX ldc in bytes (the C tiles' stride), R8 64
-// (A's), R9 128 (B's), CX k, R11 blocks left, R12 the scaling's row.
+// (A's), R9 128 (B's), CX k, R11 blocks left, R12 the scaling's row, R13
+// the next block's C row to prefetch (4 rows a k step: C is often cold,
+// and each of a tile's 16 rows is a cache line of its own), R14 its rows
+// left.
 TEXT ·kernelAMXBF16(SB), NOSPLIT, $0-72
 	MOVQ cfg+56(FP), AX
 	LDTILECFG_AX
@@ -995,6 +998,16 @@ amx_block:
 	MOVQ BX, R10
 	SHLQ $4, R10
 	ADDQ DX, R10
+	MOVQ BX, R13
+	SHLQ $5, R13
+	ADDQ DX, R13      // the next block's C: 32 rows on
+	MOVQ $32, R14     // its rows left to prefetch (none after the last block)
+	MOVQ R11, AX
+	DECQ AX
+	JNZ  amx_pf
+	MOVQ $0, R14
+
+amx_pf:
 	MOVQ load+40(FP), AX
 	TESTQ AX, AX
 	JNZ  amx_load
@@ -1023,6 +1036,23 @@ amx_loop:
 	TILELOADD32(5, 6, 8, 1024)
 	TDPBF16PS(2, 5, 6)
 	TDPBF16PS(3, 5, 7)
+	TESTQ R14, R14
+	JZ    amx_nopf
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	ADDQ $-4, R14
+
+amx_nopf:
 	ADDQ $2048, SI
 	ADDQ $2048, DI
 	ADDQ $-16, CX
