@@ -20,9 +20,13 @@ func TestAMXLayoutsEndToEnd(t *testing.T) {
 		shapes = shapes[:3]
 	}
 	rng := rand.New(rand.NewPCG(31, 32))
-	for _, threads := range []int{1, 2} {
+	for _, threads := range []int{1, 2, 3} {
 		cs := readCacheSizes()
-		e := newEngineKernels(threads, BF16, []kernel{genericAMXKernel}, cs, blockSizes{mc: 64, kc: 64, nc: 64})
+		bs := blockSizes{mc: 64, kc: 64, nc: 64}
+		if threads == 3 { // K slices innermost (runKInner), 2 threads
+			bs.cblock, threads = 2000, 2
+		}
+		e := newEngineKernels(threads, BF16, []kernel{genericAMXKernel}, cs, bs)
 		for _, s := range shapes {
 			for _, tr := range transCases {
 				for _, v := range variants {
