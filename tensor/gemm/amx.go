@@ -24,9 +24,12 @@ import (
 // each rounded to nearest even, subnormal accumulators read as zero and
 // subnormal results flushed — Intel's pseudo-code for TDPBF16PS, the even
 // element first (VDPBF16PS takes the odd one first: a family of its own).
-// No CPU this was developed on has AMX, so the kernel (kernelAMXBF16) is
-// checked in the instruction interpreter against this model, and against
-// the hardware by TestAMXNative wherever CPUID and the kernel allow it.
+// The kernel's source (kernelAMXBF16) is checked in the instruction
+// interpreter against this model. The hardware does not round this way
+// (a Sapphire-Rapids-class Xeon combines two k-pairs' products before
+// rounding: docs/kernels.md), so TestAMXNative holds it to the float64
+// reference, determinism and plan independence instead; K slices span
+// whole 16-pair blocks (kernel.kcStep) so every plan gives its bits.
 const (
 	amxMR     = 32
 	amxNR     = 32
