@@ -123,7 +123,7 @@ func packAAMXCols(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
 				if k0+1 < kc {
 					r0 := a[(pc+k0)*lda+ic+g0:][:n]
 					r1 := a[(pc+k0+1)*lda+ic+g0:][:n]
-					if pairSweepAsm(s, r0, r1, n, amxMR, blk) {
+					if pairSweepAsm(s, r0, r1, n, amxMR, blk, pairSweepAhead*2*lda*4) {
 						continue
 					}
 				}

@@ -16,7 +16,7 @@ import (
 // only tail's lanes (0: all width).
 //
 //go:noescape
-func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32)
+func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32, ahead int)
 
 // cvtPairsAVX512 sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p < n,
 // prefetching the 8n bytes at pf (an address, never read: it may lie past
@@ -38,7 +38,7 @@ func useBF16Asm() bool { return cpu.X86.HasAVX512F }
 // pairSweepAsm packs k-pair rows r0 and r1 (n columns each) into the
 // panels of width columns at dst[q*pstride:] as pairColPanels does, and
 // reports false (doing nothing) where the assembly does not apply.
-func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool {
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int) bool {
 	if !useBF16Asm() || n == 0 || width > 32 || width < 1 {
 		return false
 	}
@@ -51,7 +51,7 @@ func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool {
 	if rem := n % width; rem != 0 {
 		tail = laneMask(rem)
 	}
-	pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail)
+	pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail, ahead)
 	return true
 }
 

@@ -6,7 +6,9 @@ package gemm
 
 func useBF16Asm() bool { return false }
 
-func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool { return false }
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int) bool {
+	return false
+}
 
 func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool { return false }
 
