@@ -22,6 +22,7 @@
 //	avx512          14×32  fp32 FMA                         AVX512F (+VL)
 //	avx2            6×16   fp32 FMA                         AVX2 and FMA
 //	generic         4×4    fp32, pure Go                    otherwise, or -tags purego
+//	amx             32×32  TDPBF16PS on bf16 tile rows      bf16, AMX-BF16 and Linux's tile state
 //	avx512bf16      14×32  VDPBF16PS on bf16 pairs          bf16, AVX512-BF16 at ≥1.25× the FMA rate
 //	avx512-bf16fma  14×32  fp32 FMA on bf16-rounded panels  bf16 otherwise, AVX-512
 //	avx2-bf16fma    6×16   fp32 FMA on bf16-rounded panels  bf16 otherwise, AVX2
@@ -307,8 +308,8 @@ func (e *Engine) Threads() int { return e.threads }
 func (e *Engine) Precision() Precision { return e.precision }
 
 // Kernel names the default micro-kernel: "avx512", "avx2", "generic"
-// (fp32); "avx512bf16" (VDPBF16PS), "generic-bf16", "avx512-bf16fma" or
-// "avx2-bf16fma" (bf16).
+// (fp32); "amx" (TDPBF16PS), "avx512bf16" (VDPBF16PS), "generic-bf16",
+// "avx512-bf16fma" or "avx2-bf16fma" (bf16).
 func (e *Engine) Kernel() string { return e.def.kern.name }
 
 // Blocks reports the default cache blocking (for logs and benchmarks).
