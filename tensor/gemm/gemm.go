@@ -537,8 +537,7 @@ func (w *worker) run(j *job) {
 		w.runInPlace(j, kc0, mc0, nc0, inA, inB)
 		return
 	}
-	if kern.amx && blocks.cblock > 0 && j.k > kc0 {
-		w.runKInner(j, kc0, mc0, nc0)
+	if kern.amx && blocks.cblock > 0 && j.k > kc0 && w.runKInner(j, kc0, mc0, nc0) {
 		return
 	}
 	for jc := 0; jc < j.n; jc += nc0 {
@@ -564,18 +563,23 @@ func (w *worker) run(j *job) {
 // an MC×NC block of C of at least this many rows fits in cblock.
 const kInnerMinRows = 256
 
+// kInnerMaxWords caps runKInner's packed B (every K slice of an NC block:
+// 16 MiB); a longer K runs its slices outermost instead.
+const kInnerMaxWords = 1 << 22
+
 // runKInner is run with the K slices innermost (blockSizes.cblock): per NC
 // block, B is packed for every slice (into w.bfull), then each MC block
 // of C takes its slices in order, so that block stays in L2 between them
 // instead of the whole M×NC block going to L3 and back. NC is narrowed to
 // at most cblock/kInnerMinRows columns and MC to what fits cblock. Every
 // element still sums its K slices in order from the same slice bounds:
-// the bits of run.
+// the bits of run. It reports false, doing nothing, when that B would
+// take more than kInnerMaxWords.
 //
 // Measured on a Sapphire-Rapids-class Xeon, one thread, the `small` bf16
 // step (loom bench step, tuning off, three paired rounds): 960–999 ms
 // with the slices outermost, 936–945 innermost.
-func (w *worker) runKInner(j *job, kc0, mc0, nc0 int) {
+func (w *worker) runKInner(j *job, kc0, mc0, nc0 int) bool {
 	kern, blocks := j.plan.kern, j.plan.blocks
 	mr, nr := kern.mr, kern.nr
 	if maxNC := blocks.cblock / kInnerMinRows / nr * nr; nc0 > maxNC {
@@ -587,7 +591,9 @@ func (w *worker) runKInner(j *job, kc0, mc0, nc0 int) {
 	}
 	slices := ceilDiv(j.k, kc0)
 	sliceWords := kern.depth(kc0) * roundUp(nc0, nr)
-	if n := slices * sliceWords; len(w.bfull) < n {
+	if n := slices * sliceWords; n > kInnerMaxWords {
+		return false
+	} else if len(w.bfull) < n {
 		w.bfull = make([]float32, n)
 	}
 	for jc := 0; jc < j.n; jc += nc0 {
@@ -610,6 +616,7 @@ func (w *worker) runKInner(j *job, kc0, mc0, nc0 int) {
 			}
 		}
 	}
+	return true
 }
 
 // inPlace resolves the plan's operand modes for job j: whether the
