@@ -24,9 +24,12 @@ import (
 // each rounded to nearest even, subnormal accumulators read as zero and
 // subnormal results flushed — Intel's pseudo-code for TDPBF16PS, the even
 // element first (VDPBF16PS takes the odd one first: a family of its own).
-// No CPU this was developed on has AMX, so the kernel (kernelAMXBF16) is
-// checked in the instruction interpreter against this model, and against
-// the hardware by TestAMXNative wherever CPUID and the kernel allow it.
+// The kernel's source (kernelAMXBF16) is checked in the instruction
+// interpreter against this model. The hardware does not round this way
+// (a Sapphire-Rapids-class Xeon combines two k-pairs' products before
+// rounding: docs/kernels.md), so TestAMXNative holds it to the float64
+// reference, determinism and plan independence instead; K slices span
+// whole 16-pair blocks (kernel.kcStep) so every plan gives its bits.
 const (
 	amxMR     = 32
 	amxNR     = 32
@@ -43,8 +46,111 @@ func tdpbf16(acc float32, a, b uint32) float32 {
 }
 
 // packAAMX packs op(A)[ic:ic+mc, pc:pc+kc] into 32-row AMX panels (panel
-// of row ir at dst[ir·depth:]), rounding to bf16 pairs.
+// of row ir at dst[ir·depth:]), rounding to bf16 pairs: with AVX-512, A
+// as stored converts a row's 16-pair blocks straight into their tile rows
+// (cvtPairBlocksAsm), Aᵀ as stored goes through the bf16 pair sweep and
+// 8×8 transposes (packAAMXCols); packAAMXGo, the oracle of both, otherwise.
+// On a Sapphire-Rapids-class Xeon (one thread, BenchmarkStepBF16) the Go
+// loop took 52% of the `small` step's bf16 GEMM time; these paths took
+// those GEMMs from 169–395 to 428–796 GFLOP/s with the column kernel.
 func packAAMX(dst []uint32, trans bool, a []float32, lda, ic, pc, mc, kc int) {
+	switch {
+	case !useBF16Asm() || kc < 2:
+		packAAMXGo(dst, trans, a, lda, ic, pc, mc, kc)
+	case trans:
+		packAAMXCols(dst, a, lda, ic, pc, mc, kc)
+	default:
+		packAAMXRows(dst, a, lda, ic, pc, mc, kc)
+	}
+}
+
+// packAAMXRows is packAAMX for A as stored (row i at a[(ic+i)·lda+pc:]).
+func packAAMXRows(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
+	d := amxDepth(kc)
+	blocks := d / amxKBlock
+	whole := kc / (2 * amxKBlock) // blocks without padding
+	for ir := 0; ir < mc; ir += amxMR {
+		panel := dst[ir*d : ir*d+amxMR*d]
+		rows := min(amxMR, mc-ir)
+		for i := range rows {
+			off := (ic+ir+i)*lda + pc
+			row := a[off : off+kc]
+			cvtPairBlocksAsm(panel[i*amxKBlock:], row, whole, amxKBlock*amxMR, pairRowAhead*lda*4)
+			if whole == blocks {
+				continue
+			}
+			out := panel[whole*amxKBlock*amxMR+i*amxKBlock:][:amxKBlock]
+			tail := row[2*amxKBlock*whole:]
+			for q := range out {
+				var x0, x1 float32
+				if 2*q < len(tail) {
+					x0 = tail[2*q]
+				}
+				if 2*q+1 < len(tail) {
+					x1 = tail[2*q+1]
+				}
+				out[q] = bf16Pair(x0, x1)
+			}
+		}
+		for i := rows; i < amxMR; i++ {
+			for kb := range blocks {
+				clear(panel[kb*amxKBlock*amxMR+i*amxKBlock:][:amxKBlock])
+			}
+		}
+	}
+}
+
+// amxColGroup is how many 32-row panels packAAMXCols sweeps at a time
+// (its scratch: that many 16-pair blocks, 16 KiB).
+const amxColGroup = 8
+
+// packAAMXCols is packAAMX for Aᵀ as stored (A's k-row p at
+// a[(pc+p)·lda+ic:], contiguous over i): per 16-pair block, the pair
+// sweep (pairSweepAsm) writes each panel's block k-pair-major into a
+// scratch block, whose 16×32-word transpose (packRows) is the tile layout.
+func packAAMXCols(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
+	d := amxDepth(kc)
+	const blk = amxKBlock * amxMR // words of one 16-pair block of a panel
+	var scratch [amxColGroup * blk]uint32
+	sf := floats(scratch[:])
+	for g0 := 0; g0 < mc; g0 += amxColGroup * amxMR {
+		n := min(amxColGroup*amxMR, mc-g0)
+		np := ceilDiv(n, amxMR)
+		for kb := 0; kb < d; kb += amxKBlock {
+			for q := range amxKBlock {
+				k0 := 2 * (kb + q)
+				s := scratch[q*amxMR:]
+				if k0+1 < kc {
+					r0 := a[(pc+k0)*lda+ic+g0:][:n]
+					r1 := a[(pc+k0+1)*lda+ic+g0:][:n]
+					if pairSweepAsm(s, r0, r1, n, amxMR, blk, pairSweepAhead*2*lda*4) {
+						continue
+					}
+				}
+				for g := range np {
+					out := s[g*blk:][:amxMR]
+					for j := range out {
+						var x0, x1 float32
+						if c := g*amxMR + j; c < n && k0 < kc {
+							x0 = a[(pc+k0)*lda+ic+g0+c]
+							if k0+1 < kc {
+								x1 = a[(pc+k0+1)*lda+ic+g0+c]
+							}
+						}
+						out[j] = bf16Pair(x0, x1)
+					}
+				}
+			}
+			for g := range np {
+				out := floats(dst[(g0+g*amxMR)*d+kb*amxMR:][:blk])
+				packRows(out, sf, g*blk, amxMR, amxKBlock, amxMR, amxKBlock)
+			}
+		}
+	}
+}
+
+// packAAMXGo is packAAMX in Go.
+func packAAMXGo(dst []uint32, trans bool, a []float32, lda, ic, pc, mc, kc int) {
 	d := amxDepth(kc)
 	at := func(i, k int) float32 {
 		if trans {
@@ -116,8 +222,17 @@ func kernelGenericAMX(k int, a, b, c *float32, ldc int, load int, alpha float32)
 	}
 }
 
+// columnGenericAMX is kernelGenericAMX on mb row blocks (kernel.column).
+func columnGenericAMX(mb, k int, a, b, c *float32, ldc int, load int, alpha float32) {
+	for r := range mb {
+		ar := (*float32)(unsafe.Add(unsafe.Pointer(a), 4*r*amxMR*k))
+		cr := (*float32)(unsafe.Add(unsafe.Pointer(c), 4*r*amxMR*ldc))
+		kernelGenericAMX(k, ar, b, cr, ldc, load, alpha)
+	}
+}
+
 // genericAMXKernel is kernelGenericAMX as an engine kernel (bf16-amx).
-var genericAMXKernel = kernel{name: "generic-amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelGenericAMX}
+var genericAMXKernel = kernel{name: "generic-amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelGenericAMX, column: columnGenericAMX}
 
 // amxTileConfig is the LDTILECFG block the kernel loads: palette 1, all
 // eight tiles 16 rows × 64 bytes.

@@ -19,9 +19,10 @@ import (
 // model of TDPBF16PS and of the AMX layouts, bit for bit, and against the
 // float64 sums of the bf16 products.
 
-// amxCase is one call: k k-pairs (a multiple of 16).
+// amxCase is one call: k k-pairs (a multiple of 16), mb row blocks.
 type amxCase struct {
 	k     int
+	mb    int
 	alpha float32
 	load  bool
 	ldc   int
@@ -29,7 +30,7 @@ type amxCase struct {
 }
 
 func (c amxCase) String() string {
-	return fmt.Sprintf("k=%d alpha=%g load=%v ldc=%d %s", c.k, c.alpha, c.load, c.ldc, c.data)
+	return fmt.Sprintf("k=%d mb=%d alpha=%g load=%v ldc=%d %s", c.k, c.mb, c.alpha, c.load, c.ldc, c.data)
 }
 
 func amxCases() []amxCase {
@@ -39,7 +40,10 @@ func amxCases() []amxCase {
 			for _, alpha := range []float32{1, -0.5} {
 				for _, load := range []bool{false, true} {
 					for _, ldc := range []int{amxNR, amxNR + 3} {
-						cs = append(cs, amxCase{k, alpha, load, ldc, data})
+						cs = append(cs, amxCase{k, 1, alpha, load, ldc, data})
+					}
+					if k <= 32 {
+						cs = append(cs, amxCase{k, 2 + k/32, alpha, load, amxNR + 5, data})
 					}
 				}
 			}
@@ -70,7 +74,7 @@ func newAMXData(seed uint64, tc amxCase) amxData {
 		}
 		return v
 	}
-	d := amxData{a: make([]uint32, amxMR*tc.k), b: make([]uint32, amxNR*tc.k), c: make([]float32, amxMR*tc.ldc)}
+	d := amxData{a: make([]uint32, tc.mb*amxMR*tc.k), b: make([]uint32, amxNR*tc.k), c: make([]float32, tc.mb*amxMR*tc.ldc)}
 	for _, x := range [][]uint32{d.a, d.b} {
 		for i := range x {
 			x[i] = bf16Pair(val(), val())
@@ -99,17 +103,17 @@ func wordsToBytes(x []uint32) []byte {
 
 const asmCfgBase = 5 << 32
 
-// interpretAMX runs f on d and returns C. The panels and the tile
-// configuration must each be read exactly once, C read only when the call
-// loads it (and then once per byte by TILELOADD) or after it was written,
-// the 32×32 block written once by TILESTORED (twice with alpha ≠ 1: the
-// AVX-512 scaling) and nothing else of C touched; the tile state must be
-// released and the upper vector state clean at RET.
+// interpretAMX runs f on d and returns C. A and the tile configuration
+// must each be read exactly once and B once per row block, C read only
+// when the call loads it (and then once per byte by TILELOADD) or after
+// it was written, the 32·mb×32 block written once by TILESTORED (twice
+// with alpha ≠ 1: the AVX-512 scaling) and nothing else of C touched; the
+// tile state must be released and the upper vector state clean at RET.
 func interpretAMX(f *asmFunc, tc amxCase, d amxData, cov []int) ([]float32, error) {
 	frame := make([]byte, f.argSize)
 	args := map[string]uint64{
 		"k": uint64(tc.k), "a": asmABase, "b": asmBBase, "c": asmCBase, "ldc": uint64(tc.ldc),
-		"alpha": uint64(math.Float32bits(tc.alpha)), "load": loadArg(tc.load), "cfg": asmCfgBase,
+		"alpha": uint64(math.Float32bits(tc.alpha)), "load": loadArg(tc.load), "cfg": asmCfgBase, "mb": uint64(tc.mb),
 	}
 	for _, s := range f.frame {
 		v, ok := args[s.name]
@@ -135,8 +139,12 @@ func interpretAMX(f *asmFunc, tc amxCase, d amxData, cov []int) ([]float32, erro
 		return nil, err
 	}
 	for _, r := range []*asmRegion{rcfg, ra, rb} {
-		if i := slices.IndexFunc(r.reads, func(n int) bool { return n != 1 }); i >= 0 {
-			return nil, fmt.Errorf("%s byte %d read %d times, want once", r.name, i, r.reads[i])
+		want := 1
+		if r == rb {
+			want = tc.mb
+		}
+		if i := slices.IndexFunc(r.reads, func(n int) bool { return n != want }); i >= 0 {
+			return nil, fmt.Errorf("%s byte %d read %d times, want %d", r.name, i, r.reads[i], want)
 		}
 	}
 	wantW := 1
@@ -146,7 +154,7 @@ func interpretAMX(f *asmFunc, tc amxCase, d amxData, cov []int) ([]float32, erro
 	for x := range rc.data {
 		i, j := x/4/tc.ldc, x/4%tc.ldc
 		w := 0
-		if i < amxMR && j < amxNR {
+		if i < tc.mb*amxMR && j < amxNR {
 			w = wantW
 		}
 		if rc.writes[x] != w {
@@ -164,7 +172,7 @@ func interpretAMX(f *asmFunc, tc amxCase, d amxData, cov []int) ([]float32, erro
 			return nil, fmt.Errorf("upper half of vector register %d dirty at RET (missing VZEROUPPER?)", r)
 		}
 	}
-	if want := 2 * tc.k * amxMR * amxNR; m.fmaLanes != want {
+	if want := 2 * tc.k * tc.mb * amxMR * amxNR; m.fmaLanes != want {
 		return nil, fmt.Errorf("%d bf16 products, want %d", m.fmaLanes, want)
 	}
 	return bytesToFloats(rc.data), nil
@@ -174,22 +182,23 @@ func interpretAMX(f *asmFunc, tc amxCase, d amxData, cov []int) ([]float32, erro
 func modelAMX(tc amxCase, d amxData) []float32 {
 	c := slices.Clone(d.c)
 	a, b := append(slices.Clone(d.a), 0), append(slices.Clone(d.b), 0)
-	kernelGenericAMX(tc.k, wordPtr(a), wordPtr(b), &c[0], tc.ldc, int(loadArg(tc.load)), tc.alpha)
+	columnGenericAMX(tc.mb, tc.k, wordPtr(a), wordPtr(b), &c[0], tc.ldc, int(loadArg(tc.load)), tc.alpha)
 	return c
 }
 
 // referenceAMX checks got against float64 sums of the bf16 products: exact
 // for integers, within the bf16 kernels' bound otherwise.
 func referenceAMX(got []float32, tc amxCase, d amxData) error {
-	for i := range amxMR {
+	for i := range tc.mb * amxMR {
 		for j := range amxNR {
 			x := i*tc.ldc + j
+			ai := d.a[i/amxMR*amxMR*tc.k:]
 			var s, mag float64
 			if tc.load {
 				s, mag = float64(d.c[x]), math.Abs(float64(d.c[x]))
 			}
 			for p := range tc.k {
-				aw := d.a[p/amxKBlock*amxKBlock*amxMR+i*amxKBlock+p%amxKBlock]
+				aw := ai[p/amxKBlock*amxKBlock*amxMR+i%amxMR*amxKBlock+p%amxKBlock]
 				bw := d.b[p*amxNR+j]
 				for _, sh := range []uint{16, 0} {
 					ab := float64(math.Float32frombits(aw>>sh<<16)) * float64(math.Float32frombits(bw>>sh<<16))
@@ -260,8 +269,11 @@ func TestInterpAMXCatchesMutations(t *testing.T) {
 		{"lower A tile read from the upper rows' offset", "TILELOADD32(5, 6, 8, 1024)", "TILELOADD32(5, 6, 8, 1088)"},
 		{"B rows at A's stride", "TILELOADD(6, 7, 9, 0)", "TILELOADD(6, 7, 8, 0)"},
 		{"C quarter 3 stored over quarter 2", "TILESTORED(3, 10, 3, 64)", "TILESTORED(3, 10, 3, 0)"},
-		{"no TILERELEASE", "\tTILERELEASE\n\n\tMOVL", "\n\tMOVL"},
-		{"alpha never applied", "JZ   amx_done", "JMP  amx_done"},
+		{"no TILERELEASE", "\tTILERELEASE\n\tVZEROUPPER\n\tRET\n\n// ---", "\tVZEROUPPER\n\tRET\n\n// ---"},
+		{"C not advanced to the next row block", "SHLQ $5, AX\n\tADDQ AX, DX", "SHLQ $5, AX"},
+		{"B not rewound for the next row block", "MOVQ b+16(FP), DI\n\tMOVQ BX, R10", "MOVQ BX, R10"},
+		{"one row block only", "DECQ R11\n\tJNZ  amx_block", "DECQ R11"},
+		{"alpha never applied", "JZ   amx_next", "JMP  amx_next"},
 		{"C zeroed though loaded", "TILELOADD(3, 10, 3, 64)\n", "TILELOADD(3, 10, 3, 64)\n\tTILEZERO(0)\n"},
 		{"load flag ignored", "JNZ  amx_load\n\tTILEZERO(0)", "JMP  amx_load\n\tTILEZERO(0)"},
 		{"A not advanced", "ADDQ $2048, SI\n\tADDQ $2048, DI", "ADDQ $2048, DI"},

@@ -20,9 +20,13 @@ func TestAMXLayoutsEndToEnd(t *testing.T) {
 		shapes = shapes[:3]
 	}
 	rng := rand.New(rand.NewPCG(31, 32))
-	for _, threads := range []int{1, 2} {
+	for _, threads := range []int{1, 2, 3} {
 		cs := readCacheSizes()
-		e := newEngineKernels(threads, BF16, []kernel{genericAMXKernel}, cs, blockSizes{mc: 64, kc: 64, nc: 64})
+		bs := blockSizes{mc: 64, kc: 64, nc: 64}
+		if threads == 3 { // K slices innermost (runKInner), 2 threads
+			bs.cblock, threads = 2000, 2
+		}
+		e := newEngineKernels(threads, BF16, []kernel{genericAMXKernel}, cs, bs)
 		for _, s := range shapes {
 			for _, tr := range transCases {
 				for _, v := range variants {
@@ -34,38 +38,39 @@ func TestAMXLayoutsEndToEnd(t *testing.T) {
 	}
 }
 
-// TestAMXNative compares the AMX kernel with its Go model bit for bit on
-// the hardware, where this machine has AMX and Linux grants the tile
-// state; elsewhere it reports why it cannot run (the interpreter test,
-// TestInterpAMX, checks the kernel's source there).
-func TestAMXNative(t *testing.T) {
-	if err := amxAvailable(); err != nil {
-		t.Skipf("no AMX here: %v", err)
-	}
-	native := amxKernelForTest()
-	rng := rand.New(rand.NewPCG(41, 42))
-	for _, k := range []int{0, 16, 64, 160} {
-		for _, load := range []int{0, 1} {
-			for _, alpha := range []float32{1, 0.75} {
-				a, b := make([]uint32, amxMR*max(k, 1)), make([]uint32, amxNR*max(k, 1))
+// TestPackAAMX: the assembly-backed AMX A packing (both storage orders)
+// gives packAAMXGo's words, padding included, on edge shapes and values
+// (subnormals, NaNs, ties), from offsets inside a larger matrix.
+func TestPackAAMX(t *testing.T) {
+	rng := rand.New(rand.NewPCG(51, 52))
+	specials := []float32{0, float32(math.Copysign(0, -1)), 1e-40, -1e-40, float32(math.NaN()), float32(math.Inf(1)), 1 + 1.0/256, 1 + 3.0/256}
+	for _, trans := range []bool{false, true} {
+		for _, mc := range []int{1, 31, 32, 33, 300} {
+			for _, kc := range []int{2, 3, 31, 32, 33, 64, 70, 255} {
+				const ic, pc = 3, 5
+				rows, cols := ic+mc+2, pc+kc+3
+				if trans {
+					rows, cols = pc+kc+3, ic+mc+2
+				}
+				lda := cols + 1
+				a := make([]float32, rows*lda)
 				for i := range a {
-					a[i] = bf16Pair(float32(rng.NormFloat64()), float32(rng.NormFloat64()))
+					a[i] = float32(rng.NormFloat64())
+					if rng.IntN(8) == 0 {
+						a[i] = specials[rng.IntN(len(specials))]
+					}
 				}
-				for i := range b {
-					b[i] = bf16Pair(float32(rng.NormFloat64()), float32(rng.NormFloat64()))
+				d := amxDepth(kc)
+				n := roundUp(mc, amxMR) * d
+				got, want := make([]uint32, n+7), make([]uint32, n+7)
+				for i := range got {
+					got[i], want[i] = 0xdeadbeef, 0xdeadbeef
 				}
-				ldc := amxNR + 5
-				c := make([]float32, amxMR*ldc)
-				for i := range c {
-					c[i] = float32(rng.NormFloat64())
-				}
-				want := append([]float32(nil), c...)
-				ap, bp := wordPtr(a), wordPtr(b)
-				kernelGenericAMX(k, ap, bp, &want[0], ldc, load, alpha)
-				native.full(k, ap, bp, &c[0], ldc, load, alpha)
-				for x := range c {
-					if math.Float32bits(c[x]) != math.Float32bits(want[x]) {
-						t.Fatalf("k=%d load=%d alpha=%g: C[%d][%d] = %g, Go model of TDPBF16PS %g", k, load, alpha, x/ldc, x%ldc, c[x], want[x])
+				packAAMX(got, trans, a, lda, ic, pc, mc, kc)
+				packAAMXGo(want, trans, a, lda, ic, pc, mc, kc)
+				for i := range want {
+					if got[i] != want[i] {
+						t.Fatalf("trans=%v mc=%d kc=%d: word %d = %#08x, Go packing %#08x", trans, mc, kc, i, got[i], want[i])
 					}
 				}
 			}

@@ -16,7 +16,7 @@ import (
 // only tail's lanes (0: all width).
 //
 //go:noescape
-func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32)
+func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32, ahead int)
 
 // cvtPairsAVX512 sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p < n,
 // prefetching the 8n bytes at pf (an address, never read: it may lie past
@@ -25,6 +25,12 @@ func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, t
 //go:noescape
 func cvtPairsAVX512(dst *uint32, src *float32, n int, pf uintptr)
 
+// cvtPairBlocksAVX512 sets dst[b·dstride+q] = bf16Pair(src[32b+2q],
+// src[32b+2q+1]) for b < blocks, q < 16, prefetching the run at pf.
+//
+//go:noescape
+func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
+
 // useBF16Asm reports whether the bf16 packing routines may run: they
 // need AVX512F only.
 func useBF16Asm() bool { return cpu.X86.HasAVX512F }
@@ -32,7 +38,7 @@ func useBF16Asm() bool { return cpu.X86.HasAVX512F }
 // pairSweepAsm packs k-pair rows r0 and r1 (n columns each) into the
 // panels of width columns at dst[q*pstride:] as pairColPanels does, and
 // reports false (doing nothing) where the assembly does not apply.
-func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool {
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int) bool {
 	if !useBF16Asm() || n == 0 || width > 32 || width < 1 {
 		return false
 	}
@@ -45,7 +51,7 @@ func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride int) bool {
 	if rem := n % width; rem != 0 {
 		tail = laneMask(rem)
 	}
-	pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail)
+	pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail, ahead)
 	return true
 }
 
@@ -59,6 +65,22 @@ func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool {
 	if n := len(dst); n > 0 {
 		_ = src[2*n-1]
 		cvtPairsAVX512(&dst[0], &src[0], n, uintptr(unsafe.Pointer(&src[0]))+uintptr(ahead))
+	}
+	return true
+}
+
+// cvtPairBlocksAsm sets dst[b·dstride+q] = bf16Pair(src[32b+2q],
+// src[32b+2q+1]) for b < blocks and q < 16 (an AMX A row's whole 16-pair
+// blocks), and reports false (doing nothing) where the assembly does not
+// apply. The same run ahead bytes on is prefetched.
+func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) bool {
+	if !useBF16Asm() {
+		return false
+	}
+	if blocks > 0 {
+		_ = src[32*blocks-1]
+		_ = dst[(blocks-1)*dstride+15]
+		cvtPairBlocksAVX512(&dst[0], &src[0], blocks, dstride, uintptr(unsafe.Pointer(&src[0]))+uintptr(ahead))
 	}
 	return true
 }

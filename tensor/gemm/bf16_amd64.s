@@ -56,18 +56,21 @@
 	VPANDD Z21, x0, x0; \
 	VPORD  x0, w, w
 
-// func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32)
+// func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32, ahead int)
 //
 // One k-pair of pairColPanels: for each panel q < panels, dst[q*pstride +
 // j] = ToBF16(r0[q*width+j]) | ToBF16(r1[q*width+j])<<16 for j < width
 // (≤ 32). The last panel reads only the lanes in tail's low bits (0: all
 // width) and stores zero pairs in the others; nothing past a panel's
-// width lanes is read or written.
+// width lanes is read or written. The bytes ahead bytes on from each 64
+// read of r0 and r1 are prefetched (rows a few k-pairs on, never read:
+// the source is often cold, and the hardware prefetcher does not get far
+// along two short strided streams).
 //
 // Registers: R10, R11 walk r0 and r1 (width floats a panel), DI dst
 // (pstride words); K1/K2 the width's lanes (low/high 16), K3/K4 the
-// tail's; BX counts the full panels.
-TEXT ·pairSweepAVX512(SB), NOSPLIT, $0-52
+// tail's; BX counts the full panels; R12 ahead.
+TEXT ·pairSweepAVX512(SB), NOSPLIT, $0-64
 	MOVQ dst+0(FP), DI
 	MOVQ r0+8(FP), R10
 	MOVQ r1+16(FP), R11
@@ -75,6 +78,7 @@ TEXT ·pairSweepAVX512(SB), NOSPLIT, $0-52
 	MOVQ width+32(FP), R9
 	MOVQ pstride+40(FP), R8
 	SHLQ $2, R8
+	MOVQ ahead+56(FP), R12
 	MOVQ $1, AX
 	MOVQ R9, CX
 	SHLQ CX, AX
@@ -103,6 +107,8 @@ ps_tailmask:
 ps_loop16:
 	TESTQ BX, BX
 	JZ   ps_last16
+	PREFETCHT0 (R10)(R12*1)
+	PREFETCHT0 (R11)(R12*1)
 	VMOVDQU32.Z (R10), K1, Z0
 	VMOVDQU32.Z (R11), K1, Z1
 	BF_PAIR(Z0, Z1, Z2, Z3)
@@ -123,6 +129,10 @@ ps_last16:
 ps_wide:
 	TESTQ BX, BX
 	JZ   ps_last32
+	PREFETCHT0 (R10)(R12*1)
+	PREFETCHT0 (R11)(R12*1)
+	PREFETCHT0 64(R10)(R12*1)
+	PREFETCHT0 64(R11)(R12*1)
 	VMOVDQU32.Z (R10), K1, Z0
 	VMOVDQU32.Z (R11), K1, Z1
 	VMOVDQU32.Z 64(R10), K2, Z4
@@ -200,5 +210,44 @@ cp_tail:
 	VPMOVDW Z1, K1, (DI)
 
 cp_done:
+	VZEROUPPER
+	RET
+
+// func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
+//
+// cvtPairsAVX512 by blocks of 16 pairs (32 floats of src, contiguous) into
+// 16 words at dst + b·dstride words for b < blocks: a row of an AMX A
+// panel (amx.go), whose 16-pair blocks lie 512 words apart. As in
+// cvtPairsAVX512, the 128 bytes at the same offset from pf as each
+// block's are prefetched (pf is never read).
+TEXT ·cvtPairBlocksAVX512(SB), NOSPLIT, $0-40
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ blocks+16(FP), BX
+	MOVQ dstride+24(FP), R8
+	SHLQ $2, R8
+	MOVQ pf+32(FP), R10
+	SUBQ SI, R10      // pf as an offset from SI
+	BF_CONSTS
+	TESTQ BX, BX
+	JZ   cb_done
+
+cb_loop:
+	PREFETCHT0 (SI)(R10*1)
+	PREFETCHT0 64(SI)(R10*1)
+	VMOVDQU32 (SI), Z0
+	VMOVDQU32 64(SI), Z3
+	BF_ROUND(Z0, Z1, Z2)
+	BF_ROUND(Z3, Z4, Z5)
+	VPSRLD  $16, Z1, Z1
+	VPSRLD  $16, Z4, Z4
+	VPMOVDW Z1, (DI)
+	VPMOVDW Z4, 32(DI)
+	ADDQ $128, SI
+	ADDQ R8, DI
+	DECQ BX
+	JNZ  cb_loop
+
+cb_done:
 	VZEROUPPER
 	RET

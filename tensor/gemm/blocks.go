@@ -69,7 +69,14 @@ func parseSize(s string) (int, error) {
 // half of a worker's share of L3: with K > KC every K slice re-reads and
 // re-writes that block, and when it stays in L3 those passes do not go to
 // DRAM (run lowers NC to fit).
-type blockSizes struct{ mc, kc, nc, cmax int }
+//
+// cblock, when > 0, lets a call whose K takes several slices run them
+// innermost (worker.runKInner, AMX only): each MC×NC block of C then takes
+// all of its K slices while it holds at most cblock floats (half of L2),
+// B being packed whole for the NC block first. AMX computes a slice so
+// fast that the M×NC block of C streaming to L3 and back between slices
+// bounded it otherwise.
+type blockSizes struct{ mc, kc, nc, cmax, cblock int }
 
 // chooseBlocks derives the blocking from the cache sizes:
 //   - KC: the B micro-panel (KC·NR floats, or KC/2·NR bf16 pair words)
@@ -87,18 +94,23 @@ type blockSizes struct{ mc, kc, nc, cmax int }
 //     its share of L3, capped at 4096 columns, rounded down to NR.
 //   - cmax: half of each worker's share of L3, in floats (see blockSizes).
 func chooseBlocks(cs cacheSizes, k kernel, threads int) blockSizes {
-	f := 4                   // bytes per k-step element: a float32, or half a bf16 pair word
-	if k.pairs() && !k.amx { // AMX keeps the blocking it was measured with
+	f := 4         // bytes per k-step element: a float32, or half a bf16 pair word
+	if k.pairs() { // AMX too: 48 KiB L1 → KC 384, MC 672 (see docs/kernels.md)
 		f = 2
 	}
 	kc := cs.l1 / 2 / (k.nr * f)
 	kc = clampInt(kc&^7, 64, 512*4/f)
+	kc -= kc % k.kcStep()
 	mc := cs.l2 / 4 / (kc * f)
 	mc = max(mc/k.mr*k.mr, k.mr)
 	nc := cs.l3 / max(threads, 1) / 4 / (kc * f)
 	nc = clampInt(nc/k.nr*k.nr, 4*k.nr, 4096/k.nr*k.nr)
 	cmax := cs.l3 / max(threads, 1) / 2 / 4
-	return blockSizes{mc: mc, kc: kc, nc: nc, cmax: cmax}
+	b := blockSizes{mc: mc, kc: kc, nc: nc, cmax: cmax}
+	if k.amx {
+		b.cblock = cs.l2 / 2 / 4
+	}
+	return b
 }
 
 func clampInt(v, lo, hi int) int { return max(lo, min(v, hi)) }

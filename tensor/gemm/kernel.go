@@ -60,6 +60,11 @@ type kernel struct {
 	amx    bool
 	mr, nr int
 	full   func(k int, a, b, c *float32, ldc int, load int, alpha float32)
+	// column, when non-nil, is full on mb ≥ 1 row blocks at once: A
+	// panels r = 0…mb-1 (consecutive, MR·k words each) times one B panel
+	// into C rows r·MR… — the same arithmetic per element as full, for
+	// kernels whose per-call setup (AMX's LDTILECFG) is worth sharing.
+	column func(mb, k int, a, b, c *float32, ldc int, load int, alpha float32)
 	// strided is full on operands in place: A(i, p) at a[i·rsa + p·csa]
 	// and B(p, j) at b[p·ldb + j] (floats), so an operand whose stored
 	// layout already is a panel — B not transposed, or A either way, read
@@ -93,6 +98,19 @@ func (k *kernel) family() string {
 		return "bf16-amx" // TDPBF16PS pairs: lo then hi, subnormals flushed
 	}
 	return "bf16-dp" // VDPBF16PS pairs: hi then lo, subnormals flushed
+}
+
+// kcStep is the multiple of k elements every K slice but the last spans.
+// The float32 and VDPBF16PS kernels unroll by 4; for AMX it is 32 (16
+// k-pairs, one TDPBF16PS): TDPBF16PS does not round after each pair
+// (docs/kernels.md), so its result depends on which 16 pairs one
+// instruction sees, and slices of whole 16-pair blocks make those the same
+// blocks of K whatever KC a plan has (a cached plan's KC included).
+func (k *kernel) kcStep() int {
+	if k.amx {
+		return 2 * amxKBlock
+	}
+	return 4
 }
 
 // depth is the kernel's k argument for a KC slice of kc.

@@ -27,16 +27,25 @@ func kernelAVX2S(k int, a *float32, rsa, csa int, b *float32, ldb int, c *float3
 //go:noescape
 func kernelAVX512BF16(k int, a, b, c *float32, ldc int, load int, alpha float32)
 
-// kernelAMXBF16 is the AMX-BF16 32×32 kernel over AMX panels (amx.go):
-// k counts k-pairs (a multiple of 16), cfg is amxTileConfig's block.
+// kernelAMXBF16 is the AMX-BF16 kernel over AMX panels (amx.go): mb ≥ 1
+// row blocks of 32×32 (consecutive A panels and C rows, one B panel); k
+// counts k-pairs (a multiple of 16), cfg is amxTileConfig's block.
 //
 //go:noescape
-func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte)
+func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte, mb int)
 
-// kernelAMX is kernelAMXBF16 with the tile configuration (on the stack).
+// kernelAMX is kernelAMXBF16 on one 32×32 block, with the tile
+// configuration on the stack.
 func kernelAMX(k int, a, b, c *float32, ldc int, load int, alpha float32) {
 	cfg := amxTileConfig()
-	kernelAMXBF16(k, a, b, c, ldc, load, alpha, &cfg[0])
+	kernelAMXBF16(k, a, b, c, ldc, load, alpha, &cfg[0], 1)
+}
+
+// kernelAMXColumn is kernelAMXBF16 on mb row blocks: a column of a
+// macro-kernel's tiles for one LDTILECFG.
+func kernelAMXColumn(mb, k int, a, b, c *float32, ldc int, load int, alpha float32) {
+	cfg := amxTileConfig()
+	kernelAMXBF16(k, a, b, c, ldc, load, alpha, &cfg[0], mb)
 }
 
 // amxPeakLoop runs n iterations of four independent TDPBF16PS.
@@ -44,7 +53,7 @@ func amxPeakLoop(n int, cfg *byte)
 
 // amxKernel is the AMX-BF16 kernel (bf16-amx), available where
 // amxAvailable reports no error.
-var amxKernel = kernel{name: "amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelAMX,
+var amxKernel = kernel{name: "amx", precision: BF16, amx: true, mr: amxMR, nr: amxNR, full: kernelAMX, column: kernelAMXColumn,
 	peak: func(n int) float64 {
 		cfg := amxTileConfig()
 		amxPeakLoop(n, &cfg[0])

@@ -963,31 +963,51 @@ bf_done:
 #define TILELOADD32(t, base, index, disp) TILE_SIB32(0x7B, 0x4B, t, base, index, disp)
 #define TILESTORED(t, base, index, disp) TILE_SIB8(0x7A, 0x4B, t, base, index, disp)
 
-// func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte)
+// func kernelAMXBF16(k int, a, b, c *float32, ldc int, load int, alpha float32, cfg *byte, mb int)
 //
-// C(32×32) = alpha·(C0 + A·B) over AMX panels (amx.go) of k k-pairs, k a
-// multiple of 16, with the tile configuration at cfg (amxTileConfig). C0
-// is C (loaded by TILELOADD) or zero (TILEZERO; C then not read before it
-// is written). tmm0–3 hold C's four 16×16 quarters, tmm4–5 the A tiles,
-// tmm6–7 the B tiles. Alpha ≠ 1 scales the stored block with AVX-512.
+// C(32·mb × 32) = alpha·(C0 + A·B) over mb ≥ 1 consecutive AMX panels of
+// A (amx.go; panel r at a + r·128·k bytes) and one B panel, of k k-pairs,
+// k a multiple of 16, with the tile configuration at cfg (amxTileConfig):
+// row block r of C (at c + r·32·ldc floats) is A panel r times B. The
+// tiles are configured once per call, so one call covers a column of a
+// macro-kernel's tiles (kernelAMX is the mb = 1 micro-kernel). C0 is C
+// (loaded by TILELOADD) or zero (TILEZERO; C then not read before it is
+// written). tmm0–3 hold C's four 16×16 quarters, tmm4–5 the A tiles,
+// tmm6–7 the B tiles. Alpha ≠ 1 scales each stored block with AVX-512.
 //
-// Registers: SI A, DI B, DX C, R10 C row 16, BX ldc in bytes (the C
-// tiles' stride), R8 64 (A's), R9 128 (B's), CX k.
-TEXT ·kernelAMXBF16(SB), NOSPLIT, $0-64
+// Registers: SI A (after a block's k loop it points at the next panel),
+// DI B, DX C, R10 C row 16, BX ldc in bytes (the C tiles' stride), R8 64
+// (A's), R9 128 (B's), CX k, R11 blocks left, R12 the scaling's row, R13
+// the next block's C row to prefetch (4 rows a k step: C is often cold,
+// and each of a tile's 16 rows is a cache line of its own), R14 its rows
+// left.
+TEXT ·kernelAMXBF16(SB), NOSPLIT, $0-72
 	MOVQ cfg+56(FP), AX
 	LDTILECFG_AX
-	MOVQ k+0(FP), CX
 	MOVQ a+8(FP), SI
-	MOVQ b+16(FP), DI
 	MOVQ c+24(FP), DX
 	MOVQ ldc+32(FP), BX
 	SHLQ $2, BX
+	MOVQ $64, R8
+	MOVQ $128, R9
+	MOVQ mb+64(FP), R11
+
+amx_block:
+	MOVQ k+0(FP), CX
+	MOVQ b+16(FP), DI
 	MOVQ BX, R10
 	SHLQ $4, R10
 	ADDQ DX, R10
-	MOVQ $64, R8
-	MOVQ $128, R9
+	MOVQ BX, R13
+	SHLQ $5, R13
+	ADDQ DX, R13      // the next block's C: 32 rows on
+	MOVQ $32, R14     // its rows left to prefetch (none after the last block)
+	MOVQ R11, AX
+	DECQ AX
+	JNZ  amx_pf
+	MOVQ $0, R14
 
+amx_pf:
 	MOVQ load+40(FP), AX
 	TESTQ AX, AX
 	JNZ  amx_load
@@ -1009,13 +1029,30 @@ amx_k:
 
 amx_loop:
 	TILELOADD(4, 6, 8, 0)
-	TILELOADD32(5, 6, 8, 1024)
 	TILELOADD(6, 7, 9, 0)
-	TILELOADD(7, 7, 9, 64)
 	TDPBF16PS(0, 4, 6)
+	TILELOADD(7, 7, 9, 64)
 	TDPBF16PS(1, 4, 7)
+	TILELOADD32(5, 6, 8, 1024)
 	TDPBF16PS(2, 5, 6)
 	TDPBF16PS(3, 5, 7)
+	TESTQ R14, R14
+	JZ    amx_nopf
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	PREFETCHT0 (R13)
+	PREFETCHT0 64(R13)
+	ADDQ BX, R13
+	ADDQ $-4, R14
+
+amx_nopf:
 	ADDQ $2048, SI
 	ADDQ $2048, DI
 	ADDQ $-16, CX
@@ -1026,24 +1063,31 @@ amx_store:
 	TILESTORED(1, 2, 3, 64)
 	TILESTORED(2, 10, 3, 0)
 	TILESTORED(3, 10, 3, 64)
-	TILERELEASE
 
 	MOVL alpha+48(FP), AX
 	CMPL AX, $0x3f800000
-	JZ   amx_done
+	JZ   amx_next
 	VBROADCASTSS alpha+48(FP), Z0
+	MOVQ DX, R12
 	MOVQ $32, CX
 
 amx_scale:
-	VMULPS  (DX), Z0, Z1
-	VMOVUPS Z1, (DX)
-	VMULPS  64(DX), Z0, Z2
-	VMOVUPS Z2, 64(DX)
-	ADDQ    BX, DX
+	VMULPS  (R12), Z0, Z1
+	VMOVUPS Z1, (R12)
+	VMULPS  64(R12), Z0, Z2
+	VMOVUPS Z2, 64(R12)
+	ADDQ    BX, R12
 	DECQ    CX
 	JNZ     amx_scale
 
-amx_done:
+amx_next:
+	MOVQ BX, AX
+	SHLQ $5, AX
+	ADDQ AX, DX
+	DECQ R11
+	JNZ  amx_block
+
+	TILERELEASE
 	VZEROUPPER
 	RET
 

@@ -285,7 +285,7 @@ func (t *tuner) search(s Shape, deadline time.Time) plan {
 	}
 	base := cur
 	kcs := []int{96, 128, 160, 256, 320, 384, 512}
-	if cur.kern.pairs() && !cur.kern.amx {
+	if cur.kern.pairs() { // AMX too: every KC here spans whole TDPBF16PS blocks (kcStep)
 		// A bf16 pair panel holds a KC of twice the float32 one in the
 		// same bytes: the same cache footprints, counted in elements.
 		kcs = []int{128, 192, 256, 320, 384, 512, 640, 768, 1024}

@@ -53,7 +53,7 @@ func TestPlansNeverChangeResults(t *testing.T) {
 						k := ks[rng.IntN(len(ks))]
 						p := plan{kern: k, blocks: blockSizes{
 							mc: k.mr * (1 + rng.IntN(8)), kc: 4 * (1 + rng.IntN(40)), nc: k.nr * (1 + rng.IntN(12)),
-							cmax: []int{0, 2000}[rng.IntN(2)]}}
+							cmax: []int{0, 2000}[rng.IntN(2)], cblock: []int{0, 600, 40000}[rng.IntN(3)]}}
 						modes := []operand{operandAuto, operandPacked, operandInPlace}
 						p.inA, p.inB = modes[rng.IntN(3)], modes[rng.IntN(3)]
 						threads := 1 + rng.IntN(3)
