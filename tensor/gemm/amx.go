@@ -48,11 +48,14 @@ func tdpbf16(acc float32, a, b uint32) float32 {
 // packAAMX packs op(A)[ic:ic+mc, pc:pc+kc] into 32-row AMX panels (panel
 // of row ir at dst[ir·depth:]), rounding to bf16 pairs: with AVX-512, A
 // as stored converts a row's 16-pair blocks straight into their tile rows
-// (cvtPairBlocksAsm), Aᵀ as stored goes through the bf16 pair sweep and
-// 8×8 transposes (packAAMXCols); packAAMXGo, the oracle of both, otherwise.
-// On a Sapphire-Rapids-class Xeon (one thread, BenchmarkStepBF16) the Go
-// loop took 52% of the `small` step's bf16 GEMM time; these paths took
-// those GEMMs from 169–395 to 428–796 GFLOP/s with the column kernel.
+// (cvtPairBlocksAsm), Aᵀ as stored converts 32×32 blocks and transposes
+// them in registers straight into tile rows (packAAMXCols, rounding with
+// VCVTNE2PS2BF16 where the CPU has AVX512-BF16); packAAMXGo, the oracle
+// of both, otherwise. On a Sapphire-Rapids-class Xeon (one thread,
+// BenchmarkStepBF16) the Go loop took 52% of the `small` step's bf16 GEMM
+// time; these paths took those GEMMs from 169–395 to 428–796 GFLOP/s with
+// the column kernel. Aᵀ's registers transpose and VCVTNE2PS2BF16 took the
+// hot Aᵀ packing (BenchmarkPackBF16/A/amx/trans) from 52 to 30 µs.
 func packAAMX(dst []uint32, trans bool, a []float32, lda, ic, pc, mc, kc int) {
 	switch {
 	case !useBF16Asm() || kc < 2:
@@ -100,50 +103,61 @@ func packAAMXRows(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
 	}
 }
 
-// amxColGroup is how many 32-row panels packAAMXCols sweeps at a time
-// (its scratch: that many 16-pair blocks, 16 KiB).
-const amxColGroup = 8
+// amxColAhead is how many k-rows ahead packAAMXCols prefetches its source
+// (the source is often cold in a step).
+const amxColAhead = 16
 
 // packAAMXCols is packAAMX for Aᵀ as stored (A's k-row p at
-// a[(pc+p)·lda+ic:], contiguous over i): per 16-pair block, the pair
-// sweep (pairSweepAsm) writes each panel's block k-pair-major into a
-// scratch block, whose 16×32-word transpose (packRows) is the tile layout.
+// a[(pc+p)·lda+ic:], contiguous over i): per whole 16-pair block, the
+// block of every 32-row panel goes straight into tile rows
+// (amxColBlocksAsm: the pair conversion and a 16×16 word transpose in
+// registers), sweeping the 32 source rows across the panels; a last
+// block with padding goes through the Go loop.
 func packAAMXCols(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
+	packAAMXColsWith(dst, a, lda, ic, pc, mc, kc, true)
+}
+
+// packAAMXColsWith is packAAMXCols, converting with VCVTNE2PS2BF16 where
+// the CPU has it only if cvt.
+func packAAMXColsWith(dst []uint32, a []float32, lda, ic, pc, mc, kc int, cvt bool) {
 	d := amxDepth(kc)
 	const blk = amxKBlock * amxMR // words of one 16-pair block of a panel
-	var scratch [amxColGroup * blk]uint32
-	sf := floats(scratch[:])
-	for g0 := 0; g0 < mc; g0 += amxColGroup * amxMR {
-		n := min(amxColGroup*amxMR, mc-g0)
-		np := ceilDiv(n, amxMR)
-		for kb := 0; kb < d; kb += amxKBlock {
-			for q := range amxKBlock {
-				k0 := 2 * (kb + q)
-				s := scratch[q*amxMR:]
-				if k0+1 < kc {
-					r0 := a[(pc+k0)*lda+ic+g0:][:n]
-					r1 := a[(pc+k0+1)*lda+ic+g0:][:n]
-					if pairSweepAsm(s, r0, r1, n, amxMR, blk, pairSweepAhead*2*lda*4) {
-						continue
-					}
+	whole := kc / (2 * amxKBlock)
+	full, rest := mc/amxMR, mc%amxMR
+	kb0 := 0
+	for kb := range whole {
+		src := a[(pc+2*amxKBlock*kb)*lda+ic:]
+		out := dst[kb*blk:]
+		if full > 0 && !amxColBlocksAsm(out, src, lda, full, amxMR, amxMR, amxMR*d, amxColAhead*lda, cvt) {
+			break
+		}
+		if rest > 0 && !amxColBlocksAsm(out[full*amxMR*d:], src[full*amxMR:], lda, 1, rest, amxMR, amxMR*d, amxColAhead*lda, cvt) {
+			break
+		}
+		kb0 = (kb + 1) * amxKBlock
+	}
+	for ir := 0; ir < mc; ir += amxMR {
+		panel := dst[ir*d : ir*d+amxMR*d]
+		cols := min(amxMR, mc-ir)
+		for kb := kb0; kb < d; kb += amxKBlock {
+			out := panel[kb*amxMR : kb*amxMR+blk]
+			for i := range amxMR {
+				row := out[i*amxKBlock : (i+1)*amxKBlock]
+				if i >= cols {
+					clear(row)
+					continue
 				}
-				for g := range np {
-					out := s[g*blk:][:amxMR]
-					for j := range out {
-						var x0, x1 float32
-						if c := g*amxMR + j; c < n && k0 < kc {
-							x0 = a[(pc+k0)*lda+ic+g0+c]
-							if k0+1 < kc {
-								x1 = a[(pc+k0+1)*lda+ic+g0+c]
-							}
-						}
-						out[j] = bf16Pair(x0, x1)
+				for q := range row {
+					k0 := 2 * (kb + q)
+					var x0, x1 float32
+					if k0 < kc {
+						x0 = a[(pc+k0)*lda+ic+ir+i]
 					}
+					if k0+1 < kc {
+						x1 = a[(pc+k0+1)*lda+ic+ir+i]
+					}
+					row[q] = bf16Pair(x0, x1)
 				}
-			}
-			for g := range np {
-				out := floats(dst[(g0+g*amxMR)*d+kb*amxMR:][:blk])
-				packRows(out, sf, g*blk, amxMR, amxKBlock, amxMR, amxKBlock)
 			}
 		}
 	}

@@ -45,8 +45,8 @@ func TestPackAAMX(t *testing.T) {
 	rng := rand.New(rand.NewPCG(51, 52))
 	specials := []float32{0, float32(math.Copysign(0, -1)), 1e-40, -1e-40, float32(math.NaN()), float32(math.Inf(1)), 1 + 1.0/256, 1 + 3.0/256}
 	for _, trans := range []bool{false, true} {
-		for _, mc := range []int{1, 31, 32, 33, 300} {
-			for _, kc := range []int{2, 3, 31, 32, 33, 64, 70, 255} {
+		for _, mc := range []int{1, 31, 32, 33, 48, 60, 300} {
+			for _, kc := range []int{2, 3, 31, 32, 33, 64, 70, 128, 255} {
 				const ic, pc = 3, 5
 				rows, cols := ic+mc+2, pc+kc+3
 				if trans {
@@ -71,6 +71,16 @@ func TestPackAAMX(t *testing.T) {
 				for i := range want {
 					if got[i] != want[i] {
 						t.Fatalf("trans=%v mc=%d kc=%d: word %d = %#08x, Go packing %#08x", trans, mc, kc, i, got[i], want[i])
+					}
+				}
+				if !trans || !useBF16Asm() || kc < 2 {
+					continue
+				}
+				// The integer rounding where the CPU has VCVTNE2PS2BF16 too.
+				packAAMXColsWith(got, a, lda, ic, pc, mc, kc, false)
+				for i := range want {
+					if got[i] != want[i] {
+						t.Fatalf("trans mc=%d kc=%d, integer rounding: word %d = %#08x, Go packing %#08x", mc, kc, i, got[i], want[i])
 					}
 				}
 			}

@@ -9,7 +9,8 @@ import (
 // BenchmarkPackBF16 measures the bf16 pair packing of one block as Sgemm
 // does for the `small` step's shapes — A: an MC=504-row block, B: a
 // 512-column block, each KC=256 deep, for both storage orders, in GB/s
-// of float32 source read. The source has a 2048-float row stride.
+// of float32 source read. The source has a 2048-float row stride. The
+// amx cases pack an AMX A block as the derived plan does (MC=672, KC=384).
 func BenchmarkPackBF16(b *testing.B) {
 	const kc, ld = 256, 2048
 	src := make([]float32, 2048*ld)
@@ -34,6 +35,19 @@ func BenchmarkPackBF16(b *testing.B) {
 				}
 			}
 			b.SetBytes(int64(c.n * kc * 4))
+		})
+	}
+	for _, trans := range []bool{false, true} {
+		const mc, kc = 672, 384
+		name := "A/amx"
+		if trans {
+			name += "/trans"
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				packAAMX(dst, trans, src, ld, 0, 0, mc, kc)
+			}
+			b.SetBytes(int64(mc * kc * 4))
 		})
 	}
 }

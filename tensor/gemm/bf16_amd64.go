@@ -84,3 +84,43 @@ func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) b
 	}
 	return true
 }
+
+// amxColBlocksAVX512 packs count 32-row × 32-column units of Aᵀ as
+// stored (row stride ld floats; unit u at src + u·sstep bytes) into
+// 16-pair AMX A blocks (unit u at dst + u·dstep bytes), columns 0–15
+// under the lanes of lo and 16–31 under hi, the others zero pairs;
+// the line ahead bytes on from each row read is prefetched.
+//
+//go:noescape
+func amxColBlocksAVX512(dst *uint32, src *float32, ld, count, sstep, dstep int, lo, hi uint32, ahead int)
+
+// amxColBlocksBF16 is amxColBlocksAVX512 converting with VCVTNE2PS2BF16
+// (AVX512-BF16), whose bits are ToBF16's.
+//
+//go:noescape
+func amxColBlocksBF16(dst *uint32, src *float32, ld, count, sstep, dstep int, lo, hi uint32, ahead int)
+
+// useBF16Cvt reports whether amxColBlocksBF16 may run.
+func useBF16Cvt() bool { return cpu.X86.HasAVX512BF16 && cpu.X86.HasAVX512BW }
+
+// amxColBlocksAsm packs count units of Aᵀ as stored (src's row r at
+// src[r·ld:], 32 whole k-rows and cols ≤ 32 columns a unit, unit u at
+// src[u·sstep:]) into 16-pair AMX A blocks (unit u at dst[u·dstep:]),
+// as packAAMXGo would, and reports false (doing nothing) where the
+// assembly does not apply. The float ahead floats on from each row read
+// is prefetched. With cvt (and useBF16Cvt), VCVTNE2PS2BF16 rounds.
+func amxColBlocksAsm(dst []uint32, src []float32, ld, count, cols, sstep, dstep, ahead int, cvt bool) bool {
+	if !useBF16Asm() || cols < 1 || cols > amxMR || count < 1 {
+		return false
+	}
+	// The bounds the assembly relies on.
+	_ = src[(count-1)*sstep+(2*amxKBlock-1)*ld+cols-1]
+	_ = dst[(count-1)*dstep+amxKBlock*amxMR-1]
+	lo, hi := laneMask(min(cols, 16)), laneMask(max(cols-16, 0))
+	if cvt && useBF16Cvt() {
+		amxColBlocksBF16(&dst[0], &src[0], ld, count, sstep*4, dstep*4, lo, hi, ahead*4)
+	} else {
+		amxColBlocksAVX512(&dst[0], &src[0], ld, count, sstep*4, dstep*4, lo, hi, ahead*4)
+	}
+	return true
+}

@@ -15,3 +15,7 @@ func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool { return false }
 func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) bool {
 	return false
 }
+
+func amxColBlocksAsm(dst []uint32, src []float32, ld, count, cols, sstep, dstep, ahead int, cvt bool) bool {
+	return false
+}
