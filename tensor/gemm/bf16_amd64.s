@@ -13,7 +13,9 @@
 //
 // then the bf16 is t's high half: t >> 16 for the low half of a pair word,
 // t & 0xffff_0000 for the high half. The two special cases are blended in
-// under masks (K5, K6), so zeros and NaNs cost no branch.
+// under masks (K5, K6), so zeros and NaNs cost no branch. The one
+// exception is amxColBlocksBF16 (the end of this file), which runs only
+// where the CPU has AVX512-BF16 and whose bits TestPackAAMX checks.
 //
 // Constants: Z16 = 1, Z17 = 0x7fff, Z18 = 0x7fff_ffff (|x|), Z19 =
 // 0x7f80_0000 (the exponent, also +inf), Z20 = 0x0040_0000 (the quiet
