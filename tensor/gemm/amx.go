@@ -49,9 +49,9 @@ func tdpbf16(acc float32, a, b uint32) float32 {
 // of row ir at dst[ir·depth:]), rounding to bf16 pairs: with AVX-512, A
 // as stored converts a row's 16-pair blocks straight into their tile rows
 // (cvtPairBlocksAsm), Aᵀ as stored converts 32×32 blocks and transposes
-// them in registers straight into tile rows (packAAMXCols, rounding with
-// VCVTNE2PS2BF16 where the CPU has AVX512-BF16); packAAMXGo, the oracle
-// of both, otherwise. On a Sapphire-Rapids-class Xeon (one thread,
+// them in registers straight into tile rows (packAAMXCols), both rounding
+// with VCVTNE2PS2BF16 where the CPU has AVX512-BF16; packAAMXGo, the
+// oracle of both, otherwise. On a Sapphire-Rapids-class Xeon (one thread,
 // BenchmarkStepBF16) the Go loop took 52% of the `small` step's bf16 GEMM
 // time; these paths took those GEMMs from 169–395 to 428–796 GFLOP/s with
 // the column kernel. Aᵀ's registers transpose and VCVTNE2PS2BF16 took the
@@ -69,6 +69,12 @@ func packAAMX(dst []uint32, trans bool, a []float32, lda, ic, pc, mc, kc int) {
 
 // packAAMXRows is packAAMX for A as stored (row i at a[(ic+i)·lda+pc:]).
 func packAAMXRows(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
+	packAAMXRowsWith(dst, a, lda, ic, pc, mc, kc, true)
+}
+
+// packAAMXRowsWith is packAAMXRows, converting with VCVTNE2PS2BF16 where
+// the CPU has it only if cvt.
+func packAAMXRowsWith(dst []uint32, a []float32, lda, ic, pc, mc, kc int, cvt bool) {
 	d := amxDepth(kc)
 	blocks := d / amxKBlock
 	whole := kc / (2 * amxKBlock) // blocks without padding
@@ -78,7 +84,7 @@ func packAAMXRows(dst []uint32, a []float32, lda, ic, pc, mc, kc int) {
 		for i := range rows {
 			off := (ic+ir+i)*lda + pc
 			row := a[off : off+kc]
-			cvtPairBlocksAsm(panel[i*amxKBlock:], row, whole, amxKBlock*amxMR, pairRowAhead*lda*4)
+			cvtPairBlocksAsm(panel[i*amxKBlock:], row, whole, amxKBlock*amxMR, pairRowAhead*lda*4, cvt)
 			if whole == blocks {
 				continue
 			}

@@ -73,14 +73,21 @@ func TestPackAAMX(t *testing.T) {
 						t.Fatalf("trans=%v mc=%d kc=%d: word %d = %#08x, Go packing %#08x", trans, mc, kc, i, got[i], want[i])
 					}
 				}
-				if !trans || !useBF16Asm() || kc < 2 {
+				if !useBF16Asm() || kc < 2 {
 					continue
 				}
 				// The integer rounding where the CPU has VCVTNE2PS2BF16 too.
-				packAAMXColsWith(got, a, lda, ic, pc, mc, kc, false)
+				for i := range got {
+					got[i] = 0xdeadbeef
+				}
+				if trans {
+					packAAMXColsWith(got, a, lda, ic, pc, mc, kc, false)
+				} else {
+					packAAMXRowsWith(got, a, lda, ic, pc, mc, kc, false)
+				}
 				for i := range want {
 					if got[i] != want[i] {
-						t.Fatalf("trans mc=%d kc=%d, integer rounding: word %d = %#08x, Go packing %#08x", mc, kc, i, got[i], want[i])
+						t.Fatalf("trans=%v mc=%d kc=%d, integer rounding: word %d = %#08x, Go packing %#08x", trans, mc, kc, i, got[i], want[i])
 					}
 				}
 			}

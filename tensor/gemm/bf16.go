@@ -76,11 +76,12 @@ func packBBF16(dst []uint32, trans bool, b []float32, ldb, pc, jc, kc, nc, nr in
 // a whole pair of rows goes through pairSweepAsm; the Go loop remains for
 // other CPUs (and the odd last row), and is its oracle in the tests.
 func pairColPanels(dst []uint32, src []float32, off, ld, n, kc, width int) {
-	pairColPanelsWith(dst, src, off, ld, n, kc, width, true)
+	pairColPanelsWith(dst, src, off, ld, n, kc, width, true, true)
 }
 
-// pairColPanelsWith is pairColPanels, with the assembly only if asm.
-func pairColPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, asm bool) {
+// pairColPanelsWith is pairColPanels, with the assembly only if asm,
+// converting with VCVTNE2PS2BF16 where the CPU has it only if cvt.
+func pairColPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, asm, cvt bool) {
 	d := (kc + 1) / 2
 	np := (n + width - 1) / width
 	for p := 0; p < d; p++ {
@@ -88,7 +89,7 @@ func pairColPanelsWith(dst []uint32, src []float32, off, ld, n, kc, width int, a
 		var r1 []float32
 		if 2*p+1 < kc {
 			r1 = src[off+(2*p+1)*ld : off+(2*p+1)*ld+n]
-			if asm && pairSweepAsm(dst[p*width:], r0, r1, n, width, width*d, pairSweepAhead*2*ld*4) {
+			if asm && pairSweepAsm(dst[p*width:], r0, r1, n, width, width*d, pairSweepAhead*2*ld*4, cvt) {
 				continue
 			}
 		}

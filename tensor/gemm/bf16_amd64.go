@@ -9,7 +9,8 @@ import (
 )
 
 // Assembly bf16 pair packing (bf16_amd64.s): ToBF16 on AVX-512F integer
-// lanes, bit for bit the Go function.
+// lanes or, where the CPU has AVX512-BF16, by VCVTNE2PS2BF16; bit for bit
+// the Go function either way.
 
 // pairSweepAVX512 is one k-pair of pairColPanels over panels panels of
 // width ≤ 32 columns at dst stride pstride words; the last panel reads
@@ -17,6 +18,12 @@ import (
 //
 //go:noescape
 func pairSweepAVX512(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32, ahead int)
+
+// pairSweepBF16 is pairSweepAVX512 converting with VCVTNE2PS2BF16
+// (AVX512-BF16), whose bits are ToBF16's.
+//
+//go:noescape
+func pairSweepBF16(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32, ahead int)
 
 // cvtPairsAVX512 sets dst[p] = bf16Pair(src[2p], src[2p+1]) for p < n,
 // prefetching the 8n bytes at pf (an address, never read: it may lie past
@@ -31,14 +38,21 @@ func cvtPairsAVX512(dst *uint32, src *float32, n int, pf uintptr)
 //go:noescape
 func cvtPairBlocksAVX512(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
 
+// cvtPairBlocksBF16 is cvtPairBlocksAVX512 converting with
+// VCVTNE2PS2BF16 (AVX512-BF16), whose bits are ToBF16's.
+//
+//go:noescape
+func cvtPairBlocksBF16(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
+
 // useBF16Asm reports whether the bf16 packing routines may run: they
 // need AVX512F only.
 func useBF16Asm() bool { return cpu.X86.HasAVX512F }
 
 // pairSweepAsm packs k-pair rows r0 and r1 (n columns each) into the
 // panels of width columns at dst[q*pstride:] as pairColPanels does, and
-// reports false (doing nothing) where the assembly does not apply.
-func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int) bool {
+// reports false (doing nothing) where the assembly does not apply. With
+// cvt (and useBF16Cvt), VCVTNE2PS2BF16 rounds.
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int, cvt bool) bool {
 	if !useBF16Asm() || n == 0 || width > 32 || width < 1 {
 		return false
 	}
@@ -51,7 +65,11 @@ func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int) 
 	if rem := n % width; rem != 0 {
 		tail = laneMask(rem)
 	}
-	pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail, ahead)
+	if cvt && useBF16Cvt() {
+		pairSweepBF16(&dst[0], &r0[0], &r1[0], np, width, pstride, tail, ahead)
+	} else {
+		pairSweepAVX512(&dst[0], &r0[0], &r1[0], np, width, pstride, tail, ahead)
+	}
 	return true
 }
 
@@ -72,15 +90,21 @@ func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool {
 // cvtPairBlocksAsm sets dst[b·dstride+q] = bf16Pair(src[32b+2q],
 // src[32b+2q+1]) for b < blocks and q < 16 (an AMX A row's whole 16-pair
 // blocks), and reports false (doing nothing) where the assembly does not
-// apply. The same run ahead bytes on is prefetched.
-func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) bool {
+// apply. The same run ahead bytes on is prefetched. With cvt (and
+// useBF16Cvt), VCVTNE2PS2BF16 rounds.
+func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int, cvt bool) bool {
 	if !useBF16Asm() {
 		return false
 	}
 	if blocks > 0 {
 		_ = src[32*blocks-1]
 		_ = dst[(blocks-1)*dstride+15]
-		cvtPairBlocksAVX512(&dst[0], &src[0], blocks, dstride, uintptr(unsafe.Pointer(&src[0]))+uintptr(ahead))
+		pf := uintptr(unsafe.Pointer(&src[0])) + uintptr(ahead)
+		if cvt && useBF16Cvt() {
+			cvtPairBlocksBF16(&dst[0], &src[0], blocks, dstride, pf)
+		} else {
+			cvtPairBlocksAVX512(&dst[0], &src[0], blocks, dstride, pf)
+		}
 	}
 	return true
 }
@@ -100,7 +124,8 @@ func amxColBlocksAVX512(dst *uint32, src *float32, ld, count, sstep, dstep int, 
 //go:noescape
 func amxColBlocksBF16(dst *uint32, src *float32, ld, count, sstep, dstep int, lo, hi uint32, ahead int)
 
-// useBF16Cvt reports whether amxColBlocksBF16 may run.
+// useBF16Cvt reports whether the VCVTNE2PS2BF16 routines
+// (amxColBlocksBF16, pairSweepBF16, cvtPairBlocksBF16) may run.
 func useBF16Cvt() bool { return cpu.X86.HasAVX512BF16 && cpu.X86.HasAVX512BW }
 
 // amxColBlocksAsm packs count units of Aᵀ as stored (src's row r at

@@ -13,9 +13,11 @@
 //
 // then the bf16 is t's high half: t >> 16 for the low half of a pair word,
 // t & 0xffff_0000 for the high half. The two special cases are blended in
-// under masks (K5, K6), so zeros and NaNs cost no branch. The one
-// exception is amxColBlocksBF16 (the end of this file), which runs only
-// where the CPU has AVX512-BF16 and whose bits TestPackAAMX checks.
+// under masks (K5, K6), so zeros and NaNs cost no branch. The
+// exceptions are amxColBlocksBF16, pairSweepBF16 and cvtPairBlocksBF16
+// (the end of this file), which round with VCVTNE2PS2BF16, run only
+// where the CPU has AVX512-BF16, and whose bits TestPackAAMX and
+// TestPairPanelsAsmMatchesGo check against the Go packing.
 //
 // Constants: Z16 = 1, Z17 = 0x7fff, Z18 = 0x7fff_ffff (|x|), Z19 =
 // 0x7f80_0000 (the exponent, also +inf), Z20 = 0x0040_0000 (the quiet
@@ -1092,3 +1094,141 @@ amxColBlocksBF16_done:
 	VZEROUPPER
 	RET
 
+// func pairSweepBF16(dst *uint32, r0, r1 *float32, panels, width, pstride int, tail uint32, ahead int)
+//
+// pairSweepAVX512 with the pairs converted by VCVTNE2PS2BF16 and the
+// amxPairIdx VPERMW interleave (AVX512-BF16 and AVX512BW) instead of
+// BF_PAIR's integer rounding. Masked-off lanes load as +0, whose pair is
+// the zero word, as in pairSweepAVX512.
+TEXT ·pairSweepBF16(SB), NOSPLIT, $0-64
+	MOVQ dst+0(FP), DI
+	MOVQ r0+8(FP), R10
+	MOVQ r1+16(FP), R11
+	MOVQ panels+24(FP), BX
+	MOVQ width+32(FP), R9
+	MOVQ pstride+40(FP), R8
+	SHLQ $2, R8
+	MOVQ ahead+56(FP), R12
+	MOVQ $1, AX
+	MOVQ R9, CX
+	SHLQ CX, AX
+	DECQ AX           // width's lanes
+	KMOVW AX, K1
+	SHRQ $16, AX
+	KMOVW AX, K2
+	MOVL tail+48(FP), AX
+	TESTL AX, AX
+	JNZ  psb_tailmask
+	MOVQ $1, AX
+	SHLQ CX, AX
+	DECQ AX
+psb_tailmask:
+	KMOVW AX, K3
+	SHRL $16, AX
+	KMOVW AX, K4
+	SHLQ $2, R9       // width in bytes
+	VMOVDQU32 ·amxPairIdx<>(SB), Z25
+	TESTQ BX, BX
+	JZ   psb_done
+	DECQ BX           // the last panel goes under the tail masks
+	CMPQ R9, $64
+	JGT  psb_wide
+
+psb_loop16:
+	TESTQ BX, BX
+	JZ   psb_last16
+	PREFETCHT0 (R10)(R12*1)
+	PREFETCHT0 (R11)(R12*1)
+	VMOVDQU32.Z (R10), K1, Z22
+	VMOVDQU32.Z (R11), K1, Z23
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VPERMW Z24, Z25, Z2
+	VMOVDQU32 Z2, K1, (DI)
+	ADDQ R9, R10
+	ADDQ R9, R11
+	ADDQ R8, DI
+	DECQ BX
+	JMP  psb_loop16
+
+psb_last16:
+	VMOVDQU32.Z (R10), K3, Z22
+	VMOVDQU32.Z (R11), K3, Z23
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VPERMW Z24, Z25, Z2
+	VMOVDQU32 Z2, K1, (DI)
+	JMP  psb_done
+
+psb_wide:
+	TESTQ BX, BX
+	JZ   psb_last32
+	PREFETCHT0 (R10)(R12*1)
+	PREFETCHT0 (R11)(R12*1)
+	PREFETCHT0 64(R10)(R12*1)
+	PREFETCHT0 64(R11)(R12*1)
+	VMOVDQU32.Z (R10), K1, Z22
+	VMOVDQU32.Z (R11), K1, Z23
+	VMOVDQU32.Z 64(R10), K2, Z26
+	VMOVDQU32.Z 64(R11), K2, Z27
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VPERMW Z24, Z25, Z2
+	VMOVDQA32 Z26, Z22
+	VMOVDQA32 Z27, Z23
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VPERMW Z24, Z25, Z6
+	VMOVDQU32 Z2, K1, (DI)
+	VMOVDQU32 Z6, K2, 64(DI)
+	ADDQ R9, R10
+	ADDQ R9, R11
+	ADDQ R8, DI
+	DECQ BX
+	JMP  psb_wide
+
+psb_last32:
+	VMOVDQU32.Z (R10), K3, Z22
+	VMOVDQU32.Z (R11), K3, Z23
+	VMOVDQU32.Z 64(R10), K4, Z26
+	VMOVDQU32.Z 64(R11), K4, Z27
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VPERMW Z24, Z25, Z2
+	VMOVDQA32 Z26, Z22
+	VMOVDQA32 Z27, Z23
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VPERMW Z24, Z25, Z6
+	VMOVDQU32 Z2, K1, (DI)
+	VMOVDQU32 Z6, K2, 64(DI)
+
+psb_done:
+	VZEROUPPER
+	RET
+
+// func cvtPairBlocksBF16(dst *uint32, src *float32, blocks, dstride int, pf uintptr)
+//
+// cvtPairBlocksAVX512 converting with VCVTNE2PS2BF16 (AVX512-BF16): the
+// 32 floats of a block in two registers give its 32 bf16 in order, which
+// are its 16 pair words as they lie, so no interleave is needed.
+TEXT ·cvtPairBlocksBF16(SB), NOSPLIT, $0-40
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ blocks+16(FP), BX
+	MOVQ dstride+24(FP), R8
+	SHLQ $2, R8
+	MOVQ pf+32(FP), R10
+	SUBQ SI, R10      // pf as an offset from SI
+	TESTQ BX, BX
+	JZ   cbb_done
+
+cbb_loop:
+	PREFETCHT0 (SI)(R10*1)
+	PREFETCHT0 64(SI)(R10*1)
+	VMOVDQU32 (SI), Z22
+	VMOVDQU32 64(SI), Z23
+	VCVTNE2PS2BF16_Z22_Z23_Z24
+	VMOVDQU32 Z24, (DI)
+	ADDQ $128, SI
+	ADDQ R8, DI
+	DECQ BX
+	JNZ  cbb_loop
+
+cbb_done:
+	VZEROUPPER
+	RET

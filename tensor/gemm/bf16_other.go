@@ -6,13 +6,13 @@ package gemm
 
 func useBF16Asm() bool { return false }
 
-func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int) bool {
+func pairSweepAsm(dst []uint32, r0, r1 []float32, n, width, pstride, ahead int, cvt bool) bool {
 	return false
 }
 
 func cvtPairsAsm(dst []uint32, src []float32, ahead int) bool { return false }
 
-func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int) bool {
+func cvtPairBlocksAsm(dst []uint32, src []float32, blocks, dstride, ahead int, cvt bool) bool {
 	return false
 }
 

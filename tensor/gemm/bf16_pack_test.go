@@ -137,9 +137,15 @@ func TestPairPanelsAsmMatchesGo(t *testing.T) {
 				for i := range got {
 					got[i], want[i] = 0xdead_beef, 0xdead_beef
 				}
-				pairColPanelsWith(got, src, 0, ld, n, kc, width, true)
-				pairColPanelsWith(want, src, 0, ld, n, kc, width, false)
+				pairColPanelsWith(got, src, 0, ld, n, kc, width, true, true)
+				pairColPanelsWith(want, src, 0, ld, n, kc, width, false, false)
 				compareWords(t, "cols", width, n, kc, got, want)
+				// The integer rounding where the CPU has VCVTNE2PS2BF16 too.
+				for i := range got {
+					got[i] = 0xdead_beef
+				}
+				pairColPanelsWith(got, src, 0, ld, n, kc, width, true, false)
+				compareWords(t, "cols, integer rounding", width, n, kc, got, want)
 				// Rows: n rows of kc values at stride ld (> kc), from an
 				// offset.
 				ld = kc + 5
