@@ -508,6 +508,19 @@ func (l *inLink) unrouted(h *bulkHeader, group string, f *wireFrame) {
 	}
 }
 
+// handFrame gives a received frame to box, its group's mailbox, or to
+// the transport when the group was not routed here (box nil: unrouted;
+// only then is the group's name made a string). It reads h.group after
+// the payload, so it suits readers whose header bytes stay put (shm's);
+// tcp's reader copies the name before reading the payload over it.
+func (l *inLink) handFrame(box *mailbox, h *bulkHeader, f *wireFrame) {
+	if box != nil {
+		box.push(f)
+		return
+	}
+	l.unrouted(h, string(h.group), f)
+}
+
 // finish records how the link's reader stopped (err is nil when it read
 // the sender's GOODBYE) and tells the transport about a failure.
 func (l *inLink) finish(err error) {

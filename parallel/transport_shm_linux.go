@@ -1117,11 +1117,7 @@ func (r *shmReader) deliver(h *bulkHeader, box *mailbox, q *recvReq) error {
 		f.release()
 		return err
 	}
-	if box != nil {
-		box.push(f)
-	} else {
-		r.unrouted(h, string(h.group), f)
-	}
+	r.handFrame(box, h, f)
 	return nil
 }
 
@@ -1234,11 +1230,7 @@ func (r *shmReader) runByRef(h *bulkHeader) error {
 		f.release()
 		return err
 	}
-	if box != nil {
-		box.push(f)
-	} else {
-		r.unrouted(h, string(h.group), f)
-	}
+	r.handFrame(box, h, f)
 	return nil
 }
 
