@@ -15,7 +15,8 @@ reference, and prints their ratio:
     limit (`loom bench wire`: a plain socket, both ways at once).
 The hardware limit is the FMA peak `loom bench gemm --peak` measures.
 Needs Debian's python3-torch and libopenblas-dev (../shared/bench/install.sh);
-a missing anchor is reported and skipped. Usage: scripts/bench.py [gemm] [step] [comm]
+a missing anchor is reported and skipped. Usage: scripts/bench.py [gemm] [step] [comm] [dp]
+(dp: data-parallel scaling of examples/default.yaml, dp 2 vs dp 1; needs `make out/gosrc-bpe.bin out/pydoc-bpe.bin`)
 """
 import functools, json, os, re, shutil, subprocess, sys
 
@@ -292,11 +293,57 @@ def comm(rounds=3):
     print("at every size and shm 4 KiB p50 <= 10 µs.")
 
 
+def dp(rounds=3, steps=120, warmup=10):
+    """Data-parallel scaling: examples/default.yaml at dp 1 (1 worker × 1 thread) and dp 2 (2 local
+    worker processes × 1 thread, shm between them), 8 sequences per rank, eval and checkpoints off,
+    alternating dp 1 and dp 2 in every round. tokens/s is the tokens per step ÷ the median step time
+    after the warm-up steps (the first steps tune GEMMs); exposed is the share of the step the ranks'
+    summaries count as communication not overlapped with compute (mean over ranks)."""
+    import tempfile
+    print(f"## Data-parallel scaling: examples/default.yaml, dp 2 vs dp 1, 1 thread per worker ({rounds} rounds, {steps} steps, median step after {warmup})")
+    src = open(os.path.join(ROOT, "examples", "default.yaml")).read()
+    tmp = tempfile.mkdtemp(prefix="loom-bench-dp-")
+    med = lambda xs: sorted(xs)[len(xs) // 2]
+    specs = {}
+    for n in (1, 2):
+        y = re.sub(r"(?m)^  dp: \d+", f"  dp: {n}", src)
+        y = re.sub(r"(?m)^  global_batch: \d+", f"  global_batch: {8 * n}", y)
+        y = re.sub(r"(?m)^  micro_batch: \d+", "  micro_batch: 8", y)
+        y = re.sub(r"(?m)^  steps: \d+", f"  steps: {steps}", y)
+        y = re.sub(r"(?m)^  eval_every: \d+", "  eval_every: 0", y)
+        y = re.sub(r"(?m)^  every: \d+", "  every: 0", y)
+        y = re.sub(r"(?m)^name: \S+", f"name: bench-dp{n}", y)
+        y = y.replace("path: out/", "path: " + os.path.join(ROOT, "out") + "/")
+        y = re.sub(r"(?m)^  dir: \S+", "  dir: " + os.path.join(tmp, f"ck{n}"), y)
+        specs[n] = os.path.join(tmp, f"dp{n}.yaml")
+        open(specs[n], "w").write(y)
+    summary = re.compile(r"rank (\d+): \d+ steps, mean step ([\d.]+) ms, ([\d.]+) tokens/s; .* exposed ([\d.]+)% in all")
+    tok, exposed = {1: [], 2: []}, {1: [], 2: []}
+    for _ in range(rounds):
+        for n in (1, 2):
+            p = subprocess.run([LOOM, "run", specs[n], "--threads", "1", "--log-format", "json", "--sample-tokens", "0", "--overwrite"],
+                               capture_output=True, text=True, cwd=tmp)
+            if p.returncode != 0:
+                print(f"dp {n}: loom run failed ({p.returncode}): {p.stderr[-2000:]}")
+                return
+            st = [r["step_s"] for r in jsonl(p.stdout) if "step_s" in r and r.get("step", 0) > warmup]
+            tok[n].append(8 * 128 * n / med(st))
+            ex = [float(m.group(4)) for m in summary.finditer(p.stdout + p.stderr)]
+            exposed[n].append(sum(ex) / len(ex) if ex else float("nan"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    ratios = sorted(b / a for a, b in zip(tok[1], tok[2]))
+    r, ex = med(ratios), med(exposed[2])
+    print(f"dp 1: {med(tok[1]):7.0f} tokens/s   dp 2: {med(tok[2]):7.0f} tokens/s   (per round: "
+          + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(tok[1], tok[2])) + ")")
+    print(f"dp 2 / dp 1: {r:.2f}× (rounds {ratios[0]:.2f}–{ratios[-1]:.2f}; target ≥ 1.90×: {'met' if r >= 1.9 else 'MISSED'}); "
+          f"exposed communication at dp 2: {ex:.1f}% of the step (rounds {min(exposed[2]):.1f}–{max(exposed[2]):.1f}; target ≤ 3%: {'met' if ex <= 3 else 'MISSED'})")
+
+
 if __name__ == "__main__":
     want = sys.argv[1:] or ["gemm", "step", "comm"]
     exe = openblas_exe()
     if exe is not None:
         anchors(exe)
     for name in want:
-        {"gemm": gemm, "step": step, "comm": comm}[name]()
+        {"gemm": gemm, "step": step, "comm": comm, "dp": dp}[name]()
         print()

@@ -341,9 +341,10 @@ func resume(t *Trainer, rc RankConfig, jobDir string, log io.Writer) error {
 
 // summary adds up a rank's steps for the line it logs at the end.
 type summary struct {
-	steps, stepS, commS, overlapS, tpS, tpOverS, ppS, computeS, tps float64
-	saves                                                           int
-	blocked                                                         float64
+	steps, stepS, commS, overlapS, tpS, tpOverS, ppS, computeS float64
+	tokens                                                     float64 // Σ tokens/s × step seconds: the tokens the steps trained
+	saves                                                      int
+	blocked                                                    float64
 }
 
 func (s *summary) add(st Stats) {
@@ -355,7 +356,7 @@ func (s *summary) add(st Stats) {
 	s.tpOverS += st.TPOverlapSeconds
 	s.ppS += st.PipelineWaitSeconds
 	s.computeS += st.ComputeSeconds
-	s.tps += st.TokensPerSec
+	s.tokens += st.TokensPerSec * st.StepSeconds
 	if st.CheckpointSeconds > 0 {
 		s.saves++
 		s.blocked += st.CheckpointSeconds
@@ -379,7 +380,7 @@ func (s *summary) print(w io.Writer, rank int, t *Trainer) {
 		pipe = fmt.Sprintf(", pipeline waits %.1f%%", 100*s.ppS/s.stepS)
 	}
 	fmt.Fprintf(w, "rank %d: %.0f steps, mean step %.1f ms, %.0f tokens/s; compute %.1f%% of step time; communication: tensor-parallel %.1f%%, %.0f%% of it hidden behind compute, data-parallel %.1f%%, %.0f%% of it overlapped with backward%s; exposed %.1f%% in all\n",
-		rank, s.steps, 1e3*s.stepS/s.steps, s.tps/s.steps, 100*s.computeS/s.stepS, 100*s.tpS/s.stepS, tpOverlap, 100*dpS/s.stepS, overlap, pipe, 100*(s.commS-s.overlapS)/s.stepS)
+		rank, s.steps, 1e3*s.stepS/s.steps, s.tokens/s.stepS, 100*s.computeS/s.stepS, 100*s.tpS/s.stepS, tpOverlap, 100*dpS/s.stepS, overlap, pipe, 100*(s.commS-s.overlapS)/s.stepS)
 	if s.saves > 0 {
 		b, secs := t.SaveStats()
 		rate := 0.0
