@@ -223,9 +223,16 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
 	tl.PackB(vp, true, t.v[kBase:], ldk, D, T)
 
-	for t0 := 0; t0 < T; t0++ {
-		clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
-		clear(t.dv[kBase+t0*ldk : kBase+t0*ldk+D])
+	// With one key block (T ≤ bc) a key strip's first product — head 0 of
+	// the group, the query block that holds the strip's keys — stores dK
+	// and dV rather than adding to them, which saves a pass that clears
+	// them (their rows are strided: a write and a read of every line).
+	single := T <= bc
+	if !single {
+		for t0 := 0; t0 < T; t0++ {
+			clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
+			clear(t.dv[kBase+t0*ldk : kBase+t0*ldk+D])
+		}
 	}
 	for g := range group {
 		h := kh*group + g
@@ -259,7 +266,8 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 
 				for c0 := 0; c0 < cols; c0 += mr { // dV += Pᵀ dO
 					q0 := max(0, j0+c0-i0) // the first query row that sees key c0
-					tl.Mul(min(mr, cols-c0), D, rows-q0, 1, p[q0*cols+c0:], 1, cols, doi[q0*ldq:], ldq, true, dvj[c0*ldk:], ldk)
+					first := single && g == 0 && c0 >= i0
+					tl.Mul(min(mr, cols-c0), D, rows-q0, 1, p[q0*cols+c0:], 1, cols, doi[q0*ldq:], ldq, !first, dvj[c0*ldk:], ldk)
 				}
 				for r0 := 0; r0 < rows; r0 += mr { // dP = dO Vᵀ, dS = P∘(dP − D)·scale
 					mrr := min(mr, rows-r0)
@@ -269,7 +277,12 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 					}
 					for r := r0; r < r0+mrr; r++ { // past the diagonal P is 0, so dS is too
 						dsRow(dp[r*cols:r*cols+ext], p[r*cols:r*cols+ext], dd[g*T+i0+r], sc)
-						clear(dp[r*cols+ext : (r+1)*cols]) // read by the key strips of dK
+						if j0%mr != 0 {
+							// The key strips of dK read this row up to the end of
+							// the strip holding its last key, past ext. (With j0 a
+							// multiple of MR, as i0 and r0 are, ext is a strip's end.)
+							clear(dp[r*cols+ext : (r+1)*cols])
+						}
 					}
 				}
 				for r0 := 0; r0 < rows; r0 += mr { // dQ (+)= dS K
@@ -279,7 +292,8 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 				}
 				for c0 := 0; c0 < cols; c0 += mr { // dK += dSᵀ Q
 					q0 := max(0, j0+c0-i0)
-					tl.Mul(min(mr, cols-c0), D, rows-q0, 1, dp[q0*cols+c0:], 1, cols, qi[q0*ldq:], ldq, true, dkj[c0*ldk:], ldk)
+					first := single && g == 0 && c0 >= i0
+					tl.Mul(min(mr, cols-c0), D, rows-q0, 1, dp[q0*cols+c0:], 1, cols, qi[q0*ldq:], ldq, !first, dkj[c0*ldk:], ldk)
 				}
 			}
 		}
