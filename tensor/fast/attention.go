@@ -29,14 +29,15 @@ func roundUp(a, b int) int { return ceilDiv(a, b) * b }
 // query block sees all its keys at once, so the forward needs no running
 // rescale of O and no key block is revisited.
 const (
-	attnRowTiles = 2
-	attnMaxCols  = 512
+	attnRowTiles    = 2
+	attnBwdRowTiles = 4
+	attnMaxCols     = 512
 )
 
 // attnBlocks returns the query block (rows) for the forward and backward
 // and the key block (cols) for micro-tile mr×nr and sequence length T.
 func attnBlocks(mr, nr, T int) (fwdRows, bwdRows, cols int) {
-	return attnRowTiles * mr, 2 * attnRowTiles * mr, min(roundUp(T, nr), roundUp(attnMaxCols, nr))
+	return attnRowTiles * mr, attnBwdRowTiles * mr, min(roundUp(T, nr), roundUp(attnMaxCols, nr))
 }
 
 // attnMode picks the forward's kernel: attnAuto takes the register-tiled
@@ -70,7 +71,8 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 	T, D := t.seqLen, t.headDim
 	ldq, ldk, qBase, kBase, sc, lse := t.head(idx)
 	tl := w.tiles
-	br, _, bc := attnBlocks(tl.MR(), tl.NR(), T)
+	mr := tl.MR()
+	br, _, bc := attnBlocks(mr, tl.NR(), T)
 
 	nk := tl.PackedLen(D, T)
 	buf := w.scratch(nk + br*bc + 4*br)
@@ -91,7 +93,11 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 		jEnd := i0 + rows // causal: keys [0, i0+rows)
 		for j0 := 0; j0 < jEnd; j0 += bc {
 			cols := min(bc, jEnd-j0)
-			tl.MulPacked(rows, cols, D, sc, qi, ldq, 1, kp[j0*D:], false, s, cols)
+			for r0 := 0; r0 < rows; r0 += mr { // S, each strip up to its last causal key
+				if ext := causalExt(i0, r0, min(mr, rows-r0), j0, cols); ext > 0 {
+					tl.MulPacked(min(mr, rows-r0), ext, D, sc, qi[r0*ldq:], ldq, 1, kp[j0*D:], false, s[r0*cols:], cols)
+				}
+			}
 			copy(mOld, m[:rows])
 			// Row r sees keys up to i0+r: i0+r−j0+1 of this block.
 			expRows(s, cols, rows, cols, i0-j0+1, m, sum)
@@ -109,7 +115,11 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 				}
 				l[r] = l[r]*alpha + sum[r]
 			}
-			tl.Mul(rows, D, cols, 1, s, cols, 1, t.v[kBase+j0*ldk:], ldk, j0 > 0, oi, ldq)
+			for r0 := 0; r0 < rows; r0 += mr { // O (+)= P·V over the strip's causal keys
+				if ext := causalExt(i0, r0, min(mr, rows-r0), j0, cols); ext > 0 {
+					tl.Mul(min(mr, rows-r0), D, ext, 1, s[r0*cols:], cols, 1, t.v[kBase+j0*ldk:], ldk, j0 > 0, oi[r0*ldq:], ldq)
+				}
+			}
 		}
 		for r := range rows {
 			scale(oi[r*ldq:r*ldq+D], 1/l[r])
@@ -117,6 +127,11 @@ func (t *attnFwdTask) run(w *worker, idx int) {
 		}
 	}
 }
+
+// causalExt is how many keys of the block from key j0 (cols wide) the
+// query strip of rows r0 … r0+n−1 of the block from query i0 sees: up to
+// and including the last row's own key. ≤ 0: none.
+func causalExt(i0, r0, n, j0, cols int) int { return min(cols, i0+r0+n-j0) }
 
 // head locates task idx's (batch, head): the row strides of Q (and out)
 // and of K (and V), where its first rows start, the softmax scale, and its
@@ -194,7 +209,8 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	kBase := (b*T*t.kvHeads + kh) * D
 	sc := float32(1 / math.Sqrt(float64(D)))
 	tl := w.tiles
-	_, br, bc := attnBlocks(tl.MR(), tl.NR(), T)
+	mr := tl.MR()
+	_, br, bc := attnBlocks(mr, tl.NR(), T)
 
 	nk := tl.PackedLen(D, T)
 	buf := w.scratch(2*nk + 2*br*bc + group*T + br)
@@ -207,9 +223,16 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 	tl.PackB(kp, true, t.k[kBase:], ldk, D, T)
 	tl.PackB(vp, true, t.v[kBase:], ldk, D, T)
 
-	for t0 := 0; t0 < T; t0++ {
-		clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
-		clear(t.dv[kBase+t0*ldk : kBase+t0*ldk+D])
+	// With one key block (T ≤ bc) a key strip's first product — head 0 of
+	// the group, the query block that holds the strip's keys — stores dK
+	// and dV rather than adding to them, which saves a pass that clears
+	// them (their rows are strided: a write and a read of every line).
+	single := T <= bc
+	if !single {
+		for t0 := 0; t0 < T; t0++ {
+			clear(t.dk[kBase+t0*ldk : kBase+t0*ldk+D])
+			clear(t.dv[kBase+t0*ldk : kBase+t0*ldk+D])
+		}
 	}
 	for g := range group {
 		h := kh*group + g
@@ -231,16 +254,47 @@ func (t *attnBwdTask) run(w *worker, idx int) {
 				cols := min(bc, jEnd-j0)
 				kj := t.k[kBase+j0*ldk:]
 				dkj, dvj := t.dk[kBase+j0*ldk:], t.dv[kBase+j0*ldk:]
-				tl.MulPacked(rows, cols, D, sc, qi, ldq, 1, kp[j0*D:], false, p, cols) // S
-				expShiftRows(p, cols, rows, cols, i0-j0+1, lse[i0:], sums)             // P = e^(S − lse), causal
-
-				tl.Mul(cols, D, rows, 1, p, 1, cols, doi, ldq, true, dvj, ldk)          // dV += Pᵀ dO
-				tl.MulPacked(rows, cols, D, 1, doi, ldq, 1, vp[j0*D:], false, dp, cols) // dP = dO Vᵀ
-				for r := range rows {                                                   // past the diagonal P is 0, so dS is too
-					dsRow(dp[r*cols:(r+1)*cols], p[r*cols:(r+1)*cols], dd[g*T+i0+r], sc)
+				// Query strips stop at their last causal key and key strips
+				// start at their first causal query: only the diagonal
+				// block's upper triangle, whose P and dS are 0, is skipped.
+				for r0 := 0; r0 < rows; r0 += mr { // S
+					if ext := causalExt(i0, r0, min(mr, rows-r0), j0, cols); ext > 0 {
+						tl.MulPacked(min(mr, rows-r0), ext, D, sc, qi[r0*ldq:], ldq, 1, kp[j0*D:], false, p[r0*cols:], cols)
+					}
 				}
-				tl.Mul(rows, D, cols, 1, dp, cols, 1, kj, ldk, j0 > 0, dqi, ldq) // dQ (+)= dS K
-				tl.Mul(cols, D, rows, 1, dp, 1, cols, qi, ldq, true, dkj, ldk)   // dK += dSᵀ Q
+				expShiftRows(p, cols, rows, cols, i0-j0+1, lse[i0:], sums) // P = e^(S − lse), causal, 0 past it
+
+				for c0 := 0; c0 < cols; c0 += mr { // dV += Pᵀ dO
+					q0 := max(0, j0+c0-i0) // the first query row that sees key c0
+					first := single && g == 0 && c0 >= i0
+					tl.Mul(min(mr, cols-c0), D, rows-q0, 1, p[q0*cols+c0:], 1, cols, doi[q0*ldq:], ldq, !first, dvj[c0*ldk:], ldk)
+				}
+				for r0 := 0; r0 < rows; r0 += mr { // dP = dO Vᵀ, dS = P∘(dP − D)·scale
+					mrr := min(mr, rows-r0)
+					ext := max(causalExt(i0, r0, mrr, j0, cols), 0)
+					if ext > 0 {
+						tl.MulPacked(mrr, ext, D, 1, doi[r0*ldq:], ldq, 1, vp[j0*D:], false, dp[r0*cols:], cols)
+					}
+					for r := r0; r < r0+mrr; r++ { // past the diagonal P is 0, so dS is too
+						dsRow(dp[r*cols:r*cols+ext], p[r*cols:r*cols+ext], dd[g*T+i0+r], sc)
+						if j0%mr != 0 {
+							// The key strips of dK read this row up to the end of
+							// the strip holding its last key, past ext. (With j0 a
+							// multiple of MR, as i0 and r0 are, ext is a strip's end.)
+							clear(dp[r*cols+ext : (r+1)*cols])
+						}
+					}
+				}
+				for r0 := 0; r0 < rows; r0 += mr { // dQ (+)= dS K
+					if ext := causalExt(i0, r0, min(mr, rows-r0), j0, cols); ext > 0 {
+						tl.Mul(min(mr, rows-r0), D, ext, 1, dp[r0*cols:], cols, 1, kj, ldk, j0 > 0, dqi[r0*ldq:], ldq)
+					}
+				}
+				for c0 := 0; c0 < cols; c0 += mr { // dK += dSᵀ Q
+					q0 := max(0, j0+c0-i0)
+					first := single && g == 0 && c0 >= i0
+					tl.Mul(min(mr, cols-c0), D, rows-q0, 1, dp[q0*cols+c0:], 1, cols, qi[q0*ldq:], ldq, !first, dkj[c0*ldk:], ldk)
+				}
 			}
 		}
 	}

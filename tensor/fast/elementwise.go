@@ -101,11 +101,7 @@ func (t *ropeTask) run(_ *worker, c int) {
 		tt := r % t.seqLen
 		ct := t.cos[tt*half : (tt+1)*half]
 		st := t.sin[tt*half : (tt+1)*half]
-		row := t.x[r*t.heads*t.headDim : (r+1)*t.heads*t.headDim]
-		for h := 0; h < t.heads; h++ {
-			base := h * t.headDim
-			ropeRotate(row[base:base+half], row[base+half:base+t.headDim], ct, st, t.sign)
-		}
+		ropeRotateHeads(t.x[r*t.heads*t.headDim:(r+1)*t.heads*t.headDim], t.heads, t.headDim, ct, st, t.sign)
 	}
 }
 

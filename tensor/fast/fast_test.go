@@ -353,6 +353,22 @@ func attnShapes() []attnShape {
 	return s
 }
 
+// poisonScratch fills every worker's scratch with NaNs (capacity for
+// TestAttention's largest shapes), so that a kernel reading scratch it did
+// not write first fails the comparison instead of reading old zeros.
+func poisonScratch(k *Kernels) {
+	nan := float32(math.NaN())
+	for _, w := range k.pool.workers {
+		if cap(w.buf) < 1<<19 {
+			w.buf = make([]float32, 1<<19)
+		}
+		b := w.buf[:cap(w.buf)]
+		for i := range b {
+			b[i] = nan
+		}
+	}
+}
+
 func TestAttention(t *testing.T) {
 	forThreads(t, func(t *testing.T, k *Kernels) {
 		rng := rand.New(rand.NewPCG(11, 12))
@@ -365,6 +381,7 @@ func TestAttention(t *testing.T) {
 			q, kk, v := randSlice(rng, nq, 1), randSlice(rng, nkv, 1), randSlice(rng, nkv, 1)
 			out, lse := make([]float32, nq), make([]float32, s.batch*s.heads*s.seqLen)
 			wout, wlse := make([]float32, nq), make([]float32, s.batch*s.heads*s.seqLen)
+			poisonScratch(k)
 			k.AttentionForward(out, lse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 			ref.AttentionForward(wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 			name := fmt.Sprintf("%+v", s)
@@ -374,6 +391,7 @@ func TestAttention(t *testing.T) {
 			dout := randSlice(rng, nq, 1)
 			dq, dk, dv := randSlice(rng, nq, 1), randSlice(rng, nkv, 1), randSlice(rng, nkv, 1) // garbage: outputs are "="
 			wdq, wdk, wdv := make([]float32, nq), make([]float32, nkv), make([]float32, nkv)
+			poisonScratch(k)
 			k.AttentionBackward(dq, dk, dv, dout, wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 			ref.AttentionBackward(wdq, wdk, wdv, dout, wout, wlse, q, kk, v, s.batch, s.seqLen, s.heads, s.kvHeads, s.headDim)
 			if s.seqLen == 1 { // dq = dk = 0 exactly in float64; float32 leaves rounding noise

@@ -224,6 +224,16 @@ func dsRowGo(ds, p []float32, d, scale float32) {
 	}
 }
 
+// ropeRotateHeadsGo is ropeRotateHeads's portable form: ropeRotateGo per
+// head.
+func ropeRotateHeadsGo(row []float32, heads, headDim int, c, s []float32, sign float32) {
+	half := headDim / 2
+	for h := range heads {
+		base := h * headDim
+		ropeRotateGo(row[base:base+half], row[base+half:base+headDim], c[:half], s[:half], sign)
+	}
+}
+
 // ropeRotateGo rotates the pairs (x1[i], x2[i]) by sign·angle(i).
 func ropeRotateGo(x1, x2, c, s []float32, sign float32) {
 	n := len(x1)

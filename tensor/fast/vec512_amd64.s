@@ -657,6 +657,78 @@ rope_done:
 	VZEROUPPER
 	RET
 
+// func ropeRotateHeadsAVX512(x *float32, heads, headDim int, c, s *float32, sign float32)
+// ropeRotateAVX512 for each of heads heads of one row (head h's halves at
+// x[h·headDim:] and x[h·headDim+headDim/2:]), all by the same angles, in
+// one call. headDim even, ≥ 2; heads ≥ 1.
+TEXT ·ropeRotateHeadsAVX512(SB), NOSPLIT, $0-44
+	MOVQ         x+0(FP), R9
+	MOVQ         heads+8(FP), R10
+	MOVQ         headDim+16(FP), R11
+	MOVQ         c+24(FP), R12
+	MOVQ         s+32(FP), R13
+	VBROADCASTSS sign+40(FP), Z7
+	MOVQ         R11, CX
+	SHRQ         $1, CX
+	LEAQ         (R9)(CX*4), R14 // head 0's second half
+	TAILMASK
+	MOVQ         CX, AX // full vectors per half
+	SHLQ         $2, R11 // headDim in bytes
+
+rh_head:
+	MOVQ  R9, DI
+	MOVQ  R14, R8
+	MOVQ  R12, SI
+	MOVQ  R13, DX
+	MOVQ  AX, CX
+	TESTQ CX, CX
+	JZ    rh_tail
+
+rh_loop:
+	VMOVUPS (SI), Z0     // c
+	VMULPS  (DX), Z7, Z1 // si
+	VMOVUPS (DI), Z2     // u
+	VMOVUPS (R8), Z3     // w
+	VMULPS  Z0, Z2, Z4
+	VMULPS  Z1, Z3, Z5
+	VSUBPS  Z5, Z4, Z4
+	VMULPS  Z0, Z3, Z5
+	VMULPS  Z1, Z2, Z6
+	VADDPS  Z6, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, (R8)
+	ADDQ    $64, SI
+	ADDQ    $64, DX
+	ADDQ    $64, DI
+	ADDQ    $64, R8
+	DECQ    CX
+	JNZ     rh_loop
+
+rh_tail:
+	KTESTW    K1, K1
+	JZ        rh_next
+	VMOVUPS.Z (SI), K1, Z0
+	VMOVUPS.Z (DX), K1, Z1
+	VMULPS    Z1, Z7, Z1
+	VMOVUPS.Z (DI), K1, Z2
+	VMOVUPS.Z (R8), K1, Z3
+	VMULPS    Z0, Z2, Z4
+	VMULPS    Z1, Z3, Z5
+	VSUBPS    Z5, Z4, Z4
+	VMULPS    Z0, Z3, Z5
+	VMULPS    Z1, Z2, Z6
+	VADDPS    Z6, Z5, Z5
+	VMOVUPS   Z4, K1, (DI)
+	VMOVUPS   Z5, K1, (R8)
+
+rh_next:
+	ADDQ R11, R9
+	ADDQ R11, R14
+	DECQ R10
+	JNZ  rh_head
+	VZEROUPPER
+	RET
+
 // func adamwAVX512(p, grad, m, v *float32, n int, c *adamConsts)
 // adamConsts: decay, b1, omb1, b2, omb2, stepSize, bc2Sqrt, eps, gscale
 // (float32s); g below is g·gscale.

@@ -86,6 +86,9 @@ func rmsBackRowAVX512(dx, pw, dy, x, w *float32, n int, rs, c float32)
 func ropeRotateAVX512(x1, x2, c, s *float32, n int, sign float32)
 
 //go:noescape
+func ropeRotateHeadsAVX512(x *float32, heads, headDim int, c, s *float32, sign float32)
+
+//go:noescape
 func adamwAVX512(p, grad, m, v *float32, n int, c *adamConsts)
 
 //go:noescape
@@ -112,6 +115,20 @@ func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
 		return
 	}
 	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
+}
+
+// ropeRotateHeads is ropeRotate for every head of one row: head h's
+// halves row[h·headDim:][:headDim/2] and the half after it, all rotated by
+// the angles c, s (headDim/2 each), in one call.
+func ropeRotateHeads(row []float32, heads, headDim int, c, s []float32, sign float32) {
+	half := headDim / 2
+	if useAVX512 && heads > 0 && half > 0 {
+		_ = row[heads*headDim-1]
+		c, s = c[:half], s[:half]
+		ropeRotateHeadsAVX512(&row[0], heads, headDim, &c[0], &s[0], sign)
+		return
+	}
+	ropeRotateHeadsGo(row, heads, headDim, c, s, sign)
 }
 
 func ropeRotate(x1, x2, c, s []float32, sign float32) {

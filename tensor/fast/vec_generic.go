@@ -28,7 +28,11 @@ func sumSq(x []float32) float64                       { return sumSqGo(x) }
 func dot3(a, b, c []float32) float64                  { return dot3Go(a, b, c) }
 func rmsScale(out, x, w []float32, rs float32)        { rmsScaleGo(out, x, w, rs) }
 func ropeRotate(x1, x2, c, s []float32, sign float32) { ropeRotateGo(x1, x2, c, s, sign) }
-func adamw(p, g, m, v []float32, c *adamConsts)       { adamwGo(p, g, m, v, c) }
+
+func ropeRotateHeads(row []float32, heads, headDim int, c, s []float32, sign float32) {
+	ropeRotateHeadsGo(row, heads, headDim, c, s, sign)
+}
+func adamw(p, g, m, v []float32, c *adamConsts) { adamwGo(p, g, m, v, c) }
 func rmsBackRow(dx, pw, dy, x, w []float32, rs, c float32) {
 	rmsBackRowGo(dx, pw, dy, x, w, rs, c)
 }

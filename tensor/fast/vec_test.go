@@ -194,3 +194,32 @@ func TestElementwiseExact(t *testing.T) {
 		}
 	}
 }
+
+// TestRopeRotateHeads: one call for a row's heads gives ropeRotateGo's
+// bits per head, at half sizes around the vector width and its tails, and
+// writes nothing past the row.
+func TestRopeRotateHeads(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	for _, heads := range []int{1, 2, 3, 8} {
+		for _, hd := range []int{2, 3, 6, 14, 31, 32, 34, 48, 64, 66, 130} {
+			half := hd / 2
+			c, _ := guarded(rng, half, 1)
+			s, _ := guarded(rng, half, 1)
+			for _, sign := range []float32{1, -1} {
+				row, intact := guarded(rng, heads*hd, 1)
+				want := slices.Clone(row)
+				for h := range heads {
+					b := h * hd
+					ropeRotateGo(want[b:b+half], want[b+half:b+hd], c, s, sign)
+				}
+				ropeRotateHeads(row, heads, hd, c, s, sign)
+				if !slices.Equal(row, want) {
+					t.Errorf("heads %d headDim %d sign %g: differs from ropeRotateGo per head", heads, hd, sign)
+				}
+				if !intact() {
+					t.Errorf("heads %d headDim %d sign %g: wrote outside the row", heads, hd, sign)
+				}
+			}
+		}
+	}
+}
