@@ -32,7 +32,8 @@ const DefaultBucketBytes = 256 << 10
 // reported with ReadyRows instead: only the rows some rank has non-zero
 // are exchanged (DeepSpeed's sparse gradients for embeddings, without the
 // index lists: the ranks agree on the rows with one small all-reduce of
-// per-row flags). With the default job's batch a rank's 1,024 tokens touch
+// per-row flags, which can carry a few values to average too:
+// ReadyRowsWith). With the default job's batch a rank's 1,024 tokens touch
 // about 15% of a 4,096-row table, so the step's last, exposed all-reduce
 // moves a sixth of the bytes.
 //
@@ -57,9 +58,11 @@ type BucketReducer struct {
 }
 
 // bucket is a range of the gradient buffer to average; rowLen > 0 marks a
-// row-sparse range of rows of rowLen elements (ReadyRows).
+// row-sparse range of rows of rowLen elements (ReadyRows), and mean the
+// values averaged with its row flags (ReadyRowsWith).
 type bucket struct {
 	lo, hi, rowLen int
+	mean           []float32
 }
 
 // opSpan is one bucket's all-reduce: its size and when it ran.
@@ -131,26 +134,33 @@ func (r *BucketReducer) loop() {
 }
 
 // reduceRows averages the rows of b that some rank has non-zero: every
-// rank flags its non-zero rows, the flags are all-reduced (Max), the
-// flagged rows are moved to the front of the range, that prefix is
-// all-reduced, and the rows go back to their places; the others are zero
-// on every rank, which is their mean. It returns the bytes all-reduced
-// and sent.
+// rank flags its non-zero rows, the flags are all-reduced (Sum: a row's
+// count of ranks that have it, exact in float32; b.mean rides along and
+// is divided by the group's size after, as Mean does), the flagged rows
+// are moved to the front of the range, that prefix is all-reduced, and
+// the rows go back to their places; the others are zero on every rank,
+// which is their mean. It returns the bytes all-reduced and sent.
 func (r *BucketReducer) reduceRows(b bucket) (bytes, sent int64, err error) {
 	rows := r.grads[b.lo:b.hi]
 	n := len(rows) / b.rowLen
-	if cap(r.flags) < n {
-		r.flags = make([]float32, n)
+	if cap(r.flags) < n+len(b.mean) {
+		r.flags = make([]float32, n+len(b.mean))
 	}
-	flags := r.flags[:n]
+	buf := r.flags[:n+len(b.mean)]
+	flags := buf[:n]
 	for i := range flags {
 		flags[i] = 0
 		if nonZero(rows[i*b.rowLen : (i+1)*b.rowLen]) {
 			flags[i] = 1
 		}
 	}
-	if err := r.g.AllReduce(r.ctx, flags, Max); err != nil {
+	copy(buf[n:], b.mean)
+	if err := r.g.AllReduce(r.ctx, buf, Sum); err != nil {
 		return 0, 0, err
+	}
+	size := float32(r.g.Size())
+	for i := range b.mean {
+		b.mean[i] = buf[n+i] / size
 	}
 	idx := r.rowIdx[:0]
 	for i, f := range flags {
@@ -181,7 +191,7 @@ func (r *BucketReducer) reduceRows(b bucket) (bytes, sent int64, err error) {
 			clear(row(k))
 		}
 	}
-	return 4 * int64(len(flags)+len(packed)), BytesSent(r.g, OpAllReduce, len(flags)) + BytesSent(r.g, OpAllReduce, len(packed)), nil
+	return 4 * int64(len(buf)+len(packed)), BytesSent(r.g, OpAllReduce, len(buf)) + BytesSent(r.g, OpAllReduce, len(packed)), nil
 }
 
 // nonZero reports whether any element of x has a bit set (−0 counts: a
@@ -216,13 +226,21 @@ func (r *BucketReducer) Ready(lo, hi int) {
 // grads[lo:hi], a range of rows of rowLen elements most of which are zero
 // on every rank (see BucketReducer): it is exchanged on its own, only the
 // rows some rank has non-zero. rowLen must divide hi − lo.
-func (r *BucketReducer) ReadyRows(lo, hi, rowLen int) {
+func (r *BucketReducer) ReadyRows(lo, hi, rowLen int) { r.ReadyRowsWith(lo, hi, rowLen, nil) }
+
+// ReadyRowsWith is ReadyRows that also averages mean over the group in
+// place, in the same all-reduce as the rows' flags: a step's loss gets
+// its mean over data-parallel ranks without a round trip of its own after
+// the last bucket. mean must not be touched until Wait returns; it holds
+// the mean then (each element's sum over the ranks divided by their
+// number, the bits of AllReduce's Mean at 2 ranks).
+func (r *BucketReducer) ReadyRowsWith(lo, hi, rowLen int, mean []float32) {
 	if rowLen <= 0 || (hi-lo)%rowLen != 0 {
-		panic(fmt.Sprintf("parallel: BucketReducer.ReadyRows(%d, %d, %d): rows of %d elements do not tile the range", lo, hi, rowLen, rowLen))
+		panic(fmt.Sprintf("parallel: BucketReducer.ReadyRowsWith(%d, %d, %d): rows of %d elements do not tile the range", lo, hi, rowLen, rowLen))
 	}
 	r.check("ReadyRows", lo, hi)
 	r.flush()
-	r.queue <- bucket{lo: lo, hi: hi, rowLen: rowLen}
+	r.queue <- bucket{lo: lo, hi: hi, rowLen: rowLen, mean: mean}
 	r.pending = [2]int{lo, lo}
 }
 

@@ -19,7 +19,8 @@ import (
 // by several ranks, rows one rank alone touched (one of them only by a
 // −0), random rows, no row at all and every row; the table is large
 // enough that "every row" goes by the ring and the sparse ones by
-// recursive doubling.
+// recursive doubling. The sparse run also averages two values with the
+// flags (ReadyRowsWith).
 func TestBucketReducerRows(t *testing.T) {
 	const rows, rowLen, dense = 256, 320, 5000
 	table := rows * rowLen
@@ -87,6 +88,7 @@ func TestBucketReducerRows(t *testing.T) {
 						}
 					}
 					want := refReduce(in, Mean)
+					means := make([][]float32, n) // ReadyRowsWith's: exact in float32, as is their mean
 					run := func(sparse bool) ([][]float32, []ReduceStats) {
 						out := make([][]float32, n)
 						stats := make([]ReduceStats, n)
@@ -98,7 +100,8 @@ func TestBucketReducerRows(t *testing.T) {
 								red.Ready(max(hi-1000, table), hi)
 							}
 							if sparse {
-								red.ReadyRows(0, table, rowLen)
+								means[i] = []float32{1.5 * float32(i), -float32(i)}
+								red.ReadyRowsWith(0, table, rowLen, means[i])
 							} else {
 								red.Ready(0, table)
 							}
@@ -129,7 +132,10 @@ func TestBucketReducerRows(t *testing.T) {
 								t.Fatalf("member %d: row %d (zero on every rank) element %d is %v, want +0", i, row, k%rowLen, v)
 							}
 						}
-						wantBytes := 4 * int64(dense+rows+nTouched*rowLen)
+						if m, want := means[i], []float32{0.75 * float32(n-1), -0.5 * float32(n-1)}; m[0] != want[0] || m[1] != want[1] {
+							t.Errorf("member %d: ReadyRowsWith's mean is %v, want %v", i, m, want)
+						}
+						wantBytes := 4 * int64(dense+rows+len(means[i])+nTouched*rowLen)
 						if st := stats[i]; st.Bytes != wantBytes || st.Buckets != 6 || st.Sent <= 0 && nTouched > 0 {
 							t.Errorf("member %d: %d buckets of %d bytes (%d sent), want 6 of %d (the dense part in 5, the %d touched rows and %d flags in one)",
 								i, st.Buckets, st.Bytes, st.Sent, wantBytes, nTouched, rows)

@@ -40,6 +40,7 @@ type executor struct {
 	load    func(mb int, tokens, targets []int32) error
 	// gradScale multiplies each micro-batch's loss gradient: 1/Accum.
 	gradScale float32
+	accum     float64 // the plan's Accum, which divides the step's loss sum
 }
 
 // stageRun is one stage's activation slots.
@@ -89,7 +90,7 @@ func newExecutor(c executorConfig) (*executor, error) {
 	s := c.plan.Schedule
 	me := c.rank.Coord.PP
 	x := &executor{sched: s, list: s.Ranks[me], me: me, m: c.model, net: c.net, stages: map[int]*stageRun{},
-		load: c.load, gradScale: 1 / float32(c.plan.Accum)}
+		load: c.load, gradScale: 1 / float32(c.plan.Accum), accum: float64(c.plan.Accum)}
 	B, T := c.plan.MicroBatch, c.plan.SeqLen
 	x.scr = c.model.NewScratch(B, T, c.model.SequenceParallel())
 	in := s.InFlight()
@@ -369,6 +370,12 @@ func (x *executor) do(ctx context.Context, i int, a schedule.Action, st *stepSta
 		}
 		loss, err := x.m.StageForward(ctx, s.acts, s.tokens, s.targets, x.gradScale, x.hooks.f)
 		st.loss += loss
+		if err == nil && x.eng != nil {
+			// The loss so far, as the trainer will hand it to FinishStep:
+			// the last forward's call is the step's loss, in time for it
+			// to ride on the embedding's exchange (zero.Engine.StepLoss).
+			x.eng.StepLoss(st.loss / x.accum)
+		}
 		return err
 	case schedule.SendF:
 		s, err := sr.get(a.MB)

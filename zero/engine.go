@@ -156,6 +156,12 @@ type Engine struct {
 	ubufs    map[int][]float32
 	scalar   []float32
 	tpNorm   time.Duration // time in the tp grad-norm all-reduce of the step
+	// Stage 0: the step's loss as StepLoss last gave it (lossKnown), and
+	// whether it went with the row-sparse bucket's flags (carried: carry
+	// holds its mean over dp once the reducer's Wait returns).
+	stepLoss           float32
+	lossKnown, carried bool
+	carry              []float32
 }
 
 // gather is a unit's parameters being all-gathered into buf.
@@ -187,7 +193,7 @@ func New(c Config) (*Engine, error) {
 		return nil, fmt.Errorf("zero: an embedding group is needed exactly when a tied embedding is split across pipeline stages: %w", ErrInvalid)
 	}
 	e := &Engine{part: p, me: p.Ranks[c.DPIndex], g: c.DP, tp: c.TP, pp: c.PP, emb: c.Emb, tiedU: -1, rowsUnit: -1, k: c.Kernels, stage: p.Stage,
-		tied: p.Layout.Config().TieEmbeddings, scalar: make([]float32, 3), Model: c.Model}
+		tied: p.Layout.Config().TieEmbeddings, scalar: make([]float32, 3), carry: make([]float32, 1), Model: c.Model}
 	if c.Emb != nil {
 		if e.tiedU = p.Layout.TiedUnit(); e.tiedU < 0 {
 			e.tiedU = p.Layout.EmbedUnit()
@@ -415,6 +421,7 @@ func (e *Engine) BeginStep(ctx context.Context) {
 	e.ctx = ctx
 	e.pos, e.held = 0, map[int]*gather{}
 	e.readyLo, e.early = e.part.Size, map[int]bool{}
+	e.lossKnown, e.carried = false, false
 	if e.g != nil && e.stage != Stage0 {
 		e.q = newQueue(ctx, e.g, 4*len(e.part.Units)+16)
 	}
@@ -521,11 +528,32 @@ func (e *Engine) readyFinal(u int) {
 		delete(e.early, next)
 		up := e.part.Units[next]
 		if next == e.rowsUnit {
-			e.reducer.ReadyRows(up.Offset, up.End(), e.rowLen)
+			var mean []float32
+			if e.lossKnown {
+				// The loss's mean over dp goes with the rows' flags: no
+				// all-reduce of its own after the last bucket.
+				e.carry[0], e.carried, mean = e.stepLoss, true, e.carry
+			}
+			e.reducer.ReadyRowsWith(up.Offset, up.End(), e.rowLen, mean)
 		} else {
 			e.reducer.Ready(up.Offset, up.End())
 		}
 		e.readyLo = up.Offset
+	}
+}
+
+// StepLoss tells the engine this rank's loss of the step — the value
+// FinishStep will be given — as soon as it is known, before the step's
+// last gradient pass ends: every forward pass of a step precedes the
+// embedding's last backward, so a trainer may call it after each forward
+// with the loss so far (the last call wins). At stage 0, with an untied
+// embedding exchanged by rows, the loss's mean over dp then rides on that
+// exchange's flag all-reduce instead of a round trip of its own after
+// the last bucket (which, being after it, is exposed). Every dp rank must
+// call it alike (they run the same schedule); elsewhere it changes nothing.
+func (e *Engine) StepLoss(loss float64) {
+	if !e.carried {
+		e.stepLoss, e.lossKnown = float32(loss), true
 	}
 }
 
@@ -613,13 +641,20 @@ func (e *Engine) FinishStep(ctx context.Context, lr, maxNorm, loss float64) (Ste
 		if err != nil {
 			return st, fmt.Errorf("gradient all-reduce: %w", err)
 		}
-		start := time.Now()
-		if err := e.g.AllReduce(ctx, e.scalar[2:], parallel.Mean); err != nil {
-			return st, fmt.Errorf("loss all-reduce over dp: %w", err)
+		if e.carried {
+			if e.stepLoss != e.scalar[2] {
+				return st, fmt.Errorf("zero: the loss given to StepLoss (%v) is not FinishStep's (%v): %w", e.stepLoss, e.scalar[2], ErrInvalid)
+			}
+			st.Loss = float64(e.carry[0])
+		} else {
+			start := time.Now()
+			if err := e.g.AllReduce(ctx, e.scalar[2:], parallel.Mean); err != nil {
+				return st, fmt.Errorf("loss all-reduce over dp: %w", err)
+			}
+			st.CommSeconds += time.Since(start).Seconds()
+			st.CommBytes += parallel.BytesSent(e.g, parallel.OpAllReduce, 1)
+			st.Loss = float64(e.scalar[2])
 		}
-		st.CommSeconds += time.Since(start).Seconds()
-		st.CommBytes += parallel.BytesSent(e.g, parallel.OpAllReduce, 1)
-		st.Loss = float64(e.scalar[2])
 	}
 	if e.stage == Stage0 {
 		if err := e.sumTied(ctx, &st); err != nil {
